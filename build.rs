@@ -1,0 +1,18 @@
+//! Generates the C header from the `#[no_mangle]` exports with cbindgen into
+//! OUT_DIR. The committed `include/rocmforge.h` is compared with it by
+//! `tests/header.rs`; `make header` refreshes the committed copy.
+
+fn main() {
+    let crate_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("rocmforge.h");
+    println!("cargo:rerun-if-changed=src/ffi");
+    println!("cargo:rerun-if-changed=cbindgen.toml");
+    let config = cbindgen::Config::from_file(format!("{crate_dir}/cbindgen.toml")).expect("cbindgen.toml");
+    match cbindgen::Builder::new().with_crate(&crate_dir).with_config(config).generate() {
+        Ok(b) => {
+            b.write_to_file(&out);
+        }
+        Err(e) => panic!("cbindgen failed: {e}"),
+    }
+    println!("cargo:rustc-env=FORGE_GENERATED_HEADER={}", out.display());
+}

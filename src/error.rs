@@ -1,0 +1,56 @@
+//! The crate-wide error type. Every variant carries enough context (field,
+//! byte offset, tensor name, expected vs found) to act on without a debugger.
+
+use std::fmt;
+
+use crate::gguf::GgufError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug)]
+pub enum Error {
+    /// I/O on a path (open, map, read).
+    Io { path: String, source: std::io::Error },
+    /// The GGUF file is malformed; see [`GgufError`] for field and offset.
+    Gguf(GgufError),
+    /// A tensor type the operation does not handle.
+    UnsupportedType { what: String },
+    /// Tokenizer metadata is missing or inconsistent.
+    Tokenizer(String),
+    /// A caller passed an invalid argument.
+    InvalidArgument(String),
+    /// The feature (backend) was not compiled into this build.
+    NotCompiled { feature: &'static str },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { path, source } => write!(f, "{path}: {source}"),
+            Error::Gguf(e) => write!(f, "{e}"),
+            Error::UnsupportedType { what } => write!(f, "unsupported tensor type: {what}"),
+            Error::Tokenizer(m) => write!(f, "tokenizer: {m}"),
+            Error::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
+            Error::NotCompiled { feature } => write!(
+                f,
+                "backend not compiled in: rebuild with `cargo build --features {feature}`"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            Error::Gguf(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<GgufError> for Error {
+    fn from(e: GgufError) -> Self {
+        Error::Gguf(e)
+    }
+}

@@ -1,0 +1,21 @@
+//! ROCmForge: LLM inference for GGUF models on AMD (HIP/ROCm), NVIDIA (CUDA)
+//! and CPU, shipped as the C-ABI library `librocmforge.so`.
+//!
+//! Module map:
+//! - [`gguf`]: memory-mapped, fully validated GGUF v2/v3 reader.
+//! - [`quant`]: block layouts, dequantization and fused dot products for every
+//!   common GGUF tensor type.
+//! - [`tokenizer`]: byte-level BPE and SentencePiece tokenizers built from GGUF
+//!   metadata.
+//! - [`backend`]: compute backends; CPU is always present, GPU backends are
+//!   stub modules until their features are compiled in.
+//! - [`ffi`]: the C ABI (`include/rocmforge.h`).
+
+pub mod backend;
+pub mod error;
+pub mod ffi;
+pub mod gguf;
+pub mod quant;
+pub mod tokenizer;
+
+pub use error::{Error, Result};
