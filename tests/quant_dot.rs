@@ -1,0 +1,111 @@
+//! Fused dot products against dequantize-then-dot, on the gguf-py fixture
+//! blocks of every type.
+//!
+//! Tolerances: the f32 path sums the same products in a different order, so
+//! it must agree to 1e-5 of Σ|w·x|. The 8-bit path is compared with
+//! dequant(w) · dequant(quantize(x)): integer sums are exact, so the only
+//! difference is f32 rounding of the scales, 1e-5 of Σ|w·x| again. Against the
+//! unquantized x the 8-bit path carries activation quantization error; it must
+//! stay within 1% of Σ|w·x| (Q8 rounding error is at most d/2 per element).
+
+mod common;
+
+use rocmforge::quant::{self, act_format, quantize_acts, vec_dot_f32, vec_dot_q8, GgmlType};
+
+const TYPES: [(&str, GgmlType); 15] = [
+    ("F16", GgmlType::F16),
+    ("BF16", GgmlType::BF16),
+    ("Q4_0", GgmlType::Q4_0),
+    ("Q4_1", GgmlType::Q4_1),
+    ("Q5_0", GgmlType::Q5_0),
+    ("Q5_1", GgmlType::Q5_1),
+    ("Q8_0", GgmlType::Q8_0),
+    ("MXFP4", GgmlType::Mxfp4),
+    ("Q2_K", GgmlType::Q2K),
+    ("Q3_K", GgmlType::Q3K),
+    ("Q4_K", GgmlType::Q4K),
+    ("Q5_K", GgmlType::Q5K),
+    ("Q6_K", GgmlType::Q6K),
+    ("IQ4_NL", GgmlType::Iq4Nl),
+    ("IQ4_XS", GgmlType::Iq4Xs),
+];
+
+fn activations(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2654435761).max(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32 - 0.5) * 4.0
+        })
+        .collect()
+}
+
+fn dot64(a: &[f32], b: &[f32]) -> (f64, f64) {
+    let d = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let m = a.iter().zip(b).map(|(x, y)| (*x as f64 * *y as f64).abs()).sum();
+    (d, m)
+}
+
+#[test]
+fn fused_dots_match_dequantize_then_dot() {
+    for (name, ty) in TYPES {
+        let row = std::fs::read(common::fixture(&format!("quant/{name}.q"))).unwrap();
+        let w = quant::dequantize_vec(ty, &row).unwrap();
+        for seed in 1..4 {
+            let x = activations(w.len(), seed);
+            let (want, mag) = dot64(&w, &x);
+            let got = vec_dot_f32(ty, &row, &x).unwrap() as f64;
+            assert!((got - want).abs() <= 1e-5 * mag, "{name} f32 dot: {got} vs {want} (Σ|wx| {mag})");
+
+            if let Some(fmt) = act_format(ty) {
+                let xq = quantize_acts(fmt, &x).unwrap();
+                let xd = quant::dequantize_vec(fmt.ggml_type(), &xq).unwrap();
+                let (want_q, mag_q) = dot64(&w, &xd);
+                let got_q = vec_dot_q8(ty, &row, &xq, x.len()).unwrap() as f64;
+                assert!(
+                    (got_q - want_q).abs() <= 1e-5 * mag_q,
+                    "{name} x {:?} dot: {got_q} vs dequantized {want_q}",
+                    fmt
+                );
+                let rel = (got_q - want).abs() / mag;
+                assert!(rel < 1e-2, "{name} 8-bit dot strays {rel:e} of Σ|wx| from the f32 dot");
+                if seed == 1 {
+                    println!("{name:7} x {:?}: |q8 dot - f32 dot| / Σ|wx| = {rel:.2e}", fmt);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn q8_k_quantization_round_trips_within_half_a_step() {
+    let x = activations(256 * 8, 7);
+    let q = quantize_acts(quant::ActFormat::Q8K, &x).unwrap();
+    let y = quant::dequantize_vec(GgmlType::Q8K, &q).unwrap();
+    for (b, (xb, yb)) in x.chunks(256).zip(y.chunks(256)).enumerate() {
+        let d = f32::from_le_bytes(q[b * 292..b * 292 + 4].try_into().unwrap()).abs();
+        for (a, c) in xb.iter().zip(yb) {
+            assert!((a - c).abs() <= d * 0.5 + 1e-6, "block {b}: {a} -> {c} (d {d})");
+        }
+        // bsums are the per-16 sums of the quants
+        let qs = &q[b * 292 + 4..b * 292 + 260];
+        for j in 0..16 {
+            let s: i32 = qs[j * 16..j * 16 + 16].iter().map(|&v| v as i8 as i32).sum();
+            let got = i16::from_le_bytes([q[b * 292 + 260 + 2 * j], q[b * 292 + 261 + 2 * j]]);
+            assert_eq!(s, got as i32);
+        }
+    }
+    // an all-zero block quantizes to zeros
+    let z = quantize_acts(quant::ActFormat::Q8K, &[0.0; 256]).unwrap();
+    assert!(z.iter().all(|&b| b == 0));
+}
+
+#[test]
+fn dot_rejects_mismatched_lengths() {
+    assert!(vec_dot_f32(GgmlType::Q4_0, &[0u8; 18], &[0.0; 64]).is_err());
+    assert!(vec_dot_q8(GgmlType::Q4_0, &[0u8; 18], &[0u8; 34], 64).is_err());
+    assert!(vec_dot_q8(GgmlType::F32, &[0u8; 128], &[0u8; 34], 32).is_err());
+    assert!(quantize_acts(quant::ActFormat::Q8_0, &[0.0; 33]).is_err());
+}
