@@ -1,1 +1,229 @@
-//! Tokenizers (see mod docs).
+//! Tokenizers built from GGUF metadata alone (`tokenizer.ggml.*`).
+//!
+//! - `gpt2`: byte-level BPE with merges, pre-split by the pattern
+//!   `tokenizer.ggml.pre` selects ([`pretokenize`]).
+//! - `llama`: SentencePiece-style BPE with scores and `<0xNN>` byte
+//!   fallback ([`spm`]); Gemma-3 uses it.
+//!
+//! Special tokens: user-defined tokens are always matched whole in the text;
+//! control tokens only when the caller asks (`parse_special`). Matching is
+//! leftmost-longest, as llama.cpp and HF do.
+
+pub mod bpe;
+pub mod pretokenize;
+pub mod spm;
+pub mod stream;
+pub mod vocab;
+
+use std::collections::HashMap;
+
+use aho_corasick::{AhoCorasick, MatchKind};
+
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+pub use pretokenize::{PreKind, PreTokenizer};
+pub use stream::StreamDecoder;
+pub use vocab::{ModelKind, SpecialTokens, TokenType, Vocab};
+
+enum Algo {
+    Bpe(bpe::Bpe, PreTokenizer),
+    Spm(spm::Spm),
+}
+
+struct SpecialMatcher {
+    ac: AhoCorasick,
+    ids: Vec<u32>,
+}
+
+impl SpecialMatcher {
+    fn new(vocab: &Vocab, include: impl Fn(TokenType) -> bool) -> Result<Option<SpecialMatcher>> {
+        let ids: Vec<u32> = (0..vocab.len() as u32)
+            .filter(|&i| include(vocab.types[i as usize]) && !vocab.tokens[i as usize].is_empty())
+            .collect();
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let ac = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(ids.iter().map(|&i| vocab.tokens[i as usize].as_str()))
+            .map_err(|e| Error::Tokenizer(format!("special token matcher: {e}")))?;
+        Ok(Some(SpecialMatcher { ac, ids }))
+    }
+}
+
+enum Fragment<'t> {
+    Token(u32),
+    Text(&'t str),
+}
+
+pub struct Tokenizer {
+    pub vocab: Vocab,
+    algo: Algo,
+    /// Each token's bytes when detokenized.
+    pieces: Vec<Vec<u8>>,
+    /// user-defined only (always parsed)
+    user: Option<SpecialMatcher>,
+    /// control + unknown + user-defined (parse_special = true)
+    all: Option<SpecialMatcher>,
+    /// Set when `tokenizer.ggml.pre` was not recognised.
+    pub warning: Option<String>,
+}
+
+impl Tokenizer {
+    pub fn from_gguf(f: &GgufFile) -> Result<Tokenizer> {
+        Self::from_vocab(Vocab::from_gguf(f)?)
+    }
+
+    pub fn from_vocab(vocab: Vocab) -> Result<Tokenizer> {
+        let mut warning = None;
+        let (algo, pieces) = match vocab.kind {
+            ModelKind::Bpe => {
+                let kind = PreKind::from_name(&vocab.pre).unwrap_or_else(|| {
+                    let w = format!(
+                        "unknown tokenizer.ggml.pre = {:?}; falling back to the gpt2 pre-tokenizer (token ids may differ from the model's own tokenizer)",
+                        vocab.pre
+                    );
+                    eprintln!("rocmforge: warning: {w}");
+                    warning = Some(w);
+                    PreKind::Gpt2
+                });
+                let bpe = bpe::Bpe::new(&vocab.tokens, &vocab.merges, vocab.special.unk).map_err(Error::Tokenizer)?;
+                let inv: HashMap<char, u8> = bpe::byte_to_char().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
+                let pieces = vocab
+                    .tokens
+                    .iter()
+                    .map(|t| bpe::unmap_token(t, &inv).unwrap_or_else(|| t.as_bytes().to_vec()))
+                    .collect();
+                (Algo::Bpe(bpe, PreTokenizer::new(kind)), pieces)
+            }
+            ModelKind::Spm => {
+                let mergeable: Vec<bool> =
+                    vocab.types.iter().map(|t| matches!(t, TokenType::Normal | TokenType::Undefined)).collect();
+                let spm = spm::Spm::new(&vocab.tokens, &vocab.scores, &mergeable, vocab.special.unk);
+                let pieces = vocab
+                    .tokens
+                    .iter()
+                    .zip(&vocab.types)
+                    .map(|(t, ty)| match (ty, spm::parse_byte_token(t)) {
+                        (TokenType::Byte, Some(b)) => vec![b],
+                        _ => t.replace('\u{2581}', " ").into_bytes(),
+                    })
+                    .collect();
+                (Algo::Spm(spm), pieces)
+            }
+        };
+        let user = SpecialMatcher::new(&vocab, |t| t == TokenType::UserDefined)?;
+        let all = SpecialMatcher::new(&vocab, |t| {
+            matches!(t, TokenType::UserDefined | TokenType::Control | TokenType::Unknown)
+        })?;
+        Ok(Tokenizer { vocab, algo, pieces, user, all, warning })
+    }
+
+    pub fn n_vocab(&self) -> usize {
+        self.vocab.len()
+    }
+
+    fn partition<'t>(&self, text: &'t str, parse_special: bool) -> Vec<Fragment<'t>> {
+        let matcher = if parse_special { self.all.as_ref() } else { self.user.as_ref() };
+        let Some(m) = matcher else { return vec![Fragment::Text(text)] };
+        let mut out = Vec::new();
+        let mut pos = 0;
+        for hit in m.ac.find_iter(text) {
+            if hit.start() > pos {
+                out.push(Fragment::Text(&text[pos..hit.start()]));
+            }
+            out.push(Fragment::Token(m.ids[hit.pattern().as_usize()]));
+            pos = hit.end();
+        }
+        if pos < text.len() {
+            out.push(Fragment::Text(&text[pos..]));
+        }
+        out
+    }
+
+    /// Encode text to token ids.
+    ///
+    /// `add_special`: add BOS/EOS as the model's metadata asks
+    /// (`add_bos_token` / `add_eos_token`). `parse_special`: control tokens
+    /// written in the text (e.g. `<|im_start|>`) become their single ids;
+    /// otherwise they are tokenized as plain text. User-defined tokens are
+    /// always matched whole.
+    pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
+        let mut out = Vec::with_capacity(text.len() / 3 + 2);
+        if add_special && self.vocab.add_bos {
+            out.extend(self.vocab.special.bos);
+        }
+        let mut cache: HashMap<&str, (usize, usize)> = HashMap::new();
+        let mut spm_buf = String::new();
+        for (i, frag) in self.partition(text, parse_special).into_iter().enumerate() {
+            match frag {
+                Fragment::Token(id) => out.push(id),
+                Fragment::Text(t) => match &self.algo {
+                    Algo::Bpe(bpe, pre) => {
+                        for piece in pre.split(t) {
+                            // repeated pieces (common words) reuse earlier output
+                            if let Some(&(s, e)) = cache.get(piece) {
+                                out.extend_from_within(s..e);
+                                continue;
+                            }
+                            let s = out.len();
+                            bpe.encode_piece(piece.as_bytes(), &mut out);
+                            if piece.len() < 64 {
+                                cache.insert(piece, (s, out.len()));
+                            }
+                        }
+                    }
+                    Algo::Spm(spm) => {
+                        spm_buf.clear();
+                        if self.vocab.add_space_prefix && i == 0 {
+                            spm_buf.push('\u{2581}');
+                        }
+                        for c in t.chars() {
+                            spm_buf.push(if c == ' ' { '\u{2581}' } else { c });
+                        }
+                        spm.encode_piece(&spm_buf, &mut out);
+                    }
+                },
+            }
+        }
+        if add_special && self.vocab.add_eos {
+            out.extend(self.vocab.special.eos);
+        }
+        out
+    }
+
+    /// The bytes token `id` stands for. Control tokens render as their text
+    /// only when `special` is true (otherwise empty); `None` if out of range.
+    pub fn token_to_piece(&self, id: u32, special: bool) -> Option<&[u8]> {
+        let i = id as usize;
+        let ty = *self.vocab.types.get(i)?;
+        if !special && matches!(ty, TokenType::Control | TokenType::Unknown | TokenType::Unused) {
+            return Some(&[]);
+        }
+        Some(&self.pieces[i])
+    }
+
+    /// Decode a whole sequence to bytes (possibly not UTF-8 if the sequence
+    /// ends inside a multi-byte char). Out-of-range ids are an error.
+    pub fn decode(&self, ids: &[u32], special: bool) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        for (k, &id) in ids.iter().enumerate() {
+            let p = self
+                .token_to_piece(id, special)
+                .ok_or_else(|| Error::InvalidArgument(format!("token id {id} is outside the vocab ({} tokens)", self.n_vocab())))?;
+            // SentencePiece's space prefix is not part of the text.
+            let p = if k == 0 && matches!(self.algo, Algo::Spm(_)) && self.vocab.add_space_prefix {
+                p.strip_prefix(b" ").unwrap_or(p)
+            } else {
+                p
+            };
+            out.extend_from_slice(p);
+        }
+        Ok(out)
+    }
+
+    /// Decode to a String, replacing invalid UTF-8 with U+FFFD.
+    pub fn decode_lossy(&self, ids: &[u32], special: bool) -> Result<String> {
+        Ok(String::from_utf8_lossy(&self.decode(ids, special)?).into_owned())
+    }
+}
