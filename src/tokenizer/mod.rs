@@ -18,6 +18,7 @@ pub mod vocab;
 use std::collections::HashMap;
 
 use aho_corasick::{AhoCorasick, MatchKind};
+use rustc_hash::FxHashMap;
 
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
@@ -153,9 +154,25 @@ impl Tokenizer {
         if add_special && self.vocab.add_bos {
             out.extend(self.vocab.special.bos);
         }
-        let mut cache: HashMap<&str, (usize, usize)> = HashMap::new();
-        let mut spm_buf = String::new();
-        for (i, frag) in self.partition(text, parse_special).into_iter().enumerate() {
+        let mut cache: FxHashMap<&str, (usize, usize)> = FxHashMap::default();
+        // SentencePiece text with ▁ for spaces, built once, then encoded per fragment
+        let frags = self.partition(text, parse_special);
+        let spm_text: Vec<String> = match &self.algo {
+            Algo::Spm(_) => frags
+                .iter()
+                .enumerate()
+                .map(|(i, f)| match f {
+                    Fragment::Text(t) => {
+                        let prefix = if self.vocab.add_space_prefix && i == 0 { "\u{2581}" } else { "" };
+                        format!("{prefix}{}", t.replace(' ', "\u{2581}"))
+                    }
+                    Fragment::Token(_) => String::new(),
+                })
+                .collect(),
+            Algo::Bpe(..) => Vec::new(),
+        };
+        let mut spm_cache: FxHashMap<&str, (usize, usize)> = FxHashMap::default();
+        for (i, frag) in frags.into_iter().enumerate() {
             match frag {
                 Fragment::Token(id) => out.push(id),
                 Fragment::Text(t) => match &self.algo {
@@ -174,14 +191,7 @@ impl Tokenizer {
                         }
                     }
                     Algo::Spm(spm) => {
-                        spm_buf.clear();
-                        if self.vocab.add_space_prefix && i == 0 {
-                            spm_buf.push('\u{2581}');
-                        }
-                        for c in t.chars() {
-                            spm_buf.push(if c == ' ' { '\u{2581}' } else { c });
-                        }
-                        spm.encode_piece(&spm_buf, &mut out);
+                        spm.encode_text(&spm_text[i], &mut out, &mut spm_cache);
                     }
                 },
             }
