@@ -21,8 +21,8 @@ models:
 # The README's test command: models, then every test in release mode
 # (model-sized tests are too slow unoptimised), plus the stub-feature builds.
 test: models check-features
-	$(CARGO) test --release --all-targets
-	$(CARGO) test --release --doc
+	$(CARGO) build --release --examples
+	$(CARGO) test --release --lib --tests -- --show-output
 
 check-features:
 	$(CARGO) check --release --features cuda,rocm --all-targets
