@@ -17,6 +17,14 @@ pub enum Error {
     UnsupportedType { what: String },
     /// Tokenizer metadata is missing or inconsistent.
     Tokenizer(String),
+    /// The model uses an architecture, layout or option this build lacks.
+    Unsupported(String),
+    /// The sequence would run past the session's context size.
+    ContextFull(String),
+    /// An allocation failed.
+    OutOfMemory(String),
+    /// A callback asked to stop.
+    Cancelled,
     /// A caller passed an invalid argument.
     InvalidArgument(String),
     /// The feature (backend) was not compiled into this build.
@@ -30,6 +38,10 @@ impl fmt::Display for Error {
             Error::Gguf(e) => write!(f, "{e}"),
             Error::UnsupportedType { what } => write!(f, "unsupported tensor type: {what}"),
             Error::Tokenizer(m) => write!(f, "tokenizer: {m}"),
+            Error::Unsupported(m) => write!(f, "unsupported model: {m}"),
+            Error::ContextFull(m) => write!(f, "context full: {m}"),
+            Error::OutOfMemory(m) => write!(f, "out of memory: {m}"),
+            Error::Cancelled => write!(f, "cancelled by the callback"),
             Error::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
             Error::NotCompiled { feature } => write!(
                 f,

@@ -7,6 +7,9 @@
 //!   common GGUF tensor type.
 //! - [`tokenizer`]: byte-level BPE and SentencePiece tokenizers built from GGUF
 //!   metadata.
+//! - [`model`]: architecture tables, the reference and fast forward passes,
+//!   sessions with their KV caches.
+//! - [`sampler`]: logits → next token.
 //! - [`backend`]: compute backends; CPU is always present, GPU backends are
 //!   stub modules until their features are compiled in.
 //! - [`ffi`]: the C ABI (`include/rocmforge.h`).
@@ -15,6 +18,7 @@ pub mod backend;
 pub mod error;
 pub mod ffi;
 pub mod gguf;
+pub mod model;
 pub mod quant;
 pub mod tokenizer;
 

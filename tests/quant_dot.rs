@@ -109,3 +109,30 @@ fn dot_rejects_mismatched_lengths() {
     assert!(vec_dot_q8(GgmlType::F32, &[0u8; 128], &[0u8; 34], 32).is_err());
     assert!(quantize_acts(quant::ActFormat::Q8_0, &[0.0; 33]).is_err());
 }
+
+/// The 16-bit activation dot the CPU engine uses: against dequant(w) ·
+/// dequant(x16) it differs only by f32 rounding (1e-5 of Σ|w·x|); against the
+/// unquantized x, 16-bit quantization error stays below 1e-4 of Σ|w·x|.
+#[test]
+fn q16_dots_match_dequantize_then_dot() {
+    for (name, ty) in TYPES {
+        if act_format(ty).is_none() {
+            continue;
+        }
+        let row = std::fs::read(common::fixture(&format!("quant/{name}.q"))).unwrap();
+        let w = quant::dequantize_vec(ty, &row).unwrap();
+        let x = activations(w.len(), 11);
+        let xq = quant::quantize_q16(&x).unwrap();
+        let xd: Vec<f32> = xq.q.iter().enumerate().map(|(i, &q)| q as f32 * xq.d[i / 32]).collect();
+        let (want_q, mag_q) = dot64(&w, &xd);
+        let got = quant::vec_dot_q16(ty, &row, xq.as_row()).unwrap() as f64;
+        assert!((got - want_q).abs() <= 1e-5 * mag_q, "{name} q16 dot: {got} vs {want_q}");
+        let (want, mag) = dot64(&w, &x);
+        let rel = (got - want).abs() / mag;
+        assert!(rel < 1e-4, "{name}: q16 dot strays {rel:e} from the f32 dot");
+        for (b, s) in xq.sum.iter().enumerate() {
+            assert_eq!(*s, xq.q[b * 32..b * 32 + 32].iter().map(|&v| v as i32).sum::<i32>());
+        }
+    }
+    assert!(quant::quantize_q16(&[0.0; 33]).is_err());
+}

@@ -3,6 +3,8 @@
 //! answers `Error::NotCompiled`, so calling code needs no `#[cfg]` of its own
 //! (the candle pattern).
 
+pub mod cpu;
+
 #[cfg(feature = "cuda")]
 #[path = "cuda/mod.rs"]
 pub mod cuda;

@@ -1,0 +1,66 @@
+//! Dot-product kernels, chosen per weight type at run time. The scalar
+//! kernels are `quant::dot::vec_dot_q16` (the readable definition); AVX2
+//! versions are used when the CPU reports AVX2 and FMA.
+
+use super::matmul::{DotKernel, FloatKernel};
+use crate::quant::{self, ActRow, GgmlType};
+
+pub fn avx2_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Which kernel family this process uses, for logs and benchmarks.
+pub fn kernel_name() -> &'static str {
+    if avx2_available() {
+        "avx2+fma"
+    } else {
+        "scalar"
+    }
+}
+
+/// The scalar kernel for a quantized type (every type `act_format` names).
+pub fn scalar_q16(ty: GgmlType) -> DotKernel {
+    macro_rules! k {
+        ($t:expr) => {
+            |w: &[u8], x: ActRow| quant::vec_dot_q16($t, w, x).unwrap_or(f32::NAN)
+        };
+    }
+    use GgmlType::*;
+    match ty {
+        Q4_0 => k!(Q4_0),
+        Q4_1 => k!(Q4_1),
+        Q5_0 => k!(Q5_0),
+        Q5_1 => k!(Q5_1),
+        Q8_0 => k!(Q8_0),
+        Q2K => k!(Q2K),
+        Q3K => k!(Q3K),
+        Q4K => k!(Q4K),
+        Q5K => k!(Q5K),
+        Q6K => k!(Q6K),
+        Iq4Nl => k!(Iq4Nl),
+        Iq4Xs => k!(Iq4Xs),
+        _ => k!(Mxfp4),
+    }
+}
+
+/// The fastest kernel this CPU has for a quantized type.
+pub fn q16_kernel(ty: GgmlType) -> DotKernel {
+    scalar_q16(ty)
+}
+
+/// Kernel for float weights (F32/F16/BF16) against f32 activations. Weight
+/// bytes may sit at any offset the file's alignment allows.
+pub fn float_kernel(ty: GgmlType) -> FloatKernel {
+    match ty {
+        GgmlType::F32 => |w, x| w.chunks_exact(4).zip(x).map(|(c, b)| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * b).sum(),
+        GgmlType::F16 => |w, x| w.chunks_exact(2).zip(x).map(|(c, b)| half::f16::from_le_bytes([c[0], c[1]]).to_f32() * b).sum(),
+        _ => |w, x| w.chunks_exact(2).zip(x).map(|(c, b)| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16) * b).sum(),
+    }
+}

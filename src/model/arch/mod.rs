@@ -1,0 +1,78 @@
+//! Architecture knowledge as data. Each architecture is one small file with
+//! an [`ArchSpec`]: which GGUF keys and tensors it uses and which variant of
+//! each generic transformer step it takes. The forward passes
+//! (`model::reference`, `model::cpu`) read these flags and stay generic.
+
+mod gemma3;
+mod llama;
+mod qwen2;
+
+/// How RoPE pairs the dimensions of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs (x[2i], x[2i+1]): llama.cpp's "normal" (GGUF llama
+    /// files have Q/K permuted for it).
+    Normal,
+    /// Halves (x[i], x[i + d/2]): GPT-NeoX style.
+    Neox,
+}
+
+/// The gated FFN's activation: `down(act(gate(x)) * up(x))`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FfnAct {
+    Silu,
+    /// GELU, tanh approximation.
+    GeluTanh,
+}
+
+/// Per-layer attention kind, for interleaved sliding-window models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerKind {
+    Global,
+    /// Attends to the last `window` positions only, with its own RoPE base.
+    Local,
+}
+
+/// One architecture, as data.
+#[derive(Debug)]
+pub struct ArchSpec {
+    /// `general.architecture`.
+    pub name: &'static str,
+    pub rope: RopeStyle,
+    pub ffn_act: FfnAct,
+    /// Multiply the token embedding by √n_embd (Gemma).
+    pub embed_scale_sqrt: bool,
+    /// RMSNorm multiplies by (1 + w) instead of w. GGUF Gemma files already
+    /// store 1 + w (llama.cpp's converter adds the one; HF subtracts it again
+    /// when loading), so no shipped table sets this; it exists for files
+    /// converted without the shift.
+    pub norm_add_one: bool,
+    /// `attn_q_norm` / `attn_k_norm`: RMSNorm over each head of Q and K.
+    pub qk_norm: bool,
+    /// `post_attention_norm` / `post_ffw_norm` on each block's branch output.
+    pub post_norms: bool,
+    /// Q/K/V biases `attn_{q,k,v}.bias` (required when true).
+    pub qkv_bias: bool,
+    /// Interleaved local/global layers: every `n`-th layer (1-based) is
+    /// global, the rest slide over `attention.sliding_window` positions.
+    pub global_every: Option<usize>,
+    /// RoPE base for local layers when the file does not give one.
+    pub local_rope_base: f32,
+}
+
+/// Every architecture this build knows, looked up by `general.architecture`.
+pub const ARCHS: [&ArchSpec; 3] = [&llama::SPEC, &qwen2::SPEC, &gemma3::SPEC];
+
+pub fn lookup(name: &str) -> Option<&'static ArchSpec> {
+    ARCHS.iter().copied().find(|a| a.name == name)
+}
+
+/// Tensor names, shared by every architecture (GGUF's standard names).
+pub mod names {
+    pub const TOKEN_EMBD: &str = "token_embd.weight";
+    pub const OUTPUT_NORM: &str = "output_norm.weight";
+    pub const OUTPUT: &str = "output.weight";
+    pub fn blk(i: usize, t: &str) -> String {
+        format!("blk.{i}.{t}")
+    }
+}

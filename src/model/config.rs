@@ -1,0 +1,151 @@
+//! Hyperparameters read from GGUF metadata (arch-prefixed keys), checked
+//! against the tensors actually present.
+
+use super::arch::{self, ArchSpec, LayerKind};
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+
+/// RoPE frequency scaling (`rope.scaling.type`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by `factor`.
+    Linear { factor: f32 },
+    /// YaRN: interpolation blended with extrapolation per dimension, as ggml.
+    Yarn { factor: f32, orig_ctx: u32, attn_factor: f32, beta_fast: f32, beta_slow: f32 },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub arch: &'static ArchSpec,
+    pub n_vocab: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    /// Per-head size of Q and K (`attention.key_length`, default n_embd / n_head).
+    pub head_dim: usize,
+    /// Per-head size of V (`attention.value_length`, default head_dim).
+    pub head_dim_v: usize,
+    pub n_ff: usize,
+    pub n_ctx_train: usize,
+    pub rms_eps: f32,
+    pub rope_base: f32,
+    pub rope_base_local: f32,
+    /// Dimensions of each head that RoPE rotates (`rope.dimension_count`).
+    pub rope_dim: usize,
+    pub rope_scaling: RopeScaling,
+    pub sliding_window: Option<usize>,
+    pub layer_kinds: Vec<LayerKind>,
+    /// Attention logit scale.
+    pub attn_scale: f32,
+    /// No `output.weight`: the embedding matrix is the output projection.
+    pub tied_embeddings: bool,
+}
+
+fn missing(what: &str) -> Error {
+    Error::Unsupported(format!("model metadata lacks {what}"))
+}
+
+impl Config {
+    pub fn from_gguf(f: &GgufFile) -> Result<Config> {
+        let arch_name = f.architecture()?;
+        let arch = arch::lookup(arch_name).ok_or_else(|| {
+            let known: Vec<&str> = arch::ARCHS.iter().map(|a| a.name).collect();
+            Error::Unsupported(format!("architecture '{arch_name}' is not supported (supported: {})", known.join(", ")))
+        })?;
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let req = |k: &str| -> Result<usize> {
+            f.get_u64(&key(k))?.map(|v| v as usize).ok_or_else(|| missing(&key(k)))
+        };
+        let opt = |k: &str| -> Result<Option<usize>> { Ok(f.get_u64(&key(k))?.map(|v| v as usize)) };
+        let optf = |k: &str| -> Result<Option<f32>> { f.get_f32(&key(k)) };
+
+        let n_embd = req("embedding_length")?;
+        let n_layer = req("block_count")?;
+        let n_head = req("attention.head_count")?;
+        let n_head_kv = opt("attention.head_count_kv")?.unwrap_or(n_head);
+        if n_embd == 0 || n_layer == 0 || n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
+            return Err(Error::Unsupported(format!(
+                "bad attention shape: n_embd {n_embd}, n_layer {n_layer}, n_head {n_head}, n_head_kv {n_head_kv} (n_head must be a multiple of n_head_kv)"
+            )));
+        }
+        let head_dim = opt("attention.key_length")?.unwrap_or(n_embd / n_head);
+        let head_dim_v = opt("attention.value_length")?.unwrap_or(head_dim);
+        let n_ff = req("feed_forward_length")?;
+        let n_ctx_train = opt("context_length")?.unwrap_or(2048);
+        let rms_eps = optf("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5);
+        let rope_base = optf("rope.freq_base")?.unwrap_or(10_000.0);
+        let rope_dim = opt("rope.dimension_count")?.unwrap_or(head_dim);
+        if rope_dim > head_dim || rope_dim % 2 != 0 || head_dim % 2 != 0 {
+            return Err(Error::Unsupported(format!("rope.dimension_count {rope_dim} does not fit head size {head_dim}")));
+        }
+        let factor = optf("rope.scaling.factor")?.filter(|&x| x > 0.0 && x != 1.0);
+        let rope_scaling = match (f.get_str(&key("rope.scaling.type"))?, factor) {
+            (_, None) | (Some("none"), _) => RopeScaling::None,
+            (Some("linear") | None, Some(factor)) => RopeScaling::Linear { factor },
+            (Some("yarn"), Some(factor)) => RopeScaling::Yarn {
+                factor,
+                orig_ctx: opt("rope.scaling.original_context_length")?.unwrap_or(n_ctx_train) as u32,
+                attn_factor: optf("rope.scaling.attn_factor")?.unwrap_or(1.0),
+                beta_fast: optf("rope.scaling.yarn_beta_fast")?.unwrap_or(32.0),
+                beta_slow: optf("rope.scaling.yarn_beta_slow")?.unwrap_or(1.0),
+            },
+            (Some(other), _) => return Err(Error::Unsupported(format!("rope.scaling.type '{other}' is not supported (none, linear, yarn)"))),
+        };
+        let sliding_window = opt("attention.sliding_window")?;
+        let layer_kinds = (0..n_layer)
+            .map(|il| match (arch.global_every, sliding_window) {
+                (Some(n), Some(_)) if (il + 1) % n != 0 => LayerKind::Local,
+                _ => LayerKind::Global,
+            })
+            .collect();
+        let attn_scale = optf("attention.scale")?.unwrap_or(1.0 / (head_dim as f32).sqrt());
+        let rope_base_local = optf("rope.freq_base_swa")?.unwrap_or(arch.local_rope_base);
+
+        let emb = f.tensor(arch::names::TOKEN_EMBD).ok_or_else(|| missing("tensor token_embd.weight"))?;
+        if emb.dims.len() != 2 || emb.dims[0] as usize != n_embd {
+            return Err(Error::Unsupported(format!("token_embd.weight has shape {:?}, expected [{n_embd}, n_vocab]", emb.dims)));
+        }
+        // The embedding's row count is the vocab; metadata may omit it.
+        let n_vocab = emb.dims[1] as usize;
+        if let Some(v) = opt("vocab_size")? {
+            if v != n_vocab {
+                return Err(Error::Unsupported(format!("{} = {v} but token_embd.weight has {n_vocab} rows", key("vocab_size"))));
+            }
+        }
+        let tied_embeddings = f.tensor(arch::names::OUTPUT).is_none();
+        Ok(Config {
+            arch,
+            n_vocab,
+            n_embd,
+            n_layer,
+            n_head,
+            n_head_kv,
+            head_dim,
+            head_dim_v,
+            n_ff,
+            n_ctx_train,
+            rms_eps,
+            rope_base,
+            rope_base_local,
+            rope_dim,
+            rope_scaling,
+            sliding_window,
+            layer_kinds,
+            attn_scale,
+            tied_embeddings,
+        })
+    }
+
+    /// Width of the concatenated Q heads and of the K (V) heads.
+    pub fn q_dim(&self) -> usize {
+        self.n_head * self.head_dim
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.n_head_kv * self.head_dim
+    }
+    pub fn v_dim(&self) -> usize {
+        self.n_head_kv * self.head_dim_v
+    }
+}

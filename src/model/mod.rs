@@ -1,0 +1,173 @@
+//! A loaded model (config, weights in the mapping, tokenizer, thread pool)
+//! and sessions over it (one KV cache each). Many sessions share one
+//! `Arc<Model>`: the weights are never copied.
+
+pub mod arch;
+pub mod config;
+mod forward;
+mod ops;
+pub mod reference;
+pub mod weights;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+use crate::tokenizer::Tokenizer;
+pub use config::{Config, RopeScaling};
+pub use forward::Logits;
+use weights::Weights;
+
+/// Options for [`Model::load`].
+pub struct LoadOptions<'a> {
+    /// Worker threads for the CPU matmuls; 0 = all cores.
+    pub n_threads: usize,
+    /// Progress in [0, 1]; return false to cancel the load.
+    pub progress: Option<&'a mut dyn FnMut(f32) -> bool>,
+}
+
+impl Default for LoadOptions<'_> {
+    fn default() -> Self {
+        LoadOptions { n_threads: 0, progress: None }
+    }
+}
+
+pub struct Model {
+    pub cfg: Config,
+    pub file: GgufFile,
+    pub weights: Weights,
+    pub tokenizer: Tokenizer,
+    pub(crate) pool: rayon::ThreadPool,
+    pub n_threads: usize,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("arch", &self.cfg.arch.name).field("n_layer", &self.cfg.n_layer).finish()
+    }
+}
+
+impl Model {
+    pub fn load(path: impl AsRef<Path>, mut opts: LoadOptions) -> Result<Arc<Model>> {
+        let mut report = |p: f32| -> Result<()> {
+            match &mut opts.progress {
+                Some(cb) => {
+                    if cb(p) {
+                        Ok(())
+                    } else {
+                        Err(Error::Cancelled)
+                    }
+                }
+                None => Ok(()),
+            }
+        };
+        report(0.0)?;
+        let file = GgufFile::open(path)?;
+        report(0.1)?;
+        let cfg = Config::from_gguf(&file)?;
+        let tokenizer = Tokenizer::from_gguf(&file)?;
+        if tokenizer.n_vocab() != cfg.n_vocab {
+            return Err(Error::Unsupported(format!(
+                "tokenizer has {} tokens but token_embd.weight has {} rows",
+                tokenizer.n_vocab(),
+                cfg.n_vocab
+            )));
+        }
+        report(0.4)?;
+        let weights = Weights::load(&file, &cfg)?;
+        report(0.9)?;
+        let n_threads = if opts.n_threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            opts.n_threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n_threads)
+            .thread_name(|i| format!("rocmforge-cpu-{i}"))
+            .build()
+            .map_err(|e| Error::InvalidArgument(format!("cannot start {n_threads} worker threads: {e}")))?;
+        report(1.0)?;
+        Ok(Arc::new(Model { cfg, file, weights, tokenizer, pool, n_threads }))
+    }
+
+    /// The context size a session gets when asked for 0: min(n_ctx_train, 4096).
+    pub fn default_n_ctx(&self) -> usize {
+        self.cfg.n_ctx_train.min(4096)
+    }
+}
+
+/// One sequence over a shared model: its KV cache and position.
+pub struct Session {
+    pub model: Arc<Model>,
+    n_ctx: usize,
+    pos: usize,
+    /// (n_layer, n_ctx, n_head_kv * head_dim)
+    k_cache: Vec<f32>,
+    /// (n_layer, n_ctx, n_head_kv * head_dim_v)
+    v_cache: Vec<f32>,
+}
+
+impl Session {
+    /// A new, empty session; `n_ctx` 0 means [`Model::default_n_ctx`]. The
+    /// KV cache for all `n_ctx` positions is allocated here, once.
+    pub fn new(model: Arc<Model>, n_ctx: usize) -> Result<Session> {
+        let n_ctx = if n_ctx == 0 { model.default_n_ctx() } else { n_ctx };
+        let c = &model.cfg;
+        let k = c.n_layer.checked_mul(n_ctx).and_then(|v| v.checked_mul(c.kv_dim()));
+        let v = c.n_layer.checked_mul(n_ctx).and_then(|v| v.checked_mul(c.v_dim()));
+        let (Some(k), Some(v)) = (k, v) else {
+            return Err(Error::InvalidArgument(format!("n_ctx {n_ctx} makes the KV cache size overflow")));
+        };
+        let mut k_cache = Vec::new();
+        let mut v_cache = Vec::new();
+        k_cache.try_reserve_exact(k).and_then(|_| v_cache.try_reserve_exact(v)).map_err(|_| {
+            Error::OutOfMemory(format!("KV cache for n_ctx {n_ctx}: {} MiB", (k + v) * 4 >> 20))
+        })?;
+        k_cache.resize(k, 0.0);
+        v_cache.resize(v, 0.0);
+        Ok(Session { model, n_ctx, pos: 0, k_cache, v_cache })
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    /// Number of positions in the cache.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// Keep the first `n_keep` positions (0 clears everything).
+    pub fn kv_keep(&mut self, n_keep: usize) -> Result<()> {
+        if n_keep > self.pos {
+            return Err(Error::InvalidArgument(format!("n_keep {n_keep} is past the current position {}", self.pos)));
+        }
+        self.pos = n_keep;
+        Ok(())
+    }
+
+    /// Append `tokens` at the current position and return the requested
+    /// logits (`Logits::Last`: n_vocab floats; `All`: one row per token).
+    /// Nothing is appended on error.
+    pub fn eval(&mut self, tokens: &[u32], want: Logits) -> Result<Vec<f32>> {
+        let c = &self.model.cfg;
+        if tokens.is_empty() {
+            return Err(Error::InvalidArgument("no tokens to evaluate".into()));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.n_vocab) {
+            return Err(Error::InvalidArgument(format!("token id {bad} is outside the vocab (n_vocab {})", c.n_vocab)));
+        }
+        if self.pos + tokens.len() > self.n_ctx {
+            return Err(Error::ContextFull(format!(
+                "{} tokens at position {} do not fit the context of {} (call forge_kv_reset or load with a larger n_ctx)",
+                tokens.len(),
+                self.pos,
+                self.n_ctx
+            )));
+        }
+        let out = forward::forward(self, tokens, want)?;
+        self.pos += tokens.len();
+        Ok(out)
+    }
+}

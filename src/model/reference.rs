@@ -1,0 +1,310 @@
+//! The reference forward pass: f32 everywhere, weights dequantized once, one
+//! token at a time, written to be read top to bottom (after llama2.c's
+//! `run.c`). It is the oracle the fast CPU path and every GPU backend are
+//! tested against, so it stays plain: no SIMD, no threads, no batching.
+
+use super::arch::{FfnAct, LayerKind, RopeStyle};
+use super::config::{Config, RopeScaling};
+use super::weights::Matrix;
+use super::Model;
+use crate::error::{Error, Result};
+use crate::quant;
+
+// ----------------------------------------------------------------------------
+// Weights, dequantized. Shapes are (rows, cols) of row-major f32 matrices.
+
+struct DenseLayer {
+    attn_norm: Vec<f32>,              // (n_embd)
+    wq: Vec<f32>,                     // (n_head * head_dim, n_embd)
+    wk: Vec<f32>,                     // (n_head_kv * head_dim, n_embd)
+    wv: Vec<f32>,                     // (n_head_kv * head_dim_v, n_embd)
+    wo: Vec<f32>,                     // (n_embd, n_head * head_dim_v)
+    bq: Option<Vec<f32>>,             // (n_head * head_dim)
+    bk: Option<Vec<f32>>,             // (n_head_kv * head_dim)
+    bv: Option<Vec<f32>>,             // (n_head_kv * head_dim_v)
+    q_norm: Option<Vec<f32>>,         // (head_dim)
+    k_norm: Option<Vec<f32>>,         // (head_dim)
+    post_attn_norm: Option<Vec<f32>>, // (n_embd)
+    ffn_norm: Vec<f32>,               // (n_embd)
+    w_gate: Vec<f32>,                 // (n_ff, n_embd)
+    w_up: Vec<f32>,                   // (n_ff, n_embd)
+    w_down: Vec<f32>,                 // (n_embd, n_ff)
+    post_ffn_norm: Option<Vec<f32>>,  // (n_embd)
+}
+
+pub struct Reference<'m> {
+    model: &'m Model,
+    token_embd: Vec<f32>,  // (n_vocab, n_embd)
+    output_norm: Vec<f32>, // (n_embd)
+    output: Vec<f32>,      // (n_vocab, n_embd)
+    layers: Vec<DenseLayer>,
+    // state, allocated once
+    x: Vec<f32>,      // (n_embd) residual stream
+    xb: Vec<f32>,     // (n_embd) normed input of a branch
+    q: Vec<f32>,      // (n_head * head_dim)
+    k: Vec<f32>,      // (n_head_kv * head_dim)
+    v: Vec<f32>,      // (n_head_kv * head_dim_v)
+    att_out: Vec<f32>, // (n_head * head_dim_v)
+    branch: Vec<f32>, // (n_embd) a branch's output before the residual add
+    hb: Vec<f32>,     // (n_ff)
+    hb2: Vec<f32>,    // (n_ff)
+    scores: Vec<f32>, // (n_ctx)
+    key_cache: Vec<f32>,   // (n_layer, n_ctx, n_head_kv * head_dim)
+    value_cache: Vec<f32>, // (n_layer, n_ctx, n_head_kv * head_dim_v)
+    logits: Vec<f32>,      // (n_vocab)
+    n_ctx: usize,
+}
+
+fn dense(model: &Model, m: &Matrix) -> Result<Vec<f32>> {
+    quant::dequantize_vec(m.ty, m.bytes(&model.file))
+}
+
+impl<'m> Reference<'m> {
+    pub fn new(model: &'m Model, n_ctx: usize) -> Result<Reference<'m>> {
+        let c = &model.cfg;
+        let w = &model.weights;
+        let layers = w
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(DenseLayer {
+                    attn_norm: l.attn_norm.clone(),
+                    wq: dense(model, &l.wq)?,
+                    wk: dense(model, &l.wk)?,
+                    wv: dense(model, &l.wv)?,
+                    wo: dense(model, &l.wo)?,
+                    bq: l.bq.clone(),
+                    bk: l.bk.clone(),
+                    bv: l.bv.clone(),
+                    q_norm: l.q_norm.clone(),
+                    k_norm: l.k_norm.clone(),
+                    post_attn_norm: l.post_attn_norm.clone(),
+                    ffn_norm: l.ffn_norm.clone(),
+                    w_gate: dense(model, &l.w_gate)?,
+                    w_up: dense(model, &l.w_up)?,
+                    w_down: dense(model, &l.w_down)?,
+                    post_ffn_norm: l.post_ffn_norm.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let token_embd = dense(model, &w.token_embd)?;
+        let output = if c.tied_embeddings { token_embd.clone() } else { dense(model, &w.output)? };
+        Ok(Reference {
+            model,
+            token_embd,
+            output_norm: w.output_norm.clone(),
+            output,
+            layers,
+            x: vec![0.0; c.n_embd],
+            xb: vec![0.0; c.n_embd],
+            q: vec![0.0; c.q_dim()],
+            k: vec![0.0; c.kv_dim()],
+            v: vec![0.0; c.v_dim()],
+            att_out: vec![0.0; c.n_head * c.head_dim_v],
+            branch: vec![0.0; c.n_embd],
+            hb: vec![0.0; c.n_ff],
+            hb2: vec![0.0; c.n_ff],
+            scores: vec![0.0; n_ctx],
+            key_cache: vec![0.0; c.n_layer * n_ctx * c.kv_dim()],
+            value_cache: vec![0.0; c.n_layer * n_ctx * c.v_dim()],
+            logits: vec![0.0; c.n_vocab],
+            n_ctx,
+        })
+    }
+
+    /// Run one token at position `pos` (all earlier positions must have been
+    /// run) and return the next-token logits.
+    pub fn forward(&mut self, token: u32, pos: usize) -> Result<&[f32]> {
+        let c: &Config = &self.model.cfg;
+        if pos >= self.n_ctx {
+            return Err(Error::InvalidArgument(format!("position {pos} is past the reference context {}", self.n_ctx)));
+        }
+        if token as usize >= c.n_vocab {
+            return Err(Error::InvalidArgument(format!("token {token} is outside the vocab ({})", c.n_vocab)));
+        }
+        let (dim, hd, hdv) = (c.n_embd, c.head_dim, c.head_dim_v);
+        let (kv_dim, v_dim) = (c.kv_dim(), c.v_dim());
+        let group = c.n_head / c.n_head_kv; // query heads per K/V head (GQA)
+
+        // x = embedding row, scaled by √dim for Gemma
+        self.x.copy_from_slice(&self.token_embd[token as usize * dim..(token as usize + 1) * dim]);
+        if c.arch.embed_scale_sqrt {
+            let s = (dim as f32).sqrt();
+            self.x.iter_mut().for_each(|v| *v *= s);
+        }
+
+        for (il, l) in self.layers.iter().enumerate() {
+            // ---- attention: x += post_norm(wo · attention(rope(q), rope(k), v)) ----
+            rmsnorm(&mut self.xb, &self.x, &l.attn_norm, c.rms_eps);
+            matmul(&mut self.q, &l.wq, &self.xb);
+            matmul(&mut self.k, &l.wk, &self.xb);
+            matmul(&mut self.v, &l.wv, &self.xb);
+            if let (Some(bq), Some(bk), Some(bv)) = (&l.bq, &l.bk, &l.bv) {
+                add(&mut self.q, bq);
+                add(&mut self.k, bk);
+                add(&mut self.v, bv);
+            }
+            if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+                for h in self.q.chunks_mut(hd) {
+                    let t = h.to_vec();
+                    rmsnorm(h, &t, qn, c.rms_eps);
+                }
+                for h in self.k.chunks_mut(hd) {
+                    let t = h.to_vec();
+                    rmsnorm(h, &t, kn, c.rms_eps);
+                }
+            }
+            let local = c.layer_kinds[il] == LayerKind::Local;
+            let base = if local { c.rope_base_local } else { c.rope_base };
+            for h in self.q.chunks_mut(hd) {
+                rope(h, pos, base, c);
+            }
+            for h in self.k.chunks_mut(hd) {
+                rope(h, pos, base, c);
+            }
+            // append k, v to this layer's cache at `pos`
+            let kc = &mut self.key_cache[il * self.n_ctx * kv_dim..(il + 1) * self.n_ctx * kv_dim];
+            kc[pos * kv_dim..(pos + 1) * kv_dim].copy_from_slice(&self.k);
+            let vc = &mut self.value_cache[il * self.n_ctx * v_dim..(il + 1) * self.n_ctx * v_dim];
+            vc[pos * v_dim..(pos + 1) * v_dim].copy_from_slice(&self.v);
+            // visible positions: all earlier ones, or the last `window` on local layers
+            let first = match (local, c.sliding_window) {
+                (true, Some(w)) => (pos + 1).saturating_sub(w),
+                _ => 0,
+            };
+            for h in 0..c.n_head {
+                let kvh = h / group;
+                let qh = &self.q[h * hd..(h + 1) * hd];
+                for t in first..=pos {
+                    let kt = &kc[t * kv_dim + kvh * hd..t * kv_dim + (kvh + 1) * hd];
+                    self.scores[t] = dot(qh, kt) * c.attn_scale;
+                }
+                softmax(&mut self.scores[first..=pos]);
+                let out = &mut self.att_out[h * hdv..(h + 1) * hdv];
+                out.fill(0.0);
+                for t in first..=pos {
+                    let vt = &vc[t * v_dim + kvh * hdv..t * v_dim + (kvh + 1) * hdv];
+                    for (o, &vv) in out.iter_mut().zip(vt) {
+                        *o += self.scores[t] * vv;
+                    }
+                }
+            }
+            matmul(&mut self.branch, &l.wo, &self.att_out);
+            if let Some(pn) = &l.post_attn_norm {
+                let t = self.branch.clone();
+                rmsnorm(&mut self.branch, &t, pn, c.rms_eps);
+            }
+            add(&mut self.x, &self.branch);
+
+            // ---- FFN: x += post_norm(w_down · (act(w_gate · xb) * (w_up · xb))) ----
+            rmsnorm(&mut self.xb, &self.x, &l.ffn_norm, c.rms_eps);
+            matmul(&mut self.hb, &l.w_gate, &self.xb);
+            matmul(&mut self.hb2, &l.w_up, &self.xb);
+            for (g, u) in self.hb.iter_mut().zip(&self.hb2) {
+                *g = match c.arch.ffn_act {
+                    FfnAct::Silu => *g / (1.0 + (-*g).exp()),
+                    FfnAct::GeluTanh => gelu_tanh(*g),
+                } * u;
+            }
+            matmul(&mut self.branch, &l.w_down, &self.hb);
+            if let Some(pn) = &l.post_ffn_norm {
+                let t = self.branch.clone();
+                rmsnorm(&mut self.branch, &t, pn, c.rms_eps);
+            }
+            add(&mut self.x, &self.branch);
+        }
+
+        // final norm, then logits = output · x
+        let x = self.x.clone();
+        rmsnorm(&mut self.x, &x, &self.output_norm, c.rms_eps);
+        matmul(&mut self.logits, &self.output, &self.x);
+        Ok(&self.logits)
+    }
+}
+
+// ----------------------------------------------------------------------------
+// The math, one function per step.
+
+/// out = x / sqrt(mean(x²) + eps) * w
+fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let ss = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let s = 1.0 / (ss + eps).sqrt();
+    for ((o, &xi), &wi) in out.iter_mut().zip(x).zip(w) {
+        *o = xi * s * wi;
+    }
+}
+
+/// out (rows) = W (rows, cols) · x (cols)
+fn matmul(out: &mut [f32], w: &[f32], x: &[f32]) {
+    let cols = x.len();
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = dot(&w[r * cols..(r + 1) * cols], x);
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn add(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}
+
+fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    x.iter_mut().for_each(|v| *v /= sum);
+}
+
+/// GELU, tanh approximation: 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))
+fn gelu_tanh(x: f32) -> f32 {
+    0.5 * x * (1.0 + (0.797_884_6 * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// Rotate the first `rope_dim` dims of one head by position `pos`:
+/// pairs (2i, 2i+1) for Normal, (i, i + rope_dim/2) for NeoX; angle
+/// pos · base^(-2i/rope_dim), with linear or YaRN scaling.
+fn rope(head: &mut [f32], pos: usize, base: f32, c: &Config) {
+    let n = c.rope_dim;
+    for i in 0..n / 2 {
+        let (cos, sin) = rope_angle(pos, i, n, base, c.rope_scaling);
+        let (a, b) = match c.arch.rope {
+            RopeStyle::Normal => (2 * i, 2 * i + 1),
+            RopeStyle::Neox => (i, i + n / 2),
+        };
+        let (x0, x1) = (head[a], head[b]);
+        head[a] = x0 * cos - x1 * sin;
+        head[b] = x0 * sin + x1 * cos;
+    }
+}
+
+/// (cos θ, sin θ) for dimension pair `i` of `n`, as ggml computes it
+/// (including YaRN's ramp between interpolation and extrapolation).
+pub fn rope_angle(pos: usize, i: usize, n: usize, base: f32, scaling: RopeScaling) -> (f32, f32) {
+    let theta_extrap = pos as f32 * base.powf(-2.0 * i as f32 / n as f32);
+    match scaling {
+        RopeScaling::None => (theta_extrap.cos(), theta_extrap.sin()),
+        RopeScaling::Linear { factor } => {
+            let t = theta_extrap / factor;
+            (t.cos(), t.sin())
+        }
+        RopeScaling::Yarn { factor, orig_ctx, attn_factor, beta_fast, beta_slow } => {
+            let freq_scale = 1.0 / factor;
+            let corr = |rot: f32| {
+                n as f32 * (orig_ctx as f32 / (rot * 2.0 * std::f32::consts::PI)).ln() / (2.0 * base.ln())
+            };
+            let low = corr(beta_fast).floor().max(0.0);
+            let high = corr(beta_slow).ceil().min(n as f32 - 1.0);
+            let y = (i as f32 - low) / (high - low).max(0.001);
+            let ramp_mix = 1.0 - y.clamp(0.0, 1.0);
+            let theta_interp = freq_scale * theta_extrap;
+            let theta = theta_interp * (1.0 - ramp_mix) + theta_extrap * ramp_mix;
+            let mscale = attn_factor * (1.0 + 0.1 * (1.0 / freq_scale).ln());
+            (theta.cos() * mscale, theta.sin() * mscale)
+        }
+    }
+}

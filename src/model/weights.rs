@@ -1,0 +1,147 @@
+//! The model's tensors, located in the mapped file and shape-checked at load.
+//! Matrices stay quantized in the mapping; norm weights and biases (small)
+//! are dequantized to f32 once.
+
+use super::arch::names::{self, blk};
+use super::config::Config;
+use crate::error::{Error, Result};
+use crate::gguf::{GgufFile, TensorInfo};
+use crate::quant::{self, GgmlType};
+
+/// A weight matrix `[rows = out features][cols = in features]`, stored as
+/// `rows` rows of `cols` values in the file (ggml dims: [cols, rows]).
+#[derive(Debug, Clone)]
+pub struct Matrix {
+    pub name: String,
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub offset: usize,
+    pub row_bytes: usize,
+}
+
+impl Matrix {
+    pub fn bytes<'f>(&self, f: &'f GgufFile) -> &'f [u8] {
+        &f.as_bytes()[self.offset..self.offset + self.rows * self.row_bytes]
+    }
+    pub fn row<'f>(&self, f: &'f GgufFile, r: usize) -> &'f [u8] {
+        let s = self.offset + r * self.row_bytes;
+        &f.as_bytes()[s..s + self.row_bytes]
+    }
+}
+
+pub struct LayerWeights {
+    pub attn_norm: Vec<f32>,             // (n_embd)
+    pub wq: Matrix,                      // (n_head * head_dim, n_embd)
+    pub wk: Matrix,                      // (n_head_kv * head_dim, n_embd)
+    pub wv: Matrix,                      // (n_head_kv * head_dim_v, n_embd)
+    pub wo: Matrix,                      // (n_embd, n_head * head_dim_v)
+    pub bq: Option<Vec<f32>>,            // (n_head * head_dim)       qwen2
+    pub bk: Option<Vec<f32>>,            // (n_head_kv * head_dim)    qwen2
+    pub bv: Option<Vec<f32>>,            // (n_head_kv * head_dim_v)  qwen2
+    pub q_norm: Option<Vec<f32>>,        // (head_dim)                gemma3
+    pub k_norm: Option<Vec<f32>>,        // (head_dim)                gemma3
+    pub post_attn_norm: Option<Vec<f32>>, // (n_embd)                 gemma3
+    pub ffn_norm: Vec<f32>,              // (n_embd)
+    pub w_gate: Matrix,                  // (n_ff, n_embd)
+    pub w_up: Matrix,                    // (n_ff, n_embd)
+    pub w_down: Matrix,                  // (n_embd, n_ff)
+    pub post_ffn_norm: Option<Vec<f32>>, // (n_embd)                  gemma3
+}
+
+pub struct Weights {
+    pub token_embd: Matrix,   // (n_vocab, n_embd)
+    pub output_norm: Vec<f32>, // (n_embd)
+    pub output: Matrix,       // (n_vocab, n_embd); token_embd when tied
+    pub layers: Vec<LayerWeights>,
+}
+
+fn find<'f>(f: &'f GgufFile, name: &str, arch: &str) -> Result<&'f TensorInfo> {
+    f.tensor(name).ok_or_else(|| Error::Unsupported(format!("missing tensor '{name}', which {arch} requires")))
+}
+
+fn shape_err(t: &TensorInfo, want: &[usize]) -> Error {
+    Error::Unsupported(format!("tensor '{}' has shape {:?}, expected {:?} (ggml order)", t.name, t.dims, want))
+}
+
+fn matrix(f: &GgufFile, name: &str, arch: &str, rows: usize, cols: usize) -> Result<Matrix> {
+    let t = find(f, name, arch)?;
+    if t.dims.len() != 2 || t.dims[0] as usize != cols || t.dims[1] as usize != rows {
+        return Err(shape_err(t, &[cols, rows]));
+    }
+    if !quant::is_supported(t.ty) {
+        return Err(Error::Unsupported(format!("tensor '{name}' has type {}, which this build cannot compute with", t.ty)));
+    }
+    Ok(Matrix {
+        name: name.to_string(),
+        ty: t.ty,
+        rows,
+        cols,
+        offset: t.offset as usize,
+        row_bytes: t.ty.row_bytes(cols as u64).unwrap() as usize,
+    })
+}
+
+fn vector(f: &GgufFile, name: &str, arch: &str, n: usize) -> Result<Vec<f32>> {
+    let t = find(f, name, arch)?;
+    if t.n_elements() as usize != n || t.dims[0] as usize != n {
+        return Err(shape_err(t, &[n]));
+    }
+    quant::dequantize_vec(t.ty, f.tensor_data(t))
+}
+
+fn optional<T>(present: bool, f: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
+    if present {
+        f().map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+impl Weights {
+    pub fn load(f: &GgufFile, c: &Config) -> Result<Weights> {
+        let a = c.arch.name;
+        let token_embd = matrix(f, names::TOKEN_EMBD, a, c.n_vocab, c.n_embd)?;
+        let output = if c.tied_embeddings { token_embd.clone() } else { matrix(f, names::OUTPUT, a, c.n_vocab, c.n_embd)? };
+        let mut layers = Vec::with_capacity(c.n_layer);
+        for i in 0..c.n_layer {
+            let m = |t: &str, rows, cols| matrix(f, &blk(i, t), a, rows, cols);
+            let v = |t: &str, n| vector(f, &blk(i, t), a, n);
+            let spec = c.arch;
+            layers.push(LayerWeights {
+                attn_norm: v("attn_norm.weight", c.n_embd)?,
+                wq: m("attn_q.weight", c.q_dim(), c.n_embd)?,
+                wk: m("attn_k.weight", c.kv_dim(), c.n_embd)?,
+                wv: m("attn_v.weight", c.v_dim(), c.n_embd)?,
+                wo: m("attn_output.weight", c.n_embd, c.n_head * c.head_dim_v)?,
+                bq: optional(spec.qkv_bias, || v("attn_q.bias", c.q_dim()))?,
+                bk: optional(spec.qkv_bias, || v("attn_k.bias", c.kv_dim()))?,
+                bv: optional(spec.qkv_bias, || v("attn_v.bias", c.v_dim()))?,
+                q_norm: optional(spec.qk_norm, || v("attn_q_norm.weight", c.head_dim))?,
+                k_norm: optional(spec.qk_norm, || v("attn_k_norm.weight", c.head_dim))?,
+                post_attn_norm: optional(spec.post_norms, || v("post_attention_norm.weight", c.n_embd))?,
+                ffn_norm: v("ffn_norm.weight", c.n_embd)?,
+                w_gate: m("ffn_gate.weight", c.n_ff, c.n_embd)?,
+                w_up: m("ffn_up.weight", c.n_ff, c.n_embd)?,
+                w_down: m("ffn_down.weight", c.n_embd, c.n_ff)?,
+                post_ffn_norm: optional(spec.post_norms, || v("post_ffw_norm.weight", c.n_embd))?,
+            });
+        }
+        let mut w = Weights { token_embd, output_norm: vector(f, names::OUTPUT_NORM, a, c.n_embd)?, output, layers };
+        if c.arch.norm_add_one {
+            w.for_each_norm(|v| v.iter_mut().for_each(|x| *x += 1.0));
+        }
+        Ok(w)
+    }
+
+    fn for_each_norm(&mut self, mut g: impl FnMut(&mut Vec<f32>)) {
+        g(&mut self.output_norm);
+        for l in &mut self.layers {
+            g(&mut l.attn_norm);
+            g(&mut l.ffn_norm);
+            for v in [&mut l.q_norm, &mut l.k_norm, &mut l.post_attn_norm, &mut l.post_ffn_norm].into_iter().flatten() {
+                g(v);
+            }
+        }
+    }
+}
