@@ -6,16 +6,452 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#define FORGE_ABI_VERSION 1
+
+/**
+ * Which compute backend `forge_load` uses.
+ */
+typedef enum forge_backend {
+  /**
+   * The best compiled-in backend with a usable device; CPU otherwise.
+   */
+  FORGE_BACKEND_AUTO = 0,
+  FORGE_BACKEND_CPU = 1,
+  /**
+   * NVIDIA GPU (`cuda` feature).
+   */
+  FORGE_BACKEND_CUDA = 2,
+  /**
+   * AMD GPU (`rocm` feature).
+   */
+  FORGE_BACKEND_HIP = 3,
+} forge_backend;
+
+/**
+ * Result of every fallible call. Numbers are fixed forever: codes are never
+ * renumbered or reused; a retired code stays listed as a comment.
+ * Ranges: 1-9 caller errors, 10-19 model file, 20-29 resources,
+ * 30-39 backends, 40-49 control flow, 99 internal.
+ */
+typedef enum forge_status {
+  /**
+   * Success.
+   */
+  FORGE_OK = 0,
+  /**
+   * An argument is invalid (bad token id, zero-length input, bad option).
+   */
+  FORGE_ERR_INVALID_ARGUMENT = 1,
+  /**
+   * A required pointer or handle is NULL.
+   */
+  FORGE_ERR_NULL_POINTER = 2,
+  /**
+   * An output buffer is too small; the size needed is written to the
+   * function's size out-parameter where it has one.
+   */
+  FORGE_ERR_BUFFER_TOO_SMALL = 3,
+  /**
+   * A string argument is not valid UTF-8.
+   */
+  FORGE_ERR_INVALID_UTF8 = 4,
+  /**
+   * The file could not be opened or read.
+   */
+  FORGE_ERR_IO = 10,
+  /**
+   * The file is not a valid GGUF model (corrupt, truncated, inconsistent).
+   */
+  FORGE_ERR_INVALID_MODEL = 11,
+  /**
+   * The model uses an architecture, tensor type or option this build lacks.
+   */
+  FORGE_ERR_UNSUPPORTED = 12,
+  /**
+   * The tokens do not fit the context (`n_ctx`); call forge_kv_reset.
+   */
+  FORGE_ERR_CONTEXT_FULL = 20,
+  /**
+   * An allocation failed (host or device).
+   */
+  FORGE_ERR_OUT_OF_MEMORY = 21,
+  /**
+   * The requested backend is not compiled in or has no usable device.
+   */
+  FORGE_ERR_BACKEND_UNAVAILABLE = 30,
+  /**
+   * A callback asked to stop (load progress returned false).
+   */
+  FORGE_ERR_CANCELLED = 40,
+  /**
+   * A bug: a Rust panic was caught at the boundary. The handle involved
+   * should be freed and not used again.
+   */
+  FORGE_ERR_INTERNAL = 99,
+} forge_status;
+
+/**
+ * Why `forge_generate` stopped.
+ */
+typedef enum forge_stop_reason {
+  /**
+   * EOS or end-of-turn token (included in the output ids, not the text).
+   */
+  FORGE_STOP_EOG = 0,
+  FORGE_STOP_MAX_TOKENS = 1,
+  FORGE_STOP_STRING = 2,
+  FORGE_STOP_CALLBACK = 3,
+  FORGE_STOP_CONTEXT_FULL = 4,
+} forge_stop_reason;
+
+/**
+ * A loaded model plus one sequence's KV cache. Opaque.
+ */
+typedef struct forge_ctx forge_ctx;
+
+/**
+ * A sampler: settings, RNG state and penalty history. Opaque.
+ */
+typedef struct forge_sampler forge_sampler;
+
+/**
+ * Load progress: `progress` in [0, 1]; return false to cancel the load.
+ */
+typedef bool (*forge_progress_cb)(float progress, void *user_data);
+
+/**
+ * Parameters for `forge_load`. Get defaults from
+ * `forge_load_default_params()` and change what you need.
+ */
+typedef struct forge_load_params {
+  /**
+   * CPU worker threads. Default 0 = all cores.
+   */
+  uint32_t n_threads;
+  /**
+   * Context size (KV cache positions). Default 0 = min(n_ctx_train, 4096).
+   */
+  uint32_t n_ctx;
+  /**
+   * Default FORGE_BACKEND_AUTO.
+   */
+  enum forge_backend backend;
+  /**
+   * GPU index for the CUDA/HIP backends. Default 0.
+   */
+  int32_t gpu_index;
+  /**
+   * Called during loading; default NULL.
+   */
+  forge_progress_cb progress;
+  /**
+   * Passed to `progress`. Default NULL.
+   */
+  void *progress_user_data;
+} forge_load_params;
+
+/**
+ * Model facts. Strings are owned by the context and valid until it is freed.
+ */
+typedef struct forge_model_info {
+  /**
+   * `general.architecture`, e.g. "llama".
+   */
+  const char *arch;
+  int32_t n_vocab;
+  int32_t n_ctx_train;
+  /**
+   * This context's size.
+   */
+  int32_t n_ctx;
+  int32_t n_layer;
+  int32_t n_embd;
+  int32_t n_head;
+  int32_t n_head_kv;
+  /**
+   * Special token ids; -1 where the model has none.
+   */
+  int32_t bos;
+  int32_t eos;
+  int32_t eot;
+  int32_t pad;
+  int32_t unk;
+  /**
+   * Whether `forge_tokenize(add_special = true)` adds BOS / EOS.
+   */
+  bool add_bos;
+  bool add_eos;
+  /**
+   * `tokenizer.chat_template` (Jinja text), or NULL if the file has none.
+   */
+  const char *chat_template;
+} forge_model_info;
+
+/**
+ * Sampler settings; defaults from `forge_sampler_default_params()`.
+ */
+typedef struct forge_sampler_params {
+  /**
+   * <= 0 selects greedy (argmax). Default 0.8.
+   */
+  float temperature;
+  /**
+   * Keep the k most likely tokens; 0 = off. Default 40.
+   */
+  uint32_t top_k;
+  /**
+   * Nucleus sampling; 1.0 = off. Default 0.95.
+   */
+  float top_p;
+  /**
+   * Drop tokens below min_p × p(best); 0 = off. Default 0.05.
+   */
+  float min_p;
+  /**
+   * Repetition penalty over the window; 1.0 = off. Default 1.0.
+   */
+  float repeat_penalty;
+  /**
+   * Per-occurrence penalty; 0 = off. Default 0.
+   */
+  float frequency_penalty;
+  /**
+   * Once-per-token penalty; 0 = off. Default 0.
+   */
+  float presence_penalty;
+  /**
+   * Penalty window in tokens; 0 = no penalties. Default 64.
+   */
+  uint32_t penalty_last_n;
+  /**
+   * RNG seed: same seed and inputs give the same tokens. Default 0x5EED.
+   */
+  uint64_t seed;
+} forge_sampler_params;
+
+/**
+ * Streaming callback of `forge_generate`: the token id and the UTF-8 text
+ * it completes (`piece_len` may be 0 while a multi-byte character or a
+ * possible stop string is held back). A final call with token -1 delivers
+ * held-back text. Return false to stop generating.
+ */
+typedef bool (*forge_token_cb)(int32_t token, const char *piece, size_t piece_len, void *user_data);
+
+/**
+ * Parameters for `forge_generate`; defaults from
+ * `forge_generate_default_params()`.
+ */
+typedef struct forge_generate_params {
+  /**
+   * Most tokens to generate. Default 128.
+   */
+  uint32_t max_tokens;
+  /**
+   * Stop strings (UTF-8, NUL-terminated); may be NULL when n_stop is 0.
+   */
+  const char *const *stop;
+  size_t n_stop;
+  /**
+   * Called for every token; default NULL.
+   */
+  forge_token_cb on_token;
+  void *user_data;
+} forge_generate_params;
 
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
 
 /**
- * The library version as a NUL-terminated string, e.g. "0.1.0".
- * Thread-safe; the pointer is static and must not be freed.
+ * The library version, e.g. "0.1.0". Static; thread-safe; do not free.
  */
 const char *forge_version(void);
+
+/**
+ * The ABI version (FORGE_ABI_VERSION of the build). Bindings compare it with
+ * the version they were written for and refuse to run on a mismatch.
+ */
+uint32_t forge_abi_version(void);
+
+/**
+ * Message for the last failing call on this thread ("" if none yet).
+ * Valid until the next failing call on this thread; do not free.
+ */
+const char *forge_last_error(void);
+
+/**
+ * Whether `backend` is compiled into this library (CPU always is; AUTO is
+ * always "available"). Thread-safe.
+ */
+bool forge_backend_compiled(enum forge_backend backend);
+
+/**
+ * Default load parameters (see each field). Thread-safe.
+ */
+struct forge_load_params forge_load_default_params(void);
+
+/**
+ * Load a GGUF model and create a context for one sequence. `params` may be
+ * NULL for defaults. On success `*out` owns the context: free it with
+ * `forge_free`. Errors: NULL_POINTER, INVALID_UTF8, IO, INVALID_MODEL,
+ * UNSUPPORTED, BACKEND_UNAVAILABLE, OUT_OF_MEMORY, CANCELLED.
+ * Thread-safe (each call loads its own model).
+ */
+enum forge_status forge_load(const char *path,
+                             const struct forge_load_params *params,
+                             struct forge_ctx **out);
+
+/**
+ * A new context on the same loaded model (weights shared, not copied) with
+ * its own empty KV cache of the same size. Free it with `forge_free`; the
+ * model stays loaded until its last context is freed. Safe to call while
+ * another thread uses `ctx`.
+ */
+enum forge_status forge_ctx_clone_session(const struct forge_ctx *ctx, struct forge_ctx **out);
+
+/**
+ * Free a context. NULL is a no-op. Do not use `ctx` afterwards.
+ */
+void forge_free(struct forge_ctx *ctx);
+
+/**
+ * Append `n_tokens` tokens at the current position. When `logits_out` is not
+ * NULL, write the last position's logits there (`logits_len` must be at
+ * least n_vocab). Nothing is appended on error. Errors: NULL_POINTER,
+ * INVALID_ARGUMENT (bad token id, n_tokens 0), BUFFER_TOO_SMALL,
+ * CONTEXT_FULL. One thread at a time per ctx.
+ */
+enum forge_status forge_eval(struct forge_ctx *ctx,
+                             const int32_t *tokens,
+                             size_t n_tokens,
+                             float *logits_out,
+                             size_t logits_len);
+
+/**
+ * Keep the first `n_keep` positions of the KV cache (0 clears everything).
+ * Errors: NULL_POINTER, INVALID_ARGUMENT (n_keep past the current position).
+ */
+enum forge_status forge_kv_reset(struct forge_ctx *ctx, size_t n_keep);
+
+/**
+ * Positions currently in the KV cache; 0 for NULL.
+ */
+size_t forge_n_past(const struct forge_ctx *ctx);
+
+/**
+ * Number of tokens in the vocabulary; -1 if ctx is NULL.
+ */
+int32_t forge_n_vocab(const struct forge_ctx *ctx);
+
+/**
+ * Tokenize `text_len` bytes of UTF-8 `text`. `add_special`: BOS/EOS as the
+ * model's metadata asks; `parse_special`: control tokens written in the
+ * text become single ids. `*n_out` receives the count; if `out_cap` is too
+ * small the call fails with BUFFER_TOO_SMALL and `*n_out` is the size
+ * needed. Errors: NULL_POINTER, INVALID_UTF8, BUFFER_TOO_SMALL.
+ */
+enum forge_status forge_tokenize(const struct forge_ctx *ctx,
+                                 const char *text,
+                                 size_t text_len,
+                                 bool add_special,
+                                 bool parse_special,
+                                 int32_t *out,
+                                 size_t out_cap,
+                                 size_t *n_out);
+
+/**
+ * The bytes of one token (not NUL-terminated; may be part of a multi-byte
+ * UTF-8 character). Control tokens render as their text only when
+ * `special`. `*n_out` receives the length (also on BUFFER_TOO_SMALL).
+ */
+enum forge_status forge_token_to_piece(const struct forge_ctx *ctx,
+                                       int32_t token,
+                                       bool special,
+                                       char *buf,
+                                       size_t cap,
+                                       size_t *n_out);
+
+/**
+ * Detokenize a whole sequence into `buf` (UTF-8, not NUL-terminated).
+ * `*n_out` receives the length (also on BUFFER_TOO_SMALL).
+ */
+enum forge_status forge_detokenize(const struct forge_ctx *ctx,
+                                   const int32_t *tokens,
+                                   size_t n_tokens,
+                                   bool special,
+                                   char *buf,
+                                   size_t cap,
+                                   size_t *n_out);
+
+/**
+ * Model facts (see `forge_model_info`). Errors: NULL_POINTER.
+ */
+enum forge_status forge_get_model_info(const struct forge_ctx *ctx, struct forge_model_info *out);
+
+/**
+ * Whether `token` ends generation (EOS or end-of-turn). False for NULL ctx.
+ */
+bool forge_token_is_eog(const struct forge_ctx *ctx, int32_t token);
+
+/**
+ * Default sampler parameters (see each field). Thread-safe.
+ */
+struct forge_sampler_params forge_sampler_default_params(void);
+
+/**
+ * Create a sampler (`params` NULL = defaults). Free with `forge_sampler_free`.
+ * Errors: NULL_POINTER, INVALID_ARGUMENT (NaN or out-of-range settings).
+ */
+enum forge_status forge_sampler_new(const struct forge_sampler_params *params,
+                                    struct forge_sampler **out);
+
+/**
+ * Free a sampler. NULL is a no-op.
+ */
+void forge_sampler_free(struct forge_sampler *s);
+
+/**
+ * Restart the RNG from the seed and clear the penalty history.
+ */
+enum forge_status forge_sampler_reset(struct forge_sampler *s);
+
+/**
+ * Record a token (e.g. from the prompt) in the penalty history.
+ */
+enum forge_status forge_sampler_accept(struct forge_sampler *s, int32_t token);
+
+/**
+ * Pick a token from `n_logits` logits (modified in place by penalties) and
+ * record it in the history. Errors: NULL_POINTER, INVALID_ARGUMENT (n 0).
+ */
+enum forge_status forge_sampler_sample(struct forge_sampler *s,
+                                       float *logits,
+                                       size_t n_logits,
+                                       int32_t *out_token);
+
+/**
+ * Default generation parameters. Thread-safe.
+ */
+struct forge_generate_params forge_generate_default_params(void);
+
+/**
+ * Evaluate `prompt` at the current position, then sample and append up to
+ * `max_tokens` tokens, streaming each to `on_token`. Generated ids go to
+ * `out_tokens` (NULL allowed; at most `out_cap`, the rest are still
+ * generated and streamed); `*n_out` (may be NULL) receives how many were
+ * generated, `*reason` (may be NULL) why it stopped. A callback returning
+ * false ends generation early with FORGE_OK and FORGE_STOP_CALLBACK.
+ * Errors: NULL_POINTER, INVALID_ARGUMENT, CONTEXT_FULL (prompt does not fit).
+ */
+enum forge_status forge_generate(struct forge_ctx *ctx,
+                                 struct forge_sampler *sampler,
+                                 const int32_t *prompt,
+                                 size_t n_prompt,
+                                 const struct forge_generate_params *params,
+                                 int32_t *out_tokens,
+                                 size_t out_cap,
+                                 size_t *n_out,
+                                 enum forge_stop_reason *reason);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -17,9 +17,11 @@
 pub mod backend;
 pub mod error;
 pub mod ffi;
+pub mod generate;
 pub mod gguf;
 pub mod model;
 pub mod quant;
+pub mod sampler;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

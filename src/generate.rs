@@ -1,0 +1,133 @@
+//! The generation loop: evaluate a prompt, then sample, stream and append one
+//! token at a time until EOS/EOT, a stop string, the token limit, a full
+//! context, or the callback says stop.
+
+use crate::error::{Error, Result};
+use crate::model::{Logits, Session};
+use crate::sampler::Sampler;
+use crate::tokenizer::StreamDecoder;
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model produced EOS or EOT (not included in the output text).
+    EndOfGeneration,
+    MaxTokens,
+    StopString,
+    /// The token callback returned false.
+    Callback,
+    /// The next token would not fit the context.
+    ContextFull,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    /// Generation stops when the text contains any of these; the stop string
+    /// and anything after it are not streamed.
+    pub stop: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Generated {
+    /// Sampled token ids (including an ending EOS/EOT, if any).
+    pub tokens: Vec<u32>,
+    /// The streamed text.
+    pub text: String,
+    pub reason: StopReason,
+}
+
+/// Holds back text that might be the start of a stop string.
+struct StopMatcher<'a> {
+    stops: &'a [String],
+    held: String,
+}
+
+impl StopMatcher<'_> {
+    /// Feed text; returns (text safe to emit, whether a stop string was hit).
+    fn push(&mut self, s: &str) -> (String, bool) {
+        self.held.push_str(s);
+        if let Some(at) = self.stops.iter().filter(|t| !t.is_empty()).filter_map(|t| self.held.find(t.as_str())).min() {
+            let out = self.held[..at].to_string();
+            self.held.clear();
+            return (out, true);
+        }
+        // keep the longest suffix that is a prefix of some stop string
+        let mut keep = 0;
+        for t in self.stops {
+            for (i, _) in self.held.char_indices() {
+                let suf = &self.held[i..];
+                if t.starts_with(suf) {
+                    keep = keep.max(suf.len());
+                    break;
+                }
+            }
+        }
+        let cut = self.held.len() - keep;
+        let out = self.held[..cut].to_string();
+        self.held.drain(..cut);
+        (out, false)
+    }
+}
+
+/// Evaluate `prompt` (appended at the session's position), then generate.
+/// `on_token(id, text)` receives each token and the text it completes (may be
+/// empty while a multi-byte char or a possible stop string is pending);
+/// returning false stops generation. Text still held back at the end is
+/// delivered in one last call with id `u32::MAX`.
+pub fn generate(
+    session: &mut Session,
+    sampler: &mut Sampler,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    mut on_token: impl FnMut(u32, &str) -> bool,
+) -> Result<Generated> {
+    if prompt.is_empty() {
+        return Err(Error::InvalidArgument("empty prompt: pass at least one token to continue from".into()));
+    }
+    let model = session.model.clone();
+    let tok = &model.tokenizer;
+    for &t in prompt {
+        sampler.accept(t);
+    }
+    let mut logits = session.eval(prompt, Logits::Last)?;
+    let mut out = Generated { tokens: Vec::new(), text: String::new(), reason: StopReason::MaxTokens };
+    let mut dec = StreamDecoder::new();
+    let mut stops = StopMatcher { stops: &opts.stop, held: String::new() };
+    while out.tokens.len() < opts.max_tokens {
+        let id = sampler.sample(&mut logits);
+        sampler.accept(id);
+        out.tokens.push(id);
+        if tok.vocab.is_eog(id) {
+            out.reason = StopReason::EndOfGeneration;
+            break;
+        }
+        let piece = dec.push(tok, id, false)?;
+        let (text, hit) = stops.push(&piece);
+        out.text.push_str(&text);
+        if !on_token(id, &text) {
+            out.reason = StopReason::Callback;
+            return Ok(out);
+        }
+        if hit {
+            out.reason = StopReason::StopString;
+            return Ok(out);
+        }
+        if session.pos() >= session.n_ctx() {
+            out.reason = StopReason::ContextFull;
+            break;
+        }
+        if out.tokens.len() < opts.max_tokens {
+            logits = session.eval(&[id], Logits::Last)?;
+        }
+    }
+    // flush what was held back (incomplete chars, stop-string prefixes)
+    let tail = dec.flush();
+    let (mut text, _) = stops.push(&tail);
+    text.push_str(&stops.held);
+    if !text.is_empty() {
+        out.text.push_str(&text);
+        on_token(u32::MAX, &text);
+    }
+    Ok(out)
+}
