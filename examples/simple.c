@@ -5,8 +5,11 @@
  *   LD_LIBRARY_PATH=target/release ./simple models/SmolLM2-135M-Instruct.Q4_1.gguf "The capital of France is"
  *
  * Prints the generated text, then a line "ids: ..." with the token ids.
+ * An optional third argument repeats the whole load/generate/free cycle
+ * (used under valgrind to show nothing leaks across cycles).
  * Exit status 0 on success, 1 with forge_last_error() on stderr otherwise.
  */
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -30,9 +33,7 @@ static bool print_piece(int32_t token, const char *piece, size_t len, void *user
     return true; /* keep going */
 }
 
-int main(int argc, char **argv) {
-    const char *path = argc > 1 ? argv[1] : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-    const char *prompt = argc > 2 ? argv[2] : "The capital of France is";
+static int run(const char *path, const char *prompt) {
     forge_ctx *ctx = NULL;
     forge_sampler *smp = NULL;
     int rc = 1;
@@ -65,4 +66,13 @@ fail:
     forge_sampler_free(smp);
     forge_free(ctx);
     return rc;
+}
+
+int main(int argc, char **argv) {
+    const char *path = argc > 1 ? argv[1] : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+    const char *prompt = argc > 2 ? argv[2] : "The capital of France is";
+    int cycles = argc > 3 ? atoi(argv[3]) : 1;
+    for (int i = 0; i < cycles; i++)
+        if (run(path, prompt) != 0) return 1;
+    return 0;
 }

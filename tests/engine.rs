@@ -1,0 +1,243 @@
+//! The fast CPU engine against the plain reference pass, and its contracts:
+//! batching, determinism across runs and thread counts, concurrency over one
+//! shared model, context limits, sampling and generation.
+
+mod common;
+
+use std::sync::Arc;
+
+use rocmforge::generate::{generate, GenerateOptions, StopReason};
+use rocmforge::model::reference::Reference;
+use rocmforge::model::{LoadOptions, Logits, Model, Session};
+use rocmforge::sampler::{argmax, Sampler, SamplerParams};
+
+fn load(name: &str, threads: usize) -> Arc<Model> {
+    Model::load(common::model(name), LoadOptions { n_threads: threads, progress: None }).unwrap()
+}
+
+fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    let n: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let d: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (n / d).sqrt()
+}
+
+/// Prefill 12 tokens as a batch, then decode 6 one at a time: every
+/// position's logits within 2e-3 relative L2 of the reference (f32, one
+/// token at a time). The fast path differs only by 16-bit activation
+/// rounding (measured ≤ 5e-4 against HF on the same models).
+#[test]
+fn fast_path_matches_reference_pass() {
+    for name in common::ALL_MODELS {
+        let model = load(name, 2);
+        let toks = model.tokenizer.encode("The lighthouse at the end of the harbour had not been lit for eleven years", true, false);
+        let (prefill, decode) = toks.split_at(12);
+        let mut r = Reference::new(&model, 64).unwrap();
+        let mut s = Session::new(model.clone(), 64).unwrap();
+        let fast = s.eval(prefill, Logits::All).unwrap();
+        let nv = model.cfg.n_vocab;
+        let mut worst = 0f64;
+        for (p, &t) in prefill.iter().enumerate() {
+            let e = rel_l2(&fast[p * nv..(p + 1) * nv], r.forward(t, p).unwrap());
+            worst = worst.max(e);
+        }
+        for (i, &t) in decode.iter().take(6).enumerate() {
+            let got = s.eval(&[t], Logits::Last).unwrap();
+            let e = rel_l2(&got, r.forward(t, 12 + i).unwrap());
+            worst = worst.max(e);
+        }
+        println!("{name}: fast vs reference, worst relative L2 over 18 positions {worst:.2e}");
+        assert!(worst < 2e-3, "{name}: {worst:e}");
+    }
+}
+
+/// Prefill as one batch, in chunks, or token by token: the same logits
+/// (each output is one thread's fixed-order sum; only batch-level grouping
+/// differs, which does not change any sum).
+#[test]
+fn batching_does_not_change_results() {
+    let model = load(common::QWEN2, 2);
+    let toks = model.tokenizer.encode("fn main() { println!(\"hello\"); }", false, false);
+    let mut a = Session::new(model.clone(), 64).unwrap();
+    let whole = a.eval(&toks, Logits::Last).unwrap();
+    let mut b = Session::new(model.clone(), 64).unwrap();
+    b.eval(&toks[..5], Logits::None).unwrap();
+    let chunked = b.eval(&toks[5..], Logits::Last).unwrap();
+    let mut c = Session::new(model.clone(), 64).unwrap();
+    let mut one = Vec::new();
+    for &t in &toks {
+        one = c.eval(&[t], Logits::Last).unwrap();
+    }
+    assert_eq!(whole, chunked);
+    assert_eq!(whole, one);
+}
+
+fn greedy(model: &Arc<Model>, prompt: &str, n: usize) -> Vec<u32> {
+    let mut s = Session::new(model.clone(), 256).unwrap();
+    let mut smp = Sampler::new(SamplerParams::greedy());
+    let ids = model.tokenizer.encode(prompt, true, false);
+    generate(&mut s, &mut smp, &ids, &GenerateOptions { max_tokens: n, stop: vec![] }, |_, _| true).unwrap().tokens
+}
+
+#[test]
+fn greedy_is_deterministic_across_runs_and_thread_counts() {
+    for name in common::ALL_MODELS {
+        let one = load(name, 1);
+        let two = load(name, 2);
+        let four = load(name, 4);
+        let a = greedy(&two, "Once upon a time", 16);
+        assert_eq!(a, greedy(&two, "Once upon a time", 16), "{name}: run to run");
+        assert_eq!(a, greedy(&one, "Once upon a time", 16), "{name}: 1 vs 2 threads");
+        assert_eq!(a, greedy(&four, "Once upon a time", 16), "{name}: 4 vs 2 threads");
+    }
+}
+
+/// 4 threads × 2 sessions each, all on one loaded model, give exactly the
+/// serial results; the weights are shared, not copied.
+#[test]
+fn concurrent_sessions_match_serial() {
+    let model = load(common::SMOLLM2, 2);
+    let prompts = ["The capital of France is", "def add(a, b):", "Water boils at", "My favourite colour is", "1, 2, 3, 4,", "Once upon a time", "The sun rises in the", "Hello, my name is"];
+    let serial: Vec<Vec<u32>> = prompts.iter().map(|p| greedy(&model, p, 12)).collect();
+    let parallel: Vec<Vec<u32>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|t| {
+                let m = model.clone();
+                sc.spawn(move || (0..2).map(|k| greedy(&m, prompts[t * 2 + k], 12)).collect::<Vec<_>>())
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(serial, parallel);
+    assert!(Arc::strong_count(&model) == 1, "sessions released the model");
+}
+
+#[test]
+fn context_limit_is_an_error_not_a_crash() {
+    let model = load(common::SMOLLM2, 2);
+    let mut s = Session::new(model.clone(), 8).unwrap();
+    let e = s.eval(&[1; 9], Logits::Last).unwrap_err();
+    assert!(e.to_string().contains("context"), "{e}");
+    assert_eq!(s.pos(), 0, "nothing appended on error");
+    s.eval(&[1; 8], Logits::None).unwrap();
+    assert!(s.eval(&[1], Logits::Last).is_err());
+    s.kv_keep(3).unwrap();
+    assert_eq!(s.pos(), 3);
+    assert!(s.kv_keep(4).is_err());
+    assert!(s.eval(&[model.cfg.n_vocab as u32], Logits::Last).is_err(), "out-of-vocab id");
+    assert!(s.eval(&[], Logits::Last).is_err());
+}
+
+/// kv_keep(n) then re-evaluating the same suffix reproduces the logits.
+#[test]
+fn kv_keep_rewinds_exactly() {
+    let model = load(common::GEMMA3, 2);
+    let toks = model.tokenizer.encode("The quick brown fox jumps over the lazy dog", true, false);
+    let mut s = Session::new(model.clone(), 64).unwrap();
+    let first = s.eval(&toks, Logits::Last).unwrap();
+    s.kv_keep(4).unwrap();
+    let again = s.eval(&toks[4..], Logits::Last).unwrap();
+    assert_eq!(first, again);
+}
+
+#[test]
+fn sampler_seed_and_filters() {
+    let logits: Vec<f32> = (0..100).map(|i| ((i * 37) % 100) as f32 / 10.0).collect();
+    let params = SamplerParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, ..Default::default() };
+    let draw = |p: &SamplerParams| {
+        let mut s = Sampler::new(p.clone());
+        (0..50).map(|_| s.sample(&mut logits.clone())).collect::<Vec<u32>>()
+    };
+    assert_eq!(draw(&params), draw(&params), "same seed, same tokens");
+    assert_ne!(draw(&params), draw(&SamplerParams { seed: 7, ..params.clone() }), "another seed, other tokens");
+    // top-k 3: only the three best logits appear
+    let mut best: Vec<u32> = (0..100).collect();
+    best.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+    let k3 = draw(&SamplerParams { top_k: 3, ..params.clone() });
+    assert!(k3.iter().all(|t| best[..3].contains(t)));
+    // a tiny top-p keeps only the best
+    assert!(draw(&SamplerParams { top_p: 1e-6, ..params.clone() }).iter().all(|&t| t == best[0]));
+    // min-p 1.0 keeps only the best
+    assert!(draw(&SamplerParams { min_p: 1.0, ..params.clone() }).iter().all(|&t| t == best[0]));
+    // greedy = argmax
+    let mut g = Sampler::new(SamplerParams::greedy());
+    assert_eq!(g.sample(&mut logits.clone()), argmax(&logits));
+    // penalties: a repeated best token loses to the runner-up
+    let mut l = vec![0.0, 5.0, 4.9];
+    let mut p = Sampler::new(SamplerParams { repeat_penalty: 1.5, penalty_last_n: 8, ..SamplerParams::greedy() });
+    p.accept(1);
+    assert_eq!(p.sample(&mut l), 2);
+    let mut f = Sampler::new(SamplerParams { frequency_penalty: 0.1, penalty_last_n: 8, ..SamplerParams::greedy() });
+    f.accept(1);
+    f.accept(1);
+    assert_eq!(f.sample(&mut vec![0.0, 5.0, 4.9]), 2);
+    let mut pr = Sampler::new(SamplerParams { presence_penalty: 0.2, penalty_last_n: 8, ..SamplerParams::greedy() });
+    pr.accept(1);
+    assert_eq!(pr.sample(&mut vec![0.0, 5.0, 4.9]), 2);
+    // outside the window, no penalty
+    let mut w = Sampler::new(SamplerParams { presence_penalty: 0.2, penalty_last_n: 1, ..SamplerParams::greedy() });
+    w.accept(1);
+    w.accept(0);
+    assert_eq!(w.sample(&mut vec![0.0, 5.0, 4.9]), 1);
+}
+
+#[test]
+fn generation_stops_on_stop_strings_callbacks_and_eog() {
+    let model = load(common::SMOLLM2, 2);
+    let prompt = model.tokenizer.encode("1, 2, 3, 4, 5,", false, false);
+    let run = |stop: Vec<String>, limit: usize, n: usize| {
+        let mut s = Session::new(model.clone(), 128).unwrap();
+        let mut smp = Sampler::new(SamplerParams::greedy());
+        let mut streamed = String::new();
+        let mut calls = 0;
+        let g = generate(&mut s, &mut smp, &prompt, &GenerateOptions { max_tokens: n, stop }, |_, t| {
+            streamed.push_str(t);
+            calls += 1;
+            calls < limit
+        })
+        .unwrap();
+        (g, streamed)
+    };
+    let (free, text) = run(vec![], usize::MAX, 12);
+    assert_eq!(free.reason, StopReason::MaxTokens);
+    assert_eq!(free.text, text);
+    assert!(text.contains(" 6,"), "the model counts on: {text:?}");
+    let (stopped, text) = run(vec!["8".into()], usize::MAX, 12);
+    assert_eq!(stopped.reason, StopReason::StopString);
+    assert!(!text.contains('8') && text.contains('7'), "stop string and what follows are not streamed: {text:?}");
+    let (cb, _) = run(vec![], 3, 12);
+    assert_eq!((cb.reason, cb.tokens.len()), (StopReason::Callback, 3));
+    // an instruct chat ends its turn with EOS/EOT
+    let chat = model.tokenizer.encode("<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n", false, true);
+    let mut s = Session::new(model.clone(), 256).unwrap();
+    let g = generate(&mut s, &mut Sampler::new(SamplerParams::greedy()), &chat, &GenerateOptions { max_tokens: 100, stop: vec![] }, |_, _| true).unwrap();
+    assert_eq!(g.reason, StopReason::EndOfGeneration, "{:?}", g.text);
+    assert!(model.tokenizer.vocab.is_eog(*g.tokens.last().unwrap()));
+}
+
+#[test]
+fn load_progress_reports_and_can_cancel() {
+    let mut seen = Vec::new();
+    let mut cb = |p: f32| {
+        seen.push(p);
+        true
+    };
+    Model::load(common::model(common::SMOLLM2), LoadOptions { n_threads: 1, progress: Some(&mut cb) }).unwrap();
+    assert_eq!((seen.first(), seen.last()), (Some(&0.0), Some(&1.0)));
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]));
+    let mut stop = |p: f32| p < 0.3;
+    let e = Model::load(common::model(common::SMOLLM2), LoadOptions { n_threads: 1, progress: Some(&mut stop) }).unwrap_err();
+    assert!(e.to_string().contains("cancel"), "{e}");
+}
+
+#[test]
+fn unsupported_architecture_is_refused_by_name() {
+    use rocmforge::gguf::writer::GgufWriter;
+    use rocmforge::gguf::Value;
+    let mut w = GgufWriter::default();
+    w.kv("general.architecture", Value::String("mamba".into()));
+    let path = std::env::temp_dir().join(format!("rocmforge-mamba-{}.gguf", std::process::id()));
+    std::fs::write(&path, w.to_bytes()).unwrap();
+    let e = Model::load(&path, LoadOptions::default()).unwrap_err().to_string();
+    std::fs::remove_file(&path).ok();
+    assert!(e.contains("mamba") && e.contains("llama"), "{e}");
+}
