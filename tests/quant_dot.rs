@@ -136,3 +136,36 @@ fn q16_dots_match_dequantize_then_dot() {
     }
     assert!(quant::quantize_q16(&[0.0; 33]).is_err());
 }
+
+/// The CPU backend's fastest kernel for each type (AVX2 where the CPU has
+/// it) against the portable scalar definition: same integer sums, only f32
+/// accumulation order differs (1e-5 of Σ|w·x|).
+#[test]
+fn simd_kernels_match_scalar() {
+    use rocmforge::backend::cpu::simd;
+    println!("kernel family: {}", simd::kernel_name());
+    for (name, ty) in TYPES {
+        if act_format(ty).is_none() {
+            continue;
+        }
+        let row = std::fs::read(common::fixture(&format!("quant/{name}.q"))).unwrap();
+        let w = quant::dequantize_vec(ty, &row).unwrap();
+        for seed in 1..6 {
+            let x = activations(w.len(), seed);
+            let xq = quant::quantize_q16(&x).unwrap();
+            // several tokens per call, as the matmul batches them
+            let x2: Vec<f32> = x.iter().map(|v| v * -0.5 + 0.1).collect();
+            let xq2 = quant::quantize_q16(&x2).unwrap();
+            let rows = [xq.as_row(), xq2.as_row(), xq.as_row()];
+            let (mut fast, mut slow) = ([0f32; 3], [0f32; 3]);
+            simd::q16_kernel(ty)(&row, &rows, &mut fast);
+            simd::scalar_q16(ty)(&row, &rows, &mut slow);
+            let (_, mag) = dot64(&w, &x);
+            let (_, mag2) = dot64(&w, &x2);
+            for k in 0..3 {
+                let m = if k == 1 { mag2 } else { mag };
+                assert!(((fast[k] - slow[k]) as f64).abs() <= 1e-5 * m, "{name} row {k}: simd {} vs scalar {}", fast[k], slow[k]);
+            }
+        }
+    }
+}

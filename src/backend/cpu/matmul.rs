@@ -15,8 +15,9 @@ use super::simd;
 use crate::model::weights::Matrix;
 use crate::quant::{self, act_format, ActQ16, ActRow};
 
-/// A row-dot kernel for quantized weights: (weight row, activation row) → Σ.
-pub type DotKernel = fn(&[u8], ActRow) -> f32;
+/// A row-dot kernel for quantized weights: one weight row against up to
+/// `simd::MAX_TOKENS` activation rows, one sum per row into `out`.
+pub type DotKernel = fn(&[u8], &[ActRow], &mut [f32]);
 /// A row-dot kernel for float weights against f32 activations.
 pub type FloatKernel = fn(&[u8], &[f32]) -> f32;
 
@@ -46,19 +47,31 @@ pub fn matmul(pool: &ThreadPool, w: &Matrix, wbytes: &[u8], x: &[f32], n: usize,
         }
         None => Acts::F32(x, simd::float_kernel(w.ty)),
     };
+    let act_rows: Vec<ActRow> = match &acts {
+        Acts::Q16(a, _) => (0..n).map(|t| a.row(t, cols)).collect(),
+        Acts::F32(..) => Vec::new(),
+    };
     let optr = SyncPtr(out.as_mut_ptr());
     let n_chunks = rows.div_ceil(CHUNK_ROWS);
     let body = |ci: usize| {
         let o = optr;
+        let mut tmp = [0f32; simd::MAX_TOKENS];
         for r in ci * CHUNK_ROWS..((ci + 1) * CHUNK_ROWS).min(rows) {
             let wr = &wbytes[r * w.row_bytes..(r + 1) * w.row_bytes];
-            for t in 0..n {
-                let v = match &acts {
-                    Acts::Q16(a, k) => k(wr, a.row(t, cols)),
-                    Acts::F32(xf, k) => k(wr, &xf[t * cols..(t + 1) * cols]),
-                };
-                // SAFETY: (t, r) pairs are disjoint across chunks; out has n × rows.
-                unsafe { *o.0.add(t * rows + r) = v };
+            for t0 in (0..n).step_by(simd::MAX_TOKENS) {
+                let nt = (n - t0).min(simd::MAX_TOKENS);
+                match &acts {
+                    Acts::Q16(_, k) => k(wr, &act_rows[t0..t0 + nt], &mut tmp[..nt]),
+                    Acts::F32(xf, k) => {
+                        for (t, v) in tmp[..nt].iter_mut().enumerate() {
+                            *v = k(wr, &xf[(t0 + t) * cols..(t0 + t + 1) * cols]);
+                        }
+                    }
+                }
+                for (t, &v) in tmp[..nt].iter().enumerate() {
+                    // SAFETY: (t, r) pairs are disjoint across chunks; out has n × rows.
+                    unsafe { *o.0.add((t0 + t) * rows + r) = v };
+                }
             }
         }
     };

@@ -8,7 +8,7 @@ use crate::quant::{self, ActRow, GgmlType};
 pub fn avx2_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -16,10 +16,13 @@ pub fn avx2_available() -> bool {
     }
 }
 
+/// Most activation rows one kernel call takes.
+pub const MAX_TOKENS: usize = 4;
+
 /// Which kernel family this process uses, for logs and benchmarks.
 pub fn kernel_name() -> &'static str {
     if avx2_available() {
-        "avx2+fma"
+        "avx2+fma+f16c"
     } else {
         "scalar"
     }
@@ -29,7 +32,11 @@ pub fn kernel_name() -> &'static str {
 pub fn scalar_q16(ty: GgmlType) -> DotKernel {
     macro_rules! k {
         ($t:expr) => {
-            |w: &[u8], x: ActRow| quant::vec_dot_q16($t, w, x).unwrap_or(f32::NAN)
+            |w: &[u8], xs: &[ActRow], out: &mut [f32]| {
+                for (o, x) in out.iter_mut().zip(xs) {
+                    *o = quant::vec_dot_q16($t, w, *x).unwrap_or(f32::NAN);
+                }
+            }
         };
     }
     use GgmlType::*;
@@ -52,6 +59,24 @@ pub fn scalar_q16(ty: GgmlType) -> DotKernel {
 
 /// The fastest kernel this CPU has for a quantized type.
 pub fn q16_kernel(ty: GgmlType) -> DotKernel {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_available() {
+        use super::avx2;
+        // SAFETY (each closure): AVX2 and FMA were detected above.
+        let k: Option<DotKernel> = match ty {
+            GgmlType::Q4_0 => Some(|w, xs, out| unsafe { avx2::q4_0(w, xs, out) }),
+            GgmlType::Q4_1 => Some(|w, xs, out| unsafe { avx2::q4_1(w, xs, out) }),
+            GgmlType::Q5_0 => Some(|w, xs, out| unsafe { avx2::q5_0(w, xs, out) }),
+            GgmlType::Q5_1 => Some(|w, xs, out| unsafe { avx2::q5_1(w, xs, out) }),
+            GgmlType::Q8_0 => Some(|w, xs, out| unsafe { avx2::q8_0(w, xs, out) }),
+            GgmlType::Q4K => Some(|w, xs, out| unsafe { avx2::q4_k(w, xs, out) }),
+            GgmlType::Q6K => Some(|w, xs, out| unsafe { avx2::q6_k(w, xs, out) }),
+            _ => None,
+        };
+        if let Some(k) = k {
+            return k;
+        }
+    }
     scalar_q16(ty)
 }
 
