@@ -241,3 +241,29 @@ fn unsupported_architecture_is_refused_by_name() {
     std::fs::remove_file(&path).ok();
     assert!(e.contains("mamba") && e.contains("llama"), "{e}");
 }
+
+/// RoPE scaling as ggml defines it: linear divides the angle by the factor;
+/// YaRN extrapolates the fastest-rotating dims, interpolates the slowest,
+/// ramps in between, and scales both cos and sin by 1 + 0.1 ln(factor).
+#[test]
+fn rope_scaling_math() {
+    use rocmforge::model::reference::rope_angle;
+    use rocmforge::model::RopeScaling;
+    let (n, base, pos) = (128usize, 10000f32, 1234usize);
+    let theta = |i: usize| pos as f32 * base.powf(-2.0 * i as f32 / n as f32);
+    for i in [0usize, 10, 63] {
+        let (c, s) = rope_angle(pos, i, n, base, RopeScaling::None);
+        assert!((c - theta(i).cos()).abs() < 1e-6 && (s - theta(i).sin()).abs() < 1e-6);
+        let (c, s) = rope_angle(pos, i, n, base, RopeScaling::Linear { factor: 4.0 });
+        assert!((c - (theta(i) / 4.0).cos()).abs() < 1e-6 && (s - (theta(i) / 4.0).sin()).abs() < 1e-6);
+    }
+    let yarn = RopeScaling::Yarn { factor: 4.0, orig_ctx: 4096, attn_factor: 1.0, beta_fast: 32.0, beta_slow: 1.0 };
+    let m = 1.0 + 0.1 * 4f32.ln();
+    let (c, s) = rope_angle(pos, 0, n, base, yarn); // fastest dim: pure extrapolation
+    assert!((c - theta(0).cos() * m).abs() < 1e-5 && (s - theta(0).sin() * m).abs() < 1e-5);
+    let (c, s) = rope_angle(pos, 63, n, base, yarn); // slowest dim: pure interpolation
+    assert!((c - (theta(63) / 4.0).cos() * m).abs() < 1e-5 && (s - (theta(63) / 4.0).sin() * m).abs() < 1e-5);
+    let (c, s) = rope_angle(pos, 30, n, base, yarn); // in the ramp: between the two
+    let r = (c * c + s * s).sqrt();
+    assert!((r - m).abs() < 1e-4, "magnitude is the mscale");
+}

@@ -166,7 +166,11 @@ impl Session {
                 self.n_ctx
             )));
         }
-        let out = forward::forward(self, tokens, want)?;
+        // Run the whole pass on the pool: the matmuls' parallel loops then start
+        // from a worker thread (which joins in) instead of waking the pool from
+        // outside once per matmul.
+        let model = self.model.clone();
+        let out = model.pool.install(|| forward::forward(self, tokens, want))?;
         self.pos += tokens.len();
         Ok(out)
     }
