@@ -22,7 +22,7 @@ models:
 
 # The README's test command: models, then every test in release mode
 # (model-sized tests are too slow unoptimised), plus the stub-feature builds.
-test: models check-features test-c test-rust
+test: models check-features test-c valgrind test-rust
 
 test-rust:
 	$(CARGO) build --release --examples
