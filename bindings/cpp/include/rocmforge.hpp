@@ -1,0 +1,261 @@
+// rocmforge.hpp: header-only C++17 wrapper over the C ABI in rocmforge.h.
+//
+// RAII, move-only handles (Context, Sampler); errors are rocmforge::Error
+// exceptions carrying the forge_status and forge_last_error() text; strings
+// in as std::string_view, out as std::string; streaming through any callable.
+// A Context is one sequence on a loaded model: use it from one thread at a
+// time; clone_session() gives another sequence on the same weights.
+#pragma once
+
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "rocmforge.h"
+
+namespace rocmforge {
+
+/// A failed call: the C status and the library's message.
+class Error : public std::runtime_error {
+  public:
+    Error(forge_status status, const std::string &what) : std::runtime_error(what), status_(status) {}
+    [[nodiscard]] forge_status status() const noexcept { return status_; }
+
+  private:
+    forge_status status_;
+};
+
+namespace detail {
+inline void check(forge_status st, const char *what) {
+    if (st != FORGE_OK) throw Error(st, std::string(what) + ": " + forge_last_error());
+}
+/// The ABI this header was written for must be the one the library has.
+inline void check_abi() {
+    if (forge_abi_version() != FORGE_ABI_VERSION)
+        throw Error(FORGE_ERR_UNSUPPORTED, "librocmforge ABI version " + std::to_string(forge_abi_version()) +
+                                               " does not match rocmforge.hpp (" + std::to_string(FORGE_ABI_VERSION) +
+                                               ")");
+}
+struct CtxDeleter {
+    void operator()(forge_ctx *c) const noexcept { forge_free(c); }
+};
+struct SamplerDeleter {
+    void operator()(forge_sampler *s) const noexcept { forge_sampler_free(s); }
+};
+}  // namespace detail
+
+struct LoadOptions {
+    uint32_t n_threads = 0;  ///< 0 = all cores
+    uint32_t n_ctx = 0;      ///< 0 = min(n_ctx_train, 4096)
+    forge_backend backend = FORGE_BACKEND_AUTO;
+    int32_t gpu_index = 0;
+    std::function<bool(float)> progress;  ///< return false to cancel
+};
+
+struct SamplerOptions {
+    float temperature = 0.8f;  ///< <= 0: greedy
+    uint32_t top_k = 40;
+    float top_p = 0.95f;
+    float min_p = 0.05f;
+    float repeat_penalty = 1.0f;
+    float frequency_penalty = 0.0f;
+    float presence_penalty = 0.0f;
+    uint32_t penalty_last_n = 64;
+    uint64_t seed = 0x5EED;
+    static SamplerOptions greedy() {
+        SamplerOptions o;
+        o.temperature = 0.0f;
+        return o;
+    }
+};
+
+class Sampler {
+  public:
+    explicit Sampler(const SamplerOptions &o = {}) {
+        detail::check_abi();
+        forge_sampler_params p = forge_sampler_default_params();
+        p.temperature = o.temperature;
+        p.top_k = o.top_k;
+        p.top_p = o.top_p;
+        p.min_p = o.min_p;
+        p.repeat_penalty = o.repeat_penalty;
+        p.frequency_penalty = o.frequency_penalty;
+        p.presence_penalty = o.presence_penalty;
+        p.penalty_last_n = o.penalty_last_n;
+        p.seed = o.seed;
+        forge_sampler *s = nullptr;
+        detail::check(forge_sampler_new(&p, &s), "forge_sampler_new");
+        h_.reset(s);
+    }
+    /// Pick a token (logits are modified by penalties) and record it.
+    [[nodiscard]] int32_t sample(std::vector<float> &logits) {
+        int32_t t = -1;
+        detail::check(forge_sampler_sample(get(), logits.data(), logits.size(), &t), "forge_sampler_sample");
+        return t;
+    }
+    void reset() { detail::check(forge_sampler_reset(get()), "forge_sampler_reset"); }
+    /// Throws Error(FORGE_ERR_NULL_POINTER) after a move or close().
+    [[nodiscard]] forge_sampler *get() const {
+        if (!h_) throw Error(FORGE_ERR_NULL_POINTER, "rocmforge::Sampler used after close or move");
+        return h_.get();
+    }
+    void close() noexcept { h_.reset(); }
+
+  private:
+    std::unique_ptr<forge_sampler, detail::SamplerDeleter> h_;
+};
+
+struct GenerateResult {
+    std::vector<int32_t> tokens;
+    std::string text;
+    forge_stop_reason reason = FORGE_STOP_MAX_TOKENS;
+};
+
+class Context {
+  public:
+    /// Load a GGUF model. Throws Error (IO, INVALID_MODEL, UNSUPPORTED, ...).
+    static Context load(std::string_view path, const LoadOptions &o = {}) {
+        detail::check_abi();
+        forge_load_params p = forge_load_default_params();
+        p.n_threads = o.n_threads;
+        p.n_ctx = o.n_ctx;
+        p.backend = o.backend;
+        p.gpu_index = o.gpu_index;
+        struct Progress {
+            const std::function<bool(float)> *f;
+            std::exception_ptr error;
+        } prog{&o.progress, nullptr};
+        if (o.progress) {
+            p.progress = [](float x, void *u) -> bool {
+                auto *pr = static_cast<Progress *>(u);
+                try {
+                    return (*pr->f)(x);
+                } catch (...) {  // never let a C++ exception cross the C ABI
+                    pr->error = std::current_exception();
+                    return false;
+                }
+            };
+            p.progress_user_data = &prog;
+        }
+        forge_ctx *c = nullptr;
+        std::string spath(path);
+        forge_status st = forge_load(spath.c_str(), &p, &c);
+        if (prog.error) std::rethrow_exception(prog.error);
+        detail::check(st, "forge_load");
+        return Context(c);
+    }
+
+    /// Another sequence on the same loaded weights, with an empty KV cache.
+    [[nodiscard]] Context clone_session() const {
+        forge_ctx *c = nullptr;
+        detail::check(forge_ctx_clone_session(get(), &c), "forge_ctx_clone_session");
+        return Context(c);
+    }
+
+    [[nodiscard]] std::vector<int32_t> tokenize(std::string_view text, bool add_special = true,
+                                                bool parse_special = false) const {
+        std::vector<int32_t> out(text.size() + 8);
+        size_t n = 0;
+        forge_status st = forge_tokenize(get(), text.data(), text.size(), add_special, parse_special, out.data(),
+                                         out.size(), &n);
+        if (st == FORGE_ERR_BUFFER_TOO_SMALL) {
+            out.resize(n);
+            st = forge_tokenize(get(), text.data(), text.size(), add_special, parse_special, out.data(), out.size(), &n);
+        }
+        detail::check(st, "forge_tokenize");
+        out.resize(n);
+        return out;
+    }
+
+    [[nodiscard]] std::string detokenize(const std::vector<int32_t> &tokens, bool special = false) const {
+        std::string s(tokens.size() * 8 + 16, '\0');
+        size_t n = 0;
+        forge_status st = forge_detokenize(get(), tokens.data(), tokens.size(), special, s.data(), s.size(), &n);
+        if (st == FORGE_ERR_BUFFER_TOO_SMALL) {
+            s.resize(n);
+            st = forge_detokenize(get(), tokens.data(), tokens.size(), special, s.data(), s.size(), &n);
+        }
+        detail::check(st, "forge_detokenize");
+        s.resize(n);
+        return s;
+    }
+
+    /// Append tokens; returns the last position's logits (n_vocab floats).
+    std::vector<float> eval(const std::vector<int32_t> &tokens) {
+        std::vector<float> logits(static_cast<size_t>(n_vocab()));
+        detail::check(forge_eval(get(), tokens.data(), tokens.size(), logits.data(), logits.size()), "forge_eval");
+        return logits;
+    }
+
+    void kv_reset(size_t n_keep = 0) { detail::check(forge_kv_reset(get(), n_keep), "forge_kv_reset"); }
+    [[nodiscard]] size_t n_past() const { return forge_n_past(get()); }
+    [[nodiscard]] int32_t n_vocab() const { return forge_n_vocab(get()); }
+    [[nodiscard]] forge_model_info info() const {
+        forge_model_info i{};
+        detail::check(forge_get_model_info(get(), &i), "forge_get_model_info");
+        return i;
+    }
+
+    /// Evaluate `prompt`, then generate up to `max_tokens`, calling
+    /// `on_token(int32_t id, std::string_view piece) -> bool` for each token
+    /// (return false to stop). An exception thrown by the callback stops
+    /// generation and is rethrown here.
+    template <class F>
+    GenerateResult generate(Sampler &sampler, const std::vector<int32_t> &prompt, uint32_t max_tokens, F &&on_token,
+                            const std::vector<std::string> &stop = {}) {
+        struct State {
+            F *f;
+            GenerateResult *r;
+            std::exception_ptr error;
+        };
+        GenerateResult res;
+        State state{&on_token, &res, nullptr};
+        std::vector<const char *> stops;
+        for (auto &s : stop) stops.push_back(s.c_str());
+        forge_generate_params gp = forge_generate_default_params();
+        gp.max_tokens = max_tokens;
+        gp.stop = stops.empty() ? nullptr : stops.data();
+        gp.n_stop = stops.size();
+        gp.user_data = &state;
+        gp.on_token = [](int32_t tok, const char *piece, size_t len, void *u) -> bool {
+            auto *st = static_cast<State *>(u);
+            try {
+                st->r->text.append(piece, len);
+                return static_cast<bool>((*st->f)(tok, std::string_view(piece, len)));
+            } catch (...) {
+                st->error = std::current_exception();
+                return false;
+            }
+        };
+        std::vector<int32_t> out(max_tokens);
+        size_t n = 0;
+        forge_stop_reason why = FORGE_STOP_MAX_TOKENS;
+        forge_status s = forge_generate(get(), sampler.get(), prompt.data(), prompt.size(), &gp, out.data(), out.size(),
+                                        &n, &why);
+        if (state.error) std::rethrow_exception(state.error);
+        detail::check(s, "forge_generate");
+        out.resize(n);
+        res.tokens = std::move(out);
+        res.reason = why;
+        return res;
+    }
+
+    /// Throws Error(FORGE_ERR_NULL_POINTER) after a move or close().
+    [[nodiscard]] forge_ctx *get() const {
+        if (!h_) throw Error(FORGE_ERR_NULL_POINTER, "rocmforge::Context used after close or move");
+        return h_.get();
+    }
+    void close() noexcept { h_.reset(); }
+
+  private:
+    explicit Context(forge_ctx *c) : h_(c) {}
+    std::unique_ptr<forge_ctx, detail::CtxDeleter> h_;
+};
+
+}  // namespace rocmforge
