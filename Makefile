@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 SMOLLM2 := models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: test-bindings test-cpp test-install install uninstall all build models test test-rust test-c demo inspect header check-features bench bench-tokenizer perplexity valgrind fixtures venv fuzz clean
+.PHONY: test-bindings test-cpp test-install test-go install uninstall all build models test test-rust test-c demo inspect header check-features bench bench-tokenizer perplexity valgrind fixtures venv fuzz clean
 LIB_DIR := target/release
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 MAJOR := $(firstword $(subst ., ,$(VERSION)))
@@ -48,7 +48,15 @@ C_IDS := $(LIB_DIR)/simple_c.out
 $(C_IDS): $(LIB_DIR)/simple models
 	LD_LIBRARY_PATH=$(LIB_DIR) $(LIB_DIR)/simple $(SMOLLM2) "The capital of France is" > $@
 
-test-bindings: test-cpp test-install
+test-bindings: test-cpp test-install test-go
+
+# Go binding: cgo finds the library through CGO_CFLAGS/CGO_LDFLAGS (here the
+# build tree); no module proxy is needed (standard library + cgo only).
+GO_ENV := CGO_CFLAGS=-I$(CURDIR)/include CGO_LDFLAGS=-L$(CURDIR)/$(LIB_DIR) LD_LIBRARY_PATH=$(CURDIR)/$(LIB_DIR) \
+	GOPROXY=off GOFLAGS=-mod=mod ROCMFORGE_MODEL=$(CURDIR)/$(SMOLLM2) ROCMFORGE_C_IDS=$(CURDIR)/$(C_IDS)
+test-go: $(C_IDS)
+	cd bindings/go && $(GO_ENV) go vet ./... && $(GO_ENV) go test -count=1 ./...
+	cd bindings/go && $(GO_ENV) go run ./example $(CURDIR)/$(SMOLLM2) "The capital of France is" | grep '^ids:' | diff - <(grep '^ids:' $(CURDIR)/$(C_IDS))
 
 # `make install` into a scratch prefix, then build the C++ example through
 # pkg-config alone and check it prints the C example's ids.

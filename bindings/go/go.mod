@@ -1,0 +1,3 @@
+module github.com/rocmforge/rocmforge/bindings/go
+
+go 1.19

@@ -1,0 +1,410 @@
+// Package rocmforge is a thin Go binding over librocmforge's C ABI
+// (include/rocmforge.h): load GGUF models, tokenize, and generate text with
+// streaming and context cancellation. It adds no inference logic.
+//
+// Finding the library: cgo links with -lrocmforge. Point cgo at an install
+// with pkg-config,
+//
+//	export CGO_CFLAGS="$(pkg-config --cflags rocmforge)" CGO_LDFLAGS="$(pkg-config --libs rocmforge)"
+//
+// or at a source checkout through the environment:
+//
+//	export CGO_CFLAGS=-I$ROCMFORGE/include CGO_LDFLAGS=-L$ROCMFORGE/target/release LD_LIBRARY_PATH=$ROCMFORGE/target/release
+//
+// Concurrency: every method of a *Model locks it, so a Model is safe to share
+// between goroutines, but calls on one Model run one at a time (the C
+// context holds one sequence). For parallel generation take one Model per
+// goroutine with NewSession: sessions share the loaded weights.
+package rocmforge
+
+/*
+#cgo LDFLAGS: -lrocmforge
+#include <stdlib.h>
+#include "rocmforge.h"
+
+extern bool rocmforgeGoToken(int32_t token, char *piece, size_t len, void *user);
+extern bool rocmforgeGoProgress(float p, void *user);
+
+static enum forge_status rf_generate(forge_ctx *ctx, forge_sampler *s, const int32_t *prompt, size_t n,
+                                     uint32_t max_tokens, const char **stop, size_t n_stop, uintptr_t handle,
+                                     int32_t *out, size_t cap, size_t *n_out, enum forge_stop_reason *why) {
+	struct forge_generate_params gp = forge_generate_default_params();
+	gp.max_tokens = max_tokens;
+	gp.stop = stop;
+	gp.n_stop = n_stop;
+	gp.on_token = (forge_token_cb)rocmforgeGoToken;
+	gp.user_data = (void *)handle;
+	return forge_generate(ctx, s, prompt, n, &gp, out, cap, n_out, why);
+}
+
+static enum forge_status rf_load(const char *path, uint32_t threads, uint32_t n_ctx, uintptr_t handle, forge_ctx **out) {
+	struct forge_load_params p = forge_load_default_params();
+	p.n_threads = threads;
+	p.n_ctx = n_ctx;
+	if (handle) {
+		p.progress = (forge_progress_cb)rocmforgeGoProgress;
+		p.progress_user_data = (void *)handle;
+	}
+	return forge_load(path, &p, out);
+}
+*/
+import "C"
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/cgo"
+	"sync"
+	"unsafe"
+)
+
+// ABIVersion is the C ABI version this binding was written for.
+const ABIVersion = 1
+
+// Status is a forge_status code.
+type Status int
+
+// Status codes (fixed numbers, as in rocmforge.h).
+const (
+	StatusOK                 Status = 0
+	StatusInvalidArgument    Status = 1
+	StatusNullPointer        Status = 2
+	StatusBufferTooSmall     Status = 3
+	StatusInvalidUTF8        Status = 4
+	StatusIO                 Status = 10
+	StatusInvalidModel       Status = 11
+	StatusUnsupported        Status = 12
+	StatusContextFull        Status = 20
+	StatusOutOfMemory        Status = 21
+	StatusBackendUnavailable Status = 30
+	StatusCancelled          Status = 40
+	StatusInternal           Status = 99
+)
+
+// Error is a failed call: the status and forge_last_error()'s message.
+// errors.Is(err, ErrIO) and friends compare the status.
+type Error struct {
+	Status  Status
+	Message string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("rocmforge: %s (status %d)", e.Message, int(e.Status)) }
+
+// Is matches any *Error with the same Status.
+func (e *Error) Is(target error) bool {
+	var t *Error
+	return errors.As(target, &t) && t.Status == e.Status
+}
+
+// Sentinel errors for errors.Is.
+var (
+	ErrInvalidArgument = &Error{Status: StatusInvalidArgument}
+	ErrIO              = &Error{Status: StatusIO}
+	ErrInvalidModel    = &Error{Status: StatusInvalidModel}
+	ErrUnsupported     = &Error{Status: StatusUnsupported}
+	ErrContextFull     = &Error{Status: StatusContextFull}
+	ErrCancelled       = &Error{Status: StatusCancelled}
+	// ErrClosed: the Model was used after Close.
+	ErrClosed = errors.New("rocmforge: model is closed")
+)
+
+func check(st C.enum_forge_status) error {
+	if st == C.FORGE_OK {
+		return nil
+	}
+	return &Error{Status: Status(st), Message: C.GoString(C.forge_last_error())}
+}
+
+// Version is the library's version string.
+func Version() string { return C.GoString(C.forge_version()) }
+
+func checkABI() error {
+	if v := int(C.forge_abi_version()); v != ABIVersion {
+		return &Error{Status: StatusUnsupported, Message: fmt.Sprintf("librocmforge ABI version %d, this binding needs %d", v, ABIVersion)}
+	}
+	return nil
+}
+
+type options struct {
+	threads, nCtx uint32
+	progress      func(float32) bool
+}
+
+// Option configures Load.
+type Option func(*options)
+
+// WithThreads sets the CPU worker threads (0 = all cores).
+func WithThreads(n int) Option { return func(o *options) { o.threads = uint32(n) } }
+
+// WithContextSize sets the KV cache size in tokens (0 = min(n_ctx_train, 4096)).
+func WithContextSize(n int) Option { return func(o *options) { o.nCtx = uint32(n) } }
+
+// WithProgress reports load progress in [0, 1]; return false to cancel.
+func WithProgress(f func(float32) bool) Option { return func(o *options) { o.progress = f } }
+
+// Model is a loaded model plus one sequence (its KV cache).
+type Model struct {
+	mu  sync.Mutex
+	ctx *C.forge_ctx
+}
+
+//export rocmforgeGoProgress
+func rocmforgeGoProgress(p C.float, user unsafe.Pointer) C.bool {
+	f := cgo.Handle(uintptr(user)).Value().(func(float32) bool)
+	return C.bool(f(float32(p)))
+}
+
+// Load opens a GGUF model.
+func Load(path string, opts ...Option) (*Model, error) {
+	if err := checkABI(); err != nil {
+		return nil, err
+	}
+	var o options
+	for _, f := range opts {
+		f(&o)
+	}
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	var h cgo.Handle
+	if o.progress != nil {
+		h = cgo.NewHandle(o.progress)
+		defer h.Delete()
+	}
+	var ctx *C.forge_ctx
+	if err := check(C.rf_load(cpath, C.uint32_t(o.threads), C.uint32_t(o.nCtx), C.uintptr_t(h), &ctx)); err != nil {
+		return nil, err
+	}
+	return &Model{ctx: ctx}, nil
+}
+
+// Close frees the context. Further calls return ErrClosed. Idempotent.
+func (m *Model) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.ctx != nil {
+		C.forge_free(m.ctx)
+		m.ctx = nil
+	}
+	return nil
+}
+
+func (m *Model) lock() error {
+	m.mu.Lock()
+	if m.ctx == nil {
+		m.mu.Unlock()
+		return ErrClosed
+	}
+	return nil
+}
+
+// NewSession returns another Model on the same loaded weights (shared, not
+// copied) with its own empty KV cache.
+func (m *Model) NewSession() (*Model, error) {
+	if err := m.lock(); err != nil {
+		return nil, err
+	}
+	defer m.mu.Unlock()
+	var ctx *C.forge_ctx
+	if err := check(C.forge_ctx_clone_session(m.ctx, &ctx)); err != nil {
+		return nil, err
+	}
+	return &Model{ctx: ctx}, nil
+}
+
+// Tokenize encodes text. addSpecial adds BOS/EOS as the model asks;
+// parseSpecial turns control tokens written in the text into single ids.
+func (m *Model) Tokenize(text string, addSpecial, parseSpecial bool) ([]int32, error) {
+	if err := m.lock(); err != nil {
+		return nil, err
+	}
+	defer m.mu.Unlock()
+	ctext := C.CString(text)
+	defer C.free(unsafe.Pointer(ctext))
+	out := make([]int32, len(text)+8)
+	var n C.size_t
+	st := C.forge_tokenize(m.ctx, ctext, C.size_t(len(text)), C.bool(addSpecial), C.bool(parseSpecial), (*C.int32_t)(unsafe.Pointer(&out[0])), C.size_t(len(out)), &n)
+	if st == C.FORGE_ERR_BUFFER_TOO_SMALL {
+		out = make([]int32, int(n))
+		st = C.forge_tokenize(m.ctx, ctext, C.size_t(len(text)), C.bool(addSpecial), C.bool(parseSpecial), (*C.int32_t)(unsafe.Pointer(&out[0])), C.size_t(len(out)), &n)
+	}
+	if err := check(st); err != nil {
+		return nil, err
+	}
+	return out[:int(n)], nil
+}
+
+// Detokenize decodes ids to text (control tokens omitted).
+func (m *Model) Detokenize(tokens []int32) (string, error) {
+	if err := m.lock(); err != nil {
+		return "", err
+	}
+	defer m.mu.Unlock()
+	if len(tokens) == 0 {
+		return "", nil
+	}
+	buf := make([]byte, len(tokens)*8+16)
+	var n C.size_t
+	tp := (*C.int32_t)(unsafe.Pointer(&tokens[0]))
+	st := C.forge_detokenize(m.ctx, tp, C.size_t(len(tokens)), false, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &n)
+	if st == C.FORGE_ERR_BUFFER_TOO_SMALL {
+		buf = make([]byte, int(n))
+		st = C.forge_detokenize(m.ctx, tp, C.size_t(len(tokens)), false, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &n)
+	}
+	if err := check(st); err != nil {
+		return "", err
+	}
+	return string(buf[:int(n)]), nil
+}
+
+// Reset keeps the first nKeep positions of the KV cache (0 clears it).
+func (m *Model) Reset(nKeep int) error {
+	if err := m.lock(); err != nil {
+		return err
+	}
+	defer m.mu.Unlock()
+	return check(C.forge_kv_reset(m.ctx, C.size_t(nKeep)))
+}
+
+// SamplerOptions: Temperature <= 0 is greedy. Zero values of the other
+// fields mean "off" (TopP and RepeatPenalty use 1 for off; see Greedy/DefaultSampler).
+type SamplerOptions struct {
+	Temperature, TopP, MinP, RepeatPenalty, FrequencyPenalty, PresencePenalty float32
+	TopK, PenaltyLastN                                                       int
+	Seed                                                                      uint64
+}
+
+// Greedy picks the most likely token every step.
+func Greedy() SamplerOptions { return SamplerOptions{Temperature: 0, TopP: 1, RepeatPenalty: 1} }
+
+// DefaultSampler returns the library's default sampling settings.
+func DefaultSampler() SamplerOptions {
+	p := C.forge_sampler_default_params()
+	return SamplerOptions{Temperature: float32(p.temperature), TopK: int(p.top_k), TopP: float32(p.top_p), MinP: float32(p.min_p),
+		RepeatPenalty: float32(p.repeat_penalty), FrequencyPenalty: float32(p.frequency_penalty), PresencePenalty: float32(p.presence_penalty),
+		PenaltyLastN: int(p.penalty_last_n), Seed: uint64(p.seed)}
+}
+
+// GenerateOptions for Generate and Stream.
+type GenerateOptions struct {
+	MaxTokens int
+	Sampler   SamplerOptions
+	Stop      []string
+}
+
+// Token is one streamed token: its id and the text it completes (may be
+// empty while a multi-byte character or a possible stop string is pending;
+// ID is -1 for a final flush of held-back text).
+type Token struct {
+	ID   int32
+	Text string
+}
+
+// Result of a generation.
+type Result struct {
+	Tokens []int32
+	Text   string
+	// Reason: "eog", "max_tokens", "stop", "callback" or "context_full".
+	Reason string
+}
+
+type genState struct {
+	ctx     context.Context
+	onToken func(Token) bool
+	text    []byte
+	ctxErr  error
+}
+
+//export rocmforgeGoToken
+func rocmforgeGoToken(token C.int32_t, piece *C.char, n C.size_t, user unsafe.Pointer) C.bool {
+	st := cgo.Handle(uintptr(user)).Value().(*genState)
+	text := C.GoStringN(piece, C.int(n))
+	st.text = append(st.text, text...)
+	if err := st.ctx.Err(); err != nil {
+		st.ctxErr = err
+		return false
+	}
+	if st.onToken != nil && !st.onToken(Token{ID: int32(token), Text: text}) {
+		return false
+	}
+	return C.bool(st.ctx.Err() == nil)
+}
+
+// Generate evaluates prompt at the current position, then samples up to
+// opts.MaxTokens tokens, calling onToken (may be nil) for each. Returning
+// false from onToken stops generation (Reason "callback"). Cancelling ctx
+// stops it too, and Generate returns ctx.Err() with the partial result.
+func (m *Model) Generate(ctx context.Context, prompt []int32, opts GenerateOptions, onToken func(Token) bool) (*Result, error) {
+	if err := m.lock(); err != nil {
+		return nil, err
+	}
+	defer m.mu.Unlock()
+	if len(prompt) == 0 {
+		return nil, &Error{Status: StatusInvalidArgument, Message: "empty prompt"}
+	}
+	sp := C.forge_sampler_default_params()
+	s := opts.Sampler
+	sp.temperature, sp.top_k, sp.top_p, sp.min_p = C.float(s.Temperature), C.uint32_t(s.TopK), C.float(s.TopP), C.float(s.MinP)
+	sp.repeat_penalty, sp.frequency_penalty, sp.presence_penalty = C.float(s.RepeatPenalty), C.float(s.FrequencyPenalty), C.float(s.PresencePenalty)
+	sp.penalty_last_n, sp.seed = C.uint32_t(s.PenaltyLastN), C.uint64_t(s.Seed)
+	var smp *C.forge_sampler
+	if err := check(C.forge_sampler_new(&sp, &smp)); err != nil {
+		return nil, err
+	}
+	defer C.forge_sampler_free(smp)
+
+	cstops := make([]*C.char, len(opts.Stop))
+	for i, s := range opts.Stop {
+		cstops[i] = C.CString(s)
+		defer C.free(unsafe.Pointer(cstops[i]))
+	}
+	var stopPtr **C.char
+	if len(cstops) > 0 {
+		// a C array of the pointers (Go memory must not hold Go pointers passed to C)
+		arr := C.malloc(C.size_t(len(cstops)) * C.size_t(unsafe.Sizeof(uintptr(0))))
+		defer C.free(arr)
+		for i, p := range cstops {
+			*(**C.char)(unsafe.Add(arr, i*int(unsafe.Sizeof(uintptr(0))))) = p
+		}
+		stopPtr = (**C.char)(arr)
+	}
+	state := &genState{ctx: ctx, onToken: onToken}
+	h := cgo.NewHandle(state)
+	defer h.Delete()
+	maxTok := opts.MaxTokens
+	out := make([]int32, maxTok+1)
+	var n C.size_t
+	var why C.enum_forge_stop_reason
+	st := C.rf_generate(m.ctx, smp, (*C.int32_t)(unsafe.Pointer(&prompt[0])), C.size_t(len(prompt)), C.uint32_t(maxTok),
+		stopPtr, C.size_t(len(cstops)), C.uintptr_t(h), (*C.int32_t)(unsafe.Pointer(&out[0])), C.size_t(len(out)), &n, &why)
+	if err := check(st); err != nil {
+		return nil, err
+	}
+	reasons := map[C.enum_forge_stop_reason]string{C.FORGE_STOP_EOG: "eog", C.FORGE_STOP_MAX_TOKENS: "max_tokens",
+		C.FORGE_STOP_STRING: "stop", C.FORGE_STOP_CALLBACK: "callback", C.FORGE_STOP_CONTEXT_FULL: "context_full"}
+	res := &Result{Tokens: out[:int(n)], Text: string(state.text), Reason: reasons[why]}
+	return res, state.ctxErr
+}
+
+// Stream runs Generate in a goroutine and delivers tokens on a channel,
+// which is closed when generation ends; the final result or error arrives on
+// the second channel. Cancel ctx to stop early (the consumer may simply stop
+// reading after cancelling).
+func (m *Model) Stream(ctx context.Context, prompt []int32, opts GenerateOptions) (<-chan Token, <-chan error) {
+	tokens := make(chan Token)
+	done := make(chan error, 1)
+	go func() {
+		defer close(tokens)
+		_, err := m.Generate(ctx, prompt, opts, func(t Token) bool {
+			select {
+			case tokens <- t:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		})
+		done <- err
+		close(done)
+	}()
+	return tokens, done
+}
