@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 SMOLLM2 := models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: test-bindings test-cpp test-install test-go install uninstall all build models test test-rust test-c demo inspect header check-features bench bench-tokenizer perplexity valgrind fixtures venv fuzz clean
+.PHONY: test-bindings test-cpp test-install test-go test-node install uninstall all build models test test-rust test-c demo inspect header check-features bench bench-tokenizer perplexity valgrind fixtures venv fuzz clean
 LIB_DIR := target/release
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 MAJOR := $(firstword $(subst ., ,$(VERSION)))
@@ -48,7 +48,15 @@ C_IDS := $(LIB_DIR)/simple_c.out
 $(C_IDS): $(LIB_DIR)/simple models
 	LD_LIBRARY_PATH=$(LIB_DIR) $(LIB_DIR)/simple $(SMOLLM2) "The capital of France is" > $@
 
-test-bindings: test-cpp test-install test-go
+test-bindings: test-cpp test-install test-go test-node
+
+# Node binding: an N-API addon built offline with node-gyp against the
+# system's Node headers (--nodedir=/usr); npm ci installs node-addon-api and
+# node-gyp from the lockfile.
+test-node: $(C_IDS)
+	cd bindings/node && npm ci --ignore-scripts --no-audit --no-fund
+	cd bindings/node && ROCMFORGE_ROOT=$(CURDIR) npx node-gyp rebuild --nodedir=/usr
+	cd bindings/node && ROCMFORGE_MODEL=$(CURDIR)/$(SMOLLM2) ROCMFORGE_C_IDS=$(CURDIR)/$(C_IDS) node --test test/
 
 # Go binding: cgo finds the library through CGO_CFLAGS/CGO_LDFLAGS (here the
 # build tree); no module proxy is needed (standard library + cgo only).

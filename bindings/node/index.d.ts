@@ -1,0 +1,63 @@
+/** Error objects from rocmforge carry the C status name and number. */
+export interface ForgeError extends Error {
+  /** e.g. "FORGE_ERR_IO", "FORGE_ERR_INVALID_MODEL", "ERR_CLOSED", "ERR_BUSY" */
+  code: string;
+  /** forge_status number, -1 for errors raised by the binding itself */
+  status?: number;
+}
+
+export interface LoadOptions {
+  /** CPU worker threads; 0 = all cores */
+  threads?: number;
+  /** KV cache size; 0 = min(n_ctx_train, 4096) */
+  contextSize?: number;
+}
+
+export interface GenerateOptions {
+  maxTokens?: number;
+  /** <= 0: greedy */
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  minP?: number;
+  repeatPenalty?: number;
+  frequencyPenalty?: number;
+  presencePenalty?: number;
+  penaltyLastN?: number;
+  seed?: number;
+  stop?: string[];
+  signal?: AbortSignal;
+}
+
+export interface GenerateResult {
+  tokens: number[];
+  text: string;
+  reason: 'eog' | 'max_tokens' | 'stop' | 'callback' | 'context_full';
+}
+
+export interface ModelInfo {
+  arch: string;
+  nVocab: number;
+  nCtxTrain: number;
+  nCtx: number;
+  nLayer: number;
+  bos: number;
+  eos: number;
+  eot: number;
+  chatTemplate: string | null;
+}
+
+export class Model {
+  tokenize(text: string, options?: { addSpecial?: boolean; parseSpecial?: boolean }): number[];
+  detokenize(ids: ArrayLike<number>): string;
+  info(): ModelInfo;
+  newSession(): Model;
+  reset(nKeep?: number): void;
+  close(): void;
+  generate(prompt: string | ArrayLike<number>, options?: GenerateOptions, onToken?: (token: number, text: string) => void): Promise<GenerateResult>;
+  stream(prompt: string | ArrayLike<number>, options?: GenerateOptions): AsyncGenerator<{ token: number; text: string }>;
+}
+
+export function load(path: string, options?: LoadOptions): Promise<Model>;
+export const ABI_VERSION: number;
+export const version: string;

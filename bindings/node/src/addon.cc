@@ -1,0 +1,358 @@
+// N-API addon over the C ABI (rocmforge.h). Loading and generation run on
+// libuv worker threads (Napi::AsyncWorker); streamed tokens reach JS through
+// a ThreadSafeFunction, so the event loop never blocks on inference.
+#include <napi.h>
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "rocmforge.h"
+
+namespace {
+
+const char *status_name(forge_status s) {
+    switch (s) {
+        case FORGE_OK: return "FORGE_OK";
+        case FORGE_ERR_INVALID_ARGUMENT: return "FORGE_ERR_INVALID_ARGUMENT";
+        case FORGE_ERR_NULL_POINTER: return "FORGE_ERR_NULL_POINTER";
+        case FORGE_ERR_BUFFER_TOO_SMALL: return "FORGE_ERR_BUFFER_TOO_SMALL";
+        case FORGE_ERR_INVALID_UTF8: return "FORGE_ERR_INVALID_UTF8";
+        case FORGE_ERR_IO: return "FORGE_ERR_IO";
+        case FORGE_ERR_INVALID_MODEL: return "FORGE_ERR_INVALID_MODEL";
+        case FORGE_ERR_UNSUPPORTED: return "FORGE_ERR_UNSUPPORTED";
+        case FORGE_ERR_CONTEXT_FULL: return "FORGE_ERR_CONTEXT_FULL";
+        case FORGE_ERR_OUT_OF_MEMORY: return "FORGE_ERR_OUT_OF_MEMORY";
+        case FORGE_ERR_BACKEND_UNAVAILABLE: return "FORGE_ERR_BACKEND_UNAVAILABLE";
+        case FORGE_ERR_CANCELLED: return "FORGE_ERR_CANCELLED";
+        case FORGE_ERR_INTERNAL: return "FORGE_ERR_INTERNAL";
+    }
+    return "FORGE_ERR_UNKNOWN";
+}
+
+Napi::Error make_error(Napi::Env env, const std::string &code, const std::string &msg, int status) {
+    Napi::Error e = Napi::Error::New(env, msg);
+    e.Set("code", Napi::String::New(env, code));
+    e.Set("status", Napi::Number::New(env, status));
+    return e;
+}
+
+Napi::Error status_error(Napi::Env env, forge_status st, const std::string &msg) {
+    return make_error(env, status_name(st), msg, static_cast<int>(st));
+}
+
+// A context shared between the JS object and any running worker, so a
+// close() during generation frees it only when the worker is done.
+struct Handle {
+    forge_ctx *ctx = nullptr;
+    std::atomic<bool> busy{false};
+    ~Handle() { forge_free(ctx); }
+};
+
+class Model : public Napi::ObjectWrap<Model> {
+  public:
+    static Napi::FunctionReference ctor;
+    static void Init(Napi::Env env, Napi::Object exports) {
+        Napi::Function f = DefineClass(env, "NativeModel",
+                                       {InstanceMethod("tokenize", &Model::Tokenize),
+                                        InstanceMethod("detokenize", &Model::Detokenize),
+                                        InstanceMethod("generate", &Model::Generate),
+                                        InstanceMethod("newSession", &Model::NewSession),
+                                        InstanceMethod("info", &Model::Info),
+                                        InstanceMethod("reset", &Model::Reset),
+                                        InstanceMethod("close", &Model::Close)});
+        ctor = Napi::Persistent(f);
+        exports.Set("NativeModel", f);
+    }
+    explicit Model(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Model>(info) {}
+    std::shared_ptr<Handle> h;
+
+    forge_ctx *ctx(Napi::Env env) {
+        if (!h || !h->ctx) throw make_error(env, "ERR_CLOSED", "rocmforge: model is closed", -1);
+        if (h->busy) throw make_error(env, "ERR_BUSY", "rocmforge: a generation is running on this model; use newSession() for parallel work", -1);
+        return h->ctx;
+    }
+
+    Napi::Value Tokenize(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        std::string text = info[0].As<Napi::String>();
+        bool add_special = info.Length() > 1 && info[1].ToBoolean();
+        bool parse_special = info.Length() > 2 && info[2].ToBoolean();
+        std::vector<int32_t> out(text.size() + 8);
+        size_t n = 0;
+        forge_ctx *c = ctx(env);
+        forge_status st = forge_tokenize(c, text.data(), text.size(), add_special, parse_special, out.data(), out.size(), &n);
+        if (st == FORGE_ERR_BUFFER_TOO_SMALL) {
+            out.resize(n);
+            st = forge_tokenize(c, text.data(), text.size(), add_special, parse_special, out.data(), out.size(), &n);
+        }
+        if (st != FORGE_OK) throw status_error(env, st, forge_last_error());
+        Napi::Array a = Napi::Array::New(env, n);
+        for (size_t i = 0; i < n; i++) a[i] = Napi::Number::New(env, out[i]);
+        return a;
+    }
+
+    Napi::Value Detokenize(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        Napi::Array a = info[0].As<Napi::Array>();
+        std::vector<int32_t> ids(a.Length());
+        for (uint32_t i = 0; i < a.Length(); i++) ids[i] = a.Get(i).As<Napi::Number>().Int32Value();
+        std::string s(ids.size() * 8 + 16, '\0');
+        size_t n = 0;
+        forge_ctx *c = ctx(env);
+        forge_status st = forge_detokenize(c, ids.data(), ids.size(), false, s.data(), s.size(), &n);
+        if (st == FORGE_ERR_BUFFER_TOO_SMALL) {
+            s.resize(n);
+            st = forge_detokenize(c, ids.data(), ids.size(), false, s.data(), s.size(), &n);
+        }
+        if (st != FORGE_OK) throw status_error(env, st, forge_last_error());
+        s.resize(n);
+        return Napi::String::New(env, s);
+    }
+
+    Napi::Value NewSession(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        forge_ctx *c = nullptr;
+        forge_status st = forge_ctx_clone_session(ctx(env), &c);
+        if (st != FORGE_OK) throw status_error(env, st, forge_last_error());
+        Napi::Object o = ctor.New({});
+        auto h2 = std::make_shared<Handle>();
+        h2->ctx = c;
+        Unwrap(o)->h = h2;
+        return o;
+    }
+
+    Napi::Value Info(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        forge_model_info mi{};
+        forge_status st = forge_get_model_info(ctx(env), &mi);
+        if (st != FORGE_OK) throw status_error(env, st, forge_last_error());
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("arch", mi.arch);
+        o.Set("nVocab", mi.n_vocab);
+        o.Set("nCtxTrain", mi.n_ctx_train);
+        o.Set("nCtx", mi.n_ctx);
+        o.Set("nLayer", mi.n_layer);
+        o.Set("bos", mi.bos);
+        o.Set("eos", mi.eos);
+        o.Set("eot", mi.eot);
+        o.Set("chatTemplate", mi.chat_template ? Napi::Value(Napi::String::New(env, mi.chat_template)) : env.Null());
+        return o;
+    }
+
+    Napi::Value Reset(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        size_t keep = info.Length() > 0 ? info[0].As<Napi::Number>().Int64Value() : 0;
+        forge_status st = forge_kv_reset(ctx(env), keep);
+        if (st != FORGE_OK) throw status_error(env, st, forge_last_error());
+        return env.Undefined();
+    }
+
+    Napi::Value Close(const Napi::CallbackInfo &info) {
+        h.reset();  // a running worker keeps its own reference until it ends
+        return info.Env().Undefined();
+    }
+
+    Napi::Value Generate(const Napi::CallbackInfo &info);
+};
+Napi::FunctionReference Model::ctor;
+
+class LoadWorker : public Napi::AsyncWorker {
+  public:
+    LoadWorker(Napi::Env env, std::string path, forge_load_params p)
+        : Napi::AsyncWorker(env), path_(std::move(path)), p_(p), deferred_(Napi::Promise::Deferred::New(env)) {}
+    Napi::Promise Promise() { return deferred_.Promise(); }
+    void Execute() override {
+        st_ = forge_load(path_.c_str(), &p_, &ctx_);
+        if (st_ != FORGE_OK) msg_ = forge_last_error();  // thread-local: read on this thread
+    }
+    void OnOK() override {
+        Napi::Env env = Env();
+        if (st_ != FORGE_OK) {
+            deferred_.Reject(status_error(env, st_, msg_).Value());
+            return;
+        }
+        Napi::Object o = Model::ctor.New({});
+        auto h = std::make_shared<Handle>();
+        h->ctx = ctx_;
+        Model::Unwrap(o)->h = h;
+        deferred_.Resolve(o);
+    }
+
+  private:
+    std::string path_, msg_;
+    forge_load_params p_;
+    forge_ctx *ctx_ = nullptr;
+    forge_status st_ = FORGE_OK;
+    Napi::Promise::Deferred deferred_;
+};
+
+Napi::Value Load(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    if (forge_abi_version() != FORGE_ABI_VERSION)
+        throw make_error(env, "ERR_ABI_MISMATCH", "librocmforge ABI version does not match this addon", -1);
+    std::string path = info[0].As<Napi::String>();
+    forge_load_params p = forge_load_default_params();
+    if (info.Length() > 1 && info[1].IsObject()) {
+        Napi::Object o = info[1].As<Napi::Object>();
+        if (o.Has("threads")) p.n_threads = o.Get("threads").As<Napi::Number>().Uint32Value();
+        if (o.Has("contextSize")) p.n_ctx = o.Get("contextSize").As<Napi::Number>().Uint32Value();
+    }
+    auto *w = new LoadWorker(env, path, p);
+    auto promise = w->Promise();
+    w->Queue();
+    return promise;
+}
+
+struct Piece {
+    int32_t token;
+    std::string text;
+};
+
+class GenerateWorker : public Napi::AsyncWorker {
+  public:
+    GenerateWorker(Napi::Env env, std::shared_ptr<Handle> h, std::vector<int32_t> prompt, forge_sampler_params sp,
+                   uint32_t max_tokens, std::vector<std::string> stop, Napi::Function on_token,
+                   std::shared_ptr<std::atomic<bool>> abort)
+        : Napi::AsyncWorker(env), h_(std::move(h)), prompt_(std::move(prompt)), sp_(sp), max_(max_tokens),
+          stop_(std::move(stop)), abort_(std::move(abort)), deferred_(Napi::Promise::Deferred::New(env)) {
+        if (!on_token.IsEmpty())
+            tsfn_ = Napi::ThreadSafeFunction::New(env, on_token, "rocmforge-token", 0, 1);
+    }
+    Napi::Promise Promise() { return deferred_.Promise(); }
+
+    static bool on_token(int32_t tok, const char *piece, size_t len, void *user) {
+        auto *self = static_cast<GenerateWorker *>(user);
+        self->text_.append(piece, len);
+        if (self->tsfn_) {
+            auto *p = new Piece{tok, std::string(piece, len)};
+            // non-blocking: the JS side receives the pieces in order on the loop
+            self->tsfn_.NonBlockingCall(p, [](Napi::Env env, Napi::Function cb, Piece *p) {
+                cb.Call({Napi::Number::New(env, p->token), Napi::String::New(env, p->text)});
+                delete p;
+            });
+        }
+        return !self->abort_->load();
+    }
+
+    void Execute() override {
+        forge_sampler *s = nullptr;
+        st_ = forge_sampler_new(&sp_, &s);
+        if (st_ == FORGE_OK) {
+            std::vector<const char *> stops;
+            for (auto &x : stop_) stops.push_back(x.c_str());
+            forge_generate_params gp = forge_generate_default_params();
+            gp.max_tokens = max_;
+            gp.stop = stops.empty() ? nullptr : stops.data();
+            gp.n_stop = stops.size();
+            gp.on_token = &GenerateWorker::on_token;
+            gp.user_data = this;
+            tokens_.resize(max_);
+            size_t n = 0;
+            st_ = forge_generate(h_->ctx, s, prompt_.data(), prompt_.size(), &gp, tokens_.data(), tokens_.size(), &n, &why_);
+            tokens_.resize(st_ == FORGE_OK ? n : 0);
+        }
+        if (st_ != FORGE_OK) msg_ = forge_last_error();
+        forge_sampler_free(s);
+        // End-of-stream marker through the same queue, so JS knows every
+        // piece has been delivered (the promise may settle before them).
+        if (tsfn_) {
+            tsfn_.NonBlockingCall(new Piece{-2, std::string()}, [](Napi::Env env, Napi::Function cb, Piece *p) {
+                cb.Call({Napi::Number::New(env, p->token), Napi::String::New(env, p->text)});
+                delete p;
+            });
+        }
+    }
+    void Finish() {
+        h_->busy = false;
+        if (tsfn_) tsfn_.Release();
+    }
+    void OnOK() override {
+        Napi::Env env = Env();
+        Finish();
+        if (st_ != FORGE_OK) {
+            deferred_.Reject(status_error(env, st_, msg_).Value());
+            return;
+        }
+        static const char *reasons[] = {"eog", "max_tokens", "stop", "callback", "context_full"};
+        Napi::Object r = Napi::Object::New(env);
+        Napi::Array t = Napi::Array::New(env, tokens_.size());
+        for (size_t i = 0; i < tokens_.size(); i++) t[i] = Napi::Number::New(env, tokens_[i]);
+        r.Set("tokens", t);
+        r.Set("text", text_);
+        r.Set("reason", reasons[static_cast<int>(why_)]);
+        deferred_.Resolve(r);
+    }
+    void OnError(const Napi::Error &e) override {
+        Finish();
+        deferred_.Reject(e.Value());
+    }
+
+  private:
+    std::shared_ptr<Handle> h_;
+    std::vector<int32_t> prompt_, tokens_;
+    forge_sampler_params sp_;
+    uint32_t max_;
+    std::vector<std::string> stop_;
+    std::shared_ptr<std::atomic<bool>> abort_;
+    Napi::ThreadSafeFunction tsfn_;
+    std::string text_, msg_;
+    forge_status st_ = FORGE_OK;
+    forge_stop_reason why_ = FORGE_STOP_MAX_TOKENS;
+    Napi::Promise::Deferred deferred_;
+};
+
+// generate(promptIds, {maxTokens, temperature, topK, topP, minP, repeatPenalty,
+//          frequencyPenalty, presencePenalty, penaltyLastN, seed, stop}, onToken?, abortFlag)
+Napi::Value Model::Generate(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    ctx(env);  // throws if closed or busy
+    Napi::Array a = info[0].As<Napi::Array>();
+    std::vector<int32_t> prompt(a.Length());
+    for (uint32_t i = 0; i < a.Length(); i++) prompt[i] = a.Get(i).As<Napi::Number>().Int32Value();
+    Napi::Object o = info[1].IsObject() ? info[1].As<Napi::Object>() : Napi::Object::New(env);
+    auto num = [&](const char *k, double d) { return o.Has(k) ? o.Get(k).As<Napi::Number>().DoubleValue() : d; };
+    forge_sampler_params sp = forge_sampler_default_params();
+    sp.temperature = static_cast<float>(num("temperature", sp.temperature));
+    sp.top_k = static_cast<uint32_t>(num("topK", sp.top_k));
+    sp.top_p = static_cast<float>(num("topP", sp.top_p));
+    sp.min_p = static_cast<float>(num("minP", sp.min_p));
+    sp.repeat_penalty = static_cast<float>(num("repeatPenalty", sp.repeat_penalty));
+    sp.frequency_penalty = static_cast<float>(num("frequencyPenalty", sp.frequency_penalty));
+    sp.presence_penalty = static_cast<float>(num("presencePenalty", sp.presence_penalty));
+    sp.penalty_last_n = static_cast<uint32_t>(num("penaltyLastN", sp.penalty_last_n));
+    sp.seed = static_cast<uint64_t>(num("seed", static_cast<double>(sp.seed)));
+    uint32_t max_tokens = static_cast<uint32_t>(num("maxTokens", 128));
+    std::vector<std::string> stop;
+    if (o.Has("stop") && o.Get("stop").IsArray()) {
+        Napi::Array s = o.Get("stop").As<Napi::Array>();
+        for (uint32_t i = 0; i < s.Length(); i++) stop.push_back(s.Get(i).As<Napi::String>());
+    }
+    Napi::Function cb = info.Length() > 2 && info[2].IsFunction() ? info[2].As<Napi::Function>() : Napi::Function();
+    // abort flag: an object whose `abort()` the JS side may call
+    auto abort = std::make_shared<std::atomic<bool>>(false);
+    if (info.Length() > 3 && info[3].IsObject()) {
+        info[3].As<Napi::Object>().Set("abort", Napi::Function::New(env, [abort](const Napi::CallbackInfo &i) {
+                                                   abort->store(true);
+                                                   return i.Env().Undefined();
+                                               }));
+    }
+    h->busy = true;
+    auto *w = new GenerateWorker(env, h, std::move(prompt), sp, max_tokens, std::move(stop), cb, abort);
+    auto promise = w->Promise();
+    w->Queue();
+    return promise;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+    Model::Init(env, exports);
+    exports.Set("load", Napi::Function::New(env, Load));
+    exports.Set("abiVersion", Napi::Number::New(env, forge_abi_version()));
+    exports.Set("version", Napi::String::New(env, forge_version()));
+    return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(rocmforge, Init)
