@@ -6,6 +6,8 @@ mod common;
 
 use std::sync::Arc;
 
+use common::rel_l2;
+
 use rocmforge::generate::{generate, GenerateOptions, StopReason};
 use rocmforge::model::reference::Reference;
 use rocmforge::model::{LoadOptions, Logits, Model, Session};
@@ -15,11 +17,6 @@ fn load(name: &str, threads: usize) -> Arc<Model> {
     Model::load(common::model(name), LoadOptions { n_threads: threads, progress: None }).unwrap()
 }
 
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    let n: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let d: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (n / d).sqrt()
-}
 
 /// Prefill 12 tokens as a batch, then decode 6 one at a time: every
 /// position's logits within 2e-3 relative L2 of the reference (f32, one

@@ -10,7 +10,9 @@
 
 mod common;
 
+use common::rel_l2;
 use rocmforge::model::{LoadOptions, Logits, Model, Session};
+use rocmforge::sampler::argmax;
 use serde_json::Value;
 
 fn json(p: &str) -> Value {
@@ -21,15 +23,6 @@ fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
-pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (num / den).sqrt()
-}
-
-fn argmax(x: &[f32]) -> u32 {
-    x.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) }).0 as u32
-}
 
 fn check(model_file: &str, key: &str) {
     let model = Model::load(common::model(model_file), LoadOptions::default()).unwrap();

@@ -12,24 +12,6 @@ mod common;
 
 use rocmforge::quant::{self, act_format, quantize_acts, vec_dot_f32, vec_dot_q8, GgmlType};
 
-const TYPES: [(&str, GgmlType); 15] = [
-    ("F16", GgmlType::F16),
-    ("BF16", GgmlType::BF16),
-    ("Q4_0", GgmlType::Q4_0),
-    ("Q4_1", GgmlType::Q4_1),
-    ("Q5_0", GgmlType::Q5_0),
-    ("Q5_1", GgmlType::Q5_1),
-    ("Q8_0", GgmlType::Q8_0),
-    ("MXFP4", GgmlType::Mxfp4),
-    ("Q2_K", GgmlType::Q2K),
-    ("Q3_K", GgmlType::Q3K),
-    ("Q4_K", GgmlType::Q4K),
-    ("Q5_K", GgmlType::Q5K),
-    ("Q6_K", GgmlType::Q6K),
-    ("IQ4_NL", GgmlType::Iq4Nl),
-    ("IQ4_XS", GgmlType::Iq4Xs),
-];
-
 fn activations(n: usize, seed: u32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(2654435761).max(1);
     (0..n)
@@ -50,7 +32,7 @@ fn dot64(a: &[f32], b: &[f32]) -> (f64, f64) {
 
 #[test]
 fn fused_dots_match_dequantize_then_dot() {
-    for (name, ty) in TYPES {
+    for (name, ty) in common::FIXTURE_TYPES {
         let row = std::fs::read(common::fixture(&format!("quant/{name}.q"))).unwrap();
         let w = quant::dequantize_vec(ty, &row).unwrap();
         for seed in 1..4 {
@@ -115,7 +97,7 @@ fn dot_rejects_mismatched_lengths() {
 /// unquantized x, 16-bit quantization error stays below 1e-4 of Σ|w·x|.
 #[test]
 fn q16_dots_match_dequantize_then_dot() {
-    for (name, ty) in TYPES {
+    for (name, ty) in common::FIXTURE_TYPES {
         if act_format(ty).is_none() {
             continue;
         }
@@ -144,7 +126,7 @@ fn q16_dots_match_dequantize_then_dot() {
 fn simd_kernels_match_scalar() {
     use rocmforge::backend::cpu::simd;
     println!("kernel family: {}", simd::kernel_name());
-    for (name, ty) in TYPES {
+    for (name, ty) in common::FIXTURE_TYPES {
         if act_format(ty).is_none() {
             continue;
         }

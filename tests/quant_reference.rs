@@ -8,24 +8,6 @@ use rocmforge::gguf::GgufFile;
 use rocmforge::quant::{self, GgmlType};
 use sha2::{Digest, Sha256};
 
-const FIXTURE_TYPES: [(&str, GgmlType); 15] = [
-    ("F16", GgmlType::F16),
-    ("BF16", GgmlType::BF16),
-    ("Q4_0", GgmlType::Q4_0),
-    ("Q4_1", GgmlType::Q4_1),
-    ("Q5_0", GgmlType::Q5_0),
-    ("Q5_1", GgmlType::Q5_1),
-    ("Q8_0", GgmlType::Q8_0),
-    ("MXFP4", GgmlType::Mxfp4),
-    ("Q2_K", GgmlType::Q2K),
-    ("Q3_K", GgmlType::Q3K),
-    ("Q4_K", GgmlType::Q4K),
-    ("Q5_K", GgmlType::Q5K),
-    ("Q6_K", GgmlType::Q6K),
-    ("IQ4_NL", GgmlType::Iq4Nl),
-    ("IQ4_XS", GgmlType::Iq4Xs),
-];
-
 fn assert_bits_equal(what: &str, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
@@ -35,7 +17,7 @@ fn assert_bits_equal(what: &str, got: &[f32], want: &[f32]) {
 
 #[test]
 fn dequantize_matches_gguf_py_bit_exact() {
-    for (name, ty) in FIXTURE_TYPES {
+    for (name, ty) in common::FIXTURE_TYPES {
         let q = std::fs::read(common::fixture(&format!("quant/{name}.q"))).unwrap();
         let want = common::read_f32(&common::fixture(&format!("quant/{name}.f32")));
         assert!(!want.is_empty());

@@ -112,6 +112,19 @@ fn dot_kquant<const N: usize>(u: &Unpacked<N>, xb: &[u8], has_min: bool) -> f32 
     dx * acc
 }
 
+/// One block of a 32-element type with a single scale and no minimum
+/// (Q4_0, Q5_0, Q8_0, IQ4_NL, MXFP4): the scale and the signed quants.
+#[inline]
+fn unpack_scaled32(ty: GgmlType, w: &[u8]) -> (f32, [i8; 32]) {
+    match ty {
+        GgmlType::Q4_0 => legacy::unpack_q4_0(w),
+        GgmlType::Q5_0 => legacy::unpack_q5_0(w),
+        GgmlType::Q8_0 => legacy::unpack_q8_0(w),
+        GgmlType::Iq4Nl => nonlinear::unpack_iq4_nl(w),
+        _ => nonlinear::unpack_mxfp4(w),
+    }
+}
+
 /// Σ w[i] * x[i] with `w` a quantized row and `x` activations quantized with
 /// [`quantize_acts`] in the format [`act_format`] gives for `ty`.
 pub fn vec_dot_q8(ty: GgmlType, row: &[u8], xq: &[u8], n: usize) -> Result<f32> {
@@ -125,13 +138,7 @@ pub fn vec_dot_q8(ty: GgmlType, row: &[u8], xq: &[u8], n: usize) -> Result<f32> 
     for (w, x) in row.chunks_exact(ts).zip(xq.chunks_exact(xs)) {
         acc += match ty {
             Q4_0 | Q5_0 | Q8_0 | Iq4Nl | Mxfp4 => {
-                let (dw, qw) = match ty {
-                    Q4_0 => legacy::unpack_q4_0(w),
-                    Q5_0 => legacy::unpack_q5_0(w),
-                    Q8_0 => legacy::unpack_q8_0(w),
-                    Iq4Nl => nonlinear::unpack_iq4_nl(w),
-                    _ => nonlinear::unpack_mxfp4(w),
-                };
+                let (dw, qw) = unpack_scaled32(ty, w);
                 let (dx, qx) = q8_0_block(x);
                 dw * dx * idot(&qw, qx) as f32
             }
@@ -273,13 +280,7 @@ pub fn vec_dot_q16(ty: GgmlType, row: &[u8], x: ActRow) -> Result<f32> {
         let (xq, xd, xs) = (&x.q[x0..x0 + bs], &x.d[b0..b0 + bs / 32], &x.sum[b0..b0 + bs / 32]);
         acc += match ty {
             Q4_0 | Q5_0 | Q8_0 | Iq4Nl | Mxfp4 => {
-                let (dw, qw) = match ty {
-                    Q4_0 => legacy::unpack_q4_0(w),
-                    Q5_0 => legacy::unpack_q5_0(w),
-                    Q8_0 => legacy::unpack_q8_0(w),
-                    Iq4Nl => nonlinear::unpack_iq4_nl(w),
-                    _ => nonlinear::unpack_mxfp4(w),
-                };
+                let (dw, qw) = unpack_scaled32(ty, w);
                 dw * (xd[0] * idot16(&qw, xq) as f32)
             }
             Q4_1 | Q5_1 => {

@@ -29,3 +29,33 @@ pub fn read_f32(path: &std::path::Path) -> Vec<f32> {
     let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
 }
+
+/// Every type with gguf-py dequantization fixtures (tests/fixtures/quant/),
+/// by fixture file name.
+pub const FIXTURE_TYPES: [(&str, rocmforge::quant::GgmlType); 15] = {
+    use rocmforge::quant::GgmlType::*;
+    [
+        ("F16", F16),
+        ("BF16", BF16),
+        ("Q4_0", Q4_0),
+        ("Q4_1", Q4_1),
+        ("Q5_0", Q5_0),
+        ("Q5_1", Q5_1),
+        ("Q8_0", Q8_0),
+        ("MXFP4", Mxfp4),
+        ("Q2_K", Q2K),
+        ("Q3_K", Q3K),
+        ("Q4_K", Q4K),
+        ("Q5_K", Q5K),
+        ("Q6_K", Q6K),
+        ("IQ4_NL", Iq4Nl),
+        ("IQ4_XS", Iq4Xs),
+    ]
+};
+
+/// ‖a − b‖ / ‖b‖, in f64.
+pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
