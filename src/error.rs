@@ -29,6 +29,9 @@ pub enum Error {
     InvalidArgument(String),
     /// The feature (backend) was not compiled into this build.
     NotCompiled { feature: &'static str },
+    /// The backend is compiled in but cannot run here (no device, no runtime,
+    /// or not implemented yet).
+    BackendUnavailable(String),
 }
 
 impl fmt::Display for Error {
@@ -43,6 +46,7 @@ impl fmt::Display for Error {
             Error::OutOfMemory(m) => write!(f, "out of memory: {m}"),
             Error::Cancelled => write!(f, "cancelled by the callback"),
             Error::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
+            Error::BackendUnavailable(m) => write!(f, "backend unavailable: {m}"),
             Error::NotCompiled { feature } => write!(
                 f,
                 "backend not compiled in: rebuild with `cargo build --features {feature}`"

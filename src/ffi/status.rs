@@ -83,7 +83,7 @@ impl From<Error> for FfiError {
             Error::Gguf(_) | Error::Tokenizer(_) => FORGE_ERR_INVALID_MODEL,
             Error::UnsupportedType { .. } | Error::Unsupported(_) => FORGE_ERR_UNSUPPORTED,
             Error::InvalidArgument(_) => FORGE_ERR_INVALID_ARGUMENT,
-            Error::NotCompiled { .. } => FORGE_ERR_BACKEND_UNAVAILABLE,
+            Error::NotCompiled { .. } | Error::BackendUnavailable(_) => FORGE_ERR_BACKEND_UNAVAILABLE,
             Error::ContextFull(_) => FORGE_ERR_CONTEXT_FULL,
             Error::OutOfMemory(_) => FORGE_ERR_OUT_OF_MEMORY,
             Error::Cancelled => FORGE_ERR_CANCELLED,

@@ -8,5 +8,5 @@ pub const COMPILED: bool = true;
 
 /// Number of CUDA devices visible to this process.
 pub fn device_count() -> Result<usize> {
-    Err(Error::InvalidArgument("CUDA runtime adapter not implemented yet".into()))
+    Err(Error::BackendUnavailable("the CUDA runtime adapter is not implemented yet; use the CPU backend".into()))
 }
