@@ -183,6 +183,9 @@ pub struct ActQ16 {
     pub q: Vec<i16>,
     /// Σ q per block.
     pub sum: Vec<i32>,
+    /// d × Σ q per block (the block's sum in activation units), for the
+    /// minimum terms of Q4_1/Q5_1/K-quants without an int→float per block.
+    pub dsum: Vec<f32>,
 }
 
 /// One row (one token's activations) of an [`ActQ16`].
@@ -191,6 +194,7 @@ pub struct ActRow<'a> {
     pub d: &'a [f32],
     pub q: &'a [i16],
     pub sum: &'a [i32],
+    pub dsum: &'a [f32],
 }
 
 impl ActQ16 {
@@ -203,10 +207,15 @@ impl ActQ16 {
     /// Row `t` of rows of `cols` values.
     pub fn row(&self, t: usize, cols: usize) -> ActRow<'_> {
         let b = cols / 32;
-        ActRow { d: &self.d[t * b..(t + 1) * b], q: &self.q[t * cols..(t + 1) * cols], sum: &self.sum[t * b..(t + 1) * b] }
+        ActRow {
+            d: &self.d[t * b..(t + 1) * b],
+            q: &self.q[t * cols..(t + 1) * cols],
+            sum: &self.sum[t * b..(t + 1) * b],
+            dsum: &self.dsum[t * b..(t + 1) * b],
+        }
     }
     pub fn as_row(&self) -> ActRow<'_> {
-        ActRow { d: &self.d, q: &self.q, sum: &self.sum }
+        ActRow { d: &self.d, q: &self.q, sum: &self.sum, dsum: &self.dsum }
     }
 }
 
@@ -224,6 +233,7 @@ pub fn quantize_q16_into(x: &[f32], out: &mut ActQ16) {
         }
         out.d.push(d);
         out.sum.push(s);
+        out.dsum.push(d * s as f32);
     }
 }
 
@@ -231,7 +241,8 @@ pub fn quantize_q16(x: &[f32]) -> Result<ActQ16> {
     if x.len() % 32 != 0 {
         return Err(Error::InvalidArgument(format!("16-bit activations need a multiple of 32 values, got {}", x.len())));
     }
-    let mut a = ActQ16 { d: Vec::with_capacity(x.len() / 32), q: Vec::with_capacity(x.len()), sum: Vec::with_capacity(x.len() / 32) };
+    let nb = x.len() / 32;
+    let mut a = ActQ16 { d: Vec::with_capacity(nb), q: Vec::with_capacity(x.len()), sum: Vec::with_capacity(nb), dsum: Vec::with_capacity(nb) };
     quantize_q16_into(x, &mut a);
     Ok(a)
 }
@@ -267,7 +278,7 @@ pub fn vec_dot_q16(ty: GgmlType, row: &[u8], x: ActRow) -> Result<f32> {
     use GgmlType::*;
     let n = x.q.len();
     check_len(ty, row, n)?;
-    if x.d.len() * 32 != n || x.sum.len() * 32 != n {
+    if x.d.len() * 32 != n || x.sum.len() * 32 != n || x.dsum.len() * 32 != n {
         return Err(Error::InvalidArgument("16-bit activation row: scales/sums do not match the quants".into()));
     }
     if act_format(ty).is_none() {

@@ -67,18 +67,35 @@ unsafe fn bits_to_bytes(bits: u32) -> __m256i {
     _mm256_cmpeq_epi8(set, _mm256_set1_epi64x(-1))
 }
 
-/// Weights with one scale per 32 and an optional minimum, against up to
-/// MAX_TOKENS activation rows: each block is unpacked once.
+/// 32 i8 lanes → two vectors of 16 i16 (elements 0..16, 16..32).
 #[inline(always)]
-unsafe fn dot_blocks<const TS: usize>(row: &[u8], xs: &[ActRow], out: &mut [f32], unpack: impl Fn(*const u8) -> (f32, f32, __m256i)) {
+unsafe fn widen(w: __m256i) -> (__m256i, __m256i) {
+    (_mm256_cvtepi8_epi16(_mm256_castsi256_si128(w)), _mm256_cvtepi8_epi16(_mm256_extracti128_si256(w, 1)))
+}
+
+/// 16 bytes of nibbles straight to i16: low nibbles (elements 0..16), high (16..32).
+#[inline(always)]
+unsafe fn nibbles16(p: *const u8) -> (__m256i, __m256i) {
+    let b = _mm_loadu_si128(p as *const __m128i);
+    let m = _mm_set1_epi8(0x0F);
+    (_mm256_cvtepu8_epi16(_mm_and_si128(b, m)), _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(b, 4), m)))
+}
+
+/// Weights with one scale per 32 and an optional minimum, against up to
+/// MAX_TOKENS activation rows: each block is unpacked once (to i16 halves).
+#[inline(always)]
+unsafe fn dot_blocks<const TS: usize>(
+    row: &[u8],
+    xs: &[ActRow],
+    out: &mut [f32],
+    unpack: impl Fn(*const u8) -> (f32, f32, (__m256i, __m256i)),
+) {
     let nb = row.len() / TS;
     let nt = xs.len().min(MAX_TOKENS);
     let mut acc = [_mm256_setzero_ps(); MAX_TOKENS];
     let mut acc_min = [0f32; MAX_TOKENS];
     for b in 0..nb {
-        let (d, m, w) = unpack(row.as_ptr().add(b * TS));
-        let wl = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(w));
-        let wh = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(w, 1));
+        let (d, m, (wl, wh)) = unpack(row.as_ptr().add(b * TS));
         for t in 0..nt {
             let x = xs.get_unchecked(t);
             let dx = *x.d.get_unchecked(b);
@@ -87,9 +104,7 @@ unsafe fn dot_blocks<const TS: usize>(row: &[u8], xs: &[ActRow], out: &mut [f32]
             let xh = _mm256_loadu_si256(xp.add(16) as *const __m256i);
             let p = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_madd_epi16(wl, xl), _mm256_madd_epi16(wh, xh)));
             acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * dx), acc[t]);
-            if m != 0.0 {
-                acc_min[t] += m * (dx * *x.sum.get_unchecked(b) as f32);
-            }
+            acc_min[t] += m * *x.dsum.get_unchecked(b);
         }
     }
     for t in 0..nt {
@@ -99,14 +114,18 @@ unsafe fn dot_blocks<const TS: usize>(row: &[u8], xs: &[ActRow], out: &mut [f32]
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q4_0(row: &[u8], xs: &[ActRow], out: &mut [f32]) {
-    dot_blocks::<18>(row, xs, out, |p| (f16_at(std::slice::from_raw_parts(p, 2), 0), 0.0, _mm256_sub_epi8(nibbles(p.add(2)), _mm256_set1_epi8(8))))
+    dot_blocks::<18>(row, xs, out, |p| {
+        let (lo, hi) = nibbles16(p.add(2));
+        let eight = _mm256_set1_epi16(8);
+        (f16_at(std::slice::from_raw_parts(p, 2), 0), 0.0, (_mm256_sub_epi16(lo, eight), _mm256_sub_epi16(hi, eight)))
+    })
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q4_1(row: &[u8], xs: &[ActRow], out: &mut [f32]) {
     dot_blocks::<20>(row, xs, out, |p| {
         let h = std::slice::from_raw_parts(p, 4);
-        (f16_at(h, 0), f16_at(h, 2), nibbles(p.add(4)))
+        (f16_at(h, 0), f16_at(h, 2), nibbles16(p.add(4)))
     })
 }
 
@@ -117,7 +136,7 @@ pub unsafe fn q5_0(row: &[u8], xs: &[ActRow], out: &mut [f32]) {
         let qh = u32::from_le_bytes([h[2], h[3], h[4], h[5]]);
         let hi = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
         let w = _mm256_or_si256(nibbles(p.add(6)), hi);
-        (f16_at(h, 0), 0.0, _mm256_sub_epi8(w, _mm256_set1_epi8(16)))
+        (f16_at(h, 0), 0.0, widen(_mm256_sub_epi8(w, _mm256_set1_epi8(16))))
     })
 }
 
@@ -127,13 +146,13 @@ pub unsafe fn q5_1(row: &[u8], xs: &[ActRow], out: &mut [f32]) {
         let h = std::slice::from_raw_parts(p, 8);
         let qh = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
         let hi = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
-        (f16_at(h, 0), f16_at(h, 2), _mm256_or_si256(nibbles(p.add(8)), hi))
+        (f16_at(h, 0), f16_at(h, 2), widen(_mm256_or_si256(nibbles(p.add(8)), hi)))
     })
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q8_0(row: &[u8], xs: &[ActRow], out: &mut [f32]) {
-    dot_blocks::<34>(row, xs, out, |p| (f16_at(std::slice::from_raw_parts(p, 2), 0), 0.0, _mm256_loadu_si256(p.add(2) as *const __m256i)))
+    dot_blocks::<34>(row, xs, out, |p| (f16_at(std::slice::from_raw_parts(p, 2), 0), 0.0, widen(_mm256_loadu_si256(p.add(2) as *const __m256i))))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -157,7 +176,7 @@ pub unsafe fn q4_k(row: &[u8], xs: &[ActRow], out: &mut [f32]) {
                     let dx = *x.d.get_unchecked(b);
                     let p = _mm256_cvtepi32_ps(madd32(w, x.q.as_ptr().add(b * 32)));
                     acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(ds * dx), acc[t]);
-                    acc_min[t] += dm * (dx * *x.sum.get_unchecked(b) as f32);
+                    acc_min[t] += dm * *x.dsum.get_unchecked(b);
                 }
             }
         }

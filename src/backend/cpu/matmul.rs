@@ -41,7 +41,8 @@ pub fn matmul(pool: &ThreadPool, w: &Matrix, wbytes: &[u8], x: &[f32], n: usize,
     assert_eq!(wbytes.len(), rows * w.row_bytes, "{}: weight bytes", w.name);
     let acts = match act_format(w.ty) {
         Some(_) => {
-            let mut a = ActQ16 { d: Vec::with_capacity(n * cols / 32), q: Vec::with_capacity(n * cols), sum: Vec::with_capacity(n * cols / 32) };
+            let nb = n * cols / 32;
+            let mut a = ActQ16 { d: Vec::with_capacity(nb), q: Vec::with_capacity(n * cols), sum: Vec::with_capacity(nb), dsum: Vec::with_capacity(nb) };
             quant::quantize_q16_into(x, &mut a);
             Acts::Q16(a, simd::q16_kernel(w.ty))
         }
