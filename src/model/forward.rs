@@ -1,13 +1,14 @@
 //! The fast CPU forward pass: a batch of tokens through every layer at once
 //! (prefill is matrix × matrix; decode is the same code with one token),
-//! quantized weights multiplied through 8-bit activation dot products.
+//! quantized weights multiplied with 16-bit quantized activations
+//! (`backend::cpu::matmul`).
 
 use rayon::prelude::*;
 
 use super::arch::LayerKind;
 use super::ops;
 use super::Session;
-use crate::backend::cpu::matmul;
+use crate::backend::cpu::matmul::{matmul, SyncPtr};
 use crate::error::Result;
 use crate::quant;
 
@@ -20,11 +21,6 @@ pub enum Logits {
     /// Every position's: n_tokens × n_vocab floats.
     All,
 }
-
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
 
 pub(super) fn forward(s: &mut Session, tokens: &[u32], want: Logits) -> Result<Vec<f32>> {
     let model = s.model.clone();

@@ -21,8 +21,10 @@ pub type DotKernel = fn(&[u8], &[ActRow], &mut [f32]);
 /// A row-dot kernel for float weights against f32 activations.
 pub type FloatKernel = fn(&[u8], &[f32]) -> f32;
 
+/// An output pointer shared by parallel tasks that write disjoint elements.
 #[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
+pub(crate) struct SyncPtr(pub(crate) *mut f32);
+// SAFETY: users guarantee the tasks write disjoint elements of a live buffer.
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 
