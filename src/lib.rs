@@ -23,5 +23,6 @@ pub mod model;
 pub mod quant;
 pub mod sampler;
 pub mod tokenizer;
+pub mod twin;
 
 pub use error::{Error, Result};

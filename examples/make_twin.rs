@@ -1,0 +1,58 @@
+//! Write a shape twin: a real model's metadata with random weights of the
+//! same shapes and types, or a llama-shaped model with a real tokenizer.
+//!
+//! usage:
+//!   make_twin --from MODEL.gguf --out TWIN.gguf [--type F16] [--seed N]
+//!   make_twin --llama7b --from MODEL.gguf --out TWIN.gguf [--type Q4_0]
+//!       (4096 hidden, 32 layers, 32 heads, FFN 11008; vocab = MODEL's tokenizer)
+
+use rocmforge::gguf::GgufFile;
+use rocmforge::quant::GgmlType;
+use rocmforge::twin::{write_llama_shaped, write_twin, LlamaShape};
+
+fn main() {
+    let (mut from, mut out, mut ty, mut seed, mut llama7b) = (None, None, None, 42u64, false);
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--from" => from = args.next(),
+            "--out" => out = args.next(),
+            "--type" => {
+                let name = args.next().unwrap_or_default();
+                ty = Some(GgmlType::ALL.iter().copied().find(|t| t.name() == name).unwrap_or_else(|| {
+                    eprintln!("unknown type '{name}'");
+                    std::process::exit(2)
+                }));
+            }
+            "--seed" => seed = args.next().and_then(|v| v.parse().ok()).expect("--seed N"),
+            "--llama7b" => llama7b = true,
+            other => {
+                eprintln!("unknown argument '{other}'");
+                std::process::exit(2)
+            }
+        }
+    }
+    let (Some(from), Some(out)) = (from, out) else {
+        eprintln!("usage: make_twin --from MODEL.gguf --out TWIN.gguf [--type T] [--seed N] [--llama7b]");
+        std::process::exit(2)
+    };
+    let src = GgufFile::open(&from).unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(1)
+    });
+    let bytes = if llama7b {
+        let shape = LlamaShape { n_embd: 4096, n_layer: 32, n_head: 32, n_head_kv: 32, n_ff: 11008, n_ctx: 4096 };
+        write_llama_shaped(&src, &shape, ty.unwrap_or(GgmlType::Q4_0), seed)
+    } else {
+        write_twin(&src, ty, seed)
+    }
+    .unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(1)
+    });
+    std::fs::write(&out, &bytes).unwrap_or_else(|e| {
+        eprintln!("{out}: {e}");
+        std::process::exit(1)
+    });
+    println!("wrote {out}: {} MiB", bytes.len() >> 20);
+}
