@@ -1,13 +1,17 @@
-//! CPU throughput: prompt processing (pp, one batch) and generation (tg, one
-//! token at a time) in tokens/s, plus load time, for each model.
+//! Throughput: prompt processing (pp, one batch) and generation (tg, one
+//! token at a time) in tokens/s, plus load time, for each model on each
+//! requested backend, side by side in one run. On a GPU it also reports the
+//! decode ceiling: measured device-to-device copy bandwidth ÷ weight bytes
+//! read per token, and tg as a fraction of it.
 //!
-//! usage: cargo run --release --example bench -- [--threads N] [--pp 128] [--tg 64] [--reps 3] [MODEL.gguf ...]
-//! (default: the three real models under models/, 2 threads)
-//! Reports the median of `reps` runs.
+//! usage: cargo run --release --example bench -- [--backend cpu,cuda,...] [--threads N]
+//!        [--pp 128] [--tg 64] [--reps 3] [MODEL.gguf ...]
+//! (default: the three real models under models/, CPU, 2 threads)
+//! Reports the median of `reps` runs. FORGE_NO_GRAPH=1 turns off the decode graph.
 
 use std::time::Instant;
 
-use rocmforge::model::{LoadOptions, Logits, Model, Session};
+use rocmforge::model::{BackendChoice, LoadOptions, Logits, Model, Session};
 use rocmforge::sampler::argmax;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -18,6 +22,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     let root = env!("CARGO_MANIFEST_DIR");
     let (mut threads, mut pp, mut tg, mut reps) = (2usize, 128usize, 64usize, 3usize);
+    let mut backends = vec!["cpu".to_string()];
     let mut models = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -27,6 +32,7 @@ fn main() {
             "--pp" => pp = num(),
             "--tg" => tg = num(),
             "--reps" => reps = num(),
+            "--backend" => backends = args.next().expect("a backend list").split(',').map(String::from).collect(),
             _ => models.push(a),
         }
     }
@@ -36,36 +42,58 @@ fn main() {
             .map(|m| format!("{root}/models/{m}"))
             .collect();
     }
-    println!("threads {threads}, kernels {}, median of {reps}", rocmforge::backend::cpu::kernel_name());
-    println!("{:45} {:>10} {:>12} {:>12}", "model", "load ms", format!("pp{pp} t/s"), format!("tg{tg} t/s"));
-    for path in models {
-        let t0 = Instant::now();
-        let model = match Model::load(&path, LoadOptions { n_threads: threads, progress: None }) {
-            Ok(m) => m,
-            Err(e) => {
-                eprintln!("{path}: {e} (run `make models`)");
-                std::process::exit(1);
+    println!("cpu threads {threads}, cpu kernels {}, median of {reps}", rocmforge::backend::cpu::kernel_name());
+    println!(
+        "{:45} {:28} {:>8} {:>12} {:>12} {:>9} {:>9} {:>10} {:>6}",
+        "model", "backend", "load ms", format!("pp{pp} t/s"), format!("tg{tg} t/s"), "MB/token", "copy GB/s", "tg ceiling", "of it"
+    );
+    let text = std::fs::read_to_string(format!("{root}/tests/fixtures/text/english.txt")).unwrap();
+    for path in &models {
+        for b in &backends {
+            let backend: BackendChoice = b.parse().unwrap_or_else(|e| panic!("{e}"));
+            let t0 = Instant::now();
+            let model = match Model::load(path, LoadOptions { n_threads: threads, backend, ..Default::default() }) {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("{path} on {b}: {e} (run `make models`)");
+                    std::process::exit(1);
+                }
+            };
+            let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+            // the text's tokens, repeated to length pp (twins have random weights: any ids do)
+            let base = model.tokenizer.encode(&text, true, false);
+            let toks: Vec<u32> = base.iter().copied().cycle().take(pp).collect();
+            let (mut pps, mut tgs) = (Vec::new(), Vec::new());
+            for _ in 0..reps {
+                let mut s = Session::new(model.clone(), pp + tg + 1).unwrap();
+                let t = Instant::now();
+                let logits = s.eval(&toks, Logits::Last).unwrap();
+                pps.push(pp as f64 / t.elapsed().as_secs_f64());
+                let mut next = argmax(&logits);
+                let t = Instant::now();
+                for _ in 0..tg {
+                    next = argmax(&s.eval(&[next], Logits::Last).unwrap());
+                }
+                tgs.push(tg as f64 / t.elapsed().as_secs_f64());
             }
-        };
-        let load_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let text = std::fs::read_to_string(format!("{root}/tests/fixtures/text/english.txt")).unwrap();
-        let toks: Vec<u32> = model.tokenizer.encode(&text, true, false).into_iter().take(pp).collect();
-        assert_eq!(toks.len(), pp, "text too short for pp{pp}");
-        let mut pps = Vec::new();
-        let mut tgs = Vec::new();
-        for _ in 0..reps {
-            let mut s = Session::new(model.clone(), pp + tg + 1).unwrap();
-            let t = Instant::now();
-            let logits = s.eval(&toks, Logits::Last).unwrap();
-            pps.push(pp as f64 / t.elapsed().as_secs_f64());
-            let mut next = argmax(&logits);
-            let t = Instant::now();
-            for _ in 0..tg {
-                next = argmax(&s.eval(&[next], Logits::Last).unwrap());
+            let name = path.rsplit('/').next().unwrap();
+            let tg_t = median(tgs);
+            let ceiling = model.gpu.as_ref().map(|g| {
+                let bytes = g.decode_bytes_per_token() as f64;
+                let bw = rocmforge::backend::gpu::copy_bandwidth(&g.dev).unwrap_or(f64::NAN);
+                (bytes, bw, bw / bytes)
+            });
+            let where_ = model.backend_description();
+            match ceiling {
+                Some((bytes, bw, ceil)) => println!(
+                    "{name:45} {where_:28} {load_ms:>8.0} {:>12.1} {tg_t:>12.1} {:>9.1} {:>9.0} {ceil:>10.0} {:>5.0}%",
+                    median(pps),
+                    bytes / 1e6,
+                    bw / 1e9,
+                    100.0 * tg_t / ceil
+                ),
+                None => println!("{name:45} {where_:28} {load_ms:>8.0} {:>12.1} {tg_t:>12.1}", median(pps)),
             }
-            tgs.push(tg as f64 / t.elapsed().as_secs_f64());
         }
-        let name = path.rsplit('/').next().unwrap();
-        println!("{name:45} {load_ms:>10.0} {:>12.1} {:>12.1}", median(pps), median(tgs));
     }
 }

@@ -5,6 +5,7 @@
 //!   -n N                 tokens to generate (default 128)
 //!   -t N                 threads (default: all cores)
 //!   -c N                 context size (default: min(n_ctx_train, 4096))
+//!   --backend B          auto (default), cpu, cuda[:N], hip[:N]
 //!   --temp F             temperature; 0 = greedy (default 0.8)
 //!   --top-k N --top-p F --min-p F
 //!   --repeat-penalty F --frequency-penalty F --presence-penalty F --penalty-last-n N
@@ -17,11 +18,11 @@ use std::io::Write;
 use std::time::Instant;
 
 use rocmforge::generate::{generate, GenerateOptions};
-use rocmforge::model::{LoadOptions, Model, Session};
+use rocmforge::model::{BackendChoice, LoadOptions, Model, Session};
 use rocmforge::sampler::{Sampler, SamplerParams};
 
 fn usage(msg: &str) -> ! {
-    eprintln!("error: {msg}\nusage: generate -m MODEL.gguf [-p PROMPT] [-n N] [-t N] [-c N] [--temp F] [--top-k N] [--top-p F] [--min-p F] [--repeat-penalty F] [--frequency-penalty F] [--presence-penalty F] [--penalty-last-n N] [--seed N] [--stop STR]... [--chat] [--raw]");
+    eprintln!("error: {msg}\nusage: generate -m MODEL.gguf [-p PROMPT] [-n N] [-t N] [-c N] [--backend B] [--temp F] [--top-k N] [--top-p F] [--min-p F] [--repeat-penalty F] [--frequency-penalty F] [--presence-penalty F] [--penalty-last-n N] [--seed N] [--stop STR]... [--chat] [--raw]");
     std::process::exit(2)
 }
 
@@ -30,6 +31,7 @@ fn main() {
     let mut prompt = "Once upon a time".to_string();
     let (mut n, mut threads, mut n_ctx) = (128usize, 0usize, 0usize);
     let mut sp = SamplerParams::default();
+    let mut backend = BackendChoice::Auto;
     let (mut stops, mut chat, mut raw) = (Vec::new(), false, false);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -46,6 +48,7 @@ fn main() {
             "-n" => n = num!(),
             "-t" | "--threads" => threads = num!(),
             "-c" | "--ctx" => n_ctx = num!(),
+            "--backend" => backend = val().parse().unwrap_or_else(|e| usage(&format!("{e}"))),
             "--temp" => sp.temperature = num!(),
             "--top-k" => sp.top_k = num!(),
             "--top-p" => sp.top_p = num!(),
@@ -72,14 +75,14 @@ fn main() {
         eprint!("\rloading [{}{}] {:3.0}%", "#".repeat(k), ".".repeat(w - k), p * 100.0);
         true
     };
-    let model = match Model::load(&path, LoadOptions { n_threads: threads, progress: Some(&mut bar) }) {
+    let model = match Model::load(&path, LoadOptions { n_threads: threads, progress: Some(&mut bar), backend, gpu_mem_budget: 0 }) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("\nerror: {e}");
             std::process::exit(1);
         }
     };
-    eprintln!(" {} in {:.0} ms ({} layers, {} threads)", model.cfg.arch.name, t0.elapsed().as_secs_f64() * 1e3, model.cfg.n_layer, model.n_threads);
+    eprintln!(" {} in {:.0} ms ({} layers, on {})", model.cfg.arch.name, t0.elapsed().as_secs_f64() * 1e3, model.cfg.n_layer, model.backend_description());
 
     let text = if chat {
         if model.cfg.arch.name == "gemma3" {

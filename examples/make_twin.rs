@@ -5,13 +5,16 @@
 //!   make_twin --from MODEL.gguf --out TWIN.gguf [--type F16] [--seed N]
 //!   make_twin --llama7b --from MODEL.gguf --out TWIN.gguf [--type Q4_0]
 //!       (4096 hidden, 32 layers, 32 heads, FFN 11008; vocab = MODEL's tokenizer)
+//!   make_twin --header-only --from MODEL.gguf --out MODEL.head
+//!       (the metadata and tensor table alone, a few MiB: carry it to a
+//!       machine without the model and make the twin there with --from MODEL.head)
 
 use rocmforge::gguf::GgufFile;
 use rocmforge::quant::GgmlType;
 use rocmforge::twin::{write_llama_shaped, write_twin, LlamaShape};
 
 fn main() {
-    let (mut from, mut out, mut ty, mut seed, mut llama7b) = (None, None, None, 42u64, false);
+    let (mut from, mut out, mut ty, mut seed, mut llama7b, mut head_only) = (None, None, None, 42u64, false, false);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -26,6 +29,7 @@ fn main() {
             }
             "--seed" => seed = args.next().and_then(|v| v.parse().ok()).expect("--seed N"),
             "--llama7b" => llama7b = true,
+            "--header-only" => head_only = true,
             other => {
                 eprintln!("unknown argument '{other}'");
                 std::process::exit(2)
@@ -36,11 +40,19 @@ fn main() {
         eprintln!("usage: make_twin --from MODEL.gguf --out TWIN.gguf [--type T] [--seed N] [--llama7b]");
         std::process::exit(2)
     };
-    let src = GgufFile::open(&from).unwrap_or_else(|e| {
-        eprintln!("{e}");
+    let fail = |e: &dyn std::fmt::Display| -> ! {
+        eprintln!("{from}: {e}");
         std::process::exit(1)
-    });
-    let bytes = if llama7b {
+    };
+    let raw = std::fs::read(&from).unwrap_or_else(|e| fail(&e));
+    let src = if GgufFile::is_header_only_image(&raw) {
+        GgufFile::from_header_only(raw).unwrap_or_else(|e| fail(&e))
+    } else {
+        GgufFile::from_bytes(raw).unwrap_or_else(|e| fail(&e))
+    };
+    let bytes = if head_only {
+        Ok(src.header_only_image())
+    } else if llama7b {
         let shape = LlamaShape { n_embd: 4096, n_layer: 32, n_head: 32, n_head_kv: 32, n_ff: 11008, n_ctx: 4096 };
         write_llama_shaped(&src, &shape, ty.unwrap_or(GgmlType::Q4_0), seed)
     } else {

@@ -148,6 +148,12 @@ typedef struct forge_load_params {
    * Passed to `progress`. Default NULL.
    */
   void *progress_user_data;
+  /**
+   * GPU backends: bytes of device memory this model may use for weights,
+   * KV cache and scratch. Default 0 = the free device memory less 5%.
+   * Exceeding it fails the load or context with OUT_OF_MEMORY.
+   */
+  uint64_t gpu_mem_budget;
 } forge_load_params;
 
 /**
@@ -284,6 +290,24 @@ const char *forge_last_error(void);
  * always "available"). Thread-safe.
  */
 bool forge_backend_compiled(enum forge_backend backend);
+
+/**
+ * Number of devices of a GPU backend that this process can use. CPU and
+ * AUTO answer 1. Errors: NULL_POINTER; BACKEND_UNAVAILABLE when the
+ * backend is not compiled in or its driver/runtime reports no usable
+ * device (`forge_last_error()` has the driver's words). Thread-safe.
+ */
+enum forge_status forge_device_count(enum forge_backend backend, int32_t *out);
+
+/**
+ * Where a context runs, as text: "cpu (N threads)" or e.g. "cuda:0 NVIDIA
+ * H100 80GB HBM3 (sm_90)" (not NUL-terminated; `*n_out` receives the
+ * length, also on BUFFER_TOO_SMALL). Errors: NULL_POINTER, BUFFER_TOO_SMALL.
+ */
+enum forge_status forge_ctx_backend(const struct forge_ctx *ctx,
+                                    char *buf,
+                                    size_t cap,
+                                    size_t *n_out);
 
 /**
  * Default load parameters (see each field). Thread-safe.

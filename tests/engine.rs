@@ -14,7 +14,7 @@ use rocmforge::model::{LoadOptions, Logits, Model, Session};
 use rocmforge::sampler::{argmax, Sampler, SamplerParams};
 
 fn load(name: &str, threads: usize) -> Arc<Model> {
-    Model::load(common::model(name), LoadOptions { n_threads: threads, progress: None }).unwrap()
+    Model::load(common::model(name), LoadOptions { n_threads: threads, ..Default::default() }).unwrap()
 }
 
 
@@ -218,11 +218,11 @@ fn load_progress_reports_and_can_cancel() {
         seen.push(p);
         true
     };
-    Model::load(common::model(common::SMOLLM2), LoadOptions { n_threads: 1, progress: Some(&mut cb) }).unwrap();
+    Model::load(common::model(common::SMOLLM2), LoadOptions { n_threads: 1, progress: Some(&mut cb), ..Default::default() }).unwrap();
     assert_eq!((seen.first(), seen.last()), (Some(&0.0), Some(&1.0)));
     assert!(seen.windows(2).all(|w| w[0] <= w[1]));
     let mut stop = |p: f32| p < 0.3;
-    let e = Model::load(common::model(common::SMOLLM2), LoadOptions { n_threads: 1, progress: Some(&mut stop) }).unwrap_err();
+    let e = Model::load(common::model(common::SMOLLM2), LoadOptions { n_threads: 1, progress: Some(&mut stop), ..Default::default() }).unwrap_err();
     assert!(e.to_string().contains("cancel"), "{e}");
 }
 

@@ -31,9 +31,9 @@ fn check_twin(src: &str, force: Option<GgmlType>, tag: &str) {
     let bytes = write_twin(&f, force, 42).unwrap();
     let path = std::env::temp_dir().join(format!("rocmforge-twin-{tag}-{}.gguf", std::process::id()));
     std::fs::write(&path, &bytes).unwrap();
-    let model = Model::load(&path, LoadOptions { n_threads: 2, progress: None }).unwrap();
+    let model = Model::load(&path, LoadOptions { n_threads: 2, ..Default::default() }).unwrap();
     std::fs::remove_file(&path).ok();
-    let real = Model::load(common::model(src), LoadOptions { n_threads: 1, progress: None }).unwrap();
+    let real = Model::load(common::model(src), LoadOptions { n_threads: 1, ..Default::default() }).unwrap();
     assert_eq!((model.cfg.n_layer, model.cfg.n_embd, model.cfg.n_vocab), (real.cfg.n_layer, real.cfg.n_embd, real.cfg.n_vocab));
     for (a, b) in model.file.tensors().iter().zip(real.file.tensors()) {
         assert_eq!((&a.name, &a.dims), (&b.name, &b.dims));
@@ -83,7 +83,7 @@ fn llama_shaped_twin_runs() {
     let bytes = write_llama_shaped(&f, &shape, GgmlType::Q4_0, 1).unwrap();
     let path = std::env::temp_dir().join(format!("rocmforge-llama-twin-{}.gguf", std::process::id()));
     std::fs::write(&path, &bytes).unwrap();
-    let model = Model::load(&path, LoadOptions { n_threads: 2, progress: None }).unwrap();
+    let model = Model::load(&path, LoadOptions { n_threads: 2, ..Default::default() }).unwrap();
     std::fs::remove_file(&path).ok();
     assert_eq!((model.cfg.n_embd, model.cfg.n_layer, model.cfg.n_vocab, model.cfg.tied_embeddings), (256, 2, 49152, false));
     let toks = model.tokenizer.encode("Hello world", false, false);

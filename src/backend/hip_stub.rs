@@ -9,3 +9,8 @@ pub const COMPILED: bool = false;
 pub fn device_count() -> Result<usize> {
     Err(Error::NotCompiled { feature: "rocm" })
 }
+
+/// Open a device: never, in this build.
+pub fn open(_index: usize) -> Result<std::sync::Arc<dyn crate::backend::gpu::runtime::GpuRuntime>> {
+    Err(Error::NotCompiled { feature: "rocm" })
+}

@@ -4,6 +4,7 @@
 //! (the candle pattern).
 
 pub mod cpu;
+pub mod gpu;
 
 #[cfg(feature = "cuda")]
 #[path = "cuda/mod.rs"]

@@ -25,7 +25,8 @@ use std::sync::Arc;
 
 use crate::backend;
 use crate::generate::{self, GenerateOptions, StopReason};
-use crate::model::{LoadOptions, Logits, Model, Session};
+use crate::backend::gpu::GpuKind;
+use crate::model::{BackendChoice, LoadOptions, Logits, Model, Session};
 use crate::sampler::{Sampler, SamplerParams};
 pub use status::forge_status;
 use status::{boundary, boundary_value, FfiError};
@@ -78,6 +79,10 @@ pub struct forge_load_params {
     pub progress: forge_progress_cb,
     /// Passed to `progress`. Default NULL.
     pub progress_user_data: *mut c_void,
+    /// GPU backends: bytes of device memory this model may use for weights,
+    /// KV cache and scratch. Default 0 = the free device memory less 5%.
+    /// Exceeding it fails the load or context with OUT_OF_MEMORY.
+    pub gpu_mem_budget: u64,
 }
 
 /// Sampler settings; defaults from `forge_sampler_default_params()`.
@@ -266,6 +271,57 @@ pub extern "C" fn forge_backend_compiled(backend: forge_backend) -> bool {
     }
 }
 
+fn gpu_kind(backend: forge_backend) -> Option<GpuKind> {
+    match backend {
+        forge_backend::FORGE_BACKEND_CUDA => Some(GpuKind::Cuda),
+        forge_backend::FORGE_BACKEND_HIP => Some(GpuKind::Hip),
+        _ => None,
+    }
+}
+
+fn backend_choice(backend: forge_backend, gpu_index: i32) -> Result<BackendChoice, FfiError> {
+    Ok(match (backend, gpu_kind(backend)) {
+        (forge_backend::FORGE_BACKEND_CPU, _) => BackendChoice::Cpu,
+        (_, Some(kind)) => {
+            if gpu_index < 0 {
+                return Err(FfiError::arg(format!("gpu_index {gpu_index} is negative")));
+            }
+            BackendChoice::Gpu(kind, gpu_index as usize)
+        }
+        _ => BackendChoice::Auto,
+    })
+}
+
+/// Number of devices of a GPU backend that this process can use. CPU and
+/// AUTO answer 1. Errors: NULL_POINTER; BACKEND_UNAVAILABLE when the
+/// backend is not compiled in or its driver/runtime reports no usable
+/// device (`forge_last_error()` has the driver's words). Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn forge_device_count(backend: forge_backend, out: *mut i32) -> forge_status {
+    boundary("forge_device_count", || {
+        if out.is_null() {
+            return Err(FfiError::null("out"));
+        }
+        let n = match gpu_kind(backend) {
+            Some(kind) => kind.device_count()?,
+            None => 1,
+        };
+        *out = n as i32;
+        Ok(())
+    })
+}
+
+/// Where a context runs, as text: "cpu (N threads)" or e.g. "cuda:0 NVIDIA
+/// H100 80GB HBM3 (sm_90)" (not NUL-terminated; `*n_out` receives the
+/// length, also on BUFFER_TOO_SMALL). Errors: NULL_POINTER, BUFFER_TOO_SMALL.
+#[no_mangle]
+pub unsafe extern "C" fn forge_ctx_backend(ctx: *const forge_ctx, buf: *mut c_char, cap: usize, n_out: *mut usize) -> forge_status {
+    boundary("forge_ctx_backend", || {
+        let c = ctx_ref(ctx)?;
+        write_bytes(c.session.model.backend_description().as_bytes(), buf, cap, n_out)
+    })
+}
+
 // ---- loading -----------------------------------------------------------------
 
 /// Default load parameters (see each field). Thread-safe.
@@ -278,6 +334,7 @@ pub extern "C" fn forge_load_default_params() -> forge_load_params {
         gpu_index: 0,
         progress: None,
         progress_user_data: std::ptr::null_mut(),
+        gpu_mem_budget: 0,
     }
 }
 
@@ -299,21 +356,18 @@ pub unsafe extern "C" fn forge_load(path: *const c_char, params: *const forge_lo
             .to_str()
             .map_err(|_| FfiError::new(forge_status::FORGE_ERR_INVALID_UTF8, "path is not valid UTF-8"))?;
         let p = if params.is_null() { forge_load_default_params() } else { *params };
-        match p.backend {
-            forge_backend::FORGE_BACKEND_AUTO | forge_backend::FORGE_BACKEND_CPU => {}
-            forge_backend::FORGE_BACKEND_CUDA => {
-                backend::cuda::device_count()?;
-            }
-            forge_backend::FORGE_BACKEND_HIP => {
-                backend::hip::device_count()?;
-            }
-        }
+        let backend = backend_choice(p.backend, p.gpu_index)?;
         let mut cb = |f: f32| match p.progress {
             // SAFETY: the caller supplied this callback and its user data.
             Some(cb) => unsafe { cb(f, p.progress_user_data) },
             None => true,
         };
-        let model = Model::load(path, LoadOptions { n_threads: p.n_threads as usize, progress: Some(&mut cb) })?;
+        let model = Model::load(path, LoadOptions {
+                n_threads: p.n_threads as usize,
+                progress: Some(&mut cb),
+                backend,
+                gpu_mem_budget: p.gpu_mem_budget as usize,
+            })?;
         let session = Session::new(model, p.n_ctx as usize)?;
         *out = Box::into_raw(new_ctx(session));
         Ok(())

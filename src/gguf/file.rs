@@ -11,6 +11,8 @@ use super::reader::{parse_header, GgufHeader, TensorInfo};
 use super::value::{Array, Value};
 use crate::error::{Error, Result};
 
+const HEADER_ONLY_MAGIC: &[u8; 8] = b"GGUFHEAD";
+
 enum Bytes {
     Map(Mmap),
     Owned(Vec<u8>),
@@ -52,6 +54,38 @@ impl GgufFile {
     pub fn from_bytes(bytes: Vec<u8>) -> Result<GgufFile, GgufError> {
         let header = parse_header(&bytes, bytes.len() as u64)?;
         Ok(GgufFile { bytes: Bytes::Owned(bytes), header })
+    }
+
+    /// A header-only image (see [`GgufFile::header_only_image`]): metadata
+    /// and tensor descriptions of a file whose tensor data is not here.
+    /// For tools that need shapes only (shape twins); `tensor_data` must not
+    /// be called on the result.
+    pub fn from_header_only(image: Vec<u8>) -> Result<GgufFile, GgufError> {
+        let n = image.len();
+        let bad = || GgufError::new(n as u64, "header-only trailer", GgufErrorKind::Truncated { need: 16, have: n as u64 });
+        if n < 16 || &image[n - 8..] != HEADER_ONLY_MAGIC {
+            return Err(bad());
+        }
+        let file_len = u64::from_le_bytes(image[n - 16..n - 8].try_into().unwrap());
+        let mut head = image;
+        head.truncate(n - 16);
+        let header = parse_header(&head, file_len)?;
+        Ok(GgufFile { bytes: Bytes::Owned(head), header })
+    }
+
+    /// This file up to its tensor data, then its length (u64 LE) and the
+    /// magic `GGUFHEAD`: a few MiB that stand for the whole file's shapes.
+    pub fn header_only_image(&self) -> Vec<u8> {
+        let b = self.as_bytes();
+        let mut out = b[..(self.header.data_offset as usize).min(b.len())].to_vec();
+        out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+        out.extend_from_slice(HEADER_ONLY_MAGIC);
+        out
+    }
+
+    /// True for an image made by [`GgufFile::header_only_image`].
+    pub fn is_header_only_image(bytes: &[u8]) -> bool {
+        bytes.len() >= 16 && &bytes[bytes.len() - 8..] == HEADER_ONLY_MAGIC
     }
 
     /// The whole file.

@@ -91,18 +91,10 @@ pub(super) fn forward(s: &mut Session, tokens: &[u32], want: Logits) -> Result<V
             let (t, h) = (job / c.n_head, job % c.n_head);
             let p = pos0 + t;
             let first = window.map_or(0, |wnd| (p + 1).saturating_sub(wnd));
-            let kvh = h / group;
             let qh = &q_ref[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-            let mut scores: Vec<f32> = (first..=p)
-                .map(|j| ops::dot(qh, &kc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd]) * c.attn_scale)
-                .collect();
-            ops::softmax(&mut scores);
             // SAFETY: each job writes its own (t, h) slice of att.
             let out = unsafe { std::slice::from_raw_parts_mut(a.0.add((t * c.n_head + h) * hdv), hdv) };
-            out.fill(0.0);
-            for (j, &sc) in (first..=p).zip(&scores) {
-                ops::axpy(out, sc, &vc[j * v_dim + kvh * hdv..j * v_dim + (kvh + 1) * hdv]);
-            }
+            ops::attend(qh, kc, vc, h / group, (hd, hdv, kv_dim, v_dim), first..=p, c.attn_scale, out);
         };
         if model.n_threads > 1 {
             pool.install(|| (0..n * c.n_head).into_par_iter().for_each(task));

@@ -5,13 +5,15 @@
 pub mod arch;
 pub mod config;
 mod forward;
-mod ops;
+pub mod ops;
 pub mod reference;
 pub mod weights;
 
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::backend::gpu::forward::{GpuModel, GpuSession};
+use crate::backend::gpu::{self, GpuKind};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::tokenizer::Tokenizer;
@@ -19,18 +21,55 @@ pub use config::{Config, RopeScaling};
 pub use forward::Logits;
 use weights::Weights;
 
+/// Where a model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// The first GPU of a compiled-in backend (CUDA, then HIP) if one is
+    /// present, else the CPU.
+    Auto,
+    Cpu,
+    Gpu(GpuKind, usize),
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = Error;
+    /// "auto", "cpu", "cuda", "cuda:N", "hip", "hip:N".
+    fn from_str(s: &str) -> Result<Self> {
+        let (name, index) = match s.split_once(':') {
+            Some((n, i)) => (n, i.parse().map_err(|_| Error::InvalidArgument(format!("bad device index in '{s}'")))?),
+            None => (s, 0),
+        };
+        Ok(match name {
+            "auto" => BackendChoice::Auto,
+            "cpu" => BackendChoice::Cpu,
+            "cuda" => BackendChoice::Gpu(GpuKind::Cuda, index),
+            "hip" | "rocm" => BackendChoice::Gpu(GpuKind::Hip, index),
+            _ => return Err(Error::InvalidArgument(format!("unknown backend '{s}' (auto, cpu, cuda[:N], hip[:N])"))),
+        })
+    }
+}
+
 /// Options for [`Model::load`].
 pub struct LoadOptions<'a> {
     /// Worker threads for the CPU matmuls; 0 = all cores.
     pub n_threads: usize,
     /// Progress in [0, 1]; return false to cancel the load.
     pub progress: Option<&'a mut dyn FnMut(f32) -> bool>,
+    pub backend: BackendChoice,
+    /// GPU memory budget in bytes for weights, KV caches and scratch;
+    /// 0 = the device's free memory less a reserve.
+    pub gpu_mem_budget: usize,
 }
 
 impl Default for LoadOptions<'_> {
     fn default() -> Self {
-        LoadOptions { n_threads: 0, progress: None }
+        LoadOptions { n_threads: 0, progress: None, backend: BackendChoice::Auto, gpu_mem_budget: 0 }
     }
+}
+
+/// The GPU [`BackendChoice::Auto`] takes, if any.
+fn auto_gpu() -> Option<(GpuKind, usize)> {
+    [GpuKind::Cuda, GpuKind::Hip].into_iter().find(|k| k.device_count().map_or(false, |n| n > 0)).map(|k| (k, 0))
 }
 
 pub struct Model {
@@ -40,6 +79,8 @@ pub struct Model {
     pub tokenizer: Tokenizer,
     pub(crate) pool: rayon::ThreadPool,
     pub n_threads: usize,
+    /// The weights on a GPU, when the model runs there.
+    pub gpu: Option<Arc<GpuModel>>,
 }
 
 impl std::fmt::Debug for Model {
@@ -87,8 +128,28 @@ impl Model {
             .thread_name(|i| format!("rocmforge-cpu-{i}"))
             .build()
             .map_err(|e| Error::InvalidArgument(format!("cannot start {n_threads} worker threads: {e}")))?;
+        let target = match opts.backend {
+            BackendChoice::Auto => auto_gpu(),
+            BackendChoice::Cpu => None,
+            BackendChoice::Gpu(kind, index) => Some((kind, index)),
+        };
+        let gpu = match target {
+            Some((kind, index)) => {
+                let dev = gpu::device(kind, index)?;
+                Some(GpuModel::upload(dev, &cfg, &weights, &file, opts.gpu_mem_budget)?)
+            }
+            None => None,
+        };
         report(1.0)?;
-        Ok(Arc::new(Model { cfg, file, weights, tokenizer, pool, n_threads }))
+        Ok(Arc::new(Model { cfg, file, weights, tokenizer, pool, n_threads, gpu }))
+    }
+
+    /// "cpu" or the GPU device, e.g. "cuda:0 NVIDIA H100 80GB HBM3 (sm_90)".
+    pub fn backend_description(&self) -> String {
+        match &self.gpu {
+            Some(g) => g.dev.describe(),
+            None => format!("cpu ({} threads)", self.n_threads),
+        }
     }
 
     /// The context size a session gets when asked for 0: min(n_ctx_train, 4096).
@@ -106,6 +167,9 @@ pub struct Session {
     k_cache: Vec<f32>,
     /// (n_layer, n_ctx, n_head_kv * head_dim_v)
     v_cache: Vec<f32>,
+    /// The device-side state when the model runs on a GPU (the CPU caches
+    /// above are then empty).
+    gpu: Option<GpuSession>,
 }
 
 impl Session {
@@ -113,6 +177,10 @@ impl Session {
     /// KV cache for all `n_ctx` positions is allocated here, once.
     pub fn new(model: Arc<Model>, n_ctx: usize) -> Result<Session> {
         let n_ctx = if n_ctx == 0 { model.default_n_ctx() } else { n_ctx };
+        if let Some(g) = &model.gpu {
+            let gpu = GpuSession::new(g.clone(), n_ctx)?;
+            return Ok(Session { model, n_ctx, pos: 0, k_cache: Vec::new(), v_cache: Vec::new(), gpu: Some(gpu) });
+        }
         let c = &model.cfg;
         let k = c.n_layer.checked_mul(n_ctx).and_then(|v| v.checked_mul(c.kv_dim()));
         let v = c.n_layer.checked_mul(n_ctx).and_then(|v| v.checked_mul(c.v_dim()));
@@ -126,7 +194,7 @@ impl Session {
         })?;
         k_cache.resize(k, 0.0);
         v_cache.resize(v, 0.0);
-        Ok(Session { model, n_ctx, pos: 0, k_cache, v_cache })
+        Ok(Session { model, n_ctx, pos: 0, k_cache, v_cache, gpu: None })
     }
 
     pub fn n_ctx(&self) -> usize {
@@ -165,6 +233,11 @@ impl Session {
                 self.pos,
                 self.n_ctx
             )));
+        }
+        if let Some(g) = &mut self.gpu {
+            let out = g.eval(tokens, self.pos, want)?;
+            self.pos += tokens.len();
+            return Ok(out);
         }
         // Run the whole pass on the pool: the matmuls' parallel loops then start
         // from a worker thread (which joins in) instead of waking the pool from

@@ -282,16 +282,17 @@ fn rope(head: &mut [f32], pos: usize, base: f32, c: &Config) {
     }
 }
 
-/// (cos θ, sin θ) for dimension pair `i` of `n`, as ggml computes it
-/// (including YaRN's ramp between interpolation and extrapolation).
-pub fn rope_angle(pos: usize, i: usize, n: usize, base: f32, scaling: RopeScaling) -> (f32, f32) {
-    let theta_extrap = pos as f32 * base.powf(-2.0 * i as f32 / n as f32);
+/// RoPE for dimension pair `i` of `n` rotated dimensions: the angle at
+/// position `pos` is `pos · p · mult` with `p = base^(-2i/n)`, and cos/sin are
+/// multiplied by `mscale`. Returns `(p, mult, mscale)`; linear scaling divides
+/// the angle by the factor, YaRN blends interpolation and extrapolation per
+/// dimension as ggml does (`ggml_rope_yarn`). The GPU backends upload
+/// `p · mult` per pair; [`rope_angle`] uses the same numbers on the CPU.
+pub fn rope_pair(i: usize, n: usize, base: f32, scaling: RopeScaling) -> (f32, f32, f32) {
+    let p = base.powf(-2.0 * i as f32 / n as f32);
     match scaling {
-        RopeScaling::None => (theta_extrap.cos(), theta_extrap.sin()),
-        RopeScaling::Linear { factor } => {
-            let t = theta_extrap / factor;
-            (t.cos(), t.sin())
-        }
+        RopeScaling::None => (p, 1.0, 1.0),
+        RopeScaling::Linear { factor } => (p, 1.0 / factor, 1.0),
         RopeScaling::Yarn { factor, orig_ctx, attn_factor, beta_fast, beta_slow } => {
             let freq_scale = 1.0 / factor;
             let corr = |rot: f32| {
@@ -301,10 +302,17 @@ pub fn rope_angle(pos: usize, i: usize, n: usize, base: f32, scaling: RopeScalin
             let high = corr(beta_slow).ceil().min(n as f32 - 1.0);
             let y = (i as f32 - low) / (high - low).max(0.001);
             let ramp_mix = 1.0 - y.clamp(0.0, 1.0);
-            let theta_interp = freq_scale * theta_extrap;
-            let theta = theta_interp * (1.0 - ramp_mix) + theta_extrap * ramp_mix;
+            // theta = theta_interp (1 - ramp) + theta_extrap ramp, theta_interp = freq_scale theta_extrap
+            let mult = freq_scale * (1.0 - ramp_mix) + ramp_mix;
             let mscale = attn_factor * (1.0 + 0.1 * (1.0 / freq_scale).ln());
-            (theta.cos() * mscale, theta.sin() * mscale)
+            (p, mult, mscale)
         }
     }
+}
+
+/// (cos, sin) of RoPE pair `i` at `pos`, scaled as [`rope_pair`] says.
+pub fn rope_angle(pos: usize, i: usize, n: usize, base: f32, scaling: RopeScaling) -> (f32, f32) {
+    let (p, mult, mscale) = rope_pair(i, n, base, scaling);
+    let theta = pos as f32 * p * mult;
+    (theta.cos() * mscale, theta.sin() * mscale)
 }

@@ -1,0 +1,21 @@
+// norm.cu: RMSNorm over rows. CPU reference: model::ops::rmsnorm_rows.
+// Grid x: row; block: 256 threads (a multiple of WARP_SIZE).
+// y = (add ? y : 0) + x * rsqrt(mean(x²) + eps) * w. x: (n, dim), w: (dim),
+// y: (n, dim); y may be x when add is 0. Both weight conventions (w and
+// 1 + w) are resolved at load: the kernel always multiplies by w.
+#pragma once
+#include "vendor.h"
+
+KERNEL void rmsnorm(const float* x, const float* w, float* y, int dim, float eps, int add) {
+    __shared__ float red[32];
+    const float* xr = x + (u64)blockIdx.x * dim;
+    float* yr = y + (u64)blockIdx.x * dim;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = block_sum(ss, red);
+    const float s = rsqrtf(ss / (float)dim + eps);
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+        const float v = xr[i] * s * w[i];
+        yr[i] = add ? yr[i] + v : v;
+    }
+}

@@ -1,0 +1,91 @@
+// vendor.h: the one place where HIP (AMD) and CUDA (NVIDIA) differ. Every
+// kernel file includes this and is otherwise written once.
+//   - warp size: WARP_SIZE is 32 on NVIDIA and RDNA (wave32), 64 on CDNA
+//     (wave64), taken from the compiler's own constant;
+//   - shuffles: CUDA's *_sync forms take a mask, HIP's take none;
+//   - half floats: stored as u16 bit patterns everywhere; h2f/f2h convert
+//     with the vendor's instruction (no cuda_fp16.h / hip_fp16.h needed, so
+//     NVRTC and hipRTC compile this without any include path).
+#pragma once
+
+typedef unsigned char u8;
+typedef signed char i8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef int i32;
+typedef unsigned long long u64;
+
+#if defined(__HIPCC__) || defined(__HIPCC_RTC__) || defined(__HIP__)
+#define FORGE_HIP 1
+#if !defined(__HIPCC_RTC__)
+#include <hip/hip_runtime.h>
+#endif
+#if defined(__AMDGCN_WAVEFRONT_SIZE)
+#define WARP_SIZE __AMDGCN_WAVEFRONT_SIZE
+#else
+#define WARP_SIZE 64
+#endif
+#define SHFL_XOR(v, m) __shfl_xor((v), (m), WARP_SIZE)
+#define SHFL(v, src) __shfl((v), (src), WARP_SIZE)
+static __device__ __forceinline__ float h2f(u16 h) {
+    _Float16 f;
+    __builtin_memcpy(&f, &h, 2);
+    return (float)f;
+}
+static __device__ __forceinline__ u16 f2h(float x) {
+    _Float16 f = (_Float16)x;
+    u16 h;
+    __builtin_memcpy(&h, &f, 2);
+    return h;
+}
+#else
+#define FORGE_CUDA 1
+#define WARP_SIZE 32
+#define SHFL_XOR(v, m) __shfl_xor_sync(0xffffffffu, (v), (m), 32)
+#define SHFL(v, src) __shfl_sync(0xffffffffu, (v), (src), 32)
+static __device__ __forceinline__ float h2f(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+static __device__ __forceinline__ u16 f2h(float x) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x));
+    return h;
+}
+#endif
+
+#define KERNEL extern "C" __global__
+#define NEG_INF (-3.0e38f)
+
+static __device__ __forceinline__ float bf2f(u16 h) { return __uint_as_float(((u32)h) << 16); }
+
+static __device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int m = WARP_SIZE / 2; m > 0; m >>= 1) v += SHFL_XOR(v, m);
+    return v;
+}
+
+static __device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int m = WARP_SIZE / 2; m > 0; m >>= 1) v = fmaxf(v, SHFL_XOR(v, m));
+    return v;
+}
+
+// Sum over the block; every thread gets the result. `red` holds one float
+// per warp (at most 32 warps). blockDim.x must be a multiple of WARP_SIZE.
+static __device__ __forceinline__ float block_sum(float v, float* red) {
+    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+    const int nwarps = blockDim.x / WARP_SIZE;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    v = lane < nwarps ? red[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+static __device__ __forceinline__ u16 ld16(const u8* p) { return (u16)p[0] | ((u16)p[1] << 8); }
+static __device__ __forceinline__ u32 ld32(const u8* p) {
+    return (u32)p[0] | ((u32)p[1] << 8) | ((u32)p[2] << 16) | ((u32)p[3] << 24);
+}

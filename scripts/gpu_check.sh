@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# One GPU session's work, run on the GPU machine (no Rust there): make the
+# shape twins from header-only files, run the GPU op tests and end-to-end
+# tests, time the benchmarks, and run compute-sanitizer. Binaries are built
+# on the CPU machine (scripts/gpu_prepare.sh) and carried with the tree.
+#
+# usage: scripts/gpu_check.sh [steps...]   steps: info twins ops model bench sanitize real
+# env:   BIN (binaries, default .carry/bin), HEADS (.head files, default .carry),
+#        OUT (logs; default ./gpu-out), TWINS (default /tmp/twins)
+set -uo pipefail
+BIN=${BIN:-.carry/bin}
+HEADS=${HEADS:-.carry}
+OUT=${OUT:-./gpu-out}
+TWINS=${TWINS:-/tmp/twins}
+mkdir -p "$OUT" "$TWINS"
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+export FORGE_KERNEL_CACHE=${FORGE_KERNEL_CACHE:-/tmp/forge-kernel-cache}
+export FORGE_TWIN_DIR=$TWINS
+steps=${*:-info twins ops model bench}
+SMOL=$HEADS/SmolLM2-135M-Instruct.Q4_1.head
+QWEN=$HEADS/qwen2.5-coder-0.5b-instruct-q4_k_m.head
+GEMMA=$HEADS/gemma-3-270m-q4_k_m.head
+
+run() { # name, command...
+  local name=$1; shift
+  echo "=== $name: $*"
+  local t0=$SECONDS
+  "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "=== $name: rc=$rc in $((SECONDS - t0)) s"
+  tail -n 25 "$OUT/$name.log"
+  return $rc
+}
+
+for step in $steps; do
+  case $step in
+    info)
+      nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
+      ls /usr/local/cuda/lib64 | grep -E "nvrtc|cublas" | head ;;
+    twins)
+      run twin-smollm2 "$BIN/make_twin" --from "$SMOL" --out "$TWINS/smollm2-twin.gguf"
+      run twin-qwen2 "$BIN/make_twin" --from "$QWEN" --out "$TWINS/qwen2-twin.gguf"
+      run twin-gemma3 "$BIN/make_twin" --from "$GEMMA" --out "$TWINS/gemma3-twin.gguf"
+      run twin-qwen2-f16 "$BIN/make_twin" --from "$QWEN" --type F16 --out "$TWINS/qwen2-f16-twin.gguf"
+      run twin-llama7b "$BIN/make_twin" --llama7b --from "$SMOL" --type Q4_0 --out "$TWINS/llama7b-q4_0-twin.gguf" ;;
+    ops)
+      run unit "$BIN/rocmforge" backend::gpu
+      run ops "$BIN/device_ops" --test-threads 1 --nocapture ;;
+    model)
+      run model "$BIN/gpu_model" --skip real_smollm2 --nocapture ;;
+    bench)
+      run bench "$BIN/bench" --backend cuda --pp 512 --tg 128 --reps 3 \
+        "$TWINS/qwen2-twin.gguf" "$TWINS/qwen2-f16-twin.gguf" "$TWINS/llama7b-q4_0-twin.gguf" ;;
+    bench-cpu)
+      run bench-cpu "$BIN/bench" --backend cpu,cuda --threads 16 --pp 128 --tg 32 --reps 1 \
+        "$TWINS/smollm2-twin.gguf" "$TWINS/qwen2-twin.gguf" "$TWINS/gemma3-twin.gguf" ;;
+    sanitize)
+      run sanitize-ops compute-sanitizer --tool memcheck --error-exitcode 1 "$BIN/device_ops" --test-threads 1
+      run sanitize-model compute-sanitizer --tool memcheck --error-exitcode 1 "$BIN/gpu_model" --skip real_smollm2 --skip qwen2 --skip gemma3 ;;
+    real)
+      run real env FORGE_REAL_SMOLLM2="${REAL_SMOLLM2:?}" "$BIN/gpu_model" real_smollm2 --nocapture ;;
+    *) echo "unknown step $step"; exit 2 ;;
+  esac
+done

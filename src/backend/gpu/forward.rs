@@ -1,0 +1,404 @@
+//! The GPU forward pass: the same steps as `model::forward` (the CPU fast
+//! path) and `model::reference` (the oracle), as kernel launches on one
+//! stream. Weights are uploaded once and stay in their GGUF types; the KV
+//! cache is f16 on the device; only logits come back. The decode step (one
+//! token) is captured once per session as a graph and replayed: the token id
+//! and position live in a small device buffer the kernels read, so the same
+//! graph serves every position.
+
+use std::sync::Arc;
+
+use super::memory::{Buffer, MemPool};
+use super::ops::{self, AttnShape, DevMatrix, GemmScratch, Out, QkvBufs, QkvPost};
+use super::runtime::{DevPtr, Graph, Stream};
+use super::Device;
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+use crate::model::arch::LayerKind;
+use crate::model::reference::rope_pair;
+use crate::model::weights::{Matrix, Weights};
+use crate::model::{Config, Logits};
+
+struct Layer {
+    attn_norm: Buffer,              // (n_embd)
+    wq: DevMatrix,                  // (n_head * head_dim, n_embd)
+    wk: DevMatrix,                  // (n_head_kv * head_dim, n_embd)
+    wv: DevMatrix,                  // (n_head_kv * head_dim_v, n_embd)
+    wo: DevMatrix,                  // (n_embd, n_head * head_dim_v)
+    bq: Option<Buffer>,             // (n_head * head_dim)       qwen2
+    bk: Option<Buffer>,             // (n_head_kv * head_dim)    qwen2
+    bv: Option<Buffer>,             // (n_head_kv * head_dim_v)  qwen2
+    q_norm: Option<Buffer>,         // (head_dim)                gemma3
+    k_norm: Option<Buffer>,         // (head_dim)                gemma3
+    post_attn_norm: Option<Buffer>, // (n_embd)                  gemma3
+    ffn_norm: Buffer,               // (n_embd)
+    w_gate: DevMatrix,              // (n_ff, n_embd)
+    w_up: DevMatrix,                // (n_ff, n_embd)
+    w_down: DevMatrix,              // (n_embd, n_ff)
+    post_ffn_norm: Option<Buffer>,  // (n_embd)                  gemma3
+}
+
+/// A model's weights on one device.
+pub struct GpuModel {
+    pub dev: Arc<Device>,
+    pub pool: Arc<MemPool>,
+    cfg: Config,
+    token_embd: DevMatrix, // (n_vocab, n_embd)
+    output: DevMatrix,     // (n_vocab, n_embd); token_embd when tied
+    output_norm: Buffer,   // (n_embd)
+    layers: Vec<Layer>,
+    /// Per-pair RoPE frequencies (rope_dim / 2) for global and local layers.
+    freq_global: Buffer,
+    freq_local: Buffer,
+    mscale: f32,
+    _matrices: Vec<Buffer>,
+}
+
+fn ptr(b: &Option<Buffer>) -> DevPtr {
+    b.as_ref().map_or(0, |b| b.ptr)
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_ne_bytes()).collect()
+}
+
+struct Uploader<'a> {
+    pool: &'a Arc<MemPool>,
+    s: Stream,
+    f: &'a GgufFile,
+    owned: Vec<Buffer>,
+}
+
+impl Uploader<'_> {
+    fn bytes(&self, data: &[u8], what: &str) -> Result<Buffer> {
+        let b = self.pool.alloc(data.len(), what)?;
+        self.pool.rt.htod(self.s, b.ptr, data)?;
+        Ok(b)
+    }
+    fn vec(&self, v: &[f32], what: &str) -> Result<Buffer> {
+        let b = self.bytes(&f32_bytes(v), what)?;
+        // the host copy is a temporary: finish the copy before it is dropped
+        self.pool.rt.stream_sync(self.s)?;
+        Ok(b)
+    }
+    fn opt(&self, v: &Option<Vec<f32>>, what: &str) -> Result<Option<Buffer>> {
+        v.as_ref().map(|v| self.vec(v, what)).transpose()
+    }
+    fn matrix(&mut self, m: &Matrix) -> Result<DevMatrix> {
+        if ops::type_suffix(m.ty).is_none() {
+            return Err(Error::UnsupportedType { what: format!("{} ({}) on the GPU backends", m.ty, m.name) });
+        }
+        let b = self.bytes(m.bytes(self.f), &m.name)?;
+        let d = DevMatrix { ty: m.ty, rows: m.rows, cols: m.cols, ptr: b.ptr };
+        self.owned.push(b);
+        Ok(d)
+    }
+}
+
+impl GpuModel {
+    /// Upload `w` (located in `f`) to `dev` under a memory budget of
+    /// `budget` bytes (0 = most of the free memory).
+    pub fn upload(dev: Arc<Device>, cfg: &Config, w: &Weights, f: &GgufFile, budget: usize) -> Result<Arc<GpuModel>> {
+        let pool = MemPool::new(dev.rt.clone(), budget)?;
+        let s = dev.rt.stream_create()?;
+        let r = Self::upload_on(&dev, &pool, s, cfg, w, f);
+        let synced = dev.rt.stream_sync(s);
+        dev.rt.stream_destroy(s);
+        let m = r?;
+        synced?;
+        Ok(Arc::new(m))
+    }
+
+    fn upload_on(dev: &Arc<Device>, pool: &Arc<MemPool>, s: Stream, c: &Config, w: &Weights, f: &GgufFile) -> Result<GpuModel> {
+        let mut up = Uploader { pool, s, f, owned: Vec::new() };
+        let token_embd = up.matrix(&w.token_embd)?;
+        let output = if c.tied_embeddings { token_embd } else { up.matrix(&w.output)? };
+        let mut layers = Vec::with_capacity(c.n_layer);
+        for (i, l) in w.layers.iter().enumerate() {
+            let n = |what: &str| format!("blk.{i}.{what}");
+            layers.push(Layer {
+                attn_norm: up.vec(&l.attn_norm, &n("attn_norm"))?,
+                wq: up.matrix(&l.wq)?,
+                wk: up.matrix(&l.wk)?,
+                wv: up.matrix(&l.wv)?,
+                wo: up.matrix(&l.wo)?,
+                bq: up.opt(&l.bq, &n("attn_q.bias"))?,
+                bk: up.opt(&l.bk, &n("attn_k.bias"))?,
+                bv: up.opt(&l.bv, &n("attn_v.bias"))?,
+                q_norm: up.opt(&l.q_norm, &n("attn_q_norm"))?,
+                k_norm: up.opt(&l.k_norm, &n("attn_k_norm"))?,
+                post_attn_norm: up.opt(&l.post_attn_norm, &n("post_attention_norm"))?,
+                ffn_norm: up.vec(&l.ffn_norm, &n("ffn_norm"))?,
+                w_gate: up.matrix(&l.w_gate)?,
+                w_up: up.matrix(&l.w_up)?,
+                w_down: up.matrix(&l.w_down)?,
+                post_ffn_norm: up.opt(&l.post_ffn_norm, &n("post_ffw_norm"))?,
+            });
+        }
+        let freqs = |base: f32| -> (Vec<f32>, f32) {
+            let mut ms = 1.0;
+            let v = (0..c.rope_dim / 2)
+                .map(|i| {
+                    let (p, mult, m) = rope_pair(i, c.rope_dim, base, c.rope_scaling);
+                    ms = m;
+                    p * mult
+                })
+                .collect();
+            (v, ms)
+        };
+        let (fg, mscale) = freqs(c.rope_base);
+        let (fl, _) = freqs(c.rope_base_local);
+        Ok(GpuModel {
+            dev: dev.clone(),
+            pool: pool.clone(),
+            cfg: c.clone(),
+            token_embd,
+            output,
+            output_norm: up.vec(&w.output_norm, "output_norm")?,
+            freq_global: up.vec(&fg, "rope frequencies")?,
+            freq_local: up.vec(&fl, "rope frequencies")?,
+            mscale,
+            layers,
+            _matrices: up.owned,
+        })
+    }
+}
+
+impl GpuModel {
+    /// Bytes one decode step must read at least: every matrix except the
+    /// embedding (one row of it), plus the output matrix.
+    pub fn decode_bytes_per_token(&self) -> usize {
+        let m = |d: &DevMatrix| d.rows * d.row_bytes();
+        let layers: usize = self.layers.iter().map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].into_iter().map(m).sum::<usize>()).sum();
+        layers + m(&self.output) + self.token_embd.row_bytes()
+    }
+}
+
+/// Largest number of tokens one pass takes; longer evaluations run in chunks.
+pub const MAX_BATCH: usize = 512;
+/// Elements of W held in f16 at once on the BLAS path (64 MiB).
+const W16_ELEMS: usize = 32 << 20;
+
+/// One sequence on the device: KV cache, scratch, the decode graph.
+pub struct GpuSession {
+    m: Arc<GpuModel>,
+    s: Stream,
+    n_ctx: usize,
+    splits: usize,
+    kc: Buffer, // (n_layer, n_ctx, n_head_kv * head_dim) f16
+    vc: Buffer, // (n_layer, n_ctx, n_head_kv * head_dim_v) f16
+    x: Buffer,      // (MAX_BATCH, n_embd) residual stream
+    xb: Buffer,     // (MAX_BATCH, n_embd) normed input of a block
+    q: Buffer,      // (MAX_BATCH, n_head * head_dim)
+    k: Buffer,      // (MAX_BATCH, n_head_kv * head_dim)
+    v: Buffer,      // (MAX_BATCH, n_head_kv * head_dim_v)
+    att: Buffer,    // (MAX_BATCH, n_head * head_dim_v)
+    branch: Buffer, // (MAX_BATCH, n_embd) block output before its post-norm
+    g: Buffer,      // (MAX_BATCH, n_ff)
+    u: Buffer,      // (MAX_BATCH, n_ff)
+    part: Buffer,   // (n_head, splits, 2 + head_dim_v) decode partials
+    params: Buffer, // i32 [pos0, token ids (MAX_BATCH)]
+    logits: Buffer, // (logits_rows, n_vocab)
+    logits_rows: usize,
+    gemm: Option<GemmScratch>,
+    graph: Option<Graph>,
+    /// Replay the decode graph (FORGE_NO_GRAPH=1 turns it off).
+    pub use_graph: bool,
+}
+
+impl Drop for GpuSession {
+    fn drop(&mut self) {
+        let rt = &self.m.dev.rt;
+        let _ = rt.stream_sync(self.s);
+        if let Some(g) = self.graph.take() {
+            rt.graph_destroy(g);
+        }
+        rt.stream_destroy(self.s);
+    }
+}
+
+impl GpuSession {
+    pub fn new(m: Arc<GpuModel>, n_ctx: usize) -> Result<GpuSession> {
+        let c = &m.cfg;
+        let p = &m.pool;
+        let f32s = |n: usize, what: &str| p.alloc(n * 4, what);
+        let kv = |w: usize, what: &str| {
+            c.n_layer.checked_mul(n_ctx).and_then(|v| v.checked_mul(w * 2)).ok_or_else(|| Error::InvalidArgument(format!("n_ctx {n_ctx} overflows the KV cache size"))).and_then(|b| p.alloc(b, what))
+        };
+        let b = MAX_BATCH;
+        let splits = (n_ctx / 256).clamp(1, 32);
+        let max_cols = c.n_embd.max(c.n_ff).max(c.n_head * c.head_dim_v);
+        let gemm = if m.dev.rt.has_blas() {
+            let max_elems = [c.n_vocab * c.n_embd, c.n_ff * c.n_embd, c.q_dim() * c.n_embd].into_iter().max().unwrap_or(0);
+            let w16_elems = max_elems.min(W16_ELEMS);
+            Some(GemmScratch {
+                w16: p.alloc(w16_elems * 2, "f16 weight slab")?,
+                w16_elems,
+                x16: p.alloc(b * max_cols * 2, "f16 activations")?,
+                x16_elems: b * max_cols,
+            })
+        } else {
+            None
+        };
+        let s = m.dev.rt.stream_create()?;
+        let sess = GpuSession {
+            kc: kv(c.kv_dim(), "K cache")?,
+            vc: kv(c.v_dim(), "V cache")?,
+            x: f32s(b * c.n_embd, "activations")?,
+            xb: f32s(b * c.n_embd, "activations")?,
+            q: f32s(b * c.q_dim(), "activations")?,
+            k: f32s(b * c.kv_dim(), "activations")?,
+            v: f32s(b * c.v_dim(), "activations")?,
+            att: f32s(b * c.n_head * c.head_dim_v, "activations")?,
+            branch: f32s(b * c.n_embd, "activations")?,
+            g: f32s(b * c.n_ff, "activations")?,
+            u: f32s(b * c.n_ff, "activations")?,
+            part: f32s(c.n_head * splits * (2 + c.head_dim_v), "attention partials")?,
+            params: p.alloc((1 + b) * 4, "step parameters")?,
+            logits: f32s(c.n_vocab, "logits")?,
+            logits_rows: 1,
+            gemm,
+            graph: None,
+            use_graph: std::env::var_os("FORGE_NO_GRAPH").is_none(),
+            m,
+            s,
+            n_ctx,
+            splits,
+        };
+        Ok(sess)
+    }
+
+    pub fn model(&self) -> &Arc<GpuModel> {
+        &self.m
+    }
+
+    /// Evaluate `tokens` at positions pos0.. (the caller has checked ids and
+    /// context room) and return the logits `want` asks for.
+    pub fn eval(&mut self, tokens: &[u32], pos0: usize, want: Logits) -> Result<Vec<f32>> {
+        if pos0 + tokens.len() > self.n_ctx {
+            return Err(Error::ContextFull(format!("{} tokens at {pos0} exceed n_ctx {}", tokens.len(), self.n_ctx)));
+        }
+        let nv = self.m.cfg.n_vocab;
+        let mut out = Vec::new();
+        let chunks: Vec<&[u32]> = tokens.chunks(MAX_BATCH).collect();
+        for (ci, chunk) in chunks.iter().enumerate() {
+            let last = ci + 1 == chunks.len();
+            let w = match want {
+                Logits::All => Logits::All,
+                Logits::Last if last => Logits::Last,
+                _ => Logits::None,
+            };
+            let rows = match w {
+                Logits::All => chunk.len(),
+                Logits::Last => 1,
+                Logits::None => 0,
+            };
+            if rows > self.logits_rows {
+                self.logits = self.m.pool.alloc(rows * nv * 4, "logits")?;
+                self.logits_rows = rows;
+            }
+            let mut params = Vec::with_capacity(4 * (1 + chunk.len()));
+            params.extend_from_slice(&((pos0 + ci * MAX_BATCH) as i32).to_ne_bytes());
+            for &t in chunk.iter() {
+                params.extend_from_slice(&(t as i32).to_ne_bytes());
+            }
+            let rt = self.m.dev.rt.clone();
+            rt.htod(self.s, self.params.ptr, &params)?;
+            if chunk.len() == 1 && w == Logits::Last && self.use_graph {
+                if self.graph.is_none() {
+                    rt.graph_begin(self.s)?;
+                    let r = self.enqueue(1, Logits::Last);
+                    let g = rt.graph_end(self.s);
+                    r?;
+                    self.graph = Some(g?);
+                }
+                rt.graph_launch(self.s, self.graph.unwrap())?;
+            } else {
+                self.enqueue(chunk.len(), w)?;
+            }
+            if rows > 0 {
+                let start = out.len();
+                out.resize(start + rows * nv, 0f32);
+                let dst = &mut out[start..];
+                // SAFETY: f32 has no invalid bit patterns; the slice is exactly rows * nv floats.
+                let bytes = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut u8, dst.len() * 4) };
+                rt.dtoh(self.s, bytes, self.logits.ptr)?;
+            }
+            rt.stream_sync(self.s)?;
+        }
+        Ok(out)
+    }
+
+    /// Enqueue one pass of `n` tokens (ids and pos0 already in `params`).
+    fn enqueue(&self, n: usize, want: Logits) -> Result<()> {
+        let m = &*self.m;
+        let (c, dev, s) = (&m.cfg, &*m.dev, self.s);
+        let dim = c.n_embd;
+        let gemm = self.gemm.as_ref();
+        let pos0 = self.params.ptr;
+        let ids = self.params.ptr + 4;
+        let mm = |w: &DevMatrix, x: DevPtr, y: DevPtr, out: Out| ops::matmul(dev, s, w, x, y, n, out, gemm).map(|_| ());
+
+        let scale = if c.arch.embed_scale_sqrt { (dim as f32).sqrt() } else { 1.0 };
+        ops::get_rows(dev, s, &m.token_embd, ids, self.x.ptr, n, scale)?;
+        let kv_layer = (self.n_ctx * c.kv_dim() * 2) as u64;
+        let v_layer = (self.n_ctx * c.v_dim() * 2) as u64;
+        for (il, l) in m.layers.iter().enumerate() {
+            // ---- attention ----
+            ops::rmsnorm(dev, s, self.x.ptr, l.attn_norm.ptr, self.xb.ptr, n, dim, c.rms_eps, false)?;
+            mm(&l.wq, self.xb.ptr, self.q.ptr, Out::Store)?;
+            mm(&l.wk, self.xb.ptr, self.k.ptr, Out::Store)?;
+            mm(&l.wv, self.xb.ptr, self.v.ptr, Out::Store)?;
+            let local = c.layer_kinds[il] == LayerKind::Local;
+            let (kc, vc) = (self.kc.ptr + il as u64 * kv_layer, self.vc.ptr + il as u64 * v_layer);
+            let post = QkvPost { n, n_head: c.n_head, n_head_kv: c.n_head_kv, hd: c.head_dim, hdv: c.head_dim_v, rope_dim: c.rope_dim, rope: c.arch.rope, mscale: m.mscale, eps: c.rms_eps };
+            let bufs = QkvBufs {
+                q: self.q.ptr, k: self.k.ptr, v: self.v.ptr,
+                bq: ptr(&l.bq), bk: ptr(&l.bk), bv: ptr(&l.bv),
+                q_norm: ptr(&l.q_norm), k_norm: ptr(&l.k_norm),
+                k_cache: kc, v_cache: vc, pos0,
+                freq: if local { m.freq_local.ptr } else { m.freq_global.ptr },
+            };
+            ops::qkv_post(dev, s, &post, &bufs)?;
+            let window = if local { c.sliding_window.unwrap_or(0) } else { 0 };
+            let splits = if n == 1 { self.splits } else { 1 };
+            let a = AttnShape { n, n_head: c.n_head, n_head_kv: c.n_head_kv, hd: c.head_dim, hdv: c.head_dim_v, window, scale: c.attn_scale, splits };
+            ops::attention(dev, s, &a, self.q.ptr, kc, vc, self.att.ptr, self.part.ptr, pos0)?;
+            self.block_out(&l.wo, self.att.ptr, &l.post_attn_norm, n, &mm)?;
+
+            // ---- FFN: down(act(gate(x)) * up(x)) ----
+            ops::rmsnorm(dev, s, self.x.ptr, l.ffn_norm.ptr, self.xb.ptr, n, dim, c.rms_eps, false)?;
+            if ops::matvec_fits(dim, n) && l.w_gate.ty == l.w_up.ty {
+                ops::matvec(dev, s, &l.w_gate, Some((&l.w_up, c.arch.ffn_act)), self.xb.ptr, self.g.ptr, n, Out::Store)?;
+            } else {
+                mm(&l.w_gate, self.xb.ptr, self.g.ptr, Out::Store)?;
+                mm(&l.w_up, self.xb.ptr, self.u.ptr, Out::Store)?;
+                ops::glu(dev, s, self.g.ptr, self.u.ptr, n * c.n_ff, c.arch.ffn_act)?;
+            }
+            self.block_out(&l.w_down, self.g.ptr, &l.post_ffn_norm, n, &mm)?;
+        }
+
+        // ---- output ----
+        let (first, rows) = match want {
+            Logits::None => return Ok(()),
+            Logits::Last => (n - 1, 1),
+            Logits::All => (0, n),
+        };
+        let xr = self.x.ptr + (first * dim * 4) as u64;
+        ops::rmsnorm(dev, s, xr, m.output_norm.ptr, self.xb.ptr, rows, dim, c.rms_eps, false)?;
+        ops::matmul(dev, s, &m.output, self.xb.ptr, self.logits.ptr, rows, Out::Store, gemm)?;
+        Ok(())
+    }
+
+    /// x += W·a, or x += rmsnorm(W·a) when the block has a post-norm.
+    fn block_out(&self, w: &DevMatrix, a: DevPtr, post: &Option<Buffer>, n: usize, mm: &dyn Fn(&DevMatrix, DevPtr, DevPtr, Out) -> Result<()>) -> Result<()> {
+        let m = &*self.m;
+        match post {
+            Some(pn) => {
+                mm(w, a, self.branch.ptr, Out::Store)?;
+                ops::rmsnorm(&m.dev, self.s, self.branch.ptr, pn.ptr, self.x.ptr, n, m.cfg.n_embd, m.cfg.rms_eps, true)
+            }
+            None => mm(w, a, self.x.ptr, Out::Add),
+        }
+    }
+}

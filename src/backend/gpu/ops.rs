@@ -1,0 +1,281 @@
+//! Op launchers: each checks its shape preconditions, picks the kernel
+//! variant and launches it on the caller's stream (the middle and outer
+//! layers of ggml's kernel/launcher/entry split; the kernels are in
+//! `kernels/`). Nothing here synchronizes.
+
+use super::memory::Buffer;
+use super::runtime::{Arg, DevPtr, GemmF16, LaunchDims, Stream};
+use super::Device;
+use crate::error::{Error, Result};
+use crate::model::arch::{FfnAct, RopeStyle};
+use crate::quant::GgmlType;
+
+/// Kernel-name suffix for a weight type the GPU kernels compute with.
+pub fn type_suffix(ty: GgmlType) -> Option<&'static str> {
+    use GgmlType::*;
+    Some(match ty {
+        F32 => "f32",
+        F16 => "f16",
+        BF16 => "bf16",
+        Q4_0 => "q4_0",
+        Q4_1 => "q4_1",
+        Q5_0 => "q5_0",
+        Q5_1 => "q5_1",
+        Q8_0 => "q8_0",
+        Q2K => "q2_k",
+        Q3K => "q3_k",
+        Q4K => "q4_k",
+        Q5K => "q5_k",
+        Q6K => "q6_k",
+        Iq4Nl => "iq4_nl",
+        Iq4Xs => "iq4_xs",
+        Mxfp4 => "mxfp4",
+        _ => return None,
+    })
+}
+
+/// A weight matrix on the device, still in its GGUF type: `rows` rows of
+/// `cols` values, `row_bytes` apart.
+#[derive(Debug, Clone, Copy)]
+pub struct DevMatrix {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub ptr: DevPtr,
+}
+
+impl DevMatrix {
+    pub fn row_bytes(&self) -> usize {
+        self.ty.row_bytes(self.cols as u64).unwrap_or(0) as usize
+    }
+    fn suffix(&self) -> Result<&'static str> {
+        type_suffix(self.ty).ok_or_else(|| Error::UnsupportedType { what: format!("{} on the GPU backends", self.ty) })
+    }
+}
+
+/// Where a matrix product's result goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Out {
+    Store,
+    /// y += W x (residual add fused into the product).
+    Add,
+}
+
+fn act_code(act: FfnAct) -> i32 {
+    match act {
+        FfnAct::Silu => 2,
+        FfnAct::GeluTanh => 3,
+    }
+}
+
+const MMV_ROWS: usize = 16;
+const MMV_MAXT: usize = 8;
+const SHARED_LIMIT: usize = 48 * 1024;
+
+fn ceil(a: usize, b: usize) -> u32 {
+    a.div_ceil(b) as u32
+}
+
+fn matvec_shared(cols: usize, nt: usize) -> usize {
+    nt * (cols / 32) * 33 * 4
+}
+
+/// Whether the matvec kernel takes this product (few tokens, x fits shared memory).
+pub fn matvec_fits(cols: usize, nt: usize) -> bool {
+    nt <= MMV_MAXT && matvec_shared(cols, nt) <= SHARED_LIMIT
+}
+
+fn check(w: &DevMatrix) -> Result<()> {
+    if w.cols % 32 != 0 || w.cols % w.ty.block_size() as usize != 0 {
+        return Err(Error::Unsupported(format!("GPU matrix products need rows of whole 32-value groups; got {} columns of {}", w.cols, w.ty)));
+    }
+    Ok(())
+}
+
+/// y (nt, rows) = / += W x, x (nt, cols); or, with `glu = Some((w2, act))`,
+/// y = act(W x) * (W2 x). Needs [`matvec_fits`].
+pub fn matvec(dev: &Device, s: Stream, w: &DevMatrix, glu: Option<(&DevMatrix, FfnAct)>, x: DevPtr, y: DevPtr, nt: usize, out: Out) -> Result<()> {
+    check(w)?;
+    if !matvec_fits(w.cols, nt) || nt == 0 {
+        return Err(Error::InvalidArgument(format!("matvec: {nt} tokens of {} columns do not fit the kernel", w.cols)));
+    }
+    let (w2, mode) = match glu {
+        Some((w2, act)) => {
+            if w2.ty != w.ty || w2.rows != w.rows || w2.cols != w.cols {
+                return Err(Error::InvalidArgument("matvec: gated pair must share type and shape".into()));
+            }
+            (w2.ptr, act_code(act))
+        }
+        None => (0, if out == Out::Add { 1 } else { 0 }),
+    };
+    let dims = LaunchDims { grid: (ceil(w.rows, MMV_ROWS), 1, 1), block: 256, shared: matvec_shared(w.cols, nt) as u32 };
+    let args = [Arg::Ptr(w.ptr), Arg::Ptr(w2), Arg::Ptr(x), Arg::Ptr(y), Arg::I32(w.rows as i32), Arg::I32(w.cols as i32), Arg::I32(nt as i32), Arg::I32(mode)];
+    dev.launch(s, &format!("matvec_{}", w.suffix()?), dims, &args)
+}
+
+/// Device scratch for the vendor-BLAS path: a slab of W in f16 and X in f16.
+pub struct GemmScratch {
+    pub w16: Buffer,
+    pub w16_elems: usize,
+    pub x16: Buffer,
+    pub x16_elems: usize,
+}
+
+/// Which path a many-token product took (benchmarks report it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatmulPath {
+    Matvec,
+    Blas,
+    Tiled,
+}
+
+/// y (nt, rows) = / += X Wᵀ for any number of tokens: the matvec kernel for
+/// few tokens, else the vendor BLAS on W dequantized to f16 in slabs (when
+/// loaded and `scratch` is given), else the portable tiled kernel.
+pub fn matmul(dev: &Device, s: Stream, w: &DevMatrix, x: DevPtr, y: DevPtr, nt: usize, out: Out, scratch: Option<&GemmScratch>) -> Result<MatmulPath> {
+    check(w)?;
+    if matvec_fits(w.cols, nt) {
+        matvec(dev, s, w, None, x, y, nt, out)?;
+        return Ok(MatmulPath::Matvec);
+    }
+    let sfx = w.suffix()?;
+    if let Some(sc) = scratch.filter(|sc| dev.rt.has_blas() && sc.x16_elems >= nt * w.cols && sc.w16_elems >= w.cols) {
+        let n = nt * w.cols;
+        dev.launch(s, "f32_to_f16", grid_stride(n), &[Arg::Ptr(x), Arg::Ptr(sc.x16.ptr), Arg::U64(n as u64)])?;
+        let slab = (sc.w16_elems / w.cols).min(w.rows);
+        let rb = w.row_bytes();
+        let mut r0 = 0;
+        while r0 < w.rows {
+            let m = slab.min(w.rows - r0);
+            let wp = w.ptr + (r0 * rb) as u64;
+            dev.launch(s, &format!("dequant_f16_{sfx}"), grid_stride(m * w.cols / 32), &[Arg::Ptr(wp), Arg::Ptr(sc.w16.ptr), Arg::I32(m as i32), Arg::I32(w.cols as i32)])?;
+            let g = GemmF16 { m, n: nt, k: w.cols, a: sc.w16.ptr, b: sc.x16.ptr, c: y + (r0 * 4) as u64, ldc: w.rows, beta: if out == Out::Add { 1.0 } else { 0.0 } };
+            dev.rt.gemm_f16(s, &g)?;
+            r0 += m;
+        }
+        return Ok(MatmulPath::Blas);
+    }
+    let dims = LaunchDims { grid: (ceil(w.rows, 64), ceil(nt, 64), 1), block: 256, shared: 0 };
+    let mode = if out == Out::Add { 1 } else { 0 };
+    dev.launch(s, &format!("matmul_{sfx}"), dims, &[Arg::Ptr(w.ptr), Arg::Ptr(x), Arg::Ptr(y), Arg::I32(w.rows as i32), Arg::I32(w.cols as i32), Arg::I32(nt as i32), Arg::I32(mode)])?;
+    Ok(MatmulPath::Tiled)
+}
+
+fn grid_stride(n: usize) -> LaunchDims {
+    LaunchDims { grid: (ceil(n, 256).clamp(1, 65535), 1, 1), block: 256, shared: 0 }
+}
+
+/// g = act(g) * u over n values.
+pub fn glu(dev: &Device, s: Stream, g: DevPtr, u: DevPtr, n: usize, act: FfnAct) -> Result<()> {
+    dev.launch(s, "glu", grid_stride(n), &[Arg::Ptr(g), Arg::Ptr(u), Arg::U64(n as u64), Arg::I32(act_code(act))])
+}
+
+/// x += y over n values.
+pub fn add(dev: &Device, s: Stream, x: DevPtr, y: DevPtr, n: usize) -> Result<()> {
+    dev.launch(s, "add_inplace", grid_stride(n), &[Arg::Ptr(x), Arg::Ptr(y), Arg::U64(n as u64)])
+}
+
+/// out (n, cols) = scale * W[ids[t]] for the n token ids at `ids` (device i32).
+pub fn get_rows(dev: &Device, s: Stream, w: &DevMatrix, ids: DevPtr, out: DevPtr, n: usize, scale: f32) -> Result<()> {
+    check(w)?;
+    let dims = LaunchDims { grid: (n as u32, 1, 1), block: 128, shared: 0 };
+    dev.launch(s, &format!("get_rows_{}", w.suffix()?), dims, &[Arg::Ptr(w.ptr), Arg::Ptr(ids), Arg::Ptr(out), Arg::I32(w.cols as i32), Arg::F32(scale)])
+}
+
+/// y (rows, dim) = (add ? y : 0) + rmsnorm(x) * w; y may be x when not adding.
+pub fn rmsnorm(dev: &Device, s: Stream, x: DevPtr, w: DevPtr, y: DevPtr, rows: usize, dim: usize, eps: f32, add: bool) -> Result<()> {
+    let dims = LaunchDims { grid: (rows as u32, 1, 1), block: 256, shared: 0 };
+    dev.launch(s, "rmsnorm", dims, &[Arg::Ptr(x), Arg::Ptr(w), Arg::Ptr(y), Arg::I32(dim as i32), Arg::F32(eps), Arg::I32(add as i32)])
+}
+
+/// Shapes and options of [`qkv_post`].
+#[derive(Debug, Clone, Copy)]
+pub struct QkvPost {
+    pub n: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub hd: usize,
+    pub hdv: usize,
+    pub rope_dim: usize,
+    pub rope: RopeStyle,
+    pub mscale: f32,
+    pub eps: f32,
+}
+
+/// Buffers of [`qkv_post`]; optional ones are 0.
+#[derive(Debug, Clone, Copy)]
+pub struct QkvBufs {
+    pub q: DevPtr,
+    pub k: DevPtr,
+    pub v: DevPtr,
+    pub bq: DevPtr,
+    pub bk: DevPtr,
+    pub bv: DevPtr,
+    pub q_norm: DevPtr,
+    pub k_norm: DevPtr,
+    pub k_cache: DevPtr,
+    pub v_cache: DevPtr,
+    pub pos0: DevPtr,
+    pub freq: DevPtr,
+}
+
+/// Bias, per-head norm and RoPE on Q and K, and the f16 store of K/V at
+/// positions *pos0 .. *pos0 + n.
+pub fn qkv_post(dev: &Device, s: Stream, p: &QkvPost, b: &QkvBufs) -> Result<()> {
+    if p.hd > 512 || p.hdv > 512 || p.rope_dim > p.hd {
+        return Err(Error::Unsupported(format!("GPU attention supports head sizes up to 512 (got {}/{})", p.hd, p.hdv)));
+    }
+    let dims = LaunchDims { grid: ((p.n_head + p.n_head_kv) as u32, p.n as u32, 1), block: 64, shared: 0 };
+    let neox = matches!(p.rope, RopeStyle::Neox) as i32;
+    dev.launch(
+        s,
+        "qkv_post",
+        dims,
+        &[
+            Arg::Ptr(b.q), Arg::Ptr(b.k), Arg::Ptr(b.v), Arg::Ptr(b.bq), Arg::Ptr(b.bk), Arg::Ptr(b.bv),
+            Arg::Ptr(b.q_norm), Arg::Ptr(b.k_norm), Arg::Ptr(b.k_cache), Arg::Ptr(b.v_cache), Arg::Ptr(b.pos0), Arg::Ptr(b.freq),
+            Arg::I32(p.n_head as i32), Arg::I32(p.n_head_kv as i32), Arg::I32(p.hd as i32), Arg::I32(p.hdv as i32),
+            Arg::I32(p.rope_dim as i32), Arg::I32(neox), Arg::F32(p.mscale), Arg::F32(p.eps),
+        ],
+    )
+}
+
+/// Shapes of [`attention`].
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    pub n: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub hd: usize,
+    pub hdv: usize,
+    /// Sliding window in positions; 0 = none.
+    pub window: usize,
+    pub scale: f32,
+    /// Key splits (flash-decoding); 1 writes `out` directly.
+    pub splits: usize,
+}
+
+/// Causal attention of n queries at positions *pos0.. over the cache.
+/// `part` needs n * n_head * splits * (2 + hdv) floats when splits > 1.
+pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, vc: DevPtr, out: DevPtr, part: DevPtr, pos0: DevPtr) -> Result<()> {
+    if a.hd % 8 != 0 || a.hdv > 256 || a.n_head % a.n_head_kv != 0 || a.splits == 0 {
+        return Err(Error::Unsupported(format!("GPU attention: head size {} must be a multiple of 8, value size {} at most 256", a.hd, a.hdv)));
+    }
+    let warp = dev.rt.warp_size();
+    let dims = LaunchDims { grid: (a.n_head as u32, a.n as u32, a.splits as u32), block: warp, shared: (a.hd * 4) as u32 };
+    dev.launch(
+        s,
+        "attn",
+        dims,
+        &[
+            Arg::Ptr(q), Arg::Ptr(kc), Arg::Ptr(vc), Arg::Ptr(out), Arg::Ptr(part), Arg::Ptr(pos0),
+            Arg::I32(a.n_head as i32), Arg::I32(a.n_head_kv as i32), Arg::I32(a.hd as i32), Arg::I32(a.hdv as i32),
+            Arg::I32(a.window as i32), Arg::F32(a.scale), Arg::I32(a.splits as i32),
+        ],
+    )?;
+    if a.splits > 1 {
+        let dims = LaunchDims { grid: (a.n_head as u32, a.n as u32, 1), block: 128, shared: 0 };
+        dev.launch(s, "attn_combine", dims, &[Arg::Ptr(part), Arg::Ptr(out), Arg::I32(a.n_head as i32), Arg::I32(a.hdv as i32), Arg::I32(a.splits as i32)])?;
+    }
+    Ok(())
+}

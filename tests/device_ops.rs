@@ -1,0 +1,548 @@
+//! Every op, on every backend compiled into this build: `test_device!(f)`
+//! turns one test function into `f::cpu`, `f::cuda` (feature `cuda`) and
+//! `f::hip` (feature `rocm`), the candle pattern. Each variant computes the
+//! op on random data and compares it with a plain f64 reference computed
+//! here from the dequantized inputs (`quant::dequantize`, bit-exact with
+//! gguf-py), by relative L2 error ‖out − ref‖ / ‖ref‖ against a bound stated
+//! per op and backend:
+//!
+//! - products: GPU f32 paths (matvec, tiled) 1e-4 (f32 accumulation over at
+//!   most 4096 terms); the vendor-BLAS path 4e-3 (weights and activations
+//!   rounded to f16, 11-bit mantissas); CPU 3e-3 (16-bit activations);
+//! - RMSNorm, RoPE, embedding rows, gated activations: 1e-5 (f32 math);
+//! - attention: CPU 1e-5 (f32 cache); GPU 3e-3 (K/V stored as f16).
+//!
+//! GPU variants hold one lock (tests sharing a device run one at a time),
+//! fail when no device is present (a GPU build is for a GPU machine), and
+//! check that the memory pool returns to zero bytes and the device's free
+//! memory to its level before the test (leak detection).
+
+mod common;
+
+use rocmforge::model::arch::{FfnAct, RopeStyle};
+use rocmforge::quant::{self, GgmlType};
+use rocmforge::twin::random_tensor;
+
+/// The backend a test variant runs on.
+#[allow(dead_code)]
+enum Backend {
+    Cpu,
+    Gpu(gpu::Gpu),
+}
+
+macro_rules! test_device {
+    ($f:ident) => {
+        mod $f {
+            #[test]
+            fn cpu() {
+                super::$f(&super::Backend::Cpu);
+            }
+            #[cfg(feature = "cuda")]
+            #[test]
+            fn cuda() {
+                let g = super::gpu::Gpu::open(rocmforge::backend::gpu::GpuKind::Cuda);
+                super::$f(&super::Backend::Gpu(g));
+            }
+            #[cfg(feature = "rocm")]
+            #[test]
+            fn hip() {
+                let g = super::gpu::Gpu::open(rocmforge::backend::gpu::GpuKind::Hip);
+                super::$f(&super::Backend::Gpu(g));
+            }
+        }
+    };
+}
+
+fn rel_l2(out: &[f32], reference: &[f64]) -> f64 {
+    assert_eq!(out.len(), reference.len(), "output length");
+    assert!(out.iter().all(|v| v.is_finite()), "non-finite output");
+    let num: f64 = out.iter().zip(reference).map(|(&a, &b)| (a as f64 - b).powi(2)).sum();
+    let den: f64 = reference.iter().map(|b| b * b).sum();
+    (num / den).sqrt()
+}
+
+fn check(what: &str, out: &[f32], reference: &[f64], bound: f64) {
+    let e = rel_l2(out, reference);
+    eprintln!("{what}: rel L2 {e:.2e} (bound {bound:.0e})");
+    assert!(e <= bound, "{what}: rel L2 {e:.3e} > {bound:.0e}");
+}
+
+struct Rng(u64);
+impl Rng {
+    fn f32(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f32()).collect()
+    }
+}
+
+/// Reference y (n, rows) = x (n, cols) · Wᵀ in f64 from the dequantized W.
+fn ref_matmul(w: &[f32], rows: usize, cols: usize, x: &[f32], n: usize) -> Vec<f64> {
+    let mut y = vec![0f64; n * rows];
+    for t in 0..n {
+        for r in 0..rows {
+            y[t * rows + r] = (0..cols).map(|c| w[r * cols + c] as f64 * x[t * cols + c] as f64).sum();
+        }
+    }
+    y
+}
+
+const GPU_TYPES: [GgmlType; 16] = {
+    use GgmlType::*;
+    [F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2K, Q3K, Q4K, Q5K, Q6K, Iq4Nl, Iq4Xs, Mxfp4]
+};
+
+/// Which product path a GPU check forces.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Path {
+    Auto,
+    Tiled,
+}
+
+fn matmul_case(b: &Backend, ty: GgmlType, rows: usize, cols: usize, n: usize, path: Path) {
+    let wbytes = random_tensor(ty, rows * cols, 0.05, 7 + rows as u64 + n as u64).unwrap();
+    let w = quant::dequantize_vec(ty, &wbytes).unwrap();
+    let x = Rng(99 + n as u64).vec(n * cols);
+    let reference = ref_matmul(&w, rows, cols, &x, n);
+    let what = format!("matmul {ty} {rows}x{cols} n={n} {path:?}");
+    match b {
+        Backend::Cpu => {
+            let m = rocmforge::model::weights::Matrix { name: "w".into(), ty, rows, cols, offset: 0, row_bytes: wbytes.len() / rows };
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+            let mut y = vec![0f32; n * rows];
+            rocmforge::backend::cpu::matmul::matmul(&pool, &m, &wbytes, &x, n, &mut y);
+            check(&format!("cpu {what}"), &y, &reference, 3e-3);
+        }
+        Backend::Gpu(g) => {
+            let (y, p) = g.matmul(ty, &wbytes, rows, cols, &x, n, path == Path::Tiled);
+            let bound = if p == rocmforge::backend::gpu::ops::MatmulPath::Blas { 4e-3 } else { 1e-4 };
+            check(&format!("{} {what} via {p:?}", g.name()), &y, &reference, bound);
+        }
+    }
+}
+
+/// Every type through the decode kernel (1 and 5 tokens) and the prefill
+/// paths (40 tokens: vendor BLAS where loaded, and the tiled kernel).
+fn matmul_all_types(b: &Backend) {
+    for ty in GPU_TYPES {
+        for n in [1, 5, 40] {
+            matmul_case(b, ty, 96, 512, n, Path::Auto);
+        }
+        if matches!(b, Backend::Gpu(_)) {
+            matmul_case(b, ty, 70, 256, 67, Path::Tiled);
+        }
+    }
+}
+test_device!(matmul_all_types);
+
+/// Large shapes of the benchmark models (Qwen2.5-0.5B FFN, 7B attention).
+/// (Rows of k-quants must be whole 256-value blocks, so 896-wide Qwen
+/// matrices are Q5_0/Q8_0 in the real file.)
+fn matmul_large(b: &Backend) {
+    matmul_case(b, GgmlType::Q5_0, 4864, 896, 1, Path::Auto);
+    matmul_case(b, GgmlType::Q6K, 896, 4864, 1, Path::Auto);
+    matmul_case(b, GgmlType::Q4_0, 4096, 4096, 1, Path::Auto);
+    matmul_case(b, GgmlType::F16, 896, 896, 128, Path::Auto);
+    matmul_case(b, GgmlType::Q4K, 1024, 1024, 200, Path::Auto);
+}
+test_device!(matmul_large);
+
+/// act(Wg x) * (Wu x), fused in one kernel on the GPU.
+fn gated_ffn(b: &Backend) {
+    let (rows, cols) = (200, 256);
+    for ty in [GgmlType::Q4K, GgmlType::Q8_0, GgmlType::F16] {
+        for act in [FfnAct::Silu, FfnAct::GeluTanh] {
+            for n in [1, 3] {
+                let wg = random_tensor(ty, rows * cols, 0.1, 1).unwrap();
+                let wu = random_tensor(ty, rows * cols, 0.1, 2).unwrap();
+                let x = Rng(5).vec(n * cols);
+                let g = ref_matmul(&quant::dequantize_vec(ty, &wg).unwrap(), rows, cols, &x, n);
+                let u = ref_matmul(&quant::dequantize_vec(ty, &wu).unwrap(), rows, cols, &x, n);
+                let reference: Vec<f64> = g
+                    .iter()
+                    .zip(&u)
+                    .map(|(&g, &u)| match act {
+                        FfnAct::Silu => g / (1.0 + (-g).exp()) * u,
+                        FfnAct::GeluTanh => 0.5 * g * (1.0 + (0.7978845608028654 * (g + 0.044715 * g * g * g)).tanh()) * u,
+                    })
+                    .collect();
+                let what = format!("gated {ty} {act:?} n={n}");
+                match b {
+                    Backend::Cpu => {
+                        let mut gv: Vec<f32> = g.iter().map(|&v| v as f32).collect();
+                        let uv: Vec<f32> = u.iter().map(|&v| v as f32).collect();
+                        rocmforge::model::ops::gated_act(&mut gv, &uv, act);
+                        check(&format!("cpu {what}"), &gv, &reference, 1e-5);
+                    }
+                    Backend::Gpu(gp) => {
+                        let y = gp.gated(ty, &wg, &wu, rows, cols, &x, n, act);
+                        check(&format!("{} {what}", gp.name()), &y, &reference, 1e-4);
+                    }
+                }
+            }
+        }
+    }
+}
+test_device!(gated_ffn);
+
+fn embedding_rows(b: &Backend) {
+    let (rows, cols) = (50, 512);
+    for ty in GPU_TYPES {
+        let w = random_tensor(ty, rows * cols, 1.0, 3).unwrap();
+        let deq = quant::dequantize_vec(ty, &w).unwrap();
+        let ids = [3u32, 0, 49, 3, 17];
+        let scale = 1.5f32;
+        let reference: Vec<f64> = ids.iter().flat_map(|&i| deq[i as usize * cols..(i as usize + 1) * cols].iter().map(|&v| (v * scale) as f64)).collect();
+        let out = match b {
+            Backend::Cpu => {
+                let rb = w.len() / rows;
+                let mut o = vec![0f32; ids.len() * cols];
+                for (t, &i) in ids.iter().enumerate() {
+                    quant::dequantize(ty, &w[i as usize * rb..(i as usize + 1) * rb], &mut o[t * cols..(t + 1) * cols]).unwrap();
+                }
+                o.iter_mut().for_each(|v| *v *= scale);
+                o
+            }
+            Backend::Gpu(g) => g.get_rows(ty, &w, rows, cols, &ids, scale),
+        };
+        check(&format!("embedding {ty}"), &out, &reference, 1e-6);
+    }
+}
+test_device!(embedding_rows);
+
+fn rmsnorm(b: &Backend) {
+    let (n, dim, eps) = (3, 896, 1e-6f32);
+    let mut r = Rng(11);
+    let (x, w, y0) = (r.vec(n * dim), r.vec(dim), r.vec(n * dim));
+    for add in [false, true] {
+        let mut reference = Vec::new();
+        for t in 0..n {
+            let row = &x[t * dim..(t + 1) * dim];
+            let ss: f64 = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / dim as f64;
+            let s = 1.0 / (ss + eps as f64).sqrt();
+            for i in 0..dim {
+                let v = row[i] as f64 * s * w[i] as f64;
+                reference.push(if add { y0[t * dim + i] as f64 + v } else { v });
+            }
+        }
+        let out = match b {
+            Backend::Cpu => {
+                let mut v = x.clone();
+                rocmforge::model::ops::rmsnorm_rows(&mut v, &w, eps);
+                if add {
+                    v.iter_mut().zip(&y0).for_each(|(a, b)| *a += b);
+                }
+                v
+            }
+            Backend::Gpu(g) => g.rmsnorm(&x, &w, &y0, dim, eps, add),
+        };
+        check(&format!("rmsnorm add={add}"), &out, &reference, 1e-5);
+    }
+}
+test_device!(rmsnorm);
+
+/// Bias + per-head RMSNorm + RoPE (both pair styles) + f16 K/V store.
+fn rope_qkv(b: &Backend) {
+    let (n, n_head, n_head_kv, hd, rope_dim, pos0, eps) = (3usize, 4usize, 2usize, 64usize, 48usize, 5usize, 1e-6f32);
+    let mut r = Rng(21);
+    let (q, k, v) = (r.vec(n * n_head * hd), r.vec(n * n_head_kv * hd), r.vec(n * n_head_kv * hd));
+    let (bq, bk, nq, nk) = (r.vec(n_head * hd), r.vec(n_head_kv * hd), r.vec(hd), r.vec(hd));
+    let base = 10000f32;
+    for style in [RopeStyle::Normal, RopeStyle::Neox] {
+        for with_extras in [false, true] {
+            // f64 reference
+            let head = |src: &[f32], bias: &[f32], nw: &[f32], h: usize, t: usize, heads: usize| -> Vec<f64> {
+                let mut x: Vec<f64> = (0..hd).map(|i| src[(t * heads + h) * hd + i] as f64 + if with_extras { bias[h * hd + i] as f64 } else { 0.0 }).collect();
+                if with_extras {
+                    let ss = x.iter().map(|v| v * v).sum::<f64>() / hd as f64;
+                    let s = 1.0 / (ss + eps as f64).sqrt();
+                    x.iter_mut().zip(nw).for_each(|(v, &w)| *v *= s * w as f64);
+                }
+                let p = (pos0 + t) as f64;
+                for i in 0..rope_dim / 2 {
+                    let th = p * (base as f64).powf(-2.0 * i as f64 / rope_dim as f64);
+                    let (a, b2) = match style {
+                        RopeStyle::Normal => (2 * i, 2 * i + 1),
+                        RopeStyle::Neox => (i, i + rope_dim / 2),
+                    };
+                    let (x0, x1) = (x[a], x[b2]);
+                    x[a] = x0 * th.cos() - x1 * th.sin();
+                    x[b2] = x0 * th.sin() + x1 * th.cos();
+                }
+                x
+            };
+            let mut rq = Vec::new();
+            let mut rk = Vec::new();
+            for t in 0..n {
+                (0..n_head).for_each(|h| rq.extend(head(&q, &bq, &nq, h, t, n_head)));
+                (0..n_head_kv).for_each(|h| rk.extend(head(&k, &bk, &nk, h, t, n_head_kv)));
+            }
+            let (oq, ok, ov) = match b {
+                Backend::Cpu => {
+                    let (mut q2, mut k2) = (q.clone(), k.clone());
+                    if with_extras {
+                        rocmforge::model::ops::add_rows(&mut q2, &bq);
+                        rocmforge::model::ops::add_rows(&mut k2, &bk);
+                        rocmforge::model::ops::rmsnorm_rows(&mut q2, &nq, eps);
+                        rocmforge::model::ops::rmsnorm_rows(&mut k2, &nk, eps);
+                    }
+                    for t in 0..n {
+                        let table: Vec<(f32, f32)> = (0..rope_dim / 2)
+                            .map(|i| rocmforge::model::reference::rope_angle(pos0 + t, i, rope_dim, base, rocmforge::model::RopeScaling::None))
+                            .collect();
+                        rocmforge::model::ops::rope_row(&mut q2[t * n_head * hd..(t + 1) * n_head * hd], hd, &table, style);
+                        rocmforge::model::ops::rope_row(&mut k2[t * n_head_kv * hd..(t + 1) * n_head_kv * hd], hd, &table, style);
+                    }
+                    (q2, k2, v.clone())
+                }
+                Backend::Gpu(g) => g.qkv_post(&q, &k, &v, with_extras.then_some((&bq[..], &bk[..], &nq[..], &nk[..])), n, n_head, n_head_kv, hd, rope_dim, style, pos0, base, eps),
+            };
+            let what = format!("rope {style:?} extras={with_extras}");
+            let f16_bound = if matches!(b, Backend::Gpu(_)) { 1e-3 } else { 1e-5 };
+            check(&format!("{what} q"), &oq, &rq, 1e-5);
+            check(&format!("{what} k (cache)"), &ok, &rk, f16_bound);
+            let rv: Vec<f64> = v.iter().map(|&x| x as f64).collect();
+            check(&format!("{what} v (cache)"), &ov, &rv, f16_bound);
+        }
+    }
+}
+test_device!(rope_qkv);
+
+/// Causal attention: prefill (many queries), decode split over the keys,
+/// GQA, sliding window, head sizes 64 and 256 (gemma3).
+fn attention(b: &Backend) {
+    for &(n, pos0, n_head, n_head_kv, hd, window, splits) in &[
+        (7usize, 0usize, 4usize, 2usize, 64usize, 0usize, 1usize),
+        (1, 300, 4, 1, 64, 0, 8),
+        (1, 300, 8, 2, 128, 100, 4),
+        (5, 40, 2, 2, 256, 16, 1),
+        (1, 33, 4, 4, 256, 0, 16),
+    ] {
+        let len = pos0 + n;
+        let mut r = Rng(31 + len as u64);
+        let q = r.vec(n * n_head * hd);
+        // cache values rounded to f16 so every backend sees the same keys
+        let round = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| half::f16::from_f32(x).to_f32()).collect() };
+        let (kc, vc) = (round(r.vec(len * n_head_kv * hd)), round(r.vec(len * n_head_kv * hd)));
+        let scale = 1.0 / (hd as f32).sqrt();
+        let kv_dim = n_head_kv * hd;
+        let group = n_head / n_head_kv;
+        let mut reference = Vec::new();
+        for t in 0..n {
+            let p = pos0 + t;
+            let first = if window > 0 { (p + 1).saturating_sub(window) } else { 0 };
+            for h in 0..n_head {
+                let kvh = h / group;
+                let qh = &q[(t * n_head + h) * hd..(t * n_head + h + 1) * hd];
+                let s: Vec<f64> = (first..=p).map(|j| (0..hd).map(|i| qh[i] as f64 * kc[j * kv_dim + kvh * hd + i] as f64).sum::<f64>() * scale as f64).collect();
+                let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for i in 0..hd {
+                    reference.push((first..=p).zip(&e).map(|(j, w)| w / z * vc[j * kv_dim + kvh * hd + i] as f64).sum());
+                }
+            }
+        }
+        let out = match b {
+            Backend::Cpu => {
+                let mut o = vec![0f32; n * n_head * hd];
+                for t in 0..n {
+                    let p = pos0 + t;
+                    let first = if window > 0 { (p + 1).saturating_sub(window) } else { 0 };
+                    for h in 0..n_head {
+                        let qh = &q[(t * n_head + h) * hd..(t * n_head + h + 1) * hd];
+                        let out = &mut o[(t * n_head + h) * hd..(t * n_head + h + 1) * hd];
+                        rocmforge::model::ops::attend(qh, &kc, &vc, h / group, (hd, hd, kv_dim, kv_dim), first..=p, scale, out);
+                    }
+                }
+                o
+            }
+            Backend::Gpu(g) => g.attention(&q, &kc, &vc, n, pos0, n_head, n_head_kv, hd, window, scale, splits),
+        };
+        let bound = if matches!(b, Backend::Gpu(_)) { 3e-3 } else { 1e-5 };
+        check(&format!("attention n={n} pos0={pos0} heads {n_head}/{n_head_kv} hd={hd} window={window} splits={splits}"), &out, &reference, bound);
+    }
+}
+test_device!(attention);
+
+#[allow(dead_code)]
+mod gpu {
+    //! Upload, run one op, download; and the per-test leak check.
+    use std::sync::Arc;
+
+    use parking_lot::{Mutex, MutexGuard};
+    use rocmforge::backend::gpu::memory::{Buffer, MemPool};
+    use rocmforge::backend::gpu::ops::{self, AttnShape, DevMatrix, GemmScratch, MatmulPath, Out, QkvBufs, QkvPost};
+    use rocmforge::backend::gpu::runtime::Stream;
+    use rocmforge::backend::gpu::{self, Device, GpuKind};
+    use rocmforge::model::arch::{FfnAct, RopeStyle};
+    use rocmforge::quant::GgmlType;
+
+    static LOCK: Mutex<()> = Mutex::new(());
+    /// Driver-side allocations made lazily on first use (cuBLAS workspace,
+    /// module data) that never come back; anything above this is a leak.
+    const SLACK: usize = 64 << 20;
+
+    pub struct Gpu {
+        _lock: MutexGuard<'static, ()>,
+        pub dev: Arc<Device>,
+        pub pool: Arc<MemPool>,
+        pub s: Stream,
+        free0: usize,
+    }
+
+    impl Gpu {
+        pub fn open(kind: GpuKind) -> Gpu {
+            let lock = LOCK.lock();
+            let dev = gpu::device(kind, 0).unwrap_or_else(|e| panic!("{} build on a machine without a usable device: {e}", kind.name()));
+            let (free0, _) = dev.rt.mem_info().unwrap();
+            let pool = MemPool::new(dev.rt.clone(), 0).unwrap();
+            let s = dev.rt.stream_create().unwrap();
+            Gpu { _lock: lock, dev, pool, s, free0 }
+        }
+        pub fn name(&self) -> String {
+            self.dev.describe()
+        }
+        fn up(&self, bytes: &[u8]) -> Buffer {
+            let b = self.pool.alloc(bytes.len(), "test input").unwrap();
+            self.dev.rt.htod(self.s, b.ptr, bytes).unwrap();
+            self.dev.rt.stream_sync(self.s).unwrap();
+            b
+        }
+        fn up_f32(&self, v: &[f32]) -> Buffer {
+            self.up(&v.iter().flat_map(|x| x.to_ne_bytes()).collect::<Vec<u8>>())
+        }
+        /// An output buffer poisoned with NaN, so unwritten elements fail.
+        fn out_f32(&self, n: usize) -> Buffer {
+            self.up_f32(&vec![f32::NAN; n])
+        }
+        fn down_f32(&self, b: &Buffer, n: usize) -> Vec<f32> {
+            self.dev.rt.stream_sync(self.s).unwrap();
+            let mut bytes = vec![0u8; n * 4];
+            self.dev.rt.dtoh(self.s, &mut bytes, b.ptr).unwrap();
+            self.dev.rt.stream_sync(self.s).unwrap();
+            bytes.chunks_exact(4).map(|c| f32::from_ne_bytes(c.try_into().unwrap())).collect()
+        }
+        fn down_f16(&self, b: &Buffer, n: usize) -> Vec<f32> {
+            self.dev.rt.stream_sync(self.s).unwrap();
+            let mut bytes = vec![0u8; n * 2];
+            self.dev.rt.dtoh(self.s, &mut bytes, b.ptr).unwrap();
+            self.dev.rt.stream_sync(self.s).unwrap();
+            bytes.chunks_exact(2).map(|c| half::f16::from_ne_bytes(c.try_into().unwrap()).to_f32()).collect()
+        }
+
+        pub fn matmul(&self, ty: GgmlType, w: &[u8], rows: usize, cols: usize, x: &[f32], n: usize, tiled: bool) -> (Vec<f32>, MatmulPath) {
+            let wb = self.up(w);
+            let m = DevMatrix { ty, rows, cols, ptr: wb.ptr };
+            let (xb, yb) = (self.up_f32(x), self.out_f32(n * rows));
+            let scratch = (!tiled && self.dev.rt.has_blas()).then(|| GemmScratch {
+                w16: self.pool.alloc(rows * cols * 2, "w16").unwrap(),
+                w16_elems: rows * cols,
+                x16: self.pool.alloc(n * cols * 2, "x16").unwrap(),
+                x16_elems: n * cols,
+            });
+            let path = if tiled {
+                // force the portable kernel: no scratch, and too many tokens for matvec
+                assert!(!ops::matvec_fits(cols, n));
+                ops::matmul(&self.dev, self.s, &m, xb.ptr, yb.ptr, n, Out::Store, None).unwrap()
+            } else {
+                ops::matmul(&self.dev, self.s, &m, xb.ptr, yb.ptr, n, Out::Store, scratch.as_ref()).unwrap()
+            };
+            // the residual form must add exactly the same product
+            let y = self.down_f32(&yb, n * rows);
+            let acc = self.up_f32(&vec![1.0; n * rows]);
+            ops::matmul(&self.dev, self.s, &m, xb.ptr, acc.ptr, n, Out::Add, if tiled { None } else { scratch.as_ref() }).unwrap();
+            let y2 = self.down_f32(&acc, n * rows);
+            for (a, b) in y.iter().zip(&y2) {
+                assert!((a + 1.0 - b).abs() <= 1e-3 * (1.0 + a.abs()), "Out::Add differs from Out::Store + 1: {a} vs {b}");
+            }
+            (y, path)
+        }
+
+        pub fn gated(&self, ty: GgmlType, wg: &[u8], wu: &[u8], rows: usize, cols: usize, x: &[f32], n: usize, act: FfnAct) -> Vec<f32> {
+            let (gb, ub) = (self.up(wg), self.up(wu));
+            let g = DevMatrix { ty, rows, cols, ptr: gb.ptr };
+            let u = DevMatrix { ty, rows, cols, ptr: ub.ptr };
+            let (xb, yb) = (self.up_f32(x), self.out_f32(n * rows));
+            ops::matvec(&self.dev, self.s, &g, Some((&u, act)), xb.ptr, yb.ptr, n, Out::Store).unwrap();
+            let fused = self.down_f32(&yb, n * rows);
+            // the unfused path (prefill): two products and the glu kernel
+            let ob = self.out_f32(n * rows);
+            ops::matmul(&self.dev, self.s, &g, xb.ptr, yb.ptr, n, Out::Store, None).unwrap();
+            ops::matmul(&self.dev, self.s, &u, xb.ptr, ob.ptr, n, Out::Store, None).unwrap();
+            ops::glu(&self.dev, self.s, yb.ptr, ob.ptr, n * rows, act).unwrap();
+            let unfused = self.down_f32(&yb, n * rows);
+            for (a, b) in fused.iter().zip(&unfused) {
+                assert!((a - b).abs() <= 1e-4 * (1.0 + a.abs()), "fused {a} vs unfused {b}");
+            }
+            fused
+        }
+
+        pub fn get_rows(&self, ty: GgmlType, w: &[u8], rows: usize, cols: usize, ids: &[u32], scale: f32) -> Vec<f32> {
+            let wb = self.up(w);
+            let m = DevMatrix { ty, rows, cols, ptr: wb.ptr };
+            let idb = self.up(&ids.iter().flat_map(|&i| (i as i32).to_ne_bytes()).collect::<Vec<u8>>());
+            let ob = self.out_f32(ids.len() * cols);
+            ops::get_rows(&self.dev, self.s, &m, idb.ptr, ob.ptr, ids.len(), scale).unwrap();
+            self.down_f32(&ob, ids.len() * cols)
+        }
+
+        pub fn rmsnorm(&self, x: &[f32], w: &[f32], y0: &[f32], dim: usize, eps: f32, add: bool) -> Vec<f32> {
+            let (xb, wb, yb) = (self.up_f32(x), self.up_f32(w), self.up_f32(y0));
+            ops::rmsnorm(&self.dev, self.s, xb.ptr, wb.ptr, yb.ptr, x.len() / dim, dim, eps, add).unwrap();
+            self.down_f32(&yb, x.len())
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        pub fn qkv_post(
+            &self, q: &[f32], k: &[f32], v: &[f32], extras: Option<(&[f32], &[f32], &[f32], &[f32])>, n: usize, n_head: usize, n_head_kv: usize,
+            hd: usize, rope_dim: usize, rope: RopeStyle, pos0: usize, base: f32, eps: f32,
+        ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+            let n_ctx = pos0 + n + 3;
+            let (qb, kb, vb) = (self.up_f32(q), self.up_f32(k), self.up_f32(v));
+            let kv = n_ctx * n_head_kv * hd;
+            let (kc, vc) = (self.up(&vec![0xffu8; kv * 2]), self.up(&vec![0xffu8; kv * 2]));
+            let pos = self.up(&(pos0 as i32).to_ne_bytes());
+            let freq: Vec<f32> = (0..rope_dim / 2).map(|i| rocmforge::model::reference::rope_pair(i, rope_dim, base, rocmforge::model::RopeScaling::None)).map(|(p, m, _)| p * m).collect();
+            let fb = self.up_f32(&freq);
+            let ex = extras.map(|(a, b, c, d)| (self.up_f32(a), self.up_f32(b), self.up_f32(c), self.up_f32(d)));
+            let p = |i: usize| ex.as_ref().map_or(0, |e| [e.0.ptr, e.1.ptr, e.2.ptr, e.3.ptr][i]);
+            let post = QkvPost { n, n_head, n_head_kv, hd, hdv: hd, rope_dim, rope, mscale: 1.0, eps };
+            let bufs = QkvBufs { q: qb.ptr, k: kb.ptr, v: vb.ptr, bq: p(0), bk: p(1), bv: 0, q_norm: p(2), k_norm: p(3), k_cache: kc.ptr, v_cache: vc.ptr, pos0: pos.ptr, freq: fb.ptr };
+            ops::qkv_post(&self.dev, self.s, &post, &bufs).unwrap();
+            let row = n_head_kv * hd;
+            let kall = self.down_f16(&kc, kv);
+            let vall = self.down_f16(&vc, kv);
+            (self.down_f32(&qb, q.len()), kall[pos0 * row..(pos0 + n) * row].to_vec(), vall[pos0 * row..(pos0 + n) * row].to_vec())
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        pub fn attention(&self, q: &[f32], kc: &[f32], vc: &[f32], n: usize, pos0: usize, n_head: usize, n_head_kv: usize, hd: usize, window: usize, scale: f32, splits: usize) -> Vec<f32> {
+            let f16 = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|&x| half::f16::from_f32(x).to_ne_bytes()).collect() };
+            let (qb, kb, vb) = (self.up_f32(q), self.up(&f16(kc)), self.up(&f16(vc)));
+            let ob = self.out_f32(n * n_head * hd);
+            let part = self.pool.alloc(n * n_head * splits * (2 + hd) * 4, "partials").unwrap();
+            let pos = self.up(&(pos0 as i32).to_ne_bytes());
+            let a = AttnShape { n, n_head, n_head_kv, hd, hdv: hd, window, scale, splits };
+            ops::attention(&self.dev, self.s, &a, qb.ptr, kb.ptr, vb.ptr, ob.ptr, part.ptr, pos.ptr).unwrap();
+            self.down_f32(&ob, n * n_head * hd)
+        }
+    }
+
+    impl Drop for Gpu {
+        fn drop(&mut self) {
+            self.dev.rt.stream_sync(self.s).unwrap();
+            self.dev.rt.stream_destroy(self.s);
+            if std::thread::panicking() {
+                return;
+            }
+            assert_eq!(self.pool.used(), 0, "device buffers still allocated at the end of the test");
+            let (free, _) = self.dev.rt.mem_info().unwrap();
+            assert!(free + SLACK >= self.free0, "device memory leak: {} MiB free before, {} MiB after", self.free0 >> 20, free >> 20);
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! End to end on a GPU (built only with `--features cuda` or `rocm`; a GPU
+//! build is for a GPU machine, so nothing here skips):
+//!
+//! - shape twins of the three real models (make them with `make_twin`, see
+//!   scripts/gpu_check.sh; `FORGE_TWIN_DIR` names their folder): after a
+//!   128-token prefill and at each of 64 greedy decode steps, the GPU
+//!   logits agree with the run.c-style f32 reference pass (the CPU oracle)
+//!   to relative L2 ≤ 3e-2 (the bound: f16 KV cache and, in
+//!   prefill, f16 GEMM operands);
+//! - device memory returns to its starting level after each model;
+//! - out-of-memory and too-long contexts come back as status codes, and the
+//!   process goes on with the CPU backend;
+//! - with `FORGE_REAL_SMOLLM2` set to the real SmolLM2 file: the same greedy
+//!   tokens on the GPU as on the CPU.
+#![cfg(any(feature = "cuda", feature = "rocm"))]
+
+mod common;
+
+use std::ffi::CString;
+use std::path::PathBuf;
+
+use parking_lot::Mutex;
+use rocmforge::backend::gpu::{self, GpuKind};
+use rocmforge::ffi::*;
+use rocmforge::model::reference::Reference;
+use rocmforge::model::{BackendChoice, LoadOptions, Logits, Model, Session};
+use rocmforge::sampler::argmax;
+
+static LOCK: Mutex<()> = Mutex::new(());
+const SLACK: usize = 64 << 20;
+
+fn kind() -> GpuKind {
+    match std::env::var("FORGE_TEST_GPU").as_deref() {
+        Ok("hip") => GpuKind::Hip,
+        Ok("cuda") => GpuKind::Cuda,
+        _ if cfg!(feature = "cuda") => GpuKind::Cuda,
+        _ => GpuKind::Hip,
+    }
+}
+
+fn twin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("FORGE_TWIN_DIR").map(PathBuf::from).expect("FORGE_TWIN_DIR must name the folder of shape twins (scripts/gpu_check.sh makes them)");
+    let p = dir.join(name);
+    assert!(p.is_file(), "{} missing: make it with `make_twin --from MODEL(.head) --out {}`", p.display(), p.display());
+    p
+}
+
+fn free_mem() -> usize {
+    gpu::device(kind(), 0).unwrap().rt.mem_info().unwrap().0
+}
+
+fn load(path: &PathBuf, backend: BackendChoice) -> std::sync::Arc<Model> {
+    Model::load(path, LoadOptions { n_threads: 8, backend, ..Default::default() }).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Prefill 128 tokens, then 64 greedy steps; GPU vs the reference pass.
+fn twin_matches_reference(name: &str) {
+    let path = twin(name);
+    let cpu = load(&path, BackendChoice::Cpu);
+    let nv = cpu.cfg.n_vocab;
+    // prompt: fixed pseudo-random ids
+    let prompt: Vec<u32> = (0..128u64).map(|i| ((i * 2654435761 + 12345) % nv as u64) as u32).collect();
+    // the oracle first (no GPU lock: it is slow and CPU-only)
+    let mut r = Reference::new(&cpu, 256).unwrap();
+    let mut ref_logits = Vec::new();
+    let mut toks = prompt.clone();
+    let mut last = Vec::new();
+    for (p, &t) in prompt.iter().enumerate() {
+        last = r.forward(t, p).unwrap().to_vec();
+    }
+    ref_logits.push(last.clone());
+    for step in 0..64 {
+        let next = argmax(&last);
+        toks.push(next);
+        last = r.forward(next, 128 + step).unwrap().to_vec();
+        ref_logits.push(last.clone());
+    }
+
+    let _g = LOCK.lock();
+    let free0 = free_mem();
+    {
+        let gm = load(&path, BackendChoice::Gpu(kind(), 0));
+        assert!(gm.gpu.is_some(), "model not on the GPU");
+        let mut s = Session::new(gm.clone(), 256).unwrap();
+        let mut worst = 0f64;
+        let mut errs = Vec::new();
+        let first = s.eval(&prompt, Logits::Last).unwrap();
+        errs.push(common::rel_l2(&first, &ref_logits[0]));
+        let mut agree = (argmax(&first) == argmax(&ref_logits[0])) as usize;
+        for step in 0..64 {
+            let l = s.eval(&[toks[128 + step]], Logits::Last).unwrap();
+            assert_eq!(l.len(), nv);
+            errs.push(common::rel_l2(&l, &ref_logits[step + 1]));
+            agree += (argmax(&l) == argmax(&ref_logits[step + 1])) as usize;
+        }
+        for &e in &errs {
+            worst = worst.max(e);
+        }
+        let mean = errs.iter().sum::<f64>() / errs.len() as f64;
+        println!(
+            "{name} on {}: GPU vs reference rel L2: prefill {:.2e}, decode worst {:.2e}, mean {:.2e}; top-1 agreement {agree}/65",
+            gm.backend_description(),
+            errs[0],
+            worst,
+            mean
+        );
+        assert!(worst <= 3e-2, "{name}: rel L2 {worst:.3e} > 3e-2 (per step: {errs:?})");
+        // all-positions logits of a prefill (the BLAS path for the output matrix)
+        let mut s2 = Session::new(gm.clone(), 256).unwrap();
+        let all = s2.eval(&toks[..16], Logits::All).unwrap();
+        let mut r2 = Reference::new(&cpu, 16).unwrap();
+        for p in 0..16 {
+            let e = common::rel_l2(&all[p * nv..(p + 1) * nv], r2.forward(toks[p], p).unwrap());
+            assert!(e <= 3e-2, "{name}: all-logits position {p}: {e:.3e}");
+        }
+    }
+    let free1 = free_mem();
+    assert!(free1 + SLACK >= free0, "{name}: device memory not returned: {} MiB free before, {} MiB after", free0 >> 20, free1 >> 20);
+}
+
+#[test]
+fn smollm2_twin() {
+    twin_matches_reference("smollm2-twin.gguf");
+}
+#[test]
+fn qwen2_twin() {
+    twin_matches_reference("qwen2-twin.gguf");
+}
+#[test]
+fn gemma3_twin() {
+    twin_matches_reference("gemma3-twin.gguf");
+}
+
+fn last_error() -> String {
+    unsafe { std::ffi::CStr::from_ptr(forge_last_error()) }.to_string_lossy().into_owned()
+}
+
+/// Over-budget and driver-refused allocations, and a too-long context, are
+/// statuses with messages; the process then carries on on the CPU.
+#[test]
+fn gpu_errors_are_statuses() {
+    let path = CString::new(twin("smollm2-twin.gguf").to_str().unwrap()).unwrap();
+    let _g = LOCK.lock();
+    let gk = match kind() {
+        GpuKind::Cuda => forge_backend::FORGE_BACKEND_CUDA,
+        GpuKind::Hip => forge_backend::FORGE_BACKEND_HIP,
+    };
+    let mut n = -1;
+    assert_eq!(unsafe { forge_device_count(gk, &mut n) }, forge_status::FORGE_OK);
+    assert!(n >= 1);
+    unsafe {
+        // 1. budget too small for the weights
+        let mut p = forge_load_default_params();
+        p.backend = gk;
+        p.gpu_mem_budget = 1 << 20;
+        let mut ctx = std::ptr::null_mut();
+        assert_eq!(forge_load(path.as_ptr(), &p, &mut ctx), forge_status::FORGE_ERR_OUT_OF_MEMORY);
+        assert!(ctx.is_null());
+        let msg = last_error();
+        assert!(msg.contains("budget"), "{msg}");
+        // 2. the driver itself refuses (a KV cache far beyond the card)
+        p.gpu_mem_budget = u64::MAX / 2;
+        p.n_ctx = 50_000_000;
+        assert_eq!(forge_load(path.as_ptr(), &p, &mut ctx), forge_status::FORGE_ERR_OUT_OF_MEMORY);
+        println!("driver OOM message: {}", last_error());
+        // 3. a working GPU context, then a too-long evaluation
+        p.gpu_mem_budget = 0;
+        p.n_ctx = 32;
+        assert_eq!(forge_load(path.as_ptr(), &p, &mut ctx), forge_status::FORGE_OK, "{}", last_error());
+        let toks: Vec<i32> = (1..=40).collect();
+        assert_eq!(forge_eval(ctx, toks.as_ptr(), 40, std::ptr::null_mut(), 0), forge_status::FORGE_ERR_CONTEXT_FULL);
+        assert!(last_error().contains("context"), "{}", last_error());
+        let mut buf = vec![0u8; 128];
+        let mut len = 0usize;
+        assert_eq!(forge_ctx_backend(ctx, buf.as_mut_ptr() as *mut _, 128, &mut len), forge_status::FORGE_OK);
+        let desc = String::from_utf8_lossy(&buf[..len]).into_owned();
+        assert!(desc.starts_with(kind().name()), "{desc}");
+        forge_free(ctx);
+        // 4. the process goes on with the CPU backend
+        p.backend = forge_backend::FORGE_BACKEND_CPU;
+        assert_eq!(forge_load(path.as_ptr(), &p, &mut ctx), forge_status::FORGE_OK);
+        let mut logits = vec![0f32; 49152];
+        assert_eq!(forge_eval(ctx, toks.as_ptr(), 4, logits.as_mut_ptr(), logits.len()), forge_status::FORGE_OK, "{}", last_error());
+        assert!(logits.iter().take(100).all(|v| v.is_finite()));
+        forge_free(ctx);
+    }
+}
+
+/// The real SmolLM2 file: greedy tokens identical on GPU and CPU.
+#[test]
+fn real_smollm2_greedy_matches_cpu() {
+    let path = PathBuf::from(std::env::var_os("FORGE_REAL_SMOLLM2").expect("FORGE_REAL_SMOLLM2 must name the real SmolLM2 GGUF"));
+    let cpu = load(&path, BackendChoice::Cpu);
+    let _g = LOCK.lock();
+    let gm = load(&path, BackendChoice::Gpu(kind(), 0));
+    let prompt = cpu.tokenizer.encode("The capital of France is Paris. The capital of Germany is", true, false);
+    let run = |m: &std::sync::Arc<Model>| -> Vec<u32> {
+        let mut s = Session::new(m.clone(), 256).unwrap();
+        let mut l = s.eval(&prompt, Logits::Last).unwrap();
+        let mut out = Vec::new();
+        for _ in 0..64 {
+            let t = argmax(&l);
+            out.push(t);
+            l = s.eval(&[t], Logits::Last).unwrap();
+        }
+        out
+    };
+    let (a, b) = (run(&cpu), run(&gm));
+    println!("CPU: {:?}\nGPU: {:?}\ntext: {}", a, b, String::from_utf8_lossy(&cpu.tokenizer.decode(&a, false).unwrap()));
+    assert_eq!(a, b, "greedy tokens differ between CPU and GPU");
+}
