@@ -94,6 +94,9 @@ fn main() {
                 ),
                 None => println!("{name:45} {where_:28} {load_ms:>8.0} {:>12.1} {tg_t:>12.1}", median(pps)),
             }
+            if rocmforge::backend::gpu::profile::enabled() {
+                println!("{}", rocmforge::backend::gpu::profile::report());
+            }
         }
     }
 }

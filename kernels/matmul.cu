@@ -73,9 +73,14 @@ static __device__ void dequant_f16(const u8* W, u16* out, int rows, int cols) {
         const int r = (int)(i / ng), g = (int)(i % ng);
         float w[32];
         T::deq(W + r * rb, g, w);
-        u16* o = out + (u64)r * cols + g * 32;
+        uint4* o = (uint4*)(out + (u64)r * cols + g * 32);
 #pragma unroll
-        for (int j = 0; j < 32; j++) o[j] = f2h(w[j]);
+        for (int j = 0; j < 4; j++) {
+            u32 h[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) h[e] = (u32)f2h(w[8 * j + 2 * e]) | ((u32)f2h(w[8 * j + 2 * e + 1]) << 16);
+            o[j] = make_uint4(h[0], h[1], h[2], h[3]);
+        }
     }
 }
 

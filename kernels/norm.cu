@@ -11,9 +11,11 @@ KERNEL void rmsnorm(const float* x, const float* w, float* y, int dim, float eps
     const float* xr = x + (u64)blockIdx.x * dim;
     float* yr = y + (u64)blockIdx.x * dim;
     float ss = 0.0f;
+#pragma unroll 8
     for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
     ss = block_sum(ss, red);
     const float s = rsqrtf(ss / (float)dim + eps);
+#pragma unroll 8
     for (int i = threadIdx.x; i < dim; i += blockDim.x) {
         const float v = xr[i] * s * w[i];
         yr[i] = add ? yr[i] + v : v;

@@ -27,6 +27,13 @@ typedef unsigned long long u64;
 #endif
 #define SHFL_XOR(v, m) __shfl_xor((v), (m), WARP_SIZE)
 #define SHFL(v, src) __shfl((v), (src), WARP_SIZE)
+// order shared-memory writes of a wavefront before its own later reads
+#define SYNC_WARP()                                                 \
+    do {                                                            \
+        __builtin_amdgcn_fence(__ATOMIC_RELEASE, "wavefront");      \
+        __builtin_amdgcn_wave_barrier();                            \
+        __builtin_amdgcn_fence(__ATOMIC_ACQUIRE, "wavefront");      \
+    } while (0)
 static __device__ __forceinline__ float h2f(u16 h) {
     _Float16 f;
     __builtin_memcpy(&f, &h, 2);
@@ -43,6 +50,7 @@ static __device__ __forceinline__ u16 f2h(float x) {
 #define WARP_SIZE 32
 #define SHFL_XOR(v, m) __shfl_xor_sync(0xffffffffu, (v), (m), 32)
 #define SHFL(v, src) __shfl_sync(0xffffffffu, (v), (src), 32)
+#define SYNC_WARP() __syncwarp()
 static __device__ __forceinline__ float h2f(u16 h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));

@@ -38,16 +38,19 @@ for step in $steps; do
       nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
       ls /usr/local/cuda/lib64 | grep -E "nvrtc|cublas" | head ;;
     twins)
-      run twin-smollm2 "$BIN/make_twin" --from "$SMOL" --out "$TWINS/smollm2-twin.gguf"
-      run twin-qwen2 "$BIN/make_twin" --from "$QWEN" --out "$TWINS/qwen2-twin.gguf"
-      run twin-gemma3 "$BIN/make_twin" --from "$GEMMA" --out "$TWINS/gemma3-twin.gguf"
-      run twin-qwen2-f16 "$BIN/make_twin" --from "$QWEN" --type F16 --out "$TWINS/qwen2-f16-twin.gguf"
-      run twin-llama7b "$BIN/make_twin" --llama7b --from "$SMOL" --type Q4_0 --out "$TWINS/llama7b-q4_0-twin.gguf" ;;
+      run twins bash -c "set -e
+        '$BIN/make_twin' --from '$SMOL' --out '$TWINS/smollm2-twin.gguf'
+        '$BIN/make_twin' --from '$QWEN' --out '$TWINS/qwen2-twin.gguf'
+        '$BIN/make_twin' --from '$GEMMA' --out '$TWINS/gemma3-twin.gguf'
+        '$BIN/make_twin' --from '$QWEN' --type F16 --out '$TWINS/qwen2-f16-twin.gguf'
+        '$BIN/make_twin' --llama7b --from '$SMOL' --type Q4_0 --out '$TWINS/llama7b-q4_0-twin.gguf'" ;;
     ops)
-      run unit "$BIN/rocmforge" backend::gpu
+      "$BIN/rocmforge" backend::gpu
       run ops "$BIN/device_ops" --test-threads 1 --nocapture ;;
     model)
       run model "$BIN/gpu_model" --skip real_smollm2 --nocapture ;;
+    profile)
+      run profile env FORGE_PROFILE=1 "$BIN/bench" --backend cuda --pp 512 --tg 16 --reps 1 "$TWINS/qwen2-twin.gguf" "$TWINS/llama7b-q4_0-twin.gguf" ;;
     bench)
       run bench "$BIN/bench" --backend cuda --pp 512 --tg 128 --reps 3 \
         "$TWINS/qwen2-twin.gguf" "$TWINS/qwen2-f16-twin.gguf" "$TWINS/llama7b-q4_0-twin.gguf" ;;
@@ -55,8 +58,9 @@ for step in $steps; do
       run bench-cpu "$BIN/bench" --backend cpu,cuda --threads 16 --pp 128 --tg 32 --reps 1 \
         "$TWINS/smollm2-twin.gguf" "$TWINS/qwen2-twin.gguf" "$TWINS/gemma3-twin.gguf" ;;
     sanitize)
-      run sanitize-ops compute-sanitizer --tool memcheck --error-exitcode 1 "$BIN/device_ops" --test-threads 1
-      run sanitize-model compute-sanitizer --tool memcheck --error-exitcode 1 "$BIN/gpu_model" --skip real_smollm2 --skip qwen2 --skip gemma3 ;;
+      run sanitize-ops compute-sanitizer --tool memcheck --leak-check full --error-exitcode 1 "$BIN/device_ops" --test-threads 1 \
+        attention rope_qkv rmsnorm gated_ffn embedding_rows matmul_all_types
+      run sanitize-model compute-sanitizer --tool memcheck --leak-check full --error-exitcode 1 "$BIN/gpu_model" smollm2_twin ;;
     real)
       run real env FORGE_REAL_SMOLLM2="${REAL_SMOLLM2:?}" "$BIN/gpu_model" real_smollm2 --nocapture ;;
     *) echo "unknown step $step"; exit 2 ;;

@@ -146,6 +146,8 @@ fn matmul_large(b: &Backend) {
     matmul_case(b, GgmlType::Q5_0, 4864, 896, 1, Path::Auto);
     matmul_case(b, GgmlType::Q6K, 896, 4864, 1, Path::Auto);
     matmul_case(b, GgmlType::Q4_0, 4096, 4096, 1, Path::Auto);
+    matmul_case(b, GgmlType::Q4_0, 512, 11008, 1, Path::Auto); // x needs > 48 KiB of shared memory
+    matmul_case(b, GgmlType::Q6K, 300, 11008, 2, Path::Auto);
     matmul_case(b, GgmlType::F16, 896, 896, 128, Path::Auto);
     matmul_case(b, GgmlType::Q4K, 1024, 1024, 200, Path::Auto);
 }
@@ -313,7 +315,8 @@ fn rope_qkv(b: &Backend) {
 test_device!(rope_qkv);
 
 /// Causal attention: prefill (many queries), decode split over the keys,
-/// GQA, sliding window, head sizes 64 and 256 (gemma3).
+/// GQA, sliding window, head sizes 64 and 256 (gemma3); several query and
+/// key tiles in prefill.
 fn attention(b: &Backend) {
     for &(n, pos0, n_head, n_head_kv, hd, window, splits) in &[
         (7usize, 0usize, 4usize, 2usize, 64usize, 0usize, 1usize),
@@ -321,6 +324,10 @@ fn attention(b: &Backend) {
         (1, 300, 8, 2, 128, 100, 4),
         (5, 40, 2, 2, 256, 16, 1),
         (1, 33, 4, 4, 256, 0, 16),
+        (1, 50, 4, 2, 64, 0, 1),
+        (40, 100, 8, 2, 64, 0, 1),
+        (70, 0, 14, 2, 64, 0, 1),
+        (33, 20, 4, 1, 256, 24, 1),
     ] {
         let len = pos0 + n;
         let mut r = Rng(31 + len as u64);
@@ -447,7 +454,7 @@ mod gpu {
             });
             let path = if tiled {
                 // force the portable kernel: no scratch, and too many tokens for matvec
-                assert!(!ops::matvec_fits(cols, n));
+                assert!(!ops::matvec_fits(&self.dev, ty, cols, n));
                 ops::matmul(&self.dev, self.s, &m, xb.ptr, yb.ptr, n, Out::Store, None).unwrap()
             } else {
                 ops::matmul(&self.dev, self.s, &m, xb.ptr, yb.ptr, n, Out::Store, scratch.as_ref()).unwrap()
@@ -468,8 +475,21 @@ mod gpu {
             let g = DevMatrix { ty, rows, cols, ptr: gb.ptr };
             let u = DevMatrix { ty, rows, cols, ptr: ub.ptr };
             let (xb, yb) = (self.up_f32(x), self.out_f32(n * rows));
-            ops::matvec(&self.dev, self.s, &g, Some((&u, act)), xb.ptr, yb.ptr, n, Out::Store).unwrap();
+            ops::matvec(&self.dev, self.s, &g, Some((&u, act)), xb.ptr, yb.ptr, n, Out::Store, None).unwrap();
             let fused = self.down_f32(&yb, n * rows);
+            if n == 1 {
+                // with the input RMSNorm fused in, against rmsnorm + matvec
+                let nw = self.up_f32(&(0..cols).map(|i| 0.5 + (i % 7) as f32 * 0.1).collect::<Vec<f32>>());
+                let xn = self.out_f32(cols);
+                ops::rmsnorm(&self.dev, self.s, xb.ptr, nw.ptr, xn.ptr, 1, cols, 1e-6, false).unwrap();
+                let (a, b) = (self.out_f32(rows), self.out_f32(rows));
+                ops::matvec(&self.dev, self.s, &g, Some((&u, act)), xn.ptr, a.ptr, 1, Out::Store, None).unwrap();
+                ops::matvec(&self.dev, self.s, &g, Some((&u, act)), xb.ptr, b.ptr, 1, Out::Store, Some((nw.ptr, 1e-6))).unwrap();
+                let (a, b) = (self.down_f32(&a, rows), self.down_f32(&b, rows));
+                for (p, q) in a.iter().zip(&b) {
+                    assert!((p - q).abs() <= 1e-4 * (1.0 + p.abs()), "fused norm {q} vs separate {p}");
+                }
+            }
             // the unfused path (prefill): two products and the glu kernel
             let ob = self.out_f32(n * rows);
             ops::matmul(&self.dev, self.s, &g, xb.ptr, yb.ptr, n, Out::Store, None).unwrap();

@@ -49,6 +49,9 @@ struct Cuda {
     driver: i32,
     sms: u32,
     warp: u32,
+    max_shared: usize,
+    /// Kernels whose dynamic shared-memory limit was raised, and to what.
+    shared_set: Mutex<std::collections::HashMap<u64, u32>>,
     module: Mutex<Option<sys::CUmodule>>,
     blas: Option<Mutex<blas_sys::cublasHandle_t>>,
 }
@@ -80,6 +83,8 @@ pub fn open(index: usize) -> Result<Arc<dyn GpuRuntime>> {
         driver,
         sms: attr(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32,
         warp: attr(CU_DEVICE_ATTRIBUTE_WARP_SIZE)? as u32,
+        max_shared: attr(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize,
+        shared_set: Mutex::new(std::collections::HashMap::new()),
         module: Mutex::new(None),
         blas,
     }))
@@ -117,6 +122,9 @@ impl GpuRuntime for Cuda {
     }
     fn warp_size(&self) -> u32 {
         self.warp
+    }
+    fn max_shared(&self) -> usize {
+        self.max_shared
     }
     fn mem_info(&self) -> Result<(usize, usize)> {
         self.bind()?;
@@ -210,6 +218,15 @@ impl GpuRuntime for Cuda {
     }
     fn launch(&self, s: Stream, f: Func, d: LaunchDims, args: &[Arg]) -> Result<()> {
         self.bind()?;
+        if d.shared > 48 * 1024 {
+            let mut set = self.shared_set.lock();
+            if set.get(&f.0).map_or(true, |&v| v < d.shared) {
+                // SAFETY: f is a live function of the loaded module.
+                unsafe { cu::function::set_function_attribute(f.0 as sys::CUfunction, sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, d.shared as i32) }
+                    .map_err(|e| unavailable("shared memory limit", e))?;
+                set.insert(f.0, d.shared);
+            }
+        }
         let mut store: Vec<[u8; 8]> = args.iter().map(Arg::bytes).collect();
         let mut params: Vec<*mut c_void> = store.iter_mut().map(|b| b.as_mut_ptr() as *mut c_void).collect();
         // SAFETY: params match the kernel's signature (the launchers in

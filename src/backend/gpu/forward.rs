@@ -226,7 +226,7 @@ impl GpuSession {
             c.n_layer.checked_mul(n_ctx).and_then(|v| v.checked_mul(w * 2)).ok_or_else(|| Error::InvalidArgument(format!("n_ctx {n_ctx} overflows the KV cache size"))).and_then(|b| p.alloc(b, what))
         };
         let b = MAX_BATCH;
-        let splits = (n_ctx / 256).clamp(1, 32);
+        let splits = ops::decode_splits(n_ctx);
         let max_cols = c.n_embd.max(c.n_ff).max(c.n_head * c.head_dim_v);
         let gemm = if m.dev.rt.has_blas() {
             let max_elems = [c.n_vocab * c.n_embd, c.n_ff * c.n_embd, c.q_dim() * c.n_embd].into_iter().max().unwrap_or(0);
@@ -259,7 +259,7 @@ impl GpuSession {
             logits_rows: 1,
             gemm,
             graph: None,
-            use_graph: std::env::var_os("FORGE_NO_GRAPH").is_none(),
+            use_graph: std::env::var_os("FORGE_NO_GRAPH").is_none() && !super::profile::enabled(),
             m,
             s,
             n_ctx,
@@ -345,10 +345,18 @@ impl GpuSession {
         let v_layer = (self.n_ctx * c.v_dim() * 2) as u64;
         for (il, l) in m.layers.iter().enumerate() {
             // ---- attention ----
-            ops::rmsnorm(dev, s, self.x.ptr, l.attn_norm.ptr, self.xb.ptr, n, dim, c.rms_eps, false)?;
-            mm(&l.wq, self.xb.ptr, self.q.ptr, Out::Store)?;
-            mm(&l.wk, self.xb.ptr, self.k.ptr, Out::Store)?;
-            mm(&l.wv, self.xb.ptr, self.v.ptr, Out::Store)?;
+            // one token: the input norm runs inside each projection's kernel
+            let fused = n == 1 && [&l.wq, &l.wk, &l.wv].iter().all(|w| ops::matvec_fits(dev, w.ty, w.cols, 1));
+            if fused {
+                for (w, y) in [(&l.wq, self.q.ptr), (&l.wk, self.k.ptr), (&l.wv, self.v.ptr)] {
+                    ops::matvec(dev, s, w, None, self.x.ptr, y, 1, Out::Store, Some((l.attn_norm.ptr, c.rms_eps)))?;
+                }
+            } else {
+                ops::rmsnorm(dev, s, self.x.ptr, l.attn_norm.ptr, self.xb.ptr, n, dim, c.rms_eps, false)?;
+                mm(&l.wq, self.xb.ptr, self.q.ptr, Out::Store)?;
+                mm(&l.wk, self.xb.ptr, self.k.ptr, Out::Store)?;
+                mm(&l.wv, self.xb.ptr, self.v.ptr, Out::Store)?;
+            }
             let local = c.layer_kinds[il] == LayerKind::Local;
             let (kc, vc) = (self.kc.ptr + il as u64 * kv_layer, self.vc.ptr + il as u64 * v_layer);
             let post = QkvPost { n, n_head: c.n_head, n_head_kv: c.n_head_kv, hd: c.head_dim, hdv: c.head_dim_v, rope_dim: c.rope_dim, rope: c.arch.rope, mscale: m.mscale, eps: c.rms_eps };
@@ -367,10 +375,15 @@ impl GpuSession {
             self.block_out(&l.wo, self.att.ptr, &l.post_attn_norm, n, &mm)?;
 
             // ---- FFN: down(act(gate(x)) * up(x)) ----
-            ops::rmsnorm(dev, s, self.x.ptr, l.ffn_norm.ptr, self.xb.ptr, n, dim, c.rms_eps, false)?;
-            if ops::matvec_fits(dim, n) && l.w_gate.ty == l.w_up.ty {
-                ops::matvec(dev, s, &l.w_gate, Some((&l.w_up, c.arch.ffn_act)), self.xb.ptr, self.g.ptr, n, Out::Store)?;
+            if n == 1 && ops::matvec_fits(dev, l.w_gate.ty, dim, n) && l.w_gate.ty == l.w_up.ty {
+                // norm, both projections and the activation in one kernel
+                let norm = Some((l.ffn_norm.ptr, c.rms_eps));
+                ops::matvec(dev, s, &l.w_gate, Some((&l.w_up, c.arch.ffn_act)), self.x.ptr, self.g.ptr, n, Out::Store, norm)?;
+            } else if ops::matvec_fits(dev, l.w_gate.ty, dim, n) && l.w_gate.ty == l.w_up.ty {
+                ops::rmsnorm(dev, s, self.x.ptr, l.ffn_norm.ptr, self.xb.ptr, n, dim, c.rms_eps, false)?;
+                ops::matvec(dev, s, &l.w_gate, Some((&l.w_up, c.arch.ffn_act)), self.xb.ptr, self.g.ptr, n, Out::Store, None)?;
             } else {
+                ops::rmsnorm(dev, s, self.x.ptr, l.ffn_norm.ptr, self.xb.ptr, n, dim, c.rms_eps, false)?;
                 mm(&l.w_gate, self.xb.ptr, self.g.ptr, Out::Store)?;
                 mm(&l.w_up, self.xb.ptr, self.u.ptr, Out::Store)?;
                 ops::glu(dev, s, self.g.ptr, self.u.ptr, n * c.n_ff, c.arch.ffn_act)?;

@@ -8,6 +8,7 @@ pub mod forward;
 pub mod kernels;
 pub mod memory;
 pub mod ops;
+pub mod profile;
 pub mod runtime;
 
 use std::collections::HashMap;
@@ -96,10 +97,12 @@ impl Device {
 
     pub fn launch(&self, s: Stream, name: &str, dims: LaunchDims, args: &[Arg]) -> Result<()> {
         let f = self.func(name)?;
+        let timer = profile::start(self.rt.as_ref(), s)?;
         self.rt.launch(s, f, dims, args).map_err(|e| match e {
             Error::BackendUnavailable(m) => Error::BackendUnavailable(format!("kernel {name}: {m}")),
             e => e,
-        })
+        })?;
+        profile::stop(timer, self.rt.as_ref(), s, name)
     }
 
     /// "cuda:0 NVIDIA H100 80GB HBM3 (sm_90)".

@@ -70,19 +70,27 @@ fn act_code(act: FfnAct) -> i32 {
 
 const MMV_ROWS: usize = 16;
 const MMV_MAXT: usize = 8;
+const MMV_THREADS: usize = 256;
+/// Shared memory every device gives a block without asking.
 const SHARED_LIMIT: usize = 48 * 1024;
 
 fn ceil(a: usize, b: usize) -> u32 {
     a.div_ceil(b) as u32
 }
 
-fn matvec_shared(cols: usize, nt: usize) -> usize {
-    nt * (cols / 32) * 33 * 4
+/// Dynamic shared memory of the matvec kernel: x (padded) and, for
+/// quantized types, two staging chunks per warp (`Stage<T>` in matvec.cu).
+fn matvec_shared(dev: &Device, ty: GgmlType, cols: usize, nt: usize) -> usize {
+    let (blk, bytes) = ty.block_geometry();
+    let warp = dev.rt.warp_size() as usize;
+    let staged = blk != 32 || bytes % 16 != 0;
+    let pitch = ((warp * 32 / blk) * bytes).div_ceil(16) * 16;
+    (nt * (cols / 32) * 33 * 4).div_ceil(16) * 16 + if staged { (MMV_THREADS / warp) * 2 * pitch } else { 0 }
 }
 
 /// Whether the matvec kernel takes this product (few tokens, x fits shared memory).
-pub fn matvec_fits(cols: usize, nt: usize) -> bool {
-    nt <= MMV_MAXT && matvec_shared(cols, nt) <= SHARED_LIMIT
+pub fn matvec_fits(dev: &Device, ty: GgmlType, cols: usize, nt: usize) -> bool {
+    nt <= MMV_MAXT && matvec_shared(dev, ty, cols, nt) <= dev.rt.max_shared()
 }
 
 fn check(w: &DevMatrix) -> Result<()> {
@@ -93,12 +101,18 @@ fn check(w: &DevMatrix) -> Result<()> {
 }
 
 /// y (nt, rows) = / += W x, x (nt, cols); or, with `glu = Some((w2, act))`,
-/// y = act(W x) * (W2 x). Needs [`matvec_fits`].
-pub fn matvec(dev: &Device, s: Stream, w: &DevMatrix, glu: Option<(&DevMatrix, FfnAct)>, x: DevPtr, y: DevPtr, nt: usize, out: Out) -> Result<()> {
+/// y = act(W x) * (W2 x). With `norm = Some((weight, eps))` (one token
+/// only) x is RMS-normalized first, inside the kernel. Needs [`matvec_fits`].
+#[allow(clippy::too_many_arguments)]
+pub fn matvec(dev: &Device, s: Stream, w: &DevMatrix, glu: Option<(&DevMatrix, FfnAct)>, x: DevPtr, y: DevPtr, nt: usize, out: Out, norm: Option<(DevPtr, f32)>) -> Result<()> {
     check(w)?;
-    if !matvec_fits(w.cols, nt) || nt == 0 {
+    if !matvec_fits(dev, w.ty, w.cols, nt) || nt == 0 {
         return Err(Error::InvalidArgument(format!("matvec: {nt} tokens of {} columns do not fit the kernel", w.cols)));
     }
+    if norm.is_some() && nt != 1 {
+        return Err(Error::InvalidArgument("matvec: the fused RMSNorm takes one token".into()));
+    }
+    let (nw, eps) = norm.unwrap_or((0, 0.0));
     let (w2, mode) = match glu {
         Some((w2, act)) => {
             if w2.ty != w.ty || w2.rows != w.rows || w2.cols != w.cols {
@@ -108,8 +122,11 @@ pub fn matvec(dev: &Device, s: Stream, w: &DevMatrix, glu: Option<(&DevMatrix, F
         }
         None => (0, if out == Out::Add { 1 } else { 0 }),
     };
-    let dims = LaunchDims { grid: (ceil(w.rows, MMV_ROWS), 1, 1), block: 256, shared: matvec_shared(w.cols, nt) as u32 };
-    let args = [Arg::Ptr(w.ptr), Arg::Ptr(w2), Arg::Ptr(x), Arg::Ptr(y), Arg::I32(w.rows as i32), Arg::I32(w.cols as i32), Arg::I32(nt as i32), Arg::I32(mode)];
+    let dims = LaunchDims { grid: (ceil(w.rows, MMV_ROWS), 1, 1), block: MMV_THREADS as u32, shared: matvec_shared(dev, w.ty, w.cols, nt) as u32 };
+    let args = [
+        Arg::Ptr(w.ptr), Arg::Ptr(w2), Arg::Ptr(x), Arg::Ptr(y), Arg::I32(w.rows as i32), Arg::I32(w.cols as i32),
+        Arg::I32(nt as i32), Arg::I32(mode), Arg::Ptr(nw), Arg::F32(eps),
+    ];
     dev.launch(s, &format!("matvec_{}", w.suffix()?), dims, &args)
 }
 
@@ -134,8 +151,8 @@ pub enum MatmulPath {
 /// loaded and `scratch` is given), else the portable tiled kernel.
 pub fn matmul(dev: &Device, s: Stream, w: &DevMatrix, x: DevPtr, y: DevPtr, nt: usize, out: Out, scratch: Option<&GemmScratch>) -> Result<MatmulPath> {
     check(w)?;
-    if matvec_fits(w.cols, nt) {
-        matvec(dev, s, w, None, x, y, nt, out)?;
+    if matvec_fits(dev, w.ty, w.cols, nt) {
+        matvec(dev, s, w, None, x, y, nt, out, None)?;
         return Ok(MatmulPath::Matvec);
     }
     let sfx = w.suffix()?;
@@ -255,14 +272,36 @@ pub struct AttnShape {
     pub splits: usize,
 }
 
-/// Causal attention of n queries at positions *pos0.. over the cache.
-/// `part` needs n * n_head * splits * (2 + hdv) floats when splits > 1.
+/// Causal attention of n queries at positions *pos0.. over the cache:
+/// several queries take the tiled prefill kernel (when its tiles fit in
+/// shared memory), one query the split-K decode kernel. `part` needs
+/// n * n_head * splits * (2 + hdv) floats when splits > 1.
 pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, vc: DevPtr, out: DevPtr, part: DevPtr, pos0: DevPtr) -> Result<()> {
-    if a.hd % 8 != 0 || a.hdv > 256 || a.n_head % a.n_head_kv != 0 || a.splits == 0 {
-        return Err(Error::Unsupported(format!("GPU attention: head size {} must be a multiple of 8, value size {} at most 256", a.hd, a.hdv)));
+    if a.hd % 8 != 0 || a.hdv > 256 || a.hdv % 8 != 0 || a.n_head % a.n_head_kv != 0 || a.splits == 0 {
+        return Err(Error::Unsupported(format!("GPU attention: head size {} must be a multiple of 8, value size {} a multiple of 8 and at most 256", a.hd, a.hdv)));
     }
-    let warp = dev.rt.warp_size();
-    let dims = LaunchDims { grid: (a.n_head as u32, a.n as u32, a.splits as u32), block: warp, shared: (a.hd * 4) as u32 };
+    let warp = dev.rt.warp_size() as usize;
+    let block = (ATT_WARPS * warp) as u32;
+    if a.n > 1 && a.splits == 1 {
+        let qw = if a.hd <= 128 { 4 } else { 2 };
+        let qb = qw * ATT_WARPS;
+        let shared = warp * (a.hd / 2 + 1) * 4 + warp * a.hdv * 2 + qb * a.hd * 4;
+        if shared <= SHARED_LIMIT {
+            let dims = LaunchDims { grid: (a.n_head as u32, ceil(a.n, qb), 1), block, shared: shared as u32 };
+            return dev.launch(
+                s,
+                "attn_prefill",
+                dims,
+                &[
+                    Arg::Ptr(q), Arg::Ptr(kc), Arg::Ptr(vc), Arg::Ptr(out), Arg::Ptr(pos0), Arg::I32(a.n as i32),
+                    Arg::I32(a.n_head as i32), Arg::I32(a.n_head_kv as i32), Arg::I32(a.hd as i32), Arg::I32(a.hdv as i32),
+                    Arg::I32(a.window as i32), Arg::F32(a.scale), Arg::I32(qw as i32),
+                ],
+            );
+        }
+    }
+    let shared = (a.hd + ATT_WARPS * (2 + a.hdv)) * 4;
+    let dims = LaunchDims { grid: (a.n_head as u32, a.n as u32, a.splits as u32), block, shared: shared as u32 };
     dev.launch(
         s,
         "attn",
@@ -278,4 +317,14 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
         dev.launch(s, "attn_combine", dims, &[Arg::Ptr(part), Arg::Ptr(out), Arg::I32(a.n_head as i32), Arg::I32(a.hdv as i32), Arg::I32(a.splits as i32)])?;
     }
     Ok(())
+}
+
+/// Warps per attention block (`ATT_WARPS` in kernels/attention.cu).
+const ATT_WARPS: usize = 4;
+
+/// Key splits for decode at context size `n_ctx`: about 64 keys per block
+/// at a full context (a captured graph keeps one split count for every
+/// position; empty splits exit at once).
+pub fn decode_splits(n_ctx: usize) -> usize {
+    n_ctx.div_ceil(64).clamp(1, 64)
 }

@@ -77,6 +77,9 @@ pub trait GpuRuntime: Send + Sync {
     fn multiprocessors(&self) -> u32;
     /// Threads per warp (wavefront): 32, or 64 on CDNA.
     fn warp_size(&self) -> u32;
+    /// Most dynamic shared memory one block may use (the adapter raises a
+    /// kernel's limit past the default 48 KiB when a launch asks for more).
+    fn max_shared(&self) -> usize;
     /// (free, total) device memory in bytes.
     fn mem_info(&self) -> Result<(usize, usize)>;
 

@@ -122,6 +122,7 @@ struct Hip {
     driver: i32,
     sms: u32,
     warp: u32,
+    max_shared: usize,
     module: Mutex<Option<hip::hipModule_t>>,
     rtc: Option<Rtc>,
     blas: Option<Mutex<Blas>>,
@@ -147,6 +148,7 @@ pub fn open(index: usize) -> Result<Arc<dyn GpuRuntime>> {
         driver,
         sms: prop.multiProcessorCount as u32,
         warp: prop.warpSize as u32,
+        max_shared: prop.sharedMemPerBlock,
         module: Mutex::new(None),
         rtc: load_rtc(),
         blas: load_blas().map(Mutex::new),
@@ -184,6 +186,9 @@ impl GpuRuntime for Hip {
     }
     fn warp_size(&self) -> u32 {
         self.warp
+    }
+    fn max_shared(&self) -> usize {
+        self.max_shared
     }
     fn mem_info(&self) -> Result<(usize, usize)> {
         self.bind()?;
