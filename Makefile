@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 SMOLLM2 := models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: test-bindings test-cpp test-install test-go test-node install uninstall all build models test test-rust test-c demo inspect header check-features bench bench-tokenizer perplexity valgrind fixtures venv fuzz clean
+.PHONY: test-bindings test-cpp test-install test-go test-node install uninstall all build models test test-rust test-c demo inspect header check-features kernels-hip gpu-prepare bench bench-tokenizer perplexity valgrind fixtures venv fuzz clean
 LIB_DIR := target/release
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 MAJOR := $(firstword $(subst ., ,$(VERSION)))
@@ -88,8 +88,27 @@ valgrind: models $(LIB_DIR)/simple
 	LD_LIBRARY_PATH=$(LIB_DIR) valgrind --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=3 \
 		$(LIB_DIR)/simple $(SMOLLM2) "The capital of France is" 3
 
-check-features:
-	$(CARGO) check --release --features cuda,rocm --all-targets
+# The GPU backends on a machine without GPUs (CI): both features compile and
+# link (rocm against Debian's libamdhip64 5.2), every kernel compiles for AMD
+# with `hipcc --genco` (gfx1030: RDNA2, wave32; gfx90a: CDNA2, wave64), and
+# choosing a GPU backend with no device is a BACKEND_UNAVAILABLE status.
+# A separate target dir keeps these builds from replacing the CPU-only
+# library the other targets test.
+GPU_TARGET_DIR ?= target/gpu-features
+HIP_ARCHS ?= gfx1030 gfx90a
+check-features: models kernels-hip
+	CARGO_TARGET_DIR=$(GPU_TARGET_DIR) $(CARGO) build --release --features cuda,rocm --all-targets
+	CARGO_TARGET_DIR=$(GPU_TARGET_DIR) $(CARGO) test --release --features cuda,rocm --test backend_unavailable -- --show-output
+
+kernels-hip:
+	@command -v hipcc >/dev/null || { echo "hipcc not found: apt-get install hipcc libamdhip64-dev (Debian 12)" >&2; exit 1; }
+	mkdir -p $(GPU_TARGET_DIR)
+	for a in $(HIP_ARCHS); do hipcc --genco --offload-arch=$$a -O3 -Wall -Werror kernels/forge.cu -o $(GPU_TARGET_DIR)/forge-$$a.co || exit 1; echo "kernels/forge.cu: $$a ok"; done
+
+# Binaries and header-only model images for the GPU machine (see
+# scripts/gpu_check.sh, which runs there).
+gpu-prepare: models
+	scripts/gpu_prepare.sh
 
 demo: models
 	$(CARGO) run --release --example generate -- -m $(SMOLLM2) --chat -p "Write a short poem about a lighthouse." -n 96 --temp 0.7 --seed 42

@@ -27,9 +27,9 @@ fn init() -> Result<()> {
     INIT.get_or_init(|| {
         // SAFETY: only probes for the library file.
         if !unsafe { sys::is_culib_present() } {
-            return Err("the NVIDIA driver library (libcuda.so) was not found; install the driver or use the CPU backend".into());
+            return Err("CUDA: the NVIDIA driver library (libcuda.so) was not found; install the driver or use the CPU backend".into());
         }
-        cu::init().map_err(|e| format!("cuInit failed: {e}"))
+        cu::init().map_err(|e| format!("CUDA: cuInit failed: {e}"))
     })
     .clone()
     .map_err(Error::BackendUnavailable)

@@ -26,7 +26,8 @@ fn check(what: &str, e: hip::hipError_t) -> Result<()> {
     }
     // SAFETY: hipGetErrorString returns a static string.
     let msg = unsafe { CStr::from_ptr(hip::hipGetErrorString(e)) }.to_string_lossy().into_owned();
-    let text = format!("HIP {what}: {msg} ({e:?})");
+    let hint = if e == hip::hipError_t::hipErrorNoDevice { ": no AMD GPU is visible to this process; use the CPU backend" } else { "" };
+    let text = format!("HIP {what}: {msg} ({e:?}){hint}");
     Err(if e == hip::hipError_t::hipErrorOutOfMemory { Error::OutOfMemory(text) } else { Error::BackendUnavailable(text) })
 }
 
