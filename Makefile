@@ -103,7 +103,7 @@ check-features: models kernels-hip
 kernels-hip:
 	@command -v hipcc >/dev/null || { echo "hipcc not found: apt-get install hipcc libamdhip64-dev (Debian 12)" >&2; exit 1; }
 	mkdir -p $(GPU_TARGET_DIR)
-	for a in $(HIP_ARCHS); do hipcc --genco --offload-arch=$$a -O3 -Wall -Werror kernels/forge.cu -o $(GPU_TARGET_DIR)/forge-$$a.co || exit 1; echo "kernels/forge.cu: $$a ok"; done
+	for a in $(HIP_ARCHS); do hipcc --genco --offload-arch=$$a -std=c++17 -O3 -Wall -Werror kernels/forge.cu -o $(GPU_TARGET_DIR)/forge-$$a.co || exit 1; echo "kernels/forge.cu: $$a ok"; done
 
 # Binaries and header-only model images for the GPU machine (see
 # scripts/gpu_check.sh, which runs there).

@@ -1,15 +1,17 @@
 // attention.cu: causal attention over the f16 KV cache, flash style: online
 // softmax over tiles of WARP_SIZE keys, no score matrix in memory. Decode
-// (attn) splits the keys over S blocks of 4 warps (flash-decoding) and
-// merges the partial results in attn_combine; prefill (attn_prefill) stages
-// each key tile in shared memory once for a block of queries.
+// (attn) splits the keys over S blocks of 4 warps (flash-decoding); the
+// last block of each (token, head) to finish merges the partial results;
+// prefill (attn_prefill) stages each key tile in shared memory once for a
+// block of queries.
 // GQA/MQA: Q head h reads K/V head h / (n_head / n_head_kv); nothing is copied.
 // Sliding window (gemma3 local layers): keys (p - window, p] only.
 // CPU reference: the attention loop in model::forward.
 //
 // q: (n, n_head, hd) f32. kc: (n_ctx, n_head_kv * hd) f16; vc: (n_ctx,
-// n_head_kv * hdv) f16. S == 1: out (n, n_head, hdv) f32. S > 1: part
-// ((n * n_head) * S, 2 + hdv) f32 rows {max, sum, unnormalised out}.
+// n_head_kv * hdv) f16. out: (n, n_head, hdv) f32. S > 1 also uses part
+// ((n * n_head) * S, 2 + hdv) f32 rows {max, sum, unnormalised out} and
+// counters (n * n_head) i32, zero between launches.
 // Token t is at position *pos0 + t. hd must be a multiple of 8, hdv <= 256.
 #pragma once
 #include "vendor.h"
@@ -22,7 +24,8 @@
 // the split, the warps merged through shared memory at the end.
 // Dynamic shared memory: (hd + ATT_WARPS * (2 + hdv)) floats.
 KERNEL void attn(const float* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc, float* out,
-                 float* part, const int* pos0, int n_head, int n_head_kv, int hd, int hdv, int window, float scale, int S) {
+                 float* part, int* counters, const int* pos0, int n_head, int n_head_kv, int hd, int hdv, int window,
+                 float scale, int S) {
     extern __shared__ float sm[];
     float* sq = sm;
     float* red = sm + hd;
@@ -110,7 +113,30 @@ KERNEL void attn(const float* __restrict__ q, const u16* __restrict__ kc, const 
         for (int i = 0; i < nw; i++) acc += red[i * (2 + hdv) + 2 + d] * expf(red[i * (2 + hdv)] - M);
         dst[d] = acc * norm;
     }
-    if (S > 1 && threadIdx.x == 0) { dst[-2] = M; dst[-1] = L; }
+    if (S == 1) return;
+    if (threadIdx.x == 0) { dst[-2] = M; dst[-1] = L; }
+    // The last of the S blocks of (t, h) to finish merges all partials:
+    // out = Σ o_s e^(m_s - M) / Σ l_s e^(m_s - M). Its ticket comes from a
+    // counter that it resets, so a replayed graph finds it at zero again.
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
+    int* ctr = counters + (u64)t * n_head + h;
+    if (threadIdx.x == 0) last = atomicAdd(ctr, 1) == S - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const volatile float* base = part + ((u64)t * n_head + h) * S * (2 + hdv);
+    float GM = NEG_INF, GL = 0.0f;
+    for (int i = 0; i < S; i++) GM = fmaxf(GM, base[i * (2 + hdv)]);
+    for (int i = 0; i < S; i++) GL += base[i * (2 + hdv) + 1] * expf(base[i * (2 + hdv)] - GM);
+    const float inv = GL > 0.0f ? 1.0f / GL : 0.0f;
+    for (int d = threadIdx.x; d < hdv; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int i = 0; i < S; i++) acc += base[i * (2 + hdv) + 2 + d] * expf(base[i * (2 + hdv)] - GM);
+        out[((u64)t * n_head + h) * hdv + d] = acc * inv;
+    }
+    if (threadIdx.x == 0) *ctr = 0;
 }
 
 // attn_prefill: many queries, flash style with K/V tiles shared by a block.
@@ -211,22 +237,5 @@ KERNEL void attn_prefill(const float* __restrict__ q, const u16* __restrict__ kc
             const int d = lane + k * WARP_SIZE;
             if (d < hdv) dst[d] = o[a][k] * inv;
         }
-    }
-}
-
-// Merge S partial results: out = Σ o_s e^(m_s - M) / Σ l_s e^(m_s - M).
-// Grid: x = head, y = token; block: any multiple of WARP_SIZE (loops over hdv).
-KERNEL void attn_combine(const float* part, float* out, int n_head, int hdv, int S) {
-    const int h = blockIdx.x, t = blockIdx.y;
-    const float* base = part + ((u64)t * n_head + h) * S * (2 + hdv);
-    float M = NEG_INF;
-    for (int s = 0; s < S; s++) M = fmaxf(M, base[s * (2 + hdv)]);
-    float L = 0.0f;
-    for (int s = 0; s < S; s++) L += base[s * (2 + hdv) + 1] * expf(base[s * (2 + hdv)] - M);
-    const float inv = 1.0f / L;
-    for (int d = threadIdx.x; d < hdv; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int s = 0; s < S; s++) acc += base[s * (2 + hdv) + 2 + d] * expf(base[s * (2 + hdv)] - M);
-        out[((u64)t * n_head + h) * hdv + d] = acc * inv;
     }
 }

@@ -43,6 +43,7 @@ pub fn device_count() -> Result<usize> {
 
 struct Cuda {
     index: usize,
+    dev: sys::CUdevice,
     ctx: sys::CUcontext,
     name: String,
     arch: String,
@@ -77,6 +78,7 @@ pub fn open(index: usize) -> Result<Arc<dyn GpuRuntime>> {
     let blas = if unsafe { blas_sys::is_culib_present() } { blas::create_handle().ok().map(Mutex::new) } else { None };
     Ok(Arc::new(Cuda {
         index,
+        dev,
         ctx,
         name: cu::device::get_name(dev).unwrap_or_else(|_| "CUDA device".into()),
         arch: format!("sm_{major}{minor}"),
@@ -94,6 +96,24 @@ impl Cuda {
     fn bind(&self) -> Result<()> {
         // SAFETY: ctx is the retained primary context of this device.
         unsafe { cu::ctx::set_current(self.ctx) }.map_err(|e| unavailable("context", e))
+    }
+}
+
+impl Drop for Cuda {
+    fn drop(&mut self) {
+        if self.bind().is_err() {
+            return;
+        }
+        // SAFETY: every handle here is owned by this runtime and no longer used.
+        unsafe {
+            if let Some(h) = self.blas.take() {
+                let _ = blas::destroy_handle(h.into_inner());
+            }
+            if let Some(m) = self.module.lock().take() {
+                let _ = cu::module::unload(m);
+            }
+            let _ = cu::primary_ctx::release(self.dev);
+        }
     }
 }
 

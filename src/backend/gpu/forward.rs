@@ -179,6 +179,15 @@ pub const MAX_BATCH: usize = 512;
 /// Elements of W held in f16 at once on the BLAS path (64 MiB).
 const W16_ELEMS: usize = 32 << 20;
 
+struct StreamGuard(Arc<dyn super::runtime::GpuRuntime>, Stream, bool);
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.2 {
+            self.0.stream_destroy(self.1);
+        }
+    }
+}
+
 /// One sequence on the device: KV cache, scratch, the decode graph.
 pub struct GpuSession {
     m: Arc<GpuModel>,
@@ -197,6 +206,7 @@ pub struct GpuSession {
     g: Buffer,      // (MAX_BATCH, n_ff)
     u: Buffer,      // (MAX_BATCH, n_ff)
     part: Buffer,   // (n_head, splits, 2 + head_dim_v) decode partials
+    counters: Buffer, // (n_head) i32 split tickets, zero between launches
     params: Buffer, // i32 [pos0, token ids (MAX_BATCH)]
     logits: Buffer, // (logits_rows, n_vocab)
     logits_rows: usize,
@@ -240,7 +250,9 @@ impl GpuSession {
         } else {
             None
         };
-        let s = m.dev.rt.stream_create()?;
+        // on an allocation failure below, the guard gives the stream back
+        let mut guard = StreamGuard(m.dev.rt.clone(), m.dev.rt.stream_create()?, true);
+        let s = guard.1;
         let sess = GpuSession {
             kc: kv(c.kv_dim(), "K cache")?,
             vc: kv(c.v_dim(), "V cache")?,
@@ -254,6 +266,7 @@ impl GpuSession {
             g: f32s(b * c.n_ff, "activations")?,
             u: f32s(b * c.n_ff, "activations")?,
             part: f32s(c.n_head * splits * (2 + c.head_dim_v), "attention partials")?,
+            counters: p.alloc(c.n_head * 4, "attention counters")?,
             params: p.alloc((1 + b) * 4, "step parameters")?,
             logits: f32s(c.n_vocab, "logits")?,
             logits_rows: 1,
@@ -265,6 +278,10 @@ impl GpuSession {
             n_ctx,
             splits,
         };
+        guard.2 = false; // from here on, GpuSession's drop releases the stream
+        let rt = &sess.m.dev.rt;
+        rt.memset(sess.s, sess.counters.ptr, 0, sess.counters.bytes)?;
+        rt.stream_sync(sess.s)?;
         Ok(sess)
     }
 
@@ -371,7 +388,7 @@ impl GpuSession {
             let window = if local { c.sliding_window.unwrap_or(0) } else { 0 };
             let splits = if n == 1 { self.splits } else { 1 };
             let a = AttnShape { n, n_head: c.n_head, n_head_kv: c.n_head_kv, hd: c.head_dim, hdv: c.head_dim_v, window, scale: c.attn_scale, splits };
-            ops::attention(dev, s, &a, self.q.ptr, kc, vc, self.att.ptr, self.part.ptr, pos0)?;
+            ops::attention(dev, s, &a, self.q.ptr, kc, vc, self.att.ptr, self.part.ptr, self.counters.ptr, pos0)?;
             self.block_out(&l.wo, self.att.ptr, &l.post_attn_norm, n, &mm)?;
 
             // ---- FFN: down(act(gate(x)) * up(x)) ----

@@ -116,7 +116,7 @@ mod tests {
         let s = super::source();
         assert_eq!(s.matches("#define WARP_SIZE 32").count(), 1, "vendor.h inlined once");
         assert!(!s.contains("#include \"quant.h\""));
-        assert!(s.contains("KERNEL void attn_combine"));
+        assert!(s.contains("KERNEL void attn_prefill"));
         assert!(s.contains("matvec_##s"));
     }
 }

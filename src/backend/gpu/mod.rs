@@ -49,7 +49,8 @@ impl GpuKind {
 }
 
 /// An opened device with its kernel module loaded. One per (kind, index)
-/// per process; models and sessions share it.
+/// at a time; models and sessions share it, and it closes (context, module,
+/// BLAS handle) when the last of them goes.
 pub struct Device {
     pub kind: GpuKind,
     pub rt: Arc<dyn GpuRuntime>,
@@ -63,15 +64,16 @@ impl std::fmt::Debug for Device {
     }
 }
 
-static DEVICES: Mutex<Vec<Arc<Device>>> = Mutex::new(Vec::new());
+static DEVICES: Mutex<Vec<std::sync::Weak<Device>>> = Mutex::new(Vec::new());
 
 /// Open device `index` of `kind` (compiling or loading the kernels the first
 /// time). Errors: `NotCompiled`, `BackendUnavailable` (no driver, no such
 /// device), or the compiler's log.
 pub fn device(kind: GpuKind, index: usize) -> Result<Arc<Device>> {
     let mut devs = DEVICES.lock();
-    if let Some(d) = devs.iter().find(|d| d.kind == kind && d.rt.device_index() == index) {
-        return Ok(d.clone());
+    devs.retain(|w| w.strong_count() > 0);
+    if let Some(d) = devs.iter().filter_map(|w| w.upgrade()).find(|d| d.kind == kind && d.rt.device_index() == index) {
+        return Ok(d);
     }
     let n = kind.device_count()?;
     if index >= n {
@@ -80,7 +82,7 @@ pub fn device(kind: GpuKind, index: usize) -> Result<Arc<Device>> {
     let rt = kind.open_runtime(index)?;
     let origin = kernels::load(rt.as_ref())?;
     let d = Arc::new(Device { kind, rt, origin, funcs: Mutex::new(HashMap::new()) });
-    devs.push(d.clone());
+    devs.push(Arc::downgrade(&d));
     Ok(d)
 }
 

@@ -68,6 +68,7 @@ fn act_code(act: FfnAct) -> i32 {
     }
 }
 
+/// Output rows per block (`MMV_ROWS` in kernels/matvec.cu).
 const MMV_ROWS: usize = 16;
 const MMV_MAXT: usize = 8;
 const MMV_THREADS: usize = 256;
@@ -274,9 +275,11 @@ pub struct AttnShape {
 
 /// Causal attention of n queries at positions *pos0.. over the cache:
 /// several queries take the tiled prefill kernel (when its tiles fit in
-/// shared memory), one query the split-K decode kernel. `part` needs
-/// n * n_head * splits * (2 + hdv) floats when splits > 1.
-pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, vc: DevPtr, out: DevPtr, part: DevPtr, pos0: DevPtr) -> Result<()> {
+/// shared memory), one query the split-K decode kernel. When splits > 1,
+/// `part` needs n * n_head * splits * (2 + hdv) floats and `counters`
+/// n * n_head i32 that are zero (the kernel leaves them zero).
+#[allow(clippy::too_many_arguments)]
+pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, vc: DevPtr, out: DevPtr, part: DevPtr, counters: DevPtr, pos0: DevPtr) -> Result<()> {
     if a.hd % 8 != 0 || a.hdv > 256 || a.hdv % 8 != 0 || a.n_head % a.n_head_kv != 0 || a.splits == 0 {
         return Err(Error::Unsupported(format!("GPU attention: head size {} must be a multiple of 8, value size {} a multiple of 8 and at most 256", a.hd, a.hdv)));
     }
@@ -307,16 +310,11 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
         "attn",
         dims,
         &[
-            Arg::Ptr(q), Arg::Ptr(kc), Arg::Ptr(vc), Arg::Ptr(out), Arg::Ptr(part), Arg::Ptr(pos0),
+            Arg::Ptr(q), Arg::Ptr(kc), Arg::Ptr(vc), Arg::Ptr(out), Arg::Ptr(part), Arg::Ptr(counters), Arg::Ptr(pos0),
             Arg::I32(a.n_head as i32), Arg::I32(a.n_head_kv as i32), Arg::I32(a.hd as i32), Arg::I32(a.hdv as i32),
             Arg::I32(a.window as i32), Arg::F32(a.scale), Arg::I32(a.splits as i32),
         ],
-    )?;
-    if a.splits > 1 {
-        let dims = LaunchDims { grid: (a.n_head as u32, a.n as u32, 1), block: 128, shared: 0 };
-        dev.launch(s, "attn_combine", dims, &[Arg::Ptr(part), Arg::Ptr(out), Arg::I32(a.n_head as i32), Arg::I32(a.hdv as i32), Arg::I32(a.splits as i32)])?;
-    }
-    Ok(())
+    )
 }
 
 /// Warps per attention block (`ATT_WARPS` in kernels/attention.cu).

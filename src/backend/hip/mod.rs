@@ -162,6 +162,17 @@ impl Hip {
     }
 }
 
+impl Drop for Hip {
+    fn drop(&mut self) {
+        if self.bind().is_ok() {
+            if let Some(m) = self.module.lock().take() {
+                // SAFETY: the module is owned here and no kernel of it is in flight.
+                unsafe { hip::hipModuleUnload(m) };
+            }
+        }
+    }
+}
+
 fn stream(s: Stream) -> hip::hipStream_t {
     s.0 as hip::hipStream_t
 }
