@@ -64,6 +64,13 @@ static __device__ __forceinline__ u16 f2h(float x) {
 #endif
 
 #define KERNEL extern "C" __global__
+// Register budget: at most `threads` per block and, on NVIDIA, enough
+// registers left for `blocks` resident blocks per SM (AMD takes the first).
+#if defined(FORGE_HIP)
+#define BOUNDS(threads, blocks) __launch_bounds__(threads)
+#else
+#define BOUNDS(threads, blocks) __launch_bounds__(threads, blocks)
+#endif
 #define NEG_INF (-3.0e38f)
 
 static __device__ __forceinline__ float bf2f(u16 h) { return __uint_as_float(((u32)h) << 16); }

@@ -51,6 +51,21 @@ for step in $steps; do
       run model "$BIN/gpu_model" --skip real_smollm2 --nocapture ;;
     profile)
       run profile env FORGE_PROFILE=1 "$BIN/bench" --backend cuda --pp 512 --tg 16 --reps 1 "$TWINS/qwen2-twin.gguf" "$TWINS/llama7b-q4_0-twin.gguf" ;;
+    ncu)
+      # hardware counters of the decode matvec (graphs off so each launch is visible)
+      run ncu env FORGE_NO_GRAPH=1 ncu --kernel-name regex:'matvec_q4_0|attn$' --launch-skip 40 --launch-count 6 \
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+        "$BIN/bench" --backend cuda --pp 16 --tg 8 --reps 1 "$TWINS/llama7b-q4_0-twin.gguf" ;;
+    compile)
+      # kernel compile time with an empty cache, then the cached load
+      for c in cold warm; do /usr/bin/time -f "$c load: %e s" env FORGE_KERNEL_CACHE=/tmp/fresh-cache "$BIN/generate" -m "$TWINS/smollm2-twin.gguf" --backend cuda -n 4 --temp 0 2>&1 | grep -E "load|layers"; done ;;
+    regs)
+      # register cap vs occupancy of the kernels (NVRTC --maxrregcount)
+      for r in ${REGS:-none 96 80 64}; do
+        o=""; [ "$r" != none ] && o="--maxrregcount=$r"
+        echo "maxrregcount $r"; FORGE_NVRTC_OPTS="$o" "$BIN/bench" --backend cuda --pp 512 --tg 128 --reps 3 \
+          "$TWINS/qwen2-twin.gguf" "$TWINS/qwen2-f16-twin.gguf" "$TWINS/llama7b-q4_0-twin.gguf" | tail -n 3
+      done ;;
     bench)
       run bench "$BIN/bench" --backend cuda --pp 512 --tg 128 --reps 3 \
         "$TWINS/qwen2-twin.gguf" "$TWINS/qwen2-f16-twin.gguf" "$TWINS/llama7b-q4_0-twin.gguf" ;;

@@ -201,7 +201,9 @@ impl GpuRuntime for Cuda {
         let src = CString::new(source).map_err(|_| Error::InvalidArgument("kernel source contains NUL".into()))?;
         let cname = CString::new(name).unwrap_or_default();
         let prog = rtc::create_program(&src, Some(&cname)).map_err(|e| unavailable("NVRTC", e))?;
-        let opts = [format!("--gpu-architecture={}", self.arch), "-std=c++17".to_string(), "-lineinfo".to_string()];
+        let mut opts = vec![format!("--gpu-architecture={}", self.arch), "-std=c++17".to_string(), "-lineinfo".to_string()];
+        // extra NVRTC options, for experiments (part of the cache key)
+        opts.extend(std::env::var("FORGE_NVRTC_OPTS").unwrap_or_default().split_whitespace().map(String::from));
         // SAFETY: prog is a live program; destroyed below on every path.
         let r = unsafe { rtc::compile_program(prog, &opts) };
         let out = match r {

@@ -4,6 +4,8 @@
 //! architecture and the driver version, so a new driver or a changed kernel
 //! recompiles and nothing stale is ever loaded.
 //!
+//! `FORGE_NVRTC_OPTS` adds compiler options (experiments; part of the key).
+//!
 //! Cache directory: `$FORGE_KERNEL_CACHE`, else `$XDG_CACHE_HOME/rocmforge`,
 //! else `~/.cache/rocmforge`; `FORGE_KERNEL_CACHE=off` disables it. A cache
 //! that cannot be written only costs the next start a compile.
@@ -84,7 +86,8 @@ pub enum ModuleOrigin {
 /// Compile (or fetch from the cache) and load the kernel module into `rt`.
 pub fn load(rt: &dyn GpuRuntime) -> Result<ModuleOrigin> {
     let src = source();
-    let key = format!("{}|{}|{}|{}", rt.backend(), rt.arch(), rt.driver_version(), env!("CARGO_PKG_VERSION"));
+    let extra = std::env::var("FORGE_NVRTC_OPTS").unwrap_or_default();
+    let key = format!("{}|{}|{}|{}|{extra}", rt.backend(), rt.arch(), rt.driver_version(), env!("CARGO_PKG_VERSION"));
     let h = fnv1a(key.as_bytes(), fnv1a(src.as_bytes(), 0xcbf2_9ce4_8422_2325));
     let file = cache_dir().map(|d| d.join(format!("forge-{}-{}-{h:016x}.bin", rt.backend(), rt.arch())));
     if let Some(f) = &file {
@@ -116,7 +119,7 @@ mod tests {
         let s = super::source();
         assert_eq!(s.matches("#define WARP_SIZE 32").count(), 1, "vendor.h inlined once");
         assert!(!s.contains("#include \"quant.h\""));
-        assert!(s.contains("KERNEL void attn_prefill"));
+        assert!(s.contains(" attn_prefill(const float*"));
         assert!(s.contains("matvec_##s"));
     }
 }
