@@ -21,8 +21,12 @@ struct TF32 {
     }
 };
 
-struct TF16 {
+// 16-bit floats: f16 (BF = false) or bf16 (BF = true), two per 32-bit word.
+template <bool BF>
+struct T16 {
     static constexpr int BLK = 32, BYTES = 64;
+    static __device__ __forceinline__ float lo(u32 w) { return BF ? __uint_as_float(w << 16) : h2f((u16)(w & 0xffff)); }
+    static __device__ __forceinline__ float hi(u32 w) { return BF ? __uint_as_float(w & 0xffff0000u) : h2f((u16)(w >> 16)); }
     static __device__ __forceinline__ void deq(const u8* row, int g, float* o) {
         const uint4* p = (const uint4*)(row + g * 64);
 #pragma unroll
@@ -31,29 +35,14 @@ struct TF16 {
             u32 w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
             for (int k = 0; k < 4; k++) {
-                o[8 * j + 2 * k] = h2f((u16)(w[k] & 0xffff));
-                o[8 * j + 2 * k + 1] = h2f((u16)(w[k] >> 16));
+                o[8 * j + 2 * k] = lo(w[k]);
+                o[8 * j + 2 * k + 1] = hi(w[k]);
             }
         }
     }
 };
-
-struct TBF16 {
-    static constexpr int BLK = 32, BYTES = 64;
-    static __device__ __forceinline__ void deq(const u8* row, int g, float* o) {
-        const uint4* p = (const uint4*)(row + g * 64);
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            uint4 v = p[j];
-            u32 w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-            for (int k = 0; k < 4; k++) {
-                o[8 * j + 2 * k] = __uint_as_float(w[k] << 16);
-                o[8 * j + 2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
-            }
-        }
-    }
-};
+typedef T16<false> TF16;
+typedef T16<true> TBF16;
 
 // 16 bytes of packed nibbles -> 32 values: low nibbles first, then high.
 static __device__ __forceinline__ void nibbles16(const u8* qs, int* q) {

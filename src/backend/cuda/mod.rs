@@ -12,7 +12,7 @@ use cudarc::driver::{result as cu, sys};
 use cudarc::nvrtc::{result as rtc, sys as rtc_sys};
 use parking_lot::Mutex;
 
-use crate::backend::gpu::runtime::{Arg, DevPtr, Func, GemmF16, GpuRuntime, Graph, LaunchDims, Stream};
+use crate::backend::gpu::runtime::{Arg, DevPtr, DeviceInfo, Func, GemmF16, GpuRuntime, Graph, LaunchDims, Stream};
 use crate::error::{Error, Result};
 
 pub const COMPILED: bool = true;
@@ -42,15 +42,9 @@ pub fn device_count() -> Result<usize> {
 }
 
 struct Cuda {
-    index: usize,
+    info: DeviceInfo,
     dev: sys::CUdevice,
     ctx: sys::CUcontext,
-    name: String,
-    arch: String,
-    driver: i32,
-    sms: u32,
-    warp: u32,
-    max_shared: usize,
     /// Kernels whose dynamic shared-memory limit was raised, and to what.
     shared_set: Mutex<std::collections::HashMap<u64, u32>>,
     module: Mutex<Option<sys::CUmodule>>,
@@ -77,15 +71,18 @@ pub fn open(index: usize) -> Result<Arc<dyn GpuRuntime>> {
     // cuBLAS is optional: without it large products use the tiled kernel.
     let blas = if unsafe { blas_sys::is_culib_present() } { blas::create_handle().ok().map(Mutex::new) } else { None };
     Ok(Arc::new(Cuda {
-        index,
+        info: DeviceInfo {
+            backend: "cuda",
+            index,
+            name: cu::device::get_name(dev).unwrap_or_else(|_| "CUDA device".into()),
+            arch: format!("sm_{major}{minor}"),
+            driver_version: driver,
+            multiprocessors: attr(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32,
+            warp_size: attr(CU_DEVICE_ATTRIBUTE_WARP_SIZE)? as u32,
+            max_shared: attr(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize,
+        },
         dev,
         ctx,
-        name: cu::device::get_name(dev).unwrap_or_else(|_| "CUDA device".into()),
-        arch: format!("sm_{major}{minor}"),
-        driver,
-        sms: attr(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32,
-        warp: attr(CU_DEVICE_ATTRIBUTE_WARP_SIZE)? as u32,
-        max_shared: attr(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize,
         shared_set: Mutex::new(std::collections::HashMap::new()),
         module: Mutex::new(None),
         blas,
@@ -122,29 +119,8 @@ fn stream(s: Stream) -> sys::CUstream {
 }
 
 impl GpuRuntime for Cuda {
-    fn backend(&self) -> &'static str {
-        "cuda"
-    }
-    fn device_index(&self) -> usize {
-        self.index
-    }
-    fn device_name(&self) -> String {
-        self.name.clone()
-    }
-    fn arch(&self) -> String {
-        self.arch.clone()
-    }
-    fn driver_version(&self) -> i32 {
-        self.driver
-    }
-    fn multiprocessors(&self) -> u32 {
-        self.sms
-    }
-    fn warp_size(&self) -> u32 {
-        self.warp
-    }
-    fn max_shared(&self) -> usize {
-        self.max_shared
+    fn info(&self) -> &DeviceInfo {
+        &self.info
     }
     fn mem_info(&self) -> Result<(usize, usize)> {
         self.bind()?;
@@ -201,7 +177,7 @@ impl GpuRuntime for Cuda {
         let src = CString::new(source).map_err(|_| Error::InvalidArgument("kernel source contains NUL".into()))?;
         let cname = CString::new(name).unwrap_or_default();
         let prog = rtc::create_program(&src, Some(&cname)).map_err(|e| unavailable("NVRTC", e))?;
-        let mut opts = vec![format!("--gpu-architecture={}", self.arch), "-std=c++17".to_string(), "-lineinfo".to_string()];
+        let mut opts = vec![format!("--gpu-architecture={}", self.info.arch), "-std=c++17".to_string(), "-lineinfo".to_string()];
         // extra NVRTC options, for experiments (part of the cache key)
         opts.extend(std::env::var("FORGE_NVRTC_OPTS").unwrap_or_default().split_whitespace().map(String::from));
         // SAFETY: prog is a live program; destroyed below on every path.
@@ -216,7 +192,7 @@ impl GpuRuntime for Cuda {
             },
             Err(e) => {
                 let log = unsafe { rtc::get_program_log(prog) }.map(|l| l.iter().map(|&c| c as u8 as char).collect::<String>()).unwrap_or_default();
-                Err(Error::BackendUnavailable(format!("NVRTC could not compile the kernels for {} ({e}):\n{}", self.arch, log.trim_end_matches('\0'))))
+                Err(Error::BackendUnavailable(format!("NVRTC could not compile the kernels for {} ({e}):\n{}", self.info.arch, log.trim_end_matches('\0'))))
             }
         };
         let _ = unsafe { rtc::destroy_program(prog) };

@@ -87,9 +87,9 @@ pub enum ModuleOrigin {
 pub fn load(rt: &dyn GpuRuntime) -> Result<ModuleOrigin> {
     let src = source();
     let extra = std::env::var("FORGE_NVRTC_OPTS").unwrap_or_default();
-    let key = format!("{}|{}|{}|{}|{extra}", rt.backend(), rt.arch(), rt.driver_version(), env!("CARGO_PKG_VERSION"));
+    let key = format!("{}|{}|{}|{}|{extra}", rt.info().backend, rt.info().arch, rt.info().driver_version, env!("CARGO_PKG_VERSION"));
     let h = fnv1a(key.as_bytes(), fnv1a(src.as_bytes(), 0xcbf2_9ce4_8422_2325));
-    let file = cache_dir().map(|d| d.join(format!("forge-{}-{}-{h:016x}.bin", rt.backend(), rt.arch())));
+    let file = cache_dir().map(|d| d.join(format!("forge-{}-{}-{h:016x}.bin", rt.info().backend, rt.info().arch)));
     if let Some(f) = &file {
         if let Ok(image) = std::fs::read(f) {
             if rt.load_module(&image).is_ok() {

@@ -60,7 +60,7 @@ pub struct Device {
 
 impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Device({} {} {})", self.kind.name(), self.rt.device_index(), self.rt.device_name())
+        write!(f, "Device({} {} {})", self.kind.name(), self.rt.info().index, self.rt.info().name)
     }
 }
 
@@ -72,7 +72,7 @@ static DEVICES: Mutex<Vec<std::sync::Weak<Device>>> = Mutex::new(Vec::new());
 pub fn device(kind: GpuKind, index: usize) -> Result<Arc<Device>> {
     let mut devs = DEVICES.lock();
     devs.retain(|w| w.strong_count() > 0);
-    if let Some(d) = devs.iter().filter_map(|w| w.upgrade()).find(|d| d.kind == kind && d.rt.device_index() == index) {
+    if let Some(d) = devs.iter().filter_map(|w| w.upgrade()).find(|d| d.kind == kind && d.rt.info().index == index) {
         return Ok(d);
     }
     let n = kind.device_count()?;
@@ -109,7 +109,7 @@ impl Device {
 
     /// "cuda:0 NVIDIA H100 80GB HBM3 (sm_90)".
     pub fn describe(&self) -> String {
-        format!("{}:{} {} ({})", self.kind.name(), self.rt.device_index(), self.rt.device_name(), self.rt.arch())
+        format!("{}:{} {} ({})", self.kind.name(), self.rt.info().index, self.rt.info().name, self.rt.info().arch)
     }
 }
 

@@ -83,7 +83,7 @@ fn ceil(a: usize, b: usize) -> u32 {
 /// quantized types, two staging chunks per warp (`Stage<T>` in matvec.cu).
 fn matvec_shared(dev: &Device, ty: GgmlType, cols: usize, nt: usize) -> usize {
     let (blk, bytes) = ty.block_geometry();
-    let warp = dev.rt.warp_size() as usize;
+    let warp = dev.rt.info().warp_size as usize;
     let staged = blk != 32 || bytes % 16 != 0;
     let pitch = ((warp * 32 / blk) * bytes).div_ceil(16) * 16;
     (nt * (cols / 32) * 33 * 4).div_ceil(16) * 16 + if staged { (MMV_THREADS / warp) * 2 * pitch } else { 0 }
@@ -91,7 +91,7 @@ fn matvec_shared(dev: &Device, ty: GgmlType, cols: usize, nt: usize) -> usize {
 
 /// Whether the matvec kernel takes this product (few tokens, x fits shared memory).
 pub fn matvec_fits(dev: &Device, ty: GgmlType, cols: usize, nt: usize) -> bool {
-    nt <= MMV_MAXT && matvec_shared(dev, ty, cols, nt) <= dev.rt.max_shared()
+    nt <= MMV_MAXT && matvec_shared(dev, ty, cols, nt) <= dev.rt.info().max_shared
 }
 
 fn check(w: &DevMatrix) -> Result<()> {
@@ -283,7 +283,7 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
     if a.hd % 8 != 0 || a.hdv > 256 || a.hdv % 8 != 0 || a.n_head % a.n_head_kv != 0 || a.splits == 0 {
         return Err(Error::Unsupported(format!("GPU attention: head size {} must be a multiple of 8, value size {} a multiple of 8 and at most 256", a.hd, a.hdv)));
     }
-    let warp = dev.rt.warp_size() as usize;
+    let warp = dev.rt.info().warp_size as usize;
     let block = (ATT_WARPS * warp) as u32;
     if a.n > 1 && a.splits == 1 {
         let qw = if a.hd <= 128 { 4 } else { 2 };

@@ -66,20 +66,26 @@ pub struct GemmF16 {
     pub beta: f32,
 }
 
-pub trait GpuRuntime: Send + Sync {
+/// What a runtime reports about its device, fixed when it is opened.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
     /// "cuda" or "hip".
-    fn backend(&self) -> &'static str;
-    fn device_index(&self) -> usize;
-    fn device_name(&self) -> String;
+    pub backend: &'static str,
+    pub index: usize,
+    pub name: String,
     /// The compile target: "sm_90", "gfx90a", ...
-    fn arch(&self) -> String;
-    fn driver_version(&self) -> i32;
-    fn multiprocessors(&self) -> u32;
+    pub arch: String,
+    pub driver_version: i32,
+    pub multiprocessors: u32,
     /// Threads per warp (wavefront): 32, or 64 on CDNA.
-    fn warp_size(&self) -> u32;
+    pub warp_size: u32,
     /// Most dynamic shared memory one block may use (the adapter raises a
     /// kernel's limit past the default 48 KiB when a launch asks for more).
-    fn max_shared(&self) -> usize;
+    pub max_shared: usize,
+}
+
+pub trait GpuRuntime: Send + Sync {
+    fn info(&self) -> &DeviceInfo;
     /// (free, total) device memory in bytes.
     fn mem_info(&self) -> Result<(usize, usize)>;
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use hip_sys::hiprt as hip;
 use parking_lot::Mutex;
 
-use crate::backend::gpu::runtime::{Arg, DevPtr, Func, GemmF16, GpuRuntime, Graph, LaunchDims, Stream};
+use crate::backend::gpu::runtime::{Arg, DevPtr, DeviceInfo, Func, GemmF16, GpuRuntime, Graph, LaunchDims, Stream};
 use crate::error::{Error, Result};
 
 pub const COMPILED: bool = true;
@@ -92,6 +92,7 @@ type BlasHandle = *mut c_void;
 type GemmExV1 = unsafe extern "C" fn(BlasHandle, c_int, c_int, c_int, c_int, c_int, *const c_void, *const c_void, c_int, c_int, *const c_void, c_int, c_int, *const c_void, *mut c_void, c_int, c_int, c_int, c_int) -> c_int;
 struct Blas {
     handle: BlasHandle,
+    destroy: unsafe extern "C" fn(BlasHandle) -> c_int,
     set_stream: unsafe extern "C" fn(BlasHandle, *mut c_void) -> c_int,
     gemm: GemmExV1,
     /// `hipblasGemmEx_v2` (hipDataType / hipblasComputeType_t enums) rather
@@ -112,18 +113,12 @@ fn load_blas() -> Option<Blas> {
         if create(&mut handle) != 0 {
             return None;
         }
-        Some(Blas { handle, set_stream: lib.sym("hipblasSetStream")?, gemm, v2 })
+        Some(Blas { handle, destroy: lib.sym("hipblasDestroy")?, set_stream: lib.sym("hipblasSetStream")?, gemm, v2 })
     }
 }
 
 struct Hip {
-    index: usize,
-    name: String,
-    arch: String,
-    driver: i32,
-    sms: u32,
-    warp: u32,
-    max_shared: usize,
+    info: DeviceInfo,
     module: Mutex<Option<hip::hipModule_t>>,
     rtc: Option<Rtc>,
     blas: Option<Mutex<Blas>>,
@@ -141,15 +136,18 @@ pub fn open(index: usize) -> Result<Arc<dyn GpuRuntime>> {
     let cstr = |b: &[c_char]| unsafe { CStr::from_ptr(b.as_ptr()) }.to_string_lossy().into_owned();
     let mut driver = 0;
     unsafe { hip::hipDriverGetVersion(&mut driver) };
-    // "gfx90a:sramecc+:xnack-" -> the target hipRTC takes is the whole string.
     Ok(Arc::new(Hip {
-        index,
-        name: cstr(&prop.name),
-        arch: cstr(&prop.gcnArchName),
-        driver,
-        sms: prop.multiProcessorCount as u32,
-        warp: prop.warpSize as u32,
-        max_shared: prop.sharedMemPerBlock,
+        info: DeviceInfo {
+            backend: "hip",
+            index,
+            name: cstr(&prop.name),
+            // "gfx90a:sramecc+:xnack-" -> "gfx90a"
+            arch: cstr(&prop.gcnArchName).split(':').next().unwrap_or("").to_string(),
+            driver_version: driver,
+            multiprocessors: prop.multiProcessorCount as u32,
+            warp_size: prop.warpSize as u32,
+            max_shared: prop.sharedMemPerBlock,
+        },
         module: Mutex::new(None),
         rtc: load_rtc(),
         blas: load_blas().map(Mutex::new),
@@ -158,13 +156,18 @@ pub fn open(index: usize) -> Result<Arc<dyn GpuRuntime>> {
 
 impl Hip {
     fn bind(&self) -> Result<()> {
-        check("set device", unsafe { hip::hipSetDevice(self.index as c_int) })
+        check("set device", unsafe { hip::hipSetDevice(self.info.index as c_int) })
     }
 }
 
 impl Drop for Hip {
     fn drop(&mut self) {
         if self.bind().is_ok() {
+            if let Some(b) = self.blas.take() {
+                let b = b.into_inner();
+                // SAFETY: the handle is owned here and no longer used.
+                unsafe { (b.destroy)(b.handle) };
+            }
             if let Some(m) = self.module.lock().take() {
                 // SAFETY: the module is owned here and no kernel of it is in flight.
                 unsafe { hip::hipModuleUnload(m) };
@@ -178,29 +181,8 @@ fn stream(s: Stream) -> hip::hipStream_t {
 }
 
 impl GpuRuntime for Hip {
-    fn backend(&self) -> &'static str {
-        "hip"
-    }
-    fn device_index(&self) -> usize {
-        self.index
-    }
-    fn device_name(&self) -> String {
-        self.name.clone()
-    }
-    fn arch(&self) -> String {
-        self.arch.split(':').next().unwrap_or("").to_string()
-    }
-    fn driver_version(&self) -> i32 {
-        self.driver
-    }
-    fn multiprocessors(&self) -> u32 {
-        self.sms
-    }
-    fn warp_size(&self) -> u32 {
-        self.warp
-    }
-    fn max_shared(&self) -> usize {
-        self.max_shared
+    fn info(&self) -> &DeviceInfo {
+        &self.info
     }
     fn mem_info(&self) -> Result<(usize, usize)> {
         self.bind()?;
@@ -255,7 +237,7 @@ impl GpuRuntime for Hip {
         let rtc = self.rtc.as_ref().ok_or_else(|| Error::BackendUnavailable("hipRTC (libhiprtc.so) was not found: install ROCm's hiprtc".into()))?;
         let src = CString::new(source).map_err(|_| Error::InvalidArgument("kernel source contains NUL".into()))?;
         let cname = CString::new(name).unwrap_or_default();
-        let opts = [format!("--offload-arch={}", self.arch), "-O3".into(), "-std=c++17".into()];
+        let opts = [format!("--offload-arch={}", self.info.arch), "-O3".into(), "-std=c++17".into()];
         let copts: Vec<CString> = opts.iter().map(|o| CString::new(o.as_str()).unwrap_or_default()).collect();
         let ptrs: Vec<*const c_char> = copts.iter().map(|c| c.as_ptr()).collect();
         // SAFETY: hiprtc calls with live C strings; the program is destroyed on every path.
@@ -276,7 +258,7 @@ impl GpuRuntime for Hip {
                 (rtc.log_size)(prog, &mut n);
                 let mut log = vec![0u8; n];
                 (rtc.log)(prog, log.as_mut_ptr() as *mut c_char);
-                Err(Error::BackendUnavailable(format!("hipRTC could not compile the kernels for {}:\n{}", self.arch, String::from_utf8_lossy(&log))))
+                Err(Error::BackendUnavailable(format!("hipRTC could not compile the kernels for {}:\n{}", self.info.arch, String::from_utf8_lossy(&log))))
             };
             (rtc.destroy)(&mut prog);
             out
