@@ -9,13 +9,12 @@
 
 mod common;
 
-use std::ffi::{CStr, CString};
+use common::last_error;
+
+use std::ffi::CString;
 
 use rocmforge::ffi::*;
 
-fn last_error() -> String {
-    unsafe { CStr::from_ptr(forge_last_error()) }.to_string_lossy().into_owned()
-}
 
 fn check_unavailable(backend: forge_backend, name: &str) {
     let mut n = -1;

@@ -16,6 +16,8 @@
 
 mod common;
 
+use common::last_error;
+
 use std::ffi::CString;
 use std::path::PathBuf;
 
@@ -131,9 +133,6 @@ fn gemma3_twin() {
     twin_matches_reference("gemma3-twin.gguf");
 }
 
-fn last_error() -> String {
-    unsafe { std::ffi::CStr::from_ptr(forge_last_error()) }.to_string_lossy().into_owned()
-}
 
 /// Over-budget and driver-refused allocations, and a too-long context, are
 /// statuses with messages; the process then carries on on the CPU.

@@ -59,3 +59,8 @@ pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (num / den).sqrt()
 }
+
+/// `forge_last_error()` as a String (the C API's thread-local message).
+pub fn last_error() -> String {
+    unsafe { std::ffi::CStr::from_ptr(rocmforge::ffi::forge_last_error()) }.to_string_lossy().into_owned()
+}
