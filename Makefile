@@ -10,7 +10,10 @@ SMOLLM2 := models/SmolLM2-135M-Instruct.Q4_1.gguf
 .PHONY: test-bindings test-cpp test-install test-go test-node install uninstall all build models test test-rust test-c demo inspect header check-features kernels-hip gpu-prepare bench bench-tokenizer perplexity valgrind fixtures venv fuzz clean
 LIB_DIR := target/release
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
-MAJOR := $(firstword $(subst ., ,$(VERSION)))
+# SONAME version: the major number, or 0.MINOR below 1.0 (Cargo's semver
+# rule, where the minor number is the breaking one).
+VPARTS := $(subst ., ,$(VERSION))
+MAJOR := $(if $(filter 0,$(word 1,$(VPARTS))),0.$(word 2,$(VPARTS)),$(word 1,$(VPARTS)))
 CFLAGS ?= -O2 -g -Wall -Wextra -Werror
 
 all: build
@@ -60,7 +63,10 @@ test-node: $(C_IDS)
 
 # Go binding: cgo finds the library through CGO_CFLAGS/CGO_LDFLAGS (here the
 # build tree); no module proxy is needed (standard library + cgo only).
-GO_ENV := CGO_CFLAGS=-I$(CURDIR)/include CGO_LDFLAGS=-L$(CURDIR)/$(LIB_DIR) LD_LIBRARY_PATH=$(CURDIR)/$(LIB_DIR) \
+# Go's build cache does not hash headers outside the module, so a changed
+# rocmforge.h would reuse cgo objects compiled with the old struct layouts:
+# the header's hash in CGO_CFLAGS (which the cache does key on) prevents it.
+GO_ENV = CGO_CFLAGS="-I$(CURDIR)/include -DROCMFORGE_H_SHA=$$(sha256sum $(CURDIR)/include/rocmforge.h | cut -c1-16)" CGO_LDFLAGS=-L$(CURDIR)/$(LIB_DIR) LD_LIBRARY_PATH=$(CURDIR)/$(LIB_DIR) \
 	GOPROXY=off GOFLAGS=-mod=mod ROCMFORGE_MODEL=$(CURDIR)/$(SMOLLM2) ROCMFORGE_C_IDS=$(CURDIR)/$(C_IDS)
 test-go: $(C_IDS)
 	cd bindings/go && $(GO_ENV) go vet ./... && $(GO_ENV) go test -count=1 ./...

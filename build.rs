@@ -3,9 +3,12 @@
 //! `tests/header.rs`; `make header` refreshes the committed copy.
 
 fn main() {
-    // A versioned SONAME, so installed programs bind to the ABI major
-    // (librocmforge.so.0), not to whatever librocmforge.so points at.
+    // A versioned SONAME, so installed programs bind to an ABI, not to
+    // whatever librocmforge.so points at. Cargo's semver rule: below 1.0 the
+    // minor number is the breaking one, so 0.2.x is librocmforge.so.0.2.
     let major = std::env::var("CARGO_PKG_VERSION_MAJOR").unwrap();
+    let minor = std::env::var("CARGO_PKG_VERSION_MINOR").unwrap();
+    let major = if major == "0" { format!("0.{minor}") } else { major };
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
         println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,librocmforge.so.{major}");
     }

@@ -6,7 +6,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#define FORGE_ABI_VERSION 1
+#define FORGE_ABI_VERSION 2
 
 /**
  * Which compute backend `forge_load` uses.
@@ -269,7 +269,7 @@ extern "C" {
 #endif // __cplusplus
 
 /**
- * The library version, e.g. "0.1.0". Static; thread-safe; do not free.
+ * The library version, e.g. "0.2.0". Static; thread-safe; do not free.
  */
 const char *forge_version(void);
 

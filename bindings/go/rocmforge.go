@@ -60,7 +60,7 @@ import (
 )
 
 // ABIVersion is the C ABI version this binding was written for.
-const ABIVersion = 1
+const ABIVersion = 2
 
 // Status is a forge_status code.
 type Status int
@@ -120,6 +120,12 @@ func check(st C.enum_forge_status) error {
 func Version() string { return C.GoString(C.forge_version()) }
 
 func checkABI() error {
+	// The header cgo compiled must match this binding too: Go's build cache
+	// does not notice a changed rocmforge.h outside the module, and a stale
+	// struct layout would corrupt memory (go clean -cache fixes it).
+	if h := int(C.FORGE_ABI_VERSION); h != ABIVersion {
+		return &Error{Status: StatusUnsupported, Message: fmt.Sprintf("compiled against rocmforge.h ABI version %d, this binding needs %d (stale Go build cache? run go clean -cache)", h, ABIVersion)}
+	}
 	if v := int(C.forge_abi_version()); v != ABIVersion {
 		return &Error{Status: StatusUnsupported, Message: fmt.Sprintf("librocmforge ABI version %d, this binding needs %d", v, ABIVersion)}
 	}

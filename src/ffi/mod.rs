@@ -32,7 +32,8 @@ pub use status::forge_status;
 use status::{boundary, boundary_value, FfiError};
 
 /// ABI version: bumped on any incompatible change to this header.
-pub const FORGE_ABI_VERSION: u32 = 1;
+/// 2: `forge_load_params` gained `gpu_mem_budget` (its size changed).
+pub const FORGE_ABI_VERSION: u32 = 2;
 
 /// A loaded model plus one sequence's KV cache. Opaque.
 pub struct forge_ctx {
@@ -240,7 +241,7 @@ fn new_ctx(session: Session) -> Box<forge_ctx> {
 
 // ---- version and errors ------------------------------------------------------
 
-/// The library version, e.g. "0.1.0". Static; thread-safe; do not free.
+/// The library version, e.g. "0.2.0". Static; thread-safe; do not free.
 #[no_mangle]
 pub extern "C" fn forge_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
