@@ -3,6 +3,7 @@
 #include "vendor.h"
 #include "quant.h"
 #include "matvec.cu"
+#include "mmvq.cu"
 #include "matmul.cu"
 #include "norm.cu"
 #include "rope.cu"

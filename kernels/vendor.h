@@ -75,6 +75,38 @@ static __device__ __forceinline__ u16 f2h(float x) {
 
 static __device__ __forceinline__ float bf2f(u16 h) { return __uint_as_float(((u32)h) << 16); }
 
+// DP4A(a, b, c): c + the dot product of the four signed bytes of a and b.
+// NVIDIA: dp4a (sm_61 and later); AMD: v_dot4_i32_i8 where the chip has it
+// (gfx906/908/90a/94x, gfx1030), else four multiplies.
+static __device__ __forceinline__ int dp4a_bytes(int a, int b, int c) {
+#pragma unroll
+    for (int k = 0; k < 32; k += 8) c += (int)(i8)(a >> k) * (int)(i8)(b >> k);
+    return c;
+}
+#if defined(FORGE_HIP)
+#if defined(__gfx906__) || defined(__gfx908__) || defined(__gfx90a__) || defined(__gfx940__) || defined(__gfx941__) || \
+    defined(__gfx942__) || defined(__gfx1030__)
+#define DP4A(a, b, c) __builtin_amdgcn_sdot4((a), (b), (c), false)
+#else
+#define DP4A(a, b, c) dp4a_bytes((a), (b), (c))
+#endif
+#else
+static __device__ __forceinline__ int dp4a_ptx(int a, int b, int c) {
+#if __CUDA_ARCH__ >= 610
+    int r;
+    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+#else
+    return dp4a_bytes(a, b, c);
+#endif
+}
+#define DP4A(a, b, c) dp4a_ptx((a), (b), (c))
+#endif
+
+// 16/32-bit loads at addresses known to be 2/4-byte aligned.
+static __device__ __forceinline__ u32 ld16a(const u8* p) { return *(const u16*)p; }
+static __device__ __forceinline__ u32 ld32a2(const u8* p) { return ld16a(p) | (ld16a(p + 2) << 16); }
+
 static __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int m = WARP_SIZE / 2; m > 0; m >>= 1) v += SHFL_XOR(v, m);

@@ -7,7 +7,9 @@
 //! per op and backend:
 //!
 //! - products: GPU f32 paths (matvec, tiled) 1e-4 (f32 accumulation over at
-//!   most 4096 terms); the vendor-BLAS path 4e-3 (weights and activations
+//!   most 4096 terms); the GPU decode kernels (mmvq/mmvf) 1e-4 too (15-bit
+//!   activations: each value within 1/65024 of its group's largest, ~1e-5
+//!   on a product); the vendor-BLAS path 4e-3 (weights and activations
 //!   rounded to f16, 11-bit mantissas); CPU 3e-3 (16-bit activations);
 //! - RMSNorm, RoPE, embedding rows, gated activations: 1e-5 (f32 math);
 //! - attention: CPU 1e-5 (f32 cache); GPU 3e-3 (K/V stored as f16).
@@ -21,6 +23,7 @@ mod common;
 
 use rocmforge::model::arch::{FfnAct, RopeStyle};
 use rocmforge::quant::{self, GgmlType};
+use rocmforge::backend::gpu::ops as gops;
 use rocmforge::twin::random_tensor;
 
 /// The backend a test variant runs on.
@@ -121,6 +124,10 @@ fn matmul_case(b: &Backend, ty: GgmlType, rows: usize, cols: usize, n: usize, pa
             let (y, p) = g.matmul(ty, &wbytes, rows, cols, &x, n, path == Path::Tiled);
             let bound = if p == rocmforge::backend::gpu::ops::MatmulPath::Blas { 4e-3 } else { 1e-4 };
             check(&format!("{} {what} via {p:?}", g.name()), &y, &reference, bound);
+            if path == Path::Auto && n <= gops::MMV_MAXT && gops::decode_kernel(ty).is_some() {
+                let y = g.matvec_int(ty, &wbytes, rows, cols, &x, n);
+                check(&format!("{} {what} via the decode kernels (mmvq/mmvf)", g.name()), &y, &reference, 1e-4);
+            }
         }
     }
 }
@@ -150,6 +157,9 @@ fn matmul_large(b: &Backend) {
     matmul_case(b, GgmlType::Q6K, 300, 11008, 2, Path::Auto);
     matmul_case(b, GgmlType::F16, 896, 896, 128, Path::Auto);
     matmul_case(b, GgmlType::Q4K, 1024, 1024, 200, Path::Auto);
+    // row counts that leave the last block of the decode kernels partly empty
+    matmul_case(b, GgmlType::Q8_0, 97, 256, 1, Path::Auto);
+    matmul_case(b, GgmlType::F16, 97, 256, 1, Path::Auto);
 }
 test_device!(matmul_large);
 
@@ -383,7 +393,7 @@ mod gpu {
 
     use parking_lot::{Mutex, MutexGuard};
     use rocmforge::backend::gpu::memory::{Buffer, MemPool};
-    use rocmforge::backend::gpu::ops::{self, AttnShape, DevMatrix, GemmScratch, MatmulPath, Out, QkvBufs, QkvPost};
+    use rocmforge::backend::gpu::ops::{self, ActBuf, AttnShape, DevMatrix, GemmScratch, MatmulPath, Out, QkvBufs, QkvPost};
     use rocmforge::backend::gpu::runtime::Stream;
     use rocmforge::backend::gpu::{self, Device, GpuKind};
     use rocmforge::model::arch::{FfnAct, RopeStyle};
@@ -470,6 +480,39 @@ mod gpu {
             (y, path)
         }
 
+        /// W x through quantize_act + matvec_q (the decode kernels), checking
+        /// on the way that the residual form adds the same product and that
+        /// the fused RMSNorm equals rmsnorm followed by quantize_act.
+        pub fn matvec_int(&self, ty: GgmlType, w: &[u8], rows: usize, cols: usize, x: &[f32], n: usize) -> Vec<f32> {
+            let wb = self.up(w);
+            let m = DevMatrix { ty, rows, cols, ptr: wb.ptr };
+            let (xb, yb) = (self.up_f32(x), self.out_f32(n * rows));
+            let act = ActBuf::new(&self.pool, cols).unwrap();
+            let a = ops::quantize_act(&self.dev, self.s, &act, xb.ptr, cols, n, None).unwrap();
+            ops::matvec_q(&self.dev, self.s, &m, None, &a, yb.ptr, Out::Store).unwrap();
+            let y = self.down_f32(&yb, n * rows);
+            let acc = self.up_f32(&vec![1.0; n * rows]);
+            ops::matvec_q(&self.dev, self.s, &m, None, &a, acc.ptr, Out::Add).unwrap();
+            let y2 = self.down_f32(&acc, n * rows);
+            for (a, b) in y.iter().zip(&y2) {
+                assert!((a + 1.0 - b).abs() <= 1e-3 * (1.0 + a.abs()), "Out::Add differs from Out::Store + 1: {a} vs {b}");
+            }
+            let nw = self.up_f32(&(0..cols).map(|i| 0.5 + (i % 7) as f32 * 0.1).collect::<Vec<f32>>());
+            let xn = self.out_f32(n * cols);
+            ops::rmsnorm(&self.dev, self.s, xb.ptr, nw.ptr, xn.ptr, n, cols, 1e-6, false).unwrap();
+            let a = ops::quantize_act(&self.dev, self.s, &act, xn.ptr, cols, n, None).unwrap();
+            ops::matvec_q(&self.dev, self.s, &m, None, &a, yb.ptr, Out::Store).unwrap();
+            let sep = self.down_f32(&yb, n * rows);
+            let a = ops::quantize_act(&self.dev, self.s, &act, xb.ptr, cols, n, Some((nw.ptr, 1e-6))).unwrap();
+            ops::matvec_q(&self.dev, self.s, &m, None, &a, yb.ptr, Out::Store).unwrap();
+            let fused = self.down_f32(&yb, n * rows);
+            let scale = sep.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (p, q) in sep.iter().zip(&fused) {
+                assert!((p - q).abs() <= 1e-4 * scale, "fused norm {q} vs separate {p}");
+            }
+            y
+        }
+
         pub fn gated(&self, ty: GgmlType, wg: &[u8], wu: &[u8], rows: usize, cols: usize, x: &[f32], n: usize, act: FfnAct) -> Vec<f32> {
             let (gb, ub) = (self.up(wg), self.up(wu));
             let g = DevMatrix { ty, rows, cols, ptr: gb.ptr };
@@ -488,6 +531,15 @@ mod gpu {
                 let (a, b) = (self.down_f32(&a, rows), self.down_f32(&b, rows));
                 for (p, q) in a.iter().zip(&b) {
                     assert!((p - q).abs() <= 1e-4 * (1.0 + p.abs()), "fused norm {q} vs separate {p}");
+                }
+            }
+            if ops::decode_kernel(ty).is_some() {
+                let act_buf = ActBuf::new(&self.pool, cols).unwrap();
+                let a = ops::quantize_act(&self.dev, self.s, &act_buf, xb.ptr, cols, n, None).unwrap();
+                let ib = self.out_f32(n * rows);
+                ops::matvec_q(&self.dev, self.s, &g, Some((&u, act)), &a, ib.ptr, Out::Store).unwrap();
+                for (p, q) in fused.iter().zip(&self.down_f32(&ib, n * rows)) {
+                    assert!((p - q).abs() <= 1e-4 * (1.0 + p.abs()), "mmvq/mmvf gated {q} vs matvec {p}");
                 }
             }
             // the unfused path (prefill): two products and the glu kernel

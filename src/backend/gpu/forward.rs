@@ -9,12 +9,12 @@
 use std::sync::Arc;
 
 use super::memory::{Buffer, MemPool};
-use super::ops::{self, AttnShape, DevMatrix, GemmScratch, Out, QkvBufs, QkvPost};
+use super::ops::{self, ActBuf, AttnShape, DevMatrix, GemmScratch, Out, QkvBufs, QkvPost};
 use super::runtime::{DevPtr, Graph, Stream};
 use super::Device;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
-use crate::model::arch::LayerKind;
+use crate::model::arch::{FfnAct, LayerKind};
 use crate::model::reference::rope_pair;
 use crate::model::weights::{Matrix, Weights};
 use crate::model::{Config, Logits};
@@ -208,6 +208,7 @@ pub struct GpuSession {
     part: Buffer,   // (n_head, splits, 2 + head_dim_v) decode partials
     counters: Buffer, // (n_head) i32 split tickets, zero between launches
     params: Buffer, // i32 [pos0, token ids (MAX_BATCH)]
+    act: ActBuf,    // (MMV_MAXT, max_cols) activations prepared for the decode products
     logits: Buffer, // (logits_rows, n_vocab)
     logits_rows: usize,
     gemm: Option<GemmScratch>,
@@ -268,6 +269,7 @@ impl GpuSession {
             part: f32s(c.n_head * splits * (2 + c.head_dim_v), "attention partials")?,
             counters: p.alloc(c.n_head * 4, "attention counters")?,
             params: p.alloc((1 + b) * 4, "step parameters")?,
+            act: ActBuf::new(p, max_cols)?,
             logits: f32s(c.n_vocab, "logits")?,
             logits_rows: 1,
             gemm,
@@ -351,10 +353,8 @@ impl GpuSession {
         let m = &*self.m;
         let (c, dev, s) = (&m.cfg, &*m.dev, self.s);
         let dim = c.n_embd;
-        let gemm = self.gemm.as_ref();
         let pos0 = self.params.ptr;
         let ids = self.params.ptr + 4;
-        let mm = |w: &DevMatrix, x: DevPtr, y: DevPtr, out: Out| ops::matmul(dev, s, w, x, y, n, out, gemm).map(|_| ());
 
         let scale = if c.arch.embed_scale_sqrt { (dim as f32).sqrt() } else { 1.0 };
         ops::get_rows(dev, s, &m.token_embd, ids, self.x.ptr, n, scale)?;
@@ -362,18 +362,8 @@ impl GpuSession {
         let v_layer = (self.n_ctx * c.v_dim() * 2) as u64;
         for (il, l) in m.layers.iter().enumerate() {
             // ---- attention ----
-            // one token: the input norm runs inside each projection's kernel
-            let fused = n == 1 && [&l.wq, &l.wk, &l.wv].iter().all(|w| ops::matvec_fits(dev, w.ty, w.cols, 1));
-            if fused {
-                for (w, y) in [(&l.wq, self.q.ptr), (&l.wk, self.k.ptr), (&l.wv, self.v.ptr)] {
-                    ops::matvec(dev, s, w, None, self.x.ptr, y, 1, Out::Store, Some((l.attn_norm.ptr, c.rms_eps)))?;
-                }
-            } else {
-                ops::rmsnorm(dev, s, self.x.ptr, l.attn_norm.ptr, self.xb.ptr, n, dim, c.rms_eps, false)?;
-                mm(&l.wq, self.xb.ptr, self.q.ptr, Out::Store)?;
-                mm(&l.wk, self.xb.ptr, self.k.ptr, Out::Store)?;
-                mm(&l.wv, self.xb.ptr, self.v.ptr, Out::Store)?;
-            }
+            let norm = Some((l.attn_norm.ptr, c.rms_eps));
+            self.project(self.x.ptr, norm, n, &[Proj::new(&l.wq, self.q.ptr), Proj::new(&l.wk, self.k.ptr), Proj::new(&l.wv, self.v.ptr)])?;
             let local = c.layer_kinds[il] == LayerKind::Local;
             let (kc, vc) = (self.kc.ptr + il as u64 * kv_layer, self.vc.ptr + il as u64 * v_layer);
             let post = QkvPost { n, n_head: c.n_head, n_head_kv: c.n_head_kv, hd: c.head_dim, hdv: c.head_dim_v, rope_dim: c.rope_dim, rope: c.arch.rope, mscale: m.mscale, eps: c.rms_eps };
@@ -389,23 +379,13 @@ impl GpuSession {
             let splits = if n == 1 { self.splits } else { 1 };
             let a = AttnShape { n, n_head: c.n_head, n_head_kv: c.n_head_kv, hd: c.head_dim, hdv: c.head_dim_v, window, scale: c.attn_scale, splits };
             ops::attention(dev, s, &a, self.q.ptr, kc, vc, self.att.ptr, self.part.ptr, self.counters.ptr, pos0)?;
-            self.block_out(&l.wo, self.att.ptr, &l.post_attn_norm, n, &mm)?;
+            self.block_out(&l.wo, self.att.ptr, &l.post_attn_norm, n)?;
 
             // ---- FFN: down(act(gate(x)) * up(x)) ----
-            if n == 1 && ops::matvec_fits(dev, l.w_gate.ty, dim, n) && l.w_gate.ty == l.w_up.ty {
-                // norm, both projections and the activation in one kernel
-                let norm = Some((l.ffn_norm.ptr, c.rms_eps));
-                ops::matvec(dev, s, &l.w_gate, Some((&l.w_up, c.arch.ffn_act)), self.x.ptr, self.g.ptr, n, Out::Store, norm)?;
-            } else if ops::matvec_fits(dev, l.w_gate.ty, dim, n) && l.w_gate.ty == l.w_up.ty {
-                ops::rmsnorm(dev, s, self.x.ptr, l.ffn_norm.ptr, self.xb.ptr, n, dim, c.rms_eps, false)?;
-                ops::matvec(dev, s, &l.w_gate, Some((&l.w_up, c.arch.ffn_act)), self.xb.ptr, self.g.ptr, n, Out::Store, None)?;
-            } else {
-                ops::rmsnorm(dev, s, self.x.ptr, l.ffn_norm.ptr, self.xb.ptr, n, dim, c.rms_eps, false)?;
-                mm(&l.w_gate, self.xb.ptr, self.g.ptr, Out::Store)?;
-                mm(&l.w_up, self.xb.ptr, self.u.ptr, Out::Store)?;
-                ops::glu(dev, s, self.g.ptr, self.u.ptr, n * c.n_ff, c.arch.ffn_act)?;
-            }
-            self.block_out(&l.w_down, self.g.ptr, &l.post_ffn_norm, n, &mm)?;
+            let norm = Some((l.ffn_norm.ptr, c.rms_eps));
+            let gate = Proj { w: &l.w_gate, up: Some((&l.w_up, c.arch.ffn_act)), y: self.g.ptr, out: Out::Store };
+            self.project(self.x.ptr, norm, n, &[gate])?;
+            self.block_out(&l.w_down, self.g.ptr, &l.post_ffn_norm, n)?;
         }
 
         // ---- output ----
@@ -415,20 +395,77 @@ impl GpuSession {
             Logits::All => (0, n),
         };
         let xr = self.x.ptr + (first * dim * 4) as u64;
-        ops::rmsnorm(dev, s, xr, m.output_norm.ptr, self.xb.ptr, rows, dim, c.rms_eps, false)?;
-        ops::matmul(dev, s, &m.output, self.xb.ptr, self.logits.ptr, rows, Out::Store, gemm)?;
-        Ok(())
+        self.project(xr, Some((m.output_norm.ptr, c.rms_eps)), rows, &[Proj::new(&m.output, self.logits.ptr)])
     }
 
     /// x += W·a, or x += rmsnorm(W·a) when the block has a post-norm.
-    fn block_out(&self, w: &DevMatrix, a: DevPtr, post: &Option<Buffer>, n: usize, mm: &dyn Fn(&DevMatrix, DevPtr, DevPtr, Out) -> Result<()>) -> Result<()> {
+    fn block_out(&self, w: &DevMatrix, a: DevPtr, post: &Option<Buffer>, n: usize) -> Result<()> {
         let m = &*self.m;
         match post {
             Some(pn) => {
-                mm(w, a, self.branch.ptr, Out::Store)?;
+                self.project(a, None, n, &[Proj::new(w, self.branch.ptr)])?;
                 ops::rmsnorm(&m.dev, self.s, self.branch.ptr, pn.ptr, self.x.ptr, n, m.cfg.n_embd, m.cfg.rms_eps, true)
             }
-            None => mm(w, a, self.x.ptr, Out::Add),
+            None => self.project(a, None, n, &[Proj { w, up: None, y: self.x.ptr, out: Out::Add }]),
         }
+    }
+
+    /// The products that read one input x (n tokens), RMS-normalized first
+    /// when `norm` is given. Decode (n <= MMV_MAXT): x prepared once
+    /// (quantize_act, norm fused) and the mmvq/mmvf kernels when every matrix
+    /// has one, else the older matvec kernel with the norm fused (one token).
+    /// Prefill: rmsnorm, then vendor BLAS or the tiled kernel, and a separate
+    /// activation kernel for gated pairs.
+    fn project(&self, x: DevPtr, norm: Option<(DevPtr, f32)>, n: usize, projs: &[Proj]) -> Result<()> {
+        let (m, s) = (&*self.m, self.s);
+        let dev = &*m.dev;
+        let cols = projs[0].w.cols;
+        let same = |p: &Proj| p.up.map_or(true, |(u, _)| u.ty == p.w.ty);
+        if n <= ops::MMV_MAXT && projs.iter().all(|p| ops::decode_kernel(p.w.ty).is_some() && same(p)) {
+            let a = ops::quantize_act(dev, s, &self.act, x, cols, n, norm)?;
+            return projs.iter().try_for_each(|p| ops::matvec_q(dev, s, p.w, p.up, &a, p.y, p.out));
+        }
+        if n == 1 && projs.iter().all(|p| ops::matvec_fits(dev, p.w.ty, cols, 1) && same(p)) {
+            // one token: the input norm runs inside each projection's kernel
+            return projs.iter().try_for_each(|p| ops::matvec(dev, s, p.w, p.up, x, p.y, 1, p.out, norm));
+        }
+        let xin = match norm {
+            Some((w, eps)) => {
+                ops::rmsnorm(dev, s, x, w, self.xb.ptr, n, cols, eps, false)?;
+                self.xb.ptr
+            }
+            None => x,
+        };
+        for p in projs {
+            match p.up {
+                Some((u, _)) if ops::matvec_fits(dev, p.w.ty, cols, n) && u.ty == p.w.ty => {
+                    ops::matvec(dev, s, p.w, p.up, xin, p.y, n, p.out, None)?;
+                }
+                Some((u, act)) => {
+                    ops::matmul(dev, s, p.w, xin, p.y, n, Out::Store, self.gemm.as_ref())?;
+                    ops::matmul(dev, s, u, xin, self.u.ptr, n, Out::Store, self.gemm.as_ref())?;
+                    ops::glu(dev, s, p.y, self.u.ptr, n * u.rows, act)?;
+                }
+                None => {
+                    ops::matmul(dev, s, p.w, xin, p.y, n, p.out, self.gemm.as_ref())?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One product of [`GpuSession::project`]: y = / += W x, or with `up`,
+/// y = act(W x) * (up x).
+struct Proj<'a> {
+    w: &'a DevMatrix,
+    up: Option<(&'a DevMatrix, FfnAct)>,
+    y: DevPtr,
+    out: Out,
+}
+
+impl<'a> Proj<'a> {
+    fn new(w: &'a DevMatrix, y: DevPtr) -> Proj<'a> {
+        Proj { w, up: None, y, out: Out::Store }
     }
 }

@@ -20,6 +20,7 @@ const FILES: &[(&str, &str)] = &[
     ("vendor.h", include_str!("../../../kernels/vendor.h")),
     ("quant.h", include_str!("../../../kernels/quant.h")),
     ("matvec.cu", include_str!("../../../kernels/matvec.cu")),
+    ("mmvq.cu", include_str!("../../../kernels/mmvq.cu")),
     ("matmul.cu", include_str!("../../../kernels/matmul.cu")),
     ("norm.cu", include_str!("../../../kernels/norm.cu")),
     ("rope.cu", include_str!("../../../kernels/rope.cu")),

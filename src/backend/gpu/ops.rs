@@ -70,7 +70,8 @@ fn act_code(act: FfnAct) -> i32 {
 
 /// Output rows per block (`MMV_ROWS` in kernels/matvec.cu).
 const MMV_ROWS: usize = 16;
-const MMV_MAXT: usize = 8;
+/// Most tokens the decode kernels (matvec, mmvq) take at once.
+pub const MMV_MAXT: usize = 8;
 const MMV_THREADS: usize = 256;
 /// Shared memory every device gives a block without asking.
 const SHARED_LIMIT: usize = 48 * 1024;
@@ -114,21 +115,190 @@ pub fn matvec(dev: &Device, s: Stream, w: &DevMatrix, glu: Option<(&DevMatrix, F
         return Err(Error::InvalidArgument("matvec: the fused RMSNorm takes one token".into()));
     }
     let (nw, eps) = norm.unwrap_or((0, 0.0));
-    let (w2, mode) = match glu {
-        Some((w2, act)) => {
-            if w2.ty != w.ty || w2.rows != w.rows || w2.cols != w.cols {
-                return Err(Error::InvalidArgument("matvec: gated pair must share type and shape".into()));
-            }
-            (w2.ptr, act_code(act))
-        }
-        None => (0, if out == Out::Add { 1 } else { 0 }),
-    };
+    let (w2, mode) = gate_pair(w, glu, out)?;
     let dims = LaunchDims { grid: (ceil(w.rows, MMV_ROWS), 1, 1), block: MMV_THREADS as u32, shared: matvec_shared(dev, w.ty, w.cols, nt) as u32 };
     let args = [
         Arg::Ptr(w.ptr), Arg::Ptr(w2), Arg::Ptr(x), Arg::Ptr(y), Arg::I32(w.rows as i32), Arg::I32(w.cols as i32),
         Arg::I32(nt as i32), Arg::I32(mode), Arg::Ptr(nw), Arg::F32(eps),
     ];
     dev.launch(s, &format!("matvec_{}", w.suffix()?), dims, &args)
+}
+
+/// The kernel [`matvec_q`] uses for a weight type (kernels/mmvq.cu):
+/// integer dot products (`mmvq_*`) or f32 products on f32 activations
+/// (`mmvf_*`); `None` for the types that only [`matvec`] takes.
+pub fn decode_kernel(ty: GgmlType) -> Option<&'static str> {
+    use GgmlType::*;
+    match ty {
+        Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4K | Q5K | Q6K => Some("mmvq"),
+        F32 | F16 | BF16 => Some("mmvf"),
+        _ => None,
+    }
+}
+
+const MMVQ_THREADS: u32 = 128;
+
+/// Device scratch for activations quantized by [`quantize_act`]: up to
+/// [`MMV_MAXT`] tokens of up to `max_cols` values.
+pub struct ActBuf {
+    buf: Buffer,
+    max_cols: usize,
+}
+
+impl ActBuf {
+    pub fn new(pool: &std::sync::Arc<super::memory::MemPool>, max_cols: usize) -> Result<ActBuf> {
+        let max_cols = max_cols.div_ceil(32) * 32;
+        let bytes = MMV_MAXT * max_cols * (2 + 4) + 2 * MMV_MAXT * (max_cols / 32) * 4;
+        Ok(ActBuf {
+            buf: pool.alloc(bytes, "quantized activations")?,
+            max_cols,
+        })
+    }
+}
+
+/// Activations of `nt` tokens of `cols` values as quantized by
+/// [`quantize_act`] (layout in kernels/mmvq.cu), for [`matvec_q`].
+#[derive(Debug, Clone, Copy)]
+pub struct ActQ {
+    q: DevPtr,
+    d: DevPtr,
+    s: DevPtr,
+    f: DevPtr,
+    cols: usize,
+    nt: usize,
+}
+
+/// Prepare x (nt, cols) for the decode products: 15-bit integers per 32
+/// values in two byte planes for the integer kernels, and a f32 copy for the
+/// float ones. With `norm = Some((weight, eps))` x is RMS-normalized first.
+/// One call serves every product that reads this x.
+pub fn quantize_act(
+    dev: &Device,
+    s: Stream,
+    buf: &ActBuf,
+    x: DevPtr,
+    cols: usize,
+    nt: usize,
+    norm: Option<(DevPtr, f32)>,
+) -> Result<ActQ> {
+    if nt == 0 || nt > MMV_MAXT || cols % 32 != 0 || cols > buf.max_cols {
+        return Err(Error::InvalidArgument(format!("quantize_act: {nt} tokens of {cols} values (at most {MMV_MAXT} of {}, whole groups of 32)", buf.max_cols)));
+    }
+    let q = buf.buf.ptr;
+    let d = q + (MMV_MAXT * buf.max_cols * 2) as u64;
+    let sm = d + (MMV_MAXT * (buf.max_cols / 32) * 4) as u64;
+    let f = sm + (MMV_MAXT * (buf.max_cols / 32) * 4) as u64;
+    let (nw, eps) = norm.unwrap_or((0, 0.0));
+    let dims = LaunchDims {
+        grid: (ceil(cols, 256), nt as u32, 1),
+        block: 256,
+        shared: 0,
+    };
+    let args = [
+        Arg::Ptr(x),
+        Arg::Ptr(nw),
+        Arg::F32(eps),
+        Arg::I32(cols as i32),
+        Arg::Ptr(q),
+        Arg::Ptr(d),
+        Arg::Ptr(sm),
+        Arg::Ptr(f),
+    ];
+    dev.launch(s, "quant_act", dims, &args)?;
+    Ok(ActQ {
+        q,
+        d,
+        s: sm,
+        f,
+        cols,
+        nt,
+    })
+}
+
+/// y (nt, rows) = / += W x for x quantized by [`quantize_act`]; or, with
+/// `glu = Some((w2, act))`, y = act(W x) * (W2 x). Needs [`decode_kernel`].
+pub fn matvec_q(
+    dev: &Device,
+    s: Stream,
+    w: &DevMatrix,
+    glu: Option<(&DevMatrix, FfnAct)>,
+    a: &ActQ,
+    y: DevPtr,
+    out: Out,
+) -> Result<()> {
+    check(w)?;
+    let kernel = decode_kernel(w.ty).filter(|_| w.cols == a.cols);
+    let Some(kernel) = kernel else {
+        return Err(Error::InvalidArgument(format!(
+            "matvec_q: {} with {} columns for activations of {}",
+            w.ty, w.cols, a.cols
+        )));
+    };
+    let (w2, mode) = gate_pair(w, glu, out)?;
+    // one token: the kernel that takes 4 (integer) or 2 (float) rows per
+    // block; more tokens: the `_n` form, one row per block
+    let (rows_per_block, tail) = match (a.nt, kernel) {
+        (1, "mmvq") => (4, ""),
+        (1, _) => (2, ""),
+        _ => (1, "_n"),
+    };
+    let dims = LaunchDims {
+        grid: (ceil(w.rows, rows_per_block), 1, 1),
+        block: MMVQ_THREADS,
+        shared: 0,
+    };
+    let (rows, cols, nt) = (
+        Arg::I32(w.rows as i32),
+        Arg::I32(w.cols as i32),
+        Arg::I32(a.nt as i32),
+    );
+    let name = format!("{kernel}_{}{tail}", w.suffix()?);
+    if kernel == "mmvq" {
+        let args = [
+            Arg::Ptr(w.ptr),
+            Arg::Ptr(w2),
+            Arg::Ptr(a.q),
+            Arg::Ptr(a.d),
+            Arg::Ptr(a.s),
+            Arg::Ptr(y),
+            rows,
+            cols,
+            nt,
+            Arg::I32(mode),
+        ];
+        dev.launch(s, &name, dims, &args)
+    } else {
+        dev.launch(
+            s,
+            &name,
+            dims,
+            &[
+                Arg::Ptr(w.ptr),
+                Arg::Ptr(w2),
+                Arg::Ptr(a.f),
+                Arg::Ptr(y),
+                rows,
+                cols,
+                nt,
+                Arg::I32(mode),
+            ],
+        )
+    }
+}
+
+/// The second matrix and kernel mode of a product: 0 store, 1 add, 2/3 gated.
+fn gate_pair(w: &DevMatrix, glu: Option<(&DevMatrix, FfnAct)>, out: Out) -> Result<(DevPtr, i32)> {
+    match glu {
+        Some((w2, act)) => {
+            if w2.ty != w.ty || w2.rows != w.rows || w2.cols != w.cols {
+                return Err(Error::InvalidArgument(
+                    "matvec: gated pair must share type and shape".into(),
+                ));
+            }
+            Ok((w2.ptr, act_code(act)))
+        }
+        None => Ok((0, if out == Out::Add { 1 } else { 0 })),
+    }
 }
 
 /// Device scratch for the vendor-BLAS path: a slab of W in f16 and X in f16.
