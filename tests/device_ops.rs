@@ -331,6 +331,8 @@ fn attention(b: &Backend) {
     for &(n, pos0, n_head, n_head_kv, hd, window, splits) in &[
         (7usize, 0usize, 4usize, 2usize, 64usize, 0usize, 1usize),
         (1, 300, 4, 1, 64, 0, 8),
+        (1, 1000, 4, 2, 64, 0, 16),
+        (1, 900, 8, 2, 128, 400, 4),
         (1, 300, 8, 2, 128, 100, 4),
         (5, 40, 2, 2, 256, 16, 1),
         (1, 33, 4, 4, 256, 0, 16),
