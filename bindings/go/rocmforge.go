@@ -37,10 +37,14 @@ static enum forge_status rf_generate(forge_ctx *ctx, forge_sampler *s, const int
 	return forge_generate(ctx, s, prompt, n, &gp, out, cap, n_out, why);
 }
 
-static enum forge_status rf_load(const char *path, uint32_t threads, uint32_t n_ctx, uintptr_t handle, forge_ctx **out) {
+static enum forge_status rf_load(const char *path, uint32_t threads, uint32_t n_ctx, int backend, int32_t gpu,
+                                 uint64_t budget, uintptr_t handle, forge_ctx **out) {
 	struct forge_load_params p = forge_load_default_params();
 	p.n_threads = threads;
 	p.n_ctx = n_ctx;
+	p.backend = (enum forge_backend)backend;
+	p.gpu_index = gpu;
+	p.gpu_mem_budget = budget;
 	if (handle) {
 		p.progress = (forge_progress_cb)rocmforgeGoProgress;
 		p.progress_user_data = (void *)handle;
@@ -104,6 +108,9 @@ var (
 	ErrInvalidModel    = &Error{Status: StatusInvalidModel}
 	ErrUnsupported     = &Error{Status: StatusUnsupported}
 	ErrContextFull     = &Error{Status: StatusContextFull}
+	ErrOutOfMemory     = &Error{Status: StatusOutOfMemory}
+	// ErrBackendUnavailable: the backend is not compiled in or has no usable device.
+	ErrBackendUnavailable = &Error{Status: StatusBackendUnavailable}
 	ErrCancelled       = &Error{Status: StatusCancelled}
 	// ErrClosed: the Model was used after Close.
 	ErrClosed = errors.New("rocmforge: model is closed")
@@ -132,8 +139,38 @@ func checkABI() error {
 	return nil
 }
 
+// Backend is where a model runs (forge_backend).
+type Backend int
+
+// Backends. BackendAuto takes the first GPU of a compiled-in GPU backend,
+// else the CPU.
+const (
+	BackendAuto Backend = 0
+	BackendCPU  Backend = 1
+	BackendCUDA Backend = 2
+	BackendHIP  Backend = 3
+)
+
+// BackendCompiled reports whether the library was built with backend b
+// (the CPU and Auto always are).
+func BackendCompiled(b Backend) bool { return bool(C.forge_backend_compiled(C.enum_forge_backend(b))) }
+
+// DeviceCount is the number of devices of a GPU backend this process can
+// use (1 for the CPU and Auto). A backend that is not compiled in or whose
+// driver reports no device gives ErrBackendUnavailable with the driver's words.
+func DeviceCount(b Backend) (int, error) {
+	var n C.int32_t
+	if err := check(C.forge_device_count(C.enum_forge_backend(b), &n)); err != nil {
+		return 0, err
+	}
+	return int(n), nil
+}
+
 type options struct {
 	threads, nCtx uint32
+	backend       Backend
+	gpu           int32
+	gpuBudget     uint64
 	progress      func(float32) bool
 }
 
@@ -145,6 +182,17 @@ func WithThreads(n int) Option { return func(o *options) { o.threads = uint32(n)
 
 // WithContextSize sets the KV cache size in tokens (0 = min(n_ctx_train, 4096)).
 func WithContextSize(n int) Option { return func(o *options) { o.nCtx = uint32(n) } }
+
+// WithBackend picks the backend (default BackendAuto).
+func WithBackend(b Backend) Option { return func(o *options) { o.backend = b } }
+
+// WithGPU picks the device index of a GPU backend (default 0).
+func WithGPU(index int) Option { return func(o *options) { o.gpu = int32(index) } }
+
+// WithGPUMemBudget caps the device memory the model may use for weights, KV
+// cache and scratch, in bytes (0 = the free memory less 5%); exceeding it
+// fails Load with ErrOutOfMemory.
+func WithGPUMemBudget(bytes uint64) Option { return func(o *options) { o.gpuBudget = bytes } }
 
 // WithProgress reports load progress in [0, 1]; return false to cancel.
 func WithProgress(f func(float32) bool) Option { return func(o *options) { o.progress = f } }
@@ -178,7 +226,8 @@ func Load(path string, opts ...Option) (*Model, error) {
 		defer h.Delete()
 	}
 	var ctx *C.forge_ctx
-	if err := check(C.rf_load(cpath, C.uint32_t(o.threads), C.uint32_t(o.nCtx), C.uintptr_t(h), &ctx)); err != nil {
+	st := C.rf_load(cpath, C.uint32_t(o.threads), C.uint32_t(o.nCtx), C.int(o.backend), C.int32_t(o.gpu), C.uint64_t(o.gpuBudget), C.uintptr_t(h), &ctx)
+	if err := check(st); err != nil {
 		return nil, err
 	}
 	return &Model{ctx: ctx}, nil
@@ -263,6 +312,26 @@ func (m *Model) Detokenize(tokens []int32) (string, error) {
 	return string(buf[:int(n)]), nil
 }
 
+// Backend says where the model runs: "cpu (N threads)" or e.g.
+// "cuda:0 NVIDIA H100 80GB HBM3 (sm_90)".
+func (m *Model) Backend() (string, error) {
+	if err := m.lock(); err != nil {
+		return "", err
+	}
+	defer m.mu.Unlock()
+	buf := make([]byte, 128)
+	var n C.size_t
+	st := C.forge_ctx_backend(m.ctx, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &n)
+	if st == C.FORGE_ERR_BUFFER_TOO_SMALL {
+		buf = make([]byte, int(n))
+		st = C.forge_ctx_backend(m.ctx, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &n)
+	}
+	if err := check(st); err != nil {
+		return "", err
+	}
+	return string(buf[:int(n)]), nil
+}
+
 // Reset keeps the first nKeep positions of the KV cache (0 clears it).
 func (m *Model) Reset(nKeep int) error {
 	if err := m.lock(); err != nil {
@@ -330,10 +399,14 @@ func rocmforgeGoToken(token C.int32_t, piece *C.char, n C.size_t, user unsafe.Po
 		st.ctxErr = err
 		return false
 	}
-	if st.onToken != nil && !st.onToken(Token{ID: int32(token), Text: text}) {
+	keep := st.onToken == nil || st.onToken(Token{ID: int32(token), Text: text})
+	// a cancellation during onToken (Stream's send gives up on ctx.Done()
+	// and returns false) is still a cancellation, not a callback stop
+	if err := st.ctx.Err(); err != nil {
+		st.ctxErr = err
 		return false
 	}
-	return C.bool(st.ctx.Err() == nil)
+	return C.bool(keep)
 }
 
 // Generate evaluates prompt at the current position, then samples up to

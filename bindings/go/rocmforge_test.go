@@ -167,3 +167,37 @@ func TestSessionsInParallel(t *testing.T) {
 		}
 	}
 }
+
+// Backend choice: Auto without a usable GPU runs on the CPU; a GPU backend
+// that is not compiled in or has no device is ErrBackendUnavailable.
+func TestBackendChoice(t *testing.T) {
+	m := load(t)
+	if where, err := m.Backend(); err != nil || !strings.HasPrefix(where, "cpu (") {
+		t.Fatalf("Auto on a CPU build: %q, %v", where, err)
+	}
+	if n, err := DeviceCount(BackendCPU); err != nil || n != 1 || !BackendCompiled(BackendCPU) {
+		t.Fatalf("CPU: %d devices, %v", n, err)
+	}
+	for _, b := range []Backend{BackendCUDA, BackendHIP} {
+		n, err := DeviceCount(b)
+		g, lerr := Load(env(t, "ROCMFORGE_MODEL"), WithBackend(b), WithContextSize(64), WithGPUMemBudget(1<<30))
+		if !BackendCompiled(b) || err != nil {
+			if !errors.Is(err, ErrBackendUnavailable) || !errors.Is(lerr, ErrBackendUnavailable) {
+				t.Fatalf("backend %d: DeviceCount %v, Load %v", b, err, lerr)
+			}
+			continue
+		}
+		if n < 1 || lerr != nil {
+			t.Fatalf("backend %d: %d devices, Load %v", b, n, lerr)
+		}
+		g.Close()
+	}
+	c, err := Load(env(t, "ROCMFORGE_MODEL"), WithBackend(BackendCPU), WithThreads(1), WithContextSize(64))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if where, _ := c.Backend(); where != "cpu (1 threads)" {
+		t.Fatalf("got %q", where)
+	}
+}

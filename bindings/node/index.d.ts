@@ -11,7 +11,15 @@ export interface LoadOptions {
   threads?: number;
   /** KV cache size; 0 = min(n_ctx_train, 4096) */
   contextSize?: number;
+  /** 'auto' (default): the first GPU of a compiled-in GPU backend, else the CPU */
+  backend?: Backend;
+  /** device index of a GPU backend; default 0 */
+  gpuIndex?: number;
+  /** bytes of device memory for weights, KV cache and scratch; 0 = free memory less 5% */
+  gpuMemBudget?: number;
 }
+
+export type Backend = 'auto' | 'cpu' | 'cuda' | 'hip';
 
 export interface GenerateOptions {
   maxTokens?: number;
@@ -51,6 +59,8 @@ export class Model {
   tokenize(text: string, options?: { addSpecial?: boolean; parseSpecial?: boolean }): number[];
   detokenize(ids: ArrayLike<number>): string;
   info(): ModelInfo;
+  /** where this model runs, e.g. "cpu (8 threads)" or "cuda:0 NVIDIA H100 80GB HBM3 (sm_90)" */
+  backend(): string;
   newSession(): Model;
   reset(nKeep?: number): void;
   close(): void;
@@ -60,4 +70,8 @@ export class Model {
 
 export function load(path: string, options?: LoadOptions): Promise<Model>;
 export const ABI_VERSION: number;
+/** devices of a backend this process can use; throws (code FORGE_ERR_BACKEND_UNAVAILABLE) when none */
+export function deviceCount(backend: Backend): number;
+/** whether the library was built with this backend */
+export function backendCompiled(backend: Backend): boolean;
 export const version: string;

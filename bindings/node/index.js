@@ -37,6 +37,10 @@ class Model {
   info() {
     return this.#native().info();
   }
+  /** Where this model runs: "cpu (N threads)" or e.g. "cuda:0 NVIDIA H100 80GB HBM3 (sm_90)". */
+  backend() {
+    return this.#native().backend();
+  }
   /** Another sequence on the same loaded weights (shared, not copied). */
   newSession() {
     return new Model(this.#native().newSession());
@@ -108,9 +112,21 @@ class Model {
   }
 }
 
-/** Load a GGUF model off the main thread. options: {threads, contextSize}. */
+/**
+ * Load a GGUF model off the main thread. options: {threads, contextSize,
+ * backend: 'auto' | 'cpu' | 'cuda' | 'hip', gpuIndex, gpuMemBudget (bytes)}.
+ */
 async function load(path, options = {}) {
   return new Model(await native.load(String(path), options));
 }
 
-module.exports = { load, Model, ABI_VERSION, version: native.version };
+/** Devices of a backend this process can use ('cpu'/'auto': 1); throws FORGE_ERR_BACKEND_UNAVAILABLE when none. */
+function deviceCount(backend) {
+  return native.deviceCount(String(backend));
+}
+/** Whether the library was built with this backend ('cpu' and 'auto' always are). */
+function backendCompiled(backend) {
+  return native.backendCompiled(String(backend));
+}
+
+module.exports = { load, Model, ABI_VERSION, version: native.version, deviceCount, backendCompiled };

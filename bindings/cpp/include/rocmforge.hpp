@@ -53,10 +53,23 @@ struct SamplerDeleter {
 struct LoadOptions {
     uint32_t n_threads = 0;  ///< 0 = all cores
     uint32_t n_ctx = 0;      ///< 0 = min(n_ctx_train, 4096)
-    forge_backend backend = FORGE_BACKEND_AUTO;
+    forge_backend backend = FORGE_BACKEND_AUTO;  ///< AUTO: the first GPU of a compiled-in backend, else the CPU
     int32_t gpu_index = 0;
+    uint64_t gpu_mem_budget = 0;  ///< bytes of device memory; 0 = free memory less 5%
     std::function<bool(float)> progress;  ///< return false to cancel
 };
+
+/// Whether a backend is compiled into the library (CPU and AUTO always are).
+[[nodiscard]] inline bool backend_compiled(forge_backend b) { return forge_backend_compiled(b); }
+
+/// Devices of a GPU backend this process can use (CPU and AUTO: 1). Throws
+/// Error(FORGE_ERR_BACKEND_UNAVAILABLE) when the backend is not compiled in
+/// or its driver reports no usable device (the message has the driver's words).
+[[nodiscard]] inline int device_count(forge_backend b) {
+    int32_t n = 0;
+    detail::check(forge_device_count(b, &n), "forge_device_count");
+    return n;
+}
 
 struct SamplerOptions {
     float temperature = 0.8f;  ///< <= 0: greedy
@@ -127,6 +140,7 @@ class Context {
         p.n_ctx = o.n_ctx;
         p.backend = o.backend;
         p.gpu_index = o.gpu_index;
+        p.gpu_mem_budget = o.gpu_mem_budget;
         struct Progress {
             const std::function<bool(float)> *f;
             std::exception_ptr error;
@@ -196,6 +210,19 @@ class Context {
     void kv_reset(size_t n_keep = 0) { detail::check(forge_kv_reset(get(), n_keep), "forge_kv_reset"); }
     [[nodiscard]] size_t n_past() const { return forge_n_past(get()); }
     [[nodiscard]] int32_t n_vocab() const { return forge_n_vocab(get()); }
+    /// Where this context runs: "cpu (N threads)" or e.g. "cuda:0 NVIDIA H100 80GB HBM3 (sm_90)".
+    [[nodiscard]] std::string backend() const {
+        std::string s(64, '\0');
+        size_t n = 0;
+        forge_status st = forge_ctx_backend(get(), s.data(), s.size(), &n);
+        if (st == FORGE_ERR_BUFFER_TOO_SMALL) {
+            s.resize(n);
+            st = forge_ctx_backend(get(), s.data(), s.size(), &n);
+        }
+        detail::check(st, "forge_ctx_backend");
+        s.resize(n);
+        return s;
+    }
     [[nodiscard]] forge_model_info info() const {
         forge_model_info i{};
         detail::check(forge_get_model_info(get(), &i), "forge_get_model_info");

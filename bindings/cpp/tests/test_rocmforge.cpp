@@ -115,6 +115,34 @@ int main() {
         CHECK(c4.detokenize(c4.tokenize("round trip ✓", false)) == "round trip ✓");
         CHECK(std::string(c4.info().arch) == "llama");
     }
+    // 6. backend choice: AUTO without a usable GPU runs on the CPU; a GPU
+    //    backend that is not compiled in or has no device is a status
+    {
+        CHECK(ctx.backend().rfind("cpu (", 0) == 0);
+        CHECK(rocmforge::backend_compiled(FORGE_BACKEND_CPU));
+        CHECK(rocmforge::device_count(FORGE_BACKEND_CPU) == 1);
+        for (forge_backend b : {FORGE_BACKEND_CUDA, FORGE_BACKEND_HIP}) {
+            int n = 0;
+            forge_status st = status_of([&] { n = rocmforge::device_count(b); });
+            rocmforge::LoadOptions gl;
+            gl.n_ctx = 64;
+            gl.backend = b;
+            std::string where;
+            forge_status lst = status_of([&] { where = rocmforge::Context::load(model, gl).backend(); });
+            if (!rocmforge::backend_compiled(b) || st != FORGE_OK) {
+                CHECK(st == FORGE_ERR_BACKEND_UNAVAILABLE);
+                CHECK(lst == FORGE_ERR_BACKEND_UNAVAILABLE);
+            } else {
+                CHECK(n > 0);
+                CHECK(lst == FORGE_OK && where.rfind(b == FORGE_BACKEND_CUDA ? "cuda:" : "hip:", 0) == 0);
+            }
+        }
+        rocmforge::LoadOptions cl;
+        cl.n_ctx = 64;
+        cl.backend = FORGE_BACKEND_CPU;
+        cl.n_threads = 1;
+        CHECK(rocmforge::Context::load(model, cl).backend() == "cpu (1 threads)");
+    }
     std::cout << passed << " passed, " << failed << " failed\n";
     return failed ? 1 : 0;
 }

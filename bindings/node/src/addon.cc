@@ -60,6 +60,7 @@ class Model : public Napi::ObjectWrap<Model> {
                                         InstanceMethod("generate", &Model::Generate),
                                         InstanceMethod("newSession", &Model::NewSession),
                                         InstanceMethod("info", &Model::Info),
+                                        InstanceMethod("backend", &Model::Backend),
                                         InstanceMethod("reset", &Model::Reset),
                                         InstanceMethod("close", &Model::Close)});
         ctor = Napi::Persistent(f);
@@ -121,6 +122,21 @@ class Model : public Napi::ObjectWrap<Model> {
         h2->ctx = c;
         Unwrap(o)->h = h2;
         return o;
+    }
+
+    Napi::Value Backend(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        std::string s(128, '\0');
+        size_t n = 0;
+        forge_ctx *c = ctx(env);
+        forge_status st = forge_ctx_backend(c, s.data(), s.size(), &n);
+        if (st == FORGE_ERR_BUFFER_TOO_SMALL) {
+            s.resize(n);
+            st = forge_ctx_backend(c, s.data(), s.size(), &n);
+        }
+        if (st != FORGE_OK) throw status_error(env, st, forge_last_error());
+        s.resize(n);
+        return Napi::String::New(env, s);
     }
 
     Napi::Value Info(const Napi::CallbackInfo &info) {
@@ -188,6 +204,29 @@ class LoadWorker : public Napi::AsyncWorker {
     Napi::Promise::Deferred deferred_;
 };
 
+// "auto" | "cpu" | "cuda" | "hip" -> forge_backend.
+forge_backend parse_backend(Napi::Env env, const Napi::Value &v) {
+    const std::string s = v.ToString().Utf8Value();
+    if (s == "auto") return FORGE_BACKEND_AUTO;
+    if (s == "cpu") return FORGE_BACKEND_CPU;
+    if (s == "cuda") return FORGE_BACKEND_CUDA;
+    if (s == "hip") return FORGE_BACKEND_HIP;
+    throw make_error(env, "FORGE_ERR_INVALID_ARGUMENT", "rocmforge: backend must be 'auto', 'cpu', 'cuda' or 'hip', not '" + s + "'",
+                     FORGE_ERR_INVALID_ARGUMENT);
+}
+
+Napi::Value DeviceCount(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    int32_t n = 0;
+    forge_status st = forge_device_count(parse_backend(env, info[0]), &n);
+    if (st != FORGE_OK) throw status_error(env, st, forge_last_error());
+    return Napi::Number::New(env, n);
+}
+
+Napi::Value BackendCompiled(const Napi::CallbackInfo &info) {
+    return Napi::Boolean::New(info.Env(), forge_backend_compiled(parse_backend(info.Env(), info[0])));
+}
+
 Napi::Value Load(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     if (forge_abi_version() != FORGE_ABI_VERSION)
@@ -198,6 +237,9 @@ Napi::Value Load(const Napi::CallbackInfo &info) {
         Napi::Object o = info[1].As<Napi::Object>();
         if (o.Has("threads")) p.n_threads = o.Get("threads").As<Napi::Number>().Uint32Value();
         if (o.Has("contextSize")) p.n_ctx = o.Get("contextSize").As<Napi::Number>().Uint32Value();
+        if (o.Has("backend")) p.backend = parse_backend(env, o.Get("backend"));
+        if (o.Has("gpuIndex")) p.gpu_index = o.Get("gpuIndex").As<Napi::Number>().Int32Value();
+        if (o.Has("gpuMemBudget")) p.gpu_mem_budget = static_cast<uint64_t>(o.Get("gpuMemBudget").As<Napi::Number>().Int64Value());
     }
     auto *w = new LoadWorker(env, path, p);
     auto promise = w->Promise();
@@ -348,6 +390,8 @@ Napi::Value Model::Generate(const Napi::CallbackInfo &info) {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
     Model::Init(env, exports);
     exports.Set("load", Napi::Function::New(env, Load));
+    exports.Set("deviceCount", Napi::Function::New(env, DeviceCount));
+    exports.Set("backendCompiled", Napi::Function::New(env, BackendCompiled));
     exports.Set("abiVersion", Napi::Number::New(env, forge_abi_version()));
     exports.Set("version", Napi::String::New(env, forge_version()));
     return exports;

@@ -6,7 +6,7 @@ const assert = require('node:assert');
 const fs = require('node:fs');
 const { execFileSync } = require('node:child_process');
 const path = require('node:path');
-const { load } = require('..');
+const { load, deviceCount, backendCompiled } = require('..');
 
 const MODEL = process.env.ROCMFORGE_MODEL;
 const C_IDS = process.env.ROCMFORGE_C_IDS;
@@ -79,4 +79,37 @@ test('a busy model refuses a second generate; sessions run in parallel', async (
     s.close();
     m.close();
   }
+});
+
+test('backend choice: auto runs on the CPU here; an unusable GPU backend is a coded error', async () => {
+  const m = await load(MODEL, { contextSize: 64 });
+  try {
+    assert.match(m.backend(), /^cpu \(/);
+  } finally {
+    m.close();
+  }
+  assert.strictEqual(deviceCount('cpu'), 1);
+  assert.ok(backendCompiled('cpu'));
+  for (const b of ['cuda', 'hip']) {
+    let n = 0;
+    let err = null;
+    try {
+      n = deviceCount(b);
+    } catch (e) {
+      err = e;
+    }
+    if (!backendCompiled(b) || err) {
+      assert.strictEqual(err.code, 'FORGE_ERR_BACKEND_UNAVAILABLE');
+      await assert.rejects(load(MODEL, { contextSize: 64, backend: b, gpuMemBudget: 2 ** 30 }), { code: 'FORGE_ERR_BACKEND_UNAVAILABLE', status: 30 });
+    } else {
+      assert.ok(n > 0);
+      const g = await load(MODEL, { contextSize: 64, backend: b });
+      assert.match(g.backend(), new RegExp(`^${b}:`));
+      g.close();
+    }
+  }
+  const c = await load(MODEL, { contextSize: 64, backend: 'cpu', threads: 1 });
+  assert.strictEqual(c.backend(), 'cpu (1 threads)');
+  c.close();
+  assert.throws(() => deviceCount('tpu'), { code: 'FORGE_ERR_INVALID_ARGUMENT' });
 });
