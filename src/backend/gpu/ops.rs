@@ -138,7 +138,7 @@ pub fn decode_kernel(ty: GgmlType) -> Option<&'static str> {
 
 const MMVQ_THREADS: u32 = 128;
 
-/// Device scratch for activations quantized by [`quantize_act`]: up to
+/// Device scratch for activations prepared by [`quantize_act`]: up to
 /// [`MMV_MAXT`] tokens of up to `max_cols` values.
 pub struct ActBuf {
     buf: Buffer,
@@ -148,15 +148,13 @@ pub struct ActBuf {
 impl ActBuf {
     pub fn new(pool: &std::sync::Arc<super::memory::MemPool>, max_cols: usize) -> Result<ActBuf> {
         let max_cols = max_cols.div_ceil(32) * 32;
+        // per token and value: 2 bytes of planes + 4 of f32; per group: d and d * sum
         let bytes = MMV_MAXT * max_cols * (2 + 4) + 2 * MMV_MAXT * (max_cols / 32) * 4;
-        Ok(ActBuf {
-            buf: pool.alloc(bytes, "quantized activations")?,
-            max_cols,
-        })
+        Ok(ActBuf { buf: pool.alloc(bytes, "quantized activations")?, max_cols })
     }
 }
 
-/// Activations of `nt` tokens of `cols` values as quantized by
+/// Activations of `nt` tokens of `cols` values as prepared by
 /// [`quantize_act`] (layout in kernels/mmvq.cu), for [`matvec_q`].
 #[derive(Debug, Clone, Copy)]
 pub struct ActQ {
@@ -172,15 +170,7 @@ pub struct ActQ {
 /// values in two byte planes for the integer kernels, and a f32 copy for the
 /// float ones. With `norm = Some((weight, eps))` x is RMS-normalized first.
 /// One call serves every product that reads this x.
-pub fn quantize_act(
-    dev: &Device,
-    s: Stream,
-    buf: &ActBuf,
-    x: DevPtr,
-    cols: usize,
-    nt: usize,
-    norm: Option<(DevPtr, f32)>,
-) -> Result<ActQ> {
+pub fn quantize_act(dev: &Device, s: Stream, buf: &ActBuf, x: DevPtr, cols: usize, nt: usize, norm: Option<(DevPtr, f32)>) -> Result<ActQ> {
     if nt == 0 || nt > MMV_MAXT || cols % 32 != 0 || cols > buf.max_cols {
         return Err(Error::InvalidArgument(format!("quantize_act: {nt} tokens of {cols} values (at most {MMV_MAXT} of {}, whole groups of 32)", buf.max_cols)));
     }
@@ -189,50 +179,18 @@ pub fn quantize_act(
     let sm = d + (MMV_MAXT * (buf.max_cols / 32) * 4) as u64;
     let f = sm + (MMV_MAXT * (buf.max_cols / 32) * 4) as u64;
     let (nw, eps) = norm.unwrap_or((0, 0.0));
-    let dims = LaunchDims {
-        grid: (ceil(cols, 256), nt as u32, 1),
-        block: 256,
-        shared: 0,
-    };
-    let args = [
-        Arg::Ptr(x),
-        Arg::Ptr(nw),
-        Arg::F32(eps),
-        Arg::I32(cols as i32),
-        Arg::Ptr(q),
-        Arg::Ptr(d),
-        Arg::Ptr(sm),
-        Arg::Ptr(f),
-    ];
+    let dims = LaunchDims { grid: (ceil(cols, 256), nt as u32, 1), block: 256, shared: 0 };
+    let args = [Arg::Ptr(x), Arg::Ptr(nw), Arg::F32(eps), Arg::I32(cols as i32), Arg::Ptr(q), Arg::Ptr(d), Arg::Ptr(sm), Arg::Ptr(f)];
     dev.launch(s, "quant_act", dims, &args)?;
-    Ok(ActQ {
-        q,
-        d,
-        s: sm,
-        f,
-        cols,
-        nt,
-    })
+    Ok(ActQ { q, d, s: sm, f, cols, nt })
 }
 
-/// y (nt, rows) = / += W x for x quantized by [`quantize_act`]; or, with
+/// y (nt, rows) = / += W x for x prepared by [`quantize_act`]; or, with
 /// `glu = Some((w2, act))`, y = act(W x) * (W2 x). Needs [`decode_kernel`].
-pub fn matvec_q(
-    dev: &Device,
-    s: Stream,
-    w: &DevMatrix,
-    glu: Option<(&DevMatrix, FfnAct)>,
-    a: &ActQ,
-    y: DevPtr,
-    out: Out,
-) -> Result<()> {
+pub fn matvec_q(dev: &Device, s: Stream, w: &DevMatrix, glu: Option<(&DevMatrix, FfnAct)>, a: &ActQ, y: DevPtr, out: Out) -> Result<()> {
     check(w)?;
-    let kernel = decode_kernel(w.ty).filter(|_| w.cols == a.cols);
-    let Some(kernel) = kernel else {
-        return Err(Error::InvalidArgument(format!(
-            "matvec_q: {} with {} columns for activations of {}",
-            w.ty, w.cols, a.cols
-        )));
+    let Some(kernel) = decode_kernel(w.ty).filter(|_| w.cols == a.cols) else {
+        return Err(Error::InvalidArgument(format!("matvec_q: {} with {} columns for activations of {}", w.ty, w.cols, a.cols)));
     };
     let (w2, mode) = gate_pair(w, glu, out)?;
     // one token: the kernel that takes 4 (integer) or 2 (float) rows per
@@ -242,47 +200,13 @@ pub fn matvec_q(
         (1, _) => (2, ""),
         _ => (1, "_n"),
     };
-    let dims = LaunchDims {
-        grid: (ceil(w.rows, rows_per_block), 1, 1),
-        block: MMVQ_THREADS,
-        shared: 0,
-    };
-    let (rows, cols, nt) = (
-        Arg::I32(w.rows as i32),
-        Arg::I32(w.cols as i32),
-        Arg::I32(a.nt as i32),
-    );
+    let dims = LaunchDims { grid: (ceil(w.rows, rows_per_block), 1, 1), block: MMVQ_THREADS, shared: 0 };
+    let (rows, cols, nt, mode) = (Arg::I32(w.rows as i32), Arg::I32(w.cols as i32), Arg::I32(a.nt as i32), Arg::I32(mode));
     let name = format!("{kernel}_{}{tail}", w.suffix()?);
     if kernel == "mmvq" {
-        let args = [
-            Arg::Ptr(w.ptr),
-            Arg::Ptr(w2),
-            Arg::Ptr(a.q),
-            Arg::Ptr(a.d),
-            Arg::Ptr(a.s),
-            Arg::Ptr(y),
-            rows,
-            cols,
-            nt,
-            Arg::I32(mode),
-        ];
-        dev.launch(s, &name, dims, &args)
+        dev.launch(s, &name, dims, &[Arg::Ptr(w.ptr), Arg::Ptr(w2), Arg::Ptr(a.q), Arg::Ptr(a.d), Arg::Ptr(a.s), Arg::Ptr(y), rows, cols, nt, mode])
     } else {
-        dev.launch(
-            s,
-            &name,
-            dims,
-            &[
-                Arg::Ptr(w.ptr),
-                Arg::Ptr(w2),
-                Arg::Ptr(a.f),
-                Arg::Ptr(y),
-                rows,
-                cols,
-                nt,
-                Arg::I32(mode),
-            ],
-        )
+        dev.launch(s, &name, dims, &[Arg::Ptr(w.ptr), Arg::Ptr(w2), Arg::Ptr(a.f), Arg::Ptr(y), rows, cols, nt, mode])
     }
 }
 
@@ -291,9 +215,7 @@ fn gate_pair(w: &DevMatrix, glu: Option<(&DevMatrix, FfnAct)>, out: Out) -> Resu
     match glu {
         Some((w2, act)) => {
             if w2.ty != w.ty || w2.rows != w.rows || w2.cols != w.cols {
-                return Err(Error::InvalidArgument(
-                    "matvec: gated pair must share type and shape".into(),
-                ));
+                return Err(Error::InvalidArgument("matvec: gated pair must share type and shape".into()));
             }
             Ok((w2.ptr, act_code(act)))
         }
