@@ -4,7 +4,7 @@
 # tests, time the benchmarks, and run compute-sanitizer. Binaries are built
 # on the CPU machine (scripts/gpu_prepare.sh) and carried with the tree.
 #
-# usage: scripts/gpu_check.sh [steps...]   steps: info twins ops model bench sanitize real
+# usage: scripts/gpu_check.sh [steps...]   steps: info twins ops model profile bench bench-cpu sanitize real ncu compile regs
 # env:   BIN (binaries, default .carry/bin), HEADS (.head files, default .carry),
 #        OUT (logs; default ./gpu-out), TWINS (default /tmp/twins)
 set -uo pipefail
@@ -52,8 +52,8 @@ for step in $steps; do
     profile)
       run profile env FORGE_PROFILE=1 "$BIN/bench" --backend cuda --pp 512 --tg 16 --reps 1 "$TWINS/qwen2-twin.gguf" "$TWINS/llama7b-q4_0-twin.gguf" ;;
     ncu)
-      # hardware counters of the decode matvec (graphs off so each launch is visible)
-      run ncu env FORGE_NO_GRAPH=1 ncu --kernel-name regex:'matvec_q4_0|attn$' --launch-skip 40 --launch-count 6 \
+      # hardware counters of the decode products and attention (graphs off so each launch is visible)
+      run ncu env FORGE_NO_GRAPH=1 ncu --kernel-name regex:'mmvq_q4_0|quant_act|attn$' --launch-skip 40 --launch-count 6 \
         --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
         "$BIN/bench" --backend cuda --pp 16 --tg 8 --reps 1 "$TWINS/llama7b-q4_0-twin.gguf" ;;
     compile)
