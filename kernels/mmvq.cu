@@ -4,11 +4,11 @@
 // types take matvec.cu. CPU reference: backend::cpu::matmul (which also
 // multiplies quantized activations).
 //
-// x is quantized once per step by quant_act (RMSNorm optionally fused) to
-// 15-bit integers per group of 32 values, v = round(x / d), d = max|x| /
-// 32512, kept as two planes of signed bytes, v = 256 * hi + lo, so that
-// products are byte dot products (DP4A) that stay exact: the result is as
-// precise as the CPU's 16-bit activations, unlike 8-bit activations.
+// x is prepared once per input by quant_act (RMSNorm optionally fused):
+// 15-bit integers per group of 32 values in two planes of signed bytes
+// (format and the weight types' integer forms in iquant.h), so products are
+// exact byte dot products (DP4A), as precise as the CPU's 16-bit
+// activations, unlike 8-bit activations.
 //
 // Layout (per token t, groups g of 32 values, cols % 32 == 0):
 //   xq (nt, cols / 4) int2: {hi bytes, lo bytes} of values 4k .. 4k + 3;
@@ -16,11 +16,11 @@
 //   xf (nt, cols) f32: x itself (normalized), for the float weight types.
 // Decode reads x from the L1 cache: 2 bytes per value, against 4 for f32.
 #pragma once
+#include "iquant.h"
 #include "matvec.cu"
 
 #define MMVQ_THREADS 128
 #define MMVQ_MAXT 8
-#define ACT_MAX 32512.0f
 
 // Grid (ceil(cols / 256), nt), block 256: thread i quantizes value
 // 256 * blockIdx.x + i of token blockIdx.y; each 32 consecutive threads
@@ -51,15 +51,13 @@ KERNEL void __launch_bounds__(256) quant_act(const float* __restrict__ x, const 
     for (int m = 16; m > 0; m >>= 1) amax = fmaxf(amax, SHFL_XOR(amax, m));
     const float d = amax / ACT_MAX;
     const float id = d > 0.0f ? 1.0f / d : 0.0f;
-    const int q = (int)roundf(v * id);
+    const int q = act_q(v, id);
     int sum = q;
 #pragma unroll
     for (int m = 16; m > 0; m >>= 1) sum += SHFL_XOR(sum, m);
     if (in) {
-        const int hi = (q + 128) >> 8;  // floor: lo in [-128, 127], |hi| <= 127
         i8* o = xq + (u64)t * cols * 2 + (e >> 2) * 8 + (e & 3);
-        o[0] = (i8)hi;
-        o[4] = (i8)(q - 256 * hi);
+        act_planes(q, o, o + 4);
         xf[(u64)t * cols + e] = v;
         if ((e & 31) == 0) {
             xd[(u64)t * ng + (e >> 5)] = d;
@@ -67,178 +65,6 @@ KERNEL void __launch_bounds__(256) quant_act(const float* __restrict__ x, const 
         }
     }
 }
-
-// The sum over 8 values of weight bytes (w0: values of x word k0, w1: of
-// word k1) times x in its two planes. |result| < 2^25: exact.
-static __device__ __forceinline__ int dot8(int w0, int2 x0, int w1, int2 x1) {
-    return 256 * DP4A(w0, x0.x, DP4A(w1, x1.x, 0)) + DP4A(w0, x0.y, DP4A(w1, x1.y, 0));
-}
-
-// Bytes below 128 minus o (o4 = o in every byte, o <= 128), as signed bytes,
-// without borrows between bytes.
-static __device__ __forceinline__ int sub_bytes(u32 v, u32 o4) {
-    return (int)(((v | 0x80808080u) - o4) ^ 0x80808080u);
-}
-
-// Bits 0-3 of h to bit 4 of bytes 0-3.
-static __device__ __forceinline__ u32 spread4(u32 h) {
-    return ((h & 1u) << 4) | ((h & 2u) << 11) | ((h & 4u) << 18) | ((h & 8u) << 25);
-}
-
-// IP<T>: a thread's part p (0..3) of group g of a weight row: 8 of the
-// group's 32 values as two words of signed (or < 128) bytes, and their
-// scales. dot(xg, p, dx, sx) = the part's share of sum(w * x), where xg is
-// the token's group of x (8 int2), dx its scale and sx = dx * sum(v) over
-// the group: types with a minimum add a quarter of m * sx per part.
-template <typename T>
-struct IP;
-
-// q4_0/q5_0/q4_1/q5_1 parts: qs bytes 4p .. 4p + 3, whose low nibbles are
-// values 4p.. (x word p) and high nibbles values 16 + 4p.. (x word 4 + p).
-template <>
-struct IP<TQ4_0> {
-    int w0, w1;
-    float d;
-    __device__ __forceinline__ void load(const u8* row, int g, int p) {
-        const u8* b = row + g * 18;
-        const u32 v = ld32a2(b + 2 + 4 * p);
-        w0 = sub_bytes(v & 0x0F0F0F0Fu, 0x08080808u);
-        w1 = sub_bytes((v >> 4) & 0x0F0F0F0Fu, 0x08080808u);
-        d = h2f(ld16a(b));
-    }
-    __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float) const {
-        return d * dx * (float)dot8(w0, xg[p], w1, xg[4 + p]);
-    }
-};
-
-template <>
-struct IP<TQ4_1> {
-    int w0, w1;
-    float d, m;
-    __device__ __forceinline__ void load(const u8* row, int g, int p) {
-        const u8* b = row + g * 20;
-        const u32 v = *(const u32*)(b + 4 + 4 * p);
-        w0 = (int)(v & 0x0F0F0F0Fu);
-        w1 = (int)((v >> 4) & 0x0F0F0F0Fu);
-        d = h2f(ld16a(b));
-        m = h2f(ld16a(b + 2));
-    }
-    __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float sx) const {
-        return d * dx * (float)dot8(w0, xg[p], w1, xg[4 + p]) + 0.25f * m * sx;
-    }
-};
-
-template <>
-struct IP<TQ5_0> {
-    int w0, w1;
-    float d;
-    __device__ __forceinline__ void load(const u8* row, int g, int p) {
-        const u8* b = row + g * 22;
-        const u32 qh = ld32a2(b + 2);
-        const u32 v = ld32a2(b + 6 + 4 * p);
-        w0 = sub_bytes((v & 0x0F0F0F0Fu) | spread4(qh >> (4 * p)), 0x10101010u);
-        w1 = sub_bytes(((v >> 4) & 0x0F0F0F0Fu) | spread4(qh >> (16 + 4 * p)), 0x10101010u);
-        d = h2f(ld16a(b));
-    }
-    __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float) const {
-        return d * dx * (float)dot8(w0, xg[p], w1, xg[4 + p]);
-    }
-};
-
-template <>
-struct IP<TQ5_1> {
-    int w0, w1;
-    float d, m;
-    __device__ __forceinline__ void load(const u8* row, int g, int p) {
-        const u8* b = row + g * 24;
-        const u32 qh = *(const u32*)(b + 4);
-        const u32 v = *(const u32*)(b + 8 + 4 * p);
-        w0 = (int)((v & 0x0F0F0F0Fu) | spread4(qh >> (4 * p)));
-        w1 = (int)(((v >> 4) & 0x0F0F0F0Fu) | spread4(qh >> (16 + 4 * p)));
-        d = h2f(ld16a(b));
-        m = h2f(ld16a(b + 2));
-    }
-    __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float sx) const {
-        return d * dx * (float)dot8(w0, xg[p], w1, xg[4 + p]) + 0.25f * m * sx;
-    }
-};
-
-// q8_0 and the k-quants: part p = values 8p .. 8p + 7 (x words 2p, 2p + 1).
-template <>
-struct IP<TQ8_0> {
-    int w0, w1;
-    float d;
-    __device__ __forceinline__ void load(const u8* row, int g, int p) {
-        const u8* b = row + g * 34;
-        w0 = (int)ld32a2(b + 2 + 8 * p);
-        w1 = (int)ld32a2(b + 6 + 8 * p);
-        d = h2f(ld16a(b));
-    }
-    __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float) const {
-        return d * dx * (float)dot8(w0, xg[2 * p], w1, xg[2 * p + 1]);
-    }
-};
-
-// k-quants: group g is chunk c = g % 8 of super-block g / 8.
-template <>
-struct IP<TQ4_K> {
-    int w0, w1;
-    float dl, ml;
-    __device__ __forceinline__ void load(const u8* row, int g, int p) {
-        const u8* b = row + (g >> 3) * 144;
-        const int c = g & 7, shift = (c & 1) * 4;
-        const u32* q = (const u32*)(b + 16 + (c >> 1) * 32 + 8 * p);
-        w0 = (int)((q[0] >> shift) & 0x0F0F0F0Fu);
-        w1 = (int)((q[1] >> shift) & 0x0F0F0F0Fu);
-        int sc, m;
-        scale_min_k4(c, b + 4, &sc, &m);
-        dl = h2f(ld16a(b)) * (float)sc;
-        ml = h2f(ld16a(b + 2)) * (float)m;
-    }
-    __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float sx) const {
-        return dl * dx * (float)dot8(w0, xg[2 * p], w1, xg[2 * p + 1]) - 0.25f * ml * sx;
-    }
-};
-
-template <>
-struct IP<TQ5_K> {
-    int w0, w1;
-    float dl, ml;
-    __device__ __forceinline__ void load(const u8* row, int g, int p) {
-        const u8* b = row + (g >> 3) * 176;
-        const int c = g & 7, shift = (c & 1) * 4;
-        const u32* q = (const u32*)(b + 48 + (c >> 1) * 32 + 8 * p);
-        const u32* h = (const u32*)(b + 16 + 8 * p);
-        w0 = (int)(((q[0] >> shift) & 0x0F0F0F0Fu) | (((h[0] >> c) & 0x01010101u) << 4));
-        w1 = (int)(((q[1] >> shift) & 0x0F0F0F0Fu) | (((h[1] >> c) & 0x01010101u) << 4));
-        int sc, m;
-        scale_min_k4(c, b + 4, &sc, &m);
-        dl = h2f(ld16a(b)) * (float)sc;
-        ml = h2f(ld16a(b + 2)) * (float)m;
-    }
-    __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float sx) const {
-        return dl * dx * (float)dot8(w0, xg[2 * p], w1, xg[2 * p + 1]) - 0.25f * ml * sx;
-    }
-};
-
-template <>
-struct IP<TQ6_K> {
-    int w0, w1;
-    float dl;
-    __device__ __forceinline__ void load(const u8* row, int g, int p) {
-        const u8* b = row + (g >> 3) * 210;  // 210-byte blocks: 2-byte aligned only
-        const int c = g & 7, half = c >> 2, run = c & 3;
-        const u8* ql = b + half * 64 + (run & 1) * 32 + 8 * p;
-        const u8* qh = b + 128 + half * 32 + 8 * p;
-        const int ls = run < 2 ? 0 : 4, hs = 2 * run;
-        w0 = sub_bytes(((ld32a2(ql) >> ls) & 0x0F0F0F0Fu) | (((ld32a2(qh) >> hs) & 0x03030303u) << 4), 0x20202020u);
-        w1 = sub_bytes(((ld32a2(ql + 4) >> ls) & 0x0F0F0F0Fu) | (((ld32a2(qh + 4) >> hs) & 0x03030303u) << 4), 0x20202020u);
-        dl = h2f(ld16a(b + 208)) * (float)(i8)b[192 + c * 2 + (p >> 1)];
-    }
-    __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float) const {
-        return dl * dx * (float)dot8(w0, xg[2 * p], w1, xg[2 * p + 1]);
-    }
-};
 
 // Sum the per-thread partials of R rows x NT tokens over the block and
 // store rows r0 .. r0 + R - 1 (those below `rows`).

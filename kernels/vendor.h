@@ -5,7 +5,9 @@
 //   - shuffles: CUDA's *_sync forms take a mask, HIP's take none;
 //   - half floats: stored as u16 bit patterns everywhere; h2f/f2h convert
 //     with the vendor's instruction (no cuda_fp16.h / hip_fp16.h needed, so
-//     NVRTC and hipRTC compile this without any include path).
+//     NVRTC and hipRTC compile this without any include path);
+//   - FORGE_HOST_TEST: a host C++ build of the arithmetic headers, for
+//     tests that check kernel math without a GPU (tests/kernel_math.rs).
 #pragma once
 
 typedef unsigned char u8;
@@ -15,7 +17,29 @@ typedef unsigned int u32;
 typedef int i32;
 typedef unsigned long long u64;
 
-#if defined(__HIPCC__) || defined(__HIPCC_RTC__) || defined(__HIP__)
+#if defined(FORGE_HOST_TEST)
+// Host C++ build of the arithmetic headers (quant.h, iquant.h) for
+// tests/kernel_math.rs: no kernels, no warps; just enough to compile them.
+#include <math.h>
+#include <string.h>
+#define __device__
+#define __forceinline__ inline
+#define __constant__
+#define WARP_SIZE 32
+struct int2 { int x, y; };
+struct uint4 { u32 x, y, z, w; };
+struct float4 { float x, y, z, w; };
+static inline float __uint_as_float(u32 u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline float h2f(u16 h) {
+    const int e = (h >> 10) & 31, m = h & 1023;
+    const float v = e == 0 ? ldexpf((float)m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexpf((float)(m | 1024), e - 25);
+    return (h >> 15) ? -v : v;
+}
+#elif defined(__HIPCC__) || defined(__HIPCC_RTC__) || defined(__HIP__)
 #define FORGE_HIP 1
 #if !defined(__HIPCC_RTC__)
 #include <hip/hip_runtime.h>
@@ -83,7 +107,9 @@ static __device__ __forceinline__ int dp4a_bytes(int a, int b, int c) {
     for (int k = 0; k < 32; k += 8) c += (int)(i8)(a >> k) * (int)(i8)(b >> k);
     return c;
 }
-#if defined(FORGE_HIP)
+#if defined(FORGE_HOST_TEST)
+#define DP4A(a, b, c) dp4a_bytes((a), (b), (c))
+#elif defined(FORGE_HIP)
 #if defined(__gfx906__) || defined(__gfx908__) || defined(__gfx90a__) || defined(__gfx940__) || defined(__gfx941__) || \
     defined(__gfx942__) || defined(__gfx1030__)
 #define DP4A(a, b, c) __builtin_amdgcn_sdot4((a), (b), (c), false)
@@ -107,6 +133,7 @@ static __device__ __forceinline__ int dp4a_ptx(int a, int b, int c) {
 static __device__ __forceinline__ u32 ld16a(const u8* p) { return *(const u16*)p; }
 static __device__ __forceinline__ u32 ld32a2(const u8* p) { return ld16a(p) | (ld16a(p + 2) << 16); }
 
+#if !defined(FORGE_HOST_TEST)
 static __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int m = WARP_SIZE / 2; m > 0; m >>= 1) v += SHFL_XOR(v, m);
@@ -131,6 +158,8 @@ static __device__ __forceinline__ float block_sum(float v, float* red) {
     v = lane < nwarps ? red[lane] : 0.0f;
     return warp_sum(v);
 }
+
+#endif  // !FORGE_HOST_TEST
 
 static __device__ __forceinline__ u16 ld16(const u8* p) { return (u16)p[0] | ((u16)p[1] << 8); }
 static __device__ __forceinline__ u32 ld32(const u8* p) {

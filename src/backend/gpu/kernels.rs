@@ -19,6 +19,7 @@ use crate::error::Result;
 const FILES: &[(&str, &str)] = &[
     ("vendor.h", include_str!("../../../kernels/vendor.h")),
     ("quant.h", include_str!("../../../kernels/quant.h")),
+    ("iquant.h", include_str!("../../../kernels/iquant.h")),
     ("matvec.cu", include_str!("../../../kernels/matvec.cu")),
     ("mmvq.cu", include_str!("../../../kernels/mmvq.cu")),
     ("matmul.cu", include_str!("../../../kernels/matmul.cu")),
@@ -118,7 +119,8 @@ mod tests {
     #[test]
     fn source_inlines_each_file_once() {
         let s = super::source();
-        assert_eq!(s.matches("#define WARP_SIZE 32").count(), 1, "vendor.h inlined once");
+        assert_eq!(s.matches("// vendor.h: the one place").count(), 1, "vendor.h inlined once");
+        assert!(s.contains("struct IP<TQ6_K>"), "iquant.h inlined");
         assert!(!s.contains("#include \"quant.h\""));
         assert!(s.contains(" attn_prefill(const float*"));
         assert!(s.contains("matvec_##s"));

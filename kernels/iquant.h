@@ -1,0 +1,196 @@
+// iquant.h: the integer forms of the weight types the decode kernels
+// (mmvq.cu) multiply with DP4A, and the activation format they multiply
+// against. Device code that also compiles as host C++ (FORGE_HOST_TEST), so
+// tests/kernel_math.rs checks this arithmetic against the CPU dequantizer
+// on any machine.
+//
+// Activations: per group of 32 values, d = max|x| / ACT_MAX and v =
+// round(x / d), a 15-bit integer kept as two signed bytes, v = 256 * hi +
+// lo (hi = floor((v + 128) / 256), |hi| <= 127, lo in [-128, 127]), so byte
+// products are exact. x word k of a group holds values 4k .. 4k + 3 as
+// int2 {hi bytes, lo bytes}.
+#pragma once
+#include "quant.h"
+
+#define ACT_MAX 32512.0f
+
+// v = round(x * id) (id = 1 / d, 0 for an all-zero group), |v| <= 32512.
+static __device__ __forceinline__ int act_q(float x, float id) { return (int)roundf(x * id); }
+static __device__ __forceinline__ void act_planes(int v, i8* hi, i8* lo) {
+    const int h = (v + 128) >> 8;
+    *hi = (i8)h;
+    *lo = (i8)(v - 256 * h);
+}
+
+// The sum over 8 values of weight bytes (w0: values of x word k0, w1: of
+// word k1) times x in its two planes. |result| < 2^25: exact.
+static __device__ __forceinline__ int dot8(int w0, int2 x0, int w1, int2 x1) {
+    return 256 * DP4A(w0, x0.x, DP4A(w1, x1.x, 0)) + DP4A(w0, x0.y, DP4A(w1, x1.y, 0));
+}
+
+// Bytes below 128 minus o (o4 = o in every byte, o <= 128), as signed bytes,
+// without borrows between bytes.
+static __device__ __forceinline__ int sub_bytes(u32 v, u32 o4) {
+    return (int)(((v | 0x80808080u) - o4) ^ 0x80808080u);
+}
+
+// Bits 0-3 of h to bit 4 of bytes 0-3.
+static __device__ __forceinline__ u32 spread4(u32 h) {
+    return ((h & 1u) << 4) | ((h & 2u) << 11) | ((h & 4u) << 18) | ((h & 8u) << 25);
+}
+
+// IP<T>: a thread's part p (0..3) of group g of a weight row: 8 of the
+// group's 32 values as two words of signed (or < 128) bytes, and their
+// scales. dot(xg, p, dx, sx) = the part's share of sum(w * x), where xg is
+// the token's group of x (8 int2), dx its scale and sx = dx * sum(v) over
+// the group: types with a minimum add a quarter of m * sx per part.
+template <typename T>
+struct IP;
+
+// q4_0/q5_0/q4_1/q5_1 parts: qs bytes 4p .. 4p + 3, whose low nibbles are
+// values 4p.. (x word p) and high nibbles values 16 + 4p.. (x word 4 + p).
+template <>
+struct IP<TQ4_0> {
+    int w0, w1;
+    float d;
+    __device__ __forceinline__ void load(const u8* row, int g, int p) {
+        const u8* b = row + g * 18;
+        const u32 v = ld32a2(b + 2 + 4 * p);
+        w0 = sub_bytes(v & 0x0F0F0F0Fu, 0x08080808u);
+        w1 = sub_bytes((v >> 4) & 0x0F0F0F0Fu, 0x08080808u);
+        d = h2f(ld16a(b));
+    }
+    __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float) const {
+        return d * dx * (float)dot8(w0, xg[p], w1, xg[4 + p]);
+    }
+};
+
+template <>
+struct IP<TQ4_1> {
+    int w0, w1;
+    float d, m;
+    __device__ __forceinline__ void load(const u8* row, int g, int p) {
+        const u8* b = row + g * 20;
+        const u32 v = *(const u32*)(b + 4 + 4 * p);
+        w0 = (int)(v & 0x0F0F0F0Fu);
+        w1 = (int)((v >> 4) & 0x0F0F0F0Fu);
+        d = h2f(ld16a(b));
+        m = h2f(ld16a(b + 2));
+    }
+    __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float sx) const {
+        return d * dx * (float)dot8(w0, xg[p], w1, xg[4 + p]) + 0.25f * m * sx;
+    }
+};
+
+template <>
+struct IP<TQ5_0> {
+    int w0, w1;
+    float d;
+    __device__ __forceinline__ void load(const u8* row, int g, int p) {
+        const u8* b = row + g * 22;
+        const u32 qh = ld32a2(b + 2);
+        const u32 v = ld32a2(b + 6 + 4 * p);
+        w0 = sub_bytes((v & 0x0F0F0F0Fu) | spread4(qh >> (4 * p)), 0x10101010u);
+        w1 = sub_bytes(((v >> 4) & 0x0F0F0F0Fu) | spread4(qh >> (16 + 4 * p)), 0x10101010u);
+        d = h2f(ld16a(b));
+    }
+    __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float) const {
+        return d * dx * (float)dot8(w0, xg[p], w1, xg[4 + p]);
+    }
+};
+
+template <>
+struct IP<TQ5_1> {
+    int w0, w1;
+    float d, m;
+    __device__ __forceinline__ void load(const u8* row, int g, int p) {
+        const u8* b = row + g * 24;
+        const u32 qh = *(const u32*)(b + 4);
+        const u32 v = *(const u32*)(b + 8 + 4 * p);
+        w0 = (int)((v & 0x0F0F0F0Fu) | spread4(qh >> (4 * p)));
+        w1 = (int)(((v >> 4) & 0x0F0F0F0Fu) | spread4(qh >> (16 + 4 * p)));
+        d = h2f(ld16a(b));
+        m = h2f(ld16a(b + 2));
+    }
+    __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float sx) const {
+        return d * dx * (float)dot8(w0, xg[p], w1, xg[4 + p]) + 0.25f * m * sx;
+    }
+};
+
+// q8_0 and the k-quants: part p = values 8p .. 8p + 7 (x words 2p, 2p + 1).
+template <>
+struct IP<TQ8_0> {
+    int w0, w1;
+    float d;
+    __device__ __forceinline__ void load(const u8* row, int g, int p) {
+        const u8* b = row + g * 34;
+        w0 = (int)ld32a2(b + 2 + 8 * p);
+        w1 = (int)ld32a2(b + 6 + 8 * p);
+        d = h2f(ld16a(b));
+    }
+    __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float) const {
+        return d * dx * (float)dot8(w0, xg[2 * p], w1, xg[2 * p + 1]);
+    }
+};
+
+// k-quants: group g is chunk c = g % 8 of super-block g / 8.
+template <>
+struct IP<TQ4_K> {
+    int w0, w1;
+    float dl, ml;
+    __device__ __forceinline__ void load(const u8* row, int g, int p) {
+        const u8* b = row + (g >> 3) * 144;
+        const int c = g & 7, shift = (c & 1) * 4;
+        const u32* q = (const u32*)(b + 16 + (c >> 1) * 32 + 8 * p);
+        w0 = (int)((q[0] >> shift) & 0x0F0F0F0Fu);
+        w1 = (int)((q[1] >> shift) & 0x0F0F0F0Fu);
+        int sc, m;
+        scale_min_k4(c, b + 4, &sc, &m);
+        dl = h2f(ld16a(b)) * (float)sc;
+        ml = h2f(ld16a(b + 2)) * (float)m;
+    }
+    __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float sx) const {
+        return dl * dx * (float)dot8(w0, xg[2 * p], w1, xg[2 * p + 1]) - 0.25f * ml * sx;
+    }
+};
+
+template <>
+struct IP<TQ5_K> {
+    int w0, w1;
+    float dl, ml;
+    __device__ __forceinline__ void load(const u8* row, int g, int p) {
+        const u8* b = row + (g >> 3) * 176;
+        const int c = g & 7, shift = (c & 1) * 4;
+        const u32* q = (const u32*)(b + 48 + (c >> 1) * 32 + 8 * p);
+        const u32* h = (const u32*)(b + 16 + 8 * p);
+        w0 = (int)(((q[0] >> shift) & 0x0F0F0F0Fu) | (((h[0] >> c) & 0x01010101u) << 4));
+        w1 = (int)(((q[1] >> shift) & 0x0F0F0F0Fu) | (((h[1] >> c) & 0x01010101u) << 4));
+        int sc, m;
+        scale_min_k4(c, b + 4, &sc, &m);
+        dl = h2f(ld16a(b)) * (float)sc;
+        ml = h2f(ld16a(b + 2)) * (float)m;
+    }
+    __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float sx) const {
+        return dl * dx * (float)dot8(w0, xg[2 * p], w1, xg[2 * p + 1]) - 0.25f * ml * sx;
+    }
+};
+
+template <>
+struct IP<TQ6_K> {
+    int w0, w1;
+    float dl;
+    __device__ __forceinline__ void load(const u8* row, int g, int p) {
+        const u8* b = row + (g >> 3) * 210;  // 210-byte blocks: 2-byte aligned only
+        const int c = g & 7, half = c >> 2, run = c & 3;
+        const u8* ql = b + half * 64 + (run & 1) * 32 + 8 * p;
+        const u8* qh = b + 128 + half * 32 + 8 * p;
+        const int ls = run < 2 ? 0 : 4, hs = 2 * run;
+        w0 = sub_bytes(((ld32a2(ql) >> ls) & 0x0F0F0F0Fu) | (((ld32a2(qh) >> hs) & 0x03030303u) << 4), 0x20202020u);
+        w1 = sub_bytes(((ld32a2(ql + 4) >> ls) & 0x0F0F0F0Fu) | (((ld32a2(qh + 4) >> hs) & 0x03030303u) << 4), 0x20202020u);
+        dl = h2f(ld16a(b + 208)) * (float)(i8)b[192 + c * 2 + (p >> 1)];
+    }
+    __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float) const {
+        return dl * dx * (float)dot8(w0, xg[2 * p], w1, xg[2 * p + 1]);
+    }
+};
+
