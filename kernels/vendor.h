@@ -129,7 +129,8 @@ static __device__ __forceinline__ int dp4a_ptx(int a, int b, int c) {
 #define DP4A(a, b, c) dp4a_ptx((a), (b), (c))
 #endif
 
-// 16/32-bit loads at addresses known to be 2/4-byte aligned.
+// A 16-bit load, and a 32-bit value from two 16-bit loads, at addresses known
+// to be 2-byte aligned (the odd-sized blocks of q4_0, q5_0, q8_0, q6_k).
 static __device__ __forceinline__ u32 ld16a(const u8* p) { return *(const u16*)p; }
 static __device__ __forceinline__ u32 ld32a2(const u8* p) { return ld16a(p) | (ld16a(p + 2) << 16); }
 
