@@ -111,7 +111,7 @@ var (
 	ErrOutOfMemory     = &Error{Status: StatusOutOfMemory}
 	// ErrBackendUnavailable: the backend is not compiled in or has no usable device.
 	ErrBackendUnavailable = &Error{Status: StatusBackendUnavailable}
-	ErrCancelled       = &Error{Status: StatusCancelled}
+	ErrCancelled          = &Error{Status: StatusCancelled}
 	// ErrClosed: the Model was used after Close.
 	ErrClosed = errors.New("rocmforge: model is closed")
 )
@@ -298,13 +298,22 @@ func (m *Model) Detokenize(tokens []int32) (string, error) {
 	if len(tokens) == 0 {
 		return "", nil
 	}
-	buf := make([]byte, len(tokens)*8+16)
-	var n C.size_t
 	tp := (*C.int32_t)(unsafe.Pointer(&tokens[0]))
-	st := C.forge_detokenize(m.ctx, tp, C.size_t(len(tokens)), false, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &n)
+	return readString(len(tokens)*8+16, func(buf *C.char, size C.size_t, n *C.size_t) C.enum_forge_status {
+		return C.forge_detokenize(m.ctx, tp, C.size_t(len(tokens)), false, buf, size, n)
+	})
+}
+
+// readString reads text the C API writes into a caller's buffer: a first
+// call with `guess` bytes and, on BUFFER_TOO_SMALL, one more with the size
+// that call reported.
+func readString(guess int, call func(buf *C.char, size C.size_t, n *C.size_t) C.enum_forge_status) (string, error) {
+	buf := make([]byte, guess)
+	var n C.size_t
+	st := call((*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &n)
 	if st == C.FORGE_ERR_BUFFER_TOO_SMALL {
 		buf = make([]byte, int(n))
-		st = C.forge_detokenize(m.ctx, tp, C.size_t(len(tokens)), false, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &n)
+		st = call((*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &n)
 	}
 	if err := check(st); err != nil {
 		return "", err
@@ -319,17 +328,9 @@ func (m *Model) Backend() (string, error) {
 		return "", err
 	}
 	defer m.mu.Unlock()
-	buf := make([]byte, 128)
-	var n C.size_t
-	st := C.forge_ctx_backend(m.ctx, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &n)
-	if st == C.FORGE_ERR_BUFFER_TOO_SMALL {
-		buf = make([]byte, int(n))
-		st = C.forge_ctx_backend(m.ctx, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &n)
-	}
-	if err := check(st); err != nil {
-		return "", err
-	}
-	return string(buf[:int(n)]), nil
+	return readString(128, func(buf *C.char, size C.size_t, n *C.size_t) C.enum_forge_status {
+		return C.forge_ctx_backend(m.ctx, buf, size, n)
+	})
 }
 
 // Reset keeps the first nKeep positions of the KV cache (0 clears it).

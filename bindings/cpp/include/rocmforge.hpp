@@ -35,6 +35,21 @@ namespace detail {
 inline void check(forge_status st, const char *what) {
     if (st != FORGE_OK) throw Error(st, std::string(what) + ": " + forge_last_error());
 }
+/// Text the C API writes into a caller's buffer: a first call with `guess`
+/// bytes and, on BUFFER_TOO_SMALL, one more with the size that call reported.
+template <class F>
+std::string read_string(size_t guess, const char *what, F &&call) {
+    std::string s(guess, '\0');
+    size_t n = 0;
+    forge_status st = call(s.data(), s.size(), &n);
+    if (st == FORGE_ERR_BUFFER_TOO_SMALL) {
+        s.resize(n);
+        st = call(s.data(), s.size(), &n);
+    }
+    check(st, what);
+    s.resize(n);
+    return s;
+}
 /// The ABI this header was written for must be the one the library has.
 inline void check_abi() {
     if (forge_abi_version() != FORGE_ABI_VERSION)
@@ -188,16 +203,9 @@ class Context {
     }
 
     [[nodiscard]] std::string detokenize(const std::vector<int32_t> &tokens, bool special = false) const {
-        std::string s(tokens.size() * 8 + 16, '\0');
-        size_t n = 0;
-        forge_status st = forge_detokenize(get(), tokens.data(), tokens.size(), special, s.data(), s.size(), &n);
-        if (st == FORGE_ERR_BUFFER_TOO_SMALL) {
-            s.resize(n);
-            st = forge_detokenize(get(), tokens.data(), tokens.size(), special, s.data(), s.size(), &n);
-        }
-        detail::check(st, "forge_detokenize");
-        s.resize(n);
-        return s;
+        return detail::read_string(tokens.size() * 8 + 16, "forge_detokenize", [&](char *b, size_t cap, size_t *n) {
+            return forge_detokenize(get(), tokens.data(), tokens.size(), special, b, cap, n);
+        });
     }
 
     /// Append tokens; returns the last position's logits (n_vocab floats).
@@ -212,16 +220,8 @@ class Context {
     [[nodiscard]] int32_t n_vocab() const { return forge_n_vocab(get()); }
     /// Where this context runs: "cpu (N threads)" or e.g. "cuda:0 NVIDIA H100 80GB HBM3 (sm_90)".
     [[nodiscard]] std::string backend() const {
-        std::string s(64, '\0');
-        size_t n = 0;
-        forge_status st = forge_ctx_backend(get(), s.data(), s.size(), &n);
-        if (st == FORGE_ERR_BUFFER_TOO_SMALL) {
-            s.resize(n);
-            st = forge_ctx_backend(get(), s.data(), s.size(), &n);
-        }
-        detail::check(st, "forge_ctx_backend");
-        s.resize(n);
-        return s;
+        return detail::read_string(64, "forge_ctx_backend",
+                                   [&](char *b, size_t cap, size_t *n) { return forge_ctx_backend(get(), b, cap, n); });
     }
     [[nodiscard]] forge_model_info info() const {
         forge_model_info i{};

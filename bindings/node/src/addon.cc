@@ -42,6 +42,22 @@ Napi::Error status_error(Napi::Env env, forge_status st, const std::string &msg)
     return make_error(env, status_name(st), msg, static_cast<int>(st));
 }
 
+// Text the C API writes into a caller's buffer: a first call with `guess`
+// bytes and, on BUFFER_TOO_SMALL, one more with the size that call reported.
+template <class F>
+std::string read_string(Napi::Env env, size_t guess, F &&call) {
+    std::string s(guess, '\0');
+    size_t n = 0;
+    forge_status st = call(s.data(), s.size(), &n);
+    if (st == FORGE_ERR_BUFFER_TOO_SMALL) {
+        s.resize(n);
+        st = call(s.data(), s.size(), &n);
+    }
+    if (st != FORGE_OK) throw status_error(env, st, forge_last_error());
+    s.resize(n);
+    return s;
+}
+
 // A context shared between the JS object and any running worker, so a
 // close() during generation frees it only when the worker is done.
 struct Handle {
@@ -99,17 +115,10 @@ class Model : public Napi::ObjectWrap<Model> {
         Napi::Array a = info[0].As<Napi::Array>();
         std::vector<int32_t> ids(a.Length());
         for (uint32_t i = 0; i < a.Length(); i++) ids[i] = a.Get(i).As<Napi::Number>().Int32Value();
-        std::string s(ids.size() * 8 + 16, '\0');
-        size_t n = 0;
         forge_ctx *c = ctx(env);
-        forge_status st = forge_detokenize(c, ids.data(), ids.size(), false, s.data(), s.size(), &n);
-        if (st == FORGE_ERR_BUFFER_TOO_SMALL) {
-            s.resize(n);
-            st = forge_detokenize(c, ids.data(), ids.size(), false, s.data(), s.size(), &n);
-        }
-        if (st != FORGE_OK) throw status_error(env, st, forge_last_error());
-        s.resize(n);
-        return Napi::String::New(env, s);
+        return Napi::String::New(env, read_string(env, ids.size() * 8 + 16, [&](char *b, size_t cap, size_t *n) {
+                                     return forge_detokenize(c, ids.data(), ids.size(), false, b, cap, n);
+                                 }));
     }
 
     Napi::Value NewSession(const Napi::CallbackInfo &info) {
@@ -126,17 +135,9 @@ class Model : public Napi::ObjectWrap<Model> {
 
     Napi::Value Backend(const Napi::CallbackInfo &info) {
         Napi::Env env = info.Env();
-        std::string s(128, '\0');
-        size_t n = 0;
         forge_ctx *c = ctx(env);
-        forge_status st = forge_ctx_backend(c, s.data(), s.size(), &n);
-        if (st == FORGE_ERR_BUFFER_TOO_SMALL) {
-            s.resize(n);
-            st = forge_ctx_backend(c, s.data(), s.size(), &n);
-        }
-        if (st != FORGE_OK) throw status_error(env, st, forge_last_error());
-        s.resize(n);
-        return Napi::String::New(env, s);
+        return Napi::String::New(
+            env, read_string(env, 128, [&](char *b, size_t cap, size_t *n) { return forge_ctx_backend(c, b, cap, n); }));
     }
 
     Napi::Value Info(const Napi::CallbackInfo &info) {
