@@ -3,9 +3,13 @@
 //! requested backend, side by side in one run. On a GPU it also reports the
 //! decode ceiling: measured device-to-device copy bandwidth ÷ weight bytes
 //! read per token, and tg as a fraction of it.
+//! As llama-bench: pp times one batch of pp tokens in a fresh context; tg
+//! times tg single-token steps in a fresh context that already holds
+//! `--depth` tokens (default 0; llama-bench's `-d`), so tg128 is the same
+//! measurement as llama-bench's tg128.
 //!
 //! usage: cargo run --release --example bench -- [--backend cpu,cuda,...] [--threads N]
-//!        [--pp 128] [--tg 64] [--reps 3] [MODEL.gguf ...]
+//!        [--pp 128] [--tg 64] [--depth 0] [--reps 3] [MODEL.gguf ...]
 //! (default: the three real models under models/, CPU, 2 threads)
 //! Reports the median of `reps` runs. FORGE_NO_GRAPH=1 turns off the decode graph.
 
@@ -21,7 +25,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let (mut threads, mut pp, mut tg, mut reps) = (2usize, 128usize, 64usize, 3usize);
+    let (mut threads, mut pp, mut tg, mut reps, mut depth) = (2usize, 128usize, 64usize, 3usize, 0usize);
     let mut backends = vec!["cpu".to_string()];
     let mut models = Vec::new();
     let mut args = std::env::args().skip(1);
@@ -32,6 +36,7 @@ fn main() {
             "--pp" => pp = num(),
             "--tg" => tg = num(),
             "--reps" => reps = num(),
+            "--depth" => depth = num(),
             "--backend" => backends = args.next().expect("a backend list").split(',').map(String::from).collect(),
             _ => models.push(a),
         }
@@ -45,7 +50,7 @@ fn main() {
     println!("cpu threads {threads}, cpu kernels {}, median of {reps}", rocmforge::backend::cpu::kernel_name());
     println!(
         "{:45} {:28} {:>8} {:>12} {:>12} {:>9} {:>9} {:>10} {:>6}",
-        "model", "backend", "load ms", format!("pp{pp} t/s"), format!("tg{tg} t/s"), "MB/token", "copy GB/s", "tg ceiling", "of it"
+        "model", "backend", "load ms", format!("pp{pp} t/s"), if depth > 0 { format!("tg{tg}@d{depth}") } else { format!("tg{tg} t/s") }, "MB/token", "copy GB/s", "tg ceiling", "of it"
     );
     let text = std::fs::read_to_string(format!("{root}/tests/fixtures/text/english.txt")).unwrap();
     for path in &models {
@@ -62,14 +67,19 @@ fn main() {
             let load_ms = t0.elapsed().as_secs_f64() * 1e3;
             // the text's tokens, repeated to length pp (twins have random weights: any ids do)
             let base = model.tokenizer.encode(&text, true, false);
-            let toks: Vec<u32> = base.iter().copied().cycle().take(pp).collect();
+            let toks: Vec<u32> = base.iter().copied().cycle().take(pp.max(depth)).collect();
             let (mut pps, mut tgs) = (Vec::new(), Vec::new());
             for _ in 0..reps {
-                let mut s = Session::new(model.clone(), pp + tg + 1).unwrap();
+                let mut s = Session::new(model.clone(), pp.max(depth + tg) + 1).unwrap();
                 let t = Instant::now();
-                let logits = s.eval(&toks, Logits::Last).unwrap();
+                let logits = s.eval(&toks[..pp], Logits::Last).unwrap();
                 pps.push(pp as f64 / t.elapsed().as_secs_f64());
                 let mut next = argmax(&logits);
+                // tg: the same session, emptied and refilled to `depth` (untimed)
+                s.kv_keep(0).unwrap();
+                if depth > 0 {
+                    next = argmax(&s.eval(&toks[..depth], Logits::Last).unwrap());
+                }
                 let t = Instant::now();
                 for _ in 0..tg {
                     next = argmax(&s.eval(&[next], Logits::Last).unwrap());

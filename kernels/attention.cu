@@ -1,7 +1,8 @@
 // attention.cu: causal attention over the f16 KV cache, flash style: online
 // softmax over tiles of WARP_SIZE keys, no score matrix in memory. Decode
-// (attn) splits the keys over S blocks of 4 warps (flash-decoding); the
-// last block of each (token, head) to finish merges the partial results;
+// (attn_d64/128/256) splits the keys over up to S blocks of 4 warps
+// (flash-decoding); the last block of each (token, head) to finish merges
+// the partial results;
 // prefill (attn_prefill) stages each key tile in shared memory once for a
 // block of queries.
 // GQA/MQA: Q head h reads K/V head h / (n_head / n_head_kv); nothing is copied.
@@ -14,18 +15,71 @@
 // counters (n * n_head) i32, zero between launches.
 // Token t is at position *pos0 + t. hd must be a multiple of 8, hdv <= 256.
 #pragma once
-#include "vendor.h"
+#include "iquant.h"
 
 #define ATT_MAXD (256 / WARP_SIZE)
 #define ATT_WARPS 4
+// Keys one decode block takes before another split pays: one tile per warp.
+#define ATT_CHUNK (ATT_WARPS * WARP_SIZE)
 
-// attn (decode and any n): grid x = Q head, y = token t, z = split s (of S);
-// block ATT_WARPS warps, warp w taking key tiles w, w + ATT_WARPS, ... of
-// the split, the warps merged through shared memory at the end.
-// Dynamic shared memory: (hd + ATT_WARPS * (2 + hdv)) floats.
-KERNEL void attn(const float* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc, float* out,
-                 float* part, int* counters, const int* pos0, int n_head, int n_head_kv, int hd, int hdv, int window,
-                 float scale, int S) {
+// N consecutive f16 values, in one load of 2N bytes (2N-byte aligned).
+template <int N>
+struct HalfVec;
+template <>
+struct HalfVec<1> {
+    u16 a;
+    __device__ __forceinline__ void load(const u16* p) { a = *p; }
+    __device__ __forceinline__ void zero() { a = 0; }
+    __device__ __forceinline__ float at(int) const { return h2f(a); }
+};
+template <>
+struct HalfVec<2> {
+    u32 a;
+    __device__ __forceinline__ void load(const u16* p) { a = *(const u32*)p; }
+    __device__ __forceinline__ void zero() { a = 0; }
+    __device__ __forceinline__ float at(int i) const { return h2f((u16)(i ? a >> 16 : a)); }
+};
+template <>
+struct HalfVec<4> {
+    uint2 a;
+    __device__ __forceinline__ void load(const u16* p) { a = *(const uint2*)p; }
+    __device__ __forceinline__ void zero() { a = make_uint2(0, 0); }
+    __device__ __forceinline__ float at(int i) const {
+        const u32 w = i < 2 ? a.x : a.y;
+        return h2f((u16)(i & 1 ? w >> 16 : w));
+    }
+};
+template <>
+struct HalfVec<8> {
+    uint4 a;
+    __device__ __forceinline__ void load(const u16* p) { a = *(const uint4*)p; }
+    __device__ __forceinline__ void zero() { a = make_uint4(0, 0, 0, 0); }
+    __device__ __forceinline__ float at(int i) const {
+        const u32 w = i < 2 ? a.x : i < 4 ? a.y : i < 6 ? a.z : a.w;
+        return h2f((u16)(i & 1 ? w >> 16 : w));
+    }
+};
+
+// Decode attention, templated on D >= hd, hdv (64, 128 or 256).
+// Grid x = Q head, y = token t, z = split s (of at most S); block ATT_WARPS
+// warps. The visible keys (first .. p) are split over SA = min(S,
+// ceil(len / ATT_CHUNK)) blocks (worked out on the device, so one captured
+// graph serves every position; blocks s >= SA exit at once). Warp w takes
+// key tiles w, w + ATT_WARPS, ... of its block's keys. Per tile, lane l
+// scores key l (its whole K row in 16-byte loads) and owns value dims
+// l * D / WARP_SIZE .. of the output; V rows are loaded in batches of VB
+// keys, the first batch issued before the scores so both wait on memory
+// once. Warps merge through shared memory; with SA > 1 each block writes a
+// partial {max, sum, unnormalised out} and the last of the SA blocks of (t,
+// h) to finish merges them (loads that bypass L1: the partials come from
+// other SMs).
+template <int D>
+static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, const u16* __restrict__ kc,
+                                                   const u16* __restrict__ vc, float* out, float* part, int* counters,
+                                                   const int* pos0, int n_head, int n_head_kv, int hd, int hdv,
+                                                   int window, float scale, int S, i8* aq, float* ad, float* as) {
+    constexpr int DPL = D / WARP_SIZE;                                      // value dims per lane
+    constexpr int VB = WARP_SIZE < 128 * WARP_SIZE / D ? WARP_SIZE : 128 * WARP_SIZE / D;  // keys per V batch
     extern __shared__ float sm[];
     float* sq = sm;
     float* red = sm + hd;
@@ -33,7 +87,10 @@ KERNEL void attn(const float* __restrict__ q, const u16* __restrict__ kc, const 
     const int lane = threadIdx.x % WARP_SIZE, w = threadIdx.x / WARP_SIZE;
     const int p = *pos0 + t;
     const int first = window > 0 ? max(0, p + 1 - window) : 0;
-    const int len = p + 1 - first, chunk = (len + S - 1) / S;
+    const int len = p + 1 - first;
+    const int SA = min(S, (len + ATT_CHUNK - 1) / ATT_CHUNK);
+    if (s >= SA) return;
+    const int chunk = (len + SA - 1) / SA;  // SA(SA - 1) < len: no split is empty
     const int j0 = first + s * chunk, j1 = min(j0 + chunk, p + 1);
     const int kvh = h / (n_head / n_head_kv);
     const u64 kv_stride = (u64)n_head_kv * hd, v_stride = (u64)n_head_kv * hdv;
@@ -41,54 +98,61 @@ KERNEL void attn(const float* __restrict__ q, const u16* __restrict__ kc, const 
     for (int i = threadIdx.x; i < hd; i += blockDim.x) sq[i] = qh[i] * scale;
     __syncthreads();
 
-    float m = NEG_INF, l = 0.0f, o[ATT_MAXD];
+    const int d0 = lane * DPL;
+    const bool vmine = d0 < hdv;  // hdv % 8 == 0: a lane's dims are all in or all out
+    float m = NEG_INF, l = 0.0f, o[DPL];
 #pragma unroll
-    for (int k = 0; k < ATT_MAXD; k++) o[k] = 0.0f;
+    for (int k = 0; k < DPL; k++) o[k] = 0.0f;
     for (int jb = j0 + w * WARP_SIZE; jb < j1; jb += ATT_WARPS * WARP_SIZE) {
+        const int nb = min(WARP_SIZE, j1 - jb);
+        const u16* vb = vc + (u64)jb * v_stride + (u64)kvh * hdv + d0;
+        HalfVec<DPL> vr[VB];
+#pragma unroll
+        for (int k = 0; k < VB; k++) {
+            if (k < nb && vmine) vr[k].load(vb + (u64)k * v_stride);
+            else vr[k].zero();
+        }
+        // scores: lane l takes key jb + l
         const int j = jb + lane;
         float sc = NEG_INF;
-        if (j < j1) {
-            const uint4* kr = (const uint4*)(kc + j * kv_stride + (u64)kvh * hd);
+        if (lane < nb) {
+            const uint4* kr = (const uint4*)(kc + (u64)j * kv_stride + (u64)kvh * hd);
             float d = 0.0f;
-#pragma unroll 4
-            for (int i = 0; i < hd / 8; i++) {
-                const uint4 v = kr[i];
-                const u32 wd[4] = {v.x, v.y, v.z, v.w};
+            for (int c = 0; c < hd / 8; c += 8) {
+                uint4 kv[8];
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    d += h2f((u16)(wd[e] & 0xffff)) * sq[8 * i + 2 * e];
-                    d += h2f((u16)(wd[e] >> 16)) * sq[8 * i + 2 * e + 1];
+                for (int i = 0; i < 8; i++) kv[i] = c + i < hd / 8 ? kr[c + i] : make_uint4(0, 0, 0, 0);
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    const u32 wd[4] = {kv[i].x, kv[i].y, kv[i].z, kv[i].w};
+                    const float* qs = sq + 8 * (c + i);
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        if (c + i < hd / 8) d += h2f((u16)(wd[e] & 0xffff)) * qs[2 * e] + h2f((u16)(wd[e] >> 16)) * qs[2 * e + 1];
+                    }
                 }
             }
             sc = d;
         }
         const float mn = fmaxf(m, warp_max(sc));
-        const float pj = j < j1 ? expf(sc - mn) : 0.0f;
+        const float pj = lane < nb ? expf(sc - mn) : 0.0f;
         const float corr = expf(m - mn);
         l = l * corr + warp_sum(pj);
 #pragma unroll
-        for (int k = 0; k < ATT_MAXD; k++) o[k] *= corr;
-        const int nb = min(WARP_SIZE, j1 - jb);
-        const u16* vb = vc + (u64)jb * v_stride + (u64)kvh * hdv;
-        int jj = 0;
-        for (; jj + 4 <= nb; jj += 4) {  // four keys' loads in flight at once
-            const float p0 = SHFL(pj, jj), p1 = SHFL(pj, jj + 1), p2 = SHFL(pj, jj + 2), p3 = SHFL(pj, jj + 3);
-            const u16* v0 = vb + (u64)jj * v_stride;
+        for (int k = 0; k < DPL; k++) o[k] *= corr;
+        for (int b = 0; b < nb; b += VB) {
+            if (b > 0) {
 #pragma unroll
-            for (int k = 0; k < ATT_MAXD; k++) {
-                const int d = lane + k * WARP_SIZE;
-                if (d < hdv)
-                    o[k] += p0 * h2f(v0[d]) + p1 * h2f(v0[v_stride + d]) + p2 * h2f(v0[2 * v_stride + d]) +
-                            p3 * h2f(v0[3 * v_stride + d]);
+                for (int k = 0; k < VB; k++) {
+                    if (b + k < nb && vmine) vr[k].load(vb + (u64)(b + k) * v_stride);
+                    else vr[k].zero();
+                }
             }
-        }
-        for (; jj < nb; jj++) {
-            const float pw = SHFL(pj, jj);
-            const u16* v0 = vb + (u64)jj * v_stride;
 #pragma unroll
-            for (int k = 0; k < ATT_MAXD; k++) {
-                const int d = lane + k * WARP_SIZE;
-                if (d < hdv) o[k] += pw * h2f(v0[d]);
+            for (int k = 0; k < VB; k++) {
+                const float pk = SHFL(pj, (b + k) % WARP_SIZE);
+#pragma unroll
+                for (int e = 0; e < DPL; e++) o[e] += pk * vr[k].at(e);
             }
         }
         m = mn;
@@ -96,48 +160,74 @@ KERNEL void attn(const float* __restrict__ q, const u16* __restrict__ kc, const 
     // merge the warps: M = max m_w, L = Σ l_w e^(m_w - M), o = Σ o_w e^(m_w - M)
     float* mine = red + w * (2 + hdv);
     if (lane == 0) { mine[0] = m; mine[1] = l; }
+    if (vmine) {
 #pragma unroll
-    for (int k = 0; k < ATT_MAXD; k++) {
-        const int d = lane + k * WARP_SIZE;
-        if (d < hdv) mine[2 + d] = o[k];
+        for (int e = 0; e < DPL; e++) mine[2 + d0 + e] = o[e];
     }
     __syncthreads();
-    const int nw = blockDim.x / WARP_SIZE;
     float M = NEG_INF, L = 0.0f;
-    for (int i = 0; i < nw; i++) M = fmaxf(M, red[i * (2 + hdv)]);
-    for (int i = 0; i < nw; i++) L += red[i * (2 + hdv) + 1] * expf(red[i * (2 + hdv)] - M);
-    float* dst = S == 1 ? out + ((u64)t * n_head + h) * hdv : part + (((u64)t * n_head + h) * S + s) * (2 + hdv) + 2;
-    const float norm = S == 1 ? (L > 0.0f ? 1.0f / L : 0.0f) : 1.0f;
+#pragma unroll
+    for (int i = 0; i < ATT_WARPS; i++) M = fmaxf(M, red[i * (2 + hdv)]);
+#pragma unroll
+    for (int i = 0; i < ATT_WARPS; i++) L += red[i * (2 + hdv) + 1] * expf(red[i * (2 + hdv)] - M);
+    float* dst = SA == 1 ? out + ((u64)t * n_head + h) * hdv : part + (((u64)t * n_head + h) * S + s) * (2 + hdv) + 2;
+    const float norm = SA == 1 ? (L > 0.0f ? 1.0f / L : 0.0f) : 1.0f;
+    const int cols = n_head * hdv, ng = cols >> 5;
     for (int d = threadIdx.x; d < hdv; d += blockDim.x) {
         float acc = 0.0f;
-        for (int i = 0; i < nw; i++) acc += red[i * (2 + hdv) + 2 + d] * expf(red[i * (2 + hdv)] - M);
+#pragma unroll
+        for (int i = 0; i < ATT_WARPS; i++) acc += red[i * (2 + hdv) + 2 + d] * expf(red[i * (2 + hdv)] - M);
         dst[d] = acc * norm;
+        if (SA == 1 && aq) act_store_group(acc * norm, h * hdv + d, true, aq + (u64)t * cols * 2, ad + t * ng, as + t * ng);
     }
-    if (S == 1) return;
+    if (SA == 1) return;
     if (threadIdx.x == 0) { dst[-2] = M; dst[-1] = L; }
-    // The last of the S blocks of (t, h) to finish merges all partials:
+    // The last of the SA blocks of (t, h) to finish merges all partials:
     // out = Σ o_s e^(m_s - M) / Σ l_s e^(m_s - M). Its ticket comes from a
     // counter that it resets, so a replayed graph finds it at zero again.
     __shared__ int last;
+    __shared__ float wgt[64];  // S <= 64 (launcher)
     __threadfence();
     __syncthreads();
     int* ctr = counters + (u64)t * n_head + h;
-    if (threadIdx.x == 0) last = atomicAdd(ctr, 1) == S - 1;
+    if (threadIdx.x == 0) last = atomicAdd(ctr, 1) == SA - 1;
     __syncthreads();
     if (!last) return;
     __threadfence();
-    const volatile float* base = part + ((u64)t * n_head + h) * S * (2 + hdv);
-    float GM = NEG_INF, GL = 0.0f;
-    for (int i = 0; i < S; i++) GM = fmaxf(GM, base[i * (2 + hdv)]);
-    for (int i = 0; i < S; i++) GL += base[i * (2 + hdv) + 1] * expf(base[i * (2 + hdv)] - GM);
+    const float* base = part + ((u64)t * n_head + h) * S * (2 + hdv);
+    const int i = threadIdx.x;  // blockDim.x >= 64 >= SA
+    const float mi = i < SA ? ld_cg(base + i * (2 + hdv)) : NEG_INF;
+    const float li = i < SA ? ld_cg(base + i * (2 + hdv) + 1) : 0.0f;
+    const float GM = block_max(mi, red);
+    const float wi = i < SA ? expf(mi - GM) : 0.0f;
+    if (i < SA) wgt[i] = wi;
+    const float GL = block_sum(li * wi, red);  // its barriers also publish wgt
     const float inv = GL > 0.0f ? 1.0f / GL : 0.0f;
     for (int d = threadIdx.x; d < hdv; d += blockDim.x) {
         float acc = 0.0f;
-        for (int i = 0; i < S; i++) acc += base[i * (2 + hdv) + 2 + d] * expf(base[i * (2 + hdv)] - GM);
+#pragma unroll 8
+        for (int k = 0; k < SA; k++) acc += wgt[k] * ld_cg(base + k * (2 + hdv) + 2 + d);
         out[((u64)t * n_head + h) * hdv + d] = acc * inv;
+        if (aq) act_store_group(acc * inv, h * hdv + d, true, aq + (u64)t * cols * 2, ad + t * ng, as + t * ng);
     }
     if (threadIdx.x == 0) *ctr = 0;
 }
+
+// attn_d<D>: decode attention for heads of up to D values (launcher picks).
+// Dynamic shared memory: (hd + ATT_WARPS * (2 + hdv)) floats. aq/ad/as
+// (null: not written): out (nt, n_head * hdv) also prepared for the decode
+// products as quant_act would (kernels/mmvq.cu; hdv % 32 == 0).
+#define ATTN_DECODE(D)                                                                                                   \
+    KERNEL void __launch_bounds__(ATT_WARPS * WARP_SIZE) attn_d##D(                                                      \
+        const float* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc, float* out, float* part,    \
+        int* counters, const int* pos0, int n_head, int n_head_kv, int hd, int hdv, int window, float scale, int S,      \
+        i8* aq, float* ad, float* as) {                                                                                  \
+        GRID_START();                                                                                                    \
+        attn_decode<D>(q, kc, vc, out, part, counters, pos0, n_head, n_head_kv, hd, hdv, window, scale, S, aq, ad, as); \
+    }
+ATTN_DECODE(64)
+ATTN_DECODE(128)
+ATTN_DECODE(256)
 
 // attn_prefill: many queries, flash style with K/V tiles shared by a block.
 // Grid: x = Q head, y = tile of `qb` queries (qb = 4 * qw, qw <= 4 per warp);
@@ -151,6 +241,7 @@ KERNEL void BOUNDS(ATT_WARPS * WARP_SIZE, 5) attn_prefill(const float* __restric
                          float* out, const int* pos0, int n, int n_head, int n_head_kv, int hd, int hdv, int window,
                          float scale, int qw) {
     extern __shared__ u32 smem[];
+    GRID_START();
     const int hw = hd / 2 + 1;
     u32* sk = smem;
     u16* sv = (u16*)(sk + WARP_SIZE * hw);

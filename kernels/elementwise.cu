@@ -5,18 +5,21 @@
 
 // g = act(g) * u (the gated FFN after two separate projections); act: 2 silu, 3 gelu_tanh.
 KERNEL void glu(float* g, const float* u, u64 n, int act) {
+    GRID_START();
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         g[i] = gated(act, g[i], u[i]);
 }
 
 // y (f16) = x (f32), for the BLAS path's activations.
 KERNEL void f32_to_f16(const float* x, u16* y, u64 n) {
+    GRID_START();
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         y[i] = f2h(x[i]);
 }
 
 // x += y
 KERNEL void add_inplace(float* x, const float* y, u64 n) {
+    GRID_START();
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         x[i] += y[i];
 }

@@ -22,6 +22,32 @@ static __device__ __forceinline__ void act_planes(int v, i8* hi, i8* lo) {
     *lo = (i8)(v - 256 * h);
 }
 
+#if !defined(FORGE_HOST_TEST)
+// Quantize one group of 32 values held by 32 consecutive lanes (lanes 0-31
+// or 32-63 of a wave64), value e of a token's row per lane, and store it
+// (when `store`; every lane of the group must call): its bytes in xq (the
+// token's planes), and from its first lane d and d * sum(v) in xd/xs.
+static __device__ __forceinline__ void act_store_group(float v, int e, bool store, i8* xq, float* xd, float* xs) {
+    float amax = fabsf(v);
+#pragma unroll
+    for (int m = 16; m > 0; m >>= 1) amax = fmaxf(amax, SHFL_XOR(amax, m));
+    const float d = amax / ACT_MAX;
+    const float id = d > 0.0f ? 1.0f / d : 0.0f;
+    const int q = act_q(v, id);
+    int sum = q;
+#pragma unroll
+    for (int m = 16; m > 0; m >>= 1) sum += SHFL_XOR(sum, m);
+    if (store) {
+        i8* o = xq + (e >> 2) * 8 + (e & 3);
+        act_planes(q, o, o + 4);
+        if ((e & 31) == 0) {
+            xd[e >> 5] = d;
+            xs[e >> 5] = d * (float)sum;
+        }
+    }
+}
+#endif
+
 // The sum over 8 values of weight bytes (w0: values of x word k0, w1: of
 // word k1) times x in its two planes. |result| < 2^25: exact.
 static __device__ __forceinline__ int dot8(int w0, int2 x0, int w1, int2 x1) {

@@ -100,10 +100,15 @@ static __device__ void get_rows(const u8* W, const int* ids, float* out, int col
 
 #define MATMUL_KERNELS(T, s)                                                                            \
     KERNEL void matmul_##s(const u8* W, const float* X, float* Y, int rows, int cols, int nt, int mode) { \
+        GRID_START();                                                                                     \
         matmul_tiled<T>(W, X, Y, rows, cols, nt, mode);                                                   \
     }                                                                                                     \
-    KERNEL void dequant_f16_##s(const u8* W, u16* out, int rows, int cols) { dequant_f16<T>(W, out, rows, cols); } \
+    KERNEL void dequant_f16_##s(const u8* W, u16* out, int rows, int cols) {                            \
+        GRID_START();                                                                                     \
+        dequant_f16<T>(W, out, rows, cols);                                                               \
+    }                                                                                                     \
     KERNEL void get_rows_##s(const u8* W, const int* ids, float* out, int cols, float scale) {          \
+        GRID_START();                                                                                     \
         get_rows<T>(W, ids, out, cols, scale);                                                            \
     }
 FOR_EACH_TYPE(MATMUL_KERNELS)

@@ -150,6 +150,7 @@ static __device__ void matvec(const u8* __restrict__ W, const u8* __restrict__ W
     KERNEL void __launch_bounds__(MMV_THREADS) matvec_##s(const u8* W, const u8* W2, const float* x, float* y, \
                                                           int rows, int cols, int nt, int mode, const float* nw, \
                                                           float eps) {                                       \
+        GRID_START();                                                                                        \
         matvec<T>(W, W2, x, y, rows, cols, nt, mode, nw, eps);                                               \
     }
 FOR_EACH_TYPE(MATVEC_KERNEL)

@@ -30,6 +30,7 @@ KERNEL void __launch_bounds__(256) quant_act(const float* __restrict__ x, const 
                                              i8* __restrict__ xq, float* __restrict__ xd, float* __restrict__ xs,
                                              float* __restrict__ xf) {
     __shared__ float red[32];
+    GRID_START();
     const int t = blockIdx.y, ng = cols >> 5;
     const float* xr = x + (u64)t * cols;
     float s = 1.0f;
@@ -46,23 +47,17 @@ KERNEL void __launch_bounds__(256) quant_act(const float* __restrict__ x, const 
     const int e = blockIdx.x * blockDim.x + threadIdx.x;
     const bool in = e < cols;  // cols % 32 == 0: a group is wholly in or out
     const float v = in ? xr[e] * s * (nw ? nw[e] : 1.0f) : 0.0f;
-    float amax = fabsf(v);
-#pragma unroll
-    for (int m = 16; m > 0; m >>= 1) amax = fmaxf(amax, SHFL_XOR(amax, m));
-    const float d = amax / ACT_MAX;
-    const float id = d > 0.0f ? 1.0f / d : 0.0f;
-    const int q = act_q(v, id);
-    int sum = q;
-#pragma unroll
-    for (int m = 16; m > 0; m >>= 1) sum += SHFL_XOR(sum, m);
-    if (in) {
-        i8* o = xq + (u64)t * cols * 2 + (e >> 2) * 8 + (e & 3);
-        act_planes(q, o, o + 4);
-        xf[(u64)t * cols + e] = v;
-        if ((e & 31) == 0) {
-            xd[(u64)t * ng + (e >> 5)] = d;
-            xs[(u64)t * ng + (e >> 5)] = d * (float)sum;
-        }
+    act_store_group(v, e, in, xq + (u64)t * cols * 2, xd + (u64)t * ng, xs + (u64)t * ng);
+    if (in) xf[(u64)t * cols + e] = v;
+}
+
+// Weights depend on no kernel: fetch the block's rows into L2 while the
+// kernel before finishes (see GRID_START), 32 bytes per prefetch.
+static __device__ __forceinline__ void prefetch_rows(const u8* W, const u8* W2, int r0, int R, int rows, u64 rb) {
+    const u64 n = (u64)(min(r0 + R, rows) - r0) * rb, o0 = (u64)r0 * rb;
+    for (u64 o = threadIdx.x * 32; o < n; o += MMVQ_THREADS * 32) {
+        PREFETCH_L2(W + o0 + o);
+        if (W2) PREFETCH_L2(W2 + o0 + o);
     }
 }
 
@@ -106,40 +101,53 @@ static __device__ __forceinline__ void rows_out(const float (&acc)[R][NT], const
 }
 
 // Grid x: ceil(rows / R); block: MMVQ_THREADS, which stride over the parts
-// of R rows at once (R independent weight loads per step, one x load).
-// NT: most tokens (a kernel for 1 token keeps fewer accumulators). W, W2:
-// (rows, cols) of type T. y: (nt, rows) f32. mode as in matvec.cu: 0 y =
-// W x, 1 y += W x, 2/3 gated FFN y = act(W x) * (W2 x).
-template <typename T, int NT, int R>
+// of R rows at once, U parts per thread per step: all U * R weight loads of
+// a step are issued before the first product, so a thread waits on memory
+// once per step, not once per part (one step covers 512 parts = 4096
+// values at U = 4). NT: most tokens (a kernel for 1 token keeps fewer
+// accumulators). W, W2: (rows, cols) of type T. y: (nt, rows) f32. mode as
+// in matvec.cu: 0 y = W x, 1 y += W x, 2/3 gated FFN y = act(W x) * (W2 x).
+template <typename T, int NT, int R, int U, bool GLU>
 static __device__ __forceinline__ void mmvq(const u8* __restrict__ W, const u8* __restrict__ W2, const int2* __restrict__ xq,
                                             const float* __restrict__ xd, const float* __restrict__ xs, float* __restrict__ y,
                                             int rows, int cols, int nt, int mode) {
-    const int r0 = blockIdx.x * R, ng = cols >> 5, nq = cols >> 2;
+    const int r0 = blockIdx.x * R, ng = cols >> 5, nq = cols >> 2, np = 4 * ng;
     const u64 rb = (u64)(cols / T::BLK) * T::BYTES;
-    const bool glu = mode >= 2;
+    prefetch_rows(W, GLU ? W2 : 0, r0, R, rows, rb);
+    GRID_START();
     float acc[R][NT], acc2[R][NT];
 #pragma unroll
     for (int j = 0; j < R; j++)
 #pragma unroll
         for (int t = 0; t < NT; t++) acc[j][t] = acc2[j][t] = 0.0f;
-    for (int i = threadIdx.x; i < 4 * ng; i += MMVQ_THREADS) {
-        const int g = i >> 2, p = i & 3;
-        IP<T> a[R], b[R];
+    for (int i0 = threadIdx.x; i0 < np; i0 += U * MMVQ_THREADS) {
+        IP<T> a[U][R], b[GLU ? U : 1][R];
 #pragma unroll
-        for (int j = 0; j < R; j++) {
-            const u64 off = (u64)min(r0 + j, rows - 1) * rb;  // rows past the end repeat the last
-            a[j].load(W + off, g, p);
-            if (glu) b[j].load(W2 + off, g, p);
+        for (int u = 0; u < U; u++) {
+            // parts past the row's end load the last part again: no branch
+            // between the loads, so all are in flight at once (a branch here
+            // made each wait for the one before); their products are skipped
+            const int i = min(i0 + u * MMVQ_THREADS, np - 1), g = i >> 2, p = i & 3;
+#pragma unroll
+            for (int j = 0; j < R; j++) {
+                const u64 off = (u64)min(r0 + j, rows - 1) * rb;  // rows past the end repeat the last
+                a[u][j].load(W + off, g, p);
+                if (GLU) b[GLU ? u : 0][j].load(W2 + off, g, p);
+            }
         }
 #pragma unroll
-        for (int t = 0; t < NT; t++) {
-            if (t < nt) {
-                const int2* xg = xq + (u64)t * nq + g * 8;
-                const float dx = xd[t * ng + g], sx = xs[t * ng + g];
+        for (int u = 0; u < U; u++) {
+            const int i = i0 + u * MMVQ_THREADS, g = i >> 2, p = i & 3;
 #pragma unroll
-                for (int j = 0; j < R; j++) {
-                    acc[j][t] += a[j].dot(xg, p, dx, sx);
-                    if (glu) acc2[j][t] += b[j].dot(xg, p, dx, sx);
+            for (int t = 0; t < NT; t++) {
+                if (t < nt && i < np) {
+                    const int2* xg = xq + (u64)t * nq + g * 8;
+                    const float dx = xd[t * ng + g], sx = xs[t * ng + g];
+#pragma unroll
+                    for (int j = 0; j < R; j++) {
+                        acc[j][t] += a[u][j].dot(xg, p, dx, sx);
+                        if (GLU) acc2[j][t] += b[GLU ? u : 0][j].dot(xg, p, dx, sx);
+                    }
                 }
             }
         }
@@ -147,18 +155,77 @@ static __device__ __forceinline__ void mmvq(const u8* __restrict__ W, const u8* 
     rows_out<R, NT>(acc, acc2, y, rows, r0, nt, mode);
 }
 
-// Kernels: mmvq_<type> for one token (4 rows per block), mmvq_<type>_n for
-// up to MMVQ_MAXT tokens (1 row per block).
+// One token, one row per warp (rows of fewer than 2048 values): warp w of
+// block b takes row b * NW + w, its lanes stride over the row's parts U at
+// a time, and a warp sum finishes it: no shared memory, no barrier, and no
+// idle threads on short rows (896 values = 112 parts: 4 per lane).
+template <typename T, int U, bool GLU>
+static __device__ __forceinline__ void mmvq_warp(const u8* __restrict__ W, const u8* __restrict__ W2, const int2* __restrict__ xq,
+                                                 const float* __restrict__ xd, const float* __restrict__ xs, float* __restrict__ y,
+                                                 int rows, int cols, int mode) {
+    constexpr int NW = MMVQ_THREADS / WARP_SIZE;
+    const int lane = threadIdx.x % WARP_SIZE, row = blockIdx.x * NW + threadIdx.x / WARP_SIZE;
+    const int ng = cols >> 5, np = 4 * ng;
+    const u64 rb = (u64)(cols / T::BLK) * T::BYTES;
+    prefetch_rows(W, GLU ? W2 : 0, blockIdx.x * NW, NW, rows, rb);
+    GRID_START();
+    if (row >= rows) return;
+    const u64 off = (u64)row * rb;
+    float acc = 0.0f, acc2 = 0.0f;
+    for (int i0 = lane; i0 < np; i0 += U * WARP_SIZE) {
+        IP<T> a[U], b[GLU ? U : 1];
+#pragma unroll
+        for (int u = 0; u < U; u++) {  // clamped, no branch: all loads in flight at once
+            const int i = min(i0 + u * WARP_SIZE, np - 1);
+            a[u].load(W + off, i >> 2, i & 3);
+            if (GLU) b[GLU ? u : 0].load(W2 + off, i >> 2, i & 3);
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int i = i0 + u * WARP_SIZE, g = i >> 2, p = i & 3;
+            if (i < np) {
+                const float dx = xd[g], sx = xs[g];
+                acc += a[u].dot(xq + g * 8, p, dx, sx);
+                if (GLU) acc2 += b[GLU ? u : 0].dot(xq + g * 8, p, dx, sx);
+            }
+        }
+    }
+    acc = warp_sum(acc);
+    if (GLU) acc2 = warp_sum(acc2);
+    if (lane == 0) {
+        if (mode == 0) y[row] = acc;
+        else if (mode == 1) y[row] += acc;
+        else y[row] = gated(mode, acc, acc2);
+    }
+}
+
+// Kernels (the launcher picks by token count, mode and width): for one
+// token, mmvq_<type> (4 rows per block) and mmvq_<type>_glu (gated pair, 2
+// rows), and their _w forms (one row per warp) for rows of fewer than 2048
+// values; mmvq_<type>_n: up to MMVQ_MAXT tokens, one row per block, any mode.
+#define MMVQ_ONE(name, T, R, U, GLU)                                                                                  \
+    KERNEL void __launch_bounds__(MMVQ_THREADS) name(const u8* W, const u8* W2, const int2* xq, const float* xd,        \
+                                                     const float* xs, float* y, int rows, int cols, int nt, int mode) { \
+        mmvq<T, 1, R, U, GLU>(W, W2, xq, xd, xs, y, rows, cols, nt, mode);                                              \
+    }
 #define MMVQ_KERNEL(T, s)                                                                                            \
-    KERNEL void __launch_bounds__(MMVQ_THREADS) mmvq_##s(const u8* W, const u8* W2, const int2* xq, const float* xd,    \
-                                                         const float* xs, float* y, int rows, int cols, int nt,         \
-                                                         int mode) {                                                    \
-        mmvq<T, 1, 4>(W, W2, xq, xd, xs, y, rows, cols, nt, mode);                                                      \
+    MMVQ_ONE(mmvq_##s, T, 4, 4, false)                                                                                  \
+    MMVQ_ONE(mmvq_##s##_glu, T, 2, 4, true)                                                                             \
+    KERNEL void __launch_bounds__(MMVQ_THREADS) mmvq_##s##_w(const u8* W, const u8* W2, const int2* xq, const float* xd, \
+                                                             const float* xs, float* y, int rows, int cols, int nt,     \
+                                                             int mode) {                                                \
+        mmvq_warp<T, 4, false>(W, W2, xq, xd, xs, y, rows, cols, mode);                                                 \
+    }                                                                                                                   \
+    KERNEL void __launch_bounds__(MMVQ_THREADS) mmvq_##s##_glu_w(const u8* W, const u8* W2, const int2* xq,             \
+                                                                 const float* xd, const float* xs, float* y, int rows,  \
+                                                                 int cols, int nt, int mode) {                          \
+        mmvq_warp<T, 4, true>(W, W2, xq, xd, xs, y, rows, cols, mode);                                                  \
     }                                                                                                                   \
     KERNEL void __launch_bounds__(MMVQ_THREADS) mmvq_##s##_n(const u8* W, const u8* W2, const int2* xq, const float* xd, \
                                                              const float* xs, float* y, int rows, int cols, int nt,     \
                                                              int mode) {                                                \
-        mmvq<T, MMVQ_MAXT, 1>(W, W2, xq, xd, xs, y, rows, cols, nt, mode);                                              \
+        if (mode >= 2) mmvq<T, MMVQ_MAXT, 1, 2, true>(W, W2, xq, xd, xs, y, rows, cols, nt, mode);                      \
+        else mmvq<T, MMVQ_MAXT, 1, 2, false>(W, W2, xq, xd, xs, y, rows, cols, nt, mode);                               \
     }
 MMVQ_KERNEL(TQ4_0, q4_0)
 MMVQ_KERNEL(TQ4_1, q4_1)
@@ -201,6 +268,8 @@ static __device__ __forceinline__ void mmvf(const u8* __restrict__ W, const u8* 
     const int r0 = blockIdx.x * R;
     const u64 rb = (u64)(cols / T::BLK) * T::BYTES;
     const bool glu = mode >= 2;
+    prefetch_rows(W, glu ? W2 : 0, r0, R, rows, rb);
+    GRID_START();
     float acc[R][NT], acc2[R][NT];
 #pragma unroll
     for (int j = 0; j < R; j++)

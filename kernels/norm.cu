@@ -7,6 +7,7 @@
 #include "vendor.h"
 
 KERNEL void rmsnorm(const float* x, const float* w, float* y, int dim, float eps, int add) {
+    GRID_START();
     __shared__ float red[32];
     const float* xr = x + (u64)blockIdx.x * dim;
     float* yr = y + (u64)blockIdx.x * dim;

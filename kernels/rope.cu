@@ -19,6 +19,7 @@ KERNEL void qkv_post(float* q, const float* k, const float* v, const float* bq, 
                      int n_head, int n_head_kv, int hd, int hdv, int rope_dim, int neox, float mscale, float eps) {
     __shared__ float red[32];
     __shared__ float xs[512];
+    GRID_START();
     const int t = blockIdx.y, pos = *pos0 + t;
     const bool is_q = (int)blockIdx.x < n_head;
     const int h = is_q ? blockIdx.x : blockIdx.x - n_head;

@@ -88,6 +88,23 @@ static __device__ __forceinline__ u16 f2h(float x) {
 #endif
 
 #define KERNEL extern "C" __global__
+
+// GRID_START(): the first statement of every kernel (after PREFETCH_L2 of
+// weights at most). NVIDIA sm_90+: kernels are launched as programmatic
+// dependents of the kernel before them in the stream (cuda adapter), so a
+// kernel's blocks may start while that kernel finishes; this waits until its
+// writes are visible, then lets the next kernel's blocks start launching.
+// Before it a kernel may only read data no kernel writes (weights) and must
+// write nothing. Elsewhere (older NVIDIA, AMD) both are no-ops.
+#if defined(FORGE_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define GRID_START() asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;" ::: "memory")
+#define PREFETCH_L2(p) asm volatile("prefetch.global.L2 [%0];" ::"l"(p))
+#else
+#define GRID_START() \
+    do {             \
+    } while (0)
+#define PREFETCH_L2(p) ((void)(p))
+#endif
 // Register budget: at most `threads` per block and, on NVIDIA, enough
 // registers left for `blocks` resident blocks per SM (AMD takes the first).
 #if defined(FORGE_HIP)
@@ -159,6 +176,31 @@ static __device__ __forceinline__ float block_sum(float v, float* red) {
     v = lane < nwarps ? red[lane] : 0.0f;
     return warp_sum(v);
 }
+
+// Max over the block, as block_sum.
+static __device__ __forceinline__ float block_max(float v, float* red) {
+    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+    const int nwarps = blockDim.x / WARP_SIZE;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    v = lane < nwarps ? red[lane] : NEG_INF;
+    return warp_max(v);
+}
+
+// A load of data other blocks of this kernel wrote (after __threadfence()):
+// from L2, past this SM's L1 (NVIDIA: ld.global.cg). On AMD the fence's
+// acquire side already invalidated the L1, so a plain load does.
+#if defined(FORGE_HIP)
+static __device__ __forceinline__ float ld_cg(const float* p) { return *p; }
+#else
+static __device__ __forceinline__ float ld_cg(const float* p) {
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+    return v;
+}
+#endif
 
 #endif  // !FORGE_HOST_TEST
 

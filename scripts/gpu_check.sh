@@ -4,7 +4,7 @@
 # tests, time the benchmarks, and run compute-sanitizer. Binaries are built
 # on the CPU machine (scripts/gpu_prepare.sh) and carried with the tree.
 #
-# usage: scripts/gpu_check.sh [steps...]   steps: info twins ops model profile bench bench-cpu sanitize real ncu compile regs
+# usage: scripts/gpu_check.sh [steps...]   steps: info twins ops model profile ktime bench bench-cpu sanitize real ncu compile regs
 # env:   BIN (binaries, default .carry/bin), HEADS (.head files, default .carry),
 #        OUT (logs; default ./gpu-out), TWINS (default /tmp/twins)
 set -uo pipefail
@@ -51,9 +51,18 @@ for step in $steps; do
       run model "$BIN/gpu_model" --skip real_smollm2 --nocapture ;;
     profile)
       run profile env FORGE_PROFILE=1 "$BIN/bench" --backend cuda --pp 512 --tg 16 --reps 1 "$TWINS/qwen2-twin.gguf" "$TWINS/llama7b-q4_0-twin.gguf" ;;
+    ktime)
+      # device time of every kernel of one decode step (graph replay, each
+      # node timed alone by ncu, caches and clocks left as they are)
+      for tw in ${KTIME_TWINS:-qwen2-twin llama7b-q4_0-twin}; do
+        run ktime-$tw ncu --metrics gpu__time_duration.sum --cache-control none --clock-control none --csv \
+          "$BIN/bench" --backend cuda --pp 8 --tg 3 --reps 1 "$TWINS/$tw.gguf"
+        python3 scripts/ncu_step.py "$OUT/ktime-$tw.log" > "$OUT/ktime-$tw.txt"; cat "$OUT/ktime-$tw.txt"
+        rm -f "$OUT/ktime-$tw.log"
+      done ;;
     ncu)
       # hardware counters of the decode products and attention (graphs off so each launch is visible)
-      run ncu env FORGE_NO_GRAPH=1 ncu --kernel-name regex:'mmvq_q4_0|quant_act|attn$' --launch-skip 40 --launch-count 6 \
+      run ncu env FORGE_NO_GRAPH=1 ncu --kernel-name regex:'mmvq_q4_0|quant_act|attn_d' --launch-skip 40 --launch-count 6 \
         --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
         "$BIN/bench" --backend cuda --pp 16 --tg 8 --reps 1 "$TWINS/llama7b-q4_0-twin.gguf" ;;
     compile)
@@ -67,8 +76,11 @@ for step in $steps; do
           "$TWINS/qwen2-twin.gguf" "$TWINS/qwen2-f16-twin.gguf" "$TWINS/llama7b-q4_0-twin.gguf" | tail -n 3
       done ;;
     bench)
-      run bench "$BIN/bench" --backend cuda --pp 512 --tg 128 --reps 3 \
-        "$TWINS/qwen2-twin.gguf" "$TWINS/qwen2-f16-twin.gguf" "$TWINS/llama7b-q4_0-twin.gguf" ;;
+      # tg128 from an empty context (llama-bench's tg128), then at depth 512
+      for d in 0 512; do
+        run bench-d$d "$BIN/bench" --backend cuda --pp 512 --tg 128 --depth $d --reps 3 \
+          "$TWINS/qwen2-twin.gguf" "$TWINS/qwen2-f16-twin.gguf" "$TWINS/llama7b-q4_0-twin.gguf"
+      done ;;
     bench-cpu)
       run bench-cpu "$BIN/bench" --backend cpu,cuda --threads 16 --pp 128 --tg 32 --reps 1 \
         "$TWINS/smollm2-twin.gguf" "$TWINS/qwen2-twin.gguf" "$TWINS/gemma3-twin.gguf" ;;

@@ -139,6 +139,8 @@ fn matmul_all_types(b: &Backend) {
         for n in [1, 5, 40] {
             matmul_case(b, ty, 96, 512, n, Path::Auto);
         }
+        // one token, rows of >= 2048 values: the decode kernels' several-rows form
+        matmul_case(b, ty, 33, 2560, 1, Path::Auto);
         if matches!(b, Backend::Gpu(_)) {
             matmul_case(b, ty, 70, 256, 67, Path::Tiled);
         }
@@ -165,8 +167,8 @@ test_device!(matmul_large);
 
 /// act(Wg x) * (Wu x), fused in one kernel on the GPU.
 fn gated_ffn(b: &Backend) {
-    let (rows, cols) = (200, 256);
-    for ty in [GgmlType::Q4K, GgmlType::Q8_0, GgmlType::F16] {
+    // 256 and 2560 columns: both one-token forms of the decode kernel
+    for (ty, rows, cols) in [(GgmlType::Q4K, 200, 256), (GgmlType::Q8_0, 200, 256), (GgmlType::F16, 200, 256), (GgmlType::Q4_0, 66, 2560), (GgmlType::Q6K, 66, 2560)] {
         for act in [FfnAct::Silu, FfnAct::GeluTanh] {
             for n in [1, 3] {
                 let wg = random_tensor(ty, rows * cols, 0.1, 1).unwrap();
@@ -540,9 +542,12 @@ mod gpu {
                 let a = ops::quantize_act(&self.dev, self.s, &act_buf, xb.ptr, cols, n, None).unwrap();
                 let ib = self.out_f32(n * rows);
                 ops::matvec_q(&self.dev, self.s, &g, Some((&u, act)), &a, ib.ptr, Out::Store).unwrap();
-                for (p, q) in fused.iter().zip(&self.down_f32(&ib, n * rows)) {
-                    assert!((p - q).abs() <= 1e-4 * (1.0 + p.abs()), "mmvq/mmvf gated {q} vs matvec {p}");
-                }
+                // the decode kernels' 15-bit activations against matvec's f32
+                // ones: the file's 1e-4 bound for them, as a relative L2 error
+                // (single outputs near zero can differ more, relatively)
+                let f64s: Vec<f64> = fused.iter().map(|&v| v as f64).collect();
+                let e = super::rel_l2(&self.down_f32(&ib, n * rows), &f64s);
+                assert!(e <= 1e-4, "mmvq/mmvf gated vs matvec: rel L2 {e:.3e}");
             }
             // the unfused path (prefill): two products and the glu kernel
             let ob = self.out_f32(n * rows);
@@ -603,12 +608,31 @@ mod gpu {
             let counters = self.up(&vec![0u8; n * n_head * 4]);
             let pos = self.up(&(pos0 as i32).to_ne_bytes());
             let a = AttnShape { n, n_head, n_head_kv, hd, hdv: hd, window, scale, splits };
-            ops::attention(&self.dev, self.s, &a, qb.ptr, kb.ptr, vb.ptr, ob.ptr, part.ptr, counters.ptr, pos.ptr).unwrap();
+            ops::attention(&self.dev, self.s, &a, qb.ptr, kb.ptr, vb.ptr, ob.ptr, part.ptr, counters.ptr, pos.ptr, None).unwrap();
             let first = self.down_f32(&ob, n * n_head * hd);
             // again, as a replayed graph would: the counters must be back at zero
             let ob2 = self.out_f32(n * n_head * hd);
-            ops::attention(&self.dev, self.s, &a, qb.ptr, kb.ptr, vb.ptr, ob2.ptr, part.ptr, counters.ptr, pos.ptr).unwrap();
+            ops::attention(&self.dev, self.s, &a, qb.ptr, kb.ptr, vb.ptr, ob2.ptr, part.ptr, counters.ptr, pos.ptr, None).unwrap();
             assert_eq!(first, self.down_f32(&ob2, n * n_head * hd), "second launch differs");
+            if n <= ops::MMV_MAXT && hd % 32 == 0 {
+                // the output prepared for the decode products as it is
+                // written: the same bytes quantize_act makes of it
+                let cols = n_head * hd;
+                let (b1, b2) = (ActBuf::new(&self.pool, cols).unwrap(), ActBuf::new(&self.pool, cols).unwrap());
+                let prep = b1.layout(cols, n, ob2.ptr).unwrap();
+                ops::attention(&self.dev, self.s, &a, qb.ptr, kb.ptr, vb.ptr, ob2.ptr, part.ptr, counters.ptr, pos.ptr, Some(&prep)).unwrap();
+                let again = ops::quantize_act(&self.dev, self.s, &b2, ob2.ptr, cols, n, None).unwrap();
+                let raw = |p: u64, len: usize| {
+                    let mut v = vec![0u8; len];
+                    self.dev.rt.dtoh(self.s, &mut v, p).unwrap();
+                    v
+                };
+                let (p, q) = (prep.ptrs(), again.ptrs());
+                assert_eq!(raw(p[0], n * cols * 2), raw(q[0], n * cols * 2), "prepared planes");
+                assert_eq!(raw(p[1], n * cols / 8), raw(q[1], n * cols / 8), "prepared group scales");
+                assert_eq!(raw(p[2], n * cols / 8), raw(q[2], n * cols / 8), "prepared group sums");
+                assert_eq!(first, self.down_f32(&ob2, n * n_head * hd), "output with preparation");
+            }
             first
         }
     }

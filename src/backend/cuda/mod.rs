@@ -49,6 +49,10 @@ struct Cuda {
     shared_set: Mutex<std::collections::HashMap<u64, u32>>,
     module: Mutex<Option<sys::CUmodule>>,
     blas: Option<Mutex<blas_sys::cublasHandle_t>>,
+    /// Launch with programmatic dependent launch (sm_90 and later; off with
+    /// FORGE_NO_PDL=1): a kernel's blocks start while the kernel before it
+    /// finishes, and wait in GRID_START() (kernels/vendor.h) for its results.
+    pdl: bool,
 }
 
 // SAFETY: the raw handles are used only after binding the context on the
@@ -86,6 +90,7 @@ pub fn open(index: usize) -> Result<Arc<dyn GpuRuntime>> {
         shared_set: Mutex::new(std::collections::HashMap::new()),
         module: Mutex::new(None),
         blas,
+        pdl: major >= 9 && std::env::var_os("FORGE_NO_PDL").map_or(true, |v| v == "0"),
     }))
 }
 
@@ -230,7 +235,29 @@ impl GpuRuntime for Cuda {
         // SAFETY: params match the kernel's signature (the launchers in
         // gpu::ops are its only callers); the storage outlives the call,
         // which copies the values.
-        unsafe { cu::launch_kernel(f.0 as sys::CUfunction, d.grid, (d.block, 1, 1), d.shared, stream(s), &mut params) }.map_err(|e| unavailable("launch", e))
+        if !self.pdl {
+            return unsafe { cu::launch_kernel(f.0 as sys::CUfunction, d.grid, (d.block, 1, 1), d.shared, stream(s), &mut params) }.map_err(|e| unavailable("launch", e));
+        }
+        // Every kernel starts with GRID_START(), so each may be launched as a
+        // programmatic dependent of the one before it.
+        // SAFETY: all-zero is a valid value of these plain C structs.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let cfg = sys::CUlaunchConfig {
+            gridDimX: d.grid.0,
+            gridDimY: d.grid.1,
+            gridDimZ: d.grid.2,
+            blockDimX: d.block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: d.shared,
+            hStream: stream(s),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: as above; cfg and attr outlive the call.
+        unsafe { sys::cuLaunchKernelEx(&cfg, f.0 as sys::CUfunction, params.as_mut_ptr(), std::ptr::null_mut()) }.result().map_err(|e| unavailable("launch", e))
     }
 
     fn graph_begin(&self, s: Stream) -> Result<()> {

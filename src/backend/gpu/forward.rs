@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use super::memory::{Buffer, MemPool};
-use super::ops::{self, ActBuf, AttnShape, DevMatrix, GemmScratch, Out, QkvBufs, QkvPost};
+use super::ops::{self, ActBuf, ActQ, AttnShape, DevMatrix, GemmScratch, Out, QkvBufs, QkvPost};
 use super::runtime::{DevPtr, Graph, Stream};
 use super::Device;
 use crate::error::{Error, Result};
@@ -24,6 +24,10 @@ struct Layer {
     wq: DevMatrix,                  // (n_head * head_dim, n_embd)
     wk: DevMatrix,                  // (n_head_kv * head_dim, n_embd)
     wv: DevMatrix,                  // (n_head_kv * head_dim_v, n_embd)
+    /// wq, wk, wv in runs of one type, each run stored as one matrix (its
+    /// members are views into it): a decode step projects a run in one
+    /// launch. Entry: (matrix, offset of its output in q|k|v, in values).
+    qkv_runs: Vec<(DevMatrix, usize)>,
     wo: DevMatrix,                  // (n_embd, n_head * head_dim_v)
     bq: Option<Buffer>,             // (n_head * head_dim)       qwen2
     bk: Option<Buffer>,             // (n_head_kv * head_dim)    qwen2
@@ -85,13 +89,43 @@ impl Uploader<'_> {
         v.as_ref().map(|v| self.vec(v, what)).transpose()
     }
     fn matrix(&mut self, m: &Matrix) -> Result<DevMatrix> {
-        if ops::type_suffix(m.ty).is_none() {
+        Ok(self.stacked(&[m])?.0[0])
+    }
+    /// Matrices of one type and width in one buffer, one after another: the
+    /// views of each, and of all of them as one matrix.
+    fn stacked(&mut self, ms: &[&Matrix]) -> Result<(Vec<DevMatrix>, DevMatrix)> {
+        let (ty, cols) = (ms[0].ty, ms[0].cols);
+        if let Some(m) = ms.iter().find(|m| ops::type_suffix(m.ty).is_none()) {
             return Err(Error::UnsupportedType { what: format!("{} ({}) on the GPU backends", m.ty, m.name) });
         }
-        let b = self.bytes(m.bytes(self.f), &m.name)?;
-        let d = DevMatrix { ty: m.ty, rows: m.rows, cols: m.cols, ptr: b.ptr };
+        debug_assert!(ms.iter().all(|m| m.ty == ty && m.cols == cols));
+        let total: usize = ms.iter().map(|m| m.bytes(self.f).len()).sum();
+        let b = self.pool.alloc(total, &ms[0].name)?;
+        let mut views = Vec::with_capacity(ms.len());
+        let mut off = 0;
+        for m in ms {
+            let bytes = m.bytes(self.f);
+            self.pool.rt.htod(self.s, b.ptr + off as u64, bytes)?;
+            views.push(DevMatrix { ty, rows: m.rows, cols, ptr: b.ptr + off as u64 });
+            off += bytes.len();
+        }
+        let all = DevMatrix { ty, rows: ms.iter().map(|m| m.rows).sum(), cols, ptr: b.ptr };
         self.owned.push(b);
-        Ok(d)
+        Ok((views, all))
+    }
+    /// wq, wk, wv, stored in runs of one type (see `Layer::qkv_runs`).
+    fn qkv(&mut self, ms: [&Matrix; 3]) -> Result<([DevMatrix; 3], Vec<(DevMatrix, usize)>)> {
+        let (mut views, mut runs) = (Vec::new(), Vec::new());
+        let (mut i, mut out) = (0, 0);
+        while i < 3 {
+            let n = ms[i..].iter().take_while(|m| m.ty == ms[i].ty && m.cols == ms[i].cols).count();
+            let (v, all) = self.stacked(&ms[i..i + n])?;
+            runs.push((all, out));
+            out += all.rows;
+            views.extend(v);
+            i += n;
+        }
+        Ok(([views[0], views[1], views[2]], runs))
     }
 }
 
@@ -116,11 +150,13 @@ impl GpuModel {
         let mut layers = Vec::with_capacity(c.n_layer);
         for (i, l) in w.layers.iter().enumerate() {
             let n = |what: &str| format!("blk.{i}.{what}");
+            let ([wq, wk, wv], qkv_runs) = up.qkv([&l.wq, &l.wk, &l.wv])?;
             layers.push(Layer {
                 attn_norm: up.vec(&l.attn_norm, &n("attn_norm"))?,
-                wq: up.matrix(&l.wq)?,
-                wk: up.matrix(&l.wk)?,
-                wv: up.matrix(&l.wv)?,
+                wq,
+                wk,
+                wv,
+                qkv_runs,
                 wo: up.matrix(&l.wo)?,
                 bq: up.opt(&l.bq, &n("attn_q.bias"))?,
                 bk: up.opt(&l.bk, &n("attn_k.bias"))?,
@@ -201,6 +237,7 @@ pub struct GpuSession {
     q: Buffer,      // (MAX_BATCH, n_head * head_dim)
     k: Buffer,      // (MAX_BATCH, n_head_kv * head_dim)
     v: Buffer,      // (MAX_BATCH, n_head_kv * head_dim_v)
+    qkv1: Buffer,   // (n_head * head_dim + n_head_kv * (head_dim + head_dim_v)) q|k|v of one token
     att: Buffer,    // (MAX_BATCH, n_head * head_dim_v)
     branch: Buffer, // (MAX_BATCH, n_embd) block output before its post-norm
     g: Buffer,      // (MAX_BATCH, n_ff)
@@ -262,6 +299,7 @@ impl GpuSession {
             q: f32s(b * c.q_dim(), "activations")?,
             k: f32s(b * c.kv_dim(), "activations")?,
             v: f32s(b * c.v_dim(), "activations")?,
+            qkv1: f32s(c.q_dim() + c.kv_dim() + c.v_dim(), "activations")?,
             att: f32s(b * c.n_head * c.head_dim_v, "activations")?,
             branch: f32s(b * c.n_embd, "activations")?,
             g: f32s(b * c.n_ff, "activations")?,
@@ -363,12 +401,21 @@ impl GpuSession {
         for (il, l) in m.layers.iter().enumerate() {
             // ---- attention ----
             let norm = Some((l.attn_norm.ptr, c.rms_eps));
-            self.project(self.x.ptr, norm, n, &[Proj::new(&l.wq, self.q.ptr), Proj::new(&l.wk, self.k.ptr), Proj::new(&l.wv, self.v.ptr)])?;
+            let (q, k, v) = if n == 1 {
+                // one token: q|k|v side by side, one launch per run of one weight type
+                let at = |off: usize| self.qkv1.ptr + (off * 4) as u64;
+                let runs: Vec<Proj> = l.qkv_runs.iter().map(|(w, off)| Proj::new(w, at(*off))).collect();
+                self.project(self.x.ptr, norm, 1, &runs)?;
+                (at(0), at(c.q_dim()), at(c.q_dim() + c.kv_dim()))
+            } else {
+                self.project(self.x.ptr, norm, n, &[Proj::new(&l.wq, self.q.ptr), Proj::new(&l.wk, self.k.ptr), Proj::new(&l.wv, self.v.ptr)])?;
+                (self.q.ptr, self.k.ptr, self.v.ptr)
+            };
             let local = c.layer_kinds[il] == LayerKind::Local;
             let (kc, vc) = (self.kc.ptr + il as u64 * kv_layer, self.vc.ptr + il as u64 * v_layer);
             let post = QkvPost { n, n_head: c.n_head, n_head_kv: c.n_head_kv, hd: c.head_dim, hdv: c.head_dim_v, rope_dim: c.rope_dim, rope: c.arch.rope, mscale: m.mscale, eps: c.rms_eps };
             let bufs = QkvBufs {
-                q: self.q.ptr, k: self.k.ptr, v: self.v.ptr,
+                q, k, v,
                 bq: ptr(&l.bq), bk: ptr(&l.bk), bv: ptr(&l.bv),
                 q_norm: ptr(&l.q_norm), k_norm: ptr(&l.k_norm),
                 k_cache: kc, v_cache: vc, pos0,
@@ -378,14 +425,21 @@ impl GpuSession {
             let window = if local { c.sliding_window.unwrap_or(0) } else { 0 };
             let splits = if n == 1 { self.splits } else { 1 };
             let a = AttnShape { n, n_head: c.n_head, n_head_kv: c.n_head_kv, hd: c.head_dim, hdv: c.head_dim_v, window, scale: c.attn_scale, splits };
-            ops::attention(dev, s, &a, self.q.ptr, kc, vc, self.att.ptr, self.part.ptr, self.counters.ptr, pos0)?;
-            self.block_out(&l.wo, self.att.ptr, &l.post_attn_norm, n)?;
+            // one token: attention also writes its output prepared for the
+            // decode product of wo (no quantize_act)
+            let prep = if n == 1 && ops::decode_kernel(l.wo.ty).is_some() && c.head_dim_v % 32 == 0 {
+                Some(self.act.layout(c.n_head * c.head_dim_v, 1, self.att.ptr)?)
+            } else {
+                None
+            };
+            ops::attention(dev, s, &a, q, kc, vc, self.att.ptr, self.part.ptr, self.counters.ptr, pos0, prep.as_ref())?;
+            self.block_out(&l.wo, self.att.ptr, prep.as_ref(), &l.post_attn_norm, n)?;
 
             // ---- FFN: down(act(gate(x)) * up(x)) ----
             let norm = Some((l.ffn_norm.ptr, c.rms_eps));
             let gate = Proj { w: &l.w_gate, up: Some((&l.w_up, c.arch.ffn_act)), y: self.g.ptr, out: Out::Store };
             self.project(self.x.ptr, norm, n, &[gate])?;
-            self.block_out(&l.w_down, self.g.ptr, &l.post_ffn_norm, n)?;
+            self.block_out(&l.w_down, self.g.ptr, None, &l.post_ffn_norm, n)?;
         }
 
         // ---- output ----
@@ -398,15 +452,16 @@ impl GpuSession {
         self.project(xr, Some((m.output_norm.ptr, c.rms_eps)), rows, &[Proj::new(&m.output, self.logits.ptr)])
     }
 
-    /// x += W·a, or x += rmsnorm(W·a) when the block has a post-norm.
-    fn block_out(&self, w: &DevMatrix, a: DevPtr, post: &Option<Buffer>, n: usize) -> Result<()> {
+    /// x += W·a, or x += rmsnorm(W·a) when the block has a post-norm;
+    /// `prep`: a already prepared for the decode products.
+    fn block_out(&self, w: &DevMatrix, a: DevPtr, prep: Option<&ActQ>, post: &Option<Buffer>, n: usize) -> Result<()> {
         let m = &*self.m;
         match post {
             Some(pn) => {
-                self.project(a, None, n, &[Proj::new(w, self.branch.ptr)])?;
+                self.project_with(a, None, n, &[Proj::new(w, self.branch.ptr)], prep)?;
                 ops::rmsnorm(&m.dev, self.s, self.branch.ptr, pn.ptr, self.x.ptr, n, m.cfg.n_embd, m.cfg.rms_eps, true)
             }
-            None => self.project(a, None, n, &[Proj { w, up: None, y: self.x.ptr, out: Out::Add }]),
+            None => self.project_with(a, None, n, &[Proj { w, up: None, y: self.x.ptr, out: Out::Add }], prep),
         }
     }
 
@@ -417,12 +472,21 @@ impl GpuSession {
     /// Prefill: rmsnorm, then vendor BLAS or the tiled kernel, and a separate
     /// activation kernel for gated pairs.
     fn project(&self, x: DevPtr, norm: Option<(DevPtr, f32)>, n: usize, projs: &[Proj]) -> Result<()> {
+        self.project_with(x, norm, n, projs, None)
+    }
+
+    /// [`Self::project`], where `prep` (if any) is x already prepared for
+    /// the decode products (no norm).
+    fn project_with(&self, x: DevPtr, norm: Option<(DevPtr, f32)>, n: usize, projs: &[Proj], prep: Option<&ActQ>) -> Result<()> {
         let (m, s) = (&*self.m, self.s);
         let dev = &*m.dev;
         let cols = projs[0].w.cols;
         let same = |p: &Proj| p.up.map_or(true, |(u, _)| u.ty == p.w.ty);
         if n <= ops::MMV_MAXT && projs.iter().all(|p| ops::decode_kernel(p.w.ty).is_some() && same(p)) {
-            let a = ops::quantize_act(dev, s, &self.act, x, cols, n, norm)?;
+            let a = match prep {
+                Some(a) if norm.is_none() => *a,
+                _ => ops::quantize_act(dev, s, &self.act, x, cols, n, norm)?,
+            };
             return projs.iter().try_for_each(|p| ops::matvec_q(dev, s, p.w, p.up, &a, p.y, p.out));
         }
         if n == 1 && projs.iter().all(|p| ops::matvec_fits(dev, p.w.ty, cols, 1) && same(p)) {

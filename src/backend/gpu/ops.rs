@@ -152,6 +152,19 @@ impl ActBuf {
         let bytes = MMV_MAXT * max_cols * (2 + 4) + 2 * MMV_MAXT * (max_cols / 32) * 4;
         Ok(ActBuf { buf: pool.alloc(bytes, "quantized activations")?, max_cols })
     }
+
+    /// Where `nt` tokens of `cols` values go in this buffer, with their f32
+    /// copy at `f` (0: this buffer's own).
+    pub fn layout(&self, cols: usize, nt: usize, f: DevPtr) -> Result<ActQ> {
+        if nt == 0 || nt > MMV_MAXT || cols % 32 != 0 || cols > self.max_cols {
+            return Err(Error::InvalidArgument(format!("activations of {nt} tokens of {cols} values (at most {MMV_MAXT} of {}, whole groups of 32)", self.max_cols)));
+        }
+        let q = self.buf.ptr;
+        let d = q + (MMV_MAXT * self.max_cols * 2) as u64;
+        let s = d + (MMV_MAXT * (self.max_cols / 32) * 4) as u64;
+        let own = s + (MMV_MAXT * (self.max_cols / 32) * 4) as u64;
+        Ok(ActQ { q, d, s, f: if f == 0 { own } else { f }, cols, nt })
+    }
 }
 
 /// Activations of `nt` tokens of `cols` values as prepared by
@@ -171,18 +184,23 @@ pub struct ActQ {
 /// float ones. With `norm = Some((weight, eps))` x is RMS-normalized first.
 /// One call serves every product that reads this x.
 pub fn quantize_act(dev: &Device, s: Stream, buf: &ActBuf, x: DevPtr, cols: usize, nt: usize, norm: Option<(DevPtr, f32)>) -> Result<ActQ> {
-    if nt == 0 || nt > MMV_MAXT || cols % 32 != 0 || cols > buf.max_cols {
-        return Err(Error::InvalidArgument(format!("quantize_act: {nt} tokens of {cols} values (at most {MMV_MAXT} of {}, whole groups of 32)", buf.max_cols)));
-    }
-    let q = buf.buf.ptr;
-    let d = q + (MMV_MAXT * buf.max_cols * 2) as u64;
-    let sm = d + (MMV_MAXT * (buf.max_cols / 32) * 4) as u64;
-    let f = sm + (MMV_MAXT * (buf.max_cols / 32) * 4) as u64;
+    let a = buf.layout(cols, nt, 0)?;
+    quant_act(dev, s, x, norm, &a)?;
+    Ok(a)
+}
+
+fn quant_act(dev: &Device, s: Stream, x: DevPtr, norm: Option<(DevPtr, f32)>, a: &ActQ) -> Result<()> {
     let (nw, eps) = norm.unwrap_or((0, 0.0));
-    let dims = LaunchDims { grid: (ceil(cols, 256), nt as u32, 1), block: 256, shared: 0 };
-    let args = [Arg::Ptr(x), Arg::Ptr(nw), Arg::F32(eps), Arg::I32(cols as i32), Arg::Ptr(q), Arg::Ptr(d), Arg::Ptr(sm), Arg::Ptr(f)];
-    dev.launch(s, "quant_act", dims, &args)?;
-    Ok(ActQ { q, d, s: sm, f, cols, nt })
+    let dims = LaunchDims { grid: (ceil(a.cols, 256), a.nt as u32, 1), block: 256, shared: 0 };
+    let args = [Arg::Ptr(x), Arg::Ptr(nw), Arg::F32(eps), Arg::I32(a.cols as i32), Arg::Ptr(a.q), Arg::Ptr(a.d), Arg::Ptr(a.s), Arg::Ptr(a.f)];
+    dev.launch(s, "quant_act", dims, &args)
+}
+
+impl ActQ {
+    /// Device addresses of the planes, group scales d, d * sums, and f32 copy.
+    pub fn ptrs(&self) -> [DevPtr; 4] {
+        [self.q, self.d, self.s, self.f]
+    }
 }
 
 /// y (nt, rows) = / += W x for x prepared by [`quantize_act`]; or, with
@@ -193,10 +211,15 @@ pub fn matvec_q(dev: &Device, s: Stream, w: &DevMatrix, glu: Option<(&DevMatrix,
         return Err(Error::InvalidArgument(format!("matvec_q: {} with {} columns for activations of {}", w.ty, w.cols, a.cols)));
     };
     let (w2, mode) = gate_pair(w, glu, out)?;
-    // one token: the kernel that takes 4 (integer) or 2 (float) rows per
-    // block; more tokens: the `_n` form, one row per block
+    // one token: the integer kernel takes 4 rows per block (2 for a gated
+    // pair, `_glu`), or one per warp (`_w`) for rows shorter than 2048
+    // values; the float one 2 rows per block; more tokens: the `_n` form,
+    // one row per block
+    let warps = MMVQ_THREADS as usize / dev.rt.info().warp_size as usize;
+    let short = w.cols < 2048;
     let (rows_per_block, tail) = match (a.nt, kernel) {
-        (1, "mmvq") => (4, ""),
+        (1, "mmvq") if glu.is_some() => if short { (warps, "_glu_w") } else { (2, "_glu") },
+        (1, "mmvq") => if short { (warps, "_w") } else { (4, "") },
         (1, _) => (2, ""),
         _ => (1, "_n"),
     };
@@ -369,9 +392,17 @@ pub struct AttnShape {
 /// several queries take the tiled prefill kernel (when its tiles fit in
 /// shared memory), one query the split-K decode kernel. When splits > 1,
 /// `part` needs n * n_head * splits * (2 + hdv) floats and `counters`
-/// n * n_head i32 that are zero (the kernel leaves them zero).
+/// n * n_head i32 that are zero (the kernel leaves them zero). With
+/// `prep` (from [`ActBuf::layout`] with f = `out`), `out` also comes
+/// prepared for [`matvec_q`]: the decode kernel writes it as it goes,
+/// saving a [`quantize_act`].
 #[allow(clippy::too_many_arguments)]
-pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, vc: DevPtr, out: DevPtr, part: DevPtr, counters: DevPtr, pos0: DevPtr) -> Result<()> {
+pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, vc: DevPtr, out: DevPtr, part: DevPtr, counters: DevPtr, pos0: DevPtr, prep: Option<&ActQ>) -> Result<()> {
+    if let Some(p) = prep {
+        if p.f != out || p.cols != a.n_head * a.hdv || p.nt != a.n || a.hdv % 32 != 0 {
+            return Err(Error::InvalidArgument("attention: prepared output must describe `out`".into()));
+        }
+    }
     if a.hd % 8 != 0 || a.hdv > 256 || a.hdv % 8 != 0 || a.n_head % a.n_head_kv != 0 || a.splits == 0 {
         return Err(Error::Unsupported(format!("GPU attention: head size {} must be a multiple of 8, value size {} a multiple of 8 and at most 256", a.hd, a.hdv)));
     }
@@ -383,7 +414,7 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
         let shared = warp * (a.hd / 2 + 1) * 4 + warp * a.hdv * 2 + qb * a.hd * 4;
         if shared <= SHARED_LIMIT {
             let dims = LaunchDims { grid: (a.n_head as u32, ceil(a.n, qb), 1), block, shared: shared as u32 };
-            return dev.launch(
+            dev.launch(
                 s,
                 "attn_prefill",
                 dims,
@@ -392,19 +423,26 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
                     Arg::I32(a.n_head as i32), Arg::I32(a.n_head_kv as i32), Arg::I32(a.hd as i32), Arg::I32(a.hdv as i32),
                     Arg::I32(a.window as i32), Arg::F32(a.scale), Arg::I32(qw as i32),
                 ],
-            );
+            )?;
+            return prep.map_or(Ok(()), |p| quant_act(dev, s, out, None, p));
         }
     }
+    if a.splits > MAX_SPLITS {
+        return Err(Error::InvalidArgument(format!("attention: {} key splits (at most {MAX_SPLITS})", a.splits)));
+    }
+    // the decode kernel for the smallest value-size bucket that holds hdv
+    let d = [64, 128, 256].into_iter().find(|&d| d >= a.hdv && d >= warp).unwrap_or(256);
     let shared = (a.hd + ATT_WARPS * (2 + a.hdv)) * 4;
     let dims = LaunchDims { grid: (a.n_head as u32, a.n as u32, a.splits as u32), block, shared: shared as u32 };
     dev.launch(
         s,
-        "attn",
+        &format!("attn_d{d}"),
         dims,
         &[
             Arg::Ptr(q), Arg::Ptr(kc), Arg::Ptr(vc), Arg::Ptr(out), Arg::Ptr(part), Arg::Ptr(counters), Arg::Ptr(pos0),
             Arg::I32(a.n_head as i32), Arg::I32(a.n_head_kv as i32), Arg::I32(a.hd as i32), Arg::I32(a.hdv as i32),
             Arg::I32(a.window as i32), Arg::F32(a.scale), Arg::I32(a.splits as i32),
+            Arg::Ptr(prep.map_or(0, |p| p.q)), Arg::Ptr(prep.map_or(0, |p| p.d)), Arg::Ptr(prep.map_or(0, |p| p.s)),
         ],
     )
 }
@@ -412,9 +450,13 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
 /// Warps per attention block (`ATT_WARPS` in kernels/attention.cu).
 const ATT_WARPS: usize = 4;
 
-/// Key splits for decode at context size `n_ctx`: about 64 keys per block
-/// at a full context (a captured graph keeps one split count for every
-/// position; empty splits exit at once).
+/// Most key splits of the decode kernel (its merge keeps one weight per split).
+const MAX_SPLITS: usize = 64;
+
+/// Key splits for decode at context size `n_ctx`: the most the kernel may
+/// use, one per 128 keys (a tile per warp) up to [`MAX_SPLITS`]. A captured
+/// graph keeps this count for every position; the kernel uses
+/// min(splits, ceil(keys / 128)) of them at each step, the others exit at once.
 pub fn decode_splits(n_ctx: usize) -> usize {
-    n_ctx.div_ceil(64).clamp(1, 64)
+    n_ctx.div_ceil(128).clamp(1, MAX_SPLITS)
 }
