@@ -46,6 +46,50 @@ static __device__ __forceinline__ void act_store_group(float v, int e, bool stor
         }
     }
 }
+
+// x prepared on the fly for one part of a weight row of type W (= IP<T>):
+// the calling lane's 8 values of group g (x words W::wa(p), W::wb(p)), v =
+// x * s * nw (nw may be null), quantized with the group's scale, which the
+// 4 lanes holding the group's 4 parts (4 consecutive lanes, p = lane % 4)
+// share through shuffles: the numbers quant_act makes of v. Every lane of
+// the warp must call (lanes past the row's end with any valid g, p).
+template <typename W>
+static __device__ __forceinline__ void act_part(const float* x, const float* nw, float s, int g, int p, int2& xa, int2& xb,
+                                                float& dx, float& sx) {
+    const int ka = g * 8 + W::wa(p), kb = g * 8 + W::wb(p);
+    const float4 a = ((const float4*)x)[ka], b = ((const float4*)x)[kb];
+    float v[8] = {a.x * s, a.y * s, a.z * s, a.w * s, b.x * s, b.y * s, b.z * s, b.w * s};
+    if (nw) {
+        const float4 na = ((const float4*)nw)[ka], nb = ((const float4*)nw)[kb];
+        const float n[8] = {na.x, na.y, na.z, na.w, nb.x, nb.y, nb.z, nb.w};
+#pragma unroll
+        for (int k = 0; k < 8; k++) v[k] *= n[k];
+    }
+    float amax = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 8; k++) amax = fmaxf(amax, fabsf(v[k]));
+    amax = fmaxf(amax, SHFL_XOR(amax, 1));
+    amax = fmaxf(amax, SHFL_XOR(amax, 2));
+    const float d = amax / ACT_MAX;
+    const float id = d > 0.0f ? 1.0f / d : 0.0f;
+    u32 hi[2] = {0, 0}, lo[2] = {0, 0};
+    int sum = 0;
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        const int q = act_q(v[k], id);
+        i8 h, l;
+        act_planes(q, &h, &l);
+        hi[k >> 2] |= (u32)(u8)h << (8 * (k & 3));
+        lo[k >> 2] |= (u32)(u8)l << (8 * (k & 3));
+        sum += q;
+    }
+    sum += SHFL_XOR(sum, 1);
+    sum += SHFL_XOR(sum, 2);
+    xa = make_int2((int)hi[0], (int)lo[0]);
+    xb = make_int2((int)hi[1], (int)lo[1]);
+    dx = d;
+    sx = d * (float)sum;
+}
 #endif
 
 // The sum over 8 values of weight bytes (w0: values of x word k0, w1: of
@@ -73,10 +117,22 @@ static __device__ __forceinline__ u32 spread4(u32 h) {
 template <typename T>
 struct IP;
 
+// The two x words a part multiplies (wa, wb) and dot() from the type's
+// dot2(word a, word b, dx, sx): legacy types (q4_0 q4_1 q5_0 q5_1) take
+// words p and 4 + p, the others 2p and 2p + 1.
+template <typename Self, bool LEGACY>
+struct IPWords {
+    static __device__ __forceinline__ int wa(int p) { return LEGACY ? p : 2 * p; }
+    static __device__ __forceinline__ int wb(int p) { return LEGACY ? 4 + p : 2 * p + 1; }
+    __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float sx) const {
+        return static_cast<const Self*>(this)->dot2(xg[wa(p)], xg[wb(p)], dx, sx);
+    }
+};
+
 // q4_0/q5_0/q4_1/q5_1 parts: qs bytes 4p .. 4p + 3, whose low nibbles are
 // values 4p.. (x word p) and high nibbles values 16 + 4p.. (x word 4 + p).
 template <>
-struct IP<TQ4_0> {
+struct IP<TQ4_0> : IPWords<IP<TQ4_0>, true> {
     int w0, w1;
     float d;
     __device__ __forceinline__ void load(const u8* row, int g, int p) {
@@ -86,13 +142,13 @@ struct IP<TQ4_0> {
         w1 = sub_bytes((v >> 4) & 0x0F0F0F0Fu, 0x08080808u);
         d = h2f(ld16a(b));
     }
-    __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float) const {
-        return d * dx * (float)dot8(w0, xg[p], w1, xg[4 + p]);
+    __device__ __forceinline__ float dot2(int2 xa, int2 xb, float dx, float) const {
+        return d * dx * (float)dot8(w0, xa, w1, xb);
     }
 };
 
 template <>
-struct IP<TQ4_1> {
+struct IP<TQ4_1> : IPWords<IP<TQ4_1>, true> {
     int w0, w1;
     float d, m;
     __device__ __forceinline__ void load(const u8* row, int g, int p) {
@@ -103,13 +159,13 @@ struct IP<TQ4_1> {
         d = h2f(ld16a(b));
         m = h2f(ld16a(b + 2));
     }
-    __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float sx) const {
-        return d * dx * (float)dot8(w0, xg[p], w1, xg[4 + p]) + 0.25f * m * sx;
+    __device__ __forceinline__ float dot2(int2 xa, int2 xb, float dx, float sx) const {
+        return d * dx * (float)dot8(w0, xa, w1, xb) + 0.25f * m * sx;
     }
 };
 
 template <>
-struct IP<TQ5_0> {
+struct IP<TQ5_0> : IPWords<IP<TQ5_0>, true> {
     int w0, w1;
     float d;
     __device__ __forceinline__ void load(const u8* row, int g, int p) {
@@ -120,13 +176,13 @@ struct IP<TQ5_0> {
         w1 = sub_bytes(((v >> 4) & 0x0F0F0F0Fu) | spread4(qh >> (16 + 4 * p)), 0x10101010u);
         d = h2f(ld16a(b));
     }
-    __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float) const {
-        return d * dx * (float)dot8(w0, xg[p], w1, xg[4 + p]);
+    __device__ __forceinline__ float dot2(int2 xa, int2 xb, float dx, float) const {
+        return d * dx * (float)dot8(w0, xa, w1, xb);
     }
 };
 
 template <>
-struct IP<TQ5_1> {
+struct IP<TQ5_1> : IPWords<IP<TQ5_1>, true> {
     int w0, w1;
     float d, m;
     __device__ __forceinline__ void load(const u8* row, int g, int p) {
@@ -138,14 +194,14 @@ struct IP<TQ5_1> {
         d = h2f(ld16a(b));
         m = h2f(ld16a(b + 2));
     }
-    __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float sx) const {
-        return d * dx * (float)dot8(w0, xg[p], w1, xg[4 + p]) + 0.25f * m * sx;
+    __device__ __forceinline__ float dot2(int2 xa, int2 xb, float dx, float sx) const {
+        return d * dx * (float)dot8(w0, xa, w1, xb) + 0.25f * m * sx;
     }
 };
 
 // q8_0 and the k-quants: part p = values 8p .. 8p + 7 (x words 2p, 2p + 1).
 template <>
-struct IP<TQ8_0> {
+struct IP<TQ8_0> : IPWords<IP<TQ8_0>, false> {
     int w0, w1;
     float d;
     __device__ __forceinline__ void load(const u8* row, int g, int p) {
@@ -154,14 +210,14 @@ struct IP<TQ8_0> {
         w1 = (int)ld32a2(b + 6 + 8 * p);
         d = h2f(ld16a(b));
     }
-    __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float) const {
-        return d * dx * (float)dot8(w0, xg[2 * p], w1, xg[2 * p + 1]);
+    __device__ __forceinline__ float dot2(int2 xa, int2 xb, float dx, float) const {
+        return d * dx * (float)dot8(w0, xa, w1, xb);
     }
 };
 
 // k-quants: group g is chunk c = g % 8 of super-block g / 8.
 template <>
-struct IP<TQ4_K> {
+struct IP<TQ4_K> : IPWords<IP<TQ4_K>, false> {
     int w0, w1;
     float dl, ml;
     __device__ __forceinline__ void load(const u8* row, int g, int p) {
@@ -175,13 +231,13 @@ struct IP<TQ4_K> {
         dl = h2f(ld16a(b)) * (float)sc;
         ml = h2f(ld16a(b + 2)) * (float)m;
     }
-    __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float sx) const {
-        return dl * dx * (float)dot8(w0, xg[2 * p], w1, xg[2 * p + 1]) - 0.25f * ml * sx;
+    __device__ __forceinline__ float dot2(int2 xa, int2 xb, float dx, float sx) const {
+        return dl * dx * (float)dot8(w0, xa, w1, xb) - 0.25f * ml * sx;
     }
 };
 
 template <>
-struct IP<TQ5_K> {
+struct IP<TQ5_K> : IPWords<IP<TQ5_K>, false> {
     int w0, w1;
     float dl, ml;
     __device__ __forceinline__ void load(const u8* row, int g, int p) {
@@ -196,13 +252,13 @@ struct IP<TQ5_K> {
         dl = h2f(ld16a(b)) * (float)sc;
         ml = h2f(ld16a(b + 2)) * (float)m;
     }
-    __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float sx) const {
-        return dl * dx * (float)dot8(w0, xg[2 * p], w1, xg[2 * p + 1]) - 0.25f * ml * sx;
+    __device__ __forceinline__ float dot2(int2 xa, int2 xb, float dx, float sx) const {
+        return dl * dx * (float)dot8(w0, xa, w1, xb) - 0.25f * ml * sx;
     }
 };
 
 template <>
-struct IP<TQ6_K> {
+struct IP<TQ6_K> : IPWords<IP<TQ6_K>, false> {
     int w0, w1;
     float dl;
     __device__ __forceinline__ void load(const u8* row, int g, int p) {
@@ -215,8 +271,8 @@ struct IP<TQ6_K> {
         w1 = sub_bytes(((ld32a2(ql + 4) >> ls) & 0x0F0F0F0Fu) | (((ld32a2(qh + 4) >> hs) & 0x03030303u) << 4), 0x20202020u);
         dl = h2f(ld16a(b + 208)) * (float)(i8)b[192 + c * 2 + (p >> 1)];
     }
-    __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float) const {
-        return dl * dx * (float)dot8(w0, xg[2 * p], w1, xg[2 * p + 1]);
+    __device__ __forceinline__ float dot2(int2 xa, int2 xb, float dx, float) const {
+        return dl * dx * (float)dot8(w0, xa, w1, xb);
     }
 };
 

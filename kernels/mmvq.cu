@@ -157,19 +157,57 @@ static __device__ __forceinline__ void mmvq(const u8* __restrict__ W, const u8* 
 
 // One token, one row per warp (rows of fewer than 2048 values): warp w of
 // block b takes row b * NW + w, its lanes stride over the row's parts U at
-// a time, and a warp sum finishes it: no shared memory, no barrier, and no
-// idle threads on short rows (896 values = 112 parts: 4 per lane).
-template <typename T, int U, bool GLU>
+// a time, and a warp sum finishes it: no idle threads on short rows (896
+// values = 112 parts: 4 per lane).
+// FX: x comes as f32 (x, and nw != 0: RMS-normalized, x * s * nw) and the
+// block prepares it itself into shared memory (act_part, a part or two per
+// thread), in place of a quant_act launch; each warp works out s alone (a
+// few loads per lane on short rows) so only one barrier is needed.
+#define MMVQ_WX_MAXCOLS 2048
+template <typename T, int U, bool GLU, bool FX>
 static __device__ __forceinline__ void mmvq_warp(const u8* __restrict__ W, const u8* __restrict__ W2, const int2* __restrict__ xq,
-                                                 const float* __restrict__ xd, const float* __restrict__ xs, float* __restrict__ y,
-                                                 int rows, int cols, int mode) {
+                                                 const float* __restrict__ xd, const float* __restrict__ xs,
+                                                 const float* __restrict__ x, const float* __restrict__ nw, float eps,
+                                                 float* __restrict__ y, int rows, int cols, int mode) {
     constexpr int NW = MMVQ_THREADS / WARP_SIZE;
+    __shared__ int2 sq[FX ? MMVQ_WX_MAXCOLS / 4 : 1];
+    __shared__ float sd[FX ? MMVQ_WX_MAXCOLS / 32 : 1], ssum[FX ? MMVQ_WX_MAXCOLS / 32 : 1];
     const int lane = threadIdx.x % WARP_SIZE, row = blockIdx.x * NW + threadIdx.x / WARP_SIZE;
     const int ng = cols >> 5, np = 4 * ng;
     const u64 rb = (u64)(cols / T::BLK) * T::BYTES;
     prefetch_rows(W, GLU ? W2 : 0, blockIdx.x * NW, NW, rows, rb);
     GRID_START();
-    if (row >= rows) return;
+    if (FX) {
+        float s = 1.0f;
+        if (nw) {
+            float ss = 0.0f;
+            for (int i = lane; i < cols / 4; i += WARP_SIZE) {
+                const float4 v = ((const float4*)x)[i];
+                ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+            }
+            s = rsqrtf(warp_sum(ss) / (float)cols + eps);
+        }
+        // every thread the same number of rounds: act_part shuffles
+        for (int i0 = 0; i0 < np; i0 += MMVQ_THREADS) {
+            const int i = i0 + threadIdx.x, ic = min(i, np - 1), g = ic >> 2, p = ic & 3;
+            int2 xa, xb;
+            float dx, sx;
+            act_part<IP<T> >(x, nw, s, g, p, xa, xb, dx, sx);
+            if (i < np) {
+                sq[g * 8 + IP<T>::wa(p)] = xa;
+                sq[g * 8 + IP<T>::wb(p)] = xb;
+                if (p == 0) {
+                    sd[g] = dx;
+                    ssum[g] = sx;
+                }
+            }
+        }
+        __syncthreads();
+        xq = sq;
+        xd = sd;
+        xs = ssum;
+    }
+    if (row >= rows) return;  // whole warps, after the only barrier
     const u64 off = (u64)row * rb;
     float acc = 0.0f, acc2 = 0.0f;
     for (int i0 = lane; i0 < np; i0 += U * WARP_SIZE) {
@@ -202,7 +240,9 @@ static __device__ __forceinline__ void mmvq_warp(const u8* __restrict__ W, const
 // Kernels (the launcher picks by token count, mode and width): for one
 // token, mmvq_<type> (4 rows per block) and mmvq_<type>_glu (gated pair, 2
 // rows), and their _w forms (one row per warp) for rows of fewer than 2048
-// values; mmvq_<type>_n: up to MMVQ_MAXT tokens, one row per block, any mode.
+// values, and _wx forms of those that take x as f32 (RMSNorm fused) with no
+// quant_act before; mmvq_<type>_n: up to MMVQ_MAXT tokens, one row per
+// block, any mode.
 #define MMVQ_ONE(name, T, R, U, GLU)                                                                                  \
     KERNEL void __launch_bounds__(MMVQ_THREADS) name(const u8* W, const u8* W2, const int2* xq, const float* xd,        \
                                                      const float* xs, float* y, int rows, int cols, int nt, int mode) { \
@@ -214,12 +254,22 @@ static __device__ __forceinline__ void mmvq_warp(const u8* __restrict__ W, const
     KERNEL void __launch_bounds__(MMVQ_THREADS) mmvq_##s##_w(const u8* W, const u8* W2, const int2* xq, const float* xd, \
                                                              const float* xs, float* y, int rows, int cols, int nt,     \
                                                              int mode) {                                                \
-        mmvq_warp<T, 4, false>(W, W2, xq, xd, xs, y, rows, cols, mode);                                                 \
+        mmvq_warp<T, 4, false, false>(W, W2, xq, xd, xs, 0, 0, 0.0f, y, rows, cols, mode);                              \
     }                                                                                                                   \
     KERNEL void __launch_bounds__(MMVQ_THREADS) mmvq_##s##_glu_w(const u8* W, const u8* W2, const int2* xq,             \
                                                                  const float* xd, const float* xs, float* y, int rows,  \
                                                                  int cols, int nt, int mode) {                          \
-        mmvq_warp<T, 4, true>(W, W2, xq, xd, xs, y, rows, cols, mode);                                                  \
+        mmvq_warp<T, 4, true, false>(W, W2, xq, xd, xs, 0, 0, 0.0f, y, rows, cols, mode);                               \
+    }                                                                                                                   \
+    KERNEL void __launch_bounds__(MMVQ_THREADS) mmvq_##s##_wx(const u8* W, const u8* W2, const float* x,                \
+                                                              const float* nw, float eps, float* y, int rows, int cols, \
+                                                              int mode) {                                               \
+        mmvq_warp<T, 4, false, true>(W, W2, 0, 0, 0, x, nw, eps, y, rows, cols, mode);                                  \
+    }                                                                                                                   \
+    KERNEL void __launch_bounds__(MMVQ_THREADS) mmvq_##s##_glu_wx(const u8* W, const u8* W2, const float* x,            \
+                                                                  const float* nw, float eps, float* y, int rows,       \
+                                                                  int cols, int mode) {                                 \
+        mmvq_warp<T, 4, true, true>(W, W2, 0, 0, 0, x, nw, eps, y, rows, cols, mode);                                   \
     }                                                                                                                   \
     KERNEL void __launch_bounds__(MMVQ_THREADS) mmvq_##s##_n(const u8* W, const u8* W2, const int2* xq, const float* xd, \
                                                              const float* xs, float* y, int rows, int cols, int nt,     \

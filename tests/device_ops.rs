@@ -514,6 +514,22 @@ mod gpu {
             for (p, q) in sep.iter().zip(&fused) {
                 assert!((p - q).abs() <= 1e-4 * scale, "fused norm {q} vs separate {p}");
             }
+            if n == 1 && ops::matvec_x_fits(&m) {
+                // the kernels that prepare x themselves: the same numbers as
+                // quantize_act + the one-row-per-warp kernel, bit for bit
+                ops::matvec_x(&self.dev, self.s, &m, None, xb.ptr, None, yb.ptr, Out::Store).unwrap();
+                assert_eq!(self.down_f32(&yb, rows), y, "matvec_x differs from quantize_act + matvec_q");
+                let acc = self.up_f32(&vec![1.0; rows]);
+                ops::matvec_x(&self.dev, self.s, &m, None, xb.ptr, None, acc.ptr, Out::Add).unwrap();
+                for (a, b) in y.iter().zip(&self.down_f32(&acc, rows)) {
+                    assert!((a + 1.0 - b).abs() <= 1e-3 * (1.0 + a.abs()), "matvec_x Out::Add: {a} + 1 vs {b}");
+                }
+                // with the norm: up to the order of the sum of squares
+                ops::matvec_x(&self.dev, self.s, &m, None, xb.ptr, Some((nw.ptr, 1e-6)), yb.ptr, Out::Store).unwrap();
+                for (p, q) in fused.iter().zip(&self.down_f32(&yb, rows)) {
+                    assert!((p - q).abs() <= 1e-4 * scale, "matvec_x with norm {q} vs quantize_act with norm {p}");
+                }
+            }
             y
         }
 
@@ -546,8 +562,13 @@ mod gpu {
                 // ones: the file's 1e-4 bound for them, as a relative L2 error
                 // (single outputs near zero can differ more, relatively)
                 let f64s: Vec<f64> = fused.iter().map(|&v| v as f64).collect();
-                let e = super::rel_l2(&self.down_f32(&ib, n * rows), &f64s);
+                let dec = self.down_f32(&ib, n * rows);
+                let e = super::rel_l2(&dec, &f64s);
                 assert!(e <= 1e-4, "mmvq/mmvf gated vs matvec: rel L2 {e:.3e}");
+                if n == 1 && ops::matvec_x_fits(&g) {
+                    ops::matvec_x(&self.dev, self.s, &g, Some((&u, act)), xb.ptr, None, ib.ptr, Out::Store).unwrap();
+                    assert_eq!(self.down_f32(&ib, rows), dec, "gated matvec_x differs from quantize_act + matvec_q");
+                }
             }
             // the unfused path (prefill): two products and the glu kernel
             let ob = self.out_f32(n * rows);

@@ -482,6 +482,10 @@ impl GpuSession {
         let dev = &*m.dev;
         let cols = projs[0].w.cols;
         let same = |p: &Proj| p.up.map_or(true, |(u, _)| u.ty == p.w.ty);
+        if n == 1 && prep.is_none() && projs.iter().all(|p| ops::matvec_x_fits(p.w) && same(p)) {
+            // short rows: each kernel prepares x itself (norm fused), no quantize_act
+            return projs.iter().try_for_each(|p| ops::matvec_x(dev, s, p.w, p.up, x, norm, p.y, p.out));
+        }
         if n <= ops::MMV_MAXT && projs.iter().all(|p| ops::decode_kernel(p.w.ty).is_some() && same(p)) {
             let a = match prep {
                 Some(a) if norm.is_none() => *a,

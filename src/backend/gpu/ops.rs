@@ -233,6 +233,32 @@ pub fn matvec_q(dev: &Device, s: Stream, w: &DevMatrix, glu: Option<(&DevMatrix,
     }
 }
 
+/// Whether [`matvec_x`] takes W: an integer decode type with rows shorter
+/// than 2048 values (the one-row-per-warp kernels), and at most 16384 rows
+/// (each warp prepares the whole x again: cheap for the layers' matrices,
+/// not for a 151936-row output matrix, which takes [`quantize_act`] once).
+pub fn matvec_x_fits(w: &DevMatrix) -> bool {
+    decode_kernel(w.ty) == Some("mmvq") && w.cols < 2048 && w.rows <= 16384 && w.cols % 32 == 0
+}
+
+/// One token: y = / += W x, or y = act(W x) * (W2 x) with `glu`, for x in
+/// f32, RMS-normalized first with `norm = Some((weight, eps))`; the kernel
+/// prepares x itself (no [`quantize_act`]). Needs [`matvec_x_fits`].
+#[allow(clippy::too_many_arguments)]
+pub fn matvec_x(dev: &Device, s: Stream, w: &DevMatrix, glu: Option<(&DevMatrix, FfnAct)>, x: DevPtr, norm: Option<(DevPtr, f32)>, y: DevPtr, out: Out) -> Result<()> {
+    check(w)?;
+    if !matvec_x_fits(w) {
+        return Err(Error::InvalidArgument(format!("matvec_x: {} {}x{} is not for this kernel", w.ty, w.rows, w.cols)));
+    }
+    let (w2, mode) = gate_pair(w, glu, out)?;
+    let (nw, eps) = norm.unwrap_or((0, 0.0));
+    let warps = MMVQ_THREADS as usize / dev.rt.info().warp_size as usize;
+    let dims = LaunchDims { grid: (ceil(w.rows, warps), 1, 1), block: MMVQ_THREADS, shared: 0 };
+    let name = format!("mmvq_{}{}", w.suffix()?, if glu.is_some() { "_glu_wx" } else { "_wx" });
+    let args = [Arg::Ptr(w.ptr), Arg::Ptr(w2), Arg::Ptr(x), Arg::Ptr(nw), Arg::F32(eps), Arg::Ptr(y), Arg::I32(w.rows as i32), Arg::I32(w.cols as i32), Arg::I32(mode)];
+    dev.launch(s, &name, dims, &args)
+}
+
 /// The second matrix and kernel mode of a product: 0 store, 1 add, 2/3 gated.
 fn gate_pair(w: &DevMatrix, glu: Option<(&DevMatrix, FfnAct)>, out: Out) -> Result<(DevPtr, i32)> {
     match glu {
