@@ -4,11 +4,12 @@
 // types take matvec.cu. CPU reference: backend::cpu::matmul (which also
 // multiplies quantized activations).
 //
-// x is prepared once per input by quant_act (RMSNorm optionally fused):
-// 15-bit integers per group of 32 values in two planes of signed bytes
-// (format and the weight types' integer forms in iquant.h), so products are
-// exact byte dot products (DP4A), as precise as the CPU's 16-bit
-// activations, unlike 8-bit activations.
+// x is prepared once per input by quant_act (RMSNorm optionally fused;
+// attention prepares its own output, and the _wx kernels prepare x
+// themselves): 15-bit integers per group of 32 values in two planes of
+// signed bytes (format and the weight types' integer forms in iquant.h), so
+// products are exact byte dot products (DP4A), as precise as the CPU's
+// 16-bit activations, unlike 8-bit activations.
 //
 // Layout (per token t, groups g of 32 values, cols % 32 == 0):
 //   xq (nt, cols / 4) int2: {hi bytes, lo bytes} of values 4k .. 4k + 3;

@@ -466,9 +466,11 @@ impl GpuSession {
     }
 
     /// The products that read one input x (n tokens), RMS-normalized first
-    /// when `norm` is given. Decode (n <= MMV_MAXT): x prepared once
-    /// (quantize_act, norm fused) and the mmvq/mmvf kernels when every matrix
-    /// has one, else the older matvec kernel with the norm fused (one token).
+    /// when `norm` is given. One token and short rows (`matvec_x_fits`):
+    /// kernels that prepare x themselves, norm fused. Decode (n <= MMV_MAXT):
+    /// x prepared once (quantize_act, norm fused) and the mmvq/mmvf kernels
+    /// when every matrix has one, else the older matvec kernel with the norm
+    /// fused (one token).
     /// Prefill: rmsnorm, then vendor BLAS or the tiled kernel, and a separate
     /// activation kernel for gated pairs.
     fn project(&self, x: DevPtr, norm: Option<(DevPtr, f32)>, n: usize, projs: &[Proj]) -> Result<()> {
