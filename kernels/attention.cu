@@ -16,6 +16,7 @@
 // Token t is at position *pos0 + t. hd must be a multiple of 8, hdv <= 256.
 #pragma once
 #include "iquant.h"
+#include "rope.cu"
 
 #define ATT_MAXD (256 / WARP_SIZE)
 #define ATT_WARPS 4
@@ -74,15 +75,21 @@ struct HalfVec<8> {
 // h) to finish merges them (loads that bypass L1: the partials come from
 // other SMs).
 template <int D>
-static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, const u16* __restrict__ kc,
-                                                   const u16* __restrict__ vc, float* out, float* part, int* counters,
+static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, u16* __restrict__ kc,
+                                                   u16* __restrict__ vc, float* out, float* part, int* counters,
                                                    const int* pos0, int n_head, int n_head_kv, int hd, int hdv,
-                                                   int window, float scale, int S, i8* aq, float* ad, float* as) {
+                                                   int window, float scale, int S, i8* aq, float* ad, float* as,
+                                                   const float* kr, const float* vr, const float* bq, const float* bk,
+                                                   const float* bv, const float* qn, const float* kn, const float* freq,
+                                                   int rope_dim, int neox, float mscale, float eps) {
     constexpr int DPL = D / WARP_SIZE;                                      // value dims per lane
     constexpr int VB = WARP_SIZE < 128 * WARP_SIZE / D ? WARP_SIZE : 128 * WARP_SIZE / D;  // keys per V batch
     extern __shared__ float sm[];
+    __shared__ float bred[32];
     float* sq = sm;
     float* red = sm + hd;
+    float* sk = red + ATT_WARPS * (2 + hdv);  // fused: the new key and value
+    float* sv = sk + hd;
     const int h = blockIdx.x, t = blockIdx.y, s = blockIdx.z;
     const int lane = threadIdx.x % WARP_SIZE, w = threadIdx.x / WARP_SIZE;
     const int p = *pos0 + t;
@@ -95,16 +102,44 @@ static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, 
     const int kvh = h / (n_head / n_head_kv);
     const u64 kv_stride = (u64)n_head_kv * hd, v_stride = (u64)n_head_kv * hdv;
     const float* qh = q + ((u64)t * n_head + h) * hd;
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) sq[i] = qh[i] * scale;
+    const bool fuse = kr != 0;  // one token: q, k, v come raw, qkv_post's work is done here
+    if (fuse) {
+        head_prep(qh, bq ? bq + h * hd : 0, qn, freq, p, hd, rope_dim, neox, mscale, eps, sq, bred);
+        for (int i = threadIdx.x; i < hd; i += blockDim.x) sq[i] *= scale;
+    } else {
+        for (int i = threadIdx.x; i < hd; i += blockDim.x) sq[i] = qh[i] * scale;
+    }
     __syncthreads();
+    // Fused, the last split owns key p: its blocks make the new key and
+    // value themselves (rounded to f16 as the cache holds them) and use them
+    // directly, and the first Q head of each KV group stores them in the
+    // cache for the steps after; no block of this launch reads position p
+    // from the cache.
+    const bool own = fuse && s == SA - 1;
+    if (own) {
+        head_prep(kr + ((u64)t * n_head_kv + kvh) * hd, bk ? bk + kvh * hd : 0, kn, freq, p, hd, rope_dim, neox, mscale, eps, sk, bred);
+        const bool store = h % (n_head / n_head_kv) == 0;
+        for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+            const u16 kh = f2h(sk[i]);
+            sk[i] = h2f(kh);
+            if (store) kc[(u64)p * kv_stride + (u64)kvh * hd + i] = kh;
+        }
+        for (int i = threadIdx.x; i < hdv; i += blockDim.x) {
+            const u16 vh = f2h(vr[((u64)t * n_head_kv + kvh) * hdv + i] + (bv ? bv[kvh * hdv + i] : 0.0f));
+            sv[i] = h2f(vh);
+            if (store) vc[(u64)p * v_stride + (u64)kvh * hdv + i] = vh;
+        }
+        __syncthreads();
+    }
+    const int jend = own ? p : j1;  // keys read from the cache: [j0, jend)
 
     const int d0 = lane * DPL;
     const bool vmine = d0 < hdv;  // hdv % 8 == 0: a lane's dims are all in or all out
     float m = NEG_INF, l = 0.0f, o[DPL];
 #pragma unroll
     for (int k = 0; k < DPL; k++) o[k] = 0.0f;
-    for (int jb = j0 + w * WARP_SIZE; jb < j1; jb += ATT_WARPS * WARP_SIZE) {
-        const int nb = min(WARP_SIZE, j1 - jb);
+    for (int jb = j0 + w * WARP_SIZE; jb < jend; jb += ATT_WARPS * WARP_SIZE) {
+        const int nb = min(WARP_SIZE, jend - jb);
         const u16* vb = vc + (u64)jb * v_stride + (u64)kvh * hdv + d0;
         HalfVec<DPL> vr[VB];
 #pragma unroll
@@ -116,12 +151,12 @@ static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, 
         const int j = jb + lane;
         float sc = NEG_INF;
         if (lane < nb) {
-            const uint4* kr = (const uint4*)(kc + (u64)j * kv_stride + (u64)kvh * hd);
+            const uint4* krow = (const uint4*)(kc + (u64)j * kv_stride + (u64)kvh * hd);
             float d = 0.0f;
             for (int c = 0; c < hd / 8; c += 8) {
                 uint4 kv[8];
 #pragma unroll
-                for (int i = 0; i < 8; i++) kv[i] = c + i < hd / 8 ? kr[c + i] : make_uint4(0, 0, 0, 0);
+                for (int i = 0; i < 8; i++) kv[i] = c + i < hd / 8 ? krow[c + i] : make_uint4(0, 0, 0, 0);
 #pragma unroll
                 for (int i = 0; i < 8; i++) {
                     const u32 wd[4] = {kv[i].x, kv[i].y, kv[i].z, kv[i].w};
@@ -155,6 +190,16 @@ static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, 
                 for (int e = 0; e < DPL; e++) o[e] += pk * vr[k].at(e);
             }
         }
+        m = mn;
+    }
+    if (own && w == 0) {  // key p, from shared memory
+        float d = 0.0f;
+        for (int i = lane; i < hd; i += WARP_SIZE) d += sq[i] * sk[i];
+        const float sc = warp_sum(d);
+        const float mn = fmaxf(m, sc), corr = expf(m - mn), pj = expf(sc - mn);
+        l = l * corr + pj;
+#pragma unroll
+        for (int e = 0; e < DPL; e++) o[e] = o[e] * corr + (vmine ? pj * sv[d0 + e] : 0.0f);
         m = mn;
     }
     // merge the warps: M = max m_w, L = Σ l_w e^(m_w - M), o = Σ o_w e^(m_w - M)
@@ -214,16 +259,22 @@ static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, 
 }
 
 // attn_d<D>: decode attention for heads of up to D values (launcher picks).
-// Dynamic shared memory: (hd + ATT_WARPS * (2 + hdv)) floats. aq/ad/as
-// (null: not written): out (nt, n_head * hdv) also prepared for the decode
-// products as quant_act would (kernels/mmvq.cu; hdv % 32 == 0).
+// Dynamic shared memory: (hd + ATT_WARPS * (2 + hdv)) floats, (2 hd + hdv
+// + ATT_WARPS * (2 + hdv)) fused. aq/ad/as (null: not written): out (nt,
+// n_head * hdv) also prepared for the decode products as quant_act would
+// (kernels/mmvq.cu; hdv % 32 == 0). kr != null (one token only): fused
+// with qkv_post: q, kr, vr are the raw projections and the rest are
+// qkv_post's arguments (bias, QK-norm, RoPE, the f16 store of K/V at p).
 #define ATTN_DECODE(D)                                                                                                   \
     KERNEL void __launch_bounds__(ATT_WARPS * WARP_SIZE) attn_d##D(                                                      \
-        const float* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc, float* out, float* part,    \
+        const float* __restrict__ q, u16* __restrict__ kc, u16* __restrict__ vc, float* out, float* part,                \
         int* counters, const int* pos0, int n_head, int n_head_kv, int hd, int hdv, int window, float scale, int S,      \
-        i8* aq, float* ad, float* as) {                                                                                  \
+        i8* aq, float* ad, float* as, const float* kr, const float* vr, const float* bq, const float* bk,                \
+        const float* bv, const float* qn, const float* kn, const float* freq, int rope_dim, int neox, float mscale,      \
+        float eps) {                                                                                                     \
         GRID_START();                                                                                                    \
-        attn_decode<D>(q, kc, vc, out, part, counters, pos0, n_head, n_head_kv, hd, hdv, window, scale, S, aq, ad, as); \
+        attn_decode<D>(q, kc, vc, out, part, counters, pos0, n_head, n_head_kv, hd, hdv, window, scale, S,  \
+                       aq, ad, as, kr, vr, bq, bk, bv, qn, kn, freq, rope_dim, neox, mscale, eps);                       \
     }
 ATTN_DECODE(64)
 ATTN_DECODE(128)

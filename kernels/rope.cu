@@ -14,18 +14,12 @@
 #pragma once
 #include "vendor.h"
 
-KERNEL void qkv_post(float* q, const float* k, const float* v, const float* bq, const float* bk, const float* bv,
-                     const float* qn, const float* kn, u16* kc, u16* vc, const int* pos0, const float* freq,
-                     int n_head, int n_head_kv, int hd, int hdv, int rope_dim, int neox, float mscale, float eps) {
-    __shared__ float red[32];
-    __shared__ float xs[512];
-    GRID_START();
-    const int t = blockIdx.y, pos = *pos0 + t;
-    const bool is_q = (int)blockIdx.x < n_head;
-    const int h = is_q ? blockIdx.x : blockIdx.x - n_head;
-    const float* src = is_q ? q + ((u64)t * n_head + h) * hd : k + ((u64)t * n_head_kv + h) * hd;
-    const float* bias = is_q ? (bq ? bq + h * hd : 0) : (bk ? bk + h * hd : 0);
-    const float* nw = is_q ? qn : kn;
+// One head's vector as attention uses it, into xs (shared, hd floats): x =
+// src + bias, RMS-normalized with nw when given (x * rsqrt(mean(x²) + eps) *
+// nw), then RoPE at position pos over the first rope_dim values. Every
+// thread of the block calls; xs is complete for all of them on return.
+static __device__ __forceinline__ void head_prep(const float* src, const float* bias, const float* nw, const float* freq, int pos,
+                                                 int hd, int rope_dim, int neox, float mscale, float eps, float* xs, float* red) {
     float ss = 0.0f;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
         const float x = src[i] + (bias ? bias[i] : 0.0f);
@@ -49,6 +43,20 @@ KERNEL void qkv_post(float* q, const float* k, const float* v, const float* bq, 
         xs[b] = x0 * s + x1 * c;
     }
     __syncthreads();
+}
+
+KERNEL void qkv_post(float* q, const float* k, const float* v, const float* bq, const float* bk, const float* bv,
+                     const float* qn, const float* kn, u16* kc, u16* vc, const int* pos0, const float* freq,
+                     int n_head, int n_head_kv, int hd, int hdv, int rope_dim, int neox, float mscale, float eps) {
+    __shared__ float red[32];
+    __shared__ float xs[512];
+    GRID_START();
+    const int t = blockIdx.y, pos = *pos0 + t;
+    const bool is_q = (int)blockIdx.x < n_head;
+    const int h = is_q ? blockIdx.x : blockIdx.x - n_head;
+    const float* src = is_q ? q + ((u64)t * n_head + h) * hd : k + ((u64)t * n_head_kv + h) * hd;
+    const float* bias = is_q ? (bq ? bq + h * hd : 0) : (bk ? bk + h * hd : 0);
+    head_prep(src, bias, is_q ? qn : kn, freq, pos, hd, rope_dim, neox, mscale, eps, xs, red);
     if (is_q) {
         float* dst = q + ((u64)t * n_head + h) * hd;
         for (int i = threadIdx.x; i < hd; i += blockDim.x) dst[i] = xs[i];

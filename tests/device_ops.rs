@@ -56,6 +56,26 @@ macro_rules! test_device {
     };
 }
 
+/// As test_device!, for a check that only exists on the GPU backends (a
+/// fusion the CPU does not have): no CPU variant, rather than one that
+/// passes without checking anything.
+macro_rules! test_gpu {
+    ($f:ident) => {
+        mod $f {
+            #[cfg(feature = "cuda")]
+            #[test]
+            fn cuda() {
+                super::$f(&super::gpu::Gpu::open(rocmforge::backend::gpu::GpuKind::Cuda));
+            }
+            #[cfg(feature = "rocm")]
+            #[test]
+            fn hip() {
+                super::$f(&super::gpu::Gpu::open(rocmforge::backend::gpu::GpuKind::Hip));
+            }
+        }
+    };
+}
+
 fn rel_l2(out: &[f32], reference: &[f64]) -> f64 {
     assert_eq!(out.len(), reference.len(), "output length");
     assert!(out.iter().all(|v| v.is_finite()), "non-finite output");
@@ -390,6 +410,30 @@ fn attention(b: &Backend) {
 }
 test_device!(attention);
 
+/// One decode token: attention doing qkv_post's work itself (bias, QK-norm,
+/// RoPE, the f16 K/V store) against qkv_post followed by attention. The
+/// caches must match bit for bit; the outputs up to the order of one key's
+/// score sum. GPU only (the CPU has no such fusion).
+#[allow(dead_code)]
+fn attention_fused_qkv(g: &gpu::Gpu) {
+    // (n_head, n_head_kv, hd, pos0, window, neox, bias, norm)
+    for &(n_head, n_head_kv, hd, pos0, window, neox, bias, norm) in &[
+        (14usize, 2usize, 64usize, 300usize, 0usize, true, true, false),
+        (4, 1, 256, 40, 16, true, false, true),
+        (8, 8, 128, 0, 0, false, false, false),
+        (4, 2, 64, 127, 0, false, true, true),
+        (4, 2, 64, 128, 0, true, true, false),
+        (2, 1, 128, 1000, 300, false, false, true),
+    ] {
+        let (a, b2, ka, kb) = g.fused_qkv_attention(n_head, n_head_kv, hd, pos0, window, neox, bias, norm);
+        let what = format!("fused qkv_post + attention heads {n_head}/{n_head_kv} hd={hd} pos0={pos0} window={window} neox={neox} bias={bias} norm={norm}");
+        assert_eq!(ka, kb, "{what}: K/V caches differ");
+        let reference: Vec<f64> = a.iter().map(|&v| v as f64).collect();
+        check(&what, &b2, &reference, 1e-5);
+    }
+}
+test_gpu!(attention_fused_qkv);
+
 #[allow(dead_code)]
 mod gpu {
     //! Upload, run one op, download; and the per-test leak check.
@@ -620,6 +664,52 @@ mod gpu {
             (self.down_f32(&qb, q.len()), kall[pos0 * row..(pos0 + n) * row].to_vec(), vall[pos0 * row..(pos0 + n) * row].to_vec())
         }
 
+        /// (separate output, fused output, separate K|V cache bytes, fused K|V cache bytes)
+        #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+        pub fn fused_qkv_attention(&self, n_head: usize, n_head_kv: usize, hd: usize, pos0: usize, window: usize, neox: bool, bias: bool, norm: bool) -> (Vec<f32>, Vec<f32>, Vec<u8>, Vec<u8>) {
+            let mut r = super::Rng(77 + pos0 as u64 + hd as u64);
+            let n_ctx = pos0 + 4;
+            let (q, k, v) = (r.vec(n_head * hd), r.vec(n_head_kv * hd), r.vec(n_head_kv * hd));
+            let (bq, bk, bv) = (r.vec(n_head * hd), r.vec(n_head_kv * hd), r.vec(n_head_kv * hd));
+            let (qn, kn) = (r.vec(hd), r.vec(hd));
+            let kv = n_ctx * n_head_kv * hd;
+            let f16 = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|&x| half::f16::from_f32(x).to_ne_bytes()).collect() };
+            let (k0, v0) = (f16(&r.vec(kv)), f16(&r.vec(kv)));
+            let rope_dim = hd;
+            let freq: Vec<f32> = (0..rope_dim / 2).map(|i| rocmforge::model::reference::rope_pair(i, rope_dim, 10000.0, rocmforge::model::RopeScaling::None)).map(|(p, m, _)| p * m).collect();
+            let (fb, pos) = (self.up_f32(&freq), self.up(&(pos0 as i32).to_ne_bytes()));
+            let (bqb, bkb, bvb, qnb, knb) = (self.up_f32(&bq), self.up_f32(&bk), self.up_f32(&bv), self.up_f32(&qn), self.up_f32(&kn));
+            let post = QkvPost { n: 1, n_head, n_head_kv, hd, hdv: hd, rope_dim, rope: if neox { RopeStyle::Neox } else { RopeStyle::Normal }, mscale: 1.0, eps: 1e-6 };
+            let splits = ops::decode_splits(n_ctx);
+            let a = AttnShape { n: 1, n_head, n_head_kv, hd, hdv: hd, window, scale: 1.0 / (hd as f32).sqrt(), splits };
+            let part = self.pool.alloc(n_head * splits * (2 + hd) * 4, "partials").unwrap();
+            let counters = self.up(&vec![0u8; n_head * 4]);
+            let run = |fused: bool| -> (Vec<f32>, Vec<u8>) {
+                let (qb, kb, vb) = (self.up_f32(&q), self.up_f32(&k), self.up_f32(&v));
+                let (kc, vc) = (self.up(&k0), self.up(&v0));
+                let ob = self.out_f32(n_head * hd);
+                let bufs = QkvBufs {
+                    q: qb.ptr, k: kb.ptr, v: vb.ptr,
+                    bq: if bias { bqb.ptr } else { 0 }, bk: if bias { bkb.ptr } else { 0 }, bv: if bias { bvb.ptr } else { 0 },
+                    q_norm: if norm { qnb.ptr } else { 0 }, k_norm: if norm { knb.ptr } else { 0 },
+                    k_cache: kc.ptr, v_cache: vc.ptr, pos0: pos.ptr, freq: fb.ptr,
+                };
+                if fused {
+                    ops::attention(&self.dev, self.s, &a, qb.ptr, kc.ptr, vc.ptr, ob.ptr, part.ptr, counters.ptr, pos.ptr, None, Some((&post, &bufs))).unwrap();
+                } else {
+                    ops::qkv_post(&self.dev, self.s, &post, &bufs).unwrap();
+                    ops::attention(&self.dev, self.s, &a, qb.ptr, kc.ptr, vc.ptr, ob.ptr, part.ptr, counters.ptr, pos.ptr, None, None).unwrap();
+                }
+                let mut caches = vec![0u8; kv * 4];
+                self.dev.rt.dtoh(self.s, &mut caches[..kv * 2], kc.ptr).unwrap();
+                self.dev.rt.dtoh(self.s, &mut caches[kv * 2..], vc.ptr).unwrap();
+                (self.down_f32(&ob, n_head * hd), caches)
+            };
+            let (oa, ca) = run(false);
+            let (ob, cb) = run(true);
+            (oa, ob, ca, cb)
+        }
+
         #[allow(clippy::too_many_arguments)]
         pub fn attention(&self, q: &[f32], kc: &[f32], vc: &[f32], n: usize, pos0: usize, n_head: usize, n_head_kv: usize, hd: usize, window: usize, scale: f32, splits: usize) -> Vec<f32> {
             let f16 = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|&x| half::f16::from_f32(x).to_ne_bytes()).collect() };
@@ -629,11 +719,11 @@ mod gpu {
             let counters = self.up(&vec![0u8; n * n_head * 4]);
             let pos = self.up(&(pos0 as i32).to_ne_bytes());
             let a = AttnShape { n, n_head, n_head_kv, hd, hdv: hd, window, scale, splits };
-            ops::attention(&self.dev, self.s, &a, qb.ptr, kb.ptr, vb.ptr, ob.ptr, part.ptr, counters.ptr, pos.ptr, None).unwrap();
+            ops::attention(&self.dev, self.s, &a, qb.ptr, kb.ptr, vb.ptr, ob.ptr, part.ptr, counters.ptr, pos.ptr, None, None).unwrap();
             let first = self.down_f32(&ob, n * n_head * hd);
             // again, as a replayed graph would: the counters must be back at zero
             let ob2 = self.out_f32(n * n_head * hd);
-            ops::attention(&self.dev, self.s, &a, qb.ptr, kb.ptr, vb.ptr, ob2.ptr, part.ptr, counters.ptr, pos.ptr, None).unwrap();
+            ops::attention(&self.dev, self.s, &a, qb.ptr, kb.ptr, vb.ptr, ob2.ptr, part.ptr, counters.ptr, pos.ptr, None, None).unwrap();
             assert_eq!(first, self.down_f32(&ob2, n * n_head * hd), "second launch differs");
             if n <= ops::MMV_MAXT && hd % 32 == 0 {
                 // the output prepared for the decode products as it is
@@ -641,7 +731,7 @@ mod gpu {
                 let cols = n_head * hd;
                 let (b1, b2) = (ActBuf::new(&self.pool, cols).unwrap(), ActBuf::new(&self.pool, cols).unwrap());
                 let prep = b1.layout(cols, n, ob2.ptr).unwrap();
-                ops::attention(&self.dev, self.s, &a, qb.ptr, kb.ptr, vb.ptr, ob2.ptr, part.ptr, counters.ptr, pos.ptr, Some(&prep)).unwrap();
+                ops::attention(&self.dev, self.s, &a, qb.ptr, kb.ptr, vb.ptr, ob2.ptr, part.ptr, counters.ptr, pos.ptr, Some(&prep), None).unwrap();
                 let again = ops::quantize_act(&self.dev, self.s, &b2, ob2.ptr, cols, n, None).unwrap();
                 let raw = |p: u64, len: usize| {
                     let mut v = vec![0u8; len];

@@ -421,7 +421,11 @@ impl GpuSession {
                 k_cache: kc, v_cache: vc, pos0,
                 freq: if local { m.freq_local.ptr } else { m.freq_global.ptr },
             };
-            ops::qkv_post(dev, s, &post, &bufs)?;
+            // one token: attention does qkv_post's work itself (one launch less)
+            let fused = n == 1;
+            if !fused {
+                ops::qkv_post(dev, s, &post, &bufs)?;
+            }
             let window = if local { c.sliding_window.unwrap_or(0) } else { 0 };
             let splits = if n == 1 { self.splits } else { 1 };
             let a = AttnShape { n, n_head: c.n_head, n_head_kv: c.n_head_kv, hd: c.head_dim, hdv: c.head_dim_v, window, scale: c.attn_scale, splits };
@@ -432,7 +436,7 @@ impl GpuSession {
             } else {
                 None
             };
-            ops::attention(dev, s, &a, q, kc, vc, self.att.ptr, self.part.ptr, self.counters.ptr, pos0, prep.as_ref())?;
+            ops::attention(dev, s, &a, q, kc, vc, self.att.ptr, self.part.ptr, self.counters.ptr, pos0, prep.as_ref(), fused.then_some((&post, &bufs)))?;
             self.block_out(&l.wo, self.att.ptr, prep.as_ref(), &l.post_attn_norm, n)?;
 
             // ---- FFN: down(act(gate(x)) * up(x)) ----

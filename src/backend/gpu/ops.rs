@@ -421,9 +421,17 @@ pub struct AttnShape {
 /// n * n_head i32 that are zero (the kernel leaves them zero). With
 /// `prep` (from [`ActBuf::layout`] with f = `out`), `out` also comes
 /// prepared for [`matvec_q`]: the decode kernel writes it as it goes,
-/// saving a [`quantize_act`].
+/// saving a [`quantize_act`]. With `fused` (one token only), q is the raw
+/// projection and the decode kernel does [`qkv_post`]'s work itself (bias,
+/// QK-norm, RoPE, and the f16 store of K/V at *pos0 into kc/vc, which must
+/// be `fused`'s caches), saving that launch.
 #[allow(clippy::too_many_arguments)]
-pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, vc: DevPtr, out: DevPtr, part: DevPtr, counters: DevPtr, pos0: DevPtr, prep: Option<&ActQ>) -> Result<()> {
+pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, vc: DevPtr, out: DevPtr, part: DevPtr, counters: DevPtr, pos0: DevPtr, prep: Option<&ActQ>, fused: Option<(&QkvPost, &QkvBufs)>) -> Result<()> {
+    if let Some((p, b)) = fused {
+        if a.n != 1 || p.n != 1 || b.q != q || b.k_cache != kc || b.v_cache != vc || b.pos0 != pos0 || p.hd != a.hd || p.hdv != a.hdv || p.rope_dim > p.hd {
+            return Err(Error::InvalidArgument("attention: the fused qkv_post takes one token and the same buffers".into()));
+        }
+    }
     if let Some(p) = prep {
         if p.f != out || p.cols != a.n_head * a.hdv || p.nt != a.n || a.hdv % 32 != 0 {
             return Err(Error::InvalidArgument("attention: prepared output must describe `out`".into()));
@@ -458,8 +466,15 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
     }
     // the decode kernel for the smallest value-size bucket that holds hdv
     let d = [64, 128, 256].into_iter().find(|&d| d >= a.hdv && d >= warp).unwrap_or(256);
-    let shared = (a.hd + ATT_WARPS * (2 + a.hdv)) * 4;
+    let shared = (a.hd + ATT_WARPS * (2 + a.hdv) + if fused.is_some() { a.hd + a.hdv } else { 0 }) * 4;
     let dims = LaunchDims { grid: (a.n_head as u32, a.n as u32, a.splits as u32), block, shared: shared as u32 };
+    let (fp, fb) = match fused {
+        Some((p, b)) => (*p, *b),
+        None => (
+            QkvPost { n: 0, n_head: 0, n_head_kv: 0, hd: 0, hdv: 0, rope_dim: 0, rope: RopeStyle::Normal, mscale: 0.0, eps: 0.0 },
+            QkvBufs { q: 0, k: 0, v: 0, bq: 0, bk: 0, bv: 0, q_norm: 0, k_norm: 0, k_cache: 0, v_cache: 0, pos0: 0, freq: 0 },
+        ),
+    };
     dev.launch(
         s,
         &format!("attn_d{d}"),
@@ -469,6 +484,8 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
             Arg::I32(a.n_head as i32), Arg::I32(a.n_head_kv as i32), Arg::I32(a.hd as i32), Arg::I32(a.hdv as i32),
             Arg::I32(a.window as i32), Arg::F32(a.scale), Arg::I32(a.splits as i32),
             Arg::Ptr(prep.map_or(0, |p| p.q)), Arg::Ptr(prep.map_or(0, |p| p.d)), Arg::Ptr(prep.map_or(0, |p| p.s)),
+            Arg::Ptr(fb.k), Arg::Ptr(fb.v), Arg::Ptr(fb.bq), Arg::Ptr(fb.bk), Arg::Ptr(fb.bv), Arg::Ptr(fb.q_norm), Arg::Ptr(fb.k_norm),
+            Arg::Ptr(fb.freq), Arg::I32(fp.rope_dim as i32), Arg::I32(matches!(fp.rope, RopeStyle::Neox) as i32), Arg::F32(fp.mscale), Arg::F32(fp.eps),
         ],
     )
 }
