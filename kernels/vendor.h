@@ -164,30 +164,22 @@ static __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-// Sum over the block; every thread gets the result. `red` holds one float
-// per warp (at most 32 warps). blockDim.x must be a multiple of WARP_SIZE.
-static __device__ __forceinline__ float block_sum(float v, float* red) {
+// Sum (MAX: maximum) over the block; every thread gets the result. `red`
+// holds one float per warp (at most 32 warps). blockDim.x must be a
+// multiple of WARP_SIZE.
+template <bool MAX>
+static __device__ __forceinline__ float block_reduce(float v, float* red) {
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
     const int nwarps = blockDim.x / WARP_SIZE;
-    v = warp_sum(v);
+    v = MAX ? warp_max(v) : warp_sum(v);
     __syncthreads();
     if (lane == 0) red[warp] = v;
     __syncthreads();
-    v = lane < nwarps ? red[lane] : 0.0f;
-    return warp_sum(v);
+    v = lane < nwarps ? red[lane] : (MAX ? NEG_INF : 0.0f);
+    return MAX ? warp_max(v) : warp_sum(v);
 }
-
-// Max over the block, as block_sum.
-static __device__ __forceinline__ float block_max(float v, float* red) {
-    const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
-    const int nwarps = blockDim.x / WARP_SIZE;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    v = lane < nwarps ? red[lane] : NEG_INF;
-    return warp_max(v);
-}
+static __device__ __forceinline__ float block_sum(float v, float* red) { return block_reduce<false>(v, red); }
+static __device__ __forceinline__ float block_max(float v, float* red) { return block_reduce<true>(v, red); }
 
 // A load of data other blocks of this kernel wrote (after __threadfence()):
 // from L2, past this SM's L1 (NVIDIA: ld.global.cg). On AMD the fence's

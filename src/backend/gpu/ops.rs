@@ -235,7 +235,7 @@ pub fn matvec_q(dev: &Device, s: Stream, w: &DevMatrix, glu: Option<(&DevMatrix,
 
 /// Whether [`matvec_x`] takes W: an integer decode type with rows shorter
 /// than 2048 values (the one-row-per-warp kernels), and at most 16384 rows
-/// (each warp prepares the whole x again: cheap for the layers' matrices,
+/// (each block prepares the whole x again: cheap for the layers' matrices,
 /// not for a 151936-row output matrix, which takes [`quantize_act`] once).
 pub fn matvec_x_fits(w: &DevMatrix) -> bool {
     decode_kernel(w.ty) == Some("mmvq") && w.cols < 2048 && w.rows <= 16384 && w.cols % 32 == 0
