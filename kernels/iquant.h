@@ -131,73 +131,44 @@ struct IPWords {
 
 // q4_0/q5_0/q4_1/q5_1 parts: qs bytes 4p .. 4p + 3, whose low nibbles are
 // values 4p.. (x word p) and high nibbles values 16 + 4p.. (x word 4 + p).
-template <>
-struct IP<TQ4_0> : IPWords<IP<TQ4_0>, true> {
-    int w0, w1;
-    float d;
-    __device__ __forceinline__ void load(const u8* row, int g, int p) {
-        const u8* b = row + g * 18;
-        const u32 v = ld32a2(b + 2 + 4 * p);
-        w0 = sub_bytes(v & 0x0F0F0F0Fu, 0x08080808u);
-        w1 = sub_bytes((v >> 4) & 0x0F0F0F0Fu, 0x08080808u);
-        d = h2f(ld16a(b));
-    }
-    __device__ __forceinline__ float dot2(int2 xa, int2 xb, float dx, float) const {
-        return d * dx * (float)dot8(w0, xa, w1, xb);
-    }
-};
-
-template <>
-struct IP<TQ4_1> : IPWords<IP<TQ4_1>, true> {
+// Block: d (f16), then with MIN m (f16), with HIGH qh (4 bytes: bit 4 of
+// each value), then the 16 qs bytes. Without MIN the values are centred
+// (minus 8, or 16 with HIGH); with MIN they are not, and the part adds a
+// quarter of m * sx. Blocks without m are only 2-byte aligned.
+template <bool MIN, bool HIGH>
+struct IPLegacy : IPWords<IPLegacy<MIN, HIGH>, true> {
     int w0, w1;
     float d, m;
+    static __device__ __forceinline__ u32 ld32(const u8* p) { return MIN ? *(const u32*)p : ld32a2(p); }
     __device__ __forceinline__ void load(const u8* row, int g, int p) {
-        const u8* b = row + g * 20;
-        const u32 v = *(const u32*)(b + 4 + 4 * p);
-        w0 = (int)(v & 0x0F0F0F0Fu);
-        w1 = (int)((v >> 4) & 0x0F0F0F0Fu);
+        const int hq = MIN ? 4 : 2;  // qh (HIGH), else qs
+        const u8* b = row + g * (18 + (MIN ? 2 : 0) + (HIGH ? 4 : 0));
+        u32 lo = ld32(b + hq + (HIGH ? 4 : 0) + 4 * p), hi = (lo >> 4) & 0x0F0F0F0Fu;
+        lo &= 0x0F0F0F0Fu;
+        if (HIGH) {
+            const u32 qh = ld32(b + hq);
+            lo |= spread4(qh >> (4 * p));
+            hi |= spread4(qh >> (16 + 4 * p));
+        }
+        const u32 centre = HIGH ? 0x10101010u : 0x08080808u;
+        w0 = MIN ? (int)lo : sub_bytes(lo, centre);
+        w1 = MIN ? (int)hi : sub_bytes(hi, centre);
         d = h2f(ld16a(b));
-        m = h2f(ld16a(b + 2));
+        m = MIN ? h2f(ld16a(b + 2)) : 0.0f;
     }
     __device__ __forceinline__ float dot2(int2 xa, int2 xb, float dx, float sx) const {
-        return d * dx * (float)dot8(w0, xa, w1, xb) + 0.25f * m * sx;
+        const float v = d * dx * (float)dot8(w0, xa, w1, xb);
+        return MIN ? v + 0.25f * m * sx : v;
     }
 };
-
 template <>
-struct IP<TQ5_0> : IPWords<IP<TQ5_0>, true> {
-    int w0, w1;
-    float d;
-    __device__ __forceinline__ void load(const u8* row, int g, int p) {
-        const u8* b = row + g * 22;
-        const u32 qh = ld32a2(b + 2);
-        const u32 v = ld32a2(b + 6 + 4 * p);
-        w0 = sub_bytes((v & 0x0F0F0F0Fu) | spread4(qh >> (4 * p)), 0x10101010u);
-        w1 = sub_bytes(((v >> 4) & 0x0F0F0F0Fu) | spread4(qh >> (16 + 4 * p)), 0x10101010u);
-        d = h2f(ld16a(b));
-    }
-    __device__ __forceinline__ float dot2(int2 xa, int2 xb, float dx, float) const {
-        return d * dx * (float)dot8(w0, xa, w1, xb);
-    }
-};
-
+struct IP<TQ4_0> : IPLegacy<false, false> {};
 template <>
-struct IP<TQ5_1> : IPWords<IP<TQ5_1>, true> {
-    int w0, w1;
-    float d, m;
-    __device__ __forceinline__ void load(const u8* row, int g, int p) {
-        const u8* b = row + g * 24;
-        const u32 qh = *(const u32*)(b + 4);
-        const u32 v = *(const u32*)(b + 8 + 4 * p);
-        w0 = (int)((v & 0x0F0F0F0Fu) | spread4(qh >> (4 * p)));
-        w1 = (int)(((v >> 4) & 0x0F0F0F0Fu) | spread4(qh >> (16 + 4 * p)));
-        d = h2f(ld16a(b));
-        m = h2f(ld16a(b + 2));
-    }
-    __device__ __forceinline__ float dot2(int2 xa, int2 xb, float dx, float sx) const {
-        return d * dx * (float)dot8(w0, xa, w1, xb) + 0.25f * m * sx;
-    }
-};
+struct IP<TQ4_1> : IPLegacy<true, false> {};
+template <>
+struct IP<TQ5_0> : IPLegacy<false, true> {};
+template <>
+struct IP<TQ5_1> : IPLegacy<true, true> {};
 
 // q8_0 and the k-quants: part p = values 8p .. 8p + 7 (x words 2p, 2p + 1).
 template <>
@@ -216,16 +187,25 @@ struct IP<TQ8_0> : IPWords<IP<TQ8_0>, false> {
 };
 
 // k-quants: group g is chunk c = g % 8 of super-block g / 8.
-template <>
-struct IP<TQ4_K> : IPWords<IP<TQ4_K>, false> {
+// q4_k/q5_k: d, dmin (f16), 12 bytes of 6-bit scales and minimums, with
+// HIGH (q5_k) 32 bytes holding bit 4 of each value (bit c of each byte for
+// chunk c), then 128 qs bytes (chunk pair c / 2, low nibbles chunk c even).
+template <bool HIGH>
+struct IPK45 : IPWords<IPK45<HIGH>, false> {
     int w0, w1;
     float dl, ml;
     __device__ __forceinline__ void load(const u8* row, int g, int p) {
-        const u8* b = row + (g >> 3) * 144;
+        const u8* b = row + (g >> 3) * (HIGH ? 176 : 144);
         const int c = g & 7, shift = (c & 1) * 4;
-        const u32* q = (const u32*)(b + 16 + (c >> 1) * 32 + 8 * p);
-        w0 = (int)((q[0] >> shift) & 0x0F0F0F0Fu);
-        w1 = (int)((q[1] >> shift) & 0x0F0F0F0Fu);
+        const u32* q = (const u32*)(b + (HIGH ? 48 : 16) + (c >> 1) * 32 + 8 * p);
+        u32 a0 = (q[0] >> shift) & 0x0F0F0F0Fu, a1 = (q[1] >> shift) & 0x0F0F0F0Fu;
+        if (HIGH) {
+            const u32* h = (const u32*)(b + 16 + 8 * p);
+            a0 |= ((h[0] >> c) & 0x01010101u) << 4;
+            a1 |= ((h[1] >> c) & 0x01010101u) << 4;
+        }
+        w0 = (int)a0;
+        w1 = (int)a1;
         int sc, m;
         scale_min_k4(c, b + 4, &sc, &m);
         dl = h2f(ld16a(b)) * (float)sc;
@@ -235,27 +215,10 @@ struct IP<TQ4_K> : IPWords<IP<TQ4_K>, false> {
         return dl * dx * (float)dot8(w0, xa, w1, xb) - 0.25f * ml * sx;
     }
 };
-
 template <>
-struct IP<TQ5_K> : IPWords<IP<TQ5_K>, false> {
-    int w0, w1;
-    float dl, ml;
-    __device__ __forceinline__ void load(const u8* row, int g, int p) {
-        const u8* b = row + (g >> 3) * 176;
-        const int c = g & 7, shift = (c & 1) * 4;
-        const u32* q = (const u32*)(b + 48 + (c >> 1) * 32 + 8 * p);
-        const u32* h = (const u32*)(b + 16 + 8 * p);
-        w0 = (int)(((q[0] >> shift) & 0x0F0F0F0Fu) | (((h[0] >> c) & 0x01010101u) << 4));
-        w1 = (int)(((q[1] >> shift) & 0x0F0F0F0Fu) | (((h[1] >> c) & 0x01010101u) << 4));
-        int sc, m;
-        scale_min_k4(c, b + 4, &sc, &m);
-        dl = h2f(ld16a(b)) * (float)sc;
-        ml = h2f(ld16a(b + 2)) * (float)m;
-    }
-    __device__ __forceinline__ float dot2(int2 xa, int2 xb, float dx, float sx) const {
-        return dl * dx * (float)dot8(w0, xa, w1, xb) - 0.25f * ml * sx;
-    }
-};
+struct IP<TQ4_K> : IPK45<false> {};
+template <>
+struct IP<TQ5_K> : IPK45<true> {};
 
 template <>
 struct IP<TQ6_K> : IPWords<IP<TQ6_K>, false> {

@@ -116,11 +116,7 @@ static __device__ __forceinline__ void mmvq(const u8* __restrict__ W, const u8* 
     const u64 rb = (u64)(cols / T::BLK) * T::BYTES;
     prefetch_rows(W, GLU ? W2 : 0, r0, R, rows, rb);
     GRID_START();
-    float acc[R][NT], acc2[R][NT];
-#pragma unroll
-    for (int j = 0; j < R; j++)
-#pragma unroll
-        for (int t = 0; t < NT; t++) acc[j][t] = acc2[j][t] = 0.0f;
+    float acc[R][NT] = {}, acc2[R][NT] = {};
     for (int i0 = threadIdx.x; i0 < np; i0 += U * MMVQ_THREADS) {
         IP<T> a[U][R], b[GLU ? U : 1][R];
 #pragma unroll
@@ -321,11 +317,7 @@ static __device__ __forceinline__ void mmvf(const u8* __restrict__ W, const u8* 
     const bool glu = mode >= 2;
     prefetch_rows(W, glu ? W2 : 0, r0, R, rows, rb);
     GRID_START();
-    float acc[R][NT], acc2[R][NT];
-#pragma unroll
-    for (int j = 0; j < R; j++)
-#pragma unroll
-        for (int t = 0; t < NT; t++) acc[j][t] = acc2[j][t] = 0.0f;
+    float acc[R][NT] = {}, acc2[R][NT] = {};
     for (int i = threadIdx.x; i < cols / 8; i += MMVQ_THREADS) {
         float a[R][8], b[R][8];
 #pragma unroll

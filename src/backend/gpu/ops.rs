@@ -361,8 +361,13 @@ pub struct QkvPost {
     pub eps: f32,
 }
 
+/// The kernels' `neox` argument: 1 for NeoX pairs (i, i + rope_dim / 2), 0 for adjacent pairs.
+fn neox_code(r: RopeStyle) -> i32 {
+    matches!(r, RopeStyle::Neox) as i32
+}
+
 /// Buffers of [`qkv_post`]; optional ones are 0.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct QkvBufs {
     pub q: DevPtr,
     pub k: DevPtr,
@@ -385,7 +390,7 @@ pub fn qkv_post(dev: &Device, s: Stream, p: &QkvPost, b: &QkvBufs) -> Result<()>
         return Err(Error::Unsupported(format!("GPU attention supports head sizes up to 512 (got {}/{})", p.hd, p.hdv)));
     }
     let dims = LaunchDims { grid: ((p.n_head + p.n_head_kv) as u32, p.n as u32, 1), block: 64, shared: 0 };
-    let neox = matches!(p.rope, RopeStyle::Neox) as i32;
+    let neox = neox_code(p.rope);
     dev.launch(
         s,
         "qkv_post",
@@ -468,13 +473,9 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
     let d = [64, 128, 256].into_iter().find(|&d| d >= a.hdv && d >= warp).unwrap_or(256);
     let shared = (a.hd + ATT_WARPS * (2 + a.hdv) + if fused.is_some() { a.hd + a.hdv } else { 0 }) * 4;
     let dims = LaunchDims { grid: (a.n_head as u32, a.n as u32, a.splits as u32), block, shared: shared as u32 };
-    let (fp, fb) = match fused {
-        Some((p, b)) => (*p, *b),
-        None => (
-            QkvPost { n: 0, n_head: 0, n_head_kv: 0, hd: 0, hdv: 0, rope_dim: 0, rope: RopeStyle::Normal, mscale: 0.0, eps: 0.0 },
-            QkvBufs { q: 0, k: 0, v: 0, bq: 0, bk: 0, bv: 0, q_norm: 0, k_norm: 0, k_cache: 0, v_cache: 0, pos0: 0, freq: 0 },
-        ),
-    };
+    // unfused: null pointers (the kernel's test) and unused numbers
+    let fb = fused.map_or(QkvBufs::default(), |(_, b)| *b);
+    let (rope_dim, neox, mscale, eps) = fused.map_or((0, 0, 0.0, 0.0), |(p, _)| (p.rope_dim as i32, neox_code(p.rope), p.mscale, p.eps));
     dev.launch(
         s,
         &format!("attn_d{d}"),
@@ -485,7 +486,7 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
             Arg::I32(a.window as i32), Arg::F32(a.scale), Arg::I32(a.splits as i32),
             Arg::Ptr(prep.map_or(0, |p| p.q)), Arg::Ptr(prep.map_or(0, |p| p.d)), Arg::Ptr(prep.map_or(0, |p| p.s)),
             Arg::Ptr(fb.k), Arg::Ptr(fb.v), Arg::Ptr(fb.bq), Arg::Ptr(fb.bk), Arg::Ptr(fb.bv), Arg::Ptr(fb.q_norm), Arg::Ptr(fb.k_norm),
-            Arg::Ptr(fb.freq), Arg::I32(fp.rope_dim as i32), Arg::I32(matches!(fp.rope, RopeStyle::Neox) as i32), Arg::F32(fp.mscale), Arg::F32(fp.eps),
+            Arg::Ptr(fb.freq), Arg::I32(rope_dim), Arg::I32(neox), Arg::F32(mscale), Arg::F32(eps),
         ],
     )
 }
