@@ -48,45 +48,51 @@ static __device__ __forceinline__ void act_store_group(float v, int e, bool stor
 }
 
 // x prepared on the fly for one part of a weight row of type W (= IP<T>):
-// the calling lane's 8 values of group g (x words W::wa(p), W::wb(p)), v =
-// x * s * nw (nw may be null), quantized with the group's scale, which the
-// 4 lanes holding the group's 4 parts (4 consecutive lanes, p = lane % 4)
-// share through shuffles: the numbers quant_act makes of v. Every lane of
-// the warp must call (lanes past the row's end with any valid g, p).
+// the calling lane's 4 * W::WORDS values of group g (x words W::word(p,
+// j)), v = x * s * nw (nw may be null), quantized with the group's scale,
+// which the W::PARTS lanes holding the group's parts (consecutive lanes, p
+// = lane % PARTS) share through shuffles: the numbers quant_act makes of v.
+// Every lane of the warp must call (lanes past the row's end with any
+// valid g, p).
 template <typename W>
-static __device__ __forceinline__ void act_part(const float* x, const float* nw, float s, int g, int p, int2& xa, int2& xb,
+static __device__ __forceinline__ void act_part(const float* x, const float* nw, float s, int g, int p, int2 (&xw)[W::WORDS],
                                                 float& dx, float& sx) {
-    const int ka = g * 8 + W::wa(p), kb = g * 8 + W::wb(p);
-    const float4 a = ((const float4*)x)[ka], b = ((const float4*)x)[kb];
-    float v[8] = {a.x * s, a.y * s, a.z * s, a.w * s, b.x * s, b.y * s, b.z * s, b.w * s};
-    if (nw) {
-        const float4 na = ((const float4*)nw)[ka], nb = ((const float4*)nw)[kb];
-        const float n[8] = {na.x, na.y, na.z, na.w, nb.x, nb.y, nb.z, nb.w};
+    constexpr int NW = W::WORDS;
+    float v[4 * NW];
 #pragma unroll
-        for (int k = 0; k < 8; k++) v[k] *= n[k];
+    for (int j = 0; j < NW; j++) {
+        const int k = g * 8 + W::word(p, j);
+        const float4 a = ((const float4*)x)[k];
+        const float4 n = nw ? ((const float4*)nw)[k] : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+        v[4 * j] = a.x * s * n.x;
+        v[4 * j + 1] = a.y * s * n.y;
+        v[4 * j + 2] = a.z * s * n.z;
+        v[4 * j + 3] = a.w * s * n.w;
     }
     float amax = 0.0f;
 #pragma unroll
-    for (int k = 0; k < 8; k++) amax = fmaxf(amax, fabsf(v[k]));
-    amax = fmaxf(amax, SHFL_XOR(amax, 1));
-    amax = fmaxf(amax, SHFL_XOR(amax, 2));
+    for (int k = 0; k < 4 * NW; k++) amax = fmaxf(amax, fabsf(v[k]));
+#pragma unroll
+    for (int m = 1; m < W::PARTS; m <<= 1) amax = fmaxf(amax, SHFL_XOR(amax, m));
     const float d = amax / ACT_MAX;
     const float id = d > 0.0f ? 1.0f / d : 0.0f;
-    u32 hi[2] = {0, 0}, lo[2] = {0, 0};
     int sum = 0;
 #pragma unroll
-    for (int k = 0; k < 8; k++) {
-        const int q = act_q(v[k], id);
-        i8 h, l;
-        act_planes(q, &h, &l);
-        hi[k >> 2] |= (u32)(u8)h << (8 * (k & 3));
-        lo[k >> 2] |= (u32)(u8)l << (8 * (k & 3));
-        sum += q;
+    for (int j = 0; j < NW; j++) {
+        u32 hi = 0, lo = 0;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const int q = act_q(v[4 * j + k], id);
+            i8 h, l;
+            act_planes(q, &h, &l);
+            hi |= (u32)(u8)h << (8 * k);
+            lo |= (u32)(u8)l << (8 * k);
+            sum += q;
+        }
+        xw[j] = make_int2((int)hi, (int)lo);
     }
-    sum += SHFL_XOR(sum, 1);
-    sum += SHFL_XOR(sum, 2);
-    xa = make_int2((int)hi[0], (int)lo[0]);
-    xb = make_int2((int)hi[1], (int)lo[1]);
+#pragma unroll
+    for (int m = 1; m < W::PARTS; m <<= 1) sum += SHFL_XOR(sum, m);
     dx = d;
     sx = d * (float)sum;
 }
@@ -109,21 +115,24 @@ static __device__ __forceinline__ u32 spread4(u32 h) {
     return ((h & 1u) << 4) | ((h & 2u) << 11) | ((h & 4u) << 18) | ((h & 8u) << 25);
 }
 
-// IP<T>: a thread's part p (0..3) of group g of a weight row: 8 of the
-// group's 32 values as two words of signed (or < 128) bytes, and their
-// scales. dot(xg, p, dx, sx) = the part's share of sum(w * x), where xg is
-// the token's group of x (8 int2), dx its scale and sx = dx * sum(v) over
-// the group: types with a minimum add a quarter of m * sx per part.
+// IP<T>: a thread's part p (0 .. PARTS - 1) of group g of a weight row:
+// 32 / PARTS of the group's 32 values as WORDS words of signed (or < 128)
+// bytes, and their scales. dot(xg, p, dx, sx) = the part's share of
+// sum(w * x), where xg is the token's group of x (8 int2), dx its scale
+// and sx = dx * sum(v) over the group: types with a minimum add m * sx /
+// PARTS per part. word(p, j): the x word weight word j multiplies.
 template <typename T>
 struct IP;
 
-// The two x words a part multiplies (wa, wb) and dot() from the type's
-// dot2(word a, word b, dx, sx): legacy types (q4_0 q4_1 q5_0 q5_1) take
-// words p and 4 + p, the others 2p and 2p + 1.
+// Four parts of two words (8 values) each, dot() from the type's dot2(word
+// a, word b, dx, sx): legacy types (q4_0 q4_1 q5_0 q5_1) take x words p
+// and 4 + p, the others 2p and 2p + 1.
 template <typename Self, bool LEGACY>
 struct IPWords {
+    static constexpr int PARTS = 4, WORDS = 2;
     static __device__ __forceinline__ int wa(int p) { return LEGACY ? p : 2 * p; }
     static __device__ __forceinline__ int wb(int p) { return LEGACY ? 4 + p : 2 * p + 1; }
+    static __device__ __forceinline__ int word(int p, int j) { return j == 0 ? wa(p) : wb(p); }
     __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float sx) const {
         return static_cast<const Self*>(this)->dot2(xg[wa(p)], xg[wb(p)], dx, sx);
     }
@@ -165,6 +174,55 @@ template <>
 struct IP<TQ4_0> : IPLegacy<false, false> {};
 template <>
 struct IP<TQ4_1> : IPLegacy<true, false> {};
+// q4_0 regrouped (TQ4_0X8): part p = qs bytes [16p / PARTS, 16(p + 1) /
+// PARTS) of the block, NQ words loaded at once (aligned, 4 * NQ bytes);
+// qs word k's low nibbles are values 4k .. (x word k), its high ones
+// 16 + 4k .. (x word 4 + k). PARTS = 2: a warp's loads cover 8 bytes a
+// lane, 4 blocks of a row per 16 lanes.
+#ifndef Q4_0X8_PARTS
+#define Q4_0X8_PARTS 2
+#endif
+template <>
+struct IP<TQ4_0X8> {
+    static constexpr int PARTS = Q4_0X8_PARTS, NQ = 4 / PARTS, WORDS = 2 * NQ;
+    static __device__ __forceinline__ int word(int p, int j) { return j < NQ ? p * NQ + j : 4 + p * NQ + (j - NQ); }
+    int w[WORDS];
+    float d;
+    __device__ __forceinline__ void load(const u8* row, int g, int p) {
+        const u8* q = TQ4_0X8::qs(row, g) + 4 * NQ * p;
+        u32 v[NQ];
+        if (NQ == 4) {
+            const uint4 t = *(const uint4*)q;
+            const u32 a[4] = {t.x, t.y, t.z, t.w};
+#pragma unroll
+            for (int k = 0; k < NQ; k++) v[k] = a[k & 3];
+        } else if (NQ == 2) {
+            const uint2 t = *(const uint2*)q;
+            v[0] = t.x;
+            v[NQ - 1] = t.y;
+        } else {
+            v[0] = *(const u32*)q;
+        }
+#pragma unroll
+        for (int k = 0; k < NQ; k++) {
+            w[k] = sub_bytes(v[k] & 0x0F0F0F0Fu, 0x08080808u);
+            w[NQ + k] = sub_bytes((v[k] >> 4) & 0x0F0F0F0Fu, 0x08080808u);
+        }
+        d = TQ4_0X8::d(row, g);
+    }
+    // |sum| <= 32 * 8 * 32512 < 2^24: exact in int
+    __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float) const {
+        int hi = 0, lo = 0;
+#pragma unroll
+        for (int j = 0; j < WORDS; j++) {
+            const int2 x = xg[word(p, j)];
+            hi = DP4A(w[j], x.x, hi);
+            lo = DP4A(w[j], x.y, lo);
+        }
+        return d * dx * (float)(256 * hi + lo);
+    }
+};
+
 template <>
 struct IP<TQ5_0> : IPLegacy<false, true> {};
 template <>

@@ -102,29 +102,31 @@ static __device__ __forceinline__ void rows_out(const float (&acc)[R][NT], const
 }
 
 // Grid x: ceil(rows / R); block: MMVQ_THREADS, which stride over the parts
-// of R rows at once, U parts per thread per step: all U * R weight loads of
-// a step are issued before the first product, so a thread waits on memory
-// once per step, not once per part (one step covers 512 parts = 4096
-// values at U = 4). NT: most tokens (a kernel for 1 token keeps fewer
+// of R rows at once, U parts of 8 values per thread per step (UP = U *
+// PARTS / 4 parts of the type's own size): all UP * R weight loads of a
+// step are issued before the first product, so a thread waits on memory
+// once per step, not once per part (one step covers 4096 values at U = 4).
+// NT: most tokens (a kernel for 1 token keeps fewer
 // accumulators). W, W2: (rows, cols) of type T. y: (nt, rows) f32. mode as
 // in matvec.cu: 0 y = W x, 1 y += W x, 2/3 gated FFN y = act(W x) * (W2 x).
 template <typename T, int NT, int R, int U, bool GLU>
 static __device__ __forceinline__ void mmvq(const u8* __restrict__ W, const u8* __restrict__ W2, const int2* __restrict__ xq,
                                             const float* __restrict__ xd, const float* __restrict__ xs, float* __restrict__ y,
                                             int rows, int cols, int nt, int mode) {
-    const int r0 = blockIdx.x * R, ng = cols >> 5, nq = cols >> 2, np = 4 * ng;
+    constexpr int P = IP<T>::PARTS, UP = U * P / 4 > 0 ? U * P / 4 : 1;  // a step: U * 128 groups of 8 values
+    const int r0 = blockIdx.x * R, ng = cols >> 5, nq = cols >> 2, np = P * ng;
     const u64 rb = (u64)(cols / T::BLK) * T::BYTES;
     prefetch_rows(W, GLU ? W2 : 0, r0, R, rows, rb);
     GRID_START();
     float acc[R][NT] = {}, acc2[R][NT] = {};
-    for (int i0 = threadIdx.x; i0 < np; i0 += U * MMVQ_THREADS) {
-        IP<T> a[U][R], b[GLU ? U : 1][R];
+    for (int i0 = threadIdx.x; i0 < np; i0 += UP * MMVQ_THREADS) {
+        IP<T> a[UP][R], b[GLU ? UP : 1][R];
 #pragma unroll
-        for (int u = 0; u < U; u++) {
+        for (int u = 0; u < UP; u++) {
             // parts past the row's end load the last part again: no branch
             // between the loads, so all are in flight at once (a branch here
             // made each wait for the one before); their products are skipped
-            const int i = min(i0 + u * MMVQ_THREADS, np - 1), g = i >> 2, p = i & 3;
+            const int i = min(i0 + u * MMVQ_THREADS, np - 1), g = i / P, p = i % P;
 #pragma unroll
             for (int j = 0; j < R; j++) {
                 const u64 off = (u64)min(r0 + j, rows - 1) * rb;  // rows past the end repeat the last
@@ -133,8 +135,8 @@ static __device__ __forceinline__ void mmvq(const u8* __restrict__ W, const u8* 
             }
         }
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int i = i0 + u * MMVQ_THREADS, g = i >> 2, p = i & 3;
+        for (int u = 0; u < UP; u++) {
+            const int i = i0 + u * MMVQ_THREADS, g = i / P, p = i % P;
 #pragma unroll
             for (int t = 0; t < NT; t++) {
                 if (t < nt && i < np) {
@@ -169,8 +171,9 @@ static __device__ __forceinline__ void mmvq_warp(const u8* __restrict__ W, const
     constexpr int NW = MMVQ_THREADS / WARP_SIZE;
     __shared__ int2 sq[FX ? MMVQ_WX_MAXCOLS / 4 : 1];
     __shared__ float sd[FX ? MMVQ_WX_MAXCOLS / 32 : 1], ssum[FX ? MMVQ_WX_MAXCOLS / 32 : 1];
+    constexpr int P = IP<T>::PARTS, UP = U * P / 4 > 0 ? U * P / 4 : 1;
     const int lane = threadIdx.x % WARP_SIZE, row = blockIdx.x * NW + threadIdx.x / WARP_SIZE;
-    const int ng = cols >> 5, np = 4 * ng;
+    const int ng = cols >> 5, np = P * ng;
     const u64 rb = (u64)(cols / T::BLK) * T::BYTES;
     prefetch_rows(W, GLU ? W2 : 0, blockIdx.x * NW, NW, rows, rb);
     GRID_START();
@@ -186,13 +189,13 @@ static __device__ __forceinline__ void mmvq_warp(const u8* __restrict__ W, const
         }
         // every thread the same number of rounds: act_part shuffles
         for (int i0 = 0; i0 < np; i0 += MMVQ_THREADS) {
-            const int i = i0 + threadIdx.x, ic = min(i, np - 1), g = ic >> 2, p = ic & 3;
-            int2 xa, xb;
+            const int i = i0 + threadIdx.x, ic = min(i, np - 1), g = ic / P, p = ic % P;
+            int2 xw[IP<T>::WORDS];
             float dx, sx;
-            act_part<IP<T> >(x, nw, s, g, p, xa, xb, dx, sx);
+            act_part<IP<T> >(x, nw, s, g, p, xw, dx, sx);
             if (i < np) {
-                sq[g * 8 + IP<T>::wa(p)] = xa;
-                sq[g * 8 + IP<T>::wb(p)] = xb;
+#pragma unroll
+                for (int j = 0; j < IP<T>::WORDS; j++) sq[g * 8 + IP<T>::word(p, j)] = xw[j];
                 if (p == 0) {
                     sd[g] = dx;
                     ssum[g] = sx;
@@ -207,17 +210,17 @@ static __device__ __forceinline__ void mmvq_warp(const u8* __restrict__ W, const
     if (row >= rows) return;  // whole warps, after the only barrier
     const u64 off = (u64)row * rb;
     float acc = 0.0f, acc2 = 0.0f;
-    for (int i0 = lane; i0 < np; i0 += U * WARP_SIZE) {
-        IP<T> a[U], b[GLU ? U : 1];
+    for (int i0 = lane; i0 < np; i0 += UP * WARP_SIZE) {
+        IP<T> a[UP], b[GLU ? UP : 1];
 #pragma unroll
-        for (int u = 0; u < U; u++) {  // clamped, no branch: all loads in flight at once
+        for (int u = 0; u < UP; u++) {  // clamped, no branch: all loads in flight at once
             const int i = min(i0 + u * WARP_SIZE, np - 1);
-            a[u].load(W + off, i >> 2, i & 3);
-            if (GLU) b[GLU ? u : 0].load(W2 + off, i >> 2, i & 3);
+            a[u].load(W + off, i / P, i % P);
+            if (GLU) b[GLU ? u : 0].load(W2 + off, i / P, i % P);
         }
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int i = i0 + u * WARP_SIZE, g = i >> 2, p = i & 3;
+        for (int u = 0; u < UP; u++) {
+            const int i = i0 + u * WARP_SIZE, g = i / P, p = i % P;
             if (i < np) {
                 const float dx = xd[g], sx = xs[g];
                 acc += a[u].dot(xq + g * 8, p, dx, sx);
@@ -275,6 +278,7 @@ static __device__ __forceinline__ void mmvq_warp(const u8* __restrict__ W, const
         else mmvq<T, MMVQ_MAXT, 1, 2, false>(W, W2, xq, xd, xs, y, rows, cols, nt, mode);                               \
     }
 MMVQ_KERNEL(TQ4_0, q4_0)
+MMVQ_KERNEL(TQ4_0X8, q4_0x8)
 MMVQ_KERNEL(TQ4_1, q4_1)
 MMVQ_KERNEL(TQ5_0, q5_0)
 MMVQ_KERNEL(TQ5_1, q5_1)

@@ -66,6 +66,31 @@ struct TQ4_0 {  // d:f16, qs[16]
     }
 };
 
+// q4_0 regrouped on the device (ops::pack_rows, for rows of whole groups of
+// 8 blocks): every 8 blocks become 144 bytes, their 8 scales d (f16) and
+// then their 8 x 16 qs bytes, so every load is aligned and a warp's loads
+// are contiguous (a GGUF q4_0 block of 18 bytes only allows 2-byte loads).
+// Same row size as q4_0; qs byte k of a block: value k (low nibble) and
+// value 16 + k (high nibble), as in q4_0.
+struct TQ4_0X8 {
+    static constexpr int BLK = 32, BYTES = 18;
+    static __device__ __forceinline__ float d(const u8* row, int g) {
+        return h2f(*(const u16*)(row + (g >> 3) * 144 + 2 * (g & 7)));
+    }
+    static __device__ __forceinline__ const u8* qs(const u8* row, int g) { return row + (g >> 3) * 144 + 16 + 16 * (g & 7); }
+    static __device__ __forceinline__ void deq(const u8* row, int g, float* o) {
+        const float d = TQ4_0X8::d(row, g);
+        const uint4 v = *(const uint4*)qs(row, g);
+        const u32 w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int k = 0; k < 16; k++) {
+            const u32 b = (w[k >> 2] >> (8 * (k & 3))) & 0xFF;
+            o[k] = d * (float)((int)(b & 0xF) - 8);
+            o[k + 16] = d * (float)((int)(b >> 4) - 8);
+        }
+    }
+};
+
 struct TQ4_1 {  // d:f16, m:f16, qs[16]
     static constexpr int BLK = 32, BYTES = 20;
     static __device__ __forceinline__ void deq(const u8* row, int g, float* o) {
@@ -291,7 +316,8 @@ struct TIQ4_XS {  // d:f16, scales_h:u16, scales_l[4], qs[128]
 };
 
 // Instantiate `M(type_struct, suffix)` for every type, suffix = kernel name tail.
-#define FOR_EACH_TYPE(M)                                                                     \
-    M(TF32, f32) M(TF16, f16) M(TBF16, bf16) M(TQ4_0, q4_0) M(TQ4_1, q4_1) M(TQ5_0, q5_0)   \
-    M(TQ5_1, q5_1) M(TQ8_0, q8_0) M(TQ2_K, q2_k) M(TQ3_K, q3_k) M(TQ4_K, q4_k)             \
-    M(TQ5_K, q5_k) M(TQ6_K, q6_k) M(TIQ4_NL, iq4_nl) M(TIQ4_XS, iq4_xs) M(TMXFP4, mxfp4)
+#define FOR_EACH_TYPE(M)                                                                    \
+    M(TF32, f32) M(TF16, f16) M(TBF16, bf16) M(TQ4_0, q4_0) M(TQ4_0X8, q4_0x8) M(TQ4_1, q4_1) \
+    M(TQ5_0, q5_0) M(TQ5_1, q5_1) M(TQ8_0, q8_0) M(TQ2_K, q2_k) M(TQ3_K, q3_k)                 \
+    M(TQ4_K, q4_k) M(TQ5_K, q5_k) M(TQ6_K, q6_k) M(TIQ4_NL, iq4_nl) M(TIQ4_XS, iq4_xs)         \
+    M(TMXFP4, mxfp4)

@@ -27,6 +27,7 @@ typedef unsigned long long u64;
 #define __constant__
 #define WARP_SIZE 32
 struct int2 { int x, y; };
+struct uint2 { u32 x, y; };
 struct uint4 { u32 x, y, z, w; };
 struct float4 { float x, y, z, w; };
 static inline float __uint_as_float(u32 u) {

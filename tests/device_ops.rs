@@ -119,6 +119,12 @@ const GPU_TYPES: [GgmlType; 16] = {
     [F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2K, Q3K, Q4K, Q5K, Q6K, Iq4Nl, Iq4Xs, Mxfp4]
 };
 
+/// The device layouts a GPU check covers: the one the model loader uses
+/// (`ops::put_matrix`), and for types it regroups (q4_0) the GGUF one too.
+fn layouts(ty: GgmlType, cols: usize) -> &'static [bool] {
+    if gops::packs(ty, cols) { &[true, false] } else { &[true] }
+}
+
 /// Which product path a GPU check forces.
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Path {
@@ -141,13 +147,18 @@ fn matmul_case(b: &Backend, ty: GgmlType, rows: usize, cols: usize, n: usize, pa
             check(&format!("cpu {what}"), &y, &reference, 3e-3);
         }
         Backend::Gpu(g) => {
-            let (y, p) = g.matmul(ty, &wbytes, rows, cols, &x, n, path == Path::Tiled);
-            let bound = if p == rocmforge::backend::gpu::ops::MatmulPath::Blas { 4e-3 } else { 1e-4 };
-            check(&format!("{} {what} via {p:?}", g.name()), &y, &reference, bound);
-            if path == Path::Auto && n <= gops::MMV_MAXT && gops::decode_kernel(ty).is_some() {
-                let y = g.matvec_int(ty, &wbytes, rows, cols, &x, n);
-                check(&format!("{} {what} via the decode kernels (mmvq/mmvf)", g.name()), &y, &reference, 1e-4);
+            for &pack in layouts(ty, cols) {
+                g.pack.set(pack);
+                let what = format!("{what}{}", if pack && gops::packs(ty, cols) { " regrouped" } else { "" });
+                let (y, p) = g.matmul(ty, &wbytes, rows, cols, &x, n, path == Path::Tiled);
+                let bound = if p == rocmforge::backend::gpu::ops::MatmulPath::Blas { 4e-3 } else { 1e-4 };
+                check(&format!("{} {what} via {p:?}", g.name()), &y, &reference, bound);
+                if path == Path::Auto && n <= gops::MMV_MAXT && gops::decode_kernel(ty).is_some() {
+                    let y = g.matvec_int(ty, &wbytes, rows, cols, &x, n);
+                    check(&format!("{} {what} via the decode kernels (mmvq/mmvf)", g.name()), &y, &reference, 1e-4);
+                }
             }
+            g.pack.set(true);
         }
     }
 }
@@ -213,8 +224,12 @@ fn gated_ffn(b: &Backend) {
                         check(&format!("cpu {what}"), &gv, &reference, 1e-5);
                     }
                     Backend::Gpu(gp) => {
-                        let y = gp.gated(ty, &wg, &wu, rows, cols, &x, n, act);
-                        check(&format!("{} {what}", gp.name()), &y, &reference, 1e-4);
+                        for &pack in layouts(ty, cols) {
+                            gp.pack.set(pack);
+                            let y = gp.gated(ty, &wg, &wu, rows, cols, &x, n, act);
+                            check(&format!("{} {what} pack={pack}", gp.name()), &y, &reference, 1e-4);
+                        }
+                        gp.pack.set(true);
                     }
                 }
             }
@@ -241,7 +256,14 @@ fn embedding_rows(b: &Backend) {
                 o.iter_mut().for_each(|v| *v *= scale);
                 o
             }
-            Backend::Gpu(g) => g.get_rows(ty, &w, rows, cols, &ids, scale),
+            Backend::Gpu(g) => {
+                for &pack in layouts(ty, cols) {
+                    g.pack.set(pack);
+                    check(&format!("embedding {ty} pack={pack}"), &g.get_rows(ty, &w, rows, cols, &ids, scale), &reference, 1e-6);
+                }
+                g.pack.set(true);
+                continue;
+            }
         };
         check(&format!("embedding {ty}"), &out, &reference, 1e-6);
     }
@@ -458,6 +480,9 @@ mod gpu {
         pub pool: Arc<MemPool>,
         pub s: Stream,
         free0: usize,
+        /// Upload matrices in the device layout the model loader uses
+        /// (`ops::put_matrix`; q4_0 regrouped) or as GGUF bytes.
+        pub pack: std::cell::Cell<bool>,
     }
 
     impl Gpu {
@@ -467,7 +492,7 @@ mod gpu {
             let (free0, _) = dev.rt.mem_info().unwrap();
             let pool = MemPool::new(dev.rt.clone(), 0).unwrap();
             let s = dev.rt.stream_create().unwrap();
-            Gpu { _lock: lock, dev, pool, s, free0 }
+            Gpu { _lock: lock, dev, pool, s, free0, pack: std::cell::Cell::new(true) }
         }
         pub fn name(&self) -> String {
             self.dev.describe()
@@ -477,6 +502,14 @@ mod gpu {
             self.dev.rt.htod(self.s, b.ptr, bytes).unwrap();
             self.dev.rt.stream_sync(self.s).unwrap();
             b
+        }
+        /// A weight matrix uploaded as the model loader does it.
+        fn matrix(&self, ty: GgmlType, w: &[u8], rows: usize, cols: usize) -> (Buffer, DevMatrix) {
+            let b = self.pool.alloc(w.len(), "test matrix").unwrap();
+            let packed = ops::put_matrix(self.dev.rt.as_ref(), self.s, b.ptr, ty, cols, w, self.pack.get()).unwrap();
+            self.dev.rt.stream_sync(self.s).unwrap();
+            let m = DevMatrix { ty, rows, cols, ptr: b.ptr, packed };
+            (b, m)
         }
         fn up_f32(&self, v: &[f32]) -> Buffer {
             self.up(&v.iter().flat_map(|x| x.to_ne_bytes()).collect::<Vec<u8>>())
@@ -501,8 +534,7 @@ mod gpu {
         }
 
         pub fn matmul(&self, ty: GgmlType, w: &[u8], rows: usize, cols: usize, x: &[f32], n: usize, tiled: bool) -> (Vec<f32>, MatmulPath) {
-            let wb = self.up(w);
-            let m = DevMatrix { ty, rows, cols, ptr: wb.ptr };
+            let (_wb, m) = self.matrix(ty, w, rows, cols);
             let (xb, yb) = (self.up_f32(x), self.out_f32(n * rows));
             let scratch = (!tiled && self.dev.rt.has_blas()).then(|| GemmScratch {
                 w16: self.pool.alloc(rows * cols * 2, "w16").unwrap(),
@@ -532,8 +564,7 @@ mod gpu {
         /// on the way that the residual form adds the same product and that
         /// the fused RMSNorm equals rmsnorm followed by quantize_act.
         pub fn matvec_int(&self, ty: GgmlType, w: &[u8], rows: usize, cols: usize, x: &[f32], n: usize) -> Vec<f32> {
-            let wb = self.up(w);
-            let m = DevMatrix { ty, rows, cols, ptr: wb.ptr };
+            let (_wb, m) = self.matrix(ty, w, rows, cols);
             let (xb, yb) = (self.up_f32(x), self.out_f32(n * rows));
             let act = ActBuf::new(&self.pool, cols).unwrap();
             let a = ops::quantize_act(&self.dev, self.s, &act, xb.ptr, cols, n, None).unwrap();
@@ -578,9 +609,7 @@ mod gpu {
         }
 
         pub fn gated(&self, ty: GgmlType, wg: &[u8], wu: &[u8], rows: usize, cols: usize, x: &[f32], n: usize, act: FfnAct) -> Vec<f32> {
-            let (gb, ub) = (self.up(wg), self.up(wu));
-            let g = DevMatrix { ty, rows, cols, ptr: gb.ptr };
-            let u = DevMatrix { ty, rows, cols, ptr: ub.ptr };
+            let ((_gb, g), (_ub, u)) = (self.matrix(ty, wg, rows, cols), self.matrix(ty, wu, rows, cols));
             let (xb, yb) = (self.up_f32(x), self.out_f32(n * rows));
             ops::matvec(&self.dev, self.s, &g, Some((&u, act)), xb.ptr, yb.ptr, n, Out::Store, None).unwrap();
             let fused = self.down_f32(&yb, n * rows);
@@ -627,8 +656,7 @@ mod gpu {
         }
 
         pub fn get_rows(&self, ty: GgmlType, w: &[u8], rows: usize, cols: usize, ids: &[u32], scale: f32) -> Vec<f32> {
-            let wb = self.up(w);
-            let m = DevMatrix { ty, rows, cols, ptr: wb.ptr };
+            let (_wb, m) = self.matrix(ty, w, rows, cols);
             let idb = self.up(&ids.iter().flat_map(|&i| (i as i32).to_ne_bytes()).collect::<Vec<u8>>());
             let ob = self.out_f32(ids.len() * cols);
             ops::get_rows(&self.dev, self.s, &m, idb.ptr, ob.ptr, ids.len(), scale).unwrap();

@@ -22,6 +22,9 @@ use std::process::Command;
 use rocmforge::quant::{self, GgmlType};
 use rocmforge::twin::random_tensor;
 
+/// Case id of q4_0 in the GPU's regrouped layout (tests/c/kernel_math.cpp).
+const PACKED_Q4_0: u32 = 1002;
+
 #[test]
 fn kernel_arithmetic_matches_the_cpu_dequantizer() {
     use GgmlType::*;
@@ -31,9 +34,12 @@ fn kernel_arithmetic_matches_the_cpu_dequantizer() {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let cases = dir.join("kernel_math.cases");
     let mut f = std::fs::File::create(&cases).unwrap();
-    f.write_all(&(types.len() as u32).to_le_bytes()).unwrap();
+    // every type, then q4_0 again in the GPU's regrouped layout (case id
+    // 1002; ops::pack_rows, kernels' TQ4_0X8) against the same reference
+    let cases_list: Vec<(u32, GgmlType)> = types.iter().map(|&t| (t as u32, t)).chain([(PACKED_Q4_0, Q4_0)]).collect();
+    f.write_all(&(cases_list.len() as u32).to_le_bytes()).unwrap();
     let mut seed = 0x9E37_79B9u64;
-    for (i, &ty) in types.iter().enumerate() {
+    for (i, &(id, ty)) in cases_list.iter().enumerate() {
         let w = random_tensor(ty, rows * cols, 0.05, 100 + i as u64).unwrap();
         let deq = quant::dequantize_vec(ty, &w).unwrap();
         // activations with a spread of magnitudes, one outlier per 256 values
@@ -44,7 +50,16 @@ fn kernel_arithmetic_matches_the_cpu_dequantizer() {
                 if c % 256 == 17 { 40.0 * u } else { u }
             })
             .collect();
-        for v in [ty as u32, rows as u32, cols as u32] {
+        let w = if id == PACKED_Q4_0 {
+            assert!(rocmforge::backend::gpu::ops::packs(ty, cols));
+            let mut p = vec![0u8; w.len()];
+            rocmforge::backend::gpu::ops::pack_rows(&w, &mut p);
+            assert_ne!(p, w, "regrouping changes the bytes");
+            p
+        } else {
+            w
+        };
+        for v in [id, rows as u32, cols as u32] {
             f.write_all(&v.to_le_bytes()).unwrap();
         }
         f.write_all(&(w.len() as u64).to_le_bytes()).unwrap();
@@ -71,13 +86,13 @@ fn kernel_arithmetic_matches_the_cpu_dequantizer() {
     assert!(run.status.success(), "kernel_math failed: {}", String::from_utf8_lossy(&run.stderr));
     let text = String::from_utf8(run.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), types.len(), "one line per case:\n{text}");
-    for (line, &ty) in lines.iter().zip(&types) {
+    assert_eq!(lines.len(), cases_list.len(), "one line per case:\n{text}");
+    for (line, &(id, ty)) in lines.iter().zip(&cases_list) {
         let f: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(f.len(), 5, "{ty}: {line}");
-        assert_eq!(f[0].parse::<u32>().unwrap(), ty as u32, "{line}");
+        assert_eq!(f[0].parse::<u32>().unwrap(), id, "{line}");
         let (deq, dot): (f64, f64) = (f[2].parse().unwrap(), f[4].parse().unwrap());
-        eprintln!("{ty}: deq {deq:.2e}, integer dot {}", if dot < 0.0 { "-".to_string() } else { format!("{dot:.2e}") });
+        eprintln!("{ty} (case {id}): deq {deq:.2e}, integer dot {}", if dot < 0.0 { "-".to_string() } else { format!("{dot:.2e}") });
         assert!(deq <= 1e-6, "{ty}: kernel dequantization differs from the CPU's by {deq:.3e}");
         if int_types.contains(&ty) {
             assert!((0.0..=1e-4).contains(&dot), "{ty}: integer decode dot rel L2 {dot:.3e} > 1e-4");

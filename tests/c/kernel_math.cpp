@@ -7,7 +7,7 @@
 // dot: iquant.h's IP<T> parts against activations prepared as quant_act
 // prepares them (act_q / act_planes), summed as mmvq sums them.
 //
-// Case file (little-endian): u32 n; n times { u32 type, u32 rows, u32 cols,
+// Case file (little-endian): u32 n; n times { u32 type (ggml id; 1002: q4_0 regrouped as the GPU holds it), u32 rows, u32 cols,
 // u64 nbytes, weights[nbytes], f32 x[cols], f32 ref[rows * cols] }.
 #include <stdint.h>
 #include <stdio.h>
@@ -66,8 +66,9 @@ static double dot_error(const std::vector<u8>& w, const float* x, const float* r
     double err = 0.0, norm = 0.0;
     for (int r = 0; r < rows; r++) {
         float acc = 0.0f;
-        for (int i = 0; i < 4 * (cols / 32); i++) {
-            const int g = i >> 2, p = i & 3;
+        constexpr int P = IP<T>::PARTS;
+        for (int i = 0; i < P * (cols / 32); i++) {
+            const int g = i / P, p = i % P;
             IP<T> part;
             part.load(w.data() + r * rb, g, p);
             acc += part.dot(xq + g * 8, p, a.d[g], a.s[g]);
@@ -116,6 +117,7 @@ int main(int argc, char** argv) {
             case 1: report_deq<TF16>(ty, w, ref.data(), rows, cols); break;
             case 30: report_deq<TBF16>(ty, w, ref.data(), rows, cols); break;
             case 2: report<TQ4_0>(ty, w, x.data(), ref.data(), rows, cols); break;
+            case 1002: report<TQ4_0X8>(ty, w, x.data(), ref.data(), rows, cols); break;  // q4_0 regrouped (ops::pack_rows)
             case 3: report<TQ4_1>(ty, w, x.data(), ref.data(), rows, cols); break;
             case 6: report<TQ5_0>(ty, w, x.data(), ref.data(), rows, cols); break;
             case 7: report<TQ5_1>(ty, w, x.data(), ref.data(), rows, cols); break;

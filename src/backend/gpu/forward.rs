@@ -71,6 +71,9 @@ struct Uploader<'a> {
     s: Stream,
     f: &'a GgufFile,
     owned: Vec<Buffer>,
+    /// Regroup the matrices [`ops::packs`] takes (FORGE_NO_PACK=1: keep
+    /// every matrix in its GGUF layout; for comparisons).
+    pack: bool,
 }
 
 impl Uploader<'_> {
@@ -103,13 +106,14 @@ impl Uploader<'_> {
         let b = self.pool.alloc(total, &ms[0].name)?;
         let mut views = Vec::with_capacity(ms.len());
         let mut off = 0;
+        let mut packed = false;
         for m in ms {
             let bytes = m.bytes(self.f);
-            self.pool.rt.htod(self.s, b.ptr + off as u64, bytes)?;
-            views.push(DevMatrix { ty, rows: m.rows, cols, ptr: b.ptr + off as u64 });
+            packed = ops::put_matrix(self.pool.rt.as_ref(), self.s, b.ptr + off as u64, ty, cols, bytes, self.pack)?;
+            views.push(DevMatrix { ty, rows: m.rows, cols, ptr: b.ptr + off as u64, packed });
             off += bytes.len();
         }
-        let all = DevMatrix { ty, rows: ms.iter().map(|m| m.rows).sum(), cols, ptr: b.ptr };
+        let all = DevMatrix { ty, rows: ms.iter().map(|m| m.rows).sum(), cols, ptr: b.ptr, packed };
         self.owned.push(b);
         Ok((views, all))
     }
@@ -144,7 +148,7 @@ impl GpuModel {
     }
 
     fn upload_on(dev: &Arc<Device>, pool: &Arc<MemPool>, s: Stream, c: &Config, w: &Weights, f: &GgufFile) -> Result<GpuModel> {
-        let mut up = Uploader { pool, s, f, owned: Vec::new() };
+        let mut up = Uploader { pool, s, f, owned: Vec::new(), pack: std::env::var_os("FORGE_NO_PACK").map_or(true, |v| v == "0") };
         let token_embd = up.matrix(&w.token_embd)?;
         let output = if c.tied_embeddings { token_embd } else { up.matrix(&w.output)? };
         let mut layers = Vec::with_capacity(c.n_layer);

@@ -4,7 +4,7 @@
 //! `kernels/`). Nothing here synchronizes.
 
 use super::memory::Buffer;
-use super::runtime::{Arg, DevPtr, GemmF16, LaunchDims, Stream};
+use super::runtime::{Arg, DevPtr, GemmF16, GpuRuntime, LaunchDims, Stream};
 use super::Device;
 use crate::error::{Error, Result};
 use crate::model::arch::{FfnAct, RopeStyle};
@@ -35,13 +35,15 @@ pub fn type_suffix(ty: GgmlType) -> Option<&'static str> {
 }
 
 /// A weight matrix on the device, still in its GGUF type: `rows` rows of
-/// `cols` values, `row_bytes` apart.
+/// `cols` values, `row_bytes` apart; `packed`: its blocks regrouped as
+/// [`pack_rows`] does (same size).
 #[derive(Debug, Clone, Copy)]
 pub struct DevMatrix {
     pub ty: GgmlType,
     pub rows: usize,
     pub cols: usize,
     pub ptr: DevPtr,
+    pub packed: bool,
 }
 
 impl DevMatrix {
@@ -49,8 +51,54 @@ impl DevMatrix {
         self.ty.row_bytes(self.cols as u64).unwrap_or(0) as usize
     }
     fn suffix(&self) -> Result<&'static str> {
+        if self.packed {
+            return Ok("q4_0x8");
+        }
         type_suffix(self.ty).ok_or_else(|| Error::UnsupportedType { what: format!("{} on the GPU backends", self.ty) })
     }
+}
+
+/// Whether matrices of this type and width get the device layout of
+/// [`pack_rows`]: q4_0 rows of whole groups of 8 blocks (256 values).
+pub fn packs(ty: GgmlType, cols: usize) -> bool {
+    ty == GgmlType::Q4_0 && cols % 256 == 0
+}
+
+/// q4_0 regrouped for the device (`TQ4_0X8` in kernels/quant.h): every 8
+/// blocks (d: f16, qs: 16 bytes; 144 bytes) become their 8 d, then their 8
+/// qs runs, so the kernels' loads are aligned and contiguous. `src` holds
+/// whole rows that [`packs`] takes; `dst` is as long.
+pub fn pack_rows(src: &[u8], dst: &mut [u8]) {
+    const G: usize = 8 * 18;
+    debug_assert!(src.len() % G == 0 && dst.len() == src.len());
+    for (s, d) in src.chunks_exact(G).zip(dst.chunks_exact_mut(G)) {
+        for j in 0..8 {
+            d[2 * j..2 * j + 2].copy_from_slice(&s[18 * j..18 * j + 2]);
+            d[16 + 16 * j..32 + 16 * j].copy_from_slice(&s[18 * j + 2..18 * j + 18]);
+        }
+    }
+}
+
+/// Copy a matrix's GGUF bytes (whole rows of `cols` values of `ty`) to the
+/// device at `dst`: regrouped by [`pack_rows`] when `pack` and [`packs`]
+/// allow (on the host, in parallel, synchronizing `s` before the copy is
+/// freed), else as they are. Returns whether it packed.
+pub fn put_matrix(rt: &dyn GpuRuntime, s: Stream, dst: DevPtr, ty: GgmlType, cols: usize, bytes: &[u8], pack: bool) -> Result<bool> {
+    if !(pack && packs(ty, cols)) {
+        rt.htod(s, dst, bytes)?;
+        return Ok(false);
+    }
+    let mut out = vec![0u8; bytes.len()];
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(16);
+    let chunk = bytes.len().div_ceil(threads * 144).max(1) * 144;
+    std::thread::scope(|sc| {
+        for (a, b) in bytes.chunks(chunk).zip(out.chunks_mut(chunk)) {
+            sc.spawn(move || pack_rows(a, b));
+        }
+    });
+    rt.htod(s, dst, &out)?;
+    rt.stream_sync(s)?;
+    Ok(true)
 }
 
 /// Where a matrix product's result goes.
