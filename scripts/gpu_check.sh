@@ -43,6 +43,7 @@ for step in $steps; do
         '$BIN/make_twin' --from '$QWEN' --out '$TWINS/qwen2-twin.gguf'
         '$BIN/make_twin' --from '$GEMMA' --out '$TWINS/gemma3-twin.gguf'
         '$BIN/make_twin' --from '$QWEN' --type F16 --out '$TWINS/qwen2-f16-twin.gguf'
+        '$BIN/make_twin' --from '$QWEN' --type Q4_0 --out '$TWINS/qwen2-q4_0-twin.gguf'
         '$BIN/make_twin' --llama7b --from '$SMOL' --type Q4_0 --out '$TWINS/llama7b-q4_0-twin.gguf'" ;;
     ops)
       "$BIN/rocmforge" backend::gpu

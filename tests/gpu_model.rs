@@ -1,12 +1,12 @@
 //! End to end on a GPU (built only with `--features cuda` or `rocm`; a GPU
 //! build is for a GPU machine, so nothing here skips):
 //!
-//! - shape twins of the three real models (make them with `make_twin`, see
-//!   scripts/gpu_check.sh; `FORGE_TWIN_DIR` names their folder): after a
-//!   128-token prefill and at each of 64 greedy decode steps, the GPU
-//!   logits agree with the run.c-style f32 reference pass (the CPU oracle)
-//!   to relative L2 ≤ 3e-2 (the bound: f16 KV cache and, in
-//!   prefill, f16 GEMM operands);
+//! - shape twins of the three real models, and Qwen's in Q4_0 (make them
+//!   with `make_twin`, see scripts/gpu_check.sh; `FORGE_TWIN_DIR` names
+//!   their folder): after a 128-token prefill and at each of 64 greedy
+//!   decode steps, the GPU logits agree with the run.c-style f32 reference
+//!   pass (the CPU oracle) to relative L2 ≤ 3e-2 (the bound: f16 KV
+//!   cache and, in prefill, f16 GEMM operands);
 //! - device memory returns to its starting level after each model;
 //! - out-of-memory and too-long contexts come back as status codes, and the
 //!   process goes on with the CPU backend;
@@ -131,6 +131,12 @@ fn qwen2_twin() {
 #[test]
 fn gemma3_twin() {
     twin_matches_reference("gemma3-twin.gguf");
+}
+/// Qwen's shapes in Q4_0: the 4864-wide down matrices take the regrouped
+/// device layout (ops::pack_rows), the 896-wide ones the GGUF one.
+#[test]
+fn qwen2_q4_0_twin() {
+    twin_matches_reference("qwen2-q4_0-twin.gguf");
 }
 
 
