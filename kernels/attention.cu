@@ -92,7 +92,7 @@ static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, 
     float* sv = sk + hd;
     const int h = blockIdx.x, t = blockIdx.y, s = blockIdx.z;
     const int lane = threadIdx.x % WARP_SIZE, w = threadIdx.x / WARP_SIZE;
-    const int p = *pos0 + t;
+    const int p = *pos0 + t;  // pos0: written by the host, not by a kernel
     const int first = window > 0 ? max(0, p + 1 - window) : 0;
     const int len = p + 1 - first;
     const int SA = min(S, (len + ATT_CHUNK - 1) / ATT_CHUNK);
@@ -101,8 +101,22 @@ static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, 
     const int j0 = first + s * chunk, j1 = min(j0 + chunk, p + 1);
     const int kvh = h / (n_head / n_head_kv);
     const u64 kv_stride = (u64)n_head_kv * hd, v_stride = (u64)n_head_kv * hdv;
-    const float* qh = q + ((u64)t * n_head + h) * hd;
     const bool fuse = kr != 0;  // one token: q, k, v come raw, qkv_post's work is done here
+    const bool own = fuse && s == SA - 1;
+    const int jend = own ? p : j1;  // keys read from the cache: [j0, jend)
+    // Those keys' K and V rows into L2 while the kernel before finishes (and
+    // while q and the new key are prepared below): earlier steps wrote them,
+    // no kernel in flight does (see GRID_START). 32 bytes per prefetch.
+    {
+        const int kw = hd / 16, vw = hdv / 16;  // 32-byte pieces per row
+        for (int i = threadIdx.x; i < (jend - j0) * (kw + vw); i += blockDim.x) {
+            const int j = j0 + i / (kw + vw), c = i % (kw + vw);
+            if (c < kw) PREFETCH_L2(kc + (u64)j * kv_stride + (u64)kvh * hd + 16 * c);
+            else PREFETCH_L2(vc + (u64)j * v_stride + (u64)kvh * hdv + 16 * (c - kw));
+        }
+    }
+    GRID_START();
+    const float* qh = q + ((u64)t * n_head + h) * hd;
     if (fuse) {
         head_prep(qh, bq ? bq + h * hd : 0, qn, freq, p, hd, rope_dim, neox, mscale, eps, sq, bred);
         for (int i = threadIdx.x; i < hd; i += blockDim.x) sq[i] *= scale;
@@ -115,7 +129,6 @@ static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, 
     // directly, and the first Q head of each KV group stores them in the
     // cache for the steps after; no block of this launch reads position p
     // from the cache.
-    const bool own = fuse && s == SA - 1;
     if (own) {
         head_prep(kr + ((u64)t * n_head_kv + kvh) * hd, bk ? bk + kvh * hd : 0, kn, freq, p, hd, rope_dim, neox, mscale, eps, sk, bred);
         const bool store = h % (n_head / n_head_kv) == 0;
@@ -131,7 +144,6 @@ static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, 
         }
         __syncthreads();
     }
-    const int jend = own ? p : j1;  // keys read from the cache: [j0, jend)
 
     const int d0 = lane * DPL;
     const bool vmine = d0 < hdv;  // hdv % 8 == 0: a lane's dims are all in or all out
@@ -265,6 +277,7 @@ static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, 
 // (kernels/mmvq.cu; hdv % 32 == 0). kr != null (one token only): fused
 // with qkv_post: q, kr, vr are the raw projections and the rest are
 // qkv_post's arguments (bias, QK-norm, RoPE, the f16 store of K/V at p).
+// GRID_START is inside attn_decode, after the K/V prefetch.
 #define ATTN_DECODE(D)                                                                                                   \
     KERNEL void __launch_bounds__(ATT_WARPS * WARP_SIZE) attn_d##D(                                                      \
         const float* __restrict__ q, u16* __restrict__ kc, u16* __restrict__ vc, float* out, float* part,                \
@@ -272,7 +285,6 @@ static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, 
         i8* aq, float* ad, float* as, const float* kr, const float* vr, const float* bq, const float* bk,                \
         const float* bv, const float* qn, const float* kn, const float* freq, int rope_dim, int neox, float mscale,      \
         float eps) {                                                                                                     \
-        GRID_START();                                                                                                    \
         attn_decode<D>(q, kc, vc, out, part, counters, pos0, n_head, n_head_kv, hd, hdv, window, scale, S,  \
                        aq, ad, as, kr, vr, bq, bk, bv, qn, kn, freq, rope_dim, neox, mscale, eps);                       \
     }

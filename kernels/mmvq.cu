@@ -31,9 +31,13 @@ KERNEL void __launch_bounds__(256) quant_act(const float* __restrict__ x, const 
                                              i8* __restrict__ xq, float* __restrict__ xd, float* __restrict__ xs,
                                              float* __restrict__ xf) {
     __shared__ float red[32];
-    GRID_START();
     const int t = blockIdx.y, ng = cols >> 5;
+    const int e = blockIdx.x * blockDim.x + threadIdx.x;
+    const bool in = e < cols;  // cols % 32 == 0: a group is wholly in or out
+    const float we = in && nw ? nw[e] : 1.0f;  // a weight: no kernel writes it (GRID_START)
+    GRID_START();
     const float* xr = x + (u64)t * cols;
+    const float xe = in ? xr[e] : 0.0f;  // issued with the norm's loads below, not after its sum
     float s = 1.0f;
     if (nw) {
         float ss = 0.0f;
@@ -45,9 +49,7 @@ KERNEL void __launch_bounds__(256) quant_act(const float* __restrict__ x, const 
         }
         s = rsqrtf(block_sum(ss, red) / (float)cols + eps);
     }
-    const int e = blockIdx.x * blockDim.x + threadIdx.x;
-    const bool in = e < cols;  // cols % 32 == 0: a group is wholly in or out
-    const float v = in ? xr[e] * s * (nw ? nw[e] : 1.0f) : 0.0f;
+    const float v = xe * s * we;
     act_store_group(v, e, in, xq + (u64)t * cols * 2, xd + (u64)t * ng, xs + (u64)t * ng);
     if (in) xf[(u64)t * cols + e] = v;
 }

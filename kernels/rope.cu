@@ -26,13 +26,12 @@ static __device__ __forceinline__ void head_prep(const float* src, const float* 
         xs[i] = x;
         ss += x * x;
     }
-    ss = block_sum(ss, red);  // also the barrier that publishes xs
     if (nw) {
-        const float s = rsqrtf(ss / (float)hd + eps);
+        const float s = rsqrtf(block_sum(ss, red) / (float)hd + eps);  // also the barrier that publishes xs
         __syncthreads();
         for (int i = threadIdx.x; i < hd; i += blockDim.x) xs[i] = xs[i] * s * nw[i];
-        __syncthreads();
     }
+    __syncthreads();
     const int half = rope_dim / 2;
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
         const int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
