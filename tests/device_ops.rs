@@ -119,12 +119,6 @@ const GPU_TYPES: [GgmlType; 16] = {
     [F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2K, Q3K, Q4K, Q5K, Q6K, Iq4Nl, Iq4Xs, Mxfp4]
 };
 
-/// The device layouts a GPU check covers: the one the model loader uses
-/// (`ops::put_matrix`), and for types it regroups (q4_0) the GGUF one too.
-fn layouts(ty: GgmlType, cols: usize) -> &'static [bool] {
-    if gops::packs(ty, cols) { &[true, false] } else { &[true] }
-}
-
 /// Which product path a GPU check forces.
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Path {
@@ -147,9 +141,8 @@ fn matmul_case(b: &Backend, ty: GgmlType, rows: usize, cols: usize, n: usize, pa
             check(&format!("cpu {what}"), &y, &reference, 3e-3);
         }
         Backend::Gpu(g) => {
-            for &pack in layouts(ty, cols) {
-                g.pack.set(pack);
-                let what = format!("{what}{}", if pack && gops::packs(ty, cols) { " regrouped" } else { "" });
+            g.each_layout(ty, cols, |layout| {
+                let what = format!("{what}{layout}");
                 let (y, p) = g.matmul(ty, &wbytes, rows, cols, &x, n, path == Path::Tiled);
                 let bound = if p == rocmforge::backend::gpu::ops::MatmulPath::Blas { 4e-3 } else { 1e-4 };
                 check(&format!("{} {what} via {p:?}", g.name()), &y, &reference, bound);
@@ -157,8 +150,7 @@ fn matmul_case(b: &Backend, ty: GgmlType, rows: usize, cols: usize, n: usize, pa
                     let y = g.matvec_int(ty, &wbytes, rows, cols, &x, n);
                     check(&format!("{} {what} via the decode kernels (mmvq/mmvf)", g.name()), &y, &reference, 1e-4);
                 }
-            }
-            g.pack.set(true);
+            });
         }
     }
 }
@@ -224,12 +216,10 @@ fn gated_ffn(b: &Backend) {
                         check(&format!("cpu {what}"), &gv, &reference, 1e-5);
                     }
                     Backend::Gpu(gp) => {
-                        for &pack in layouts(ty, cols) {
-                            gp.pack.set(pack);
+                        gp.each_layout(ty, cols, |layout| {
                             let y = gp.gated(ty, &wg, &wu, rows, cols, &x, n, act);
-                            check(&format!("{} {what} pack={pack}", gp.name()), &y, &reference, 1e-4);
-                        }
-                        gp.pack.set(true);
+                            check(&format!("{} {what}{layout}", gp.name()), &y, &reference, 1e-4);
+                        });
                     }
                 }
             }
@@ -257,11 +247,7 @@ fn embedding_rows(b: &Backend) {
                 o
             }
             Backend::Gpu(g) => {
-                for &pack in layouts(ty, cols) {
-                    g.pack.set(pack);
-                    check(&format!("embedding {ty} pack={pack}"), &g.get_rows(ty, &w, rows, cols, &ids, scale), &reference, 1e-6);
-                }
-                g.pack.set(true);
+                g.each_layout(ty, cols, |layout| check(&format!("embedding {ty}{layout}"), &g.get_rows(ty, &w, rows, cols, &ids, scale), &reference, 1e-6));
                 continue;
             }
         };
@@ -481,8 +467,9 @@ mod gpu {
         pub s: Stream,
         free0: usize,
         /// Upload matrices in the device layout the model loader uses
-        /// (`ops::put_matrix`; q4_0 regrouped) or as GGUF bytes.
-        pub pack: std::cell::Cell<bool>,
+        /// (`ops::put_matrix`; q4_0 regrouped) or as GGUF bytes; see
+        /// [`Gpu::each_layout`].
+        pack: std::cell::Cell<bool>,
     }
 
     impl Gpu {
@@ -503,6 +490,18 @@ mod gpu {
             self.dev.rt.stream_sync(self.s).unwrap();
             b
         }
+        /// Run `f` once per device layout a check covers, with uploads in
+        /// it: the model loader's (`ops::put_matrix`) and, for the types it
+        /// regroups (q4_0), the GGUF one too; `f` gets the layout's label.
+        pub fn each_layout(&self, ty: GgmlType, cols: usize, mut f: impl FnMut(&str)) {
+            let both = ops::packs(ty, cols);
+            for pack in [true, false].into_iter().take(if both { 2 } else { 1 }) {
+                self.pack.set(pack);
+                f(if !both { "" } else if pack { " regrouped" } else { " gguf layout" });
+            }
+            self.pack.set(true);
+        }
+
         /// A weight matrix uploaded as the model loader does it.
         fn matrix(&self, ty: GgmlType, w: &[u8], rows: usize, cols: usize) -> (Buffer, DevMatrix) {
             let b = self.pool.alloc(w.len(), "test matrix").unwrap();
