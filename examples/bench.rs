@@ -6,7 +6,10 @@
 //! As llama-bench: pp times one batch of pp tokens in a fresh context; tg
 //! times tg single-token steps in a fresh context that already holds
 //! `--depth` tokens (default 0; llama-bench's `-d`), so tg128 is the same
-//! measurement as llama-bench's tg128.
+//! measurement as llama-bench's tg128. Each tg step also copies the logits
+//! back into one reused buffer and takes their argmax on the host, as a
+//! greedy frontend does (llama-bench copies them back and feeds random
+//! tokens instead).
 //!
 //! usage: cargo run --release --example bench -- [--backend cpu,cuda,...] [--threads N]
 //!        [--pp 128] [--tg 64] [--depth 0] [--reps 3] [MODEL.gguf ...]
@@ -80,9 +83,12 @@ fn main() {
                 if depth > 0 {
                     next = argmax(&s.eval(&toks[..depth], Logits::Last).unwrap());
                 }
+                // as a frontend's decode loop: logits into one reused buffer, greedy pick
+                let mut logits = vec![0.0f32; s.logits_len(1, Logits::Last)];
                 let t = Instant::now();
                 for _ in 0..tg {
-                    next = argmax(&s.eval(&[next], Logits::Last).unwrap());
+                    s.eval_into(&[next], Logits::Last, &mut logits).unwrap();
+                    next = argmax(&logits);
                 }
                 tgs.push(tg as f64 / t.elapsed().as_secs_f64());
             }

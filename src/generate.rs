@@ -118,7 +118,7 @@ pub fn generate(
             break;
         }
         if out.tokens.len() < opts.max_tokens {
-            logits = session.eval(&[id], Logits::Last)?;
+            session.eval_into(&[id], Logits::Last, &mut logits)?;
         }
     }
     // flush what was held back (incomplete chars, stop-string prefixes)

@@ -47,6 +47,68 @@ fn fast_path_matches_reference_pass() {
     }
 }
 
+/// argmax against the one-pass definition (first index of the maximum) on
+/// random rows with many ties, lengths around the vector width, -inf and
+/// NaN values (never chosen; all-NaN gives 0).
+#[test]
+fn argmax_is_the_first_maximum() {
+    fn plain(x: &[f32]) -> u32 {
+        let mut best: Option<usize> = None;
+        for (i, &v) in x.iter().enumerate() {
+            if !v.is_nan() && best.is_none_or(|b| v > x[b]) {
+                best = Some(i);
+            }
+        }
+        best.unwrap_or(0) as u32
+    }
+    let mut r = 0x9E3779B97F4A7C15u64;
+    let mut next = || {
+        r = r.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        r >> 33
+    };
+    for len in [1usize, 2, 31, 32, 33, 63, 64, 65, 100, 1000, 151_936] {
+        for _ in 0..20 {
+            let x: Vec<f32> = (0..len)
+                .map(|_| match next() % 16 {
+                    0 => f32::NAN,
+                    1 => f32::NEG_INFINITY,
+                    k => (k % 5) as f32 - 2.0, // five values: many ties
+                })
+                .collect();
+            assert_eq!(argmax(&x), plain(&x), "len {len}");
+        }
+    }
+    assert_eq!(argmax(&[f32::NAN; 40]), 0);
+    assert_eq!(argmax(&[f32::NEG_INFINITY; 40]), 0);
+    let mut late = vec![0.0f32; 151_936];
+    late[151_935] = 1.0;
+    assert_eq!(argmax(&late), 151_935);
+}
+
+/// eval_into writes what eval returns, into the caller's buffer; a buffer
+/// of the wrong length is an error that appends nothing.
+#[test]
+fn eval_into_fills_the_callers_buffer() {
+    let model = load(common::SMOLLM2, 2);
+    let nv = model.cfg.n_vocab;
+    let toks = model.tokenizer.encode("Once upon a time", true, false);
+    let mut a = Session::new(model.clone(), 64).unwrap();
+    let want = a.eval(&toks, Logits::All).unwrap();
+    let mut b = Session::new(model.clone(), 64).unwrap();
+    let mut short = vec![0.0f32; nv];
+    let e = b.eval_into(&toks, Logits::All, &mut short).unwrap_err();
+    assert!(e.to_string().contains("logits buffer"), "{e}");
+    assert_eq!(b.pos(), 0);
+    let mut all = vec![f32::NAN; toks.len() * nv];
+    b.eval_into(&toks, Logits::All, &mut all).unwrap();
+    assert_eq!(all, want);
+    let mut last = vec![f32::NAN; nv];
+    b.eval_into(&[toks[0]], Logits::Last, &mut last).unwrap();
+    assert_eq!(last, a.eval(&[toks[0]], Logits::Last).unwrap());
+    b.eval_into(&[toks[1]], Logits::None, &mut []).unwrap();
+    assert_eq!(b.pos(), toks.len() + 2);
+}
+
 /// Prefill as one batch, in chunks, or token by token: the same logits
 /// (each output is one thread's fixed-order sum; only batch-level grouping
 /// differs, which does not change any sum).

@@ -89,9 +89,13 @@ fn twin_matches_reference(name: &str) {
         let first = s.eval(&prompt, Logits::Last).unwrap();
         errs.push(common::rel_l2(&first, &ref_logits[0]));
         let mut agree = (argmax(&first) == argmax(&ref_logits[0])) as usize;
+        // decode through eval_into's reused buffer (the C API's path); NaN
+        // first, so a step that wrote nothing would show
+        let mut l = vec![f32::NAN; nv];
         for step in 0..64 {
-            let l = s.eval(&[toks[128 + step]], Logits::Last).unwrap();
-            assert_eq!(l.len(), nv);
+            l.fill(f32::NAN);
+            s.eval_into(&[toks[128 + step]], Logits::Last, &mut l).unwrap();
+            assert!(l.iter().all(|v| v.is_finite()), "{name}: step {step} left logits unwritten or not finite");
             errs.push(common::rel_l2(&l, &ref_logits[step + 1]));
             agree += (argmax(&l) == argmax(&ref_logits[step + 1])) as usize;
         }

@@ -431,10 +431,12 @@ pub unsafe extern "C" fn forge_eval(
                 format!("logits_len {logits_len} < n_vocab {n_vocab}"),
             ));
         }
-        let want = if logits_out.is_null() { Logits::None } else { Logits::Last };
-        let logits = c.session.eval(&ids, want)?;
-        if !logits_out.is_null() {
-            std::ptr::copy_nonoverlapping(logits.as_ptr(), logits_out, n_vocab);
+        if logits_out.is_null() {
+            c.session.eval_into(&ids, Logits::None, &mut [])?;
+        } else {
+            // straight into the caller's buffer: no copy of n_vocab floats per call
+            let out = std::slice::from_raw_parts_mut(logits_out, n_vocab);
+            c.session.eval_into(&ids, Logits::Last, out)?;
         }
         Ok(())
     })

@@ -219,6 +219,26 @@ impl Session {
     /// logits (`Logits::Last`: n_vocab floats; `All`: one row per token).
     /// Nothing is appended on error.
     pub fn eval(&mut self, tokens: &[u32], want: Logits) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; self.logits_len(tokens.len(), want)];
+        self.eval_into(tokens, want, &mut out)?;
+        Ok(out)
+    }
+
+    /// Floats of logits an evaluation of `n_tokens` returns: n_vocab for
+    /// `Last`, n_tokens × n_vocab for `All`, 0 for `None`.
+    pub fn logits_len(&self, n_tokens: usize, want: Logits) -> usize {
+        let nv = self.model.cfg.n_vocab;
+        match want {
+            Logits::None => 0,
+            Logits::Last => nv,
+            Logits::All => n_tokens * nv,
+        }
+    }
+
+    /// As [`Session::eval`], writing the logits into `out` (exactly
+    /// [`Session::logits_len`] floats) instead of a new vector: a decode
+    /// loop then allocates nothing per token.
+    pub fn eval_into(&mut self, tokens: &[u32], want: Logits, out: &mut [f32]) -> Result<()> {
         let c = &self.model.cfg;
         if tokens.is_empty() {
             return Err(Error::InvalidArgument("no tokens to evaluate".into()));
@@ -234,17 +254,22 @@ impl Session {
                 self.n_ctx
             )));
         }
+        let need = self.logits_len(tokens.len(), want);
+        if out.len() != need {
+            return Err(Error::InvalidArgument(format!("the logits buffer holds {} floats; {want:?} logits of {} tokens are {need}", out.len(), tokens.len())));
+        }
         if let Some(g) = &mut self.gpu {
-            let out = g.eval(tokens, self.pos, want)?;
+            g.eval_into(tokens, self.pos, want, out)?;
             self.pos += tokens.len();
-            return Ok(out);
+            return Ok(());
         }
         // Run the whole pass on the pool: the matmuls' parallel loops then start
         // from a worker thread (which joins in) instead of waking the pool from
         // outside once per matmul.
         let model = self.model.clone();
-        let out = model.pool.install(|| forward::forward(self, tokens, want))?;
+        let v = model.pool.install(|| forward::forward(self, tokens, want))?;
+        out.copy_from_slice(&v);
         self.pos += tokens.len();
-        Ok(out)
+        Ok(())
     }
 }

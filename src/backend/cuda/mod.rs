@@ -144,6 +144,20 @@ impl GpuRuntime for Cuda {
         }
     }
 
+    fn host_alloc(&self, bytes: usize) -> Result<*mut u8> {
+        self.bind()?;
+        // SAFETY: plain page-locked allocation; freed by `host_free`.
+        unsafe { cu::malloc_host(bytes, 0) }
+            .map(|p| p as *mut u8)
+            .map_err(|e| Error::OutOfMemory(format!("cuMemHostAlloc({bytes} bytes of page-locked host memory): {e}")))
+    }
+    fn host_free(&self, p: *mut u8) {
+        if self.bind().is_ok() {
+            // SAFETY: p came from `host_alloc` and is freed once (HostBuf's drop).
+            let _ = unsafe { cu::free_host(p as *mut std::ffi::c_void) };
+        }
+    }
+
     fn stream_create(&self) -> Result<Stream> {
         self.bind()?;
         let s = cu::stream::create(cu::stream::StreamKind::NonBlocking).map_err(|e| unavailable("stream", e))?;

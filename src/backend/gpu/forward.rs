@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::memory::{Buffer, MemPool};
+use super::memory::{Buffer, HostBuf, MemPool};
 use super::ops::{self, ActBuf, ActQ, AttnShape, DevMatrix, GemmScratch, Out, QkvBufs, QkvPost};
 use super::runtime::{DevPtr, Graph, Stream};
 use super::Device;
@@ -252,6 +252,10 @@ pub struct GpuSession {
     act: ActBuf,    // (MMV_MAXT, max_cols) activations prepared for the decode products
     logits: Buffer, // (logits_rows, n_vocab)
     logits_rows: usize,
+    // page-locked host copies of `params` and `logits`: a step's copies
+    // are DMA transfers, not the driver's staged copies of pageable memory
+    params_host: HostBuf,
+    logits_host: HostBuf,
     gemm: Option<GemmScratch>,
     graph: Option<Graph>,
     /// Replay the decode graph (FORGE_NO_GRAPH=1 turns it off).
@@ -314,6 +318,8 @@ impl GpuSession {
             act: ActBuf::new(p, max_cols)?,
             logits: f32s(c.n_vocab, "logits")?,
             logits_rows: 1,
+            params_host: HostBuf::new(&m.dev.rt, (1 + b) * 4)?,
+            logits_host: HostBuf::new(&m.dev.rt, c.n_vocab * 4)?,
             gemm,
             graph: None,
             use_graph: std::env::var_os("FORGE_NO_GRAPH").is_none() && !super::profile::enabled(),
@@ -334,13 +340,14 @@ impl GpuSession {
     }
 
     /// Evaluate `tokens` at positions pos0.. (the caller has checked ids and
-    /// context room) and return the logits `want` asks for.
-    pub fn eval(&mut self, tokens: &[u32], pos0: usize, want: Logits) -> Result<Vec<f32>> {
+    /// context room) and write the logits `want` asks for into `out`, whose
+    /// length the caller has matched to them (rows × n_vocab).
+    pub fn eval_into(&mut self, tokens: &[u32], pos0: usize, want: Logits, out: &mut [f32]) -> Result<()> {
         if pos0 + tokens.len() > self.n_ctx {
             return Err(Error::ContextFull(format!("{} tokens at {pos0} exceed n_ctx {}", tokens.len(), self.n_ctx)));
         }
         let nv = self.m.cfg.n_vocab;
-        let mut out = Vec::new();
+        let mut done = 0;
         let chunks: Vec<&[u32]> = tokens.chunks(MAX_BATCH).collect();
         for (ci, chunk) in chunks.iter().enumerate() {
             let last = ci + 1 == chunks.len();
@@ -356,15 +363,16 @@ impl GpuSession {
             };
             if rows > self.logits_rows {
                 self.logits = self.m.pool.alloc(rows * nv * 4, "logits")?;
+                self.logits_host = HostBuf::new(&self.m.dev.rt, rows * nv * 4)?;
                 self.logits_rows = rows;
             }
-            let mut params = Vec::with_capacity(4 * (1 + chunk.len()));
-            params.extend_from_slice(&((pos0 + ci * MAX_BATCH) as i32).to_ne_bytes());
-            for &t in chunk.iter() {
-                params.extend_from_slice(&(t as i32).to_ne_bytes());
+            let params = self.params_host.bytes_mut();
+            params[..4].copy_from_slice(&((pos0 + ci * MAX_BATCH) as i32).to_ne_bytes());
+            for (i, &t) in chunk.iter().enumerate() {
+                params[4 * (1 + i)..4 * (2 + i)].copy_from_slice(&(t as i32).to_ne_bytes());
             }
             let rt = self.m.dev.rt.clone();
-            rt.htod(self.s, self.params.ptr, &params)?;
+            rt.htod(self.s, self.params.ptr, &self.params_host.bytes()[..4 * (1 + chunk.len())])?;
             if chunk.len() == 1 && w == Logits::Last && self.use_graph {
                 if self.graph.is_none() {
                     rt.graph_begin(self.s)?;
@@ -377,17 +385,17 @@ impl GpuSession {
             } else {
                 self.enqueue(chunk.len(), w)?;
             }
-            if rows > 0 {
-                let start = out.len();
-                out.resize(start + rows * nv, 0f32);
-                let dst = &mut out[start..];
-                // SAFETY: f32 has no invalid bit patterns; the slice is exactly rows * nv floats.
-                let bytes = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut u8, dst.len() * 4) };
-                rt.dtoh(self.s, bytes, self.logits.ptr)?;
+            let n = rows * nv;
+            if n > 0 {
+                rt.dtoh(self.s, &mut self.logits_host.bytes_mut()[..4 * n], self.logits.ptr)?;
             }
+            // the host buffers are reused by the next chunk: wait for this one
             rt.stream_sync(self.s)?;
+            out[done..done + n].copy_from_slice(self.logits_host.f32s(n));
+            done += n;
         }
-        Ok(out)
+        debug_assert_eq!(done, out.len());
+        Ok(())
     }
 
     /// Enqueue one pass of `n` tokens (ids and pos0 already in `params`).

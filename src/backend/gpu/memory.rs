@@ -79,3 +79,51 @@ impl std::fmt::Debug for Buffer {
         write!(f, "Buffer({:#x}, {} bytes)", self.ptr, self.bytes)
     }
 }
+
+/// Page-locked host memory for the copies a step makes (its token ids in,
+/// its logits out), freed on drop. Host memory: not counted in the pool's
+/// device budget.
+pub struct HostBuf {
+    rt: Arc<dyn GpuRuntime>,
+    ptr: *mut u8,
+    bytes: usize,
+}
+
+// SAFETY: the buffer is owned by one HostBuf; reads and writes go through
+// &self / &mut self like a Vec's.
+unsafe impl Send for HostBuf {}
+unsafe impl Sync for HostBuf {}
+
+impl HostBuf {
+    pub fn new(rt: &Arc<dyn GpuRuntime>, bytes: usize) -> Result<HostBuf> {
+        let bytes = bytes.max(1);
+        let ptr = rt.host_alloc(bytes)?;
+        Ok(HostBuf { rt: rt.clone(), ptr, bytes })
+    }
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: ptr is a live allocation of `bytes` bytes owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.bytes) }
+    }
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, borrowed mutably through &mut self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.bytes) }
+    }
+    /// The first `n` f32s (page-aligned memory, so f32-aligned).
+    pub fn f32s(&self, n: usize) -> &[f32] {
+        assert!(n * 4 <= self.bytes && self.ptr as usize % 4 == 0);
+        // SAFETY: in bounds and aligned (checked); every bit pattern is an f32.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const f32, n) }
+    }
+}
+
+impl Drop for HostBuf {
+    fn drop(&mut self) {
+        self.rt.host_free(self.ptr);
+    }
+}

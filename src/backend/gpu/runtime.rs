@@ -92,6 +92,11 @@ pub trait GpuRuntime: Send + Sync {
     /// Device memory; failure is `Error::OutOfMemory` with the driver's word.
     fn alloc(&self, bytes: usize) -> Result<DevPtr>;
     fn free(&self, p: DevPtr);
+    /// Page-locked host memory (copies to and from it are DMA transfers at
+    /// the link's speed; pageable memory goes through the driver's staging
+    /// copy); failure is `Error::OutOfMemory`. Freed with `host_free`.
+    fn host_alloc(&self, bytes: usize) -> Result<*mut u8>;
+    fn host_free(&self, p: *mut u8);
 
     fn stream_create(&self) -> Result<Stream>;
     fn stream_destroy(&self, s: Stream);

@@ -201,6 +201,18 @@ impl GpuRuntime for Hip {
             unsafe { hip::hipFree(p as *mut c_void) };
         }
     }
+    fn host_alloc(&self, bytes: usize) -> Result<*mut u8> {
+        self.bind()?;
+        let mut p = std::ptr::null_mut();
+        check(&format!("hipHostMalloc({bytes} bytes of page-locked host memory)"), unsafe { hip::hipHostMalloc(&mut p, bytes, 0) })?;
+        Ok(p as *mut u8)
+    }
+    fn host_free(&self, p: *mut u8) {
+        if self.bind().is_ok() {
+            unsafe { hip::hipHostFree(p as *mut c_void) };
+        }
+    }
+
     fn stream_create(&self) -> Result<Stream> {
         self.bind()?;
         let mut s = std::ptr::null_mut();
