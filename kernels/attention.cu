@@ -4,7 +4,8 @@
 // (flash-decoding); the last block of each (token, head) to finish merges
 // the partial results;
 // prefill (attn_prefill) stages each key tile in shared memory once for a
-// block of queries.
+// block of queries; on NVIDIA sm_80+ (HAS_MMA_F16) attn_prefill_mma64/128
+// do the same on tensor cores.
 // GQA/MQA: Q head h reads K/V head h / (n_head / n_head_kv); nothing is copied.
 // Sliding window (gemma3 local layers): keys (p - window, p] only.
 // CPU reference: the attention loop in model::forward.
@@ -394,3 +395,149 @@ KERNEL void BOUNDS(ATT_WARPS * WARP_SIZE, 5) attn_prefill(const float* __restric
         }
     }
 }
+
+#if defined(HAS_MMA_F16)
+// attn_prefill_mma<D>: prefill attention on tensor cores (NVIDIA sm_80+; the
+// launcher takes it there for hd = hdv = D of 64 or 128, attn_prefill
+// elsewhere). Grid: x = Q head, y = tile of APM_Q queries; block 4 warps,
+// warp w taking the tile's queries 16 w .. 16 w + 15 (mma rows). Per tile of
+// APM_K keys, staged in shared memory (K and V rows, 16-byte loads):
+//   S = Q K^T by mma16816, Q held as f16 fragments for the whole loop,
+//     pre-scaled by scale * log2(e) so the softmax works in base 2;
+//   the causal / window mask and the online softmax on S's fragments (a
+//     row's running max over its 4 lanes by two shuffles);
+//   O += P V by mma16816, P turned into f16 fragments in registers (S's
+//     accumulator layout is P's operand layout) and V read through
+//     ldmatrix.trans.
+// Warps whose rows see none of a tile's keys skip it. Precision: Q and P are
+// rounded to f16 (K/V are f16 already), sums in f32.
+#define APM_Q 64
+#define APM_K 64
+template <int D>
+static __device__ __forceinline__ void attn_prefill_mma(const float* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc,
+                                                        float* __restrict__ out, const int* pos0, int n, int n_head, int n_head_kv,
+                                                        int window, float scale) {
+    // words per staged row: 4 more than the row, so the 8 rows one fragment
+    // load touches fall in distinct banks (and rows stay 16-byte aligned)
+    constexpr int RW = D / 2 + 4;
+    __shared__ __align__(16) u32 sk[APM_K * RW];
+    __shared__ __align__(16) u32 sv[APM_K * RW];
+    GRID_START();
+    const int h = blockIdx.x, lane = threadIdx.x % 32, w = threadIdx.x / 32;
+    const int g = lane / 4, c = lane % 4;
+    const int t0 = blockIdx.y * APM_Q, tend = min(t0 + APM_Q, n);
+    const int base = *pos0, kvh = h / (n_head / n_head_kv);
+    const u64 stride = (u64)n_head_kv * D;
+    const int ra = t0 + 16 * w + g, rb = ra + 8;  // this lane's two query rows
+    const int pa = base + ra, pb = base + rb;
+    const float qs = scale * 1.4426950408889634f;
+    u32 qf[D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int r = e & 1 ? rb : ra, col = kk * 16 + 2 * c + (e & 2 ? 8 : 0);
+            float2 v = make_float2(0.0f, 0.0f);
+            if (r < n) v = *(const float2*)(q + ((u64)r * n_head + h) * D + col);
+            qf[kk][e] = pack_h2(v.x * qs, v.y * qs);
+        }
+    }
+    float o[D / 8][4];
+#pragma unroll
+    for (int j = 0; j < D / 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    float ma = NEG_INF, mb = NEG_INF, la = 0.0f, lb = 0.0f;
+    const int p_last = base + tend - 1;
+    const int kfirst = window > 0 ? max(0, base + t0 + 1 - window) : 0;
+    const bool rows = t0 + 16 * w < tend;  // the warp has rows to compute
+    const int wfirst = base + t0 + 16 * w, wlast = base + min(t0 + 16 * w + 15, tend - 1);
+    for (int kb = kfirst; kb <= p_last; kb += APM_K) {
+        __syncthreads();
+        for (int i = threadIdx.x; i < APM_K * (D / 8); i += 4 * 32) {
+            const int r = i / (D / 8), cc = i % (D / 8);
+            const bool ok = kb + r <= p_last;  // rows past the last key: zeros (never NaN)
+            const u64 at = (u64)(kb + r) * stride + (u64)kvh * D;
+            *(uint4*)(sk + r * RW + 4 * cc) = ok ? ((const uint4*)(kc + at))[cc] : make_uint4(0, 0, 0, 0);
+            *(uint4*)(sv + r * RW + 4 * cc) = ok ? ((const uint4*)(vc + at))[cc] : make_uint4(0, 0, 0, 0);
+        }
+        __syncthreads();
+        // keys all after the warp's last row, or all before its first row's window: nothing to do
+        if (!rows || kb > wlast || (window > 0 && kb + APM_K - 1 <= wfirst - window)) continue;
+        float s[APM_K / 8][4];
+#pragma unroll
+        for (int j = 0; j < APM_K / 8; j++) {
+            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+            const u32* kr = sk + (j * 8 + g) * RW + c;  // key 8j + g, dims 16 kk + 2c (+ 8)
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) mma16816(s[j], qf[kk], kr[kk * 8], kr[kk * 8 + 4]);
+        }
+        float mxa = NEG_INF, mxb = NEG_INF;
+#pragma unroll
+        for (int j = 0; j < APM_K / 8; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int key = kb + j * 8 + 2 * c + (e & 1), p = e & 2 ? pb : pa;
+                if (key > p || (window > 0 && key <= p - window)) s[j][e] = NEG_INF;
+            }
+            mxa = fmaxf(mxa, fmaxf(s[j][0], s[j][1]));
+            mxb = fmaxf(mxb, fmaxf(s[j][2], s[j][3]));
+        }
+        mxa = fmaxf(mxa, SHFL_XOR(mxa, 1));
+        mxa = fmaxf(mxa, SHFL_XOR(mxa, 2));
+        mxb = fmaxf(mxb, SHFL_XOR(mxb, 1));
+        mxb = fmaxf(mxb, SHFL_XOR(mxb, 2));
+        const float na = fmaxf(ma, mxa), nb = fmaxf(mb, mxb);
+        const float ca = exp2f(ma - na), cb = exp2f(mb - nb);
+        ma = na;
+        mb = nb;
+        la *= ca;
+        lb *= cb;
+#pragma unroll
+        for (int j = 0; j < D / 8; j++) {
+            o[j][0] *= ca;
+            o[j][1] *= ca;
+            o[j][2] *= cb;
+            o[j][3] *= cb;
+        }
+        // P as the A operand of 16-key chunks: tile j is half j % 2 of chunk j / 2
+        u32 pf[APM_K / 16][4];
+#pragma unroll
+        for (int j = 0; j < APM_K / 8; j++) {
+            float p[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) p[e] = s[j][e] > NEG_INF ? exp2f(s[j][e] - (e & 2 ? nb : na)) : 0.0f;
+            la += p[0] + p[1];
+            lb += p[2] + p[3];
+            pf[j / 2][(j & 1) * 2] = pack_h2(p[0], p[1]);
+            pf[j / 2][(j & 1) * 2 + 1] = pack_h2(p[2], p[3]);
+        }
+#pragma unroll
+        for (int kk = 0; kk < APM_K / 16; kk++) {
+#pragma unroll
+            for (int j = 0; j < D / 8; j++) {
+                u32 b0, b1;
+                ldsm_t2(sv + (kk * 16 + (lane & 15)) * RW + j * 4, b0, b1);  // keys 16 kk .., dims 8 j ..
+                mma16816(o[j], pf[kk], b0, b1);
+            }
+        }
+    }
+    la += SHFL_XOR(la, 1);
+    la += SHFL_XOR(la, 2);
+    lb += SHFL_XOR(lb, 1);
+    lb += SHFL_XOR(lb, 2);
+    const float ia = la > 0.0f ? 1.0f / la : 0.0f, ib = lb > 0.0f ? 1.0f / lb : 0.0f;
+#pragma unroll
+    for (int j = 0; j < D / 8; j++) {
+        const int col = j * 8 + 2 * c;
+        if (ra < n) *(float2*)(out + ((u64)ra * n_head + h) * D + col) = make_float2(o[j][0] * ia, o[j][1] * ia);
+        if (rb < n) *(float2*)(out + ((u64)rb * n_head + h) * D + col) = make_float2(o[j][2] * ib, o[j][3] * ib);
+    }
+}
+#define ATTN_PREFILL_MMA(D)                                                                                             \
+    KERNEL void __launch_bounds__(4 * 32) attn_prefill_mma##D(const float* q, const u16* kc, const u16* vc, float* out, \
+                                                              const int* pos0, int n, int n_head, int n_head_kv,        \
+                                                              int window, float scale) {                                \
+        attn_prefill_mma<D>(q, kc, vc, out, pos0, n, n_head, n_head_kv, window, scale);                                  \
+    }
+ATTN_PREFILL_MMA(64)
+ATTN_PREFILL_MMA(128)
+#endif

@@ -106,6 +106,31 @@ static __device__ __forceinline__ u16 f2h(float x) {
     } while (0)
 #define PREFETCH_L2(p) ((void)(p))
 #endif
+// Tensor cores for f16 (NVIDIA sm_80+): HAS_MMA_F16, and
+//   mma16816(d, a, b0, b1): d (16x8 f32) += a (16x16 f16, row-major: four
+//     f16 pairs per lane) * b (16x8 f16, column-major: two pairs per lane),
+//     PTX mma.sync.m16n8k16; lane l holds rows l / 4 (+ 8), columns 2 (l %
+//     4) (+ 1, + 8) of a, rows 2 (l % 4) (+ 1, + 8), column l / 4 of b, and
+//     rows l / 4 (+ 8), columns 2 (l % 4) (+ 1) of d;
+//   ldsm_t2(row, b0, b1): b from a 16x8 block of f16 stored row-major in
+//     shared memory (lanes 0-15 pass the addresses of rows 0-15, 16-byte
+//     aligned), transposed on the way (ldmatrix.trans).
+// Kernels using them exist only where HAS_MMA_F16 is defined; the launcher
+// takes them only there (AMD's matrix cores, MFMA/WMMA, are not used yet).
+#if defined(FORGE_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define HAS_MMA_F16 1
+static __device__ __forceinline__ void mma16816(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+static __device__ __forceinline__ void ldsm_t2(const void* row, u32& b0, u32& b1) {
+    u32 a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];" : "=r"(b0), "=r"(b1) : "r"(a) : "memory");
+}
+static __device__ __forceinline__ u32 pack_h2(float lo, float hi) { return (u32)f2h(lo) | ((u32)f2h(hi) << 16); }
+#endif
 // Register budget: at most `threads` per block and, on NVIDIA, enough
 // registers left for `blocks` resident blocks per SM (AMD takes the first).
 #if defined(FORGE_HIP)

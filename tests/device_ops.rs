@@ -12,7 +12,9 @@
 //!   on a product); the vendor-BLAS path 4e-3 (weights and activations
 //!   rounded to f16, 11-bit mantissas); CPU 3e-3 (16-bit activations);
 //! - RMSNorm, RoPE, embedding rows, gated activations: 1e-5 (f32 math);
-//! - attention: CPU 1e-5 (f32 cache); GPU 3e-3 (K/V stored as f16).
+//! - attention: CPU 1e-5 (f32 cache); GPU 3e-3 (K/V stored as f16; the
+//!   tensor-core prefill kernel also rounds Q and the softmax weights to
+//!   f16, and is held to the same bound).
 //!
 //! GPU variants hold one lock (tests sharing a device run one at a time),
 //! fail when no device is present (a GPU build is for a GPU machine), and
@@ -355,8 +357,10 @@ fn rope_qkv(b: &Backend) {
 test_device!(rope_qkv);
 
 /// Causal attention: prefill (many queries), decode split over the keys,
-/// GQA, sliding window, head sizes 64 and 256 (gemma3); several query and
-/// key tiles in prefill.
+/// GQA, sliding window, head sizes 64, 128 and 256 (gemma3); several query
+/// and key tiles in prefill. On the GPU every prefill case runs through both
+/// prefill kernels (tensor cores where the device has them, and the CUDA-core
+/// one).
 fn attention(b: &Backend) {
     for &(n, pos0, n_head, n_head_kv, hd, window, splits) in &[
         (7usize, 0usize, 4usize, 2usize, 64usize, 0usize, 1usize),
@@ -370,6 +374,10 @@ fn attention(b: &Backend) {
         (40, 100, 8, 2, 64, 0, 1),
         (70, 0, 14, 2, 64, 0, 1),
         (33, 20, 4, 1, 256, 24, 1),
+        (100, 30, 8, 2, 128, 0, 1),
+        (150, 70, 4, 1, 128, 60, 1),
+        (130, 200, 6, 3, 64, 90, 1),
+        (64, 0, 2, 1, 64, 0, 1),
     ] {
         let len = pos0 + n;
         let mut r = Rng(31 + len as u64);
@@ -410,7 +418,15 @@ fn attention(b: &Backend) {
                 }
                 o
             }
-            Backend::Gpu(g) => g.attention(&q, &kc, &vc, n, pos0, n_head, n_head_kv, hd, window, scale, splits),
+            Backend::Gpu(g) => {
+                if n > 1 {
+                    gops::set_prefill_mma(false);
+                    let o = g.attention(&q, &kc, &vc, n, pos0, n_head, n_head_kv, hd, window, scale, splits);
+                    gops::set_prefill_mma(true);
+                    check(&format!("attention n={n} pos0={pos0} heads {n_head}/{n_head_kv} hd={hd} window={window} (CUDA-core prefill kernel)"), &o, &reference, 3e-3);
+                }
+                g.attention(&q, &kc, &vc, n, pos0, n_head, n_head_kv, hd, window, scale, splits)
+            }
         };
         let bound = if matches!(b, Backend::Gpu(_)) { 3e-3 } else { 1e-5 };
         check(&format!("attention n={n} pos0={pos0} heads {n_head}/{n_head_kv} hd={hd} window={window} splits={splits}"), &out, &reference, bound);

@@ -452,6 +452,31 @@ pub fn qkv_post(dev: &Device, s: Stream, p: &QkvPost, b: &QkvBufs) -> Result<()>
     )
 }
 
+/// 0: not yet read from the environment, 1: on, 2: off.
+static PREFILL_MMA: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Whether prefill attention takes the tensor-core kernel
+/// (`attn_prefill_mma64/128`, which exists where kernels/vendor.h defines
+/// HAS_MMA_F16: NVIDIA sm_80 and later). FORGE_NO_MMA=1 or
+/// [`set_prefill_mma`]`(false)` keeps the CUDA-core kernel everywhere.
+fn prefill_mma(dev: &Device) -> bool {
+    use std::sync::atomic::Ordering;
+    let mut on = PREFILL_MMA.load(Ordering::Relaxed);
+    if on == 0 {
+        on = if std::env::var_os("FORGE_NO_MMA").is_some_and(|v| v != "0") { 2 } else { 1 };
+        PREFILL_MMA.store(on, Ordering::Relaxed);
+    }
+    let info = dev.rt.info();
+    let sm = info.arch.strip_prefix("sm_").and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
+    on == 1 && info.backend == "cuda" && sm >= 80
+}
+
+/// Turn the tensor-core prefill attention on or off for this process (tests
+/// compare both kernels; see [`prefill_mma`]).
+pub fn set_prefill_mma(on: bool) {
+    PREFILL_MMA.store(if on { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Shapes of [`attention`].
 #[derive(Debug, Clone, Copy)]
 pub struct AttnShape {
@@ -468,8 +493,10 @@ pub struct AttnShape {
 }
 
 /// Causal attention of n queries at positions *pos0.. over the cache:
-/// several queries take the tiled prefill kernel (when its tiles fit in
-/// shared memory), one query the split-K decode kernel. When splits > 1,
+/// several queries take the tensor-core prefill kernel (NVIDIA sm_80+, head
+/// sizes 64 and 128; see [`prefill_mma`]) or else the tiled prefill kernel
+/// (when its tiles fit in shared memory), one query the split-K decode
+/// kernel. When splits > 1,
 /// `part` needs n * n_head * splits * (2 + hdv) floats and `counters`
 /// n * n_head i32 that are zero (the kernel leaves them zero). With
 /// `prep` (from [`ActBuf::layout`] with f = `out`), `out` also comes
@@ -495,6 +522,20 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
     }
     let warp = dev.rt.info().warp_size as usize;
     let block = (ATT_WARPS * warp) as u32;
+    if a.n > 1 && a.splits == 1 && a.hd == a.hdv && matches!(a.hd, 64 | 128) && prefill_mma(dev) {
+        // tensor cores: 64 queries per block of 4 warps, static shared memory
+        let dims = LaunchDims { grid: (a.n_head as u32, ceil(a.n, 64), 1), block: 128, shared: 0 };
+        dev.launch(
+            s,
+            &format!("attn_prefill_mma{}", a.hd),
+            dims,
+            &[
+                Arg::Ptr(q), Arg::Ptr(kc), Arg::Ptr(vc), Arg::Ptr(out), Arg::Ptr(pos0), Arg::I32(a.n as i32), Arg::I32(a.n_head as i32),
+                Arg::I32(a.n_head_kv as i32), Arg::I32(a.window as i32), Arg::F32(a.scale),
+            ],
+        )?;
+        return prep.map_or(Ok(()), |p| quant_act(dev, s, out, None, p));
+    }
     if a.n > 1 && a.splits == 1 {
         let qw = if a.hd <= 128 { 4 } else { 2 };
         let qb = qw * ATT_WARPS;
