@@ -5,8 +5,8 @@
 // multiplies quantized activations).
 //
 // x is prepared once per input by quant_act (RMSNorm optionally fused;
-// attention prepares its own output, and the _wx kernels prepare x
-// themselves): 15-bit integers per group of 32 values in two planes of
+// attention prepares its own output, and the _wx, _x and pair kernels
+// prepare x themselves): 15-bit integers per group of 32 values in two planes of
 // signed bytes (format and the weight types' integer forms in iquant.h), so
 // products are exact byte dot products (DP4A), as precise as the CPU's
 // 16-bit activations, unlike 8-bit activations.
@@ -64,6 +64,47 @@ static __device__ __forceinline__ void prefetch_rows(const u8* W, const u8* W2, 
     }
 }
 
+// Most values of x the long-row FX products prepare in shared memory.
+#define MMVQ_X_MAXCOLS 8192
+
+// The block prepares one token's x (cols values, f32; nw != 0:
+// RMS-normalized, x * s * nw) into shared memory in quant_act's format,
+// through weight type T's parts (act_part): sq (cols / 4 int2), sd and ss
+// (cols / 32). The numbers are quant_act's, whatever T is. Each warp works
+// out s alone (a few loads per lane on short rows), so the one barrier at
+// the end is the only one. Every thread of the block must call.
+template <typename T>
+static __device__ __forceinline__ void block_prep_x(const float* __restrict__ x, const float* __restrict__ nw, float eps, int cols,
+                                                    int2* sq, float* sd, float* ss) {
+    constexpr int P = IP<T>::PARTS;
+    const int lane = threadIdx.x % WARP_SIZE, np = P * (cols >> 5);
+    float s = 1.0f;
+    if (nw) {
+        float sum = 0.0f;
+        for (int i = lane; i < cols / 4; i += WARP_SIZE) {
+            const float4 v = ((const float4*)x)[i];
+            sum += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        }
+        s = rsqrtf(warp_sum(sum) / (float)cols + eps);
+    }
+    // every thread the same number of rounds: act_part shuffles
+    for (int i0 = 0; i0 < np; i0 += MMVQ_THREADS) {
+        const int i = i0 + threadIdx.x, ic = min(i, np - 1), g = ic / P, p = ic % P;
+        int2 xw[IP<T>::WORDS];
+        float dx, sx;
+        act_part<IP<T> >(x, nw, s, g, p, xw, dx, sx);
+        if (i < np) {
+#pragma unroll
+            for (int j = 0; j < IP<T>::WORDS; j++) sq[g * 8 + IP<T>::word(p, j)] = xw[j];
+            if (p == 0) {
+                sd[g] = dx;
+                ss[g] = sx;
+            }
+        }
+    }
+    __syncthreads();
+}
+
 // Sum the per-thread partials of R rows x NT tokens over the block and
 // store rows r0 .. r0 + R - 1 (those below `rows`).
 template <int R, int NT>
@@ -111,15 +152,25 @@ static __device__ __forceinline__ void rows_out(const float (&acc)[R][NT], const
 // NT: most tokens (a kernel for 1 token keeps fewer
 // accumulators). W, W2: (rows, cols) of type T. y: (nt, rows) f32. mode as
 // in matvec.cu: 0 y = W x, 1 y += W x, 2/3 gated FFN y = act(W x) * (W2 x).
-template <typename T, int NT, int R, int U, bool GLU>
+// FX (one token): x comes as f32 and the block prepares it itself into
+// shared memory (block_prep_x, no norm), in place of a quant_act launch.
+template <typename T, int NT, int R, int U, bool GLU, bool FX = false>
 static __device__ __forceinline__ void mmvq(const u8* __restrict__ W, const u8* __restrict__ W2, const int2* __restrict__ xq,
                                             const float* __restrict__ xd, const float* __restrict__ xs, float* __restrict__ y,
-                                            int rows, int cols, int nt, int mode) {
+                                            int rows, int cols, int nt, int mode, const float* __restrict__ x = 0) {
     constexpr int P = IP<T>::PARTS, UP = U * P / 4 > 0 ? U * P / 4 : 1;  // a step: U * 128 groups of 8 values
     const int r0 = blockIdx.x * R, ng = cols >> 5, nq = cols >> 2, np = P * ng;
     const u64 rb = (u64)(cols / T::BLK) * T::BYTES;
     prefetch_rows(W, GLU ? W2 : 0, r0, R, rows, rb);
     GRID_START();
+    if (FX) {
+        __shared__ int2 sq[FX ? MMVQ_X_MAXCOLS / 4 : 1];
+        __shared__ float sd[FX ? MMVQ_X_MAXCOLS / 32 : 1], ssum[FX ? MMVQ_X_MAXCOLS / 32 : 1];
+        block_prep_x<T>(x, 0, 0.0f, cols, sq, sd, ssum);
+        xq = sq;
+        xd = sd;
+        xs = ssum;
+    }
     float acc[R][NT] = {}, acc2[R][NT] = {};
     for (int i0 = threadIdx.x; i0 < np; i0 += UP * MMVQ_THREADS) {
         IP<T> a[UP][R], b[GLU ? UP : 1][R];
@@ -161,56 +212,17 @@ static __device__ __forceinline__ void mmvq(const u8* __restrict__ W, const u8* 
 // a time, and a warp sum finishes it: no idle threads on short rows (896
 // values = 112 parts: 4 per lane).
 // FX: x comes as f32 (x, and nw != 0: RMS-normalized, x * s * nw) and the
-// block prepares it itself into shared memory (act_part, a part or two per
-// thread), in place of a quant_act launch; each warp works out s alone (a
-// few loads per lane on short rows) so only one barrier is needed.
+// block prepares it itself into shared memory (block_prep_x), in place of a
+// quant_act launch.
 #define MMVQ_WX_MAXCOLS 2048
-template <typename T, int U, bool GLU, bool FX>
-static __device__ __forceinline__ void mmvq_warp(const u8* __restrict__ W, const u8* __restrict__ W2, const int2* __restrict__ xq,
-                                                 const float* __restrict__ xd, const float* __restrict__ xs,
-                                                 const float* __restrict__ x, const float* __restrict__ nw, float eps,
-                                                 float* __restrict__ y, int rows, int cols, int mode) {
-    constexpr int NW = MMVQ_THREADS / WARP_SIZE;
-    __shared__ int2 sq[FX ? MMVQ_WX_MAXCOLS / 4 : 1];
-    __shared__ float sd[FX ? MMVQ_WX_MAXCOLS / 32 : 1], ssum[FX ? MMVQ_WX_MAXCOLS / 32 : 1];
+template <typename T, int U, bool GLU>
+static __device__ __forceinline__ void warp_row(const u8* __restrict__ W, const u8* __restrict__ W2, int row, int rows, int cols,
+                                                const int2* __restrict__ xq, const float* __restrict__ xd,
+                                                const float* __restrict__ xs, float* __restrict__ y, int mode) {
     constexpr int P = IP<T>::PARTS, UP = U * P / 4 > 0 ? U * P / 4 : 1;
-    const int lane = threadIdx.x % WARP_SIZE, row = blockIdx.x * NW + threadIdx.x / WARP_SIZE;
-    const int ng = cols >> 5, np = P * ng;
-    const u64 rb = (u64)(cols / T::BLK) * T::BYTES;
-    prefetch_rows(W, GLU ? W2 : 0, blockIdx.x * NW, NW, rows, rb);
-    GRID_START();
-    if (FX) {
-        float s = 1.0f;
-        if (nw) {
-            float ss = 0.0f;
-            for (int i = lane; i < cols / 4; i += WARP_SIZE) {
-                const float4 v = ((const float4*)x)[i];
-                ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-            }
-            s = rsqrtf(warp_sum(ss) / (float)cols + eps);
-        }
-        // every thread the same number of rounds: act_part shuffles
-        for (int i0 = 0; i0 < np; i0 += MMVQ_THREADS) {
-            const int i = i0 + threadIdx.x, ic = min(i, np - 1), g = ic / P, p = ic % P;
-            int2 xw[IP<T>::WORDS];
-            float dx, sx;
-            act_part<IP<T> >(x, nw, s, g, p, xw, dx, sx);
-            if (i < np) {
-#pragma unroll
-                for (int j = 0; j < IP<T>::WORDS; j++) sq[g * 8 + IP<T>::word(p, j)] = xw[j];
-                if (p == 0) {
-                    sd[g] = dx;
-                    ssum[g] = sx;
-                }
-            }
-        }
-        __syncthreads();
-        xq = sq;
-        xd = sd;
-        xs = ssum;
-    }
-    if (row >= rows) return;  // whole warps, after the only barrier
-    const u64 off = (u64)row * rb;
+    if (row >= rows) return;  // whole warps
+    const int lane = threadIdx.x % WARP_SIZE, np = P * (cols >> 5);
+    const u64 off = (u64)row * ((u64)(cols / T::BLK) * T::BYTES);
     float acc = 0.0f, acc2 = 0.0f;
     for (int i0 = lane; i0 < np; i0 += UP * WARP_SIZE) {
         IP<T> a[UP], b[GLU ? UP : 1];
@@ -239,12 +251,57 @@ static __device__ __forceinline__ void mmvq_warp(const u8* __restrict__ W, const
     }
 }
 
+template <typename T, int U, bool GLU, bool FX>
+static __device__ __forceinline__ void mmvq_warp(const u8* __restrict__ W, const u8* __restrict__ W2, const int2* __restrict__ xq,
+                                                 const float* __restrict__ xd, const float* __restrict__ xs,
+                                                 const float* __restrict__ x, const float* __restrict__ nw, float eps,
+                                                 float* __restrict__ y, int rows, int cols, int mode) {
+    constexpr int NW = MMVQ_THREADS / WARP_SIZE;
+    __shared__ int2 sq[FX ? MMVQ_WX_MAXCOLS / 4 : 1];
+    __shared__ float sd[FX ? MMVQ_WX_MAXCOLS / 32 : 1], ssum[FX ? MMVQ_WX_MAXCOLS / 32 : 1];
+    prefetch_rows(W, GLU ? W2 : 0, blockIdx.x * NW, NW, rows, (u64)(cols / T::BLK) * T::BYTES);
+    GRID_START();
+    if (FX) {
+        block_prep_x<T>(x, nw, eps, cols, sq, sd, ssum);
+        xq = sq;
+        xd = sd;
+        xs = ssum;
+    }
+    warp_row<T, U, GLU>(W, W2, blockIdx.x * NW + threadIdx.x / WARP_SIZE, rows, cols, xq, xd, xs, y, mode);
+}
+
+// Two products of one x in one launch (one token, rows of fewer than 2048
+// values, x prepared by the block as in _wx, y = W x): blocks below
+// ceil(ra / NW) take rows of Wa (type TA) into ya, the others rows of Wb
+// (TB) into yb. A layer's Q|K and V when their types differ (Qwen2.5 Q4_K_M:
+// q5_0 and q8_0), one launch less. x's prepared form does not depend on the
+// weight type, so TA's part layout prepares it for both.
+template <typename TA, typename TB>
+static __device__ __forceinline__ void mmvq_pair(const u8* __restrict__ Wa, const u8* __restrict__ Wb, const float* __restrict__ x,
+                                                 const float* __restrict__ nw, float eps, float* __restrict__ ya,
+                                                 float* __restrict__ yb, int ra, int rb, int cols) {
+    constexpr int NW = MMVQ_THREADS / WARP_SIZE;
+    __shared__ int2 sq[MMVQ_WX_MAXCOLS / 4];
+    __shared__ float sd[MMVQ_WX_MAXCOLS / 32], ssum[MMVQ_WX_MAXCOLS / 32];
+    const int nba = (ra + NW - 1) / NW;
+    const bool second = blockIdx.x >= nba;
+    const int r0 = (second ? blockIdx.x - nba : blockIdx.x) * NW;
+    if (second) prefetch_rows(Wb, 0, r0, NW, rb, (u64)(cols / TB::BLK) * TB::BYTES);
+    else prefetch_rows(Wa, 0, r0, NW, ra, (u64)(cols / TA::BLK) * TA::BYTES);
+    GRID_START();
+    block_prep_x<TA>(x, nw, eps, cols, sq, sd, ssum);
+    const int row = r0 + threadIdx.x / WARP_SIZE;
+    if (second) warp_row<TB, 4, false>(Wb, 0, row, rb, cols, sq, sd, ssum, yb, 0);
+    else warp_row<TA, 4, false>(Wa, 0, row, ra, cols, sq, sd, ssum, ya, 0);
+}
+
 // Kernels (the launcher picks by token count, mode and width): for one
 // token, mmvq_<type> (4 rows per block) and mmvq_<type>_glu (gated pair, 2
 // rows), and their _w forms (one row per warp) for rows of fewer than 2048
 // values, and _wx forms of those that take x as f32 (RMSNorm fused) with no
-// quant_act before; mmvq_<type>_n: up to MMVQ_MAXT tokens, one row per
-// block, any mode.
+// quant_act before; mmvq_<type>_x: the 4-row form taking x as f32 (no norm,
+// rows of at most MMVQ_X_MAXCOLS values); mmvq_<type>_n: up to MMVQ_MAXT
+// tokens, one row per block, any mode.
 #define MMVQ_ONE(name, T, R, U, GLU)                                                                                  \
     KERNEL void __launch_bounds__(MMVQ_THREADS) name(const u8* W, const u8* W2, const int2* xq, const float* xd,        \
                                                      const float* xs, float* y, int rows, int cols, int nt, int mode) { \
@@ -273,6 +330,10 @@ static __device__ __forceinline__ void mmvq_warp(const u8* __restrict__ W, const
                                                                   int cols, int mode) {                                 \
         mmvq_warp<T, 4, true, true>(W, W2, 0, 0, 0, x, nw, eps, y, rows, cols, mode);                                   \
     }                                                                                                                   \
+    KERNEL void __launch_bounds__(MMVQ_THREADS) mmvq_##s##_x(const u8* W, const float* x, float* y, int rows, int cols,    \
+                                                             int mode) {                                                \
+        mmvq<T, 1, 4, 4, false, true>(W, 0, 0, 0, 0, y, rows, cols, 1, mode, x);                                        \
+    }                                                                                                                   \
     KERNEL void __launch_bounds__(MMVQ_THREADS) mmvq_##s##_n(const u8* W, const u8* W2, const int2* xq, const float* xd, \
                                                              const float* xs, float* y, int rows, int cols, int nt,     \
                                                              int mode) {                                                \
@@ -288,6 +349,21 @@ MMVQ_KERNEL(TQ8_0, q8_0)
 MMVQ_KERNEL(TQ4_K, q4_k)
 MMVQ_KERNEL(TQ5_K, q5_k)
 MMVQ_KERNEL(TQ6_K, q6_k)
+
+// mmvq_pair_<a>_<b>: the type pairs of Q|K and V that the common k-quant
+// mixes give (llama.cpp's Q4_K_M / Q5_K_M: attn_v one step up from
+// attn_q/attn_k, and q5_0 / q8_0 where the rows are not whole 256-value
+// super-blocks). The launcher's list: ops::PAIRS.
+#define MMVQ_PAIR(TA, a, TB, b)                                                                                     \
+    KERNEL void __launch_bounds__(MMVQ_THREADS) mmvq_pair_##a##_##b(const u8* Wa, const u8* Wb, const float* x,     \
+                                                                    const float* nw, float eps, float* ya, float* yb, \
+                                                                    int ra, int rb, int cols) {                       \
+        mmvq_pair<TA, TB>(Wa, Wb, x, nw, eps, ya, yb, ra, rb, cols);                                                  \
+    }
+MMVQ_PAIR(TQ5_0, q5_0, TQ8_0, q8_0)
+MMVQ_PAIR(TQ4_K, q4_k, TQ6_K, q6_k)
+MMVQ_PAIR(TQ5_K, q5_k, TQ6_K, q6_k)
+MMVQ_PAIR(TQ4_K, q4_k, TQ5_K, q5_k)
 
 // Float weights: part i = values 8i .. 8i + 7 of the row, against xf.
 template <typename T>

@@ -458,6 +458,28 @@ fn attention_fused_qkv(g: &gpu::Gpu) {
 }
 test_gpu!(attention_fused_qkv);
 
+/// One token, a layer's Q|K and V of different types in one launch (the
+/// pair kernels): the same numbers as two launches, bit for bit, with and
+/// without the input norm; every pair kernel, row counts that leave a
+/// partial block of each.
+fn pair_products(g: &gpu::Gpu) {
+    use GgmlType::*;
+    for (ta, tb, cols) in [(Q5_0, Q8_0, 896), (Q4K, Q6K, 1536), (Q5K, Q6K, 1024), (Q4K, Q5K, 512)] {
+        let (ra, rb) = (70, 13);
+        let wa = random_tensor(ta, ra * cols, 1.0, 5).unwrap();
+        let wb = random_tensor(tb, rb * cols, 1.0, 6).unwrap();
+        let x = Rng(9).vec(cols);
+        for norm in [false, true] {
+            let [pa, pb, sa, sb] = g.pair(ta, &wa, ra, tb, &wb, rb, cols, &x, norm);
+            assert!(pa.iter().chain(&pb).all(|v| v.is_finite()) && pa.iter().any(|&v| v != 0.0));
+            assert_eq!(pa, sa, "{ta} + {tb} norm={norm}: first matrix differs from its own launch");
+            assert_eq!(pb, sb, "{ta} + {tb} norm={norm}: second matrix differs from its own launch");
+            eprintln!("pair {ta} + {tb} ({ra} + {rb} rows of {cols}) norm={norm}: equal to two launches");
+        }
+    }
+}
+test_gpu!(pair_products);
+
 #[allow(dead_code)]
 mod gpu {
     //! Upload, run one op, download; and the per-test leak check.
@@ -604,9 +626,10 @@ mod gpu {
             for (p, q) in sep.iter().zip(&fused) {
                 assert!((p - q).abs() <= 1e-4 * scale, "fused norm {q} vs separate {p}");
             }
-            if n == 1 && ops::matvec_x_fits(&m) {
+            if n == 1 && ops::matvec_x_fits(&m, false, false) {
                 // the kernels that prepare x themselves: the same numbers as
-                // quantize_act + the one-row-per-warp kernel, bit for bit
+                // quantize_act + the decode kernel (one row per warp for
+                // short rows, 4 rows per block for long ones), bit for bit
                 ops::matvec_x(&self.dev, self.s, &m, None, xb.ptr, None, yb.ptr, Out::Store).unwrap();
                 assert_eq!(self.down_f32(&yb, rows), y, "matvec_x differs from quantize_act + matvec_q");
                 let acc = self.up_f32(&vec![1.0; rows]);
@@ -614,13 +637,32 @@ mod gpu {
                 for (a, b) in y.iter().zip(&self.down_f32(&acc, rows)) {
                     assert!((a + 1.0 - b).abs() <= 1e-3 * (1.0 + a.abs()), "matvec_x Out::Add: {a} + 1 vs {b}");
                 }
-                // with the norm: up to the order of the sum of squares
-                ops::matvec_x(&self.dev, self.s, &m, None, xb.ptr, Some((nw.ptr, 1e-6)), yb.ptr, Out::Store).unwrap();
-                for (p, q) in fused.iter().zip(&self.down_f32(&yb, rows)) {
-                    assert!((p - q).abs() <= 1e-4 * scale, "matvec_x with norm {q} vs quantize_act with norm {p}");
+                // with the norm (short rows only): up to the order of the sum of squares
+                if ops::matvec_x_fits(&m, false, true) {
+                    ops::matvec_x(&self.dev, self.s, &m, None, xb.ptr, Some((nw.ptr, 1e-6)), yb.ptr, Out::Store).unwrap();
+                    for (p, q) in fused.iter().zip(&self.down_f32(&yb, rows)) {
+                        assert!((p - q).abs() <= 1e-4 * scale, "matvec_x with norm {q} vs quantize_act with norm {p}");
+                    }
                 }
             }
             y
+        }
+
+        /// One token, A x and B x through one pair launch, then through two
+        /// matvec_x launches: [pair A, pair B, alone A, alone B].
+        #[allow(clippy::too_many_arguments)]
+        pub fn pair(&self, ta: GgmlType, wa: &[u8], ra: usize, tb: GgmlType, wb: &[u8], rb: usize, cols: usize, x: &[f32], norm: bool) -> [Vec<f32>; 4] {
+            let ((_ab, a), (_bb, b)) = (self.matrix(ta, wa, ra, cols), self.matrix(tb, wb, rb, cols));
+            let xb = self.up_f32(x);
+            let nw = self.up_f32(&(0..cols).map(|i| 0.5 + (i % 7) as f32 * 0.1).collect::<Vec<f32>>());
+            let norm = norm.then_some((nw.ptr, 1e-6f32));
+            let (ya, yb) = (self.out_f32(ra), self.out_f32(rb));
+            assert!(ops::matvec_x_pair_fits(&a, &b), "{ta} + {tb}: no pair kernel");
+            ops::matvec_x_pair(&self.dev, self.s, &a, &b, xb.ptr, norm, ya.ptr, yb.ptr).unwrap();
+            let (pa, pb) = (self.down_f32(&ya, ra), self.down_f32(&yb, rb));
+            ops::matvec_x(&self.dev, self.s, &a, None, xb.ptr, norm, ya.ptr, Out::Store).unwrap();
+            ops::matvec_x(&self.dev, self.s, &b, None, xb.ptr, norm, yb.ptr, Out::Store).unwrap();
+            [pa, pb, self.down_f32(&ya, ra), self.down_f32(&yb, rb)]
         }
 
         pub fn gated(&self, ty: GgmlType, wg: &[u8], wu: &[u8], rows: usize, cols: usize, x: &[f32], n: usize, act: FfnAct) -> Vec<f32> {
@@ -653,7 +695,7 @@ mod gpu {
                 let dec = self.down_f32(&ib, n * rows);
                 let e = super::rel_l2(&dec, &f64s);
                 assert!(e <= 1e-4, "mmvq/mmvf gated vs matvec: rel L2 {e:.3e}");
-                if n == 1 && ops::matvec_x_fits(&g) {
+                if n == 1 && ops::matvec_x_fits(&g, true, false) {
                     ops::matvec_x(&self.dev, self.s, &g, Some((&u, act)), xb.ptr, None, ib.ptr, Out::Store).unwrap();
                     assert_eq!(self.down_f32(&ib, rows), dec, "gated matvec_x differs from quantize_act + matvec_q");
                 }

@@ -482,8 +482,10 @@ impl GpuSession {
     }
 
     /// The products that read one input x (n tokens), RMS-normalized first
-    /// when `norm` is given. One token and short rows (`matvec_x_fits`):
-    /// kernels that prepare x themselves, norm fused. Decode (n <= MMV_MAXT):
+    /// when `norm` is given. One token and short rows, or long ones without
+    /// a norm (`matvec_x_fits`): kernels that prepare x themselves, norm
+    /// fused, two runs of different types in one launch where a pair kernel
+    /// exists (`matvec_x_pair_fits`). Decode (n <= MMV_MAXT):
     /// x prepared once (quantize_act, norm fused) and the mmvq/mmvf kernels
     /// when every matrix has one, else the older matvec kernel with the norm
     /// fused (one token).
@@ -500,8 +502,14 @@ impl GpuSession {
         let dev = &*m.dev;
         let cols = projs[0].w.cols;
         let same = |p: &Proj| p.up.map_or(true, |(u, _)| u.ty == p.w.ty);
-        if n == 1 && prep.is_none() && projs.iter().all(|p| ops::matvec_x_fits(p.w) && same(p)) {
-            // short rows: each kernel prepares x itself (norm fused), no quantize_act
+        if n == 1 && prep.is_none() && projs.iter().all(|p| ops::matvec_x_fits(p.w, p.up.is_some(), norm.is_some()) && same(p)) {
+            // each kernel prepares x itself (norm fused), no quantize_act;
+            // two plain runs of different types (Q|K and V) in one launch
+            if let [a, b] = projs {
+                if a.up.is_none() && b.up.is_none() && a.out == Out::Store && b.out == Out::Store && ops::matvec_x_pair_fits(a.w, b.w) {
+                    return ops::matvec_x_pair(dev, s, a.w, b.w, x, norm, a.y, b.y);
+                }
+            }
             return projs.iter().try_for_each(|p| ops::matvec_x(dev, s, p.w, p.up, x, norm, p.y, p.out));
         }
         if n <= ops::MMV_MAXT && projs.iter().all(|p| ops::decode_kernel(p.w.ty).is_some() && same(p)) {

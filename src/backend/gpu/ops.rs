@@ -281,12 +281,26 @@ pub fn matvec_q(dev: &Device, s: Stream, w: &DevMatrix, glu: Option<(&DevMatrix,
     }
 }
 
-/// Whether [`matvec_x`] takes W: an integer decode type with rows shorter
-/// than 2048 values (the one-row-per-warp kernels), and at most 16384 rows
-/// (each block prepares the whole x again: cheap for the layers' matrices,
-/// not for a 151936-row output matrix, which takes [`quantize_act`] once).
-pub fn matvec_x_fits(w: &DevMatrix) -> bool {
-    decode_kernel(w.ty) == Some("mmvq") && w.cols < 2048 && w.rows <= 16384 && w.cols % 32 == 0
+/// Most bytes of x (f32) the blocks of one long-row [`matvec_x`] read in
+/// all, each block preparing the whole x again.
+const X_REREAD_LIMIT: usize = 8 << 20;
+/// kernels/mmvq.cu MMVQ_X_MAXCOLS.
+const X_MAXCOLS: usize = 8192;
+
+/// Whether [`matvec_x`] takes W (a gated pair when `gated`, after an RMS
+/// norm when `norm`): an integer decode type, whole groups of 32, and
+/// either rows shorter than 2048 values and at most 16384 of them (the
+/// one-row-per-warp `_wx` kernels; each block prepares the whole x again:
+/// cheap for the layers' matrices, not for a 151936-row output matrix,
+/// which takes [`quantize_act`] once), or, for a plain product without a
+/// norm, rows of at most 8192 values in few enough blocks of 4 rows that
+/// their reads of x stay under 8 MiB (the `_x` kernels: Qwen2.5-0.5B's
+/// 896 × 4864 down matrix, not the 7B's 4096 × 11008).
+pub fn matvec_x_fits(w: &DevMatrix, gated: bool, norm: bool) -> bool {
+    let int = decode_kernel(w.ty) == Some("mmvq") && w.cols % 32 == 0;
+    let short = w.cols < 2048 && w.rows <= 16384;
+    let long = !gated && !norm && w.cols <= X_MAXCOLS && w.rows.div_ceil(4) * w.cols * 4 <= X_REREAD_LIMIT;
+    int && (short || long)
 }
 
 /// One token: y = / += W x, or y = act(W x) * (W2 x) with `glu`, for x in
@@ -295,15 +309,53 @@ pub fn matvec_x_fits(w: &DevMatrix) -> bool {
 #[allow(clippy::too_many_arguments)]
 pub fn matvec_x(dev: &Device, s: Stream, w: &DevMatrix, glu: Option<(&DevMatrix, FfnAct)>, x: DevPtr, norm: Option<(DevPtr, f32)>, y: DevPtr, out: Out) -> Result<()> {
     check(w)?;
-    if !matvec_x_fits(w) {
+    if !matvec_x_fits(w, glu.is_some(), norm.is_some()) {
         return Err(Error::InvalidArgument(format!("matvec_x: {} {}x{} is not for this kernel", w.ty, w.rows, w.cols)));
     }
     let (w2, mode) = gate_pair(w, glu, out)?;
     let (nw, eps) = norm.unwrap_or((0, 0.0));
+    let (rows, cols) = (Arg::I32(w.rows as i32), Arg::I32(w.cols as i32));
+    if w.cols >= 2048 {
+        // the long-row form: 4 rows per block, no norm, no pair
+        let dims = LaunchDims { grid: (ceil(w.rows, 4), 1, 1), block: MMVQ_THREADS, shared: 0 };
+        return dev.launch(s, &format!("mmvq_{}_x", w.suffix()?), dims, &[Arg::Ptr(w.ptr), Arg::Ptr(x), Arg::Ptr(y), rows, cols, Arg::I32(mode)]);
+    }
     let warps = MMVQ_THREADS as usize / dev.rt.info().warp_size as usize;
     let dims = LaunchDims { grid: (ceil(w.rows, warps), 1, 1), block: MMVQ_THREADS, shared: 0 };
     let name = format!("mmvq_{}{}", w.suffix()?, if glu.is_some() { "_glu_wx" } else { "_wx" });
-    let args = [Arg::Ptr(w.ptr), Arg::Ptr(w2), Arg::Ptr(x), Arg::Ptr(nw), Arg::F32(eps), Arg::Ptr(y), Arg::I32(w.rows as i32), Arg::I32(w.cols as i32), Arg::I32(mode)];
+    let args = [Arg::Ptr(w.ptr), Arg::Ptr(w2), Arg::Ptr(x), Arg::Ptr(nw), Arg::F32(eps), Arg::Ptr(y), rows, cols, Arg::I32(mode)];
+    dev.launch(s, &name, dims, &args)
+}
+
+/// The type pairs with a `mmvq_pair_<a>_<b>` kernel (kernels/mmvq.cu), as
+/// device suffixes.
+const PAIRS: [(&str, &str); 4] = [("q5_0", "q8_0"), ("q4_k", "q6_k"), ("q5_k", "q6_k"), ("q4_k", "q5_k")];
+
+/// Whether [`matvec_x_pair`] takes a and b: one of [`PAIRS`], each a
+/// short-row [`matvec_x`] product of the same x.
+pub fn matvec_x_pair_fits(a: &DevMatrix, b: &DevMatrix) -> bool {
+    let short = |w: &DevMatrix| matvec_x_fits(w, false, false) && w.cols < 2048;
+    short(a) && short(b) && a.cols == b.cols && matches!((a.suffix(), b.suffix()), (Ok(sa), Ok(sb)) if PAIRS.contains(&(sa, sb)))
+}
+
+/// One token, two products of one x in one launch: ya = A x, yb = B x (x
+/// RMS-normalized first with `norm`), as two [`matvec_x`] calls would give
+/// them, bit for bit. Needs [`matvec_x_pair_fits`].
+#[allow(clippy::too_many_arguments)]
+pub fn matvec_x_pair(dev: &Device, s: Stream, a: &DevMatrix, b: &DevMatrix, x: DevPtr, norm: Option<(DevPtr, f32)>, ya: DevPtr, yb: DevPtr) -> Result<()> {
+    check(a)?;
+    check(b)?;
+    if !matvec_x_pair_fits(a, b) {
+        return Err(Error::InvalidArgument(format!("matvec_x_pair: no pair kernel for {} {}x{} and {} {}x{}", a.ty, a.rows, a.cols, b.ty, b.rows, b.cols)));
+    }
+    let (nw, eps) = norm.unwrap_or((0, 0.0));
+    let warps = MMVQ_THREADS as usize / dev.rt.info().warp_size as usize;
+    let dims = LaunchDims { grid: (ceil(a.rows, warps) + ceil(b.rows, warps), 1, 1), block: MMVQ_THREADS, shared: 0 };
+    let name = format!("mmvq_pair_{}_{}", a.suffix()?, b.suffix()?);
+    let args = [
+        Arg::Ptr(a.ptr), Arg::Ptr(b.ptr), Arg::Ptr(x), Arg::Ptr(nw), Arg::F32(eps), Arg::Ptr(ya), Arg::Ptr(yb),
+        Arg::I32(a.rows as i32), Arg::I32(b.rows as i32), Arg::I32(a.cols as i32),
+    ];
     dev.launch(s, &name, dims, &args)
 }
 
