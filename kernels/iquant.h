@@ -52,22 +52,30 @@ static __device__ __forceinline__ void act_store_group(float v, int e, bool stor
 // j)), v = x * s * nw (nw may be null), quantized with the group's scale,
 // which the W::PARTS lanes holding the group's parts (consecutive lanes, p
 // = lane % PARTS) share through shuffles: the numbers quant_act makes of v.
-// Every lane of the warp must call (lanes past the row's end with any
-// valid g, p).
+// In two steps, so a caller can issue the loads (act_load) before it knows
+// s: act_quant then needs every lane of the warp (lanes past the row's end
+// with any valid g, p).
 template <typename W>
-static __device__ __forceinline__ void act_part(const float* x, const float* nw, float s, int g, int p, int2 (&xw)[W::WORDS],
-                                                float& dx, float& sx) {
+static __device__ __forceinline__ void act_load(const float* x, const float* nw, int g, int p, float4 (&a)[W::WORDS],
+                                                float4 (&n)[W::WORDS]) {
+#pragma unroll
+    for (int j = 0; j < W::WORDS; j++) {
+        const int k = g * 8 + W::word(p, j);
+        a[j] = ((const float4*)x)[k];
+        n[j] = nw ? ((const float4*)nw)[k] : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+    }
+}
+template <typename W>
+static __device__ __forceinline__ void act_quant(const float4 (&a)[W::WORDS], const float4 (&n)[W::WORDS], float s,
+                                                 int2 (&xw)[W::WORDS], float& dx, float& sx) {
     constexpr int NW = W::WORDS;
     float v[4 * NW];
 #pragma unroll
     for (int j = 0; j < NW; j++) {
-        const int k = g * 8 + W::word(p, j);
-        const float4 a = ((const float4*)x)[k];
-        const float4 n = nw ? ((const float4*)nw)[k] : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
-        v[4 * j] = a.x * s * n.x;
-        v[4 * j + 1] = a.y * s * n.y;
-        v[4 * j + 2] = a.z * s * n.z;
-        v[4 * j + 3] = a.w * s * n.w;
+        v[4 * j] = a[j].x * s * n[j].x;
+        v[4 * j + 1] = a[j].y * s * n[j].y;
+        v[4 * j + 2] = a[j].z * s * n[j].z;
+        v[4 * j + 3] = a[j].w * s * n[j].w;
     }
     float amax = 0.0f;
 #pragma unroll

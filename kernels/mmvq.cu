@@ -69,17 +69,35 @@ static __device__ __forceinline__ void prefetch_rows(const u8* W, const u8* W2, 
 
 // The block prepares one token's x (cols values, f32; nw != 0:
 // RMS-normalized, x * s * nw) into shared memory in quant_act's format,
-// through weight type T's parts (act_part): sq (cols / 4 int2), sd and ss
-// (cols / 32). The numbers are quant_act's, whatever T is. Each warp works
-// out s alone (a few loads per lane on short rows), so the one barrier at
-// the end is the only one. Every thread of the block must call.
+// through weight type T's parts (act_load / act_quant): sq (cols / 4 int2),
+// sd and ss (cols / 32). The numbers are quant_act's, whatever T is (s up
+// to the order of its sum of squares). The first round's loads are issued
+// before anything waits on them; when that round covers the whole row
+// (short rows) s comes from a block sum of those values, so the block reads
+// x from L2 once (each warp reading all of x for s tripled the L2 traffic
+// of a 896-wide gated pair, whose 1,216 blocks each prepare x). Every
+// thread of the block must call.
 template <typename T>
 static __device__ __forceinline__ void block_prep_x(const float* __restrict__ x, const float* __restrict__ nw, float eps, int cols,
                                                     int2* sq, float* sd, float* ss) {
-    constexpr int P = IP<T>::PARTS;
+    constexpr int P = IP<T>::PARTS, NW = IP<T>::WORDS;
     const int lane = threadIdx.x % WARP_SIZE, np = P * (cols >> 5);
+    float4 a[NW], n[NW];
+    {
+        const int ic = min((int)threadIdx.x, np - 1);
+        act_load<IP<T> >(x, nw, ic / P, ic % P, a, n);
+    }
     float s = 1.0f;
-    if (nw) {
+    if (nw && np <= MMVQ_THREADS) {
+        // every value is in one thread's first-round part
+        __shared__ float red[32];
+        float sum = 0.0f;
+        if ((int)threadIdx.x < np) {
+#pragma unroll
+            for (int j = 0; j < NW; j++) sum += a[j].x * a[j].x + a[j].y * a[j].y + a[j].z * a[j].z + a[j].w * a[j].w;
+        }
+        s = rsqrtf(block_sum(sum, red) / (float)cols + eps);
+    } else if (nw) {
         float sum = 0.0f;
         for (int i = lane; i < cols / 4; i += WARP_SIZE) {
             const float4 v = ((const float4*)x)[i];
@@ -87,15 +105,16 @@ static __device__ __forceinline__ void block_prep_x(const float* __restrict__ x,
         }
         s = rsqrtf(warp_sum(sum) / (float)cols + eps);
     }
-    // every thread the same number of rounds: act_part shuffles
+    // every thread the same number of rounds: act_quant shuffles
     for (int i0 = 0; i0 < np; i0 += MMVQ_THREADS) {
         const int i = i0 + threadIdx.x, ic = min(i, np - 1), g = ic / P, p = ic % P;
-        int2 xw[IP<T>::WORDS];
+        if (i0 > 0) act_load<IP<T> >(x, nw, g, p, a, n);
+        int2 xw[NW];
         float dx, sx;
-        act_part<IP<T> >(x, nw, s, g, p, xw, dx, sx);
+        act_quant<IP<T> >(a, n, s, xw, dx, sx);
         if (i < np) {
 #pragma unroll
-            for (int j = 0; j < IP<T>::WORDS; j++) sq[g * 8 + IP<T>::word(p, j)] = xw[j];
+            for (int j = 0; j < NW; j++) sq[g * 8 + IP<T>::word(p, j)] = xw[j];
             if (p == 0) {
                 sd[g] = dx;
                 ss[g] = sx;

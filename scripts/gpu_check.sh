@@ -87,7 +87,7 @@ for step in $steps; do
         "$TWINS/smollm2-twin.gguf" "$TWINS/qwen2-twin.gguf" "$TWINS/gemma3-twin.gguf" ;;
     sanitize)
       run sanitize-ops compute-sanitizer --tool memcheck --leak-check full --error-exitcode 1 "$BIN/device_ops" --test-threads 1 \
-        attention rope_qkv rmsnorm gated_ffn embedding_rows matmul_all_types
+        attention rope_qkv rmsnorm gated_ffn embedding_rows matmul_all_types pair_products
       run sanitize-model compute-sanitizer --tool memcheck --leak-check full --error-exitcode 1 "$BIN/gpu_model" smollm2_twin ;;
     real)
       run real env FORGE_REAL_SMOLLM2="${REAL_SMOLLM2:?}" "$BIN/gpu_model" real_smollm2 --nocapture ;;
