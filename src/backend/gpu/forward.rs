@@ -252,8 +252,9 @@ pub struct GpuSession {
     act: ActBuf,    // (MMV_MAXT, max_cols) activations prepared for the decode products
     logits: Buffer, // (logits_rows, n_vocab)
     logits_rows: usize,
-    // page-locked host copies of `params` and `logits`: a step's copies
-    // are DMA transfers, not the driver's staged copies of pageable memory
+    // page-locked host copies of `params` and one row of `logits`: a
+    // decode step's copies are DMA transfers, not the driver's staged
+    // copies of pageable memory
     params_host: HostBuf,
     logits_host: HostBuf,
     gemm: Option<GemmScratch>,
@@ -363,7 +364,6 @@ impl GpuSession {
             };
             if rows > self.logits_rows {
                 self.logits = self.m.pool.alloc(rows * nv * 4, "logits")?;
-                self.logits_host = HostBuf::new(&self.m.dev.rt, rows * nv * 4)?;
                 self.logits_rows = rows;
             }
             let params = self.params_host.bytes_mut();
@@ -385,13 +385,24 @@ impl GpuSession {
             } else {
                 self.enqueue(chunk.len(), w)?;
             }
+            // one row (decode) through the page-locked buffer; the rows of a
+            // whole batch (Logits::All, up to MAX_BATCH × n_vocab floats)
+            // straight into `out`, not into that much page-locked memory
             let n = rows * nv;
-            if n > 0 {
+            let dst = &mut out[done..done + n];
+            let staged = n * 4 <= self.logits_host.len();
+            if staged && n > 0 {
                 rt.dtoh(self.s, &mut self.logits_host.bytes_mut()[..4 * n], self.logits.ptr)?;
+            } else if n > 0 {
+                // SAFETY: f32 has no invalid bit patterns; the slice is exactly n floats.
+                let bytes = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut u8, n * 4) };
+                rt.dtoh(self.s, bytes, self.logits.ptr)?;
             }
             // the host buffers are reused by the next chunk: wait for this one
             rt.stream_sync(self.s)?;
-            out[done..done + n].copy_from_slice(self.logits_host.f32s(n));
+            if staged {
+                dst.copy_from_slice(self.logits_host.f32s(n));
+            }
             done += n;
         }
         debug_assert_eq!(done, out.len());
