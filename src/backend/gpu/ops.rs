@@ -331,7 +331,7 @@ pub fn matvec_x(dev: &Device, s: Stream, w: &DevMatrix, glu: Option<(&DevMatrix,
 /// device suffixes.
 const PAIRS: [(&str, &str); 4] = [("q5_0", "q8_0"), ("q4_k", "q6_k"), ("q5_k", "q6_k"), ("q4_k", "q5_k")];
 
-/// Whether [`matvec_x_pair`] takes a and b: one of [`PAIRS`], each a
+/// Whether [`matvec_x_pair`] takes a and b: one of `PAIRS`, each a
 /// short-row [`matvec_x`] product of the same x.
 pub fn matvec_x_pair_fits(a: &DevMatrix, b: &DevMatrix) -> bool {
     let short = |w: &DevMatrix| matvec_x_fits(w, false, false) && w.cols < 2048;
@@ -524,7 +524,7 @@ fn prefill_mma(dev: &Device) -> bool {
 }
 
 /// Turn the tensor-core prefill attention on or off for this process (tests
-/// compare both kernels; see [`prefill_mma`]).
+/// compare both kernels; see `prefill_mma`).
 pub fn set_prefill_mma(on: bool) {
     PREFILL_MMA.store(if on { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
 }
@@ -546,7 +546,7 @@ pub struct AttnShape {
 
 /// Causal attention of n queries at positions *pos0.. over the cache:
 /// several queries take the tensor-core prefill kernel (NVIDIA sm_80+, head
-/// sizes 64 and 128; see [`prefill_mma`]) or else the tiled prefill kernel
+/// sizes 64 and 128; see `prefill_mma`) or else the tiled prefill kernel
 /// (when its tiles fit in shared memory), one query the split-K decode
 /// kernel. When splits > 1,
 /// `part` needs n * n_head * splits * (2 + hdv) floats and `counters`
