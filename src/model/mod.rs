@@ -219,8 +219,13 @@ impl Session {
     /// logits (`Logits::Last`: n_vocab floats; `All`: one row per token).
     /// Nothing is appended on error.
     pub fn eval(&mut self, tokens: &[u32], want: Logits) -> Result<Vec<f32>> {
+        self.check_eval(tokens)?;
+        if self.gpu.is_none() {
+            // the CPU pass makes its own vector: return it as it is
+            return self.forward_cpu(tokens, want);
+        }
         let mut out = vec![0.0; self.logits_len(tokens.len(), want)];
-        self.eval_into(tokens, want, &mut out)?;
+        self.eval_gpu(tokens, want, &mut out)?;
         Ok(out)
     }
 
@@ -236,9 +241,23 @@ impl Session {
     }
 
     /// As [`Session::eval`], writing the logits into `out` (exactly
-    /// [`Session::logits_len`] floats) instead of a new vector: a decode
-    /// loop then allocates nothing per token.
+    /// [`Session::logits_len`] floats) instead of a new vector: a GPU
+    /// decode loop then allocates nothing per token.
     pub fn eval_into(&mut self, tokens: &[u32], want: Logits, out: &mut [f32]) -> Result<()> {
+        self.check_eval(tokens)?;
+        let need = self.logits_len(tokens.len(), want);
+        if out.len() != need {
+            return Err(Error::InvalidArgument(format!("the logits buffer holds {} floats; {want:?} logits of {} tokens are {need}", out.len(), tokens.len())));
+        }
+        if self.gpu.is_some() {
+            return self.eval_gpu(tokens, want, out);
+        }
+        out.copy_from_slice(&self.forward_cpu(tokens, want)?);
+        Ok(())
+    }
+
+    /// The checks every evaluation makes before anything runs.
+    fn check_eval(&self, tokens: &[u32]) -> Result<()> {
         let c = &self.model.cfg;
         if tokens.is_empty() {
             return Err(Error::InvalidArgument("no tokens to evaluate".into()));
@@ -254,22 +273,25 @@ impl Session {
                 self.n_ctx
             )));
         }
-        let need = self.logits_len(tokens.len(), want);
-        if out.len() != need {
-            return Err(Error::InvalidArgument(format!("the logits buffer holds {} floats; {want:?} logits of {} tokens are {need}", out.len(), tokens.len())));
-        }
-        if let Some(g) = &mut self.gpu {
-            g.eval_into(tokens, self.pos, want, out)?;
-            self.pos += tokens.len();
-            return Ok(());
-        }
+        Ok(())
+    }
+
+    /// The GPU pass (checked tokens, `out` of the right length).
+    fn eval_gpu(&mut self, tokens: &[u32], want: Logits, out: &mut [f32]) -> Result<()> {
+        let g = self.gpu.as_mut().expect("eval_gpu without a GPU session");
+        g.eval_into(tokens, self.pos, want, out)?;
+        self.pos += tokens.len();
+        Ok(())
+    }
+
+    /// The CPU pass (checked tokens).
+    fn forward_cpu(&mut self, tokens: &[u32], want: Logits) -> Result<Vec<f32>> {
         // Run the whole pass on the pool: the matmuls' parallel loops then start
         // from a worker thread (which joins in) instead of waking the pool from
         // outside once per matmul.
         let model = self.model.clone();
         let v = model.pool.install(|| forward::forward(self, tokens, want))?;
-        out.copy_from_slice(&v);
         self.pos += tokens.len();
-        Ok(())
+        Ok(v)
     }
 }

@@ -186,6 +186,11 @@ pub fn decode_kernel(ty: GgmlType) -> Option<&'static str> {
 
 const MMVQ_THREADS: u32 = 128;
 
+/// Warps in a decode-product block: its rows in the one-row-per-warp forms.
+fn mmvq_warps(dev: &Device) -> usize {
+    MMVQ_THREADS as usize / dev.rt.info().warp_size as usize
+}
+
 /// Device scratch for activations prepared by [`quantize_act`]: up to
 /// [`MMV_MAXT`] tokens of up to `max_cols` values.
 pub struct ActBuf {
@@ -263,7 +268,7 @@ pub fn matvec_q(dev: &Device, s: Stream, w: &DevMatrix, glu: Option<(&DevMatrix,
     // pair, `_glu`), or one per warp (`_w`) for rows shorter than 2048
     // values; the float one 2 rows per block; more tokens: the `_n` form,
     // one row per block
-    let warps = MMVQ_THREADS as usize / dev.rt.info().warp_size as usize;
+    let warps = mmvq_warps(dev);
     let short = w.cols < 2048;
     let (rows_per_block, tail) = match (a.nt, kernel) {
         (1, "mmvq") if glu.is_some() => if short { (warps, "_glu_w") } else { (2, "_glu") },
@@ -320,7 +325,7 @@ pub fn matvec_x(dev: &Device, s: Stream, w: &DevMatrix, glu: Option<(&DevMatrix,
         let dims = LaunchDims { grid: (ceil(w.rows, 4), 1, 1), block: MMVQ_THREADS, shared: 0 };
         return dev.launch(s, &format!("mmvq_{}_x", w.suffix()?), dims, &[Arg::Ptr(w.ptr), Arg::Ptr(x), Arg::Ptr(y), rows, cols, Arg::I32(mode)]);
     }
-    let warps = MMVQ_THREADS as usize / dev.rt.info().warp_size as usize;
+    let warps = mmvq_warps(dev);
     let dims = LaunchDims { grid: (ceil(w.rows, warps), 1, 1), block: MMVQ_THREADS, shared: 0 };
     let name = format!("mmvq_{}{}", w.suffix()?, if glu.is_some() { "_glu_wx" } else { "_wx" });
     let args = [Arg::Ptr(w.ptr), Arg::Ptr(w2), Arg::Ptr(x), Arg::Ptr(nw), Arg::F32(eps), Arg::Ptr(y), rows, cols, Arg::I32(mode)];
@@ -349,7 +354,7 @@ pub fn matvec_x_pair(dev: &Device, s: Stream, a: &DevMatrix, b: &DevMatrix, x: D
         return Err(Error::InvalidArgument(format!("matvec_x_pair: no pair kernel for {} {}x{} and {} {}x{}", a.ty, a.rows, a.cols, b.ty, b.rows, b.cols)));
     }
     let (nw, eps) = norm.unwrap_or((0, 0.0));
-    let warps = MMVQ_THREADS as usize / dev.rt.info().warp_size as usize;
+    let warps = mmvq_warps(dev);
     let dims = LaunchDims { grid: (ceil(a.rows, warps) + ceil(b.rows, warps), 1, 1), block: MMVQ_THREADS, shared: 0 };
     let name = format!("mmvq_pair_{}_{}", a.suffix()?, b.suffix()?);
     let args = [
