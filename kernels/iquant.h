@@ -234,6 +234,42 @@ struct IP<TQ4_0X8> {
 
 template <>
 struct IP<TQ5_0> : IPLegacy<false, true> {};
+// q5_0 regrouped (TQ5_0X4): two parts, part p = qs bytes 8p .. 8p + 7
+// (one 8-byte load; qs word k's low nibbles are x word k, its high ones
+// word 4 + k) and the block's qh word (one 4-byte load) and d: 3 aligned
+// loads per 16 values where the GGUF layout needs 10 2-byte loads. Values
+// are kept in 0 .. 31 and the centre comes off through sx (as q4_1's
+// minimum does: 16 * d * sx over the group, half per part), which saves
+// the borrow-free subtraction on every word.
+template <>
+struct IP<TQ5_0X4> {
+    static constexpr int PARTS = 2, WORDS = 4;
+    static __device__ __forceinline__ int word(int p, int j) { return j < 2 ? 2 * p + j : 4 + 2 * p + (j - 2); }
+    int w[WORDS];
+    float d;
+    __device__ __forceinline__ void load(const u8* row, int g, int p) {
+        const uint2 t = *(const uint2*)(TQ5_0X4::qs(row, g) + 8 * p);
+        const u32 h = TQ5_0X4::qh(row, g), v[2] = {t.x, t.y};
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+            // x word 2p + k: its high bits are bits 2p + k of h's bytes
+            w[k] = (int)((v[k] & 0x0F0F0F0Fu) | (((h >> (2 * p + k)) << 4) & 0x10101010u));
+            w[2 + k] = (int)(((v[k] >> 4) & 0x0F0F0F0Fu) | (((h >> (4 + 2 * p + k)) << 4) & 0x10101010u));
+        }
+        d = TQ5_0X4::d(row, g);
+    }
+    // |sum| <= 16 * 31 * 32512 < 2^24: exact in int and in float
+    __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float sx) const {
+        int hi = 0, lo = 0;
+#pragma unroll
+        for (int j = 0; j < WORDS; j++) {
+            const int2 x = xg[word(p, j)];
+            hi = DP4A(w[j], x.x, hi);
+            lo = DP4A(w[j], x.y, lo);
+        }
+        return d * (dx * (float)(256 * hi + lo) - 8.0f * sx);
+    }
+};
 template <>
 struct IP<TQ5_1> : IPLegacy<true, true> {};
 
@@ -247,6 +283,22 @@ struct IP<TQ8_0> : IPWords<IP<TQ8_0>, false> {
         w0 = (int)ld32a2(b + 2 + 8 * p);
         w1 = (int)ld32a2(b + 6 + 8 * p);
         d = h2f(ld16a(b));
+    }
+    __device__ __forceinline__ float dot2(int2 xa, int2 xb, float dx, float) const {
+        return d * dx * (float)dot8(w0, xa, w1, xb);
+    }
+};
+
+// q8_0 regrouped (TQ8_0X4): part p's 8 values in one aligned 8-byte load.
+template <>
+struct IP<TQ8_0X4> : IPWords<IP<TQ8_0X4>, false> {
+    int w0, w1;
+    float d;
+    __device__ __forceinline__ void load(const u8* row, int g, int p) {
+        const uint2 v = *(const uint2*)(TQ8_0X4::qs(row, g) + 8 * p);
+        w0 = (int)v.x;
+        w1 = (int)v.y;
+        d = TQ8_0X4::d(row, g);
     }
     __device__ __forceinline__ float dot2(int2 xa, int2 xb, float dx, float) const {
         return d * dx * (float)dot8(w0, xa, w1, xb);

@@ -66,6 +66,11 @@ static __device__ __forceinline__ void prefetch_rows(const u8* W, const u8* W2, 
 
 // Most values of x the long-row FX products prepare in shared memory.
 #define MMVQ_X_MAXCOLS 8192
+// float4 of x per thread whose loads block_prep_x issues at once (1: one
+// round of parts at a time).
+#ifndef MMVQ_PREP_BATCH
+#define MMVQ_PREP_BATCH 8
+#endif
 
 // The block prepares one token's x (cols values, f32; nw != 0:
 // RMS-normalized, x * s * nw) into shared memory in quant_act's format,
@@ -81,11 +86,19 @@ template <typename T>
 static __device__ __forceinline__ void block_prep_x(const float* __restrict__ x, const float* __restrict__ nw, float eps, int cols,
                                                     int2* sq, float* sd, float* ss) {
     constexpr int P = IP<T>::PARTS, NW = IP<T>::WORDS;
+    // rounds of MMVQ_THREADS parts whose loads are issued together (a
+    // batch: MMVQ_PREP_BATCH float4 of x, and as many of nw, per thread);
+    // rounds are skipped block-uniformly past the row's end, so short rows
+    // pay for one
+    constexpr int B = MMVQ_PREP_BATCH / NW > 0 ? MMVQ_PREP_BATCH / NW : 1;
     const int lane = threadIdx.x % WARP_SIZE, np = P * (cols >> 5);
-    float4 a[NW], n[NW];
-    {
-        const int ic = min((int)threadIdx.x, np - 1);
-        act_load<IP<T> >(x, nw, ic / P, ic % P, a, n);
+    float4 a[B][NW], n[B][NW];
+#pragma unroll
+    for (int b = 0; b < B; b++) {
+        if (b * MMVQ_THREADS < np) {
+            const int ic = min(b * MMVQ_THREADS + (int)threadIdx.x, np - 1);
+            act_load<IP<T> >(x, nw, ic / P, ic % P, a[b], n[b]);
+        }
     }
     float s = 1.0f;
     if (nw && np <= MMVQ_THREADS) {
@@ -94,7 +107,7 @@ static __device__ __forceinline__ void block_prep_x(const float* __restrict__ x,
         float sum = 0.0f;
         if ((int)threadIdx.x < np) {
 #pragma unroll
-            for (int j = 0; j < NW; j++) sum += a[j].x * a[j].x + a[j].y * a[j].y + a[j].z * a[j].z + a[j].w * a[j].w;
+            for (int j = 0; j < NW; j++) sum += a[0][j].x * a[0][j].x + a[0][j].y * a[0][j].y + a[0][j].z * a[0][j].z + a[0][j].w * a[0][j].w;
         }
         s = rsqrtf(block_sum(sum, red) / (float)cols + eps);
     } else if (nw) {
@@ -105,19 +118,31 @@ static __device__ __forceinline__ void block_prep_x(const float* __restrict__ x,
         }
         s = rsqrtf(warp_sum(sum) / (float)cols + eps);
     }
-    // every thread the same number of rounds: act_quant shuffles
-    for (int i0 = 0; i0 < np; i0 += MMVQ_THREADS) {
-        const int i = i0 + threadIdx.x, ic = min(i, np - 1), g = ic / P, p = ic % P;
-        if (i0 > 0) act_load<IP<T> >(x, nw, g, p, a, n);
-        int2 xw[NW];
-        float dx, sx;
-        act_quant<IP<T> >(a, n, s, xw, dx, sx);
-        if (i < np) {
+    // every thread the same rounds: act_quant shuffles
+    for (int i0 = 0; i0 < np; i0 += B * MMVQ_THREADS) {
+        if (i0 > 0) {
 #pragma unroll
-            for (int j = 0; j < NW; j++) sq[g * 8 + IP<T>::word(p, j)] = xw[j];
-            if (p == 0) {
-                sd[g] = dx;
-                ss[g] = sx;
+            for (int b = 0; b < B; b++) {
+                if (i0 + b * MMVQ_THREADS < np) {
+                    const int ic = min(i0 + b * MMVQ_THREADS + (int)threadIdx.x, np - 1);
+                    act_load<IP<T> >(x, nw, ic / P, ic % P, a[b], n[b]);
+                }
+            }
+        }
+#pragma unroll
+        for (int b = 0; b < B; b++) {
+            const int i = i0 + b * MMVQ_THREADS + threadIdx.x, ic = min(i, np - 1), g = ic / P, p = ic % P;
+            if (i0 + b * MMVQ_THREADS >= np) break;  // block-uniform
+            int2 xw[NW];
+            float dx, sx;
+            act_quant<IP<T> >(a[b], n[b], s, xw, dx, sx);
+            if (i < np) {
+#pragma unroll
+                for (int j = 0; j < NW; j++) sq[g * 8 + IP<T>::word(p, j)] = xw[j];
+                if (p == 0) {
+                    sd[g] = dx;
+                    ss[g] = sx;
+                }
             }
         }
     }
@@ -234,43 +259,55 @@ static __device__ __forceinline__ void mmvq(const u8* __restrict__ W, const u8* 
 // block prepares it itself into shared memory (block_prep_x), in place of a
 // quant_act launch.
 #define MMVQ_WX_MAXCOLS 2048
-template <typename T, int U, bool GLU>
-static __device__ __forceinline__ void warp_row(const u8* __restrict__ W, const u8* __restrict__ W2, int row, int rows, int cols,
+// RW rows per warp (rows row0 .. row0 + RW - 1): their loads issued
+// together, and a block's preparation of x shared by more rows.
+template <typename T, int U, bool GLU, int RW = 1>
+static __device__ __forceinline__ void warp_row(const u8* __restrict__ W, const u8* __restrict__ W2, int row0, int rows, int cols,
                                                 const int2* __restrict__ xq, const float* __restrict__ xd,
                                                 const float* __restrict__ xs, float* __restrict__ y, int mode) {
     constexpr int P = IP<T>::PARTS, UP = U * P / 4 > 0 ? U * P / 4 : 1;
-    if (row >= rows) return;  // whole warps
+    if (row0 >= rows) return;  // whole warps
     const int lane = threadIdx.x % WARP_SIZE, np = P * (cols >> 5);
-    const u64 off = (u64)row * ((u64)(cols / T::BLK) * T::BYTES);
-    float acc = 0.0f, acc2 = 0.0f;
+    const u64 rb = (u64)(cols / T::BLK) * T::BYTES;
+    float acc[RW] = {}, acc2[RW] = {};
     for (int i0 = lane; i0 < np; i0 += UP * WARP_SIZE) {
-        IP<T> a[UP], b[GLU ? UP : 1];
+        IP<T> a[UP][RW], b[GLU ? UP : 1][RW];
 #pragma unroll
         for (int u = 0; u < UP; u++) {  // clamped, no branch: all loads in flight at once
             const int i = min(i0 + u * WARP_SIZE, np - 1);
-            a[u].load(W + off, i / P, i % P);
-            if (GLU) b[GLU ? u : 0].load(W2 + off, i / P, i % P);
+#pragma unroll
+            for (int r = 0; r < RW; r++) {
+                const u64 off = (u64)min(row0 + r, rows - 1) * rb;
+                a[u][r].load(W + off, i / P, i % P);
+                if (GLU) b[GLU ? u : 0][r].load(W2 + off, i / P, i % P);
+            }
         }
 #pragma unroll
         for (int u = 0; u < UP; u++) {
             const int i = i0 + u * WARP_SIZE, g = i / P, p = i % P;
             if (i < np) {
                 const float dx = xd[g], sx = xs[g];
-                acc += a[u].dot(xq + g * 8, p, dx, sx);
-                if (GLU) acc2 += b[GLU ? u : 0].dot(xq + g * 8, p, dx, sx);
+#pragma unroll
+                for (int r = 0; r < RW; r++) {
+                    acc[r] += a[u][r].dot(xq + g * 8, p, dx, sx);
+                    if (GLU) acc2[r] += b[GLU ? u : 0][r].dot(xq + g * 8, p, dx, sx);
+                }
             }
         }
     }
-    acc = warp_sum(acc);
-    if (GLU) acc2 = warp_sum(acc2);
-    if (lane == 0) {
-        if (mode == 0) y[row] = acc;
-        else if (mode == 1) y[row] += acc;
-        else y[row] = gated(mode, acc, acc2);
+#pragma unroll
+    for (int r = 0; r < RW; r++) {
+        const float a = warp_sum(acc[r]), b = GLU ? warp_sum(acc2[r]) : 0.0f;
+        if (lane == 0 && row0 + r < rows) {
+            float* o = y + row0 + r;
+            if (mode == 0) *o = a;
+            else if (mode == 1) *o += a;
+            else *o = gated(mode, a, b);
+        }
     }
 }
 
-template <typename T, int U, bool GLU, bool FX>
+template <typename T, int U, bool GLU, bool FX, int RW = 1>
 static __device__ __forceinline__ void mmvq_warp(const u8* __restrict__ W, const u8* __restrict__ W2, const int2* __restrict__ xq,
                                                  const float* __restrict__ xd, const float* __restrict__ xs,
                                                  const float* __restrict__ x, const float* __restrict__ nw, float eps,
@@ -278,7 +315,7 @@ static __device__ __forceinline__ void mmvq_warp(const u8* __restrict__ W, const
     constexpr int NW = MMVQ_THREADS / WARP_SIZE;
     __shared__ int2 sq[FX ? MMVQ_WX_MAXCOLS / 4 : 1];
     __shared__ float sd[FX ? MMVQ_WX_MAXCOLS / 32 : 1], ssum[FX ? MMVQ_WX_MAXCOLS / 32 : 1];
-    prefetch_rows(W, GLU ? W2 : 0, blockIdx.x * NW, NW, rows, (u64)(cols / T::BLK) * T::BYTES);
+    prefetch_rows(W, GLU ? W2 : 0, blockIdx.x * NW * RW, NW * RW, rows, (u64)(cols / T::BLK) * T::BYTES);
     GRID_START();
     if (FX) {
         block_prep_x<T>(x, nw, eps, cols, sq, sd, ssum);
@@ -286,7 +323,7 @@ static __device__ __forceinline__ void mmvq_warp(const u8* __restrict__ W, const
         xd = sd;
         xs = ssum;
     }
-    warp_row<T, U, GLU>(W, W2, blockIdx.x * NW + threadIdx.x / WARP_SIZE, rows, cols, xq, xd, xs, y, mode);
+    warp_row<T, U, GLU, RW>(W, W2, (blockIdx.x * NW + threadIdx.x / WARP_SIZE) * RW, rows, cols, xq, xd, xs, y, mode);
 }
 
 // Two products of one x in one launch (one token, rows of fewer than 2048
@@ -318,7 +355,7 @@ static __device__ __forceinline__ void mmvq_pair(const u8* __restrict__ Wa, cons
 // token, mmvq_<type> (4 rows per block) and mmvq_<type>_glu (gated pair, 2
 // rows), and their _w forms (one row per warp) for rows of fewer than 2048
 // values, and _wx forms of those that take x as f32 (RMSNorm fused) with no
-// quant_act before; mmvq_<type>_x: the 4-row form taking x as f32 (no norm,
+// quant_act before (_glu_wx2: two rows per warp, for pairs of many rows); mmvq_<type>_x: the 4-row form taking x as f32 (no norm,
 // rows of at most MMVQ_X_MAXCOLS values); mmvq_<type>_n: up to MMVQ_MAXT
 // tokens, one row per block, any mode.
 #define MMVQ_ONE(name, T, R, U, GLU)                                                                                  \
@@ -349,6 +386,11 @@ static __device__ __forceinline__ void mmvq_pair(const u8* __restrict__ Wa, cons
                                                                   int cols, int mode) {                                 \
         mmvq_warp<T, 4, true, true>(W, W2, 0, 0, 0, x, nw, eps, y, rows, cols, mode);                                   \
     }                                                                                                                   \
+    KERNEL void __launch_bounds__(MMVQ_THREADS) mmvq_##s##_glu_wx2(const u8* W, const u8* W2, const float* x,           \
+                                                                   const float* nw, float eps, float* y, int rows,      \
+                                                                   int cols, int mode) {                                \
+        mmvq_warp<T, 4, true, true, 2>(W, W2, 0, 0, 0, x, nw, eps, y, rows, cols, mode);                                \
+    }                                                                                                                   \
     KERNEL void __launch_bounds__(MMVQ_THREADS) mmvq_##s##_x(const u8* W, const float* x, float* y, int rows, int cols,    \
                                                              int mode) {                                                \
         mmvq<T, 1, 4, 4, false, true>(W, 0, 0, 0, 0, y, rows, cols, 1, mode, x);                                        \
@@ -363,8 +405,10 @@ MMVQ_KERNEL(TQ4_0, q4_0)
 MMVQ_KERNEL(TQ4_0X8, q4_0x8)
 MMVQ_KERNEL(TQ4_1, q4_1)
 MMVQ_KERNEL(TQ5_0, q5_0)
+MMVQ_KERNEL(TQ5_0X4, q5_0x4)
 MMVQ_KERNEL(TQ5_1, q5_1)
 MMVQ_KERNEL(TQ8_0, q8_0)
+MMVQ_KERNEL(TQ8_0X4, q8_0x4)
 MMVQ_KERNEL(TQ4_K, q4_k)
 MMVQ_KERNEL(TQ5_K, q5_k)
 MMVQ_KERNEL(TQ6_K, q6_k)
@@ -380,6 +424,7 @@ MMVQ_KERNEL(TQ6_K, q6_k)
         mmvq_pair<TA, TB>(Wa, Wb, x, nw, eps, ya, yb, ra, rb, cols);                                                  \
     }
 MMVQ_PAIR(TQ5_0, q5_0, TQ8_0, q8_0)
+MMVQ_PAIR(TQ5_0X4, q5_0x4, TQ8_0X4, q8_0x4)
 MMVQ_PAIR(TQ4_K, q4_k, TQ6_K, q6_k)
 MMVQ_PAIR(TQ5_K, q5_k, TQ6_K, q6_k)
 MMVQ_PAIR(TQ4_K, q4_k, TQ5_K, q5_k)

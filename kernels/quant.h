@@ -91,6 +91,37 @@ struct TQ4_0X8 {
     }
 };
 
+// q5_0 regrouped on the device (ops::pack_rows, for rows of whole groups
+// of 4 blocks: 128 values; the q5_0 matrices of k-quant mixes are the ones
+// whose rows are not whole 256-value super-blocks, so a group of 8 would
+// not fit Qwen2.5-0.5B's 896): every 4 blocks (88 bytes) become their 4
+// scales d (f16), their 4 qh words, then their 4 x 16 qs bytes, so a lane's
+// loads are aligned words (a GGUF q5_0 block of 22 bytes only allows 2-byte
+// loads). qh bits are regrouped: bit 8j + k is the high bit of value 4k + j
+// (GGUF: bit 4k + j), so (qh >> k) & 0x01010101 are the high bits of x
+// word k's 4 values, one per byte. Same row size as q5_0; rows are 8-byte
+// aligned (22 * 4 * (cols / 128) bytes), so qs are 8-byte, qh 4-byte aligned.
+struct TQ5_0X4 {
+    static constexpr int BLK = 32, BYTES = 22;
+    static __device__ __forceinline__ const u8* grp(const u8* row, int g) { return row + (g >> 2) * 88; }
+    static __device__ __forceinline__ float d(const u8* row, int g) { return h2f(*(const u16*)(grp(row, g) + 2 * (g & 3))); }
+    static __device__ __forceinline__ u32 qh(const u8* row, int g) { return *(const u32*)(grp(row, g) + 8 + 4 * (g & 3)); }
+    static __device__ __forceinline__ const u8* qs(const u8* row, int g) { return grp(row, g) + 24 + 16 * (g & 3); }
+    static __device__ __forceinline__ void deq(const u8* row, int g, float* o) {
+        const float d = TQ5_0X4::d(row, g);
+        const u32 h = qh(row, g);
+        const uint2 a = *(const uint2*)qs(row, g), b = *(const uint2*)(qs(row, g) + 8);
+        const u32 w[4] = {a.x, a.y, b.x, b.y};
+#pragma unroll
+        for (int k = 0; k < 16; k++) {
+            const u32 q = (w[k >> 2] >> (8 * (k & 3))) & 0xFF;
+            const int j = 8 * (k & 3) + (k >> 2);  // value k: x word k / 4, byte k % 4
+            o[k] = d * (float)((int)((q & 0xF) | (((h >> j) & 1) << 4)) - 16);
+            o[k + 16] = d * (float)((int)((q >> 4) | (((h >> (j + 4)) & 1) << 4)) - 16);
+        }
+    }
+};
+
 struct TQ4_1 {  // d:f16, m:f16, qs[16]
     static constexpr int BLK = 32, BYTES = 20;
     static __device__ __forceinline__ void deq(const u8* row, int g, float* o) {
@@ -139,6 +170,32 @@ struct TQ8_0 {  // d:f16, qs[32] int8
             u16 v = ld16(b + 2 + j);
             o[j] = d * (float)(i8)(v & 0xff);
             o[j + 1] = d * (float)(i8)(v >> 8);
+        }
+    }
+};
+
+// q8_0 regrouped on the device (ops::pack_rows, rows of whole groups of 4
+// blocks: 128 values): every 4 blocks (136 bytes) become their 4 scales d
+// (f16), then their 4 x 32 qs bytes, so qs loads are aligned 8-byte words
+// (a GGUF q8_0 block of 34 bytes only allows 2-byte loads). Same row size
+// as q8_0; rows are 8-byte aligned.
+struct TQ8_0X4 {
+    static constexpr int BLK = 32, BYTES = 34;
+    static __device__ __forceinline__ float d(const u8* row, int g) {
+        return h2f(*(const u16*)(row + (g >> 2) * 136 + 2 * (g & 3)));
+    }
+    static __device__ __forceinline__ const u8* qs(const u8* row, int g) { return row + (g >> 2) * 136 + 8 + 32 * (g & 3); }
+    static __device__ __forceinline__ void deq(const u8* row, int g, float* o) {
+        const float d = TQ8_0X4::d(row, g);
+        const uint2* q = (const uint2*)qs(row, g);
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const uint2 v = q[j];
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                o[8 * j + k] = d * (float)(i8)((v.x >> (8 * k)) & 0xFF);
+                o[8 * j + 4 + k] = d * (float)(i8)((v.y >> (8 * k)) & 0xFF);
+            }
         }
     }
 };
@@ -318,6 +375,6 @@ struct TIQ4_XS {  // d:f16, scales_h:u16, scales_l[4], qs[128]
 // Instantiate `M(type_struct, suffix)` for every type, suffix = kernel name tail.
 #define FOR_EACH_TYPE(M)                                                                    \
     M(TF32, f32) M(TF16, f16) M(TBF16, bf16) M(TQ4_0, q4_0) M(TQ4_0X8, q4_0x8) M(TQ4_1, q4_1) \
-    M(TQ5_0, q5_0) M(TQ5_1, q5_1) M(TQ8_0, q8_0) M(TQ2_K, q2_k) M(TQ3_K, q3_k)                 \
+    M(TQ5_0, q5_0) M(TQ5_0X4, q5_0x4) M(TQ5_1, q5_1) M(TQ8_0, q8_0) M(TQ8_0X4, q8_0x4) M(TQ2_K, q2_k) M(TQ3_K, q3_k)                 \
     M(TQ4_K, q4_k) M(TQ5_K, q5_k) M(TQ6_K, q6_k) M(TIQ4_NL, iq4_nl) M(TIQ4_XS, iq4_xs)         \
     M(TMXFP4, mxfp4)

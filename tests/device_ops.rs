@@ -192,8 +192,10 @@ test_device!(matmul_large);
 
 /// act(Wg x) * (Wu x), fused in one kernel on the GPU.
 fn gated_ffn(b: &Backend) {
-    // 256 and 2560 columns: both one-token forms of the decode kernel
-    for (ty, rows, cols) in [(GgmlType::Q4K, 200, 256), (GgmlType::Q8_0, 200, 256), (GgmlType::F16, 200, 256), (GgmlType::Q4_0, 66, 2560), (GgmlType::Q6K, 66, 2560)] {
+    // 256 and 2560 columns: both one-token forms of the decode kernel;
+    // q5_0 4864 x 896: Qwen2.5-0.5B Q4_K_M's gate/up (regrouped on upload;
+    // two rows per warp in the one-token kernel that prepares x itself)
+    for (ty, rows, cols) in [(GgmlType::Q4K, 200, 256), (GgmlType::Q8_0, 200, 256), (GgmlType::F16, 200, 256), (GgmlType::Q5_0, 4864, 896), (GgmlType::Q4_0, 66, 2560), (GgmlType::Q6K, 66, 2560)] {
         for act in [FfnAct::Silu, FfnAct::GeluTanh] {
             for n in [1, 3] {
                 let wg = random_tensor(ty, rows * cols, 0.1, 1).unwrap();
@@ -460,8 +462,8 @@ test_gpu!(attention_fused_qkv);
 
 /// One token, a layer's Q|K and V of different types in one launch (the
 /// pair kernels): the same numbers as two launches, bit for bit, with and
-/// without the input norm; every pair kernel, row counts that leave a
-/// partial block of each.
+/// without the input norm; every pair kernel (q5_0 in both device
+/// layouts), row counts that leave a partial block of each.
 fn pair_products(g: &gpu::Gpu) {
     use GgmlType::*;
     for (ta, tb, cols) in [(Q5_0, Q8_0, 896), (Q4K, Q6K, 1536), (Q5K, Q6K, 1024), (Q4K, Q5K, 512)] {
@@ -469,13 +471,15 @@ fn pair_products(g: &gpu::Gpu) {
         let wa = random_tensor(ta, ra * cols, 1.0, 5).unwrap();
         let wb = random_tensor(tb, rb * cols, 1.0, 6).unwrap();
         let x = Rng(9).vec(cols);
-        for norm in [false, true] {
-            let [pa, pb, sa, sb] = g.pair(ta, &wa, ra, tb, &wb, rb, cols, &x, norm);
-            assert!(pa.iter().chain(&pb).all(|v| v.is_finite()) && pa.iter().any(|&v| v != 0.0));
-            assert_eq!(pa, sa, "{ta} + {tb} norm={norm}: first matrix differs from its own launch");
-            assert_eq!(pb, sb, "{ta} + {tb} norm={norm}: second matrix differs from its own launch");
-            eprintln!("pair {ta} + {tb} ({ra} + {rb} rows of {cols}) norm={norm}: equal to two launches");
-        }
+        g.each_layout(ta, cols, |layout| {
+            for norm in [false, true] {
+                let [pa, pb, sa, sb] = g.pair(ta, &wa, ra, tb, &wb, rb, cols, &x, norm);
+                assert!(pa.iter().chain(&pb).all(|v| v.is_finite()) && pa.iter().any(|&v| v != 0.0));
+                assert_eq!(pa, sa, "{ta}{layout} + {tb} norm={norm}: first matrix differs from its own launch");
+                assert_eq!(pb, sb, "{ta}{layout} + {tb} norm={norm}: second matrix differs from its own launch");
+                eprintln!("pair {ta}{layout} + {tb} ({ra} + {rb} rows of {cols}) norm={norm}: equal to two launches");
+            }
+        });
     }
 }
 test_gpu!(pair_products);
@@ -505,7 +509,7 @@ mod gpu {
         pub s: Stream,
         free0: usize,
         /// Upload matrices in the device layout the model loader uses
-        /// (`ops::put_matrix`; q4_0 regrouped) or as GGUF bytes; see
+        /// (`ops::put_matrix`; q4_0 and q5_0 regrouped) or as GGUF bytes; see
         /// [`Gpu::each_layout`].
         pack: std::cell::Cell<bool>,
     }
@@ -530,7 +534,7 @@ mod gpu {
         }
         /// Run `f` once per device layout a check covers, with uploads in
         /// it: the model loader's (`ops::put_matrix`) and, for the types it
-        /// regroups (q4_0), the GGUF one too; `f` gets the layout's label.
+        /// regroups (q4_0, q5_0), the GGUF one too; `f` gets the layout's label.
         pub fn each_layout(&self, ty: GgmlType, cols: usize, mut f: impl FnMut(&str)) {
             let both = ops::packs(ty, cols);
             for pack in [true, false].into_iter().take(if both { 2 } else { 1 }) {
@@ -697,7 +701,9 @@ mod gpu {
                 assert!(e <= 1e-4, "mmvq/mmvf gated vs matvec: rel L2 {e:.3e}");
                 if n == 1 && ops::matvec_x_fits(&g, true, false) {
                     ops::matvec_x(&self.dev, self.s, &g, Some((&u, act)), xb.ptr, None, ib.ptr, Out::Store).unwrap();
-                    assert_eq!(self.down_f32(&ib, rows), dec, "gated matvec_x differs from quantize_act + matvec_q");
+                    let rw = ops::wx_rows_per_warp(&self.dev, &g, true);
+                    assert_eq!(self.down_f32(&ib, rows), dec, "gated matvec_x ({rw} rows per warp) differs from quantize_act + matvec_q");
+                    eprintln!("gated matvec_x {ty} {rows}x{cols} ({rw} rows per warp) = quantize_act + matvec_q");
                 }
             }
             // the unfused path (prefill): two products and the glu kernel

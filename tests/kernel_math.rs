@@ -22,8 +22,9 @@ use std::process::Command;
 use rocmforge::quant::{self, GgmlType};
 use rocmforge::twin::random_tensor;
 
-/// Case id of q4_0 in the GPU's regrouped layout (tests/c/kernel_math.cpp).
-const PACKED_Q4_0: u32 = 1002;
+/// Case ids of q4_0, q5_0 and q8_0 in the GPU's regrouped layouts
+/// (`ops::pack_rows`; tests/c/kernel_math.cpp): 1000 + the ggml id.
+const PACKED: [(u32, GgmlType); 3] = [(1002, GgmlType::Q4_0), (1006, GgmlType::Q5_0), (1008, GgmlType::Q8_0)];
 
 #[test]
 fn kernel_arithmetic_matches_the_cpu_dequantizer() {
@@ -34,9 +35,10 @@ fn kernel_arithmetic_matches_the_cpu_dequantizer() {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let cases = dir.join("kernel_math.cases");
     let mut f = std::fs::File::create(&cases).unwrap();
-    // every type, then q4_0 again in the GPU's regrouped layout (case id
-    // 1002; ops::pack_rows, kernels' TQ4_0X8) against the same reference
-    let cases_list: Vec<(u32, GgmlType)> = types.iter().map(|&t| (t as u32, t)).chain([(PACKED_Q4_0, Q4_0)]).collect();
+    // every type, then q4_0, q5_0 and q8_0 again in the GPU's regrouped
+    // layouts (case ids 1002, 1006, 1008; ops::pack_rows, kernels' TQ4_0X8,
+    // TQ5_0X4, TQ8_0X4) against the same reference
+    let cases_list: Vec<(u32, GgmlType)> = types.iter().map(|&t| (t as u32, t)).chain(PACKED).collect();
     f.write_all(&(cases_list.len() as u32).to_le_bytes()).unwrap();
     let mut seed = 0x9E37_79B9u64;
     for (i, &(id, ty)) in cases_list.iter().enumerate() {
@@ -50,10 +52,10 @@ fn kernel_arithmetic_matches_the_cpu_dequantizer() {
                 if c % 256 == 17 { 40.0 * u } else { u }
             })
             .collect();
-        let w = if id == PACKED_Q4_0 {
+        let w = if id >= 1000 {
             assert!(rocmforge::backend::gpu::ops::packs(ty, cols));
             let mut p = vec![0u8; w.len()];
-            rocmforge::backend::gpu::ops::pack_rows(&w, &mut p);
+            rocmforge::backend::gpu::ops::pack_rows(ty, &w, &mut p);
             assert_ne!(p, w, "regrouping changes the bytes");
             p
         } else {

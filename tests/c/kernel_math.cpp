@@ -7,7 +7,7 @@
 // dot: iquant.h's IP<T> parts against activations prepared as quant_act
 // prepares them (act_q / act_planes), summed as mmvq sums them.
 //
-// Case file (little-endian): u32 n; n times { u32 type (ggml id; 1002: q4_0 regrouped as the GPU holds it), u32 rows, u32 cols,
+// Case file (little-endian): u32 n; n times { u32 type (ggml id; 1002, 1006, 1008: q4_0, q5_0, q8_0 regrouped as the GPU holds them), u32 rows, u32 cols,
 // u64 nbytes, weights[nbytes], f32 x[cols], f32 ref[rows * cols] }.
 #include <stdint.h>
 #include <stdio.h>
@@ -120,8 +120,10 @@ int main(int argc, char** argv) {
             case 1002: report<TQ4_0X8>(ty, w, x.data(), ref.data(), rows, cols); break;  // q4_0 regrouped (ops::pack_rows)
             case 3: report<TQ4_1>(ty, w, x.data(), ref.data(), rows, cols); break;
             case 6: report<TQ5_0>(ty, w, x.data(), ref.data(), rows, cols); break;
+            case 1006: report<TQ5_0X4>(ty, w, x.data(), ref.data(), rows, cols); break;  // q5_0 regrouped (ops::pack_rows)
             case 7: report<TQ5_1>(ty, w, x.data(), ref.data(), rows, cols); break;
             case 8: report<TQ8_0>(ty, w, x.data(), ref.data(), rows, cols); break;
+            case 1008: report<TQ8_0X4>(ty, w, x.data(), ref.data(), rows, cols); break;  // q8_0 regrouped (ops::pack_rows)
             case 10: report_deq<TQ2_K>(ty, w, ref.data(), rows, cols); break;
             case 11: report_deq<TQ3_K>(ty, w, ref.data(), rows, cols); break;
             case 12: report<TQ4_K>(ty, w, x.data(), ref.data(), rows, cols); break;

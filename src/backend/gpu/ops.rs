@@ -36,7 +36,7 @@ pub fn type_suffix(ty: GgmlType) -> Option<&'static str> {
 
 /// A weight matrix on the device, still in its GGUF type: `rows` rows of
 /// `cols` values, `row_bytes` apart; `packed`: its blocks regrouped as
-/// [`pack_rows`] does (same size).
+/// [`pack_rows`] does (same size; q4_0, q5_0, q8_0).
 #[derive(Debug, Clone, Copy)]
 pub struct DevMatrix {
     pub ty: GgmlType,
@@ -52,29 +52,81 @@ impl DevMatrix {
     }
     fn suffix(&self) -> Result<&'static str> {
         if self.packed {
-            return Ok("q4_0x8");
+            return packed_suffix(self.ty).ok_or_else(|| Error::Unsupported(format!("{} has no regrouped device layout", self.ty)));
         }
         type_suffix(self.ty).ok_or_else(|| Error::UnsupportedType { what: format!("{} on the GPU backends", self.ty) })
     }
 }
 
-/// Whether matrices of this type and width get the device layout of
-/// [`pack_rows`]: q4_0 rows of whole groups of 8 blocks (256 values).
-pub fn packs(ty: GgmlType, cols: usize) -> bool {
-    ty == GgmlType::Q4_0 && cols % 256 == 0
+/// Kernel-name suffix of a type in the device layout of [`pack_rows`].
+fn packed_suffix(ty: GgmlType) -> Option<&'static str> {
+    match ty {
+        GgmlType::Q4_0 => Some("q4_0x8"),
+        GgmlType::Q5_0 => Some("q5_0x4"),
+        GgmlType::Q8_0 => Some("q8_0x4"),
+        _ => None,
+    }
 }
 
-/// q4_0 regrouped for the device (`TQ4_0X8` in kernels/quant.h): every 8
-/// blocks (d: f16, qs: 16 bytes; 144 bytes) become their 8 d, then their 8
-/// qs runs, so the kernels' loads are aligned and contiguous. `src` holds
-/// whole rows that [`packs`] takes; `dst` is as long.
-pub fn pack_rows(src: &[u8], dst: &mut [u8]) {
-    const G: usize = 8 * 18;
-    debug_assert!(src.len() % G == 0 && dst.len() == src.len());
-    for (s, d) in src.chunks_exact(G).zip(dst.chunks_exact_mut(G)) {
-        for j in 0..8 {
-            d[2 * j..2 * j + 2].copy_from_slice(&s[18 * j..18 * j + 2]);
-            d[16 + 16 * j..32 + 16 * j].copy_from_slice(&s[18 * j + 2..18 * j + 18]);
+/// Bytes of one regrouped span of [`pack_rows`]: 8 q4_0 blocks, 4 q5_0 or q8_0 blocks.
+fn pack_span(ty: GgmlType) -> Option<usize> {
+    match ty {
+        GgmlType::Q4_0 => Some(8 * 18),
+        GgmlType::Q5_0 => Some(4 * 22),
+        GgmlType::Q8_0 => Some(4 * 34),
+        _ => None,
+    }
+}
+
+/// Whether matrices of this type and width get the device layout of
+/// [`pack_rows`]: rows of whole spans, q4_0 rows of 256-value multiples,
+/// q5_0 and q8_0 rows of 128-value multiples.
+pub fn packs(ty: GgmlType, cols: usize) -> bool {
+    match ty {
+        GgmlType::Q4_0 => cols % 256 == 0,
+        GgmlType::Q5_0 | GgmlType::Q8_0 => cols % 128 == 0,
+        _ => false,
+    }
+}
+
+/// Blocks regrouped for the device so the decode kernels' loads are aligned
+/// words and contiguous across a warp (GGUF's 18- and 22-byte blocks only
+/// allow 2-byte loads); same size. `src` holds whole rows that [`packs`]
+/// takes; `dst` is as long.
+/// - q4_0 (`TQ4_0X8` in kernels/quant.h): every 8 blocks (d: f16, qs: 16
+///   bytes; 144 bytes) become their 8 d, then their 8 qs runs.
+/// - q5_0 (`TQ5_0X4`): every 4 blocks (d: f16, qh: u32, qs: 16 bytes; 88
+///   bytes) become their 4 d, their 4 qh with the bits regrouped (bit 8j + k
+///   of the new word = bit 4k + j of the GGUF one: the high bits of 4
+///   consecutive values then sit one per byte), then their 4 qs runs.
+/// - q8_0 (`TQ8_0X4`): every 4 blocks (d: f16, qs: 32 bytes; 136 bytes)
+///   become their 4 d, then their 4 qs runs.
+pub fn pack_rows(ty: GgmlType, src: &[u8], dst: &mut [u8]) {
+    let span = pack_span(ty).expect("pack_rows: a type packs() takes");
+    debug_assert!(src.len() % span == 0 && dst.len() == src.len());
+    for (s, d) in src.chunks_exact(span).zip(dst.chunks_exact_mut(span)) {
+        if ty == GgmlType::Q4_0 {
+            for j in 0..8 {
+                d[2 * j..2 * j + 2].copy_from_slice(&s[18 * j..18 * j + 2]);
+                d[16 + 16 * j..32 + 16 * j].copy_from_slice(&s[18 * j + 2..18 * j + 18]);
+            }
+        } else if ty == GgmlType::Q8_0 {
+            for j in 0..4 {
+                d[2 * j..2 * j + 2].copy_from_slice(&s[34 * j..34 * j + 2]);
+                d[8 + 32 * j..40 + 32 * j].copy_from_slice(&s[34 * j + 2..34 * j + 34]);
+            }
+        } else {
+            for j in 0..4 {
+                let b = &s[22 * j..22 * j + 22];
+                d[2 * j..2 * j + 2].copy_from_slice(&b[..2]);
+                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                let mut h = 0u32;
+                for v in 0..32 {
+                    h |= ((qh >> v) & 1) << (8 * (v % 4) + v / 4);
+                }
+                d[8 + 4 * j..12 + 4 * j].copy_from_slice(&h.to_le_bytes());
+                d[24 + 16 * j..40 + 16 * j].copy_from_slice(&b[6..]);
+            }
         }
     }
 }
@@ -84,16 +136,19 @@ pub fn pack_rows(src: &[u8], dst: &mut [u8]) {
 /// allow (on the host, in parallel, synchronizing `s` before the copy is
 /// freed), else as they are. Returns whether it packed.
 pub fn put_matrix(rt: &dyn GpuRuntime, s: Stream, dst: DevPtr, ty: GgmlType, cols: usize, bytes: &[u8], pack: bool) -> Result<bool> {
-    if !(pack && packs(ty, cols)) {
-        rt.htod(s, dst, bytes)?;
-        return Ok(false);
-    }
+    let span = match pack_span(ty) {
+        Some(span) if pack && packs(ty, cols) => span,
+        _ => {
+            rt.htod(s, dst, bytes)?;
+            return Ok(false);
+        }
+    };
     let mut out = vec![0u8; bytes.len()];
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(16);
-    let chunk = bytes.len().div_ceil(threads * 144).max(1) * 144;
+    let chunk = bytes.len().div_ceil(threads * span).max(1) * span;
     std::thread::scope(|sc| {
         for (a, b) in bytes.chunks(chunk).zip(out.chunks_mut(chunk)) {
-            sc.spawn(move || pack_rows(a, b));
+            sc.spawn(move || pack_rows(ty, a, b));
         }
     });
     rt.htod(s, dst, &out)?;
@@ -326,15 +381,29 @@ pub fn matvec_x(dev: &Device, s: Stream, w: &DevMatrix, glu: Option<(&DevMatrix,
         return dev.launch(s, &format!("mmvq_{}_x", w.suffix()?), dims, &[Arg::Ptr(w.ptr), Arg::Ptr(x), Arg::Ptr(y), rows, cols, Arg::I32(mode)]);
     }
     let warps = mmvq_warps(dev);
-    let dims = LaunchDims { grid: (ceil(w.rows, warps), 1, 1), block: MMVQ_THREADS, shared: 0 };
-    let name = format!("mmvq_{}{}", w.suffix()?, if glu.is_some() { "_glu_wx" } else { "_wx" });
+    let rw = wx_rows_per_warp(dev, w, glu.is_some());
+    let dims = LaunchDims { grid: (ceil(w.rows, warps * rw), 1, 1), block: MMVQ_THREADS, shared: 0 };
+    let name = format!("mmvq_{}{}", w.suffix()?, if rw == 2 { "_glu_wx2" } else if glu.is_some() { "_glu_wx" } else { "_wx" });
     let args = [Arg::Ptr(w.ptr), Arg::Ptr(w2), Arg::Ptr(x), Arg::Ptr(nw), Arg::F32(eps), Arg::Ptr(y), rows, cols, Arg::I32(mode)];
     dev.launch(s, &name, dims, &args)
 }
 
+/// Rows per warp of a short-row [`matvec_x`]: 2 (`_glu_wx2`) for a gated
+/// pair with rows enough for 4 blocks per multiprocessor even so (every
+/// block prepares x again: Qwen2.5-0.5B's 4864-row gate/up spend more of
+/// their instructions on that than on the weights), else 1.
+pub fn wx_rows_per_warp(dev: &Device, w: &DevMatrix, gated: bool) -> usize {
+    let blocks_rw2 = w.rows.div_ceil(2 * mmvq_warps(dev));
+    if gated && w.cols < 2048 && blocks_rw2 >= 4 * dev.rt.info().multiprocessors as usize {
+        2
+    } else {
+        1
+    }
+}
+
 /// The type pairs with a `mmvq_pair_<a>_<b>` kernel (kernels/mmvq.cu), as
 /// device suffixes.
-const PAIRS: [(&str, &str); 4] = [("q5_0", "q8_0"), ("q4_k", "q6_k"), ("q5_k", "q6_k"), ("q4_k", "q5_k")];
+const PAIRS: [(&str, &str); 5] = [("q5_0x4", "q8_0x4"), ("q5_0", "q8_0"), ("q4_k", "q6_k"), ("q5_k", "q6_k"), ("q4_k", "q5_k")];
 
 /// Whether [`matvec_x_pair`] takes a and b: one of `PAIRS`, each a
 /// short-row [`matvec_x`] product of the same x.
