@@ -58,7 +58,7 @@ KERNEL void __launch_bounds__(256) quant_act(const float* __restrict__ x, const 
 // kernel before finishes (see GRID_START), 32 bytes per prefetch.
 static __device__ __forceinline__ void prefetch_rows(const u8* W, const u8* W2, int r0, int R, int rows, u64 rb) {
     const u64 n = (u64)(min(r0 + R, rows) - r0) * rb, o0 = (u64)r0 * rb;
-    for (u64 o = threadIdx.x * 32; o < n; o += MMVQ_THREADS * 32) {
+    for (u64 o = threadIdx.x * 32; o < n; o += blockDim.x * 32) {
         PREFETCH_L2(W + o0 + o);
         if (W2) PREFETCH_L2(W2 + o0 + o);
     }
@@ -66,6 +66,11 @@ static __device__ __forceinline__ void prefetch_rows(const u8* W, const u8* W2, 
 
 // Most values of x the long-row FX products prepare in shared memory.
 #define MMVQ_X_MAXCOLS 8192
+// Threads of a long-row FX block (_x; ops::X_THREADS): twice the others',
+// since each of these few blocks (Qwen2.5-0.5B's down: 224 of 4 rows)
+// prepares a long x and then strides over long rows, latency a block's
+// own threads must hide.
+#define MMVQ_X_THREADS 256
 // float4 of x per thread whose loads block_prep_x issues at once (1: one
 // round of parts at a time).
 #ifndef MMVQ_PREP_BATCH
@@ -82,11 +87,11 @@ static __device__ __forceinline__ void prefetch_rows(const u8* W, const u8* W2, 
 // x from L2 once (each warp reading all of x for s tripled the L2 traffic
 // of a 896-wide gated pair, whose 1,216 blocks each prepare x). Every
 // thread of the block must call.
-template <typename T>
+template <typename T, int TH = MMVQ_THREADS>
 static __device__ __forceinline__ void block_prep_x(const float* __restrict__ x, const float* __restrict__ nw, float eps, int cols,
                                                     int2* sq, float* sd, float* ss) {
     constexpr int P = IP<T>::PARTS, NW = IP<T>::WORDS;
-    // rounds of MMVQ_THREADS parts whose loads are issued together (a
+    // rounds of TH (the block's threads) parts whose loads are issued together (a
     // batch: MMVQ_PREP_BATCH float4 of x, and as many of nw, per thread);
     // rounds are skipped block-uniformly past the row's end, so short rows
     // pay for one
@@ -95,13 +100,13 @@ static __device__ __forceinline__ void block_prep_x(const float* __restrict__ x,
     float4 a[B][NW], n[B][NW];
 #pragma unroll
     for (int b = 0; b < B; b++) {
-        if (b * MMVQ_THREADS < np) {
-            const int ic = min(b * MMVQ_THREADS + (int)threadIdx.x, np - 1);
+        if (b * TH < np) {
+            const int ic = min(b * TH + (int)threadIdx.x, np - 1);
             act_load<IP<T> >(x, nw, ic / P, ic % P, a[b], n[b]);
         }
     }
     float s = 1.0f;
-    if (nw && np <= MMVQ_THREADS) {
+    if (nw && np <= TH) {
         // every value is in one thread's first-round part
         __shared__ float red[32];
         float sum = 0.0f;
@@ -119,20 +124,20 @@ static __device__ __forceinline__ void block_prep_x(const float* __restrict__ x,
         s = rsqrtf(warp_sum(sum) / (float)cols + eps);
     }
     // every thread the same rounds: act_quant shuffles
-    for (int i0 = 0; i0 < np; i0 += B * MMVQ_THREADS) {
+    for (int i0 = 0; i0 < np; i0 += B * TH) {
         if (i0 > 0) {
 #pragma unroll
             for (int b = 0; b < B; b++) {
-                if (i0 + b * MMVQ_THREADS < np) {
-                    const int ic = min(i0 + b * MMVQ_THREADS + (int)threadIdx.x, np - 1);
+                if (i0 + b * TH < np) {
+                    const int ic = min(i0 + b * TH + (int)threadIdx.x, np - 1);
                     act_load<IP<T> >(x, nw, ic / P, ic % P, a[b], n[b]);
                 }
             }
         }
 #pragma unroll
         for (int b = 0; b < B; b++) {
-            const int i = i0 + b * MMVQ_THREADS + threadIdx.x, ic = min(i, np - 1), g = ic / P, p = ic % P;
-            if (i0 + b * MMVQ_THREADS >= np) break;  // block-uniform
+            const int i = i0 + b * TH + threadIdx.x, ic = min(i, np - 1), g = ic / P, p = ic % P;
+            if (i0 + b * TH >= np) break;  // block-uniform
             int2 xw[NW];
             float dx, sx;
             act_quant<IP<T> >(a[b], n[b], s, xw, dx, sx);
@@ -151,10 +156,10 @@ static __device__ __forceinline__ void block_prep_x(const float* __restrict__ x,
 
 // Sum the per-thread partials of R rows x NT tokens over the block and
 // store rows r0 .. r0 + R - 1 (those below `rows`).
-template <int R, int NT>
+template <int R, int NT, int TH = MMVQ_THREADS>
 static __device__ __forceinline__ void rows_out(const float (&acc)[R][NT], const float (&acc2)[R][NT], float* __restrict__ y,
                                                 int rows, int r0, int nt, int mode) {
-    constexpr int NW = MMVQ_THREADS / WARP_SIZE;
+    constexpr int NW = TH / WARP_SIZE;
     __shared__ float red[2 * R * NT * NW];
     const bool glu = mode >= 2;
     const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
@@ -188,7 +193,7 @@ static __device__ __forceinline__ void rows_out(const float (&acc)[R][NT], const
     }
 }
 
-// Grid x: ceil(rows / R); block: MMVQ_THREADS, which stride over the parts
+// Grid x: ceil(rows / R); block: TH threads, which stride over the parts
 // of R rows at once, U parts of 8 values per thread per step (UP = U *
 // PARTS / 4 parts of the type's own size): all UP * R weight loads of a
 // step are issued before the first product, so a thread waits on memory
@@ -198,7 +203,7 @@ static __device__ __forceinline__ void rows_out(const float (&acc)[R][NT], const
 // in matvec.cu: 0 y = W x, 1 y += W x, 2/3 gated FFN y = act(W x) * (W2 x).
 // FX (one token): x comes as f32 and the block prepares it itself into
 // shared memory (block_prep_x, no norm), in place of a quant_act launch.
-template <typename T, int NT, int R, int U, bool GLU, bool FX = false>
+template <typename T, int NT, int R, int U, bool GLU, bool FX = false, int TH = MMVQ_THREADS>
 static __device__ __forceinline__ void mmvq(const u8* __restrict__ W, const u8* __restrict__ W2, const int2* __restrict__ xq,
                                             const float* __restrict__ xd, const float* __restrict__ xs, float* __restrict__ y,
                                             int rows, int cols, int nt, int mode, const float* __restrict__ x = 0) {
@@ -210,20 +215,20 @@ static __device__ __forceinline__ void mmvq(const u8* __restrict__ W, const u8* 
     if (FX) {
         __shared__ int2 sq[FX ? MMVQ_X_MAXCOLS / 4 : 1];
         __shared__ float sd[FX ? MMVQ_X_MAXCOLS / 32 : 1], ssum[FX ? MMVQ_X_MAXCOLS / 32 : 1];
-        block_prep_x<T>(x, 0, 0.0f, cols, sq, sd, ssum);
+        block_prep_x<T, TH>(x, 0, 0.0f, cols, sq, sd, ssum);
         xq = sq;
         xd = sd;
         xs = ssum;
     }
     float acc[R][NT] = {}, acc2[R][NT] = {};
-    for (int i0 = threadIdx.x; i0 < np; i0 += UP * MMVQ_THREADS) {
+    for (int i0 = threadIdx.x; i0 < np; i0 += UP * TH) {
         IP<T> a[UP][R], b[GLU ? UP : 1][R];
 #pragma unroll
         for (int u = 0; u < UP; u++) {
             // parts past the row's end load the last part again: no branch
             // between the loads, so all are in flight at once (a branch here
             // made each wait for the one before); their products are skipped
-            const int i = min(i0 + u * MMVQ_THREADS, np - 1), g = i / P, p = i % P;
+            const int i = min(i0 + u * TH, np - 1), g = i / P, p = i % P;
 #pragma unroll
             for (int j = 0; j < R; j++) {
                 const u64 off = (u64)min(r0 + j, rows - 1) * rb;  // rows past the end repeat the last
@@ -233,7 +238,7 @@ static __device__ __forceinline__ void mmvq(const u8* __restrict__ W, const u8* 
         }
 #pragma unroll
         for (int u = 0; u < UP; u++) {
-            const int i = i0 + u * MMVQ_THREADS, g = i / P, p = i % P;
+            const int i = i0 + u * TH, g = i / P, p = i % P;
 #pragma unroll
             for (int t = 0; t < NT; t++) {
                 if (t < nt && i < np) {
@@ -248,7 +253,7 @@ static __device__ __forceinline__ void mmvq(const u8* __restrict__ W, const u8* 
             }
         }
     }
-    rows_out<R, NT>(acc, acc2, y, rows, r0, nt, mode);
+    rows_out<R, NT, TH>(acc, acc2, y, rows, r0, nt, mode);
 }
 
 // One token, one row per warp (rows of fewer than 2048 values): warp w of
@@ -391,9 +396,9 @@ static __device__ __forceinline__ void mmvq_pair(const u8* __restrict__ Wa, cons
                                                                    int cols, int mode) {                                \
         mmvq_warp<T, 4, true, true, 2>(W, W2, 0, 0, 0, x, nw, eps, y, rows, cols, mode);                                \
     }                                                                                                                   \
-    KERNEL void __launch_bounds__(MMVQ_THREADS) mmvq_##s##_x(const u8* W, const float* x, float* y, int rows, int cols,    \
-                                                             int mode) {                                                \
-        mmvq<T, 1, 4, 4, false, true>(W, 0, 0, 0, 0, y, rows, cols, 1, mode, x);                                        \
+    KERNEL void __launch_bounds__(MMVQ_X_THREADS) mmvq_##s##_x(const u8* W, const float* x, float* y, int rows, int cols,  \
+                                                               int mode) {                                              \
+        mmvq<T, 1, 4, 4, false, true, MMVQ_X_THREADS>(W, 0, 0, 0, 0, y, rows, cols, 1, mode, x);                        \
     }                                                                                                                   \
     KERNEL void __launch_bounds__(MMVQ_THREADS) mmvq_##s##_n(const u8* W, const u8* W2, const int2* xq, const float* xd, \
                                                              const float* xs, float* y, int rows, int cols, int nt,     \

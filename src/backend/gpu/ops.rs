@@ -346,6 +346,8 @@ pub fn matvec_q(dev: &Device, s: Stream, w: &DevMatrix, glu: Option<(&DevMatrix,
 const X_REREAD_LIMIT: usize = 8 << 20;
 /// kernels/mmvq.cu MMVQ_X_MAXCOLS.
 const X_MAXCOLS: usize = 8192;
+/// kernels/mmvq.cu MMVQ_X_THREADS: the block of a long-row `_x` product.
+const X_THREADS: u32 = 256;
 
 /// Whether [`matvec_x`] takes W (a gated pair when `gated`, after an RMS
 /// norm when `norm`): an integer decode type, whole groups of 32, and
@@ -377,7 +379,7 @@ pub fn matvec_x(dev: &Device, s: Stream, w: &DevMatrix, glu: Option<(&DevMatrix,
     let (rows, cols) = (Arg::I32(w.rows as i32), Arg::I32(w.cols as i32));
     if w.cols >= 2048 {
         // the long-row form: 4 rows per block, no norm, no pair
-        let dims = LaunchDims { grid: (ceil(w.rows, 4), 1, 1), block: MMVQ_THREADS, shared: 0 };
+        let dims = LaunchDims { grid: (ceil(w.rows, 4), 1, 1), block: X_THREADS, shared: 0 };
         return dev.launch(s, &format!("mmvq_{}_x", w.suffix()?), dims, &[Arg::Ptr(w.ptr), Arg::Ptr(x), Arg::Ptr(y), rows, cols, Arg::I32(mode)]);
     }
     let warps = mmvq_warps(dev);
