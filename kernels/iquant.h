@@ -182,6 +182,21 @@ template <>
 struct IP<TQ4_0> : IPLegacy<false, false> {};
 template <>
 struct IP<TQ4_1> : IPLegacy<true, false> {};
+// Sum over a part's weight words w[j] times x word W::word(p, j) in both
+// planes: 256 * hi + lo (the regrouped types, whose parts hold W::WORDS
+// words).
+template <typename W, int N>
+static __device__ __forceinline__ int dot_words(const int (&w)[N], const int2* xg, int p) {
+    int hi = 0, lo = 0;
+#pragma unroll
+    for (int j = 0; j < N; j++) {
+        const int2 x = xg[W::word(p, j)];
+        hi = DP4A(w[j], x.x, hi);
+        lo = DP4A(w[j], x.y, lo);
+    }
+    return 256 * hi + lo;
+}
+
 // q4_0 regrouped (TQ4_0X8): part p = qs bytes [16p / PARTS, 16(p + 1) /
 // PARTS) of the block, NQ words loaded at once (aligned, 4 * NQ bytes);
 // qs word k's low nibbles are values 4k .. (x word k), its high ones
@@ -221,14 +236,7 @@ struct IP<TQ4_0X8> {
     }
     // |sum| <= 32 * 8 * 32512 < 2^24: exact in int
     __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float) const {
-        int hi = 0, lo = 0;
-#pragma unroll
-        for (int j = 0; j < WORDS; j++) {
-            const int2 x = xg[word(p, j)];
-            hi = DP4A(w[j], x.x, hi);
-            lo = DP4A(w[j], x.y, lo);
-        }
-        return d * dx * (float)(256 * hi + lo);
+        return d * dx * (float)dot_words<IP<TQ4_0X8> >(w, xg, p);
     }
 };
 
@@ -260,14 +268,7 @@ struct IP<TQ5_0X4> {
     }
     // |sum| <= 16 * 31 * 32512 < 2^24: exact in int and in float
     __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float sx) const {
-        int hi = 0, lo = 0;
-#pragma unroll
-        for (int j = 0; j < WORDS; j++) {
-            const int2 x = xg[word(p, j)];
-            hi = DP4A(w[j], x.x, hi);
-            lo = DP4A(w[j], x.y, lo);
-        }
-        return d * (dx * (float)(256 * hi + lo) - 8.0f * sx);
+        return d * (dx * (float)dot_words<IP<TQ5_0X4> >(w, xg, p) - 8.0f * sx);
     }
 };
 template <>
