@@ -81,8 +81,8 @@ static __device__ __forceinline__ void prefetch_rows(const u8* W, const u8* W2, 
 // RMS-normalized, x * s * nw) into shared memory in quant_act's format,
 // through weight type T's parts (act_load / act_quant): sq (cols / 4 int2),
 // sd and ss (cols / 32). The numbers are quant_act's, whatever T is (s up
-// to the order of its sum of squares). The first round's loads are issued
-// before anything waits on them; when that round covers the whole row
+// to the order of its sum of squares). The first batch's loads are issued
+// before anything waits on them; when its first round covers the whole row
 // (short rows) s comes from a block sum of those values, so the block reads
 // x from L2 once (each warp reading all of x for s tripled the L2 traffic
 // of a 896-wide gated pair, whose 1,216 blocks each prepare x). Every
@@ -91,10 +91,10 @@ template <typename T, int TH = MMVQ_THREADS>
 static __device__ __forceinline__ void block_prep_x(const float* __restrict__ x, const float* __restrict__ nw, float eps, int cols,
                                                     int2* sq, float* sd, float* ss) {
     constexpr int P = IP<T>::PARTS, NW = IP<T>::WORDS;
-    // rounds of TH (the block's threads) parts whose loads are issued together (a
-    // batch: MMVQ_PREP_BATCH float4 of x, and as many of nw, per thread);
-    // rounds are skipped block-uniformly past the row's end, so short rows
-    // pay for one
+    // B rounds of TH (the block's threads) parts have their loads issued
+    // together (a batch: MMVQ_PREP_BATCH float4 of x, and as many of nw, per
+    // thread); rounds past the row's end are skipped block-uniformly, so
+    // short rows pay for one
     constexpr int B = MMVQ_PREP_BATCH / NW > 0 ? MMVQ_PREP_BATCH / NW : 1;
     const int lane = threadIdx.x % WARP_SIZE, np = P * (cols >> 5);
     float4 a[B][NW], n[B][NW];
@@ -360,9 +360,10 @@ static __device__ __forceinline__ void mmvq_pair(const u8* __restrict__ Wa, cons
 // token, mmvq_<type> (4 rows per block) and mmvq_<type>_glu (gated pair, 2
 // rows), and their _w forms (one row per warp) for rows of fewer than 2048
 // values, and _wx forms of those that take x as f32 (RMSNorm fused) with no
-// quant_act before (_glu_wx2: two rows per warp, for pairs of many rows); mmvq_<type>_x: the 4-row form taking x as f32 (no norm,
-// rows of at most MMVQ_X_MAXCOLS values); mmvq_<type>_n: up to MMVQ_MAXT
-// tokens, one row per block, any mode.
+// quant_act before (_glu_wx2: two rows per warp, for pairs of many rows);
+// mmvq_<type>_x: the 4-row form taking x as f32 (no norm, rows of at most
+// MMVQ_X_MAXCOLS values, MMVQ_X_THREADS threads); mmvq_<type>_n: up to
+// MMVQ_MAXT tokens, one row per block, any mode.
 #define MMVQ_ONE(name, T, R, U, GLU)                                                                                  \
     KERNEL void __launch_bounds__(MMVQ_THREADS) name(const u8* W, const u8* W2, const int2* xq, const float* xd,        \
                                                      const float* xs, float* y, int rows, int cols, int nt, int mode) { \
