@@ -58,74 +58,72 @@ impl DevMatrix {
     }
 }
 
-/// Kernel-name suffix of a type in the device layout of [`pack_rows`].
-fn packed_suffix(ty: GgmlType) -> Option<&'static str> {
+/// The device layouts of [`pack_rows`]: per type, the kernel-name suffix,
+/// the blocks of one regrouped span, and the sizes of a block's fields in
+/// order (d, then qh for q5_0, then the quant bytes), each of which becomes
+/// one run of the span.
+struct PackLayout {
+    suffix: &'static str,
+    blocks: usize,
+    fields: &'static [usize],
+}
+
+fn pack_layout(ty: GgmlType) -> Option<PackLayout> {
     match ty {
-        GgmlType::Q4_0 => Some("q4_0x8"),
-        GgmlType::Q5_0 => Some("q5_0x4"),
-        GgmlType::Q8_0 => Some("q8_0x4"),
+        GgmlType::Q4_0 => Some(PackLayout { suffix: "q4_0x8", blocks: 8, fields: &[2, 16] }),
+        GgmlType::Q5_0 => Some(PackLayout { suffix: "q5_0x4", blocks: 4, fields: &[2, 4, 16] }),
+        GgmlType::Q8_0 => Some(PackLayout { suffix: "q8_0x4", blocks: 4, fields: &[2, 32] }),
         _ => None,
     }
 }
 
-/// Bytes of one regrouped span of [`pack_rows`]: 8 q4_0 blocks, 4 q5_0 or q8_0 blocks.
-fn pack_span(ty: GgmlType) -> Option<usize> {
-    match ty {
-        GgmlType::Q4_0 => Some(8 * 18),
-        GgmlType::Q5_0 => Some(4 * 22),
-        GgmlType::Q8_0 => Some(4 * 34),
-        _ => None,
+impl PackLayout {
+    fn span_bytes(&self) -> usize {
+        self.blocks * self.fields.iter().sum::<usize>()
     }
+}
+
+/// Kernel-name suffix of a type in the device layout of [`pack_rows`].
+fn packed_suffix(ty: GgmlType) -> Option<&'static str> {
+    pack_layout(ty).map(|l| l.suffix)
 }
 
 /// Whether matrices of this type and width get the device layout of
-/// [`pack_rows`]: rows of whole spans, q4_0 rows of 256-value multiples,
-/// q5_0 and q8_0 rows of 128-value multiples.
+/// [`pack_rows`]: rows of whole spans (q4_0: 256-value multiples; q5_0 and
+/// q8_0: 128-value multiples).
 pub fn packs(ty: GgmlType, cols: usize) -> bool {
-    match ty {
-        GgmlType::Q4_0 => cols % 256 == 0,
-        GgmlType::Q5_0 | GgmlType::Q8_0 => cols % 128 == 0,
-        _ => false,
-    }
+    pack_layout(ty).is_some_and(|l| cols % (32 * l.blocks) == 0)
 }
 
 /// Blocks regrouped for the device so the decode kernels' loads are aligned
-/// words and contiguous across a warp (GGUF's 18- and 22-byte blocks only
-/// allow 2-byte loads); same size. `src` holds whole rows that [`packs`]
-/// takes; `dst` is as long.
-/// - q4_0 (`TQ4_0X8` in kernels/quant.h): every 8 blocks (d: f16, qs: 16
-///   bytes; 144 bytes) become their 8 d, then their 8 qs runs.
-/// - q5_0 (`TQ5_0X4`): every 4 blocks (d: f16, qh: u32, qs: 16 bytes; 88
-///   bytes) become their 4 d, their 4 qh with the bits regrouped (bit 8j + k
-///   of the new word = bit 4k + j of the GGUF one: the high bits of 4
-///   consecutive values then sit one per byte), then their 4 qs runs.
-/// - q8_0 (`TQ8_0X4`): every 4 blocks (d: f16, qs: 32 bytes; 136 bytes)
-///   become their 4 d, then their 4 qs runs.
+/// words and contiguous across a warp (GGUF's 18-, 22- and 34-byte blocks
+/// only allow 2-byte loads); same size. `src` holds whole rows that
+/// [`packs`] takes; `dst` is as long. Each span of blocks becomes one run
+/// per block field: their d (f16), for q5_0 their qh words, then their
+/// quant bytes:
+/// - q4_0 (`TQ4_0X8` in kernels/quant.h): spans of 8 blocks (144 bytes);
+/// - q5_0 (`TQ5_0X4`): spans of 4 (88 bytes), the qh bits regrouped (bit
+///   8j + k of the new word = bit 4k + j of the GGUF one: the high bits of 4
+///   consecutive values then sit one per byte);
+/// - q8_0 (`TQ8_0X4`): spans of 4 (136 bytes).
 pub fn pack_rows(ty: GgmlType, src: &[u8], dst: &mut [u8]) {
-    let span = pack_span(ty).expect("pack_rows: a type packs() takes");
+    let l = pack_layout(ty).expect("pack_rows: a type packs() takes");
+    let (span, bb) = (l.span_bytes(), l.span_bytes() / l.blocks);
     debug_assert!(src.len() % span == 0 && dst.len() == src.len());
     for (s, d) in src.chunks_exact(span).zip(dst.chunks_exact_mut(span)) {
-        if ty == GgmlType::Q4_0 {
-            for j in 0..8 {
-                d[2 * j..2 * j + 2].copy_from_slice(&s[18 * j..18 * j + 2]);
-                d[16 + 16 * j..32 + 16 * j].copy_from_slice(&s[18 * j + 2..18 * j + 18]);
-            }
-        } else if ty == GgmlType::Q8_0 {
-            for j in 0..4 {
-                d[2 * j..2 * j + 2].copy_from_slice(&s[34 * j..34 * j + 2]);
-                d[8 + 32 * j..40 + 32 * j].copy_from_slice(&s[34 * j + 2..34 * j + 34]);
-            }
-        } else {
-            for j in 0..4 {
-                let b = &s[22 * j..22 * j + 22];
-                d[2 * j..2 * j + 2].copy_from_slice(&b[..2]);
-                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-                let mut h = 0u32;
-                for v in 0..32 {
-                    h |= ((qh >> v) & 1) << (8 * (v % 4) + v / 4);
+        for j in 0..l.blocks {
+            let (mut run, mut off) = (0, 0);
+            for &f in l.fields {
+                let (from, to) = (&s[bb * j + off..bb * j + off + f], &mut d[run + f * j..run + f * (j + 1)]);
+                if ty == GgmlType::Q5_0 && f == 4 {
+                    let qh = u32::from_le_bytes([from[0], from[1], from[2], from[3]]);
+                    let h = (0..32).fold(0u32, |h, v| h | ((qh >> v) & 1) << (8 * (v % 4) + v / 4));
+                    to.copy_from_slice(&h.to_le_bytes());
+                } else {
+                    to.copy_from_slice(from);
                 }
-                d[8 + 4 * j..12 + 4 * j].copy_from_slice(&h.to_le_bytes());
-                d[24 + 16 * j..40 + 16 * j].copy_from_slice(&b[6..]);
+                run += l.blocks * f;
+                off += f;
             }
         }
     }
@@ -136,8 +134,8 @@ pub fn pack_rows(ty: GgmlType, src: &[u8], dst: &mut [u8]) {
 /// allow (on the host, in parallel, synchronizing `s` before the copy is
 /// freed), else as they are. Returns whether it packed.
 pub fn put_matrix(rt: &dyn GpuRuntime, s: Stream, dst: DevPtr, ty: GgmlType, cols: usize, bytes: &[u8], pack: bool) -> Result<bool> {
-    let span = match pack_span(ty) {
-        Some(span) if pack && packs(ty, cols) => span,
+    let span = match pack_layout(ty) {
+        Some(l) if pack && packs(ty, cols) => l.span_bytes(),
         _ => {
             rt.htod(s, dst, bytes)?;
             return Ok(false);
