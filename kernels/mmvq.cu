@@ -77,6 +77,21 @@ static __device__ __forceinline__ void prefetch_rows(const u8* W, const u8* W2, 
 #define MMVQ_PREP_BATCH 8
 #endif
 
+// block_prep_x's loads of B rounds of TH parts from part i0 on (this
+// thread's part of each; rounds past the row's np parts skipped).
+template <typename T, int TH, int B>
+static __device__ __forceinline__ void prep_load_batch(const float* __restrict__ x, const float* __restrict__ nw, int np, int i0,
+                                                       float4 (&a)[B][IP<T>::WORDS], float4 (&n)[B][IP<T>::WORDS]) {
+    constexpr int P = IP<T>::PARTS;
+#pragma unroll
+    for (int b = 0; b < B; b++) {
+        if (i0 + b * TH < np) {
+            const int ic = min(i0 + b * TH + (int)threadIdx.x, np - 1);
+            act_load<IP<T> >(x, nw, ic / P, ic % P, a[b], n[b]);
+        }
+    }
+}
+
 // The block prepares one token's x (cols values, f32; nw != 0:
 // RMS-normalized, x * s * nw) into shared memory in quant_act's format,
 // through weight type T's parts (act_load / act_quant): sq (cols / 4 int2),
@@ -98,13 +113,7 @@ static __device__ __forceinline__ void block_prep_x(const float* __restrict__ x,
     constexpr int B = MMVQ_PREP_BATCH / NW > 0 ? MMVQ_PREP_BATCH / NW : 1;
     const int lane = threadIdx.x % WARP_SIZE, np = P * (cols >> 5);
     float4 a[B][NW], n[B][NW];
-#pragma unroll
-    for (int b = 0; b < B; b++) {
-        if (b * TH < np) {
-            const int ic = min(b * TH + (int)threadIdx.x, np - 1);
-            act_load<IP<T> >(x, nw, ic / P, ic % P, a[b], n[b]);
-        }
-    }
+    prep_load_batch<T, TH>(x, nw, np, 0, a, n);
     float s = 1.0f;
     if (nw && np <= TH) {
         // every value is in one thread's first-round part
@@ -125,15 +134,7 @@ static __device__ __forceinline__ void block_prep_x(const float* __restrict__ x,
     }
     // every thread the same rounds: act_quant shuffles
     for (int i0 = 0; i0 < np; i0 += B * TH) {
-        if (i0 > 0) {
-#pragma unroll
-            for (int b = 0; b < B; b++) {
-                if (i0 + b * TH < np) {
-                    const int ic = min(i0 + b * TH + (int)threadIdx.x, np - 1);
-                    act_load<IP<T> >(x, nw, ic / P, ic % P, a[b], n[b]);
-                }
-            }
-        }
+        if (i0 > 0) prep_load_batch<T, TH>(x, nw, np, i0, a, n);
 #pragma unroll
         for (int b = 0; b < B; b++) {
             const int i = i0 + b * TH + threadIdx.x, ic = min(i, np - 1), g = ic / P, p = ic % P;
