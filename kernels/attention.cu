@@ -75,81 +75,6 @@ struct HalfVec<8> {
 // partial {max, sum, unnormalised out} and the last of the SA blocks of (t,
 // h) to finish merges them (loads that bypass L1: the partials come from
 // other SMs).
-// One decode token's qkv_post work inside attention (the numbers qkv_post
-// and head_prep give, bit for bit): q (+ bias, RMS-normalized with qn, RoPE
-// at pos, times scale) into sq; with ks (the block owns key pos) the new key
-// the same way (no scale, rounded to f16) into sk and the value (+ bias,
-// rounded to f16) into sv, and with kd/vd their f16 stores into the cache.
-// q, k, v, the biases and the RoPE angles are all loaded in one pass and q
-// and k rotate in one pass, so the block waits on global memory once and
-// passes 3 barriers (without QK-norm) where q and k one after the other
-// took 3 round trips and 6. Needs blockDim.x >= rope_dim / 2 (attention's
-// blocks: >= 128; rope_dim <= hd <= 256). Every thread of the block calls.
-static __device__ __forceinline__ void decode_prep(const float* qs, const float* bq, const float* qn, const float* ks,
-                                                   const float* bk, const float* kn, const float* vs, const float* bv,
-                                                   const float* freq, int pos, int hd, int hdv, int rope_dim, int neox,
-                                                   float mscale, float eps, float scale, float* sq, float* sk, float* sv,
-                                                   u16* kd, u16* vd, float* red) {
-    const bool own = ks != 0;
-    const int half = rope_dim / 2, ir = threadIdx.x;
-    float c = 0.0f, sn = 0.0f;
-    if (ir < half) {
-        const float th = (float)pos * freq[ir];
-        c = cosf(th) * mscale;
-        sn = sinf(th) * mscale;
-    }
-    float ssq = 0.0f, ssk = 0.0f;
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-        const float x = qs[i] + (bq ? bq[i] : 0.0f);
-        sq[i] = x;
-        ssq += x * x;
-        if (own) {
-            const float y = ks[i] + (bk ? bk[i] : 0.0f);
-            sk[i] = y;
-            ssk += y * y;
-        }
-    }
-    if (own) {
-        for (int i = threadIdx.x; i < hdv; i += blockDim.x) {
-            const u16 vh = f2h(vs[i] + (bv ? bv[i] : 0.0f));
-            sv[i] = h2f(vh);
-            if (vd) vd[i] = vh;
-        }
-    }
-    const bool normk = own && kn;
-    if (qn || normk) {
-        const float gq = qn ? rsqrtf(block_sum(ssq, red) / (float)hd + eps) : 1.0f;
-        const float gk = normk ? rsqrtf(block_sum(ssk, red) / (float)hd + eps) : 1.0f;
-        __syncthreads();
-        for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-            if (qn) sq[i] = sq[i] * gq * qn[i];
-            if (normk) sk[i] = sk[i] * gk * kn[i];
-        }
-    }
-    __syncthreads();
-    if (ir < half) {
-        const int a = neox ? ir : 2 * ir, b = neox ? ir + half : 2 * ir + 1;
-        const float x0 = sq[a], x1 = sq[b];
-        sq[a] = x0 * c - x1 * sn;
-        sq[b] = x0 * sn + x1 * c;
-        if (own) {
-            const float y0 = sk[a], y1 = sk[b];
-            sk[a] = y0 * c - y1 * sn;
-            sk[b] = y0 * sn + y1 * c;
-        }
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-        sq[i] *= scale;
-        if (own) {
-            const u16 kh = f2h(sk[i]);
-            sk[i] = h2f(kh);
-            if (kd) kd[i] = kh;
-        }
-    }
-    __syncthreads();
-}
-
 template <int D>
 static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, u16* __restrict__ kc,
                                                    u16* __restrict__ vc, float* out, float* part, int* counters,
@@ -201,10 +126,10 @@ static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, 
         // position p from the cache.
         const bool store = own && h % (n_head / n_head_kv) == 0;
         const u64 kvo = (u64)t * n_head_kv + kvh;
-        decode_prep(qh, bq ? bq + h * hd : 0, qn, own ? kr + kvo * hd : 0, bk ? bk + kvh * hd : 0, kn, vr + kvo * hdv,
-                    bv ? bv + kvh * hdv : 0, freq, p, hd, hdv, rope_dim, neox, mscale, eps, scale, sq, sk, sv,
-                    store ? kc + (u64)p * kv_stride + (u64)kvh * hd : 0, store ? vc + (u64)p * v_stride + (u64)kvh * hdv : 0,
-                    bred);
+        head_prep(qh, bq ? bq + h * hd : 0, qn, own ? kr + kvo * hd : 0, bk ? bk + kvh * hd : 0, kn, vr + kvo * hdv,
+                  bv ? bv + kvh * hdv : 0, freq, p, hd, hdv, rope_dim, neox, mscale, eps, scale, sq, sk, sv,
+                  store ? kc + (u64)p * kv_stride + (u64)kvh * hd : 0, store ? vc + (u64)p * v_stride + (u64)kvh * hdv : 0,
+                  bred);
     } else {
         for (int i = threadIdx.x; i < hd; i += blockDim.x) sq[i] = qh[i] * scale;
         __syncthreads();

@@ -563,7 +563,8 @@ pub fn qkv_post(dev: &Device, s: Stream, p: &QkvPost, b: &QkvBufs) -> Result<()>
     if p.hd > 512 || p.hdv > 512 || p.rope_dim > p.hd {
         return Err(Error::Unsupported(format!("GPU attention supports head sizes up to 512 (got {}/{})", p.hd, p.hdv)));
     }
-    let dims = LaunchDims { grid: ((p.n_head + p.n_head_kv) as u32, p.n as u32, 1), block: 64, shared: 0 };
+    // 128 threads: head_prep's RoPE pass takes a pair per thread (hd <= 256)
+    let dims = LaunchDims { grid: ((p.n_head + p.n_head_kv) as u32, p.n as u32, 1), block: 128, shared: 0 };
     let neox = neox_code(p.rope);
     dev.launch(
         s,
