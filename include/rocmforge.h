@@ -7,25 +7,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #define FORGE_ABI_VERSION 2
-
-/**
- * Which compute backend `forge_load` uses.
- */
-typedef enum forge_backend {
-  /**
-   * The best compiled-in backend with a usable device; CPU otherwise.
-   */
-  FORGE_BACKEND_AUTO = 0,
-  FORGE_BACKEND_CPU = 1,
-  /**
-   * NVIDIA GPU (`cuda` feature).
-   */
-  FORGE_BACKEND_CUDA = 2,
-  /**
-   * AMD GPU (`rocm` feature).
-   */
-  FORGE_BACKEND_HIP = 3,
-} forge_backend;
+/* Ranges of forge_load_params (values above them are INVALID_ARGUMENT). */
+#define FORGE_MAX_THREADS 1024
+#define FORGE_MAX_CTX 16777216
 
 /**
  * Result of every fallible call. Numbers are fixed forever: codes are never
@@ -84,6 +68,12 @@ typedef enum forge_status {
    */
   FORGE_ERR_CANCELLED = 40,
   /**
+   * The handle is in use by another call: another thread, or a callback
+   * of a call on the same handle. Nothing was done; retry when that call
+   * has returned (see the thread-safety rule in the README).
+   */
+  FORGE_ERR_BUSY = 41,
+  /**
    * A bug: a Rust panic was caught at the boundary. The handle involved
    * should be freed and not used again.
    */
@@ -103,6 +93,27 @@ typedef enum forge_stop_reason {
   FORGE_STOP_CALLBACK = 3,
   FORGE_STOP_CONTEXT_FULL = 4,
 } forge_stop_reason;
+
+/**
+ * Which compute backend `forge_load` uses. Passed as `int32_t` (a field of
+ * `forge_load_params`, an argument of `forge_backend_compiled` and
+ * `forge_device_count`): any other value is INVALID_ARGUMENT.
+ */
+typedef enum forge_backend {
+  /**
+   * The best compiled-in backend with a usable device; CPU otherwise.
+   */
+  FORGE_BACKEND_AUTO = 0,
+  FORGE_BACKEND_CPU = 1,
+  /**
+   * NVIDIA GPU (`cuda` feature).
+   */
+  FORGE_BACKEND_CUDA = 2,
+  /**
+   * AMD GPU (`rocm` feature).
+   */
+  FORGE_BACKEND_HIP = 3,
+} forge_backend;
 
 /**
  * A loaded model plus one sequence's KV cache. Opaque.
@@ -125,19 +136,21 @@ typedef bool (*forge_progress_cb)(float progress, void *user_data);
  */
 typedef struct forge_load_params {
   /**
-   * CPU worker threads. Default 0 = all cores.
+   * CPU worker threads, 0..=FORGE_MAX_THREADS. Default 0 = one per core.
    */
   uint32_t n_threads;
   /**
-   * Context size (KV cache positions). Default 0 = min(n_ctx_train, 4096).
+   * Context size (KV cache positions), 0..=FORGE_MAX_CTX. Default 0 =
+   * min(n_ctx_train, 4096). A KV cache the host cannot allocate is
+   * OUT_OF_MEMORY.
    */
   uint32_t n_ctx;
   /**
-   * Default FORGE_BACKEND_AUTO.
+   * A `forge_backend` value. Default FORGE_BACKEND_AUTO.
    */
-  enum forge_backend backend;
+  int32_t backend;
   /**
-   * GPU index for the CUDA/HIP backends. Default 0.
+   * GPU index for the CUDA/HIP backends, >= 0. Default 0.
    */
   int32_t gpu_index;
   /**
@@ -195,6 +208,10 @@ typedef struct forge_model_info {
 
 /**
  * Sampler settings; defaults from `forge_sampler_default_params()`.
+ * Ranges (anything else is INVALID_ARGUMENT from `forge_sampler_new`):
+ * temperature, repeat_penalty (> 0), frequency_penalty and
+ * presence_penalty finite; top_p and min_p in [0, 1]; top_k,
+ * penalty_last_n and seed any value.
  */
 typedef struct forge_sampler_params {
   /**
@@ -286,18 +303,22 @@ uint32_t forge_abi_version(void);
 const char *forge_last_error(void);
 
 /**
- * Whether `backend` is compiled into this library (CPU always is; AUTO is
- * always "available"). Thread-safe.
+ * Whether `backend` (a `forge_backend` value) is compiled into this library
+ * (CPU always is; AUTO is always "available"). False, with a message in
+ * `forge_last_error()`, for a value that is not a `forge_backend`.
+ * Thread-safe.
  */
-bool forge_backend_compiled(enum forge_backend backend);
+bool forge_backend_compiled(int32_t backend);
 
 /**
- * Number of devices of a GPU backend that this process can use. CPU and
- * AUTO answer 1. Errors: NULL_POINTER; BACKEND_UNAVAILABLE when the
- * backend is not compiled in or its driver/runtime reports no usable
- * device (`forge_last_error()` has the driver's words). Thread-safe.
+ * Number of devices of a GPU backend (a `forge_backend` value) that this
+ * process can use. CPU and AUTO answer 1. Errors: NULL_POINTER;
+ * INVALID_ARGUMENT for a value that is not a `forge_backend`;
+ * BACKEND_UNAVAILABLE when the backend is not compiled in or its
+ * driver/runtime reports no usable device (`forge_last_error()` has the
+ * driver's words). Thread-safe.
  */
-enum forge_status forge_device_count(enum forge_backend backend, int32_t *out);
+enum forge_status forge_device_count(int32_t backend, int32_t *out);
 
 /**
  * Where a context runs, as text: "cpu (N threads)" or e.g. "cuda:0 NVIDIA
@@ -317,9 +338,12 @@ struct forge_load_params forge_load_default_params(void);
 /**
  * Load a GGUF model and create a context for one sequence. `params` may be
  * NULL for defaults. On success `*out` owns the context: free it with
- * `forge_free`. Errors: NULL_POINTER, INVALID_UTF8, IO, INVALID_MODEL,
- * UNSUPPORTED, BACKEND_UNAVAILABLE, OUT_OF_MEMORY, CANCELLED.
- * Thread-safe (each call loads its own model).
+ * `forge_free`. Errors: NULL_POINTER, INVALID_ARGUMENT (a parameter out of
+ * its range, see `forge_load_params`), INVALID_UTF8, IO (also a path that
+ * is a directory or not a regular file), INVALID_MODEL, UNSUPPORTED,
+ * BACKEND_UNAVAILABLE, OUT_OF_MEMORY, CANCELLED. A corrupt file fails
+ * before anything is allocated from its counts. Thread-safe (each call
+ * loads its own model).
  */
 enum forge_status forge_load(const char *path,
                              const struct forge_load_params *params,
@@ -328,13 +352,14 @@ enum forge_status forge_load(const char *path,
 /**
  * A new context on the same loaded model (weights shared, not copied) with
  * its own empty KV cache of the same size. Free it with `forge_free`; the
- * model stays loaded until its last context is freed. `ctx` must not be in
- * use by another thread during this call; the clone is independent of it.
+ * model stays loaded until its last context is freed. Reads only the model,
+ * so it may run while `ctx` is busy; the clone is independent of it.
  */
 enum forge_status forge_ctx_clone_session(const struct forge_ctx *ctx, struct forge_ctx **out);
 
 /**
- * Free a context. NULL is a no-op. Do not use `ctx` afterwards.
+ * Free a context. NULL is a no-op. Do not use `ctx` afterwards, and do not
+ * call this while another call on `ctx` runs (it cannot be detected).
  */
 void forge_free(struct forge_ctx *ctx);
 
@@ -343,7 +368,7 @@ void forge_free(struct forge_ctx *ctx);
  * NULL, write the last position's logits there (`logits_len` must be at
  * least n_vocab). Nothing is appended on error. Errors: NULL_POINTER,
  * INVALID_ARGUMENT (bad token id, n_tokens 0), BUFFER_TOO_SMALL,
- * CONTEXT_FULL. One thread at a time per ctx.
+ * CONTEXT_FULL, BUSY (another call on `ctx` is running).
  */
 enum forge_status forge_eval(struct forge_ctx *ctx,
                              const int32_t *tokens,
@@ -353,12 +378,14 @@ enum forge_status forge_eval(struct forge_ctx *ctx,
 
 /**
  * Keep the first `n_keep` positions of the KV cache (0 clears everything).
- * Errors: NULL_POINTER, INVALID_ARGUMENT (n_keep past the current position).
+ * Errors: NULL_POINTER, INVALID_ARGUMENT (n_keep past the current
+ * position), BUSY.
  */
 enum forge_status forge_kv_reset(struct forge_ctx *ctx, size_t n_keep);
 
 /**
- * Positions currently in the KV cache; 0 for NULL.
+ * Positions currently in the KV cache; 0 for NULL. Never busy: while a
+ * call on `ctx` runs, this is the position before that call.
  */
 size_t forge_n_past(const struct forge_ctx *ctx);
 
@@ -372,7 +399,9 @@ int32_t forge_n_vocab(const struct forge_ctx *ctx);
  * model's metadata asks; `parse_special`: control tokens written in the
  * text become single ids. `*n_out` receives the count; if `out_cap` is too
  * small the call fails with BUFFER_TOO_SMALL and `*n_out` is the size
- * needed. Errors: NULL_POINTER, INVALID_UTF8, BUFFER_TOO_SMALL.
+ * needed (`out` NULL with `out_cap` 0 asks for the size). `text` may be
+ * NULL when `text_len` is 0. Errors: NULL_POINTER, INVALID_UTF8,
+ * BUFFER_TOO_SMALL.
  */
 enum forge_status forge_tokenize(const struct forge_ctx *ctx,
                                  const char *text,
@@ -430,23 +459,26 @@ enum forge_status forge_sampler_new(const struct forge_sampler_params *params,
                                     struct forge_sampler **out);
 
 /**
- * Free a sampler. NULL is a no-op.
+ * Free a sampler. NULL is a no-op. Must not race with another call on it.
  */
 void forge_sampler_free(struct forge_sampler *s);
 
 /**
  * Restart the RNG from the seed and clear the penalty history.
+ * Errors: NULL_POINTER, BUSY.
  */
 enum forge_status forge_sampler_reset(struct forge_sampler *s);
 
 /**
  * Record a token (e.g. from the prompt) in the penalty history.
+ * Errors: NULL_POINTER, INVALID_ARGUMENT (negative token), BUSY.
  */
 enum forge_status forge_sampler_accept(struct forge_sampler *s, int32_t token);
 
 /**
  * Pick a token from `n_logits` logits (modified in place by penalties) and
- * record it in the history. Errors: NULL_POINTER, INVALID_ARGUMENT (n 0).
+ * record it in the history. Errors: NULL_POINTER, BUSY, INVALID_ARGUMENT
+ * (n_logits 0 or above INT32_MAX; a NaN or +inf logit; all -inf).
  */
 enum forge_status forge_sampler_sample(struct forge_sampler *s,
                                        float *logits,
@@ -465,7 +497,11 @@ struct forge_generate_params forge_generate_default_params(void);
  * generated and streamed); `*n_out` (may be NULL) receives how many were
  * generated, `*reason` (may be NULL) why it stopped. A callback returning
  * false ends generation early with FORGE_OK and FORGE_STOP_CALLBACK.
- * Errors: NULL_POINTER, INVALID_ARGUMENT, CONTEXT_FULL (prompt does not fit).
+ * Errors: NULL_POINTER, INVALID_ARGUMENT, INVALID_UTF8 (a stop string),
+ * CONTEXT_FULL (prompt does not fit), INVALID_MODEL (the model produced
+ * NaN or +inf logits), BUSY (`ctx` or `sampler` in use). Out-parameters
+ * are written only on success; the callback may have seen tokens of a
+ * call that then failed.
  */
 enum forge_status forge_generate(struct forge_ctx *ctx,
                                  struct forge_sampler *sampler,

@@ -19,6 +19,9 @@ pub enum Error {
     Tokenizer(String),
     /// The model uses an architecture, layout or option this build lacks.
     Unsupported(String),
+    /// The file parses, but its metadata contradicts itself or its tensors
+    /// (a layer count the tensor table cannot hold, a NaN epsilon, ...).
+    InvalidModel(String),
     /// The sequence would run past the session's context size.
     ContextFull(String),
     /// An allocation failed.
@@ -42,6 +45,7 @@ impl fmt::Display for Error {
             Error::UnsupportedType { what } => write!(f, "unsupported tensor type: {what}"),
             Error::Tokenizer(m) => write!(f, "tokenizer: {m}"),
             Error::Unsupported(m) => write!(f, "unsupported model: {m}"),
+            Error::InvalidModel(m) => write!(f, "invalid model: {m}"),
             Error::ContextFull(m) => write!(f, "context full: {m}"),
             Error::OutOfMemory(m) => write!(f, "out of memory: {m}"),
             Error::Cancelled => write!(f, "cancelled by the callback"),

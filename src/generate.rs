@@ -95,7 +95,11 @@ pub fn generate(
     let mut dec = StreamDecoder::new();
     let mut stops = StopMatcher { stops: &opts.stop, held: String::new() };
     while out.tokens.len() < opts.max_tokens {
-        let id = sampler.sample(&mut logits);
+        let id = sampler.sample(&mut logits).map_err(|e| match e {
+            // the logits came from the model, not from the caller
+            Error::InvalidArgument(m) => Error::InvalidModel(format!("generated token {}: the model's {m}", out.tokens.len())),
+            e => e,
+        })?;
         sampler.accept(id);
         out.tokens.push(id);
         if tok.vocab.is_eog(id) {

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use crate::error::{Error, Result};
+
 /// Sampler settings. `temperature <= 0` means greedy (argmax).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplerParams {
@@ -114,7 +116,14 @@ impl Sampler {
     }
 
     /// Pick the next token from `logits` (modified in place by penalties).
-    pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
+    /// Logits must be finite or -inf (a masked token), with at least one
+    /// finite: NaN, +inf or all -inf is an error, never a silent token 0.
+    pub fn sample(&mut self, logits: &mut [f32]) -> Result<u32> {
+        check_logits(logits)?;
+        Ok(self.pick(logits))
+    }
+
+    fn pick(&mut self, logits: &mut [f32]) -> u32 {
         let p = &self.params;
         if !self.recent.is_empty() && (p.repeat_penalty != 1.0 || p.frequency_penalty != 0.0 || p.presence_penalty != 0.0) {
             let mut counts: HashMap<u32, u32> = HashMap::new();
@@ -172,6 +181,27 @@ impl Sampler {
         }
         cand[keep - 1].0
     }
+}
+
+/// The sampler's precondition on its input: no NaN, no +inf, and at least
+/// one finite value. One pass that vectorizes (a min/max and a NaN count).
+pub fn check_logits(x: &[f32]) -> Result<()> {
+    if x.is_empty() {
+        return Err(Error::InvalidArgument("no logits to sample from".into()));
+    }
+    let (mut nan, mut pinf, mut finite) = (0usize, 0usize, 0usize);
+    for &v in x {
+        nan += v.is_nan() as usize;
+        pinf += (v == f32::INFINITY) as usize;
+        finite += v.is_finite() as usize;
+    }
+    if nan + pinf > 0 || finite == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "logits are not samplable: {nan} NaN, {pinf} +inf and {finite} finite of {} (NaN or +inf means a broken model or buffer; -inf masks a token, but one must stay finite)",
+            x.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Index of the largest logit (the first on ties; NaN is never chosen, and

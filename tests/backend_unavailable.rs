@@ -17,6 +17,7 @@ use rocmforge::ffi::*;
 
 
 fn check_unavailable(backend: forge_backend, name: &str) {
+    let backend = backend as i32;
     let mut n = -1;
     let st = unsafe { forge_device_count(backend, &mut n) };
     assert_eq!(st, forge_status::FORGE_ERR_BACKEND_UNAVAILABLE, "{name}: device count {n}");
@@ -39,14 +40,14 @@ fn check_unavailable(backend: forge_backend, name: &str) {
 #[cfg(feature = "rocm")]
 #[test]
 fn hip_without_device_is_a_status() {
-    assert!(forge_backend_compiled(forge_backend::FORGE_BACKEND_HIP));
+    assert!(forge_backend_compiled(forge_backend::FORGE_BACKEND_HIP as i32));
     check_unavailable(forge_backend::FORGE_BACKEND_HIP, "HIP");
 }
 
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_without_driver_is_a_status() {
-    assert!(forge_backend_compiled(forge_backend::FORGE_BACKEND_CUDA));
+    assert!(forge_backend_compiled(forge_backend::FORGE_BACKEND_CUDA as i32));
     check_unavailable(forge_backend::FORGE_BACKEND_CUDA, "CUDA");
 }
 

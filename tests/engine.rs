@@ -204,7 +204,7 @@ fn sampler_seed_and_filters() {
     let params = SamplerParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, ..Default::default() };
     let draw = |p: &SamplerParams| {
         let mut s = Sampler::new(p.clone());
-        (0..50).map(|_| s.sample(&mut logits.clone())).collect::<Vec<u32>>()
+        (0..50).map(|_| s.sample(&mut logits.clone()).unwrap()).collect::<Vec<u32>>()
     };
     assert_eq!(draw(&params), draw(&params), "same seed, same tokens");
     assert_ne!(draw(&params), draw(&SamplerParams { seed: 7, ..params.clone() }), "another seed, other tokens");
@@ -219,24 +219,24 @@ fn sampler_seed_and_filters() {
     assert!(draw(&SamplerParams { min_p: 1.0, ..params.clone() }).iter().all(|&t| t == best[0]));
     // greedy = argmax
     let mut g = Sampler::new(SamplerParams::greedy());
-    assert_eq!(g.sample(&mut logits.clone()), argmax(&logits));
+    assert_eq!(g.sample(&mut logits.clone()).unwrap(), argmax(&logits));
     // penalties: a repeated best token loses to the runner-up
     let mut l = vec![0.0, 5.0, 4.9];
     let mut p = Sampler::new(SamplerParams { repeat_penalty: 1.5, penalty_last_n: 8, ..SamplerParams::greedy() });
     p.accept(1);
-    assert_eq!(p.sample(&mut l), 2);
+    assert_eq!(p.sample(&mut l).unwrap(), 2);
     let mut f = Sampler::new(SamplerParams { frequency_penalty: 0.1, penalty_last_n: 8, ..SamplerParams::greedy() });
     f.accept(1);
     f.accept(1);
-    assert_eq!(f.sample(&mut vec![0.0, 5.0, 4.9]), 2);
+    assert_eq!(f.sample(&mut vec![0.0, 5.0, 4.9]).unwrap(), 2);
     let mut pr = Sampler::new(SamplerParams { presence_penalty: 0.2, penalty_last_n: 8, ..SamplerParams::greedy() });
     pr.accept(1);
-    assert_eq!(pr.sample(&mut vec![0.0, 5.0, 4.9]), 2);
+    assert_eq!(pr.sample(&mut vec![0.0, 5.0, 4.9]).unwrap(), 2);
     // outside the window, no penalty
     let mut w = Sampler::new(SamplerParams { presence_penalty: 0.2, penalty_last_n: 1, ..SamplerParams::greedy() });
     w.accept(1);
     w.accept(0);
-    assert_eq!(w.sample(&mut vec![0.0, 5.0, 4.9]), 1);
+    assert_eq!(w.sample(&mut vec![0.0, 5.0, 4.9]).unwrap(), 1);
 }
 
 #[test]

@@ -151,8 +151,8 @@ fn gpu_errors_are_statuses() {
     let path = CString::new(twin("smollm2-twin.gguf").to_str().unwrap()).unwrap();
     let _g = LOCK.lock();
     let gk = match kind() {
-        GpuKind::Cuda => forge_backend::FORGE_BACKEND_CUDA,
-        GpuKind::Hip => forge_backend::FORGE_BACKEND_HIP,
+        GpuKind::Cuda => forge_backend::FORGE_BACKEND_CUDA as i32,
+        GpuKind::Hip => forge_backend::FORGE_BACKEND_HIP as i32,
     };
     let mut n = -1;
     assert_eq!(unsafe { forge_device_count(gk, &mut n) }, forge_status::FORGE_OK);
@@ -169,7 +169,7 @@ fn gpu_errors_are_statuses() {
         assert!(msg.contains("budget"), "{msg}");
         // 2. the driver itself refuses (a KV cache far beyond the card)
         p.gpu_mem_budget = u64::MAX / 2;
-        p.n_ctx = 50_000_000;
+        p.n_ctx = FORGE_MAX_CTX; // 16M positions: ~370 GB of f16 KV
         assert_eq!(forge_load(path.as_ptr(), &p, &mut ctx), forge_status::FORGE_ERR_OUT_OF_MEMORY);
         println!("driver OOM message: {}", last_error());
         // 3. a working GPU context, then a too-long evaluation
@@ -186,7 +186,7 @@ fn gpu_errors_are_statuses() {
         assert!(desc.starts_with(kind().name()), "{desc}");
         forge_free(ctx);
         // 4. the process goes on with the CPU backend
-        p.backend = forge_backend::FORGE_BACKEND_CPU;
+        p.backend = forge_backend::FORGE_BACKEND_CPU as i32;
         assert_eq!(forge_load(path.as_ptr(), &p, &mut ctx), forge_status::FORGE_OK);
         let mut logits = vec![0f32; 49152];
         assert_eq!(forge_eval(ctx, toks.as_ptr(), 4, logits.as_mut_ptr(), logits.len()), forge_status::FORGE_OK, "{}", last_error());

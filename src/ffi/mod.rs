@@ -9,19 +9,34 @@
 //! - NULL handles and pointers are checked and reported, never dereferenced.
 //! - Out-parameters are written only on success (except the "size needed"
 //!   of `FORGE_ERR_BUFFER_TOO_SMALL`). `**out` hands ownership to the caller;
-//!   every `_load`/`_new` has its `_free`.
+//!   every `_load`/`_new` has its `_free`. `tests/ffi_contract.rs` checks
+//!   this for every export the header declares.
+//! - A (pointer, length) pair with length 0 may have a NULL pointer: it is
+//!   an empty input or buffer, everywhere. A non-zero length with NULL is
+//!   NULL_POINTER.
+//! - Enums that come in (`forge_backend`) are read as `int32_t` and
+//!   validated; an out-of-range value is INVALID_ARGUMENT, never trusted.
 //!
-//! Thread safety: a `forge_ctx` (one sequence) or `forge_sampler` must be
-//! used by one thread at a time, by every function. Different contexts,
-//! including clones that share one model's weights, may run on different
-//! threads at once. Functions without a handle are thread-safe.
+//! Thread safety: the calls that run or change a context's sequence
+//! (`forge_eval`, `forge_generate`, `forge_kv_reset`) and every call on a
+//! `forge_sampler` take the handle exclusively; a second thread that comes
+//! while one is inside gets FORGE_ERR_BUSY (a try-lock, never a wait and
+//! never a corrupted sequence). The calls that only read the model
+//! (tokenize, detokenize, model info, n_past, ...) run on any thread at any
+//! time. `forge_free` / `forge_sampler_free` must not race with any other
+//! call on the same handle. Different contexts, including clones that share
+//! one model's weights, run in parallel. Functions without a handle are
+//! thread-safe.
 
 #![allow(non_camel_case_types, clippy::missing_safety_doc)]
 
 mod status;
 
 use std::ffi::{c_char, c_void, CStr, CString};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::backend;
 use crate::generate::{self, GenerateOptions, StopReason};
@@ -35,19 +50,33 @@ use status::{boundary, boundary_value, FfiError};
 /// 2: `forge_load_params` gained `gpu_mem_budget` (its size changed).
 pub const FORGE_ABI_VERSION: u32 = 2;
 
+/// The most CPU worker threads `forge_load_params.n_threads` accepts.
+pub const FORGE_MAX_THREADS: u32 = crate::model::MAX_THREADS as u32;
+/// The largest `forge_load_params.n_ctx`.
+pub const FORGE_MAX_CTX: u32 = crate::model::MAX_CTX as u32;
+
 /// A loaded model plus one sequence's KV cache. Opaque.
 pub struct forge_ctx {
-    session: Session,
+    /// The shared model: read-only, so the model-only calls need no lock.
+    model: Arc<Model>,
+    /// The sequence. Taken with a try-lock: a second thread gets BUSY.
+    session: Mutex<Session>,
+    /// The sequence's position after the last call that changed it, for
+    /// `forge_n_past` without the lock (also from inside a callback).
+    n_past: AtomicUsize,
+    n_ctx: usize,
     arch: CString,
     chat_template: Option<CString>,
 }
 
 /// A sampler: settings, RNG state and penalty history. Opaque.
 pub struct forge_sampler {
-    sampler: Sampler,
+    sampler: Mutex<Sampler>,
 }
 
-/// Which compute backend `forge_load` uses.
+/// Which compute backend `forge_load` uses. Passed as `int32_t` (a field of
+/// `forge_load_params`, an argument of `forge_backend_compiled` and
+/// `forge_device_count`): any other value is INVALID_ARGUMENT.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum forge_backend {
@@ -68,13 +97,15 @@ pub type forge_progress_cb = Option<unsafe extern "C" fn(progress: f32, user_dat
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct forge_load_params {
-    /// CPU worker threads. Default 0 = all cores.
+    /// CPU worker threads, 0..=FORGE_MAX_THREADS. Default 0 = one per core.
     pub n_threads: u32,
-    /// Context size (KV cache positions). Default 0 = min(n_ctx_train, 4096).
+    /// Context size (KV cache positions), 0..=FORGE_MAX_CTX. Default 0 =
+    /// min(n_ctx_train, 4096). A KV cache the host cannot allocate is
+    /// OUT_OF_MEMORY.
     pub n_ctx: u32,
-    /// Default FORGE_BACKEND_AUTO.
-    pub backend: forge_backend,
-    /// GPU index for the CUDA/HIP backends. Default 0.
+    /// A `forge_backend` value. Default FORGE_BACKEND_AUTO.
+    pub backend: i32,
+    /// GPU index for the CUDA/HIP backends, >= 0. Default 0.
     pub gpu_index: i32,
     /// Called during loading; default NULL.
     pub progress: forge_progress_cb,
@@ -87,6 +118,10 @@ pub struct forge_load_params {
 }
 
 /// Sampler settings; defaults from `forge_sampler_default_params()`.
+/// Ranges (anything else is INVALID_ARGUMENT from `forge_sampler_new`):
+/// temperature, repeat_penalty (> 0), frequency_penalty and
+/// presence_penalty finite; top_p and min_p in [0, 1]; top_k,
+/// penalty_last_n and seed any value.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct forge_sampler_params {
@@ -174,13 +209,37 @@ pub struct forge_generate_params {
 // ---- helpers -----------------------------------------------------------------
 
 fn ctx_ref<'a>(p: *const forge_ctx) -> Result<&'a forge_ctx, FfiError> {
-    // SAFETY: non-NULL handles come from forge_load/forge_ctx_clone_session.
+    // SAFETY: non-NULL handles come from forge_load/forge_ctx_clone_session
+    // and are only ever shared (&): the sequence behind them is a Mutex.
     unsafe { p.as_ref() }.ok_or_else(|| FfiError::null("ctx"))
 }
 
-fn ctx_mut<'a>(p: *mut forge_ctx) -> Result<&'a mut forge_ctx, FfiError> {
-    // SAFETY: as above; the caller guarantees exclusive use (one thread).
-    unsafe { p.as_mut() }.ok_or_else(|| FfiError::null("ctx"))
+fn busy(what: &str) -> FfiError {
+    FfiError::new(
+        forge_status::FORGE_ERR_BUSY,
+        format!("the {what} is in use by another call (another thread, or a callback of a call on it): one call at a time per {what}"),
+    )
+}
+
+/// The context's sequence, exclusively, or BUSY.
+fn session(c: &forge_ctx) -> Result<MutexGuard<'_, Session>, FfiError> {
+    c.session.try_lock().ok_or_else(|| busy("ctx"))
+}
+
+/// The sampler behind a handle, exclusively, or NULL_POINTER / BUSY.
+fn sampler<'a>(p: *const forge_sampler) -> Result<MutexGuard<'a, Sampler>, FfiError> {
+    // SAFETY: non-NULL handles come from forge_sampler_new.
+    let s = unsafe { p.as_ref() }.ok_or_else(|| FfiError::null("sampler"))?;
+    s.sampler.try_lock().ok_or_else(|| busy("sampler"))
+}
+
+/// An output pointer that must not be NULL.
+fn out_ptr<T>(p: *mut T, what: &str) -> Result<*mut T, FfiError> {
+    if p.is_null() {
+        Err(FfiError::null(what))
+    } else {
+        Ok(p)
+    }
 }
 
 /// A caller's (ptr, len) slice; NULL is allowed only when len is 0.
@@ -196,7 +255,7 @@ fn slice<'a, T>(p: *const T, len: usize, what: &str) -> Result<&'a [T], FfiError
 }
 
 fn token_ids(ctx: &forge_ctx, tokens: &[i32]) -> Result<Vec<u32>, FfiError> {
-    let n_vocab = ctx.session.model.cfg.n_vocab;
+    let n_vocab = ctx.model.cfg.n_vocab;
     tokens
         .iter()
         .map(|&t| {
@@ -209,34 +268,51 @@ fn token_ids(ctx: &forge_ctx, tokens: &[i32]) -> Result<Vec<u32>, FfiError> {
         .collect()
 }
 
-/// Copy bytes to a caller buffer: size needed in *n_out always; data only if it fits.
-fn write_bytes(bytes: &[u8], buf: *mut c_char, cap: usize, n_out: *mut usize) -> Result<(), FfiError> {
-    if n_out.is_null() {
-        return Err(FfiError::null("n_out"));
-    }
-    // SAFETY: checked non-NULL above.
-    unsafe { *n_out = bytes.len() };
-    if bytes.len() > cap {
+/// Copy items to a caller's (buf, cap) with the size in `*n_out`: the data
+/// and the size on success; only the size on BUFFER_TOO_SMALL (the size
+/// query: `cap` 0, `buf` NULL); nothing at all on NULL_POINTER.
+fn write_out<T: Copy>(items: &[T], buf: *mut T, cap: usize, n_out: *mut usize, what: &str) -> Result<(), FfiError> {
+    let n_out = out_ptr(n_out, "n_out")?;
+    if items.len() > cap {
+        // SAFETY: checked non-NULL above.
+        unsafe { *n_out = items.len() };
         return Err(FfiError::new(
             forge_status::FORGE_ERR_BUFFER_TOO_SMALL,
-            format!("buffer holds {cap} bytes, {} needed (written to *n_out)", bytes.len()),
+            format!("{what} holds {cap}, {} needed (the size is in *n_out)", items.len()),
         ));
     }
-    if !bytes.is_empty() {
-        if buf.is_null() {
-            return Err(FfiError::null("buf"));
-        }
-        // SAFETY: cap >= len bytes are writable at buf.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf as *mut u8, bytes.len()) };
+    if !items.is_empty() {
+        let buf = out_ptr(buf, what)?;
+        // SAFETY: cap >= len items are writable at buf (the caller's promise).
+        unsafe { std::ptr::copy_nonoverlapping(items.as_ptr(), buf, items.len()) };
     }
+    // SAFETY: checked non-NULL above.
+    unsafe { *n_out = items.len() };
     Ok(())
 }
 
+fn write_bytes(bytes: &[u8], buf: *mut c_char, cap: usize, n_out: *mut usize) -> Result<(), FfiError> {
+    write_out(bytes, buf as *mut u8, cap, n_out, "buf")
+}
+
 fn new_ctx(session: Session) -> Box<forge_ctx> {
-    let m = &session.model;
-    let arch = CString::new(m.cfg.arch.name).unwrap_or_default();
-    let chat_template = m.file.chat_template().ok().flatten().and_then(|t| CString::new(t).ok());
-    Box::new(forge_ctx { session, arch, chat_template })
+    let model = Arc::clone(&session.model);
+    let arch = CString::new(model.cfg.arch.name).unwrap_or_default();
+    let chat_template = model.file.chat_template().ok().flatten().and_then(|t| CString::new(t).ok());
+    let (n_past, n_ctx) = (AtomicUsize::new(session.pos()), session.n_ctx());
+    Box::new(forge_ctx { model, session: Mutex::new(session), n_past, n_ctx, arch, chat_template })
+}
+
+/// A `forge_backend` from the integer a caller passed, validated.
+fn backend_from(v: i32) -> Result<forge_backend, FfiError> {
+    use forge_backend::*;
+    Ok(match v {
+        0 => FORGE_BACKEND_AUTO,
+        1 => FORGE_BACKEND_CPU,
+        2 => FORGE_BACKEND_CUDA,
+        3 => FORGE_BACKEND_HIP,
+        _ => return Err(FfiError::arg(format!("backend {v} is not a forge_backend (0 AUTO, 1 CPU, 2 CUDA, 3 HIP)"))),
+    })
 }
 
 // ---- version and errors ------------------------------------------------------
@@ -261,15 +337,19 @@ pub extern "C" fn forge_last_error() -> *const c_char {
     status::last_error_ptr()
 }
 
-/// Whether `backend` is compiled into this library (CPU always is; AUTO is
-/// always "available"). Thread-safe.
+/// Whether `backend` (a `forge_backend` value) is compiled into this library
+/// (CPU always is; AUTO is always "available"). False, with a message in
+/// `forge_last_error()`, for a value that is not a `forge_backend`.
+/// Thread-safe.
 #[no_mangle]
-pub extern "C" fn forge_backend_compiled(backend: forge_backend) -> bool {
-    match backend {
-        forge_backend::FORGE_BACKEND_AUTO | forge_backend::FORGE_BACKEND_CPU => true,
-        forge_backend::FORGE_BACKEND_CUDA => backend::cuda::COMPILED,
-        forge_backend::FORGE_BACKEND_HIP => backend::hip::COMPILED,
-    }
+pub extern "C" fn forge_backend_compiled(backend: i32) -> bool {
+    boundary_value("forge_backend_compiled", false, || {
+        Ok(match backend_from(backend)? {
+            forge_backend::FORGE_BACKEND_AUTO | forge_backend::FORGE_BACKEND_CPU => true,
+            forge_backend::FORGE_BACKEND_CUDA => backend::cuda::COMPILED,
+            forge_backend::FORGE_BACKEND_HIP => backend::hip::COMPILED,
+        })
+    })
 }
 
 fn gpu_kind(backend: forge_backend) -> Option<GpuKind> {
@@ -280,7 +360,8 @@ fn gpu_kind(backend: forge_backend) -> Option<GpuKind> {
     }
 }
 
-fn backend_choice(backend: forge_backend, gpu_index: i32) -> Result<BackendChoice, FfiError> {
+fn backend_choice(backend: i32, gpu_index: i32) -> Result<BackendChoice, FfiError> {
+    let backend = backend_from(backend)?;
     Ok(match (backend, gpu_kind(backend)) {
         (forge_backend::FORGE_BACKEND_CPU, _) => BackendChoice::Cpu,
         (_, Some(kind)) => {
@@ -293,17 +374,17 @@ fn backend_choice(backend: forge_backend, gpu_index: i32) -> Result<BackendChoic
     })
 }
 
-/// Number of devices of a GPU backend that this process can use. CPU and
-/// AUTO answer 1. Errors: NULL_POINTER; BACKEND_UNAVAILABLE when the
-/// backend is not compiled in or its driver/runtime reports no usable
-/// device (`forge_last_error()` has the driver's words). Thread-safe.
+/// Number of devices of a GPU backend (a `forge_backend` value) that this
+/// process can use. CPU and AUTO answer 1. Errors: NULL_POINTER;
+/// INVALID_ARGUMENT for a value that is not a `forge_backend`;
+/// BACKEND_UNAVAILABLE when the backend is not compiled in or its
+/// driver/runtime reports no usable device (`forge_last_error()` has the
+/// driver's words). Thread-safe.
 #[no_mangle]
-pub unsafe extern "C" fn forge_device_count(backend: forge_backend, out: *mut i32) -> forge_status {
+pub unsafe extern "C" fn forge_device_count(backend: i32, out: *mut i32) -> forge_status {
     boundary("forge_device_count", || {
-        if out.is_null() {
-            return Err(FfiError::null("out"));
-        }
-        let n = match gpu_kind(backend) {
+        let out = out_ptr(out, "out")?;
+        let n = match gpu_kind(backend_from(backend)?) {
             Some(kind) => kind.device_count()?,
             None => 1,
         };
@@ -319,7 +400,7 @@ pub unsafe extern "C" fn forge_device_count(backend: forge_backend, out: *mut i3
 pub unsafe extern "C" fn forge_ctx_backend(ctx: *const forge_ctx, buf: *mut c_char, cap: usize, n_out: *mut usize) -> forge_status {
     boundary("forge_ctx_backend", || {
         let c = ctx_ref(ctx)?;
-        write_bytes(c.session.model.backend_description().as_bytes(), buf, cap, n_out)
+        write_bytes(c.model.backend_description().as_bytes(), buf, cap, n_out)
     })
 }
 
@@ -331,7 +412,7 @@ pub extern "C" fn forge_load_default_params() -> forge_load_params {
     forge_load_params {
         n_threads: 0,
         n_ctx: 0,
-        backend: forge_backend::FORGE_BACKEND_AUTO,
+        backend: forge_backend::FORGE_BACKEND_AUTO as i32,
         gpu_index: 0,
         progress: None,
         progress_user_data: std::ptr::null_mut(),
@@ -341,23 +422,30 @@ pub extern "C" fn forge_load_default_params() -> forge_load_params {
 
 /// Load a GGUF model and create a context for one sequence. `params` may be
 /// NULL for defaults. On success `*out` owns the context: free it with
-/// `forge_free`. Errors: NULL_POINTER, INVALID_UTF8, IO, INVALID_MODEL,
-/// UNSUPPORTED, BACKEND_UNAVAILABLE, OUT_OF_MEMORY, CANCELLED.
-/// Thread-safe (each call loads its own model).
+/// `forge_free`. Errors: NULL_POINTER, INVALID_ARGUMENT (a parameter out of
+/// its range, see `forge_load_params`), INVALID_UTF8, IO (also a path that
+/// is a directory or not a regular file), INVALID_MODEL, UNSUPPORTED,
+/// BACKEND_UNAVAILABLE, OUT_OF_MEMORY, CANCELLED. A corrupt file fails
+/// before anything is allocated from its counts. Thread-safe (each call
+/// loads its own model).
 #[no_mangle]
 pub unsafe extern "C" fn forge_load(path: *const c_char, params: *const forge_load_params, out: *mut *mut forge_ctx) -> forge_status {
     boundary("forge_load", || {
         if path.is_null() {
             return Err(FfiError::null("path"));
         }
-        if out.is_null() {
-            return Err(FfiError::null("out"));
-        }
+        let out = out_ptr(out, "out")?;
         let path = CStr::from_ptr(path)
             .to_str()
             .map_err(|_| FfiError::new(forge_status::FORGE_ERR_INVALID_UTF8, "path is not valid UTF-8"))?;
         let p = if params.is_null() { forge_load_default_params() } else { *params };
         let backend = backend_choice(p.backend, p.gpu_index)?;
+        if p.n_threads > FORGE_MAX_THREADS {
+            return Err(FfiError::arg(format!("n_threads {} is more than FORGE_MAX_THREADS ({FORGE_MAX_THREADS}); 0 = one per core", p.n_threads)));
+        }
+        if p.n_ctx > FORGE_MAX_CTX {
+            return Err(FfiError::arg(format!("n_ctx {} is more than FORGE_MAX_CTX ({FORGE_MAX_CTX})", p.n_ctx)));
+        }
         let mut cb = |f: f32| match p.progress {
             // SAFETY: the caller supplied this callback and its user data.
             Some(cb) => unsafe { cb(f, p.progress_user_data) },
@@ -377,22 +465,21 @@ pub unsafe extern "C" fn forge_load(path: *const c_char, params: *const forge_lo
 
 /// A new context on the same loaded model (weights shared, not copied) with
 /// its own empty KV cache of the same size. Free it with `forge_free`; the
-/// model stays loaded until its last context is freed. `ctx` must not be in
-/// use by another thread during this call; the clone is independent of it.
+/// model stays loaded until its last context is freed. Reads only the model,
+/// so it may run while `ctx` is busy; the clone is independent of it.
 #[no_mangle]
 pub unsafe extern "C" fn forge_ctx_clone_session(ctx: *const forge_ctx, out: *mut *mut forge_ctx) -> forge_status {
     boundary("forge_ctx_clone_session", || {
         let c = ctx_ref(ctx)?;
-        if out.is_null() {
-            return Err(FfiError::null("out"));
-        }
-        let s = Session::new(Arc::clone(&c.session.model), c.session.n_ctx())?;
+        let out = out_ptr(out, "out")?;
+        let s = Session::new(Arc::clone(&c.model), c.n_ctx)?;
         *out = Box::into_raw(new_ctx(s));
         Ok(())
     })
 }
 
-/// Free a context. NULL is a no-op. Do not use `ctx` afterwards.
+/// Free a context. NULL is a no-op. Do not use `ctx` afterwards, and do not
+/// call this while another call on `ctx` runs (it cannot be detected).
 #[no_mangle]
 pub unsafe extern "C" fn forge_free(ctx: *mut forge_ctx) {
     let _ = boundary("forge_free", || {
@@ -409,7 +496,7 @@ pub unsafe extern "C" fn forge_free(ctx: *mut forge_ctx) {
 /// NULL, write the last position's logits there (`logits_len` must be at
 /// least n_vocab). Nothing is appended on error. Errors: NULL_POINTER,
 /// INVALID_ARGUMENT (bad token id, n_tokens 0), BUFFER_TOO_SMALL,
-/// CONTEXT_FULL. One thread at a time per ctx.
+/// CONTEXT_FULL, BUSY (another call on `ctx` is running).
 #[no_mangle]
 pub unsafe extern "C" fn forge_eval(
     ctx: *mut forge_ctx,
@@ -419,43 +506,50 @@ pub unsafe extern "C" fn forge_eval(
     logits_len: usize,
 ) -> forge_status {
     boundary("forge_eval", || {
-        let c = ctx_mut(ctx)?;
+        let c = ctx_ref(ctx)?;
         if n_tokens == 0 {
             return Err(FfiError::arg("n_tokens is 0"));
         }
         let ids = token_ids(c, slice(tokens, n_tokens, "tokens")?)?;
-        let n_vocab = c.session.model.cfg.n_vocab;
+        let n_vocab = c.model.cfg.n_vocab;
         if !logits_out.is_null() && logits_len < n_vocab {
             return Err(FfiError::new(
                 forge_status::FORGE_ERR_BUFFER_TOO_SMALL,
                 format!("logits_len {logits_len} < n_vocab {n_vocab}"),
             ));
         }
-        if logits_out.is_null() {
-            c.session.eval_into(&ids, Logits::None, &mut [])?;
+        let mut s = session(c)?;
+        let r = if logits_out.is_null() {
+            s.eval_into(&ids, Logits::None, &mut [])
         } else {
             // straight into the caller's buffer: no copy of n_vocab floats per call
             let out = std::slice::from_raw_parts_mut(logits_out, n_vocab);
-            c.session.eval_into(&ids, Logits::Last, out)?;
-        }
-        Ok(())
+            s.eval_into(&ids, Logits::Last, out)
+        };
+        c.n_past.store(s.pos(), Ordering::Release);
+        Ok(r?)
     })
 }
 
 /// Keep the first `n_keep` positions of the KV cache (0 clears everything).
-/// Errors: NULL_POINTER, INVALID_ARGUMENT (n_keep past the current position).
+/// Errors: NULL_POINTER, INVALID_ARGUMENT (n_keep past the current
+/// position), BUSY.
 #[no_mangle]
 pub unsafe extern "C" fn forge_kv_reset(ctx: *mut forge_ctx, n_keep: usize) -> forge_status {
     boundary("forge_kv_reset", || {
-        ctx_mut(ctx)?.session.kv_keep(n_keep)?;
+        let c = ctx_ref(ctx)?;
+        let mut s = session(c)?;
+        s.kv_keep(n_keep)?;
+        c.n_past.store(s.pos(), Ordering::Release);
         Ok(())
     })
 }
 
-/// Positions currently in the KV cache; 0 for NULL.
+/// Positions currently in the KV cache; 0 for NULL. Never busy: while a
+/// call on `ctx` runs, this is the position before that call.
 #[no_mangle]
 pub unsafe extern "C" fn forge_n_past(ctx: *const forge_ctx) -> usize {
-    boundary_value("forge_n_past", 0, || Ok(ctx_ref(ctx)?.session.pos()))
+    boundary_value("forge_n_past", 0, || Ok(ctx_ref(ctx)?.n_past.load(Ordering::Acquire)))
 }
 
 // ---- tokens ------------------------------------------------------------------
@@ -463,14 +557,16 @@ pub unsafe extern "C" fn forge_n_past(ctx: *const forge_ctx) -> usize {
 /// Number of tokens in the vocabulary; -1 if ctx is NULL.
 #[no_mangle]
 pub unsafe extern "C" fn forge_n_vocab(ctx: *const forge_ctx) -> i32 {
-    boundary_value("forge_n_vocab", -1, || Ok(ctx_ref(ctx)?.session.model.cfg.n_vocab as i32))
+    boundary_value("forge_n_vocab", -1, || Ok(ctx_ref(ctx)?.model.cfg.n_vocab as i32))
 }
 
 /// Tokenize `text_len` bytes of UTF-8 `text`. `add_special`: BOS/EOS as the
 /// model's metadata asks; `parse_special`: control tokens written in the
 /// text become single ids. `*n_out` receives the count; if `out_cap` is too
 /// small the call fails with BUFFER_TOO_SMALL and `*n_out` is the size
-/// needed. Errors: NULL_POINTER, INVALID_UTF8, BUFFER_TOO_SMALL.
+/// needed (`out` NULL with `out_cap` 0 asks for the size). `text` may be
+/// NULL when `text_len` is 0. Errors: NULL_POINTER, INVALID_UTF8,
+/// BUFFER_TOO_SMALL.
 #[no_mangle]
 pub unsafe extern "C" fn forge_tokenize(
     ctx: *const forge_ctx,
@@ -484,28 +580,11 @@ pub unsafe extern "C" fn forge_tokenize(
 ) -> forge_status {
     boundary("forge_tokenize", || {
         let c = ctx_ref(ctx)?;
-        if n_out.is_null() {
-            return Err(FfiError::null("n_out"));
-        }
+        out_ptr(n_out, "n_out")?;
         let bytes = slice(text as *const u8, text_len, "text")?;
         let text = std::str::from_utf8(bytes).map_err(|e| FfiError::new(forge_status::FORGE_ERR_INVALID_UTF8, format!("text: {e}")))?;
-        let ids = c.session.model.tokenizer.encode(text, add_special, parse_special);
-        *n_out = ids.len();
-        if ids.len() > out_cap {
-            return Err(FfiError::new(
-                forge_status::FORGE_ERR_BUFFER_TOO_SMALL,
-                format!("out_cap {out_cap} < {} tokens (size written to *n_out)", ids.len()),
-            ));
-        }
-        if !ids.is_empty() {
-            if out.is_null() {
-                return Err(FfiError::null("out"));
-            }
-            for (i, &id) in ids.iter().enumerate() {
-                *out.add(i) = id as i32;
-            }
-        }
-        Ok(())
+        let ids: Vec<i32> = c.model.tokenizer.encode(text, add_special, parse_special).into_iter().map(|t| t as i32).collect();
+        write_out(&ids, out, out_cap, n_out, "out")
     })
 }
 
@@ -524,7 +603,7 @@ pub unsafe extern "C" fn forge_token_to_piece(
     boundary("forge_token_to_piece", || {
         let c = ctx_ref(ctx)?;
         let id = token_ids(c, &[token])?[0];
-        let piece = c.session.model.tokenizer.token_to_piece(id, special).unwrap_or_default();
+        let piece = c.model.tokenizer.token_to_piece(id, special).unwrap_or_default();
         write_bytes(piece, buf, cap, n_out)
     })
 }
@@ -544,7 +623,7 @@ pub unsafe extern "C" fn forge_detokenize(
     boundary("forge_detokenize", || {
         let c = ctx_ref(ctx)?;
         let ids = token_ids(c, slice(tokens, n_tokens, "tokens")?)?;
-        let bytes = c.session.model.tokenizer.decode(&ids, special)?;
+        let bytes = c.model.tokenizer.decode(&ids, special)?;
         write_bytes(&bytes, buf, cap, n_out)
     })
 }
@@ -554,17 +633,15 @@ pub unsafe extern "C" fn forge_detokenize(
 pub unsafe extern "C" fn forge_get_model_info(ctx: *const forge_ctx, out: *mut forge_model_info) -> forge_status {
     boundary("forge_get_model_info", || {
         let c = ctx_ref(ctx)?;
-        if out.is_null() {
-            return Err(FfiError::null("out"));
-        }
-        let m = &c.session.model;
+        let out = out_ptr(out, "out")?;
+        let m = &c.model;
         let v = &m.tokenizer.vocab;
         let id = |x: Option<u32>| x.map_or(-1, |i| i as i32);
         *out = forge_model_info {
             arch: c.arch.as_ptr(),
             n_vocab: m.cfg.n_vocab as i32,
             n_ctx_train: m.cfg.n_ctx_train.min(i32::MAX as usize) as i32,
-            n_ctx: c.session.n_ctx() as i32,
+            n_ctx: c.n_ctx as i32,
             n_layer: m.cfg.n_layer as i32,
             n_embd: m.cfg.n_embd as i32,
             n_head: m.cfg.n_head as i32,
@@ -585,7 +662,7 @@ pub unsafe extern "C" fn forge_get_model_info(ctx: *const forge_ctx, out: *mut f
 /// Whether `token` ends generation (EOS or end-of-turn). False for NULL ctx.
 #[no_mangle]
 pub unsafe extern "C" fn forge_token_is_eog(ctx: *const forge_ctx, token: i32) -> bool {
-    boundary_value("forge_token_is_eog", false, || Ok(token >= 0 && ctx_ref(ctx)?.session.model.tokenizer.vocab.is_eog(token as u32)))
+    boundary_value("forge_token_is_eog", false, || Ok(token >= 0 && ctx_ref(ctx)?.model.tokenizer.vocab.is_eog(token as u32)))
 }
 
 // ---- sampling and generation -------------------------------------------------
@@ -612,9 +689,7 @@ pub extern "C" fn forge_sampler_default_params() -> forge_sampler_params {
 #[no_mangle]
 pub unsafe extern "C" fn forge_sampler_new(params: *const forge_sampler_params, out: *mut *mut forge_sampler) -> forge_status {
     boundary("forge_sampler_new", || {
-        if out.is_null() {
-            return Err(FfiError::null("out"));
-        }
+        let out = out_ptr(out, "out")?;
         let p = if params.is_null() { forge_sampler_default_params() } else { *params };
         let ok = p.temperature.is_finite()
             && (0.0..=1.0).contains(&p.top_p)
@@ -637,12 +712,12 @@ pub unsafe extern "C" fn forge_sampler_new(params: *const forge_sampler_params, 
             penalty_last_n: p.penalty_last_n as usize,
             seed: p.seed,
         };
-        *out = Box::into_raw(Box::new(forge_sampler { sampler: Sampler::new(sp) }));
+        *out = Box::into_raw(Box::new(forge_sampler { sampler: Mutex::new(Sampler::new(sp)) }));
         Ok(())
     })
 }
 
-/// Free a sampler. NULL is a no-op.
+/// Free a sampler. NULL is a no-op. Must not race with another call on it.
 #[no_mangle]
 pub unsafe extern "C" fn forge_sampler_free(s: *mut forge_sampler) {
     let _ = boundary("forge_sampler_free", || {
@@ -654,44 +729,46 @@ pub unsafe extern "C" fn forge_sampler_free(s: *mut forge_sampler) {
 }
 
 /// Restart the RNG from the seed and clear the penalty history.
+/// Errors: NULL_POINTER, BUSY.
 #[no_mangle]
 pub unsafe extern "C" fn forge_sampler_reset(s: *mut forge_sampler) -> forge_status {
     boundary("forge_sampler_reset", || {
-        s.as_mut().ok_or_else(|| FfiError::null("sampler"))?.sampler.reset();
+        sampler(s)?.reset();
         Ok(())
     })
 }
 
 /// Record a token (e.g. from the prompt) in the penalty history.
+/// Errors: NULL_POINTER, INVALID_ARGUMENT (negative token), BUSY.
 #[no_mangle]
 pub unsafe extern "C" fn forge_sampler_accept(s: *mut forge_sampler, token: i32) -> forge_status {
     boundary("forge_sampler_accept", || {
+        let mut s = sampler(s)?;
         if token < 0 {
             return Err(FfiError::arg(format!("token {token} is negative")));
         }
-        s.as_mut().ok_or_else(|| FfiError::null("sampler"))?.sampler.accept(token as u32);
+        s.accept(token as u32);
         Ok(())
     })
 }
 
 /// Pick a token from `n_logits` logits (modified in place by penalties) and
-/// record it in the history. Errors: NULL_POINTER, INVALID_ARGUMENT (n 0).
+/// record it in the history. Errors: NULL_POINTER, BUSY, INVALID_ARGUMENT
+/// (n_logits 0 or above INT32_MAX; a NaN or +inf logit; all -inf).
 #[no_mangle]
 pub unsafe extern "C" fn forge_sampler_sample(s: *mut forge_sampler, logits: *mut f32, n_logits: usize, out_token: *mut i32) -> forge_status {
     boundary("forge_sampler_sample", || {
-        let s = s.as_mut().ok_or_else(|| FfiError::null("sampler"))?;
+        let mut s = sampler(s)?;
         if logits.is_null() {
             return Err(FfiError::null("logits"));
         }
-        if out_token.is_null() {
-            return Err(FfiError::null("out_token"));
-        }
+        let out_token = out_ptr(out_token, "out_token")?;
         if n_logits == 0 || n_logits > i32::MAX as usize {
-            return Err(FfiError::arg(format!("n_logits {n_logits}")));
+            return Err(FfiError::arg(format!("n_logits {n_logits} is outside 1..=INT32_MAX")));
         }
         let l = std::slice::from_raw_parts_mut(logits, n_logits);
-        let t = s.sampler.sample(l);
-        s.sampler.accept(t);
+        let t = s.sample(l)?;
+        s.accept(t);
         *out_token = t as i32;
         Ok(())
     })
@@ -709,7 +786,11 @@ pub extern "C" fn forge_generate_default_params() -> forge_generate_params {
 /// generated and streamed); `*n_out` (may be NULL) receives how many were
 /// generated, `*reason` (may be NULL) why it stopped. A callback returning
 /// false ends generation early with FORGE_OK and FORGE_STOP_CALLBACK.
-/// Errors: NULL_POINTER, INVALID_ARGUMENT, CONTEXT_FULL (prompt does not fit).
+/// Errors: NULL_POINTER, INVALID_ARGUMENT, INVALID_UTF8 (a stop string),
+/// CONTEXT_FULL (prompt does not fit), INVALID_MODEL (the model produced
+/// NaN or +inf logits), BUSY (`ctx` or `sampler` in use). Out-parameters
+/// are written only on success; the callback may have seen tokens of a
+/// call that then failed.
 #[no_mangle]
 pub unsafe extern "C" fn forge_generate(
     ctx: *mut forge_ctx,
@@ -723,8 +804,8 @@ pub unsafe extern "C" fn forge_generate(
     reason: *mut forge_stop_reason,
 ) -> forge_status {
     boundary("forge_generate", || {
-        let c = ctx_mut(ctx)?;
-        let s = sampler.as_mut().ok_or_else(|| FfiError::null("sampler"))?;
+        let c = ctx_ref(ctx)?;
+        let mut smp = self::sampler(sampler)?;
         let ids = token_ids(c, slice(prompt, n_prompt, "prompt")?)?;
         let p = if params.is_null() { forge_generate_default_params() } else { *params };
         let mut stop = Vec::new();
@@ -732,18 +813,23 @@ pub unsafe extern "C" fn forge_generate(
             if sp.is_null() {
                 return Err(FfiError::null(&format!("stop[{i}]")));
             }
-            let t = CStr::from_ptr(sp).to_str().map_err(|_| FfiError::new(forge_status::FORGE_ERR_INVALID_UTF8, format!("stop[{i}]")))?;
+            let t = CStr::from_ptr(sp).to_str().map_err(|e| {
+                FfiError::new(forge_status::FORGE_ERR_INVALID_UTF8, format!("stop[{i}] is not valid UTF-8 ({e})"))
+            })?;
             stop.push(t.to_string());
         }
         let opts = GenerateOptions { max_tokens: p.max_tokens as usize, stop };
-        let g = generate::generate(&mut c.session, &mut s.sampler, &ids, &opts, |id, text| match p.on_token {
+        let mut s = session(c)?;
+        let g = generate::generate(&mut s, &mut smp, &ids, &opts, |id, text| match p.on_token {
             Some(cb) => {
                 let tid = if id == u32::MAX { -1 } else { id as i32 };
                 // SAFETY: the caller supplied this callback and its user data.
                 unsafe { cb(tid, text.as_ptr() as *const c_char, text.len(), p.user_data) }
             }
             None => true,
-        })?;
+        });
+        c.n_past.store(s.pos(), Ordering::Release);
+        let g = g?;
         if !out_tokens.is_null() {
             for (i, &t) in g.tokens.iter().take(out_cap).enumerate() {
                 *out_tokens.add(i) = t as i32;

@@ -39,6 +39,10 @@ pub enum forge_status {
     FORGE_ERR_BACKEND_UNAVAILABLE = 30,
     /// A callback asked to stop (load progress returned false).
     FORGE_ERR_CANCELLED = 40,
+    /// The handle is in use by another call: another thread, or a callback
+    /// of a call on the same handle. Nothing was done; retry when that call
+    /// has returned (see the thread-safety rule in the README).
+    FORGE_ERR_BUSY = 41,
     /// A bug: a Rust panic was caught at the boundary. The handle involved
     /// should be freed and not used again.
     FORGE_ERR_INTERNAL = 99,
@@ -80,7 +84,7 @@ impl From<Error> for FfiError {
         use forge_status::*;
         let status = match &e {
             Error::Io { .. } => FORGE_ERR_IO,
-            Error::Gguf(_) | Error::Tokenizer(_) => FORGE_ERR_INVALID_MODEL,
+            Error::Gguf(_) | Error::Tokenizer(_) | Error::InvalidModel(_) => FORGE_ERR_INVALID_MODEL,
             Error::UnsupportedType { .. } | Error::Unsupported(_) => FORGE_ERR_UNSUPPORTED,
             Error::InvalidArgument(_) => FORGE_ERR_INVALID_ARGUMENT,
             Error::NotCompiled { .. } | Error::BackendUnavailable(_) => FORGE_ERR_BACKEND_UNAVAILABLE,

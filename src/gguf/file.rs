@@ -12,6 +12,30 @@ use super::value::{Array, Value};
 use crate::error::{Error, Result};
 
 const HEADER_ONLY_MAGIC: &[u8; 8] = b"GGUFHEAD";
+/// Magic, version and the two counts: no GGUF file is shorter.
+const MIN_GGUF_LEN: u64 = 24;
+
+/// Open `path` for reading only if it is a regular file. A directory, a FIFO
+/// (whose open would block until a writer comes), a socket or a device is an
+/// error that says what the path is, not the errno of a later mmap.
+fn open_regular(path: &Path) -> std::io::Result<File> {
+    use std::io::{Error as IoError, ErrorKind};
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Never block in open(2) on a FIFO; a regular file ignores the flag.
+        opts.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = opts.open(path)?;
+    let ft = file.metadata()?.file_type();
+    if ft.is_file() {
+        return Ok(file);
+    }
+    let what = if ft.is_dir() { "a directory" } else { "not a regular file (a device, FIFO or socket)" };
+    Err(IoError::new(ErrorKind::InvalidInput, format!("{what}, not a GGUF model file")))
+}
 
 enum Bytes {
     Map(Mmap),
@@ -39,7 +63,11 @@ impl GgufFile {
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
         let path = path.as_ref();
         let io = |source| Error::Io { path: path.display().to_string(), source };
-        let file = File::open(path).map_err(io)?;
+        let file = open_regular(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if len < MIN_GGUF_LEN {
+            return Err(Error::Gguf(GgufError::new(0, "magic", GgufErrorKind::Truncated { need: MIN_GGUF_LEN, have: len })));
+        }
         // SAFETY: the mapping is read-only; we never hand out references that
         // outlive `self`. Truncating the file under a live mapping is the
         // caller's responsibility, as with every mmap-based loader.

@@ -43,6 +43,12 @@ pub struct Config {
     pub tied_embeddings: bool,
 }
 
+/// Tensors every layer of every supported architecture has (attn_norm, q, k,
+/// v, output, ffn_norm, gate, up, down): bounds `block_count` by the file.
+const MIN_TENSORS_PER_LAYER: usize = 9;
+/// The largest head count or head size accepted (real models: <= 256 / 512).
+const MAX_DIM: usize = 1 << 16;
+
 fn missing(what: &str) -> Error {
     Error::Unsupported(format!("model metadata lacks {what}"))
 }
@@ -61,22 +67,52 @@ impl Config {
         let opt = |k: &str| -> Result<Option<usize>> { Ok(f.get_u64(&key(k))?.map(|v| v as usize)) };
         let optf = |k: &str| -> Result<Option<f32>> { f.get_f32(&key(k)) };
 
+        // Every count that sizes an allocation is checked against what the
+        // file holds before anything is allocated from it: the embedding's
+        // width against token_embd.weight, the layer count against the
+        // tensor table, the head sizes against each other (and, in
+        // Weights::load, against the matrices' real shapes).
+        let emb = f.tensor(arch::names::TOKEN_EMBD).ok_or_else(|| missing("tensor token_embd.weight"))?;
         let n_embd = req("embedding_length")?;
+        if emb.dims.len() != 2 || emb.dims[0] != n_embd as u64 {
+            return Err(Error::Unsupported(format!("token_embd.weight has shape {:?}, expected [{n_embd}, n_vocab]", emb.dims)));
+        }
         let n_layer = req("block_count")?;
+        let max_layers = f.tensors().len() / MIN_TENSORS_PER_LAYER;
+        if n_layer > max_layers {
+            return Err(Error::InvalidModel(format!(
+                "{} = {n_layer}, but the file's {} tensors hold at most {max_layers} layers",
+                key("block_count"),
+                f.tensors().len()
+            )));
+        }
         let n_head = req("attention.head_count")?;
         let n_head_kv = opt("attention.head_count_kv")?.unwrap_or(n_head);
-        if n_embd == 0 || n_layer == 0 || n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
+        if n_embd == 0 || n_layer == 0 || n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 || n_head > MAX_DIM {
             return Err(Error::Unsupported(format!(
                 "bad attention shape: n_embd {n_embd}, n_layer {n_layer}, n_head {n_head}, n_head_kv {n_head_kv} (n_head must be a multiple of n_head_kv)"
             )));
         }
         let head_dim = opt("attention.key_length")?.unwrap_or(n_embd / n_head);
         let head_dim_v = opt("attention.value_length")?.unwrap_or(head_dim);
+        if head_dim == 0 || head_dim_v == 0 || head_dim > MAX_DIM || head_dim_v > MAX_DIM {
+            return Err(Error::InvalidModel(format!("head sizes {head_dim} (key) / {head_dim_v} (value) are outside 1..={MAX_DIM}")));
+        }
         let n_ff = req("feed_forward_length")?;
         let n_ctx_train = opt("context_length")?.unwrap_or(2048);
         let rms_eps = optf("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5);
         let rope_base = optf("rope.freq_base")?.unwrap_or(10_000.0);
         let rope_dim = opt("rope.dimension_count")?.unwrap_or(head_dim);
+        // Floats that would turn every logit into NaN without a word.
+        let finite = |name: &str, x: f32, ok: bool| -> Result<()> {
+            if x.is_finite() && ok {
+                Ok(())
+            } else {
+                Err(Error::InvalidModel(format!("{} = {x} is out of range", key(name))))
+            }
+        };
+        finite("attention.layer_norm_rms_epsilon", rms_eps, rms_eps >= 0.0)?;
+        finite("rope.freq_base", rope_base, rope_base > 0.0)?;
         if rope_dim > head_dim || rope_dim % 2 != 0 || head_dim % 2 != 0 {
             return Err(Error::Unsupported(format!("rope.dimension_count {rope_dim} does not fit head size {head_dim}")));
         }
@@ -93,7 +129,18 @@ impl Config {
             },
             (Some(other), _) => return Err(Error::Unsupported(format!("rope.scaling.type '{other}' is not supported (none, linear, yarn)"))),
         };
+        if let RopeScaling::Linear { factor } | RopeScaling::Yarn { factor, .. } = rope_scaling {
+            finite("rope.scaling.factor", factor, factor > 0.0)?;
+        }
+        if let RopeScaling::Yarn { attn_factor, beta_fast, beta_slow, .. } = rope_scaling {
+            finite("rope.scaling.attn_factor", attn_factor, true)?;
+            finite("rope.scaling.yarn_beta_fast", beta_fast, true)?;
+            finite("rope.scaling.yarn_beta_slow", beta_slow, true)?;
+        }
         let sliding_window = opt("attention.sliding_window")?;
+        if sliding_window == Some(0) {
+            return Err(Error::InvalidModel(format!("{} is 0 (a window holds at least its own token)", key("attention.sliding_window"))));
+        }
         let layer_kinds = (0..n_layer)
             .map(|il| match (arch.global_every, sliding_window) {
                 (Some(n), Some(_)) if (il + 1) % n != 0 => LayerKind::Local,
@@ -102,11 +149,9 @@ impl Config {
             .collect();
         let attn_scale = optf("attention.scale")?.unwrap_or(1.0 / (head_dim as f32).sqrt());
         let rope_base_local = optf("rope.freq_base_swa")?.unwrap_or(arch.local_rope_base);
+        finite("attention.scale", attn_scale, true)?;
+        finite("rope.freq_base_swa", rope_base_local, rope_base_local > 0.0)?;
 
-        let emb = f.tensor(arch::names::TOKEN_EMBD).ok_or_else(|| missing("tensor token_embd.weight"))?;
-        if emb.dims.len() != 2 || emb.dims[0] as usize != n_embd {
-            return Err(Error::Unsupported(format!("token_embd.weight has shape {:?}, expected [{n_embd}, n_vocab]", emb.dims)));
-        }
         // The embedding's row count is the vocab; metadata may omit it.
         let n_vocab = emb.dims[1] as usize;
         if let Some(v) = opt("vocab_size")? {

@@ -67,6 +67,20 @@ impl Default for LoadOptions<'_> {
     }
 }
 
+fn check_threads(n: usize) -> Result<()> {
+    if n > MAX_THREADS {
+        return Err(Error::InvalidArgument(format!("n_threads {n} is more than {MAX_THREADS} (0 = one per core)")));
+    }
+    Ok(())
+}
+
+fn report(opts: &mut LoadOptions, p: f32) -> Result<()> {
+    match &mut opts.progress {
+        Some(cb) => if cb(p) { Ok(()) } else { Err(Error::Cancelled) },
+        None => Ok(()),
+    }
+}
+
 /// The GPU [`BackendChoice::Auto`] takes, if any.
 fn auto_gpu() -> Option<(GpuKind, usize)> {
     [GpuKind::Cuda, GpuKind::Hip].into_iter().find(|k| k.device_count().map_or(false, |n| n > 0)).map(|k| (k, 0))
@@ -89,23 +103,26 @@ impl std::fmt::Debug for Model {
     }
 }
 
+/// The most CPU worker threads a model accepts (`LoadOptions::n_threads`):
+/// more is a caller's mistake (a pool of 100,000 threads takes minutes to
+/// start), refused with INVALID_ARGUMENT rather than spun up.
+pub const MAX_THREADS: usize = 1024;
+/// The largest context a session accepts (`Session::new`'s `n_ctx`).
+pub const MAX_CTX: usize = 1 << 24;
+
 impl Model {
     pub fn load(path: impl AsRef<Path>, mut opts: LoadOptions) -> Result<Arc<Model>> {
-        let mut report = |p: f32| -> Result<()> {
-            match &mut opts.progress {
-                Some(cb) => {
-                    if cb(p) {
-                        Ok(())
-                    } else {
-                        Err(Error::Cancelled)
-                    }
-                }
-                None => Ok(()),
-            }
-        };
-        report(0.0)?;
+        check_threads(opts.n_threads)?;
+        report(&mut opts, 0.0)?;
         let file = GgufFile::open(path)?;
-        report(0.1)?;
+        Model::from_gguf(file, opts)
+    }
+
+    /// Build a model from a GGUF file already parsed (in memory, in tests and
+    /// fuzzing; [`Model::load`] maps one from a path). Progress starts at 0.1.
+    pub fn from_gguf(file: GgufFile, mut opts: LoadOptions) -> Result<Arc<Model>> {
+        check_threads(opts.n_threads)?;
+        report(&mut opts, 0.1)?;
         let cfg = Config::from_gguf(&file)?;
         let tokenizer = Tokenizer::from_gguf(&file)?;
         if tokenizer.n_vocab() != cfg.n_vocab {
@@ -115,9 +132,9 @@ impl Model {
                 cfg.n_vocab
             )));
         }
-        report(0.4)?;
+        report(&mut opts, 0.4)?;
         let weights = Weights::load(&file, &cfg)?;
-        report(0.9)?;
+        report(&mut opts, 0.9)?;
         let n_threads = if opts.n_threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -140,7 +157,7 @@ impl Model {
             }
             None => None,
         };
-        report(1.0)?;
+        report(&mut opts, 1.0)?;
         Ok(Arc::new(Model { cfg, file, weights, tokenizer, pool, n_threads, gpu }))
     }
 
@@ -177,6 +194,9 @@ impl Session {
     /// KV cache for all `n_ctx` positions is allocated here, once.
     pub fn new(model: Arc<Model>, n_ctx: usize) -> Result<Session> {
         let n_ctx = if n_ctx == 0 { model.default_n_ctx() } else { n_ctx };
+        if n_ctx > MAX_CTX {
+            return Err(Error::InvalidArgument(format!("n_ctx {n_ctx} is more than {MAX_CTX}")));
+        }
         if let Some(g) = &model.gpu {
             let gpu = GpuSession::new(g.clone(), n_ctx)?;
             return Ok(Session { model, n_ctx, pos: 0, k_cache: Vec::new(), v_cache: Vec::new(), gpu: Some(gpu) });
@@ -187,13 +207,9 @@ impl Session {
         let (Some(k), Some(v)) = (k, v) else {
             return Err(Error::InvalidArgument(format!("n_ctx {n_ctx} makes the KV cache size overflow")));
         };
-        let mut k_cache = Vec::new();
-        let mut v_cache = Vec::new();
-        k_cache.try_reserve_exact(k).and_then(|_| v_cache.try_reserve_exact(v)).map_err(|_| {
-            Error::OutOfMemory(format!("KV cache for n_ctx {n_ctx}: {} MiB", (k + v) * 4 >> 20))
-        })?;
-        k_cache.resize(k, 0.0);
-        v_cache.resize(v, 0.0);
+        let oom = || Error::OutOfMemory(format!("KV cache for n_ctx {n_ctx}: {} MiB", (k + v) * 4 >> 20));
+        let k_cache = try_zeroed(k).ok_or_else(oom)?;
+        let v_cache = try_zeroed(v).ok_or_else(oom)?;
         Ok(Session { model, n_ctx, pos: 0, k_cache, v_cache, gpu: None })
     }
 
@@ -293,5 +309,23 @@ impl Session {
         let v = model.pool.install(|| forward::forward(self, tokens, want))?;
         self.pos += tokens.len();
         Ok(v)
+    }
+}
+
+/// `n` zeroed floats, or None when the allocation fails. Zeroed memory comes
+/// from the allocator (calloc: fresh pages are zero already), so a large KV
+/// cache costs no time or resident memory until positions are written, and
+/// a size the system cannot give is an error instead of an abort.
+fn try_zeroed(n: usize) -> Option<Vec<f32>> {
+    if n == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<f32>(n).ok()?;
+    // SAFETY: layout has a non-zero size; a non-NULL result is `n` zeroed
+    // f32s (0x0 is 0.0) allocated by the global allocator with f32's
+    // alignment, which is what Vec::from_raw_parts requires.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout) as *mut f32;
+        (!p.is_null()).then(|| Vec::from_raw_parts(p, n, n))
     }
 }
