@@ -87,10 +87,12 @@ pub fn generate(
     }
     let model = session.model.clone();
     let tok = &model.tokenizer;
+    // evaluate first: a prompt that fails (context full) leaves the
+    // sampler's penalty history as it was
+    let mut logits = session.eval(prompt, Logits::Last)?;
     for &t in prompt {
         sampler.accept(t);
     }
-    let mut logits = session.eval(prompt, Logits::Last)?;
     let mut out = Generated { tokens: Vec::new(), text: String::new(), reason: StopReason::MaxTokens };
     let mut dec = StreamDecoder::new();
     let mut stops = StopMatcher { stops: &opts.stop, held: String::new() };

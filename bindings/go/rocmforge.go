@@ -14,7 +14,13 @@
 // Concurrency: every method of a *Model locks it, so a Model is safe to share
 // between goroutines, but calls on one Model run one at a time (the C
 // context holds one sequence). For parallel generation take one Model per
-// goroutine with NewSession: sessions share the loaded weights.
+// goroutine with NewSession: sessions share the loaded weights. Do not call
+// the same Model from Generate's onToken callback or while consuming its
+// Stream: the call would wait for the generation that is waiting for it.
+//
+// Errors are *Error values carrying the library's Status; test them with
+// errors.Is and the Err* sentinels (ErrBusy is the library's FORGE_ERR_BUSY:
+// a C handle used by two calls at once).
 package rocmforge
 
 /*
@@ -37,12 +43,12 @@ static enum forge_status rf_generate(forge_ctx *ctx, forge_sampler *s, const int
 	return forge_generate(ctx, s, prompt, n, &gp, out, cap, n_out, why);
 }
 
-static enum forge_status rf_load(const char *path, uint32_t threads, uint32_t n_ctx, int backend, int32_t gpu,
+static enum forge_status rf_load(const char *path, uint32_t threads, uint32_t n_ctx, int32_t backend, int32_t gpu,
                                  uint64_t budget, uintptr_t handle, forge_ctx **out) {
 	struct forge_load_params p = forge_load_default_params();
 	p.n_threads = threads;
 	p.n_ctx = n_ctx;
-	p.backend = (enum forge_backend)backend;
+	p.backend = backend; // an int32_t: the library rejects a value that is not a forge_backend
 	p.gpu_index = gpu;
 	p.gpu_mem_budget = budget;
 	if (handle) {
@@ -58,6 +64,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"runtime/cgo"
 	"sync"
 	"unsafe"
@@ -83,7 +90,27 @@ const (
 	StatusOutOfMemory        Status = 21
 	StatusBackendUnavailable Status = 30
 	StatusCancelled          Status = 40
+	StatusBusy               Status = 41 // a handle in use by another call; nothing was done
 	StatusInternal           Status = 99
+)
+
+// The Status numbers above are the header's: a difference is a compile
+// error (an index other than 0 into a one-element array).
+var (
+	_ = [1]struct{}{}[StatusOK-C.FORGE_OK]
+	_ = [1]struct{}{}[StatusInvalidArgument-C.FORGE_ERR_INVALID_ARGUMENT]
+	_ = [1]struct{}{}[StatusNullPointer-C.FORGE_ERR_NULL_POINTER]
+	_ = [1]struct{}{}[StatusBufferTooSmall-C.FORGE_ERR_BUFFER_TOO_SMALL]
+	_ = [1]struct{}{}[StatusInvalidUTF8-C.FORGE_ERR_INVALID_UTF8]
+	_ = [1]struct{}{}[StatusIO-C.FORGE_ERR_IO]
+	_ = [1]struct{}{}[StatusInvalidModel-C.FORGE_ERR_INVALID_MODEL]
+	_ = [1]struct{}{}[StatusUnsupported-C.FORGE_ERR_UNSUPPORTED]
+	_ = [1]struct{}{}[StatusContextFull-C.FORGE_ERR_CONTEXT_FULL]
+	_ = [1]struct{}{}[StatusOutOfMemory-C.FORGE_ERR_OUT_OF_MEMORY]
+	_ = [1]struct{}{}[StatusBackendUnavailable-C.FORGE_ERR_BACKEND_UNAVAILABLE]
+	_ = [1]struct{}{}[StatusCancelled-C.FORGE_ERR_CANCELLED]
+	_ = [1]struct{}{}[StatusBusy-C.FORGE_ERR_BUSY]
+	_ = [1]struct{}{}[StatusInternal-C.FORGE_ERR_INTERNAL]
 )
 
 // Error is a failed call: the status and forge_last_error()'s message.
@@ -93,7 +120,9 @@ type Error struct {
 	Message string
 }
 
-func (e *Error) Error() string { return fmt.Sprintf("rocmforge: %s (status %d)", e.Message, int(e.Status)) }
+func (e *Error) Error() string {
+	return fmt.Sprintf("rocmforge: %s (status %d)", e.Message, int(e.Status))
+}
 
 // Is matches any *Error with the same Status.
 func (e *Error) Is(target error) bool {
@@ -112,7 +141,14 @@ var (
 	// ErrBackendUnavailable: the backend is not compiled in or has no usable device.
 	ErrBackendUnavailable = &Error{Status: StatusBackendUnavailable}
 	ErrCancelled          = &Error{Status: StatusCancelled}
-	// ErrClosed: the Model was used after Close.
+	// ErrBusy: the library found a context or sampler in use by another call
+	// (FORGE_ERR_BUSY) and did nothing; retry once that call has returned.
+	// A Model serializes its own calls, so this arises only if the same C
+	// handle is reached some other way.
+	ErrBusy = &Error{Status: StatusBusy}
+	// ErrInternal: a bug in the library (a caught panic); close the Model.
+	ErrInternal = &Error{Status: StatusInternal}
+	// ErrClosed: the Model was used after Close, or is a nil *Model.
 	ErrClosed = errors.New("rocmforge: model is closed")
 )
 
@@ -143,7 +179,7 @@ func checkABI() error {
 type Backend int
 
 // Backends. BackendAuto takes the first GPU of a compiled-in GPU backend,
-// else the CPU.
+// else the CPU. Any other value is ErrInvalidArgument.
 const (
 	BackendAuto Backend = 0
 	BackendCPU  Backend = 1
@@ -151,43 +187,68 @@ const (
 	BackendHIP  Backend = 3
 )
 
+// cBackend is b as the C ABI's int32_t. A value outside int32 would wrap
+// into a valid backend, so it is an error here; the library checks the rest.
+func (b Backend) cBackend() (C.int32_t, error) {
+	if int64(b) < math.MinInt32 || int64(b) > math.MaxInt32 {
+		return 0, &Error{Status: StatusInvalidArgument, Message: fmt.Sprintf("backend %d is not a forge_backend (0 Auto, 1 CPU, 2 CUDA, 3 HIP)", int(b))}
+	}
+	return C.int32_t(b), nil
+}
+
 // BackendCompiled reports whether the library was built with backend b
-// (the CPU and Auto always are).
-func BackendCompiled(b Backend) bool { return bool(C.forge_backend_compiled(C.enum_forge_backend(b))) }
+// (the CPU and Auto always are). False for a value that is not a backend.
+func BackendCompiled(b Backend) bool {
+	cb, err := b.cBackend()
+	return err == nil && bool(C.forge_backend_compiled(cb))
+}
 
 // DeviceCount is the number of devices of a GPU backend this process can
 // use (1 for the CPU and Auto). A backend that is not compiled in or whose
-// driver reports no device gives ErrBackendUnavailable with the driver's words.
+// driver reports no device gives ErrBackendUnavailable with the driver's
+// words; a value that is not a backend, ErrInvalidArgument.
 func DeviceCount(b Backend) (int, error) {
+	cb, err := b.cBackend()
+	if err != nil {
+		return 0, err
+	}
 	var n C.int32_t
-	if err := check(C.forge_device_count(C.enum_forge_backend(b), &n)); err != nil {
+	if err := check(C.forge_device_count(cb, &n)); err != nil {
 		return 0, err
 	}
 	return int(n), nil
 }
 
+// MaxThreads and MaxContextSize are the largest WithThreads and
+// WithContextSize values (FORGE_MAX_THREADS, FORGE_MAX_CTX); larger ones
+// fail Load with ErrInvalidArgument.
+const (
+	MaxThreads     = int(C.FORGE_MAX_THREADS)
+	MaxContextSize = int(C.FORGE_MAX_CTX)
+)
+
 type options struct {
-	threads, nCtx uint32
-	backend       Backend
-	gpu           int32
-	gpuBudget     uint64
-	progress      func(float32) bool
+	threads, nCtx, gpu int
+	backend            Backend
+	gpuBudget          uint64
+	progress           func(float32) bool
 }
 
 // Option configures Load.
 type Option func(*options)
 
-// WithThreads sets the CPU worker threads (0 = all cores).
-func WithThreads(n int) Option { return func(o *options) { o.threads = uint32(n) } }
+// WithThreads sets the CPU worker threads, 0..MaxThreads (0 = one per core).
+func WithThreads(n int) Option { return func(o *options) { o.threads = n } }
 
-// WithContextSize sets the KV cache size in tokens (0 = min(n_ctx_train, 4096)).
-func WithContextSize(n int) Option { return func(o *options) { o.nCtx = uint32(n) } }
+// WithContextSize sets the KV cache size in tokens, 0..MaxContextSize
+// (0 = min(n_ctx_train, 4096)).
+func WithContextSize(n int) Option { return func(o *options) { o.nCtx = n } }
 
 // WithBackend picks the backend (default BackendAuto).
 func WithBackend(b Backend) Option { return func(o *options) { o.backend = b } }
 
 // WithGPU picks the device index of a GPU backend (default 0).
-func WithGPU(index int) Option { return func(o *options) { o.gpu = int32(index) } }
+func WithGPU(index int) Option { return func(o *options) { o.gpu = index } }
 
 // WithGPUMemBudget caps the device memory the model may use for weights, KV
 // cache and scratch, in bytes (0 = the free memory less 5%); exceeding it
@@ -201,6 +262,15 @@ func WithProgress(f func(float32) bool) Option { return func(o *options) { o.pro
 type Model struct {
 	mu  sync.Mutex
 	ctx *C.forge_ctx
+}
+
+// inRange is an *Error for an option the C type cannot hold (it would wrap
+// into an accepted value); the library checks the ranges within it.
+func inRange(what string, v int, lo, hi int64) error {
+	if int64(v) < lo || int64(v) > hi {
+		return &Error{Status: StatusInvalidArgument, Message: fmt.Sprintf("%s %d is out of range", what, v)}
+	}
+	return nil
 }
 
 //export rocmforgeGoProgress
@@ -218,6 +288,16 @@ func Load(path string, opts ...Option) (*Model, error) {
 	for _, f := range opts {
 		f(&o)
 	}
+	backend, err := o.backend.cBackend()
+	if err != nil {
+		return nil, err
+	}
+	for _, err := range []error{inRange("threads", o.threads, 0, math.MaxUint32), inRange("context size", o.nCtx, 0, math.MaxUint32),
+		inRange("GPU index", o.gpu, math.MinInt32, math.MaxInt32)} {
+		if err != nil {
+			return nil, err
+		}
+	}
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
 	var h cgo.Handle
@@ -226,15 +306,19 @@ func Load(path string, opts ...Option) (*Model, error) {
 		defer h.Delete()
 	}
 	var ctx *C.forge_ctx
-	st := C.rf_load(cpath, C.uint32_t(o.threads), C.uint32_t(o.nCtx), C.int(o.backend), C.int32_t(o.gpu), C.uint64_t(o.gpuBudget), C.uintptr_t(h), &ctx)
+	st := C.rf_load(cpath, C.uint32_t(o.threads), C.uint32_t(o.nCtx), backend, C.int32_t(o.gpu), C.uint64_t(o.gpuBudget), C.uintptr_t(h), &ctx)
 	if err := check(st); err != nil {
 		return nil, err
 	}
 	return &Model{ctx: ctx}, nil
 }
 
-// Close frees the context. Further calls return ErrClosed. Idempotent.
+// Close frees the context. Further calls return ErrClosed. Idempotent; a
+// nil *Model is a no-op.
 func (m *Model) Close() error {
+	if m == nil {
+		return nil
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.ctx != nil {
@@ -244,7 +328,11 @@ func (m *Model) Close() error {
 	return nil
 }
 
+// lock takes the Model for one call: ErrClosed after Close or on a nil *Model.
 func (m *Model) lock() error {
+	if m == nil {
+		return ErrClosed
+	}
 	m.mu.Lock()
 	if m.ctx == nil {
 		m.mu.Unlock()
@@ -346,7 +434,7 @@ func (m *Model) Reset(nKeep int) error {
 // fields mean "off" (TopP and RepeatPenalty use 1 for off; see Greedy/DefaultSampler).
 type SamplerOptions struct {
 	Temperature, TopP, MinP, RepeatPenalty, FrequencyPenalty, PresencePenalty float32
-	TopK, PenaltyLastN                                                       int
+	TopK, PenaltyLastN                                                        int
 	Seed                                                                      uint64
 }
 
@@ -421,6 +509,9 @@ func (m *Model) Generate(ctx context.Context, prompt []int32, opts GenerateOptio
 	defer m.mu.Unlock()
 	if len(prompt) == 0 {
 		return nil, &Error{Status: StatusInvalidArgument, Message: "empty prompt"}
+	}
+	if err := inRange("MaxTokens", opts.MaxTokens, 0, math.MaxUint32-1); err != nil {
+		return nil, err
 	}
 	sp := C.forge_sampler_default_params()
 	s := opts.Sampler

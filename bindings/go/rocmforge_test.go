@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -199,5 +200,147 @@ func TestBackendChoice(t *testing.T) {
 	defer c.Close()
 	if where, _ := c.Backend(); where != "cpu (1 threads)" {
 		t.Fatalf("got %q", where)
+	}
+}
+
+// writeTemp writes a scratch file for a load that must fail.
+func writeTemp(t *testing.T, name string, data []byte) string {
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// wantStatus fails unless err is an *Error with the status of sentinel and a
+// message containing each of words.
+func wantStatus(t *testing.T, what string, err error, sentinel *Error, words ...string) {
+	t.Helper()
+	var e *Error
+	if !errors.Is(err, sentinel) || !errors.As(err, &e) || e.Status != sentinel.Status {
+		t.Fatalf("%s: got %v, want status %d", what, err, int(sentinel.Status))
+	}
+	for _, w := range words {
+		if !strings.Contains(e.Message, w) {
+			t.Fatalf("%s: message %q lacks %q", what, e.Message, w)
+		}
+	}
+}
+
+// Values the C ABI rejects come back as ErrInvalidArgument, never a crash:
+// a backend that is not a forge_backend (also one that would wrap into a
+// valid int32), threads above MaxThreads, a context above MaxContextSize.
+func TestInvalidArguments(t *testing.T) {
+	path := env(t, "ROCMFORGE_MODEL")
+	bad := []Backend{42, -1}
+	if strconv.IntSize == 64 {
+		wraps := int64(BackendCPU) + 1<<32 // BackendCPU as an int32
+		bad = append(bad, Backend(wraps))
+	}
+	for _, b := range bad {
+		if BackendCompiled(b) {
+			t.Fatalf("BackendCompiled(%d) is true", int(b))
+		}
+		n, err := DeviceCount(b)
+		wantStatus(t, "DeviceCount", err, ErrInvalidArgument, "not a forge_backend")
+		if n != 0 {
+			t.Fatalf("DeviceCount(%d) = %d on error", int(b), n)
+		}
+		m, err := Load(path, WithBackend(b), WithContextSize(64))
+		wantStatus(t, "Load with a bad backend", err, ErrInvalidArgument, "not a forge_backend")
+		if m != nil {
+			t.Fatal("Load returned a Model with its error")
+		}
+	}
+	_, err := Load(path, WithThreads(MaxThreads+1), WithContextSize(64))
+	wantStatus(t, "threads above MaxThreads", err, ErrInvalidArgument, "FORGE_MAX_THREADS")
+	_, err = Load(path, WithThreads(-1), WithContextSize(64))
+	wantStatus(t, "negative threads", err, ErrInvalidArgument)
+	if strconv.IntSize == 64 {
+		wraps := int64(1)<<32 + 1 // 1 as a uint32
+		_, err = Load(path, WithThreads(int(wraps)), WithContextSize(64))
+		wantStatus(t, "threads that would wrap to 1", err, ErrInvalidArgument, "out of range")
+	}
+	_, err = Load(path, WithContextSize(MaxContextSize+1))
+	wantStatus(t, "context above MaxContextSize", err, ErrInvalidArgument, "FORGE_MAX_CTX")
+	m := load(t)
+	prompt, err := m.Tokenize("Hi", true, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = m.Generate(context.Background(), prompt, GenerateOptions{MaxTokens: -2, Sampler: Greedy()}, nil)
+	wantStatus(t, "negative MaxTokens", err, ErrInvalidArgument, "MaxTokens")
+	// the failures left nothing behind: the model still generates
+	if r, err := m.Generate(context.Background(), prompt, GenerateOptions{MaxTokens: 2, Sampler: Greedy()}, nil); err != nil || len(r.Tokens) != 2 {
+		t.Fatalf("after the errors: %+v, %v", r, err)
+	}
+}
+
+// A file that is not a whole GGUF model is ErrInvalidModel; a directory is
+// ErrIO saying so.
+func TestCorruptModel(t *testing.T) {
+	garbage := append([]byte("GGUF"), []byte("\x03\x00\x00\x00garbage garbage garbage \xff\xff\xff\xff\xff\xff\xff\xff")...)
+	real, err := os.ReadFile(env(t, "ROCMFORGE_MODEL"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string][]byte{"garbage.gguf": garbage, "truncated.gguf": real[:4096], "empty.gguf": {}} {
+		m, err := Load(writeTemp(t, name, data), WithContextSize(64))
+		wantStatus(t, name, err, ErrInvalidModel, "corrupt GGUF")
+		if m != nil {
+			t.Fatalf("%s: Load returned a Model with its error", name)
+		}
+	}
+	_, err = Load(t.TempDir())
+	wantStatus(t, "a directory", err, ErrIO, "directory")
+}
+
+// A nil *Model and a closed one give ErrClosed from every method, never a
+// nil dereference; Close on either is a no-op.
+func TestNilAndClosedModel(t *testing.T) {
+	closed := load(t)
+	if err := closed.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for name, m := range map[string]*Model{"nil": nil, "closed": closed} {
+		if err := m.Close(); err != nil {
+			t.Fatalf("%s: Close: %v", name, err)
+		}
+		if _, err := m.Tokenize("hi", true, false); !errors.Is(err, ErrClosed) {
+			t.Fatalf("%s: Tokenize: %v", name, err)
+		}
+		if _, err := m.Detokenize([]int32{1, 2}); !errors.Is(err, ErrClosed) {
+			t.Fatalf("%s: Detokenize: %v", name, err)
+		}
+		if s, err := m.NewSession(); !errors.Is(err, ErrClosed) || s != nil {
+			t.Fatalf("%s: NewSession: %v, %v", name, s, err)
+		}
+		if _, err := m.Backend(); !errors.Is(err, ErrClosed) {
+			t.Fatalf("%s: Backend: %v", name, err)
+		}
+		if err := m.Reset(0); !errors.Is(err, ErrClosed) {
+			t.Fatalf("%s: Reset: %v", name, err)
+		}
+		if _, err := m.Generate(context.Background(), []int32{1}, GenerateOptions{MaxTokens: 1, Sampler: Greedy()}, nil); !errors.Is(err, ErrClosed) {
+			t.Fatalf("%s: Generate: %v", name, err)
+		}
+		tokens, done := m.Stream(context.Background(), []int32{1}, GenerateOptions{MaxTokens: 1, Sampler: Greedy()})
+		for range tokens {
+			t.Fatalf("%s: Stream delivered a token", name)
+		}
+		if err := <-done; !errors.Is(err, ErrClosed) {
+			t.Fatalf("%s: Stream: %v", name, err)
+		}
+	}
+}
+
+// FORGE_ERR_BUSY is its own status: ErrBusy matches it and nothing else.
+func TestBusyStatus(t *testing.T) {
+	busy := error(&Error{Status: 41, Message: "forge_eval: the context is in use by another call"})
+	if StatusBusy != 41 || !errors.Is(busy, ErrBusy) || errors.Is(busy, ErrInvalidArgument) || errors.Is(ErrInvalidArgument, ErrBusy) {
+		t.Fatalf("ErrBusy does not identify status 41: %v", busy)
+	}
+	if !strings.Contains(busy.Error(), "status 41") {
+		t.Fatalf("%q", busy.Error())
 	}
 }

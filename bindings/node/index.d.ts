@@ -1,17 +1,23 @@
-/** Error objects from rocmforge carry the C status name and number. */
+/**
+ * Error objects from rocmforge carry the C status name and number, e.g.
+ * FORGE_ERR_INVALID_ARGUMENT (1; also an unknown backend or an option out of
+ * range), FORGE_ERR_IO (10; also a directory), FORGE_ERR_INVALID_MODEL (11;
+ * a corrupt or truncated file), FORGE_ERR_BUSY (41; generate() or reset()
+ * while a generation runs on the same model).
+ */
 export interface ForgeError extends Error {
-  /** e.g. "FORGE_ERR_IO", "FORGE_ERR_INVALID_MODEL", "ERR_CLOSED", "ERR_BUSY" */
+  /** e.g. "FORGE_ERR_IO", "FORGE_ERR_INVALID_MODEL", "FORGE_ERR_BUSY", or "ERR_CLOSED" from the binding */
   code: string;
-  /** forge_status number, -1 for errors raised by the binding itself */
+  /** forge_status number (FORGE_ERR_BUSY: 41), -1 for ERR_CLOSED / ERR_ABI_MISMATCH */
   status?: number;
 }
 
 export interface LoadOptions {
-  /** CPU worker threads; 0 = all cores */
+  /** CPU worker threads, 0..1024 (FORGE_MAX_THREADS); 0 = one per core */
   threads?: number;
-  /** KV cache size; 0 = min(n_ctx_train, 4096) */
+  /** KV cache size, 0..16777216 (FORGE_MAX_CTX); 0 = min(n_ctx_train, 4096) */
   contextSize?: number;
-  /** 'auto' (default): the first GPU of a compiled-in GPU backend, else the CPU */
+  /** 'auto' (default): the first GPU of a compiled-in GPU backend, else the CPU; anything else is FORGE_ERR_INVALID_ARGUMENT */
   backend?: Backend;
   /** device index of a GPU backend; default 0 */
   gpuIndex?: number;
@@ -62,8 +68,10 @@ export class Model {
   /** where this model runs, e.g. "cpu (8 threads)" or "cuda:0 NVIDIA H100 80GB HBM3 (sm_90)" */
   backend(): string;
   newSession(): Model;
+  /** throws FORGE_ERR_BUSY while a generation runs on this model */
   reset(nKeep?: number): void;
   close(): void;
+  /** throws FORGE_ERR_BUSY while another generation runs on this model (use newSession() for parallel work) */
   generate(prompt: string | ArrayLike<number>, options?: GenerateOptions, onToken?: (token: number, text: string) => void): Promise<GenerateResult>;
   stream(prompt: string | ArrayLike<number>, options?: GenerateOptions): AsyncGenerator<{ token: number; text: string }>;
 }

@@ -15,6 +15,7 @@ if (native.abiVersion !== ABI_VERSION) {
 function closedError() {
   const e = new Error('rocmforge: model is closed');
   e.code = 'ERR_CLOSED';
+  e.status = -1; // as the addon's ERR_CLOSED: raised by the binding, no C status
   return e;
 }
 
@@ -45,7 +46,7 @@ class Model {
   newSession() {
     return new Model(this.#native().newSession());
   }
-  /** Keep the first nKeep positions of the KV cache (0 clears it). */
+  /** Keep the first nKeep positions of the KV cache (0 clears it). Throws FORGE_ERR_BUSY while a generation runs. */
   reset(nKeep = 0) {
     this.#native().reset(nKeep);
   }
@@ -61,6 +62,8 @@ class Model {
    * Generate from a prompt (text or ids) off the main thread. `onToken(token, text)`
    * is called on the event loop for each token; `options.signal` (AbortSignal) stops early.
    * Resolves to {tokens, text, reason} after every token has been delivered.
+   * Throws FORGE_ERR_BUSY (status 41) while another generation runs on this
+   * model; tokenize, detokenize, info, backend and newSession work meanwhile.
    */
   generate(prompt, options = {}, onToken) {
     const n = this.#native();
@@ -113,18 +116,24 @@ class Model {
 }
 
 /**
- * Load a GGUF model off the main thread. options: {threads, contextSize,
- * backend: 'auto' | 'cpu' | 'cuda' | 'hip', gpuIndex, gpuMemBudget (bytes)}.
+ * Load a GGUF model off the main thread. options: {threads (0..1024),
+ * contextSize (0..2^24), backend: 'auto' | 'cpu' | 'cuda' | 'hip', gpuIndex,
+ * gpuMemBudget (bytes)}. Rejects with FORGE_ERR_INVALID_ARGUMENT for an
+ * unknown backend or an option out of range, FORGE_ERR_IO for a missing file
+ * or a directory, FORGE_ERR_INVALID_MODEL for a corrupt or truncated file.
  */
 async function load(path, options = {}) {
   return new Model(await native.load(String(path), options));
 }
 
-/** Devices of a backend this process can use ('cpu'/'auto': 1); throws FORGE_ERR_BACKEND_UNAVAILABLE when none. */
+/**
+ * Devices of a backend this process can use ('cpu'/'auto': 1); throws
+ * FORGE_ERR_BACKEND_UNAVAILABLE when none, FORGE_ERR_INVALID_ARGUMENT for an unknown backend.
+ */
 function deviceCount(backend) {
   return native.deviceCount(String(backend));
 }
-/** Whether the library was built with this backend ('cpu' and 'auto' always are). */
+/** Whether the library was built with this backend ('cpu' and 'auto' always are); throws FORGE_ERR_INVALID_ARGUMENT for an unknown one. */
 function backendCompiled(backend) {
   return native.backendCompiled(String(backend));
 }

@@ -270,9 +270,13 @@ fn token_ids(ctx: &forge_ctx, tokens: &[i32]) -> Result<Vec<u32>, FfiError> {
 
 /// Copy items to a caller's (buf, cap) with the size in `*n_out`: the data
 /// and the size on success; only the size on BUFFER_TOO_SMALL (the size
-/// query: `cap` 0, `buf` NULL); nothing at all on NULL_POINTER.
+/// query: `cap` 0, `buf` NULL); nothing at all on NULL_POINTER (`buf` NULL
+/// with a non-zero `cap`, or `n_out` NULL).
 fn write_out<T: Copy>(items: &[T], buf: *mut T, cap: usize, n_out: *mut usize, what: &str) -> Result<(), FfiError> {
     let n_out = out_ptr(n_out, "n_out")?;
+    if cap > 0 {
+        out_ptr(buf, what)?;
+    }
     if items.len() > cap {
         // SAFETY: checked non-NULL above.
         unsafe { *n_out = items.len() };
@@ -662,7 +666,10 @@ pub unsafe extern "C" fn forge_get_model_info(ctx: *const forge_ctx, out: *mut f
 /// Whether `token` ends generation (EOS or end-of-turn). False for NULL ctx.
 #[no_mangle]
 pub unsafe extern "C" fn forge_token_is_eog(ctx: *const forge_ctx, token: i32) -> bool {
-    boundary_value("forge_token_is_eog", false, || Ok(token >= 0 && ctx_ref(ctx)?.model.tokenizer.vocab.is_eog(token as u32)))
+    boundary_value("forge_token_is_eog", false, || {
+        let c = ctx_ref(ctx)?;
+        Ok(token >= 0 && c.model.tokenizer.vocab.is_eog(token as u32))
+    })
 }
 
 // ---- sampling and generation -------------------------------------------------
@@ -759,12 +766,12 @@ pub unsafe extern "C" fn forge_sampler_accept(s: *mut forge_sampler, token: i32)
 pub unsafe extern "C" fn forge_sampler_sample(s: *mut forge_sampler, logits: *mut f32, n_logits: usize, out_token: *mut i32) -> forge_status {
     boundary("forge_sampler_sample", || {
         let mut s = sampler(s)?;
-        if logits.is_null() {
-            return Err(FfiError::null("logits"));
-        }
         let out_token = out_ptr(out_token, "out_token")?;
         if n_logits == 0 || n_logits > i32::MAX as usize {
             return Err(FfiError::arg(format!("n_logits {n_logits} is outside 1..=INT32_MAX")));
+        }
+        if logits.is_null() {
+            return Err(FfiError::null("logits"));
         }
         let l = std::slice::from_raw_parts_mut(logits, n_logits);
         let t = s.sample(l)?;

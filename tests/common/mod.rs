@@ -64,3 +64,7 @@ pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
 pub fn last_error() -> String {
     unsafe { std::ffi::CStr::from_ptr(rocmforge::ffi::forge_last_error()) }.to_string_lossy().into_owned()
 }
+
+pub mod api_fuzz;
+pub mod load_fuzz;
+pub mod tiny;

@@ -4,7 +4,12 @@
 // exceptions carrying the forge_status and forge_last_error() text; strings
 // in as std::string_view, out as std::string; streaming through any callable.
 // A Context is one sequence on a loaded model: use it from one thread at a
-// time; clone_session() gives another sequence on the same weights.
+// time; clone_session() gives another sequence on the same weights. The
+// library detects a Context or Sampler used by two calls at once (another
+// thread, or a generate() callback calling eval/generate/kv_reset on the
+// Context or Sampler it runs on) and throws Error(FORGE_ERR_BUSY) for the
+// second call, which did nothing; model-only calls (tokenize, detokenize,
+// info, backend, n_past, n_vocab, clone_session) are never busy.
 #pragma once
 
 #include <cstdint>
@@ -21,7 +26,12 @@
 
 namespace rocmforge {
 
-/// A failed call: the C status and the library's message.
+/// A failed call: the C status and the library's message. status() is e.g.
+/// FORGE_ERR_INVALID_ARGUMENT (also a backend value that is not a
+/// forge_backend, n_threads above FORGE_MAX_THREADS), FORGE_ERR_INVALID_MODEL
+/// (a corrupt or truncated file), FORGE_ERR_BUSY (the handle is in use by
+/// another call: retry once it has returned), FORGE_ERR_NULL_POINTER (a
+/// handle used after close() or a move).
 class Error : public std::runtime_error {
   public:
     Error(forge_status status, const std::string &what) : std::runtime_error(what), status_(status) {}
@@ -66,23 +76,30 @@ struct SamplerDeleter {
 }  // namespace detail
 
 struct LoadOptions {
-    uint32_t n_threads = 0;  ///< 0 = all cores
-    uint32_t n_ctx = 0;      ///< 0 = min(n_ctx_train, 4096)
-    forge_backend backend = FORGE_BACKEND_AUTO;  ///< AUTO: the first GPU of a compiled-in backend, else the CPU
+    uint32_t n_threads = 0;  ///< 0..FORGE_MAX_THREADS; 0 = one per core
+    uint32_t n_ctx = 0;      ///< 0..FORGE_MAX_CTX; 0 = min(n_ctx_train, 4096)
+    /// AUTO: the first GPU of a compiled-in backend, else the CPU. Passed to
+    /// the C ABI as int32_t; a value that is not a forge_backend fails the
+    /// load with FORGE_ERR_INVALID_ARGUMENT.
+    forge_backend backend = FORGE_BACKEND_AUTO;
     int32_t gpu_index = 0;
     uint64_t gpu_mem_budget = 0;  ///< bytes of device memory; 0 = free memory less 5%
     std::function<bool(float)> progress;  ///< return false to cancel
 };
 
-/// Whether a backend is compiled into the library (CPU and AUTO always are).
-[[nodiscard]] inline bool backend_compiled(forge_backend b) { return forge_backend_compiled(b); }
+/// Whether a backend is compiled into the library (CPU and AUTO always are);
+/// false for a value that is not a forge_backend.
+[[nodiscard]] inline bool backend_compiled(forge_backend b) {
+    return forge_backend_compiled(static_cast<int32_t>(b));
+}
 
 /// Devices of a GPU backend this process can use (CPU and AUTO: 1). Throws
 /// Error(FORGE_ERR_BACKEND_UNAVAILABLE) when the backend is not compiled in
-/// or its driver reports no usable device (the message has the driver's words).
+/// or its driver reports no usable device (the message has the driver's words),
+/// Error(FORGE_ERR_INVALID_ARGUMENT) for a value that is not a forge_backend.
 [[nodiscard]] inline int device_count(forge_backend b) {
     int32_t n = 0;
-    detail::check(forge_device_count(b, &n), "forge_device_count");
+    detail::check(forge_device_count(static_cast<int32_t>(b), &n), "forge_device_count");
     return n;
 }
 
@@ -121,7 +138,9 @@ class Sampler {
         detail::check(forge_sampler_new(&p, &s), "forge_sampler_new");
         h_.reset(s);
     }
-    /// Pick a token (logits are modified by penalties) and record it.
+    /// Pick a token (logits are modified by penalties) and record it. Throws
+    /// FORGE_ERR_INVALID_ARGUMENT for a NaN or +inf logit or all -inf, and
+    /// FORGE_ERR_BUSY while a generate() runs with this sampler.
     [[nodiscard]] int32_t sample(std::vector<float> &logits) {
         int32_t t = -1;
         detail::check(forge_sampler_sample(get(), logits.data(), logits.size(), &t), "forge_sampler_sample");
@@ -147,13 +166,15 @@ struct GenerateResult {
 
 class Context {
   public:
-    /// Load a GGUF model. Throws Error (IO, INVALID_MODEL, UNSUPPORTED, ...).
+    /// Load a GGUF model. Throws Error (IO, also for a directory; INVALID_MODEL
+    /// for a corrupt or truncated file; INVALID_ARGUMENT for options out of
+    /// range; UNSUPPORTED, BACKEND_UNAVAILABLE, ...).
     static Context load(std::string_view path, const LoadOptions &o = {}) {
         detail::check_abi();
         forge_load_params p = forge_load_default_params();
         p.n_threads = o.n_threads;
         p.n_ctx = o.n_ctx;
-        p.backend = o.backend;
+        p.backend = static_cast<int32_t>(o.backend);
         p.gpu_index = o.gpu_index;
         p.gpu_mem_budget = o.gpu_mem_budget;
         struct Progress {
@@ -209,6 +230,8 @@ class Context {
     }
 
     /// Append tokens; returns the last position's logits (n_vocab floats).
+    /// FORGE_ERR_BUSY (nothing appended) while another eval/generate/kv_reset
+    /// runs on this Context, e.g. from inside a generate() callback.
     std::vector<float> eval(const std::vector<int32_t> &tokens) {
         std::vector<float> logits(static_cast<size_t>(n_vocab()));
         detail::check(forge_eval(get(), tokens.data(), tokens.size(), logits.data(), logits.size()), "forge_eval");
@@ -232,7 +255,9 @@ class Context {
     /// Evaluate `prompt`, then generate up to `max_tokens`, calling
     /// `on_token(int32_t id, std::string_view piece) -> bool` for each token
     /// (return false to stop). An exception thrown by the callback stops
-    /// generation and is rethrown here.
+    /// generation and is rethrown here. The callback may use this Context's
+    /// model-only calls (tokenize, detokenize, ...); eval, generate and
+    /// kv_reset on it, or a call on `sampler`, throw Error(FORGE_ERR_BUSY).
     template <class F>
     GenerateResult generate(Sampler &sampler, const std::vector<int32_t> &prompt, uint32_t max_tokens, F &&on_token,
                             const std::vector<std::string> &stop = {}) {

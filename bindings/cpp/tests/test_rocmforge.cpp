@@ -1,9 +1,15 @@
 // Tests for rocmforge.hpp, run by ctest. Needs ROCMFORGE_MODEL (SmolLM2 GGUF)
 // and ROCMFORGE_C_IDS (a file holding the C example's "ids: ..." line for
 // the same prompt).
+#include <unistd.h>
+
+#include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <iterator>
+#include <limits>
 #include <sstream>
 #include <string>
 
@@ -29,6 +35,18 @@ static forge_status status_of(F &&f) {
     }
     return FORGE_OK;
 }
+
+/// The status and message of the Error `f` throws (FORGE_OK, "" if none).
+template <class F>
+static std::pair<forge_status, std::string> error_of(F &&f) {
+    try {
+        f();
+    } catch (const rocmforge::Error &e) {
+        return {e.status(), e.what()};
+    }
+    return {FORGE_OK, ""};
+}
+static bool has(const std::string &s, const char *word) { return s.find(word) != std::string::npos; }
 
 static std::vector<int32_t> c_example_ids(const char *file) {
     std::ifstream in(file);
@@ -142,6 +160,146 @@ int main() {
         cl.backend = FORGE_BACKEND_CPU;
         cl.n_threads = 1;
         CHECK(rocmforge::Context::load(model, cl).backend() == "cpu (1 threads)");
+    }
+    // 7. values the C ABI rejects are INVALID_ARGUMENT, never a crash: a
+    //    backend that is not a forge_backend (the binding passes it on as
+    //    int32_t; 42 fits an int, the enum's underlying type with GCC and
+    //    Clang), threads above FORGE_MAX_THREADS, a context above FORGE_MAX_CTX
+    {
+        const auto bad = static_cast<forge_backend>(42);
+        CHECK(!rocmforge::backend_compiled(bad));
+        int n = -7;
+        auto [dst, dmsg] = error_of([&] { n = rocmforge::device_count(bad); });
+        CHECK(dst == FORGE_ERR_INVALID_ARGUMENT);
+        CHECK(has(dmsg, "forge_device_count") && has(dmsg, "not a forge_backend"));
+        CHECK(n == -7);
+        rocmforge::LoadOptions bl;
+        bl.n_ctx = 64;
+        bl.backend = bad;
+        auto [lst, lmsg] = error_of([&] { (void)rocmforge::Context::load(model, bl); });
+        CHECK(lst == FORGE_ERR_INVALID_ARGUMENT);
+        CHECK(has(lmsg, "backend 42"));
+        rocmforge::LoadOptions tl;
+        tl.n_ctx = 64;
+        tl.n_threads = FORGE_MAX_THREADS + 1;
+        auto [tst, tmsg] = error_of([&] { (void)rocmforge::Context::load(model, tl); });
+        CHECK(tst == FORGE_ERR_INVALID_ARGUMENT);
+        CHECK(has(tmsg, "FORGE_MAX_THREADS"));
+        rocmforge::LoadOptions cl;
+        cl.n_ctx = FORGE_MAX_CTX + 1u;
+        CHECK(status_of([&] { (void)rocmforge::Context::load(model, cl); }) == FORGE_ERR_INVALID_ARGUMENT);
+        // NaN / +inf / all -inf logits are refused by the sampler
+        rocmforge::Sampler s(rocmforge::SamplerOptions::greedy());
+        const float inf = std::numeric_limits<float>::infinity();
+        std::vector<float> nan_l{0.f, std::nanf(""), 1.f}, inf_l{0.f, inf}, ninf_l{-inf, -inf};
+        CHECK(status_of([&] { (void)s.sample(nan_l); }) == FORGE_ERR_INVALID_ARGUMENT);
+        CHECK(status_of([&] { (void)s.sample(inf_l); }) == FORGE_ERR_INVALID_ARGUMENT);
+        CHECK(status_of([&] { (void)s.sample(ninf_l); }) == FORGE_ERR_INVALID_ARGUMENT);
+        std::vector<float> ok_l{0.f, 2.f, 1.f};
+        CHECK(s.sample(ok_l) == 1);
+    }
+    // 8. a file that is not a whole GGUF model is INVALID_MODEL; a directory
+    //    is IO and says so
+    {
+        namespace fs = std::filesystem;
+        const fs::path dir = fs::temp_directory_path() / ("rocmforge_cpp_test_" + std::to_string(getpid()));
+        fs::create_directories(dir);
+        std::ifstream in(model, std::ios::binary);
+        std::string head(4096, '\0');
+        in.read(head.data(), static_cast<std::streamsize>(head.size()));
+        CHECK(in.gcount() == 4096);
+        const std::string garbage = std::string("GGUF") + std::string("\x03\0\0\0garbage garbage garbage \xff\xff\xff\xff\xff\xff\xff\xff", 36);
+        const std::vector<std::pair<std::string, std::string>> files{
+            {"garbage.gguf", garbage}, {"truncated.gguf", head}, {"empty.gguf", ""}};
+        for (const auto &[name, bytes] : files) {
+            const fs::path f = dir / name;
+            std::ofstream(f, std::ios::binary) << bytes;
+            auto [st, msg] = error_of([&] { (void)rocmforge::Context::load(f.string()); });
+            CHECK(st == FORGE_ERR_INVALID_MODEL);
+            CHECK(has(msg, "corrupt GGUF"));
+            if (st != FORGE_ERR_INVALID_MODEL) std::cerr << "  " << name << ": " << st << " " << msg << "\n";
+        }
+        auto [dst, dmsg] = error_of([&] { (void)rocmforge::Context::load(dir.string()); });
+        CHECK(dst == FORGE_ERR_IO);
+        CHECK(has(dmsg, "directory"));
+        fs::remove_all(dir);
+    }
+    // 9. a moved-from or closed handle throws NULL_POINTER from every call
+    {
+        auto a = ctx.clone_session();
+        auto b = std::move(a);
+        rocmforge::Sampler s1(rocmforge::SamplerOptions::greedy());
+        rocmforge::Sampler s2 = std::move(s1);
+        const std::vector<int32_t> ids = b.tokenize("Hello");
+        auto is_null = [](forge_status st) { return st == FORGE_ERR_NULL_POINTER; };
+        CHECK(is_null(status_of([&] { (void)a.tokenize("hi"); })));
+        CHECK(is_null(status_of([&] { (void)a.detokenize(ids); })));
+        CHECK(is_null(status_of([&] { (void)a.eval(ids); })));
+        CHECK(is_null(status_of([&] { a.kv_reset(); })));
+        CHECK(is_null(status_of([&] { (void)a.n_vocab(); })));
+        CHECK(is_null(status_of([&] { (void)a.info(); })));
+        CHECK(is_null(status_of([&] { (void)a.backend(); })));
+        CHECK(is_null(status_of([&] { (void)a.clone_session(); })));
+        CHECK(is_null(status_of([&] { (void)a.generate(s2, ids, 4, [](int32_t, std::string_view) { return true; }); })));
+        // a live context with a moved-from sampler: nothing is evaluated
+        CHECK(is_null(status_of([&] { (void)b.generate(s1, ids, 4, [](int32_t, std::string_view) { return true; }); })));
+        CHECK(b.n_past() == 0);
+        CHECK(is_null(status_of([&] { s1.reset(); })));
+        a.close();  // closing a moved-from handle is a no-op
+        b.close();
+        b.close();
+        CHECK(is_null(status_of([&] { (void)b.n_past(); })));
+        std::vector<float> l{0.f, 1.f};
+        CHECK(s2.sample(l) == 1);  // the moved-to sampler works
+    }
+    // 10. BUSY: a generate() callback calling eval/kv_reset on its own
+    //     Context, or using the Sampler it runs with, gets FORGE_ERR_BUSY
+    //     (rethrown from generate); model-only calls still work there
+    {
+        auto c = ctx.clone_session();
+        rocmforge::Sampler greedy(rocmforge::SamplerOptions::greedy());
+        const auto prompt = c.tokenize("Once upon a time");
+        std::vector<std::pair<forge_status, std::string>> inner;
+        std::string piece_text;
+        size_t past_inside = 0;
+        auto r = c.generate(greedy, prompt, 2, [&](int32_t tok, std::string_view) {
+            if (tok < 0) return true;  // the final flush of held-back text
+            inner.push_back(error_of([&] { (void)c.eval({tok}); }));
+            inner.push_back(error_of([&] { c.kv_reset(); }));
+            inner.push_back(error_of([&] { greedy.reset(); }));
+            piece_text += c.detokenize({tok});  // model-only: allowed
+            past_inside = c.n_past();           // never busy: the position before this generate
+            return true;
+        });
+        CHECK(r.tokens.size() == 2);
+        CHECK(inner.size() == 6);
+        for (auto &[st, msg] : inner) {
+            CHECK(st == FORGE_ERR_BUSY);
+            CHECK(has(msg, "in use by another call"));
+        }
+        CHECK(piece_text == c.detokenize(r.tokens));
+        CHECK(past_inside == 0);
+        // the refused calls did nothing: the same tokens and KV cache length
+        // as the same generation without them
+        auto clean = ctx.clone_session();
+        rocmforge::Sampler greedy2(rocmforge::SamplerOptions::greedy());
+        auto r2 = clean.generate(greedy2, prompt, 2, [](int32_t, std::string_view) { return true; });
+        CHECK(r.tokens == r2.tokens);
+        CHECK(c.n_past() == clean.n_past());
+        CHECK(c.n_past() >= prompt.size() + 1);
+        // a BUSY thrown out of the callback stops generate and is rethrown
+        c.kv_reset();
+        auto [st, msg] = error_of([&] {
+            (void)c.generate(greedy, prompt, 8, [&](int32_t, std::string_view) {
+                c.kv_reset();
+                return true;
+            });
+        });
+        CHECK(st == FORGE_ERR_BUSY);
+        CHECK(has(msg, "forge_kv_reset"));
+        // and the context is usable afterwards
+        c.kv_reset();
+        CHECK(c.eval(prompt).size() == static_cast<size_t>(c.n_vocab()));
     }
     std::cout << passed << " passed, " << failed << " failed\n";
     return failed ? 1 : 0;

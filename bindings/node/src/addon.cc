@@ -3,7 +3,11 @@
 // a ThreadSafeFunction, so the event loop never blocks on inference.
 #include <napi.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,6 +30,7 @@ const char *status_name(forge_status s) {
         case FORGE_ERR_OUT_OF_MEMORY: return "FORGE_ERR_OUT_OF_MEMORY";
         case FORGE_ERR_BACKEND_UNAVAILABLE: return "FORGE_ERR_BACKEND_UNAVAILABLE";
         case FORGE_ERR_CANCELLED: return "FORGE_ERR_CANCELLED";
+        case FORGE_ERR_BUSY: return "FORGE_ERR_BUSY";
         case FORGE_ERR_INTERNAL: return "FORGE_ERR_INTERNAL";
     }
     return "FORGE_ERR_UNKNOWN";
@@ -41,6 +46,37 @@ Napi::Error make_error(Napi::Env env, const std::string &code, const std::string
 Napi::Error status_error(Napi::Env env, forge_status st, const std::string &msg) {
     return make_error(env, status_name(st), msg, static_cast<int>(st));
 }
+
+Napi::Error invalid_argument(Napi::Env env, const std::string &msg) {
+    return status_error(env, FORGE_ERR_INVALID_ARGUMENT, "rocmforge: " + msg);
+}
+
+// An integer option in [lo, hi] (both exactly representable as doubles).
+// Anything else (a string, a fraction, NaN, a value the C type cannot hold
+// and would wrap) is INVALID_ARGUMENT; the library checks the narrower
+// ranges (n_threads <= FORGE_MAX_THREADS, ...) itself.
+double int_option(Napi::Env env, const Napi::Value &v, const char *key, double lo, double hi) {
+    const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : NAN;
+    if (!(d >= lo && d <= hi) || d != std::trunc(d))
+        throw invalid_argument(env, std::string(key) + " must be an integer in " + std::to_string(static_cast<int64_t>(lo)) +
+                                        ".." + std::to_string(static_cast<int64_t>(hi)) + ", not " +
+                                        v.ToString().Utf8Value());
+    return d;
+}
+constexpr double kMaxSafeInteger = 9007199254740991.0;  // Number.MAX_SAFE_INTEGER
+
+// A float option. The library checks its range (NaN, a negative
+// temperature... are INVALID_ARGUMENT); a double beyond float's range
+// becomes +-inf rather than an undefined conversion.
+float float_option(Napi::Env env, const Napi::Value &v, const char *key) {
+    if (!v.IsNumber()) throw invalid_argument(env, std::string(key) + " must be a number, not " + v.ToString().Utf8Value());
+    const double d = v.As<Napi::Number>().DoubleValue();
+    if (std::isfinite(d) && std::fabs(d) > FLT_MAX) return d > 0 ? INFINITY : -INFINITY;
+    return static_cast<float>(d);
+}
+
+// The value of `key` in `o`, or undefined when absent.
+Napi::Value option(const Napi::Object &o, const char *key) { return o.Has(key) ? o.Get(key) : o.Env().Undefined(); }
 
 // Text the C API writes into a caller's buffer: a first call with `guess`
 // bytes and, on BUFFER_TOO_SMALL, one more with the size that call reported.
@@ -85,10 +121,23 @@ class Model : public Napi::ObjectWrap<Model> {
     explicit Model(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Model>(info) {}
     std::shared_ptr<Handle> h;
 
+    // For model-only calls (tokenize, detokenize, info, backend, newSession),
+    // which the C ABI allows while a generation runs on the context.
     forge_ctx *ctx(Napi::Env env) {
         if (!h || !h->ctx) throw make_error(env, "ERR_CLOSED", "rocmforge: model is closed", -1);
-        if (h->busy) throw make_error(env, "ERR_BUSY", "rocmforge: a generation is running on this model; use newSession() for parallel work", -1);
         return h->ctx;
+    }
+    // For calls that use the sequence (generate, reset): FORGE_ERR_BUSY while
+    // a generation runs, as the library itself answers a second such call.
+    // Checked here on the JS thread so the answer does not depend on whether
+    // the running generation's worker has started yet.
+    forge_ctx *exclusive(Napi::Env env) {
+        forge_ctx *c = ctx(env);
+        if (h->busy)
+            throw status_error(env, FORGE_ERR_BUSY,
+                               "rocmforge: a generation is running on this model; wait for it, or use newSession() for "
+                               "parallel work");
+        return c;
     }
 
     Napi::Value Tokenize(const Napi::CallbackInfo &info) {
@@ -160,8 +209,11 @@ class Model : public Napi::ObjectWrap<Model> {
 
     Napi::Value Reset(const Napi::CallbackInfo &info) {
         Napi::Env env = info.Env();
-        size_t keep = info.Length() > 0 ? info[0].As<Napi::Number>().Int64Value() : 0;
-        forge_status st = forge_kv_reset(ctx(env), keep);
+        forge_ctx *c = exclusive(env);
+        size_t keep = info.Length() > 0 && !info[0].IsUndefined()
+                          ? static_cast<size_t>(int_option(env, info[0], "nKeep", 0, kMaxSafeInteger))
+                          : 0;
+        forge_status st = forge_kv_reset(c, keep);
         if (st != FORGE_OK) throw status_error(env, st, forge_last_error());
         return env.Undefined();
     }
@@ -205,15 +257,18 @@ class LoadWorker : public Napi::AsyncWorker {
     Napi::Promise::Deferred deferred_;
 };
 
-// "auto" | "cpu" | "cuda" | "hip" -> forge_backend.
-forge_backend parse_backend(Napi::Env env, const Napi::Value &v) {
+// "auto" | "cpu" | "cuda" | "hip" -> a forge_backend value, as the int32_t
+// the C ABI takes. Anything else (another string; a number such as 1, whose
+// text is "1") is INVALID_ARGUMENT: the C numbers are not this package's API.
+int32_t parse_backend(Napi::Env env, const Napi::Value &v) {
     const std::string s = v.ToString().Utf8Value();
-    if (s == "auto") return FORGE_BACKEND_AUTO;
-    if (s == "cpu") return FORGE_BACKEND_CPU;
-    if (s == "cuda") return FORGE_BACKEND_CUDA;
-    if (s == "hip") return FORGE_BACKEND_HIP;
-    throw make_error(env, "FORGE_ERR_INVALID_ARGUMENT", "rocmforge: backend must be 'auto', 'cpu', 'cuda' or 'hip', not '" + s + "'",
-                     FORGE_ERR_INVALID_ARGUMENT);
+    forge_backend b;
+    if (s == "auto") b = FORGE_BACKEND_AUTO;
+    else if (s == "cpu") b = FORGE_BACKEND_CPU;
+    else if (s == "cuda") b = FORGE_BACKEND_CUDA;
+    else if (s == "hip") b = FORGE_BACKEND_HIP;
+    else throw invalid_argument(env, "backend must be 'auto', 'cpu', 'cuda' or 'hip', not '" + s + "'");
+    return static_cast<int32_t>(b);
 }
 
 Napi::Value DeviceCount(const Napi::CallbackInfo &info) {
@@ -236,11 +291,15 @@ Napi::Value Load(const Napi::CallbackInfo &info) {
     forge_load_params p = forge_load_default_params();
     if (info.Length() > 1 && info[1].IsObject()) {
         Napi::Object o = info[1].As<Napi::Object>();
-        if (o.Has("threads")) p.n_threads = o.Get("threads").As<Napi::Number>().Uint32Value();
-        if (o.Has("contextSize")) p.n_ctx = o.Get("contextSize").As<Napi::Number>().Uint32Value();
-        if (o.Has("backend")) p.backend = parse_backend(env, o.Get("backend"));
-        if (o.Has("gpuIndex")) p.gpu_index = o.Get("gpuIndex").As<Napi::Number>().Int32Value();
-        if (o.Has("gpuMemBudget")) p.gpu_mem_budget = static_cast<uint64_t>(o.Get("gpuMemBudget").As<Napi::Number>().Int64Value());
+        Napi::Value v;
+        if (!(v = option(o, "threads")).IsUndefined()) p.n_threads = static_cast<uint32_t>(int_option(env, v, "threads", 0, UINT32_MAX));
+        if (!(v = option(o, "contextSize")).IsUndefined())
+            p.n_ctx = static_cast<uint32_t>(int_option(env, v, "contextSize", 0, UINT32_MAX));
+        if (!(v = option(o, "backend")).IsUndefined()) p.backend = parse_backend(env, v);
+        if (!(v = option(o, "gpuIndex")).IsUndefined())
+            p.gpu_index = static_cast<int32_t>(int_option(env, v, "gpuIndex", INT32_MIN, INT32_MAX));
+        if (!(v = option(o, "gpuMemBudget")).IsUndefined())
+            p.gpu_mem_budget = static_cast<uint64_t>(int_option(env, v, "gpuMemBudget", 0, kMaxSafeInteger));
     }
     auto *w = new LoadWorker(env, path, p);
     auto promise = w->Promise();
@@ -291,10 +350,16 @@ class GenerateWorker : public Napi::AsyncWorker {
             gp.n_stop = stops.size();
             gp.on_token = &GenerateWorker::on_token;
             gp.user_data = this;
-            tokens_.resize(max_);
+            // room for every id generate can produce: at most max_tokens, and
+            // never more than the context holds
+            forge_model_info mi{};
+            size_t cap = max_;
+            if (forge_get_model_info(h_->ctx, &mi) == FORGE_OK && mi.n_ctx > 0)
+                cap = std::min(cap, static_cast<size_t>(mi.n_ctx));
+            tokens_.resize(cap);
             size_t n = 0;
             st_ = forge_generate(h_->ctx, s, prompt_.data(), prompt_.size(), &gp, tokens_.data(), tokens_.size(), &n, &why_);
-            tokens_.resize(st_ == FORGE_OK ? n : 0);
+            tokens_.resize(st_ == FORGE_OK ? std::min(n, tokens_.size()) : 0);
         }
         if (st_ != FORGE_OK) msg_ = forge_last_error();
         forge_sampler_free(s);
@@ -350,23 +415,30 @@ class GenerateWorker : public Napi::AsyncWorker {
 //          frequencyPenalty, presencePenalty, penaltyLastN, seed, stop}, onToken?, abortFlag)
 Napi::Value Model::Generate(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
-    ctx(env);  // throws if closed or busy
+    exclusive(env);  // throws ERR_CLOSED or FORGE_ERR_BUSY
     Napi::Array a = info[0].As<Napi::Array>();
     std::vector<int32_t> prompt(a.Length());
     for (uint32_t i = 0; i < a.Length(); i++) prompt[i] = a.Get(i).As<Napi::Number>().Int32Value();
     Napi::Object o = info[1].IsObject() ? info[1].As<Napi::Object>() : Napi::Object::New(env);
-    auto num = [&](const char *k, double d) { return o.Has(k) ? o.Get(k).As<Napi::Number>().DoubleValue() : d; };
+    auto num = [&](const char *k, float d) {
+        Napi::Value v = option(o, k);
+        return v.IsUndefined() ? d : float_option(env, v, k);
+    };
+    auto integer = [&](const char *k, double d, double hi) {
+        Napi::Value v = option(o, k);
+        return v.IsUndefined() ? d : int_option(env, v, k, 0, hi);
+    };
     forge_sampler_params sp = forge_sampler_default_params();
-    sp.temperature = static_cast<float>(num("temperature", sp.temperature));
-    sp.top_k = static_cast<uint32_t>(num("topK", sp.top_k));
-    sp.top_p = static_cast<float>(num("topP", sp.top_p));
-    sp.min_p = static_cast<float>(num("minP", sp.min_p));
-    sp.repeat_penalty = static_cast<float>(num("repeatPenalty", sp.repeat_penalty));
-    sp.frequency_penalty = static_cast<float>(num("frequencyPenalty", sp.frequency_penalty));
-    sp.presence_penalty = static_cast<float>(num("presencePenalty", sp.presence_penalty));
-    sp.penalty_last_n = static_cast<uint32_t>(num("penaltyLastN", sp.penalty_last_n));
-    sp.seed = static_cast<uint64_t>(num("seed", static_cast<double>(sp.seed)));
-    uint32_t max_tokens = static_cast<uint32_t>(num("maxTokens", 128));
+    sp.temperature = num("temperature", sp.temperature);
+    sp.top_k = static_cast<uint32_t>(integer("topK", sp.top_k, UINT32_MAX));
+    sp.top_p = num("topP", sp.top_p);
+    sp.min_p = num("minP", sp.min_p);
+    sp.repeat_penalty = num("repeatPenalty", sp.repeat_penalty);
+    sp.frequency_penalty = num("frequencyPenalty", sp.frequency_penalty);
+    sp.presence_penalty = num("presencePenalty", sp.presence_penalty);
+    sp.penalty_last_n = static_cast<uint32_t>(integer("penaltyLastN", sp.penalty_last_n, UINT32_MAX));
+    sp.seed = static_cast<uint64_t>(integer("seed", static_cast<double>(sp.seed), kMaxSafeInteger));
+    uint32_t max_tokens = static_cast<uint32_t>(integer("maxTokens", 128, UINT32_MAX));
     std::vector<std::string> stop;
     if (o.Has("stop") && o.Get("stop").IsArray()) {
         Napi::Array s = o.Get("stop").As<Napi::Array>();

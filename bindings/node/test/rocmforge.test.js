@@ -5,6 +5,7 @@ const test = require('node:test');
 const assert = require('node:assert');
 const fs = require('node:fs');
 const { execFileSync } = require('node:child_process');
+const os = require('node:os');
 const path = require('node:path');
 const { load, deviceCount, backendCompiled } = require('..');
 
@@ -65,16 +66,26 @@ test('streaming stops when the consumer stops; the event loop stays free', async
   }
 });
 
-test('a busy model refuses a second generate; sessions run in parallel', async () => {
+test('a busy model refuses a second generate or reset with FORGE_ERR_BUSY; sessions run in parallel', async () => {
   const m = await load(MODEL, { contextSize: 128 });
   const s = m.newSession();
   try {
     const a = m.generate('1, 2, 3,', { maxTokens: 8, temperature: 0 });
-    assert.throws(() => m.tokenize('x'), { code: 'ERR_BUSY' });
+    const busy = { name: 'Error', code: 'FORGE_ERR_BUSY', status: 41, message: /generation is running/ };
+    assert.throws(() => m.generate('x', { maxTokens: 1 }), busy);
+    assert.throws(() => m.reset(), busy);
+    await assert.rejects(async () => {
+      for await (const t of m.stream('x', { maxTokens: 1 })) assert.fail(`streamed ${t.text}`);
+    }, busy);
+    // model-only calls are never busy (as in the C ABI)
+    assert.deepStrictEqual(m.tokenize('1, 2', { addSpecial: false }), s.tokenize('1, 2', { addSpecial: false }));
+    assert.strictEqual(m.info().arch, 'llama');
     const b = s.generate('1, 2, 3,', { maxTokens: 8, temperature: 0 });
     const [ra, rb] = await Promise.all([a, b]);
     assert.deepStrictEqual(ra.tokens, rb.tokens);
-    assert.strictEqual(m.info().arch, 'llama');
+    // free again once the generation has settled
+    m.reset();
+    assert.strictEqual((await m.generate('1, 2, 3,', { maxTokens: 8, temperature: 0 })).text, ra.text);
   } finally {
     s.close();
     m.close();
@@ -112,4 +123,98 @@ test('backend choice: auto runs on the CPU here; an unusable GPU backend is a co
   assert.strictEqual(c.backend(), 'cpu (1 threads)');
   c.close();
   assert.throws(() => deviceCount('tpu'), { code: 'FORGE_ERR_INVALID_ARGUMENT' });
+});
+
+const INVALID_ARGUMENT = { code: 'FORGE_ERR_INVALID_ARGUMENT', status: 1 };
+
+test('an unknown backend (string or number) is FORGE_ERR_INVALID_ARGUMENT, never a crash', async () => {
+  for (const b of ['tpu', 'CPU', '', 42, -1, 1]) {
+    const want = { ...INVALID_ARGUMENT, message: new RegExp(`backend must be 'auto', 'cpu', 'cuda' or 'hip', not '${b}'`) };
+    await assert.rejects(load(MODEL, { contextSize: 64, backend: b }), want);
+    assert.throws(() => deviceCount(b), want);
+    assert.throws(() => backendCompiled(b), want);
+  }
+});
+
+test('options out of range are FORGE_ERR_INVALID_ARGUMENT, not wrapped into valid ones', async () => {
+  // above FORGE_MAX_THREADS / FORGE_MAX_CTX: the library's own message
+  await assert.rejects(load(MODEL, { contextSize: 64, threads: 1025 }), { ...INVALID_ARGUMENT, message: /FORGE_MAX_THREADS/ });
+  await assert.rejects(load(MODEL, { contextSize: 2 ** 24 + 1 }), { ...INVALID_ARGUMENT, message: /FORGE_MAX_CTX/ });
+  // values a uint32_t cannot hold (2^32 + 1 would wrap to 1 thread), fractions, non-numbers
+  for (const threads of [-1, 2 ** 32 + 1, 1.5, NaN, Infinity, '4']) {
+    await assert.rejects(load(MODEL, { contextSize: 64, threads }), { ...INVALID_ARGUMENT, message: /threads must be an integer/ });
+  }
+  await assert.rejects(load(MODEL, { contextSize: 64, gpuIndex: 2 ** 31 }), { ...INVALID_ARGUMENT, message: /gpuIndex/ });
+  const m = await load(MODEL, { contextSize: 64, threads: 1 });
+  try {
+    assert.throws(() => m.generate('Hi', { maxTokens: -1 }), { ...INVALID_ARGUMENT, message: /maxTokens/ });
+    assert.throws(() => m.generate('Hi', { topK: 2 ** 32 }), { ...INVALID_ARGUMENT, message: /topK/ });
+    assert.throws(() => m.generate('Hi', { temperature: 'hot' }), { ...INVALID_ARGUMENT, message: /temperature must be a number/ });
+    await assert.rejects(m.generate('Hi', { topP: NaN }), INVALID_ARGUMENT); // the library's sampler check
+    assert.throws(() => m.reset(-1), { ...INVALID_ARGUMENT, message: /nKeep/ });
+    // none of that touched the model
+    const r = await m.generate('Hi', { maxTokens: 2, temperature: 0 });
+    assert.strictEqual(r.tokens.length, 2);
+  } finally {
+    m.close();
+  }
+});
+
+test('a corrupt or truncated model is FORGE_ERR_INVALID_MODEL; a directory is FORGE_ERR_IO', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rocmforge-node-'));
+  try {
+    const real = fs.readFileSync(MODEL);
+    const files = {
+      'garbage.gguf': Buffer.concat([Buffer.from('GGUF'), Buffer.from('03000000', 'hex'), Buffer.from('garbage garbage garbage '), Buffer.alloc(8, 0xff)]),
+      'truncated.gguf': real.subarray(0, 4096),
+      'empty.gguf': Buffer.alloc(0),
+    };
+    for (const [name, bytes] of Object.entries(files)) {
+      const f = path.join(dir, name);
+      fs.writeFileSync(f, bytes);
+      await assert.rejects(load(f, { contextSize: 64 }), (e) => {
+        assert.ok(e instanceof Error, name);
+        assert.strictEqual(e.code, 'FORGE_ERR_INVALID_MODEL', `${name}: ${e.message}`);
+        assert.strictEqual(e.status, 11);
+        assert.match(e.message, /corrupt GGUF/);
+        return true;
+      });
+    }
+    await assert.rejects(load(dir), { code: 'FORGE_ERR_IO', status: 10, message: /directory/ });
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('every call after close() throws ERR_CLOSED; a session outlives its closed parent', async () => {
+  const m = await load(MODEL, { contextSize: 64 });
+  const s = m.newSession();
+  const ids = s.tokenize('Hello');
+  m.close();
+  const closed = { code: 'ERR_CLOSED', status: -1, message: /model is closed/ };
+  assert.throws(() => m.tokenize('hi'), closed);
+  assert.throws(() => m.detokenize(ids), closed);
+  assert.throws(() => m.info(), closed);
+  assert.throws(() => m.backend(), closed);
+  assert.throws(() => m.newSession(), closed);
+  assert.throws(() => m.reset(), closed);
+  assert.throws(() => m.generate(ids), closed);
+  await assert.rejects(async () => {
+    for await (const t of m.stream(ids)) assert.fail(`streamed ${t.text}`);
+  }, closed);
+  m.close(); // idempotent
+  // the session shares the weights, not the lifetime
+  assert.strictEqual(s.detokenize(ids), 'Hello');
+  assert.strictEqual((await s.generate(ids, { maxTokens: 2, temperature: 0 })).tokens.length, 2);
+  s.close();
+  assert.throws(() => s.info(), closed);
+});
+
+test('close() during a generation: the running one completes, later calls throw ERR_CLOSED', async () => {
+  const m = await load(MODEL, { contextSize: 64 });
+  const running = m.generate('Once upon a time', { maxTokens: 4, temperature: 0 });
+  m.close();
+  assert.throws(() => m.generate('x'), { code: 'ERR_CLOSED' });
+  const r = await running;
+  assert.strictEqual(r.tokens.length, 4);
 });
