@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 SMOLLM2 := models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: test-bindings test-cpp test-install test-go test-node install uninstall all build models test test-rust test-c demo inspect header check-features kernels-hip gpu-prepare bench bench-tokenizer perplexity valgrind fixtures venv fuzz clean
+.PHONY: test-bindings test-cpp test-install test-go test-node install uninstall all build models test test-rust test-c demo inspect header check-features kernels-hip gpu-prepare bench bench-tokenizer perplexity valgrind fixtures venv fuzz fuzz-long clean
 LIB_DIR := target/release
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 # SONAME version: the major number, or 0.MINOR below 1.0 (Cargo's semver
@@ -147,12 +147,19 @@ fixtures: models venv
 	$(VENV)/bin/python scripts/gen_tokenizer_fixtures.py
 	$(VENV)/bin/python scripts/gen_pretokenize_fixtures.py
 
-# Coverage-guided fuzzing of the GGUF loader (needs `cargo install cargo-fuzz`;
-# RUSTC_BOOTSTRAP lets the stable toolchain build with the sanitizer flags).
+# Coverage-guided fuzzing (needs `cargo install cargo-fuzz`; RUSTC_BOOTSTRAP
+# lets the stable toolchain build with the sanitizer flags): the GGUF header,
+# the tokenizer, the whole load path and C-API call sequences, FUZZ_SECONDS
+# each with AddressSanitizer. `make fuzz-long` runs the last two for
+# FUZZ_RUNS executions without a sanitizer (the runs docs/RELIABILITY.md
+# records); `make test` replays both from a fixed seed (tests/hardening.rs).
 FUZZ_SECONDS ?= 60
+FUZZ_RUNS ?= 1000000
+FUZZ_TARGETS := gguf_header gguf_tokenizer load_path c_api
 fuzz:
-	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run gguf_header -- -max_total_time=$(FUZZ_SECONDS)
-	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run gguf_tokenizer -- -max_total_time=$(FUZZ_SECONDS)
+	for t in $(FUZZ_TARGETS); do (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -timeout=5) || exit 1; done
+fuzz-long:
+	for t in load_path c_api; do (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -s none $$t -- -runs=$(FUZZ_RUNS) -timeout=2 -print_final_stats=1) || exit 1; done
 
 # Install the shared library (versioned SONAME), the static library, the
 # header and a pkg-config file under PREFIX (default /usr/local).

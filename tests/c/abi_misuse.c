@@ -66,6 +66,22 @@ int main(int argc, char **argv) {
         EXPECT_STATUS(forge_load(argv[1], &lp, &ctx), FORGE_ERR_BACKEND_UNAVAILABLE);
         lp.backend = FORGE_BACKEND_AUTO;
     }
+    /* values outside their ranges: a status, never a crash or a hang */
+    lp.backend = 42; /* not a forge_backend: the field is an int32_t */
+    EXPECT_STATUS(forge_load(argv[1], &lp, &ctx), FORGE_ERR_INVALID_ARGUMENT);
+    EXPECT(ctx == NULL && strstr(forge_last_error(), "not a forge_backend") != NULL);
+    lp.backend = FORGE_BACKEND_AUTO;
+    int32_t ndev = -7;
+    EXPECT_STATUS(forge_device_count(-1, &ndev), FORGE_ERR_INVALID_ARGUMENT);
+    EXPECT(ndev == -7);
+    EXPECT(!forge_backend_compiled(42));
+    lp.n_threads = 100000;
+    EXPECT_STATUS(forge_load(argv[1], &lp, &ctx), FORGE_ERR_INVALID_ARGUMENT);
+    lp.n_threads = 0;
+    lp.n_ctx = FORGE_MAX_CTX + 1u;
+    EXPECT_STATUS(forge_load(argv[1], &lp, &ctx), FORGE_ERR_INVALID_ARGUMENT);
+    EXPECT_STATUS(forge_load("/tmp", NULL, &ctx), FORGE_ERR_IO);
+    EXPECT(ctx == NULL && strstr(forge_last_error(), "directory") != NULL);
     lp.n_ctx = 16;
     EXPECT_STATUS(forge_load(argv[1], &lp, &ctx), FORGE_OK);
     if (!ctx) return 1;
@@ -103,6 +119,17 @@ int main(int argc, char **argv) {
     EXPECT_STATUS(forge_detokenize(ctx, toks, need, false, piece, 2, &plen), FORGE_ERR_BUFFER_TOO_SMALL);
     EXPECT(plen == strlen(text));
 
+    /* a failure writes no out-parameter, not even the size */
+    n = 12345;
+    EXPECT_STATUS(forge_tokenize(ctx, text, strlen(text), false, false, NULL, 4, &n), FORGE_ERR_NULL_POINTER);
+    EXPECT(n == 12345);
+    plen = 12345;
+    EXPECT_STATUS(forge_token_to_piece(ctx, toks[0], false, NULL, 1, &plen), FORGE_ERR_NULL_POINTER);
+    EXPECT(plen == 12345);
+    /* (NULL, 0) is an empty input */
+    EXPECT_STATUS(forge_tokenize(ctx, NULL, 0, false, false, NULL, 0, &n), FORGE_OK);
+    EXPECT(n == 0);
+
     /* invalid UTF-8 */
     EXPECT_STATUS(forge_tokenize(ctx, "\xff\xfe", 2, false, false, toks, 64, &n), FORGE_ERR_INVALID_UTF8);
 
@@ -138,6 +165,10 @@ int main(int argc, char **argv) {
     EXPECT_STATUS(forge_sampler_new(NULL, &smp), FORGE_OK);
     EXPECT_STATUS(forge_sampler_sample(smp, NULL, 4, toks), FORGE_ERR_NULL_POINTER);
     EXPECT_STATUS(forge_sampler_sample(smp, small, 0, toks), FORGE_ERR_INVALID_ARGUMENT);
+    float nan_logits[3] = {0.0f, 0.0f / 0.0f, 1.0f};
+    int32_t picked = -7;
+    EXPECT_STATUS(forge_sampler_sample(smp, nan_logits, 3, &picked), FORGE_ERR_INVALID_ARGUMENT);
+    EXPECT(picked == -7);
 
     /* generate: bad prompt, NULL stop string, prompt past n_ctx */
     struct forge_generate_params gp = forge_generate_default_params();
