@@ -26,6 +26,8 @@ pub enum Error {
     ContextFull(String),
     /// An allocation failed.
     OutOfMemory(String),
+    /// The KV block pool has no room for a step.
+    KvExhausted(String),
     /// A callback asked to stop.
     Cancelled,
     /// A caller passed an invalid argument.
@@ -48,6 +50,7 @@ impl fmt::Display for Error {
             Error::InvalidModel(m) => write!(f, "invalid model: {m}"),
             Error::ContextFull(m) => write!(f, "context full: {m}"),
             Error::OutOfMemory(m) => write!(f, "out of memory: {m}"),
+            Error::KvExhausted(m) => write!(f, "KV cache exhausted: {m}"),
             Error::Cancelled => write!(f, "cancelled by the callback"),
             Error::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
             Error::BackendUnavailable(m) => write!(f, "backend unavailable: {m}"),

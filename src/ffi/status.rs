@@ -35,6 +35,10 @@ pub enum forge_status {
     FORGE_ERR_CONTEXT_FULL = 20,
     /// An allocation failed (host or device).
     FORGE_ERR_OUT_OF_MEMORY = 21,
+    /// An engine's KV block pool has no room for the batch: remove or
+    /// truncate a sequence (`forge_engine_stats` has the numbers). Nothing
+    /// was evaluated.
+    FORGE_ERR_KV_EXHAUSTED = 22,
     /// The requested backend is not compiled in or has no usable device.
     FORGE_ERR_BACKEND_UNAVAILABLE = 30,
     /// A callback asked to stop (load progress returned false).
@@ -90,6 +94,7 @@ impl From<Error> for FfiError {
             Error::NotCompiled { .. } | Error::BackendUnavailable(_) => FORGE_ERR_BACKEND_UNAVAILABLE,
             Error::ContextFull(_) => FORGE_ERR_CONTEXT_FULL,
             Error::OutOfMemory(_) => FORGE_ERR_OUT_OF_MEMORY,
+            Error::KvExhausted(_) => FORGE_ERR_KV_EXHAUSTED,
             Error::Cancelled => FORGE_ERR_CANCELLED,
         };
         FfiError::new(status, e.to_string())

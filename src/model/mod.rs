@@ -4,7 +4,6 @@
 
 pub mod arch;
 pub mod config;
-mod forward;
 pub mod ops;
 pub mod reference;
 pub mod weights;
@@ -12,13 +11,23 @@ pub mod weights;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::backend::gpu::forward::{GpuModel, GpuSession};
+use crate::backend::gpu::forward::GpuModel;
 use crate::backend::gpu::{self, GpuKind};
+use crate::engine::{Engine, EngineOptions, SeqId};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::tokenizer::Tokenizer;
 pub use config::{Config, RopeScaling};
-pub use forward::Logits;
+
+/// Which logits an evaluation returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    None,
+    /// The last position's: n_vocab floats.
+    Last,
+    /// Every position's: n_tokens × n_vocab floats.
+    All,
+}
 use weights::Weights;
 
 /// Where a model runs.
@@ -175,18 +184,12 @@ impl Model {
     }
 }
 
-/// One sequence over a shared model: its KV cache and position.
+/// One sequence over a shared model: an [`Engine`] with one sequence, whose
+/// KV pool holds exactly `n_ctx` positions (and a block for copy-on-write).
 pub struct Session {
     pub model: Arc<Model>,
-    n_ctx: usize,
-    pos: usize,
-    /// (n_layer, n_ctx, n_head_kv * head_dim)
-    k_cache: Vec<f32>,
-    /// (n_layer, n_ctx, n_head_kv * head_dim_v)
-    v_cache: Vec<f32>,
-    /// The device-side state when the model runs on a GPU (the CPU caches
-    /// above are then empty).
-    gpu: Option<GpuSession>,
+    engine: Engine,
+    seq: SeqId,
 }
 
 impl Session {
@@ -197,51 +200,36 @@ impl Session {
         if n_ctx > MAX_CTX {
             return Err(Error::InvalidArgument(format!("n_ctx {n_ctx} is more than {MAX_CTX}")));
         }
-        if let Some(g) = &model.gpu {
-            let gpu = GpuSession::new(g.clone(), n_ctx)?;
-            return Ok(Session { model, n_ctx, pos: 0, k_cache: Vec::new(), v_cache: Vec::new(), gpu: Some(gpu) });
-        }
-        let c = &model.cfg;
-        let k = c.n_layer.checked_mul(n_ctx).and_then(|v| v.checked_mul(c.kv_dim()));
-        let v = c.n_layer.checked_mul(n_ctx).and_then(|v| v.checked_mul(c.v_dim()));
-        let (Some(k), Some(v)) = (k, v) else {
-            return Err(Error::InvalidArgument(format!("n_ctx {n_ctx} makes the KV cache size overflow")));
-        };
-        let oom = || Error::OutOfMemory(format!("KV cache for n_ctx {n_ctx}: {} MiB", (k + v) * 4 >> 20));
-        let k_cache = try_zeroed(k).ok_or_else(oom)?;
-        let v_cache = try_zeroed(v).ok_or_else(oom)?;
-        Ok(Session { model, n_ctx, pos: 0, k_cache, v_cache, gpu: None })
+        // one sequence: a budget of 1 byte asks for the minimum pool
+        let mut engine = Engine::new(model.clone(), EngineOptions { n_ctx, kv_budget: 1 })?;
+        let seq = engine.add_seq()?;
+        Ok(Session { model, engine, seq })
     }
 
     pub fn n_ctx(&self) -> usize {
-        self.n_ctx
+        self.engine.n_ctx()
     }
 
     /// Number of positions in the cache.
     pub fn pos(&self) -> usize {
-        self.pos
+        self.engine.seq_len(self.seq).expect("the session's sequence")
     }
 
     /// Keep the first `n_keep` positions (0 clears everything).
     pub fn kv_keep(&mut self, n_keep: usize) -> Result<()> {
-        if n_keep > self.pos {
-            return Err(Error::InvalidArgument(format!("n_keep {n_keep} is past the current position {}", self.pos)));
+        let pos = self.pos();
+        if n_keep > pos {
+            return Err(Error::InvalidArgument(format!("n_keep {n_keep} is past the current position {pos}")));
         }
-        self.pos = n_keep;
-        Ok(())
+        self.engine.keep(self.seq, n_keep)
     }
 
     /// Append `tokens` at the current position and return the requested
     /// logits (`Logits::Last`: n_vocab floats; `All`: one row per token).
     /// Nothing is appended on error.
     pub fn eval(&mut self, tokens: &[u32], want: Logits) -> Result<Vec<f32>> {
-        self.check_eval(tokens)?;
-        if self.gpu.is_none() {
-            // the CPU pass makes its own vector: return it as it is
-            return self.forward_cpu(tokens, want);
-        }
         let mut out = vec![0.0; self.logits_len(tokens.len(), want)];
-        self.eval_gpu(tokens, want, &mut out)?;
+        self.eval_into(tokens, want, &mut out)?;
         Ok(out)
     }
 
@@ -260,20 +248,6 @@ impl Session {
     /// [`Session::logits_len`] floats) instead of a new vector: a GPU
     /// decode loop then allocates nothing per token.
     pub fn eval_into(&mut self, tokens: &[u32], want: Logits, out: &mut [f32]) -> Result<()> {
-        self.check_eval(tokens)?;
-        let need = self.logits_len(tokens.len(), want);
-        if out.len() != need {
-            return Err(Error::InvalidArgument(format!("the logits buffer holds {} floats; {want:?} logits of {} tokens are {need}", out.len(), tokens.len())));
-        }
-        if self.gpu.is_some() {
-            return self.eval_gpu(tokens, want, out);
-        }
-        out.copy_from_slice(&self.forward_cpu(tokens, want)?);
-        Ok(())
-    }
-
-    /// The checks every evaluation makes before anything runs.
-    fn check_eval(&self, tokens: &[u32]) -> Result<()> {
         let c = &self.model.cfg;
         if tokens.is_empty() {
             return Err(Error::InvalidArgument("no tokens to evaluate".into()));
@@ -281,51 +255,18 @@ impl Session {
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.n_vocab) {
             return Err(Error::InvalidArgument(format!("token id {bad} is outside the vocab (n_vocab {})", c.n_vocab)));
         }
-        if self.pos + tokens.len() > self.n_ctx {
+        let need = self.logits_len(tokens.len(), want);
+        if out.len() != need {
+            return Err(Error::InvalidArgument(format!("the logits buffer holds {} floats; {want:?} logits of {} tokens are {need}", out.len(), tokens.len())));
+        }
+        let pos0 = self.pos();
+        if pos0 + tokens.len() > self.n_ctx() {
             return Err(Error::ContextFull(format!(
-                "{} tokens at position {} do not fit the context of {} (call forge_kv_reset or load with a larger n_ctx)",
+                "{} tokens at position {pos0} do not fit the context of {} (call forge_kv_reset or load with a larger n_ctx)",
                 tokens.len(),
-                self.pos,
-                self.n_ctx
+                self.n_ctx()
             )));
         }
-        Ok(())
-    }
-
-    /// The GPU pass (checked tokens, `out` of the right length).
-    fn eval_gpu(&mut self, tokens: &[u32], want: Logits, out: &mut [f32]) -> Result<()> {
-        let g = self.gpu.as_mut().expect("eval_gpu without a GPU session");
-        g.eval_into(tokens, self.pos, want, out)?;
-        self.pos += tokens.len();
-        Ok(())
-    }
-
-    /// The CPU pass (checked tokens).
-    fn forward_cpu(&mut self, tokens: &[u32], want: Logits) -> Result<Vec<f32>> {
-        // Run the whole pass on the pool: the matmuls' parallel loops then start
-        // from a worker thread (which joins in) instead of waking the pool from
-        // outside once per matmul.
-        let model = self.model.clone();
-        let v = model.pool.install(|| forward::forward(self, tokens, want))?;
-        self.pos += tokens.len();
-        Ok(v)
-    }
-}
-
-/// `n` zeroed floats, or None when the allocation fails. Zeroed memory comes
-/// from the allocator (calloc: fresh pages are zero already), so a large KV
-/// cache costs no time or resident memory until positions are written, and
-/// a size the system cannot give is an error instead of an abort.
-fn try_zeroed(n: usize) -> Option<Vec<f32>> {
-    if n == 0 {
-        return Some(Vec::new());
-    }
-    let layout = std::alloc::Layout::array::<f32>(n).ok()?;
-    // SAFETY: layout has a non-zero size; a non-NULL result is `n` zeroed
-    // f32s (0x0 is 0.0) allocated by the global allocator with f32's
-    // alignment, which is what Vec::from_raw_parts requires.
-    unsafe {
-        let p = std::alloc::alloc_zeroed(layout) as *mut f32;
-        (!p.is_null()).then(|| Vec::from_raw_parts(p, n, n))
+        self.engine.eval_seq_into(self.seq, tokens, want, out)
     }
 }

@@ -98,14 +98,18 @@ pub fn axpy(out: &mut [f32], w: f32, v: &[f32]) {
 
 /// One query head's causal attention: softmax(scale · q·K[j]) over the
 /// positions `keys`, times V[j]. `kc`/`vc` hold rows of `kv_dim`/`v_dim`
-/// floats per position; the head reads K/V head `kvh` (GQA by indexing).
-/// `dims` = (head_dim, head_dim_v, kv_dim, v_dim).
-pub fn attend(q: &[f32], kc: &[f32], vc: &[f32], kvh: usize, dims: (usize, usize, usize, usize), keys: std::ops::RangeInclusive<usize>, scale: f32, out: &mut [f32]) {
+/// floats per slot of the paged KV cache, position j of this sequence at
+/// slot `blocks[j / BLOCK] * BLOCK + j % BLOCK`; the head reads K/V head
+/// `kvh` (GQA by indexing). `dims` = (head_dim, head_dim_v, kv_dim, v_dim).
+#[allow(clippy::too_many_arguments)]
+pub fn attend(q: &[f32], kc: &[f32], vc: &[f32], blocks: &[u32], kvh: usize, dims: (usize, usize, usize, usize), keys: std::ops::RangeInclusive<usize>, scale: f32, out: &mut [f32]) {
+    use crate::kv::BLOCK;
     let (hd, hdv, kv_dim, v_dim) = dims;
-    let mut scores: Vec<f32> = keys.clone().map(|j| dot(q, &kc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd]) * scale).collect();
+    let slot = |j: usize| blocks[j / BLOCK] as usize * BLOCK + j % BLOCK;
+    let mut scores: Vec<f32> = keys.clone().map(|j| dot(q, &kc[slot(j) * kv_dim + kvh * hd..][..hd]) * scale).collect();
     softmax(&mut scores);
     out.fill(0.0);
     for (j, &sc) in keys.zip(&scores) {
-        axpy(out, sc, &vc[j * v_dim + kvh * hdv..j * v_dim + (kvh + 1) * hdv]);
+        axpy(out, sc, &vc[slot(j) * v_dim + kvh * hdv..][..hdv]);
     }
 }

@@ -4,6 +4,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+pub mod forward;
 pub mod matmul;
 pub mod simd;
 

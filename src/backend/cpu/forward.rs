@@ -1,0 +1,207 @@
+//! The CPU forward pass over one batch: rows of any number of sequences
+//! (decode tokens and prefill chunks together) through every layer at once.
+//! The linear layers run over all rows, so each weight block is read once
+//! per step; attention runs per row over its own sequence's blocks of the
+//! paged KV cache ([`crate::kv`]), GQA by indexing, with gemma3's sliding
+//! window. Quantized weights multiply 16-bit quantized activations
+//! ([`super::matmul`]).
+
+use rayon::prelude::*;
+
+use super::matmul::{matmul, SyncPtr};
+use crate::error::{Error, Result};
+use crate::kv::{BlockCopy, SeqKv, BLOCK};
+use crate::model::arch::LayerKind;
+use crate::model::{ops, Model};
+use crate::quant;
+
+/// The CPU's KV storage: per layer, one f32 array of `n_blocks * BLOCK`
+/// rows, indexed by the slots the block tables give.
+pub struct CpuKv {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    kv_dim: usize,
+    v_dim: usize,
+}
+
+impl CpuKv {
+    /// Storage for `n_blocks` blocks, or OUT_OF_MEMORY. Zeroed pages come
+    /// from the allocator untouched, so an unused pool costs no memory.
+    pub fn new(model: &Model, n_blocks: usize) -> Result<CpuKv> {
+        let c = &model.cfg;
+        let (kv_dim, v_dim) = (c.kv_dim(), c.v_dim());
+        let mib = |d: usize| n_blocks * BLOCK * d * 4 * c.n_layer >> 20;
+        let oom = || Error::OutOfMemory(format!("KV pool of {n_blocks} blocks: {} MiB", mib(kv_dim) + mib(v_dim)));
+        let rows = n_blocks.checked_mul(BLOCK).ok_or_else(oom)?;
+        let mut k = Vec::with_capacity(c.n_layer);
+        let mut v = Vec::with_capacity(c.n_layer);
+        for _ in 0..c.n_layer {
+            k.push(try_zeroed(rows.checked_mul(kv_dim).ok_or_else(oom)?).ok_or_else(oom)?);
+            v.push(try_zeroed(rows.checked_mul(v_dim).ok_or_else(oom)?).ok_or_else(oom)?);
+        }
+        Ok(CpuKv { k, v, kv_dim, v_dim })
+    }
+
+    /// Bytes of KV one position takes (all layers, K and V).
+    pub fn bytes_per_position(model: &Model) -> usize {
+        let c = &model.cfg;
+        (c.kv_dim() + c.v_dim()) * 4 * c.n_layer
+    }
+
+    /// Make the copy-on-write copies the block pool asked for.
+    pub fn copy_blocks(&mut self, copies: &[BlockCopy]) {
+        for cp in copies {
+            let (from, to) = (cp.from as usize * BLOCK, cp.to as usize * BLOCK);
+            for (store, d) in [(&mut self.k, self.kv_dim), (&mut self.v, self.v_dim)] {
+                for layer in store.iter_mut() {
+                    layer.copy_within(from * d..(from + cp.n) * d, to * d);
+                }
+            }
+        }
+    }
+}
+
+/// `n` zeroed floats, or None when the allocation fails. Zeroed memory comes
+/// from the allocator (calloc: fresh pages are zero already), so a large KV
+/// pool costs no time or resident memory until positions are written, and
+/// a size the system cannot give is an error instead of an abort.
+pub(crate) fn try_zeroed(n: usize) -> Option<Vec<f32>> {
+    if n == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<f32>(n).ok()?;
+    // SAFETY: layout has a non-zero size; a non-NULL result is `n` zeroed
+    // f32s (0x0 is 0.0) allocated by the global allocator with f32's
+    // alignment, which is what Vec::from_raw_parts requires.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout) as *mut f32;
+        (!p.is_null()).then(|| Vec::from_raw_parts(p, n, n))
+    }
+}
+
+/// One row of a batch: a token at a position of a sequence, whose blocks
+/// already hold room for it (the engine reserved them).
+pub struct Row<'a> {
+    pub token: u32,
+    pub pos: usize,
+    pub seq: &'a SeqKv,
+    /// This row's logits are wanted.
+    pub logits: bool,
+}
+
+/// Run `rows` through the model, writing their K/V into `kv`, and return
+/// the logits of the rows that want them, in row order (`n_vocab` each).
+/// Rows of one sequence must come in position order; a row attends to its
+/// sequence's positions up to its own, this step's earlier rows included.
+pub fn forward(model: &Model, kv: &mut CpuKv, rows: &[Row]) -> Result<Vec<f32>> {
+    let (c, w, f, pool) = (&model.cfg, &model.weights, &model.file, &model.pool);
+    let n = rows.len();
+    let (dim, hd, hdv) = (c.n_embd, c.head_dim, c.head_dim_v);
+    let (q_dim, kv_dim, v_dim) = (c.q_dim(), c.kv_dim(), c.v_dim());
+    let group = c.n_head / c.n_head_kv;
+    let mm = |m: &crate::model::weights::Matrix, x: &[f32], out: &mut [f32]| matmul(pool, m, m.bytes(f), x, n, out);
+
+    // x (n, dim): embedding rows
+    let mut x = vec![0f32; n * dim];
+    for (t, r) in rows.iter().enumerate() {
+        quant::dequantize(w.token_embd.ty, w.token_embd.row(f, r.token as usize), &mut x[t * dim..(t + 1) * dim])?;
+    }
+    if c.arch.embed_scale_sqrt {
+        let sc = (dim as f32).sqrt();
+        x.iter_mut().for_each(|v| *v *= sc);
+    }
+
+    let mut xb = vec![0f32; n * dim];
+    let mut q = vec![0f32; n * q_dim];
+    let mut k = vec![0f32; n * kv_dim];
+    let mut v = vec![0f32; n * v_dim];
+    let mut att = vec![0f32; n * c.n_head * hdv];
+    let mut branch = vec![0f32; n * dim];
+    let mut g = vec![0f32; n * c.n_ff];
+    let mut u = vec![0f32; n * c.n_ff];
+    let tables_global: Vec<_> = rows.iter().map(|r| ops::rope_table(r.pos, c.rope_base, c)).collect();
+    let tables_local: Vec<_> = match c.layer_kinds.contains(&LayerKind::Local) {
+        true => rows.iter().map(|r| ops::rope_table(r.pos, c.rope_base_local, c)).collect(),
+        false => Vec::new(),
+    };
+    let slots: Vec<usize> = rows.iter().map(|r| r.seq.slot(r.pos)).collect();
+
+    for (il, l) in w.layers.iter().enumerate() {
+        // ---- attention ----
+        ops::rmsnorm_into(&mut xb, &x, &l.attn_norm, c.rms_eps);
+        mm(&l.wq, &xb, &mut q);
+        mm(&l.wk, &xb, &mut k);
+        mm(&l.wv, &xb, &mut v);
+        if let (Some(bq), Some(bk), Some(bv)) = (&l.bq, &l.bk, &l.bv) {
+            ops::add_rows(&mut q, bq);
+            ops::add_rows(&mut k, bk);
+            ops::add_rows(&mut v, bv);
+        }
+        if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+            ops::rmsnorm_rows(&mut q, qn, c.rms_eps);
+            ops::rmsnorm_rows(&mut k, kn, c.rms_eps);
+        }
+        let local = c.layer_kinds[il] == LayerKind::Local;
+        let tables = if local { &tables_local } else { &tables_global };
+        for t in 0..n {
+            ops::rope_row(&mut q[t * q_dim..(t + 1) * q_dim], hd, &tables[t], c.arch.rope);
+            ops::rope_row(&mut k[t * kv_dim..(t + 1) * kv_dim], hd, &tables[t], c.arch.rope);
+        }
+        let (kc, vc) = (&mut kv.k[il], &mut kv.v[il]);
+        for (t, &s) in slots.iter().enumerate() {
+            kc[s * kv_dim..(s + 1) * kv_dim].copy_from_slice(&k[t * kv_dim..(t + 1) * kv_dim]);
+            vc[s * v_dim..(s + 1) * v_dim].copy_from_slice(&v[t * v_dim..(t + 1) * v_dim]);
+        }
+        let (kc, vc) = (&*kc, &*vc);
+        let window = if local { c.sliding_window } else { None };
+        // one task per (row, head); GQA by indexing the shared K/V head
+        let aptr = SyncPtr(att.as_mut_ptr());
+        let q_ref = &q;
+        let task = |job: usize| {
+            let a = aptr;
+            let (t, h) = (job / c.n_head, job % c.n_head);
+            let r = &rows[t];
+            let first = window.map_or(0, |wnd| (r.pos + 1).saturating_sub(wnd));
+            let qh = &q_ref[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+            // SAFETY: each job writes its own (t, h) slice of att.
+            let out = unsafe { std::slice::from_raw_parts_mut(a.0.add((t * c.n_head + h) * hdv), hdv) };
+            ops::attend(qh, kc, vc, &r.seq.blocks, h / group, (hd, hdv, kv_dim, v_dim), first..=r.pos, c.attn_scale, out);
+        };
+        if model.n_threads > 1 {
+            pool.install(|| (0..n * c.n_head).into_par_iter().for_each(task));
+        } else {
+            (0..n * c.n_head).for_each(task);
+        }
+        mm(&l.wo, &att, &mut branch);
+        if let Some(pn) = &l.post_attn_norm {
+            ops::rmsnorm_rows(&mut branch, pn, c.rms_eps);
+        }
+        ops::add(&mut x, &branch);
+
+        // ---- FFN ----
+        ops::rmsnorm_into(&mut xb, &x, &l.ffn_norm, c.rms_eps);
+        mm(&l.w_gate, &xb, &mut g);
+        mm(&l.w_up, &xb, &mut u);
+        ops::gated_act(&mut g, &u, c.arch.ffn_act);
+        mm(&l.w_down, &g, &mut branch);
+        if let Some(pn) = &l.post_ffn_norm {
+            ops::rmsnorm_rows(&mut branch, pn, c.rms_eps);
+        }
+        ops::add(&mut x, &branch);
+    }
+
+    // ---- output: only the rows that want logits ----
+    let want: Vec<usize> = (0..n).filter(|&t| rows[t].logits).collect();
+    if want.is_empty() {
+        return Ok(Vec::new());
+    }
+    let m = want.len();
+    let mut xn = vec![0f32; m * dim];
+    for (i, &t) in want.iter().enumerate() {
+        xn[i * dim..(i + 1) * dim].copy_from_slice(&x[t * dim..(t + 1) * dim]);
+    }
+    ops::rmsnorm_rows(&mut xn, &w.output_norm, c.rms_eps);
+    let mut logits = vec![0f32; m * c.n_vocab];
+    matmul(pool, &w.output, w.output.bytes(f), &xn, m, &mut logits);
+    Ok(logits)
+}

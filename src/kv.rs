@@ -1,0 +1,437 @@
+//! The paged KV cache: fixed-size blocks of `BLOCK` positions in one pool,
+//! sized by a memory budget, and a block table per sequence (vLLM's
+//! PagedAttention layout). No sequence reserves a whole context up front.
+//!
+//! - **Sharing.** A block has a reference count. `fork` copies a block table
+//!   and counts each block once more; a block that is shared, or whose
+//!   content is registered in the prefix cache, is never written again: the
+//!   first write into it copies it (copy-on-write, `prepare_append`).
+//! - **Prefix cache.** When a block fills, its content is keyed by a hash of
+//!   its parent block's key and its tokens (the whole prefix, in effect).
+//!   `reuse_prefix` gives a new sequence the cached blocks its prompt starts
+//!   with. A block whose last user leaves stays cached (least recently
+//!   released first out) until the pool needs it.
+//! - **Exhaustion** is an error ([`KvExhausted`]) with the pool's numbers;
+//!   nothing is half-done: `prepare_append` either reserves every block a
+//!   step needs or changes nothing.
+//!
+//! This module only does the accounting; the storage is the backend's (the
+//! CPU keeps one f32 array per layer, indexed by `block * BLOCK + slot`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+
+/// Positions per block. 16 and 32 measured the same on the CPU decode path
+/// (docs/PERFORMANCE.md); 16 wastes less of a sequence's last block.
+pub const BLOCK: usize = 16;
+
+/// The pool ran out of blocks (after evicting every unused cached block).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvExhausted {
+    pub need: usize,
+    pub free: usize,
+    pub total: usize,
+}
+
+impl std::fmt::Display for KvExhausted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "KV block pool exhausted: {} more blocks of {BLOCK} positions needed, {} free of {} (remove or truncate a sequence, or give the pool a larger budget)",
+            self.need, self.free, self.total
+        )
+    }
+}
+
+/// What a copy-on-write asks the storage to do: copy `from`'s first
+/// `n` slots into `to` before the step writes into `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockCopy {
+    pub from: u32,
+    pub to: u32,
+    pub n: usize,
+}
+
+/// One sequence's view of the pool.
+#[derive(Debug, Clone, Default)]
+pub struct SeqKv {
+    /// Physical block of each BLOCK positions.
+    pub blocks: Vec<u32>,
+    /// Positions written.
+    pub len: usize,
+    /// The tokens at those positions (the prefix cache keys on them).
+    pub tokens: Vec<u32>,
+    /// The prefix-cache key of each full block so far.
+    keys: Vec<u64>,
+}
+
+impl SeqKv {
+    /// The physical slot (`block * BLOCK + offset`) of position `pos`.
+    #[inline]
+    pub fn slot(&self, pos: usize) -> usize {
+        self.blocks[pos / BLOCK] as usize * BLOCK + pos % BLOCK
+    }
+}
+
+/// Counters for statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvStats {
+    pub blocks_total: usize,
+    /// Blocks some sequence holds.
+    pub blocks_used: usize,
+    /// Blocks no sequence holds (free, or cached and evictable).
+    pub blocks_free: usize,
+    /// Of the free ones, blocks whose content the prefix cache still keeps.
+    pub blocks_cached: usize,
+    /// Prefix lookups that reused at least one block, and the tokens reused.
+    pub prefix_hits: u64,
+    pub prefix_tokens_reused: u64,
+    /// Blocks copied on a write into a shared block.
+    pub cow_copies: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Cached {
+    key: u64,
+    parent: u64,
+    tokens: Vec<u32>,
+}
+
+/// The block accounting: reference counts, free list, prefix cache.
+#[derive(Debug)]
+pub struct BlockPool {
+    refs: Vec<u32>,
+    /// Blocks with no user and no cached content.
+    free: Vec<u32>,
+    /// Cached content of full blocks, by block.
+    cached: Vec<Option<Cached>>,
+    by_key: HashMap<u64, u32>,
+    /// Unused cached blocks, oldest release first: (tick, block).
+    lru: BTreeMap<u64, u32>,
+    lru_tick: Vec<u64>,
+    tick: u64,
+    stats: KvStats,
+}
+
+/// The key of a full block: its parent's key and its tokens.
+fn block_key(parent: u64, tokens: &[u32]) -> u64 {
+    // SipHash with fixed keys: deterministic; a match is also checked
+    // against the stored tokens and parent key, so a collision cannot
+    // hand a sequence another prefix's KV.
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new_with_keys(0x726f_636d_666f_7267, 0x6b76_2d70_7265_6678);
+    parent.hash(&mut h);
+    tokens.hash(&mut h);
+    h.finish()
+}
+
+/// The key chain starts from this "parent" of a sequence's first block.
+const ROOT_KEY: u64 = 0x5EED;
+
+impl BlockPool {
+    pub fn new(n_blocks: usize) -> BlockPool {
+        BlockPool {
+            refs: vec![0; n_blocks],
+            free: (0..n_blocks as u32).rev().collect(),
+            cached: vec![None; n_blocks],
+            by_key: HashMap::new(),
+            lru: BTreeMap::new(),
+            lru_tick: vec![0; n_blocks],
+            tick: 0,
+            stats: KvStats::default(),
+        }
+    }
+
+    pub fn n_blocks(&self) -> usize {
+        self.refs.len()
+    }
+
+    /// Blocks that can be handed out now (free or evictable).
+    pub fn available(&self) -> usize {
+        self.free.len() + self.lru.len()
+    }
+
+    pub fn stats(&self) -> KvStats {
+        KvStats {
+            blocks_total: self.n_blocks(),
+            blocks_used: self.n_blocks() - self.available(),
+            blocks_free: self.available(),
+            blocks_cached: self.lru.len(),
+            ..self.stats
+        }
+    }
+
+    /// A block for writing, refcount 1: a free one, else the least recently
+    /// released cached one (its cache entry is dropped).
+    fn take(&mut self) -> Option<u32> {
+        let b = match self.free.pop() {
+            Some(b) => b,
+            None => {
+                let (&tick, &b) = self.lru.iter().next()?;
+                self.lru.remove(&tick);
+                if let Some(c) = self.cached[b as usize].take() {
+                    self.by_key.remove(&c.key);
+                }
+                b
+            }
+        };
+        self.refs[b as usize] = 1;
+        Some(b)
+    }
+
+    fn retain(&mut self, b: u32) {
+        if self.refs[b as usize] == 0 {
+            // back from the evictable list
+            self.lru.remove(&self.lru_tick[b as usize]);
+        }
+        self.refs[b as usize] += 1;
+    }
+
+    fn release(&mut self, b: u32) {
+        let r = &mut self.refs[b as usize];
+        debug_assert!(*r > 0, "block {b} released more often than held");
+        *r -= 1;
+        if *r == 0 {
+            if self.cached[b as usize].is_some() {
+                self.tick += 1;
+                self.lru_tick[b as usize] = self.tick;
+                self.lru.insert(self.tick, b);
+            } else {
+                self.free.push(b);
+            }
+        }
+    }
+
+    /// A block may be written only by its single user, and only while the
+    /// prefix cache does not vouch for its content.
+    fn writable(&self, b: u32) -> bool {
+        self.refs[b as usize] == 1 && self.cached[b as usize].is_none()
+    }
+
+    /// Blocks a sequence has after `n` more positions, whether its last
+    /// block must be copied first, and how many blocks that takes.
+    fn need(&self, seq: &SeqKv, n: usize) -> (usize, bool, usize) {
+        let need_total = (seq.len + n).div_ceil(BLOCK);
+        let i = seq.len / BLOCK;
+        let cow = n > 0 && seq.len % BLOCK != 0 && i < seq.blocks.len() && !self.writable(seq.blocks[i]);
+        (need_total, cow, need_total.saturating_sub(seq.blocks.len()) + cow as usize)
+    }
+
+    /// Blocks `prepare_append(seq, n)` would take from the pool.
+    pub fn blocks_needed(&self, seq: &SeqKv, n: usize) -> usize {
+        self.need(seq, n).2
+    }
+
+    /// Reserve room for `n` more positions of `seq`: new blocks, and a copy
+    /// of its last block if that one is shared or cached. All or nothing:
+    /// on error the sequence and the pool are as they were. Returns the
+    /// copies the storage must make before the step writes.
+    pub fn prepare_append(&mut self, seq: &mut SeqKv, n: usize) -> Result<Vec<BlockCopy>, KvExhausted> {
+        let mut copies = Vec::new();
+        if n == 0 {
+            return Ok(copies);
+        }
+        let (need_total, cow, need) = self.need(seq, n);
+        if need > self.available() {
+            return Err(KvExhausted { need, free: self.available(), total: self.n_blocks() });
+        }
+        if cow {
+            let i = seq.len / BLOCK;
+            let old = seq.blocks[i];
+            let new = self.take().expect("counted above");
+            copies.push(BlockCopy { from: old, to: new, n: seq.len % BLOCK });
+            self.release(old);
+            seq.blocks[i] = new;
+            self.stats.cow_copies += 1;
+        }
+        while seq.blocks.len() < need_total {
+            let b = self.take().expect("counted above");
+            seq.blocks.push(b);
+        }
+        Ok(copies)
+    }
+
+    /// Record that `tokens` were written at `seq.len..`; blocks that fill
+    /// up enter the prefix cache.
+    pub fn commit(&mut self, seq: &mut SeqKv, tokens: &[u32]) {
+        seq.tokens.extend_from_slice(tokens);
+        seq.len += tokens.len();
+        while seq.keys.len() < seq.len / BLOCK {
+            let i = seq.keys.len();
+            let parent = if i == 0 { ROOT_KEY } else { seq.keys[i - 1] };
+            let toks = &seq.tokens[i * BLOCK..(i + 1) * BLOCK];
+            let key = block_key(parent, toks);
+            seq.keys.push(key);
+            let b = seq.blocks[i];
+            if self.cached[b as usize].is_none() && !self.by_key.contains_key(&key) {
+                self.cached[b as usize] = Some(Cached { key, parent, tokens: toks.to_vec() });
+                self.by_key.insert(key, b);
+            }
+        }
+    }
+
+    /// Give an empty `seq` the cached blocks its `prompt` starts with, at
+    /// most up to `prompt.len() - 1` positions (the last prompt token is
+    /// always computed, so its logits exist). Returns the positions reused.
+    pub fn reuse_prefix(&mut self, seq: &mut SeqKv, prompt: &[u32]) -> usize {
+        assert!(seq.blocks.is_empty() && seq.len == 0, "reuse_prefix on a sequence that has positions");
+        let max_blocks = prompt.len().saturating_sub(1) / BLOCK;
+        let mut parent = ROOT_KEY;
+        for i in 0..max_blocks {
+            let toks = &prompt[i * BLOCK..(i + 1) * BLOCK];
+            let key = block_key(parent, toks);
+            let Some(&b) = self.by_key.get(&key) else { break };
+            match &self.cached[b as usize] {
+                Some(c) if c.parent == parent && c.tokens == toks => {}
+                _ => break,
+            }
+            self.retain(b);
+            seq.blocks.push(b);
+            seq.keys.push(key);
+            seq.tokens.extend_from_slice(toks);
+            seq.len += BLOCK;
+            parent = key;
+        }
+        if seq.len > 0 {
+            self.stats.prefix_hits += 1;
+            self.stats.prefix_tokens_reused += seq.len as u64;
+        }
+        seq.len
+    }
+
+    /// A new sequence sharing all of `src`'s blocks.
+    pub fn fork(&mut self, src: &SeqKv) -> SeqKv {
+        for &b in &src.blocks {
+            self.retain(b);
+        }
+        src.clone()
+    }
+
+    /// Keep the first `n_keep` positions of `seq`.
+    pub fn truncate(&mut self, seq: &mut SeqKv, n_keep: usize) {
+        let n_keep = n_keep.min(seq.len);
+        let keep_blocks = n_keep.div_ceil(BLOCK);
+        for b in seq.blocks.drain(keep_blocks..).collect::<Vec<_>>() {
+            self.release(b);
+        }
+        seq.len = n_keep;
+        seq.tokens.truncate(n_keep);
+        seq.keys.truncate(n_keep / BLOCK);
+    }
+
+    /// Give back every block of `seq`.
+    pub fn clear(&mut self, seq: &mut SeqKv) {
+        self.truncate(seq, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toks(n: usize, seed: u32) -> Vec<u32> {
+        (0..n as u32).map(|i| i.wrapping_mul(2654435761).wrapping_add(seed) % 1000).collect()
+    }
+
+    fn append(p: &mut BlockPool, s: &mut SeqKv, t: &[u32]) -> Vec<BlockCopy> {
+        let c = p.prepare_append(s, t.len()).unwrap();
+        p.commit(s, t);
+        c
+    }
+
+    #[test]
+    fn blocks_are_taken_as_positions_grow_and_returned() {
+        let mut p = BlockPool::new(8);
+        let mut s = SeqKv::default();
+        append(&mut p, &mut s, &toks(1, 0));
+        assert_eq!((s.blocks.len(), p.available()), (1, 7));
+        append(&mut p, &mut s, &toks(BLOCK, 1));
+        assert_eq!(s.blocks.len(), 2);
+        assert_eq!(s.slot(BLOCK), s.blocks[1] as usize * BLOCK);
+        p.clear(&mut s);
+        assert_eq!(p.available(), 8);
+        assert_eq!(p.stats().blocks_used, 0);
+    }
+
+    #[test]
+    fn exhaustion_is_all_or_nothing() {
+        let mut p = BlockPool::new(2);
+        let mut s = SeqKv::default();
+        append(&mut p, &mut s, &toks(BLOCK + 3, 0));
+        let before = (s.blocks.clone(), p.available());
+        let e = p.prepare_append(&mut s, 2 * BLOCK).unwrap_err();
+        assert_eq!((e.need, e.free, e.total), (2, 0, 2));
+        assert!(e.to_string().contains("exhausted"));
+        assert_eq!((s.blocks.clone(), p.available()), before);
+    }
+
+    #[test]
+    fn fork_shares_blocks_and_copies_the_partial_one_on_write() {
+        let mut p = BlockPool::new(8);
+        let mut a = SeqKv::default();
+        append(&mut p, &mut a, &toks(BLOCK + 5, 0));
+        let mut b = p.fork(&a);
+        assert_eq!(p.stats().blocks_used, 2);
+        // b writes into the shared partial block: it gets its own copy
+        let c = append(&mut p, &mut b, &[7]);
+        assert_eq!(c, vec![BlockCopy { from: a.blocks[1], to: b.blocks[1], n: 5 }]);
+        assert_eq!(a.blocks[0], b.blocks[0], "the full block stays shared");
+        assert_ne!(a.blocks[1], b.blocks[1]);
+        // a is the last user of its partial block now: writes in place
+        assert!(append(&mut p, &mut a, &[9]).is_empty());
+        p.clear(&mut a);
+        p.clear(&mut b);
+        assert_eq!(p.stats().blocks_used, 0);
+    }
+
+    #[test]
+    fn prefix_cache_reuses_full_blocks_and_evicts_oldest_first() {
+        let mut p = BlockPool::new(6);
+        let prompt = toks(3 * BLOCK + 4, 5);
+        let mut a = SeqKv::default();
+        append(&mut p, &mut a, &prompt);
+        let mut b = SeqKv::default();
+        assert_eq!(p.reuse_prefix(&mut b, &prompt), 3 * BLOCK);
+        assert_eq!(&b.blocks[..], &a.blocks[..3]);
+        // a prompt of exactly 3 blocks reuses only 2: its last token must be computed
+        let mut c = SeqKv::default();
+        assert_eq!(p.reuse_prefix(&mut c, &prompt[..3 * BLOCK]), 2 * BLOCK);
+        // another prompt shares the first block only
+        let mut other = prompt.clone();
+        other[BLOCK + 2] += 1;
+        let mut d = SeqKv::default();
+        assert_eq!(p.reuse_prefix(&mut d, &other), BLOCK);
+        for s in [&mut a, &mut b, &mut c, &mut d] {
+            p.clear(s);
+        }
+        // all released: cached blocks stay reusable until needed
+        assert_eq!(p.stats().blocks_cached, 3);
+        let mut e = SeqKv::default();
+        assert_eq!(p.reuse_prefix(&mut e, &prompt), 3 * BLOCK);
+        p.clear(&mut e);
+        // fill the pool with new content: the cache gives its blocks back
+        let mut f = SeqKv::default();
+        append(&mut p, &mut f, &toks(6 * BLOCK, 99));
+        assert_eq!(p.stats().blocks_cached, 0);
+        let mut g = SeqKv::default();
+        assert_eq!(p.reuse_prefix(&mut g, &prompt), 0);
+        assert_eq!(p.stats().prefix_hits, 4);
+    }
+
+    #[test]
+    fn a_cached_block_is_never_written_in_place() {
+        let mut p = BlockPool::new(4);
+        let mut a = SeqKv::default();
+        append(&mut p, &mut a, &toks(BLOCK, 0));
+        // keep half of the (cached) full block, then write: copy first
+        p.truncate(&mut a, BLOCK / 2);
+        let c = append(&mut p, &mut a, &[1, 2]);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].n, BLOCK / 2);
+        // the cached content is still there for a prompt that matches it
+        let mut b = SeqKv::default();
+        let mut prompt = toks(BLOCK, 0);
+        prompt.push(3);
+        assert_eq!(p.reuse_prefix(&mut b, &prompt), BLOCK);
+    }
+}

@@ -1,0 +1,319 @@
+//! The batched engine (issue 13) on the CPU: many sequences per step over
+//! the paged KV cache give each sequence exactly what it gets alone.
+//!
+//! - batched == solo on the three real models: sequences with different
+//!   prompt lengths, two forked from a shared prefix, prefilled together
+//!   and then decoded together for 64 steps;
+//! - chunked prefill == one-shot prefill; a prefix-cache hit == a fresh
+//!   computation;
+//! - a seeded random schedule of adds, removes, forks, truncations and
+//!   mixed decode/prefill steps on tiny models, every step checked against
+//!   a solo recomputation, and the pool full again at the end.
+
+mod common;
+
+use std::sync::Arc;
+
+use rocmforge::engine::{BatchRow, Engine, EngineOptions, SeqId};
+use rocmforge::model::{BackendChoice, LoadOptions, Logits, Model, Session};
+use rocmforge::sampler::argmax;
+
+fn load(name: &str) -> Arc<Model> {
+    Model::load(common::model(name), LoadOptions { n_threads: 2, backend: BackendChoice::Cpu, ..Default::default() }).unwrap()
+}
+
+/// The logits a sequence of `tokens` gets alone, at its last position.
+fn solo_last(model: &Arc<Model>, tokens: &[u32]) -> Vec<f32> {
+    let mut s = Session::new(model.clone(), tokens.len() + 1).unwrap();
+    s.eval(tokens, Logits::Last).unwrap()
+}
+
+/// Rows appending `tokens` to `seq` from `pos`, logits on the last.
+fn rows_for(seq: SeqId, pos: usize, tokens: &[u32]) -> Vec<BatchRow> {
+    let n = tokens.len();
+    tokens.iter().enumerate().map(|(i, &token)| BatchRow { seq, token, pos: pos + i, logits: i + 1 == n }).collect()
+}
+
+fn max_rel_l2(pairs: &[(Vec<f32>, Vec<f32>)]) -> f64 {
+    pairs.iter().map(|(a, b)| common::rel_l2(a, b)).fold(0.0, f64::max)
+}
+
+/// B = 4 sequences (prompts of 7, 19 and 33 tokens, and a fork of the
+/// 33-token one that continues differently) prefilled in one batch, then
+/// 64 greedy decode steps for all four in one batch each; the solo runs are
+/// one Session per sequence fed the same tokens.
+#[test]
+fn batched_equals_solo_on_the_real_models() {
+    for name in common::ALL_MODELS {
+        let model = load(name);
+        let text = "The lighthouse keeper counted the ships that passed each night, and wrote their names in a book.";
+        let all = model.tokenizer.encode(text, true, false);
+        let prompts: Vec<Vec<u32>> = vec![all[..7].to_vec(), all[..19].to_vec(), all[..all.len().min(33)].to_vec()];
+        let mut e = Engine::new(model.clone(), EngineOptions { n_ctx: 128, kv_budget: 0 }).unwrap();
+        let ids: Vec<SeqId> = prompts.iter().map(|_| e.add_seq().unwrap()).collect();
+        let mut rows = Vec::new();
+        for (&id, p) in ids.iter().zip(&prompts) {
+            rows.extend(rows_for(id, 0, p));
+        }
+        e.decode(&rows).unwrap();
+        let mut last_rows: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].logits).collect();
+        // the fork shares the third sequence's blocks; it will go its own way
+        let fork = e.fork(ids[2]).unwrap();
+        let mut seqs: Vec<(SeqId, Vec<u32>)> = ids.iter().copied().zip(prompts.iter().cloned()).collect();
+        seqs.push((fork, prompts[2].clone()));
+        last_rows.push(last_rows[2]);
+        let mut logits: Vec<Vec<f32>> = last_rows.iter().map(|&r| e.logits(r).unwrap().to_vec()).collect();
+
+        let mut pairs = Vec::new();
+        let (mut agree, mut total) = (0, 0);
+        // solo sessions, one per sequence, stepped alongside
+        let mut solo: Vec<Session> = seqs.iter().map(|_| Session::new(model.clone(), 128).unwrap()).collect();
+        let mut solo_logits: Vec<Vec<f32>> = seqs.iter().zip(&mut solo).map(|((_, p), s)| s.eval(p, Logits::Last).unwrap()).collect();
+        for step in 0..64 {
+            let mut rows = Vec::new();
+            for (i, (id, toks)) in seqs.iter_mut().enumerate() {
+                pairs.push((logits[i].clone(), solo_logits[i].clone()));
+                let b = argmax(&logits[i]);
+                let s = argmax(&solo_logits[i]);
+                total += 1;
+                agree += (b == s) as usize;
+                // the fork takes the runner-up on its first step, to diverge
+                let next = if i == 3 && step == 0 {
+                    let mut l = logits[i].clone();
+                    l[b as usize] = f32::NEG_INFINITY;
+                    argmax(&l)
+                } else {
+                    s
+                };
+                rows.push(BatchRow { seq: *id, token: next, pos: toks.len(), logits: true });
+                toks.push(next);
+            }
+            e.decode(&rows).unwrap();
+            logits = (0..rows.len()).map(|r| e.logits(r).unwrap().to_vec()).collect();
+            for (i, s) in solo.iter_mut().enumerate() {
+                solo_logits[i] = s.eval(&[rows[i].token], Logits::Last).unwrap();
+            }
+        }
+        let worst = max_rel_l2(&pairs);
+        println!("{name}: batched vs solo over {} logit rows: worst rel L2 {worst:.2e}, greedy agreement {agree}/{total}", pairs.len());
+        assert!(worst <= 1e-3, "{name}: rel L2 {worst}");
+        assert!(agree * 100 >= total * 97, "{name}: greedy agreement {agree}/{total}");
+        assert_ne!(seqs[2].1, seqs[3].1, "the fork diverged from its source");
+        for (id, _) in &seqs {
+            e.remove_seq(*id).unwrap();
+        }
+        let st = e.stats();
+        assert_eq!(st.blocks_used, 0, "{st:?}");
+    }
+}
+
+/// A long prompt fed in chunks of 5 across steps (beside another sequence's
+/// decode rows) equals the same prompt in one step; a second sequence whose
+/// prompt starts with the first's full blocks reuses them from the prefix
+/// cache and gets the logits of a fresh computation.
+#[test]
+fn chunked_prefill_and_prefix_hits_equal_fresh_computation() {
+    let model = load(common::SMOLLM2);
+    let text = "In the beginning the universe was created. This has made a lot of people very angry and been widely regarded as a bad move. \
+                Many were increasingly of the opinion that they'd all made a big mistake in coming down from the trees in the first place.";
+    let prompt = model.tokenizer.encode(text, true, false);
+    assert!(prompt.len() > 34, "{}", prompt.len());
+    let fresh = solo_last(&model, &prompt);
+
+    let mut e = Engine::new(model.clone(), EngineOptions { n_ctx: 256, kv_budget: 0 }).unwrap();
+    let a = e.add_seq().unwrap();
+    let other = e.add_seq().unwrap();
+    e.decode(&rows_for(other, 0, &prompt[..3])).unwrap();
+    let mut other_len = 3;
+    let mut got = Vec::new();
+    for (ci, chunk) in prompt.chunks(5).enumerate() {
+        let mut rows = rows_for(a, ci * 5, chunk);
+        rows.push(BatchRow { seq: other, token: 42, pos: other_len, logits: false });
+        other_len += 1;
+        e.decode(&rows).unwrap();
+        if (ci + 1) * 5 >= prompt.len() {
+            got = e.logits(chunk.len() - 1).unwrap().to_vec();
+        }
+    }
+    let chunked = common::rel_l2(&got, &fresh);
+    println!("chunked prefill vs one-shot: rel L2 {chunked:.2e}");
+    assert!(chunked <= 1e-5, "{chunked}");
+
+    // the prefix cache: a new sequence with the same prompt
+    let b = e.add_seq().unwrap();
+    let reused = e.reuse_prefix(b, &prompt).unwrap();
+    assert_eq!(reused, (prompt.len() - 1) / 16 * 16);
+    assert!(reused >= 32);
+    e.decode(&rows_for(b, reused, &prompt[reused..])).unwrap();
+    let hit = e.logits(prompt.len() - reused - 1).unwrap().to_vec();
+    let hit_err = common::rel_l2(&hit, &fresh);
+    println!("prefix hit ({reused} of {} tokens reused) vs fresh: rel L2 {hit_err:.2e}", prompt.len());
+    assert!(hit_err <= 1e-5, "{hit_err}");
+    let st = e.stats();
+    assert_eq!((st.prefix_hits, st.prefix_tokens_reused), (1, reused as u64));
+}
+
+/// A batch that does not fit is refused whole: exhaustion, a full context,
+/// a stale id, a gap in positions each leave every sequence as it was.
+#[test]
+fn bad_batches_are_refused_whole() {
+    let model = load(common::SMOLLM2);
+    // room for 2 sequences of 32: 4 + 1 blocks
+    let per_block = rocmforge::backend::cpu::forward::CpuKv::bytes_per_position(&model) * rocmforge::kv::BLOCK;
+    let mut e = Engine::new(model.clone(), EngineOptions { n_ctx: 32, kv_budget: 5 * per_block }).unwrap();
+    let (a, b, c) = (e.add_seq().unwrap(), e.add_seq().unwrap(), e.add_seq().unwrap());
+    let toks: Vec<u32> = (1..=32).collect();
+    e.decode(&[rows_for(a, 0, &toks), rows_for(b, 0, &toks[..20])].concat()).unwrap();
+    let before = (e.seq_len(a).unwrap(), e.seq_len(b).unwrap(), e.seq_len(c).unwrap(), e.stats());
+    use rocmforge::Error;
+    // b stays in its second block; c needs two: one block is free
+    let err = e.decode(&[rows_for(b, 20, &toks[..4]), rows_for(c, 0, &toks[..17])].concat()).unwrap_err();
+    assert!(matches!(err, Error::KvExhausted(_)), "{err}");
+    assert!(err.to_string().contains("free"), "{err}");
+    assert!(matches!(e.decode(&rows_for(a, 32, &[5])).unwrap_err(), Error::ContextFull(_)));
+    assert!(matches!(e.decode(&rows_for(77, 0, &[5])).unwrap_err(), Error::InvalidArgument(_)));
+    let gap = [BatchRow { seq: b, token: 1, pos: 21, logits: true }];
+    assert!(e.decode(&gap).unwrap_err().to_string().contains("position 20"));
+    assert!(matches!(e.decode(&[]).unwrap_err(), Error::InvalidArgument(_)));
+    assert_eq!((e.seq_len(a).unwrap(), e.seq_len(b).unwrap(), e.seq_len(c).unwrap(), e.stats()), before);
+    // the caller frees room and the same batch goes through
+    e.remove_seq(a).unwrap();
+    e.decode(&[rows_for(b, 20, &toks[..4]), rows_for(c, 0, &toks[..17])].concat()).unwrap();
+}
+
+/// xorshift64*
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Thousands of random steps on tiny models: sequences are added (some
+/// reusing cached prefixes), removed, forked, truncated, and advanced by
+/// mixed batches of decode rows and prefill chunks. After every step each
+/// row's logits equal its sequence recomputed alone from scratch, so no
+/// sequence's output depends on its neighbours; at the end every block is
+/// back in the pool.
+#[test]
+fn random_schedule_keeps_sequences_independent_and_leaks_no_block() {
+    use common::tiny::{tiny_model, TINY_ARCHS};
+    use rocmforge::gguf::GgufFile;
+    for (ai, arch) in TINY_ARCHS.into_iter().enumerate() {
+        let file = GgufFile::from_bytes(tiny_model(arch, 11).to_bytes()).unwrap();
+        let model = Model::from_gguf(file, LoadOptions { n_threads: 1, backend: BackendChoice::Cpu, ..Default::default() }).unwrap();
+        let nv = model.cfg.n_vocab as u64;
+        let n_ctx = 48;
+        let per_block = rocmforge::backend::cpu::forward::CpuKv::bytes_per_position(&model) * rocmforge::kv::BLOCK;
+        let mut e = Engine::new(model.clone(), EngineOptions { n_ctx, kv_budget: 12 * per_block }).unwrap();
+        let total = e.stats().blocks_total;
+        let mut rng = Rng(0x5EED_0000 + ai as u64);
+        let mut live: Vec<(SeqId, Vec<u32>)> = Vec::new();
+        let (mut steps, mut checked, mut exhausted, mut hits) = (0, 0, 0, 0);
+        // a few shared prompt starts, so the prefix cache gets hits
+        let stems: Vec<Vec<u32>> = (0..3).map(|s| (0..20).map(|i| ((s * 31 + i * 7) % nv as usize) as u32).collect()).collect();
+        for _ in 0..2500 {
+            match rng.below(10) {
+                0 if live.len() < 6 => {
+                    let id = e.add_seq().unwrap();
+                    let mut toks = Vec::new();
+                    if rng.below(2) == 0 {
+                        // a shared start: reuse what the cache has, compute the rest
+                        let stem = &stems[rng.below(3)];
+                        let n = e.reuse_prefix(id, stem).unwrap();
+                        hits += (n > 0) as usize;
+                        toks.extend_from_slice(&stem[..n]);
+                        match e.decode(&rows_for(id, n, &stem[n..])) {
+                            Ok(()) => {
+                                let got = e.logits(stem.len() - n - 1).unwrap();
+                                let err = common::rel_l2(got, &solo_last(&model, stem));
+                                assert!(err <= 1e-5, "{arch:?}: stem after reusing {n}: rel L2 {err}");
+                                checked += 1;
+                                toks = stem.clone();
+                            }
+                            Err(rocmforge::Error::KvExhausted(_)) => exhausted += 1,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    live.push((id, toks));
+                }
+                1 if !live.is_empty() => {
+                    let (id, _) = live.swap_remove(rng.below(live.len()));
+                    e.remove_seq(id).unwrap();
+                }
+                2 if !live.is_empty() && live.len() < 6 => {
+                    let i = rng.below(live.len());
+                    let id = e.fork(live[i].0).unwrap();
+                    let toks = live[i].1.clone();
+                    live.push((id, toks));
+                }
+                3 if !live.is_empty() => {
+                    let i = rng.below(live.len());
+                    let keep = rng.below(live[i].1.len() + 1);
+                    e.keep(live[i].0, keep).unwrap();
+                    live[i].1.truncate(keep);
+                }
+                _ if !live.is_empty() => {
+                    // a step: each chosen sequence gets 1 token (decode) or a chunk
+                    let mut rows = Vec::new();
+                    let mut added: Vec<(usize, Vec<u32>)> = Vec::new();
+                    for (i, (id, toks)) in live.iter().enumerate() {
+                        if rng.below(3) == 0 {
+                            continue;
+                        }
+                        let n = if rng.below(3) == 0 { 1 + rng.below(9) } else { 1 };
+                        let n = n.min(n_ctx - toks.len());
+                        if n == 0 {
+                            continue;
+                        }
+                        let new: Vec<u32> = (0..n).map(|_| (rng.next() % nv) as u32).collect();
+                        for (j, &t) in new.iter().enumerate() {
+                            rows.push(BatchRow { seq: *id, token: t, pos: toks.len() + j, logits: j + 1 == n || rng.below(4) == 0 });
+                        }
+                        added.push((i, new));
+                    }
+                    if rows.is_empty() {
+                        continue;
+                    }
+                    match e.decode(&rows) {
+                        Err(rocmforge::Error::KvExhausted(_)) => {
+                            exhausted += 1;
+                            continue;
+                        }
+                        r => r.unwrap(),
+                    }
+                    steps += 1;
+                    for (i, new) in added {
+                        live[i].1.extend_from_slice(&new);
+                    }
+                    // every row with logits equals its sequence alone
+                    for (r, row) in rows.iter().enumerate().filter(|(_, r)| r.logits) {
+                        let toks = &live.iter().find(|(id, _)| *id == row.seq).unwrap().1;
+                        let want = solo_last(&model, &toks[..=row.pos]);
+                        let got = e.logits(r).unwrap();
+                        let err = common::rel_l2(got, &want);
+                        assert!(err <= 1e-5, "{arch:?} step {steps}: seq {} pos {}: rel L2 {err}", row.seq, row.pos);
+                        checked += 1;
+                    }
+                }
+                _ => {}
+            }
+            for (id, toks) in &live {
+                assert_eq!(e.seq_len(*id).unwrap(), toks.len());
+            }
+        }
+        println!("{arch:?}: {steps} steps, {checked} logit rows checked against solo, {exhausted} exhausted steps refused, {hits} prefix hits");
+        assert!(steps > 500 && checked > 1000 && hits > 0, "the schedule did too little");
+        for (id, _) in live {
+            e.remove_seq(id).unwrap();
+        }
+        let st = e.stats();
+        assert_eq!((st.blocks_used, st.blocks_free), (0, total), "blocks leaked: {st:?}");
+    }
+}
