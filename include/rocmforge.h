@@ -6,7 +6,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#define FORGE_ABI_VERSION 2
+#define FORGE_ABI_VERSION 3
 /* Ranges of forge_load_params (values above them are INVALID_ARGUMENT). */
 #define FORGE_MAX_THREADS 1024
 #define FORGE_MAX_CTX 16777216
@@ -59,6 +59,12 @@ typedef enum forge_status {
    * An allocation failed (host or device).
    */
   FORGE_ERR_OUT_OF_MEMORY = 21,
+  /**
+   * An engine's KV block pool has no room for the batch: remove or
+   * truncate a sequence (`forge_engine_stats` has the numbers). Nothing
+   * was evaluated.
+   */
+  FORGE_ERR_KV_EXHAUSTED = 22,
   /**
    * The requested backend is not compiled in or has no usable device.
    */
@@ -119,6 +125,13 @@ typedef enum forge_backend {
  * A loaded model plus one sequence's KV cache. Opaque.
  */
 typedef struct forge_ctx forge_ctx;
+
+/**
+ * Many sequences over one loaded model: a KV block pool and a batch of
+ * rows per step. Opaque. Every call takes it exclusively (a second call
+ * meanwhile gets FORGE_ERR_BUSY).
+ */
+typedef struct forge_engine forge_engine;
 
 /**
  * A sampler: settings, RNG state and penalty history. Opaque.
@@ -280,6 +293,74 @@ typedef struct forge_generate_params {
   forge_token_cb on_token;
   void *user_data;
 } forge_generate_params;
+
+/**
+ * Parameters for `forge_engine_new`; defaults from
+ * `forge_engine_default_params()`.
+ */
+typedef struct forge_engine_params {
+  /**
+   * Most positions one sequence may hold, 0..=FORGE_MAX_CTX.
+   * Default 0 = the context's n_ctx.
+   */
+  uint32_t n_ctx;
+  /**
+   * Bytes of KV cache for all sequences together (rounded down to whole
+   * blocks of 16 positions; at least one full sequence). Default 0 =
+   * four full sequences. A pool the host cannot allocate is
+   * OUT_OF_MEMORY.
+   */
+  uint64_t kv_budget;
+} forge_engine_params;
+
+/**
+ * One row of a batch: `token` appended to sequence `seq` at position
+ * `pos`, which must be the sequence's length (plus one for each earlier
+ * row of the same sequence in the batch). `logits` non-zero asks for this
+ * row's logits.
+ */
+typedef struct forge_batch_row {
+  int32_t seq;
+  int32_t token;
+  int32_t pos;
+  int32_t logits;
+} forge_batch_row;
+
+/**
+ * KV pool statistics (`forge_engine_stats`).
+ */
+typedef struct forge_kv_stats {
+  /**
+   * Blocks in the pool, and positions per block.
+   */
+  uint64_t blocks_total;
+  uint32_t block_size;
+  /**
+   * Blocks some sequence holds.
+   */
+  uint64_t blocks_used;
+  /**
+   * Blocks no sequence holds (free, or cached and evictable).
+   */
+  uint64_t blocks_free;
+  /**
+   * Of the free ones, blocks the prefix cache keeps for reuse.
+   */
+  uint64_t blocks_cached;
+  /**
+   * Prefix lookups that reused blocks, and the positions they reused.
+   */
+  uint64_t prefix_hits;
+  uint64_t prefix_tokens_reused;
+  /**
+   * Blocks copied because a shared block was written (forks).
+   */
+  uint64_t cow_copies;
+  /**
+   * Sequences alive.
+   */
+  uint32_t n_seqs;
+} forge_kv_stats;
 
 #ifdef __cplusplus
 extern "C" {
@@ -512,6 +593,103 @@ enum forge_status forge_generate(struct forge_ctx *ctx,
                                  size_t out_cap,
                                  size_t *n_out,
                                  enum forge_stop_reason *reason);
+
+/**
+ * Default engine parameters. Thread-safe.
+ */
+struct forge_engine_params forge_engine_default_params(void);
+
+/**
+ * An engine over `ctx`'s loaded model (weights shared, not copied; the
+ * model stays loaded while the engine lives, even after `forge_free(ctx)`).
+ * `params` may be NULL. Free with `forge_engine_free`. Reads only the
+ * model, so `ctx` may be busy. Errors: NULL_POINTER, INVALID_ARGUMENT
+ * (n_ctx above FORGE_MAX_CTX), OUT_OF_MEMORY.
+ */
+enum forge_status forge_engine_new(const struct forge_ctx *ctx,
+                                   const struct forge_engine_params *params,
+                                   struct forge_engine **out);
+
+/**
+ * Free an engine and all its sequences. NULL is a no-op. Must not race
+ * with another call on it.
+ */
+void forge_engine_free(struct forge_engine *e);
+
+/**
+ * A new, empty sequence; its id goes to `*seq_out`. Ids are not reused
+ * while the engine lives. Errors: NULL_POINTER, BUSY, OUT_OF_MEMORY (a
+ * GPU sequence's device cache).
+ */
+enum forge_status forge_seq_new(struct forge_engine *e, int32_t *seq_out);
+
+/**
+ * Remove a sequence and give its KV blocks back (full blocks stay in the
+ * prefix cache until the pool needs them). Errors: NULL_POINTER, BUSY,
+ * INVALID_ARGUMENT (no such sequence).
+ */
+enum forge_status forge_seq_free(struct forge_engine *e, int32_t seq);
+
+/**
+ * A new sequence with the same positions as `src`, sharing its full KV
+ * blocks (copy-on-write): for n > 1 completions of one prompt. Errors:
+ * NULL_POINTER, BUSY, INVALID_ARGUMENT, OUT_OF_MEMORY.
+ */
+enum forge_status forge_seq_fork(struct forge_engine *e, int32_t src, int32_t *seq_out);
+
+/**
+ * Keep the first `n_keep` positions of a sequence (0 clears it).
+ * Errors: NULL_POINTER, BUSY, INVALID_ARGUMENT (no such sequence, n_keep
+ * past its length).
+ */
+enum forge_status forge_seq_keep(struct forge_engine *e, int32_t seq, size_t n_keep);
+
+/**
+ * Positions a sequence holds, into `*n_out`. Errors: NULL_POINTER, BUSY,
+ * INVALID_ARGUMENT.
+ */
+enum forge_status forge_seq_len(const struct forge_engine *e, int32_t seq, size_t *n_out);
+
+/**
+ * The prefix cache: give an empty sequence the cached KV blocks that
+ * `tokens` (its prompt) starts with. `*n_reused` receives the positions
+ * reused (whole blocks, never the last token): evaluate
+ * `tokens[*n_reused..]` from that position. Errors: NULL_POINTER, BUSY,
+ * INVALID_ARGUMENT (no such sequence, not empty, a bad token id).
+ */
+enum forge_status forge_seq_reuse_prefix(struct forge_engine *e,
+                                         int32_t seq,
+                                         const int32_t *tokens,
+                                         size_t n_tokens,
+                                         size_t *n_reused);
+
+/**
+ * Run one batch: every row of every sequence in one forward pass (decode
+ * rows and prefill chunks together). All or nothing: on error no sequence
+ * has moved. Errors: NULL_POINTER, BUSY, INVALID_ARGUMENT (no rows, a bad
+ * sequence id, token or position), CONTEXT_FULL (a sequence past n_ctx),
+ * KV_EXHAUSTED (the pool cannot hold the batch: free or truncate a
+ * sequence), INVALID_MODEL.
+ */
+enum forge_status forge_engine_decode(struct forge_engine *e,
+                                      const struct forge_batch_row *rows,
+                                      size_t n_rows);
+
+/**
+ * Copy the logits of row `row` of the last successful
+ * `forge_engine_decode` into `out` (`cap` >= n_vocab floats). Errors:
+ * NULL_POINTER, BUSY, BUFFER_TOO_SMALL, INVALID_ARGUMENT (no such row, or
+ * the row did not ask for logits).
+ */
+enum forge_status forge_engine_logits(const struct forge_engine *e,
+                                      size_t row,
+                                      float *out,
+                                      size_t cap);
+
+/**
+ * KV pool statistics. Errors: NULL_POINTER, BUSY.
+ */
+enum forge_status forge_engine_stats(const struct forge_engine *e, struct forge_kv_stats *out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -115,10 +115,11 @@ impl Engine {
 
     fn new_id(&mut self) -> Result<SeqId> {
         // ids are not reused while the engine lives (a stale id is an error,
-        // not another sequence), until they wrap after 2^32 sequences
+        // not another sequence), until they wrap after 2^31 sequences (they
+        // stay non-negative as C's int32_t)
         for _ in 0..=self.seqs.len() {
             let id = self.next_id;
-            self.next_id = self.next_id.wrapping_add(1);
+            self.next_id = if self.next_id >= i32::MAX as u32 { 0 } else { self.next_id + 1 };
             if !self.seqs.contains_key(&id) {
                 return Ok(id);
             }

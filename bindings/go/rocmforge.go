@@ -71,7 +71,7 @@ import (
 )
 
 // ABIVersion is the C ABI version this binding was written for.
-const ABIVersion = 2
+const ABIVersion = 3
 
 // Status is a forge_status code.
 type Status int

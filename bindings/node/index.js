@@ -5,7 +5,7 @@
 const native = require('./build/Release/rocmforge.node');
 
 /** The C ABI version this package was written for. */
-const ABI_VERSION = 2;
+const ABI_VERSION = 3;
 if (native.abiVersion !== ABI_VERSION) {
   const e = new Error(`librocmforge ABI version ${native.abiVersion}, this package needs ${ABI_VERSION}`);
   e.code = 'ERR_ABI_MISMATCH';

@@ -39,6 +39,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::backend;
+use crate::engine::{BatchRow, Engine, EngineOptions, SeqId};
 use crate::generate::{self, GenerateOptions, StopReason};
 use crate::backend::gpu::GpuKind;
 use crate::model::{BackendChoice, LoadOptions, Logits, Model, Session};
@@ -48,7 +49,9 @@ use status::{boundary, boundary_value, FfiError};
 
 /// ABI version: bumped on any incompatible change to this header.
 /// 2: `forge_load_params` gained `gpu_mem_budget` (its size changed).
-pub const FORGE_ABI_VERSION: u32 = 2;
+/// 3: `forge_backend` is passed as `int32_t`; FORGE_ERR_BUSY and
+///    FORGE_ERR_KV_EXHAUSTED; the engine (`forge_engine_*`, `forge_seq_*`).
+pub const FORGE_ABI_VERSION: u32 = 3;
 
 /// The most CPU worker threads `forge_load_params.n_threads` accepts.
 pub const FORGE_MAX_THREADS: u32 = crate::model::MAX_THREADS as u32;
@@ -854,6 +857,273 @@ pub unsafe extern "C" fn forge_generate(
                 StopReason::ContextFull => forge_stop_reason::FORGE_STOP_CONTEXT_FULL,
             };
         }
+        Ok(())
+    })
+}
+
+// ---- many sequences: the engine ------------------------------------------------
+
+/// Many sequences over one loaded model: a KV block pool and a batch of
+/// rows per step. Opaque. Every call takes it exclusively (a second call
+/// meanwhile gets FORGE_ERR_BUSY).
+pub struct forge_engine {
+    engine: Mutex<Engine>,
+}
+
+/// Parameters for `forge_engine_new`; defaults from
+/// `forge_engine_default_params()`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct forge_engine_params {
+    /// Most positions one sequence may hold, 0..=FORGE_MAX_CTX.
+    /// Default 0 = the context's n_ctx.
+    pub n_ctx: u32,
+    /// Bytes of KV cache for all sequences together (rounded down to whole
+    /// blocks of 16 positions; at least one full sequence). Default 0 =
+    /// four full sequences. A pool the host cannot allocate is
+    /// OUT_OF_MEMORY.
+    pub kv_budget: u64,
+}
+
+/// One row of a batch: `token` appended to sequence `seq` at position
+/// `pos`, which must be the sequence's length (plus one for each earlier
+/// row of the same sequence in the batch). `logits` non-zero asks for this
+/// row's logits.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct forge_batch_row {
+    pub seq: i32,
+    pub token: i32,
+    pub pos: i32,
+    pub logits: i32,
+}
+
+/// KV pool statistics (`forge_engine_stats`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct forge_kv_stats {
+    /// Blocks in the pool, and positions per block.
+    pub blocks_total: u64,
+    pub block_size: u32,
+    /// Blocks some sequence holds.
+    pub blocks_used: u64,
+    /// Blocks no sequence holds (free, or cached and evictable).
+    pub blocks_free: u64,
+    /// Of the free ones, blocks the prefix cache keeps for reuse.
+    pub blocks_cached: u64,
+    /// Prefix lookups that reused blocks, and the positions they reused.
+    pub prefix_hits: u64,
+    pub prefix_tokens_reused: u64,
+    /// Blocks copied because a shared block was written (forks).
+    pub cow_copies: u64,
+    /// Sequences alive.
+    pub n_seqs: u32,
+}
+
+fn engine<'a>(p: *const forge_engine) -> Result<MutexGuard<'a, Engine>, FfiError> {
+    // SAFETY: non-NULL handles come from forge_engine_new.
+    let e = unsafe { p.as_ref() }.ok_or_else(|| FfiError::null("engine"))?;
+    e.engine.try_lock().ok_or_else(|| busy("engine"))
+}
+
+fn seq_id(seq: i32) -> Result<SeqId, FfiError> {
+    u32::try_from(seq).map_err(|_| FfiError::arg(format!("sequence id {seq} is negative")))
+}
+
+/// Default engine parameters. Thread-safe.
+#[no_mangle]
+pub extern "C" fn forge_engine_default_params() -> forge_engine_params {
+    forge_engine_params { n_ctx: 0, kv_budget: 0 }
+}
+
+/// An engine over `ctx`'s loaded model (weights shared, not copied; the
+/// model stays loaded while the engine lives, even after `forge_free(ctx)`).
+/// `params` may be NULL. Free with `forge_engine_free`. Reads only the
+/// model, so `ctx` may be busy. Errors: NULL_POINTER, INVALID_ARGUMENT
+/// (n_ctx above FORGE_MAX_CTX), OUT_OF_MEMORY.
+#[no_mangle]
+pub unsafe extern "C" fn forge_engine_new(ctx: *const forge_ctx, params: *const forge_engine_params, out: *mut *mut forge_engine) -> forge_status {
+    boundary("forge_engine_new", || {
+        let c = ctx_ref(ctx)?;
+        let out = out_ptr(out, "out")?;
+        let p = if params.is_null() { forge_engine_default_params() } else { *params };
+        if p.n_ctx > FORGE_MAX_CTX {
+            return Err(FfiError::arg(format!("n_ctx {} is more than FORGE_MAX_CTX ({FORGE_MAX_CTX})", p.n_ctx)));
+        }
+        let n_ctx = if p.n_ctx == 0 { c.n_ctx } else { p.n_ctx as usize };
+        let kv_budget = usize::try_from(p.kv_budget).unwrap_or(usize::MAX);
+        let e = Engine::new(Arc::clone(&c.model), EngineOptions { n_ctx, kv_budget })?;
+        *out = Box::into_raw(Box::new(forge_engine { engine: Mutex::new(e) }));
+        Ok(())
+    })
+}
+
+/// Free an engine and all its sequences. NULL is a no-op. Must not race
+/// with another call on it.
+#[no_mangle]
+pub unsafe extern "C" fn forge_engine_free(e: *mut forge_engine) {
+    let _ = boundary("forge_engine_free", || {
+        if !e.is_null() {
+            drop(Box::from_raw(e));
+        }
+        Ok(())
+    });
+}
+
+/// A new, empty sequence; its id goes to `*seq_out`. Ids are not reused
+/// while the engine lives. Errors: NULL_POINTER, BUSY, OUT_OF_MEMORY (a
+/// GPU sequence's device cache).
+#[no_mangle]
+pub unsafe extern "C" fn forge_seq_new(e: *mut forge_engine, seq_out: *mut i32) -> forge_status {
+    boundary("forge_seq_new", || {
+        let mut g = engine(e)?;
+        let seq_out = out_ptr(seq_out, "seq_out")?;
+        let id = g.add_seq()?;
+        *seq_out = id as i32;
+        Ok(())
+    })
+}
+
+/// Remove a sequence and give its KV blocks back (full blocks stay in the
+/// prefix cache until the pool needs them). Errors: NULL_POINTER, BUSY,
+/// INVALID_ARGUMENT (no such sequence).
+#[no_mangle]
+pub unsafe extern "C" fn forge_seq_free(e: *mut forge_engine, seq: i32) -> forge_status {
+    boundary("forge_seq_free", || {
+        let mut g = engine(e)?;
+        g.remove_seq(seq_id(seq)?)?;
+        Ok(())
+    })
+}
+
+/// A new sequence with the same positions as `src`, sharing its full KV
+/// blocks (copy-on-write): for n > 1 completions of one prompt. Errors:
+/// NULL_POINTER, BUSY, INVALID_ARGUMENT, OUT_OF_MEMORY.
+#[no_mangle]
+pub unsafe extern "C" fn forge_seq_fork(e: *mut forge_engine, src: i32, seq_out: *mut i32) -> forge_status {
+    boundary("forge_seq_fork", || {
+        let mut g = engine(e)?;
+        let seq_out = out_ptr(seq_out, "seq_out")?;
+        let id = g.fork(seq_id(src)?)?;
+        *seq_out = id as i32;
+        Ok(())
+    })
+}
+
+/// Keep the first `n_keep` positions of a sequence (0 clears it).
+/// Errors: NULL_POINTER, BUSY, INVALID_ARGUMENT (no such sequence, n_keep
+/// past its length).
+#[no_mangle]
+pub unsafe extern "C" fn forge_seq_keep(e: *mut forge_engine, seq: i32, n_keep: usize) -> forge_status {
+    boundary("forge_seq_keep", || {
+        let mut g = engine(e)?;
+        g.keep(seq_id(seq)?, n_keep)?;
+        Ok(())
+    })
+}
+
+/// Positions a sequence holds, into `*n_out`. Errors: NULL_POINTER, BUSY,
+/// INVALID_ARGUMENT.
+#[no_mangle]
+pub unsafe extern "C" fn forge_seq_len(e: *const forge_engine, seq: i32, n_out: *mut usize) -> forge_status {
+    boundary("forge_seq_len", || {
+        let g = engine(e)?;
+        let n_out = out_ptr(n_out, "n_out")?;
+        *n_out = g.seq_len(seq_id(seq)?)?;
+        Ok(())
+    })
+}
+
+/// The prefix cache: give an empty sequence the cached KV blocks that
+/// `tokens` (its prompt) starts with. `*n_reused` receives the positions
+/// reused (whole blocks, never the last token): evaluate
+/// `tokens[*n_reused..]` from that position. Errors: NULL_POINTER, BUSY,
+/// INVALID_ARGUMENT (no such sequence, not empty, a bad token id).
+#[no_mangle]
+pub unsafe extern "C" fn forge_seq_reuse_prefix(e: *mut forge_engine, seq: i32, tokens: *const i32, n_tokens: usize, n_reused: *mut usize) -> forge_status {
+    boundary("forge_seq_reuse_prefix", || {
+        let mut g = engine(e)?;
+        let n_reused = out_ptr(n_reused, "n_reused")?;
+        let n_vocab = g.model.cfg.n_vocab;
+        let toks = slice(tokens, n_tokens, "tokens")?;
+        let ids: Vec<u32> = toks
+            .iter()
+            .map(|&t| if t >= 0 && (t as usize) < n_vocab { Ok(t as u32) } else { Err(FfiError::arg(format!("token id {t} is outside the vocab (0..{n_vocab})"))) })
+            .collect::<Result<_, _>>()?;
+        *n_reused = g.reuse_prefix(seq_id(seq)?, &ids)?;
+        Ok(())
+    })
+}
+
+/// Run one batch: every row of every sequence in one forward pass (decode
+/// rows and prefill chunks together). All or nothing: on error no sequence
+/// has moved. Errors: NULL_POINTER, BUSY, INVALID_ARGUMENT (no rows, a bad
+/// sequence id, token or position), CONTEXT_FULL (a sequence past n_ctx),
+/// KV_EXHAUSTED (the pool cannot hold the batch: free or truncate a
+/// sequence), INVALID_MODEL.
+#[no_mangle]
+pub unsafe extern "C" fn forge_engine_decode(e: *mut forge_engine, rows: *const forge_batch_row, n_rows: usize) -> forge_status {
+    boundary("forge_engine_decode", || {
+        let mut g = engine(e)?;
+        let rows = slice(rows, n_rows, "rows")?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (i, r) in rows.iter().enumerate() {
+            let bad = |what: &str, v: i32| FfiError::arg(format!("row {i}: {what} {v} is negative"));
+            out.push(BatchRow {
+                seq: seq_id(r.seq).map_err(|_| bad("sequence id", r.seq))?,
+                token: u32::try_from(r.token).map_err(|_| bad("token", r.token))?,
+                pos: usize::try_from(r.pos).map_err(|_| bad("position", r.pos))?,
+                logits: r.logits != 0,
+            });
+        }
+        g.decode(&out)?;
+        Ok(())
+    })
+}
+
+/// Copy the logits of row `row` of the last successful
+/// `forge_engine_decode` into `out` (`cap` >= n_vocab floats). Errors:
+/// NULL_POINTER, BUSY, BUFFER_TOO_SMALL, INVALID_ARGUMENT (no such row, or
+/// the row did not ask for logits).
+#[no_mangle]
+pub unsafe extern "C" fn forge_engine_logits(e: *const forge_engine, row: usize, out: *mut f32, cap: usize) -> forge_status {
+    boundary("forge_engine_logits", || {
+        let g = engine(e)?;
+        let n_rows = g.n_rows();
+        let l = g.logits(row).ok_or_else(|| {
+            FfiError::arg(if row >= n_rows {
+                format!("row {row}: the last batch had {n_rows} rows")
+            } else {
+                format!("row {row} did not ask for logits")
+            })
+        })?;
+        if cap < l.len() {
+            return Err(FfiError::new(forge_status::FORGE_ERR_BUFFER_TOO_SMALL, format!("cap {cap} < n_vocab {}", l.len())));
+        }
+        let out = out_ptr(out, "out")?;
+        std::ptr::copy_nonoverlapping(l.as_ptr(), out, l.len());
+        Ok(())
+    })
+}
+
+/// KV pool statistics. Errors: NULL_POINTER, BUSY.
+#[no_mangle]
+pub unsafe extern "C" fn forge_engine_stats(e: *const forge_engine, out: *mut forge_kv_stats) -> forge_status {
+    boundary("forge_engine_stats", || {
+        let g = engine(e)?;
+        let out = out_ptr(out, "out")?;
+        let s = g.stats();
+        *out = forge_kv_stats {
+            blocks_total: s.blocks_total as u64,
+            block_size: crate::kv::BLOCK as u32,
+            blocks_used: s.blocks_used as u64,
+            blocks_free: s.blocks_free as u64,
+            blocks_cached: s.blocks_cached as u64,
+            prefix_hits: s.prefix_hits,
+            prefix_tokens_reused: s.prefix_tokens_reused,
+            cow_copies: s.cow_copies,
+            n_seqs: g.seq_ids().len() as u32,
+        };
         Ok(())
     })
 }
