@@ -31,3 +31,10 @@ pub mod tokenizer;
 pub mod twin;
 
 pub use error::{Error, Result};
+
+/// A boolean switch from the environment (the `FORGE_*` table in
+/// docs/ARCHITECTURE.md): on when set to anything but "", "0", "false" or
+/// "off". One rule for every switch: `FORGE_NO_GRAPH=0` leaves graphs on.
+pub(crate) fn env_flag(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| !matches!(v.to_str(), Some("" | "0" | "false" | "off")))
+}

@@ -18,9 +18,14 @@
 // the same Model from Generate's onToken callback or while consuming its
 // Stream: the call would wait for the generation that is waiting for it.
 //
+// Many sequences: an Engine (Model.NewEngine) runs many sequences over one
+// loaded model with a paged KV block pool; each Decode is one batch of rows
+// from any of its sequences. An Engine locks itself like a Model.
+//
 // Errors are *Error values carrying the library's Status; test them with
 // errors.Is and the Err* sentinels (ErrBusy is the library's FORGE_ERR_BUSY:
-// a C handle used by two calls at once).
+// a C handle used by two calls at once; ErrKVExhausted an Engine's full KV
+// pool).
 package rocmforge
 
 /*
@@ -88,6 +93,7 @@ const (
 	StatusUnsupported        Status = 12
 	StatusContextFull        Status = 20
 	StatusOutOfMemory        Status = 21
+	StatusKVExhausted        Status = 22 // an Engine's KV block pool cannot hold a batch; nothing was evaluated
 	StatusBackendUnavailable Status = 30
 	StatusCancelled          Status = 40
 	StatusBusy               Status = 41 // a handle in use by another call; nothing was done
@@ -107,6 +113,7 @@ var (
 	_ = [1]struct{}{}[StatusUnsupported-C.FORGE_ERR_UNSUPPORTED]
 	_ = [1]struct{}{}[StatusContextFull-C.FORGE_ERR_CONTEXT_FULL]
 	_ = [1]struct{}{}[StatusOutOfMemory-C.FORGE_ERR_OUT_OF_MEMORY]
+	_ = [1]struct{}{}[StatusKVExhausted-C.FORGE_ERR_KV_EXHAUSTED]
 	_ = [1]struct{}{}[StatusBackendUnavailable-C.FORGE_ERR_BACKEND_UNAVAILABLE]
 	_ = [1]struct{}{}[StatusCancelled-C.FORGE_ERR_CANCELLED]
 	_ = [1]struct{}{}[StatusBusy-C.FORGE_ERR_BUSY]
@@ -138,19 +145,34 @@ var (
 	ErrUnsupported     = &Error{Status: StatusUnsupported}
 	ErrContextFull     = &Error{Status: StatusContextFull}
 	ErrOutOfMemory     = &Error{Status: StatusOutOfMemory}
+	// ErrKVExhausted: an Engine's KV block pool has no room for the batch
+	// (FORGE_ERR_KV_EXHAUSTED). Nothing was evaluated and the Engine stays
+	// usable: free or truncate a sequence (Stats has the numbers), or make
+	// the Engine with a larger KVBudget.
+	ErrKVExhausted = &Error{Status: StatusKVExhausted}
 	// ErrBackendUnavailable: the backend is not compiled in or has no usable device.
 	ErrBackendUnavailable = &Error{Status: StatusBackendUnavailable}
 	ErrCancelled          = &Error{Status: StatusCancelled}
-	// ErrBusy: the library found a context or sampler in use by another call
-	// (FORGE_ERR_BUSY) and did nothing; retry once that call has returned.
-	// A Model serializes its own calls, so this arises only if the same C
-	// handle is reached some other way.
+	// ErrBusy: the library found a context, sampler or engine in use by
+	// another call (FORGE_ERR_BUSY) and did nothing; retry once that call has
+	// returned. A Model and an Engine serialize their own calls, so this
+	// arises only if the same C handle is reached some other way.
 	ErrBusy = &Error{Status: StatusBusy}
 	// ErrInternal: a bug in the library (a caught panic); close the Model.
 	ErrInternal = &Error{Status: StatusInternal}
-	// ErrClosed: the Model was used after Close, or is a nil *Model.
-	ErrClosed = errors.New("rocmforge: model is closed")
+	// ErrClosed: the Model was used after Close, or is a nil *Model. An
+	// Engine used after Close (or a nil *Engine) returns an error that
+	// errors.Is matches with ErrClosed too.
+	ErrClosed       = errors.New("rocmforge: model is closed")
+	errEngineClosed = closedError("engine")
 )
+
+// closedError is a handle other than a Model used after Close; it is
+// ErrClosed for errors.Is.
+type closedError string
+
+func (c closedError) Error() string        { return "rocmforge: " + string(c) + " is closed" }
+func (c closedError) Is(target error) bool { return target == ErrClosed }
 
 func check(st C.enum_forge_status) error {
 	if st == C.FORGE_OK {
@@ -578,4 +600,273 @@ func (m *Model) Stream(ctx context.Context, prompt []int32, opts GenerateOptions
 		close(done)
 	}()
 	return tokens, done
+}
+
+// ---- many sequences: the engine ----
+
+// EngineOptions sizes an Engine. Zero values are the library's defaults.
+type EngineOptions struct {
+	// ContextSize is the most positions one sequence may hold,
+	// 0..MaxContextSize (0 = the Model's context size).
+	ContextSize int
+	// KVBudget is the bytes of KV cache for all sequences together,
+	// rounded down to whole blocks of 16 positions and at least one full
+	// sequence (0 = four full sequences).
+	KVBudget uint64
+}
+
+// SeqID names a sequence of an Engine. Ids are not reused while the Engine
+// lives: a freed or unknown id is ErrInvalidArgument.
+type SeqID int32
+
+// BatchRow is one row of a batch: Token appended to sequence Seq at
+// position Pos, which must be the sequence's length (plus one for each
+// earlier row of the same sequence in the batch). Logits asks for this
+// row's logits (Engine.Logits).
+type BatchRow struct {
+	Seq    SeqID
+	Token  int32
+	Pos    int
+	Logits bool
+}
+
+// KVStats are an Engine's KV pool statistics.
+type KVStats struct {
+	BlocksTotal uint64 // blocks in the pool
+	BlockSize   int    // positions per block
+	BlocksUsed  uint64 // blocks some sequence holds
+	BlocksFree  uint64 // blocks no sequence holds (free, or cached and evictable)
+	// BlocksCached: of the free ones, blocks the prefix cache keeps for reuse.
+	BlocksCached       uint64
+	PrefixHits         uint64 // prefix lookups that reused blocks
+	PrefixTokensReused uint64 // positions those lookups reused
+	CowCopies          uint64 // blocks copied because a shared block was written (forks)
+	NumSeqs            int    // sequences alive
+}
+
+// Engine is many sequences over one loaded model: a KV block pool and one
+// batch of rows per Decode. It shares the Model's weights (not copied); the
+// library keeps them loaded while the Engine lives, so closing the Model
+// first is safe. Every method locks the Engine, so it may be shared between
+// goroutines, but its calls run one at a time. Close frees it and all its
+// sequences.
+type Engine struct {
+	mu     sync.Mutex
+	e      *C.forge_engine
+	model  *Model // the Model it was made from, kept reachable while the Engine is
+	nVocab int
+}
+
+// NewEngine makes an Engine over the Model's loaded weights. A ContextSize
+// out of range is ErrInvalidArgument; a pool the host cannot allocate,
+// ErrOutOfMemory. The Model's own sequence is not touched; like the Model's
+// other methods, NewEngine waits for a Generate running on it.
+func (m *Model) NewEngine(opts EngineOptions) (*Engine, error) {
+	if err := checkABI(); err != nil {
+		return nil, err
+	}
+	if err := inRange("ContextSize", opts.ContextSize, 0, math.MaxUint32); err != nil {
+		return nil, err
+	}
+	if err := m.lock(); err != nil {
+		return nil, err
+	}
+	defer m.mu.Unlock()
+	p := C.forge_engine_default_params()
+	p.n_ctx = C.uint32_t(opts.ContextSize)
+	p.kv_budget = C.uint64_t(opts.KVBudget)
+	var e *C.forge_engine
+	if err := check(C.forge_engine_new(m.ctx, &p, &e)); err != nil {
+		return nil, err
+	}
+	return &Engine{e: e, model: m, nVocab: int(C.forge_n_vocab(m.ctx))}, nil
+}
+
+// Close frees the engine and all its sequences. Further calls return an
+// error matching ErrClosed. Idempotent; a nil *Engine is a no-op.
+func (e *Engine) Close() error {
+	if e == nil {
+		return nil
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.e != nil {
+		C.forge_engine_free(e.e)
+		e.e = nil
+		e.model = nil
+	}
+	return nil
+}
+
+// lock takes the Engine for one call: an ErrClosed error after Close or on
+// a nil *Engine.
+func (e *Engine) lock() error {
+	if e == nil {
+		return errEngineClosed
+	}
+	e.mu.Lock()
+	if e.e == nil {
+		e.mu.Unlock()
+		return errEngineClosed
+	}
+	return nil
+}
+
+// NVocab is the length of a row's logits.
+func (e *Engine) NVocab() int {
+	if e == nil {
+		return 0
+	}
+	return e.nVocab
+}
+
+// NewSeq adds a new, empty sequence.
+func (e *Engine) NewSeq() (SeqID, error) {
+	if err := e.lock(); err != nil {
+		return -1, err
+	}
+	defer e.mu.Unlock()
+	var id C.int32_t
+	if err := check(C.forge_seq_new(e.e, &id)); err != nil {
+		return -1, err
+	}
+	return SeqID(id), nil
+}
+
+// FreeSeq removes a sequence and gives its KV blocks back (full blocks stay
+// in the prefix cache until the pool needs them).
+func (e *Engine) FreeSeq(seq SeqID) error {
+	if err := e.lock(); err != nil {
+		return err
+	}
+	defer e.mu.Unlock()
+	return check(C.forge_seq_free(e.e, C.int32_t(seq)))
+}
+
+// ForkSeq adds a sequence with the same positions as src, sharing its full
+// KV blocks copy-on-write: for several completions of one prompt.
+func (e *Engine) ForkSeq(src SeqID) (SeqID, error) {
+	if err := e.lock(); err != nil {
+		return -1, err
+	}
+	defer e.mu.Unlock()
+	var id C.int32_t
+	if err := check(C.forge_seq_fork(e.e, C.int32_t(src), &id)); err != nil {
+		return -1, err
+	}
+	return SeqID(id), nil
+}
+
+// KeepSeq keeps the first nKeep positions of a sequence (0 clears it).
+func (e *Engine) KeepSeq(seq SeqID, nKeep int) error {
+	if nKeep < 0 {
+		return &Error{Status: StatusInvalidArgument, Message: fmt.Sprintf("nKeep %d is negative", nKeep)}
+	}
+	if err := e.lock(); err != nil {
+		return err
+	}
+	defer e.mu.Unlock()
+	return check(C.forge_seq_keep(e.e, C.int32_t(seq), C.size_t(nKeep)))
+}
+
+// SeqLen is the positions a sequence holds: the Pos of its next row.
+func (e *Engine) SeqLen(seq SeqID) (int, error) {
+	if err := e.lock(); err != nil {
+		return 0, err
+	}
+	defer e.mu.Unlock()
+	var n C.size_t
+	if err := check(C.forge_seq_len(e.e, C.int32_t(seq), &n)); err != nil {
+		return 0, err
+	}
+	return int(n), nil
+}
+
+// ReusePrefix is the prefix cache: it gives an empty sequence the cached KV
+// blocks that its prompt tokens start with, and returns the positions
+// reused (whole blocks, never the last token). Decode tokens[n:] from
+// position n.
+func (e *Engine) ReusePrefix(seq SeqID, tokens []int32) (int, error) {
+	if err := e.lock(); err != nil {
+		return 0, err
+	}
+	defer e.mu.Unlock()
+	var tp *C.int32_t
+	if len(tokens) > 0 {
+		tp = (*C.int32_t)(unsafe.Pointer(&tokens[0]))
+	}
+	var n C.size_t
+	if err := check(C.forge_seq_reuse_prefix(e.e, C.int32_t(seq), tp, C.size_t(len(tokens)), &n)); err != nil {
+		return 0, err
+	}
+	return int(n), nil
+}
+
+// Decode runs one batch: every row of every sequence in one forward pass
+// (decode rows and prefill chunks together). All or nothing: on error no
+// sequence has moved. Errors: ErrInvalidArgument (no rows, a bad sequence
+// id, token or position), ErrContextFull (a sequence past ContextSize),
+// ErrKVExhausted (the pool cannot hold the batch: free or truncate a
+// sequence and retry). Decode runs on the calling goroutine.
+func (e *Engine) Decode(rows []BatchRow) error {
+	crows := make([]C.forge_batch_row, len(rows))
+	for i, r := range rows {
+		if r.Pos < 0 || r.Pos > math.MaxInt32 {
+			return &Error{Status: StatusInvalidArgument, Message: fmt.Sprintf("row %d: position %d is out of range", i, r.Pos)}
+		}
+		crows[i] = C.forge_batch_row{seq: C.int32_t(r.Seq), token: C.int32_t(r.Token), pos: C.int32_t(r.Pos)}
+		if r.Logits {
+			crows[i].logits = 1
+		}
+	}
+	if err := e.lock(); err != nil {
+		return err
+	}
+	defer e.mu.Unlock()
+	var rp *C.forge_batch_row
+	if len(crows) > 0 {
+		rp = &crows[0]
+	}
+	return check(C.forge_engine_decode(e.e, rp, C.size_t(len(crows))))
+}
+
+// Logits returns row's logits (NVocab floats) of the last successful
+// Decode: ErrInvalidArgument for no such row or a row that did not ask.
+func (e *Engine) Logits(row int) ([]float32, error) {
+	return e.LogitsInto(row, nil)
+}
+
+// LogitsInto is Logits into dst when it has room (cap >= NVocab), else
+// into a new slice; it returns the filled slice.
+func (e *Engine) LogitsInto(row int, dst []float32) ([]float32, error) {
+	if row < 0 {
+		return nil, &Error{Status: StatusInvalidArgument, Message: fmt.Sprintf("row %d is negative", row)}
+	}
+	if err := e.lock(); err != nil {
+		return nil, err
+	}
+	defer e.mu.Unlock()
+	if cap(dst) < e.nVocab {
+		dst = make([]float32, e.nVocab)
+	}
+	dst = dst[:e.nVocab]
+	if err := check(C.forge_engine_logits(e.e, C.size_t(row), (*C.float)(unsafe.Pointer(&dst[0])), C.size_t(len(dst)))); err != nil {
+		return nil, err
+	}
+	return dst, nil
+}
+
+// Stats reports the KV pool.
+func (e *Engine) Stats() (KVStats, error) {
+	if err := e.lock(); err != nil {
+		return KVStats{}, err
+	}
+	defer e.mu.Unlock()
+	var s C.forge_kv_stats
+	if err := check(C.forge_engine_stats(e.e, &s)); err != nil {
+		return KVStats{}, err
+	}
+	return KVStats{BlocksTotal: uint64(s.blocks_total), BlockSize: int(s.block_size), BlocksUsed: uint64(s.blocks_used),
+		BlocksFree: uint64(s.blocks_free), BlocksCached: uint64(s.blocks_cached), PrefixHits: uint64(s.prefix_hits),
+		PrefixTokensReused: uint64(s.prefix_tokens_reused), CowCopies: uint64(s.cow_copies), NumSeqs: int(s.n_seqs)}, nil
 }

@@ -10,6 +10,12 @@
 // Context or Sampler it runs on) and throws Error(FORGE_ERR_BUSY) for the
 // second call, which did nothing; model-only calls (tokenize, detokenize,
 // info, backend, n_past, n_vocab, clone_session) are never busy.
+//
+// An Engine is many sequences over one loaded model (a paged KV block pool,
+// one batch of rows per decode): made from a Context, it shares the weights
+// and keeps them loaded on its own, so it may outlive the Context. Its calls
+// take it exclusively: a second call meanwhile (another thread) throws
+// Error(FORGE_ERR_BUSY) and did nothing.
 #pragma once
 
 #include <cstdint>
@@ -28,10 +34,11 @@ namespace rocmforge {
 
 /// A failed call: the C status and the library's message. status() is e.g.
 /// FORGE_ERR_INVALID_ARGUMENT (also a backend value that is not a
-/// forge_backend, n_threads above FORGE_MAX_THREADS), FORGE_ERR_INVALID_MODEL
-/// (a corrupt or truncated file), FORGE_ERR_BUSY (the handle is in use by
-/// another call: retry once it has returned), FORGE_ERR_NULL_POINTER (a
-/// handle used after close() or a move).
+/// forge_backend, n_threads above FORGE_MAX_THREADS; an unknown sequence id),
+/// FORGE_ERR_INVALID_MODEL (a corrupt or truncated file), FORGE_ERR_BUSY (the
+/// handle is in use by another call: retry once it has returned),
+/// FORGE_ERR_KV_EXHAUSTED (an Engine's KV pool cannot hold a batch),
+/// FORGE_ERR_NULL_POINTER (a handle used after close() or a move).
 class Error : public std::runtime_error {
   public:
     Error(forge_status status, const std::string &what) : std::runtime_error(what), status_(status) {}
@@ -72,6 +79,9 @@ struct CtxDeleter {
 };
 struct SamplerDeleter {
     void operator()(forge_sampler *s) const noexcept { forge_sampler_free(s); }
+};
+struct EngineDeleter {
+    void operator()(forge_engine *e) const noexcept { forge_engine_free(e); }
 };
 }  // namespace detail
 
@@ -308,6 +318,124 @@ class Context {
   private:
     explicit Context(forge_ctx *c) : h_(c) {}
     std::unique_ptr<forge_ctx, detail::CtxDeleter> h_;
+};
+
+/// Sizes of an Engine (forge_engine_params).
+struct EngineOptions {
+    uint32_t n_ctx = 0;      ///< most positions one sequence may hold, 0..FORGE_MAX_CTX; 0 = the Context's n_ctx
+    uint64_t kv_budget = 0;  ///< bytes of KV cache for all sequences (whole blocks of 16 positions, at least one
+                             ///< full sequence); 0 = four full sequences
+};
+
+/// One row of a batch: `token` appended to sequence `seq` at position `pos`
+/// (the sequence's length, plus one for each earlier row of the same
+/// sequence in the batch); `logits` asks for this row's logits.
+struct BatchRow {
+    int32_t seq = 0;
+    int32_t token = 0;
+    int32_t pos = 0;
+    bool logits = false;
+};
+
+/// Many sequences over one loaded model. Sequences are int32_t ids (not
+/// reused while the engine lives); a stale or unknown id throws
+/// Error(FORGE_ERR_INVALID_ARGUMENT). Move-only RAII: the destructor frees
+/// the engine and all its sequences.
+class Engine {
+  public:
+    /// An engine over `ctx`'s loaded model (weights shared, not copied). The
+    /// engine keeps the weights loaded: `ctx` may be closed first. Throws
+    /// FORGE_ERR_INVALID_ARGUMENT (n_ctx above FORGE_MAX_CTX),
+    /// FORGE_ERR_OUT_OF_MEMORY (a pool the host cannot allocate).
+    explicit Engine(const Context &ctx, const EngineOptions &o = {}) : n_vocab_(ctx.n_vocab()) {
+        detail::check_abi();
+        forge_engine_params p = forge_engine_default_params();
+        p.n_ctx = o.n_ctx;
+        p.kv_budget = o.kv_budget;
+        forge_engine *e = nullptr;
+        detail::check(forge_engine_new(ctx.get(), &p, &e), "forge_engine_new");
+        h_.reset(e);
+    }
+
+    /// A new, empty sequence.
+    [[nodiscard]] int32_t seq_new() {
+        int32_t s = -1;
+        detail::check(forge_seq_new(get(), &s), "forge_seq_new");
+        return s;
+    }
+    /// Remove a sequence and give its KV blocks back (full ones stay in the
+    /// prefix cache until the pool needs them).
+    void seq_free(int32_t seq) { detail::check(forge_seq_free(get(), seq), "forge_seq_free"); }
+    /// A new sequence with the same positions as `src`, sharing its full KV
+    /// blocks copy-on-write (n > 1 completions of one prompt).
+    [[nodiscard]] int32_t seq_fork(int32_t src) {
+        int32_t s = -1;
+        detail::check(forge_seq_fork(get(), src, &s), "forge_seq_fork");
+        return s;
+    }
+    /// Keep the first `n_keep` positions of a sequence (0 clears it).
+    void seq_keep(int32_t seq, size_t n_keep) { detail::check(forge_seq_keep(get(), seq, n_keep), "forge_seq_keep"); }
+    /// Positions a sequence holds (its next position).
+    [[nodiscard]] size_t seq_len(int32_t seq) const {
+        size_t n = 0;
+        detail::check(forge_seq_len(get(), seq, &n), "forge_seq_len");
+        return n;
+    }
+    /// The prefix cache: give an empty sequence the cached KV blocks its
+    /// prompt `tokens` starts with. Returns the positions reused (whole
+    /// blocks, never the last token): decode `tokens[n..]` from position n.
+    [[nodiscard]] size_t seq_reuse_prefix(int32_t seq, const std::vector<int32_t> &tokens) {
+        size_t n = 0;
+        detail::check(forge_seq_reuse_prefix(get(), seq, tokens.data(), tokens.size(), &n), "forge_seq_reuse_prefix");
+        return n;
+    }
+
+    /// Run one batch (decode rows and prefill chunks of any sequences
+    /// together). All or nothing: on error no sequence has moved. Throws
+    /// FORGE_ERR_INVALID_ARGUMENT (no rows, a bad sequence, token or
+    /// position), FORGE_ERR_CONTEXT_FULL (a sequence past n_ctx),
+    /// FORGE_ERR_KV_EXHAUSTED (the pool cannot hold the batch: free or
+    /// truncate a sequence; the engine stays usable).
+    void decode(const BatchRow *rows, size_t n_rows) {
+        std::vector<forge_batch_row> c(n_rows);
+        for (size_t i = 0; i < n_rows; i++) c[i] = {rows[i].seq, rows[i].token, rows[i].pos, rows[i].logits ? 1 : 0};
+        detail::check(forge_engine_decode(get(), c.data(), c.size()), "forge_engine_decode");
+    }
+    void decode(const std::vector<BatchRow> &rows) { decode(rows.data(), rows.size()); }
+
+    /// Row `row`'s logits (n_vocab floats) of the last successful decode.
+    /// Throws FORGE_ERR_INVALID_ARGUMENT for no such row or a row that did
+    /// not ask for logits.
+    [[nodiscard]] std::vector<float> logits(size_t row) const {
+        std::vector<float> out(static_cast<size_t>(n_vocab_));
+        logits(row, out);
+        return out;
+    }
+    /// The same into `out`, resized to n_vocab (no allocation once it is).
+    void logits(size_t row, std::vector<float> &out) const {
+        out.resize(static_cast<size_t>(n_vocab_));
+        detail::check(forge_engine_logits(get(), row, out.data(), out.size()), "forge_engine_logits");
+    }
+
+    /// KV pool statistics.
+    [[nodiscard]] forge_kv_stats stats() const {
+        forge_kv_stats s{};
+        detail::check(forge_engine_stats(get(), &s), "forge_engine_stats");
+        return s;
+    }
+    [[nodiscard]] int32_t n_vocab() const noexcept { return n_vocab_; }
+
+    /// Throws Error(FORGE_ERR_NULL_POINTER) after a move or close().
+    [[nodiscard]] forge_engine *get() const {
+        if (!h_) throw Error(FORGE_ERR_NULL_POINTER, "rocmforge::Engine used after close or move");
+        return h_.get();
+    }
+    /// Free the engine and its sequences now (the destructor does it too).
+    void close() noexcept { h_.reset(); }
+
+  private:
+    int32_t n_vocab_;
+    std::unique_ptr<forge_engine, detail::EngineDeleter> h_;
 };
 
 }  // namespace rocmforge

@@ -61,6 +61,21 @@ static std::vector<int32_t> c_example_ids(const char *file) {
     return ids;
 }
 
+/// The first index of the largest logit (the library's greedy choice).
+static int32_t argmax(const std::vector<float> &l) {
+    size_t best = 0;
+    for (size_t i = 1; i < l.size(); i++)
+        if (l[i] > l[best]) best = i;
+    return static_cast<int32_t>(best);
+}
+/// Rows appending `tokens` to `seq` from position `pos`; the last asks for logits.
+static std::vector<rocmforge::BatchRow> prefill_rows(int32_t seq, size_t pos, const std::vector<int32_t> &tokens) {
+    std::vector<rocmforge::BatchRow> rows;
+    for (size_t i = 0; i < tokens.size(); i++)
+        rows.push_back({seq, tokens[i], static_cast<int32_t>(pos + i), i + 1 == tokens.size()});
+    return rows;
+}
+
 int main() {
     const char *model = std::getenv("ROCMFORGE_MODEL");
     const char *cids = std::getenv("ROCMFORGE_C_IDS");
@@ -300,6 +315,176 @@ int main() {
         // and the context is usable afterwards
         c.kv_reset();
         CHECK(c.eval(prompt).size() == static_cast<size_t>(c.n_vocab()));
+    }
+    // 11. the engine: two sequences interleaved in one batch per step each
+    //     get exactly their solo greedy tokens
+    {
+        const std::vector<std::string> prompts{"The capital of France is", "Once upon a time"};
+        const size_t steps = 8;
+        std::vector<std::vector<int32_t>> ptoks, solo;
+        for (auto &p : prompts) {
+            auto c = ctx.clone_session();
+            rocmforge::Sampler greedy(rocmforge::SamplerOptions::greedy());
+            ptoks.push_back(c.tokenize(p));
+            solo.push_back(c.generate(greedy, ptoks.back(), steps, [](int32_t, std::string_view) { return true; }).tokens);
+            CHECK(solo.back().size() == steps);
+        }
+        CHECK(solo[0] != solo[1]);
+        rocmforge::Engine eng(ctx);
+        CHECK(eng.n_vocab() == ctx.n_vocab());
+        std::vector<int32_t> seqs{eng.seq_new(), eng.seq_new()};
+        CHECK(seqs[0] != seqs[1]);
+        // both prompts in ONE decode; the logits rows are each prompt's last
+        std::vector<rocmforge::BatchRow> rows;
+        std::vector<size_t> logit_row;
+        for (size_t i = 0; i < 2; i++) {
+            auto r = prefill_rows(seqs[i], 0, ptoks[i]);
+            rows.insert(rows.end(), r.begin(), r.end());
+            logit_row.push_back(rows.size() - 1);
+        }
+        eng.decode(rows);
+        std::vector<std::vector<int32_t>> got(2);
+        std::vector<float> l;
+        for (size_t i = 0; i < 2; i++) {
+            eng.logits(logit_row[i], l);
+            got[i].push_back(argmax(l));
+        }
+        // rows that did not ask for logits have none
+        CHECK(status_of([&] { (void)eng.logits(0); }) == FORGE_ERR_INVALID_ARGUMENT);
+        while (got[0].size() < steps) {
+            std::vector<rocmforge::BatchRow> step;
+            for (size_t i = 0; i < 2; i++)
+                step.push_back({seqs[i], got[i].back(), static_cast<int32_t>(eng.seq_len(seqs[i])), true});
+            eng.decode(step);
+            for (size_t i = 0; i < 2; i++) got[i].push_back(argmax(eng.logits(i)));
+        }
+        CHECK(got[0] == solo[0]);
+        CHECK(got[1] == solo[1]);
+        CHECK(eng.seq_len(seqs[0]) == ptoks[0].size() + steps - 1);
+        if (got[0] != solo[0] || got[1] != solo[1]) {
+            for (size_t i = 0; i < 2; i++) {
+                std::cerr << "  seq " << i << " engine:";
+                for (auto t : got[i]) std::cerr << ' ' << t;
+                std::cerr << "\n  seq " << i << " solo:  ";
+                for (auto t : solo[i]) std::cerr << ' ' << t;
+                std::cerr << "\n";
+            }
+        }
+
+        // fork: the same next token as its source
+        const int32_t src = seqs[0];
+        const int32_t f = eng.seq_fork(src);
+        CHECK(eng.seq_len(f) == eng.seq_len(src));
+        const int32_t pos = static_cast<int32_t>(eng.seq_len(src));
+        eng.decode({{src, got[0].back(), pos, true}, {f, got[0].back(), pos, true}});
+        const int32_t next_src = argmax(eng.logits(0)), next_fork = argmax(eng.logits(1));
+        CHECK(next_src == next_fork);
+        // keep truncates; the stats see every sequence, then none
+        eng.seq_keep(f, 3);
+        CHECK(eng.seq_len(f) == 3);
+        auto st = eng.stats();
+        CHECK(st.n_seqs == 3);
+        CHECK(st.blocks_used > 0);
+        CHECK(st.block_size == 16);
+        CHECK(st.blocks_used + st.blocks_free == st.blocks_total);
+
+        // invalid sequence ids are INVALID_ARGUMENT, and change nothing
+        for (int32_t bad : {-1, 999}) {
+            auto [s1, m1] = error_of([&] { (void)eng.seq_len(bad); });
+            CHECK(s1 == FORGE_ERR_INVALID_ARGUMENT);
+            CHECK(status_of([&] { eng.seq_free(bad); }) == FORGE_ERR_INVALID_ARGUMENT);
+            CHECK(status_of([&] { (void)eng.seq_fork(bad); }) == FORGE_ERR_INVALID_ARGUMENT);
+            CHECK(status_of([&] { eng.seq_keep(bad, 0); }) == FORGE_ERR_INVALID_ARGUMENT);
+            CHECK(status_of([&] { eng.decode({{bad, 1, 0, true}}); }) == FORGE_ERR_INVALID_ARGUMENT);
+        }
+        CHECK(status_of([&] { eng.decode({}); }) == FORGE_ERR_INVALID_ARGUMENT);
+        CHECK(status_of([&] { eng.seq_keep(src, eng.seq_len(src) + 1); }) == FORGE_ERR_INVALID_ARGUMENT);
+        // a wrong position is refused whole: the other row did not move either
+        const size_t before = eng.seq_len(src);
+        CHECK(status_of([&] { eng.decode({{src, 1, static_cast<int32_t>(before), false}, {seqs[1], 1, 0, false}}); }) ==
+              FORGE_ERR_INVALID_ARGUMENT);
+        CHECK(eng.seq_len(src) == before);
+        CHECK(eng.stats().n_seqs == 3);
+
+        // the prefix cache: a freed sequence's full blocks serve the next
+        // one with the same prompt, with the same next token
+        std::vector<int32_t> longp = ctx.tokenize(
+            "The quick brown fox jumps over the lazy dog. The quick brown fox jumps over the lazy dog again and again.");
+        CHECK(longp.size() > 17);
+        const int32_t a = eng.seq_new();
+        eng.decode(prefill_rows(a, 0, longp));
+        const int32_t want_next = argmax(eng.logits(longp.size() - 1));
+        eng.seq_free(a);
+        const int32_t b = eng.seq_new();
+        const size_t reused = eng.seq_reuse_prefix(b, longp);
+        CHECK(reused == (longp.size() - 1) / 16 * 16);
+        CHECK(eng.seq_len(b) == reused);
+        eng.decode(prefill_rows(b, reused, std::vector<int32_t>(longp.begin() + static_cast<long>(reused), longp.end())));
+        CHECK(argmax(eng.logits(longp.size() - reused - 1)) == want_next);
+        CHECK(eng.stats().prefix_hits >= 1);
+        CHECK(status_of([&] { (void)eng.seq_reuse_prefix(b, longp); }) == FORGE_ERR_INVALID_ARGUMENT);  // not empty
+
+        // freeing every sequence gives every block back
+        for (int32_t s : {seqs[0], seqs[1], f, b}) eng.seq_free(s);
+        st = eng.stats();
+        CHECK(st.blocks_used == 0);
+        CHECK(st.n_seqs == 0);
+        CHECK(st.blocks_free == st.blocks_total);
+        CHECK(status_of([&] { eng.seq_free(b); }) == FORGE_ERR_INVALID_ARGUMENT);  // already freed
+
+        // move and close: NULL_POINTER, never a double free
+        rocmforge::Engine moved = std::move(eng);
+        CHECK(status_of([&] { (void)eng.seq_new(); }) == FORGE_ERR_NULL_POINTER);
+        CHECK(status_of([&] { (void)eng.stats(); }) == FORGE_ERR_NULL_POINTER);
+        eng.close();
+        CHECK(moved.stats().n_seqs == 0);
+        moved.close();
+        moved.close();
+        CHECK(status_of([&] { (void)moved.logits(0); }) == FORGE_ERR_NULL_POINTER);
+    }
+    // 12. KV exhaustion: a 1-byte budget is the smallest pool (one
+    //     sequence's n_ctx plus a block); a second sequence that needs more
+    //     blocks than are left gets KV_EXHAUSTED, and the engine stays usable
+    {
+        rocmforge::EngineOptions o;
+        o.n_ctx = 64;
+        o.kv_budget = 1;
+        rocmforge::Engine eng(ctx, o);
+        auto st = eng.stats();
+        CHECK(st.blocks_total == 64 / 16 + 1);
+        std::vector<int32_t> toks(48);
+        for (size_t i = 0; i < toks.size(); i++) toks[i] = static_cast<int32_t>(100 + i);
+        const int32_t a = eng.seq_new(), b = eng.seq_new();
+        eng.decode(prefill_rows(a, 0, toks));  // 3 blocks of 5
+        auto [s1, m1] = error_of([&] { eng.decode(prefill_rows(b, 0, toks)); });
+        CHECK(s1 == FORGE_ERR_KV_EXHAUSTED);
+        CHECK(has(m1, "forge_engine_decode") && has(m1, "blocks"));
+        CHECK(eng.seq_len(b) == 0);  // nothing moved
+        CHECK(eng.seq_len(a) == toks.size());
+        // one more row each still fits (5 blocks in all); 32 more for b do not
+        CHECK(status_of([&] { eng.decode({{a, 1, 48, false}, {b, 1, 0, false}}); }) == FORGE_OK);
+        CHECK(status_of([&] { eng.decode(prefill_rows(b, 1, std::vector<int32_t>(32, 7))); }) == FORGE_ERR_KV_EXHAUSTED);
+        CHECK(eng.seq_len(b) == 1);
+        // usable afterwards: free the first, then the second fits
+        eng.seq_free(a);
+        eng.decode(prefill_rows(b, 1, std::vector<int32_t>(toks.begin(), toks.end() - 1)));
+        CHECK(eng.seq_len(b) == toks.size());
+        CHECK(eng.logits(toks.size() - 2).size() == static_cast<size_t>(ctx.n_vocab()));
+        eng.seq_free(b);
+        CHECK(eng.stats().blocks_used == 0);
+        // an engine outlives the Context it was made from (it keeps the weights)
+        auto c2 = ctx.clone_session();
+        rocmforge::Engine e2(c2, o);
+        c2.close();
+        const int32_t s = e2.seq_new();
+        e2.decode(prefill_rows(s, 0, ctx.tokenize("Hello")));
+        CHECK(e2.seq_len(s) == ctx.tokenize("Hello").size());
+        // a closed Context cannot make one
+        CHECK(status_of([&] { rocmforge::Engine e3(c2); }) == FORGE_ERR_NULL_POINTER);
+        // n_ctx above FORGE_MAX_CTX
+        rocmforge::EngineOptions big;
+        big.n_ctx = FORGE_MAX_CTX + 1u;
+        CHECK(status_of([&] { rocmforge::Engine e4(ctx, big); }) == FORGE_ERR_INVALID_ARGUMENT);
     }
     std::cout << passed << " passed, " << failed << " failed\n";
     return failed ? 1 : 0;

@@ -90,7 +90,7 @@ pub fn open(index: usize) -> Result<Arc<dyn GpuRuntime>> {
         shared_set: Mutex::new(std::collections::HashMap::new()),
         module: Mutex::new(None),
         blas,
-        pdl: major >= 9 && std::env::var_os("FORGE_NO_PDL").map_or(true, |v| v == "0"),
+        pdl: major >= 9 && !crate::env_flag("FORGE_NO_PDL"),
     }))
 }
 

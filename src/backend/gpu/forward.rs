@@ -148,7 +148,7 @@ impl GpuModel {
     }
 
     fn upload_on(dev: &Arc<Device>, pool: &Arc<MemPool>, s: Stream, c: &Config, w: &Weights, f: &GgufFile) -> Result<GpuModel> {
-        let mut up = Uploader { pool, s, f, owned: Vec::new(), pack: std::env::var_os("FORGE_NO_PACK").map_or(true, |v| v == "0") };
+        let mut up = Uploader { pool, s, f, owned: Vec::new(), pack: !crate::env_flag("FORGE_NO_PACK") };
         let token_embd = up.matrix(&w.token_embd)?;
         let output = if c.tied_embeddings { token_embd } else { up.matrix(&w.output)? };
         let mut layers = Vec::with_capacity(c.n_layer);
@@ -323,7 +323,7 @@ impl GpuSession {
             logits_host: HostBuf::new(&m.dev.rt, c.n_vocab * 4)?,
             gemm,
             graph: None,
-            use_graph: std::env::var_os("FORGE_NO_GRAPH").is_none() && !super::profile::enabled(),
+            use_graph: !crate::env_flag("FORGE_NO_GRAPH") && !super::profile::enabled(),
             m,
             s,
             n_ctx,

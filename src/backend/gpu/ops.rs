@@ -590,7 +590,7 @@ fn prefill_mma(dev: &Device) -> bool {
     use std::sync::atomic::Ordering;
     let mut on = PREFILL_MMA.load(Ordering::Relaxed);
     if on == 0 {
-        on = if std::env::var_os("FORGE_NO_MMA").is_some_and(|v| v != "0") { 2 } else { 1 };
+        on = if crate::env_flag("FORGE_NO_MMA") { 2 } else { 1 };
         PREFILL_MMA.store(on, Ordering::Relaxed);
     }
     let info = dev.rt.info();

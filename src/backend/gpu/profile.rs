@@ -16,7 +16,7 @@ static TABLE: Mutex<Option<HashMap<String, (u64, f64)>>> = Mutex::new(None);
 
 pub fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("FORGE_PROFILE").is_some_and(|v| v != "0"))
+    *ON.get_or_init(|| crate::env_flag("FORGE_PROFILE"))
 }
 
 pub struct Timer(Option<Instant>);
