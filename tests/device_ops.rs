@@ -409,13 +409,15 @@ fn attention(b: &Backend) {
         let out = match b {
             Backend::Cpu => {
                 let mut o = vec![0f32; n * n_head * hd];
+                // a contiguous cache is the identity block table
+                let ident: Vec<u32> = (0..(kc.len() / kv_dim).div_ceil(rocmforge::kv::BLOCK) as u32).collect();
                 for t in 0..n {
                     let p = pos0 + t;
                     let first = if window > 0 { (p + 1).saturating_sub(window) } else { 0 };
                     for h in 0..n_head {
                         let qh = &q[(t * n_head + h) * hd..(t * n_head + h + 1) * hd];
                         let out = &mut o[(t * n_head + h) * hd..(t * n_head + h + 1) * hd];
-                        rocmforge::model::ops::attend(qh, &kc, &vc, h / group, (hd, hd, kv_dim, kv_dim), first..=p, scale, out);
+                        rocmforge::model::ops::attend(qh, &kc, &vc, &ident, h / group, (hd, hd, kv_dim, kv_dim), first..=p, scale, out);
                     }
                 }
                 o

@@ -144,6 +144,82 @@ fn qwen2_q4_0_twin() {
 }
 
 
+/// The engine on the GPU (sequence by sequence over device sessions until
+/// the batched kernels land): three sequences of different lengths and a
+/// fork, prefilled in one batch and decoded together for 16 steps, give
+/// each sequence its solo GPU session's logits and stay within the twin
+/// bound of the CPU engine's.
+fn engine_matches_solo(name: &str) {
+    use rocmforge::engine::{BatchRow, Engine, EngineOptions};
+    let path = twin(name);
+    let cpu = load(&path, BackendChoice::Cpu);
+    let nv = cpu.cfg.n_vocab;
+    let prompts: Vec<Vec<u32>> = [7u64, 19, 33].iter().map(|&n| (0..n).map(|i| ((i * 2654435761 + 977 * n) % nv as u64) as u32).collect()).collect();
+    let _g = LOCK.lock();
+    let free0 = free_mem();
+    {
+        let gm = load(&path, BackendChoice::Gpu(kind(), 0));
+        let run = |m: &std::sync::Arc<Model>| -> (Vec<Vec<f32>>, rocmforge::kv::KvStats) {
+            let mut e = Engine::new(m.clone(), EngineOptions { n_ctx: 64, kv_budget: 0 }).unwrap();
+            let ids: Vec<u32> = prompts.iter().map(|_| e.add_seq().unwrap()).collect();
+            let mut rows = Vec::new();
+            for (&id, p) in ids.iter().zip(&prompts) {
+                rows.extend(p.iter().enumerate().map(|(i, &t)| BatchRow { seq: id, token: t, pos: i, logits: i + 1 == p.len() }));
+            }
+            e.decode(&rows).unwrap();
+            let mut out: Vec<Vec<f32>> = (0..rows.len()).filter(|&r| rows[r].logits).map(|r| e.logits(r).unwrap().to_vec()).collect();
+            let fork = e.fork(ids[2]).unwrap();
+            let mut seqs: Vec<(u32, usize)> = ids.iter().zip(&prompts).map(|(&id, p)| (id, p.len())).collect();
+            seqs.push((fork, prompts[2].len()));
+            for step in 0..16 {
+                let rows: Vec<BatchRow> = seqs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(id, len))| BatchRow { seq: id, token: ((step * 31 + i * 7 + 1) % nv) as u32, pos: len + step, logits: true })
+                    .collect();
+                e.decode(&rows).unwrap();
+                out.extend((0..rows.len()).map(|r| e.logits(r).unwrap().to_vec()));
+            }
+            (out, e.stats())
+        };
+        let (gpu_rows, st) = run(&gm);
+        let (cpu_rows, _) = run(&cpu);
+        // solo GPU sessions fed the same tokens
+        let mut solo_rows = Vec::new();
+        let mut sessions: Vec<Session> = Vec::new();
+        for p in &prompts {
+            let mut s = Session::new(gm.clone(), 64).unwrap();
+            solo_rows.push(s.eval(p, Logits::Last).unwrap());
+            sessions.push(s);
+        }
+        let mut f = Session::new(gm.clone(), 64).unwrap();
+        f.eval(&prompts[2], Logits::None).unwrap_or_default();
+        sessions.push(f);
+        for step in 0..16 {
+            for (i, s) in sessions.iter_mut().enumerate() {
+                solo_rows.push(s.eval(&[((step * 31 + i * 7 + 1) % nv) as u32], Logits::Last).unwrap());
+            }
+        }
+        let worst_solo = gpu_rows.iter().zip(&solo_rows).map(|(a, b)| common::rel_l2(a, b)).fold(0.0, f64::max);
+        let worst_cpu = gpu_rows.iter().zip(&cpu_rows).map(|(a, b)| common::rel_l2(a, b)).fold(0.0, f64::max);
+        println!("{name} engine on {}: {} rows; GPU engine vs solo GPU sessions: worst rel L2 {worst_solo:.2e}; vs the CPU engine {worst_cpu:.2e}; pool {st:?}", gm.backend_description(), gpu_rows.len());
+        assert_eq!(gpu_rows.len(), 3 + 16 * 4);
+        assert!(worst_solo <= 1e-3, "{name}: GPU engine vs solo {worst_solo:.3e}");
+        assert!(worst_cpu <= 3e-2, "{name}: GPU engine vs CPU engine {worst_cpu:.3e}");
+    }
+    let free1 = free_mem();
+    assert!(free1 + SLACK >= free0, "{name}: device memory not returned: {} MiB free before, {} MiB after", free0 >> 20, free1 >> 20);
+}
+
+#[test]
+fn engine_smollm2_twin() {
+    engine_matches_solo("smollm2-twin.gguf");
+}
+#[test]
+fn engine_gemma3_twin() {
+    engine_matches_solo("gemma3-twin.gguf");
+}
+
 /// Over-budget and driver-refused allocations, and a too-long context, are
 /// statuses with messages; the process then carries on on the CPU.
 #[test]
