@@ -16,10 +16,3 @@ KERNEL void f32_to_f16(const float* x, u16* y, u64 n) {
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         y[i] = f2h(x[i]);
 }
-
-// x += y
-KERNEL void add_inplace(float* x, const float* y, u64 n) {
-    GRID_START();
-    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
-        x[i] += y[i];
-}

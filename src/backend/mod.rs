@@ -20,14 +20,3 @@ pub mod hip;
 #[path = "hip_stub.rs"]
 pub mod hip;
 
-/// Which backends this build contains.
-pub fn compiled_backends() -> Vec<&'static str> {
-    let mut v = vec!["cpu"];
-    if cuda::COMPILED {
-        v.push("cuda");
-    }
-    if hip::COMPILED {
-        v.push("hip");
-    }
-    v
-}

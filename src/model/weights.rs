@@ -127,21 +127,8 @@ impl Weights {
                 post_ffn_norm: optional(spec.post_norms, || v("post_ffw_norm.weight", c.n_embd))?,
             });
         }
-        let mut w = Weights { token_embd, output_norm: vector(f, names::OUTPUT_NORM, a, c.n_embd)?, output, layers };
-        if c.arch.norm_add_one {
-            w.for_each_norm(|v| v.iter_mut().for_each(|x| *x += 1.0));
-        }
-        Ok(w)
-    }
-
-    fn for_each_norm(&mut self, mut g: impl FnMut(&mut Vec<f32>)) {
-        g(&mut self.output_norm);
-        for l in &mut self.layers {
-            g(&mut l.attn_norm);
-            g(&mut l.ffn_norm);
-            for v in [&mut l.q_norm, &mut l.k_norm, &mut l.post_attn_norm, &mut l.post_ffn_norm].into_iter().flatten() {
-                g(v);
-            }
-        }
+        // GGUF Gemma files already store 1 + w for their norms (llama.cpp's
+        // converter adds the one), so no architecture shifts them here
+        Ok(Weights { token_embd, output_norm: vector(f, names::OUTPUT_NORM, a, c.n_embd)?, output, layers })
     }
 }

@@ -336,10 +336,6 @@ impl GpuSession {
         Ok(sess)
     }
 
-    pub fn model(&self) -> &Arc<GpuModel> {
-        &self.m
-    }
-
     /// Evaluate `tokens` at positions pos0.. (the caller has checked ids and
     /// context room) and write the logits `want` asks for into `out`, whose
     /// length the caller has matched to them (rows × n_vocab).

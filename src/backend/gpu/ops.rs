@@ -503,11 +503,6 @@ pub fn glu(dev: &Device, s: Stream, g: DevPtr, u: DevPtr, n: usize, act: FfnAct)
     dev.launch(s, "glu", grid_stride(n), &[Arg::Ptr(g), Arg::Ptr(u), Arg::U64(n as u64), Arg::I32(act_code(act))])
 }
 
-/// x += y over n values.
-pub fn add(dev: &Device, s: Stream, x: DevPtr, y: DevPtr, n: usize) -> Result<()> {
-    dev.launch(s, "add_inplace", grid_stride(n), &[Arg::Ptr(x), Arg::Ptr(y), Arg::U64(n as u64)])
-}
-
 /// out (n, cols) = scale * W[ids[t]] for the n token ids at `ids` (device i32).
 pub fn get_rows(dev: &Device, s: Stream, w: &DevMatrix, ids: DevPtr, out: DevPtr, n: usize, scale: f32) -> Result<()> {
     check(w)?;

@@ -13,7 +13,6 @@ pub const SPEC: ArchSpec = ArchSpec {
     rope: RopeStyle::Neox,
     ffn_act: FfnAct::GeluTanh,
     embed_scale_sqrt: true,
-    norm_add_one: false,
     qk_norm: true,
     post_norms: true,
     qkv_bias: false,

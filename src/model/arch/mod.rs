@@ -42,11 +42,6 @@ pub struct ArchSpec {
     pub ffn_act: FfnAct,
     /// Multiply the token embedding by √n_embd (Gemma).
     pub embed_scale_sqrt: bool,
-    /// RMSNorm multiplies by (1 + w) instead of w. GGUF Gemma files already
-    /// store 1 + w (llama.cpp's converter adds the one; HF subtracts it again
-    /// when loading), so no shipped table sets this; it exists for files
-    /// converted without the shift.
-    pub norm_add_one: bool,
     /// `attn_q_norm` / `attn_k_norm`: RMSNorm over each head of Q and K.
     pub qk_norm: bool,
     /// `post_attention_norm` / `post_ffw_norm` on each block's branch output.

@@ -8,7 +8,6 @@ pub const SPEC: ArchSpec = ArchSpec {
     rope: RopeStyle::Neox,
     ffn_act: FfnAct::Silu,
     embed_scale_sqrt: false,
-    norm_add_one: false,
     qk_norm: false,
     post_norms: false,
     qkv_bias: true,
