@@ -344,3 +344,333 @@ func TestBusyStatus(t *testing.T) {
 		t.Fatalf("%q", busy.Error())
 	}
 }
+
+// argmax is the first index of the largest logit (the library's greedy choice).
+func argmax(l []float32) int32 {
+	best := 0
+	for i, v := range l {
+		if v > l[best] {
+			best = i
+		}
+	}
+	return int32(best)
+}
+
+// prefillRows appends tokens to seq from pos; the last row asks for logits.
+func prefillRows(seq SeqID, pos int, tokens []int32) []BatchRow {
+	rows := make([]BatchRow, len(tokens))
+	for i, t := range tokens {
+		rows[i] = BatchRow{Seq: seq, Token: t, Pos: pos + i, Logits: i == len(tokens)-1}
+	}
+	return rows
+}
+
+func newEngine(t *testing.T, m *Model, opts EngineOptions) *Engine {
+	t.Helper()
+	e, err := m.NewEngine(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	return e
+}
+
+// must unwraps a (value, error) result in the engine tests; an error
+// panics, and the test's deferred failOnPanic turns it into t.Fatal.
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+func failOnPanic(t *testing.T) {
+	if r := recover(); r != nil {
+		t.Fatal(r)
+	}
+}
+
+func equalIDs(a, b []int32) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// Two sequences interleaved in one engine, both prompts in one decode and
+// one row per sequence per step, each get exactly their solo greedy tokens.
+func TestEngineInterleavedEqualsSolo(t *testing.T) {
+	defer failOnPanic(t)
+	m := load(t)
+	const steps = 8
+	prompts := []string{"The capital of France is", "Once upon a time"}
+	var ptoks, solo [][]int32
+	for _, p := range prompts {
+		ids := must(m.Tokenize(p, true, false))
+		s := must(m.NewSession())
+		r, err := s.Generate(context.Background(), ids, GenerateOptions{MaxTokens: steps, Sampler: Greedy()}, nil)
+		s.Close()
+		if err != nil || len(r.Tokens) != steps {
+			t.Fatalf("solo %q: %+v, %v", p, r, err)
+		}
+		ptoks, solo = append(ptoks, ids), append(solo, r.Tokens)
+	}
+	if equalIDs(solo[0], solo[1]) {
+		t.Fatal("the two prompts continue the same way")
+	}
+	e := newEngine(t, m, EngineOptions{})
+	if e.NVocab() < 1000 {
+		t.Fatalf("NVocab %d", e.NVocab())
+	}
+	seqs := []SeqID{must(e.NewSeq()), must(e.NewSeq())}
+	var rows []BatchRow
+	var logitRow []int
+	for i, s := range seqs {
+		rows = append(rows, prefillRows(s, 0, ptoks[i])...)
+		logitRow = append(logitRow, len(rows)-1)
+	}
+	if err := e.Decode(rows); err != nil {
+		t.Fatal(err)
+	}
+	got := make([][]int32, 2)
+	var buf []float32
+	for i := range seqs {
+		buf = must(e.LogitsInto(logitRow[i], buf))
+		got[i] = append(got[i], argmax(buf))
+	}
+	if _, err := e.Logits(0); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("a row without logits: %v", err)
+	}
+	for len(got[0]) < steps {
+		step := make([]BatchRow, len(seqs))
+		for i, s := range seqs {
+			step[i] = BatchRow{Seq: s, Token: got[i][len(got[i])-1], Pos: must(e.SeqLen(s)), Logits: true}
+		}
+		if err := e.Decode(step); err != nil {
+			t.Fatal(err)
+		}
+		for i := range seqs {
+			got[i] = append(got[i], argmax(must(e.Logits(i))))
+		}
+	}
+	for i := range seqs {
+		if !equalIDs(got[i], solo[i]) {
+			t.Fatalf("%q: engine %v, solo %v", prompts[i], got[i], solo[i])
+		}
+	}
+	if n := must(e.SeqLen(seqs[0])); n != len(ptoks[0])+steps-1 {
+		t.Fatalf("SeqLen %d", n)
+	}
+}
+
+// A fork gives the same next token as its source; KeepSeq truncates;
+// invalid ids are ErrInvalidArgument; the prefix cache reuses a freed
+// sequence's blocks; freeing every sequence frees every block.
+func TestEngineSequences(t *testing.T) {
+	defer failOnPanic(t)
+	m := load(t)
+	e := newEngine(t, m, EngineOptions{ContextSize: 256})
+	prompt := must(m.Tokenize("The capital of France is", true, false))
+	src := must(e.NewSeq())
+	if err := e.Decode(prefillRows(src, 0, prompt)); err != nil {
+		t.Fatal(err)
+	}
+	tok := argmax(must(e.Logits(len(prompt) - 1)))
+	f := must(e.ForkSeq(src))
+	if f == src || must(e.SeqLen(f)) != len(prompt) {
+		t.Fatalf("fork %d of %d, len %d", f, src, must(e.SeqLen(f)))
+	}
+	pos := len(prompt)
+	if err := e.Decode([]BatchRow{{Seq: src, Token: tok, Pos: pos, Logits: true}, {Seq: f, Token: tok, Pos: pos, Logits: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := argmax(must(e.Logits(0))), argmax(must(e.Logits(1))); a != b {
+		t.Fatalf("source next %d, fork next %d", a, b)
+	}
+	if err := e.KeepSeq(f, 3); err != nil || must(e.SeqLen(f)) != 3 {
+		t.Fatalf("KeepSeq: %v", err)
+	}
+	st := must(e.Stats())
+	if st.NumSeqs != 2 || st.BlocksUsed == 0 || st.BlockSize != 16 || st.BlocksUsed+st.BlocksFree != st.BlocksTotal {
+		t.Fatalf("stats %+v", st)
+	}
+
+	// invalid ids: ErrInvalidArgument from every call, nothing changed
+	for _, bad := range []SeqID{-1, 999} {
+		_, err := e.SeqLen(bad)
+		wantStatus(t, "SeqLen", err, ErrInvalidArgument)
+		wantStatus(t, "FreeSeq", e.FreeSeq(bad), ErrInvalidArgument)
+		_, err = e.ForkSeq(bad)
+		wantStatus(t, "ForkSeq", err, ErrInvalidArgument)
+		wantStatus(t, "KeepSeq", e.KeepSeq(bad, 0), ErrInvalidArgument)
+		wantStatus(t, "Decode", e.Decode([]BatchRow{{Seq: bad, Token: 1, Pos: 0, Logits: true}}), ErrInvalidArgument)
+		_, err = e.ReusePrefix(bad, prompt)
+		wantStatus(t, "ReusePrefix", err, ErrInvalidArgument)
+	}
+	wantStatus(t, "no rows", e.Decode(nil), ErrInvalidArgument)
+	wantStatus(t, "negative position", e.Decode([]BatchRow{{Seq: src, Token: 1, Pos: -1}}), ErrInvalidArgument)
+	wantStatus(t, "negative nKeep", e.KeepSeq(src, -1), ErrInvalidArgument)
+	_, err := e.Logits(-1)
+	wantStatus(t, "negative row", err, ErrInvalidArgument)
+	before := must(e.SeqLen(src))
+	// a wrong position refuses the whole batch: the good row did not move
+	err = e.Decode([]BatchRow{{Seq: src, Token: 1, Pos: before}, {Seq: f, Token: 1, Pos: 0}})
+	wantStatus(t, "wrong position", err, ErrInvalidArgument)
+	if n := must(e.SeqLen(src)); n != before {
+		t.Fatalf("a refused batch moved a sequence: %d -> %d", before, n)
+	}
+
+	// the prefix cache: a freed sequence's full blocks serve the next one
+	// with the same prompt, which then predicts the same next token
+	long := must(m.Tokenize("The quick brown fox jumps over the lazy dog. The quick brown fox jumps over the lazy dog again and again.", true, false))
+	a := must(e.NewSeq())
+	if err := e.Decode(prefillRows(a, 0, long)); err != nil {
+		t.Fatal(err)
+	}
+	want := argmax(must(e.Logits(len(long) - 1)))
+	if err := e.FreeSeq(a); err != nil {
+		t.Fatal(err)
+	}
+	b := must(e.NewSeq())
+	reused := must(e.ReusePrefix(b, long))
+	if reused != (len(long)-1)/16*16 || reused < 16 || must(e.SeqLen(b)) != reused {
+		t.Fatalf("reused %d of %d", reused, len(long))
+	}
+	if err := e.Decode(prefillRows(b, reused, long[reused:])); err != nil {
+		t.Fatal(err)
+	}
+	if got := argmax(must(e.Logits(len(long) - reused - 1))); got != want {
+		t.Fatalf("after the prefix hit: next %d, fresh %d", got, want)
+	}
+	if st := must(e.Stats()); st.PrefixHits < 1 || st.PrefixTokensReused < uint64(reused) {
+		t.Fatalf("stats %+v", st)
+	}
+	_, err = e.ReusePrefix(b, long)
+	wantStatus(t, "ReusePrefix on a non-empty sequence", err, ErrInvalidArgument)
+
+	for _, s := range []SeqID{src, f, b} {
+		if err := e.FreeSeq(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st = must(e.Stats())
+	if st.BlocksUsed != 0 || st.NumSeqs != 0 || st.BlocksFree != st.BlocksTotal {
+		t.Fatalf("after freeing all: %+v", st)
+	}
+	wantStatus(t, "a freed id", e.FreeSeq(b), ErrInvalidArgument)
+}
+
+// A 1-byte KV budget is the smallest pool (one sequence's context plus a
+// block); a second sequence that needs more blocks gets ErrKVExhausted and
+// the engine stays usable.
+func TestEngineKVExhausted(t *testing.T) {
+	defer failOnPanic(t)
+	m := load(t)
+	e := newEngine(t, m, EngineOptions{ContextSize: 64, KVBudget: 1})
+	if st := must(e.Stats()); st.BlocksTotal != 64/16+1 {
+		t.Fatalf("stats %+v", st)
+	}
+	toks := make([]int32, 48)
+	for i := range toks {
+		toks[i] = int32(100 + i)
+	}
+	a, b := must(e.NewSeq()), must(e.NewSeq())
+	if err := e.Decode(prefillRows(a, 0, toks)); err != nil { // 3 blocks of 5
+		t.Fatal(err)
+	}
+	err := e.Decode(prefillRows(b, 0, toks))
+	wantStatus(t, "second sequence", err, ErrKVExhausted, "blocks")
+	if errors.Is(err, ErrOutOfMemory) || errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("ErrKVExhausted matches another sentinel: %v", err)
+	}
+	if must(e.SeqLen(b)) != 0 || must(e.SeqLen(a)) != len(toks) {
+		t.Fatal("a refused batch moved a sequence")
+	}
+	// usable afterwards: free the first sequence, then the second fits
+	if err := e.FreeSeq(a); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Decode(prefillRows(b, 0, toks)); err != nil {
+		t.Fatal(err)
+	}
+	if l := must(e.Logits(len(toks) - 1)); len(l) != e.NVocab() {
+		t.Fatalf("%d logits", len(l))
+	}
+	if err := e.FreeSeq(b); err != nil {
+		t.Fatal(err)
+	}
+	if st := must(e.Stats()); st.BlocksUsed != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	_, err = m.NewEngine(EngineOptions{ContextSize: MaxContextSize + 1})
+	wantStatus(t, "ContextSize above MaxContextSize", err, ErrInvalidArgument, "FORGE_MAX_CTX")
+	_, err = m.NewEngine(EngineOptions{ContextSize: -1})
+	wantStatus(t, "negative ContextSize", err, ErrInvalidArgument)
+}
+
+// An Engine outlives its Model (the library keeps the weights); a closed or
+// nil Engine is ErrClosed from every method, Close is idempotent; a closed
+// Model cannot make one; concurrent calls serialize.
+func TestEngineLifetime(t *testing.T) {
+	defer failOnPanic(t)
+	m, err := Load(env(t, "ROCMFORGE_MODEL"), WithContextSize(64))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hello := must(m.Tokenize("Hello", true, false))
+	e, err := m.NewEngine(EngineOptions{KVBudget: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	if _, err := m.NewEngine(EngineOptions{}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("NewEngine on a closed Model: %v", err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s, err := e.NewSeq()
+			if err == nil {
+				err = e.Decode(prefillRows(s, 0, hello))
+			}
+			if err == nil {
+				err = e.FreeSeq(s)
+			}
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []*Engine{e, nil} {
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Close(); err != nil {
+			t.Fatal("Close is idempotent")
+		}
+		_, err1 := c.NewSeq()
+		_, err2 := c.SeqLen(0)
+		_, err3 := c.ForkSeq(0)
+		_, err4 := c.ReusePrefix(0, hello)
+		_, err5 := c.Logits(0)
+		_, err6 := c.Stats()
+		for i, err := range []error{err1, err2, err3, err4, err5, err6, c.FreeSeq(0), c.KeepSeq(0, 0), c.Decode(prefillRows(0, 0, hello))} {
+			if !errors.Is(err, ErrClosed) || !strings.Contains(err.Error(), "engine is closed") {
+				t.Fatalf("call %d on a closed engine: %v", i, err)
+			}
+		}
+	}
+}

@@ -2,11 +2,13 @@
  * Error objects from rocmforge carry the C status name and number, e.g.
  * FORGE_ERR_INVALID_ARGUMENT (1; also an unknown backend or an option out of
  * range), FORGE_ERR_IO (10; also a directory), FORGE_ERR_INVALID_MODEL (11;
- * a corrupt or truncated file), FORGE_ERR_BUSY (41; generate() or reset()
- * while a generation runs on the same model).
+ * a corrupt or truncated file), FORGE_ERR_KV_EXHAUSTED (22; an engine's KV
+ * pool cannot hold a batch), FORGE_ERR_BUSY (41; generate() or reset()
+ * while a generation runs on the same model, or an engine call while its
+ * async decode() runs).
  */
 export interface ForgeError extends Error {
-  /** e.g. "FORGE_ERR_IO", "FORGE_ERR_INVALID_MODEL", "FORGE_ERR_BUSY", or "ERR_CLOSED" from the binding */
+  /** e.g. "FORGE_ERR_IO", "FORGE_ERR_INVALID_MODEL", "FORGE_ERR_KV_EXHAUSTED", "FORGE_ERR_BUSY", or "ERR_CLOSED" from the binding */
   code: string;
   /** forge_status number (FORGE_ERR_BUSY: 41), -1 for ERR_CLOSED / ERR_ABI_MISMATCH */
   status?: number;
@@ -70,10 +72,71 @@ export class Model {
   newSession(): Model;
   /** throws FORGE_ERR_BUSY while a generation runs on this model */
   reset(nKeep?: number): void;
+  /** many sequences over this model's weights; the engine keeps them loaded (this model may be closed first) */
+  newEngine(options?: EngineOptions): Engine;
   close(): void;
   /** throws FORGE_ERR_BUSY while another generation runs on this model (use newSession() for parallel work) */
   generate(prompt: string | ArrayLike<number>, options?: GenerateOptions, onToken?: (token: number, text: string) => void): Promise<GenerateResult>;
   stream(prompt: string | ArrayLike<number>, options?: GenerateOptions): AsyncGenerator<{ token: number; text: string }>;
+}
+
+export interface EngineOptions {
+  /** most positions one sequence may hold, 0..16777216; 0 = the model's contextSize */
+  contextSize?: number;
+  /** bytes of KV cache for all sequences (whole blocks of 16 positions, at least one full sequence); 0 = four full sequences */
+  kvBudget?: number;
+}
+
+/** One row of a batch: `token` appended to sequence `seq` at position `pos` (its length, plus one per earlier row of it in the batch). */
+export interface BatchRow {
+  seq: number;
+  token: number;
+  pos: number;
+  /** ask for this row's logits (Engine.logits) */
+  logits?: boolean;
+}
+
+export interface KvStats {
+  blocksTotal: number;
+  /** positions per block */
+  blockSize: number;
+  /** blocks some sequence holds */
+  blocksUsed: number;
+  /** blocks no sequence holds (free, or cached and evictable) */
+  blocksFree: number;
+  /** of the free ones, blocks the prefix cache keeps */
+  blocksCached: number;
+  prefixHits: number;
+  prefixTokensReused: number;
+  /** blocks copied because a shared block was written (forks) */
+  cowCopies: number;
+  /** sequences alive */
+  nSeqs: number;
+}
+
+/**
+ * Many sequences over one loaded model (Model.newEngine). Sequence ids are
+ * numbers; an unknown or freed id throws FORGE_ERR_INVALID_ARGUMENT. While
+ * an async decode() runs, every other call throws FORGE_ERR_BUSY.
+ */
+export class Engine {
+  readonly nVocab: number;
+  newSeq(): number;
+  freeSeq(seq: number): void;
+  /** a new sequence sharing `src`'s positions (copy-on-write) */
+  forkSeq(src: number): number;
+  keepSeq(seq: number, nKeep: number): void;
+  seqLen(seq: number): number;
+  /** positions reused from the prefix cache for an empty sequence's prompt */
+  reusePrefix(seq: number, tokens: ArrayLike<number>): number;
+  /** one batch on a worker thread; rejects with FORGE_ERR_KV_EXHAUSTED, FORGE_ERR_CONTEXT_FULL, FORGE_ERR_INVALID_ARGUMENT (nothing moved) */
+  decode(rows: ArrayLike<BatchRow>): Promise<void>;
+  /** one batch on the JS thread (blocks the event loop) */
+  decodeSync(rows: ArrayLike<BatchRow>): void;
+  /** row's logits of the last decode (nVocab floats), into `out` when given */
+  logits(row: number, out?: Float32Array): Float32Array;
+  stats(): KvStats;
+  close(): void;
 }
 
 export function load(path: string, options?: LoadOptions): Promise<Model>;

@@ -1,7 +1,7 @@
 'use strict';
 // rocmforge for Node: a thin wrapper over the N-API addon (src/addon.cc),
-// which calls only the C ABI. Loading and generation run on worker threads;
-// promises and async iterators deliver the results.
+// which calls only the C ABI. Loading, generation and engine decodes run on
+// worker threads; promises and async iterators deliver the results.
 const native = require('./build/Release/rocmforge.node');
 
 /** The C ABI version this package was written for. */
@@ -12,8 +12,8 @@ if (native.abiVersion !== ABI_VERSION) {
   throw e;
 }
 
-function closedError() {
-  const e = new Error('rocmforge: model is closed');
+function closedError(what = 'model') {
+  const e = new Error(`rocmforge: ${what} is closed`);
   e.code = 'ERR_CLOSED';
   e.status = -1; // as the addon's ERR_CLOSED: raised by the binding, no C status
   return e;
@@ -49,6 +49,16 @@ class Model {
   /** Keep the first nKeep positions of the KV cache (0 clears it). Throws FORGE_ERR_BUSY while a generation runs. */
   reset(nKeep = 0) {
     this.#native().reset(nKeep);
+  }
+  /**
+   * An Engine: many sequences over this model's loaded weights (shared, not
+   * copied; the engine keeps them loaded, so this model may be closed first).
+   * options: {contextSize: most positions per sequence (0 = this model's),
+   * kvBudget: bytes of KV cache for all sequences (0 = four full sequences;
+   * at least one)}. Works while a generation runs on this model.
+   */
+  newEngine(options = {}) {
+    return new Engine(this.#native().newEngine(options));
   }
   /** Free the context; later calls throw ERR_CLOSED. Idempotent. */
   close() {
@@ -116,6 +126,88 @@ class Model {
 }
 
 /**
+ * Many sequences over one loaded model: a paged KV block pool and one batch
+ * of rows per decode. Sequences are numeric ids (not reused while the engine
+ * lives); an unknown or freed id throws FORGE_ERR_INVALID_ARGUMENT.
+ * `decode` runs the batch on a worker thread; until its promise settles,
+ * every other call on the engine throws FORGE_ERR_BUSY. `decodeSync` runs it
+ * on the JS thread (blocking the event loop). Every other method is
+ * synchronous and quick.
+ */
+class Engine {
+  #n;
+  constructor(n) {
+    this.#n = n;
+  }
+  #native() {
+    if (!this.#n) throw closedError('engine');
+    return this.#n;
+  }
+  /** Length of a row's logits. */
+  get nVocab() {
+    return this.#native().nVocab();
+  }
+  /** A new, empty sequence; returns its id. */
+  newSeq() {
+    return this.#native().newSeq();
+  }
+  /** Remove a sequence and give its KV blocks back (full ones stay in the prefix cache until needed). */
+  freeSeq(seq) {
+    this.#native().freeSeq(seq);
+  }
+  /** A new sequence with the same positions as `src`, sharing its full KV blocks copy-on-write. */
+  forkSeq(src) {
+    return this.#native().forkSeq(src);
+  }
+  /** Keep the first nKeep positions of a sequence (0 clears it). */
+  keepSeq(seq, nKeep) {
+    this.#native().keepSeq(seq, nKeep);
+  }
+  /** Positions a sequence holds: the `pos` of its next row. */
+  seqLen(seq) {
+    return this.#native().seqLen(seq);
+  }
+  /**
+   * The prefix cache: give an empty sequence the cached KV blocks its prompt
+   * starts with. Returns the positions reused (whole blocks, never the last
+   * token): decode tokens.slice(n) from position n.
+   */
+  reusePrefix(seq, tokens) {
+    return this.#native().reusePrefix(seq, Array.from(tokens));
+  }
+  /**
+   * Run one batch of rows [{seq, token, pos, logits}] (prefill chunks and
+   * decode steps of any sequences together) on a worker thread. All or
+   * nothing: a rejection (FORGE_ERR_INVALID_ARGUMENT, FORGE_ERR_CONTEXT_FULL,
+   * FORGE_ERR_KV_EXHAUSTED) moved no sequence, and the engine stays usable.
+   */
+  decode(rows) {
+    return this.#native().decode(Array.from(rows));
+  }
+  /** decode() on the JS thread: returns when the batch is done, throws its error. */
+  decodeSync(rows) {
+    this.#native().decodeSync(Array.from(rows));
+  }
+  /**
+   * Row `row`'s logits of the last successful decode, as a Float32Array of
+   * nVocab (into `out` when given). Throws FORGE_ERR_INVALID_ARGUMENT for no
+   * such row or a row that did not ask for logits.
+   */
+  logits(row, out) {
+    return this.#native().logits(row, out);
+  }
+  /** KV pool statistics: {blocksTotal, blockSize, blocksUsed, blocksFree, blocksCached, prefixHits, prefixTokensReused, cowCopies, nSeqs}. */
+  stats() {
+    return this.#native().stats();
+  }
+  /** Free the engine and its sequences (a running decode finishes first); later calls throw ERR_CLOSED. Idempotent. */
+  close() {
+    if (this.#n) this.#n.close();
+    this.#n = null;
+  }
+}
+
+/**
  * Load a GGUF model off the main thread. options: {threads (0..1024),
  * contextSize (0..2^24), backend: 'auto' | 'cpu' | 'cuda' | 'hip', gpuIndex,
  * gpuMemBudget (bytes)}. Rejects with FORGE_ERR_INVALID_ARGUMENT for an
@@ -138,4 +230,4 @@ function backendCompiled(backend) {
   return native.backendCompiled(String(backend));
 }
 
-module.exports = { load, Model, ABI_VERSION, version: native.version, deviceCount, backendCompiled };
+module.exports = { load, Model, Engine, ABI_VERSION, version: native.version, deviceCount, backendCompiled };

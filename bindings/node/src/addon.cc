@@ -1,6 +1,8 @@
-// N-API addon over the C ABI (rocmforge.h). Loading and generation run on
-// libuv worker threads (Napi::AsyncWorker); streamed tokens reach JS through
-// a ThreadSafeFunction, so the event loop never blocks on inference.
+// N-API addon over the C ABI (rocmforge.h). Loading, generation and engine
+// decodes run on libuv worker threads (Napi::AsyncWorker); streamed tokens
+// reach JS through a ThreadSafeFunction, so the event loop never blocks on
+// inference (Engine.decodeSync is the one call that evaluates on the JS
+// thread, by request).
 #include <napi.h>
 
 #include <algorithm>
@@ -28,6 +30,7 @@ const char *status_name(forge_status s) {
         case FORGE_ERR_UNSUPPORTED: return "FORGE_ERR_UNSUPPORTED";
         case FORGE_ERR_CONTEXT_FULL: return "FORGE_ERR_CONTEXT_FULL";
         case FORGE_ERR_OUT_OF_MEMORY: return "FORGE_ERR_OUT_OF_MEMORY";
+        case FORGE_ERR_KV_EXHAUSTED: return "FORGE_ERR_KV_EXHAUSTED";
         case FORGE_ERR_BACKEND_UNAVAILABLE: return "FORGE_ERR_BACKEND_UNAVAILABLE";
         case FORGE_ERR_CANCELLED: return "FORGE_ERR_CANCELLED";
         case FORGE_ERR_BUSY: return "FORGE_ERR_BUSY";
@@ -114,6 +117,7 @@ class Model : public Napi::ObjectWrap<Model> {
                                         InstanceMethod("info", &Model::Info),
                                         InstanceMethod("backend", &Model::Backend),
                                         InstanceMethod("reset", &Model::Reset),
+                                        InstanceMethod("newEngine", &Model::NewEngine),
                                         InstanceMethod("close", &Model::Close)});
         ctor = Napi::Persistent(f);
         exports.Set("NativeModel", f);
@@ -224,6 +228,7 @@ class Model : public Napi::ObjectWrap<Model> {
     }
 
     Napi::Value Generate(const Napi::CallbackInfo &info);
+    Napi::Value NewEngine(const Napi::CallbackInfo &info);
 };
 Napi::FunctionReference Model::ctor;
 
@@ -460,8 +465,243 @@ Napi::Value Model::Generate(const Napi::CallbackInfo &info) {
     return promise;
 }
 
+// ---- many sequences: the engine ----
+
+// An engine shared between the JS object and a running decode worker, so a
+// close() during a decode frees it only when the worker is done.
+struct EngineHandle {
+    forge_engine *e = nullptr;
+    int32_t n_vocab = 0;
+    std::atomic<bool> busy{false};  // an async decode is queued or running
+    ~EngineHandle() { forge_engine_free(e); }
+};
+
+int32_t int32_option(Napi::Env env, const Napi::Value &v, const char *key) {
+    return static_cast<int32_t>(int_option(env, v, key, INT32_MIN, INT32_MAX));
+}
+
+// [{seq, token, pos, logits}] -> C rows. Ids the C types cannot hold are
+// INVALID_ARGUMENT here; the library checks the rest (negative or unknown
+// sequence ids, tokens outside the vocab, wrong positions).
+std::vector<forge_batch_row> parse_rows(Napi::Env env, const Napi::Value &v) {
+    if (!v.IsArray()) throw invalid_argument(env, "rows must be an array of {seq, token, pos, logits}");
+    Napi::Array a = v.As<Napi::Array>();
+    std::vector<forge_batch_row> rows(a.Length());
+    for (uint32_t i = 0; i < a.Length(); i++) {
+        Napi::Value r = a.Get(i);
+        if (!r.IsObject()) throw invalid_argument(env, "rows[" + std::to_string(i) + "] must be an object {seq, token, pos, logits}");
+        Napi::Object o = r.As<Napi::Object>();
+        rows[i].seq = int32_option(env, option(o, "seq"), "seq");
+        rows[i].token = int32_option(env, option(o, "token"), "token");
+        rows[i].pos = int32_option(env, option(o, "pos"), "pos");
+        rows[i].logits = option(o, "logits").ToBoolean() ? 1 : 0;
+    }
+    return rows;
+}
+
+class DecodeWorker : public Napi::AsyncWorker {
+  public:
+    DecodeWorker(Napi::Env env, std::shared_ptr<EngineHandle> h, std::vector<forge_batch_row> rows)
+        : Napi::AsyncWorker(env), h_(std::move(h)), rows_(std::move(rows)), deferred_(Napi::Promise::Deferred::New(env)) {}
+    Napi::Promise Promise() { return deferred_.Promise(); }
+    void Execute() override {
+        st_ = forge_engine_decode(h_->e, rows_.data(), rows_.size());
+        if (st_ != FORGE_OK) msg_ = forge_last_error();  // thread-local: read on this thread
+    }
+    void OnOK() override {
+        h_->busy = false;
+        if (st_ != FORGE_OK) deferred_.Reject(status_error(Env(), st_, msg_).Value());
+        else deferred_.Resolve(Env().Undefined());
+    }
+    void OnError(const Napi::Error &e) override {
+        h_->busy = false;
+        deferred_.Reject(e.Value());
+    }
+
+  private:
+    std::shared_ptr<EngineHandle> h_;
+    std::vector<forge_batch_row> rows_;
+    forge_status st_ = FORGE_OK;
+    std::string msg_;
+    Napi::Promise::Deferred deferred_;
+};
+
+class Engine : public Napi::ObjectWrap<Engine> {
+  public:
+    static Napi::FunctionReference ctor;
+    static void Init(Napi::Env env, Napi::Object exports) {
+        Napi::Function f = DefineClass(env, "NativeEngine",
+                                       {InstanceMethod("newSeq", &Engine::NewSeq),
+                                        InstanceMethod("freeSeq", &Engine::FreeSeq),
+                                        InstanceMethod("forkSeq", &Engine::ForkSeq),
+                                        InstanceMethod("keepSeq", &Engine::KeepSeq),
+                                        InstanceMethod("seqLen", &Engine::SeqLen),
+                                        InstanceMethod("reusePrefix", &Engine::ReusePrefix),
+                                        InstanceMethod("decode", &Engine::Decode),
+                                        InstanceMethod("decodeSync", &Engine::DecodeSync),
+                                        InstanceMethod("logits", &Engine::Logits),
+                                        InstanceMethod("stats", &Engine::Stats),
+                                        InstanceMethod("nVocab", &Engine::NVocab),
+                                        InstanceMethod("close", &Engine::Close)});
+        ctor = Napi::Persistent(f);
+        exports.Set("NativeEngine", f);
+    }
+    explicit Engine(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Engine>(info) {}
+    std::shared_ptr<EngineHandle> h;
+
+    // Every engine call takes it whole (as the C ABI does): ERR_CLOSED after
+    // close(), FORGE_ERR_BUSY while an async decode is queued or running.
+    // Checked on the JS thread, so the answer does not depend on whether the
+    // decode's worker has started yet.
+    forge_engine *engine(Napi::Env env) {
+        if (!h || !h->e) throw make_error(env, "ERR_CLOSED", "rocmforge: engine is closed", -1);
+        if (h->busy)
+            throw status_error(env, FORGE_ERR_BUSY, "rocmforge: a decode is running on this engine; await it first");
+        return h->e;
+    }
+    static void check(Napi::Env env, forge_status st) {
+        if (st != FORGE_OK) throw status_error(env, st, forge_last_error());
+    }
+    int32_t seq_arg(const Napi::CallbackInfo &info, size_t i) { return int32_option(info.Env(), info[i], "seq"); }
+
+    Napi::Value NewSeq(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        int32_t s = -1;
+        check(env, forge_seq_new(engine(env), &s));
+        return Napi::Number::New(env, s);
+    }
+    Napi::Value FreeSeq(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        forge_engine *e = engine(env);
+        check(env, forge_seq_free(e, seq_arg(info, 0)));
+        return env.Undefined();
+    }
+    Napi::Value ForkSeq(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        forge_engine *e = engine(env);
+        int32_t s = -1;
+        check(env, forge_seq_fork(e, seq_arg(info, 0), &s));
+        return Napi::Number::New(env, s);
+    }
+    Napi::Value KeepSeq(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        forge_engine *e = engine(env);
+        const int32_t seq = seq_arg(info, 0);
+        const size_t keep = static_cast<size_t>(int_option(env, info[1], "nKeep", 0, kMaxSafeInteger));
+        check(env, forge_seq_keep(e, seq, keep));
+        return env.Undefined();
+    }
+    Napi::Value SeqLen(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        forge_engine *e = engine(env);
+        size_t n = 0;
+        check(env, forge_seq_len(e, seq_arg(info, 0), &n));
+        return Napi::Number::New(env, static_cast<double>(n));
+    }
+    Napi::Value ReusePrefix(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        forge_engine *e = engine(env);
+        const int32_t seq = seq_arg(info, 0);
+        if (!info[1].IsArray()) throw invalid_argument(env, "tokens must be an array of token ids");
+        Napi::Array a = info[1].As<Napi::Array>();
+        std::vector<int32_t> ids(a.Length());
+        for (uint32_t i = 0; i < a.Length(); i++) ids[i] = int32_option(env, a.Get(i), "token");
+        size_t n = 0;
+        check(env, forge_seq_reuse_prefix(e, seq, ids.data(), ids.size(), &n));
+        return Napi::Number::New(env, static_cast<double>(n));
+    }
+    // decode(rows) -> Promise<void>: the batch runs on a worker thread; until
+    // it settles every other call on this engine throws FORGE_ERR_BUSY.
+    Napi::Value Decode(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        engine(env);
+        std::vector<forge_batch_row> rows = parse_rows(env, info[0]);
+        h->busy = true;
+        auto *w = new DecodeWorker(env, h, std::move(rows));
+        auto promise = w->Promise();
+        w->Queue();
+        return promise;
+    }
+    // decodeSync(rows): the same on the JS thread (blocks the event loop).
+    Napi::Value DecodeSync(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        forge_engine *e = engine(env);
+        std::vector<forge_batch_row> rows = parse_rows(env, info[0]);
+        check(env, forge_engine_decode(e, rows.data(), rows.size()));
+        return env.Undefined();
+    }
+    // logits(row, out?) -> Float32Array of n_vocab: into `out` when given (a
+    // Float32Array; shorter than n_vocab is FORGE_ERR_BUFFER_TOO_SMALL).
+    Napi::Value Logits(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        forge_engine *e = engine(env);
+        const size_t row = static_cast<size_t>(int_option(env, info[0], "row", 0, kMaxSafeInteger));
+        Napi::Float32Array out;
+        if (info.Length() > 1 && !info[1].IsUndefined()) {
+            if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+                throw invalid_argument(env, "out must be a Float32Array");
+            out = info[1].As<Napi::Float32Array>();
+        } else {
+            out = Napi::Float32Array::New(env, static_cast<size_t>(h->n_vocab));
+        }
+        check(env, forge_engine_logits(e, row, out.Data(), out.ElementLength()));
+        return out;
+    }
+    Napi::Value Stats(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        forge_kv_stats s{};
+        check(env, forge_engine_stats(engine(env), &s));
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("blocksTotal", static_cast<double>(s.blocks_total));
+        o.Set("blockSize", s.block_size);
+        o.Set("blocksUsed", static_cast<double>(s.blocks_used));
+        o.Set("blocksFree", static_cast<double>(s.blocks_free));
+        o.Set("blocksCached", static_cast<double>(s.blocks_cached));
+        o.Set("prefixHits", static_cast<double>(s.prefix_hits));
+        o.Set("prefixTokensReused", static_cast<double>(s.prefix_tokens_reused));
+        o.Set("cowCopies", static_cast<double>(s.cow_copies));
+        o.Set("nSeqs", s.n_seqs);
+        return o;
+    }
+    Napi::Value NVocab(const Napi::CallbackInfo &info) {
+        if (!h) throw make_error(info.Env(), "ERR_CLOSED", "rocmforge: engine is closed", -1);
+        return Napi::Number::New(info.Env(), h->n_vocab);
+    }
+    Napi::Value Close(const Napi::CallbackInfo &info) {
+        h.reset();  // a running decode keeps its own reference until it ends
+        return info.Env().Undefined();
+    }
+};
+Napi::FunctionReference Engine::ctor;
+
+// newEngine({contextSize, kvBudget}): a model-only call (the C engine reads
+// only the loaded weights), so it works while a generation runs.
+Napi::Value Model::NewEngine(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    forge_ctx *c = ctx(env);
+    forge_engine_params p = forge_engine_default_params();
+    if (info.Length() > 0 && info[0].IsObject()) {
+        Napi::Object o = info[0].As<Napi::Object>();
+        Napi::Value v;
+        if (!(v = option(o, "contextSize")).IsUndefined())
+            p.n_ctx = static_cast<uint32_t>(int_option(env, v, "contextSize", 0, UINT32_MAX));
+        if (!(v = option(o, "kvBudget")).IsUndefined())
+            p.kv_budget = static_cast<uint64_t>(int_option(env, v, "kvBudget", 0, kMaxSafeInteger));
+    }
+    forge_engine *e = nullptr;
+    forge_status st = forge_engine_new(c, &p, &e);
+    if (st != FORGE_OK) throw status_error(env, st, forge_last_error());
+    auto eh = std::make_shared<EngineHandle>();
+    eh->e = e;
+    eh->n_vocab = forge_n_vocab(c);
+    Napi::Object o = Engine::ctor.New({});
+    Engine::Unwrap(o)->h = eh;
+    return o;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
     Model::Init(env, exports);
+    Engine::Init(env, exports);
     exports.Set("load", Napi::Function::New(env, Load));
     exports.Set("deviceCount", Napi::Function::New(env, DeviceCount));
     exports.Set("backendCompiled", Napi::Function::New(env, BackendCompiled));

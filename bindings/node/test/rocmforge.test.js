@@ -218,3 +218,184 @@ test('close() during a generation: the running one completes, later calls throw 
   const r = await running;
   assert.strictEqual(r.tokens.length, 4);
 });
+
+// ---- the engine: many sequences over one model ----
+
+/** The first index of the largest logit (the library's greedy choice). */
+function argmax(l) {
+  let best = 0;
+  for (let i = 1; i < l.length; i++) if (l[i] > l[best]) best = i;
+  return best;
+}
+/** Rows appending `tokens` to `seq` from `pos`; the last asks for logits. */
+const prefillRows = (seq, pos, tokens) => tokens.map((token, i) => ({ seq, token, pos: pos + i, logits: i === tokens.length - 1 }));
+const KV_EXHAUSTED = { code: 'FORGE_ERR_KV_EXHAUSTED', status: 22 };
+
+test('engine: two sequences interleaved, each gets its solo greedy tokens', async () => {
+  const m = await load(MODEL, { contextSize: 512 });
+  const e = m.newEngine();
+  try {
+    const steps = 8;
+    const prompts = ['The capital of France is', 'Once upon a time'];
+    const ptoks = prompts.map((p) => m.tokenize(p));
+    const solo = [];
+    for (const p of ptoks) {
+      const s = m.newSession();
+      solo.push((await s.generate(p, { maxTokens: steps, temperature: 0 })).tokens);
+      s.close();
+    }
+    assert.strictEqual(solo[0].length, steps);
+    assert.notDeepStrictEqual(solo[0], solo[1]);
+    const seqs = [e.newSeq(), e.newSeq()];
+    // both prompts in ONE decode
+    const rows = [];
+    const logitRow = [];
+    seqs.forEach((s, i) => {
+      rows.push(...prefillRows(s, 0, ptoks[i]));
+      logitRow.push(rows.length - 1);
+    });
+    await e.decode(rows);
+    const out = new Float32Array(e.nVocab);
+    const got = seqs.map((_, i) => [argmax(e.logits(logitRow[i], out))]);
+    assert.throws(() => e.logits(0), INVALID_ARGUMENT); // that row asked for none
+    for (let step = 1; step < steps; step++) {
+      const batch = seqs.map((seq, i) => ({ seq, token: got[i].at(-1), pos: e.seqLen(seq), logits: true }));
+      if (step % 2) await e.decode(batch);
+      else e.decodeSync(batch); // the same on the JS thread
+      seqs.forEach((_, i) => got[i].push(argmax(e.logits(i))));
+    }
+    assert.deepStrictEqual(got[0], solo[0]);
+    assert.deepStrictEqual(got[1], solo[1]);
+    assert.strictEqual(e.seqLen(seqs[0]), ptoks[0].length + steps - 1);
+  } finally {
+    e.close();
+    m.close();
+  }
+});
+
+test('engine: fork, keep, prefix cache, invalid ids, stats back to zero', async () => {
+  const m = await load(MODEL, { contextSize: 256 });
+  const e = m.newEngine();
+  try {
+    const prompt = m.tokenize('The capital of France is');
+    const src = e.newSeq();
+    e.decodeSync(prefillRows(src, 0, prompt));
+    const tok = argmax(e.logits(prompt.length - 1));
+    const f = e.forkSeq(src);
+    assert.notStrictEqual(f, src);
+    assert.strictEqual(e.seqLen(f), prompt.length);
+    const pos = prompt.length;
+    await e.decode([{ seq: src, token: tok, pos, logits: true }, { seq: f, token: tok, pos, logits: true }]);
+    assert.strictEqual(argmax(e.logits(1)), argmax(e.logits(0)), 'the fork predicts what its source does');
+    e.keepSeq(f, 3);
+    assert.strictEqual(e.seqLen(f), 3);
+    let st = e.stats();
+    assert.strictEqual(st.nSeqs, 2);
+    assert.strictEqual(st.blockSize, 16);
+    assert.ok(st.blocksUsed > 0);
+    assert.strictEqual(st.blocksUsed + st.blocksFree, st.blocksTotal);
+
+    // invalid ids: the library's INVALID_ARGUMENT; nothing changed
+    for (const bad of [-1, 999]) {
+      assert.throws(() => e.seqLen(bad), INVALID_ARGUMENT);
+      assert.throws(() => e.freeSeq(bad), INVALID_ARGUMENT);
+      assert.throws(() => e.forkSeq(bad), INVALID_ARGUMENT);
+      assert.throws(() => e.keepSeq(bad, 0), INVALID_ARGUMENT);
+      assert.throws(() => e.reusePrefix(bad, prompt), INVALID_ARGUMENT);
+      assert.throws(() => e.decodeSync([{ seq: bad, token: 1, pos: 0, logits: true }]), INVALID_ARGUMENT);
+      await assert.rejects(e.decode([{ seq: bad, token: 1, pos: 0 }]), INVALID_ARGUMENT);
+    }
+    // values the binding refuses before the C call: not wrapped into valid ones
+    for (const seq of [2 ** 32 + src, 1.5, '0', undefined]) assert.throws(() => e.seqLen(seq), { ...INVALID_ARGUMENT, message: /seq must be an integer/ });
+    assert.throws(() => e.decodeSync([]), INVALID_ARGUMENT);
+    assert.throws(() => e.decodeSync([5]), { ...INVALID_ARGUMENT, message: /rows\[0\]/ });
+    assert.throws(() => e.decodeSync([{ seq: src, token: 1 }]), { ...INVALID_ARGUMENT, message: /pos must be an integer/ });
+    assert.throws(() => e.keepSeq(src, -1), { ...INVALID_ARGUMENT, message: /nKeep/ });
+    assert.throws(() => e.logits(0, new Float64Array(e.nVocab)), { ...INVALID_ARGUMENT, message: /Float32Array/ });
+    assert.throws(() => e.logits(0, new Float32Array(4)), { code: 'FORGE_ERR_BUFFER_TOO_SMALL', status: 3 });
+    // a wrong position refuses the whole batch
+    const before = e.seqLen(src);
+    assert.throws(() => e.decodeSync([{ seq: src, token: 1, pos: before }, { seq: f, token: 1, pos: 0 }]), INVALID_ARGUMENT);
+    assert.strictEqual(e.seqLen(src), before);
+
+    // the prefix cache serves a freed sequence's full blocks to the next one
+    const long = m.tokenize('The quick brown fox jumps over the lazy dog. The quick brown fox jumps over the lazy dog again and again.');
+    const a = e.newSeq();
+    await e.decode(prefillRows(a, 0, long));
+    const want = argmax(e.logits(long.length - 1));
+    e.freeSeq(a);
+    const b = e.newSeq();
+    const reused = e.reusePrefix(b, long);
+    assert.strictEqual(reused, Math.floor((long.length - 1) / 16) * 16);
+    assert.ok(reused >= 16);
+    assert.strictEqual(e.seqLen(b), reused);
+    await e.decode(prefillRows(b, reused, long.slice(reused)));
+    assert.strictEqual(argmax(e.logits(long.length - reused - 1)), want);
+    st = e.stats();
+    assert.ok(st.prefixHits >= 1 && st.prefixTokensReused >= reused, JSON.stringify(st));
+    assert.throws(() => e.reusePrefix(b, long), INVALID_ARGUMENT); // not empty
+
+    for (const s of [src, f, b]) e.freeSeq(s);
+    st = e.stats();
+    assert.strictEqual(st.blocksUsed, 0);
+    assert.strictEqual(st.nSeqs, 0);
+    assert.strictEqual(st.blocksFree, st.blocksTotal);
+    assert.throws(() => e.freeSeq(b), INVALID_ARGUMENT); // already freed
+  } finally {
+    e.close();
+    m.close();
+  }
+});
+
+test('engine: a full KV pool is FORGE_ERR_KV_EXHAUSTED and the engine stays usable', async () => {
+  const m = await load(MODEL, { contextSize: 64 });
+  const e = m.newEngine({ contextSize: 64, kvBudget: 1 }); // the smallest pool: 64/16 + 1 blocks
+  try {
+    assert.strictEqual(e.stats().blocksTotal, 5);
+    const toks = Array.from({ length: 48 }, (_, i) => 100 + i);
+    const a = e.newSeq();
+    const b = e.newSeq();
+    await e.decode(prefillRows(a, 0, toks)); // 3 blocks
+    await assert.rejects(e.decode(prefillRows(b, 0, toks)), { ...KV_EXHAUSTED, message: /blocks/ });
+    assert.throws(() => e.decodeSync(prefillRows(b, 0, toks)), KV_EXHAUSTED);
+    assert.strictEqual(e.seqLen(b), 0);
+    assert.strictEqual(e.seqLen(a), toks.length);
+    e.freeSeq(a);
+    await e.decode(prefillRows(b, 0, toks));
+    assert.strictEqual(e.logits(toks.length - 1).length, e.nVocab);
+    e.freeSeq(b);
+    assert.strictEqual(e.stats().blocksUsed, 0);
+    assert.throws(() => m.newEngine({ contextSize: 2 ** 24 + 1 }), { ...INVALID_ARGUMENT, message: /FORGE_MAX_CTX/ });
+    assert.throws(() => m.newEngine({ kvBudget: -1 }), { ...INVALID_ARGUMENT, message: /kvBudget/ });
+  } finally {
+    e.close();
+    m.close();
+  }
+});
+
+test('engine: busy while an async decode runs, close() during one, outlives its model', async () => {
+  const m = await load(MODEL, { contextSize: 64 });
+  const e = m.newEngine({ kvBudget: 1 });
+  const hello = m.tokenize('Hello');
+  m.close(); // the engine keeps the weights
+  assert.throws(() => m.newEngine(), { code: 'ERR_CLOSED' });
+  const s = e.newSeq();
+  const running = e.decode(prefillRows(s, 0, hello));
+  const busy = { code: 'FORGE_ERR_BUSY', status: 41, message: /decode is running/ };
+  assert.throws(() => e.seqLen(s), busy);
+  assert.throws(() => e.logits(0), busy);
+  assert.throws(() => e.decodeSync([{ seq: s, token: 1, pos: 0 }]), busy);
+  assert.throws(() => e.decode([{ seq: s, token: 1, pos: 0 }]), busy);
+  await running;
+  assert.strictEqual(e.seqLen(s), hello.length);
+  // close() during a decode: it completes, later calls throw ERR_CLOSED
+  const last = e.decode([{ seq: s, token: 1, pos: hello.length, logits: true }]);
+  e.close();
+  await last;
+  const closed = { code: 'ERR_CLOSED', status: -1, message: /engine is closed/ };
+  for (const call of [() => e.newSeq(), () => e.seqLen(s), () => e.stats(), () => e.logits(0), () => e.nVocab, () => e.freeSeq(s), () => e.decodeSync([])]) {
+    assert.throws(call, closed);
+  }
+  assert.throws(() => e.decode([]), closed);
+  e.close(); // idempotent
+});
