@@ -88,10 +88,11 @@ impl Engine {
             Some(_) => Exec::Gpu(BTreeMap::new()),
             None => Exec::Cpu(CpuKv::new(&model, n_blocks)?),
         };
+        let pool = BlockPool::new(n_blocks).ok_or_else(|| Error::OutOfMemory(format!("a KV block pool of {n_blocks} blocks")))?;
         Ok(Engine {
             model,
             n_ctx,
-            pool: BlockPool::new(n_blocks),
+            pool,
             exec,
             seqs: BTreeMap::new(),
             next_id: 0,

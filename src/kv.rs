@@ -129,17 +129,30 @@ fn block_key(parent: u64, tokens: &[u32]) -> u64 {
 const ROOT_KEY: u64 = 0x5EED;
 
 impl BlockPool {
-    pub fn new(n_blocks: usize) -> BlockPool {
-        BlockPool {
-            refs: vec![0; n_blocks],
-            free: (0..n_blocks as u32).rev().collect(),
-            cached: vec![None; n_blocks],
+    /// A pool of `n_blocks` blocks, or None when its tables cannot be
+    /// allocated (or the count does not fit the u32 block ids).
+    pub fn new(n_blocks: usize) -> Option<BlockPool> {
+        if n_blocks > u32::MAX as usize {
+            return None;
+        }
+        fn filled<T: Clone>(n: usize, v: T) -> Option<Vec<T>> {
+            let mut x = Vec::new();
+            x.try_reserve_exact(n).ok()?;
+            x.resize(n, v);
+            Some(x)
+        }
+        let mut free = filled(n_blocks, 0u32)?;
+        free.iter_mut().enumerate().for_each(|(i, b)| *b = (n_blocks - 1 - i) as u32);
+        Some(BlockPool {
+            refs: filled(n_blocks, 0)?,
+            free,
+            cached: filled(n_blocks, None)?,
             by_key: HashMap::new(),
             lru: BTreeMap::new(),
-            lru_tick: vec![0; n_blocks],
+            lru_tick: filled(n_blocks, 0)?,
             tick: 0,
             stats: KvStats::default(),
-        }
+        })
     }
 
     pub fn n_blocks(&self) -> usize {
@@ -341,7 +354,7 @@ mod tests {
 
     #[test]
     fn blocks_are_taken_as_positions_grow_and_returned() {
-        let mut p = BlockPool::new(8);
+        let mut p = BlockPool::new(8).unwrap();
         let mut s = SeqKv::default();
         append(&mut p, &mut s, &toks(1, 0));
         assert_eq!((s.blocks.len(), p.available()), (1, 7));
@@ -355,7 +368,7 @@ mod tests {
 
     #[test]
     fn exhaustion_is_all_or_nothing() {
-        let mut p = BlockPool::new(2);
+        let mut p = BlockPool::new(2).unwrap();
         let mut s = SeqKv::default();
         append(&mut p, &mut s, &toks(BLOCK + 3, 0));
         let before = (s.blocks.clone(), p.available());
@@ -367,7 +380,7 @@ mod tests {
 
     #[test]
     fn fork_shares_blocks_and_copies_the_partial_one_on_write() {
-        let mut p = BlockPool::new(8);
+        let mut p = BlockPool::new(8).unwrap();
         let mut a = SeqKv::default();
         append(&mut p, &mut a, &toks(BLOCK + 5, 0));
         let mut b = p.fork(&a);
@@ -386,7 +399,7 @@ mod tests {
 
     #[test]
     fn prefix_cache_reuses_full_blocks_and_evicts_oldest_first() {
-        let mut p = BlockPool::new(6);
+        let mut p = BlockPool::new(6).unwrap();
         let prompt = toks(3 * BLOCK + 4, 5);
         let mut a = SeqKv::default();
         append(&mut p, &mut a, &prompt);
@@ -420,7 +433,7 @@ mod tests {
 
     #[test]
     fn a_cached_block_is_never_written_in_place() {
-        let mut p = BlockPool::new(4);
+        let mut p = BlockPool::new(4).unwrap();
         let mut a = SeqKv::default();
         append(&mut p, &mut a, &toks(BLOCK, 0));
         // keep half of the (cached) full block, then write: copy first

@@ -14,7 +14,10 @@
 //! `header_declares_exactly_the_exports_with_cases` parses
 //! include/rocmforge.h: a new export without a case here, or a case for an
 //! export that is gone, fails it. `every_export_keeps_the_contract` runs the
-//! cases on SmolLM2 (n_ctx 16) and lists every broken check at the end.
+//! cases on SmolLM2 (n_ctx 16; engines of 16 to 512 positions) and lists
+//! every broken check at the end. The engine's cases also check that a
+//! failing call moves no sequence (`forge_seq_len`) and takes nothing from
+//! the KV pool (`forge_engine_stats`).
 //! Checks marked `was a bug` failed on the library as this test found it
 //! (fixed in the same change); they are not to be relaxed.
 //!
@@ -84,6 +87,18 @@ fn cases() -> Vec<(&'static str, Case)> {
         forge_sampler_sample => sampler_sample,
         forge_generate_default_params => generate_default_params,
         forge_generate => generate,
+        forge_engine_default_params => engine_default_params,
+        forge_engine_new => engine_new,
+        forge_engine_free => engine_free,
+        forge_seq_new => seq_new,
+        forge_seq_free => seq_free,
+        forge_seq_fork => seq_fork,
+        forge_seq_keep => seq_keep,
+        forge_seq_len => seq_len,
+        forge_seq_reuse_prefix => seq_reuse_prefix,
+        forge_engine_decode => engine_decode,
+        forge_engine_logits => engine_logits,
+        forge_engine_stats => engine_stats,
     ]
 }
 
@@ -1021,6 +1036,12 @@ unsafe extern "C" fn reenter(_token: i32, _piece: *const c_char, _len: usize, us
     fails!(r, FORGE_ERR_BUSY, "sampler busy", forge_sampler_accept(s, 1));
     let (mut l, mut tok) = (Out::with(&[1.0f32, 3.0, 2.0]), Out::<i32>::one());
     fails!(r, FORGE_ERR_BUSY, "sampler busy", forge_sampler_sample(s, l.ptr(), 3, tok.ptr()), [l, tok]);
+    // forge_engine_new reads only the model: a busy ctx is fine
+    let mut eng = Out::<*mut forge_engine>::one();
+    ok!(r, "from a busy ctx", forge_engine_new(ctx, null(), eng.ptr()));
+    if !eng.untouched() {
+        forge_engine_free(eng.get());
+    }
     false
 }
 
@@ -1054,4 +1075,604 @@ fn busy(r: &mut Report, env: &Env, c: &Ctx, s: &Smp) {
         r.check(reason == forge_stop_reason::FORGE_STOP_CALLBACK, || format!("forge_generate: stopped by {reason:?}, want FORGE_STOP_CALLBACK"));
     }
     ok!(r, "kv reset after the BUSY checks", forge_kv_reset(c.0, 0));
+}
+
+// ---- cases: many sequences (the engine) ----------------------------------------
+
+/// An engine freed on drop.
+struct Eng(*mut forge_engine);
+impl Drop for Eng {
+    fn drop(&mut self) {
+        unsafe { forge_engine_free(self.0) }
+    }
+}
+
+/// Positions per KV block (`forge_kv_stats.block_size`).
+const BLOCK: usize = 16;
+
+fn engine_params(n_ctx: u32, kv_budget: u64) -> forge_engine_params {
+    let mut p = forge_engine_default_params();
+    p.n_ctx = n_ctx;
+    p.kv_budget = kv_budget;
+    p
+}
+
+impl Env {
+    /// An engine over the model (`n_ctx` 0: the context's 16; `kv_budget`
+    /// 0: four full sequences, 1: the smallest pool, one sequence's n_ctx
+    /// plus one block).
+    fn engine(&self, n_ctx: u32, kv_budget: u64) -> Eng {
+        let mut e = null_mut();
+        let st = unsafe { forge_engine_new(self.ctx.0, &engine_params(n_ctx, kv_budget), &mut e) };
+        assert_eq!(st, FORGE_OK, "{}", common::last_error());
+        Eng(e)
+    }
+}
+
+impl Eng {
+    fn seq(&self) -> i32 {
+        let mut s = -1;
+        assert_eq!(unsafe { forge_seq_new(self.0, &mut s) }, FORGE_OK, "{}", common::last_error());
+        s
+    }
+    fn len(&self, seq: i32) -> usize {
+        let mut n = usize::MAX;
+        assert_eq!(unsafe { forge_seq_len(self.0, seq, &mut n) }, FORGE_OK, "{}", common::last_error());
+        n
+    }
+    fn stats(&self) -> forge_kv_stats {
+        let mut s = Out::<forge_kv_stats>::one();
+        assert_eq!(unsafe { forge_engine_stats(self.0, s.ptr()) }, FORGE_OK, "{}", common::last_error());
+        s.get()
+    }
+    /// Append `n` tokens to `seq` (one batch; logits for the last row).
+    fn append(&self, seq: i32, n: usize) {
+        let rows = rows(seq, self.len(seq), n);
+        assert_eq!(unsafe { forge_engine_decode(self.0, rows.as_ptr(), rows.len()) }, FORGE_OK, "{}", common::last_error());
+    }
+}
+
+/// The token the test puts at position `pos` of every sequence.
+fn tok_at(pos: usize) -> i32 {
+    100 + (pos as i32 * 37) % 1000
+}
+
+fn row(seq: i32, token: i32, pos: i32, logits: bool) -> forge_batch_row {
+    forge_batch_row { seq, token, pos, logits: logits as i32 }
+}
+
+/// Rows that append `n` tokens to `seq` from position `from`; the last one
+/// asks for logits.
+fn rows(seq: i32, from: usize, n: usize) -> Vec<forge_batch_row> {
+    (0..n).map(|i| row(seq, tok_at(from + i), (from + i) as i32, i + 1 == n)).collect()
+}
+
+/// Every listed sequence's `forge_seq_len` as it was: a failing call must
+/// move none (a failed decode is all or nothing).
+struct SeqLens {
+    e: *const forge_engine,
+    lens: Vec<(i32, usize)>,
+}
+
+impl SeqLens {
+    fn of(e: &Eng, seqs: &[i32]) -> Self {
+        SeqLens { e: e.0, lens: seqs.iter().map(|&s| (s, e.len(s))).collect() }
+    }
+    fn untouched(&self) -> bool {
+        self.lens.iter().all(|&(s, was)| {
+            let mut n = usize::MAX;
+            unsafe { forge_seq_len(self.e, s, &mut n) == FORGE_OK && n == was }
+        })
+    }
+}
+
+/// The pool's statistics as they were: a failing call takes no block,
+/// makes no sequence and copies nothing.
+struct Pool {
+    e: *const forge_engine,
+    was: [u64; 8],
+}
+
+impl Pool {
+    fn numbers(e: *const forge_engine) -> Option<[u64; 8]> {
+        let mut s = Out::<forge_kv_stats>::one();
+        (unsafe { forge_engine_stats(e, s.ptr()) } == FORGE_OK).then(|| {
+            let s = s.get();
+            [s.blocks_total, s.blocks_used, s.blocks_free, s.blocks_cached, s.prefix_hits, s.prefix_tokens_reused, s.cow_copies, s.n_seqs as u64]
+        })
+    }
+    fn of(e: &Eng) -> Self {
+        Pool { e: e.0, was: Self::numbers(e.0).expect("stats") }
+    }
+    fn untouched(&self) -> bool {
+        Self::numbers(self.e) == Some(self.was)
+    }
+}
+
+fn engine_default_params(r: &mut Report, _: &Env) {
+    let p = forge_engine_default_params();
+    r.check(p.n_ctx == 0 && p.kv_budget == 0, || format!("forge_engine_default_params: {p:?}"));
+    defaults_unchanged_message(r, "forge_engine_default_params", || {
+        let _ = forge_engine_default_params();
+    });
+}
+
+/// The pool a fresh engine has: (blocks_total, n_seqs, ...) sane.
+fn check_fresh_pool(r: &mut Report, case: &str, e: *mut forge_engine, want_blocks: u64) {
+    match Pool::numbers(e) {
+        Some([total, used, free, ..]) => r.check(total == want_blocks && used == 0 && free == total, || {
+            format!("forge_engine_new [{case}]: blocks total/used/free {total}/{used}/{free}, want {want_blocks}/0/{want_blocks}")
+        }),
+        None => r.check(false, || format!("forge_engine_new [{case}]: forge_engine_stats failed: {}", common::last_error())),
+    }
+}
+
+fn engine_new(r: &mut Report, env: &Env) {
+    let ctx = env.ctx.0;
+    let good = forge_engine_default_params();
+    let mut out = Out::<*mut forge_engine>::one();
+    fails!(r, FORGE_ERR_NULL_POINTER, "NULL ctx", forge_engine_new(null(), &good, out.ptr()), [out]);
+    fails!(r, FORGE_ERR_NULL_POINTER, "NULL ctx, params NULL", forge_engine_new(null(), null(), out.ptr()), [out]);
+    fails!(r, FORGE_ERR_NULL_POINTER, "out NULL", forge_engine_new(ctx, &good, null_mut()));
+    for (case, n_ctx, kv) in [
+        ("n_ctx FORGE_MAX_CTX + 1", FORGE_MAX_CTX + 1, 0),
+        ("n_ctx FORGE_MAX_CTX + 1, kv_budget 1", FORGE_MAX_CTX + 1, 1),
+        ("n_ctx u32::MAX", u32::MAX, 0),
+    ] {
+        let mut out = Out::<*mut forge_engine>::one();
+        fails!(r, FORGE_ERR_INVALID_ARGUMENT, case, forge_engine_new(ctx, &engine_params(n_ctx, kv), out.ptr()), [out]);
+    }
+
+    // Pools the host may not give (terabytes): OUT_OF_MEMORY with *out
+    // untouched, or a pool (the memory is not touched until written).
+    for (case, p) in [("kv_budget u64::MAX", engine_params(0, u64::MAX)), ("n_ctx FORGE_MAX_CTX, four sequences", engine_params(FORGE_MAX_CTX, 0))] {
+        let mut out = Out::<*mut forge_engine>::one();
+        prime_last_error("forge_engine_new");
+        let st = unsafe { forge_engine_new(ctx, &p, out.ptr()) };
+        println!("  (forge_engine_new [{case}] on this machine: {st:?})");
+        if st == FORGE_OK {
+            drop(Eng(out.get()));
+        } else {
+            r.failed("forge_engine_new", case, st, FORGE_ERR_OUT_OF_MEMORY, &[("out", out.untouched())]);
+        }
+    }
+
+    // defaults: the context's n_ctx (16 = one block), four sequences' worth
+    let four = 4 * N_CTX.div_ceil(BLOCK as u32) as u64;
+    let sizes: [(&str, *const forge_engine_params, u64); 4] = [
+        ("params NULL (defaults)", null(), four),
+        ("defaults", &good, four),
+        ("n_ctx 32, kv_budget 1: the smallest pool", &engine_params(32, 1), 32 / BLOCK as u64 + 1),
+        ("n_ctx 1, kv_budget 1", &engine_params(1, 1), 2),
+    ];
+    for (case, p, blocks) in sizes {
+        let mut out = Out::<*mut forge_engine>::one();
+        ok!(r, case, forge_engine_new(ctx, p, out.ptr()));
+        if !out.untouched() {
+            r.check(!out.get().is_null(), || format!("forge_engine_new [{case}]: FORGE_OK with *out NULL"));
+            let e = Eng(out.get());
+            check_fresh_pool(r, case, e.0, blocks);
+        }
+    }
+
+    // the engine keeps the model: it outlives the context it came from
+    let c = env.fresh();
+    let mut out = Out::<*mut forge_engine>::one();
+    ok!(r, "from a clone", forge_engine_new(c.0, null(), out.ptr()));
+    drop(c);
+    if !out.untouched() {
+        let e = Eng(out.get());
+        let s = e.seq();
+        let rs = rows(s, 0, 3);
+        ok!(r, "after forge_free(ctx)", forge_engine_decode(e.0, rs.as_ptr(), rs.len()));
+    }
+}
+
+fn engine_free(r: &mut Report, env: &Env) {
+    prime_last_error("forge_engine_free");
+    let before = common::last_error();
+    unsafe { forge_engine_free(null_mut()) };
+    no_message(r, "forge_engine_free", "NULL is a no-op", &before);
+    let e = env.engine(0, 0);
+    let s = e.seq();
+    e.append(s, 5);
+    e.seq();
+    unsafe { forge_engine_free(e.0) };
+    std::mem::forget(e);
+    no_message(r, "forge_engine_free", "an engine with two sequences", &before);
+}
+
+fn seq_new(r: &mut Report, env: &Env) {
+    let e = env.engine(0, 0);
+    let mut out = Out::<i32>::one();
+    fails!(r, FORGE_ERR_NULL_POINTER, "NULL engine", forge_seq_new(null_mut(), out.ptr()), [out]);
+    let pool = Pool::of(&e);
+    fails!(r, FORGE_ERR_NULL_POINTER, "seq_out NULL", forge_seq_new(e.0, null_mut()), [pool]);
+    ok!(r, "first", forge_seq_new(e.0, out.ptr()));
+    let first = out.get();
+    let mut out = Out::<i32>::one();
+    ok!(r, "second", forge_seq_new(e.0, out.ptr()));
+    let second = out.get();
+    r.check(first >= 0 && second >= 0 && first != second, || format!("forge_seq_new: ids {first} and {second}"));
+    r.check(e.len(first) == 0 && e.stats().n_seqs == 2, || format!("forge_seq_new: len {}, stats {:?}", e.len(first), e.stats()));
+    // ids are not reused while the engine lives
+    ok!(r, "free the first", forge_seq_free(e.0, first));
+    let mut out = Out::<i32>::one();
+    ok!(r, "third", forge_seq_new(e.0, out.ptr()));
+    let third = out.get();
+    r.check(third >= 0 && third != first && third != second, || format!("forge_seq_new: id {third} after {first} (freed) and {second}"));
+}
+
+fn seq_free(r: &mut Report, env: &Env) {
+    let e = env.engine(0, 0);
+    fails!(r, FORGE_ERR_NULL_POINTER, "NULL engine", forge_seq_free(null_mut(), 0));
+    let (a, b) = (e.seq(), e.seq());
+    e.append(a, 5);
+    let (lens, pool) = (SeqLens::of(&e, &[a, b]), Pool::of(&e));
+    for (case, bad) in [("seq -1", -1), ("seq INT32_MIN", i32::MIN), ("unknown seq 999", 999)] {
+        fails!(r, FORGE_ERR_INVALID_ARGUMENT, case, forge_seq_free(e.0, bad), [lens, pool]);
+    }
+    ok!(r, "5 positions", forge_seq_free(e.0, a));
+    let s = e.stats();
+    r.check(s.n_seqs == 1 && s.blocks_used == 0 && s.blocks_free == s.blocks_total, || format!("forge_seq_free: blocks not given back: {s:?}"));
+    let (lens, pool) = (SeqLens::of(&e, &[b]), Pool::of(&e));
+    fails!(r, FORGE_ERR_INVALID_ARGUMENT, "freed twice", forge_seq_free(e.0, a), [lens, pool]);
+    let mut n = Out::<usize>::one();
+    fails!(r, FORGE_ERR_INVALID_ARGUMENT, "len of a freed sequence", forge_seq_len(e.0, a, n.ptr()), [n]);
+    ok!(r, "an empty sequence", forge_seq_free(e.0, b));
+}
+
+fn seq_fork(r: &mut Report, env: &Env) {
+    let e = env.engine(0, 0);
+    let a = e.seq();
+    e.append(a, 5);
+    let mut out = Out::<i32>::one();
+    fails!(r, FORGE_ERR_NULL_POINTER, "NULL engine", forge_seq_fork(null_mut(), a, out.ptr()), [out]);
+    let (lens, pool) = (SeqLens::of(&e, &[a]), Pool::of(&e));
+    fails!(r, FORGE_ERR_NULL_POINTER, "seq_out NULL", forge_seq_fork(e.0, a, null_mut()), [lens, pool]);
+    for (case, bad) in [("src -1", -1), ("src INT32_MIN", i32::MIN), ("unknown src 999", 999)] {
+        fails!(r, FORGE_ERR_INVALID_ARGUMENT, case, forge_seq_fork(e.0, bad, out.ptr()), [out, lens, pool]);
+    }
+    let used = e.stats().blocks_used;
+    ok!(r, "5 positions", forge_seq_fork(e.0, a, out.ptr()));
+    if !out.untouched() {
+        let f = out.get();
+        let s = e.stats();
+        r.check(f >= 0 && f != a && e.len(f) == 5, || format!("forge_seq_fork: fork {f} of {a}, len {}", e.len(f)));
+        r.check(s.n_seqs == 2 && s.blocks_used == used, || format!("forge_seq_fork: the fork copied blocks: {s:?} (used {used} before)"));
+        // both write into the shared last block: the second writer copies it
+        e.append(a, 1);
+        e.append(f, 1);
+        let s = e.stats();
+        r.check(s.cow_copies == 1 && e.len(a) == 6 && e.len(f) == 6, || format!("forge_seq_fork: after both appended: {s:?}"));
+    }
+}
+
+fn seq_keep(r: &mut Report, env: &Env) {
+    let e = env.engine(0, 0);
+    fails!(r, FORGE_ERR_NULL_POINTER, "NULL engine", forge_seq_keep(null_mut(), 0, 0));
+    let (a, b) = (e.seq(), e.seq());
+    e.append(a, 5);
+    let (lens, pool) = (SeqLens::of(&e, &[a, b]), Pool::of(&e));
+    for (case, bad) in [("seq -1", -1), ("seq INT32_MIN", i32::MIN), ("unknown seq 999", 999)] {
+        fails!(r, FORGE_ERR_INVALID_ARGUMENT, case, forge_seq_keep(e.0, bad, 0), [lens, pool]);
+    }
+    fails!(r, FORGE_ERR_INVALID_ARGUMENT, "n_keep 6 of 5", forge_seq_keep(e.0, a, 6), [lens, pool]);
+    fails!(r, FORGE_ERR_INVALID_ARGUMENT, "n_keep SIZE_MAX", forge_seq_keep(e.0, a, usize::MAX), [lens, pool]);
+    fails!(r, FORGE_ERR_INVALID_ARGUMENT, "n_keep 1 of an empty sequence", forge_seq_keep(e.0, b, 1), [lens, pool]);
+    ok!(r, "n_keep 5 of 5", forge_seq_keep(e.0, a, 5));
+    ok!(r, "n_keep 2 of 5", forge_seq_keep(e.0, a, 2));
+    r.check(e.len(a) == 2, || format!("forge_seq_keep: len {} after n_keep 2", e.len(a)));
+    ok!(r, "n_keep 0 of 2", forge_seq_keep(e.0, a, 0));
+    let s = e.stats();
+    r.check(e.len(a) == 0 && s.blocks_used == 0, || format!("forge_seq_keep: len {} after n_keep 0, {s:?}", e.len(a)));
+    ok!(r, "n_keep 0 of an empty sequence", forge_seq_keep(e.0, b, 0));
+}
+
+fn seq_len(r: &mut Report, env: &Env) {
+    let e = env.engine(0, 0);
+    let a = e.seq();
+    let mut n = Out::<usize>::one();
+    fails!(r, FORGE_ERR_NULL_POINTER, "NULL engine", forge_seq_len(null(), a, n.ptr()), [n]);
+    fails!(r, FORGE_ERR_NULL_POINTER, "n_out NULL", forge_seq_len(e.0, a, null_mut()));
+    for (case, bad) in [("seq -1", -1), ("seq INT32_MIN", i32::MIN), ("unknown seq 999", 999)] {
+        fails!(r, FORGE_ERR_INVALID_ARGUMENT, case, forge_seq_len(e.0, bad, n.ptr()), [n]);
+    }
+    ok!(r, "empty", forge_seq_len(e.0, a, n.ptr()));
+    r.check(n.get() == 0, || format!("forge_seq_len: a new sequence holds {}", n.get()));
+    e.append(a, 3);
+    let mut n = Out::<usize>::one();
+    ok!(r, "3 positions", forge_seq_len(e.0, a, n.ptr()));
+    r.check(n.get() == 3, || format!("forge_seq_len: {} after 3 tokens", n.get()));
+}
+
+fn seq_reuse_prefix(r: &mut Report, env: &Env) {
+    let e = env.engine(32, 0);
+    let (a, b) = (e.seq(), e.seq());
+    e.append(a, 20); // the first block (16 positions) fills and is cached
+    let prompt: Vec<i32> = (0..20).map(tok_at).collect();
+    let (pp, np) = (prompt.as_ptr(), prompt.len());
+    let mut n = Out::<usize>::one();
+    fails!(r, FORGE_ERR_NULL_POINTER, "NULL engine", forge_seq_reuse_prefix(null_mut(), b, pp, np, n.ptr()), [n]);
+    let (lens, pool) = (SeqLens::of(&e, &[a, b]), Pool::of(&e));
+    fails!(r, FORGE_ERR_NULL_POINTER, "n_reused NULL", forge_seq_reuse_prefix(e.0, b, pp, np, null_mut()), [lens, pool]);
+    fails!(r, FORGE_ERR_NULL_POINTER, "tokens NULL, n_tokens 2", forge_seq_reuse_prefix(e.0, b, null(), 2, n.ptr()), [n, lens, pool]);
+    for (case, bad) in [("seq -1", -1), ("seq INT32_MIN", i32::MIN), ("unknown seq 999", 999)] {
+        fails!(r, FORGE_ERR_INVALID_ARGUMENT, case, forge_seq_reuse_prefix(e.0, bad, pp, np, n.ptr()), [n, lens, pool]);
+    }
+    for (case, bad) in [("token n_vocab", env.n_vocab as i32), ("token -1", -1), ("token INT32_MIN", i32::MIN)] {
+        let mut p = prompt.clone();
+        p[3] = bad;
+        fails!(r, FORGE_ERR_INVALID_ARGUMENT, case, forge_seq_reuse_prefix(e.0, b, p.as_ptr(), p.len(), n.ptr()), [n, lens, pool]);
+    }
+    fails!(r, FORGE_ERR_INVALID_ARGUMENT, "a sequence with 20 positions", forge_seq_reuse_prefix(e.0, a, pp, np, n.ptr()), [n, lens, pool]);
+
+    ok!(r, "(NULL, 0) tokens", forge_seq_reuse_prefix(e.0, b, null(), 0, n.ptr()));
+    r.check(n.get() == 0 && e.len(b) == 0, || format!("forge_seq_reuse_prefix [(NULL, 0)]: reused {}", n.get()));
+    // never the last token: 16 tokens reuse nothing, 17 reuse the block
+    let mut n = Out::<usize>::one();
+    ok!(r, "16 tokens (one block, all of the prompt)", forge_seq_reuse_prefix(e.0, b, pp, 16, n.ptr()));
+    r.check(n.get() == 0 && e.len(b) == 0, || format!("forge_seq_reuse_prefix [16 tokens]: reused {}, want 0 (never the last token)", n.get()));
+    let mut n = Out::<usize>::one();
+    ok!(r, "the 20-token prompt", forge_seq_reuse_prefix(e.0, b, pp, np, n.ptr()));
+    let s = e.stats();
+    r.check(n.get() == BLOCK && e.len(b) == BLOCK && s.prefix_hits == 1 && s.prefix_tokens_reused == BLOCK as u64, || {
+        format!("forge_seq_reuse_prefix: reused {}, len {}, {s:?}", n.get(), e.len(b))
+    });
+    let (lens, pool) = (SeqLens::of(&e, &[a, b]), Pool::of(&e));
+    let mut n = Out::<usize>::one();
+    fails!(r, FORGE_ERR_INVALID_ARGUMENT, "again, now not empty", forge_seq_reuse_prefix(e.0, b, pp, np, n.ptr()), [n, lens, pool]);
+    // the reused positions continue like computed ones
+    let rs = rows(b, BLOCK, 4);
+    ok!(r, "decode after the reuse", forge_engine_decode(e.0, rs.as_ptr(), rs.len()));
+}
+
+fn engine_decode(r: &mut Report, env: &Env) {
+    let e = env.engine(0, 0); // n_ctx 16, four blocks
+    let (a, b) = (e.seq(), e.seq());
+    e.append(a, 3);
+    let nv = env.n_vocab as i32;
+    let good = [row(a, tok_at(3), 3, true)];
+    fails!(r, FORGE_ERR_NULL_POINTER, "NULL engine", forge_engine_decode(null_mut(), good.as_ptr(), 1));
+    let (lens, pool) = (SeqLens::of(&e, &[a, b]), Pool::of(&e));
+    fails!(r, FORGE_ERR_NULL_POINTER, "rows NULL, n_rows 2", forge_engine_decode(e.0, null(), 2), [lens, pool]);
+    fails!(r, FORGE_ERR_INVALID_ARGUMENT, "n_rows 0", forge_engine_decode(e.0, good.as_ptr(), 0), [lens, pool]);
+    fails!(r, FORGE_ERR_INVALID_ARGUMENT, "(NULL, 0) rows", forge_engine_decode(e.0, null(), 0), [lens, pool]);
+    let bad_rows: [(&str, Vec<forge_batch_row>); 16] = [
+        ("seq -1", vec![row(-1, tok_at(0), 0, true)]),
+        ("seq INT32_MIN", vec![row(i32::MIN, tok_at(0), 0, true)]),
+        ("unknown seq 999", vec![row(999, tok_at(0), 0, true)]),
+        ("token -1", vec![row(a, -1, 3, true)]),
+        ("token INT32_MIN", vec![row(a, i32::MIN, 3, true)]),
+        ("token n_vocab", vec![row(a, nv, 3, true)]),
+        ("token INT32_MAX", vec![row(a, i32::MAX, 3, true)]),
+        ("pos -1", vec![row(b, tok_at(0), -1, true)]),
+        ("pos INT32_MIN", vec![row(b, tok_at(0), i32::MIN, true)]),
+        ("pos 4 at length 3 (a gap)", vec![row(a, tok_at(4), 4, true)]),
+        ("pos 2 at length 3 (rewrite)", vec![row(a, tok_at(2), 2, true)]),
+        ("pos INT32_MAX", vec![row(a, tok_at(3), i32::MAX, true)]),
+        ("the same position twice", vec![row(a, tok_at(3), 3, false), row(a, tok_at(3), 3, true)]),
+        ("second row of a sequence skips one", vec![row(b, tok_at(0), 0, false), row(b, tok_at(2), 2, true)]),
+        ("good rows, then token n_vocab", vec![row(a, tok_at(3), 3, false), row(b, tok_at(0), 0, true), row(b, nv, 1, true)]),
+        ("good rows, then unknown seq", vec![row(a, tok_at(3), 3, true), row(b, tok_at(0), 0, true), row(999, 1, 0, true)]),
+    ];
+    for (case, rs) in &bad_rows {
+        fails!(r, FORGE_ERR_INVALID_ARGUMENT, case, forge_engine_decode(e.0, rs.as_ptr(), rs.len()), [lens, pool]);
+    }
+    // a sequence past n_ctx (16): CONTEXT_FULL, even next to a good row
+    let over = rows(a, 3, 14);
+    fails!(r, FORGE_ERR_CONTEXT_FULL, "14 rows at length 3 of 16", forge_engine_decode(e.0, over.as_ptr(), over.len()), [lens, pool]);
+    let mut mixed = rows(b, 0, 2);
+    mixed.extend(rows(a, 3, 14));
+    fails!(r, FORGE_ERR_CONTEXT_FULL, "a good sequence, one past n_ctx", forge_engine_decode(e.0, mixed.as_ptr(), mixed.len()), [lens, pool]);
+    let fresh17 = rows(b, 0, 17);
+    fails!(r, FORGE_ERR_CONTEXT_FULL, "17 rows of an empty sequence", forge_engine_decode(e.0, fresh17.as_ptr(), 17), [lens, pool]);
+
+    // two sequences, interleaved, some rows with logits
+    let batch = [row(a, tok_at(3), 3, false), row(b, tok_at(0), 0, true), row(a, tok_at(4), 4, true)];
+    ok!(r, "two sequences interleaved", forge_engine_decode(e.0, batch.as_ptr(), 3));
+    r.check(e.len(a) == 5 && e.len(b) == 1, || format!("forge_engine_decode: lens {} and {}, want 5 and 1", e.len(a), e.len(b)));
+    let full = rows(a, 5, 11);
+    ok!(r, "fill a's context (11 rows to 16)", forge_engine_decode(e.0, full.as_ptr(), 11));
+    let (lens, pool) = (SeqLens::of(&e, &[a, b]), Pool::of(&e));
+    let one_more = [row(b, tok_at(1), 1, true), row(a, tok_at(16), 16, true)];
+    fails!(r, FORGE_ERR_CONTEXT_FULL, "a full, one more row", forge_engine_decode(e.0, one_more.as_ptr(), 2), [lens, pool]);
+
+    kv_exhausted(r, env);
+    engine_busy(r, env);
+}
+
+/// The pool too small for a batch: KV_EXHAUSTED, nothing moved; a sequence
+/// with room in its last block still runs.
+fn kv_exhausted(r: &mut Report, env: &Env) {
+    let e = env.engine(32, 1); // the smallest pool: 32 / 16 + 1 = 3 blocks
+    let (x, y) = (e.seq(), e.seq());
+    let total = e.stats().blocks_total;
+    r.check(total == 3, || format!("forge_engine_new [n_ctx 32, kv_budget 1]: {total} blocks, want 3"));
+    let x20 = rows(x, 0, 20);
+    ok!(r, "20 rows: two of three blocks", forge_engine_decode(e.0, x20.as_ptr(), 20));
+    let (lens, pool) = (SeqLens::of(&e, &[x, y]), Pool::of(&e));
+    let y17 = rows(y, 0, 17);
+    fails!(r, FORGE_ERR_KV_EXHAUSTED, "17 rows need two blocks, one free", forge_engine_decode(e.0, y17.as_ptr(), 17), [lens, pool]);
+    let mut both = rows(x, 20, 1);
+    both.extend(rows(y, 0, 17));
+    fails!(r, FORGE_ERR_KV_EXHAUSTED, "a row with room, 17 rows without", forge_engine_decode(e.0, both.as_ptr(), both.len()), [lens, pool]);
+    let y16 = rows(y, 0, 16);
+    ok!(r, "16 rows: the last block", forge_engine_decode(e.0, y16.as_ptr(), 16));
+    let s = e.stats();
+    r.check(s.blocks_used == 3 && s.blocks_free == 0, || format!("forge_engine_stats: a full pool: {s:?}"));
+    let (lens, pool) = (SeqLens::of(&e, &[x, y]), Pool::of(&e));
+    let y1 = rows(y, 16, 1);
+    fails!(r, FORGE_ERR_KV_EXHAUSTED, "one row into a full pool", forge_engine_decode(e.0, y1.as_ptr(), 1), [lens, pool]);
+    let x1 = rows(x, 20, 1);
+    ok!(r, "one row with room in its block", forge_engine_decode(e.0, x1.as_ptr(), 1));
+    ok!(r, "free x", forge_seq_free(e.0, x));
+    ok!(r, "y grows once x is gone", forge_engine_decode(e.0, y1.as_ptr(), 1));
+}
+
+/// A handle another thread may use.
+#[derive(Clone, Copy)]
+struct Shared(*mut forge_engine);
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+/// BUSY for every call that takes the engine: a second thread calls while
+/// a batch runs. The calls are ones that change nothing when they do get
+/// through (before or after the batch): each must answer BUSY at least once,
+/// with its own message and its outs untouched. A batch takes milliseconds
+/// and a round of calls microseconds; a longer batch is tried only if a
+/// call never met the busy engine.
+fn engine_busy(r: &mut Report, env: &Env) {
+    let e = env.engine(64, 0);
+    let b = e.seq();
+    e.append(b, 1);
+    let mut seen = [0usize; BUSY_CALLS.len()];
+    for n in [16, 64] {
+        let a = e.seq();
+        let st = busy_round(r, env, &e, a, b, n, &mut seen);
+        r.ok("forge_engine_decode", &format!("{n} rows while another thread calls"), st);
+        r.check(e.len(a) == n && e.len(b) == 1, || format!("forge_engine_decode: lens {} and {} after the BUSY round", e.len(a), e.len(b)));
+        ok!(r, "free the round's sequence", forge_seq_free(e.0, a));
+        if seen.iter().all(|&k| k > 0) {
+            break;
+        }
+    }
+    for (call, k) in BUSY_CALLS.iter().zip(seen) {
+        r.check(k > 0, || format!("{call} [engine busy]: never answered BUSY while a batch ran (BUSY untested)"));
+    }
+}
+
+const BUSY_CALLS: [&str; 9] = [
+    "forge_seq_new",
+    "forge_seq_free",
+    "forge_seq_fork",
+    "forge_seq_keep",
+    "forge_seq_len",
+    "forge_seq_reuse_prefix",
+    "forge_engine_decode",
+    "forge_engine_logits",
+    "forge_engine_stats",
+];
+
+/// One `n`-row batch of `a` on a worker thread; meanwhile this thread
+/// makes BUSY_CALLS over and over (`b`: a sequence of length 1). Returns
+/// the batch's status.
+fn busy_round(r: &mut Report, env: &Env, e: &Eng, a: i32, b: i32, n: usize, seen: &mut [usize; BUSY_CALLS.len()]) -> forge_status {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let batch = rows(a, 0, n);
+    let h = Shared(e.0);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let worker = sc.spawn(|| {
+            let h = h;
+            let st = unsafe { forge_engine_decode(h.0, batch.as_ptr(), batch.len()) };
+            done.store(true, Ordering::SeqCst);
+            st
+        });
+        let e = h.0;
+        while !done.load(Ordering::SeqCst) {
+            for (i, call) in BUSY_CALLS.iter().enumerate() {
+                prime_last_error(call);
+                let (mut o32, mut osz) = (Out::<i32>::one(), Out::<usize>::one());
+                let mut logits = Out::<f32>::poisoned(env.n_vocab);
+                let mut stats = Out::<forge_kv_stats>::one();
+                let bad_row = [row(999, 1, 0, true)];
+                let t = [tok_at(0); 2];
+                let st = unsafe {
+                    match i {
+                        0 => forge_seq_new(e, o32.ptr()),
+                        1 => forge_seq_free(e, 999),
+                        2 => forge_seq_fork(e, 999, o32.ptr()),
+                        3 => forge_seq_keep(e, b, 5),
+                        4 => forge_seq_len(e, b, osz.ptr()),
+                        5 => forge_seq_reuse_prefix(e, b, t.as_ptr(), 2, osz.ptr()),
+                        6 => forge_engine_decode(e, bad_row.as_ptr(), 1),
+                        7 => forge_engine_logits(e, 0, logits.ptr(), env.n_vocab),
+                        _ => forge_engine_stats(e, stats.ptr()),
+                    }
+                };
+                if st == FORGE_ERR_BUSY {
+                    seen[i] += 1;
+                    if seen[i] == 1 {
+                        let outs = [("seq_out", o32.untouched()), ("n_out", osz.untouched()), ("logits", logits.untouched()), ("stats", stats.untouched())];
+                        r.failed(call, "engine busy", st, FORGE_ERR_BUSY, &outs);
+                    }
+                } else if i == 0 && st == FORGE_OK {
+                    unsafe { forge_seq_free(e, o32.get()) }; // got in before or after the batch
+                }
+            }
+        }
+        worker.join().unwrap()
+    })
+}
+
+fn engine_logits(r: &mut Report, env: &Env) {
+    let nv = env.n_vocab;
+    let e = env.engine(0, 0);
+    let (a, b) = (e.seq(), e.seq());
+    let mut buf = Out::<f32>::poisoned(nv);
+    fails!(r, FORGE_ERR_INVALID_ARGUMENT, "row 0 before any batch", forge_engine_logits(e.0, 0, buf.ptr(), nv), [buf]);
+    e.append(a, 2);
+    // rows: a@2 (no logits), b@0 (logits), a@3 (logits)
+    let batch = [row(a, tok_at(2), 2, false), row(b, tok_at(0), 0, true), row(a, tok_at(3), 3, true)];
+    ok!(r, "a batch of 3 rows", forge_engine_decode(e.0, batch.as_ptr(), 3));
+    fails!(r, FORGE_ERR_NULL_POINTER, "NULL engine", forge_engine_logits(null(), 1, buf.ptr(), nv), [buf]);
+    fails!(r, FORGE_ERR_INVALID_ARGUMENT, "row 0 did not ask", forge_engine_logits(e.0, 0, buf.ptr(), nv), [buf]);
+    fails!(r, FORGE_ERR_INVALID_ARGUMENT, "row 3 of 3", forge_engine_logits(e.0, 3, buf.ptr(), nv), [buf]);
+    fails!(r, FORGE_ERR_INVALID_ARGUMENT, "row SIZE_MAX", forge_engine_logits(e.0, usize::MAX, buf.ptr(), nv), [buf]);
+    let mut short = Out::<f32>::poisoned(nv - 1);
+    fails!(r, FORGE_ERR_BUFFER_TOO_SMALL, "cap n_vocab - 1", forge_engine_logits(e.0, 1, short.ptr(), nv - 1), [short]);
+    fails!(r, FORGE_ERR_BUFFER_TOO_SMALL, "(NULL, 0) out", forge_engine_logits(e.0, 1, null_mut(), 0));
+    fails!(r, FORGE_ERR_NULL_POINTER, "out NULL, cap n_vocab", forge_engine_logits(e.0, 1, null_mut(), nv));
+    // was a bug: the (pointer, length) rule makes a NULL out with a non-zero
+    // cap NULL_POINTER; the cap was compared with n_vocab first and the call
+    // answered BUFFER_TOO_SMALL.
+    fails!(r, FORGE_ERR_NULL_POINTER, "out NULL, cap 3", forge_engine_logits(e.0, 1, null_mut(), 3));
+
+    // success: n_vocab floats, the rest of the buffer untouched
+    let mut big = Out::<f32>::poisoned(nv + 1);
+    ok!(r, "row 1, cap n_vocab + 1", forge_engine_logits(e.0, 1, big.ptr(), nv + 1));
+    let got = big.slice(nv + 1);
+    r.check(got[..nv].iter().all(|x| x.is_finite()), || "forge_engine_logits: not n_vocab finite floats".into());
+    r.check(got[nv].to_bits() == u32::from_ne_bytes([POISON; 4]), || "forge_engine_logits: wrote past n_vocab".into());
+    // the same numbers as forge_eval of that sequence (b: one token)
+    let c = env.fresh();
+    let mut want = vec![0f32; nv];
+    ok!(r, "reference", forge_eval(c.0, [tok_at(0)].as_ptr(), 1, want.as_mut_ptr(), nv));
+    let diff = got[..nv].iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    r.check(diff <= 1e-3 * scale.max(1.0), || format!("forge_engine_logits: row 1 differs from forge_eval by {diff} (scale {scale})"));
+    let mut row2 = Out::<f32>::poisoned(nv);
+    ok!(r, "row 2, cap n_vocab", forge_engine_logits(e.0, 2, row2.ptr(), nv));
+
+    // a failed batch leaves the last successful one's logits
+    let bad = [row(a, tok_at(9), 9, true)];
+    fails!(r, FORGE_ERR_INVALID_ARGUMENT, "a gap (to keep the last batch)", forge_engine_decode(e.0, bad.as_ptr(), 1));
+    let mut again = Out::<f32>::poisoned(nv);
+    ok!(r, "row 1 after a failed batch", forge_engine_logits(e.0, 1, again.ptr(), nv));
+    r.check(again.slice(nv) == &got[..nv], || "forge_engine_logits: a failed batch changed the last batch's logits".into());
+}
+
+fn engine_stats(r: &mut Report, env: &Env) {
+    let e = env.engine(0, 0);
+    let mut s = Out::<forge_kv_stats>::one();
+    fails!(r, FORGE_ERR_NULL_POINTER, "NULL engine", forge_engine_stats(null(), s.ptr()), [s]);
+    fails!(r, FORGE_ERR_NULL_POINTER, "out NULL", forge_engine_stats(e.0, null_mut()));
+    let a = e.seq();
+    e.append(a, 5);
+    e.seq();
+    ok!(r, "two sequences, 5 positions", forge_engine_stats(e.0, s.ptr()));
+    if !s.untouched() {
+        let s = s.get();
+        r.check(
+            s.block_size == BLOCK as u32
+                && s.blocks_total == 4
+                && s.blocks_used == 1
+                && s.blocks_used + s.blocks_free == s.blocks_total
+                && s.blocks_cached <= s.blocks_free
+                && s.n_seqs == 2
+                && (s.prefix_hits, s.prefix_tokens_reused, s.cow_copies) == (0, 0, 0),
+            || format!("forge_engine_stats: {s:?}"),
+        );
+    }
 }

@@ -1097,6 +1097,9 @@ pub unsafe extern "C" fn forge_engine_logits(e: *const forge_engine, row: usize,
                 format!("row {row} did not ask for logits")
             })
         })?;
+        if cap > 0 {
+            out_ptr(out, "out")?;
+        }
         if cap < l.len() {
             return Err(FfiError::new(forge_status::FORGE_ERR_BUFFER_TOO_SMALL, format!("cap {cap} < n_vocab {}", l.len())));
         }

@@ -7,7 +7,12 @@
 //! After every call it checks the ABI's promises: no FORGE_ERR_INTERNAL (a
 //! caught panic), a message for every failure, out-parameters untouched on
 //! failure (sentinels), `n_past` moved exactly as documented, and a nested
-//! call from a callback gets BUSY. Driven by libFuzzer
+//! call from a callback gets BUSY. The engine calls (`forge_engine_*`,
+//! `forge_seq_*`: up to 2 engines of up to 4 sequences, small KV pools)
+//! are checked against a model of every sequence's tokens: a successful
+//! batch grows each sequence by its rows, a failed one moves none and takes
+//! no block, and every status is the one the arguments call for (KV
+//! exhaustion from the pool's numbers). Driven by libFuzzer
 //! (`fuzz/fuzz_targets/c_api.rs`) and by a seeded run in `tests/hardening.rs`.
 #![allow(dead_code)]
 
@@ -18,7 +23,7 @@ use std::sync::OnceLock;
 use rocmforge::ffi::*;
 
 use super::load_fuzz::Src;
-use super::tiny::{tiny_model, TinyArch};
+use super::tiny::{tiny_model, TinyArch, HEAD_DIM, N_HEAD_KV, N_LAYER};
 
 /// The tiny llama model, written once per process to a temporary file.
 pub fn tiny_model_path() -> &'static CString {
@@ -80,6 +85,7 @@ unsafe extern "C" fn cancel_progress(p: f32, user: *mut c_void) -> bool {
 struct Handles {
     ctxs: Vec<*mut forge_ctx>,
     samplers: Vec<*mut forge_sampler>,
+    engines: Vec<Eng>,
 }
 
 impl Handles {
@@ -137,24 +143,58 @@ fn text(src: &mut Src) -> Vec<u8> {
 }
 
 /// Run one random sequence of calls; returns how many calls it made.
-pub fn run_api_case(data: &[u8]) -> usize {
-    let path = tiny_model_path();
-    let mut h = Handles { ctxs: Vec::new(), samplers: Vec::new() };
-    let mut src = Src::new(data);
-    // Start from one live context and sampler, so that most calls reach
-    // past the argument checks; the sequence may free and replace them.
-    unsafe {
+/// The tiny model loaded once per process (n_ctx 32, one thread); each case
+/// starts from a clone of it. Only model-reading calls ever touch it.
+fn base_ctx(path: &CString) -> *const forge_ctx {
+    static BASE: OnceLock<usize> = OnceLock::new();
+    *BASE.get_or_init(|| {
         let mut p = forge_load_default_params();
         p.n_threads = 1;
         p.n_ctx = 32;
         let mut c = null_mut();
-        assert_eq!(forge_load(path.as_ptr(), &p, &mut c), forge_status::FORGE_OK, "{}", last_error());
+        assert_eq!(unsafe { forge_load(path.as_ptr(), &p, &mut c) }, forge_status::FORGE_OK, "{}", last_error());
+        c as usize
+    }) as *const forge_ctx
+}
+
+pub fn run_api_case(data: &[u8]) -> usize {
+    let path = tiny_model_path();
+    let mut h = Handles { ctxs: Vec::new(), samplers: Vec::new(), engines: Vec::new() };
+    let mut src = Src::new(data);
+    // Start from one live context and sampler, so that most calls reach
+    // past the argument checks; the sequence may free and replace them.
+    unsafe {
+        // a new sequence on the process's one loaded tiny model: cases stay
+        // cheap (no load each); loads are among the random calls
+        let mut c = null_mut();
+        assert_eq!(forge_ctx_clone_session(base_ctx(path), &mut c), forge_status::FORGE_OK, "{}", last_error());
         h.ctxs.push(c);
         let mut sp = forge_sampler_default_params();
         sp.seed = src.u64();
         let mut s = null_mut();
         assert_eq!(forge_sampler_new(&sp, &mut s), forge_status::FORGE_OK);
         h.samplers.push(s);
+        // and one engine (the context's 32 positions, a pool of 3 to 8
+        // blocks) with two sequences, the first one often past its first
+        // block (which the prefix cache then holds)
+        let ep = forge_engine_params { n_ctx: 0, kv_budget: *src.pick(&[0, 1, 1, 3 * BLOCK_BYTES, 4 * BLOCK_BYTES, 5 * BLOCK_BYTES]) };
+        let mut e = null_mut();
+        assert_eq!(forge_engine_new(c, &ep, &mut e), forge_status::FORGE_OK, "{}", last_error());
+        let mut eng = Eng { e, n_ctx: 32, n_vocab: forge_n_vocab(c), seqs: Vec::new(), issued: Vec::new(), last_rows: Vec::new(), prompts: Vec::new() };
+        for _ in 0..2 {
+            let mut id = SENT_I32;
+            assert_eq!(forge_seq_new(e, &mut id), forge_status::FORGE_OK, "{}", last_error());
+            eng.adopt(id, Vec::new());
+        }
+        let n0 = *src.pick(&[0, 0, 0, 17, 20]);
+        if n0 > 0 {
+            let rows: Vec<forge_batch_row> =
+                (0..n0).map(|k| forge_batch_row { seq: eng.seqs[0].id, token: (k * 5 + 1) % eng.n_vocab, pos: k, logits: (k + 1 == n0) as i32 }).collect();
+            assert_eq!(forge_engine_decode(e, rows.as_ptr(), rows.len()), forge_status::FORGE_OK, "{}", last_error());
+            eng.seqs[0].tokens = rows.iter().map(|r| r.token).collect();
+            eng.last_rows = rows.iter().map(|r| r.logits != 0).collect();
+        }
+        h.engines.push(eng);
     }
     let mut calls = 0;
     while !src.is_empty() && calls < 64 {
@@ -162,6 +202,15 @@ pub fn run_api_case(data: &[u8]) -> usize {
         unsafe { one_call(&mut src, &mut h, path) };
     }
     unsafe {
+        for eng in h.engines {
+            // every block comes back when the sequences go
+            for s in &eng.seqs {
+                assert_eq!(forge_seq_free(eng.e, s.id), forge_status::FORGE_OK, "{}", last_error());
+            }
+            let st = stats(eng.e).expect("stats");
+            assert!(st.blocks_used == 0 && st.blocks_free == st.blocks_total && st.n_seqs == 0, "every sequence freed: {st:?}");
+            forge_engine_free(eng.e);
+        }
         for c in h.ctxs {
             forge_free(c);
         }
@@ -174,7 +223,7 @@ pub fn run_api_case(data: &[u8]) -> usize {
 
 unsafe fn one_call(src: &mut Src, h: &mut Handles, path: &CString) {
     use forge_status::*;
-    match src.below(20) {
+    match src.below(28) {
         0 => {
             let mut p = forge_load_default_params();
             p.n_threads = *src.pick(&[0, 1, 1, 1, 2, 2, 3, FORGE_MAX_THREADS + 1, 100_000, u32::MAX]);
@@ -452,9 +501,527 @@ unsafe fn one_call(src: &mut Src, h: &mut Handles, path: &CString) {
                 _ => assert_eq!(n, SENT_USIZE),
             }
         }
+        20..=27 => {
+            engine_call(src, h);
+            for eng in &h.engines {
+                eng.verify();
+            }
+        }
         _ => {
             assert_eq!(forge_abi_version(), FORGE_ABI_VERSION);
             assert!(!CStr::from_ptr(forge_version()).to_bytes().is_empty());
         }
+    }
+}
+
+// ---- the engine ------------------------------------------------------------------
+
+/// Positions per KV block, and the bytes one block of the tiny model takes
+/// (K and V in f32, every layer): KV budgets of a few blocks.
+const BLOCK: usize = 16;
+const BLOCK_BYTES: u64 = BLOCK as u64 * 2 * N_HEAD_KV * HEAD_DIM * 4 * N_LAYER as u64;
+const SENT_F32: u32 = 0x7FC0_5EED;
+
+/// A live sequence as the harness expects it: its tokens, one per position.
+#[derive(Clone)]
+struct Seq {
+    id: i32,
+    tokens: Vec<i32>,
+}
+
+/// A live engine and what the harness expects of it.
+struct Eng {
+    e: *mut forge_engine,
+    n_ctx: usize,
+    n_vocab: i32,
+    /// Live sequences, at most 4.
+    seqs: Vec<Seq>,
+    /// Every id handed out (ids are not reused while the engine lives).
+    issued: Vec<i32>,
+    /// The last successful batch: which rows asked for logits.
+    last_rows: Vec<bool>,
+    /// Tokens of sequences freed or cut back (more than a block: their full
+    /// blocks may still be cached), the last few: prompts for the prefix
+    /// cache.
+    prompts: Vec<Vec<i32>>,
+}
+
+impl Eng {
+    fn seq(&self, id: i32) -> Option<&Seq> {
+        self.seqs.iter().find(|s| s.id == id)
+    }
+
+    fn remember(&mut self, tokens: Vec<i32>) {
+        if tokens.len() > BLOCK {
+            if self.prompts.len() == 4 {
+                self.prompts.remove(0);
+            }
+            self.prompts.push(tokens);
+        }
+    }
+
+    /// A sequence id: mostly a live one, else negative, freed or never
+    /// handed out.
+    fn seq_arg(&self, src: &mut Src) -> i32 {
+        let stale: Vec<i32> = self.issued.iter().copied().filter(|&i| self.seq(i).is_none()).collect();
+        match src.below(12) {
+            0 => *src.pick(&[-1, -2, i32::MIN]),
+            1 if !stale.is_empty() => *src.pick(&stale),
+            1 | 2 => *src.pick(&[12_345, i32::MAX]),
+            _ if !self.seqs.is_empty() => self.seqs[src.below(self.seqs.len())].id,
+            _ => 0,
+        }
+    }
+
+    /// A new id from forge_seq_new / forge_seq_fork: kept (up to 4 live
+    /// sequences) or freed again.
+    unsafe fn adopt(&mut self, id: i32, tokens: Vec<i32>) {
+        assert!(id >= 0 && !self.issued.contains(&id), "sequence id {id} handed out again (issued: {:?})", self.issued);
+        self.issued.push(id);
+        if self.seqs.len() < 4 {
+            self.seqs.push(Seq { id, tokens });
+        } else {
+            assert_eq!(forge_seq_free(self.e, id), forge_status::FORGE_OK, "{}", last_error());
+        }
+    }
+
+    /// Every live sequence has the length the harness expects; the pool's
+    /// numbers add up.
+    unsafe fn verify(&self) {
+        for s in &self.seqs {
+            let mut n = SENT_USIZE;
+            assert_eq!(forge_seq_len(self.e, s.id, &mut n), forge_status::FORGE_OK, "{}", last_error());
+            assert_eq!(n, s.tokens.len(), "sequence {} holds {n} positions, want {}", s.id, s.tokens.len());
+        }
+        let st = stats(self.e).expect("stats");
+        assert!(st.block_size as usize == BLOCK && st.blocks_used + st.blocks_free == st.blocks_total, "{st:?}");
+        assert!(st.blocks_cached <= st.blocks_free && st.blocks_total as usize > self.n_ctx.div_ceil(BLOCK), "{st:?}");
+        assert_eq!(st.n_seqs as usize, self.seqs.len(), "{st:?}");
+        let held: usize = self.seqs.iter().map(|s| s.tokens.len().div_ceil(BLOCK)).sum();
+        let most: usize = self.seqs.iter().map(|s| s.tokens.len().div_ceil(BLOCK)).max().unwrap_or(0);
+        assert!(st.blocks_used as usize <= held && st.blocks_used as usize >= most, "{st:?}, sequences hold {held} blocks (shared ones once)");
+    }
+}
+
+unsafe fn stats(e: *const forge_engine) -> Option<forge_kv_stats> {
+    let mut s: forge_kv_stats = std::mem::zeroed();
+    (forge_engine_stats(e, &mut s) == forge_status::FORGE_OK).then_some(s)
+}
+
+/// The pool's numbers, to see that a failed call took nothing.
+unsafe fn pool(e: *const forge_engine) -> [u64; 8] {
+    let s = stats(e).expect("stats");
+    [s.blocks_total, s.blocks_used, s.blocks_free, s.blocks_cached, s.prefix_hits, s.prefix_tokens_reused, s.cow_copies, s.n_seqs as u64]
+}
+
+impl Handles {
+    /// An engine's index, or None (a NULL engine) now and then.
+    fn engine(&self, src: &mut Src) -> Option<usize> {
+        if self.engines.is_empty() || src.below(8) == 0 {
+            None
+        } else {
+            Some(src.below(self.engines.len()))
+        }
+    }
+}
+
+fn eng_ptr(h: &Handles, i: Option<usize>) -> *mut forge_engine {
+    i.map_or(null_mut(), |i| h.engines[i].e)
+}
+
+/// The status `forge_engine_decode` must answer for `rows` (one of two
+/// where only the pool's block accounting can tell).
+fn expect_decode(eng: &Eng, rows: &[forge_batch_row], free_blocks: usize) -> Vec<forge_status> {
+    use forge_status::*;
+    if rows.is_empty() {
+        return vec![FORGE_ERR_INVALID_ARGUMENT];
+    }
+    // (seq, its length, rows in the batch), in order of first appearance
+    let mut order: Vec<(i32, usize, usize)> = Vec::new();
+    for r in rows {
+        if r.seq < 0 || r.token < 0 || r.pos < 0 || r.token >= eng.n_vocab {
+            return vec![FORGE_ERR_INVALID_ARGUMENT];
+        }
+        let Some(s) = eng.seq(r.seq) else { return vec![FORGE_ERR_INVALID_ARGUMENT] };
+        let o = match order.iter().position(|o| o.0 == r.seq) {
+            Some(i) => &mut order[i],
+            None => {
+                order.push((r.seq, s.tokens.len(), 0));
+                order.last_mut().unwrap()
+            }
+        };
+        if r.pos as usize != o.1 + o.2 {
+            return vec![FORGE_ERR_INVALID_ARGUMENT];
+        }
+        o.2 += 1;
+    }
+    if order.iter().any(|&(_, len, n)| len + n > eng.n_ctx) {
+        return vec![FORGE_ERR_CONTEXT_FULL];
+    }
+    // new blocks; at most one copy-on-write per sequence (its last, partly
+    // filled block, when shared by a fork or cached)
+    let need: usize = order.iter().map(|&(_, len, n)| (len + n).div_ceil(BLOCK) - len.div_ceil(BLOCK)).sum();
+    let cow = order.iter().filter(|&&(_, len, _)| len % BLOCK != 0).count();
+    if need > free_blocks {
+        vec![FORGE_ERR_KV_EXHAUSTED]
+    } else if need + cow <= free_blocks {
+        vec![FORGE_OK]
+    } else {
+        vec![FORGE_OK, FORGE_ERR_KV_EXHAUSTED]
+    }
+}
+
+unsafe fn engine_call(src: &mut Src, h: &mut Handles) {
+    use forge_status::*;
+    match src.below(20) {
+        0 => {
+            let c = h.ctx(src);
+            let mut p = forge_engine_default_params();
+            p.n_ctx = *src.pick(&[0, 0, 0, 1, 16, 32, 32, 48, 64, FORGE_MAX_CTX + 1, u32::MAX]);
+            p.kv_budget = *src.pick(&[0, 0, 1, 1, 2 * BLOCK_BYTES, 3 * BLOCK_BYTES, 4 * BLOCK_BYTES, 6 * BLOCK_BYTES, u64::MAX]);
+            let pp: *const forge_engine_params = if src.below(8) == 0 { null() } else { &p };
+            let mut out = 0x1 as *mut forge_engine;
+            let op = if src.below(12) == 0 { null_mut() } else { &mut out as *mut _ };
+            let st = check(forge_engine_new(c, pp, op), "forge_engine_new");
+            let p = if pp.is_null() { forge_engine_default_params() } else { p };
+            let want = if c.is_null() || op.is_null() {
+                FORGE_ERR_NULL_POINTER
+            } else if p.n_ctx > FORGE_MAX_CTX {
+                FORGE_ERR_INVALID_ARGUMENT
+            } else if p.kv_budget == u64::MAX {
+                FORGE_ERR_OUT_OF_MEMORY // exabytes
+            } else {
+                FORGE_OK
+            };
+            assert_eq!(st, want, "forge_engine_new({p:?}): {}", last_error());
+            if st == FORGE_OK {
+                let mut info: forge_model_info = std::mem::zeroed();
+                assert_eq!(forge_get_model_info(c, &mut info), FORGE_OK);
+                let n_ctx = if p.n_ctx == 0 { info.n_ctx as usize } else { p.n_ctx as usize };
+                let eng = Eng { e: out, n_ctx, n_vocab: info.n_vocab, seqs: Vec::new(), issued: Vec::new(), last_rows: Vec::new(), prompts: Vec::new() };
+                let st = stats(out).expect("stats");
+                assert!(st.blocks_total as usize >= n_ctx.div_ceil(BLOCK) + 1 && st.blocks_used == 0, "a new engine ({p:?}): {st:?}");
+                if h.engines.len() < 2 {
+                    h.engines.push(eng);
+                } else {
+                    forge_engine_free(out);
+                }
+            } else {
+                assert_eq!(out as usize, 1, "forge_engine_new wrote *out on {st:?}");
+            }
+        }
+        1 => {
+            if !h.engines.is_empty() && src.below(3) == 0 {
+                forge_engine_free(h.engines.swap_remove(src.below(h.engines.len())).e);
+            } else {
+                forge_engine_free(null_mut());
+            }
+        }
+        2 | 3 => {
+            let i = h.engine(src);
+            let mut id = SENT_I32;
+            let op = if src.below(10) == 0 { null_mut() } else { &mut id as *mut i32 };
+            let st = check(forge_seq_new(eng_ptr(h, i), op), "forge_seq_new");
+            match i {
+                Some(i) if !op.is_null() => {
+                    assert_eq!(st, FORGE_OK);
+                    h.engines[i].adopt(id, Vec::new());
+                }
+                _ => assert!(st == FORGE_ERR_NULL_POINTER && id == SENT_I32, "forge_seq_new: {st:?}, *seq_out {id}"),
+            }
+        }
+        4 => {
+            let i = h.engine(src);
+            let Some(i) = i else {
+                assert_eq!(check(forge_seq_free(null_mut(), 0), "forge_seq_free"), FORGE_ERR_NULL_POINTER);
+                return;
+            };
+            let eng = &mut h.engines[i];
+            let id = eng.seq_arg(src);
+            let before = pool(eng.e);
+            let st = check(forge_seq_free(eng.e, id), "forge_seq_free");
+            if let Some(k) = eng.seqs.iter().position(|s| s.id == id) {
+                assert_eq!(st, FORGE_OK);
+                let gone = eng.seqs.swap_remove(k);
+                eng.remember(gone.tokens);
+            } else {
+                assert_eq!(st, FORGE_ERR_INVALID_ARGUMENT, "forge_seq_free({id})");
+                assert_eq!(pool(eng.e), before, "a failed forge_seq_free changed the pool");
+            }
+        }
+        5 => {
+            let i = h.engine(src);
+            let id = i.map_or(0, |i| h.engines[i].seq_arg(src));
+            let mut out = SENT_I32;
+            let op = if src.below(10) == 0 { null_mut() } else { &mut out as *mut i32 };
+            let before = i.map(|i| pool(h.engines[i].e));
+            let st = check(forge_seq_fork(eng_ptr(h, i), id, op), "forge_seq_fork");
+            let src_seq = i.and_then(|i| h.engines[i].seq(id).cloned());
+            let want = match (i, op.is_null(), &src_seq) {
+                (None, ..) | (_, true, _) => FORGE_ERR_NULL_POINTER,
+                (_, _, None) => FORGE_ERR_INVALID_ARGUMENT,
+                _ => FORGE_OK,
+            };
+            assert_eq!(st, want, "forge_seq_fork({id}): {}", last_error());
+            if st == FORGE_OK {
+                h.engines[i.unwrap()].adopt(out, src_seq.unwrap().tokens);
+            } else {
+                assert_eq!(out, SENT_I32, "forge_seq_fork wrote *seq_out on {st:?}");
+                if let Some(i) = i {
+                    assert_eq!(Some(pool(h.engines[i].e)), before, "a failed forge_seq_fork changed the pool");
+                }
+            }
+        }
+        6 => {
+            let Some(i) = h.engine(src) else {
+                assert_eq!(check(forge_seq_keep(null_mut(), 0, 0), "forge_seq_keep"), FORGE_ERR_NULL_POINTER);
+                return;
+            };
+            let eng = &mut h.engines[i];
+            let id = eng.seq_arg(src);
+            let len = eng.seq(id).map_or(0, |s| s.tokens.len());
+            let n_keep = match src.below(5) {
+                0 => len + 1 + src.below(3),
+                1 => usize::MAX,
+                _ => src.below(len + 1),
+            };
+            let before = pool(eng.e);
+            let st = check(forge_seq_keep(eng.e, id, n_keep), "forge_seq_keep");
+            match eng.seqs.iter_mut().find(|s| s.id == id) {
+                Some(s) if n_keep <= len => {
+                    assert_eq!(st, FORGE_OK);
+                    let was = s.tokens.clone();
+                    s.tokens.truncate(n_keep);
+                    if n_keep < len {
+                        eng.remember(was);
+                    }
+                }
+                _ => {
+                    assert_eq!(st, FORGE_ERR_INVALID_ARGUMENT, "forge_seq_keep({id}, {n_keep}) of {len}");
+                    assert_eq!(pool(eng.e), before, "a failed forge_seq_keep changed the pool");
+                }
+            }
+        }
+        7 => {
+            let i = h.engine(src);
+            let id = i.map_or(0, |i| h.engines[i].seq_arg(src));
+            let mut n = SENT_USIZE;
+            let np = if src.below(10) == 0 { null_mut() } else { &mut n as *mut usize };
+            let st = check(forge_seq_len(eng_ptr(h, i), id, np), "forge_seq_len");
+            match (i, np.is_null()) {
+                (None, _) | (_, true) => assert!(st == FORGE_ERR_NULL_POINTER && n == SENT_USIZE),
+                (Some(i), _) => match h.engines[i].seq(id) {
+                    Some(s) => assert!(st == FORGE_OK && n == s.tokens.len(), "forge_seq_len({id}): {st:?}, {n}"),
+                    None => assert!(st == FORGE_ERR_INVALID_ARGUMENT && n == SENT_USIZE, "forge_seq_len({id}): {st:?}"),
+                },
+            }
+        }
+        8 => {
+            let i = h.engine(src);
+            let nv = i.map_or(300, |i| h.engines[i].n_vocab);
+            // mostly an empty sequence and a prompt whose blocks may be
+            // cached (a live or a past sequence's tokens) plus a few more
+            let (id, mut prompt) = match i.map(|i| &h.engines[i]) {
+                None => (0, Vec::new()),
+                Some(eng) => {
+                    let empty: Vec<i32> = eng.seqs.iter().filter(|s| s.tokens.is_empty()).map(|s| s.id).collect();
+                    let id = if !empty.is_empty() && src.below(4) > 0 { *src.pick(&empty) } else { eng.seq_arg(src) };
+                    let known: Vec<&Vec<i32>> = eng.seqs.iter().map(|s| &s.tokens).filter(|t| !t.is_empty()).chain(&eng.prompts).collect();
+                    (id, if !known.is_empty() && src.below(4) > 0 { (*src.pick(&known)).clone() } else { Vec::new() })
+                }
+            };
+            prompt.extend(tokens(src, nv));
+            let (tp, tn) = ptr_len(src, &prompt);
+            let mut n = SENT_USIZE;
+            let np = if src.below(10) == 0 { null_mut() } else { &mut n as *mut usize };
+            let before = i.map(|i| pool(h.engines[i].e));
+            let st = check(forge_seq_reuse_prefix(eng_ptr(h, i), id, tp, tn, np), "forge_seq_reuse_prefix");
+            let given = if tp.is_null() { &[][..] } else { &prompt[..] };
+            let seq = i.and_then(|i| h.engines[i].seq(id));
+            let want = if i.is_none() || np.is_null() || (tp.is_null() && tn > 0) {
+                FORGE_ERR_NULL_POINTER
+            } else if given.iter().any(|&t| t < 0 || t >= nv) || seq.map_or(true, |s| !s.tokens.is_empty()) {
+                FORGE_ERR_INVALID_ARGUMENT
+            } else {
+                FORGE_OK
+            };
+            assert_eq!(st, want, "forge_seq_reuse_prefix({id}, {} tokens): {}", given.len(), last_error());
+            if st == FORGE_OK {
+                assert!(n % BLOCK == 0 && n <= given.len().saturating_sub(1), "reused {n} of {} tokens", given.len());
+                let eng = &mut h.engines[i.unwrap()];
+                eng.seqs.iter_mut().find(|s| s.id == id).unwrap().tokens = given[..n].to_vec();
+            } else {
+                assert_eq!(n, SENT_USIZE, "forge_seq_reuse_prefix wrote *n_reused on {st:?}");
+                if let Some(i) = i {
+                    assert_eq!(Some(pool(h.engines[i].e)), before, "a failed forge_seq_reuse_prefix changed the pool");
+                }
+            }
+        }
+        9..=14 => decode(src, h),
+        15..=17 => {
+            let i = h.engine(src);
+            logits(src, h, i);
+        }
+        _ => {
+            let i = h.engine(src);
+            let mut s: forge_kv_stats = std::mem::zeroed();
+            s.blocks_total = SENT_USIZE as u64;
+            s.n_seqs = SENT_I32 as u32;
+            let sp = if src.below(8) == 0 { null_mut() } else { &mut s as *mut _ };
+            let st = check(forge_engine_stats(eng_ptr(h, i), sp), "forge_engine_stats");
+            match i {
+                Some(i) if !sp.is_null() => {
+                    assert_eq!(st, FORGE_OK);
+                    let eng = &h.engines[i];
+                    assert!(s.block_size as usize == BLOCK && s.blocks_used + s.blocks_free == s.blocks_total, "{s:?}");
+                    assert_eq!(s.n_seqs as usize, eng.seqs.len());
+                }
+                _ => assert!(st == FORGE_ERR_NULL_POINTER && s.blocks_total == SENT_USIZE as u64 && s.n_seqs == SENT_I32 as u32),
+            }
+        }
+    }
+}
+
+/// forge_engine_decode of a random batch: groups of rows that continue
+/// random sequences (a token or a prefill chunk each, in order or
+/// interleaved), now and then one row broken.
+unsafe fn decode(src: &mut Src, h: &mut Handles) {
+    use forge_status::*;
+    let i = h.engine(src);
+    let mut rows: Vec<forge_batch_row> = Vec::new();
+    if let Some(i) = i {
+        let eng = &h.engines[i];
+        let nv = eng.n_vocab;
+        let mut groups: Vec<Vec<forge_batch_row>> = Vec::new();
+        let mut next: Vec<(i32, usize)> = Vec::new();
+        for _ in 0..*src.pick(&[1, 1, 1, 2, 2, 3]) {
+            let seq = eng.seq_arg(src);
+            let n = *src.pick(&[1, 1, 1, 1, 2, 3, 5, 8, 12, 16, 17, 20, 24, 33]);
+            let seed = src.u8() as usize;
+            let mode = src.below(4);
+            let from = match next.iter().find(|x| x.0 == seq) {
+                Some(x) => x.1,
+                None => eng.seq(seq).map_or(0, |s| s.tokens.len()),
+            };
+            groups.push(
+                (0..n)
+                    .map(|k| forge_batch_row {
+                        seq,
+                        token: ((seed + k * 7) % nv as usize) as i32,
+                        pos: (from + k) as i32,
+                        logits: match mode {
+                            0 => 0,
+                            1 => (k + 1 == n) as i32,
+                            2 => 1,
+                            _ => (k % 2) as i32 * 3,
+                        },
+                    })
+                    .collect(),
+            );
+            next.retain(|x| x.0 != seq);
+            next.push((seq, from + n));
+        }
+        if src.bool() {
+            rows = groups.concat();
+        } else {
+            // round robin: each sequence's rows stay in order
+            let most = groups.iter().map(Vec::len).max().unwrap_or(0);
+            for k in 0..most {
+                rows.extend(groups.iter().filter_map(|g| g.get(k)));
+            }
+        }
+        if !rows.is_empty() && src.below(6) == 0 {
+            let k = src.below(rows.len());
+            let r = &mut rows[k];
+            match src.below(8) {
+                0 => r.token = -1 - src.below(3) as i32,
+                1 => r.token = nv + src.below(3) as i32,
+                2 => r.token = *src.pick(&[i32::MIN, i32::MAX]),
+                3 => r.pos -= 1,
+                4 => r.pos += 1,
+                5 => r.pos = *src.pick(&[-1, i32::MIN, i32::MAX]),
+                6 => r.seq = *src.pick(&[-1, i32::MIN]),
+                _ => r.seq = 12_345,
+            }
+        }
+    } else {
+        rows.push(forge_batch_row { seq: 0, token: 1, pos: 0, logits: 1 });
+    }
+    let (rp, rn) = match src.below(16) {
+        0 => (null(), rows.len()),
+        1 => (null(), 0),
+        2 => (rows.as_ptr(), 0),
+        _ => (rows.as_ptr(), rows.len()),
+    };
+    let before = i.map(|i| {
+        let e = h.engines[i].e;
+        (pool(e), stats(e).unwrap().blocks_free as usize)
+    });
+    let st = check(forge_engine_decode(eng_ptr(h, i), rp, rn), "forge_engine_decode");
+    let Some(i) = i else {
+        assert_eq!(st, FORGE_ERR_NULL_POINTER);
+        return;
+    };
+    let (pool_before, free) = before.unwrap();
+    let eng = &mut h.engines[i];
+    let want = if rp.is_null() && rn > 0 { vec![FORGE_ERR_NULL_POINTER] } else { expect_decode(eng, &rows[..rn], free) };
+    assert!(want.contains(&st), "forge_engine_decode({:?}): {st:?}, want {want:?}: {}", &rows[..rn], last_error());
+    if st == FORGE_OK {
+        for r in &rows[..rn] {
+            eng.seqs.iter_mut().find(|s| s.id == r.seq).unwrap().tokens.push(r.token);
+        }
+        eng.last_rows = rows[..rn].iter().map(|r| r.logits != 0).collect();
+        if src.bool() {
+            logits(src, h, Some(i)); // as a caller would, right after the batch
+        }
+    } else {
+        // all or nothing: no sequence moved (`verify`), no block taken
+        assert_eq!(pool(eng.e), pool_before, "a failed forge_engine_decode ({st:?}) changed the pool");
+    }
+}
+
+/// forge_engine_logits of a random row of the last batch (mostly one that
+/// asked for logits) into a buffer of random size.
+unsafe fn logits(src: &mut Src, h: &mut Handles, i: Option<usize>) {
+    use forge_status::*;
+    let (nv, last) = i.map_or((300, Vec::new()), |i| (h.engines[i].n_vocab as usize, h.engines[i].last_rows.clone()));
+    let asked: Vec<usize> = (0..last.len()).filter(|&r| last[r]).collect();
+    let row = match src.below(6) {
+        0 => last.len() + src.below(3),
+        1 => usize::MAX,
+        2 => src.below(last.len().max(1)),
+        _ if !asked.is_empty() => *src.pick(&asked),
+        _ => 0,
+    };
+    let cap = match src.below(6) {
+        0 => nv - 1,
+        1 => src.below(nv),
+        2 => nv + 3,
+        _ => nv,
+    };
+    let mut buf = vec![f32::from_bits(SENT_F32); cap];
+    let op = if src.below(8) == 0 { null_mut() } else { buf.as_mut_ptr() };
+    let st = check(forge_engine_logits(eng_ptr(h, i), row, op, cap), "forge_engine_logits");
+    let want: &[forge_status] = if i.is_none() {
+        &[FORGE_ERR_NULL_POINTER]
+    } else if !last.get(row).copied().unwrap_or(false) {
+        &[FORGE_ERR_INVALID_ARGUMENT]
+    } else if op.is_null() && cap > 0 {
+        // NULL with a non-zero cap: NULL_POINTER by the (pointer, length) rule
+        &[FORGE_ERR_NULL_POINTER]
+    } else if cap < nv {
+        &[FORGE_ERR_BUFFER_TOO_SMALL]
+    } else if op.is_null() {
+        &[FORGE_ERR_NULL_POINTER]
+    } else {
+        &[FORGE_OK]
+    };
+    assert!(want.contains(&st), "forge_engine_logits(row {row} of {last:?}, cap {cap}): {st:?}, want {want:?}");
+    let wrote = buf.iter().take_while(|x| x.to_bits() != SENT_F32).count();
+    if st == FORGE_OK {
+        assert!(wrote == nv && buf[..nv].iter().all(|x| x.is_finite()), "logits: {wrote} of {nv} written");
+        assert!(buf[nv..].iter().all(|x| x.to_bits() == SENT_F32), "logits written past n_vocab");
+    } else {
+        assert!(buf.iter().all(|x| x.to_bits() == SENT_F32), "forge_engine_logits wrote on {st:?}");
     }
 }
