@@ -18,6 +18,8 @@ use rocmforge::engine::{BatchRow, Engine, EngineOptions, SeqId};
 use rocmforge::model::{BackendChoice, LoadOptions, Logits, Model, Session};
 use rocmforge::sampler::argmax;
 
+use common::Rng;
+
 fn load(name: &str) -> Arc<Model> {
     Model::load(common::model(name), LoadOptions { n_threads: 2, backend: BackendChoice::Cpu, ..Default::default() }).unwrap()
 }
@@ -181,19 +183,6 @@ fn bad_batches_are_refused_whole() {
     e.decode(&[rows_for(b, 20, &toks[..4]), rows_for(c, 0, &toks[..17])].concat()).unwrap();
 }
 
-/// xorshift64*
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 /// Thousands of random steps on tiny models: sequences are added (some
 /// reusing cached prefixes), removed, forked, truncated, and advanced by

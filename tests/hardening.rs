@@ -9,20 +9,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 use common::load_fuzz::{mutated_model, run_load_case, Src, Stage};
+use common::Rng;
 
-/// xorshift64*: a fixed-seed byte stream for the CI-sized fuzz runs.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 /// Cases of the CI-sized runs (the fuzz targets ran >= 1M each; see
 /// docs/RELIABILITY.md). FORGE_FUZZ_CASES overrides.

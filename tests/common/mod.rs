@@ -65,6 +65,24 @@ pub fn last_error() -> String {
     unsafe { std::ffi::CStr::from_ptr(rocmforge::ffi::forge_last_error()) }.to_string_lossy().into_owned()
 }
 
+/// xorshift64*: a fixed-seed generator, so every run tests the same cases.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// 0..n (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
 pub mod api_fuzz;
 pub mod load_fuzz;
 pub mod tiny;
