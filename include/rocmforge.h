@@ -306,9 +306,9 @@ typedef struct forge_engine_params {
   uint32_t n_ctx;
   /**
    * Bytes of KV cache for all sequences together (rounded down to whole
-   * blocks of 16 positions; at least one full sequence). Default 0 =
-   * four full sequences. A pool the host cannot allocate is
-   * OUT_OF_MEMORY.
+   * blocks of 16 positions; at least one full sequence plus one block,
+   * at most 2^20 blocks). Default 0 = four full sequences. A pool the
+   * host cannot allocate is OUT_OF_MEMORY.
    */
   uint64_t kv_budget;
 } forge_engine_params;

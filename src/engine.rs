@@ -52,6 +52,9 @@ pub struct EngineOptions {
 
 /// Rows one CPU pass takes; longer batches run in several passes.
 const MAX_ROWS: usize = 512;
+/// The most blocks a pool has (16M positions), whatever the budget says:
+/// the block tables stay a few tens of MB.
+const MAX_BLOCKS: usize = 1 << 20;
 
 enum Exec {
     Cpu(CpuKv),
@@ -83,7 +86,7 @@ impl Engine {
             0 => 4 * n_ctx.div_ceil(BLOCK),
             b => b / (per_pos * BLOCK),
         }
-        .max(min_blocks);
+        .clamp(min_blocks, MAX_BLOCKS.max(min_blocks));
         let exec = match &model.gpu {
             Some(_) => Exec::Gpu(BTreeMap::new()),
             None => Exec::Cpu(CpuKv::new(&model, n_blocks)?),
@@ -171,17 +174,18 @@ impl Engine {
     /// A new sequence with the same positions as `src`: its full blocks are
     /// shared (copy-on-write), so a fork costs no copy and little memory.
     pub fn fork(&mut self, src: SeqId) -> Result<SeqId> {
-        let s = self.seqs.get(&src).ok_or_else(|| Error::InvalidArgument(format!("sequence {src} does not exist")))?;
-        let kv = self.pool.fork(s);
+        let tokens = self.seq(src)?.tokens.clone();
         let id = self.new_id()?;
         if let (Exec::Gpu(sessions), Some(g)) = (&mut self.exec, &self.model.gpu) {
-            // today's device sessions have contiguous caches: replay
+            // today's device sessions have contiguous caches: replay (before
+            // the pool shares anything, so a failure leaves it as it was)
             let mut s = GpuSession::new(g.clone(), self.n_ctx)?;
-            if !kv.tokens.is_empty() {
-                s.eval_into(&kv.tokens, 0, Logits::None, &mut [])?;
+            if !tokens.is_empty() {
+                s.eval_into(&tokens, 0, Logits::None, &mut [])?;
             }
             sessions.insert(id, s);
         }
+        let kv = self.pool.fork(&self.seqs[&src]);
         self.seqs.insert(id, kv);
         Ok(id)
     }
@@ -236,7 +240,8 @@ impl Engine {
                 )));
             }
         }
-        let need: usize = order.iter().map(|&(id, n)| self.pool.blocks_needed(&self.seqs[&id], n)).sum();
+        let items: Vec<(&SeqKv, usize)> = order.iter().map(|&(id, n)| (&self.seqs[&id], n)).collect();
+        let need = self.pool.blocks_needed_batch(&items);
         if need > self.pool.available() {
             let st = self.pool.stats();
             return Err(Error::KvExhausted(format!(
@@ -247,14 +252,32 @@ impl Engine {
         Ok(order)
     }
 
-    /// Run one batch. All or nothing: on error no sequence has moved. On
-    /// success the rows that asked for logits have them ([`Engine::logits`]).
+    /// Run one batch. All or nothing: on error no sequence has moved and
+    /// no logits are readable. On success the rows that asked for logits
+    /// have them ([`Engine::logits`]).
     pub fn decode(&mut self, rows: &[BatchRow]) -> Result<()> {
         let order = self.check(rows)?;
         self.logits.clear();
         self.logit_row.clear();
+        let wanted = rows.iter().filter(|r| r.logits).count();
+        let nv = self.model.cfg.n_vocab;
+        self.logits.try_reserve_exact(wanted * nv).map_err(|_| Error::OutOfMemory(format!("logits of {wanted} rows: {} MiB", wanted * nv * 4 >> 20)))?;
+        let r = self.run(rows, &order);
+        if r.is_err() {
+            // give back what the step reserved; nothing is readable
+            for &(id, _) in &order {
+                let s = self.seqs.get_mut(&id).expect("checked");
+                self.pool.rollback(s);
+            }
+            self.logits.clear();
+            self.logit_row.clear();
+        }
+        r
+    }
+
+    fn run(&mut self, rows: &[BatchRow], order: &[(SeqId, usize)]) -> Result<()> {
         // reserve every block the step needs (cannot fail after check)
-        for &(id, n) in &order {
+        for &(id, n) in order {
             let s = self.seqs.get_mut(&id).expect("checked");
             let copies = self.pool.prepare_append(s, n).map_err(|e| Error::KvExhausted(e.to_string()))?;
             if let Exec::Cpu(kv) = &mut self.exec {
@@ -284,7 +307,7 @@ impl Engine {
                 // sequence by sequence: all of a sequence's logits (or its
                 // last, or none), then the rows that asked are picked
                 self.logit_row = vec![None; rows.len()];
-                for &(id, _) in &order {
+                for &(id, _) in order {
                     let idx: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].seq == id).collect();
                     let toks: Vec<u32> = idx.iter().map(|&i| rows[i].token).collect();
                     let wanted: Vec<usize> = idx.iter().copied().filter(|&i| rows[i].logits).collect();
@@ -310,7 +333,7 @@ impl Engine {
             }
         }
         // the positions are written: advance the sequences
-        for &(id, _) in &order {
+        for &(id, _) in order {
             let toks: Vec<u32> = rows.iter().filter(|r| r.seq == id).map(|r| r.token).collect();
             let s = self.seqs.get_mut(&id).expect("checked");
             self.pool.commit(s, &toks);
@@ -346,7 +369,10 @@ impl Engine {
         let s = self.seqs.get_mut(&id).expect("checked");
         self.pool.prepare_append(s, tokens.len()).map_err(|e| Error::KvExhausted(e.to_string()))?;
         if let Exec::Gpu(sessions) = &mut self.exec {
-            sessions.get_mut(&id).expect("a device session per sequence").eval_into(tokens, pos0, want, out)?;
+            if let Err(e) = sessions.get_mut(&id).expect("a device session per sequence").eval_into(tokens, pos0, want, out) {
+                self.pool.rollback(s);
+                return Err(e);
+            }
         }
         self.pool.commit(s, tokens);
         Ok(())

@@ -93,7 +93,11 @@ pub struct KvStats {
 #[derive(Debug, Clone)]
 struct Cached {
     key: u64,
-    parent: u64,
+    /// The physical block before this one in the sequence that filled it
+    /// (None for a first block): a match must come after that very block,
+    /// so the whole prefix is checked by identity and tokens, never by the
+    /// 64-bit keys alone.
+    parent_block: Option<u32>,
     tokens: Vec<u32>,
 }
 
@@ -115,9 +119,10 @@ pub struct BlockPool {
 
 /// The key of a full block: its parent's key and its tokens.
 fn block_key(parent: u64, tokens: &[u32]) -> u64 {
-    // SipHash with fixed keys: deterministic; a match is also checked
-    // against the stored tokens and parent key, so a collision cannot
-    // hand a sequence another prefix's KV.
+    // SipHash with fixed keys: deterministic. The key only finds a
+    // candidate; a match is then checked against the stored tokens and the
+    // physical parent block, so a collision cannot hand a sequence another
+    // prefix's KV.
     #[allow(deprecated)]
     let mut h = std::hash::SipHasher::new_with_keys(0x726f_636d_666f_7267, 0x6b76_2d70_7265_6678);
     parent.hash(&mut h);
@@ -277,7 +282,8 @@ impl BlockPool {
             seq.keys.push(key);
             let b = seq.blocks[i];
             if self.cached[b as usize].is_none() && !self.by_key.contains_key(&key) {
-                self.cached[b as usize] = Some(Cached { key, parent, tokens: toks.to_vec() });
+                let parent_block = i.checked_sub(1).map(|j| seq.blocks[j]);
+                self.cached[b as usize] = Some(Cached { key, parent_block, tokens: toks.to_vec() });
                 self.by_key.insert(key, b);
             }
         }
@@ -295,7 +301,7 @@ impl BlockPool {
             let key = block_key(parent, toks);
             let Some(&b) = self.by_key.get(&key) else { break };
             match &self.cached[b as usize] {
-                Some(c) if c.parent == parent && c.tokens == toks => {}
+                Some(c) if c.parent_block == seq.blocks.last().copied() && c.tokens == toks => {}
                 _ => break,
             }
             self.retain(b);
@@ -312,18 +318,52 @@ impl BlockPool {
         seq.len
     }
 
-    /// A new sequence sharing all of `src`'s blocks.
+    /// A new sequence sharing all of `src`'s written blocks.
     pub fn fork(&mut self, src: &SeqKv) -> SeqKv {
-        for &b in &src.blocks {
+        let mut s = src.clone();
+        s.blocks.truncate(src.len.div_ceil(BLOCK));
+        for &b in &s.blocks {
             self.retain(b);
         }
-        src.clone()
+        s
+    }
+
+    /// Give back blocks `seq` reserved for a step that did not happen.
+    pub fn rollback(&mut self, seq: &mut SeqKv) {
+        let len = seq.len;
+        self.truncate(seq, len);
+    }
+
+    /// Blocks a step appending `n` positions to each of `items` takes from
+    /// the pool, in order: a partial block shared by several of them is
+    /// copied by all but its last user (who then holds it alone).
+    pub fn blocks_needed_batch(&self, items: &[(&SeqKv, usize)]) -> usize {
+        let mut refs: HashMap<u32, u32> = HashMap::new();
+        let mut need = 0;
+        for &(seq, n) in items {
+            if n == 0 {
+                continue;
+            }
+            let need_total = (seq.len + n).div_ceil(BLOCK);
+            let have = seq.blocks.len().min(seq.len.div_ceil(BLOCK));
+            need += need_total.saturating_sub(have);
+            let i = seq.len / BLOCK;
+            if seq.len % BLOCK != 0 && i < seq.blocks.len() {
+                let b = seq.blocks[i];
+                let r = refs.entry(b).or_insert(self.refs[b as usize]);
+                if *r > 1 || self.cached[b as usize].is_some() {
+                    need += 1;
+                    *r -= 1;
+                }
+            }
+        }
+        need
     }
 
     /// Keep the first `n_keep` positions of `seq`.
     pub fn truncate(&mut self, seq: &mut SeqKv, n_keep: usize) {
         let n_keep = n_keep.min(seq.len);
-        let keep_blocks = n_keep.div_ceil(BLOCK);
+        let keep_blocks = n_keep.div_ceil(BLOCK).min(seq.blocks.len());
         for b in seq.blocks.drain(keep_blocks..).collect::<Vec<_>>() {
             self.release(b);
         }
@@ -429,6 +469,37 @@ mod tests {
         let mut g = SeqKv::default();
         assert_eq!(p.reuse_prefix(&mut g, &prompt), 0);
         assert_eq!(p.stats().prefix_hits, 4);
+    }
+
+    #[test]
+    fn a_rolled_back_step_leaves_nothing_shared_by_a_later_fork() {
+        let mut p = BlockPool::new(8).unwrap();
+        let mut a = SeqKv::default();
+        append(&mut p, &mut a, &toks(BLOCK, 0));
+        // a step reserved a second block, then failed
+        p.prepare_append(&mut a, 1).unwrap();
+        p.rollback(&mut a);
+        assert_eq!(a.blocks.len(), 1);
+        let mut b = p.fork(&a);
+        append(&mut p, &mut a, &[1]);
+        append(&mut p, &mut b, &[2]);
+        assert_ne!(a.blocks[1], b.blocks[1]);
+        // a fork of a sequence with a reserved, unwritten block shares only
+        // the written ones
+        p.prepare_append(&mut a, BLOCK).unwrap();
+        let c = p.fork(&a);
+        assert_eq!(c.blocks.len(), a.len.div_ceil(BLOCK));
+    }
+
+    #[test]
+    fn a_shared_partial_block_is_counted_once_per_copy() {
+        let mut p = BlockPool::new(8).unwrap();
+        let mut a = SeqKv::default();
+        append(&mut p, &mut a, &toks(BLOCK + 3, 0));
+        let b = p.fork(&a);
+        // one token each: a copies, then b holds the block alone
+        assert_eq!(p.blocks_needed_batch(&[(&a, 1), (&b, 1)]), 1);
+        assert_eq!(p.blocks_needed(&a, 1) + p.blocks_needed(&b, 1), 2);
     }
 
     #[test]

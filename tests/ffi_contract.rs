@@ -1565,7 +1565,15 @@ fn busy_round(r: &mut Report, env: &Env, e: &Eng, a: i32, b: i32, n: usize, seen
     std::thread::scope(|sc| {
         let worker = sc.spawn(|| {
             let h = h;
-            let st = unsafe { forge_engine_decode(h.0, batch.as_ptr(), batch.len()) };
+            // the other thread's calls can hold the engine when the batch
+            // arrives: then the batch itself is refused, and tries again
+            let st = loop {
+                let st = unsafe { forge_engine_decode(h.0, batch.as_ptr(), batch.len()) };
+                if st != FORGE_ERR_BUSY {
+                    break st;
+                }
+                std::thread::yield_now();
+            };
             done.store(true, Ordering::SeqCst);
             st
         });

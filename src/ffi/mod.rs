@@ -879,9 +879,9 @@ pub struct forge_engine_params {
     /// Default 0 = the context's n_ctx.
     pub n_ctx: u32,
     /// Bytes of KV cache for all sequences together (rounded down to whole
-    /// blocks of 16 positions; at least one full sequence). Default 0 =
-    /// four full sequences. A pool the host cannot allocate is
-    /// OUT_OF_MEMORY.
+    /// blocks of 16 positions; at least one full sequence plus one block,
+    /// at most 2^20 blocks). Default 0 = four full sequences. A pool the
+    /// host cannot allocate is OUT_OF_MEMORY.
     pub kv_budget: u64,
 }
 

@@ -688,12 +688,13 @@ unsafe fn engine_call(src: &mut Src, h: &mut Handles) {
                 FORGE_ERR_NULL_POINTER
             } else if p.n_ctx > FORGE_MAX_CTX {
                 FORGE_ERR_INVALID_ARGUMENT
-            } else if p.kv_budget == u64::MAX {
-                FORGE_ERR_OUT_OF_MEMORY // exabytes
             } else {
                 FORGE_OK
             };
-            assert_eq!(st, want, "forge_engine_new({p:?}): {}", last_error());
+            // a huge budget is capped at 2^20 blocks: that pool may still be
+            // more than the host gives (OUT_OF_MEMORY), never an abort
+            let oom_ok = p.kv_budget == u64::MAX && st == FORGE_ERR_OUT_OF_MEMORY;
+            assert!(st == want || oom_ok, "forge_engine_new({p:?}): {st:?}, expected {want:?}: {}", last_error());
             if st == FORGE_OK {
                 let mut info: forge_model_info = std::mem::zeroed();
                 assert_eq!(forge_get_model_info(c, &mut info), FORGE_OK);
