@@ -28,6 +28,9 @@ pub mod model;
 pub mod quant;
 pub mod sampler;
 pub mod tokenizer;
+/// Shape twins (real metadata, random weights): tooling, not part of the
+/// shipped library (feature `tools`; tests and examples turn it on).
+#[cfg(feature = "tools")]
 pub mod twin;
 
 pub use error::{Error, Result};

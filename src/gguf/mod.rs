@@ -9,6 +9,9 @@ mod error;
 mod file;
 mod reader;
 mod value;
+/// Writing GGUF files: test and twin tooling, not part of the shipped
+/// library (feature `tools`; tests and examples turn it on).
+#[cfg(feature = "tools")]
 pub mod writer;
 
 pub use error::{GgufError, GgufErrorKind};
