@@ -258,7 +258,11 @@ fn slice<'a, T>(p: *const T, len: usize, what: &str) -> Result<&'a [T], FfiError
 }
 
 fn token_ids(ctx: &forge_ctx, tokens: &[i32]) -> Result<Vec<u32>, FfiError> {
-    let n_vocab = ctx.model.cfg.n_vocab;
+    vocab_ids(ctx.model.cfg.n_vocab, tokens)
+}
+
+/// Token ids from C, each checked against the vocabulary.
+fn vocab_ids(n_vocab: usize, tokens: &[i32]) -> Result<Vec<u32>, FfiError> {
     tokens
         .iter()
         .map(|&t| {
@@ -1044,12 +1048,7 @@ pub unsafe extern "C" fn forge_seq_reuse_prefix(e: *mut forge_engine, seq: i32, 
     boundary("forge_seq_reuse_prefix", || {
         let mut g = engine(e)?;
         let n_reused = out_ptr(n_reused, "n_reused")?;
-        let n_vocab = g.model.cfg.n_vocab;
-        let toks = slice(tokens, n_tokens, "tokens")?;
-        let ids: Vec<u32> = toks
-            .iter()
-            .map(|&t| if t >= 0 && (t as usize) < n_vocab { Ok(t as u32) } else { Err(FfiError::arg(format!("token id {t} is outside the vocab (0..{n_vocab})"))) })
-            .collect::<Result<_, _>>()?;
+        let ids = vocab_ids(g.model.cfg.n_vocab, slice(tokens, n_tokens, "tokens")?)?;
         *n_reused = g.reuse_prefix(seq_id(seq)?, &ids)?;
         Ok(())
     })
