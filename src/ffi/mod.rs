@@ -236,6 +236,18 @@ fn sampler<'a>(p: *const forge_sampler) -> Result<MutexGuard<'a, Sampler>, FfiEr
     s.sampler.try_lock().ok_or_else(|| busy("sampler"))
 }
 
+/// Free a handle made by `Box::into_raw` (every `_load` / `_new`); NULL is
+/// a no-op.
+unsafe fn free_handle<T>(name: &str, p: *mut T) {
+    let _ = boundary(name, || {
+        if !p.is_null() {
+            // SAFETY: non-NULL handles come from Box::into_raw of a T.
+            drop(Box::from_raw(p));
+        }
+        Ok(())
+    });
+}
+
 /// An output pointer that must not be NULL.
 fn out_ptr<T>(p: *mut T, what: &str) -> Result<*mut T, FfiError> {
     if p.is_null() {
@@ -493,12 +505,7 @@ pub unsafe extern "C" fn forge_ctx_clone_session(ctx: *const forge_ctx, out: *mu
 /// call this while another call on `ctx` runs (it cannot be detected).
 #[no_mangle]
 pub unsafe extern "C" fn forge_free(ctx: *mut forge_ctx) {
-    let _ = boundary("forge_free", || {
-        if !ctx.is_null() {
-            drop(Box::from_raw(ctx));
-        }
-        Ok(())
-    });
+    free_handle("forge_free", ctx);
 }
 
 // ---- evaluation --------------------------------------------------------------
@@ -734,12 +741,7 @@ pub unsafe extern "C" fn forge_sampler_new(params: *const forge_sampler_params, 
 /// Free a sampler. NULL is a no-op. Must not race with another call on it.
 #[no_mangle]
 pub unsafe extern "C" fn forge_sampler_free(s: *mut forge_sampler) {
-    let _ = boundary("forge_sampler_free", || {
-        if !s.is_null() {
-            drop(Box::from_raw(s));
-        }
-        Ok(())
-    });
+    free_handle("forge_sampler_free", s);
 }
 
 /// Restart the RNG from the seed and clear the penalty history.
@@ -966,12 +968,7 @@ pub unsafe extern "C" fn forge_engine_new(ctx: *const forge_ctx, params: *const 
 /// with another call on it.
 #[no_mangle]
 pub unsafe extern "C" fn forge_engine_free(e: *mut forge_engine) {
-    let _ = boundary("forge_engine_free", || {
-        if !e.is_null() {
-            drop(Box::from_raw(e));
-        }
-        Ok(())
-    });
+    free_handle("forge_engine_free", e);
 }
 
 /// A new, empty sequence; its id goes to `*seq_out`. Ids are not reused
