@@ -41,6 +41,8 @@ test: models check-features test-c test-bindings valgrind test-rust
 test-rust:
 	$(CARGO) build --release --examples
 	$(CARGO) test --release --lib --tests -- --show-output
+	# the accurate 16-bit activation option, with its own (tighter) bounds
+	FORGE_ACT16=1 $(CARGO) test --release --test model_hf_reference --test engine -- --show-output
 
 # The C examples and the ABI misuse test, compiled against the shared library.
 $(LIB_DIR)/simple: examples/simple.c include/rocmforge.h build

@@ -1,5 +1,6 @@
-//! Single-thread throughput of the 16-bit-activation dot kernels, in weights
-//! per second, for one token (decode) and four tokens per call (prefill).
+//! Single-thread throughput of the dot kernels, in weights per second, for
+//! one token (decode) and eight tokens per call (prefill): the 8-bit kernels
+//! of every family this CPU has, and the 16-bit ones (`FORGE_ACT16`).
 //! Weight rows are random bytes with finite f16 scales: fine for timing.
 //!
 //! usage: cargo run --release --example kernel_bench
@@ -7,7 +8,8 @@
 use std::time::Instant;
 
 use rocmforge::backend::cpu::simd;
-use rocmforge::quant::{quantize_q16, GgmlType};
+use rocmforge::backend::cpu::simd::Family;
+use rocmforge::quant::{quantize_a8, quantize_q16, GgmlType};
 
 fn rng(seed: &mut u64) -> u64 {
     *seed ^= *seed << 13;
@@ -36,25 +38,38 @@ fn main() {
             }
         }
         let row_bytes = cols / bs * ts;
-        let xs: Vec<Vec<f32>> = (0..4).map(|t| (0..cols).map(|i| ((i * 7 + t) % 13) as f32 - 6.0).collect()).collect();
-        let xq: Vec<_> = xs.iter().map(|x| quantize_q16(x).unwrap()).collect();
-        let rows_act: Vec<_> = xq.iter().map(|a| a.as_row()).collect();
-        let k = simd::q16_kernel(ty);
-        let mut out = [0f32; 4];
-        let mut sink = 0f32;
-        let mut rate = |nt: usize| {
+        let xs: Vec<Vec<f32>> = (0..8).map(|t| (0..cols).map(|i| ((i * 7 + t) % 13) as f32 - 6.0).collect()).collect();
+        let time = |f: &mut dyn FnMut(usize), nt: usize| {
             let reps = 20;
             let t = Instant::now();
             for _ in 0..reps {
                 for r in 0..rows {
-                    k(&w[r * row_bytes..(r + 1) * row_bytes], &rows_act[..nt], &mut out[..nt]);
-                    sink += out[0];
+                    f(r);
                 }
             }
             (reps * rows * cols * nt) as f64 / t.elapsed().as_secs_f64() / 1e9
         };
-        let one = rate(1);
-        let four = rate(4);
-        println!("{:6} 1 token: {one:6.2} G weight·tokens/s   4 tokens: {four:6.2}   (checksum {:.1})", ty.name(), sink);
+        let mut out = [0f32; 8];
+        let mut sink = 0f32;
+        let q8: Vec<_> = xs.iter().map(|x| quantize_a8(x).unwrap()).collect();
+        let r8: Vec<_> = q8.iter().map(|a| a.as_row()).collect();
+        for f in Family::ALL.into_iter().filter(|f| f.available()) {
+            let k = simd::a8_kernel_of(f, ty);
+            let mut line = format!("{:6} 8-bit  {:11}", ty.name(), f.name());
+            for nt in [1, 8] {
+                let g = time(&mut |r| { k(&w[r * row_bytes..(r + 1) * row_bytes], &r8[..nt], &mut out[..nt]); sink += out[0]; }, nt);
+                line += &format!(" {nt} token(s): {g:6.2}");
+            }
+            println!("{line}   G weight·tokens/s");
+        }
+        let q16: Vec<_> = xs.iter().map(|x| quantize_q16(x).unwrap()).collect();
+        let r16: Vec<_> = q16.iter().map(|a| a.as_row()).collect();
+        let k = simd::q16_kernel(ty);
+        let mut line = format!("{:6} 16-bit {:11}", ty.name(), "avx2");
+        for nt in [1, 4] {
+            let g = time(&mut |r| { k(&w[r * row_bytes..(r + 1) * row_bytes], &r16[..nt], &mut out[..nt]); sink += out[0]; }, nt);
+            line += &format!(" {nt} token(s): {g:6.2}");
+        }
+        println!("{line}   G weight·tokens/s (checksum {sink:.1})");
     }
 }

@@ -1,8 +1,13 @@
-//! Perplexity of a model on a text, in windows of `c` tokens (default 256).
-//! Each window starts fresh (BOS if the model adds one); every position after
-//! the first predicts the next token; PPL = exp(mean NLL) over all of them.
+//! Perplexity of a model on a text, the way llama.cpp's `llama-perplexity`
+//! computes it, so the two can be compared on the same text and windows:
+//! the text is tokenized once (with BOS when the model adds one) and cut
+//! into windows of `c` tokens; each window is evaluated fresh, its first
+//! token replaced by BOS (when the model adds one); positions c/2 .. c-2
+//! predict the next token (the first half is context only). PPL =
+//! exp(mean NLL) over all scored positions. `--all` scores every position
+//! after the first instead (this example's earlier method).
 //!
-//! usage: perplexity [-c 256] [-f TEXT] [MODEL.gguf ...]
+//! usage: perplexity [-c 256] [-f TEXT] [--all] [MODEL.gguf ...]
 //! (default text: tests/fixtures/text/english.txt; default models: the three real ones)
 
 use rocmforge::model::{LoadOptions, Logits, Model, Session};
@@ -10,12 +15,14 @@ use rocmforge::model::{LoadOptions, Logits, Model, Session};
 fn main() {
     let root = env!("CARGO_MANIFEST_DIR");
     let (mut c, mut file) = (256usize, format!("{root}/tests/fixtures/text/english.txt"));
+    let mut all = false;
     let mut models = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "-c" => c = args.next().and_then(|v| v.parse().ok()).expect("-c N"),
             "-f" => file = args.next().expect("-f FILE"),
+            "--all" => all = true,
             _ => models.push(a),
         }
     }
@@ -28,16 +35,20 @@ fn main() {
     let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
     for path in models {
         let model = Model::load(&path, LoadOptions::default()).unwrap_or_else(|e| panic!("{path}: {e} (run `make models`)"));
-        let bos: Vec<u32> = if model.tokenizer.vocab.add_bos { model.tokenizer.vocab.special.bos.into_iter().collect() } else { vec![] };
-        let toks = model.tokenizer.encode(&text, false, false);
-        let body = c - bos.len();
+        let bos = if model.tokenizer.vocab.add_bos { model.tokenizer.vocab.special.bos } else { None };
+        let mut toks: Vec<u32> = bos.into_iter().collect();
+        toks.extend(model.tokenizer.encode(&text, false, false));
+        let nv = model.cfg.n_vocab;
         let (mut nll, mut count) = (0f64, 0usize);
-        for chunk in toks.chunks(body).filter(|ch| ch.len() == body) {
-            let window: Vec<u32> = bos.iter().chain(chunk).copied().collect();
+        for chunk in toks.chunks_exact(c) {
+            let mut window = chunk.to_vec();
+            if let Some(b) = bos {
+                window[0] = b;
+            }
             let mut s = Session::new(model.clone(), c).unwrap();
             let logits = s.eval(&window, Logits::All).unwrap();
-            let nv = model.cfg.n_vocab;
-            for p in bos.len()..window.len() - 1 {
+            let first = if all { 0 } else { c / 2 };
+            for p in first..c - 1 {
                 let row = &logits[p * nv..(p + 1) * nv];
                 let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
                 let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
@@ -46,6 +57,11 @@ fn main() {
             }
         }
         let name = path.rsplit('/').next().unwrap();
-        println!("{name:45} c={c}  {count} scored tokens  PPL = {:.3}", (nll / count.max(1) as f64).exp());
+        println!(
+            "{name:45} c={c}  {count} scored tokens  PPL = {:.4}  ({}, cpu kernels {})",
+            (nll / count.max(1) as f64).exp(),
+            if all { "every position" } else { "second half of each window, as llama-perplexity" },
+            rocmforge::backend::cpu::kernel_name()
+        );
     }
 }

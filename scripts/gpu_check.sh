@@ -16,6 +16,9 @@ mkdir -p "$OUT" "$TWINS"
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export FORGE_KERNEL_CACHE=${FORGE_KERNEL_CACHE:-/tmp/forge-kernel-cache}
 export FORGE_TWIN_DIR=$TWINS
+# The GPU tests compare with the CPU engine as well as the reference pass;
+# they run the CPU in its 16-bit activation mode (FORGE_ACT16), the width
+# their bounds were set for (the GPU's activations are 15-bit).
 steps=${*:-info twins ops model bench}
 SMOL=$HEADS/SmolLM2-135M-Instruct.Q4_1.head
 QWEN=$HEADS/qwen2.5-coder-0.5b-instruct-q4_k_m.head
@@ -47,9 +50,9 @@ for step in $steps; do
         '$BIN/make_twin' --llama7b --from '$SMOL' --type Q4_0 --out '$TWINS/llama7b-q4_0-twin.gguf'" ;;
     ops)
       "$BIN/rocmforge" backend::gpu
-      run ops "$BIN/device_ops" --test-threads 1 --nocapture ;;
+      run ops env FORGE_ACT16=1 "$BIN/device_ops" --test-threads 1 --nocapture ;;
     model)
-      run model "$BIN/gpu_model" --skip real_smollm2 --nocapture ;;
+      run model env FORGE_ACT16=1 "$BIN/gpu_model" --skip real_smollm2 --nocapture ;;
     profile)
       run profile env FORGE_PROFILE=1 "$BIN/bench" --backend cuda --pp 512 --tg 16 --reps 1 "$TWINS/qwen2-twin.gguf" "$TWINS/llama7b-q4_0-twin.gguf" ;;
     ktime)
@@ -86,11 +89,11 @@ for step in $steps; do
       run bench-cpu "$BIN/bench" --backend cpu,cuda --threads 16 --pp 128 --tg 32 --reps 1 \
         "$TWINS/smollm2-twin.gguf" "$TWINS/qwen2-twin.gguf" "$TWINS/gemma3-twin.gguf" ;;
     sanitize)
-      run sanitize-ops compute-sanitizer --tool memcheck --leak-check full --error-exitcode 1 "$BIN/device_ops" --test-threads 1 \
+      run sanitize-ops env FORGE_ACT16=1 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 1 "$BIN/device_ops" --test-threads 1 \
         attention rope_qkv rmsnorm gated_ffn embedding_rows matmul_all_types pair_products
-      run sanitize-model compute-sanitizer --tool memcheck --leak-check full --error-exitcode 1 "$BIN/gpu_model" smollm2_twin ;;
+      run sanitize-model env FORGE_ACT16=1 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 1 "$BIN/gpu_model" smollm2_twin ;;
     real)
-      run real env FORGE_REAL_SMOLLM2="${REAL_SMOLLM2:?}" "$BIN/gpu_model" real_smollm2 --nocapture ;;
+      run real env FORGE_ACT16=1 FORGE_REAL_SMOLLM2="${REAL_SMOLLM2:?}" "$BIN/gpu_model" real_smollm2 --nocapture ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

@@ -136,7 +136,7 @@ fn matmul_case(b: &Backend, ty: GgmlType, rows: usize, cols: usize, n: usize, pa
     let what = format!("matmul {ty} {rows}x{cols} n={n} {path:?}");
     match b {
         Backend::Cpu => {
-            let m = rocmforge::model::weights::Matrix { name: "w".into(), ty, rows, cols, offset: 0, row_bytes: wbytes.len() / rows };
+            let m = rocmforge::model::weights::Matrix { name: "w".into(), ty, rows, cols, offset: 0, row_bytes: wbytes.len() / rows, packed: None };
             let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
             let mut y = vec![0f32; n * rows];
             rocmforge::backend::cpu::matmul::matmul(&pool, &m, &wbytes, &x, n, &mut y);

@@ -18,32 +18,50 @@ fn load(name: &str, threads: usize) -> Arc<Model> {
 }
 
 
-/// Prefill 12 tokens as a batch, then decode 6 one at a time: every
-/// position's logits within 2e-3 relative L2 of the reference (f32, one
-/// token at a time). The fast path differs only by 16-bit activation
-/// rounding (measured ≤ 5e-4 against HF on the same models).
+/// Prefill 12 tokens as a batch, then decode 6 one at a time, against the
+/// reference pass (f32, one token at a time), plain and with the engine's
+/// activation rounding (8 bits, or 16 with FORGE_ACT16, which `make test`
+/// runs too).
+///
+/// - 16 bits: every position's logits within 2e-3 relative L2 of both.
+/// - 8 bits: within 2e-1. No tighter bound holds for a whole pass: a
+///   rounding step is 1/127 of a block's largest value, so an f32
+///   summation-order difference upstream flips the odd quant, and in
+///   SmolLM2 such flips grow to 3-5e-2 by the last layer. Two 8-bit fast
+///   paths differing only in summation order (packed tiles vs per-row
+///   kernels, FORGE_NO_PACK) differ by that much too; the rounding
+///   reference does no better than the plain one. The 8-bit products
+///   themselves are held exact in tests/quant_dot.rs and tests/cpu_packed.rs,
+///   and the pass's accuracy against HF in tests/model_hf_reference.rs.
 #[test]
 fn fast_path_matches_reference_pass() {
+    let bits = if rocmforge::backend::cpu::simd::act16() { 16 } else { 8 };
+    println!("cpu kernels: {}", rocmforge::backend::cpu::kernel_name());
     for name in common::ALL_MODELS {
         let model = load(name, 2);
         let toks = model.tokenizer.encode("The lighthouse at the end of the harbour had not been lit for eleven years", true, false);
         let (prefill, decode) = toks.split_at(12);
-        let mut r = Reference::new(&model, 64).unwrap();
+        let mut exact = Reference::new(&model, 64).unwrap();
+        let mut rounded = Reference::with_activation_rounding(&model, 64, bits).unwrap();
         let mut s = Session::new(model.clone(), 64).unwrap();
         let fast = s.eval(prefill, Logits::All).unwrap();
         let nv = model.cfg.n_vocab;
-        let mut worst = 0f64;
+        let (mut worst, mut worst_exact) = (0f64, 0f64);
+        let mut check = |got: &[f32], t: u32, p: usize| {
+            worst = worst.max(rel_l2(got, rounded.forward(t, p).unwrap()));
+            worst_exact = worst_exact.max(rel_l2(got, exact.forward(t, p).unwrap()));
+        };
         for (p, &t) in prefill.iter().enumerate() {
-            let e = rel_l2(&fast[p * nv..(p + 1) * nv], r.forward(t, p).unwrap());
-            worst = worst.max(e);
+            check(&fast[p * nv..(p + 1) * nv], t, p);
         }
         for (i, &t) in decode.iter().take(6).enumerate() {
             let got = s.eval(&[t], Logits::Last).unwrap();
-            let e = rel_l2(&got, r.forward(t, 12 + i).unwrap());
-            worst = worst.max(e);
+            check(&got, t, 12 + i);
         }
-        println!("{name}: fast vs reference, worst relative L2 over 18 positions {worst:.2e}");
-        assert!(worst < 2e-3, "{name}: {worst:e}");
+        println!("{name}: worst relative L2 over 18 positions: {worst:.2e} against the reference with {bits}-bit activation rounding, {worst_exact:.2e} against the f32 reference");
+        let bound = if bits == 8 { 2e-1 } else { 2e-3 };
+        assert!(worst < bound, "{name}: {worst:e} from the rounding reference");
+        assert!(worst_exact < bound, "{name}: {worst_exact:e} from the f32 reference");
     }
 }
 

@@ -92,11 +92,10 @@ fn dot_rejects_mismatched_lengths() {
     assert!(quantize_acts(quant::ActFormat::Q8_0, &[0.0; 33]).is_err());
 }
 
-/// The 16-bit activation dot the CPU engine uses: against dequant(w) ·
-/// dequant(x16) it differs only by f32 rounding (1e-5 of Σ|w·x|); against the
-/// unquantized x, 16-bit quantization error stays below 1e-4 of Σ|w·x|.
-#[test]
-fn q16_dots_match_dequantize_then_dot() {
+/// The activation dot of one width against dequant(w) · dequant(xq): only f32
+/// rounding differs (1e-5 of Σ|w·x|); against the unquantized x, the
+/// quantization error stays below `bound` of Σ|w·x|.
+fn act_dots_match<T: quant::ActInt>(bound: f64) {
     for (name, ty) in common::FIXTURE_TYPES {
         if act_format(ty).is_none() {
             continue;
@@ -104,50 +103,93 @@ fn q16_dots_match_dequantize_then_dot() {
         let row = std::fs::read(common::fixture(&format!("quant/{name}.q"))).unwrap();
         let w = quant::dequantize_vec(ty, &row).unwrap();
         let x = activations(w.len(), 11);
-        let xq = quant::quantize_q16(&x).unwrap();
-        let xd: Vec<f32> = xq.q.iter().enumerate().map(|(i, &q)| q as f32 * xq.d[i / 32]).collect();
+        let xq = quant::quantize_act::<T>(&x).unwrap();
+        let xd: Vec<f32> = xq.q.iter().enumerate().map(|(i, &q)| q.into() as f32 * xq.d[i / 32]).collect();
         let (want_q, mag_q) = dot64(&w, &xd);
-        let got = quant::vec_dot_q16(ty, &row, xq.as_row()).unwrap() as f64;
-        assert!((got - want_q).abs() <= 1e-5 * mag_q, "{name} q16 dot: {got} vs {want_q}");
+        let got = quant::vec_dot_act(ty, &row, xq.as_row()).unwrap() as f64;
+        assert!((got - want_q).abs() <= 1e-5 * mag_q, "{name} activation dot: {got} vs {want_q}");
         let (want, mag) = dot64(&w, &x);
         let rel = (got - want).abs() / mag;
-        assert!(rel < 1e-4, "{name}: q16 dot strays {rel:e} from the f32 dot");
+        assert!(rel < bound, "{name}: activation dot strays {rel:e} from the f32 dot");
         for (b, s) in xq.sum.iter().enumerate() {
-            assert_eq!(*s, xq.q[b * 32..b * 32 + 32].iter().map(|&v| v as i32).sum::<i32>());
+            assert_eq!(*s, xq.q[b * 32..b * 32 + 32].iter().map(|&v| v.into()).sum::<i32>());
+            assert!((xq.dsum[b] - xq.d[b] * *s as f32).abs() <= 1e-6 * xq.dsum[b].abs());
+        }
+        // every quant within half a step of x / d, and the largest at ±QMAX
+        for (b, xb) in x.chunks_exact(32).enumerate() {
+            let d = xq.d[b];
+            let mut top = 0i32;
+            for (i, &v) in xb.iter().enumerate() {
+                let q: i32 = xq.q[b * 32 + i].into();
+                assert!((q as f32 - v / d).abs() <= 0.5 + 1e-3 + 1e-6 * (v / d).abs(), "{name}: quant {q} for {v} / {d}");
+                top = top.max(q.abs());
+            }
+            assert_eq!(top as f32, T::QMAX);
         }
     }
-    assert!(quant::quantize_q16(&[0.0; 33]).is_err());
+    assert!(quant::quantize_act::<T>(&[0.0; 33]).is_err());
+    let zero = quant::quantize_act::<T>(&[0.0; 32]).unwrap();
+    assert_eq!((zero.d[0], zero.sum[0]), (0.0, 0));
 }
 
-/// The CPU backend's fastest kernel for each type (AVX2 where the CPU has
-/// it) against the portable scalar definition: same integer sums, only f32
-/// accumulation order differs (1e-5 of Σ|w·x|).
+/// 16-bit activations (`FORGE_ACT16`): quantization error below 1e-4.
+#[test]
+fn q16_dots_match_dequantize_then_dot() {
+    act_dots_match::<i16>(1e-4);
+}
+
+/// 8-bit activations (the default): below 1% (Q8 rounding is at most d/2).
+#[test]
+fn a8_dots_match_dequantize_then_dot() {
+    act_dots_match::<i8>(1e-2);
+}
+
+/// Every kernel family this CPU has, for each type and both widths, against
+/// the portable scalar definition with 1 to 11 tokens per call (so every
+/// token group size is used, and a partial one): the same integer sums, only
+/// f32 accumulation order differs (1e-5 of Σ|w·x|).
 #[test]
 fn simd_kernels_match_scalar() {
-    use rocmforge::backend::cpu::simd;
-    println!("kernel family: {}", simd::kernel_name());
+    use rocmforge::backend::cpu::simd::{self, Family};
+    println!("kernels in use: {}", simd::kernel_name());
+    let families: Vec<Family> = Family::ALL.into_iter().filter(|f| f.available()).collect();
+    println!("families on this CPU: {:?}", families);
     for (name, ty) in common::FIXTURE_TYPES {
         if act_format(ty).is_none() {
             continue;
         }
         let row = std::fs::read(common::fixture(&format!("quant/{name}.q"))).unwrap();
         let w = quant::dequantize_vec(ty, &row).unwrap();
-        for seed in 1..6 {
-            let x = activations(w.len(), seed);
-            let xq = quant::quantize_q16(&x).unwrap();
-            // several tokens per call, as the matmul batches them
-            let x2: Vec<f32> = x.iter().map(|v| v * -0.5 + 0.1).collect();
-            let xq2 = quant::quantize_q16(&x2).unwrap();
-            let rows = [xq.as_row(), xq2.as_row(), xq.as_row()];
-            let (mut fast, mut slow) = ([0f32; 3], [0f32; 3]);
-            simd::q16_kernel(ty)(&row, &rows, &mut fast);
-            simd::scalar_q16(ty)(&row, &rows, &mut slow);
-            let (_, mag) = dot64(&w, &x);
-            let (_, mag2) = dot64(&w, &x2);
-            for k in 0..3 {
-                let m = if k == 1 { mag2 } else { mag };
-                assert!(((fast[k] - slow[k]) as f64).abs() <= 1e-5 * m, "{name} row {k}: simd {} vs scalar {}", fast[k], slow[k]);
+        let xs: Vec<Vec<f32>> = (1..12u32).map(|seed| activations(w.len(), seed).iter().map(|v| v * (seed as f32 * 0.37 - 2.0)).collect()).collect();
+        let mags: Vec<f64> = xs.iter().map(|x| dot64(&w, x).1).collect();
+        let check = |got: &[f32], want: &[f32], what: &str| {
+            for k in 0..got.len() {
+                assert!(((got[k] - want[k]) as f64).abs() <= 1e-5 * mags[k], "{name} {what} token {k}: {} vs scalar {}", got[k], want[k]);
             }
+        };
+        let q8: Vec<_> = xs.iter().map(|x| quant::quantize_a8(x).unwrap()).collect();
+        let r8: Vec<_> = q8.iter().map(|a| a.as_row()).collect();
+        let q16: Vec<_> = xs.iter().map(|x| quant::quantize_q16(x).unwrap()).collect();
+        let r16: Vec<_> = q16.iter().map(|a| a.as_row()).collect();
+        for nt in 1..=r8.len() {
+            let mut slow = vec![0f32; nt];
+            simd::scalar_kernel::<i8>(ty)(&row, &r8[..nt], &mut slow);
+            for &f in &families {
+                let mut fast = vec![0f32; nt];
+                for t0 in (0..nt).step_by(simd::MAX_TOKENS) {
+                    let t1 = (t0 + simd::MAX_TOKENS).min(nt);
+                    simd::a8_kernel_of(f, ty)(&row, &r8[t0..t1], &mut fast[t0..t1]);
+                }
+                check(&fast, &slow, &format!("8-bit {} x{nt}", f.name()));
+            }
+            let mut slow = vec![0f32; nt];
+            simd::scalar_kernel::<i16>(ty)(&row, &r16[..nt], &mut slow);
+            let mut fast = vec![0f32; nt];
+            for t0 in (0..nt).step_by(4) {
+                let t1 = (t0 + 4).min(nt);
+                simd::q16_kernel(ty)(&row, &r16[t0..t1], &mut fast[t0..t1]);
+            }
+            check(&fast, &slow, &format!("16-bit x{nt}"));
         }
     }
 }

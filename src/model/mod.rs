@@ -142,7 +142,7 @@ impl Model {
             )));
         }
         report(&mut opts, 0.4)?;
-        let weights = Weights::load(&file, &cfg)?;
+        let mut weights = Weights::load(&file, &cfg)?;
         report(&mut opts, 0.9)?;
         let n_threads = if opts.n_threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -166,6 +166,9 @@ impl Model {
             }
             None => None,
         };
+        if gpu.is_none() && crate::backend::cpu::packed::wanted() {
+            crate::backend::cpu::packed::pack_model(&pool, &file, &mut weights)?;
+        }
         report(&mut opts, 1.0)?;
         Ok(Arc::new(Model { cfg, file, weights, tokenizer, pool, n_threads, gpu }))
     }

@@ -2,6 +2,11 @@
 //! token at a time, written to be read top to bottom (after llama2.c's
 //! `run.c`). It is the oracle the fast CPU path and every GPU backend are
 //! tested against, so it stays plain: no SIMD, no threads, no batching.
+//!
+//! The CPU engine rounds each matmul input to 8-bit (or 16-bit) integers
+//! per 32 values; [`Reference::with_activation_rounding`] applies the same
+//! rounding (quantize, then back to f32) before each of its matmuls, so the
+//! fast path can be held to f32 summation-order differences at either width.
 
 use super::arch::{FfnAct, LayerKind, RopeStyle};
 use super::config::{Config, RopeScaling};
@@ -15,10 +20,10 @@ use crate::quant;
 
 struct DenseLayer {
     attn_norm: Vec<f32>,              // (n_embd)
-    wq: Vec<f32>,                     // (n_head * head_dim, n_embd)
-    wk: Vec<f32>,                     // (n_head_kv * head_dim, n_embd)
-    wv: Vec<f32>,                     // (n_head_kv * head_dim_v, n_embd)
-    wo: Vec<f32>,                     // (n_embd, n_head * head_dim_v)
+    wq: Dense,                     // (n_head * head_dim, n_embd)
+    wk: Dense,                     // (n_head_kv * head_dim, n_embd)
+    wv: Dense,                     // (n_head_kv * head_dim_v, n_embd)
+    wo: Dense,                     // (n_embd, n_head * head_dim_v)
     bq: Option<Vec<f32>>,             // (n_head * head_dim)
     bk: Option<Vec<f32>>,             // (n_head_kv * head_dim)
     bv: Option<Vec<f32>>,             // (n_head_kv * head_dim_v)
@@ -26,9 +31,9 @@ struct DenseLayer {
     k_norm: Option<Vec<f32>>,         // (head_dim)
     post_attn_norm: Option<Vec<f32>>, // (n_embd)
     ffn_norm: Vec<f32>,               // (n_embd)
-    w_gate: Vec<f32>,                 // (n_ff, n_embd)
-    w_up: Vec<f32>,                   // (n_ff, n_embd)
-    w_down: Vec<f32>,                 // (n_embd, n_ff)
+    w_gate: Dense,                 // (n_ff, n_embd)
+    w_up: Dense,                   // (n_ff, n_embd)
+    w_down: Dense,                 // (n_embd, n_ff)
     post_ffn_norm: Option<Vec<f32>>,  // (n_embd)
 }
 
@@ -36,7 +41,9 @@ pub struct Reference<'m> {
     model: &'m Model,
     token_embd: Vec<f32>,  // (n_vocab, n_embd)
     output_norm: Vec<f32>, // (n_embd)
-    output: Vec<f32>,      // (n_vocab, n_embd)
+    output: Dense,         // (n_vocab, n_embd)
+    /// Round matmul inputs as the CPU engine does: to this many bits.
+    act_bits: Option<u8>,
     layers: Vec<DenseLayer>,
     // state, allocated once
     x: Vec<f32>,      // (n_embd) residual stream
@@ -55,12 +62,33 @@ pub struct Reference<'m> {
     n_ctx: usize,
 }
 
-fn dense(model: &Model, m: &Matrix) -> Result<Vec<f32>> {
-    quant::dequantize_vec(m.ty, m.bytes(&model.file))
+/// A dequantized matrix, and whether the engine multiplies it with integer
+/// activations (quantized weights) or f32 ones (float weights).
+struct Dense {
+    w: Vec<f32>,
+    int_act: bool,
+}
+
+fn dense(model: &Model, m: &Matrix) -> Result<Dense> {
+    Ok(Dense { w: quant::dequantize_vec(m.ty, m.bytes(&model.file))?, int_act: quant::act_format(m.ty).is_some() })
 }
 
 impl<'m> Reference<'m> {
+    /// The f32 reference.
     pub fn new(model: &'m Model, n_ctx: usize) -> Result<Reference<'m>> {
+        Reference::build(model, n_ctx, None)
+    }
+
+    /// The reference with the CPU engine's activation rounding (8 or 16
+    /// bits per value, blocks of 32) before each matmul by quantized weights.
+    pub fn with_activation_rounding(model: &'m Model, n_ctx: usize, bits: u8) -> Result<Reference<'m>> {
+        if bits != 8 && bits != 16 {
+            return Err(Error::InvalidArgument(format!("activation rounding to {bits} bits: only 8 and 16 exist")));
+        }
+        Reference::build(model, n_ctx, Some(bits))
+    }
+
+    fn build(model: &'m Model, n_ctx: usize, act_bits: Option<u8>) -> Result<Reference<'m>> {
         let c = &model.cfg;
         let w = &model.weights;
         let layers = w
@@ -87,13 +115,14 @@ impl<'m> Reference<'m> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let token_embd = dense(model, &w.token_embd)?;
-        let output = if c.tied_embeddings { token_embd.clone() } else { dense(model, &w.output)? };
+        let token_embd = quant::dequantize_vec(w.token_embd.ty, w.token_embd.bytes(&model.file))?;
+        let output = dense(model, &w.output)?;
         Ok(Reference {
             model,
             token_embd,
             output_norm: w.output_norm.clone(),
             output,
+            act_bits,
             layers,
             x: vec![0.0; c.n_embd],
             xb: vec![0.0; c.n_embd],
@@ -136,9 +165,9 @@ impl<'m> Reference<'m> {
         for (il, l) in self.layers.iter().enumerate() {
             // ---- attention: x += post_norm(wo · attention(rope(q), rope(k), v)) ----
             rmsnorm(&mut self.xb, &self.x, &l.attn_norm, c.rms_eps);
-            matmul(&mut self.q, &l.wq, &self.xb);
-            matmul(&mut self.k, &l.wk, &self.xb);
-            matmul(&mut self.v, &l.wv, &self.xb);
+            matmul(&mut self.q, &l.wq, &self.xb, self.act_bits);
+            matmul(&mut self.k, &l.wk, &self.xb, self.act_bits);
+            matmul(&mut self.v, &l.wv, &self.xb, self.act_bits);
             if let (Some(bq), Some(bk), Some(bv)) = (&l.bq, &l.bk, &l.bv) {
                 add(&mut self.q, bq);
                 add(&mut self.k, bk);
@@ -189,7 +218,7 @@ impl<'m> Reference<'m> {
                     }
                 }
             }
-            matmul(&mut self.branch, &l.wo, &self.att_out);
+            matmul(&mut self.branch, &l.wo, &self.att_out, self.act_bits);
             if let Some(pn) = &l.post_attn_norm {
                 let t = self.branch.clone();
                 rmsnorm(&mut self.branch, &t, pn, c.rms_eps);
@@ -198,15 +227,15 @@ impl<'m> Reference<'m> {
 
             // ---- FFN: x += post_norm(w_down · (act(w_gate · xb) * (w_up · xb))) ----
             rmsnorm(&mut self.xb, &self.x, &l.ffn_norm, c.rms_eps);
-            matmul(&mut self.hb, &l.w_gate, &self.xb);
-            matmul(&mut self.hb2, &l.w_up, &self.xb);
+            matmul(&mut self.hb, &l.w_gate, &self.xb, self.act_bits);
+            matmul(&mut self.hb2, &l.w_up, &self.xb, self.act_bits);
             for (g, u) in self.hb.iter_mut().zip(&self.hb2) {
                 *g = match c.arch.ffn_act {
                     FfnAct::Silu => *g / (1.0 + (-*g).exp()),
                     FfnAct::GeluTanh => gelu_tanh(*g),
                 } * u;
             }
-            matmul(&mut self.branch, &l.w_down, &self.hb);
+            matmul(&mut self.branch, &l.w_down, &self.hb, self.act_bits);
             if let Some(pn) = &l.post_ffn_norm {
                 let t = self.branch.clone();
                 rmsnorm(&mut self.branch, &t, pn, c.rms_eps);
@@ -217,7 +246,7 @@ impl<'m> Reference<'m> {
         // final norm, then logits = output · x
         let x = self.x.clone();
         rmsnorm(&mut self.x, &x, &self.output_norm, c.rms_eps);
-        matmul(&mut self.logits, &self.output, &self.x);
+        matmul(&mut self.logits, &self.output, &self.x, self.act_bits);
         Ok(&self.logits)
     }
 }
@@ -234,12 +263,30 @@ fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     }
 }
 
-/// out (rows) = W (rows, cols) · x (cols)
-fn matmul(out: &mut [f32], w: &[f32], x: &[f32]) {
+/// out (rows) = W (rows, cols) · x (cols), x first rounded to `act_bits`
+/// integers per 32 values when the engine would round it.
+fn matmul(out: &mut [f32], w: &Dense, x: &[f32], act_bits: Option<u8>) {
     let cols = x.len();
+    let rounded: Vec<f32>;
+    let x = match act_bits {
+        Some(bits) if w.int_act => {
+            rounded = match bits {
+                8 => round_trip::<i8>(x),
+                _ => round_trip::<i16>(x),
+            };
+            &rounded[..]
+        }
+        _ => x,
+    };
     for (r, o) in out.iter_mut().enumerate() {
-        *o = dot(&w[r * cols..(r + 1) * cols], x);
+        *o = dot(&w.w[r * cols..(r + 1) * cols], x);
     }
+}
+
+/// x quantized as the engine's matmuls quantize it, and back to f32.
+fn round_trip<T: quant::ActInt>(x: &[f32]) -> Vec<f32> {
+    let a = quant::quantize_act::<T>(x).expect("matmul inputs are a multiple of 32");
+    a.q.iter().enumerate().map(|(i, &q)| q.into() as f32 * a.d[i / 32]).collect()
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {

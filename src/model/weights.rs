@@ -1,6 +1,7 @@
 //! The model's tensors, located in the mapped file and shape-checked at load.
-//! Matrices stay quantized in the mapping; norm weights and biases (small)
-//! are dequantized to f32 once.
+//! Matrices stay quantized in the mapping (on CPUs with AVX-512 VNNI the CPU
+//! backend also regroups them into tiles, `backend::cpu::packed`); norm
+//! weights and biases (small) are dequantized to f32 once.
 
 use super::arch::names::{self, blk};
 use super::config::Config;
@@ -18,6 +19,9 @@ pub struct Matrix {
     pub cols: usize,
     pub offset: usize,
     pub row_bytes: usize,
+    /// The same weights in the CPU's tile layout, when the CPU backend
+    /// packed them at load.
+    pub packed: Option<std::sync::Arc<crate::backend::cpu::packed::Packed>>,
 }
 
 impl Matrix {
@@ -47,6 +51,18 @@ pub struct LayerWeights {
     pub w_up: Matrix,                    // (n_ff, n_embd)
     pub w_down: Matrix,                  // (n_embd, n_ff)
     pub post_ffn_norm: Option<Vec<f32>>, // (n_embd)                  gemma3
+}
+
+impl Weights {
+    /// Every matrix the forward pass multiplies by (not the embedding
+    /// lookup), for the CPU backend to pack.
+    pub fn matrices_mut(&mut self) -> Vec<&mut Matrix> {
+        let mut v: Vec<&mut Matrix> = vec![&mut self.output];
+        for l in &mut self.layers {
+            v.extend([&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo, &mut l.w_gate, &mut l.w_up, &mut l.w_down]);
+        }
+        v
+    }
 }
 
 pub struct Weights {
@@ -79,6 +95,7 @@ fn matrix(f: &GgufFile, name: &str, arch: &str, rows: usize, cols: usize) -> Res
         cols,
         offset: t.offset as usize,
         row_bytes: t.ty.row_bytes(cols as u64).unwrap() as usize,
+        packed: None,
     })
 }
 

@@ -2,7 +2,8 @@
 //! i16 and multiplied with the 16-bit activations by `vpmaddwd` (i32 pair
 //! sums), then scaled and accumulated in f32. Same math as
 //! `quant::dot::vec_dot_q16`; only the f32 summation order differs.
-//! Only called after `avx2_available()` returned true.
+//! These are the 16-bit activation kernels (`FORGE_ACT16=1`); the default
+//! 8-bit ones are in `x86_a8`. Only called after `avx2_available()` returned true.
 
 #![cfg(target_arch = "x86_64")]
 
@@ -11,9 +12,17 @@ use std::arch::x86_64::*;
 use crate::quant::kquants::scale_min_k4;
 use crate::quant::ActRow;
 
+type Row16<'a> = ActRow<'a, i16>;
+
 /// Most tokens one call handles: each weight block is unpacked once and
 /// multiplied with up to this many activation rows.
 pub const MAX_TOKENS: usize = 4;
+
+/// f16 at `p` → f32 with the F16C instruction.
+#[inline(always)]
+pub(super) unsafe fn f16p(p: *const u8) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((p as *const u16).read_unaligned() as i32)))
+}
 
 /// f16 → f32 with the F16C instruction.
 #[inline(always)]
@@ -23,7 +32,7 @@ unsafe fn f16_at(b: &[u8], i: usize) -> f32 {
 }
 
 #[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
+pub(super) unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
@@ -48,7 +57,7 @@ unsafe fn madd16(w: __m128i, x: *const i16) -> __m256i {
 
 /// 16 bytes of nibbles → 32 lanes: low nibbles (elements 0..16), then high.
 #[inline(always)]
-unsafe fn nibbles(p: *const u8) -> __m256i {
+pub(super) unsafe fn nibbles(p: *const u8) -> __m256i {
     let b = _mm_loadu_si128(p as *const __m128i);
     let m = _mm_set1_epi8(0x0F);
     let lo = _mm_and_si128(b, m);
@@ -58,7 +67,7 @@ unsafe fn nibbles(p: *const u8) -> __m256i {
 
 /// Bit j of `bits` → 0xFF in byte j (32 bytes).
 #[inline(always)]
-unsafe fn bits_to_bytes(bits: u32) -> __m256i {
+pub(super) unsafe fn bits_to_bytes(bits: u32) -> __m256i {
     let v = _mm256_set1_epi32(bits as i32);
     let shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
     let bytes = _mm256_shuffle_epi8(v, shuf);
@@ -86,7 +95,7 @@ unsafe fn nibbles16(p: *const u8) -> (__m256i, __m256i) {
 #[inline(always)]
 unsafe fn dot_blocks<const TS: usize>(
     row: &[u8],
-    xs: &[ActRow],
+    xs: &[Row16],
     out: &mut [f32],
     unpack: impl Fn(*const u8) -> (f32, f32, (__m256i, __m256i)),
 ) {
@@ -113,7 +122,7 @@ unsafe fn dot_blocks<const TS: usize>(
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4_0(row: &[u8], xs: &[ActRow], out: &mut [f32]) {
+pub unsafe fn q4_0(row: &[u8], xs: &[Row16], out: &mut [f32]) {
     dot_blocks::<18>(row, xs, out, |p| {
         let (lo, hi) = nibbles16(p.add(2));
         let eight = _mm256_set1_epi16(8);
@@ -122,7 +131,7 @@ pub unsafe fn q4_0(row: &[u8], xs: &[ActRow], out: &mut [f32]) {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4_1(row: &[u8], xs: &[ActRow], out: &mut [f32]) {
+pub unsafe fn q4_1(row: &[u8], xs: &[Row16], out: &mut [f32]) {
     dot_blocks::<20>(row, xs, out, |p| {
         let h = std::slice::from_raw_parts(p, 4);
         (f16_at(h, 0), f16_at(h, 2), nibbles16(p.add(4)))
@@ -130,7 +139,7 @@ pub unsafe fn q4_1(row: &[u8], xs: &[ActRow], out: &mut [f32]) {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q5_0(row: &[u8], xs: &[ActRow], out: &mut [f32]) {
+pub unsafe fn q5_0(row: &[u8], xs: &[Row16], out: &mut [f32]) {
     dot_blocks::<22>(row, xs, out, |p| {
         let h = std::slice::from_raw_parts(p, 6);
         let qh = u32::from_le_bytes([h[2], h[3], h[4], h[5]]);
@@ -141,7 +150,7 @@ pub unsafe fn q5_0(row: &[u8], xs: &[ActRow], out: &mut [f32]) {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q5_1(row: &[u8], xs: &[ActRow], out: &mut [f32]) {
+pub unsafe fn q5_1(row: &[u8], xs: &[Row16], out: &mut [f32]) {
     dot_blocks::<24>(row, xs, out, |p| {
         let h = std::slice::from_raw_parts(p, 8);
         let qh = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
@@ -151,12 +160,12 @@ pub unsafe fn q5_1(row: &[u8], xs: &[ActRow], out: &mut [f32]) {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q8_0(row: &[u8], xs: &[ActRow], out: &mut [f32]) {
+pub unsafe fn q8_0(row: &[u8], xs: &[Row16], out: &mut [f32]) {
     dot_blocks::<34>(row, xs, out, |p| (f16_at(std::slice::from_raw_parts(p, 2), 0), 0.0, widen(_mm256_loadu_si256(p.add(2) as *const __m256i))))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4_k(row: &[u8], xs: &[ActRow], out: &mut [f32]) {
+pub unsafe fn q4_k(row: &[u8], xs: &[Row16], out: &mut [f32]) {
     let nt = xs.len().min(MAX_TOKENS);
     let mut acc = [_mm256_setzero_ps(); MAX_TOKENS];
     let mut acc_min = [0f32; MAX_TOKENS];
@@ -187,7 +196,7 @@ pub unsafe fn q4_k(row: &[u8], xs: &[ActRow], out: &mut [f32]) {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q6_k(row: &[u8], xs: &[ActRow], out: &mut [f32]) {
+pub unsafe fn q6_k(row: &[u8], xs: &[Row16], out: &mut [f32]) {
     let nt = xs.len().min(MAX_TOKENS);
     let mut acc = [_mm256_setzero_ps(); MAX_TOKENS];
     let m4 = _mm256_set1_epi8(0x0F);

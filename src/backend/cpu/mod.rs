@@ -1,11 +1,17 @@
 //! The CPU backend: quantized matmul over a persistent thread pool, with
-//! 8-bit activation dot products (AVX2/FMA when the CPU has them, detected at
-//! run time; portable scalar code otherwise).
+//! 8-bit activation dot products chosen at run time for the CPU in hand
+//! (`simd::Family`: AVX-512 VNNI over weights packed into tiles at load,
+//! AVX-VNNI, AVX2, or portable scalar code).
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod x86_a8;
+#[cfg(target_arch = "x86_64")]
+mod x86_packed;
 pub mod forward;
 pub mod matmul;
+pub mod packed;
 pub mod simd;
 
 pub use matmul::{matmul, DotKernel, FloatKernel};

@@ -1,9 +1,9 @@
-//! Dot-product kernels, chosen per weight type at run time. The scalar
-//! kernels are `quant::dot::vec_dot_q16` (the readable definition); AVX2
-//! versions are used when the CPU reports AVX2 and FMA.
+//! Dot-product kernels, chosen per weight type and CPU at run time. The
+//! scalar kernels are `quant::dot::vec_dot_act` (the readable definition);
+//! the x86 families ([`Family`]) must match them.
 
 use super::matmul::{DotKernel, FloatKernel};
-use crate::quant::{self, ActRow, GgmlType};
+use crate::quant::{self, ActInt, ActRow, GgmlType};
 
 pub fn avx2_available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -17,24 +17,98 @@ pub fn avx2_available() -> bool {
 }
 
 /// Most activation rows one kernel call takes.
-pub const MAX_TOKENS: usize = 4;
+pub const MAX_TOKENS: usize = 8;
 
-/// Which kernel family this process uses, for logs and benchmarks.
-pub fn kernel_name() -> &'static str {
-    if avx2_available() {
-        "avx2+fma+f16c"
-    } else {
-        "scalar"
+/// A family of dot kernels, by the instruction that multiplies bytes.
+/// Never AMX: these VMs list it but trap on it.
+/// cbindgen:ignore
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Portable Rust (`quant::dot::vec_dot_act`).
+    Scalar,
+    /// AVX2 + FMA + F16C: `vpmaddubsw` + `vpmaddwd`.
+    Avx2,
+    /// AVX-VNNI (VEX-encoded `vpdpbusd`).
+    AvxVnni,
+    /// AVX-512 F/BW/VL + VNNI (`vpdpbusd`, two blocks per 512-bit vector
+    /// when a call has 2+ tokens).
+    Avx512Vnni,
+}
+
+impl Family {
+    pub const ALL: [Family; 4] = [Family::Scalar, Family::Avx2, Family::AvxVnni, Family::Avx512Vnni];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Scalar => "scalar",
+            Family::Avx2 => "avx2",
+            Family::AvxVnni => "avxvnni",
+            Family::Avx512Vnni => "avx512vnni",
+        }
+    }
+
+    /// Whether this CPU runs the family.
+    pub fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Family::Scalar => true,
+                Family::Avx2 => avx2_available(),
+                Family::AvxVnni => avx2_available() && is_x86_feature_detected!("avxvnni"),
+                Family::Avx512Vnni => {
+                    avx2_available() && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512vnni")
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Family::Scalar
+        }
+    }
+
+    /// The family this process uses: the best this CPU has, or the one
+    /// `FORGE_CPU_KERNELS` names (scalar, avx2, avxvnni, avx512vnni) when
+    /// the CPU has it.
+    pub fn current() -> Family {
+        static F: std::sync::OnceLock<Family> = std::sync::OnceLock::new();
+        *F.get_or_init(|| {
+            let best = *Family::ALL.iter().rev().find(|f| f.available()).unwrap_or(&Family::Scalar);
+            match std::env::var("FORGE_CPU_KERNELS") {
+                Ok(v) => match Family::ALL.iter().find(|f| f.name() == v.trim()) {
+                    Some(&f) if f.available() => f,
+                    _ => best,
+                },
+                Err(_) => best,
+            }
+        })
     }
 }
 
-/// The scalar kernel for a quantized type (every type `act_format` names).
-pub fn scalar_q16(ty: GgmlType) -> DotKernel {
+/// Whether matmuls quantize activations to 16 bits instead of 8
+/// (`FORGE_ACT16`: slower, closer to f32; see `quant::dot`).
+pub fn act16() -> bool {
+    static A: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *A.get_or_init(|| crate::env_flag("FORGE_ACT16"))
+}
+
+/// Which kernels this process uses, for logs and benchmarks.
+pub fn kernel_name() -> String {
+    let f = Family::current();
+    if act16() {
+        format!("{} (16-bit activations)", if f == Family::Scalar { "scalar" } else { "avx2" })
+    } else {
+        format!("{} (8-bit activations)", f.name())
+    }
+}
+
+/// The scalar kernel for a quantized type and an activation width (every
+/// type `act_format` names).
+pub fn scalar_kernel<T: ActInt>(ty: GgmlType) -> DotKernel<T> {
     macro_rules! k {
         ($t:expr) => {
-            |w: &[u8], xs: &[ActRow], out: &mut [f32]| {
+            |w: &[u8], xs: &[ActRow<T>], out: &mut [f32]| {
                 for (o, x) in out.iter_mut().zip(xs) {
-                    *o = quant::vec_dot_q16($t, w, *x).unwrap_or(f32::NAN);
+                    *o = quant::vec_dot_act($t, w, *x).unwrap_or(f32::NAN);
                 }
             }
         };
@@ -57,13 +131,63 @@ pub fn scalar_q16(ty: GgmlType) -> DotKernel {
     }
 }
 
-/// The fastest kernel this CPU has for a quantized type.
-pub fn q16_kernel(ty: GgmlType) -> DotKernel {
+/// The 8-bit activation kernel of `family` for a quantized type (the scalar
+/// one where the family has none for the type).
+pub fn a8_kernel_of(family: Family, ty: GgmlType) -> DotKernel<i8> {
     #[cfg(target_arch = "x86_64")]
-    if avx2_available() {
+    if family != Family::Scalar && family.available() {
+        use super::x86_a8 as k;
+        use GgmlType::*;
+        macro_rules! pick {
+            ($($t:ident => $a:ident, $v:ident, $z:ident);*) => {
+                match ty {
+                    // SAFETY (each closure): `family.available()` checked the ISA's features.
+                    $($t => Some(match family {
+                        Family::Avx2 => {
+                            let f: DotKernel<i8> = |w, xs, out| unsafe { k::$a(w, xs, out) };
+                            f
+                        }
+                        Family::AvxVnni => {
+                            let f: DotKernel<i8> = |w, xs, out| unsafe { k::$v(w, xs, out) };
+                            f
+                        }
+                        _ => {
+                            let f: DotKernel<i8> = |w, xs, out| unsafe { k::$z(w, xs, out) };
+                            f
+                        }
+                    }),)*
+                    _ => None,
+                }
+            };
+        }
+        let found = pick!(
+            Q4_0 => q4_0_avx2, q4_0_avxvnni, q4_0_avx512vnni;
+            Q4_1 => q4_1_avx2, q4_1_avxvnni, q4_1_avx512vnni;
+            Q5_0 => q5_0_avx2, q5_0_avxvnni, q5_0_avx512vnni;
+            Q5_1 => q5_1_avx2, q5_1_avxvnni, q5_1_avx512vnni;
+            Q8_0 => q8_0_avx2, q8_0_avxvnni, q8_0_avx512vnni;
+            Q4K => q4_k_avx2, q4_k_avxvnni, q4_k_avx512vnni;
+            Q6K => q6_k_avx2, q6_k_avxvnni, q6_k_avx512vnni
+        );
+        if let Some(k) = found {
+            return k;
+        }
+    }
+    scalar_kernel(ty)
+}
+
+/// The fastest 8-bit activation kernel this process uses for a type.
+pub fn a8_kernel(ty: GgmlType) -> DotKernel<i8> {
+    a8_kernel_of(Family::current(), ty)
+}
+
+/// The fastest 16-bit activation kernel this process uses for a type.
+pub fn q16_kernel(ty: GgmlType) -> DotKernel<i16> {
+    #[cfg(target_arch = "x86_64")]
+    if Family::current() != Family::Scalar {
         use super::avx2;
         // SAFETY (each closure): AVX2 and FMA were detected above.
-        let k: Option<DotKernel> = match ty {
+        let k: Option<DotKernel<i16>> = match ty {
             GgmlType::Q4_0 => Some(|w, xs, out| unsafe { avx2::q4_0(w, xs, out) }),
             GgmlType::Q4_1 => Some(|w, xs, out| unsafe { avx2::q4_1(w, xs, out) }),
             GgmlType::Q5_0 => Some(|w, xs, out| unsafe { avx2::q5_0(w, xs, out) }),
@@ -77,7 +201,7 @@ pub fn q16_kernel(ty: GgmlType) -> DotKernel {
             return k;
         }
     }
-    scalar_q16(ty)
+    scalar_kernel(ty)
 }
 
 /// Kernel for float weights (F32/F16/BF16) against f32 activations. Weight

@@ -1,0 +1,355 @@
+//! Weights regrouped at load for the AVX-512 VNNI matmul: tiles of 8 rows ×
+//! 32 columns, so one `vpdpbusd` multiplies 4 columns of 8 rows (two column
+//! groups per 512-bit vector) by an 8-byte broadcast of the activations.
+//! Against the per-row kernels of `x86_a8` this takes a tile's products
+//! from ~32 instructions per token to ~12, and the per-block scale work is
+//! done once per 8 rows instead of once per row.
+//!
+//! Tile layout (bytes, in this order):
+//! - the scales of the 8 rows: f16 for the legacy types (their scale is an
+//!   f16 already), f32 for the k-quants (d × 6-bit scale, exact in f32):
+//!   scale of elements 0–15, then of 16–31 (Q6_K only), then the minimum's
+//!   coefficient (types with a minimum);
+//! - the low 4 bits of the quants, 128 bytes: vector v (v = 0..4) holds
+//!   columns 8v..8v+8 of each row, 8 bytes per row; byte k of 64-byte half c
+//!   carries vector c in its low nibble and vector c + 2 in its high nibble;
+//! - 5-bit types: one u64 per vector, bit k = bit 4 of byte k;
+//!   6-bit (Q6_K): 64 bytes, byte k holding bits 4–5 of vector v's byte k
+//!   at bits 2v, 2v+1; 8-bit (Q8_0): the 256 bytes instead of nibbles.
+//!
+//! Quants are stored unsigned (q + offset: 8 for Q4_0, 16 for Q5_0, 32 for
+//! Q6_K, 128 for Q8_0); the kernel starts each block's integer sum at
+//! −offset × Σx, so the result is the same integer the scalar definition
+//! (`quant::dot::vec_dot_act`) computes.
+
+use rayon::prelude::*;
+use rayon::ThreadPool;
+
+use crate::quant::{kquants, legacy, GgmlType, QK_K};
+
+/// How a packed type stores its tiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Format {
+    /// Quant width: 4, 5, 6 or 8.
+    pub bits: u8,
+    /// Added to the signed quants to make them unsigned.
+    pub offset: i32,
+    /// Scales as f16 (legacy types) rather than f32.
+    pub half: bool,
+    /// A second scale for columns 16–31 (16-value sub-blocks).
+    pub split: bool,
+    /// A minimum term (value = scale × q + min).
+    pub min: bool,
+}
+
+impl Format {
+    pub fn of(ty: GgmlType) -> Option<Format> {
+        use GgmlType::*;
+        let f = |bits, offset, half, split, min| Some(Format { bits, offset, half, split, min });
+        match ty {
+            Q4_0 => f(4, 8, true, false, false),
+            Q4_1 => f(4, 0, true, false, true),
+            Q5_0 => f(5, 16, true, false, false),
+            Q5_1 => f(5, 0, true, false, true),
+            Q8_0 => f(8, 128, true, false, false),
+            Q4K => f(4, 0, false, false, true),
+            Q5K => f(5, 0, false, false, true),
+            Q6K => f(6, 32, false, true, false),
+            _ => None,
+        }
+    }
+
+    /// Bytes of one scale array (8 rows).
+    pub fn scale_bytes(self) -> usize {
+        if self.half {
+            16
+        } else {
+            32
+        }
+    }
+
+    pub fn n_scales(self) -> usize {
+        1 + self.split as usize + self.min as usize
+    }
+
+    /// Bytes of quants after the scales.
+    pub fn quant_bytes(self) -> usize {
+        match self.bits {
+            4 => 128,
+            5 => 128 + 32,
+            6 => 128 + 64,
+            _ => 256,
+        }
+    }
+
+    pub fn tile_bytes(self) -> usize {
+        self.n_scales() * self.scale_bytes() + self.quant_bytes()
+    }
+}
+
+/// A matrix in tiles: row group g's tiles (one per 32 columns) are
+/// contiguous, at `g * (cols / 32) * tile_bytes`.
+pub struct Packed {
+    pub ty: GgmlType,
+    pub format: Format,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for Packed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Packed({} {}x{}, {} bytes)", self.ty, self.rows, self.cols, self.data.len())
+    }
+}
+
+/// One row's 32 columns, unpacked: unsigned quants and their scales.
+struct Cell {
+    q: [u8; 32],
+    scale: [f32; 2],
+    min: f32,
+}
+
+/// The cells of one row of `ty`, in column order.
+fn row_cells(ty: GgmlType, row: &[u8], out: &mut Vec<Cell>) {
+    use GgmlType::*;
+    let legacy32 = |d: f32, m: f32, q: [u8; 32]| Cell { q, scale: [d, d], min: m };
+    let shift = |q: [i8; 32], off: i32| q.map(|v| (v as i32 + off) as u8);
+    let (_, ts) = ty.block_geometry();
+    for b in row.chunks_exact(ts) {
+        match ty {
+            Q4_0 => {
+                let (d, q) = legacy::unpack_q4_0(b);
+                out.push(legacy32(d, 0.0, shift(q, 8)));
+            }
+            Q5_0 => {
+                let (d, q) = legacy::unpack_q5_0(b);
+                out.push(legacy32(d, 0.0, shift(q, 16)));
+            }
+            Q8_0 => {
+                let (d, q) = legacy::unpack_q8_0(b);
+                out.push(legacy32(d, 0.0, shift(q, 128)));
+            }
+            Q4_1 => {
+                let (d, m, q) = legacy::unpack_q4_1(b);
+                out.push(legacy32(d, m, q));
+            }
+            Q5_1 => {
+                let (d, m, q) = legacy::unpack_q5_1(b);
+                out.push(legacy32(d, m, q));
+            }
+            Q4K | Q5K => {
+                let u = if ty == Q4K { kquants::unpack_q4_k(b) } else { kquants::unpack_q5_k(b) };
+                for j in 0..8 {
+                    let q: [u8; 32] = std::array::from_fn(|i| u.q[32 * j + i] as u8);
+                    out.push(Cell { q, scale: [u.scale[j]; 2], min: -u.min[j] });
+                }
+            }
+            Q6K => {
+                let u = kquants::unpack_q6_k(b);
+                for j in 0..QK_K / 32 {
+                    let q: [u8; 32] = std::array::from_fn(|i| (u.q[32 * j + i] as i32 + 32) as u8);
+                    out.push(Cell { q, scale: [u.scale[2 * j], u.scale[2 * j + 1]], min: 0.0 });
+                }
+            }
+            _ => unreachable!("Format::of covers exactly these types"),
+        }
+    }
+}
+
+/// Write the tile of 8 rows' cells.
+fn write_tile(f: Format, cells: [&Cell; 8], t: &mut [u8]) {
+    let mut o = 0;
+    let mut put = |t: &mut [u8], v: f32| {
+        if f.half {
+            t[o..o + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+            o += 2;
+        } else {
+            t[o..o + 4].copy_from_slice(&v.to_le_bytes());
+            o += 4;
+        }
+    };
+    for c in &cells {
+        put(t, c.scale[0]);
+    }
+    if f.split {
+        for c in &cells {
+            put(t, c.scale[1]);
+        }
+    }
+    if f.min {
+        for c in &cells {
+            put(t, c.min);
+        }
+    }
+    let o = f.n_scales() * f.scale_bytes();
+    // vector v, byte k = 8r + j: row r, column 8v + j
+    let mut vecs = [[0u8; 64]; 4];
+    for (v, vec) in vecs.iter_mut().enumerate() {
+        for (r, c) in cells.iter().enumerate() {
+            vec[8 * r..8 * r + 8].copy_from_slice(&c.q[8 * v..8 * v + 8]);
+        }
+    }
+    let q = &mut t[o..o + f.quant_bytes()];
+    if f.bits == 8 {
+        for (v, vec) in vecs.iter().enumerate() {
+            q[64 * v..64 * v + 64].copy_from_slice(vec);
+        }
+        return;
+    }
+    for c in 0..2 {
+        for (k, b) in q[64 * c..64 * c + 64].iter_mut().enumerate() {
+            *b = (vecs[c][k] & 0x0F) | ((vecs[c + 2][k] & 0x0F) << 4);
+        }
+    }
+    if f.bits == 5 {
+        for (v, vec) in vecs.iter().enumerate() {
+            let m = vec.iter().enumerate().fold(0u64, |m, (k, &b)| m | (((b >> 4) & 1) as u64) << k);
+            q[128 + 8 * v..136 + 8 * v].copy_from_slice(&m.to_le_bytes());
+        }
+    } else if f.bits == 6 {
+        for (k, h) in q[128..192].iter_mut().enumerate() {
+            *h = (0..4).fold(0u8, |h, v| h | ((vecs[v][k] >> 4) & 3) << (2 * v));
+        }
+    }
+}
+
+/// Regroup a matrix (`rows` × `cols` of `ty`, `bytes` in the file's row
+/// order) into tiles, or None when its type or shape has no packed form
+/// (rows not a multiple of 8).
+pub fn pack(pool: &ThreadPool, ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Option<Packed> {
+    let f = Format::of(ty)?;
+    let row_bytes = ty.row_bytes(cols as u64)? as usize;
+    if !rows.is_multiple_of(8) || !cols.is_multiple_of(32) || bytes.len() != rows * row_bytes {
+        return None;
+    }
+    let nb = cols / 32;
+    let group_bytes = nb * f.tile_bytes();
+    let mut data = Vec::new();
+    data.try_reserve_exact(rows / 8 * group_bytes).ok()?;
+    data.resize(rows / 8 * group_bytes, 0);
+    pool.install(|| {
+        data.par_chunks_mut(group_bytes).enumerate().for_each(|(g, out)| {
+            let mut cells: Vec<Vec<Cell>> = Vec::with_capacity(8);
+            for r in 0..8 {
+                let row = &bytes[(g * 8 + r) * row_bytes..(g * 8 + r + 1) * row_bytes];
+                let mut c = Vec::with_capacity(nb);
+                row_cells(ty, row, &mut c);
+                cells.push(c);
+            }
+            for (b, t) in out.chunks_exact_mut(f.tile_bytes()).enumerate() {
+                write_tile(f, std::array::from_fn(|r| &cells[r][b]), t);
+            }
+        })
+    });
+    Some(Packed { ty, format: f, rows, cols, data })
+}
+
+impl Packed {
+    /// Row `r` · x, read back from the tiles by portable code: the readable
+    /// definition of the tile layout, which the AVX-512 kernel must match
+    /// (tests compare both with `quant::dot::vec_dot_act` on the original
+    /// rows).
+    pub fn dot_scalar(&self, r: usize, x: crate::quant::ActRow<i8>) -> f32 {
+        let f = self.format;
+        let (nb, tb) = (self.cols / 32, f.tile_bytes());
+        let (g, rr) = (r / 8, r % 8);
+        let mut acc = 0f32;
+        for b in 0..nb {
+            let t = &self.data[(g * nb + b) * tb..(g * nb + b + 1) * tb];
+            let scale = |i: usize| {
+                let o = i * f.scale_bytes();
+                if f.half {
+                    half::f16::from_le_bytes([t[o + 2 * rr], t[o + 2 * rr + 1]]).to_f32()
+                } else {
+                    f32::from_le_bytes(t[o + 4 * rr..o + 4 * rr + 4].try_into().unwrap())
+                }
+            };
+            let q = &t[f.n_scales() * f.scale_bytes()..];
+            // column j of this row: vector v = j / 8, byte k = 8 rr + j % 8
+            let quant = |j: usize| -> i32 {
+                let (v, k) = (j / 8, 8 * rr + j % 8);
+                let u = match f.bits {
+                    8 => q[64 * v + k],
+                    _ => {
+                        let nib = if v < 2 { q[64 * v + k] & 0x0F } else { q[64 * (v - 2) + k] >> 4 };
+                        match f.bits {
+                            5 => nib | (((u64::from_le_bytes(q[128 + 8 * v..136 + 8 * v].try_into().unwrap()) >> k) & 1) as u8) << 4,
+                            6 => nib | ((q[128 + k] >> (2 * v)) & 3) << 4,
+                            _ => nib,
+                        }
+                    }
+                };
+                u as i32 - f.offset
+            };
+            let xq = &x.q[b * 32..b * 32 + 32];
+            let half_sum = |h: usize| (16 * h..16 * h + 16).map(|j| quant(j) * xq[j] as i32).sum::<i32>();
+            let (s_lo, s_hi) = (scale(0), if f.split { scale(1) } else { scale(0) });
+            acc += x.d[b] * (s_lo * half_sum(0) as f32 + s_hi * half_sum(1) as f32);
+            if f.min {
+                acc += scale(f.n_scales() - 1) * x.dsum[b];
+            }
+        }
+        acc
+    }
+}
+
+/// Whether the CPU backend packs weights on this machine: the AVX-512 VNNI
+/// family is in use with 8-bit activations, and `FORGE_NO_PACK` is off.
+pub fn wanted() -> bool {
+    super::simd::Family::current() == super::simd::Family::Avx512Vnni && !super::simd::act16() && !crate::env_flag("FORGE_NO_PACK")
+}
+
+/// Pack every matrix of a model for the CPU (in parallel on `pool`). A
+/// matrix without a packed form stays as it is. Fails only when memory for
+/// the tiles cannot be had.
+pub fn pack_model(pool: &ThreadPool, file: &crate::gguf::GgufFile, weights: &mut crate::model::weights::Weights) -> crate::error::Result<()> {
+    for m in weights.matrices_mut() {
+        if m.packed.is_some() || Format::of(m.ty).is_none() {
+            continue;
+        }
+        let bytes = m.bytes(file);
+        match pack(pool, m.ty, m.rows, m.cols, bytes) {
+            Some(p) => m.packed = Some(std::sync::Arc::new(p)),
+            None if !m.rows.is_multiple_of(8) => {}
+            None => return Err(crate::error::Error::OutOfMemory(format!("packing {} ({} x {} {}) for the CPU", m.name, m.rows, m.cols, m.ty))),
+        }
+    }
+    Ok(())
+}
+
+/// Y (n × rows) = X (n × cols) · Wᵀ over a packed matrix, with 8-bit
+/// activations `xs` (one row per token): row groups split among the pool.
+pub fn matmul(pool: &ThreadPool, p: &Packed, xs: &[crate::quant::ActRow<i8>], out: &mut [f32]) {
+    let n = xs.len();
+    assert_eq!(out.len(), n * p.rows, "packed {}: output is not n x rows", p.ty);
+    let nb = p.cols / 32;
+    let group_bytes = nb * p.format.tile_bytes();
+    let optr = super::matmul::SyncPtr(out.as_mut_ptr());
+    const GROUPS_PER_TASK: usize = 2;
+    let n_tasks = (p.rows / 8).div_ceil(GROUPS_PER_TASK);
+    let body = |task: usize| {
+        let o = optr;
+        for g in task * GROUPS_PER_TASK..((task + 1) * GROUPS_PER_TASK).min(p.rows / 8) {
+            for t0 in (0..n).step_by(8) {
+                let t1 = (t0 + 8).min(n);
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `wanted()` (the only way a matrix gets packed)
+                // checked AVX-512 F/BW/VL + VNNI; group g's tiles are
+                // in `data`; each activation row has cols values; the writes
+                // (rows g*8.. g*8+8 of tokens t0..t1) are in `out` and
+                // disjoint between tasks.
+                unsafe {
+                    super::x86_packed::group_rows(p.ty, p.data.as_ptr().add(g * group_bytes), nb, &xs[t0..t1], o.0.add(t0 * p.rows + g * 8), p.rows)
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = (o, g, t1, group_bytes);
+            }
+        }
+    };
+    if pool.current_num_threads() <= 1 || n_tasks == 1 {
+        (0..n_tasks).for_each(body);
+    } else {
+        pool.install(|| (0..n_tasks).into_par_iter().for_each(body));
+    }
+}

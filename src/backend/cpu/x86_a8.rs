@@ -1,0 +1,341 @@
+//! x86 dot kernels for 8-bit activations ([`crate::quant::ActQ8`]): one
+//! weight row against 1, 2, 4 or 8 activation rows at once, so each weight
+//! block is unpacked once per group of tokens. Same math as
+//! `quant::dot::vec_dot_act`; only the f32 summation order differs.
+//!
+//! Every weight block becomes 32 bytes and a per-lane f32 scale vector:
+//! - unsigned types (Q4_1, Q5_1, Q4_K) keep their quants as u8 and add
+//!   their minimum through the activation block's sum (`dsum`);
+//! - signed types (Q4_0, Q5_0, Q8_0, Q6_K) multiply |w| by x carrying w's
+//!   sign (`vpsignb`), since the byte product takes one unsigned operand.
+//!
+//! The byte product is the only instruction that differs between the ISAs
+//! ([`Isa`]): `vpdpbusd` (AVX-512 VNNI on 256-bit vectors, or AVX-VNNI) or
+//! `vpmaddubsw` + `vpmaddwd` (AVX2). Each i32 lane sums 4 adjacent products,
+//! so lanes 0–3 hold elements 0–15 and lanes 4–7 elements 16–31: that is
+//! how Q6_K's two 16-element scales per block fit in one scale vector.
+//! Only called after `simd` detected the ISA's features.
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+use super::avx2::{bits_to_bytes, f16p as f16_at, hsum, nibbles};
+use crate::quant::kquants::scale_min_k4;
+use crate::quant::ActRow;
+
+/// Most activation rows one call takes.
+pub const MAX_TOKENS: usize = 8;
+
+type Row8<'a> = ActRow<'a, i8>;
+
+/// The byte product: `acc` + Σ of 4 adjacent u8 × i8 products per i32 lane.
+pub trait Isa {
+    unsafe fn dot(acc: __m256i, w: __m256i, x: __m256i) -> __m256i;
+}
+
+pub struct Avx2;
+pub struct AvxVnni;
+pub struct Avx512Vnni;
+
+impl Isa for Avx2 {
+    #[inline(always)]
+    unsafe fn dot(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+        // |w| ≤ 127 and |x| ≤ 127, so a pair sum (≤ 32258) cannot saturate.
+        _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)))
+    }
+}
+
+impl Isa for AvxVnni {
+    #[inline(always)]
+    unsafe fn dot(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+        _mm256_dpbusd_avx_epi32(acc, w, x)
+    }
+}
+
+impl Isa for Avx512Vnni {
+    #[inline(always)]
+    unsafe fn dot(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(acc, w, x)
+    }
+}
+
+/// One unpacked weight block of 32: bytes (u8 magnitudes for signed types),
+/// the signed bytes whose signs x takes (signed types only), the per-lane
+/// scale, and the minimum's coefficient on the activation block's sum.
+struct Block {
+    w: __m256i,
+    sign: __m256i,
+    scale: __m256,
+    min: f32,
+}
+
+/// Accumulate one weight block against activation block `b` of NT rows.
+#[inline(always)]
+unsafe fn step<I: Isa, const NT: usize, const SIGNED: bool, const MIN: bool>(
+    blk: &Block,
+    b: usize,
+    xs: &[Row8],
+    acc: &mut [__m256; NT],
+    accm: &mut [f32; NT],
+) {
+    for t in 0..NT {
+        let x = xs.get_unchecked(t);
+        let mut xv = _mm256_loadu_si256(x.q.as_ptr().add(b * 32) as *const __m256i);
+        if SIGNED {
+            xv = _mm256_sign_epi8(xv, blk.sign);
+        }
+        let p = _mm256_cvtepi32_ps(I::dot(_mm256_setzero_si256(), blk.w, xv));
+        acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(p, blk.scale), _mm256_set1_ps(*x.d.get_unchecked(b)), acc[t]);
+        if MIN {
+            accm[t] += blk.min * *x.dsum.get_unchecked(b);
+        }
+    }
+}
+
+/// Two weight blocks in one 512-bit vector (AVX-512 with 2+ tokens): the
+/// 256-bit step's 7 instructions per token and block become 8 per token and
+/// block pair. AVX-512 has no `vpsignb`: x is negated under w's sign mask.
+struct Pair {
+    w: __m512i,
+    neg: __mmask64,
+    scale: __m512,
+    min: [f32; 2],
+}
+
+#[inline(always)]
+unsafe fn pair(a: &Block, b: &Block) -> Pair {
+    let w = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a.w), b.w);
+    let sign = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a.sign), b.sign);
+    let scale = _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castpd256_pd512(_mm256_castps_pd(a.scale)), _mm256_castps_pd(b.scale)));
+    Pair { w, neg: _mm512_movepi8_mask(sign), scale, min: [a.min, b.min] }
+}
+
+/// Accumulate a block pair against activation blocks `b`, `b + 1` of NT rows.
+#[inline(always)]
+unsafe fn step_pair<const NT: usize, const SIGNED: bool, const MIN: bool>(
+    p: &Pair,
+    b: usize,
+    xs: &[Row8],
+    acc: &mut [__m512; NT],
+    accm: &mut [f32; NT],
+) {
+    // lanes 0-7 take block b's activation scale, lanes 8-15 block b + 1's
+    let halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    for t in 0..NT {
+        let x = xs.get_unchecked(t);
+        let mut xv = _mm512_loadu_si512(x.q.as_ptr().add(b * 32) as *const _);
+        if SIGNED {
+            xv = _mm512_mask_sub_epi8(xv, p.neg, _mm512_setzero_si512(), xv);
+        }
+        let prod = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), p.w, xv));
+        let d2 = _mm512_castpd_ps(_mm512_castpd128_pd512(_mm_load_sd(x.d.as_ptr().add(b) as *const f64)));
+        let dx = _mm512_permutexvar_ps(halves, d2);
+        acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(prod, p.scale), dx, acc[t]);
+        if MIN {
+            accm[t] += p.min[0] * *x.dsum.get_unchecked(b) + p.min[1] * *x.dsum.get_unchecked(b + 1);
+        }
+    }
+}
+
+/// The row sums: 256-bit and 512-bit accumulators plus the minimum terms.
+#[inline(always)]
+unsafe fn finish<const NT: usize>(out: &mut [f32], acc: &[__m256; NT], wide: &[__m512; NT], accm: &[f32; NT]) {
+    for t in 0..NT {
+        *out.get_unchecked_mut(t) = hsum(acc[t]) + _mm512_reduce_add_ps(wide[t]) + accm[t];
+    }
+}
+
+/// Signed bytes → the block's |w| and signs.
+#[inline(always)]
+unsafe fn signed(w: __m256i, scale: f32) -> Block {
+    Block { w: _mm256_abs_epi8(w), sign: w, scale: _mm256_set1_ps(scale), min: 0.0 }
+}
+
+#[inline(always)]
+unsafe fn unsigned(w: __m256i, scale: f32, min: f32) -> Block {
+    Block { w, sign: w, scale: _mm256_set1_ps(scale), min }
+}
+
+/// A 32-element type of `TS` bytes per block. WIDE (AVX-512 only) takes
+/// the blocks two at a time.
+#[inline(always)]
+unsafe fn blocks32<I: Isa, const WIDE: bool, const NT: usize, const TS: usize, const SIGNED: bool, const MIN: bool>(
+    row: &[u8],
+    xs: &[Row8],
+    out: &mut [f32],
+    unpack: impl Fn(*const u8) -> Block,
+) {
+    let mut acc = [_mm256_setzero_ps(); NT];
+    let mut wide = [_mm512_setzero_ps(); NT];
+    let mut accm = [0f32; NT];
+    let nb = row.len() / TS;
+    let mut b = 0;
+    if WIDE {
+        while b + 2 <= nb {
+            let p = pair(&unpack(row.as_ptr().add(b * TS)), &unpack(row.as_ptr().add((b + 1) * TS)));
+            step_pair::<NT, SIGNED, MIN>(&p, b, xs, &mut wide, &mut accm);
+            b += 2;
+        }
+    }
+    while b < nb {
+        let blk = unpack(row.as_ptr().add(b * TS));
+        step::<I, NT, SIGNED, MIN>(&blk, b, xs, &mut acc, &mut accm);
+        b += 1;
+    }
+    finish(out, &acc, &wide, &accm);
+}
+
+#[inline(always)]
+unsafe fn q4_0<I: Isa, const WIDE: bool, const NT: usize>(row: &[u8], xs: &[Row8], out: &mut [f32]) {
+    blocks32::<I, WIDE, NT, 18, true, false>(row, xs, out, |p| {
+        signed(_mm256_sub_epi8(nibbles(p.add(2)), _mm256_set1_epi8(8)), f16_at(p))
+    })
+}
+
+#[inline(always)]
+unsafe fn q4_1<I: Isa, const WIDE: bool, const NT: usize>(row: &[u8], xs: &[Row8], out: &mut [f32]) {
+    blocks32::<I, WIDE, NT, 20, false, true>(row, xs, out, |p| unsigned(nibbles(p.add(4)), f16_at(p), f16_at(p.add(2))))
+}
+
+#[inline(always)]
+unsafe fn q5_0<I: Isa, const WIDE: bool, const NT: usize>(row: &[u8], xs: &[Row8], out: &mut [f32]) {
+    blocks32::<I, WIDE, NT, 22, true, false>(row, xs, out, |p| {
+        let qh = (p.add(2) as *const u32).read_unaligned();
+        let hi = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
+        signed(_mm256_sub_epi8(_mm256_or_si256(nibbles(p.add(6)), hi), _mm256_set1_epi8(16)), f16_at(p))
+    })
+}
+
+#[inline(always)]
+unsafe fn q5_1<I: Isa, const WIDE: bool, const NT: usize>(row: &[u8], xs: &[Row8], out: &mut [f32]) {
+    blocks32::<I, WIDE, NT, 24, false, true>(row, xs, out, |p| {
+        let qh = (p.add(4) as *const u32).read_unaligned();
+        let hi = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
+        unsigned(_mm256_or_si256(nibbles(p.add(8)), hi), f16_at(p), f16_at(p.add(2)))
+    })
+}
+
+#[inline(always)]
+unsafe fn q8_0<I: Isa, const WIDE: bool, const NT: usize>(row: &[u8], xs: &[Row8], out: &mut [f32]) {
+    blocks32::<I, WIDE, NT, 34, true, false>(row, xs, out, |p| signed(_mm256_loadu_si256(p.add(2) as *const __m256i), f16_at(p)))
+}
+
+#[inline(always)]
+unsafe fn q4_k<I: Isa, const WIDE: bool, const NT: usize>(row: &[u8], xs: &[Row8], out: &mut [f32]) {
+    let mut acc = [_mm256_setzero_ps(); NT];
+    let mut wide = [_mm512_setzero_ps(); NT];
+    let mut accm = [0f32; NT];
+    let m4 = _mm256_set1_epi8(0x0F);
+    for (bi, blk) in row.chunks_exact(144).enumerate() {
+        let p = blk.as_ptr();
+        let (d, dmin, sc) = (f16_at(p), f16_at(p.add(2)), &blk[4..16]);
+        for c in 0..4 {
+            let bytes = _mm256_loadu_si256(p.add(16 + c * 32) as *const __m256i);
+            // sub-blocks 2c and 2c + 1 (of 32 = activation blocks): low and high nibbles
+            let blk = |j: usize, w| {
+                let (s, m) = scale_min_k4(j, sc);
+                unsigned(w, d * s as f32, -dmin * m as f32)
+            };
+            let lo = blk(2 * c, _mm256_and_si256(bytes, m4));
+            let hi = blk(2 * c + 1, _mm256_and_si256(_mm256_srli_epi16(bytes, 4), m4));
+            if WIDE {
+                step_pair::<NT, false, true>(&pair(&lo, &hi), bi * 8 + 2 * c, xs, &mut wide, &mut accm);
+            } else {
+                step::<I, NT, false, true>(&lo, bi * 8 + 2 * c, xs, &mut acc, &mut accm);
+                step::<I, NT, false, true>(&hi, bi * 8 + 2 * c + 1, xs, &mut acc, &mut accm);
+            }
+        }
+    }
+    finish(out, &acc, &wide, &accm);
+}
+
+#[inline(always)]
+unsafe fn q6_k<I: Isa, const WIDE: bool, const NT: usize>(row: &[u8], xs: &[Row8], out: &mut [f32]) {
+    let mut acc = [_mm256_setzero_ps(); NT];
+    let mut wide = [_mm512_setzero_ps(); NT];
+    let mut accm = [0f32; NT];
+    let (m4, m3, off) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x03), _mm256_set1_epi8(32));
+    for (bi, blk) in row.chunks_exact(210).enumerate() {
+        let p = blk.as_ptr();
+        let d = f16_at(p.add(208));
+        let sc = &blk[192..208];
+        for half in 0..2 {
+            let ql = p.add(half * 64);
+            let qh = _mm256_loadu_si256(p.add(128 + half * 32) as *const __m256i);
+            let l0 = _mm256_loadu_si256(ql as *const __m256i);
+            let l1 = _mm256_loadu_si256(ql.add(32) as *const __m256i);
+            let runs = [
+                (_mm256_and_si256(l0, m4), _mm256_and_si256(qh, m3)),
+                (_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m3)),
+                (_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 4), m3)),
+                (_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 6), m3)),
+            ];
+            let blk = |run: usize, (lo, hi): (__m256i, __m256i)| {
+                let w = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), off);
+                let e0 = half * 128 + run * 32; // element index in the super-block
+                let s0 = d * *sc.get_unchecked(e0 / 16) as i8 as f32;
+                let s1 = d * *sc.get_unchecked(e0 / 16 + 1) as i8 as f32;
+                Block { w: _mm256_abs_epi8(w), sign: w, scale: _mm256_set_m128(_mm_set1_ps(s1), _mm_set1_ps(s0)), min: 0.0 }
+            };
+            let b0 = bi * 8 + half * 4; // activation block of run 0
+            for r in [0, 2] {
+                let (x, y) = (blk(r, runs[r]), blk(r + 1, runs[r + 1]));
+                if WIDE {
+                    step_pair::<NT, true, false>(&pair(&x, &y), b0 + r, xs, &mut wide, &mut accm);
+                } else {
+                    step::<I, NT, true, false>(&x, b0 + r, xs, &mut acc, &mut accm);
+                    step::<I, NT, true, false>(&y, b0 + r + 1, xs, &mut acc, &mut accm);
+                }
+            }
+        }
+    }
+    finish(out, &acc, &wide, &accm);
+}
+
+/// A kernel over any number of rows up to MAX_TOKENS: groups of 8, 4, 2, 1.
+macro_rules! by_groups {
+    ($k:ident, $isa:ty, $wide:literal, $w:expr, $xs:expr, $out:expr) => {{
+        let (w, xs, out): (&[u8], &[Row8], &mut [f32]) = ($w, $xs, $out);
+        let mut t = 0;
+        while t < xs.len() {
+            let left = xs.len() - t;
+            let (x, o) = (&xs[t..], &mut out[t..]);
+            t += match left {
+                8.. => { $k::<$isa, $wide, 8>(w, x, o); 8 }
+                4..=7 => { $k::<$isa, $wide, 4>(w, x, o); 4 }
+                2..=3 => { $k::<$isa, $wide, 2>(w, x, o); 2 }
+                // the same block order for any group size, so a row's sum
+                // does not depend on how many rows share the call
+                _ => { $k::<$isa, $wide, 1>(w, x, o); 1 }
+            };
+        }
+    }};
+}
+
+/// Public entry points: `<type>_<isa>(row, xs, out)`, one per ISA with the
+/// ISA's target features, each over up to MAX_TOKENS rows.
+macro_rules! entries {
+    ($isa:ty, $wide:literal, $feat:literal, $($name:ident = $k:ident),*) => {$(
+        #[target_feature(enable = $feat)]
+        pub unsafe fn $name(w: &[u8], xs: &[Row8], out: &mut [f32]) {
+            debug_assert!(xs.len() <= MAX_TOKENS && out.len() >= xs.len());
+            by_groups!($k, $isa, $wide, w, xs, out)
+        }
+    )*};
+}
+
+entries!(Avx2, false, "avx2,fma,f16c", q4_0_avx2 = q4_0, q4_1_avx2 = q4_1, q5_0_avx2 = q5_0, q5_1_avx2 = q5_1, q8_0_avx2 = q8_0, q4_k_avx2 = q4_k, q6_k_avx2 = q6_k);
+entries!(AvxVnni, false, "avx2,fma,f16c,avxvnni", q4_0_avxvnni = q4_0, q4_1_avxvnni = q4_1, q5_0_avxvnni = q5_0, q5_1_avxvnni = q5_1, q8_0_avxvnni = q8_0, q4_k_avxvnni = q4_k, q6_k_avxvnni = q6_k);
+entries!(
+    Avx512Vnni,
+    true,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+    q4_0_avx512vnni = q4_0,
+    q4_1_avx512vnni = q4_1,
+    q5_0_avx512vnni = q5_0,
+    q5_1_avx512vnni = q5_1,
+    q8_0_avx512vnni = q8_0,
+    q4_k_avx512vnni = q4_k,
+    q6_k_avx512vnni = q6_k
+);
