@@ -121,10 +121,40 @@ fn main() {
                 (g.tokens.len().saturating_sub(1)) as f64 / (total - pp).max(1e-9),
                 g.reason
             );
+            if model.gpu.is_none() {
+                eprintln!("[{}]", cpu_note(model.n_threads));
+            }
         }
         Err(e) => {
             eprintln!("error: {e}");
             std::process::exit(1);
         }
     }
+}
+
+/// What ran on the CPU, and why it may be slower than the numbers in
+/// docs/PERFORMANCE.md (SmolLM2 decodes at ~100-130 tok/s on 2 cores of an
+/// AVX-512 VNNI Xeon).
+fn cpu_note(threads: usize) -> String {
+    use rocmforge::backend::cpu::{packed, simd};
+    let mut note = format!("cpu: {threads} threads, kernels {}", simd::kernel_name());
+    if packed::wanted() {
+        note += ", weights packed in 8-row tiles";
+    }
+    let why = match simd::Family::current() {
+        _ if simd::act16() => Some("FORGE_ACT16 is set: 16-bit activations, about half the speed of 8-bit"),
+        f if f != simd::Family::Avx512Vnni && simd::Family::Avx512Vnni.available() => Some("FORGE_CPU_KERNELS chose a family below this CPU's best (avx512vnni)"),
+        simd::Family::Scalar => Some("this CPU has no AVX2: portable scalar kernels, many times slower"),
+        simd::Family::Avx2 | simd::Family::AvxVnni => Some("this CPU has no AVX-512 VNNI: per-row kernels, weights not packed (the packed path is about 2x faster)"),
+        simd::Family::Avx512Vnni if !packed::wanted() => Some("FORGE_NO_PACK is set: per-row kernels, about half the packed speed"),
+        _ => None,
+    };
+    if let Some(w) = why {
+        note += "; slower than it could be: ";
+        note += w;
+    }
+    if threads < 2 {
+        note += "; one thread (more cores decode faster)";
+    }
+    note
 }

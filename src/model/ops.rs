@@ -86,11 +86,8 @@ pub fn rope_row(row: &mut [f32], head_dim: usize, table: &[(f32, f32)], style: R
 
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let mut sum = 0.0;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
+    x.iter_mut().for_each(|v| *v = exp_fast(*v - max));
+    let sum: f32 = x.iter().sum();
     let inv = 1.0 / sum;
     x.iter_mut().for_each(|v| *v *= inv);
 }

@@ -25,7 +25,7 @@
 use rayon::prelude::*;
 use rayon::ThreadPool;
 
-use crate::quant::{kquants, legacy, GgmlType, QK_K};
+use crate::quant::{kquants, GgmlType, QK_K};
 
 /// How a packed type stores its tiles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,34 +110,13 @@ struct Cell {
     min: f32,
 }
 
-/// The cells of one row of `ty`, in column order.
+/// The cells of one row of a k-quant type, in column order (the legacy
+/// types go straight from their blocks to tiles: `legacy_tile`).
 fn row_cells(ty: GgmlType, row: &[u8], out: &mut Vec<Cell>) {
     use GgmlType::*;
-    let legacy32 = |d: f32, m: f32, q: [u8; 32]| Cell { q, scale: [d, d], min: m };
-    let shift = |q: [i8; 32], off: i32| q.map(|v| (v as i32 + off) as u8);
     let (_, ts) = ty.block_geometry();
     for b in row.chunks_exact(ts) {
         match ty {
-            Q4_0 => {
-                let (d, q) = legacy::unpack_q4_0(b);
-                out.push(legacy32(d, 0.0, shift(q, 8)));
-            }
-            Q5_0 => {
-                let (d, q) = legacy::unpack_q5_0(b);
-                out.push(legacy32(d, 0.0, shift(q, 16)));
-            }
-            Q8_0 => {
-                let (d, q) = legacy::unpack_q8_0(b);
-                out.push(legacy32(d, 0.0, shift(q, 128)));
-            }
-            Q4_1 => {
-                let (d, m, q) = legacy::unpack_q4_1(b);
-                out.push(legacy32(d, m, q));
-            }
-            Q5_1 => {
-                let (d, m, q) = legacy::unpack_q5_1(b);
-                out.push(legacy32(d, m, q));
-            }
             Q4K | Q5K => {
                 let u = if ty == Q4K { kquants::unpack_q4_k(b) } else { kquants::unpack_q5_k(b) };
                 for j in 0..8 {
@@ -152,22 +131,18 @@ fn row_cells(ty: GgmlType, row: &[u8], out: &mut Vec<Cell>) {
                     out.push(Cell { q, scale: [u.scale[2 * j], u.scale[2 * j + 1]], min: 0.0 });
                 }
             }
-            _ => unreachable!("Format::of covers exactly these types"),
+            _ => unreachable!("pack sends only the k-quants here"),
         }
     }
 }
 
-/// Write the tile of 8 rows' cells.
+/// Write the tile of 8 rows' cells (k-quants: f32 scales).
 fn write_tile(f: Format, cells: [&Cell; 8], t: &mut [u8]) {
+    debug_assert!(!f.half);
     let mut o = 0;
     let mut put = |t: &mut [u8], v: f32| {
-        if f.half {
-            t[o..o + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
-            o += 2;
-        } else {
-            t[o..o + 4].copy_from_slice(&v.to_le_bytes());
-            o += 4;
-        }
+        t[o..o + 4].copy_from_slice(&v.to_le_bytes());
+        o += 4;
     };
     for c in &cells {
         put(t, c.scale[0]);
@@ -214,6 +189,53 @@ fn write_tile(f: Format, cells: [&Cell; 8], t: &mut [u8]) {
     }
 }
 
+/// The tile of 8 blocks of a legacy type (f16 scales), straight from the
+/// file's blocks (the general path, `row_cells` + `write_tile`, is the
+/// readable one; this one only moves bytes, and the tests cover both
+/// through [`pack`]). Q4/Q5 nibble byte 8r + j of half c is the block's
+/// own byte 8c + j (low nibble: column 8c + j, high: column 16 + 8c + j).
+fn legacy_tile(ty: GgmlType, f: Format, blocks: [&[u8]; 8], t: &mut [u8]) {
+    use GgmlType::*;
+    let (has_m, qh_at, qs_at) = match ty {
+        Q4_0 => (false, None, 2),
+        Q4_1 => (true, None, 4),
+        Q5_0 => (false, Some(2), 6),
+        Q5_1 => (true, Some(4), 8),
+        _ => (false, None, 2), // Q8_0
+    };
+    for (r, b) in blocks.iter().enumerate() {
+        t[2 * r..2 * r + 2].copy_from_slice(&b[0..2]);
+        if has_m {
+            t[16 + 2 * r..18 + 2 * r].copy_from_slice(&b[2..4]);
+        }
+    }
+    let q = &mut t[f.n_scales() * f.scale_bytes()..];
+    if ty == Q8_0 {
+        for v in 0..4 {
+            for (r, b) in blocks.iter().enumerate() {
+                for j in 0..8 {
+                    q[64 * v + 8 * r + j] = b[qs_at + 8 * v + j] ^ 0x80;
+                }
+            }
+        }
+        return;
+    }
+    for c in 0..2 {
+        for (r, b) in blocks.iter().enumerate() {
+            q[64 * c + 8 * r..64 * c + 8 * r + 8].copy_from_slice(&b[qs_at + 8 * c..qs_at + 8 * c + 8]);
+        }
+    }
+    if let Some(at) = qh_at {
+        for v in 0..4 {
+            let m = blocks.iter().enumerate().fold(0u64, |m, (r, b)| {
+                let qh = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+                m | (((qh >> (8 * v)) & 0xFF) as u64) << (8 * r)
+            });
+            q[128 + 8 * v..136 + 8 * v].copy_from_slice(&m.to_le_bytes());
+        }
+    }
+}
+
 /// Regroup a matrix (`rows` × `cols` of `ty`, `bytes` in the file's row
 /// order) into tiles, or None when its type or shape has no packed form
 /// (rows not a multiple of 8).
@@ -230,6 +252,14 @@ pub fn pack(pool: &ThreadPool, ty: GgmlType, rows: usize, cols: usize, bytes: &[
     data.resize(rows / 8 * group_bytes, 0);
     pool.install(|| {
         data.par_chunks_mut(group_bytes).enumerate().for_each(|(g, out)| {
+            let (_, ts) = ty.block_geometry();
+            let rows8: [&[u8]; 8] = std::array::from_fn(|r| &bytes[(g * 8 + r) * row_bytes..(g * 8 + r + 1) * row_bytes]);
+            if f.half {
+                for (b, t) in out.chunks_exact_mut(f.tile_bytes()).enumerate() {
+                    legacy_tile(ty, f, std::array::from_fn(|r| &rows8[r][b * ts..(b + 1) * ts]), t);
+                }
+                return;
+            }
             let mut cells: Vec<Vec<Cell>> = Vec::with_capacity(8);
             for r in 0..8 {
                 let row = &bytes[(g * 8 + r) * row_bytes..(g * 8 + r + 1) * row_bytes];

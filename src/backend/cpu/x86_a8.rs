@@ -138,11 +138,26 @@ unsafe fn step_pair<const NT: usize, const SIGNED: bool, const MIN: bool>(
     }
 }
 
-/// The row sums: 256-bit and 512-bit accumulators plus the minimum terms.
+/// Zeroed 512-bit accumulators. Without WIDE (the AVX2 and AVX-VNNI
+/// entries, on CPUs that may lack AVX-512) no AVX-512 instruction may run:
+/// the array is zeroed as plain memory and never read.
 #[inline(always)]
-unsafe fn finish<const NT: usize>(out: &mut [f32], acc: &[__m256; NT], wide: &[__m512; NT], accm: &[f32; NT]) {
+unsafe fn wide_zero<const WIDE: bool, const NT: usize>() -> [__m512; NT] {
+    if WIDE {
+        [_mm512_setzero_ps(); NT]
+    } else {
+        // SAFETY: an all-zero bit pattern is a valid __m512.
+        std::mem::zeroed()
+    }
+}
+
+/// The row sums: 256-bit (and, with WIDE, 512-bit) accumulators plus the
+/// minimum terms.
+#[inline(always)]
+unsafe fn finish<const WIDE: bool, const NT: usize>(out: &mut [f32], acc: &[__m256; NT], wide: &[__m512; NT], accm: &[f32; NT]) {
     for t in 0..NT {
-        *out.get_unchecked_mut(t) = hsum(acc[t]) + _mm512_reduce_add_ps(wide[t]) + accm[t];
+        let w = if WIDE { _mm512_reduce_add_ps(wide[t]) } else { 0.0 };
+        *out.get_unchecked_mut(t) = hsum(acc[t]) + w + accm[t];
     }
 }
 
@@ -167,7 +182,7 @@ unsafe fn blocks32<I: Isa, const WIDE: bool, const NT: usize, const TS: usize, c
     unpack: impl Fn(*const u8) -> Block,
 ) {
     let mut acc = [_mm256_setzero_ps(); NT];
-    let mut wide = [_mm512_setzero_ps(); NT];
+    let mut wide = wide_zero::<WIDE, NT>();
     let mut accm = [0f32; NT];
     let nb = row.len() / TS;
     let mut b = 0;
@@ -183,7 +198,7 @@ unsafe fn blocks32<I: Isa, const WIDE: bool, const NT: usize, const TS: usize, c
         step::<I, NT, SIGNED, MIN>(&blk, b, xs, &mut acc, &mut accm);
         b += 1;
     }
-    finish(out, &acc, &wide, &accm);
+    finish::<WIDE, NT>(out, &acc, &wide, &accm);
 }
 
 #[inline(always)]
@@ -224,7 +239,7 @@ unsafe fn q8_0<I: Isa, const WIDE: bool, const NT: usize>(row: &[u8], xs: &[Row8
 #[inline(always)]
 unsafe fn q4_k<I: Isa, const WIDE: bool, const NT: usize>(row: &[u8], xs: &[Row8], out: &mut [f32]) {
     let mut acc = [_mm256_setzero_ps(); NT];
-    let mut wide = [_mm512_setzero_ps(); NT];
+    let mut wide = wide_zero::<WIDE, NT>();
     let mut accm = [0f32; NT];
     let m4 = _mm256_set1_epi8(0x0F);
     for (bi, blk) in row.chunks_exact(144).enumerate() {
@@ -247,13 +262,13 @@ unsafe fn q4_k<I: Isa, const WIDE: bool, const NT: usize>(row: &[u8], xs: &[Row8
             }
         }
     }
-    finish(out, &acc, &wide, &accm);
+    finish::<WIDE, NT>(out, &acc, &wide, &accm);
 }
 
 #[inline(always)]
 unsafe fn q6_k<I: Isa, const WIDE: bool, const NT: usize>(row: &[u8], xs: &[Row8], out: &mut [f32]) {
     let mut acc = [_mm256_setzero_ps(); NT];
-    let mut wide = [_mm512_setzero_ps(); NT];
+    let mut wide = wide_zero::<WIDE, NT>();
     let mut accm = [0f32; NT];
     let (m4, m3, off) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x03), _mm256_set1_epi8(32));
     for (bi, blk) in row.chunks_exact(210).enumerate() {
@@ -290,7 +305,7 @@ unsafe fn q6_k<I: Isa, const WIDE: bool, const NT: usize>(row: &[u8], xs: &[Row8
             }
         }
     }
-    finish(out, &acc, &wide, &accm);
+    finish::<WIDE, NT>(out, &acc, &wide, &accm);
 }
 
 /// A kernel over any number of rows up to MAX_TOKENS: groups of 8, 4, 2, 1.
