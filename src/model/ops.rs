@@ -6,6 +6,7 @@ use super::arch::{FfnAct, RopeStyle};
 use super::config::Config;
 use super::reference::rope_angle;
 
+crate::avx2_multiversion! {
 /// Each `dim`-row of x: x / sqrt(mean(x²) + eps) * w, in place.
 pub fn rmsnorm_rows(x: &mut [f32], w: &[f32], eps: f32) {
     let dim = w.len();
@@ -15,11 +16,14 @@ pub fn rmsnorm_rows(x: &mut [f32], w: &[f32], eps: f32) {
         row.iter_mut().zip(w).for_each(|(v, &wi)| *v = *v * s * wi);
     }
 }
+}
 
+crate::avx2_multiversion! {
 /// out = rmsnorm(x) row by row.
 pub fn rmsnorm_into(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     out.copy_from_slice(x);
     rmsnorm_rows(out, w, eps);
+}
 }
 
 pub fn add_rows(x: &mut [f32], bias: &[f32]) {
@@ -32,6 +36,7 @@ pub fn add(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
 }
 
+crate::avx2_multiversion! {
 /// g = act(g) * u, element-wise.
 pub fn gated_act(g: &mut [f32], u: &[f32], act: FfnAct) {
     match act {
@@ -43,6 +48,7 @@ pub fn gated_act(g: &mut [f32], u: &[f32], act: FfnAct) {
             *a = 0.5 * x * (2.0 - 2.0 / (e + 1.0)) * b
         }),
     }
+}
 }
 
 /// e^x within 5e-7 relative for -87 ≤ x ≤ 88.7 (saturating outside), in straight-line
@@ -113,6 +119,7 @@ pub fn axpy(out: &mut [f32], w: f32, v: &[f32]) {
     out.iter_mut().zip(v).for_each(|(o, &x)| *o += w * x);
 }
 
+crate::avx2_multiversion! {
 /// One query head's causal attention: softmax(scale · q·K[j]) over the
 /// positions `keys`, times V[j]. `kc`/`vc` hold rows of `kv_dim`/`v_dim`
 /// floats per slot of the paged KV cache, position j of this sequence at
@@ -129,6 +136,7 @@ pub fn attend(q: &[f32], kc: &[f32], vc: &[f32], blocks: &[u32], kvh: usize, dim
     for (j, &sc) in keys.zip(&scores) {
         axpy(out, sc, &vc[slot(j) * v_dim + kvh * hdv..][..hdv]);
     }
+}
 }
 
 #[cfg(test)]

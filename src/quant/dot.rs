@@ -265,6 +265,7 @@ impl<T: ActInt> ActQ<T> {
     }
 }
 
+crate::avx2_multiversion! {
 /// Quantize `x` (a multiple of 32 values) to [`ActQ`], appending to `out`.
 /// Quants round half to even (the 1.5·2^23 trick), and the block maximum is
 /// taken 8 lanes at a time, so the compiler vectorizes the whole loop.
@@ -292,6 +293,7 @@ pub fn quantize_act_into<T: ActInt>(x: &[f32], out: &mut ActQ<T>) {
         out.sum.push(s);
         out.dsum.push(d * s as f32);
     }
+}
 }
 
 /// Quantize `x` (a multiple of 32 values) to [`ActQ`].
