@@ -90,6 +90,7 @@ pub fn rope_row(row: &mut [f32], head_dim: usize, table: &[(f32, f32)], style: R
     }
 }
 
+#[inline(always)]
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     x.iter_mut().for_each(|v| *v = exp_fast(*v - max));
@@ -98,6 +99,7 @@ pub fn softmax(x: &mut [f32]) {
     x.iter_mut().for_each(|v| *v *= inv);
 }
 
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     // 8 independent accumulators: lets the compiler vectorise, fixed order.
     let mut acc = [0f32; 8];
@@ -114,27 +116,88 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// [`dot`] with AVX2 + FMA when the CPU has them (two 8-lane accumulators;
+/// the compiler turns `dot`'s eight scalar ones into shuffles). Inlined into
+/// an AVX2 build (`avx2_multiversion!`), the check is a cached load.
+#[inline(always)]
+pub fn dot_wide(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::backend::cpu::simd::avx2_available() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { dot_avx2(a, b) };
+    }
+    dot(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    while i + 16 <= n {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)), s1);
+        i += 16;
+    }
+    if i + 8 <= n {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+        i += 8;
+    }
+    let v = _mm256_add_ps(s0, s1);
+    let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    let mut s = _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
+    while i < n {
+        s += a[i] * b[i];
+        i += 1;
+    }
+    s
+}
+
 /// out += w * v
+#[inline(always)]
 pub fn axpy(out: &mut [f32], w: f32, v: &[f32]) {
     out.iter_mut().zip(v).for_each(|(o, &x)| *o += w * x);
 }
 
 crate::avx2_multiversion! {
-/// One query head's causal attention: softmax(scale · q·K[j]) over the
-/// positions `keys`, times V[j]. `kc`/`vc` hold rows of `kv_dim`/`v_dim`
-/// floats per slot of the paged KV cache, position j of this sequence at
-/// slot `blocks[j / BLOCK] * BLOCK + j % BLOCK`; the head reads K/V head
-/// `kvh` (GQA by indexing). `dims` = (head_dim, head_dim_v, kv_dim, v_dim).
+/// Causal attention for `g` query heads that share K/V head `kvh` (a GQA
+/// group; g = 1 is one head): softmax(scale · q·K[j]) over the positions
+/// `keys`, times V[j]. `q` holds the g heads back to back, `out` their g
+/// outputs. `kc`/`vc` hold rows of `kv_dim`/`v_dim` floats per slot of the
+/// paged KV cache, position j of this sequence at slot
+/// `blocks[j / BLOCK] * BLOCK + j % BLOCK`. `dims` = (head_dim, head_dim_v,
+/// kv_dim, v_dim). Each K/V row is read once for the group, and the g dot
+/// products are independent chains; each head's arithmetic is the same as
+/// with g = 1, so the grouping changes no result.
 #[allow(clippy::too_many_arguments)]
-pub fn attend(q: &[f32], kc: &[f32], vc: &[f32], blocks: &[u32], kvh: usize, dims: (usize, usize, usize, usize), keys: std::ops::RangeInclusive<usize>, scale: f32, out: &mut [f32]) {
+pub fn attend(q: &[f32], g: usize, kc: &[f32], vc: &[f32], blocks: &[u32], kvh: usize, dims: (usize, usize, usize, usize), keys: std::ops::RangeInclusive<usize>, scale: f32, out: &mut [f32]) {
     use crate::kv::BLOCK;
     let (hd, hdv, kv_dim, v_dim) = dims;
-    let slot = |j: usize| blocks[j / BLOCK] as usize * BLOCK + j % BLOCK;
-    let mut scores: Vec<f32> = keys.clone().map(|j| dot(q, &kc[slot(j) * kv_dim + kvh * hd..][..hd]) * scale).collect();
-    softmax(&mut scores);
+    let n = keys.end() + 1 - keys.start();
+    // Plain loops, no closures: a closure is compiled without the AVX2 of
+    // the `avx2` build it sits in, and this is the hot loop of attention.
+    let mut scores = vec![0f32; g * n];
+    for (i, j) in keys.clone().enumerate() {
+        let s = blocks[j / BLOCK] as usize * BLOCK + j % BLOCK;
+        let k = &kc[s * kv_dim + kvh * hd..][..hd];
+        for h in 0..g {
+            scores[h * n + i] = dot_wide(&q[h * hd..(h + 1) * hd], k) * scale;
+        }
+    }
+    for h in 0..g {
+        softmax(&mut scores[h * n..(h + 1) * n]);
+    }
     out.fill(0.0);
-    for (j, &sc) in keys.zip(&scores) {
-        axpy(out, sc, &vc[slot(j) * v_dim + kvh * hdv..][..hdv]);
+    for (i, j) in keys.enumerate() {
+        let s = blocks[j / BLOCK] as usize * BLOCK + j % BLOCK;
+        let v = &vc[s * v_dim + kvh * hdv..][..hdv];
+        for h in 0..g {
+            axpy(&mut out[h * hdv..(h + 1) * hdv], scores[h * n + i], v);
+        }
     }
 }
 }

@@ -154,23 +154,27 @@ pub fn forward(model: &Model, kv: &mut CpuKv, rows: &[Row]) -> Result<Vec<f32>> 
         }
         let (kc, vc) = (&*kc, &*vc);
         let window = if local { c.sliding_window } else { None };
-        // one task per (row, head); GQA by indexing the shared K/V head
+        // one task per (row, K/V head): its GQA group of query heads reads
+        // each K/V row once; with fewer such tasks than two per thread, one
+        // task per (row, head) instead, so both threads get work
+        let per = if n * c.n_head_kv >= 2 * model.n_threads { group } else { 1 };
         let aptr = SyncPtr(att.as_mut_ptr());
         let q_ref = &q;
         let task = |job: usize| {
             let a = aptr;
-            let (t, h) = (job / c.n_head, job % c.n_head);
+            let (t, h0) = (job / (c.n_head / per), job % (c.n_head / per) * per);
             let r = &rows[t];
             let first = window.map_or(0, |wnd| (r.pos + 1).saturating_sub(wnd));
-            let qh = &q_ref[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-            // SAFETY: each job writes its own (t, h) slice of att.
-            let out = unsafe { std::slice::from_raw_parts_mut(a.0.add((t * c.n_head + h) * hdv), hdv) };
-            ops::attend(qh, kc, vc, &r.seq.blocks, h / group, (hd, hdv, kv_dim, v_dim), first..=r.pos, c.attn_scale, out);
+            let qh = &q_ref[t * q_dim + h0 * hd..t * q_dim + (h0 + per) * hd];
+            // SAFETY: each job writes its own heads h0..h0+per of row t in att.
+            let out = unsafe { std::slice::from_raw_parts_mut(a.0.add((t * c.n_head + h0) * hdv), per * hdv) };
+            ops::attend(qh, per, kc, vc, &r.seq.blocks, h0 / group, (hd, hdv, kv_dim, v_dim), first..=r.pos, c.attn_scale, out);
         };
+        let jobs = n * c.n_head / per;
         if model.n_threads > 1 {
-            pool.install(|| (0..n * c.n_head).into_par_iter().for_each(task));
+            pool.install(|| (0..jobs).into_par_iter().for_each(task));
         } else {
-            (0..n * c.n_head).for_each(task);
+            (0..jobs).for_each(task);
         }
         mm(&l.wo, &att, &mut branch);
         if let Some(pn) = &l.post_attn_norm {
