@@ -25,7 +25,7 @@
 use rayon::prelude::*;
 use rayon::ThreadPool;
 
-use crate::quant::{kquants, GgmlType, QK_K};
+use crate::quant::{kquants, GgmlType};
 
 /// How a packed type stores its tiles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,88 +103,97 @@ impl std::fmt::Debug for Packed {
     }
 }
 
-/// One row's 32 columns, unpacked: unsigned quants and their scales.
-struct Cell {
-    q: [u8; 32],
-    scale: [f32; 2],
-    min: f32,
+/// One k-quant tile before it is written: 8 rows' unsigned quants of one
+/// 32-column sub-block, their scales and minimum coefficients.
+struct KTile {
+    q: [[u8; 32]; 8],
+    scale: [[f32; 2]; 8],
+    min: [f32; 8],
 }
 
-/// The cells of one row of a k-quant type, in column order (the legacy
-/// types go straight from their blocks to tiles: `legacy_tile`).
-fn row_cells(ty: GgmlType, row: &[u8], out: &mut Vec<Cell>) {
-    use GgmlType::*;
-    let (_, ts) = ty.block_geometry();
-    for b in row.chunks_exact(ts) {
-        match ty {
-            Q4K | Q5K => {
-                let u = if ty == Q4K { kquants::unpack_q4_k(b) } else { kquants::unpack_q5_k(b) };
-                for j in 0..8 {
-                    let q: [u8; 32] = std::array::from_fn(|i| u.q[32 * j + i] as u8);
-                    out.push(Cell { q, scale: [u.scale[j]; 2], min: -u.min[j] });
+/// Row `r` of a k-quant tile: sub-block `j` (32 columns) of super-block `b`.
+/// Q4_K/Q5_K: value = d·sc_j·q − dmin·m_j (ggml's get_scale_min_k4);
+/// Q6_K: value = d·sc·(q − 32) per 16 columns (the offset is the format's).
+fn k_row(ty: GgmlType, b: &[u8], j: usize, r: usize, kt: &mut KTile) {
+    let q = &mut kt.q[r];
+    match ty {
+        GgmlType::Q6K => {
+            let (ql, qh, sc, d) = (&b[0..128], &b[128..192], &b[192..208], f16_le(b, 208));
+            let (half, run) = (j / 4, j % 4);
+            for (e, v) in q.iter_mut().enumerate() {
+                let byte = ql[half * 64 + e + (run & 1) * 32];
+                let lo = if run < 2 { byte & 0x0F } else { byte >> 4 };
+                *v = lo | ((qh[half * 32 + e] >> (2 * run)) & 3) << 4;
+            }
+            kt.scale[r] = [d * sc[2 * j] as i8 as f32, d * sc[2 * j + 1] as i8 as f32];
+            kt.min[r] = 0.0;
+        }
+        _ => {
+            let (d, dmin) = (f16_le(b, 0), f16_le(b, 2));
+            let (sc, m) = kquants::scale_min_k4(j, &b[4..16]);
+            let (qh, qs) = if ty == GgmlType::Q5K { (Some(&b[16..48]), &b[48..176]) } else { (None, &b[16..144]) };
+            for (e, v) in q.iter_mut().enumerate() {
+                let byte = qs[j / 2 * 32 + e];
+                *v = if j % 2 == 0 { byte & 0x0F } else { byte >> 4 };
+                if let Some(qh) = qh {
+                    *v |= ((qh[e] >> j) & 1) << 4;
                 }
             }
-            Q6K => {
-                let u = kquants::unpack_q6_k(b);
-                for j in 0..QK_K / 32 {
-                    let q: [u8; 32] = std::array::from_fn(|i| (u.q[32 * j + i] as i32 + 32) as u8);
-                    out.push(Cell { q, scale: [u.scale[2 * j], u.scale[2 * j + 1]], min: 0.0 });
-                }
-            }
-            _ => unreachable!("pack sends only the k-quants here"),
+            kt.scale[r] = [d * sc as f32; 2];
+            kt.min[r] = -(dmin * m as f32);
         }
     }
 }
 
-/// Write the tile of 8 rows' cells (k-quants: f32 scales).
-fn write_tile(f: Format, cells: [&Cell; 8], t: &mut [u8]) {
-    debug_assert!(!f.half);
+fn f16_le(b: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// Write a k-quant tile (f32 scales).
+fn write_k_tile(f: Format, kt: &KTile, t: &mut [u8]) {
     let mut o = 0;
     let mut put = |t: &mut [u8], v: f32| {
         t[o..o + 4].copy_from_slice(&v.to_le_bytes());
         o += 4;
     };
-    for c in &cells {
-        put(t, c.scale[0]);
+    for r in 0..8 {
+        put(t, kt.scale[r][0]);
     }
     if f.split {
-        for c in &cells {
-            put(t, c.scale[1]);
+        for r in 0..8 {
+            put(t, kt.scale[r][1]);
         }
     }
     if f.min {
-        for c in &cells {
-            put(t, c.min);
+        for r in 0..8 {
+            put(t, kt.min[r]);
         }
     }
-    let o = f.n_scales() * f.scale_bytes();
-    // vector v, byte k = 8r + j: row r, column 8v + j
-    let mut vecs = [[0u8; 64]; 4];
-    for (v, vec) in vecs.iter_mut().enumerate() {
-        for (r, c) in cells.iter().enumerate() {
-            vec[8 * r..8 * r + 8].copy_from_slice(&c.q[8 * v..8 * v + 8]);
-        }
-    }
-    let q = &mut t[o..o + f.quant_bytes()];
-    if f.bits == 8 {
-        for (v, vec) in vecs.iter().enumerate() {
-            q[64 * v..64 * v + 64].copy_from_slice(vec);
-        }
-        return;
-    }
+    let q = &mut t[f.n_scales() * f.scale_bytes()..];
+    // nibble byte 8r + i of half c: column 8c + i (low), 16 + 8c + i (high)
     for c in 0..2 {
-        for (k, b) in q[64 * c..64 * c + 64].iter_mut().enumerate() {
-            *b = (vecs[c][k] & 0x0F) | ((vecs[c + 2][k] & 0x0F) << 4);
+        for r in 0..8 {
+            for i in 0..8 {
+                q[64 * c + 8 * r + i] = (kt.q[r][8 * c + i] & 0x0F) | (kt.q[r][16 + 8 * c + i] & 0x0F) << 4;
+            }
         }
     }
+    // vector v, byte 8r + i: column 8v + i of row r
     if f.bits == 5 {
-        for (v, vec) in vecs.iter().enumerate() {
-            let m = vec.iter().enumerate().fold(0u64, |m, (k, &b)| m | (((b >> 4) & 1) as u64) << k);
+        for v in 0..4 {
+            let mut m = 0u64;
+            for r in 0..8 {
+                for i in 0..8 {
+                    m |= (((kt.q[r][8 * v + i] >> 4) & 1) as u64) << (8 * r + i);
+                }
+            }
             q[128 + 8 * v..136 + 8 * v].copy_from_slice(&m.to_le_bytes());
         }
     } else if f.bits == 6 {
-        for (k, h) in q[128..192].iter_mut().enumerate() {
-            *h = (0..4).fold(0u8, |h, v| h | ((vecs[v][k] >> 4) & 3) << (2 * v));
+        for r in 0..8 {
+            for i in 0..8 {
+                q[128 + 8 * r + i] = (0..4).fold(0u8, |h, v| h | ((kt.q[r][8 * v + i] >> 4) & 3) << (2 * v));
+            }
         }
     }
 }
@@ -236,6 +245,20 @@ fn legacy_tile(ty: GgmlType, f: Format, blocks: [&[u8]; 8], t: &mut [u8]) {
     }
 }
 
+/// `n` zero bytes, or None when the allocation fails.
+fn zeroed_bytes(n: usize) -> Option<Vec<u8>> {
+    if n == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<u8>(n).ok()?;
+    // SAFETY: non-zero size; a non-NULL result is n zeroed bytes from the
+    // global allocator with u8's alignment, as Vec::from_raw_parts needs.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout);
+        (!p.is_null()).then(|| Vec::from_raw_parts(p, n, n))
+    }
+}
+
 /// Regroup a matrix (`rows` × `cols` of `ty`, `bytes` in the file's row
 /// order) into tiles, or None when its type or shape has no packed form
 /// (rows not a multiple of 8).
@@ -247,9 +270,9 @@ pub fn pack(pool: &ThreadPool, ty: GgmlType, rows: usize, cols: usize, bytes: &[
     }
     let nb = cols / 32;
     let group_bytes = nb * f.tile_bytes();
-    let mut data = Vec::new();
-    data.try_reserve_exact(rows / 8 * group_bytes).ok()?;
-    data.resize(rows / 8 * group_bytes, 0);
+    // zeroed pages straight from the allocator: no memset pass on one
+    // thread before the parallel writes (it was a third of packing)
+    let mut data = zeroed_bytes(rows / 8 * group_bytes)?;
     pool.install(|| {
         data.par_chunks_mut(group_bytes).enumerate().for_each(|(g, out)| {
             let (_, ts) = ty.block_geometry();
@@ -260,15 +283,13 @@ pub fn pack(pool: &ThreadPool, ty: GgmlType, rows: usize, cols: usize, bytes: &[
                 }
                 return;
             }
-            let mut cells: Vec<Vec<Cell>> = Vec::with_capacity(8);
-            for r in 0..8 {
-                let row = &bytes[(g * 8 + r) * row_bytes..(g * 8 + r + 1) * row_bytes];
-                let mut c = Vec::with_capacity(nb);
-                row_cells(ty, row, &mut c);
-                cells.push(c);
-            }
+            let mut kt = KTile { q: [[0; 32]; 8], scale: [[0.0; 2]; 8], min: [0.0; 8] };
             for (b, t) in out.chunks_exact_mut(f.tile_bytes()).enumerate() {
-                write_tile(f, std::array::from_fn(|r| &cells[r][b]), t);
+                let (sb, j) = (b / 8, b % 8);
+                for (r, row) in rows8.iter().enumerate() {
+                    k_row(ty, &row[sb * ts..(sb + 1) * ts], j, r, &mut kt);
+                }
+                write_k_tile(f, &kt, t);
             }
         })
     });
