@@ -430,7 +430,7 @@ fn attention(b: &Backend) {
                     for h in 0..n_head {
                         let qh = &q[(t * n_head + h) * hd..(t * n_head + h + 1) * hd];
                         let out = &mut o[(t * n_head + h) * hd..(t * n_head + h + 1) * hd];
-                        rocmforge::model::ops::attend(qh, &kc, &vc, &ident, h / group, (hd, hd, kv_dim, kv_dim), first..=p, scale, out);
+                        rocmforge::model::ops::attend(qh, 1, &kc, &vc, &ident, h / group, (hd, hd, kv_dim, kv_dim), first..=p, scale, out);
                     }
                 }
                 o
