@@ -1,6 +1,7 @@
 //! Single-thread throughput of the dot kernels, in weights per second, for
 //! one token (decode) and eight tokens per call (prefill): the 8-bit kernels
-//! of every family this CPU has, and the 16-bit ones (`FORGE_ACT16`).
+//! of every family this CPU has, the packed 8-row tiles (AVX-512 VNNI), and
+//! the 16-bit ones (`FORGE_ACT16`).
 //! Weight rows are random bytes with finite f16 scales: fine for timing.
 //!
 //! usage: cargo run --release --example kernel_bench
@@ -8,6 +9,7 @@
 use std::time::Instant;
 
 use rocmforge::backend::cpu::simd;
+use rocmforge::backend::cpu::packed;
 use rocmforge::backend::cpu::simd::Family;
 use rocmforge::quant::{quantize_a8, quantize_q16, GgmlType};
 
@@ -61,6 +63,24 @@ fn main() {
                 line += &format!(" {nt} token(s): {g:6.2}");
             }
             println!("{line}   G weight·tokens/s");
+        }
+        if packed::wanted() {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+            if let Some(p) = packed::pack(&pool, ty, rows, cols, &w) {
+                let mut y = vec![0f32; 8 * rows];
+                let mut line = format!("{:6} 8-bit  {:11}", ty.name(), "packed");
+                for nt in [1, 8] {
+                    let reps = 20;
+                    let t = Instant::now();
+                    for _ in 0..reps {
+                        packed::matmul(&pool, &p, &r8[..nt], &mut y[..nt * rows]);
+                        sink += y[0];
+                    }
+                    let g = (reps * rows * cols * nt) as f64 / t.elapsed().as_secs_f64() / 1e9;
+                    line += &format!(" {nt} token(s): {g:6.2}");
+                }
+                println!("{line}   G weight·tokens/s (8-row tiles, AVX-512 VNNI)");
+            }
         }
         let q16: Vec<_> = xs.iter().map(|x| quantize_q16(x).unwrap()).collect();
         let r16: Vec<_> = q16.iter().map(|a| a.as_row()).collect();
