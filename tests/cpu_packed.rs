@@ -12,21 +12,11 @@
 
 mod common;
 
+use common::activations;
+
 use rocmforge::backend::cpu::packed::{self, Format};
 use rocmforge::backend::cpu::simd::Family;
 use rocmforge::quant::{self, GgmlType};
-
-fn activations(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2654435761).max(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s as f32 / u32::MAX as f32 - 0.5) * 4.0
-        })
-        .collect()
-}
 
 /// 16 rows: row r is the fixture row with its blocks rotated by r, so every
 /// row differs and each tile mixes 8 different blocks.

@@ -10,19 +10,9 @@
 
 mod common;
 
-use rocmforge::quant::{self, act_format, quantize_acts, vec_dot_f32, vec_dot_q8, GgmlType};
+use common::activations;
 
-fn activations(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2654435761).max(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s as f32 / u32::MAX as f32 - 0.5) * 4.0
-        })
-        .collect()
-}
+use rocmforge::quant::{self, act_format, quantize_acts, vec_dot_f32, vec_dot_q8, GgmlType};
 
 fn dot64(a: &[f32], b: &[f32]) -> (f64, f64) {
     let d = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();

@@ -54,6 +54,19 @@ pub const FIXTURE_TYPES: [(&str, rocmforge::quant::GgmlType); 15] = {
 };
 
 /// ‖a − b‖ / ‖b‖, in f64.
+/// `n` pseudo-random activations in [-2, 2) from a seed (xorshift32).
+pub fn activations(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2654435761).max(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32 - 0.5) * 4.0
+        })
+        .collect()
+}
+
 pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();

@@ -76,6 +76,23 @@ pub(super) unsafe fn bits_to_bytes(bits: u32) -> __m256i {
     _mm256_cmpeq_epi8(set, _mm256_set1_epi64x(-1))
 }
 
+/// One 128-value half of a Q6_K super-block at `p` as its four runs of 32
+/// values in element order: (low 4 bits, high 2 bits) per byte lane.
+#[inline(always)]
+pub(super) unsafe fn q6k_runs(p: *const u8, half: usize) -> [(__m256i, __m256i); 4] {
+    let (m4, m3) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x03));
+    let ql = p.add(half * 64);
+    let qh = _mm256_loadu_si256(p.add(128 + half * 32) as *const __m256i);
+    let l0 = _mm256_loadu_si256(ql as *const __m256i);
+    let l1 = _mm256_loadu_si256(ql.add(32) as *const __m256i);
+    [
+        (_mm256_and_si256(l0, m4), _mm256_and_si256(qh, m3)),
+        (_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m3)),
+        (_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 4), m3)),
+        (_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 6), m3)),
+    ]
+}
+
 /// 32 i8 lanes → two vectors of 16 i16 (elements 0..16, 16..32).
 #[inline(always)]
 unsafe fn widen(w: __m256i) -> (__m256i, __m256i) {
@@ -199,24 +216,12 @@ pub unsafe fn q4_k(row: &[u8], xs: &[Row16], out: &mut [f32]) {
 pub unsafe fn q6_k(row: &[u8], xs: &[Row16], out: &mut [f32]) {
     let nt = xs.len().min(MAX_TOKENS);
     let mut acc = [_mm256_setzero_ps(); MAX_TOKENS];
-    let m4 = _mm256_set1_epi8(0x0F);
-    let m3 = _mm256_set1_epi8(0x03);
     let off = _mm256_set1_epi8(32);
     for (bi, blk) in row.chunks_exact(210).enumerate() {
         let d = f16_at(blk, 208);
         let sc = &blk[192..208];
         for half in 0..2 {
-            let ql = blk.as_ptr().add(half * 64);
-            let qh = _mm256_loadu_si256(blk.as_ptr().add(128 + half * 32) as *const __m256i);
-            let l0 = _mm256_loadu_si256(ql as *const __m256i);
-            let l1 = _mm256_loadu_si256(ql.add(32) as *const __m256i);
-            let runs = [
-                (_mm256_and_si256(l0, m4), _mm256_and_si256(qh, m3)),
-                (_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m3)),
-                (_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 4), m3)),
-                (_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 6), m3)),
-            ];
-            for (run, (lo, hi)) in runs.into_iter().enumerate() {
+            for (run, (lo, hi)) in q6k_runs(blk.as_ptr(), half).into_iter().enumerate() {
                 let w = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), off);
                 let e0 = half * 128 + run * 32; // element index in the super-block
                 let b = bi * 8 + e0 / 32;

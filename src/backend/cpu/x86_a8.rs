@@ -20,7 +20,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{bits_to_bytes, f16p as f16_at, hsum, nibbles};
+use super::avx2::{bits_to_bytes, f16p as f16_at, hsum, nibbles, q6k_runs};
 use crate::quant::kquants::scale_min_k4;
 use crate::quant::ActRow;
 
@@ -270,22 +270,13 @@ unsafe fn q6_k<I: Isa, const WIDE: bool, const NT: usize>(row: &[u8], xs: &[Row8
     let mut acc = [_mm256_setzero_ps(); NT];
     let mut wide = wide_zero::<WIDE, NT>();
     let mut accm = [0f32; NT];
-    let (m4, m3, off) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x03), _mm256_set1_epi8(32));
+    let off = _mm256_set1_epi8(32);
     for (bi, blk) in row.chunks_exact(210).enumerate() {
         let p = blk.as_ptr();
         let d = f16_at(p.add(208));
         let sc = &blk[192..208];
         for half in 0..2 {
-            let ql = p.add(half * 64);
-            let qh = _mm256_loadu_si256(p.add(128 + half * 32) as *const __m256i);
-            let l0 = _mm256_loadu_si256(ql as *const __m256i);
-            let l1 = _mm256_loadu_si256(ql.add(32) as *const __m256i);
-            let runs = [
-                (_mm256_and_si256(l0, m4), _mm256_and_si256(qh, m3)),
-                (_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m3)),
-                (_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 4), m3)),
-                (_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 6), m3)),
-            ];
+            let runs = q6k_runs(p, half);
             let blk = |run: usize, (lo, hi): (__m256i, __m256i)| {
                 let w = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), off);
                 let e0 = half * 128 + run * 32; // element index in the super-block
