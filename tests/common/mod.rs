@@ -53,7 +53,6 @@ pub const FIXTURE_TYPES: [(&str, rocmforge::quant::GgmlType); 15] = {
     ]
 };
 
-/// ‖a − b‖ / ‖b‖, in f64.
 /// `n` pseudo-random activations in [-2, 2) from a seed (xorshift32).
 pub fn activations(n: usize, seed: u32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(2654435761).max(1);
@@ -67,6 +66,7 @@ pub fn activations(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
+/// ‖a − b‖ / ‖b‖, in f64.
 pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
