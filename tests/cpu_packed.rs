@@ -18,12 +18,13 @@ use rocmforge::backend::cpu::packed::{self, Format};
 use rocmforge::backend::cpu::simd::Family;
 use rocmforge::quant::{self, GgmlType};
 
-/// 16 rows: row r is the fixture row with its blocks rotated by r, so every
-/// row differs and each tile mixes 8 different blocks.
+/// 40 rows (5 groups of 8: three tasks of the pool, so the parallel
+/// path and its shared output run): row r is the fixture row with its
+/// blocks rotated by r, so rows differ and each tile mixes 8 blocks.
 fn matrix(ty: GgmlType, fixture: &[u8]) -> (usize, usize, Vec<u8>) {
     let (bs, ts) = ty.block_geometry();
     let nblk = fixture.len() / ts;
-    let rows = 16;
+    let rows = 40;
     let mut m = Vec::with_capacity(rows * fixture.len());
     for r in 0..rows {
         for b in 0..nblk {
@@ -48,7 +49,7 @@ fn packed_tiles_match_the_row_definition() {
         let (rows, cols, bytes) = matrix(ty, &fixture);
         let row_bytes = bytes.len() / rows;
         let p = packed::pack(&pool, ty, rows, cols, &bytes).expect("packable");
-        assert_eq!(p.data.len(), rows / 8 * cols / 32 * p.format.tile_bytes());
+        assert_eq!(p.bytes(), rows / 8 * cols / 32 * p.format().tile_bytes());
         let w: Vec<Vec<f32>> = (0..rows).map(|r| quant::dequantize_vec(ty, &bytes[r * row_bytes..(r + 1) * row_bytes]).unwrap()).collect();
         let xs: Vec<Vec<f32>> = (1..12u32).map(|s| activations(cols, s).iter().map(|v| v * (s as f32 * 0.37 - 2.0)).collect()).collect();
         let q8: Vec<_> = xs.iter().map(|x| quant::quantize_a8(x).unwrap()).collect();
@@ -82,9 +83,14 @@ fn packed_tiles_match_the_row_definition() {
 #[test]
 fn shapes_without_a_packed_form_are_left_alone() {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-    // 12 rows (not a multiple of 8), a type without a packed form, a short buffer
+    // 12 rows (not a multiple of 8), a type without a packed form, a short buffer, F16
     assert!(packed::pack(&pool, GgmlType::Q8_0, 12, 32, &vec![0u8; 12 * 34]).is_none());
     assert!(packed::pack(&pool, GgmlType::Q3K, 8, 256, &vec![0u8; 8 * 110]).is_none());
     assert!(packed::pack(&pool, GgmlType::Q8_0, 8, 32, &vec![0u8; 8 * 34 - 1]).is_none());
     assert!(packed::pack(&pool, GgmlType::F16, 8, 32, &vec![0u8; 8 * 64]).is_none());
+    // no columns, no rows, a k-quant row that is not whole super-blocks
+    assert!(packed::pack(&pool, GgmlType::Q8_0, 8, 0, &[]).is_none());
+    assert!(packed::pack(&pool, GgmlType::Q8_0, 0, 32, &[]).is_none());
+    assert!(!packed::packable(GgmlType::Q4K, 8, 32));
+    assert!(packed::packable(GgmlType::Q4K, 8, 256) && packed::packable(GgmlType::Q5_0, 16, 32));
 }

@@ -134,33 +134,40 @@ fn a8_dots_match_dequantize_then_dot() {
     act_dots_match::<i8>(1e-2);
 }
 
-/// Every kernel family this CPU has, for each type and both widths, against
-/// the portable scalar definition with 1 to 11 tokens per call (so every
-/// token group size is used, and a partial one): the same integer sums, only
-/// f32 accumulation order differs (1e-5 of Σ|w·x|).
+/// Every kernel family this CPU has, for each type with x86 kernels and
+/// both widths, against the portable scalar definition with 1 to 11 tokens
+/// per call (so every token group size is used, and a partial one): the
+/// same integer sums, only f32 accumulation order differs (1e-5 of Σ|w·x|).
+/// The activation rows are slices of one quantized matrix, as the matmul
+/// makes them (with an odd number of blocks per row, every other row's
+/// scales start off 8-byte alignment). Types without x86 kernels run the
+/// scalar definition itself, checked above against dequantize-then-dot.
 #[test]
 fn simd_kernels_match_scalar() {
     use rocmforge::backend::cpu::simd::{self, Family};
     println!("kernels in use: {}", simd::kernel_name());
-    let families: Vec<Family> = Family::ALL.into_iter().filter(|f| f.available()).collect();
-    println!("families on this CPU: {:?}", families);
+    let families: Vec<Family> = Family::ALL.into_iter().filter(|f| *f != Family::Scalar && f.available()).collect();
+    println!("SIMD families on this CPU: {families:?}");
+    let mut tested = Vec::new();
     for (name, ty) in common::FIXTURE_TYPES {
-        if act_format(ty).is_none() {
+        if !simd::SIMD_TYPES.contains(&ty) {
             continue;
         }
         let row = std::fs::read(common::fixture(&format!("quant/{name}.q"))).unwrap();
         let w = quant::dequantize_vec(ty, &row).unwrap();
-        let xs: Vec<Vec<f32>> = (1..12u32).map(|seed| activations(w.len(), seed).iter().map(|v| v * (seed as f32 * 0.37 - 2.0)).collect()).collect();
+        let cols = w.len();
+        let xs: Vec<Vec<f32>> = (1..12u32).map(|seed| activations(cols, seed).iter().map(|v| v * (seed as f32 * 0.37 - 2.0)).collect()).collect();
+        let all: Vec<f32> = xs.concat();
         let mags: Vec<f64> = xs.iter().map(|x| dot64(&w, x).1).collect();
         let check = |got: &[f32], want: &[f32], what: &str| {
             for k in 0..got.len() {
                 assert!(((got[k] - want[k]) as f64).abs() <= 1e-5 * mags[k], "{name} {what} token {k}: {} vs scalar {}", got[k], want[k]);
             }
         };
-        let q8: Vec<_> = xs.iter().map(|x| quant::quantize_a8(x).unwrap()).collect();
-        let r8: Vec<_> = q8.iter().map(|a| a.as_row()).collect();
-        let q16: Vec<_> = xs.iter().map(|x| quant::quantize_q16(x).unwrap()).collect();
-        let r16: Vec<_> = q16.iter().map(|a| a.as_row()).collect();
+        let q8 = quant::quantize_a8(&all).unwrap();
+        let r8: Vec<_> = (0..xs.len()).map(|t| q8.row(t, cols)).collect();
+        let q16 = quant::quantize_q16(&all).unwrap();
+        let r16: Vec<_> = (0..xs.len()).map(|t| q16.row(t, cols)).collect();
         for nt in 1..=r8.len() {
             let mut slow = vec![0f32; nt];
             simd::scalar_kernel::<i8>(ty)(&row, &r8[..nt], &mut slow);
@@ -181,5 +188,47 @@ fn simd_kernels_match_scalar() {
             }
             check(&fast, &slow, &format!("16-bit x{nt}"));
         }
+        tested.push(name);
     }
+    println!("types with x86 kernels tested: {tested:?}");
+    assert_eq!(tested.len(), simd::SIMD_TYPES.len(), "every type with x86 kernels has a fixture");
+}
+
+/// A kernel called with shapes it cannot serve panics before any unsafe
+/// code runs, instead of reading or writing past a buffer.
+#[test]
+fn kernels_refuse_mismatched_shapes() {
+    use rocmforge::backend::cpu::simd;
+    let row = std::fs::read(common::fixture("quant/Q8_0.q")).unwrap();
+    let n = quant::dequantize_vec(GgmlType::Q8_0, &row).unwrap().len();
+    let short = quant::quantize_a8(&vec![1.0; n - 32]).unwrap();
+    let ok = quant::quantize_a8(&vec![1.0; n]).unwrap();
+    let k = simd::a8_kernel(GgmlType::Q8_0);
+    let r = std::panic::catch_unwind(|| k(&row, &[short.as_row()], &mut [0.0]));
+    assert!(r.is_err(), "a short activation row must be refused");
+    let r = std::panic::catch_unwind(|| k(&row, &[ok.as_row(), ok.as_row()], &mut [0.0]));
+    assert!(r.is_err(), "two rows with room for one sum must be refused");
+    let mut one = [0f32];
+    k(&row, &[ok.as_row()], &mut one);
+    assert!(one[0].is_finite());
+}
+
+/// Blocks too small for a normal step are zero blocks (1/d would be inf,
+/// and the quants garbage with the wrong sign); small normal blocks keep
+/// their signs.
+#[test]
+fn tiny_blocks_quantize_to_zero_or_keep_their_sign() {
+    let mut x = vec![0f32; 64];
+    x[..32].iter_mut().enumerate().for_each(|(i, v)| *v = if i % 2 == 0 { 1e-38 } else { -7e-39 });
+    x[32..].iter_mut().enumerate().for_each(|(i, v)| *v = if i % 2 == 0 { 1e-30 } else { -1e-30 });
+    let a = quant::quantize_a8(&x).unwrap();
+    assert_eq!((a.d[0], a.sum[0]), (0.0, 0));
+    assert!(a.q[..32].iter().all(|&q| q == 0));
+    assert!(a.d[1] > 0.0);
+    for (i, &q) in a.q[32..].iter().enumerate() {
+        assert_eq!(q, if i % 2 == 0 { 127 } else { -127 }, "value {i} of the second block");
+    }
+    let b = quant::quantize_q16(&x).unwrap();
+    assert_eq!(b.d[0], 0.0);
+    assert!(b.q[32..].iter().enumerate().all(|(i, &q)| q == if i % 2 == 0 { 32767 } else { -32767 }));
 }

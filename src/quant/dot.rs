@@ -279,7 +279,9 @@ pub fn quantize_act_into<T: ActInt>(x: &[f32], out: &mut ActQ<T>) {
             }
         }
         let amax = lanes.iter().fold(0f32, |a, &v| a.max(v));
-        let d = amax / T::QMAX;
+        // A block whose step would be subnormal (max|x| below ~1e-35) is a
+        // zero block: 1/d would overflow to inf and the quants to garbage.
+        let d = if amax / T::QMAX >= f32::MIN_POSITIVE { amax / T::QMAX } else { 0.0 };
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let mut q = [0i32; 32];
         for (o, &v) in q.iter_mut().zip(xb) {

@@ -90,11 +90,30 @@ impl Format {
 /// A matrix in tiles: row group g's tiles (one per 32 columns) are
 /// contiguous, at `g * (cols / 32) * tile_bytes`.
 pub struct Packed {
-    pub ty: GgmlType,
-    pub format: Format,
-    pub rows: usize,
-    pub cols: usize,
-    pub data: Vec<u8>,
+    ty: GgmlType,
+    format: Format,
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+}
+
+impl Packed {
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+    pub fn format(&self) -> Format {
+        self.format
+    }
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Bytes of all tiles.
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
 }
 
 impl std::fmt::Debug for Packed {
@@ -134,7 +153,7 @@ fn k_row(ty: GgmlType, b: &[u8], j: usize, r: usize, kt: &mut KTile) {
             let (qh, qs) = if ty == GgmlType::Q5K { (Some(&b[16..48]), &b[48..176]) } else { (None, &b[16..144]) };
             for (e, v) in q.iter_mut().enumerate() {
                 let byte = qs[j / 2 * 32 + e];
-                *v = if j % 2 == 0 { byte & 0x0F } else { byte >> 4 };
+                *v = if j.is_multiple_of(2) { byte & 0x0F } else { byte >> 4 };
                 if let Some(qh) = qh {
                     *v |= ((qh[e] >> j) & 1) << 4;
                 }
@@ -199,10 +218,10 @@ fn write_k_tile(f: Format, kt: &KTile, t: &mut [u8]) {
 }
 
 /// The tile of 8 blocks of a legacy type (f16 scales), straight from the
-/// file's blocks (the general path, `row_cells` + `write_tile`, is the
-/// readable one; this one only moves bytes, and the tests cover both
-/// through [`pack`]). Q4/Q5 nibble byte 8r + j of half c is the block's
-/// own byte 8c + j (low nibble: column 8c + j, high: column 16 + 8c + j).
+/// file's blocks: it only moves bytes (the layout's readable definition is
+/// [`Packed::dot_scalar`]; tests/cpu_packed.rs checks both through
+/// [`pack`]). Q4/Q5 nibble byte 8r + j of half c is the block's own byte
+/// 8c + j (low nibble: column 8c + j, high: column 16 + 8c + j).
 fn legacy_tile(ty: GgmlType, f: Format, blocks: [&[u8]; 8], t: &mut [u8]) {
     use GgmlType::*;
     let (has_m, qh_at, qs_at) = match ty {
@@ -259,13 +278,19 @@ fn zeroed_bytes(n: usize) -> Option<Vec<u8>> {
     }
 }
 
+/// Whether a matrix of this type and shape has a packed form: a packed
+/// type, whole groups of 8 rows, and whole blocks of columns.
+pub fn packable(ty: GgmlType, rows: usize, cols: usize) -> bool {
+    Format::of(ty).is_some() && rows > 0 && rows.is_multiple_of(8) && cols > 0 && cols.is_multiple_of(ty.block_geometry().0)
+}
+
 /// Regroup a matrix (`rows` × `cols` of `ty`, `bytes` in the file's row
 /// order) into tiles, or None when its type or shape has no packed form
 /// (rows not a multiple of 8).
 pub fn pack(pool: &ThreadPool, ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Option<Packed> {
     let f = Format::of(ty)?;
     let row_bytes = ty.row_bytes(cols as u64)? as usize;
-    if !rows.is_multiple_of(8) || !cols.is_multiple_of(32) || bytes.len() != rows * row_bytes {
+    if !packable(ty, rows, cols) || bytes.len() != rows * row_bytes {
         return None;
     }
     let nb = cols / 32;
@@ -356,13 +381,13 @@ pub fn wanted() -> bool {
 /// the tiles cannot be had.
 pub fn pack_model(pool: &ThreadPool, file: &crate::gguf::GgufFile, weights: &mut crate::model::weights::Weights) -> crate::error::Result<()> {
     for m in weights.matrices_mut() {
-        if m.packed.is_some() || Format::of(m.ty).is_none() {
+        if m.packed.is_some() || !packable(m.ty, m.rows, m.cols) {
             continue;
         }
-        let bytes = m.bytes(file);
-        match pack(pool, m.ty, m.rows, m.cols, bytes) {
+        // a packable matrix of a loaded model fails to pack only when its
+        // tiles cannot be allocated (its bytes were checked at load)
+        match pack(pool, m.ty, m.rows, m.cols, m.bytes(file)) {
             Some(p) => m.packed = Some(std::sync::Arc::new(p)),
-            None if !m.rows.is_multiple_of(8) => {}
             None => return Err(crate::error::Error::OutOfMemory(format!("packing {} ({} x {} {}) for the CPU", m.name, m.rows, m.cols, m.ty))),
         }
     }
@@ -371,9 +396,21 @@ pub fn pack_model(pool: &ThreadPool, file: &crate::gguf::GgufFile, weights: &mut
 
 /// Y (n × rows) = X (n × cols) · Wᵀ over a packed matrix, with 8-bit
 /// activations `xs` (one row per token): row groups split among the pool.
+/// Panics where the CPU lacks AVX-512 VNNI (only [`wanted`] packs a
+/// model's weights) or the shapes disagree: the kernel reads and writes
+/// through unchecked pointers.
 pub fn matmul(pool: &ThreadPool, p: &Packed, xs: &[crate::quant::ActRow<i8>], out: &mut [f32]) {
     let n = xs.len();
+    assert!(super::simd::Family::Avx512Vnni.available(), "packed weights need AVX-512 VNNI, which this CPU lacks");
     assert_eq!(out.len(), n * p.rows, "packed {}: output is not n x rows", p.ty);
+    for x in xs {
+        let c = p.cols;
+        assert!(
+            x.q.len() == c && x.d.len() * 32 == c && x.sum.len() * 32 == c && x.dsum.len() * 32 == c && x.sum16.len() * 16 == c,
+            "packed {}: an activation row is not {c} values",
+            p.ty
+        );
+    }
     let nb = p.cols / 32;
     let group_bytes = nb * p.format.tile_bytes();
     let optr = super::matmul::SyncPtr(out.as_mut_ptr());

@@ -30,8 +30,8 @@ pub enum Family {
     Avx2,
     /// AVX-VNNI (VEX-encoded `vpdpbusd`).
     AvxVnni,
-    /// AVX-512 F/BW/VL + VNNI (`vpdpbusd`, two blocks per 512-bit vector
-    /// when a call has 2+ tokens).
+    /// AVX-512 F/BW/VL + VNNI (`vpdpbusd`, two blocks per 512-bit vector;
+    /// weights packed into 8-row tiles at load, `packed`).
     Avx512Vnni,
 }
 
@@ -131,6 +131,23 @@ pub fn scalar_kernel<T: ActInt>(ty: GgmlType) -> DotKernel<T> {
     }
 }
 
+/// The shapes a SIMD kernel relies on, checked before any unsafe code runs
+/// (the kernels read and write through unchecked pointers): at most
+/// MAX_TOKENS rows, room for their sums, and every activation row as long
+/// as the weight row with its scales and sums.
+fn check_rows<T>(ty: GgmlType, w: &[u8], xs: &[ActRow<T>], out: &[f32]) {
+    let (bs, ts) = ty.block_geometry();
+    let n = w.len() / ts * bs;
+    assert!(w.len().is_multiple_of(ts), "{ty} weight row of {} bytes is not whole blocks", w.len());
+    assert!(xs.len() <= MAX_TOKENS && out.len() >= xs.len(), "{} activation rows, {} outputs", xs.len(), out.len());
+    for x in xs {
+        assert!(
+            x.q.len() == n && x.d.len() * 32 == n && x.dsum.len() * 32 == n && x.sum.len() * 32 == n && x.sum16.len() * 16 == n,
+            "activation row does not match a {ty} row of {n} values"
+        );
+    }
+}
+
 /// The 8-bit activation kernel of `family` for a quantized type (the scalar
 /// one where the family has none for the type).
 pub fn a8_kernel_of(family: Family, ty: GgmlType) -> DotKernel<i8> {
@@ -141,18 +158,28 @@ pub fn a8_kernel_of(family: Family, ty: GgmlType) -> DotKernel<i8> {
         macro_rules! pick {
             ($($t:ident => $a:ident, $v:ident, $z:ident);*) => {
                 match ty {
-                    // SAFETY (each closure): `family.available()` checked the ISA's features.
+                    // SAFETY (each closure): `family.available()` checked the ISA's
+                    // features, check_rows the shapes.
                     $($t => Some(match family {
                         Family::Avx2 => {
-                            let f: DotKernel<i8> = |w, xs, out| unsafe { k::$a(w, xs, out) };
+                            let f: DotKernel<i8> = |w, xs, out| {
+                                check_rows($t, w, xs, out);
+                                unsafe { k::$a(w, xs, out) }
+                            };
                             f
                         }
                         Family::AvxVnni => {
-                            let f: DotKernel<i8> = |w, xs, out| unsafe { k::$v(w, xs, out) };
+                            let f: DotKernel<i8> = |w, xs, out| {
+                                check_rows($t, w, xs, out);
+                                unsafe { k::$v(w, xs, out) }
+                            };
                             f
                         }
                         _ => {
-                            let f: DotKernel<i8> = |w, xs, out| unsafe { k::$z(w, xs, out) };
+                            let f: DotKernel<i8> = |w, xs, out| {
+                                check_rows($t, w, xs, out);
+                                unsafe { k::$z(w, xs, out) }
+                            };
                             f
                         }
                     }),)*
@@ -176,6 +203,10 @@ pub fn a8_kernel_of(family: Family, ty: GgmlType) -> DotKernel<i8> {
     scalar_kernel(ty)
 }
 
+/// The types with x86 kernels (8-bit in every SIMD family, 16-bit in AVX2);
+/// the others run the scalar definition.
+pub const SIMD_TYPES: [GgmlType; 7] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K];
+
 /// The fastest 8-bit activation kernel this process uses for a type.
 pub fn a8_kernel(ty: GgmlType) -> DotKernel<i8> {
     a8_kernel_of(Family::current(), ty)
@@ -186,15 +217,26 @@ pub fn q16_kernel(ty: GgmlType) -> DotKernel<i16> {
     #[cfg(target_arch = "x86_64")]
     if Family::current() != Family::Scalar {
         use super::avx2;
-        // SAFETY (each closure): AVX2 and FMA were detected above.
+        macro_rules! k16 {
+            ($t:expr, $f:ident) => {{
+                let f: DotKernel<i16> = |w, xs, out| {
+                    check_rows($t, w, xs, out);
+                    assert!(xs.len() <= avx2::MAX_TOKENS, "16-bit kernels take at most {} rows", avx2::MAX_TOKENS);
+                    // SAFETY: AVX2, FMA and F16C were detected (Family is
+                    // not Scalar); the shapes were checked above.
+                    unsafe { avx2::$f(w, xs, out) }
+                };
+                Some(f)
+            }};
+        }
         let k: Option<DotKernel<i16>> = match ty {
-            GgmlType::Q4_0 => Some(|w, xs, out| unsafe { avx2::q4_0(w, xs, out) }),
-            GgmlType::Q4_1 => Some(|w, xs, out| unsafe { avx2::q4_1(w, xs, out) }),
-            GgmlType::Q5_0 => Some(|w, xs, out| unsafe { avx2::q5_0(w, xs, out) }),
-            GgmlType::Q5_1 => Some(|w, xs, out| unsafe { avx2::q5_1(w, xs, out) }),
-            GgmlType::Q8_0 => Some(|w, xs, out| unsafe { avx2::q8_0(w, xs, out) }),
-            GgmlType::Q4K => Some(|w, xs, out| unsafe { avx2::q4_k(w, xs, out) }),
-            GgmlType::Q6K => Some(|w, xs, out| unsafe { avx2::q6_k(w, xs, out) }),
+            GgmlType::Q4_0 => k16!(GgmlType::Q4_0, q4_0),
+            GgmlType::Q4_1 => k16!(GgmlType::Q4_1, q4_1),
+            GgmlType::Q5_0 => k16!(GgmlType::Q5_0, q5_0),
+            GgmlType::Q5_1 => k16!(GgmlType::Q5_1, q5_1),
+            GgmlType::Q8_0 => k16!(GgmlType::Q8_0, q8_0),
+            GgmlType::Q4K => k16!(GgmlType::Q4K, q4_k),
+            GgmlType::Q6K => k16!(GgmlType::Q6K, q6_k),
             _ => None,
         };
         if let Some(k) = k {

@@ -93,7 +93,8 @@ unsafe fn step<I: Isa, const NT: usize, const SIGNED: bool, const MIN: bool>(
     }
 }
 
-/// Two weight blocks in one 512-bit vector (AVX-512 with 2+ tokens): the
+/// Two weight blocks in one 512-bit vector (AVX-512, any number of
+/// tokens, so a row's sum never depends on how many rows share a call): the
 /// 256-bit step's 7 instructions per token and block become 8 per token and
 /// block pair. AVX-512 has no `vpsignb`: x is negated under w's sign mask.
 struct Pair {
@@ -129,7 +130,8 @@ unsafe fn step_pair<const NT: usize, const SIGNED: bool, const MIN: bool>(
             xv = _mm512_mask_sub_epi8(xv, p.neg, _mm512_setzero_si512(), xv);
         }
         let prod = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), p.w, xv));
-        let d2 = _mm512_castpd_ps(_mm512_castpd128_pd512(_mm_load_sd(x.d.as_ptr().add(b) as *const f64)));
+        // 8 unaligned bytes: the two f32 scales of blocks b, b + 1
+        let d2 = _mm512_castsi512_ps(_mm512_castsi128_si512(_mm_loadl_epi64(x.d.as_ptr().add(b) as *const __m128i)));
         let dx = _mm512_permutexvar_ps(halves, d2);
         acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(prod, p.scale), dx, acc[t]);
         if MIN {
