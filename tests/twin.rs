@@ -42,7 +42,7 @@ fn check_twin(src: &str, force: Option<GgmlType>, tag: &str) {
     let toks = model.tokenizer.encode("The lighthouse at the end of the harbour", true, false);
     let mut s = Session::new(model.clone(), 64).unwrap();
     let fast = s.eval(&toks, Logits::All).unwrap();
-    let mut r = Reference::new(&model, 64).unwrap();
+    let mut r = rounding_reference(&model, 64);
     let nv = model.cfg.n_vocab;
     let mut worst = 0f64;
     for (p, &t) in toks.iter().enumerate() {
@@ -52,8 +52,32 @@ fn check_twin(src: &str, force: Option<GgmlType>, tag: &str) {
     }
     let sd = (fast.iter().map(|x| x * x).sum::<f32>() / fast.len() as f32).sqrt();
     println!("{tag}: twin of {src}: fast vs reference worst relative L2 {worst:.2e}, logit rms {sd:.2}");
-    assert!(worst < 2e-3, "{tag}: {worst:e}");
+    assert!(worst < bound(), "{tag}: {worst:e}");
     assert!(sd > 1e-3 && sd < 1e3, "{tag}: logits out of range (rms {sd})");
+}
+
+/// The reference with the engine's activation rounding (8 bits, or 16 with
+/// FORGE_ACT16). Only f32 summation order then separates the two, plus, at
+/// 8 bits, the activations that order rounds the other way: measured
+/// 1.8e-6 for the SmolLM2 twin but 5e-3 for the Gemma-3 twin, whose inputs
+/// (a quantized embedding times sqrt(640), norms) sit on rounding ties that
+/// the engine's and the reference's float order break differently; the
+/// pure scalar kernels are as far (5.4e-3), so it is not a SIMD kernel.
+fn rounding_reference(model: &Model, n_ctx: usize) -> Reference<'_> {
+    Reference::with_activation_rounding(model, n_ctx, if act16() { 16 } else { 8 }).unwrap()
+}
+
+fn act16() -> bool {
+    rocmforge::backend::cpu::simd::act16()
+}
+
+/// The bound on fast vs rounding reference (see `rounding_reference`).
+fn bound() -> f64 {
+    if act16() {
+        2e-3
+    } else {
+        1e-2
+    }
 }
 
 #[test]
@@ -89,10 +113,12 @@ fn llama_shaped_twin_runs() {
     let toks = model.tokenizer.encode("Hello world", false, false);
     let mut s = Session::new(model.clone(), 32).unwrap();
     let fast = s.eval(&toks, Logits::Last).unwrap();
-    let mut r = Reference::new(&model, 32).unwrap();
+    let mut r = rounding_reference(&model, 32);
     let mut last = Vec::new();
     for (p, &t) in toks.iter().enumerate() {
         last = r.forward(t, p).unwrap().to_vec();
     }
-    assert!(common::rel_l2(&fast, &last) < 2e-3);
+    let e = common::rel_l2(&fast, &last);
+    println!("llama-shaped Q4_0 twin: fast vs reference relative L2 {e:.2e}");
+    assert!(e < bound(), "{e:e}");
 }
