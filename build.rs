@@ -14,7 +14,8 @@ fn main() {
     }
     let crate_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("rocmforge.h");
-    println!("cargo:rerun-if-changed=src/ffi");
+    // cbindgen parses the whole crate: any public item can reach the header
+    println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     let config = cbindgen::Config::from_file(format!("{crate_dir}/cbindgen.toml")).expect("cbindgen.toml");
     match cbindgen::Builder::new().with_crate(&crate_dir).with_config(config).generate() {

@@ -205,6 +205,7 @@ pub fn a8_kernel_of(family: Family, ty: GgmlType) -> DotKernel<i8> {
 
 /// The types with x86 kernels (8-bit in every SIMD family, 16-bit in AVX2);
 /// the others run the scalar definition.
+/// cbindgen:ignore
 pub const SIMD_TYPES: [GgmlType; 7] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K];
 
 /// The fastest 8-bit activation kernel this process uses for a type.
