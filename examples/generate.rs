@@ -142,7 +142,7 @@ fn cpu_note(threads: usize) -> String {
         note += ", weights packed in 8-row tiles";
     }
     let why = match simd::Family::current() {
-        _ if simd::act16() => Some("FORGE_ACT16 is set: 16-bit activations, about half the speed of 8-bit"),
+        _ if simd::act16() => Some("FORGE_ACT16 is set: 16-bit activations, about half the decode speed of 8-bit"),
         f if f != simd::Family::Avx512Vnni && simd::Family::Avx512Vnni.available() => Some("FORGE_CPU_KERNELS chose a family below this CPU's best (avx512vnni)"),
         simd::Family::Scalar => Some("this CPU has no AVX2: portable scalar kernels, many times slower"),
         simd::Family::Avx2 | simd::Family::AvxVnni => Some("this CPU has no AVX-512 VNNI: per-row kernels, weights not packed (the packed path is about 2x faster)"),

@@ -177,7 +177,8 @@ pub fn vec_dot_q8(ty: GgmlType, row: &[u8], xq: &[u8], n: usize) -> Result<f32> 
 //   on this project's text, teacher-forced top-1 against HF is 97.0% overall
 //   this way, where llama.cpp itself scores 95.9% (docs/PERFORMANCE.md).
 // - 16 bits (`ActQ16`, `FORGE_ACT16=1`): 1/258 of the 8-bit step, top-1 100%
-//   on the same text, at about half the speed.
+//   on the same text, at a third to a sixth of the prefill speed and half
+//   the decode speed (docs/PERFORMANCE.md).
 
 /// An integer width for quantized activations.
 pub trait ActInt: Copy + Default + Into<i32> + Send + Sync + 'static {
