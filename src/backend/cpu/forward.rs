@@ -3,7 +3,7 @@
 //! The linear layers run over all rows, so each weight block is read once
 //! per step; attention runs per row over its own sequence's blocks of the
 //! paged KV cache ([`crate::kv`]), GQA by indexing, with gemma3's sliding
-//! window. Quantized weights multiply 16-bit quantized activations
+//! window. Quantized weights multiply 8-bit quantized activations (16-bit with FORGE_ACT16)
 //! ([`super::matmul`]).
 
 use rayon::prelude::*;
