@@ -73,7 +73,7 @@ fn main() {
                     let reps = 20;
                     let t = Instant::now();
                     for _ in 0..reps {
-                        packed::matmul(&pool, &p, &r8[..nt], &mut y[..nt * rows]);
+                        packed::matmul(&pool, &p, &r8[..nt], None, &mut y[..nt * rows]);
                         sink += y[0];
                     }
                     let g = (reps * rows * cols * nt) as f64 / t.elapsed().as_secs_f64() / 1e9;

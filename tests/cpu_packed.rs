@@ -14,6 +14,7 @@ mod common;
 
 use common::activations;
 
+use rocmforge::backend::cpu::matmul::Residual;
 use rocmforge::backend::cpu::packed::{self, Format};
 use rocmforge::backend::cpu::simd::Family;
 use rocmforge::quant::{self, GgmlType};
@@ -65,12 +66,33 @@ fn packed_tiles_match_the_row_definition() {
         if simd {
             for n in 1..=acts.len() {
                 let mut out = vec![f32::NAN; n * rows];
-                packed::matmul(&pool, &p, &acts[..n], &mut out);
+                packed::matmul(&pool, &p, &acts[..n], None, &mut out);
                 for t in 0..n {
                     for r in 0..rows {
                         let got = out[t * rows + r];
                         assert!(((got - want[t][r]) as f64).abs() <= 1e-5 * mag(r, t), "{name} x{n} row {r} token {t}: avx512 {got} vs {}", want[t][r]);
                     }
+                }
+            }
+        }
+        if simd {
+            // with residual rows (quant::quantize_a8_split): main + residual
+            let xo: Vec<f32> = (1..12u32).flat_map(|s| common::activations_with_outliers(cols, s)).collect();
+            let (m, res) = quant::quantize_a8_split(&xo, cols).unwrap();
+            let n = xo.len() / cols;
+            let main: Vec<_> = (0..n).map(|t| m.row(t, cols)).collect();
+            let rrows: Vec<_> = (0..n).map(|t| res.row(t, cols)).collect();
+            let lists: Vec<Vec<u32>> = rrows.iter().map(|r| (0..r.d.len() as u32).filter(|&b| r.d[b as usize] != 0.0).collect()).collect();
+            assert!(lists.iter().all(|l| !l.is_empty()), "{name}: every token has outlier blocks");
+            let mut out = vec![f32::NAN; n * rows];
+            packed::matmul(&pool, &p, &main, Some(Residual::new(&rrows, &lists)), &mut out);
+            for t in 0..n {
+                for r in 0..rows {
+                    let wr = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                    let want = quant::vec_dot_act(ty, wr, main[t]).unwrap() + quant::vec_dot_act(ty, wr, rrows[t]).unwrap();
+                    let mag = w[r].iter().zip(&xo[t * cols..(t + 1) * cols]).map(|(a, b)| (a * b).abs() as f64).sum::<f64>();
+                    let got = out[t * rows + r];
+                    assert!(((got - want) as f64).abs() <= 1e-5 * mag, "{name} residual row {r} token {t}: avx512 {got} vs {want}");
                 }
             }
         }

@@ -9,12 +9,12 @@
 //! so the agreement is measured teacher-forced, and bounds depend on the
 //! activation width the engine runs with:
 //!
-//! - 8-bit activations (the default, llama.cpp's width): at least
-//!   llama.cpp's own agreement with HF on the same positions, overall, and
-//!   per model no more than 2% of positions below it (a single summation
-//!   order change moves a model by ±1%); relative L2 ≤ 2e-1. This text is
-//!   harder than the project's hidden prompts: llama.cpp itself scores
-//!   95.0 / 98.8 / 94.1% here.
+//! - 8-bit activations with residuals in outlier blocks (the default): the
+//!   issue's bounds, ≥ 95% per model and ≥ 97% overall, and at least
+//!   llama.cpp's own agreement with HF on the same positions, per model and
+//!   overall (llama.cpp scores 95.0 / 98.8 / 94.1% here, 95.9% overall:
+//!   this text is harder than the project's hidden prompts); relative L2
+//!   ≤ 1e-1.
 //! - 16-bit activations (`FORGE_ACT16=1`, run by `make test` too): ≥ 97%
 //!   per model, relative L2 ≤ 5e-2.
 
@@ -80,9 +80,9 @@ fn check(model_file: &str, key: &'static str, act16: bool) -> Score {
         assert!(worst <= 5e-2, "{key}: relative L2 {worst:.3e} > 5e-2");
         assert!(pct(agree) >= 97.0, "{key}: top-1 agreement {:.2}% < 97%", pct(agree));
     } else {
-        assert!(worst <= 2e-1, "{key}: relative L2 {worst:.3e} > 2e-1");
-        let slack = toks.len() / 50;
-        assert!(agree + slack >= llama_cpp, "{key}: top-1 agreement {agree} is more than {slack} positions below llama.cpp's {llama_cpp}");
+        assert!(worst <= 1e-1, "{key}: relative L2 {worst:.3e} > 1e-1");
+        assert!(pct(agree) >= 95.0, "{key}: top-1 agreement {:.2}% < 95%", pct(agree));
+        assert!(agree >= llama_cpp, "{key}: top-1 agreement {agree} is below llama.cpp's {llama_cpp}");
     }
     Score { key, agree, llama_cpp, positions: toks.len() }
 }
@@ -100,6 +100,7 @@ fn agrees_with_transformers() {
         scores.iter().map(|s| (s.key, s.agree)).collect::<Vec<_>>()
     );
     if !act16 {
+        assert!(agree * 100 >= 97 * n, "overall top-1 agreement {agree}/{n} is below 97%");
         assert!(agree >= llama_cpp, "overall top-1 agreement {agree}/{n} is below llama.cpp's {llama_cpp}/{n}");
     }
 }

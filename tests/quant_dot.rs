@@ -232,3 +232,87 @@ fn tiny_blocks_quantize_to_zero_or_keep_their_sign() {
     assert_eq!(b.d[0], 0.0);
     assert!(b.q[32..].iter().enumerate().all(|(i, &q)| q == if i % 2 == 0 { 32767 } else { -32767 }));
 }
+
+/// The 8-bit split: the first row is exactly the plain 8-bit quants; the
+/// second holds, in the blocks with an outlier (max|x| > OUTLIER × the
+/// row's RMS), the rounding error at 1/RESIDUAL of the step, so the two
+/// rows restore x to within d / (2 × RESIDUAL); every other block of it is
+/// zero.
+#[test]
+fn residual_rows_restore_outlier_blocks() {
+    let cols = 1024;
+    let x: Vec<f32> = (1..4u32).flat_map(|s| common::activations_with_outliers(cols, s)).collect();
+    let (main, resid) = quant::quantize_a8_split(&x, cols).unwrap();
+    let plain = quant::quantize_a8(&x).unwrap();
+    assert_eq!((&main.q, &main.d, &main.sum, &main.sum16), (&plain.q, &plain.d, &plain.sum, &plain.sum16));
+    let (mut with, mut without) = (0, 0);
+    for (t, row) in x.chunks(cols).enumerate() {
+        let rms = (row.iter().map(|v| v * v).sum::<f32>() / cols as f32).sqrt();
+        for (b, xb) in row.chunks(32).enumerate() {
+            let g = t * cols / 32 + b;
+            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let (d, dr) = (main.d[g], resid.d[g]);
+            let rq = &resid.q[g * 32..(g + 1) * 32];
+            if amax > quant::dot::OUTLIER * rms {
+                with += 1;
+                assert_eq!(dr, d / quant::dot::RESIDUAL, "block {g}: residual step");
+                assert_eq!(resid.sum[g], rq.iter().map(|&q| q as i32).sum::<i32>());
+                for (i, &v) in xb.iter().enumerate() {
+                    let back = main.q[g * 32 + i] as f32 * d + rq[i] as f32 * dr;
+                    assert!((back - v).abs() <= dr * 0.5001, "block {g} value {i}: {back} for {v}, step {d}");
+                }
+            } else {
+                without += 1;
+                assert_eq!((dr, resid.sum[g], resid.dsum[g]), (0.0, 0, 0.0), "block {g} has no outlier");
+                assert!(rq.iter().all(|&q| q == 0));
+            }
+        }
+    }
+    assert!(with >= 20 && without >= 40, "both kinds of block are exercised: {with} with, {without} without");
+    assert!(quant::quantize_a8_split(&x, 48).is_err());
+}
+
+/// Residual rows through every SIMD family's listed-block kernel equal the
+/// scalar definition over the whole row; malformed block lists are refused.
+#[test]
+fn listed_kernels_match_scalar_on_residual_rows() {
+    use rocmforge::backend::cpu::matmul::Residual;
+    use rocmforge::backend::cpu::simd::{self, Family};
+    let families: Vec<Family> = [Family::Avx2, Family::AvxVnni, Family::Avx512Vnni].into_iter().filter(|f| f.available()).collect();
+    let mut tested = 0;
+    for (name, ty) in common::FIXTURE_TYPES {
+        if act_format(ty).is_none() {
+            continue;
+        }
+        let row = std::fs::read(common::fixture(&format!("quant/{name}.q"))).unwrap();
+        let w = quant::dequantize_vec(ty, &row).unwrap();
+        let cols = w.len();
+        let x: Vec<f32> = (1..6u32).flat_map(|s| common::activations_with_outliers(cols, s)).collect();
+        let (_, resid) = quant::quantize_a8_split(&x, cols).unwrap();
+        let rows: Vec<_> = (0..5).map(|t| resid.row(t, cols)).collect();
+        let lists: Vec<Vec<u32>> = rows.iter().map(|r| (0..r.d.len() as u32).filter(|&b| r.d[b as usize] != 0.0).collect()).collect();
+        assert!(lists.iter().all(|l| !l.is_empty() && l.len() < cols / 32), "{name}: residual rows are partly listed");
+        let res = Residual::new(&rows, &lists);
+        let want: Vec<f32> = rows.iter().map(|r| quant::vec_dot_act(ty, &row, *r).unwrap()).collect();
+        // Σ |w| |x| of the residual row: the scale of a rounding difference
+        let mag: Vec<f32> = rows.iter().map(|r| r.q.iter().enumerate().map(|(i, &q)| (w[i] * q as f32 * r.d[i / 32]).abs()).sum()).collect();
+        for f in families.iter().copied().chain([Family::Scalar]) {
+            let mut got = vec![f32::NAN; rows.len()];
+            simd::a8_listed_kernel_of(f, ty)(&row, &res, &mut |t, v| got[t] = v);
+            for t in 0..rows.len() {
+                assert!((got[t] - want[t]).abs() <= 1e-5 * mag[t].max(1e-30), "{name} {} token {t}: listed {} vs scalar {}", f.name(), got[t], want[t]);
+            }
+        }
+        tested += 1;
+    }
+    assert!(tested >= 7, "{tested} types");
+    let x = common::activations_with_outliers(256, 9);
+    let (_, resid) = quant::quantize_a8_split(&x, 256).unwrap();
+    let rows = [resid.as_row()];
+    for bad in [vec![vec![3u32, 1]], vec![vec![8u32]], vec![]] {
+        let r = std::panic::catch_unwind(|| {
+            Residual::new(&rows, &bad);
+        });
+        assert!(r.is_err(), "block lists {bad:?} must be refused");
+    }
+}

@@ -271,8 +271,11 @@ fn matmul(out: &mut [f32], w: &Dense, x: &[f32], act_bits: Option<u8>) {
     let x = match act_bits {
         Some(bits) if w.int_act => {
             rounded = match bits {
-                8 => round_trip::<i8>(x),
-                _ => round_trip::<i16>(x),
+                8 => {
+                    let (main, resid) = quant::quantize_a8_split(x, cols).expect("matmul inputs are a multiple of 32");
+                    round_trip(&main).iter().zip(round_trip(&resid)).map(|(m, r)| m + r).collect()
+                }
+                _ => round_trip(&quant::quantize_act::<i16>(x).expect("matmul inputs are a multiple of 32")),
             };
             &rounded[..]
         }
@@ -283,9 +286,9 @@ fn matmul(out: &mut [f32], w: &Dense, x: &[f32], act_bits: Option<u8>) {
     }
 }
 
-/// x quantized as the engine's matmuls quantize it, and back to f32.
-fn round_trip<T: quant::ActInt>(x: &[f32]) -> Vec<f32> {
-    let a = quant::quantize_act::<T>(x).expect("matmul inputs are a multiple of 32");
+/// Quantized activations back to f32 (at 8 bits the engine's matmuls sum
+/// two such rows, the quants and their residual: `quant::quantize_a8_split`).
+fn round_trip<T: quant::ActInt>(a: &quant::ActQ<T>) -> Vec<f32> {
     a.q.iter().enumerate().map(|(i, &q)| q.into() as f32 * a.d[i / 32]).collect()
 }
 

@@ -261,42 +261,173 @@ impl<T: ActInt> ActQ<T> {
             dsum: &self.dsum[t * b..(t + 1) * b],
         }
     }
+    /// Resize to `n` rows of `cols` values (new values zero) and return
+    /// every row, to fill.
+    pub fn rows_mut(&mut self, n: usize, cols: usize) -> Vec<ActRowMut<'_, T>> {
+        let b = cols / 32;
+        self.d.resize(n * b, 0.0);
+        self.q.resize(n * cols, T::default());
+        self.sum.resize(n * b, 0);
+        self.sum16.resize(2 * n * b, 0);
+        self.dsum.resize(n * b, 0.0);
+        let ActQ { d, q, sum, sum16, dsum } = self;
+        d.chunks_mut(b.max(1))
+            .zip(q.chunks_mut(cols.max(1)))
+            .zip(sum.chunks_mut(b.max(1)))
+            .zip(sum16.chunks_mut(2 * b.max(1)))
+            .zip(dsum.chunks_mut(b.max(1)))
+            .map(|((((d, q), sum), sum16), dsum)| ActRowMut { d, q, sum, sum16, dsum })
+            .collect()
+    }
     pub fn as_row(&self) -> ActRow<'_, T> {
         ActRow { d: &self.d, q: &self.q, sum: &self.sum, sum16: &self.sum16, dsum: &self.dsum }
     }
 }
 
+/// The rounding constant 1.5·2^23: (v + MAGIC) − MAGIC rounds an f32 below
+/// 2^22 in magnitude to an integer, half to even, and vectorizes.
+const MAGIC: f32 = 12_582_912.0;
+
+/// One block's step and its inverse: d = max|x| / QMAX, or a zero block when
+/// that step would be subnormal (max|x| below ~1e-35): 1/d would overflow
+/// to inf and the quants to garbage. The maximum is taken 8 lanes at a time
+/// so the compiler vectorizes it.
+#[inline(always)]
+fn block_step(xb: &[f32], qmax: f32) -> (f32, f32, f32) {
+    let mut lanes = [0f32; 8];
+    for c in xb.chunks_exact(8) {
+        for (m, v) in lanes.iter_mut().zip(c) {
+            *m = m.max(v.abs());
+        }
+    }
+    let amax = lanes.iter().fold(0f32, |a, &v| a.max(v));
+    let d = if amax / qmax >= f32::MIN_POSITIVE { amax / qmax } else { 0.0 };
+    (amax, d, if d != 0.0 { 1.0 / d } else { 0.0 })
+}
+
+/// Append one block of quants with step `d`, and its sums.
+#[inline(always)]
+fn push_block<T: ActInt>(out: &mut ActQ<T>, d: f32, q: &[i32; 32]) {
+    let (s0, s1): (i32, i32) = (q[..16].iter().sum(), q[16..].iter().sum());
+    let s = s0 + s1;
+    out.sum16.extend([s0, s1]);
+    out.q.extend(q.iter().map(|&v| T::from_i32(v)));
+    out.d.push(d);
+    out.sum.push(s);
+    out.dsum.push(d * s as f32);
+}
+
 crate::avx2_multiversion! {
 /// Quantize `x` (a multiple of 32 values) to [`ActQ`], appending to `out`.
-/// Quants round half to even (the 1.5·2^23 trick), and the block maximum is
-/// taken 8 lanes at a time, so the compiler vectorizes the whole loop.
+/// Quants round half to even.
 pub fn quantize_act_into<T: ActInt>(x: &[f32], out: &mut ActQ<T>) {
-    const MAGIC: f32 = 12_582_912.0;
     for xb in x.chunks_exact(32) {
-        let mut lanes = [0f32; 8];
-        for c in xb.chunks_exact(8) {
-            for (m, v) in lanes.iter_mut().zip(c) {
-                *m = m.max(v.abs());
-            }
-        }
-        let amax = lanes.iter().fold(0f32, |a, &v| a.max(v));
-        // A block whose step would be subnormal (max|x| below ~1e-35) is a
-        // zero block: 1/d would overflow to inf and the quants to garbage.
-        let d = if amax / T::QMAX >= f32::MIN_POSITIVE { amax / T::QMAX } else { 0.0 };
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let (_, d, id) = block_step(xb, T::QMAX);
         let mut q = [0i32; 32];
         for (o, &v) in q.iter_mut().zip(xb) {
             *o = ((v * id + MAGIC) - MAGIC) as i32;
         }
-        let (s0, s1): (i32, i32) = (q[..16].iter().sum(), q[16..].iter().sum());
-        let s = s0 + s1;
-        out.sum16.extend([s0, s1]);
-        out.q.extend(q.iter().map(|&v| T::from_i32(v)));
-        out.d.push(d);
-        out.sum.push(s);
-        out.dsum.push(d * s as f32);
+        push_block(out, d, &q);
     }
 }
+}
+
+/// An 8-bit block gets a residual when its max|x| exceeds this many times
+/// its row's root mean square (see [`quantize_a8_split_into`]).
+pub const OUTLIER: f32 = 5.0;
+
+/// The residual's step is the block's step over this: residual quants lie
+/// in ±RESIDUAL/2, so a block with a residual carries about 15 bits.
+pub const RESIDUAL: f32 = 128.0;
+
+/// One row of an [`ActQ`] to fill (see [`ActQ::rows_mut`]).
+pub struct ActRowMut<'a, T> {
+    pub d: &'a mut [f32],
+    pub q: &'a mut [T],
+    pub sum: &'a mut [i32],
+    pub sum16: &'a mut [i32],
+    pub dsum: &'a mut [f32],
+}
+
+/// Write block `b` of a row: quants with step `d`, and their sums.
+#[inline(always)]
+fn put_block<T: ActInt>(row: &mut ActRowMut<'_, T>, b: usize, d: f32, q: &[i32; 32]) {
+    let (s0, s1): (i32, i32) = (q[..16].iter().sum(), q[16..].iter().sum());
+    for (o, &v) in row.q[b * 32..(b + 1) * 32].iter_mut().zip(q) {
+        *o = T::from_i32(v);
+    }
+    row.d[b] = d;
+    row.sum[b] = s0 + s1;
+    row.sum16[2 * b] = s0;
+    row.sum16[2 * b + 1] = s1;
+    row.dsum[b] = d * (s0 + s1) as f32;
+}
+
+crate::avx2_multiversion! {
+/// 8-bit activations with residuals for outlier blocks: one row of x (a
+/// multiple of 32 values) becomes two rows, which sum to it:
+///
+/// - `main`: its 8-bit quants, exactly as [`quantize_act_into`] makes them;
+/// - `resid`: for each block whose max|x| exceeds [`OUTLIER`] × the row's
+///   RMS, the rounding error of `main` quantized with step d / [`RESIDUAL`];
+///   every other block is a zero block (step 0, quants 0).
+///
+/// A block's quantization error grows with its largest value, so the few
+/// blocks that hold a row's outliers carry most of its error. Their
+/// residual removes it for one more byte product per value in those blocks
+/// only: kernels skip zero blocks.
+pub fn quantize_a8_split_row(x: &[f32], main: ActRowMut<'_, i8>, resid: ActRowMut<'_, i8>) {
+    let (mut main, mut resid) = (main, resid);
+    let cols = x.len();
+    assert!(cols.is_multiple_of(32) && main.q.len() == cols && resid.q.len() == cols, "a row of {cols} values into rows of {} and {}", main.q.len(), resid.q.len());
+    let mut lanes = [0f32; 8];
+    for c in x.chunks_exact(8) {
+        for (m, v) in lanes.iter_mut().zip(c) {
+            *m += v * v;
+        }
+    }
+    let limit = OUTLIER * OUTLIER * (lanes.iter().sum::<f32>() / cols as f32);
+    for (b, xb) in x.chunks_exact(32).enumerate() {
+        let (amax, d, id) = block_step(xb, 127.0);
+        let mut q = [0i32; 32];
+        for (o, &v) in q.iter_mut().zip(xb) {
+            *o = ((v * id + MAGIC) - MAGIC) as i32;
+        }
+        put_block(&mut main, b, d, &q);
+        let dr = d / RESIDUAL;
+        let mut r = [0i32; 32];
+        if amax * amax > limit && dr >= f32::MIN_POSITIVE {
+            for ((o, &v), &q) in r.iter_mut().zip(xb).zip(&q) {
+                *o = (((v * id - q as f32) * RESIDUAL + MAGIC) - MAGIC).clamp(-127.0, 127.0) as i32;
+            }
+            put_block(&mut resid, b, dr, &r);
+        } else {
+            put_block(&mut resid, b, 0.0, &r);
+        }
+    }
+}
+}
+
+/// [`quantize_a8_split_row`] for rows of `cols` values, appended to `main`
+/// and `resid`.
+pub fn quantize_a8_split_into(x: &[f32], cols: usize, main: &mut ActQ<i8>, resid: &mut ActQ<i8>) {
+    assert!(cols > 0 && cols.is_multiple_of(32) && x.len().is_multiple_of(cols), "{} values are not rows of {cols}, a multiple of 32", x.len());
+    let n = x.len() / cols;
+    let (m0, r0) = (main.len() / cols, resid.len() / cols);
+    let rows = main.rows_mut(m0 + n, cols).into_iter().skip(m0).zip(resid.rows_mut(r0 + n, cols).into_iter().skip(r0));
+    for (xr, (m, r)) in x.chunks_exact(cols).zip(rows) {
+        quantize_a8_split_row(xr, m, r);
+    }
+}
+
+/// [`quantize_a8_split_into`] into new [`ActQ`]s: (quants, residuals).
+pub fn quantize_a8_split(x: &[f32], cols: usize) -> Result<(ActQ8, ActQ8)> {
+    if cols == 0 || !cols.is_multiple_of(32) || !x.len().is_multiple_of(cols) {
+        return Err(Error::InvalidArgument(format!("{} values are not rows of {cols}, a multiple of 32", x.len())));
+    }
+    let (mut main, mut resid) = (ActQ::with_capacity(x.len()), ActQ::with_capacity(x.len()));
+    quantize_a8_split_into(x, cols, &mut main, &mut resid);
+    Ok((main, resid))
 }
 
 /// Quantize `x` (a multiple of 32 values) to [`ActQ`].
@@ -314,7 +445,8 @@ pub fn quantize_q16(x: &[f32]) -> Result<ActQ16> {
     quantize_act(x)
 }
 
-/// 8-bit activations of `x`.
+/// 8-bit activations of `x` (the quants alone, without the residual
+/// [`quantize_a8_split`] adds).
 pub fn quantize_a8(x: &[f32]) -> Result<ActQ8> {
     quantize_act(x)
 }

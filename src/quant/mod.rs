@@ -13,7 +13,7 @@ pub mod legacy;
 pub mod nonlinear;
 mod types;
 
-pub use dot::{act_format, quantize_a8, quantize_act, quantize_act_into, quantize_acts, quantize_q16, vec_dot_act, vec_dot_f32, vec_dot_q8, ActFormat, ActInt, ActQ, ActQ16, ActQ8, ActRow};
+pub use dot::{act_format, quantize_a8, quantize_a8_split, quantize_a8_split_into, quantize_a8_split_row, quantize_act, quantize_act_into, quantize_acts, quantize_q16, vec_dot_act, vec_dot_f32, vec_dot_q8, ActFormat, ActInt, ActQ, ActQ16, ActQ8, ActRow, ActRowMut};
 pub use float::f16_at;
 pub use types::{GgmlType, QK_K};
 

@@ -99,3 +99,14 @@ impl Rng {
 pub mod api_fuzz;
 pub mod load_fuzz;
 pub mod tiny;
+
+/// `activations` with an outlier (×40) in every third block of 32, as norm
+/// weights and massive activations put them in real models: those blocks
+/// get 8-bit residuals (`quant::quantize_a8_split_row`), the others not.
+pub fn activations_with_outliers(n: usize, seed: u32) -> Vec<f32> {
+    let mut x = activations(n, seed);
+    for b in (0..n / 32).step_by(3) {
+        x[b * 32 + (b * 7 + seed as usize) % 32] *= 40.0;
+    }
+    x
+}

@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use super::matmul::{matmul, SyncPtr};
+use super::matmul::{matmul, matmul_input, Input, SyncPtr};
 use crate::error::{Error, Result};
 use crate::kv::{BlockCopy, SeqKv, BLOCK};
 use crate::model::arch::LayerKind;
@@ -99,7 +99,7 @@ pub fn forward(model: &Model, kv: &mut CpuKv, rows: &[Row]) -> Result<Vec<f32>> 
     let (dim, hd, hdv) = (c.n_embd, c.head_dim, c.head_dim_v);
     let (q_dim, kv_dim, v_dim) = (c.q_dim(), c.kv_dim(), c.v_dim());
     let group = c.n_head / c.n_head_kv;
-    let mm = |m: &crate::model::weights::Matrix, x: &[f32], out: &mut [f32]| matmul(pool, m, m.bytes(f), x, n, out);
+    let mm = |m: &crate::model::weights::Matrix, x: &Input, out: &mut [f32]| matmul_input(pool, m, m.bytes(f), x, out);
 
     // x (n, dim): embedding rows
     let mut x = vec![0f32; n * dim];
@@ -129,9 +129,11 @@ pub fn forward(model: &Model, kv: &mut CpuKv, rows: &[Row]) -> Result<Vec<f32>> 
     for (il, l) in w.layers.iter().enumerate() {
         // ---- attention ----
         ops::rmsnorm_into(&mut xb, &x, &l.attn_norm, c.rms_eps);
-        mm(&l.wq, &xb, &mut q);
-        mm(&l.wk, &xb, &mut k);
-        mm(&l.wv, &xb, &mut v);
+        let xa = Input::new(&xb, n);
+        mm(&l.wq, &xa, &mut q);
+        mm(&l.wk, &xa, &mut k);
+        mm(&l.wv, &xa, &mut v);
+        drop(xa);
         if let (Some(bq), Some(bk), Some(bv)) = (&l.bq, &l.bk, &l.bv) {
             ops::add_rows(&mut q, bq);
             ops::add_rows(&mut k, bk);
@@ -176,7 +178,7 @@ pub fn forward(model: &Model, kv: &mut CpuKv, rows: &[Row]) -> Result<Vec<f32>> 
         } else {
             (0..jobs).for_each(task);
         }
-        mm(&l.wo, &att, &mut branch);
+        mm(&l.wo, &Input::new(&att, n), &mut branch);
         if let Some(pn) = &l.post_attn_norm {
             ops::rmsnorm_rows(&mut branch, pn, c.rms_eps);
         }
@@ -184,10 +186,12 @@ pub fn forward(model: &Model, kv: &mut CpuKv, rows: &[Row]) -> Result<Vec<f32>> 
 
         // ---- FFN ----
         ops::rmsnorm_into(&mut xb, &x, &l.ffn_norm, c.rms_eps);
-        mm(&l.w_gate, &xb, &mut g);
-        mm(&l.w_up, &xb, &mut u);
+        let xa = Input::new(&xb, n);
+        mm(&l.w_gate, &xa, &mut g);
+        mm(&l.w_up, &xa, &mut u);
+        drop(xa);
         ops::gated_act(&mut g, &u, c.arch.ffn_act);
-        mm(&l.w_down, &g, &mut branch);
+        mm(&l.w_down, &Input::new(&g, n), &mut branch);
         if let Some(pn) = &l.post_ffn_norm {
             ops::rmsnorm_rows(&mut branch, pn, c.rms_eps);
         }

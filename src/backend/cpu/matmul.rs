@@ -11,6 +11,7 @@
 
 use rayon::prelude::*;
 use rayon::ThreadPool;
+use std::sync::OnceLock;
 
 use super::simd;
 use crate::model::weights::Matrix;
@@ -33,20 +34,84 @@ unsafe impl Sync for SyncPtr {}
 /// Rows per task: enough work to amortise scheduling, small enough to balance.
 const CHUNK_ROWS: usize = 16;
 
+/// 8-bit activations: each row's quants, their residual in outlier blocks
+/// (`quant::quantize_a8_split_row`), and per row the residual's nonzero
+/// blocks, the only ones multiplied.
+struct A8 {
+    main: ActQ<i8>,
+    resid: ActQ<i8>,
+    lists: Vec<Vec<u32>>,
+}
+
+/// One matmul input, X (n × cols), quantized at most once per activation
+/// width however many matrices read it (q, k and v; gate and up).
+pub struct Input<'a> {
+    x: &'a [f32],
+    n: usize,
+    cols: usize,
+    a8: OnceLock<A8>,
+    a16: OnceLock<ActQ<i16>>,
+}
+
+impl<'a> Input<'a> {
+    pub fn new(x: &'a [f32], n: usize) -> Input<'a> {
+        assert!(n > 0 && x.len().is_multiple_of(n), "{} activations are not {n} rows", x.len());
+        Input { x, n, cols: x.len() / n, a8: OnceLock::new(), a16: OnceLock::new() }
+    }
+
+    fn a8(&self, pool: &ThreadPool) -> &A8 {
+        self.a8.get_or_init(|| {
+            let (n, cols) = (self.n, self.cols);
+            let (mut a, mut ar) = (ActQ::<i8>::default(), ActQ::<i8>::default());
+            let rows = a.rows_mut(n, cols).into_iter().zip(ar.rows_mut(n, cols));
+            let quantize = |(xr, (m, r)): (&[f32], _)| quant::quantize_a8_split_row(xr, m, r);
+            if n >= 4 && pool.current_num_threads() > 1 {
+                // prefill: the rows split among the pool, not left to one thread
+                pool.install(|| self.x.par_chunks_exact(cols).zip(rows.collect::<Vec<_>>()).for_each(quantize));
+            } else {
+                self.x.chunks_exact(cols).zip(rows).for_each(quantize);
+            }
+            let lists = (0..n).map(|t| ar.row(t, cols).d.iter().enumerate().filter(|(_, &d)| d != 0.0).map(|(b, _)| b as u32).collect()).collect();
+            A8 { main: a, resid: ar, lists }
+        })
+    }
+
+    fn a16(&self) -> &ActQ<i16> {
+        self.a16.get_or_init(|| {
+            let mut a = ActQ::<i16>::with_capacity(self.x.len());
+            quant::quantize_act_into(self.x, &mut a);
+            a
+        })
+    }
+}
+
+/// Y (n × rows) = X (n × cols) · Wᵀ.
 pub fn matmul(pool: &ThreadPool, w: &Matrix, wbytes: &[u8], x: &[f32], n: usize, out: &mut [f32]) {
-    let (rows, cols) = (w.rows, w.cols);
-    assert_eq!(x.len(), n * cols, "{}: activations are not n × cols", w.name);
+    matmul_input(pool, w, wbytes, &Input::new(x, n), out)
+}
+
+/// [`matmul`] of an [`Input`] that other matrices may share.
+pub fn matmul_input(pool: &ThreadPool, w: &Matrix, wbytes: &[u8], input: &Input, out: &mut [f32]) {
+    let (rows, cols, n, x) = (w.rows, w.cols, input.n, input.x);
+    assert_eq!(input.cols, cols, "{}: activations are not n × cols", w.name);
     assert_eq!(out.len(), n * rows, "{}: output is not n × rows", w.name);
     assert_eq!(wbytes.len(), rows * w.row_bytes, "{}: weight bytes", w.name);
-    if let Some(p) = &w.packed {
-        let mut a = ActQ::<i8>::with_capacity(n * cols);
-        quant::quantize_act_into(x, &mut a);
-        let act_rows: Vec<ActRow<i8>> = (0..n).map(|t| a.row(t, cols)).collect();
-        return super::packed::matmul(pool, p, &act_rows, out);
+    if act_format(w.ty).is_some() && !simd::act16() {
+        let a = input.a8(pool);
+        let main: Vec<ActRow<i8>> = (0..n).map(|t| a.main.row(t, cols)).collect();
+        let resid: Vec<ActRow<i8>> = (0..n).map(|t| a.resid.row(t, cols)).collect();
+        let resid = Residual::new(&resid, &a.lists);
+        return match &w.packed {
+            Some(p) => super::packed::matmul(pool, p, &main, Some(resid), out),
+            None => quantized(pool, w, wbytes, &main, Some((resid, simd::a8_listed_kernel(w.ty))), out, simd::a8_kernel(w.ty), simd::MAX_TOKENS),
+        };
     }
     match act_format(w.ty) {
-        Some(_) if simd::act16() => quantized(pool, w, wbytes, x, n, out, simd::q16_kernel(w.ty), 4),
-        Some(_) => quantized(pool, w, wbytes, x, n, out, simd::a8_kernel(w.ty), simd::MAX_TOKENS),
+        Some(_) => {
+            let a = input.a16();
+            let main: Vec<ActRow<i16>> = (0..n).map(|t| a.row(t, cols)).collect();
+            quantized(pool, w, wbytes, &main, None, out, simd::q16_kernel(w.ty), 4)
+        }
         None => {
             let k = simd::float_kernel(w.ty);
             for_chunks(pool, rows, out, |r, o| {
@@ -60,13 +125,60 @@ pub fn matmul(pool: &ThreadPool, w: &Matrix, wbytes: &[u8], x: &[f32], n: usize,
     }
 }
 
-/// Quantize x once, then each weight row against groups of `group` tokens.
+/// Residual rows of 8-bit activations, one per token, and the blocks where
+/// each is nonzero, checked once by [`Residual::new`] so the kernels that
+/// read only the listed blocks need not check them again.
+#[derive(Clone, Copy)]
+pub struct Residual<'a> {
+    rows: &'a [ActRow<'a, i8>],
+    lists: &'a [Vec<u32>],
+}
+
+impl<'a> Residual<'a> {
+    /// Panics unless there is one list per row and each names blocks of its
+    /// row in rising order; every block not listed must be zero.
+    pub fn new(rows: &'a [ActRow<'a, i8>], lists: &'a [Vec<u32>]) -> Residual<'a> {
+        assert_eq!(rows.len(), lists.len(), "one block list per residual row");
+        for (x, l) in rows.iter().zip(lists) {
+            let nb = x.q.len() / 32;
+            assert!(x.d.len() == nb && x.sum.len() == nb && x.dsum.len() == nb && x.sum16.len() == 2 * nb && x.q.len() == nb * 32, "a residual row's scales and sums do not match its quants");
+            assert!(l.windows(2).all(|p| p[0] < p[1]) && l.last().is_none_or(|&b| (b as usize) < nb), "a block list is not rising indices below {nb}");
+            // what the kernels skip must be zero: true by construction
+            // (quantize_a8_split_row), so checked in debug builds only
+            debug_assert!(x.d.iter().enumerate().all(|(b, &d)| l.contains(&(b as u32)) || (d == 0.0 && x.q[b * 32..(b + 1) * 32].iter().all(|&q| q == 0))));
+        }
+        Residual { rows, lists }
+    }
+    pub fn rows(&self) -> &'a [ActRow<'a, i8>] {
+        self.rows
+    }
+    pub fn lists(&self) -> &'a [Vec<u32>] {
+        self.lists
+    }
+    /// Values per row.
+    pub fn cols(&self) -> usize {
+        self.rows.first().map_or(0, |x| x.q.len())
+    }
+}
+
+/// Each weight row against groups of `group` activation rows of `main`;
+/// then, where given, each token's residual row over its listed blocks is
+/// added: a token's output is main + residual, in that order.
 #[allow(clippy::too_many_arguments)]
-fn quantized<T: ActInt>(pool: &ThreadPool, w: &Matrix, wbytes: &[u8], x: &[f32], n: usize, out: &mut [f32], k: DotKernel<T>, group: usize) {
-    let (rows, cols) = (w.rows, w.cols);
-    let mut a = ActQ::<T>::with_capacity(n * cols);
-    quant::quantize_act_into(x, &mut a);
-    let act_rows: Vec<ActRow<T>> = (0..n).map(|t| a.row(t, cols)).collect();
+fn quantized<T: ActInt>(
+    pool: &ThreadPool,
+    w: &Matrix,
+    wbytes: &[u8],
+    main: &[ActRow<T>],
+    resid: Option<(Residual, simd::ListedKernel)>,
+    out: &mut [f32],
+    k: DotKernel<T>,
+    group: usize,
+) {
+    let (rows, n) = (w.rows, main.len());
+    if let Some((r, _)) = &resid {
+        assert!(r.rows().len() == n && r.cols() == w.cols, "{}: residual rows are not one per token of {} values", w.name, w.cols);
+    }
     let ahead = PREFETCH_BYTES.div_ceil(w.row_bytes);
     for_chunks(pool, rows, out, |r, o| {
         if r % CHUNK_ROWS == 0 {
@@ -79,11 +191,15 @@ fn quantized<T: ActInt>(pool: &ThreadPool, w: &Matrix, wbytes: &[u8], x: &[f32],
         let mut tmp = [0f32; simd::MAX_TOKENS];
         for t0 in (0..n).step_by(group) {
             let nt = (n - t0).min(group);
-            k(wr, &act_rows[t0..t0 + nt], &mut tmp[..nt]);
+            k(wr, &main[t0..t0 + nt], &mut tmp[..nt]);
             for (t, &v) in tmp[..nt].iter().enumerate() {
                 // SAFETY: (t, r) pairs are disjoint across chunks; out has n × rows.
                 unsafe { *o.0.add((t0 + t) * rows + r) = v };
             }
+        }
+        if let Some((res, listed)) = &resid {
+            // SAFETY: as above, for every token of this weight row.
+            listed(wr, res, &mut |t, v| unsafe { *o.0.add(t * rows + r) += v });
         }
     });
 }

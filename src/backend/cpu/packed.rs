@@ -25,6 +25,8 @@
 use rayon::prelude::*;
 use rayon::ThreadPool;
 
+use crate::quant::ActRow;
+
 use crate::quant::{kquants, GgmlType};
 
 /// How a packed type stores its tiles.
@@ -395,15 +397,19 @@ pub fn pack_model(pool: &ThreadPool, file: &crate::gguf::GgufFile, weights: &mut
 }
 
 /// Y (n × rows) = X (n × cols) · Wᵀ over a packed matrix, with 8-bit
-/// activations `xs` (one row per token): row groups split among the pool.
-/// Panics where the CPU lacks AVX-512 VNNI (only [`wanted`] packs a
-/// model's weights) or the shapes disagree: the kernel reads and writes
-/// through unchecked pointers.
-pub fn matmul(pool: &ThreadPool, p: &Packed, xs: &[crate::quant::ActRow<i8>], out: &mut [f32]) {
-    let n = xs.len();
+/// activations `main` (one row per token) and, where given, their residual
+/// rows `resid` (`quant::quantize_a8_split`; mostly zero blocks), whose
+/// products are added: a token's output is main + residual, in that order.
+/// Row groups are split among the pool. Panics where the CPU lacks AVX-512
+/// VNNI (only [`wanted`] packs a model's weights) or the shapes disagree:
+/// the kernel reads and writes through unchecked pointers.
+pub fn matmul(pool: &ThreadPool, p: &Packed, main: &[ActRow<i8>], resid: Option<super::matmul::Residual>, out: &mut [f32]) {
     assert!(super::simd::Family::Avx512Vnni.available(), "packed weights need AVX-512 VNNI, which this CPU lacks");
+    let n = main.len();
     assert_eq!(out.len(), n * p.rows, "packed {}: output is not n x rows", p.ty);
-    for x in xs {
+    let (resid, lists): (&[ActRow<i8>], &[Vec<u32>]) = resid.map_or((&[], &[]), |r| (r.rows(), r.lists()));
+    assert!(resid.is_empty() || resid.len() == n, "packed {}: {} residual rows for {n} tokens", p.ty, resid.len());
+    for x in main.iter().chain(resid) {
         let c = p.cols;
         assert!(
             x.q.len() == c && x.d.len() * 32 == c && x.sum.len() * 32 == c && x.dsum.len() * 32 == c && x.sum16.len() * 16 == c,
@@ -418,21 +424,33 @@ pub fn matmul(pool: &ThreadPool, p: &Packed, xs: &[crate::quant::ActRow<i8>], ou
     let n_tasks = (p.rows / 8).div_ceil(GROUPS_PER_TASK);
     let body = |task: usize| {
         let o = optr;
+        let mut sums = [0f32; 8];
         for g in task * GROUPS_PER_TASK..((task + 1) * GROUPS_PER_TASK).min(p.rows / 8) {
-            for t0 in (0..n).step_by(8) {
-                let t1 = (t0 + 8).min(n);
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `wanted()` (the only way a matrix gets packed)
-                // checked AVX-512 F/BW/VL + VNNI; group g's tiles are
-                // in `data`; each activation row has cols values; the writes
-                // (rows g*8.. g*8+8 of tokens t0..t1) are in `out` and
-                // disjoint between tasks.
-                unsafe {
-                    super::x86_packed::group_rows(p.ty, p.data.as_ptr().add(g * group_bytes), nb, &xs[t0..t1], o.0.add(t0 * p.rows + g * 8), p.rows)
-                };
-                #[cfg(not(target_arch = "x86_64"))]
-                let _ = (o, g, t1, group_bytes);
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY (both calls): `wanted()` (the only way a matrix gets
+            // packed) checked AVX-512 F/BW/VL + VNNI; group g's tiles are in
+            // `data`; every activation row has cols values; the block lists
+            // are below nb; the writes (rows g*8..g*8+8 of the tokens, in
+            // `out`, disjoint between tasks; or `sums`, 8 rows of stride 8)
+            // are in bounds.
+            unsafe {
+                let tiles = p.data.as_ptr().add(g * group_bytes);
+                for t0 in (0..n).step_by(8) {
+                    let t1 = (t0 + 8).min(n);
+                    super::x86_packed::group_rows(p.ty, tiles, nb, &main[t0..t1], o.0.add(t0 * p.rows + g * 8), p.rows);
+                }
+                for (t, list) in lists.iter().enumerate() {
+                    if list.is_empty() {
+                        continue;
+                    }
+                    super::x86_packed::group_listed(p.ty, tiles, list, &resid[t], &mut sums);
+                    for r in 0..8 {
+                        *o.0.add(t * p.rows + g * 8 + r) += sums[r];
+                    }
+                }
             }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (o, g, group_bytes, &lists, &mut sums);
         }
     };
     if pool.current_num_threads() <= 1 || n_tasks == 1 {

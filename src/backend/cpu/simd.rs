@@ -2,7 +2,7 @@
 //! scalar kernels are `quant::dot::vec_dot_act` (the readable definition);
 //! the x86 families ([`Family`]) must match them.
 
-use super::matmul::{DotKernel, FloatKernel};
+use super::matmul::{DotKernel, FloatKernel, Residual};
 use crate::quant::{self, ActInt, ActRow, GgmlType};
 
 pub fn avx2_available() -> bool {
@@ -201,6 +201,102 @@ pub fn a8_kernel_of(family: Family, ty: GgmlType) -> DotKernel<i8> {
         }
     }
     scalar_kernel(ty)
+}
+
+/// A kernel for residual rows (`quant::quantize_a8_split_row`): one weight
+/// row against each token's residual row, over its listed blocks only (the
+/// others are zero); `add(t, v)` receives token t's product.
+/// cbindgen:ignore
+pub type ListedKernel = fn(&[u8], &Residual, &mut dyn FnMut(usize, f32));
+
+/// The listed-block kernel of `family` for a quantized type; where the
+/// family has none, the scalar definition over the whole row (the unlisted
+/// blocks are zero, so the sum is the same).
+pub fn a8_listed_kernel_of(family: Family, ty: GgmlType) -> ListedKernel {
+    #[cfg(target_arch = "x86_64")]
+    if family != Family::Scalar && family.available() {
+        use super::x86_a8 as k;
+        use GgmlType::*;
+        macro_rules! pick {
+            ($($t:ident => $a:ident, $v:ident, $z:ident);*) => {
+                match ty {
+                    // SAFETY (each closure): `family.available()` checked the ISA's
+                    // features, Residual::new the lists, check_listed the length.
+                    $($t => Some(match family {
+                        Family::Avx2 => {
+                            let f: ListedKernel = |w, x, add| {
+                                check_listed($t, w, x);
+                                unsafe { k::$a(w, x.rows(), x.lists(), add) }
+                            };
+                            f
+                        }
+                        Family::AvxVnni => {
+                            let f: ListedKernel = |w, x, add| {
+                                check_listed($t, w, x);
+                                unsafe { k::$v(w, x.rows(), x.lists(), add) }
+                            };
+                            f
+                        }
+                        _ => {
+                            let f: ListedKernel = |w, x, add| {
+                                check_listed($t, w, x);
+                                unsafe { k::$z(w, x.rows(), x.lists(), add) }
+                            };
+                            f
+                        }
+                    }),)*
+                    _ => None,
+                }
+            };
+        }
+        let found = pick!(
+            Q4_0 => q4_0_avx2_listed, q4_0_avxvnni_listed, q4_0_avx512vnni_listed;
+            Q4_1 => q4_1_avx2_listed, q4_1_avxvnni_listed, q4_1_avx512vnni_listed;
+            Q5_0 => q5_0_avx2_listed, q5_0_avxvnni_listed, q5_0_avx512vnni_listed;
+            Q5_1 => q5_1_avx2_listed, q5_1_avxvnni_listed, q5_1_avx512vnni_listed;
+            Q8_0 => q8_0_avx2_listed, q8_0_avxvnni_listed, q8_0_avx512vnni_listed;
+            Q4K => q4_k_avx2_listed, q4_k_avxvnni_listed, q4_k_avx512vnni_listed;
+            Q6K => q6_k_avx2_listed, q6_k_avxvnni_listed, q6_k_avx512vnni_listed
+        );
+        if let Some(k) = found {
+            return k;
+        }
+    }
+    let _ = family;
+    scalar_listed(ty)
+}
+
+/// The fastest listed-block kernel this process uses for a type.
+pub fn a8_listed_kernel(ty: GgmlType) -> ListedKernel {
+    a8_listed_kernel_of(Family::current(), ty)
+}
+
+fn scalar_listed(ty: GgmlType) -> ListedKernel {
+    macro_rules! by_type {
+        ($($t:ident),*) => {
+            match ty {
+                $(GgmlType::$t => |w, x, add| {
+                    check_listed(GgmlType::$t, w, x);
+                    for (t, (row, list)) in x.rows().iter().zip(x.lists()).enumerate() {
+                        if !list.is_empty() {
+                            let mut out = [0f32];
+                            scalar_kernel::<i8>(GgmlType::$t)(w, std::slice::from_ref(row), &mut out);
+                            add(t, out[0]);
+                        }
+                    }
+                },)*
+                _ => panic!("{ty} has no integer activation dot product"),
+            }
+        };
+    }
+    by_type!(Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Iq4Nl, Mxfp4, Q2K, Q3K, Q4K, Q5K, Q6K, Iq4Xs)
+}
+
+/// Panics unless the residual rows (checked by `Residual::new`) have the
+/// length of a weight row `w`.
+fn check_listed(ty: GgmlType, w: &[u8], x: &Residual) {
+    let (bs, ts) = ty.block_geometry();
+    assert!(w.len().is_multiple_of(ts) && (x.rows().is_empty() || x.cols() == w.len() / ts * bs), "{ty}: residual rows of {} values against a weight row of {} bytes", x.cols(), w.len());
 }
 
 /// The types with x86 kernels (8-bit in every SIMD family, 16-bit in AVX2);

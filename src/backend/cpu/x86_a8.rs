@@ -203,39 +203,59 @@ unsafe fn blocks32<I: Isa, const WIDE: bool, const NT: usize, const TS: usize, c
     finish::<WIDE, NT>(out, &acc, &wide, &accm);
 }
 
+/// Unpack one weight block of each 32-element type at `p`.
+#[inline(always)]
+unsafe fn q4_0_block(p: *const u8) -> Block {
+    signed(_mm256_sub_epi8(nibbles(p.add(2)), _mm256_set1_epi8(8)), f16_at(p))
+}
+
+#[inline(always)]
+unsafe fn q4_1_block(p: *const u8) -> Block {
+    unsigned(nibbles(p.add(4)), f16_at(p), f16_at(p.add(2)))
+}
+
+#[inline(always)]
+unsafe fn q5_0_block(p: *const u8) -> Block {
+    let qh = (p.add(2) as *const u32).read_unaligned();
+    let hi = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
+    signed(_mm256_sub_epi8(_mm256_or_si256(nibbles(p.add(6)), hi), _mm256_set1_epi8(16)), f16_at(p))
+}
+
+#[inline(always)]
+unsafe fn q5_1_block(p: *const u8) -> Block {
+    let qh = (p.add(4) as *const u32).read_unaligned();
+    let hi = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
+    unsigned(_mm256_or_si256(nibbles(p.add(8)), hi), f16_at(p), f16_at(p.add(2)))
+}
+
+#[inline(always)]
+unsafe fn q8_0_block(p: *const u8) -> Block {
+    signed(_mm256_loadu_si256(p.add(2) as *const __m256i), f16_at(p))
+}
+
 #[inline(always)]
 unsafe fn q4_0<I: Isa, const WIDE: bool, const NT: usize>(row: &[u8], xs: &[Row8], out: &mut [f32]) {
-    blocks32::<I, WIDE, NT, 18, true, false>(row, xs, out, |p| {
-        signed(_mm256_sub_epi8(nibbles(p.add(2)), _mm256_set1_epi8(8)), f16_at(p))
-    })
+    blocks32::<I, WIDE, NT, 18, true, false>(row, xs, out, |p| q4_0_block(p))
 }
 
 #[inline(always)]
 unsafe fn q4_1<I: Isa, const WIDE: bool, const NT: usize>(row: &[u8], xs: &[Row8], out: &mut [f32]) {
-    blocks32::<I, WIDE, NT, 20, false, true>(row, xs, out, |p| unsigned(nibbles(p.add(4)), f16_at(p), f16_at(p.add(2))))
+    blocks32::<I, WIDE, NT, 20, false, true>(row, xs, out, |p| q4_1_block(p))
 }
 
 #[inline(always)]
 unsafe fn q5_0<I: Isa, const WIDE: bool, const NT: usize>(row: &[u8], xs: &[Row8], out: &mut [f32]) {
-    blocks32::<I, WIDE, NT, 22, true, false>(row, xs, out, |p| {
-        let qh = (p.add(2) as *const u32).read_unaligned();
-        let hi = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
-        signed(_mm256_sub_epi8(_mm256_or_si256(nibbles(p.add(6)), hi), _mm256_set1_epi8(16)), f16_at(p))
-    })
+    blocks32::<I, WIDE, NT, 22, true, false>(row, xs, out, |p| q5_0_block(p))
 }
 
 #[inline(always)]
 unsafe fn q5_1<I: Isa, const WIDE: bool, const NT: usize>(row: &[u8], xs: &[Row8], out: &mut [f32]) {
-    blocks32::<I, WIDE, NT, 24, false, true>(row, xs, out, |p| {
-        let qh = (p.add(4) as *const u32).read_unaligned();
-        let hi = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
-        unsigned(_mm256_or_si256(nibbles(p.add(8)), hi), f16_at(p), f16_at(p.add(2)))
-    })
+    blocks32::<I, WIDE, NT, 24, false, true>(row, xs, out, |p| q5_1_block(p))
 }
 
 #[inline(always)]
 unsafe fn q8_0<I: Isa, const WIDE: bool, const NT: usize>(row: &[u8], xs: &[Row8], out: &mut [f32]) {
-    blocks32::<I, WIDE, NT, 34, true, false>(row, xs, out, |p| signed(_mm256_loadu_si256(p.add(2) as *const __m256i), f16_at(p)))
+    blocks32::<I, WIDE, NT, 34, true, false>(row, xs, out, |p| q8_0_block(p))
 }
 
 #[inline(always)]
@@ -300,6 +320,90 @@ unsafe fn q6_k<I: Isa, const WIDE: bool, const NT: usize>(row: &[u8], xs: &[Row8
     }
     finish::<WIDE, NT>(out, &acc, &wide, &accm);
 }
+
+/// Q4_K's activation block `b` (sub-block b % 8 of super-block b / 8).
+#[inline(always)]
+unsafe fn q4_k_block(row: *const u8, b: usize) -> Block {
+    let (p, j) = (row.add(b / 8 * 144), b % 8);
+    let sc = std::slice::from_raw_parts(p.add(4), 12);
+    let bytes = _mm256_loadu_si256(p.add(16 + j / 2 * 32) as *const __m256i);
+    let w = if j % 2 == 0 { bytes } else { _mm256_srli_epi16(bytes, 4) };
+    let (s, m) = scale_min_k4(j, sc);
+    unsigned(_mm256_and_si256(w, _mm256_set1_epi8(0x0F)), f16_at(p) * s as f32, -f16_at(p.add(2)) * m as f32)
+}
+
+/// Q6_K's activation block `b` (run b % 4 of half (b % 8) / 4 of
+/// super-block b / 8).
+#[inline(always)]
+unsafe fn q6_k_block(row: *const u8, b: usize) -> Block {
+    let (p, half, run) = (row.add(b / 8 * 210), b % 8 / 4, b % 4);
+    let (lo, hi) = q6k_runs(p, half)[run];
+    let w = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), _mm256_set1_epi8(32));
+    let (d, e0) = (f16_at(p.add(208)), half * 128 + run * 32);
+    let s0 = d * *p.add(192 + e0 / 16) as i8 as f32;
+    let s1 = d * *p.add(192 + e0 / 16 + 1) as i8 as f32;
+    Block { w: _mm256_abs_epi8(w), sign: w, scale: _mm256_set_m128(_mm_set1_ps(s1), _mm_set1_ps(s0)), min: 0.0 }
+}
+
+/// Activation rows whose blocks other than their `lists` are zero (residual
+/// rows, `quant::quantize_a8_split_row`) against one weight row: only the
+/// listed blocks are unpacked, `block(b)` unpacking block b; `add(t, v)`
+/// takes row t's sum, for rows with a nonempty list.
+#[inline(always)]
+unsafe fn listed<I: Isa, const SIGNED: bool, const MIN: bool>(xs: &[Row8], lists: &[Vec<u32>], add: &mut dyn FnMut(usize, f32), block: impl Fn(usize) -> Block) {
+    for (t, (x, list)) in xs.iter().zip(lists).enumerate() {
+        if list.is_empty() {
+            continue;
+        }
+        let (mut acc, mut accm) = ([_mm256_setzero_ps(); 1], [0f32; 1]);
+        for &b in list {
+            step::<I, 1, SIGNED, MIN>(&block(b as usize), b as usize, std::slice::from_ref(x), &mut acc, &mut accm);
+        }
+        add(t, hsum(acc[0]) + accm[0]);
+    }
+}
+
+macro_rules! listed_entries {
+    ($isa:ty, $feat:literal, $($name:ident: $signed:literal, $min:literal, |$w:ident, $b:ident| $block:expr);*) => {$(
+        /// Residual rows over their listed blocks against a weight row.
+        ///
+        /// # Safety
+        /// The CPU has the ISA's features; every row has the weight row's
+        /// length; each list names rising blocks below it.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn $name($w: &[u8], xs: &[Row8], lists: &[Vec<u32>], add: &mut dyn FnMut(usize, f32)) {
+            listed::<$isa, $signed, $min>(xs, lists, add, |$b| $block)
+        }
+    )*};
+}
+
+macro_rules! listed_family {
+    ($isa:ty, $feat:literal, $q4_0:ident, $q4_1:ident, $q5_0:ident, $q5_1:ident, $q8_0:ident, $q4_k:ident, $q6_k:ident) => {
+        listed_entries!($isa, $feat,
+            $q4_0: true, false, |w, b| q4_0_block(w.as_ptr().add(b * 18));
+            $q4_1: false, true, |w, b| q4_1_block(w.as_ptr().add(b * 20));
+            $q5_0: true, false, |w, b| q5_0_block(w.as_ptr().add(b * 22));
+            $q5_1: false, true, |w, b| q5_1_block(w.as_ptr().add(b * 24));
+            $q8_0: true, false, |w, b| q8_0_block(w.as_ptr().add(b * 34));
+            $q4_k: false, true, |w, b| q4_k_block(w.as_ptr(), b);
+            $q6_k: true, false, |w, b| q6_k_block(w.as_ptr(), b)
+        );
+    };
+}
+
+listed_family!(Avx2, "avx2,fma,f16c", q4_0_avx2_listed, q4_1_avx2_listed, q5_0_avx2_listed, q5_1_avx2_listed, q8_0_avx2_listed, q4_k_avx2_listed, q6_k_avx2_listed);
+listed_family!(AvxVnni, "avx2,fma,f16c,avxvnni", q4_0_avxvnni_listed, q4_1_avxvnni_listed, q5_0_avxvnni_listed, q5_1_avxvnni_listed, q8_0_avxvnni_listed, q4_k_avxvnni_listed, q6_k_avxvnni_listed);
+listed_family!(
+    Avx512Vnni,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+    q4_0_avx512vnni_listed,
+    q4_1_avx512vnni_listed,
+    q5_0_avx512vnni_listed,
+    q5_1_avx512vnni_listed,
+    q8_0_avx512vnni_listed,
+    q4_k_avx512vnni_listed,
+    q6_k_avx512vnni_listed
+);
 
 /// A kernel over any number of rows up to MAX_TOKENS: groups of 8, 4, 2, 1.
 macro_rules! by_groups {

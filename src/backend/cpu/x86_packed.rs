@@ -44,12 +44,15 @@ unsafe fn load(p: *const u8) -> __m512i {
     _mm512_loadu_si512(p as *const _)
 }
 
-/// One row group (8 weight rows, `nb` tiles from `tiles`) against NT
-/// activation rows; row sums go to `out[t * stride + r]`.
+/// One row group (8 weight rows) against NT activation rows, over its `nb`
+/// tiles from `tiles`, or with LIST over the `nb` blocks `list` names (in
+/// rising order; the rows' other blocks are zero); row sums go to
+/// `out[t * stride + r]`.
 #[inline(always)]
-unsafe fn group<const NT: usize, const BITS: u8, const OFF: i32, const HALF: bool, const SPLIT: bool, const MIN: bool>(
+unsafe fn group<const NT: usize, const BITS: u8, const OFF: i32, const HALF: bool, const SPLIT: bool, const MIN: bool, const LIST: bool>(
     tiles: *const u8,
     nb: usize,
+    list: *const u32,
     xs: &[Row8],
     out: *mut f32,
     stride: usize,
@@ -67,12 +70,17 @@ unsafe fn group<const NT: usize, const BITS: u8, const OFF: i32, const HALF: boo
     let zero = _mm512_setzero_si512();
     let mut acc = [_mm512_setzero_ps(); NT];
     let mut accm = [_mm512_setzero_ps(); NT];
-    for b in 0..nb {
+    for k in 0..nb {
+        let b = if LIST { *list.add(k) as usize } else { k };
         let t = tiles.add(b * tb);
-        let mut pf = 0;
-        while pf < tb {
-            _mm_prefetch::<_MM_HINT_T0>(t.wrapping_add(PREFETCH + pf) as *const i8);
-            pf += 64;
+        if !LIST {
+            // a block list follows a full pass over the same tiles, which
+            // are then in the cache
+            let mut pf = 0;
+            while pf < tb {
+                _mm_prefetch::<_MM_HINT_T0>(t.wrapping_add(PREFETCH + pf) as *const i8);
+                pf += 64;
+            }
         }
         let s_lo = dup(scales::<HALF>(t));
         let s_hi = if SPLIT { dup(scales::<HALF>(t.add(sb))) } else { s_lo };
@@ -138,16 +146,16 @@ unsafe fn group<const NT: usize, const BITS: u8, const OFF: i32, const HALF: boo
 }
 
 macro_rules! by_type {
-    ($nt:literal, $ty:expr, $($args:expr),*) => {
+    ($nt:literal, $list:literal, $ty:expr, $($args:expr),*) => {
         match $ty {
-            GgmlType::Q4_0 => group::<$nt, 4, 8, true, false, false>($($args),*),
-            GgmlType::Q4_1 => group::<$nt, 4, 0, true, false, true>($($args),*),
-            GgmlType::Q5_0 => group::<$nt, 5, 16, true, false, false>($($args),*),
-            GgmlType::Q5_1 => group::<$nt, 5, 0, true, false, true>($($args),*),
-            GgmlType::Q8_0 => group::<$nt, 8, 128, true, false, false>($($args),*),
-            GgmlType::Q4K => group::<$nt, 4, 0, false, false, true>($($args),*),
-            GgmlType::Q5K => group::<$nt, 5, 0, false, false, true>($($args),*),
-            GgmlType::Q6K => group::<$nt, 6, 32, false, true, false>($($args),*),
+            GgmlType::Q4_0 => group::<$nt, 4, 8, true, false, false, $list>($($args),*),
+            GgmlType::Q4_1 => group::<$nt, 4, 0, true, false, true, $list>($($args),*),
+            GgmlType::Q5_0 => group::<$nt, 5, 16, true, false, false, $list>($($args),*),
+            GgmlType::Q5_1 => group::<$nt, 5, 0, true, false, true, $list>($($args),*),
+            GgmlType::Q8_0 => group::<$nt, 8, 128, true, false, false, $list>($($args),*),
+            GgmlType::Q4K => group::<$nt, 4, 0, false, false, true, $list>($($args),*),
+            GgmlType::Q5K => group::<$nt, 5, 0, false, false, true, $list>($($args),*),
+            GgmlType::Q6K => group::<$nt, 6, 32, false, true, false, $list>($($args),*),
             _ => unreachable!("packed::Format::of covers exactly these types"),
         }
     };
@@ -162,26 +170,39 @@ macro_rules! by_type {
 /// `(xs.len() - 1) * stride + 8` floats.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn group_rows(ty: GgmlType, tiles: *const u8, nb: usize, xs: &[Row8], out: *mut f32, stride: usize) {
+    let none = std::ptr::null();
     let mut t = 0;
     while t < xs.len() {
         let (x, o) = (&xs[t..], out.add(t * stride));
         t += match xs.len() - t {
             8.. => {
-                by_type!(8, ty, tiles, nb, x, o, stride);
+                by_type!(8, false, ty, tiles, nb, none, x, o, stride);
                 8
             }
             4..=7 => {
-                by_type!(4, ty, tiles, nb, x, o, stride);
+                by_type!(4, false, ty, tiles, nb, none, x, o, stride);
                 4
             }
             2..=3 => {
-                by_type!(2, ty, tiles, nb, x, o, stride);
+                by_type!(2, false, ty, tiles, nb, none, x, o, stride);
                 2
             }
             _ => {
-                by_type!(1, ty, tiles, nb, x, o, stride);
+                by_type!(1, false, ty, tiles, nb, none, x, o, stride);
                 1
             }
         };
     }
+}
+
+/// One row group against one activation row whose blocks other than
+/// `list` (rising) are zero, such as a residual row
+/// (`quant::quantize_a8_split`): only the listed tiles are read. The 8 row
+/// sums go to `out`.
+///
+/// # Safety
+/// As [`group_rows`], with every entry of `list` below the tile count.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn group_listed(ty: GgmlType, tiles: *const u8, list: &[u32], x: &Row8, out: &mut [f32; 8]) {
+    by_type!(1, true, ty, tiles, list.len(), list.as_ptr(), std::slice::from_ref(x), out.as_mut_ptr(), 8);
 }
