@@ -173,9 +173,11 @@ pub fn vec_dot_q8(ty: GgmlType, row: &[u8], xq: &[u8], n: usize) -> Result<f32> 
 // - 8 bits (`ActQ8`, the default): the fast engines' width, one byte per
 //   value, so x86 multiplies 32 weights per instruction (`vpdpbusd` /
 //   `vpmaddubsw`). Unlike llama.cpp it keeps a per-32 scale for the k-quants
-//   too (llama.cpp's q8_K has one per 256) and an f32 scale (q8_0's is f16):
-//   on this project's text, teacher-forced top-1 against HF is 97.0% overall
-//   this way, where llama.cpp itself scores 95.9% (docs/PERFORMANCE.md).
+//   too (llama.cpp's q8_K has one per 256) and an f32 scale (q8_0's is f16),
+//   and blocks holding a row's outliers get a residual row
+//   ([`quantize_a8_split_row`]): on this project's text, teacher-forced
+//   top-1 against HF is 98.5% overall this way, where llama.cpp itself
+//   scores 95.9% (docs/PERFORMANCE.md).
 // - 16 bits (`ActQ16`, `FORGE_ACT16=1`): 1/258 of the 8-bit step, top-1 100%
 //   on the same text, at a third to a sixth of the prefill speed and half
 //   the decode speed (docs/PERFORMANCE.md).
@@ -333,7 +335,9 @@ pub fn quantize_act_into<T: ActInt>(x: &[f32], out: &mut ActQ<T>) {
 }
 
 /// An 8-bit block gets a residual when its max|x| exceeds this many times
-/// its row's root mean square (see [`quantize_a8_split_into`]).
+/// its row's root mean square ([`quantize_a8_split_row`]): about 10–20% of
+/// blocks in the three real models; 4 to 6 trade accuracy for speed
+/// (docs/PERFORMANCE.md, "Residuals in outlier blocks").
 pub const OUTLIER: f32 = 5.0;
 
 /// The residual's step is the block's step over this: residual quants lie
