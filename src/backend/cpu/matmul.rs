@@ -55,8 +55,8 @@ pub struct Input<'a> {
 
 impl<'a> Input<'a> {
     pub fn new(x: &'a [f32], n: usize) -> Input<'a> {
-        assert!(n > 0 && x.len().is_multiple_of(n), "{} activations are not {n} rows", x.len());
-        Input { x, n, cols: x.len() / n, a8: OnceLock::new(), a16: OnceLock::new() }
+        assert!(if n == 0 { x.is_empty() } else { x.len().is_multiple_of(n) }, "{} activations are not {n} rows", x.len());
+        Input { x, n, cols: x.len().checked_div(n).unwrap_or(0), a8: OnceLock::new(), a16: OnceLock::new() }
     }
 
     fn a8(&self, pool: &ThreadPool) -> &A8 {
@@ -93,6 +93,10 @@ pub fn matmul(pool: &ThreadPool, w: &Matrix, wbytes: &[u8], x: &[f32], n: usize,
 /// [`matmul`] of an [`Input`] that other matrices may share.
 pub fn matmul_input(pool: &ThreadPool, w: &Matrix, wbytes: &[u8], input: &Input, out: &mut [f32]) {
     let (rows, cols, n, x) = (w.rows, w.cols, input.n, input.x);
+    if n == 0 {
+        assert!(out.is_empty(), "{}: output for no rows", w.name);
+        return;
+    }
     assert_eq!(input.cols, cols, "{}: activations are not n × cols", w.name);
     assert_eq!(out.len(), n * rows, "{}: output is not n × rows", w.name);
     assert_eq!(wbytes.len(), rows * w.row_bytes, "{}: weight bytes", w.name);
