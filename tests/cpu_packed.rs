@@ -85,7 +85,7 @@ fn packed_tiles_match_the_row_definition() {
             let lists: Vec<Vec<u32>> = rrows.iter().map(|r| (0..r.d.len() as u32).filter(|&b| r.d[b as usize] != 0.0).collect()).collect();
             assert!(lists.iter().all(|l| !l.is_empty()), "{name}: every token has outlier blocks");
             let mut out = vec![f32::NAN; n * rows];
-            packed::matmul(&pool, &p, &main, Some(Residual::new(&rrows, &lists)), &mut out);
+            packed::matmul(&pool, &p, &main, Some(&Residual::new(&rrows, &lists)), &mut out);
             for t in 0..n {
                 for r in 0..rows {
                     let wr = &bytes[r * row_bytes..(r + 1) * row_bytes];

@@ -422,6 +422,9 @@ fn attention(b: &Backend) {
         let out = match b {
             Backend::Cpu => {
                 let mut o = vec![0f32; n * n_head * hd];
+                // the CPU cache holds f16 bits (exact: the values are f16)
+                let bits = |v: &[f32]| -> Vec<u16> { v.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect() };
+                let (kc, vc) = (bits(&kc), bits(&vc));
                 // a contiguous cache is the identity block table
                 let ident: Vec<u32> = (0..(kc.len() / kv_dim).div_ceil(rocmforge::kv::BLOCK) as u32).collect();
                 for t in 0..n {

@@ -163,29 +163,46 @@ pub fn axpy(out: &mut [f32], w: f32, v: &[f32]) {
     out.iter_mut().zip(v).for_each(|(o, &x)| *o += w * x);
 }
 
-crate::avx2_multiversion! {
 /// Causal attention for `g` query heads that share K/V head `kvh` (a GQA
 /// group; g = 1 is one head): softmax(scale · q·K[j]) over the positions
 /// `keys`, times V[j]. `q` holds the g heads back to back, `out` their g
-/// outputs. `kc`/`vc` hold rows of `kv_dim`/`v_dim` floats per slot of the
-/// paged KV cache, position j of this sequence at slot
+/// outputs. `kc`/`vc` hold rows of `kv_dim`/`v_dim` f16 values per slot of
+/// the paged KV cache, position j of this sequence at slot
 /// `blocks[j / BLOCK] * BLOCK + j % BLOCK`. `dims` = (head_dim, head_dim_v,
-/// kv_dim, v_dim). Each K/V row is read once for the group, and the g dot
-/// products are independent chains; each head's arithmetic is the same as
-/// with g = 1, so the grouping changes no result.
+/// kv_dim, v_dim). Each K/V row is read and widened once for the group, and
+/// the g dot products are independent chains; each head's arithmetic is the
+/// same as with g = 1, so the grouping changes no result.
 #[allow(clippy::too_many_arguments)]
-pub fn attend(q: &[f32], g: usize, kc: &[f32], vc: &[f32], blocks: &[u32], kvh: usize, dims: (usize, usize, usize, usize), keys: std::ops::RangeInclusive<usize>, scale: f32, out: &mut [f32]) {
+pub fn attend(q: &[f32], g: usize, kc: &[u16], vc: &[u16], blocks: &[u32], kvh: usize, dims: (usize, usize, usize, usize), keys: std::ops::RangeInclusive<usize>, scale: f32, out: &mut [f32]) {
+    let (hd, hdv, kv_dim, v_dim) = dims;
+    assert!(q.len() >= g * hd && out.len() >= g * hdv && kvh * hd + hd <= kv_dim && kvh * hdv + hdv <= v_dim, "attention shapes");
+    #[cfg(target_arch = "x86_64")]
+    if crate::backend::cpu::simd::avx2_available() && hd % 8 == 0 && hdv % 8 == 0 && hd.max(hdv) <= MAX_HEAD {
+        // SAFETY: the CPU has AVX2, FMA and F16C; the shapes were checked
+        // above, and the slots index `kc`/`vc` (checked slices below).
+        return unsafe { attend_f16c(q, g, kc, vc, blocks, kvh, dims, keys, scale, out) };
+    }
+    attend_portable(q, g, kc, vc, blocks, kvh, dims, keys, scale, out)
+}
+
+/// Widest head the AVX2 attention takes (its rows live on the stack).
+const MAX_HEAD: usize = 512;
+
+/// How many positions ahead attention prefetches K/V rows.
+const PREFETCH_ROWS: usize = 4;
+
+#[allow(clippy::too_many_arguments)]
+fn attend_portable(q: &[f32], g: usize, kc: &[u16], vc: &[u16], blocks: &[u32], kvh: usize, dims: (usize, usize, usize, usize), keys: std::ops::RangeInclusive<usize>, scale: f32, out: &mut [f32]) {
     use crate::kv::BLOCK;
     let (hd, hdv, kv_dim, v_dim) = dims;
     let n = keys.end() + 1 - keys.start();
-    // Plain loops, no closures: a closure is compiled without the AVX2 of
-    // the `avx2` build it sits in, and this is the hot loop of attention.
     let mut scores = vec![0f32; g * n];
+    let mut row = vec![0f32; hd.max(hdv)];
     for (i, j) in keys.clone().enumerate() {
         let s = blocks[j / BLOCK] as usize * BLOCK + j % BLOCK;
-        let k = &kc[s * kv_dim + kvh * hd..][..hd];
+        f16_to_f32(&mut row[..hd], &kc[s * kv_dim + kvh * hd..][..hd]);
         for h in 0..g {
-            scores[h * n + i] = dot_wide(&q[h * hd..(h + 1) * hd], k) * scale;
+            scores[h * n + i] = dot(&q[h * hd..(h + 1) * hd], &row[..hd]) * scale;
         }
     }
     for h in 0..g {
@@ -194,12 +211,145 @@ pub fn attend(q: &[f32], g: usize, kc: &[f32], vc: &[f32], blocks: &[u32], kvh: 
     out.fill(0.0);
     for (i, j) in keys.enumerate() {
         let s = blocks[j / BLOCK] as usize * BLOCK + j % BLOCK;
-        let v = &vc[s * v_dim + kvh * hdv..][..hdv];
+        f16_to_f32(&mut row[..hdv], &vc[s * v_dim + kvh * hdv..][..hdv]);
         for h in 0..g {
-            axpy(&mut out[h * hdv..(h + 1) * hdv], scores[h * n + i], v);
+            axpy(&mut out[h * hdv..(h + 1) * hdv], scores[h * n + i], &row[..hdv]);
         }
     }
 }
+
+/// [`attend`] with AVX2, FMA and F16C: each f16 K/V row widened once into
+/// a stack row, then the g heads' products as 8-lane FMAs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_f16c(q: &[f32], g: usize, kc: &[u16], vc: &[u16], blocks: &[u32], kvh: usize, dims: (usize, usize, usize, usize), keys: std::ops::RangeInclusive<usize>, scale: f32, out: &mut [f32]) {
+    use crate::kv::BLOCK;
+    use std::arch::x86_64::*;
+    let (hd, hdv, kv_dim, v_dim) = dims;
+    let n = keys.end() + 1 - keys.start();
+    let mut scores = vec![0f32; g * n];
+    let mut row = [0f32; MAX_HEAD];
+    let last = *keys.end();
+    // the rows a few positions ahead, asked for early: each row is a short
+    // read at a stride, so its latency, not the bandwidth, is what a step
+    // waits for (a hint: it never faults)
+    let ahead = |kvc: &[u16], j: usize, d: usize, w: usize| {
+        let j = (j + PREFETCH_ROWS).min(last);
+        let s = blocks[j / BLOCK] as usize * BLOCK + j % BLOCK;
+        kvc.as_ptr().wrapping_add(s * d + kvh * w) as *const i8
+    };
+    for (i, j) in keys.clone().enumerate() {
+        let s = blocks[j / BLOCK] as usize * BLOCK + j % BLOCK;
+        let p = ahead(kc, j, kv_dim, hd);
+        for b in (0..hd * 2).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(b));
+        }
+        let src = &kc[s * kv_dim + kvh * hd..][..hd];
+        // plain loops, no closures: a closure would not get this function's
+        // target features
+        for c in (0..hd).step_by(8) {
+            _mm256_storeu_ps(row.as_mut_ptr().add(c), _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().add(c) as *const __m128i)));
+        }
+        for h in 0..g {
+            let qh = q.as_ptr().add(h * hd);
+            let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut c = 0;
+            while c + 16 <= hd {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh.add(c)), _mm256_loadu_ps(row.as_ptr().add(c)), a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qh.add(c + 8)), _mm256_loadu_ps(row.as_ptr().add(c + 8)), a1);
+                c += 16;
+            }
+            if c < hd {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh.add(c)), _mm256_loadu_ps(row.as_ptr().add(c)), a0);
+            }
+            let v = _mm256_add_ps(a0, a1);
+            let x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+            *scores.get_unchecked_mut(h * n + i) = _mm_cvtss_f32(_mm_add_ss(x, _mm_shuffle_ps(x, x, 1))) * scale;
+        }
+    }
+    for h in 0..g {
+        softmax(&mut scores[h * n..(h + 1) * n]);
+    }
+    out[..g * hdv].fill(0.0);
+    for (i, j) in keys.enumerate() {
+        let s = blocks[j / BLOCK] as usize * BLOCK + j % BLOCK;
+        let p = ahead(vc, j, v_dim, hdv);
+        for b in (0..hdv * 2).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(b));
+        }
+        let src = &vc[s * v_dim + kvh * hdv..][..hdv];
+        for c in (0..hdv).step_by(8) {
+            _mm256_storeu_ps(row.as_mut_ptr().add(c), _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().add(c) as *const __m128i)));
+        }
+        for h in 0..g {
+            let w = _mm256_set1_ps(*scores.get_unchecked(h * n + i));
+            let o = out.as_mut_ptr().add(h * hdv);
+            for c in (0..hdv).step_by(8) {
+                _mm256_storeu_ps(o.add(c), _mm256_fmadd_ps(w, _mm256_loadu_ps(row.as_ptr().add(c)), _mm256_loadu_ps(o.add(c))));
+            }
+        }
+    }
+}
+
+/// f32 → f16 bits, rounding to nearest even (F16C where the CPU has it;
+/// the same results as `half`'s conversion otherwise).
+pub fn to_f16(out: &mut [u16], x: &[f32]) {
+    assert_eq!(out.len(), x.len());
+    #[cfg(target_arch = "x86_64")]
+    if crate::backend::cpu::simd::avx2_available() {
+        // SAFETY: the CPU has AVX2 and F16C; the lengths are equal.
+        return unsafe { to_f16_f16c(out, x) };
+    }
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = half::f16::from_f32(v).to_bits();
+    }
+}
+
+/// f16 bits → f32 (exact).
+pub fn f16_to_f32(out: &mut [f32], x: &[u16]) {
+    assert_eq!(out.len(), x.len());
+    #[cfg(target_arch = "x86_64")]
+    if crate::backend::cpu::simd::avx2_available() {
+        // SAFETY: the CPU has AVX2 and F16C; the lengths are equal.
+        return unsafe { f16_to_f32_f16c(out, x) };
+    }
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = half::f16::from_bits(v).to_f32();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn to_f16_f16c(out: &mut [u16], x: &[f32]) {
+    use std::arch::x86_64::*;
+    let n = x.len();
+    let mut i = 0;
+    while i + 8 <= n {
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(x.as_ptr().add(i)));
+        _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, h);
+        i += 8;
+    }
+    for j in i..n {
+        out[j] = half::f16::from_f32(x[j]).to_bits();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn f16_to_f32_f16c(out: &mut [f32], x: &[u16]) {
+    use std::arch::x86_64::*;
+    let n = x.len();
+    let mut i = 0;
+    while i + 8 <= n {
+        let f = _mm256_cvtph_ps(_mm_loadu_si128(x.as_ptr().add(i) as *const __m128i));
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), f);
+        i += 8;
+    }
+    for j in i..n {
+        out[j] = half::f16::from_bits(x[j]).to_f32();
+    }
 }
 
 #[cfg(test)]

@@ -5,8 +5,9 @@
 //!
 //! The CPU engine rounds each matmul input to 8-bit (or 16-bit) integers
 //! per 32 values; [`Reference::with_activation_rounding`] applies the same
-//! rounding (quantize, then back to f32) before each of its matmuls, so the
-//! fast path can be held to f32 summation-order differences at either width.
+//! rounding (quantize, then back to f32) before each of its matmuls, and
+//! stores K/V through f16 as the engine's cache does, so the fast path can
+//! be held to f32 summation-order differences at either width.
 
 use super::arch::{FfnAct, LayerKind, RopeStyle};
 use super::config::{Config, RopeScaling};
@@ -79,8 +80,9 @@ impl<'m> Reference<'m> {
         Reference::build(model, n_ctx, None)
     }
 
-    /// The reference with the CPU engine's activation rounding (8 or 16
-    /// bits per value, blocks of 32) before each matmul by quantized weights.
+    /// The reference with the CPU engine's rounding: activations to 8 or 16
+    /// bits per value (blocks of 32) before each matmul by quantized
+    /// weights, and K/V to f16 in the cache.
     pub fn with_activation_rounding(model: &'m Model, n_ctx: usize, bits: u8) -> Result<Reference<'m>> {
         if bits != 8 && bits != 16 {
             return Err(Error::InvalidArgument(format!("activation rounding to {bits} bits: only 8 and 16 exist")));
@@ -190,6 +192,12 @@ impl<'m> Reference<'m> {
             }
             for h in self.k.chunks_mut(hd) {
                 rope(h, pos, base, c);
+            }
+            if self.act_bits.is_some() {
+                // the engine's cache holds f16
+                for x in self.k.iter_mut().chain(self.v.iter_mut()) {
+                    *x = half::f16::from_f32(*x).to_f32();
+                }
             }
             // append k, v to this layer's cache at `pos`
             let kc = &mut self.key_cache[il * self.n_ctx * kv_dim..(il + 1) * self.n_ctx * kv_dim];

@@ -15,11 +15,13 @@ use crate::model::arch::LayerKind;
 use crate::model::{ops, Model};
 use crate::quant;
 
-/// The CPU's KV storage: per layer, one f32 array of `n_blocks * BLOCK`
-/// rows, indexed by the slots the block tables give.
+/// The CPU's KV storage: per layer, one f16 array (as bits) of
+/// `n_blocks * BLOCK` rows, indexed by the slots the block tables give.
+/// f16 as in llama.cpp's default cache: half the bytes attention reads per
+/// step, the largest cost of a batched decode step after the weights.
 pub struct CpuKv {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    k: Vec<Vec<u16>>,
+    v: Vec<Vec<u16>>,
     kv_dim: usize,
     v_dim: usize,
 }
@@ -30,7 +32,7 @@ impl CpuKv {
     pub fn new(model: &Model, n_blocks: usize) -> Result<CpuKv> {
         let c = &model.cfg;
         let (kv_dim, v_dim) = (c.kv_dim(), c.v_dim());
-        let mib = |d: usize| n_blocks * BLOCK * d * 4 * c.n_layer >> 20;
+        let mib = |d: usize| (n_blocks * BLOCK * d * 2 * c.n_layer) >> 20;
         let oom = || Error::OutOfMemory(format!("KV pool of {n_blocks} blocks: {} MiB", mib(kv_dim) + mib(v_dim)));
         let rows = n_blocks.checked_mul(BLOCK).ok_or_else(oom)?;
         let mut k = Vec::with_capacity(c.n_layer);
@@ -45,7 +47,7 @@ impl CpuKv {
     /// Bytes of KV one position takes (all layers, K and V).
     pub fn bytes_per_position(model: &Model) -> usize {
         let c = &model.cfg;
-        (c.kv_dim() + c.v_dim()) * 4 * c.n_layer
+        (c.kv_dim() + c.v_dim()) * 2 * c.n_layer
     }
 
     /// Make the copy-on-write copies the block pool asked for.
@@ -61,23 +63,29 @@ impl CpuKv {
     }
 }
 
-/// `n` zeroed floats, or None when the allocation fails. Zeroed memory comes
-/// from the allocator (calloc: fresh pages are zero already), so a large KV
-/// pool costs no time or resident memory until positions are written, and
-/// a size the system cannot give is an error instead of an abort.
-pub(crate) fn try_zeroed(n: usize) -> Option<Vec<f32>> {
+/// `n` zeroed values (f32 or f16 bits: all-zero bits are 0.0 in both), or
+/// None when the allocation fails. Zeroed memory comes from the allocator
+/// (calloc: fresh pages are zero already), so a large KV pool costs no time
+/// or resident memory until positions are written, and a size the system
+/// cannot give is an error instead of an abort.
+pub(crate) fn try_zeroed<T: Zeroable>(n: usize) -> Option<Vec<T>> {
     if n == 0 {
         return Some(Vec::new());
     }
-    let layout = std::alloc::Layout::array::<f32>(n).ok()?;
+    let layout = std::alloc::Layout::array::<T>(n).ok()?;
     // SAFETY: layout has a non-zero size; a non-NULL result is `n` zeroed
-    // f32s (0x0 is 0.0) allocated by the global allocator with f32's
-    // alignment, which is what Vec::from_raw_parts requires.
+    // Ts (all-zero bits are a valid T, by `Zeroable`) allocated by the
+    // global allocator with T's alignment, which Vec::from_raw_parts needs.
     unsafe {
-        let p = std::alloc::alloc_zeroed(layout) as *mut f32;
+        let p = std::alloc::alloc_zeroed(layout) as *mut T;
         (!p.is_null()).then(|| Vec::from_raw_parts(p, n, n))
     }
 }
+
+/// Types whose all-zero bit pattern is a valid value (zero).
+pub(crate) trait Zeroable: Copy {}
+impl Zeroable for f32 {}
+impl Zeroable for u16 {}
 
 /// One row of a batch: a token at a position of a sequence, whose blocks
 /// already hold room for it (the engine reserved them).
@@ -151,8 +159,8 @@ pub fn forward(model: &Model, kv: &mut CpuKv, rows: &[Row]) -> Result<Vec<f32>> 
         }
         let (kc, vc) = (&mut kv.k[il], &mut kv.v[il]);
         for (t, &s) in slots.iter().enumerate() {
-            kc[s * kv_dim..(s + 1) * kv_dim].copy_from_slice(&k[t * kv_dim..(t + 1) * kv_dim]);
-            vc[s * v_dim..(s + 1) * v_dim].copy_from_slice(&v[t * v_dim..(t + 1) * v_dim]);
+            ops::to_f16(&mut kc[s * kv_dim..(s + 1) * kv_dim], &k[t * kv_dim..(t + 1) * kv_dim]);
+            ops::to_f16(&mut vc[s * v_dim..(s + 1) * v_dim], &v[t * v_dim..(t + 1) * v_dim]);
         }
         let (kc, vc) = (&*kc, &*vc);
         let window = if local { c.sliding_window } else { None };

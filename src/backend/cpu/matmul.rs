@@ -106,8 +106,8 @@ pub fn matmul_input(pool: &ThreadPool, w: &Matrix, wbytes: &[u8], input: &Input,
         let resid: Vec<ActRow<i8>> = (0..n).map(|t| a.resid.row(t, cols)).collect();
         let resid = Residual::new(&resid, &a.lists);
         return match &w.packed {
-            Some(p) => super::packed::matmul(pool, p, &main, Some(resid), out),
-            None => quantized(pool, w, wbytes, &main, Some((resid, simd::a8_listed_kernel(w.ty))), out, simd::a8_kernel(w.ty), simd::MAX_TOKENS),
+            Some(p) => super::packed::matmul(pool, p, &main, Some(&resid), out),
+            None => quantized(pool, w, wbytes, &main, Some((&resid, simd::a8_listed_kernel(w.ty))), out, simd::a8_kernel(w.ty), simd::MAX_TOKENS),
         };
     }
     match act_format(w.ty) {
@@ -132,10 +132,27 @@ pub fn matmul_input(pool: &ThreadPool, w: &Matrix, wbytes: &[u8], input: &Input,
 /// Residual rows of 8-bit activations, one per token, and the blocks where
 /// each is nonzero, checked once by [`Residual::new`] so the kernels that
 /// read only the listed blocks need not check them again.
-#[derive(Clone, Copy)]
 pub struct Residual<'a> {
     rows: &'a [ActRow<'a, i8>],
     lists: &'a [Vec<u32>],
+    chunks: Vec<BlockChunk>,
+}
+
+/// Tokens per [`BlockChunk`].
+pub const CHUNK_TOKENS: usize = 64;
+
+/// The same lists turned around for up to [`CHUNK_TOKENS`] rows from `t0`:
+/// for each block b, the rows (offsets from `t0`, rising) that list it, at
+/// `tok[start[b]..start[b + 1]]`. A kernel unpacks a weight block once for
+/// all of them; each row still sums its blocks in rising order, so its
+/// result does not depend on the rows it shares a chunk with.
+pub struct BlockChunk {
+    pub t0: usize,
+    pub n: usize,
+    pub start: Vec<u32>,
+    pub tok: Vec<u8>,
+    /// The rows (offsets from `t0`) with any block listed.
+    pub busy: Vec<u8>,
 }
 
 impl<'a> Residual<'a> {
@@ -143,21 +160,48 @@ impl<'a> Residual<'a> {
     /// row in rising order; every block not listed must be zero.
     pub fn new(rows: &'a [ActRow<'a, i8>], lists: &'a [Vec<u32>]) -> Residual<'a> {
         assert_eq!(rows.len(), lists.len(), "one block list per residual row");
+        let nb = rows.first().map_or(0, |x| x.q.len() / 32);
         for (x, l) in rows.iter().zip(lists) {
-            let nb = x.q.len() / 32;
-            assert!(x.d.len() == nb && x.sum.len() == nb && x.dsum.len() == nb && x.sum16.len() == 2 * nb && x.q.len() == nb * 32, "a residual row's scales and sums do not match its quants");
+            assert!(x.d.len() == nb && x.sum.len() == nb && x.dsum.len() == nb && x.sum16.len() == 2 * nb && x.q.len() == nb * 32, "residual rows' scales and sums do not match their quants, or their lengths differ");
             assert!(l.windows(2).all(|p| p[0] < p[1]) && l.last().is_none_or(|&b| (b as usize) < nb), "a block list is not rising indices below {nb}");
             // what the kernels skip must be zero: true by construction
             // (quantize_a8_split_row), so checked in debug builds only
             debug_assert!(x.d.iter().enumerate().all(|(b, &d)| l.contains(&(b as u32)) || (d == 0.0 && x.q[b * 32..(b + 1) * 32].iter().all(|&q| q == 0))));
         }
-        Residual { rows, lists }
+        let chunks = (0..rows.len())
+            .step_by(CHUNK_TOKENS)
+            .map(|t0| {
+                let n = (rows.len() - t0).min(CHUNK_TOKENS);
+                let mut count = vec![0u32; nb + 1];
+                for l in &lists[t0..t0 + n] {
+                    l.iter().for_each(|&b| count[b as usize + 1] += 1);
+                }
+                for b in 0..nb {
+                    count[b + 1] += count[b];
+                }
+                let mut fill = count.clone();
+                let mut tok = vec![0u8; count[nb] as usize];
+                for (i, l) in lists[t0..t0 + n].iter().enumerate() {
+                    for &b in l {
+                        tok[fill[b as usize] as usize] = i as u8;
+                        fill[b as usize] += 1;
+                    }
+                }
+                let busy = (0..n).filter(|&i| !lists[t0 + i].is_empty()).map(|i| i as u8).collect();
+                BlockChunk { t0, n, start: count, tok, busy }
+            })
+            .collect();
+        Residual { rows, lists, chunks }
     }
     pub fn rows(&self) -> &'a [ActRow<'a, i8>] {
         self.rows
     }
     pub fn lists(&self) -> &'a [Vec<u32>] {
         self.lists
+    }
+    /// The lists by block, per chunk of rows (see [`BlockChunk`]).
+    pub fn chunks(&self) -> &[BlockChunk] {
+        &self.chunks
     }
     /// Values per row.
     pub fn cols(&self) -> usize {
@@ -174,7 +218,7 @@ fn quantized<T: ActInt>(
     w: &Matrix,
     wbytes: &[u8],
     main: &[ActRow<T>],
-    resid: Option<(Residual, simd::ListedKernel)>,
+    resid: Option<(&Residual, simd::ListedKernel)>,
     out: &mut [f32],
     k: DotKernel<T>,
     group: usize,

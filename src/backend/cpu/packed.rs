@@ -403,7 +403,7 @@ pub fn pack_model(pool: &ThreadPool, file: &crate::gguf::GgufFile, weights: &mut
 /// Row groups are split among the pool. Panics where the CPU lacks AVX-512
 /// VNNI (only [`wanted`] packs a model's weights) or the shapes disagree:
 /// the kernel reads and writes through unchecked pointers.
-pub fn matmul(pool: &ThreadPool, p: &Packed, main: &[ActRow<i8>], resid: Option<super::matmul::Residual>, out: &mut [f32]) {
+pub fn matmul(pool: &ThreadPool, p: &Packed, main: &[ActRow<i8>], resid: Option<&super::matmul::Residual>, out: &mut [f32]) {
     assert!(super::simd::Family::Avx512Vnni.available(), "packed weights need AVX-512 VNNI, which this CPU lacks");
     let n = main.len();
     assert_eq!(out.len(), n * p.rows, "packed {}: output is not n x rows", p.ty);

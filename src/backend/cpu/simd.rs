@@ -226,21 +226,21 @@ pub fn a8_listed_kernel_of(family: Family, ty: GgmlType) -> ListedKernel {
                         Family::Avx2 => {
                             let f: ListedKernel = |w, x, add| {
                                 check_listed($t, w, x);
-                                unsafe { k::$a(w, x.rows(), x.lists(), add) }
+                                unsafe { k::$a(w, x.rows(), x.chunks(), add) }
                             };
                             f
                         }
                         Family::AvxVnni => {
                             let f: ListedKernel = |w, x, add| {
                                 check_listed($t, w, x);
-                                unsafe { k::$v(w, x.rows(), x.lists(), add) }
+                                unsafe { k::$v(w, x.rows(), x.chunks(), add) }
                             };
                             f
                         }
                         _ => {
                             let f: ListedKernel = |w, x, add| {
                                 check_listed($t, w, x);
-                                unsafe { k::$z(w, x.rows(), x.lists(), add) }
+                                unsafe { k::$z(w, x.rows(), x.chunks(), add) }
                             };
                             f
                         }

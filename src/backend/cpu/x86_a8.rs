@@ -22,6 +22,7 @@ use std::arch::x86_64::*;
 
 use super::avx2::{bits_to_bytes, f16p as f16_at, hsum, nibbles, q6k_runs};
 use crate::quant::kquants::scale_min_k4;
+use super::matmul::{BlockChunk, CHUNK_TOKENS};
 use crate::quant::ActRow;
 
 /// Most activation rows one call takes.
@@ -345,21 +346,36 @@ unsafe fn q6_k_block(row: *const u8, b: usize) -> Block {
     Block { w: _mm256_abs_epi8(w), sign: w, scale: _mm256_set_m128(_mm_set1_ps(s1), _mm_set1_ps(s0)), min: 0.0 }
 }
 
-/// Activation rows whose blocks other than their `lists` are zero (residual
-/// rows, `quant::quantize_a8_split_row`) against one weight row: only the
-/// listed blocks are unpacked, `block(b)` unpacking block b; `add(t, v)`
-/// takes row t's sum, for rows with a nonempty list.
+/// Activation rows whose blocks other than their listed ones are zero
+/// (residual rows, `quant::quantize_a8_split_row`) against one weight row,
+/// block-major: each listed block is unpacked once (`block(b)`) for all the
+/// rows of a chunk that list it, each row accumulating its own blocks in
+/// rising order. `add(t, v)` takes row t's sum, for rows with any block.
 #[inline(always)]
-unsafe fn listed<I: Isa, const SIGNED: bool, const MIN: bool>(xs: &[Row8], lists: &[Vec<u32>], add: &mut dyn FnMut(usize, f32), block: impl Fn(usize) -> Block) {
-    for (t, (x, list)) in xs.iter().zip(lists).enumerate() {
-        if list.is_empty() {
-            continue;
+unsafe fn listed<I: Isa, const SIGNED: bool, const MIN: bool>(xs: &[Row8], chunks: &[BlockChunk], add: &mut dyn FnMut(usize, f32), block: impl Fn(usize) -> Block) {
+    let mut acc = [_mm256_setzero_ps(); CHUNK_TOKENS];
+    let mut accm = [0f32; CHUNK_TOKENS];
+    for c in chunks {
+        acc[..c.n].fill(_mm256_setzero_ps());
+        accm[..c.n].fill(0.0);
+        for b in 0..c.start.len() - 1 {
+            let (s, e) = (*c.start.get_unchecked(b) as usize, *c.start.get_unchecked(b + 1) as usize);
+            if s == e {
+                continue;
+            }
+            let blk = block(b);
+            for &i in c.tok.get_unchecked(s..e) {
+                let i = i as usize;
+                let mut a = [*acc.get_unchecked(i)];
+                let mut m = [*accm.get_unchecked(i)];
+                step::<I, 1, SIGNED, MIN>(&blk, b, std::slice::from_ref(xs.get_unchecked(c.t0 + i)), &mut a, &mut m);
+                *acc.get_unchecked_mut(i) = a[0];
+                *accm.get_unchecked_mut(i) = m[0];
+            }
         }
-        let (mut acc, mut accm) = ([_mm256_setzero_ps(); 1], [0f32; 1]);
-        for &b in list {
-            step::<I, 1, SIGNED, MIN>(&block(b as usize), b as usize, std::slice::from_ref(x), &mut acc, &mut accm);
+        for &i in &c.busy {
+            add(c.t0 + i as usize, hsum(acc[i as usize]) + accm[i as usize]);
         }
-        add(t, hsum(acc[0]) + accm[0]);
     }
 }
 
@@ -369,10 +385,10 @@ macro_rules! listed_entries {
         ///
         /// # Safety
         /// The CPU has the ISA's features; every row has the weight row's
-        /// length; each list names rising blocks below it.
+        /// length; the chunks are `Residual::new`'s for these rows.
         #[target_feature(enable = $feat)]
-        pub unsafe fn $name($w: &[u8], xs: &[Row8], lists: &[Vec<u32>], add: &mut dyn FnMut(usize, f32)) {
-            listed::<$isa, $signed, $min>(xs, lists, add, |$b| $block)
+        pub unsafe fn $name($w: &[u8], xs: &[Row8], chunks: &[BlockChunk], add: &mut dyn FnMut(usize, f32)) {
+            listed::<$isa, $signed, $min>(xs, chunks, add, |$b| $block)
         }
     )*};
 }
