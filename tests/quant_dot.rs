@@ -258,6 +258,10 @@ fn residual_rows_restore_outlier_blocks() {
                 assert_eq!(dr, d / quant::dot::RESIDUAL, "block {g}: residual step");
                 assert_eq!(resid.sum[g], rq.iter().map(|&q| q as i32).sum::<i32>());
                 for (i, &v) in xb.iter().enumerate() {
+                    // the definition, bit for bit: the rounding error at
+                    // 1/RESIDUAL of the step, rounded half to even
+                    let e = (v * (1.0 / d) - main.q[g * 32 + i] as f32) * quant::dot::RESIDUAL;
+                    assert_eq!(rq[i], e.round_ties_even().clamp(-127.0, 127.0) as i8, "block {g} value {i}");
                     let back = main.q[g * 32 + i] as f32 * d + rq[i] as f32 * dr;
                     assert!((back - v).abs() <= dr * 0.5001, "block {g} value {i}: {back} for {v}, step {d}");
                 }

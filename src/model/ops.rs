@@ -188,8 +188,7 @@ pub fn attend(q: &[f32], g: usize, kc: &[u16], vc: &[u16], blocks: &[u32], kvh: 
 /// Widest head the AVX2 attention takes (its rows live on the stack).
 const MAX_HEAD: usize = 512;
 
-/// How many positions ahead attention prefetches K/V rows.
-const PREFETCH_ROWS: usize = 4;
+
 
 #[allow(clippy::too_many_arguments)]
 fn attend_portable(q: &[f32], g: usize, kc: &[u16], vc: &[u16], blocks: &[u32], kvh: usize, dims: (usize, usize, usize, usize), keys: std::ops::RangeInclusive<usize>, scale: f32, out: &mut [f32]) {
@@ -218,8 +217,11 @@ fn attend_portable(q: &[f32], g: usize, kc: &[u16], vc: &[u16], blocks: &[u32], 
     }
 }
 
-/// [`attend`] with AVX2, FMA and F16C: each f16 K/V row widened once into
-/// a stack row, then the g heads' products as 8-lane FMAs.
+/// [`attend`] with AVX2, FMA and F16C, one head at a time: scores for 8
+/// positions per pass (8 accumulators, one transposing reduction), then the
+/// head's output, 64 columns at a time, held in registers over all
+/// positions. Rows are read as f16 and widened in registers; the group's
+/// later heads find them in the cache.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
@@ -227,67 +229,62 @@ unsafe fn attend_f16c(q: &[f32], g: usize, kc: &[u16], vc: &[u16], blocks: &[u32
     use crate::kv::BLOCK;
     use std::arch::x86_64::*;
     let (hd, hdv, kv_dim, v_dim) = dims;
-    let n = keys.end() + 1 - keys.start();
-    let mut scores = vec![0f32; g * n];
-    let mut row = [0f32; MAX_HEAD];
-    let last = *keys.end();
-    // the rows a few positions ahead, asked for early: each row is a short
-    // read at a stride, so its latency, not the bandwidth, is what a step
-    // waits for (a hint: it never faults)
-    let ahead = |kvc: &[u16], j: usize, d: usize, w: usize| {
-        let j = (j + PREFETCH_ROWS).min(last);
-        let s = blocks[j / BLOCK] as usize * BLOCK + j % BLOCK;
-        kvc.as_ptr().wrapping_add(s * d + kvh * w) as *const i8
-    };
-    for (i, j) in keys.clone().enumerate() {
-        let s = blocks[j / BLOCK] as usize * BLOCK + j % BLOCK;
-        let p = ahead(kc, j, kv_dim, hd);
-        for b in (0..hd * 2).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(b));
-        }
-        let src = &kc[s * kv_dim + kvh * hd..][..hd];
-        // plain loops, no closures: a closure would not get this function's
-        // target features
-        for c in (0..hd).step_by(8) {
-            _mm256_storeu_ps(row.as_mut_ptr().add(c), _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().add(c) as *const __m128i)));
-        }
-        for h in 0..g {
-            let qh = q.as_ptr().add(h * hd);
-            let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            let mut c = 0;
-            while c + 16 <= hd {
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh.add(c)), _mm256_loadu_ps(row.as_ptr().add(c)), a0);
-                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qh.add(c + 8)), _mm256_loadu_ps(row.as_ptr().add(c + 8)), a1);
-                c += 16;
-            }
-            if c < hd {
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh.add(c)), _mm256_loadu_ps(row.as_ptr().add(c)), a0);
-            }
-            let v = _mm256_add_ps(a0, a1);
-            let x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-            let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-            *scores.get_unchecked_mut(h * n + i) = _mm_cvtss_f32(_mm_add_ss(x, _mm_shuffle_ps(x, x, 1))) * scale;
-        }
+    // element offsets of this K/V head's rows, position by position
+    let koff: Vec<usize> = keys.clone().map(|j| (blocks[j / BLOCK] as usize * BLOCK + j % BLOCK) * kv_dim + kvh * hd).collect();
+    let voff: Vec<usize> = keys.map(|j| (blocks[j / BLOCK] as usize * BLOCK + j % BLOCK) * v_dim + kvh * hdv).collect();
+    let n = koff.len();
+    assert!(koff.iter().all(|&o| o + hd <= kc.len()) && voff.iter().all(|&o| o + hdv <= vc.len()), "a slot beyond the KV cache");
+    let (kp, vp) = (kc.as_ptr(), vc.as_ptr());
+    // a macro, not a closure: a closure would not get the target features
+    macro_rules! ld {
+        ($p:expr) => {
+            _mm256_cvtph_ps(_mm_loadu_si128($p as *const __m128i))
+        };
     }
+    let mut scores = vec![0f32; n];
     for h in 0..g {
-        softmax(&mut scores[h * n..(h + 1) * n]);
-    }
-    out[..g * hdv].fill(0.0);
-    for (i, j) in keys.enumerate() {
-        let s = blocks[j / BLOCK] as usize * BLOCK + j % BLOCK;
-        let p = ahead(vc, j, v_dim, hdv);
-        for b in (0..hdv * 2).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(b));
+        let qh = q.as_ptr().add(h * hd);
+        // ---- scores: 8 positions per pass ----
+        let mut i = 0;
+        while i < n {
+            let m = (n - i).min(8);
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for c in (0..hd).step_by(8) {
+                let qv = _mm256_loadu_ps(qh.add(c));
+                for (r, a) in acc.iter_mut().enumerate().take(m) {
+                    *a = _mm256_fmadd_ps(qv, ld!(kp.add(*koff.get_unchecked(i + r) + c)), *a);
+                }
+            }
+            // transpose-reduce: lane r of the result is Σ acc[r]
+            let t0 = _mm256_hadd_ps(acc[0], acc[1]);
+            let t1 = _mm256_hadd_ps(acc[2], acc[3]);
+            let t2 = _mm256_hadd_ps(acc[4], acc[5]);
+            let t3 = _mm256_hadd_ps(acc[6], acc[7]);
+            let u0 = _mm256_hadd_ps(t0, t1);
+            let u1 = _mm256_hadd_ps(t2, t3);
+            let lo = _mm256_permute2f128_ps::<0x20>(u0, u1);
+            let hi = _mm256_permute2f128_ps::<0x31>(u0, u1);
+            let sums = _mm256_mul_ps(_mm256_add_ps(lo, hi), _mm256_set1_ps(scale));
+            let mut tmp = [0f32; 8];
+            _mm256_storeu_ps(tmp.as_mut_ptr(), sums);
+            scores[i..i + m].copy_from_slice(&tmp[..m]);
+            i += m;
         }
-        let src = &vc[s * v_dim + kvh * hdv..][..hdv];
-        for c in (0..hdv).step_by(8) {
-            _mm256_storeu_ps(row.as_mut_ptr().add(c), _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().add(c) as *const __m128i)));
-        }
-        for h in 0..g {
-            let w = _mm256_set1_ps(*scores.get_unchecked(h * n + i));
-            let o = out.as_mut_ptr().add(h * hdv);
-            for c in (0..hdv).step_by(8) {
-                _mm256_storeu_ps(o.add(c), _mm256_fmadd_ps(w, _mm256_loadu_ps(row.as_ptr().add(c)), _mm256_loadu_ps(o.add(c))));
+        softmax(&mut scores);
+        // ---- output: 64 columns at a time in registers ----
+        let o = out.as_mut_ptr().add(h * hdv);
+        for c0 in (0..hdv).step_by(64) {
+            let w8 = (hdv - c0).min(64) / 8;
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for (i, &off) in voff.iter().enumerate() {
+                let w = _mm256_set1_ps(*scores.get_unchecked(i));
+                let v = vp.add(off + c0);
+                for (k, a) in acc.iter_mut().enumerate().take(w8) {
+                    *a = _mm256_fmadd_ps(w, ld!(v.add(8 * k)), *a);
+                }
+            }
+            for (k, a) in acc.iter().enumerate().take(w8) {
+                _mm256_storeu_ps(o.add(c0 + 8 * k), *a);
             }
         }
     }

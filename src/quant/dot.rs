@@ -367,7 +367,6 @@ fn put_block<T: ActInt>(row: &mut ActRowMut<'_, T>, b: usize, d: f32, q: &[i32; 
     row.dsum[b] = d * (s0 + s1) as f32;
 }
 
-crate::avx2_multiversion! {
 /// 8-bit activations with residuals for outlier blocks: one row of x (a
 /// multiple of 32 values) becomes two rows, which sum to it:
 ///
@@ -381,6 +380,24 @@ crate::avx2_multiversion! {
 /// residual removes it for one more byte product per value in those blocks
 /// only: kernels skip zero blocks.
 pub fn quantize_a8_split_row(x: &[f32], main: ActRowMut<'_, i8>, resid: ActRowMut<'_, i8>) {
+    let cols = x.len();
+    assert!(
+        cols.is_multiple_of(32) && [main.q.len(), resid.q.len()] == [cols; 2] && [main.d.len(), resid.d.len(), main.sum.len(), resid.sum.len(), main.dsum.len(), resid.dsum.len()] == [cols / 32; 6] && [main.sum16.len(), resid.sum16.len()] == [cols / 16; 2],
+        "a row of {cols} values into rows of {} and {}",
+        main.q.len(),
+        resid.q.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if crate::backend::cpu::simd::avx2_available() {
+        // SAFETY: the CPU has AVX2 and FMA; the row shapes were checked.
+        return unsafe { split_row_avx2(x, main, resid) };
+    }
+    split_row_portable(x, main, resid)
+}
+
+/// The definition of [`quantize_a8_split_row`] (the AVX2 version gives the
+/// same bits).
+fn split_row_portable(x: &[f32], main: ActRowMut<'_, i8>, resid: ActRowMut<'_, i8>) {
     let (mut main, mut resid) = (main, resid);
     let cols = x.len();
     assert!(cols.is_multiple_of(32) && main.q.len() == cols && resid.q.len() == cols, "a row of {cols} values into rows of {} and {}", main.q.len(), resid.q.len());
@@ -410,6 +427,85 @@ pub fn quantize_a8_split_row(x: &[f32], main: ActRowMut<'_, i8>, resid: ActRowMu
         }
     }
 }
+
+
+/// [`split_row_portable`] with AVX2: the same operations in the same order
+/// (no fused multiply-adds), so the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn split_row_avx2(x: &[f32], main: ActRowMut<'_, i8>, resid: ActRowMut<'_, i8>) {
+    use std::arch::x86_64::*;
+    let cols = x.len();
+    let xp = x.as_ptr();
+    let mut sq = _mm256_setzero_ps();
+    for c in (0..cols).step_by(8) {
+        let v = _mm256_loadu_ps(xp.add(c));
+        sq = _mm256_add_ps(sq, _mm256_mul_ps(v, v));
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), sq);
+    let limit = OUTLIER * OUTLIER * (lanes.iter().sum::<f32>() / cols as f32);
+    let sign = _mm256_set1_ps(-0.0);
+    // packs interleave 128-bit lanes; this restores element order
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    macro_rules! pack {
+        ($q:expr) => {
+            _mm256_permutevar8x32_epi32(_mm256_packs_epi16(_mm256_packs_epi32($q[0], $q[1]), _mm256_packs_epi32($q[2], $q[3])), order)
+        };
+    }
+    macro_rules! hsum {
+        ($a:expr) => {{
+            let v = $a;
+            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+            _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)))
+        }};
+    }
+    macro_rules! put {
+        ($row:expr, $b:expr, $d:expr, $q:expr) => {{
+            let q = $q;
+            _mm256_storeu_si256($row.q.as_mut_ptr().add($b * 32) as *mut __m256i, pack!(q));
+            let (s0, s1) = (hsum!(_mm256_add_epi32(q[0], q[1])), hsum!(_mm256_add_epi32(q[2], q[3])));
+            $row.d[$b] = $d;
+            $row.sum[$b] = s0 + s1;
+            $row.sum16[2 * $b] = s0;
+            $row.sum16[2 * $b + 1] = s1;
+            $row.dsum[$b] = $d * (s0 + s1) as f32;
+        }};
+    }
+    // loops and macros only, no closures: a closure would not get this
+    // function's target features
+    for b in 0..cols / 32 {
+        let mut v = [_mm256_setzero_ps(); 4];
+        for (k, vk) in v.iter_mut().enumerate() {
+            *vk = _mm256_loadu_ps(xp.add(b * 32 + 8 * k));
+        }
+        let m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])), _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<1>(m, m)));
+        let d = if amax / 127.0 >= f32::MIN_POSITIVE { amax / 127.0 } else { 0.0 };
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let idv = _mm256_set1_ps(id);
+        let (mut scaled, mut q) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_si256(); 4]);
+        for k in 0..4 {
+            scaled[k] = _mm256_mul_ps(v[k], idv);
+            q[k] = _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(scaled[k]));
+        }
+        put!(main, b, d, q);
+        let dr = d / RESIDUAL;
+        if amax * amax > limit && dr >= f32::MIN_POSITIVE {
+            let (lo, hi, k) = (_mm256_set1_epi32(-127), _mm256_set1_epi32(127), _mm256_set1_ps(RESIDUAL));
+            let mut r = [_mm256_setzero_si256(); 4];
+            for i in 0..4 {
+                let e = _mm256_mul_ps(_mm256_sub_ps(scaled[i], _mm256_cvtepi32_ps(q[i])), k);
+                r[i] = _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(e)), lo), hi);
+            }
+            put!(resid, b, dr, r);
+        } else {
+            put!(resid, b, 0.0, [_mm256_setzero_si256(); 4]);
+        }
+    }
 }
 
 /// [`quantize_a8_split_row`] for rows of `cols` values, appended to `main`

@@ -65,8 +65,9 @@ impl<'a> Input<'a> {
             let (mut a, mut ar) = (ActQ::<i8>::default(), ActQ::<i8>::default());
             let rows = a.rows_mut(n, cols).into_iter().zip(ar.rows_mut(n, cols));
             let quantize = |(xr, (m, r)): (&[f32], _)| quant::quantize_a8_split_row(xr, m, r);
-            if n >= 4 && pool.current_num_threads() > 1 {
-                // prefill: the rows split among the pool, not left to one thread
+            if n >= 32 && pool.current_num_threads() > 1 {
+                // prefill: the rows split among the pool, not left to one
+                // thread (a few rows cost less than the pool's dispatch)
                 pool.install(|| self.x.par_chunks_exact(cols).zip(rows.collect::<Vec<_>>()).for_each(quantize));
             } else {
                 self.x.chunks_exact(cols).zip(rows).for_each(quantize);

@@ -107,6 +107,8 @@ pub fn scalar_kernel<T: ActInt>(ty: GgmlType) -> DotKernel<T> {
     macro_rules! k {
         ($t:expr) => {
             |w: &[u8], xs: &[ActRow<T>], out: &mut [f32]| {
+                // the SIMD kernels' contract: wrong shapes panic
+                check_shapes($t, w, xs, out);
                 for (o, x) in out.iter_mut().zip(xs) {
                     *o = quant::vec_dot_act($t, w, *x).unwrap_or(f32::NAN);
                 }
@@ -136,10 +138,16 @@ pub fn scalar_kernel<T: ActInt>(ty: GgmlType) -> DotKernel<T> {
 /// MAX_TOKENS rows, room for their sums, and every activation row as long
 /// as the weight row with its scales and sums.
 fn check_rows<T>(ty: GgmlType, w: &[u8], xs: &[ActRow<T>], out: &[f32]) {
+    assert!(xs.len() <= MAX_TOKENS, "{} activation rows, at most {MAX_TOKENS} per call", xs.len());
+    check_shapes(ty, w, xs, out);
+}
+
+/// [`check_rows`] without the row limit (the scalar kernels take any number).
+fn check_shapes<T>(ty: GgmlType, w: &[u8], xs: &[ActRow<T>], out: &[f32]) {
     let (bs, ts) = ty.block_geometry();
     let n = w.len() / ts * bs;
     assert!(w.len().is_multiple_of(ts), "{ty} weight row of {} bytes is not whole blocks", w.len());
-    assert!(xs.len() <= MAX_TOKENS && out.len() >= xs.len(), "{} activation rows, {} outputs", xs.len(), out.len());
+    assert!(out.len() >= xs.len(), "{} activation rows, {} outputs", xs.len(), out.len());
     for x in xs {
         assert!(
             x.q.len() == n && x.d.len() * 32 == n && x.dsum.len() * 32 == n && x.sum.len() * 32 == n && x.sum16.len() * 16 == n,
