@@ -77,13 +77,14 @@ fn packed_tiles_match_the_row_definition() {
         }
         if simd {
             // with residual rows (quant::quantize_a8_split): main + residual
-            let xo: Vec<f32> = (1..12u32).flat_map(|s| common::activations_with_outliers(cols, s)).collect();
+            // token 5 has no outliers, so no residual blocks at all
+            let xo: Vec<f32> = (1..12u32).flat_map(|s| if s == 6 { activations(cols, s) } else { common::activations_with_outliers(cols, s) }).collect();
             let (m, res) = quant::quantize_a8_split(&xo, cols).unwrap();
             let n = xo.len() / cols;
             let main: Vec<_> = (0..n).map(|t| m.row(t, cols)).collect();
             let rrows: Vec<_> = (0..n).map(|t| res.row(t, cols)).collect();
             let lists: Vec<Vec<u32>> = rrows.iter().map(|r| (0..r.d.len() as u32).filter(|&b| r.d[b as usize] != 0.0).collect()).collect();
-            assert!(lists.iter().all(|l| !l.is_empty()), "{name}: every token has outlier blocks");
+            assert!(lists.iter().enumerate().all(|(t, l)| l.is_empty() == (t == 5)), "{name}: every token but the fifth has outlier blocks");
             let mut out = vec![f32::NAN; n * rows];
             packed::matmul(&pool, &p, &main, Some(&Residual::new(&rrows, &lists)), &mut out);
             for t in 0..n {

@@ -175,9 +175,9 @@ pub fn axpy(out: &mut [f32], w: f32, v: &[f32]) {
 #[allow(clippy::too_many_arguments)]
 pub fn attend(q: &[f32], g: usize, kc: &[u16], vc: &[u16], blocks: &[u32], kvh: usize, dims: (usize, usize, usize, usize), keys: std::ops::RangeInclusive<usize>, scale: f32, out: &mut [f32]) {
     let (hd, hdv, kv_dim, v_dim) = dims;
-    assert!(q.len() >= g * hd && out.len() >= g * hdv && kvh * hd + hd <= kv_dim && kvh * hdv + hdv <= v_dim, "attention shapes");
+    assert!(q.len() >= g * hd && out.len() >= g * hdv && (kvh + 1) * hd <= kv_dim && (kvh + 1) * hdv <= v_dim, "attention shapes");
     #[cfg(target_arch = "x86_64")]
-    if crate::backend::cpu::simd::avx2_available() && hd % 8 == 0 && hdv % 8 == 0 && hd.max(hdv) <= MAX_HEAD {
+    if crate::backend::cpu::simd::avx2_available() && hd % 8 == 0 && hdv % 8 == 0 {
         // SAFETY: the CPU has AVX2, FMA and F16C; the shapes were checked
         // above, and the slots index `kc`/`vc` (checked slices below).
         return unsafe { attend_f16c(q, g, kc, vc, blocks, kvh, dims, keys, scale, out) };
@@ -185,8 +185,6 @@ pub fn attend(q: &[f32], g: usize, kc: &[u16], vc: &[u16], blocks: &[u32], kvh: 
     attend_portable(q, g, kc, vc, blocks, kvh, dims, keys, scale, out)
 }
 
-/// Widest head the AVX2 attention takes (its rows live on the stack).
-const MAX_HEAD: usize = 512;
 
 
 
@@ -197,6 +195,7 @@ fn attend_portable(q: &[f32], g: usize, kc: &[u16], vc: &[u16], blocks: &[u32], 
     let n = keys.end() + 1 - keys.start();
     let mut scores = vec![0f32; g * n];
     let mut row = vec![0f32; hd.max(hdv)];
+    let out = &mut out[..g * hdv];
     for (i, j) in keys.clone().enumerate() {
         let s = blocks[j / BLOCK] as usize * BLOCK + j % BLOCK;
         f16_to_f32(&mut row[..hd], &kc[s * kv_dim + kvh * hd..][..hd]);
@@ -229,11 +228,22 @@ unsafe fn attend_f16c(q: &[f32], g: usize, kc: &[u16], vc: &[u16], blocks: &[u32
     use crate::kv::BLOCK;
     use std::arch::x86_64::*;
     let (hd, hdv, kv_dim, v_dim) = dims;
-    // element offsets of this K/V head's rows, position by position
-    let koff: Vec<usize> = keys.clone().map(|j| (blocks[j / BLOCK] as usize * BLOCK + j % BLOCK) * kv_dim + kvh * hd).collect();
-    let voff: Vec<usize> = keys.map(|j| (blocks[j / BLOCK] as usize * BLOCK + j % BLOCK) * v_dim + kvh * hdv).collect();
+    // element offsets of this K/V head's rows, position by position, each
+    // checked (without overflow) to lie inside the cache: the loads below
+    // are unchecked
+    let offsets = |dim: usize, width: usize, len: usize| -> Vec<usize> {
+        keys.clone()
+            .map(|j| {
+                let o = (blocks[j / BLOCK] as usize).checked_mul(BLOCK).and_then(|s| (s + j % BLOCK).checked_mul(dim)).and_then(|r| r.checked_add(kvh * width));
+                match o {
+                    Some(o) if o.checked_add(width).is_some_and(|e| e <= len) => o,
+                    _ => panic!("position {j}: a slot beyond the KV cache"),
+                }
+            })
+            .collect()
+    };
+    let (koff, voff) = (offsets(kv_dim, hd, kc.len()), offsets(v_dim, hdv, vc.len()));
     let n = koff.len();
-    assert!(koff.iter().all(|&o| o + hd <= kc.len()) && voff.iter().all(|&o| o + hdv <= vc.len()), "a slot beyond the KV cache");
     let (kp, vp) = (kc.as_ptr(), vc.as_ptr());
     // a macro, not a closure: a closure would not get the target features
     macro_rules! ld {
@@ -352,6 +362,55 @@ unsafe fn f16_to_f32_f16c(out: &mut [f32], x: &[u16]) {
 #[cfg(test)]
 mod tests {
     use super::exp_fast;
+
+    /// Both attention paths (AVX2 where the CPU has it, and the portable
+    /// one) against f64 on GQA groups, head sizes that are not multiples of
+    /// 64, windows, and a block table out of order.
+    #[test]
+    fn attention_paths_match_f64() {
+        use crate::kv::BLOCK;
+        let mut seed = 7u32;
+        let mut rnd = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed as f32 / u32::MAX as f32 - 0.5) * 2.0
+        };
+        for &(g, kvh_n, hd, hdv, len, first) in &[(3usize, 3usize, 64usize, 64usize, 40usize, 0usize), (4, 2, 80, 80, 37, 5), (1, 1, 72, 72, 17, 0), (7, 2, 128, 128, 50, 20), (2, 1, 256, 256, 33, 0)] {
+            let (kv_dim, v_dim) = (kvh_n * hd, kvh_n * hdv);
+            let nblk = len.div_ceil(BLOCK);
+            let blocks: Vec<u32> = (0..nblk as u32).rev().collect();
+            let rows = nblk * BLOCK;
+            let bits = |n: usize, r: &mut dyn FnMut() -> f32| -> Vec<u16> { (0..n).map(|_| half::f16::from_f32(r()).to_bits()).collect() };
+            let (kc, vc) = (bits(rows * kv_dim, &mut rnd), bits(rows * v_dim, &mut rnd));
+            let q: Vec<f32> = (0..g * hd).map(|_| rnd()).collect();
+            let kvh = kvh_n - 1;
+            let scale = 1.0 / (hd as f32).sqrt();
+            let at = |c: &[u16], j: usize, d: usize, w: usize, i: usize| half::f16::from_bits(c[(blocks[j / BLOCK] as usize * BLOCK + j % BLOCK) * d + kvh * w + i]).to_f64();
+            let mut want = vec![0f64; g * hdv];
+            for h in 0..g {
+                let s: Vec<f64> = (first..len).map(|j| (0..hd).map(|i| q[h * hd + i] as f64 * at(&kc, j, kv_dim, hd, i)).sum::<f64>() * scale as f64).collect();
+                let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for i in 0..hdv {
+                    want[h * hdv + i] = (first..len).zip(&e).map(|(j, w)| w / z * at(&vc, j, v_dim, hdv, i)).sum();
+                }
+            }
+            for portable in [false, true] {
+                let mut out = vec![f32::NAN; g * hdv];
+                let dims = (hd, hdv, kv_dim, v_dim);
+                if portable {
+                    super::attend_portable(&q, g, &kc, &vc, &blocks, kvh, dims, first..=len - 1, scale, &mut out);
+                } else {
+                    super::attend(&q, g, &kc, &vc, &blocks, kvh, dims, first..=len - 1, scale, &mut out);
+                }
+                for (i, (&o, &w)) in out.iter().zip(&want).enumerate() {
+                    assert!((o as f64 - w).abs() <= 1e-5, "g {g} hd {hd} portable {portable} value {i}: {o} vs {w}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn exp_fast_matches_std() {

@@ -430,7 +430,8 @@ fn split_row_portable(x: &[f32], main: ActRowMut<'_, i8>, resid: ActRowMut<'_, i
 
 
 /// [`split_row_portable`] with AVX2: the same operations in the same order
-/// (no fused multiply-adds), so the same bits.
+/// (no fused multiply-adds), so the same bits for finite input (NaN and
+/// infinities, garbage either way, convert differently).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn split_row_avx2(x: &[f32], main: ActRowMut<'_, i8>, resid: ActRowMut<'_, i8>) {
@@ -616,4 +617,44 @@ pub fn vec_dot_act<T: ActInt>(ty: GgmlType, row: &[u8], x: ActRow<T>) -> Result<
         };
     }
     Ok(acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The dispatched split (AVX2 where the CPU has it) gives the portable
+    /// definition's bits: quants, steps and sums of both rows, on rows with
+    /// outliers, tiny blocks (subnormal steps) and zero blocks.
+    #[test]
+    fn split_row_matches_its_portable_definition() {
+        let cols = 512;
+        let mut seed = 11u32;
+        let mut x: Vec<f32> = (0..4 * cols)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                (seed as f32 / u32::MAX as f32 - 0.5) * 4.0
+            })
+            .collect();
+        for b in (0..x.len() / 32).step_by(3) {
+            x[b * 32 + b % 32] *= 60.0;
+        }
+        x[32..64].iter_mut().for_each(|v| *v *= 1e-38);
+        x[64..96].iter_mut().for_each(|v| *v = 0.0);
+        let (mut a, mut ar, mut b, mut br) = (ActQ::<i8>::default(), ActQ::<i8>::default(), ActQ::<i8>::default(), ActQ::<i8>::default());
+        for (xr, ((m, r), (pm, pr))) in x.chunks(cols).zip(a.rows_mut(4, cols).into_iter().zip(ar.rows_mut(4, cols)).zip(b.rows_mut(4, cols).into_iter().zip(br.rows_mut(4, cols)))) {
+            quantize_a8_split_row(xr, m, r);
+            split_row_portable(xr, pm, pr);
+        }
+        for (got, want) in [(&a, &b), (&ar, &br)] {
+            assert_eq!(got.q, want.q);
+            assert_eq!(got.d.iter().map(|d| d.to_bits()).collect::<Vec<_>>(), want.d.iter().map(|d| d.to_bits()).collect::<Vec<_>>());
+            assert_eq!((&got.sum, &got.sum16), (&want.sum, &want.sum16));
+            assert_eq!(got.dsum.iter().map(|d| d.to_bits()).collect::<Vec<_>>(), want.dsum.iter().map(|d| d.to_bits()).collect::<Vec<_>>());
+        }
+        assert!(ar.d.iter().filter(|&&d| d != 0.0).count() >= 10, "residual blocks exercised");
+        assert_eq!((a.d[1], a.d[2]), (0.0, 0.0), "subnormal-step and zero blocks");
+    }
 }

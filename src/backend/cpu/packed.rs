@@ -444,8 +444,8 @@ pub fn matmul(pool: &ThreadPool, p: &Packed, main: &[ActRow<i8>], resid: Option<
                         continue;
                     }
                     super::x86_packed::group_listed(p.ty, tiles, list, &resid[t], &mut sums);
-                    for r in 0..8 {
-                        *o.0.add(t * p.rows + g * 8 + r) += sums[r];
+                    for (r, v) in sums.iter().enumerate() {
+                        *o.0.add(t * p.rows + g * 8 + r) += v;
                     }
                 }
             }

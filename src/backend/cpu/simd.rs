@@ -218,8 +218,8 @@ pub fn a8_kernel_of(family: Family, ty: GgmlType) -> DotKernel<i8> {
 pub type ListedKernel = fn(&[u8], &Residual, &mut dyn FnMut(usize, f32));
 
 /// The listed-block kernel of `family` for a quantized type; where the
-/// family has none, the scalar definition over the whole row (the unlisted
-/// blocks are zero, so the sum is the same).
+/// family has none, the scalar definition over the weight blocks that hold
+/// a listed block (the unlisted blocks are zero).
 pub fn a8_listed_kernel_of(family: Family, ty: GgmlType) -> ListedKernel {
     #[cfg(target_arch = "x86_64")]
     if family != Family::Scalar && family.available() {
@@ -285,12 +285,26 @@ fn scalar_listed(ty: GgmlType) -> ListedKernel {
             match ty {
                 $(GgmlType::$t => |w, x, add| {
                     check_listed(GgmlType::$t, w, x);
+                    let (bs, ts) = GgmlType::$t.block_geometry();
+                    let per = bs / 32; // activation blocks per weight block
                     for (t, (row, list)) in x.rows().iter().zip(x.lists()).enumerate() {
-                        if !list.is_empty() {
-                            let mut out = [0f32];
-                            scalar_kernel::<i8>(GgmlType::$t)(w, std::slice::from_ref(row), &mut out);
-                            add(t, out[0]);
+                        if list.is_empty() {
+                            continue;
                         }
+                        // only the weight blocks that hold a listed block
+                        let mut acc = 0f32;
+                        let mut last = usize::MAX;
+                        for &b in list {
+                            let wb = b as usize / per;
+                            if wb == last {
+                                continue;
+                            }
+                            last = wb;
+                            let (a0, a1) = (wb * per, (wb + 1) * per);
+                            let sub = ActRow { d: &row.d[a0..a1], q: &row.q[wb * bs..(wb + 1) * bs], sum: &row.sum[a0..a1], sum16: &row.sum16[2 * a0..2 * a1], dsum: &row.dsum[a0..a1] };
+                            acc += quant::vec_dot_act(GgmlType::$t, &w[wb * ts..(wb + 1) * ts], sub).unwrap_or(f32::NAN);
+                        }
+                        add(t, acc);
                     }
                 },)*
                 _ => panic!("{ty} has no integer activation dot product"),
