@@ -116,47 +116,6 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// [`dot`] with AVX2 + FMA when the CPU has them (two 8-lane accumulators;
-/// the compiler turns `dot`'s eight scalar ones into shuffles). Inlined into
-/// an AVX2 build (`avx2_multiversion!`), the check is a cached load.
-#[inline(always)]
-pub fn dot_wide(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if crate::backend::cpu::simd::avx2_available() {
-        // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { dot_avx2(a, b) };
-    }
-    dot(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = a.len().min(b.len());
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut i = 0;
-    while i + 16 <= n {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)), s1);
-        i += 16;
-    }
-    if i + 8 <= n {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
-        i += 8;
-    }
-    let v = _mm256_add_ps(s0, s1);
-    let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    let mut s = _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
-    while i < n {
-        s += a[i] * b[i];
-        i += 1;
-    }
-    s
-}
-
 /// out += w * v
 #[inline(always)]
 pub fn axpy(out: &mut [f32], w: f32, v: &[f32]) {
