@@ -63,11 +63,11 @@ fn main() {
         for &tg in &ntg {
             for &b in &npl {
                 let n_ctx = pp + tg;
-                let per_pos = rocmforge::backend::cpu::forward::CpuKv::bytes_per_position(&m);
+                let per_pos = m.cfg.kv_bytes_per_position();
                 let budget = b * (n_ctx.div_ceil(16) + 1) * 16 * per_pos;
                 let mut best: Option<(f64, f64)> = None;
                 for _ in 0..reps.max(1) {
-                    let mut e = Engine::new(m.clone(), EngineOptions { n_ctx, kv_budget: budget }).expect("engine");
+                    let mut e = Engine::new(m.clone(), EngineOptions { n_ctx, kv_budget: budget, ..Default::default() }).expect("engine");
                     let seqs: Vec<u32> = (0..b).map(|_| e.add_seq().expect("sequence")).collect();
                     // prompts: fixed, different per sequence
                     let mut rows = Vec::with_capacity(b * pp);

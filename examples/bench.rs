@@ -18,7 +18,9 @@
 
 use std::time::Instant;
 
-use rocmforge::model::{BackendChoice, LoadOptions, Logits, Model, Session};
+use rocmforge::model::{BackendChoice, LoadOptions, Model};
+use rocmforge::backend::Logits;
+use rocmforge::engine::Session;
 use rocmforge::sampler::argmax;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -94,9 +96,8 @@ fn main() {
             }
             let name = path.rsplit('/').next().unwrap();
             let tg_t = median(tgs);
-            let ceiling = model.gpu.as_ref().map(|g| {
-                let bytes = g.decode_bytes_per_token() as f64;
-                let bw = rocmforge::backend::gpu::copy_bandwidth(&g.dev).unwrap_or(f64::NAN);
+            let ceiling = model.backend.roofline().map(|(bytes, bw)| {
+                let bytes = bytes as f64;
                 (bytes, bw, bw / bytes)
             });
             let where_ = model.backend_description();

@@ -18,7 +18,8 @@ use std::io::Write;
 use std::time::Instant;
 
 use rocmforge::generate::{generate, GenerateOptions};
-use rocmforge::model::{BackendChoice, LoadOptions, Model, Session};
+use rocmforge::model::{BackendChoice, LoadOptions, Model};
+use rocmforge::engine::Session;
 use rocmforge::sampler::{Sampler, SamplerParams};
 
 fn usage(msg: &str) -> ! {
@@ -121,7 +122,7 @@ fn main() {
                 (g.tokens.len().saturating_sub(1)) as f64 / (total - pp).max(1e-9),
                 g.reason
             );
-            if model.gpu.is_none() {
+            if !model.backend.is_gpu() {
                 eprintln!("[{}]", cpu_note(model.n_threads));
             }
         }

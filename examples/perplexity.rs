@@ -10,7 +10,9 @@
 //! usage: perplexity [-c 256] [-f TEXT] [--all] [MODEL.gguf ...]
 //! (default text: tests/fixtures/text/english.txt; default models: the three real ones)
 
-use rocmforge::model::{LoadOptions, Logits, Model, Session};
+use rocmforge::model::{LoadOptions, Model};
+use rocmforge::backend::Logits;
+use rocmforge::engine::Session;
 
 fn main() {
     let root = env!("CARGO_MANIFEST_DIR");

@@ -687,6 +687,31 @@ enum forge_status forge_engine_logits(const struct forge_engine *e,
                                       size_t cap);
 
 /**
+ * What `forge_engine_decode` does with a batch the KV pool cannot hold:
+ * `on` 0 (the default) refuses it with KV_EXHAUSTED and the caller
+ * chooses what to free; non-zero preempts the newest sequences (by
+ * creation; forks are new) that hold positions or have rows in the batch,
+ * one by one until the rest fits. A preempted
+ * sequence keeps its id but holds no positions afterwards (length 0), and
+ * its rows in that batch get no logits: evaluate its tokens again later.
+ * The oldest sequence with rows in the batch is never preempted, so a
+ * valid batch always runs. `forge_engine_preempted` names them. Errors:
+ * NULL_POINTER, BUSY.
+ */
+enum forge_status forge_engine_set_preempt(struct forge_engine *e, int32_t on);
+
+/**
+ * The sequences the last `forge_engine_decode` preempted, in order, into
+ * `ids` (`cap` entries; `*n_out` receives the count, also on
+ * BUFFER_TOO_SMALL; `ids` may be NULL with `cap` 0 to ask the count).
+ * Errors: NULL_POINTER, BUSY, BUFFER_TOO_SMALL.
+ */
+enum forge_status forge_engine_preempted(const struct forge_engine *e,
+                                         int32_t *ids,
+                                         size_t cap,
+                                         size_t *n_out);
+
+/**
  * KV pool statistics. Errors: NULL_POINTER, BUSY.
  */
 enum forge_status forge_engine_stats(const struct forge_engine *e, struct forge_kv_stats *out);

@@ -21,6 +21,8 @@
 
 #define ATT_MAXD (256 / WARP_SIZE)
 #define ATT_WARPS 4
+// Most key splits of a decode launch: the merge keeps one weight per split.
+#define ATT_MAX_SPLITS 64
 // Keys one decode block takes before another split pays: one tile per warp.
 #define ATT_CHUNK (ATT_WARPS * WARP_SIZE)
 
@@ -233,7 +235,7 @@ static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, 
     // out = Σ o_s e^(m_s - M) / Σ l_s e^(m_s - M). Its ticket comes from a
     // counter that it resets, so a replayed graph finds it at zero again.
     __shared__ int last;
-    __shared__ float wgt[64];  // S <= 64 (launcher)
+    __shared__ float wgt[ATT_MAX_SPLITS];  // S <= ATT_MAX_SPLITS (launcher)
     __threadfence();
     __syncthreads();
     int* ctr = counters + (u64)t * n_head + h;

@@ -3,6 +3,9 @@
 //! rows (sequence, token, position, wants-logits) in one forward pass:
 //! decode rows of some sequences and prefill chunks of others together.
 //!
+//! The engine checks every row and does the block accounting; the
+//! backend's [`Exec`] (made by the model's [`crate::backend::Backend`])
+//! only computes:
 //! - **CPU**: one pass over all rows ([`crate::backend::cpu::forward`]): each
 //!   weight block is read once per step for every row; attention per row
 //!   over its sequence's blocks.
@@ -13,16 +16,15 @@
 //!   CPU. A fork replays the source's tokens; the prefix cache reuses
 //!   nothing on the GPU yet.
 //!
-//! [`crate::model::Session`] is this engine with one sequence.
+//! [`Session`] is this engine with one sequence.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::backend::cpu::forward::{self as cpu, CpuKv};
-use crate::backend::gpu::forward::GpuSession;
+use crate::backend::{Exec, Logits, StepRow};
 use crate::error::{Error, Result};
 use crate::kv::{BlockPool, KvStats, SeqKv, BLOCK};
-use crate::model::{Logits, Model};
+use crate::model::{Model, MAX_CTX};
 
 /// A sequence's handle in its engine.
 pub type SeqId = u32;
@@ -48,49 +50,51 @@ pub struct EngineOptions {
     /// sequences' worth. Rounded down to whole blocks (at least one
     /// sequence's worth plus one block).
     pub kv_budget: usize,
+    /// When a batch does not fit the pool: false (the default) refuses it
+    /// with KV_EXHAUSTED and the caller chooses what to drop; true
+    /// preempts the newest sequences until it fits ([`Engine::decode`]).
+    pub preempt: bool,
 }
 
-/// Rows one CPU pass takes; longer batches run in several passes.
-const MAX_ROWS: usize = 512;
 /// The most blocks a pool has (16M positions), whatever the budget says:
 /// the block tables stay a few tens of MB.
 const MAX_BLOCKS: usize = 1 << 20;
-
-enum Exec {
-    Cpu(CpuKv),
-    Gpu(BTreeMap<SeqId, GpuSession>),
-}
 
 pub struct Engine {
     pub model: Arc<Model>,
     n_ctx: usize,
     pool: BlockPool,
-    exec: Exec,
+    /// The backend's state: KV memory, device sessions.
+    exec: Box<dyn Exec>,
     seqs: BTreeMap<SeqId, SeqKv>,
     next_id: SeqId,
     /// The last step's logits, one n_vocab row per row that wanted them.
     logits: Vec<f32>,
     /// For each row of the last step, its row in `logits`.
     logit_row: Vec<Option<usize>>,
+    /// Preempt the newest sequences when a batch does not fit.
+    preempt: bool,
+    /// Each sequence's creation order (forks included): "newest" for preemption.
+    born: BTreeMap<SeqId, u64>,
+    n_born: u64,
+    /// Sequences the last decode preempted, in preemption order.
+    preempted: Vec<SeqId>,
 }
 
 impl Engine {
     pub fn new(model: Arc<Model>, opts: EngineOptions) -> Result<Engine> {
         let n_ctx = if opts.n_ctx == 0 { model.default_n_ctx() } else { opts.n_ctx };
-        if n_ctx > crate::model::MAX_CTX {
-            return Err(Error::InvalidArgument(format!("n_ctx {n_ctx} is more than {}", crate::model::MAX_CTX)));
+        if n_ctx > MAX_CTX {
+            return Err(Error::InvalidArgument(format!("n_ctx {n_ctx} is more than {MAX_CTX}")));
         }
-        let per_pos = CpuKv::bytes_per_position(&model);
+        let per_pos = model.cfg.kv_bytes_per_position();
         let min_blocks = n_ctx.div_ceil(BLOCK) + 1;
         let n_blocks = match opts.kv_budget {
             0 => 4 * n_ctx.div_ceil(BLOCK),
             b => b / (per_pos * BLOCK),
         }
         .clamp(min_blocks, MAX_BLOCKS.max(min_blocks));
-        let exec = match &model.gpu {
-            Some(_) => Exec::Gpu(BTreeMap::new()),
-            None => Exec::Cpu(CpuKv::new(&model, n_blocks)?),
-        };
+        let exec = model.backend.new_exec(&model, n_ctx, n_blocks)?;
         let pool = BlockPool::new(n_blocks).ok_or_else(|| Error::OutOfMemory(format!("a KV block pool of {n_blocks} blocks")))?;
         Ok(Engine {
             model,
@@ -101,6 +105,10 @@ impl Engine {
             next_id: 0,
             logits: Vec::new(),
             logit_row: Vec::new(),
+            preempt: opts.preempt,
+            born: BTreeMap::new(),
+            n_born: 0,
+            preempted: Vec::new(),
         })
     }
 
@@ -115,6 +123,11 @@ impl Engine {
 
     fn seq(&self, id: SeqId) -> Result<&SeqKv> {
         self.seqs.get(&id).ok_or_else(|| Error::InvalidArgument(format!("sequence {id} does not exist")))
+    }
+
+    fn note_birth(&mut self, id: SeqId) {
+        self.born.insert(id, self.n_born);
+        self.n_born += 1;
     }
 
     fn new_id(&mut self) -> Result<SeqId> {
@@ -134,10 +147,9 @@ impl Engine {
     /// A new, empty sequence.
     pub fn add_seq(&mut self) -> Result<SeqId> {
         let id = self.new_id()?;
-        if let (Exec::Gpu(sessions), Some(g)) = (&mut self.exec, &self.model.gpu) {
-            sessions.insert(id, GpuSession::new(g.clone(), self.n_ctx)?);
-        }
+        self.exec.add_seq(id)?;
         self.seqs.insert(id, SeqKv::default());
+        self.note_birth(id);
         Ok(id)
     }
 
@@ -145,9 +157,8 @@ impl Engine {
     pub fn remove_seq(&mut self, id: SeqId) -> Result<()> {
         let mut s = self.seqs.remove(&id).ok_or_else(|| Error::InvalidArgument(format!("sequence {id} does not exist")))?;
         self.pool.clear(&mut s);
-        if let Exec::Gpu(sessions) = &mut self.exec {
-            sessions.remove(&id);
-        }
+        self.exec.remove_seq(id);
+        self.born.remove(&id);
         Ok(())
     }
 
@@ -176,17 +187,11 @@ impl Engine {
     pub fn fork(&mut self, src: SeqId) -> Result<SeqId> {
         let tokens = self.seq(src)?.tokens.clone();
         let id = self.new_id()?;
-        if let (Exec::Gpu(sessions), Some(g)) = (&mut self.exec, &self.model.gpu) {
-            // today's device sessions have contiguous caches: replay (before
-            // the pool shares anything, so a failure leaves it as it was)
-            let mut s = GpuSession::new(g.clone(), self.n_ctx)?;
-            if !tokens.is_empty() {
-                s.eval_into(&tokens, 0, Logits::None, &mut [])?;
-            }
-            sessions.insert(id, s);
-        }
+        // before the pool shares anything: a failure leaves it as it was
+        self.exec.fork_seq(src, id, &tokens)?;
         let kv = self.pool.fork(&self.seqs[&src]);
         self.seqs.insert(id, kv);
+        self.note_birth(id);
         Ok(id)
     }
 
@@ -198,9 +203,9 @@ impl Engine {
         if s.len != 0 {
             return Err(Error::InvalidArgument(format!("sequence {id} is not empty ({} positions)", s.len)));
         }
-        match self.exec {
-            Exec::Cpu(_) => Ok(self.pool.reuse_prefix(s, prompt)),
-            Exec::Gpu(_) => Ok(0),
+        match self.exec.shares_blocks() {
+            true => Ok(self.pool.reuse_prefix(s, prompt)),
+            false => Ok(0),
         }
     }
 
@@ -255,14 +260,44 @@ impl Engine {
     /// Run one batch. All or nothing: on error no sequence has moved and
     /// no logits are readable. On success the rows that asked for logits
     /// have them ([`Engine::logits`]).
+    ///
+    /// A batch the pool cannot hold is KV_EXHAUSTED, unless the engine
+    /// was made with [`EngineOptions::preempt`]: then the newest sequences
+    /// (by creation; forks are new) that hold positions or have rows in
+    /// the batch are preempted one by one until the rest fits. A preempted sequence keeps its id but loses its
+    /// positions (length 0, its blocks back in the pool, full ones in the
+    /// prefix cache); its rows in this batch are skipped (no logits); the
+    /// caller evaluates its tokens again later (recompute, as vLLM does).
+    /// The oldest sequence with rows in the batch is never preempted, so a
+    /// valid batch always runs. [`Engine::preempted`] names them.
     pub fn decode(&mut self, rows: &[BatchRow]) -> Result<()> {
-        let order = self.check(rows)?;
+        self.preempted.clear();
+        let mut kept: Option<Vec<BatchRow>> = None;
+        let order = loop {
+            let live = kept.as_deref().unwrap_or(rows);
+            match self.check(live) {
+                Err(Error::KvExhausted(msg)) if self.preempt => {
+                    let Some(victim) = self.preemption_victim(live) else { return Err(Error::KvExhausted(msg)) };
+                    let s = self.seqs.get_mut(&victim).expect("a live sequence");
+                    self.pool.clear(s);
+                    self.preempted.push(victim);
+                    kept = Some(live.iter().copied().filter(|r| r.seq != victim).collect());
+                }
+                r => break r?,
+            }
+        };
+        let rows_run = kept.as_deref().unwrap_or(rows);
         self.logits.clear();
         self.logit_row.clear();
         let wanted = rows.iter().filter(|r| r.logits).count();
         let nv = self.model.cfg.n_vocab;
         self.logits.try_reserve_exact(wanted * nv).map_err(|_| Error::OutOfMemory(format!("logits of {wanted} rows: {} MiB", wanted * nv * 4 >> 20)))?;
-        let r = self.run(rows, &order);
+        let r = self.run(rows_run, &order);
+        if r.is_ok() && kept.is_some() {
+            // rows of preempted sequences have no logits
+            let mut run_rows = self.logit_row.drain(..).collect::<Vec<_>>().into_iter();
+            self.logit_row = rows.iter().map(|r| if self.preempted.contains(&r.seq) { None } else { run_rows.next().flatten() }).collect();
+        }
         if r.is_err() {
             // give back what the step reserved; nothing is readable
             for &(id, _) in &order {
@@ -275,62 +310,44 @@ impl Engine {
         r
     }
 
+    /// The sequence to preempt next: the newest one that holds positions
+    /// or has rows in `rows` (an empty sequence's rows need blocks too),
+    /// never the oldest of those with rows. Once every other one is gone,
+    /// the pool (at least n_ctx positions and a block) holds that one.
+    fn preemption_victim(&self, rows: &[BatchRow]) -> Option<SeqId> {
+        let protected = rows.iter().map(|r| r.seq).min_by_key(|id| self.born[id])?;
+        let has_rows = |id: SeqId| rows.iter().any(|r| r.seq == id);
+        self.seqs.iter().filter(|&(&id, s)| id != protected && (s.len > 0 || has_rows(id))).max_by_key(|&(id, _)| self.born[id]).map(|(&id, _)| id)
+    }
+
+    /// Preempt the newest sequences when a batch does not fit
+    /// ([`EngineOptions::preempt`]).
+    pub fn set_preempt(&mut self, on: bool) {
+        self.preempt = on;
+    }
+
+    /// The sequences the last [`Engine::decode`] preempted (their rows got
+    /// no logits; they hold no positions now), in preemption order.
+    pub fn preempted(&self) -> &[SeqId] {
+        &self.preempted
+    }
+
     fn run(&mut self, rows: &[BatchRow], order: &[(SeqId, usize)]) -> Result<()> {
         // reserve every block the step needs (cannot fail after check)
         for &(id, n) in order {
             let s = self.seqs.get_mut(&id).expect("checked");
             let copies = self.pool.prepare_append(s, n).map_err(|e| Error::KvExhausted(e.to_string()))?;
-            if let Exec::Cpu(kv) = &mut self.exec {
-                kv.copy_blocks(&copies);
-            }
+            self.exec.copy_blocks(&copies);
         }
-        let model = self.model.clone();
-        let nv = model.cfg.n_vocab;
-        match &mut self.exec {
-            Exec::Cpu(kv) => {
-                let seqs = &self.seqs;
-                for chunk in rows.chunks(MAX_ROWS) {
-                    let rr: Vec<cpu::Row> =
-                        chunk.iter().map(|r| cpu::Row { token: r.token, pos: r.pos, seq: &seqs[&r.seq], logits: r.logits }).collect();
-                    let l = model.pool.install(|| cpu::forward(&model, kv, &rr))?;
-                    self.logits.extend_from_slice(&l);
-                }
-                let mut k = 0;
-                for r in rows {
-                    self.logit_row.push(r.logits.then(|| {
-                        k += 1;
-                        k - 1
-                    }));
-                }
-            }
-            Exec::Gpu(sessions) => {
-                // sequence by sequence: all of a sequence's logits (or its
-                // last, or none), then the rows that asked are picked
-                self.logit_row = vec![None; rows.len()];
-                for &(id, _) in order {
-                    let idx: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].seq == id).collect();
-                    let toks: Vec<u32> = idx.iter().map(|&i| rows[i].token).collect();
-                    let wanted: Vec<usize> = idx.iter().copied().filter(|&i| rows[i].logits).collect();
-                    let want = match wanted.len() {
-                        0 => Logits::None,
-                        1 if wanted[0] == *idx.last().unwrap() => Logits::Last,
-                        _ => Logits::All,
-                    };
-                    let n_out = match want {
-                        Logits::None => 0,
-                        Logits::Last => nv,
-                        Logits::All => toks.len() * nv,
-                    };
-                    let mut out = vec![0f32; n_out];
-                    let pos0 = rows[idx[0]].pos;
-                    sessions.get_mut(&id).expect("a device session per sequence").eval_into(&toks, pos0, want, &mut out)?;
-                    for &i in &wanted {
-                        let src = if want == Logits::Last { 0 } else { idx.iter().position(|&j| j == i).unwrap() };
-                        self.logit_row[i] = Some(self.logits.len() / nv);
-                        self.logits.extend_from_slice(&out[src * nv..(src + 1) * nv]);
-                    }
-                }
-            }
+        let seqs = &self.seqs;
+        let step: Vec<StepRow> = rows.iter().map(|r| StepRow { seq: r.seq, token: r.token, pos: r.pos, kv: &seqs[&r.seq], logits: r.logits }).collect();
+        self.exec.forward(&step, &mut self.logits)?;
+        let mut k = 0;
+        for r in rows {
+            self.logit_row.push(r.logits.then(|| {
+                k += 1;
+                k - 1
+            }));
         }
         // the positions are written: advance the sequences
         for &(id, _) in order {
@@ -343,36 +360,22 @@ impl Engine {
 
     /// Append `tokens` to one sequence and write the logits `want` asks for
     /// into `out` (n_vocab floats for `Last`, one row per token for `All`):
-    /// [`Engine::decode`] with one sequence's rows, without a copy on the
-    /// GPU, where the device session writes straight into `out` (through a
-    /// page-locked buffer). The caller has sized `out`.
+    /// [`Engine::decode`] with one sequence's rows, where the backend writes
+    /// straight into `out` (on the GPU through a page-locked buffer, with
+    /// no copy). The caller has sized `out`. No logits are readable through
+    /// [`Engine::logits`] afterwards.
     pub fn eval_seq_into(&mut self, id: SeqId, tokens: &[u32], want: Logits, out: &mut [f32]) -> Result<()> {
         let pos0 = self.seq_len(id)?;
-        let last = tokens.len().saturating_sub(1);
-        let rows: Vec<BatchRow> = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, &token)| BatchRow { seq: id, token, pos: pos0 + i, logits: want == Logits::All || (want == Logits::Last && i == last) })
-            .collect();
-        if let Exec::Cpu(_) = self.exec {
-            self.decode(&rows)?;
-            let nv = self.model.cfg.n_vocab;
-            for (i, chunk) in out.chunks_mut(nv).enumerate() {
-                let row = if want == Logits::Last { last } else { i };
-                chunk.copy_from_slice(self.logits(row).expect("the row asked for logits"));
-            }
-            return Ok(());
-        }
+        let rows: Vec<BatchRow> = tokens.iter().enumerate().map(|(i, &token)| BatchRow { seq: id, token, pos: pos0 + i, logits: false }).collect();
         self.check(&rows)?;
         self.logits.clear();
         self.logit_row.clear();
         let s = self.seqs.get_mut(&id).expect("checked");
-        self.pool.prepare_append(s, tokens.len()).map_err(|e| Error::KvExhausted(e.to_string()))?;
-        if let Exec::Gpu(sessions) = &mut self.exec {
-            if let Err(e) = sessions.get_mut(&id).expect("a device session per sequence").eval_into(tokens, pos0, want, out) {
-                self.pool.rollback(s);
-                return Err(e);
-            }
+        let copies = self.pool.prepare_append(s, tokens.len()).map_err(|e| Error::KvExhausted(e.to_string()))?;
+        self.exec.copy_blocks(&copies);
+        if let Err(e) = self.exec.forward_seq(id, s, tokens, pos0, want, out) {
+            self.pool.rollback(s);
+            return Err(e);
         }
         self.pool.commit(s, tokens);
         Ok(())
@@ -389,5 +392,92 @@ impl Engine {
     /// Rows of the last successful decode.
     pub fn n_rows(&self) -> usize {
         self.logit_row.len()
+    }
+}
+
+/// One sequence over a shared model: an [`Engine`] with one sequence, whose
+/// KV pool holds exactly `n_ctx` positions (and a block for copy-on-write).
+pub struct Session {
+    pub model: Arc<Model>,
+    engine: Engine,
+    seq: SeqId,
+}
+
+impl Session {
+    /// A new, empty session; `n_ctx` 0 means [`Model::default_n_ctx`]. The
+    /// KV cache for all `n_ctx` positions is allocated here, once.
+    pub fn new(model: Arc<Model>, n_ctx: usize) -> Result<Session> {
+        let n_ctx = if n_ctx == 0 { model.default_n_ctx() } else { n_ctx };
+        if n_ctx > MAX_CTX {
+            return Err(Error::InvalidArgument(format!("n_ctx {n_ctx} is more than {MAX_CTX}")));
+        }
+        // one sequence: a budget of 1 byte asks for the minimum pool
+        let mut engine = Engine::new(model.clone(), EngineOptions { n_ctx, kv_budget: 1, preempt: false })?;
+        let seq = engine.add_seq()?;
+        Ok(Session { model, engine, seq })
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.engine.n_ctx()
+    }
+
+    /// Number of positions in the cache.
+    pub fn pos(&self) -> usize {
+        self.engine.seq_len(self.seq).expect("the session's sequence")
+    }
+
+    /// Keep the first `n_keep` positions (0 clears everything).
+    pub fn kv_keep(&mut self, n_keep: usize) -> Result<()> {
+        let pos = self.pos();
+        if n_keep > pos {
+            return Err(Error::InvalidArgument(format!("n_keep {n_keep} is past the current position {pos}")));
+        }
+        self.engine.keep(self.seq, n_keep)
+    }
+
+    /// Append `tokens` at the current position and return the requested
+    /// logits (`Logits::Last`: n_vocab floats; `All`: one row per token).
+    /// Nothing is appended on error.
+    pub fn eval(&mut self, tokens: &[u32], want: Logits) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; self.logits_len(tokens.len(), want)];
+        self.eval_into(tokens, want, &mut out)?;
+        Ok(out)
+    }
+
+    /// Floats of logits an evaluation of `n_tokens` returns: n_vocab for
+    /// `Last`, n_tokens × n_vocab for `All`, 0 for `None`.
+    pub fn logits_len(&self, n_tokens: usize, want: Logits) -> usize {
+        let nv = self.model.cfg.n_vocab;
+        match want {
+            Logits::None => 0,
+            Logits::Last => nv,
+            Logits::All => n_tokens * nv,
+        }
+    }
+
+    /// As [`Session::eval`], writing the logits into `out` (exactly
+    /// [`Session::logits_len`] floats) instead of a new vector: a GPU
+    /// decode loop then allocates nothing per token.
+    pub fn eval_into(&mut self, tokens: &[u32], want: Logits, out: &mut [f32]) -> Result<()> {
+        let c = &self.model.cfg;
+        if tokens.is_empty() {
+            return Err(Error::InvalidArgument("no tokens to evaluate".into()));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.n_vocab) {
+            return Err(Error::InvalidArgument(format!("token id {bad} is outside the vocab (n_vocab {})", c.n_vocab)));
+        }
+        let need = self.logits_len(tokens.len(), want);
+        if out.len() != need {
+            return Err(Error::InvalidArgument(format!("the logits buffer holds {} floats; {want:?} logits of {} tokens are {need}", out.len(), tokens.len())));
+        }
+        let pos0 = self.pos();
+        if pos0 + tokens.len() > self.n_ctx() {
+            return Err(Error::ContextFull(format!(
+                "{} tokens at position {pos0} do not fit the context of {} (call forge_kv_reset or load with a larger n_ctx)",
+                tokens.len(),
+                self.n_ctx()
+            )));
+        }
+        self.engine.eval_seq_into(self.seq, tokens, want, out)
     }
 }

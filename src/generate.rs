@@ -3,7 +3,8 @@
 //! context, or the callback says stop.
 
 use crate::error::{Error, Result};
-use crate::model::{Logits, Session};
+use crate::backend::Logits;
+use crate::engine::Session;
 use crate::sampler::Sampler;
 use crate::tokenizer::StreamDecoder;
 

@@ -7,14 +7,17 @@
 //!   common GGUF tensor type.
 //! - [`tokenizer`]: byte-level BPE and SentencePiece tokenizers built from GGUF
 //!   metadata.
-//! - [`model`]: architecture tables, the reference and fast forward passes,
-//!   sessions with their KV caches.
+//! - [`model`]: a model's description (config, architecture tables,
+//!   weights in the mapping, the f32 reference pass) and the loaded
+//!   [`Model`] with its backend.
 //! - [`kv`]: the paged KV cache's block accounting (block tables, sharing,
 //!   prefix cache).
-//! - [`engine`]: many sequences over one model, a batch of rows per step.
+//! - [`engine`]: many sequences over one model, a batch of rows per step;
+//!   [`Session`] is an engine with one sequence.
 //! - [`sampler`]: logits → next token.
-//! - [`backend`]: compute backends; CPU is always present, GPU backends are
-//!   stub modules until their features are compiled in.
+//! - [`backend`]: the backend interface ([`backend::Backend`],
+//!   [`backend::Exec`]) and the backends; CPU is always present, GPU
+//!   backends are stub modules until their features are compiled in.
 //! - [`ffi`]: the C ABI (`include/rocmforge.h`).
 
 pub mod backend;
@@ -33,7 +36,10 @@ pub mod tokenizer;
 #[cfg(feature = "tools")]
 pub mod twin;
 
+pub use backend::Logits;
+pub use engine::{Engine, EngineOptions, Session};
 pub use error::{Error, Result};
+pub use model::{BackendChoice, LoadOptions, Model};
 
 /// Define `pub fn $name` whose body is compiled twice: for baseline x86-64
 /// (SSE2) and with AVX2 + FMA, the build run when the CPU has them (checked

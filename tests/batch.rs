@@ -15,7 +15,9 @@ mod common;
 use std::sync::Arc;
 
 use rocmforge::engine::{BatchRow, Engine, EngineOptions, SeqId};
-use rocmforge::model::{BackendChoice, LoadOptions, Logits, Model, Session};
+use rocmforge::model::{BackendChoice, LoadOptions, Model};
+use rocmforge::backend::Logits;
+use rocmforge::engine::Session;
 use rocmforge::sampler::argmax;
 
 use common::Rng;
@@ -51,7 +53,7 @@ fn batched_equals_solo_on_the_real_models() {
         let text = "The lighthouse keeper counted the ships that passed each night, and wrote their names in a book.";
         let all = model.tokenizer.encode(text, true, false);
         let prompts: Vec<Vec<u32>> = vec![all[..7].to_vec(), all[..19].to_vec(), all[..all.len().min(33)].to_vec()];
-        let mut e = Engine::new(model.clone(), EngineOptions { n_ctx: 128, kv_budget: 0 }).unwrap();
+        let mut e = Engine::new(model.clone(), EngineOptions { n_ctx: 128, ..Default::default() }).unwrap();
         let ids: Vec<SeqId> = prompts.iter().map(|_| e.add_seq().unwrap()).collect();
         let mut rows = Vec::new();
         for (&id, p) in ids.iter().zip(&prompts) {
@@ -122,7 +124,7 @@ fn chunked_prefill_and_prefix_hits_equal_fresh_computation() {
     assert!(prompt.len() > 34, "{}", prompt.len());
     let fresh = solo_last(&model, &prompt);
 
-    let mut e = Engine::new(model.clone(), EngineOptions { n_ctx: 256, kv_budget: 0 }).unwrap();
+    let mut e = Engine::new(model.clone(), EngineOptions { n_ctx: 256, ..Default::default() }).unwrap();
     let a = e.add_seq().unwrap();
     let other = e.add_seq().unwrap();
     e.decode(&rows_for(other, 0, &prompt[..3])).unwrap();
@@ -161,8 +163,8 @@ fn chunked_prefill_and_prefix_hits_equal_fresh_computation() {
 fn bad_batches_are_refused_whole() {
     let model = load(common::SMOLLM2);
     // room for 2 sequences of 32: 4 + 1 blocks
-    let per_block = rocmforge::backend::cpu::forward::CpuKv::bytes_per_position(&model) * rocmforge::kv::BLOCK;
-    let mut e = Engine::new(model.clone(), EngineOptions { n_ctx: 32, kv_budget: 5 * per_block }).unwrap();
+    let per_block = model.cfg.kv_bytes_per_position() * rocmforge::kv::BLOCK;
+    let mut e = Engine::new(model.clone(), EngineOptions { n_ctx: 32, kv_budget: 5 * per_block, ..Default::default() }).unwrap();
     let (a, b, c) = (e.add_seq().unwrap(), e.add_seq().unwrap(), e.add_seq().unwrap());
     let toks: Vec<u32> = (1..=32).collect();
     e.decode(&[rows_for(a, 0, &toks), rows_for(b, 0, &toks[..20])].concat()).unwrap();
@@ -184,6 +186,81 @@ fn bad_batches_are_refused_whole() {
 }
 
 
+/// With preemption on, a batch that does not fit preempts the newest
+/// sequences until it does: they lose their positions and their rows get
+/// no logits; the others' logits are what they get alone; the oldest
+/// sequence with rows is never preempted; a preempted sequence evaluated
+/// again gets its solo logits. With it off, the same batch is refused and
+/// nothing changes.
+#[test]
+fn preemption_drops_the_newest_sequences_and_says_so() {
+    use rocmforge::Error;
+    let model = load(common::SMOLLM2);
+    // a pool of 6 blocks of 16 positions; sequences of up to 48
+    let per_block = model.cfg.kv_bytes_per_position() * rocmforge::kv::BLOCK;
+    let toks: Vec<u32> = (1..=48).map(|t| t * 7 % 900 + 5).collect();
+    for preempt in [false, true] {
+        let mut e = Engine::new(model.clone(), EngineOptions { n_ctx: 48, kv_budget: 6 * per_block, preempt }).unwrap();
+        assert_eq!(e.stats().blocks_total, 6);
+        let (a, b, d) = (e.add_seq().unwrap(), e.add_seq().unwrap(), e.add_seq().unwrap());
+        e.decode(&[rows_for(a, 0, &toks[..20]), rows_for(b, 0, &toks[..20]), rows_for(d, 0, &toks[..10])].concat()).unwrap();
+        assert!(e.preempted().is_empty());
+        // c, the newest, is a fork of b: it shares b's two blocks
+        let c = e.fork(b).unwrap();
+        assert_eq!(e.stats().blocks_free, 1);
+        // a and b each need a third block, c a copy of the shared partial
+        // one: 3 > 1 free
+        let batch = [rows_for(a, 20, &toks[20..40]), rows_for(c, 20, &toks[..5]), rows_for(b, 20, &toks[20..40])].concat();
+        let before = e.stats();
+        if !preempt {
+            assert!(matches!(e.decode(&batch).unwrap_err(), Error::KvExhausted(_)));
+            assert_eq!(e.stats(), before, "a refused batch changes nothing");
+            assert!(e.preempted().is_empty());
+            assert_eq!([a, b, c, d].map(|s| e.seq_len(s).unwrap()), [20, 20, 20, 10]);
+            continue;
+        }
+        e.decode(&batch).unwrap();
+        // c goes first (it frees nothing: its blocks are b's too), then d,
+        // which has no rows in the batch; a and b run
+        assert_eq!(e.preempted(), &[c, d]);
+        assert_eq!([a, b, c, d].map(|s| e.seq_len(s).unwrap()), [40, 40, 0, 0]);
+        for (i, r) in batch.iter().enumerate() {
+            assert_eq!(e.logits(i).is_some(), r.seq != c && r.logits, "row {i}");
+        }
+        for s in [a, b] {
+            let last = batch.iter().rposition(|r| r.seq == s).unwrap();
+            let err = common::rel_l2(e.logits(last).unwrap(), &solo_last(&model, &toks[..40]));
+            assert!(err <= 1e-5, "sequence {s} vs solo: {err}");
+        }
+        // d comes back: the pool is full, so the newest holder (b) goes;
+        // d gets its solo logits
+        e.decode(&rows_for(d, 0, &toks[..10])).unwrap();
+        assert_eq!(e.preempted(), &[b]);
+        let err = common::rel_l2(e.logits(9).unwrap(), &solo_last(&model, &toks[..10]));
+        assert!(err <= 1e-5, "a recomputed sequence vs solo: {err}");
+        // an empty sequence with rows is preempted too: a (40) and d (10)
+        // hold 4 blocks; a new sequence's 33 rows need 3 more of the 2
+        // free; b (empty) and the new one are the candidates, newest first
+        let f = e.add_seq().unwrap();
+        let batch = [rows_for(a, 40, &toks[40..41]), rows_for(f, 0, &toks[..33])].concat();
+        e.decode(&batch).unwrap();
+        assert_eq!(e.preempted(), &[f]);
+        assert_eq!([a, f].map(|s| e.seq_len(s).unwrap()), [41, 0]);
+        assert!(e.logits(0).is_some() && e.logits(33).is_none());
+        // the only sequence with rows runs: a (3 blocks) and d (1) hold 4,
+        // g's 47 rows need 3 of the 2 free: d, the newest holder, goes
+        e.remove_seq(f).unwrap();
+        let g = e.add_seq().unwrap();
+        e.decode(&rows_for(g, 0, &toks[..47])).unwrap();
+        assert_eq!(e.preempted(), &[d]);
+        assert_eq!([a, d, g].map(|s| e.seq_len(s).unwrap()), [41, 0, 47]);
+        for s in [a, b, c, d, g] {
+            e.remove_seq(s).unwrap();
+        }
+        assert_eq!(e.stats().blocks_used, 0, "no block leaked");
+    }
+}
+
 /// Thousands of random steps on tiny models: sequences are added (some
 /// reusing cached prefixes), removed, forked, truncated, and advanced by
 /// mixed batches of decode rows and prefill chunks. After every step each
@@ -199,8 +276,8 @@ fn random_schedule_keeps_sequences_independent_and_leaks_no_block() {
         let model = Model::from_gguf(file, LoadOptions { n_threads: 1, backend: BackendChoice::Cpu, ..Default::default() }).unwrap();
         let nv = model.cfg.n_vocab as u64;
         let n_ctx = 48;
-        let per_block = rocmforge::backend::cpu::forward::CpuKv::bytes_per_position(&model) * rocmforge::kv::BLOCK;
-        let mut e = Engine::new(model.clone(), EngineOptions { n_ctx, kv_budget: 12 * per_block }).unwrap();
+        let per_block = model.cfg.kv_bytes_per_position() * rocmforge::kv::BLOCK;
+        let mut e = Engine::new(model.clone(), EngineOptions { n_ctx, kv_budget: 12 * per_block, ..Default::default() }).unwrap();
         let total = e.stats().blocks_total;
         let mut rng = Rng(0x5EED_0000 + ai as u64);
         let mut live: Vec<(SeqId, Vec<u32>)> = Vec::new();

@@ -648,7 +648,7 @@ mod gpu {
             for (p, q) in sep.iter().zip(&fused) {
                 assert!((p - q).abs() <= 1e-4 * scale, "fused norm {q} vs separate {p}");
             }
-            if n == 1 && ops::matvec_x_fits(&m, false, false) {
+            if n == 1 && ops::matvec_x_fits(&m, false, false, self.dev.rt.info()) {
                 // the kernels that prepare x themselves: the same numbers as
                 // quantize_act + the decode kernel; bit for bit for short
                 // rows (one row per warp, as matvec_q), up to the order of
@@ -670,7 +670,7 @@ mod gpu {
                     assert!((a + 1.0 - b).abs() <= 1e-3 * (1.0 + a.abs()), "matvec_x Out::Add: {a} + 1 vs {b}");
                 }
                 // with the norm (short rows only): up to the order of the sum of squares
-                if ops::matvec_x_fits(&m, false, true) {
+                if ops::matvec_x_fits(&m, false, true, self.dev.rt.info()) {
                     ops::matvec_x(&self.dev, self.s, &m, None, xb.ptr, Some((nw.ptr, 1e-6)), yb.ptr, Out::Store).unwrap();
                     for (p, q) in fused.iter().zip(&self.down_f32(&yb, rows)) {
                         assert!((p - q).abs() <= 1e-4 * scale, "matvec_x with norm {q} vs quantize_act with norm {p}");
@@ -689,7 +689,7 @@ mod gpu {
             let nw = self.up_f32(&(0..cols).map(|i| 0.5 + (i % 7) as f32 * 0.1).collect::<Vec<f32>>());
             let norm = norm.then_some((nw.ptr, 1e-6f32));
             let (ya, yb) = (self.out_f32(ra), self.out_f32(rb));
-            assert!(ops::matvec_x_pair_fits(&a, &b), "{ta} + {tb}: no pair kernel");
+            assert!(ops::matvec_x_pair_fits(&a, &b, self.dev.rt.info()), "{ta} + {tb}: no pair kernel");
             ops::matvec_x_pair(&self.dev, self.s, &a, &b, xb.ptr, norm, ya.ptr, yb.ptr).unwrap();
             let (pa, pb) = (self.down_f32(&ya, ra), self.down_f32(&yb, rb));
             ops::matvec_x(&self.dev, self.s, &a, None, xb.ptr, norm, ya.ptr, Out::Store).unwrap();
@@ -727,7 +727,7 @@ mod gpu {
                 let dec = self.down_f32(&ib, n * rows);
                 let e = super::rel_l2(&dec, &f64s);
                 assert!(e <= 1e-4, "mmvq/mmvf gated vs matvec: rel L2 {e:.3e}");
-                if n == 1 && ops::matvec_x_fits(&g, true, false) {
+                if n == 1 && ops::matvec_x_fits(&g, true, false, self.dev.rt.info()) {
                     ops::matvec_x(&self.dev, self.s, &g, Some((&u, act)), xb.ptr, None, ib.ptr, Out::Store).unwrap();
                     let rw = ops::wx_rows_per_warp(&self.dev, &g, true);
                     assert_eq!(self.down_f32(&ib, rows), dec, "gated matvec_x ({rw} rows per warp) differs from quantize_act + matvec_q");

@@ -10,7 +10,9 @@ use common::rel_l2;
 
 use rocmforge::generate::{generate, GenerateOptions, StopReason};
 use rocmforge::model::reference::Reference;
-use rocmforge::model::{LoadOptions, Logits, Model, Session};
+use rocmforge::model::{LoadOptions, Model};
+use rocmforge::backend::Logits;
+use rocmforge::engine::Session;
 use rocmforge::sampler::{argmax, Sampler, SamplerParams};
 
 fn load(name: &str, threads: usize) -> Arc<Model> {

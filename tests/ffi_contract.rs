@@ -99,6 +99,8 @@ fn cases() -> Vec<(&'static str, Case)> {
         forge_engine_decode => engine_decode,
         forge_engine_logits => engine_logits,
         forge_engine_stats => engine_stats,
+        forge_engine_set_preempt => engine_set_preempt,
+        forge_engine_preempted => engine_preempted,
     ]
 }
 
@@ -1542,7 +1544,7 @@ fn engine_busy(r: &mut Report, env: &Env) {
     }
 }
 
-const BUSY_CALLS: [&str; 9] = [
+const BUSY_CALLS: [&str; 11] = [
     "forge_seq_new",
     "forge_seq_free",
     "forge_seq_fork",
@@ -1552,6 +1554,8 @@ const BUSY_CALLS: [&str; 9] = [
     "forge_engine_decode",
     "forge_engine_logits",
     "forge_engine_stats",
+    "forge_engine_set_preempt",
+    "forge_engine_preempted",
 ];
 
 /// One `n`-row batch of `a` on a worker thread; meanwhile this thread
@@ -1596,7 +1600,9 @@ fn busy_round(r: &mut Report, env: &Env, e: &Eng, a: i32, b: i32, n: usize, seen
                         5 => forge_seq_reuse_prefix(e, b, t.as_ptr(), 2, osz.ptr()),
                         6 => forge_engine_decode(e, bad_row.as_ptr(), 1),
                         7 => forge_engine_logits(e, 0, logits.ptr(), env.n_vocab),
-                        _ => forge_engine_stats(e, stats.ptr()),
+                        8 => forge_engine_stats(e, stats.ptr()),
+                        9 => forge_engine_set_preempt(e, 0),
+                        _ => forge_engine_preempted(e, o32.ptr(), 1, osz.ptr()),
                     }
                 };
                 if st == FORGE_ERR_BUSY {
@@ -1683,4 +1689,49 @@ fn engine_stats(r: &mut Report, env: &Env) {
             || format!("forge_engine_stats: {s:?}"),
         );
     }
+}
+
+/// The smallest pool (n_ctx 16: two blocks) full with a and b; a batch of
+/// a (room in its block) and c (new and empty, needs a block): with
+/// preemption, c (the newest) goes.
+fn full_pool_batch(env: &Env) -> (Eng, [i32; 3], Vec<forge_batch_row>) {
+    let e = env.engine(16, 1);
+    let (a, b, c) = (e.seq(), e.seq(), e.seq());
+    e.append(a, 1);
+    e.append(b, 1);
+    let mut batch = rows(a, 1, 1);
+    batch.extend(rows(c, 0, 1));
+    (e, [a, b, c], batch)
+}
+
+fn engine_set_preempt(r: &mut Report, env: &Env) {
+    fails!(r, FORGE_ERR_NULL_POINTER, "NULL engine", forge_engine_set_preempt(null_mut(), 1));
+    let (e, [a, b, c], batch) = full_pool_batch(env);
+    let (lens, pool) = (SeqLens::of(&e, &[a, b, c]), Pool::of(&e));
+    fails!(r, FORGE_ERR_KV_EXHAUSTED, "preemption off (the default)", forge_engine_decode(e.0, batch.as_ptr(), 2), [lens, pool]);
+    ok!(r, "on", forge_engine_set_preempt(e.0, 1));
+    ok!(r, "off again", forge_engine_set_preempt(e.0, 0));
+    fails!(r, FORGE_ERR_KV_EXHAUSTED, "preemption turned off again", forge_engine_decode(e.0, batch.as_ptr(), 2), [lens, pool]);
+    ok!(r, "on, any non-zero", forge_engine_set_preempt(e.0, -7));
+    ok!(r, "the batch preempts c, the newest", forge_engine_decode(e.0, batch.as_ptr(), 2));
+    let lens = [a, b, c].map(|s| e.len(s));
+    r.check(lens == [2, 1, 0], || format!("forge_engine_decode with preemption: lengths {lens:?}, want [2, 1, 0]"));
+}
+
+fn engine_preempted(r: &mut Report, env: &Env) {
+    let (e, [_, _, c], batch) = full_pool_batch(env);
+    let (mut ids, mut n) = (Out::<i32>::poisoned(2), Out::<usize>::one());
+    fails!(r, FORGE_ERR_NULL_POINTER, "NULL engine", forge_engine_preempted(null(), ids.ptr(), 2, n.ptr()), [ids, n]);
+    fails!(r, FORGE_ERR_NULL_POINTER, "n_out NULL", forge_engine_preempted(e.0, ids.ptr(), 2, null_mut()), [ids]);
+    ok!(r, "none before any preemption", forge_engine_preempted(e.0, ids.ptr(), 2, n.ptr()));
+    r.check(n.get() == 0 && ids.untouched(), || format!("forge_engine_preempted: none preempted yet, *n_out = {}", n.get()));
+    ok!(r, "on", forge_engine_set_preempt(e.0, 1));
+    ok!(r, "a preempting batch", forge_engine_decode(e.0, batch.as_ptr(), 2));
+    let mut n = Out::<usize>::one();
+    too_small!(r, "(NULL, 0) asks the count", forge_engine_preempted(e.0, null_mut(), 0, n.ptr()), n == 1);
+    fails!(r, FORGE_ERR_NULL_POINTER, "ids NULL, cap 1", forge_engine_preempted(e.0, null_mut(), 1, n.ptr()));
+    let (mut ids, mut n) = (Out::<i32>::poisoned(2), Out::<usize>::one());
+    ok!(r, "cap 2", forge_engine_preempted(e.0, ids.ptr(), 2, n.ptr()));
+    let got = ids.slice(2);
+    r.check(n.get() == 1 && got[0] == c && got[1].to_ne_bytes() == [POISON; 4], || format!("forge_engine_preempted: {} ids {got:?}, want [{c}] and the rest untouched", n.get()));
 }

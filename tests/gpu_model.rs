@@ -25,7 +25,9 @@ use parking_lot::Mutex;
 use rocmforge::backend::gpu::{self, GpuKind};
 use rocmforge::ffi::*;
 use rocmforge::model::reference::Reference;
-use rocmforge::model::{BackendChoice, LoadOptions, Logits, Model, Session};
+use rocmforge::model::{BackendChoice, LoadOptions, Model};
+use rocmforge::backend::Logits;
+use rocmforge::engine::Session;
 use rocmforge::sampler::argmax;
 
 static LOCK: Mutex<()> = Mutex::new(());
@@ -82,7 +84,7 @@ fn twin_matches_reference(name: &str) {
     let free0 = free_mem();
     {
         let gm = load(&path, BackendChoice::Gpu(kind(), 0));
-        assert!(gm.gpu.is_some(), "model not on the GPU");
+        assert!(gm.backend.is_gpu(), "model not on the GPU");
         let mut s = Session::new(gm.clone(), 256).unwrap();
         let mut worst = 0f64;
         let mut errs = Vec::new();
@@ -160,7 +162,7 @@ fn engine_matches_solo(name: &str) {
     {
         let gm = load(&path, BackendChoice::Gpu(kind(), 0));
         let run = |m: &std::sync::Arc<Model>| -> (Vec<Vec<f32>>, rocmforge::kv::KvStats) {
-            let mut e = Engine::new(m.clone(), EngineOptions { n_ctx: 64, kv_budget: 0 }).unwrap();
+            let mut e = Engine::new(m.clone(), EngineOptions { n_ctx: 64, ..Default::default() }).unwrap();
             let ids: Vec<u32> = prompts.iter().map(|_| e.add_seq().unwrap()).collect();
             let mut rows = Vec::new();
             for (&id, p) in ids.iter().zip(&prompts) {

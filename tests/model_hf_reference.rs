@@ -21,7 +21,9 @@
 mod common;
 
 use common::rel_l2;
-use rocmforge::model::{LoadOptions, Logits, Model, Session};
+use rocmforge::model::{LoadOptions, Model};
+use rocmforge::backend::Logits;
+use rocmforge::engine::Session;
 use rocmforge::sampler::argmax;
 use serde_json::Value;
 

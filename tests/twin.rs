@@ -6,7 +6,9 @@ mod common;
 
 use rocmforge::gguf::GgufFile;
 use rocmforge::model::reference::Reference;
-use rocmforge::model::{LoadOptions, Logits, Model, Session};
+use rocmforge::model::{LoadOptions, Model};
+use rocmforge::backend::Logits;
+use rocmforge::engine::Session;
 use rocmforge::quant::{self, GgmlType};
 use rocmforge::twin::{random_tensor, write_twin};
 

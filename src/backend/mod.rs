@@ -1,7 +1,30 @@
-//! Compute backends. CPU is always compiled in. Each GPU backend is a module
-//! with one API; when its feature is off, a stub module with the same API
-//! answers `Error::NotCompiled`, so calling code needs no `#[cfg]` of its own
-//! (the candle pattern).
+//! Compute backends behind one narrow interface.
+//!
+//! - [`Backend`]: where a loaded model's weights live and how an engine's
+//!   steps run there; one per [`crate::model::Model`]. The CPU
+//!   ([`cpu::CpuBackend`]) is always compiled in; a model on a GPU
+//!   ([`gpu::forward::GpuBackend`]) is one when a GPU feature is.
+//! - [`Exec`]: one engine's state on its backend (the KV memory of its
+//!   block pool, or per-sequence device sessions) and the forward pass of a
+//!   checked batch of rows.
+//!
+//! The layers: `model/` describes a model (config, architecture tables,
+//! weights in the mapping, the f32 reference pass) and names only these two
+//! traits; the backends depend on `model/`, never the reverse;
+//! [`crate::engine`] drives an [`Exec`] over its KV block pool.
+//!
+//! Each GPU vendor is a module with one API; when its feature is off, a
+//! stub module with the same API answers `Error::NotCompiled`, so calling
+//! code needs no `#[cfg]` of its own (the candle pattern).
+
+use std::sync::Arc;
+
+use crate::engine::SeqId;
+use crate::error::Result;
+use crate::kv::{BlockCopy, SeqKv};
+use crate::model::{Config, Model};
+use crate::gguf::GgufFile;
+use crate::model::weights::Weights;
 
 pub mod cpu;
 pub mod gpu;
@@ -20,3 +43,92 @@ pub mod hip;
 #[path = "hip_stub.rs"]
 pub mod hip;
 
+pub use gpu::GpuKind;
+
+/// Which logits an evaluation returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    None,
+    /// The last position's: n_vocab floats.
+    Last,
+    /// Every position's: n_tokens × n_vocab floats.
+    All,
+}
+
+/// One row of a step as a backend sees it, checked by the engine: the
+/// sequence's blocks for this position are reserved in `kv`.
+#[derive(Clone, Copy)]
+pub struct StepRow<'a> {
+    pub seq: SeqId,
+    pub token: u32,
+    pub pos: usize,
+    /// The sequence's block table.
+    pub kv: &'a SeqKv,
+    /// This row's logits are wanted.
+    pub logits: bool,
+}
+
+/// Where a loaded model's weights live and how its steps run.
+pub trait Backend: Send + Sync {
+    /// "cpu (2 threads)", or the device: "cuda:0 NVIDIA H200 (sm_90)".
+    fn describe(&self) -> String;
+    /// The state of one engine on this backend: KV memory for `n_blocks`
+    /// blocks of the engine's pool, sequences of at most `n_ctx` positions.
+    fn new_exec(&self, model: &Arc<Model>, n_ctx: usize, n_blocks: usize) -> Result<Box<dyn Exec>>;
+    /// For a decode roofline (`examples/bench`): the bytes one decode step
+    /// reads at least and the device's copy bandwidth in bytes/s; `None`
+    /// on the CPU.
+    fn roofline(&self) -> Option<(usize, f64)> {
+        None
+    }
+    /// Whether this is a GPU.
+    fn is_gpu(&self) -> bool;
+}
+
+/// One engine's state on its backend. The engine checks every row and
+/// reserves the blocks first; a backend only computes.
+pub trait Exec: Send {
+    /// Run `rows` (any sequences; each sequence's rows in position order),
+    /// writing their K/V, and append to `logits` the `n_vocab` logits of
+    /// each row that wants them, in row order.
+    fn forward(&mut self, rows: &[StepRow], logits: &mut Vec<f32>) -> Result<()>;
+    /// One sequence's `tokens` from `pos0`, with the logits `want` asks for
+    /// written straight into `out` (sized by the caller): the
+    /// single-sequence path, which copies nothing on the GPU.
+    fn forward_seq(&mut self, seq: SeqId, kv: &SeqKv, tokens: &[u32], pos0: usize, want: Logits, out: &mut [f32]) -> Result<()>;
+    /// Make the copy-on-write copies the block pool asked for.
+    fn copy_blocks(&mut self, _copies: &[BlockCopy]) {}
+    /// A new, empty sequence.
+    fn add_seq(&mut self, _seq: SeqId) -> Result<()> {
+        Ok(())
+    }
+    fn remove_seq(&mut self, _seq: SeqId) {}
+    /// `dst` starts as a copy of `src`, which holds `tokens`. Called before
+    /// the pool shares anything, so an error leaves the engine as it was.
+    fn fork_seq(&mut self, _src: SeqId, _dst: SeqId, _tokens: &[u32]) -> Result<()> {
+        Ok(())
+    }
+    /// Whether sequences read each other's KV blocks (forks sharing full
+    /// blocks, the prefix cache); if not, the engine reuses no prefix.
+    fn shares_blocks(&self) -> bool {
+        true
+    }
+}
+
+/// The CPU backend for a model loaded from `file`: packs the weights the
+/// AVX-512 VNNI kernels read in tiles (`FORGE_NO_PACK=1` leaves them as
+/// they are); the model's thread `pool` runs the matmuls.
+pub fn open_cpu(pool: &rayon::ThreadPool, n_threads: usize, file: &GgufFile, weights: &mut Weights) -> Result<Arc<dyn Backend>> {
+    if cpu::packed::wanted() {
+        cpu::packed::pack_model(pool, file, weights)?;
+    }
+    Ok(Arc::new(cpu::CpuBackend { n_threads }))
+}
+
+/// Upload a model to GPU `index` of `kind` (opening the device and its
+/// kernels the first time), within `budget` bytes (0: the free memory less
+/// a reserve).
+pub fn open_gpu(kind: GpuKind, index: usize, cfg: &Config, weights: &Weights, file: &GgufFile, budget: usize) -> Result<Arc<dyn Backend>> {
+    let dev = gpu::device(kind, index)?;
+    Ok(Arc::new(gpu::forward::GpuBackend(gpu::forward::GpuModel::upload(dev, cfg, weights, file, budget)?)))
+}

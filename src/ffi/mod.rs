@@ -42,7 +42,9 @@ use crate::backend;
 use crate::engine::{BatchRow, Engine, EngineOptions, SeqId};
 use crate::generate::{self, GenerateOptions, StopReason};
 use crate::backend::gpu::GpuKind;
-use crate::model::{BackendChoice, LoadOptions, Logits, Model, Session};
+use crate::model::{BackendChoice, LoadOptions, Model};
+use crate::backend::Logits;
+use crate::engine::Session;
 use crate::sampler::{Sampler, SamplerParams};
 pub use status::forge_status;
 use status::{boundary, boundary_value, FfiError};
@@ -958,7 +960,7 @@ pub unsafe extern "C" fn forge_engine_new(ctx: *const forge_ctx, params: *const 
         }
         let n_ctx = if p.n_ctx == 0 { c.n_ctx } else { p.n_ctx as usize };
         let kv_budget = usize::try_from(p.kv_budget).unwrap_or(usize::MAX);
-        let e = Engine::new(Arc::clone(&c.model), EngineOptions { n_ctx, kv_budget })?;
+        let e = Engine::new(Arc::clone(&c.model), EngineOptions { n_ctx, kv_budget, preempt: false })?;
         *out = Box::into_raw(Box::new(forge_engine { engine: Mutex::new(e) }));
         Ok(())
     })
@@ -1102,6 +1104,38 @@ pub unsafe extern "C" fn forge_engine_logits(e: *const forge_engine, row: usize,
         let out = out_ptr(out, "out")?;
         std::ptr::copy_nonoverlapping(l.as_ptr(), out, l.len());
         Ok(())
+    })
+}
+
+/// What `forge_engine_decode` does with a batch the KV pool cannot hold:
+/// `on` 0 (the default) refuses it with KV_EXHAUSTED and the caller
+/// chooses what to free; non-zero preempts the newest sequences (by
+/// creation; forks are new) that hold positions or have rows in the batch,
+/// one by one until the rest fits. A preempted
+/// sequence keeps its id but holds no positions afterwards (length 0), and
+/// its rows in that batch get no logits: evaluate its tokens again later.
+/// The oldest sequence with rows in the batch is never preempted, so a
+/// valid batch always runs. `forge_engine_preempted` names them. Errors:
+/// NULL_POINTER, BUSY.
+#[no_mangle]
+pub unsafe extern "C" fn forge_engine_set_preempt(e: *mut forge_engine, on: i32) -> forge_status {
+    boundary("forge_engine_set_preempt", || {
+        let mut g = engine(e)?;
+        g.set_preempt(on != 0);
+        Ok(())
+    })
+}
+
+/// The sequences the last `forge_engine_decode` preempted, in order, into
+/// `ids` (`cap` entries; `*n_out` receives the count, also on
+/// BUFFER_TOO_SMALL; `ids` may be NULL with `cap` 0 to ask the count).
+/// Errors: NULL_POINTER, BUSY, BUFFER_TOO_SMALL.
+#[no_mangle]
+pub unsafe extern "C" fn forge_engine_preempted(e: *const forge_engine, ids: *mut i32, cap: usize, n_out: *mut usize) -> forge_status {
+    boundary("forge_engine_preempted", || {
+        let g = engine(e)?;
+        let v: Vec<i32> = g.preempted().iter().map(|&id| id as i32).collect();
+        write_out(&v, ids, cap, n_out, "ids")
     })
 }
 

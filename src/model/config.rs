@@ -187,6 +187,11 @@ impl Config {
     pub fn q_dim(&self) -> usize {
         self.n_head * self.head_dim
     }
+    /// Bytes of KV cache one position takes in f16 (all layers, K and V),
+    /// as both backends store it.
+    pub fn kv_bytes_per_position(&self) -> usize {
+        (self.kv_dim() + self.v_dim()) * 2 * self.n_layer
+    }
     pub fn kv_dim(&self) -> usize {
         self.n_head_kv * self.head_dim
     }

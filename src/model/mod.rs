@@ -1,6 +1,9 @@
-//! A loaded model (config, weights in the mapping, tokenizer, thread pool)
-//! and sessions over it (one KV cache each). Many sessions share one
-//! `Arc<Model>`: the weights are never copied.
+//! A model: its config and architecture tables, its weights in the
+//! mapping, the tokenizer, the f32 reference pass, and the loaded [`Model`]
+//! with its [`Backend`]. Many engines and sessions
+//! ([`crate::engine::Session`]) share one `Arc<Model>`: the weights are
+//! never copied. This layer names the backends only through their
+//! interface ([`crate::backend`]).
 
 pub mod arch;
 pub mod config;
@@ -11,23 +14,12 @@ pub mod weights;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::backend::gpu::forward::GpuModel;
-use crate::backend::gpu::{self, GpuKind};
-use crate::engine::{Engine, EngineOptions, SeqId};
+use crate::backend::{self, Backend, GpuKind};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::tokenizer::Tokenizer;
 pub use config::{Config, RopeScaling};
 
-/// Which logits an evaluation returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Logits {
-    None,
-    /// The last position's: n_vocab floats.
-    Last,
-    /// Every position's: n_tokens × n_vocab floats.
-    All,
-}
 use weights::Weights;
 
 /// Where a model runs.
@@ -102,8 +94,9 @@ pub struct Model {
     pub tokenizer: Tokenizer,
     pub(crate) pool: rayon::ThreadPool,
     pub n_threads: usize,
-    /// The weights on a GPU, when the model runs there.
-    pub gpu: Option<Arc<GpuModel>>,
+    /// Where the model runs: the CPU (weights read from the mapping) or a
+    /// GPU holding its own copy.
+    pub backend: Arc<dyn Backend>,
 }
 
 impl std::fmt::Debug for Model {
@@ -159,117 +152,21 @@ impl Model {
             BackendChoice::Cpu => None,
             BackendChoice::Gpu(kind, index) => Some((kind, index)),
         };
-        let gpu = match target {
-            Some((kind, index)) => {
-                let dev = gpu::device(kind, index)?;
-                Some(GpuModel::upload(dev, &cfg, &weights, &file, opts.gpu_mem_budget)?)
-            }
-            None => None,
+        let backend = match target {
+            Some((kind, index)) => backend::open_gpu(kind, index, &cfg, &weights, &file, opts.gpu_mem_budget)?,
+            None => backend::open_cpu(&pool, n_threads, &file, &mut weights)?,
         };
-        if gpu.is_none() && crate::backend::cpu::packed::wanted() {
-            crate::backend::cpu::packed::pack_model(&pool, &file, &mut weights)?;
-        }
         report(&mut opts, 1.0)?;
-        Ok(Arc::new(Model { cfg, file, weights, tokenizer, pool, n_threads, gpu }))
+        Ok(Arc::new(Model { cfg, file, weights, tokenizer, pool, n_threads, backend }))
     }
 
     /// "cpu" or the GPU device, e.g. "cuda:0 NVIDIA H100 80GB HBM3 (sm_90)".
     pub fn backend_description(&self) -> String {
-        match &self.gpu {
-            Some(g) => g.dev.describe(),
-            None => format!("cpu ({} threads)", self.n_threads),
-        }
+        self.backend.describe()
     }
 
     /// The context size a session gets when asked for 0: min(n_ctx_train, 4096).
     pub fn default_n_ctx(&self) -> usize {
         self.cfg.n_ctx_train.min(4096)
-    }
-}
-
-/// One sequence over a shared model: an [`Engine`] with one sequence, whose
-/// KV pool holds exactly `n_ctx` positions (and a block for copy-on-write).
-pub struct Session {
-    pub model: Arc<Model>,
-    engine: Engine,
-    seq: SeqId,
-}
-
-impl Session {
-    /// A new, empty session; `n_ctx` 0 means [`Model::default_n_ctx`]. The
-    /// KV cache for all `n_ctx` positions is allocated here, once.
-    pub fn new(model: Arc<Model>, n_ctx: usize) -> Result<Session> {
-        let n_ctx = if n_ctx == 0 { model.default_n_ctx() } else { n_ctx };
-        if n_ctx > MAX_CTX {
-            return Err(Error::InvalidArgument(format!("n_ctx {n_ctx} is more than {MAX_CTX}")));
-        }
-        // one sequence: a budget of 1 byte asks for the minimum pool
-        let mut engine = Engine::new(model.clone(), EngineOptions { n_ctx, kv_budget: 1 })?;
-        let seq = engine.add_seq()?;
-        Ok(Session { model, engine, seq })
-    }
-
-    pub fn n_ctx(&self) -> usize {
-        self.engine.n_ctx()
-    }
-
-    /// Number of positions in the cache.
-    pub fn pos(&self) -> usize {
-        self.engine.seq_len(self.seq).expect("the session's sequence")
-    }
-
-    /// Keep the first `n_keep` positions (0 clears everything).
-    pub fn kv_keep(&mut self, n_keep: usize) -> Result<()> {
-        let pos = self.pos();
-        if n_keep > pos {
-            return Err(Error::InvalidArgument(format!("n_keep {n_keep} is past the current position {pos}")));
-        }
-        self.engine.keep(self.seq, n_keep)
-    }
-
-    /// Append `tokens` at the current position and return the requested
-    /// logits (`Logits::Last`: n_vocab floats; `All`: one row per token).
-    /// Nothing is appended on error.
-    pub fn eval(&mut self, tokens: &[u32], want: Logits) -> Result<Vec<f32>> {
-        let mut out = vec![0.0; self.logits_len(tokens.len(), want)];
-        self.eval_into(tokens, want, &mut out)?;
-        Ok(out)
-    }
-
-    /// Floats of logits an evaluation of `n_tokens` returns: n_vocab for
-    /// `Last`, n_tokens × n_vocab for `All`, 0 for `None`.
-    pub fn logits_len(&self, n_tokens: usize, want: Logits) -> usize {
-        let nv = self.model.cfg.n_vocab;
-        match want {
-            Logits::None => 0,
-            Logits::Last => nv,
-            Logits::All => n_tokens * nv,
-        }
-    }
-
-    /// As [`Session::eval`], writing the logits into `out` (exactly
-    /// [`Session::logits_len`] floats) instead of a new vector: a GPU
-    /// decode loop then allocates nothing per token.
-    pub fn eval_into(&mut self, tokens: &[u32], want: Logits, out: &mut [f32]) -> Result<()> {
-        let c = &self.model.cfg;
-        if tokens.is_empty() {
-            return Err(Error::InvalidArgument("no tokens to evaluate".into()));
-        }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.n_vocab) {
-            return Err(Error::InvalidArgument(format!("token id {bad} is outside the vocab (n_vocab {})", c.n_vocab)));
-        }
-        let need = self.logits_len(tokens.len(), want);
-        if out.len() != need {
-            return Err(Error::InvalidArgument(format!("the logits buffer holds {} floats; {want:?} logits of {} tokens are {need}", out.len(), tokens.len())));
-        }
-        let pos0 = self.pos();
-        if pos0 + tokens.len() > self.n_ctx() {
-            return Err(Error::ContextFull(format!(
-                "{} tokens at position {pos0} do not fit the context of {} (call forge_kv_reset or load with a larger n_ctx)",
-                tokens.len(),
-                self.n_ctx()
-            )));
-        }
-        self.engine.eval_seq_into(self.seq, tokens, want, out)
     }
 }

@@ -879,6 +879,17 @@ unsafe fn engine_call(src: &mut Src, h: &mut Handles) {
                 }
                 _ => assert!(st == FORGE_ERR_NULL_POINTER && s.blocks_total == SENT_USIZE as u64 && s.n_seqs == SENT_I32 as u32),
             }
+            // preemption stays off here (the harness models a pool that
+            // refuses): the list is always empty, and a NULL is refused
+            let mut ids = [SENT_I32; 2];
+            let mut n = SENT_USIZE;
+            let ip = if src.below(4) == 0 { null_mut() } else { ids.as_mut_ptr() };
+            let st = check(forge_engine_preempted(eng_ptr(h, i), ip, if ip.is_null() { 0 } else { 2 }, &mut n), "forge_engine_preempted");
+            match i {
+                Some(_) => assert!(st == FORGE_OK && n == 0, "forge_engine_preempted: {st:?}, {n}"),
+                None => assert!(st == FORGE_ERR_NULL_POINTER && n == SENT_USIZE),
+            }
+            assert_eq!(ids, [SENT_I32; 2], "forge_engine_preempted wrote ids");
         }
     }
 }

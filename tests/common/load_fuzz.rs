@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use rocmforge::gguf::writer::TensorSpec;
 use rocmforge::gguf::{Array, GgufFile, Value};
-use rocmforge::model::{BackendChoice, LoadOptions, Logits, Model, Session};
+use rocmforge::model::{BackendChoice, LoadOptions, Model};
+use rocmforge::backend::Logits;
+use rocmforge::engine::Session;
 use rocmforge::quant::GgmlType;
 
 use super::tiny::{tiny_model, TinyModel, TINY_ARCHS};

@@ -6,10 +6,14 @@
 //! window. Quantized weights multiply 8-bit quantized activations (16-bit with FORGE_ACT16)
 //! ([`super::matmul`]).
 
+use std::sync::Arc;
+
 use rayon::prelude::*;
 
 use super::matmul::{matmul, matmul_input, Input, SyncPtr};
 use crate::error::{Error, Result};
+use crate::backend::{Exec, Logits, StepRow};
+use crate::engine::SeqId;
 use crate::kv::{BlockCopy, SeqKv, BLOCK};
 use crate::model::arch::LayerKind;
 use crate::model::{ops, Model};
@@ -42,12 +46,6 @@ impl CpuKv {
             v.push(try_zeroed(rows.checked_mul(v_dim).ok_or_else(oom)?).ok_or_else(oom)?);
         }
         Ok(CpuKv { k, v, kv_dim, v_dim })
-    }
-
-    /// Bytes of KV one position takes (all layers, K and V).
-    pub fn bytes_per_position(model: &Model) -> usize {
-        let c = &model.cfg;
-        (c.kv_dim() + c.v_dim()) * 2 * c.n_layer
     }
 
     /// Make the copy-on-write copies the block pool asked for.
@@ -87,21 +85,58 @@ pub(crate) trait Zeroable: Copy {}
 impl Zeroable for f32 {}
 impl Zeroable for u16 {}
 
-/// One row of a batch: a token at a position of a sequence, whose blocks
-/// already hold room for it (the engine reserved them).
-pub struct Row<'a> {
-    pub token: u32,
-    pub pos: usize,
-    pub seq: &'a SeqKv,
-    /// This row's logits are wanted.
-    pub logits: bool,
+/// Rows one CPU pass takes; longer batches run in several passes.
+const MAX_ROWS: usize = 512;
+
+/// One engine's state on the CPU: its KV pool's memory.
+pub struct CpuExec {
+    model: Arc<Model>,
+    kv: CpuKv,
+}
+
+impl CpuExec {
+    pub fn new(model: Arc<Model>, n_blocks: usize) -> Result<CpuExec> {
+        let kv = CpuKv::new(&model, n_blocks)?;
+        Ok(CpuExec { model, kv })
+    }
+}
+
+impl Exec for CpuExec {
+    fn forward(&mut self, rows: &[StepRow], logits: &mut Vec<f32>) -> Result<()> {
+        let (model, kv) = (&self.model, &mut self.kv);
+        for chunk in rows.chunks(MAX_ROWS) {
+            let l = model.pool.install(|| forward(model, kv, chunk))?;
+            logits.extend_from_slice(&l);
+        }
+        Ok(())
+    }
+
+    fn forward_seq(&mut self, seq: SeqId, kv: &SeqKv, tokens: &[u32], pos0: usize, want: Logits, out: &mut [f32]) -> Result<()> {
+        let last = tokens.len().saturating_sub(1);
+        let rows: Vec<StepRow> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, &token)| StepRow { seq, token, pos: pos0 + i, kv, logits: want == Logits::All || (want == Logits::Last && i == last) })
+            .collect();
+        let mut l = Vec::new();
+        self.forward(&rows, &mut l)?;
+        if l.len() != out.len() {
+            return Err(Error::InvalidArgument(format!("the logits buffer holds {} floats; {want:?} logits of {} tokens are {}", out.len(), tokens.len(), l.len())));
+        }
+        out.copy_from_slice(&l);
+        Ok(())
+    }
+
+    fn copy_blocks(&mut self, copies: &[BlockCopy]) {
+        self.kv.copy_blocks(copies);
+    }
 }
 
 /// Run `rows` through the model, writing their K/V into `kv`, and return
 /// the logits of the rows that want them, in row order (`n_vocab` each).
 /// Rows of one sequence must come in position order; a row attends to its
 /// sequence's positions up to its own, this step's earlier rows included.
-pub fn forward(model: &Model, kv: &mut CpuKv, rows: &[Row]) -> Result<Vec<f32>> {
+pub fn forward(model: &Model, kv: &mut CpuKv, rows: &[StepRow]) -> Result<Vec<f32>> {
     let (c, w, f, pool) = (&model.cfg, &model.weights, &model.file, &model.pool);
     let n = rows.len();
     let (dim, hd, hdv) = (c.n_embd, c.head_dim, c.head_dim_v);
@@ -132,7 +167,7 @@ pub fn forward(model: &Model, kv: &mut CpuKv, rows: &[Row]) -> Result<Vec<f32>> 
         true => rows.iter().map(|r| ops::rope_table(r.pos, c.rope_base_local, c)).collect(),
         false => Vec::new(),
     };
-    let slots: Vec<usize> = rows.iter().map(|r| r.seq.slot(r.pos)).collect();
+    let slots: Vec<usize> = rows.iter().map(|r| r.kv.slot(r.pos)).collect();
 
     for (il, l) in w.layers.iter().enumerate() {
         // ---- attention ----
@@ -178,7 +213,7 @@ pub fn forward(model: &Model, kv: &mut CpuKv, rows: &[Row]) -> Result<Vec<f32>> 
             let qh = &q_ref[t * q_dim + h0 * hd..t * q_dim + (h0 + per) * hd];
             // SAFETY: each job writes its own heads h0..h0+per of row t in att.
             let out = unsafe { std::slice::from_raw_parts_mut(a.0.add((t * c.n_head + h0) * hdv), per * hdv) };
-            ops::attend(qh, per, kc, vc, &r.seq.blocks, h0 / group, (hd, hdv, kv_dim, v_dim), first..=r.pos, c.attn_scale, out);
+            ops::attend(qh, per, kc, vc, &r.kv.blocks, h0 / group, (hd, hdv, kv_dim, v_dim), first..=r.pos, c.attn_scale, out);
         };
         let jobs = n * c.n_head / per;
         if model.n_threads > 1 {

@@ -16,3 +16,21 @@ pub mod simd;
 
 pub use matmul::{matmul, DotKernel, FloatKernel};
 pub use simd::{avx2_available, kernel_name};
+
+/// The CPU backend: the weights stay in the mapping (packed copies of some
+/// for AVX-512 VNNI); the model's thread pool runs the matmuls.
+pub struct CpuBackend {
+    pub n_threads: usize,
+}
+
+impl crate::backend::Backend for CpuBackend {
+    fn describe(&self) -> String {
+        format!("cpu ({} threads)", self.n_threads)
+    }
+    fn new_exec(&self, model: &std::sync::Arc<crate::model::Model>, _n_ctx: usize, n_blocks: usize) -> crate::Result<Box<dyn crate::backend::Exec>> {
+        Ok(Box::new(forward::CpuExec::new(model.clone(), n_blocks)?))
+    }
+    fn is_gpu(&self) -> bool {
+        false
+    }
+}

@@ -6,9 +6,11 @@
 //! and position live in a small device buffer the kernels read, so the same
 //! graph serves every position.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::memory::{Buffer, HostBuf, MemPool};
+use super::decode;
 use super::ops::{self, ActBuf, ActQ, AttnShape, DevMatrix, GemmScratch, Out, QkvBufs, QkvPost};
 use super::runtime::{DevPtr, Graph, Stream};
 use super::Device;
@@ -17,7 +19,10 @@ use crate::gguf::GgufFile;
 use crate::model::arch::{FfnAct, LayerKind};
 use crate::model::reference::rope_pair;
 use crate::model::weights::{Matrix, Weights};
-use crate::model::{Config, Logits};
+use crate::backend::{Backend, Exec, Logits, StepRow};
+use crate::engine::SeqId;
+use crate::kv::SeqKv;
+use crate::model::{Config, Model};
 
 struct Layer {
     attn_norm: Buffer,              // (n_embd)
@@ -211,6 +216,112 @@ impl GpuModel {
         let m = |d: &DevMatrix| d.rows * d.row_bytes();
         let layers: usize = self.layers.iter().map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].into_iter().map(m).sum::<usize>()).sum();
         layers + m(&self.output) + self.token_embd.row_bytes()
+    }
+}
+
+/// A model on a GPU as the [`Backend`] of its [`Model`].
+pub struct GpuBackend(pub Arc<GpuModel>);
+
+impl Backend for GpuBackend {
+    fn describe(&self) -> String {
+        self.0.dev.describe()
+    }
+    fn new_exec(&self, _model: &Arc<Model>, n_ctx: usize, _n_blocks: usize) -> Result<Box<dyn Exec>> {
+        Ok(Box::new(GpuExec { m: self.0.clone(), n_ctx, sessions: BTreeMap::new() }))
+    }
+    fn roofline(&self) -> Option<(usize, f64)> {
+        Some((self.0.decode_bytes_per_token(), super::copy_bandwidth(&self.0.dev).unwrap_or(f64::NAN)))
+    }
+    fn is_gpu(&self) -> bool {
+        true
+    }
+}
+
+/// One engine's state on the GPU, until the batched kernels land: a
+/// device session (a contiguous f16 KV cache of `n_ctx` positions) per
+/// sequence, run one after the other. The engine's block pool still does
+/// the accounting; no KV is shared (a fork replays its source's tokens).
+pub struct GpuExec {
+    m: Arc<GpuModel>,
+    n_ctx: usize,
+    sessions: BTreeMap<SeqId, GpuSession>,
+}
+
+impl GpuExec {
+    fn session(&mut self, seq: SeqId) -> Result<&mut GpuSession> {
+        self.sessions.get_mut(&seq).ok_or_else(|| Error::InvalidArgument(format!("sequence {seq} has no device session")))
+    }
+}
+
+impl Exec for GpuExec {
+    fn forward(&mut self, rows: &[StepRow], logits: &mut Vec<f32>) -> Result<()> {
+        // sequence by sequence: all of a sequence's logits (or its last, or
+        // none), then each row that asked gets its slot in row order
+        let nv = self.m.cfg.n_vocab;
+        let base = logits.len();
+        let wanted_before: Vec<usize> = rows.iter().scan(0, |k, r| {
+            let i = *k;
+            *k += r.logits as usize;
+            Some(i)
+        }).collect();
+        logits.resize(base + rows.iter().filter(|r| r.logits).count() * nv, 0.0);
+        let mut order: Vec<SeqId> = Vec::new();
+        for r in rows {
+            if !order.contains(&r.seq) {
+                order.push(r.seq);
+            }
+        }
+        for id in order {
+            let idx: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].seq == id).collect();
+            let toks: Vec<u32> = idx.iter().map(|&i| rows[i].token).collect();
+            let wanted: Vec<usize> = idx.iter().copied().filter(|&i| rows[i].logits).collect();
+            let want = match wanted.len() {
+                0 => Logits::None,
+                1 if wanted[0] == *idx.last().expect("a sequence's rows") => Logits::Last,
+                _ => Logits::All,
+            };
+            let n_out = match want {
+                Logits::None => 0,
+                Logits::Last => nv,
+                Logits::All => toks.len() * nv,
+            };
+            let mut out = vec![0f32; n_out];
+            self.session(id)?.eval_into(&toks, rows[idx[0]].pos, want, &mut out)?;
+            for &i in &wanted {
+                let src = if want == Logits::Last { 0 } else { idx.iter().position(|&j| j == i).expect("a row of the sequence") };
+                let dst = base + wanted_before[i] * nv;
+                logits[dst..dst + nv].copy_from_slice(&out[src * nv..(src + 1) * nv]);
+            }
+        }
+        Ok(())
+    }
+
+    fn forward_seq(&mut self, seq: SeqId, _kv: &SeqKv, tokens: &[u32], pos0: usize, want: Logits, out: &mut [f32]) -> Result<()> {
+        self.session(seq)?.eval_into(tokens, pos0, want, out)
+    }
+
+    fn add_seq(&mut self, seq: SeqId) -> Result<()> {
+        let s = GpuSession::new(self.m.clone(), self.n_ctx)?;
+        self.sessions.insert(seq, s);
+        Ok(())
+    }
+
+    fn remove_seq(&mut self, seq: SeqId) {
+        self.sessions.remove(&seq);
+    }
+
+    fn fork_seq(&mut self, _src: SeqId, dst: SeqId, tokens: &[u32]) -> Result<()> {
+        // today's device sessions have contiguous caches: replay
+        let mut s = GpuSession::new(self.m.clone(), self.n_ctx)?;
+        if !tokens.is_empty() {
+            s.eval_into(tokens, 0, Logits::None, &mut [])?;
+        }
+        self.sessions.insert(dst, s);
+        Ok(())
+    }
+
+    fn shares_blocks(&self) -> bool {
+        false
     }
 }
 
@@ -489,15 +600,13 @@ impl GpuSession {
     }
 
     /// The products that read one input x (n tokens), RMS-normalized first
-    /// when `norm` is given. One token and short rows, or long ones without
-    /// a norm (`matvec_x_fits`): kernels that prepare x themselves, norm
-    /// fused, two runs of different types in one launch where a pair kernel
-    /// exists (`matvec_x_pair_fits`). Decode (n <= MMV_MAXT):
-    /// x prepared once (quantize_act, norm fused) and the mmvq/mmvf kernels
-    /// when every matrix has one, else the older matvec kernel with the norm
-    /// fused (one token).
-    /// Prefill: rmsnorm, then vendor BLAS or the tiled kernel, and a separate
-    /// activation kernel for gated pairs.
+    /// when `norm` is given, as [`decode::plan`] says (its table answers
+    /// which kernel runs for each matrix): one token and kernels that
+    /// prepare x themselves (norm fused; two matrices in one launch where a
+    /// pair kernel exists); or x prepared once (`quantize_act`, norm fused)
+    /// for up to 8 tokens; or the older matvec kernel (one token, norm
+    /// fused). Prefill: rmsnorm, then vendor BLAS or the tiled kernel, and a
+    /// separate activation kernel for gated pairs.
     fn project(&self, x: DevPtr, norm: Option<(DevPtr, f32)>, n: usize, projs: &[Proj]) -> Result<()> {
         self.project_with(x, norm, n, projs, None)
     }
@@ -508,27 +617,25 @@ impl GpuSession {
         let (m, s) = (&*self.m, self.s);
         let dev = &*m.dev;
         let cols = projs[0].w.cols;
-        let same = |p: &Proj| p.up.map_or(true, |(u, _)| u.ty == p.w.ty);
-        if n == 1 && prep.is_none() && projs.iter().all(|p| ops::matvec_x_fits(p.w, p.up.is_some(), norm.is_some()) && same(p)) {
-            // each kernel prepares x itself (norm fused), no quantize_act;
-            // two plain runs of different types (Q|K and V) in one launch
-            if let [a, b] = projs {
-                if a.up.is_none() && b.up.is_none() && a.out == Out::Store && b.out == Out::Store && ops::matvec_x_pair_fits(a.w, b.w) {
-                    return ops::matvec_x_pair(dev, s, a.w, b.w, x, norm, a.y, b.y);
-                }
+        let same_types = projs.iter().all(|p| p.up.map_or(true, |(u, _)| u.ty == p.w.ty && u.packed == p.w.packed));
+        let prods = projs.iter().map(|p| decode::Product::of(p.w, n, p.up.is_some(), norm.is_some())).collect::<Result<Vec<_>>>()?;
+        let stores = projs.iter().all(|p| p.out == Out::Store);
+        let prepared = prep.is_some() && norm.is_none();
+        match decode::plan(dev.rt.info(), &prods, prepared, stores, same_types) {
+            decode::Plan::Pair => {
+                let [a, b] = projs else { unreachable!("a pair plan has two products") };
+                return decode::launch_pair(dev, s, a.w, b.w, x, norm, a.y, b.y);
             }
-            return projs.iter().try_for_each(|p| ops::matvec_x(dev, s, p.w, p.up, x, norm, p.y, p.out));
-        }
-        if n <= ops::MMV_MAXT && projs.iter().all(|p| ops::decode_kernel(p.w.ty).is_some() && same(p)) {
-            let a = match prep {
-                Some(a) if norm.is_none() => *a,
-                _ => ops::quantize_act(dev, s, &self.act, x, cols, n, norm)?,
-            };
-            return projs.iter().try_for_each(|p| ops::matvec_q(dev, s, p.w, p.up, &a, p.y, p.out));
-        }
-        if n == 1 && projs.iter().all(|p| ops::matvec_fits(dev, p.w.ty, cols, 1) && same(p)) {
-            // one token: the input norm runs inside each projection's kernel
-            return projs.iter().try_for_each(|p| ops::matvec(dev, s, p.w, p.up, x, p.y, 1, p.out, norm));
+            decode::Plan::Raw => return projs.iter().try_for_each(|p| ops::matvec_x(dev, s, p.w, p.up, x, norm, p.y, p.out)),
+            decode::Plan::Prepared => {
+                let a = match prep {
+                    Some(a) if norm.is_none() => *a,
+                    _ => ops::quantize_act(dev, s, &self.act, x, cols, n, norm)?,
+                };
+                return projs.iter().try_for_each(|p| ops::matvec_q(dev, s, p.w, p.up, &a, p.y, p.out));
+            }
+            decode::Plan::Staged => return projs.iter().try_for_each(|p| ops::matvec(dev, s, p.w, p.up, x, p.y, 1, p.out, norm)),
+            decode::Plan::Gemm => {}
         }
         let xin = match norm {
             Some((w, eps)) => {

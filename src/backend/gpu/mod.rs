@@ -1,10 +1,13 @@
 //! What the GPU backends share: the runtime interface ([`runtime`]), the
-//! kernel source and its on-disk cache ([`kernels`]), the device memory
-//! manager ([`memory`]), op launchers ([`ops`]) and the forward pass
-//! ([`forward`]). The CUDA and HIP modules only implement
+//! kernel source and its on-disk cache ([`kernels`]), the kernels' constants
+//! and parameter kinds ([`kernel_table`], generated from `kernels/`), the
+//! device memory manager ([`memory`]), op launchers ([`ops`]) and the
+//! forward pass ([`forward`]). The CUDA and HIP modules only implement
 //! [`runtime::GpuRuntime`].
 
+pub mod decode;
 pub mod forward;
+pub mod kernel_table;
 pub mod kernels;
 pub mod memory;
 pub mod ops;
@@ -17,6 +20,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
+use kernel_table::Param;
 use runtime::{Arg, Func, GpuRuntime, LaunchDims, Stream};
 
 /// The GPU vendors.
@@ -55,7 +59,9 @@ pub struct Device {
     pub kind: GpuKind,
     pub rt: Arc<dyn GpuRuntime>,
     pub origin: kernels::ModuleOrigin,
-    funcs: Mutex<HashMap<String, Func>>,
+    /// Each kernel launched so far: its handle and its parameters (from
+    /// [`kernel_table::KERNELS`]), looked up once per name.
+    funcs: Mutex<HashMap<String, (Func, &'static [Param])>>,
 }
 
 impl std::fmt::Debug for Device {
@@ -88,17 +94,28 @@ pub fn device(kind: GpuKind, index: usize) -> Result<Arc<Device>> {
 
 impl Device {
     pub fn func(&self, name: &str) -> Result<Func> {
-        let mut m = self.funcs.lock();
-        if let Some(f) = m.get(name) {
-            return Ok(*f);
-        }
-        let f = self.rt.function(name)?;
-        m.insert(name.to_string(), f);
-        Ok(f)
+        self.entry(name).map(|(f, _)| f)
     }
 
+    /// Kernel `name`'s handle and parameters, cached. A name the kernel
+    /// table lacks is an error before the module is asked.
+    fn entry(&self, name: &str) -> Result<(Func, &'static [Param])> {
+        let mut m = self.funcs.lock();
+        if let Some(e) = m.get(name) {
+            return Ok(*e);
+        }
+        let sig = signature(name)?;
+        let f = self.rt.function(name)?;
+        m.insert(name.to_string(), (f, sig));
+        Ok((f, sig))
+    }
+
+    /// Launch kernel `name` with `args`, which must match its parameters
+    /// in number and kind ([`check_args`]; an `InvalidArgument` otherwise,
+    /// before anything reaches the device).
     pub fn launch(&self, s: Stream, name: &str, dims: LaunchDims, args: &[Arg]) -> Result<()> {
-        let f = self.func(name)?;
+        let (f, sig) = self.entry(name)?;
+        check_args(name, sig, args)?;
         let timer = profile::start(self.rt.as_ref(), s)?;
         self.rt.launch(s, f, dims, args).map_err(|e| match e {
             Error::BackendUnavailable(m) => Error::BackendUnavailable(format!("kernel {name}: {m}")),
@@ -111,6 +128,46 @@ impl Device {
     pub fn describe(&self) -> String {
         format!("{}:{} {} ({})", self.kind.name(), self.rt.info().index, self.rt.info().name, self.rt.info().arch)
     }
+}
+
+/// Kernel `name`'s parameter kinds, from the generated table (sorted by
+/// name).
+pub(crate) fn signature(name: &str) -> Result<&'static [Param]> {
+    let table = kernel_table::KERNELS;
+    match table.binary_search_by(|&(n, _)| n.cmp(name)) {
+        Ok(i) => Ok(table[i].1),
+        Err(_) => Err(Error::InvalidArgument(format!(
+            "kernel {name} is not in src/backend/gpu/kernel_table.rs (no such kernel in kernels/, or the table is stale: \
+             `FORGE_UPDATE_KERNEL_TABLE=1 cargo test --release --test kernel_table`)"
+        ))),
+    }
+}
+
+fn kind(a: &Arg) -> Param {
+    match a {
+        Arg::Ptr(_) => Param::Ptr,
+        Arg::I32(_) => Param::I32,
+        Arg::F32(_) => Param::F32,
+        Arg::U64(_) => Param::U64,
+    }
+}
+
+/// Whether `args` fit kernel `name`'s parameters `sig`: as many, each of
+/// the declared kind (`Ptr` and `U64` stay distinct, though both pass 8
+/// bytes). An `InvalidArgument` naming the kernel, the first position that
+/// differs and both kinds otherwise.
+pub(crate) fn check_args(name: &str, sig: &[Param], args: &[Arg]) -> Result<()> {
+    if sig.len() == args.len() && sig.iter().zip(args).all(|(&p, a)| p == kind(a)) {
+        return Ok(());
+    }
+    let i = sig.iter().zip(args).position(|(&p, a)| p != kind(a)).unwrap_or(sig.len().min(args.len()));
+    let expected = sig.get(i).map_or_else(|| "none".to_string(), |p| format!("{p:?}"));
+    let given = args.get(i).map_or_else(|| "none".to_string(), |a| format!("{:?}", kind(a)));
+    Err(Error::InvalidArgument(format!(
+        "kernel {name}: argument {i} is {given}, the kernel's parameter {i} is {expected} ({} arguments given, it takes {})",
+        args.len(),
+        sig.len()
+    )))
 }
 
 /// Device-to-device copy bandwidth in bytes/s (bytes read plus written),
@@ -139,4 +196,59 @@ pub fn copy_bandwidth(dev: &Device) -> Result<f64> {
     let mut v = r?;
     v.sort_by(|x, y| x.total_cmp(y));
     Ok(v[v.len() / 2])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_table::{Param::*, KERNELS};
+    use super::*;
+
+    #[test]
+    fn kernel_table_is_sorted_and_unique() {
+        assert!(KERNELS.len() > 100);
+        assert!(KERNELS.windows(2).all(|w| w[0].0 < w[1].0), "KERNELS must be sorted by name (binary search)");
+        assert_eq!(signature("rmsnorm").unwrap(), [Ptr, Ptr, Ptr, I32, F32, I32]);
+        assert_eq!(signature("glu").unwrap(), [Ptr, Ptr, U64, I32]);
+        for &(name, sig) in KERNELS {
+            assert_eq!(signature(name).unwrap(), sig, "{name}");
+        }
+    }
+
+    #[test]
+    fn launch_arguments_are_checked_against_the_table() {
+        let msg = |r: Result<()>| match r {
+            Err(Error::InvalidArgument(m)) => m,
+            r => panic!("expected InvalidArgument, got {r:?}"),
+        };
+        let sig = signature("rmsnorm").unwrap();
+        let ok = [Arg::Ptr(1), Arg::Ptr(2), Arg::Ptr(3), Arg::I32(64), Arg::F32(1e-5), Arg::I32(0)];
+        check_args("rmsnorm", sig, &ok).unwrap();
+        check_args("none", &[], &[]).unwrap();
+
+        // a wrong kind: the kernel, the position and both kinds
+        let mut bad = ok;
+        bad[4] = Arg::I32(0);
+        let m = msg(check_args("rmsnorm", sig, &bad));
+        assert!(m.contains("rmsnorm") && m.contains("argument 4 is I32") && m.contains("parameter 4 is F32"), "{m}");
+        // Ptr and U64 pass the same bytes but are distinct kinds
+        bad = ok;
+        bad[0] = Arg::U64(1);
+        let m = msg(check_args("rmsnorm", sig, &bad));
+        assert!(m.contains("argument 0 is U64") && m.contains("parameter 0 is Ptr"), "{m}");
+
+        // too few, too many
+        let m = msg(check_args("rmsnorm", sig, &ok[..5]));
+        assert!(m.contains("argument 5 is none") && m.contains("parameter 5 is I32") && m.contains("5 arguments given, it takes 6"), "{m}");
+        let mut more = ok.to_vec();
+        more.push(Arg::F32(0.0));
+        let m = msg(check_args("rmsnorm", sig, &more));
+        assert!(m.contains("argument 6 is F32") && m.contains("parameter 6 is none") && m.contains("7 arguments given, it takes 6"), "{m}");
+
+        // a name the table lacks
+        let m = match signature("rmsnorm_v2") {
+            Err(Error::InvalidArgument(m)) => m,
+            r => panic!("expected InvalidArgument, got {r:?}"),
+        };
+        assert!(m.contains("kernel rmsnorm_v2 is not in"), "{m}");
+    }
 }

@@ -5,6 +5,7 @@
 
 use super::memory::Buffer;
 use super::runtime::{Arg, DevPtr, GemmF16, GpuRuntime, LaunchDims, Stream};
+use super::decode::{self, Input, Product, Target};
 use super::Device;
 use crate::error::{Error, Result};
 use crate::model::arch::{FfnAct, RopeStyle};
@@ -50,7 +51,7 @@ impl DevMatrix {
     pub fn row_bytes(&self) -> usize {
         self.ty.row_bytes(self.cols as u64).unwrap_or(0) as usize
     }
-    fn suffix(&self) -> Result<&'static str> {
+    pub(super) fn suffix(&self) -> Result<&'static str> {
         if self.packed {
             return packed_suffix(self.ty).ok_or_else(|| Error::Unsupported(format!("{} has no regrouped device layout", self.ty)));
         }
@@ -162,38 +163,21 @@ pub enum Out {
     Add,
 }
 
-fn act_code(act: FfnAct) -> i32 {
+pub(super) fn act_code(act: FfnAct) -> i32 {
     match act {
         FfnAct::Silu => 2,
         FfnAct::GeluTanh => 3,
     }
 }
 
-/// Output rows per block (`MMV_ROWS` in kernels/matvec.cu).
-const MMV_ROWS: usize = 16;
 /// Most tokens the decode kernels (matvec, mmvq) take at once.
-pub const MMV_MAXT: usize = 8;
-const MMV_THREADS: usize = 256;
+pub const MMV_MAXT: usize = decode::MAXT;
+
 /// Shared memory every device gives a block without asking.
 const SHARED_LIMIT: usize = 48 * 1024;
 
 fn ceil(a: usize, b: usize) -> u32 {
     a.div_ceil(b) as u32
-}
-
-/// Dynamic shared memory of the matvec kernel: x (padded) and, for
-/// quantized types, two staging chunks per warp (`Stage<T>` in matvec.cu).
-fn matvec_shared(dev: &Device, ty: GgmlType, cols: usize, nt: usize) -> usize {
-    let (blk, bytes) = ty.block_geometry();
-    let warp = dev.rt.info().warp_size as usize;
-    let staged = blk != 32 || bytes % 16 != 0;
-    let pitch = ((warp * 32 / blk) * bytes).div_ceil(16) * 16;
-    (nt * (cols / 32) * 33 * 4).div_ceil(16) * 16 + if staged { (MMV_THREADS / warp) * 2 * pitch } else { 0 }
-}
-
-/// Whether the matvec kernel takes this product (few tokens, x fits shared memory).
-pub fn matvec_fits(dev: &Device, ty: GgmlType, cols: usize, nt: usize) -> bool {
-    nt <= MMV_MAXT && matvec_shared(dev, ty, cols, nt) <= dev.rt.info().max_shared
 }
 
 fn check(w: &DevMatrix) -> Result<()> {
@@ -203,31 +187,32 @@ fn check(w: &DevMatrix) -> Result<()> {
     Ok(())
 }
 
+/// Whether the older matvec kernel takes this product (few tokens, x fits
+/// shared memory).
+pub fn matvec_fits(dev: &Device, ty: GgmlType, cols: usize, nt: usize) -> bool {
+    nt <= MMV_MAXT && decode::matvec_shared(dev.rt.info(), ty, cols, nt) <= dev.rt.info().max_shared
+}
+
+/// Launch the variant of class `input` that [`decode::choose`] gives W.
+fn decode_product(dev: &Device, s: Stream, input: Input, w: &DevMatrix, nt: usize, x: decode::X, t: Target) -> Result<()> {
+    let norm = matches!(x, decode::X::F32 { norm: Some(_), .. });
+    let p = Product::of(w, nt, t.glu.is_some(), norm)?;
+    let Some(v) = decode::choose(dev.rt.info(), input, &p) else {
+        return Err(Error::InvalidArgument(format!("no {input:?} decode kernel takes {} {}x{} for {nt} tokens{}", w.ty, w.rows, w.cols, if norm { " with a norm" } else { "" })));
+    };
+    decode::launch(dev, s, v, w, x, t)
+}
+
 /// y (nt, rows) = / += W x, x (nt, cols); or, with `glu = Some((w2, act))`,
 /// y = act(W x) * (W2 x). With `norm = Some((weight, eps))` (one token
 /// only) x is RMS-normalized first, inside the kernel. Needs [`matvec_fits`].
 #[allow(clippy::too_many_arguments)]
 pub fn matvec(dev: &Device, s: Stream, w: &DevMatrix, glu: Option<(&DevMatrix, FfnAct)>, x: DevPtr, y: DevPtr, nt: usize, out: Out, norm: Option<(DevPtr, f32)>) -> Result<()> {
-    check(w)?;
-    if !matvec_fits(dev, w.ty, w.cols, nt) || nt == 0 {
-        return Err(Error::InvalidArgument(format!("matvec: {nt} tokens of {} columns do not fit the kernel", w.cols)));
-    }
-    if norm.is_some() && nt != 1 {
-        return Err(Error::InvalidArgument("matvec: the fused RMSNorm takes one token".into()));
-    }
-    let (nw, eps) = norm.unwrap_or((0, 0.0));
-    let (w2, mode) = gate_pair(w, glu, out)?;
-    let dims = LaunchDims { grid: (ceil(w.rows, MMV_ROWS), 1, 1), block: MMV_THREADS as u32, shared: matvec_shared(dev, w.ty, w.cols, nt) as u32 };
-    let args = [
-        Arg::Ptr(w.ptr), Arg::Ptr(w2), Arg::Ptr(x), Arg::Ptr(y), Arg::I32(w.rows as i32), Arg::I32(w.cols as i32),
-        Arg::I32(nt as i32), Arg::I32(mode), Arg::Ptr(nw), Arg::F32(eps),
-    ];
-    dev.launch(s, &format!("matvec_{}", w.suffix()?), dims, &args)
+    decode_product(dev, s, Input::Staged, w, nt, decode::X::F32 { x, norm, nt }, Target { y, out, glu })
 }
 
-/// The kernel [`matvec_q`] uses for a weight type (kernels/mmvq.cu):
-/// integer dot products (`mmvq_*`) or f32 products on f32 activations
-/// (`mmvf_*`); `None` for the types that only [`matvec`] takes.
+/// Whether [`matvec_q`] takes this type (integer `mmvq_*` kernels, or f32
+/// products on the f32 copy for float types).
 pub fn decode_kernel(ty: GgmlType) -> Option<&'static str> {
     use GgmlType::*;
     match ty {
@@ -235,13 +220,6 @@ pub fn decode_kernel(ty: GgmlType) -> Option<&'static str> {
         F32 | F16 | BF16 => Some("mmvf"),
         _ => None,
     }
-}
-
-const MMVQ_THREADS: u32 = 128;
-
-/// Warps in a decode-product block: its rows in the one-row-per-warp forms.
-fn mmvq_warps(dev: &Device) -> usize {
-    MMVQ_THREADS as usize / dev.rt.info().warp_size as usize
 }
 
 /// Device scratch for activations prepared by [`quantize_act`]: up to
@@ -307,60 +285,25 @@ impl ActQ {
     pub fn ptrs(&self) -> [DevPtr; 4] {
         [self.q, self.d, self.s, self.f]
     }
+    /// Tokens.
+    pub fn nt(&self) -> usize {
+        self.nt
+    }
 }
 
 /// y (nt, rows) = / += W x for x prepared by [`quantize_act`]; or, with
 /// `glu = Some((w2, act))`, y = act(W x) * (W2 x). Needs [`decode_kernel`].
 pub fn matvec_q(dev: &Device, s: Stream, w: &DevMatrix, glu: Option<(&DevMatrix, FfnAct)>, a: &ActQ, y: DevPtr, out: Out) -> Result<()> {
-    check(w)?;
-    let Some(kernel) = decode_kernel(w.ty).filter(|_| w.cols == a.cols) else {
+    if w.cols != a.cols {
         return Err(Error::InvalidArgument(format!("matvec_q: {} with {} columns for activations of {}", w.ty, w.cols, a.cols)));
-    };
-    let (w2, mode) = gate_pair(w, glu, out)?;
-    // one token: the integer kernel takes 4 rows per block (2 for a gated
-    // pair, `_glu`), or one per warp (`_w`) for rows shorter than 2048
-    // values; the float one 2 rows per block; more tokens: the `_n` form,
-    // one row per block
-    let warps = mmvq_warps(dev);
-    let short = w.cols < 2048;
-    let (rows_per_block, tail) = match (a.nt, kernel) {
-        (1, "mmvq") if glu.is_some() => if short { (warps, "_glu_w") } else { (2, "_glu") },
-        (1, "mmvq") => if short { (warps, "_w") } else { (4, "") },
-        (1, _) => (2, ""),
-        _ => (1, "_n"),
-    };
-    let dims = LaunchDims { grid: (ceil(w.rows, rows_per_block), 1, 1), block: MMVQ_THREADS, shared: 0 };
-    let (rows, cols, nt, mode) = (Arg::I32(w.rows as i32), Arg::I32(w.cols as i32), Arg::I32(a.nt as i32), Arg::I32(mode));
-    let name = format!("{kernel}_{}{tail}", w.suffix()?);
-    if kernel == "mmvq" {
-        dev.launch(s, &name, dims, &[Arg::Ptr(w.ptr), Arg::Ptr(w2), Arg::Ptr(a.q), Arg::Ptr(a.d), Arg::Ptr(a.s), Arg::Ptr(y), rows, cols, nt, mode])
-    } else {
-        dev.launch(s, &name, dims, &[Arg::Ptr(w.ptr), Arg::Ptr(w2), Arg::Ptr(a.f), Arg::Ptr(y), rows, cols, nt, mode])
     }
+    decode_product(dev, s, Input::Prepared, w, a.nt, decode::X::Prepared(a), Target { y, out, glu })
 }
 
-/// Most bytes of x (f32) the blocks of one long-row [`matvec_x`] read in
-/// all, each block preparing the whole x again.
-const X_REREAD_LIMIT: usize = 8 << 20;
-/// kernels/mmvq.cu MMVQ_X_MAXCOLS.
-const X_MAXCOLS: usize = 8192;
-/// kernels/mmvq.cu MMVQ_X_THREADS: the block of a long-row `_x` product.
-const X_THREADS: u32 = 256;
-
 /// Whether [`matvec_x`] takes W (a gated pair when `gated`, after an RMS
-/// norm when `norm`): an integer decode type, whole groups of 32, and
-/// either rows shorter than 2048 values and at most 16384 of them (the
-/// one-row-per-warp `_wx` kernels; each block prepares the whole x again:
-/// cheap for the layers' matrices, not for a 151936-row output matrix,
-/// which takes [`quantize_act`] once), or, for a plain product without a
-/// norm, rows of at most 8192 values in few enough blocks of 4 rows that
-/// their reads of x stay under 8 MiB (the `_x` kernels: Qwen2.5-0.5B's
-/// 896 × 4864 down matrix, not the 7B's 4096 × 11008).
-pub fn matvec_x_fits(w: &DevMatrix, gated: bool, norm: bool) -> bool {
-    let int = decode_kernel(w.ty) == Some("mmvq") && w.cols % 32 == 0;
-    let short = w.cols < 2048 && w.rows <= 16384;
-    let long = !gated && !norm && w.cols <= X_MAXCOLS && w.rows.div_ceil(4) * w.cols * 4 <= X_REREAD_LIMIT;
-    int && (short || long)
+/// norm when `norm`): a `Raw` row of [`decode::VARIANTS`].
+pub fn matvec_x_fits(w: &DevMatrix, gated: bool, norm: bool, info: &super::runtime::DeviceInfo) -> bool {
+    Product::of(w, 1, gated, norm).is_ok_and(|p| decode::choose(info, Input::Raw, &p).is_some())
 }
 
 /// One token: y = / += W x, or y = act(W x) * (W2 x) with `glu`, for x in
@@ -368,82 +311,25 @@ pub fn matvec_x_fits(w: &DevMatrix, gated: bool, norm: bool) -> bool {
 /// prepares x itself (no [`quantize_act`]). Needs [`matvec_x_fits`].
 #[allow(clippy::too_many_arguments)]
 pub fn matvec_x(dev: &Device, s: Stream, w: &DevMatrix, glu: Option<(&DevMatrix, FfnAct)>, x: DevPtr, norm: Option<(DevPtr, f32)>, y: DevPtr, out: Out) -> Result<()> {
-    check(w)?;
-    if !matvec_x_fits(w, glu.is_some(), norm.is_some()) {
-        return Err(Error::InvalidArgument(format!("matvec_x: {} {}x{} is not for this kernel", w.ty, w.rows, w.cols)));
-    }
-    let (w2, mode) = gate_pair(w, glu, out)?;
-    let (nw, eps) = norm.unwrap_or((0, 0.0));
-    let (rows, cols) = (Arg::I32(w.rows as i32), Arg::I32(w.cols as i32));
-    if w.cols >= 2048 {
-        // the long-row form: 4 rows per block, no norm, no pair
-        let dims = LaunchDims { grid: (ceil(w.rows, 4), 1, 1), block: X_THREADS, shared: 0 };
-        return dev.launch(s, &format!("mmvq_{}_x", w.suffix()?), dims, &[Arg::Ptr(w.ptr), Arg::Ptr(x), Arg::Ptr(y), rows, cols, Arg::I32(mode)]);
-    }
-    let warps = mmvq_warps(dev);
-    let rw = wx_rows_per_warp(dev, w, glu.is_some());
-    let dims = LaunchDims { grid: (ceil(w.rows, warps * rw), 1, 1), block: MMVQ_THREADS, shared: 0 };
-    let name = format!("mmvq_{}{}", w.suffix()?, if rw == 2 { "_glu_wx2" } else if glu.is_some() { "_glu_wx" } else { "_wx" });
-    let args = [Arg::Ptr(w.ptr), Arg::Ptr(w2), Arg::Ptr(x), Arg::Ptr(nw), Arg::F32(eps), Arg::Ptr(y), rows, cols, Arg::I32(mode)];
-    dev.launch(s, &name, dims, &args)
+    decode_product(dev, s, Input::Raw, w, 1, decode::X::F32 { x, norm, nt: 1 }, Target { y, out, glu })
 }
 
-/// Rows per warp of a short-row [`matvec_x`]: 2 (`_glu_wx2`) for a gated
-/// pair with rows enough for 4 blocks per multiprocessor even so (every
-/// block prepares x again: Qwen2.5-0.5B's 4864-row gate/up spend more of
-/// their instructions on that than on the weights), else 1.
+/// Rows per warp of a short-row [`matvec_x`]: 2 where the table picks
+/// `_glu_wx2`, else 1.
 pub fn wx_rows_per_warp(dev: &Device, w: &DevMatrix, gated: bool) -> usize {
-    let blocks_rw2 = w.rows.div_ceil(2 * mmvq_warps(dev));
-    if gated && w.cols < 2048 && blocks_rw2 >= 4 * dev.rt.info().multiprocessors as usize {
-        2
-    } else {
-        1
-    }
+    let two = Product::of(w, 1, gated, false).ok().and_then(|p| decode::choose(dev.rt.info(), Input::Raw, &p)).is_some_and(|v| v.tail == "_glu_wx2");
+    if two { 2 } else { 1 }
 }
 
-/// The type pairs with a `mmvq_pair_<a>_<b>` kernel (kernels/mmvq.cu), as
-/// device suffixes.
-const PAIRS: [(&str, &str); 5] = [("q5_0x4", "q8_0x4"), ("q5_0", "q8_0"), ("q4_k", "q6_k"), ("q5_k", "q6_k"), ("q4_k", "q5_k")];
-
-/// Whether [`matvec_x_pair`] takes a and b: one of `PAIRS`, each a
-/// short-row [`matvec_x`] product of the same x.
-pub fn matvec_x_pair_fits(a: &DevMatrix, b: &DevMatrix) -> bool {
-    let short = |w: &DevMatrix| matvec_x_fits(w, false, false) && w.cols < 2048;
-    short(a) && short(b) && a.cols == b.cols && matches!((a.suffix(), b.suffix()), (Ok(sa), Ok(sb)) if PAIRS.contains(&(sa, sb)))
+/// Whether [`matvec_x_pair`] takes a and b (no norm).
+pub fn matvec_x_pair_fits(a: &DevMatrix, b: &DevMatrix, info: &super::runtime::DeviceInfo) -> bool {
+    matches!((Product::of(a, 1, false, false), Product::of(b, 1, false, false)), (Ok(pa), Ok(pb)) if decode::pair_fits(info, &pa, &pb))
 }
 
-/// One token, two products of one x in one launch: ya = A x, yb = B x (x
-/// RMS-normalized first with `norm`), as two [`matvec_x`] calls would give
-/// them, bit for bit. Needs [`matvec_x_pair_fits`].
+/// One token, two products of one x in one launch: see [`decode::launch_pair`].
 #[allow(clippy::too_many_arguments)]
 pub fn matvec_x_pair(dev: &Device, s: Stream, a: &DevMatrix, b: &DevMatrix, x: DevPtr, norm: Option<(DevPtr, f32)>, ya: DevPtr, yb: DevPtr) -> Result<()> {
-    check(a)?;
-    check(b)?;
-    if !matvec_x_pair_fits(a, b) {
-        return Err(Error::InvalidArgument(format!("matvec_x_pair: no pair kernel for {} {}x{} and {} {}x{}", a.ty, a.rows, a.cols, b.ty, b.rows, b.cols)));
-    }
-    let (nw, eps) = norm.unwrap_or((0, 0.0));
-    let warps = mmvq_warps(dev);
-    let dims = LaunchDims { grid: (ceil(a.rows, warps) + ceil(b.rows, warps), 1, 1), block: MMVQ_THREADS, shared: 0 };
-    let name = format!("mmvq_pair_{}_{}", a.suffix()?, b.suffix()?);
-    let args = [
-        Arg::Ptr(a.ptr), Arg::Ptr(b.ptr), Arg::Ptr(x), Arg::Ptr(nw), Arg::F32(eps), Arg::Ptr(ya), Arg::Ptr(yb),
-        Arg::I32(a.rows as i32), Arg::I32(b.rows as i32), Arg::I32(a.cols as i32),
-    ];
-    dev.launch(s, &name, dims, &args)
-}
-
-/// The second matrix and kernel mode of a product: 0 store, 1 add, 2/3 gated.
-fn gate_pair(w: &DevMatrix, glu: Option<(&DevMatrix, FfnAct)>, out: Out) -> Result<(DevPtr, i32)> {
-    match glu {
-        Some((w2, act)) => {
-            if w2.ty != w.ty || w2.rows != w.rows || w2.cols != w.cols {
-                return Err(Error::InvalidArgument("matvec: gated pair must share type and shape".into()));
-            }
-            Ok((w2.ptr, act_code(act)))
-        }
-        None => Ok((0, if out == Out::Add { 1 } else { 0 })),
-    }
+    decode::launch_pair(dev, s, a, b, x, norm, ya, yb)
 }
 
 /// Device scratch for the vendor-BLAS path: a slab of W in f16 and X in f16.
@@ -702,11 +588,7 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
     )
 }
 
-/// Warps per attention block (`ATT_WARPS` in kernels/attention.cu).
-const ATT_WARPS: usize = 4;
-
-/// Most key splits of the decode kernel (its merge keeps one weight per split).
-const MAX_SPLITS: usize = 64;
+use super::kernel_table::{ATT_MAX_SPLITS as MAX_SPLITS, ATT_WARPS};
 
 /// Key splits for decode at context size `n_ctx`: the most the kernel may
 /// use, one per 128 keys (a tile per warp) up to [`MAX_SPLITS`]. A captured
