@@ -604,7 +604,8 @@ func (m *Model) Stream(ctx context.Context, prompt []int32, opts GenerateOptions
 
 // ---- many sequences: the engine ----
 
-// EngineOptions sizes an Engine. Zero values are the library's defaults.
+// EngineOptions sizes an Engine and says what it does when full. Zero
+// values are the library's defaults.
 type EngineOptions struct {
 	// ContextSize is the most positions one sequence may hold,
 	// 0..MaxContextSize (0 = the Model's context size).
@@ -613,6 +614,10 @@ type EngineOptions struct {
 	// rounded down to whole blocks of 16 positions and at least one full
 	// sequence (0 = four full sequences).
 	KVBudget uint64
+	// Preempt: a batch the pool cannot hold preempts the newest sequences
+	// until it fits, instead of failing Decode with ErrKVExhausted
+	// (Engine.SetPreempt).
+	Preempt bool
 }
 
 // SeqID names a sequence of an Engine. Ids are not reused while the Engine
@@ -678,6 +683,12 @@ func (m *Model) NewEngine(opts EngineOptions) (*Engine, error) {
 	var e *C.forge_engine
 	if err := check(C.forge_engine_new(m.ctx, &p, &e)); err != nil {
 		return nil, err
+	}
+	if opts.Preempt {
+		if err := check(C.forge_engine_set_preempt(e, 1)); err != nil {
+			C.forge_engine_free(e)
+			return nil, err
+		}
 	}
 	return &Engine{e: e, model: m, nVocab: int(C.forge_n_vocab(m.ctx))}, nil
 }
@@ -807,7 +818,8 @@ func (e *Engine) ReusePrefix(seq SeqID, tokens []int32) (int, error) {
 // sequence has moved. Errors: ErrInvalidArgument (no rows, a bad sequence
 // id, token or position), ErrContextFull (a sequence past ContextSize),
 // ErrKVExhausted (the pool cannot hold the batch: free or truncate a
-// sequence and retry). Decode runs on the calling goroutine.
+// sequence and retry; with Preempt on, the batch runs instead, less the
+// sequences Preempted names). Decode runs on the calling goroutine.
 func (e *Engine) Decode(rows []BatchRow) error {
 	crows := make([]C.forge_batch_row, len(rows))
 	for i, r := range rows {
@@ -854,6 +866,45 @@ func (e *Engine) LogitsInto(row int, dst []float32) ([]float32, error) {
 		return nil, err
 	}
 	return dst, nil
+}
+
+// SetPreempt says what Decode does with a batch the pool cannot hold: off
+// (the default) it fails with ErrKVExhausted; on, it preempts the newest
+// sequences (by creation; forks are new) one by one until the rest fits. A
+// preempted sequence keeps its id but holds no positions afterwards (SeqLen
+// 0: decode its tokens again later), and its rows in that batch get no
+// logits (Logits is ErrInvalidArgument). The oldest sequence with rows in
+// the batch is never preempted.
+func (e *Engine) SetPreempt(on bool) error {
+	if err := e.lock(); err != nil {
+		return err
+	}
+	defer e.mu.Unlock()
+	var c C.int32_t
+	if on {
+		c = 1
+	}
+	return check(C.forge_engine_set_preempt(e.e, c))
+}
+
+// Preempted returns the sequences the last Decode preempted, in order
+// (empty when none).
+func (e *Engine) Preempted() ([]SeqID, error) {
+	if err := e.lock(); err != nil {
+		return nil, err
+	}
+	defer e.mu.Unlock()
+	var n C.size_t
+	st := C.forge_engine_preempted(e.e, nil, 0, &n)
+	var ids []SeqID
+	if st == C.FORGE_ERR_BUFFER_TOO_SMALL {
+		ids = make([]SeqID, int(n)) // SeqID is an int32: the C ids' layout
+		st = C.forge_engine_preempted(e.e, (*C.int32_t)(unsafe.Pointer(&ids[0])), C.size_t(len(ids)), &n)
+	}
+	if err := check(st); err != nil {
+		return nil, err
+	}
+	return ids[:int(n)], nil
 }
 
 // Stats reports the KV pool.

@@ -613,6 +613,90 @@ func TestEngineKVExhausted(t *testing.T) {
 	wantStatus(t, "negative ContextSize", err, ErrInvalidArgument)
 }
 
+// Preemption: a pool of exactly 6 blocks (SmolLM2-135M keeps (kv_dim +
+// v_dim) * 2 bytes * n_layer = (192 + 192) * 2 * 30 bytes per position, 16
+// positions a block). a and b hold 20 positions (2 blocks each), the newer
+// c 1 (1 block); 20 more rows each need a and b at 3 blocks and c at 2: 8 >
+// 6. Without Preempt that batch is ErrKVExhausted; with it c is preempted
+// (a and b then fill the 6 blocks), its rows get no logits and it holds
+// nothing. The option and SetPreempt do the same.
+func TestEnginePreempt(t *testing.T) {
+	defer failOnPanic(t)
+	m := load(t)
+	toks := make([]int32, 20)
+	for i := range toks {
+		toks[i] = int32(100 + i)
+	}
+	for _, preempt := range []bool{false, true} {
+		e := newEngine(t, m, EngineOptions{ContextSize: 48, KVBudget: 6 * 16 * (192 + 192) * 2 * 30, Preempt: preempt})
+		if st := must(e.Stats()); st.BlocksTotal != 6 {
+			t.Fatalf("stats %+v, want 6 blocks", st)
+		}
+		a, b := must(e.NewSeq()), must(e.NewSeq())
+		if err := e.Decode(append(prefillRows(a, 0, toks), prefillRows(b, 0, toks)...)); err != nil {
+			t.Fatal(err)
+		}
+		if p := must(e.Preempted()); len(p) != 0 {
+			t.Fatalf("preempted %v after a batch that fits", p)
+		}
+		c := must(e.NewSeq())
+		if err := e.Decode([]BatchRow{{Seq: c, Token: 1, Pos: 0}}); err != nil {
+			t.Fatal(err)
+		}
+		if st := must(e.Stats()); st.BlocksUsed != 5 {
+			t.Fatalf("stats %+v, want 5 blocks used", st)
+		}
+		// a's last row is 19, b's 39, c's 59
+		rows := append(append(prefillRows(a, 20, toks), prefillRows(b, 20, toks)...), prefillRows(c, 1, toks)...)
+		if !preempt {
+			wantStatus(t, "a batch past the pool without Preempt", e.Decode(rows), ErrKVExhausted, "blocks")
+			if p := must(e.Preempted()); len(p) != 0 {
+				t.Fatalf("preempted %v by a refused batch", p)
+			}
+			if must(e.SeqLen(a)) != 20 || must(e.SeqLen(b)) != 20 || must(e.SeqLen(c)) != 1 {
+				t.Fatal("a refused batch moved a sequence")
+			}
+			if err := e.SetPreempt(true); err != nil { // the same batch now runs
+				t.Fatal(err)
+			}
+		}
+		if err := e.Decode(rows); err != nil {
+			t.Fatalf("Preempt %v: %v", preempt, err)
+		}
+		if p := must(e.Preempted()); len(p) != 1 || p[0] != c {
+			t.Fatalf("preempted %v, want [%d]", p, c)
+		}
+		if la, lb, lc := must(e.SeqLen(a)), must(e.SeqLen(b)), must(e.SeqLen(c)); la != 40 || lb != 40 || lc != 0 {
+			t.Fatalf("lengths %d %d %d, want 40 40 0", la, lb, lc)
+		}
+		if st := must(e.Stats()); st.BlocksUsed != 6 {
+			t.Fatalf("stats %+v, want 6 blocks used", st)
+		}
+		for _, row := range []int{19, 39} {
+			if l := must(e.Logits(row)); len(l) != e.NVocab() {
+				t.Fatalf("row %d: %d logits", row, len(l))
+			}
+		}
+		_, err := e.Logits(59)
+		wantStatus(t, "a preempted sequence's row", err, ErrInvalidArgument)
+		// the next decode that needs no preemption names none
+		if err := e.Decode([]BatchRow{{Seq: a, Token: 1, Pos: 40, Logits: true}}); err != nil {
+			t.Fatal(err)
+		}
+		if p := must(e.Preempted()); len(p) != 0 {
+			t.Fatalf("preempted %v after a batch that fits", p)
+		}
+		// turned off again, a batch that does not fit is refused
+		if err := e.SetPreempt(false); err != nil {
+			t.Fatal(err)
+		}
+		wantStatus(t, "Preempt turned off", e.Decode(prefillRows(c, 0, toks)), ErrKVExhausted)
+		if must(e.SeqLen(b)) != 40 || must(e.SeqLen(c)) != 0 {
+			t.Fatal("a refused batch moved a sequence")
+		}
+	}
+}
+
 // An Engine outlives its Model (the library keeps the weights); a closed or
 // nil Engine is ErrClosed from every method, Close is idempotent; a closed
 // Model cannot make one; concurrent calls serialize.
@@ -667,7 +751,8 @@ func TestEngineLifetime(t *testing.T) {
 		_, err4 := c.ReusePrefix(0, hello)
 		_, err5 := c.Logits(0)
 		_, err6 := c.Stats()
-		for i, err := range []error{err1, err2, err3, err4, err5, err6, c.FreeSeq(0), c.KeepSeq(0, 0), c.Decode(prefillRows(0, 0, hello))} {
+		_, err7 := c.Preempted()
+		for i, err := range []error{err1, err2, err3, err4, err5, err6, err7, c.SetPreempt(true), c.FreeSeq(0), c.KeepSeq(0, 0), c.Decode(prefillRows(0, 0, hello))} {
 			if !errors.Is(err, ErrClosed) || !strings.Contains(err.Error(), "engine is closed") {
 				t.Fatalf("call %d on a closed engine: %v", i, err)
 			}

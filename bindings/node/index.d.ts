@@ -85,6 +85,8 @@ export interface EngineOptions {
   contextSize?: number;
   /** bytes of KV cache for all sequences (whole blocks of 16 positions, at least one full sequence); 0 = four full sequences */
   kvBudget?: number;
+  /** a batch the pool cannot hold preempts the newest sequences until it fits, instead of FORGE_ERR_KV_EXHAUSTED (Engine.setPreempt); default false */
+  preempt?: boolean;
 }
 
 /** One row of a batch: `token` appended to sequence `seq` at position `pos` (its length, plus one per earlier row of it in the batch). */
@@ -129,13 +131,17 @@ export class Engine {
   seqLen(seq: number): number;
   /** positions reused from the prefix cache for an empty sequence's prompt */
   reusePrefix(seq: number, tokens: ArrayLike<number>): number;
-  /** one batch on a worker thread; rejects with FORGE_ERR_KV_EXHAUSTED, FORGE_ERR_CONTEXT_FULL, FORGE_ERR_INVALID_ARGUMENT (nothing moved) */
+  /** one batch on a worker thread; rejects with FORGE_ERR_KV_EXHAUSTED (unless preempting), FORGE_ERR_CONTEXT_FULL, FORGE_ERR_INVALID_ARGUMENT (nothing moved) */
   decode(rows: ArrayLike<BatchRow>): Promise<void>;
   /** one batch on the JS thread (blocks the event loop) */
   decodeSync(rows: ArrayLike<BatchRow>): void;
   /** row's logits of the last decode (nVocab floats), into `out` when given */
   logits(row: number, out?: Float32Array): Float32Array;
   stats(): KvStats;
+  /** true: a batch the pool cannot hold preempts the newest sequences (length 0 afterwards, no logits for their rows in it); false: FORGE_ERR_KV_EXHAUSTED */
+  setPreempt(on: boolean): void;
+  /** the sequence ids the last decode preempted, in order ([] when none) */
+  preempted(): number[];
   close(): void;
 }
 

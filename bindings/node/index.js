@@ -55,7 +55,9 @@ class Model {
    * copied; the engine keeps them loaded, so this model may be closed first).
    * options: {contextSize: most positions per sequence (0 = this model's),
    * kvBudget: bytes of KV cache for all sequences (0 = four full sequences;
-   * at least one)}. Works while a generation runs on this model.
+   * at least one), preempt: a batch the pool cannot hold preempts the
+   * newest sequences instead of FORGE_ERR_KV_EXHAUSTED (Engine.setPreempt)}.
+   * Works while a generation runs on this model.
    */
   newEngine(options = {}) {
     return new Engine(this.#native().newEngine(options));
@@ -180,6 +182,8 @@ class Engine {
    * decode steps of any sequences together) on a worker thread. All or
    * nothing: a rejection (FORGE_ERR_INVALID_ARGUMENT, FORGE_ERR_CONTEXT_FULL,
    * FORGE_ERR_KV_EXHAUSTED) moved no sequence, and the engine stays usable.
+   * With preemption on, a batch the pool cannot hold runs instead, less the
+   * sequences preempted() names.
    */
   decode(rows) {
     return this.#native().decode(Array.from(rows));
@@ -195,6 +199,22 @@ class Engine {
    */
   logits(row, out) {
     return this.#native().logits(row, out);
+  }
+  /**
+   * What decode does with a batch the KV pool cannot hold: false (the
+   * default) rejects it with FORGE_ERR_KV_EXHAUSTED; true preempts the newest
+   * sequences (by creation; forks are new) one by one until the rest fits. A
+   * preempted sequence keeps its id but holds no positions afterwards (seqLen
+   * 0: decode its tokens again later), and its rows in that batch get no
+   * logits (logits() throws FORGE_ERR_INVALID_ARGUMENT). The oldest sequence
+   * with rows in the batch is never preempted.
+   */
+  setPreempt(on) {
+    this.#native().setPreempt(Boolean(on));
+  }
+  /** The sequence ids the last decode preempted, in order ([] when none). */
+  preempted() {
+    return this.#native().preempted();
   }
   /** KV pool statistics: {blocksTotal, blockSize, blocksUsed, blocksFree, blocksCached, prefixHits, prefixTokensReused, cowCopies, nSeqs}. */
   stats() {

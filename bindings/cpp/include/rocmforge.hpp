@@ -320,11 +320,14 @@ class Context {
     std::unique_ptr<forge_ctx, detail::CtxDeleter> h_;
 };
 
-/// Sizes of an Engine (forge_engine_params).
+/// Sizes of an Engine (forge_engine_params) and what it does when full.
 struct EngineOptions {
     uint32_t n_ctx = 0;      ///< most positions one sequence may hold, 0..FORGE_MAX_CTX; 0 = the Context's n_ctx
     uint64_t kv_budget = 0;  ///< bytes of KV cache for all sequences (whole blocks of 16 positions, at least one
                              ///< full sequence); 0 = four full sequences
+    /// A batch the pool cannot hold: false throws FORGE_ERR_KV_EXHAUSTED;
+    /// true preempts the newest sequences until it fits (Engine::set_preempt).
+    bool preempt = false;
 };
 
 /// One row of a batch: `token` appended to sequence `seq` at position `pos`
@@ -354,7 +357,8 @@ class Engine {
         p.kv_budget = o.kv_budget;
         forge_engine *e = nullptr;
         detail::check(forge_engine_new(ctx.get(), &p, &e), "forge_engine_new");
-        h_.reset(e);
+        h_.reset(e);  // owned from here: if set_preempt throws, h_'s destructor frees it
+        if (o.preempt) set_preempt(true);
     }
 
     /// A new, empty sequence.
@@ -395,7 +399,9 @@ class Engine {
     /// FORGE_ERR_INVALID_ARGUMENT (no rows, a bad sequence, token or
     /// position), FORGE_ERR_CONTEXT_FULL (a sequence past n_ctx),
     /// FORGE_ERR_KV_EXHAUSTED (the pool cannot hold the batch: free or
-    /// truncate a sequence; the engine stays usable).
+    /// truncate a sequence; the engine stays usable). With preemption on
+    /// (EngineOptions::preempt, set_preempt) such a batch runs instead, less
+    /// the sequences preempted() names.
     void decode(const BatchRow *rows, size_t n_rows) {
         std::vector<forge_batch_row> c(n_rows);
         for (size_t i = 0; i < n_rows; i++) c[i] = {rows[i].seq, rows[i].token, rows[i].pos, rows[i].logits ? 1 : 0};
@@ -415,6 +421,28 @@ class Engine {
     void logits(size_t row, std::vector<float> &out) const {
         out.resize(static_cast<size_t>(n_vocab_));
         detail::check(forge_engine_logits(get(), row, out.data(), out.size()), "forge_engine_logits");
+    }
+
+    /// What decode does with a batch the pool cannot hold: false (the
+    /// default) throws FORGE_ERR_KV_EXHAUSTED; true preempts the newest
+    /// sequences (by creation; forks are new) one by one until the rest fits.
+    /// A preempted sequence keeps its id but holds no positions afterwards
+    /// (seq_len 0: decode its tokens again later) and its rows in that batch
+    /// get no logits (logits() throws FORGE_ERR_INVALID_ARGUMENT). The oldest
+    /// sequence with rows in the batch is never preempted.
+    void set_preempt(bool on) { detail::check(forge_engine_set_preempt(get(), on ? 1 : 0), "forge_engine_set_preempt"); }
+    /// The sequences the last decode preempted, in order (empty if none).
+    [[nodiscard]] std::vector<int32_t> preempted() const {
+        std::vector<int32_t> ids;
+        size_t n = 0;
+        forge_status st = forge_engine_preempted(get(), nullptr, 0, &n);
+        if (st == FORGE_ERR_BUFFER_TOO_SMALL) {
+            ids.resize(n);
+            st = forge_engine_preempted(get(), ids.data(), ids.size(), &n);
+        }
+        detail::check(st, "forge_engine_preempted");
+        ids.resize(n);
+        return ids;
     }
 
     /// KV pool statistics.

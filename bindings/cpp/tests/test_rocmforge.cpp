@@ -486,6 +486,64 @@ int main() {
         big.n_ctx = FORGE_MAX_CTX + 1u;
         CHECK(status_of([&] { rocmforge::Engine e4(ctx, big); }) == FORGE_ERR_INVALID_ARGUMENT);
     }
+    // 13. preemption: a pool of exactly 6 blocks (SmolLM2-135M keeps
+    //     (kv_dim + v_dim) * 2 bytes * n_layer = (192 + 192) * 2 * 30 bytes
+    //     per position, 16 positions a block). a and b hold 20 positions (2
+    //     blocks each), the newer c 1 (1 block); 20 more rows each need a, b
+    //     at 3 blocks and c at 2: 8 > 6. Without preemption that batch is
+    //     KV_EXHAUSTED; with it c is preempted (a and b then fill the 6
+    //     blocks), its rows get no logits and it holds nothing. The option
+    //     and set_preempt do the same.
+    {
+        rocmforge::EngineOptions o;
+        o.n_ctx = 48;
+        o.kv_budget = 6ull * 16 * (192 + 192) * 2 * 30;
+        std::vector<int32_t> toks(20);
+        for (size_t i = 0; i < toks.size(); i++) toks[i] = static_cast<int32_t>(100 + i);
+        for (bool preempt : {false, true}) {
+            o.preempt = preempt;
+            rocmforge::Engine eng(ctx, o);
+            CHECK(eng.stats().blocks_total == 6);
+            const int32_t a = eng.seq_new(), b = eng.seq_new();
+            auto rows = prefill_rows(a, 0, toks);
+            for (auto &r : prefill_rows(b, 0, toks)) rows.push_back(r);
+            eng.decode(rows);
+            CHECK(eng.preempted().empty());
+            const int32_t c = eng.seq_new();
+            eng.decode({{c, 1, 0, false}});
+            CHECK(eng.stats().blocks_used == 5);
+            rows = prefill_rows(a, 20, toks);  // a's last row: 19
+            for (auto &r : prefill_rows(b, 20, toks)) rows.push_back(r);  // b's: 39
+            for (auto &r : prefill_rows(c, 1, toks)) rows.push_back(r);   // c's: 59
+            if (!preempt) {
+                auto [st, msg] = error_of([&] { eng.decode(rows); });
+                CHECK(st == FORGE_ERR_KV_EXHAUSTED);
+                CHECK(has(msg, "blocks"));
+                CHECK(eng.preempted().empty());
+                CHECK(eng.seq_len(a) == 20 && eng.seq_len(b) == 20 && eng.seq_len(c) == 1);
+                eng.set_preempt(true);  // the same batch now runs
+            }
+            CHECK(status_of([&] { eng.decode(rows); }) == FORGE_OK);
+            CHECK(eng.preempted() == std::vector<int32_t>{c});
+            CHECK(eng.seq_len(c) == 0);
+            CHECK(eng.seq_len(a) == 40 && eng.seq_len(b) == 40);
+            CHECK(eng.stats().blocks_used == 6);
+            CHECK(eng.logits(19).size() == static_cast<size_t>(ctx.n_vocab()));
+            CHECK(eng.logits(39).size() == static_cast<size_t>(ctx.n_vocab()));
+            CHECK(status_of([&] { (void)eng.logits(59); }) == FORGE_ERR_INVALID_ARGUMENT);
+            // the next decode that needs no preemption names none
+            eng.decode({{a, 1, 40, true}});
+            CHECK(eng.preempted().empty());
+            CHECK(eng.logits(0).size() == static_cast<size_t>(ctx.n_vocab()));
+            // turned off again, a batch that does not fit is refused
+            eng.set_preempt(false);
+            CHECK(status_of([&] { eng.decode(prefill_rows(c, 0, toks)); }) == FORGE_ERR_KV_EXHAUSTED);
+            CHECK(eng.seq_len(b) == 40 && eng.seq_len(c) == 0);
+            eng.close();
+            CHECK(status_of([&] { (void)eng.preempted(); }) == FORGE_ERR_NULL_POINTER);
+            CHECK(status_of([&] { eng.set_preempt(true); }) == FORGE_ERR_NULL_POINTER);
+        }
+    }
     std::cout << passed << " passed, " << failed << " failed\n";
     return failed ? 1 : 0;
 }

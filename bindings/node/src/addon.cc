@@ -541,6 +541,8 @@ class Engine : public Napi::ObjectWrap<Engine> {
                                         InstanceMethod("decodeSync", &Engine::DecodeSync),
                                         InstanceMethod("logits", &Engine::Logits),
                                         InstanceMethod("stats", &Engine::Stats),
+                                        InstanceMethod("setPreempt", &Engine::SetPreempt),
+                                        InstanceMethod("preempted", &Engine::Preempted),
                                         InstanceMethod("nVocab", &Engine::NVocab),
                                         InstanceMethod("close", &Engine::Close)});
         ctor = Napi::Persistent(f);
@@ -663,6 +665,31 @@ class Engine : public Napi::ObjectWrap<Engine> {
         o.Set("nSeqs", s.n_seqs);
         return o;
     }
+    // setPreempt(on): a batch the pool cannot hold preempts the newest
+    // sequences instead of FORGE_ERR_KV_EXHAUSTED.
+    Napi::Value SetPreempt(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        forge_engine *e = engine(env);
+        check(env, forge_engine_set_preempt(e, info[0].ToBoolean() ? 1 : 0));
+        return env.Undefined();
+    }
+    // preempted() -> number[]: the sequences the last decode preempted, in
+    // order (the count first, then the ids).
+    Napi::Value Preempted(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        forge_engine *e = engine(env);
+        size_t n = 0;
+        forge_status st = forge_engine_preempted(e, nullptr, 0, &n);
+        std::vector<int32_t> ids;
+        if (st == FORGE_ERR_BUFFER_TOO_SMALL) {
+            ids.resize(n);
+            st = forge_engine_preempted(e, ids.data(), ids.size(), &n);
+        }
+        check(env, st);
+        Napi::Array out = Napi::Array::New(env, n);
+        for (size_t i = 0; i < n; i++) out.Set(static_cast<uint32_t>(i), Napi::Number::New(env, ids[i]));
+        return out;
+    }
     Napi::Value NVocab(const Napi::CallbackInfo &info) {
         if (!h) throw make_error(info.Env(), "ERR_CLOSED", "rocmforge: engine is closed", -1);
         return Napi::Number::New(info.Env(), h->n_vocab);
@@ -674,12 +701,13 @@ class Engine : public Napi::ObjectWrap<Engine> {
 };
 Napi::FunctionReference Engine::ctor;
 
-// newEngine({contextSize, kvBudget}): a model-only call (the C engine reads
+// newEngine({contextSize, kvBudget, preempt}): a model-only call (the C engine reads
 // only the loaded weights), so it works while a generation runs.
 Napi::Value Model::NewEngine(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     forge_ctx *c = ctx(env);
     forge_engine_params p = forge_engine_default_params();
+    bool preempt = false;
     if (info.Length() > 0 && info[0].IsObject()) {
         Napi::Object o = info[0].As<Napi::Object>();
         Napi::Value v;
@@ -687,10 +715,16 @@ Napi::Value Model::NewEngine(const Napi::CallbackInfo &info) {
             p.n_ctx = static_cast<uint32_t>(int_option(env, v, "contextSize", 0, UINT32_MAX));
         if (!(v = option(o, "kvBudget")).IsUndefined())
             p.kv_budget = static_cast<uint64_t>(int_option(env, v, "kvBudget", 0, kMaxSafeInteger));
+        preempt = option(o, "preempt").ToBoolean();
     }
     forge_engine *e = nullptr;
     forge_status st = forge_engine_new(c, &p, &e);
     if (st != FORGE_OK) throw status_error(env, st, forge_last_error());
+    if (preempt && (st = forge_engine_set_preempt(e, 1)) != FORGE_OK) {
+        Napi::Error err = status_error(env, st, forge_last_error());
+        forge_engine_free(e);
+        throw err;
+    }
     auto eh = std::make_shared<EngineHandle>();
     eh->e = e;
     eh->n_vocab = forge_n_vocab(c);

@@ -373,6 +373,58 @@ test('engine: a full KV pool is FORGE_ERR_KV_EXHAUSTED and the engine stays usab
   }
 });
 
+// A pool of exactly 6 blocks: SmolLM2-135M keeps (kv_dim + v_dim) * 2 bytes
+// * n_layer = (192 + 192) * 2 * 30 bytes per position, 16 positions a block.
+// a and b hold 20 positions (2 blocks each), the newer c 1 (1 block); 20 more
+// rows each need a and b at 3 blocks and c at 2: 8 > 6. Without preempt that
+// batch is FORGE_ERR_KV_EXHAUSTED; with it c is preempted (a and b then fill
+// the 6 blocks), its rows get no logits and it holds nothing.
+test('engine: preempt makes room by preempting the newest sequence', async () => {
+  const m = await load(MODEL, { contextSize: 64 });
+  try {
+    const toks = Array.from({ length: 20 }, (_, i) => 100 + i);
+    for (const preempt of [false, true]) {
+      const e = m.newEngine({ contextSize: 48, kvBudget: 6 * 16 * (192 + 192) * 2 * 30, preempt });
+      try {
+        assert.strictEqual(e.stats().blocksTotal, 6);
+        const a = e.newSeq();
+        const b = e.newSeq();
+        await e.decode([...prefillRows(a, 0, toks), ...prefillRows(b, 0, toks)]);
+        assert.deepStrictEqual(e.preempted(), []);
+        const c = e.newSeq();
+        e.decodeSync([{ seq: c, token: 1, pos: 0 }]);
+        assert.strictEqual(e.stats().blocksUsed, 5);
+        // a's last row is 19, b's 39, c's 59
+        const rows = [...prefillRows(a, 20, toks), ...prefillRows(b, 20, toks), ...prefillRows(c, 1, toks)];
+        if (!preempt) {
+          await assert.rejects(e.decode(rows), { ...KV_EXHAUSTED, message: /blocks/ });
+          assert.deepStrictEqual(e.preempted(), []);
+          assert.deepStrictEqual([a, b, c].map((s) => e.seqLen(s)), [20, 20, 1]);
+          e.setPreempt(true); // the same batch now runs
+        }
+        await e.decode(rows);
+        assert.deepStrictEqual(e.preempted(), [c]);
+        assert.deepStrictEqual([a, b, c].map((s) => e.seqLen(s)), [40, 40, 0]);
+        assert.strictEqual(e.stats().blocksUsed, 6);
+        assert.strictEqual(e.logits(19).length, e.nVocab);
+        assert.strictEqual(e.logits(39).length, e.nVocab);
+        assert.throws(() => e.logits(59), INVALID_ARGUMENT); // the preempted sequence's row
+        // the next decode that needs no preemption names none
+        e.decodeSync([{ seq: a, token: 1, pos: 40, logits: true }]);
+        assert.deepStrictEqual(e.preempted(), []);
+        // turned off again, a batch that does not fit is refused
+        e.setPreempt(false);
+        assert.throws(() => e.decodeSync(prefillRows(c, 0, toks)), KV_EXHAUSTED);
+        assert.deepStrictEqual([b, c].map((s) => e.seqLen(s)), [40, 0]);
+      } finally {
+        e.close();
+      }
+    }
+  } finally {
+    m.close();
+  }
+});
+
 test('engine: busy while an async decode runs, close() during one, outlives its model', async () => {
   const m = await load(MODEL, { contextSize: 64 });
   const e = m.newEngine({ kvBudget: 1 });
@@ -384,6 +436,7 @@ test('engine: busy while an async decode runs, close() during one, outlives its 
   const busy = { code: 'FORGE_ERR_BUSY', status: 41, message: /decode is running/ };
   assert.throws(() => e.seqLen(s), busy);
   assert.throws(() => e.logits(0), busy);
+  assert.throws(() => e.preempted(), busy);
   assert.throws(() => e.decodeSync([{ seq: s, token: 1, pos: 0 }]), busy);
   assert.throws(() => e.decode([{ seq: s, token: 1, pos: 0 }]), busy);
   await running;
@@ -393,7 +446,7 @@ test('engine: busy while an async decode runs, close() during one, outlives its 
   e.close();
   await last;
   const closed = { code: 'ERR_CLOSED', status: -1, message: /engine is closed/ };
-  for (const call of [() => e.newSeq(), () => e.seqLen(s), () => e.stats(), () => e.logits(0), () => e.nVocab, () => e.freeSeq(s), () => e.decodeSync([])]) {
+  for (const call of [() => e.newSeq(), () => e.seqLen(s), () => e.stats(), () => e.logits(0), () => e.nVocab, () => e.freeSeq(s), () => e.decodeSync([]), () => e.preempted(), () => e.setPreempt(true)]) {
     assert.throws(call, closed);
   }
   assert.throws(() => e.decode([]), closed);
