@@ -76,9 +76,10 @@ fn packed_tiles_match_the_row_definition() {
             }
         }
         if simd {
-            // with residual rows (quant::quantize_a8_split): main + residual
+            // with residual rows (quant::quantize_a8_split): main + residual;
+            // 70 tokens, two chunks of the block-major residual pass (64 + 6);
             // token 5 has no outliers, so no residual blocks at all
-            let xo: Vec<f32> = (1..12u32).flat_map(|s| if s == 6 { activations(cols, s) } else { common::activations_with_outliers(cols, s) }).collect();
+            let xo: Vec<f32> = (1..71u32).flat_map(|s| if s == 6 { activations(cols, s) } else { common::activations_with_outliers(cols, s) }).collect();
             let (m, res) = quant::quantize_a8_split(&xo, cols).unwrap();
             let n = xo.len() / cols;
             let main: Vec<_> = (0..n).map(|t| m.row(t, cols)).collect();

@@ -407,7 +407,7 @@ pub fn matmul(pool: &ThreadPool, p: &Packed, main: &[ActRow<i8>], resid: Option<
     assert!(super::simd::Family::Avx512Vnni.available(), "packed weights need AVX-512 VNNI, which this CPU lacks");
     let n = main.len();
     assert_eq!(out.len(), n * p.rows, "packed {}: output is not n x rows", p.ty);
-    let (resid, lists): (&[ActRow<i8>], &[Vec<u32>]) = resid.map_or((&[], &[]), |r| (r.rows(), r.lists()));
+    let (resid, chunks): (&[ActRow<i8>], &[super::matmul::BlockChunk]) = resid.map_or((&[], &[]), |r| (r.rows(), r.chunks()));
     assert!(resid.is_empty() || resid.len() == n, "packed {}: {} residual rows for {n} tokens", p.ty, resid.len());
     for x in main.iter().chain(resid) {
         let c = p.cols;
@@ -424,7 +424,6 @@ pub fn matmul(pool: &ThreadPool, p: &Packed, main: &[ActRow<i8>], resid: Option<
     let n_tasks = (p.rows / 8).div_ceil(GROUPS_PER_TASK);
     let body = |task: usize| {
         let o = optr;
-        let mut sums = [0f32; 8];
         for g in task * GROUPS_PER_TASK..((task + 1) * GROUPS_PER_TASK).min(p.rows / 8) {
             #[cfg(target_arch = "x86_64")]
             // SAFETY (both calls): `wanted()` (the only way a matrix gets
@@ -439,18 +438,12 @@ pub fn matmul(pool: &ThreadPool, p: &Packed, main: &[ActRow<i8>], resid: Option<
                     let t1 = (t0 + 8).min(n);
                     super::x86_packed::group_rows(p.ty, tiles, nb, &main[t0..t1], o.0.add(t0 * p.rows + g * 8), p.rows);
                 }
-                for (t, list) in lists.iter().enumerate() {
-                    if list.is_empty() {
-                        continue;
-                    }
-                    super::x86_packed::group_listed(p.ty, tiles, list, &resid[t], &mut sums);
-                    for (r, v) in sums.iter().enumerate() {
-                        *o.0.add(t * p.rows + g * 8 + r) += v;
-                    }
+                if !resid.is_empty() {
+                    super::x86_packed::group_residual(p.ty, tiles, chunks, resid, o.0.add(g * 8), p.rows);
                 }
             }
             #[cfg(not(target_arch = "x86_64"))]
-            let _ = (o, g, group_bytes, &lists, &mut sums);
+            let _ = (o, g, group_bytes, chunks);
         }
     };
     if pool.current_num_threads() <= 1 || n_tasks == 1 {
