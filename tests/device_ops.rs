@@ -424,9 +424,23 @@ fn attention(b: &Backend) {
                 let mut o = vec![0f32; n * n_head * hd];
                 // the CPU cache holds f16 bits (exact: the values are f16)
                 let bits = |v: &[f32]| -> Vec<u16> { v.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect() };
-                let (kc, vc) = (bits(&kc), bits(&vc));
-                // a contiguous cache is the identity block table
-                let ident: Vec<u32> = (0..(kc.len() / kv_dim).div_ceil(rocmforge::kv::BLOCK) as u32).collect();
+                // the CPU's layout: blocks of BLOCK slots, heads one after
+                // the other inside a block (ops::kv_row); a contiguous
+                // cache is the identity block table
+                let n_blk = (kc.len() / kv_dim).div_ceil(rocmforge::kv::BLOCK);
+                let cpu_layout = |c: &[f32]| -> Vec<u16> {
+                    let mut o = vec![0u16; n_blk * rocmforge::kv::BLOCK * kv_dim];
+                    let b = bits(c);
+                    for s in 0..c.len() / kv_dim {
+                        for h in 0..kv_dim / hd {
+                            let r = rocmforge::model::ops::kv_row(s, h, kv_dim / hd, hd);
+                            o[r..r + hd].copy_from_slice(&b[s * kv_dim + h * hd..][..hd]);
+                        }
+                    }
+                    o
+                };
+                let (kc, vc) = (cpu_layout(&kc), cpu_layout(&vc));
+                let ident: Vec<u32> = (0..n_blk as u32).collect();
                 for t in 0..n {
                     let p = pos0 + t;
                     let first = if window > 0 { (p + 1).saturating_sub(window) } else { 0 };

@@ -122,6 +122,17 @@ pub fn axpy(out: &mut [f32], w: f32, v: &[f32]) {
     out.iter_mut().zip(v).for_each(|(o, &x)| *o += w * x);
 }
 
+/// Where the row of K/V head `kvh` for cache slot `slot` starts in one
+/// layer's cache of `n_kv` heads of `width` values each: blocks of
+/// [`crate::kv::BLOCK`] slots, and inside a block each head's rows
+/// contiguous. Attention reads one head's rows: whole cache lines in
+/// order, not a third of each row of all heads.
+#[inline]
+pub fn kv_row(slot: usize, kvh: usize, n_kv: usize, width: usize) -> usize {
+    use crate::kv::BLOCK;
+    ((slot / BLOCK * n_kv + kvh) * BLOCK + slot % BLOCK) * width
+}
+
 /// Causal attention for `g` query heads that share K/V head `kvh` (a GQA
 /// group; g = 1 is one head): softmax(scale · q·K[j]) over the positions
 /// `keys`, times V[j]. `q` holds the g heads back to back, `out` their g
@@ -134,7 +145,7 @@ pub fn axpy(out: &mut [f32], w: f32, v: &[f32]) {
 #[allow(clippy::too_many_arguments)]
 pub fn attend(q: &[f32], g: usize, kc: &[u16], vc: &[u16], blocks: &[u32], kvh: usize, dims: (usize, usize, usize, usize), keys: std::ops::RangeInclusive<usize>, scale: f32, out: &mut [f32]) {
     let (hd, hdv, kv_dim, v_dim) = dims;
-    assert!(q.len() >= g * hd && out.len() >= g * hdv && (kvh + 1) * hd <= kv_dim && (kvh + 1) * hdv <= v_dim, "attention shapes");
+    assert!(q.len() >= g * hd && out.len() >= g * hdv && (kvh + 1) * hd <= kv_dim && (kvh + 1) * hdv <= v_dim && kv_dim % hd == 0 && v_dim % hdv == 0, "attention shapes");
     #[cfg(target_arch = "x86_64")]
     if crate::backend::cpu::simd::avx2_available() && hd % 8 == 0 && hdv % 8 == 0 {
         // SAFETY: the CPU has AVX2, FMA and F16C; the shapes were checked
@@ -157,7 +168,7 @@ fn attend_portable(q: &[f32], g: usize, kc: &[u16], vc: &[u16], blocks: &[u32], 
     let out = &mut out[..g * hdv];
     for (i, j) in keys.clone().enumerate() {
         let s = blocks[j / BLOCK] as usize * BLOCK + j % BLOCK;
-        f16_to_f32(&mut row[..hd], &kc[s * kv_dim + kvh * hd..][..hd]);
+        f16_to_f32(&mut row[..hd], &kc[kv_row(s, kvh, kv_dim / hd, hd)..][..hd]);
         for h in 0..g {
             scores[h * n + i] = dot(&q[h * hd..(h + 1) * hd], &row[..hd]) * scale;
         }
@@ -168,7 +179,7 @@ fn attend_portable(q: &[f32], g: usize, kc: &[u16], vc: &[u16], blocks: &[u32], 
     out.fill(0.0);
     for (i, j) in keys.enumerate() {
         let s = blocks[j / BLOCK] as usize * BLOCK + j % BLOCK;
-        f16_to_f32(&mut row[..hdv], &vc[s * v_dim + kvh * hdv..][..hdv]);
+        f16_to_f32(&mut row[..hdv], &vc[kv_row(s, kvh, v_dim / hdv, hdv)..][..hdv]);
         for h in 0..g {
             axpy(&mut out[h * hdv..(h + 1) * hdv], scores[h * n + i], &row[..hdv]);
         }
@@ -193,7 +204,9 @@ unsafe fn attend_f16c(q: &[f32], g: usize, kc: &[u16], vc: &[u16], blocks: &[u32
     let offsets = |dim: usize, width: usize, len: usize| -> Vec<usize> {
         keys.clone()
             .map(|j| {
-                let o = (blocks[j / BLOCK] as usize).checked_mul(BLOCK).and_then(|s| (s + j % BLOCK).checked_mul(dim)).and_then(|r| r.checked_add(kvh * width));
+                // kv_row, checked
+                let n_kv = dim / width;
+                let o = (blocks[j / BLOCK] as usize).checked_mul(n_kv).and_then(|b| (b + kvh).checked_mul(BLOCK)).and_then(|r| (r + j % BLOCK).checked_mul(width));
                 match o {
                     Some(o) if o.checked_add(width).is_some_and(|e| e <= len) => o,
                     _ => panic!("position {j}: a slot beyond the KV cache"),
@@ -345,7 +358,7 @@ mod tests {
             let q: Vec<f32> = (0..g * hd).map(|_| rnd()).collect();
             let kvh = kvh_n - 1;
             let scale = 1.0 / (hd as f32).sqrt();
-            let at = |c: &[u16], j: usize, d: usize, w: usize, i: usize| half::f16::from_bits(c[(blocks[j / BLOCK] as usize * BLOCK + j % BLOCK) * d + kvh * w + i]).to_f64();
+            let at = |c: &[u16], j: usize, d: usize, w: usize, i: usize| half::f16::from_bits(c[super::kv_row(blocks[j / BLOCK] as usize * BLOCK + j % BLOCK, kvh, d / w, w) + i]).to_f64();
             let mut want = vec![0f64; g * hdv];
             for h in 0..g {
                 let s: Vec<f64> = (first..len).map(|j| (0..hd).map(|i| q[h * hd + i] as f64 * at(&kc, j, kv_dim, hd, i)).sum::<f64>() * scale as f64).collect();

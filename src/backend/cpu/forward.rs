@@ -20,7 +20,8 @@ use crate::model::{ops, Model};
 use crate::quant;
 
 /// The CPU's KV storage: per layer, one f16 array (as bits) of
-/// `n_blocks * BLOCK` rows, indexed by the slots the block tables give.
+/// `n_blocks` blocks of `BLOCK` positions, each block's heads one after
+/// the other ([`ops::kv_row`]), indexed by the slots the block tables give.
 /// f16 as in llama.cpp's default cache: half the bytes attention reads per
 /// step, the largest cost of a batched decode step after the weights.
 pub struct CpuKv {
@@ -49,12 +50,15 @@ impl CpuKv {
     }
 
     /// Make the copy-on-write copies the block pool asked for.
+    /// A block's heads are not interleaved by position ([`ops::kv_row`]):
+    /// the whole block is copied (past `cp.n` only values nobody reads,
+    /// in a block the copier owns).
     pub fn copy_blocks(&mut self, copies: &[BlockCopy]) {
         for cp in copies {
             let (from, to) = (cp.from as usize * BLOCK, cp.to as usize * BLOCK);
             for (store, d) in [(&mut self.k, self.kv_dim), (&mut self.v, self.v_dim)] {
                 for layer in store.iter_mut() {
-                    layer.copy_within(from * d..(from + cp.n) * d, to * d);
+                    layer.copy_within(from * d..(from + BLOCK) * d, to * d);
                 }
             }
         }
@@ -194,8 +198,11 @@ pub fn forward(model: &Model, kv: &mut CpuKv, rows: &[StepRow]) -> Result<Vec<f3
         }
         let (kc, vc) = (&mut kv.k[il], &mut kv.v[il]);
         for (t, &s) in slots.iter().enumerate() {
-            ops::to_f16(&mut kc[s * kv_dim..(s + 1) * kv_dim], &k[t * kv_dim..(t + 1) * kv_dim]);
-            ops::to_f16(&mut vc[s * v_dim..(s + 1) * v_dim], &v[t * v_dim..(t + 1) * v_dim]);
+            for h in 0..c.n_head_kv {
+                let (kr, vr) = (ops::kv_row(s, h, c.n_head_kv, hd), ops::kv_row(s, h, c.n_head_kv, hdv));
+                ops::to_f16(&mut kc[kr..kr + hd], &k[t * kv_dim + h * hd..][..hd]);
+                ops::to_f16(&mut vc[vr..vr + hdv], &v[t * v_dim + h * hdv..][..hdv]);
+            }
         }
         let (kc, vc) = (&*kc, &*vc);
         let window = if local { c.sliding_window } else { None };
