@@ -152,6 +152,9 @@ pub struct BlockChunk {
     pub n: usize,
     pub start: Vec<u32>,
     pub tok: Vec<u8>,
+    /// The blocks some row lists, rising: the kernels visit only these
+    /// (a decode step lists a few of a row's blocks).
+    pub blocks: Vec<u32>,
     /// The rows (offsets from `t0`) with any block listed.
     pub busy: Vec<u8>,
 }
@@ -189,7 +192,8 @@ impl<'a> Residual<'a> {
                     }
                 }
                 let busy = (0..n).filter(|&i| !lists[t0 + i].is_empty()).map(|i| i as u8).collect();
-                BlockChunk { t0, n, start: count, tok, busy }
+                let blocks = (0..nb as u32).filter(|&b| count[b as usize] != count[b as usize + 1]).collect();
+                BlockChunk { t0, n, start: count, tok, busy, blocks }
             })
             .collect();
         Residual { rows, lists, chunks }

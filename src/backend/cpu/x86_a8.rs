@@ -358,11 +358,9 @@ unsafe fn listed<I: Isa, const SIGNED: bool, const MIN: bool>(xs: &[Row8], chunk
     for c in chunks {
         acc[..c.n].fill(_mm256_setzero_ps());
         accm[..c.n].fill(0.0);
-        for b in 0..c.start.len() - 1 {
+        for &b in &c.blocks {
+            let b = b as usize;
             let (s, e) = (*c.start.get_unchecked(b) as usize, *c.start.get_unchecked(b + 1) as usize);
-            if s == e {
-                continue;
-            }
             let blk = block(b);
             for &i in c.tok.get_unchecked(s..e) {
                 let i = i as usize;

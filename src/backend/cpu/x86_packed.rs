@@ -201,11 +201,9 @@ unsafe fn group_chunk<const BITS: u8, const OFF: i32, const HALF: bool, const SP
     // SAFETY: rows 0..c.n are initialized; the chunk's tok and busy name
     // only rows below c.n (Residual::new)
     let (acc, accm) = (acc.as_mut_ptr() as *mut __m512, accm.as_mut_ptr() as *mut __m512);
-    for b in 0..c.start.len() - 1 {
+    for &b in &c.blocks {
+        let b = b as usize;
         let (s, e) = (*c.start.get_unchecked(b) as usize, *c.start.get_unchecked(b + 1) as usize);
-        if s == e {
-            continue;
-        }
         let tl = unpack::<BITS, HALF, SPLIT, MIN>(tiles.add(b * tb));
         for &i in c.tok.get_unchecked(s..e) {
             let i = i as usize;
