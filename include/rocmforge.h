@@ -666,7 +666,9 @@ enum forge_status forge_seq_reuse_prefix(struct forge_engine *e,
 /**
  * Run one batch: every row of every sequence in one forward pass (decode
  * rows and prefill chunks together). All or nothing: on error no sequence
- * has moved. Errors: NULL_POINTER, BUSY, INVALID_ARGUMENT (no rows, a bad
+ * has moved, and the last batch's logits stay readable (with preemption
+ * on, a sequence preempted for a step that then fails in the backend
+ * stays preempted; `forge_engine_preempted` names it). Errors: NULL_POINTER, BUSY, INVALID_ARGUMENT (no rows, a bad
  * sequence id, token or position), CONTEXT_FULL (a sequence past n_ctx),
  * KV_EXHAUSTED (the pool cannot hold the batch: free or truncate a
  * sequence), INVALID_MODEL.

@@ -79,6 +79,8 @@ pub struct Engine {
     n_born: u64,
     /// Sequences the last decode preempted, in preemption order.
     preempted: Vec<SeqId>,
+    /// The sequence of each row of the last successful decode.
+    row_seq: Vec<SeqId>,
 }
 
 impl Engine {
@@ -109,6 +111,7 @@ impl Engine {
             born: BTreeMap::new(),
             n_born: 0,
             preempted: Vec::new(),
+            row_seq: Vec::new(),
         })
     }
 
@@ -270,29 +273,49 @@ impl Engine {
     /// caller evaluates its tokens again later (recompute, as vLLM does).
     /// The oldest sequence with rows in the batch is never preempted, so a
     /// valid batch always runs. [`Engine::preempted`] names them.
+    ///
+    /// Preemption is not undone if the step then fails (only a backend
+    /// error can, after the checks): the preempted sequences stay empty and
+    /// [`Engine::preempted`] still names them; the others are as they were.
     pub fn decode(&mut self, rows: &[BatchRow]) -> Result<()> {
-        self.preempted.clear();
+        // the one allocation the step makes, before anything is preempted
+        // (the last step's logits stay readable until this one runs)
+        let wanted = rows.iter().filter(|r| r.logits).count();
+        let nv = self.model.cfg.n_vocab;
+        let more = (wanted * nv).saturating_sub(self.logits.len());
+        self.logits.try_reserve_exact(more).map_err(|_| Error::OutOfMemory(format!("logits of {wanted} rows: {} MiB", wanted * nv * 4 >> 20)))?;
         let mut kept: Option<Vec<BatchRow>> = None;
+        let mut victims = Vec::new();
         let order = loop {
             let live = kept.as_deref().unwrap_or(rows);
             match self.check(live) {
                 Err(Error::KvExhausted(msg)) if self.preempt => {
-                    let Some(victim) = self.preemption_victim(live) else { return Err(Error::KvExhausted(msg)) };
+                    let Some(victim) = self.preemption_victim(live) else {
+                        self.preempted = victims;
+                        return Err(Error::KvExhausted(msg));
+                    };
                     let s = self.seqs.get_mut(&victim).expect("a live sequence");
                     self.pool.clear(s);
-                    self.preempted.push(victim);
+                    victims.push(victim);
                     kept = Some(live.iter().copied().filter(|r| r.seq != victim).collect());
                 }
-                r => break r?,
+                Err(e) if victims.is_empty() => return Err(e),
+                Err(e) => {
+                    self.preempted = victims;
+                    return Err(e);
+                }
+                Ok(order) => break order,
             }
         };
-        let rows_run = kept.as_deref().unwrap_or(rows);
+        self.preempted = victims;
+        self.row_seq.clear();
         self.logits.clear();
         self.logit_row.clear();
-        let wanted = rows.iter().filter(|r| r.logits).count();
-        let nv = self.model.cfg.n_vocab;
-        self.logits.try_reserve_exact(wanted * nv).map_err(|_| Error::OutOfMemory(format!("logits of {wanted} rows: {} MiB", wanted * nv * 4 >> 20)))?;
+        let rows_run = kept.as_deref().unwrap_or(rows);
         let r = self.run(rows_run, &order);
+        if r.is_ok() {
+            self.row_seq = rows.iter().map(|r| r.seq).collect();
+        }
         if r.is_ok() && kept.is_some() {
             // rows of preempted sequences have no logits
             let mut run_rows = self.logit_row.drain(..).collect::<Vec<_>>().into_iter();
@@ -318,6 +341,12 @@ impl Engine {
         let protected = rows.iter().map(|r| r.seq).min_by_key(|id| self.born[id])?;
         let has_rows = |id: SeqId| rows.iter().any(|r| r.seq == id);
         self.seqs.iter().filter(|&(&id, s)| id != protected && (s.len > 0 || has_rows(id))).max_by_key(|&(id, _)| self.born[id]).map(|(&id, _)| id)
+    }
+
+    /// Whether row `row` of the last successful decode belonged to a
+    /// sequence that decode preempted (its logits are gone with it).
+    pub fn row_preempted(&self, row: usize) -> bool {
+        self.row_seq.get(row).is_some_and(|s| self.preempted.contains(s))
     }
 
     /// Preempt the newest sequences when a batch does not fit
@@ -363,7 +392,9 @@ impl Engine {
     /// [`Engine::decode`] with one sequence's rows, where the backend writes
     /// straight into `out` (on the GPU through a page-locked buffer, with
     /// no copy). The caller has sized `out`. No logits are readable through
-    /// [`Engine::logits`] afterwards.
+    /// [`Engine::logits`] afterwards. It never preempts: a pool that cannot
+    /// hold the tokens is KV_EXHAUSTED, whatever [`EngineOptions::preempt`]
+    /// says (a `Session`'s pool always holds its context).
     pub fn eval_seq_into(&mut self, id: SeqId, tokens: &[u32], want: Logits, out: &mut [f32]) -> Result<()> {
         let pos0 = self.seq_len(id)?;
         let rows: Vec<BatchRow> = tokens.iter().enumerate().map(|(i, &token)| BatchRow { seq: id, token, pos: pos0 + i, logits: false }).collect();

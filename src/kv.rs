@@ -16,7 +16,8 @@
 //!   step needs or changes nothing.
 //!
 //! This module only does the accounting; the storage is the backend's (the
-//! CPU keeps one f32 array per layer, indexed by `block * BLOCK + slot`).
+//! CPU keeps one f16 array per layer, blocks one after the other, each
+//! block's K/V heads one after the other: `model::ops::kv_row`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -44,7 +45,8 @@ impl std::fmt::Display for KvExhausted {
 }
 
 /// What a copy-on-write asks the storage to do: copy `from`'s first
-/// `n` slots into `to` before the step writes into `to`.
+/// `n` slots into `to` before the step writes into `to` (a storage may
+/// copy the whole block: `to` is the copier's alone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockCopy {
     pub from: u32,

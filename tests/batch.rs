@@ -226,6 +226,7 @@ fn preemption_drops_the_newest_sequences_and_says_so() {
         assert_eq!([a, b, c, d].map(|s| e.seq_len(s).unwrap()), [40, 40, 0, 0]);
         for (i, r) in batch.iter().enumerate() {
             assert_eq!(e.logits(i).is_some(), r.seq != c && r.logits, "row {i}");
+            assert_eq!(e.row_preempted(i), r.seq == c, "row {i}");
         }
         for s in [a, b] {
             let last = batch.iter().rposition(|r| r.seq == s).unwrap();
@@ -261,9 +262,10 @@ fn preemption_drops_the_newest_sequences_and_says_so() {
     }
 }
 
-/// Thousands of random steps on tiny models: sequences are added (some
-/// reusing cached prefixes), removed, forked, truncated, and advanced by
-/// mixed batches of decode rows and prefill chunks. After every step each
+/// Thousands of random steps on tiny models, with preemption off and on:
+/// sequences are added (some reusing cached prefixes), removed, forked,
+/// truncated, and advanced by mixed batches of decode rows and prefill
+/// chunks. After every step each
 /// row's logits equal its sequence recomputed alone from scratch, so no
 /// sequence's output depends on its neighbours; at the end every block is
 /// back in the pool.
@@ -271,17 +273,24 @@ fn preemption_drops_the_newest_sequences_and_says_so() {
 fn random_schedule_keeps_sequences_independent_and_leaks_no_block() {
     use common::tiny::{tiny_model, TINY_ARCHS};
     use rocmforge::gguf::GgufFile;
-    for (ai, arch) in TINY_ARCHS.into_iter().enumerate() {
+    for ((ai, arch), preempt) in TINY_ARCHS.into_iter().enumerate().flat_map(|a| [(a, false), (a, true)]) {
         let file = GgufFile::from_bytes(tiny_model(arch, 11).to_bytes()).unwrap();
         let model = Model::from_gguf(file, LoadOptions { n_threads: 1, backend: BackendChoice::Cpu, ..Default::default() }).unwrap();
         let nv = model.cfg.n_vocab as u64;
         let n_ctx = 48;
         let per_block = model.cfg.kv_bytes_per_position() * rocmforge::kv::BLOCK;
-        let mut e = Engine::new(model.clone(), EngineOptions { n_ctx, kv_budget: 12 * per_block, ..Default::default() }).unwrap();
+        let mut e = Engine::new(model.clone(), EngineOptions { n_ctx, kv_budget: 12 * per_block, preempt }).unwrap();
         let total = e.stats().blocks_total;
         let mut rng = Rng(0x5EED_0000 + ai as u64);
         let mut live: Vec<(SeqId, Vec<u32>)> = Vec::new();
-        let (mut steps, mut checked, mut exhausted, mut hits) = (0, 0, 0, 0);
+        let (mut steps, mut checked, mut exhausted, mut hits, mut preempted) = (0, 0, 0, 0, 0);
+        // a preempted sequence holds nothing afterwards: so does its model here
+        let forget = |e: &Engine, live: &mut Vec<(SeqId, Vec<u32>)>, n: &mut usize| {
+            for p in e.preempted() {
+                live.iter_mut().find(|(id, _)| id == p).expect("a live sequence").1.clear();
+                *n += 1;
+            }
+        };
         // a few shared prompt starts, so the prefix cache gets hits
         let stems: Vec<Vec<u32>> = (0..3).map(|s| (0..20).map(|i| ((s * 31 + i * 7) % nv as usize) as u32).collect()).collect();
         for _ in 0..2500 {
@@ -297,6 +306,8 @@ fn random_schedule_keeps_sequences_independent_and_leaks_no_block() {
                         toks.extend_from_slice(&stem[..n]);
                         match e.decode(&rows_for(id, n, &stem[n..])) {
                             Ok(()) => {
+                                assert!(!e.preempted().contains(&id), "the only sequence with rows is never preempted");
+                                forget(&e, &mut live, &mut preempted);
                                 let got = e.logits(stem.len() - n - 1).unwrap();
                                 let err = common::rel_l2(got, &solo_last(&model, stem));
                                 assert!(err <= 1e-5, "{arch:?}: stem after reusing {n}: rel L2 {err}");
@@ -348,7 +359,7 @@ fn random_schedule_keeps_sequences_independent_and_leaks_no_block() {
                         continue;
                     }
                     match e.decode(&rows) {
-                        Err(rocmforge::Error::KvExhausted(_)) => {
+                        Err(rocmforge::Error::KvExhausted(_)) if !preempt => {
                             exhausted += 1;
                             continue;
                         }
@@ -358,8 +369,18 @@ fn random_schedule_keeps_sequences_independent_and_leaks_no_block() {
                     for (i, new) in added {
                         live[i].1.extend_from_slice(&new);
                     }
-                    // every row with logits equals its sequence alone
-                    for (r, row) in rows.iter().enumerate().filter(|(_, r)| r.logits) {
+                    let gone = e.preempted().to_vec();
+                    forget(&e, &mut live, &mut preempted);
+                    // every row with logits equals its sequence alone; a
+                    // preempted sequence's rows have none
+                    for (r, row) in rows.iter().enumerate() {
+                        if gone.contains(&row.seq) {
+                            assert!(e.logits(r).is_none(), "a preempted row has logits");
+                            continue;
+                        }
+                        if !row.logits {
+                            continue;
+                        }
                         let toks = &live.iter().find(|(id, _)| *id == row.seq).unwrap().1;
                         let want = solo_last(&model, &toks[..=row.pos]);
                         let got = e.logits(r).unwrap();
@@ -374,8 +395,13 @@ fn random_schedule_keeps_sequences_independent_and_leaks_no_block() {
                 assert_eq!(e.seq_len(*id).unwrap(), toks.len());
             }
         }
-        println!("{arch:?}: {steps} steps, {checked} logit rows checked against solo, {exhausted} exhausted steps refused, {hits} prefix hits");
+        println!("{arch:?} preempt={preempt}: {steps} steps, {checked} logit rows checked against solo, {exhausted} exhausted steps refused, {preempted} sequences preempted, {hits} prefix hits");
         assert!(steps > 500 && checked > 1000 && hits > 0, "the schedule did too little");
+        if preempt {
+            assert!(exhausted == 0 && preempted > 0, "with preemption no batch is refused, and some preempt");
+        } else {
+            assert!(exhausted > 0 && preempted == 0, "without it, some batches are refused");
+        }
         for (id, _) in live {
             e.remove_seq(id).unwrap();
         }

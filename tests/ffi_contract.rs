@@ -1730,6 +1730,10 @@ fn engine_preempted(r: &mut Report, env: &Env) {
     let mut n = Out::<usize>::one();
     too_small!(r, "(NULL, 0) asks the count", forge_engine_preempted(e.0, null_mut(), 0, n.ptr()), n == 1);
     fails!(r, FORGE_ERR_NULL_POINTER, "ids NULL, cap 1", forge_engine_preempted(e.0, null_mut(), 1, n.ptr()));
+    let mut buf = Out::<f32>::poisoned(env.n_vocab);
+    fails!(r, FORGE_ERR_INVALID_ARGUMENT, "row 1: c was preempted", forge_engine_logits(e.0, 1, buf.ptr(), env.n_vocab), [buf]);
+    let msg = common::last_error();
+    r.check(msg.contains("preempted"), || format!("forge_engine_logits of a preempted row: message {msg:?} does not say why"));
     let (mut ids, mut n) = (Out::<i32>::poisoned(2), Out::<usize>::one());
     ok!(r, "cap 2", forge_engine_preempted(e.0, ids.ptr(), 2, n.ptr()));
     let got = ids.slice(2);

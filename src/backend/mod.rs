@@ -9,9 +9,12 @@
 //!   checked batch of rows.
 //!
 //! The layers: `model/` describes a model (config, architecture tables,
-//! weights in the mapping, the f32 reference pass) and names only these two
-//! traits; the backends depend on `model/`, never the reverse;
-//! [`crate::engine`] drives an [`Exec`] over its KV block pool.
+//! weights in the mapping, the f32 reference pass) and reaches a GPU only
+//! through [`Backend`] ([`open_gpu`]); the GPU backend depends on `model/`,
+//! never the reverse. The CPU backend's math still sits partly in
+//! `model/ops.rs` (attention, norms, shared with the reference pass) and
+//! its packed weights in `model::weights`. [`crate::engine`] drives an
+//! [`Exec`] over its KV block pool.
 //!
 //! Each GPU vendor is a module with one API; when its feature is off, a
 //! stub module with the same API answers `Error::NotCompiled`, so calling

@@ -1055,7 +1055,9 @@ pub unsafe extern "C" fn forge_seq_reuse_prefix(e: *mut forge_engine, seq: i32, 
 
 /// Run one batch: every row of every sequence in one forward pass (decode
 /// rows and prefill chunks together). All or nothing: on error no sequence
-/// has moved. Errors: NULL_POINTER, BUSY, INVALID_ARGUMENT (no rows, a bad
+/// has moved, and the last batch's logits stay readable (with preemption
+/// on, a sequence preempted for a step that then fails in the backend
+/// stays preempted; `forge_engine_preempted` names it). Errors: NULL_POINTER, BUSY, INVALID_ARGUMENT (no rows, a bad
 /// sequence id, token or position), CONTEXT_FULL (a sequence past n_ctx),
 /// KV_EXHAUSTED (the pool cannot hold the batch: free or truncate a
 /// sequence), INVALID_MODEL.
@@ -1091,6 +1093,8 @@ pub unsafe extern "C" fn forge_engine_logits(e: *const forge_engine, row: usize,
         let l = g.logits(row).ok_or_else(|| {
             FfiError::arg(if row >= n_rows {
                 format!("row {row}: the last batch had {n_rows} rows")
+            } else if g.row_preempted(row) {
+                format!("row {row}: its sequence was preempted (forge_engine_preempted)")
             } else {
                 format!("row {row} did not ask for logits")
             })

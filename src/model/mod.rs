@@ -2,8 +2,9 @@
 //! mapping, the tokenizer, the f32 reference pass, and the loaded [`Model`]
 //! with its [`Backend`]. Many engines and sessions
 //! ([`crate::engine::Session`]) share one `Arc<Model>`: the weights are
-//! never copied. This layer names the backends only through their
-//! interface ([`crate::backend`]).
+//! never copied. This layer reaches a GPU only through the backend
+//! interface ([`crate::backend`]); the CPU's math (`ops`) and packed
+//! weights still live here beside the reference pass.
 
 pub mod arch;
 pub mod config;
@@ -19,6 +20,11 @@ use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::tokenizer::Tokenizer;
 pub use config::{Config, RopeScaling};
+/// Where these lived before the backend interface (code written against
+/// `rocmforge::model::{Logits, Session}` keeps compiling); the crate root
+/// re-exports both.
+pub use crate::backend::Logits;
+pub use crate::engine::Session;
 
 use weights::Weights;
 

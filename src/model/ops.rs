@@ -136,10 +136,10 @@ pub fn kv_row(slot: usize, kvh: usize, n_kv: usize, width: usize) -> usize {
 /// Causal attention for `g` query heads that share K/V head `kvh` (a GQA
 /// group; g = 1 is one head): softmax(scale · q·K[j]) over the positions
 /// `keys`, times V[j]. `q` holds the g heads back to back, `out` their g
-/// outputs. `kc`/`vc` hold rows of `kv_dim`/`v_dim` f16 values per slot of
-/// the paged KV cache, position j of this sequence at slot
-/// `blocks[j / BLOCK] * BLOCK + j % BLOCK`. `dims` = (head_dim, head_dim_v,
-/// kv_dim, v_dim). Each K/V row is read and widened once for the group, and
+/// outputs. `kc`/`vc` are one layer of the paged KV cache in f16, laid out
+/// by [`kv_row`] (kv_dim / head_dim heads), position j of this sequence at
+/// slot `blocks[j / BLOCK] * BLOCK + j % BLOCK`. `dims` = (head_dim,
+/// head_dim_v, kv_dim, v_dim). Each K/V row is read and widened once for the group, and
 /// the g dot products are independent chains; each head's arithmetic is the
 /// same as with g = 1, so the grouping changes no result.
 #[allow(clippy::too_many_arguments)]
@@ -206,7 +206,12 @@ unsafe fn attend_f16c(q: &[f32], g: usize, kc: &[u16], vc: &[u16], blocks: &[u32
             .map(|j| {
                 // kv_row, checked
                 let n_kv = dim / width;
-                let o = (blocks[j / BLOCK] as usize).checked_mul(n_kv).and_then(|b| (b + kvh).checked_mul(BLOCK)).and_then(|r| (r + j % BLOCK).checked_mul(width));
+                let o = (blocks[j / BLOCK] as usize)
+                    .checked_mul(n_kv)
+                    .and_then(|b| b.checked_add(kvh))
+                    .and_then(|b| b.checked_mul(BLOCK))
+                    .and_then(|r| r.checked_add(j % BLOCK))
+                    .and_then(|r| r.checked_mul(width));
                 match o {
                     Some(o) if o.checked_add(width).is_some_and(|e| e <= len) => o,
                     _ => panic!("position {j}: a slot beyond the KV cache"),

@@ -51,6 +51,18 @@ pub enum Input {
     Staged,
 }
 
+/// The decode-kernel family of a weight type: integer dot products on
+/// prepared planes (`mmvq`), f32 products on the f32 copy (`mmvf`), or
+/// none (only the staged matvec kernel takes it).
+pub fn family(ty: GgmlType) -> Option<&'static str> {
+    use GgmlType::*;
+    match ty {
+        Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4K | Q5K | Q6K => Some("mmvq"),
+        F32 | F16 | BF16 => Some("mmvf"),
+        _ => None,
+    }
+}
+
 /// A product as the planner sees it: W's shape and type, and how it is used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Product {
@@ -73,12 +85,11 @@ impl Product {
     }
     /// A type with integer decode kernels (`mmvq_*`).
     fn int(&self) -> bool {
-        use GgmlType::*;
-        matches!(self.ty, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4K | Q5K | Q6K)
+        family(self.ty) == Some("mmvq")
     }
     /// A float type with f32-activation decode kernels (`mmvf_*`).
     fn float(&self) -> bool {
-        matches!(self.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+        family(self.ty) == Some("mmvf")
     }
     fn one(&self) -> bool {
         self.nt == 1

@@ -561,7 +561,8 @@ impl GpuSession {
             let a = AttnShape { n, n_head: c.n_head, n_head_kv: c.n_head_kv, hd: c.head_dim, hdv: c.head_dim_v, window, scale: c.attn_scale, splits };
             // one token: attention also writes its output prepared for the
             // decode product of wo (no quantize_act)
-            let prep = if n == 1 && ops::decode_kernel(l.wo.ty).is_some() && c.head_dim_v % 32 == 0 {
+            let wo_prepared = decode::Product::of(&l.wo, 1, false, false).is_ok_and(|p| decode::choose(dev.rt.info(), decode::Input::Prepared, &p).is_some());
+            let prep = if n == 1 && wo_prepared && c.head_dim_v % 32 == 0 {
                 Some(self.act.layout(c.n_head * c.head_dim_v, 1, self.att.ptr)?)
             } else {
                 None

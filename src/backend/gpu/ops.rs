@@ -214,12 +214,7 @@ pub fn matvec(dev: &Device, s: Stream, w: &DevMatrix, glu: Option<(&DevMatrix, F
 /// Whether [`matvec_q`] takes this type (integer `mmvq_*` kernels, or f32
 /// products on the f32 copy for float types).
 pub fn decode_kernel(ty: GgmlType) -> Option<&'static str> {
-    use GgmlType::*;
-    match ty {
-        Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4K | Q5K | Q6K => Some("mmvq"),
-        F32 | F16 | BF16 => Some("mmvf"),
-        _ => None,
-    }
+    decode::family(ty)
 }
 
 /// Device scratch for activations prepared by [`quantize_act`]: up to
