@@ -22,8 +22,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 
-/// Positions per block. 16 and 32 measured the same on the CPU decode path
-/// (docs/PERFORMANCE.md); 16 wastes less of a sequence's last block.
+/// Positions per block. With the head-major blocks of the CPU cache, 32
+/// measured 5-10% faster at 8 sequences on the CPU (docs/PERFORMANCE.md,
+/// "Block size"); 16 is kept for now, for finer prefix reuse and less of
+/// a last block unused, until the tests' block arithmetic (ffi_contract,
+/// api_fuzz, batch, the bindings' pool sizes) is rederived for 32.
 pub const BLOCK: usize = 16;
 
 /// The pool ran out of blocks (after evicting every unused cached block).
