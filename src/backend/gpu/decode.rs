@@ -181,6 +181,18 @@ pub fn matvec_shared(info: &DeviceInfo, ty: GgmlType, cols: usize, nt: usize) ->
     (nt * (cols / 32) * 33 * 4).div_ceil(16) * 16 + if staged { (MMV_THREADS / warp) * 2 * pitch } else { 0 }
 }
 
+/// Whether rows of `cols` values of `ty` are whole 32-value groups and whole
+/// blocks of their type: what every GPU matrix product needs.
+pub fn whole_groups(ty: GgmlType, cols: usize) -> bool {
+    cols % 32 == 0 && cols % ty.block_size() as usize == 0
+}
+
+/// Whether the older matvec kernel takes `nt` tokens of `cols` values of
+/// `ty`: few tokens, and x fits the block's shared memory.
+pub fn staged_fits(info: &DeviceInfo, ty: GgmlType, cols: usize, nt: usize) -> bool {
+    nt <= MAXT && matvec_shared(info, ty, cols, nt) <= info.max_shared
+}
+
 /// Every decode-product kernel, each class (`input`) in order of preference.
 pub static VARIANTS: &[Variant] = &[
     // ---- Raw: one token, x in f32, the kernel prepares it (norm fused) ----
@@ -214,12 +226,12 @@ pub static VARIANTS: &[Variant] = &[
               fits: |p, _| p.nt <= MAXT && p.float() },
     // ---- Staged: the older matvec kernel, any type, x in shared memory ----
     Variant { prefix: "matvec_", tail: "", input: Input::Staged, rows_per_block: |_| MMV_ROWS, threads: MMV_THREADS as u32, params: Params::Staged,
-              fits: |p, i| p.nt <= MAXT && (!p.norm || p.one()) && matvec_shared(i, p.ty, p.cols, p.nt) <= i.max_shared },
+              fits: |p, i| (!p.norm || p.one()) && staged_fits(i, p.ty, p.cols, p.nt) },
 ];
 
 /// The first variant of class `input` that takes `p`.
 pub fn choose(info: &DeviceInfo, input: Input, p: &Product) -> Option<&'static Variant> {
-    if p.nt == 0 || p.cols % 32 != 0 || p.cols % p.ty.block_size() as usize != 0 {
+    if p.nt == 0 || !whole_groups(p.ty, p.cols) {
         return None;
     }
     VARIANTS.iter().find(|v| v.input == input && (v.fits)(p, info))

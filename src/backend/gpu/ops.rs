@@ -181,7 +181,7 @@ fn ceil(a: usize, b: usize) -> u32 {
 }
 
 fn check(w: &DevMatrix) -> Result<()> {
-    if w.cols % 32 != 0 || w.cols % w.ty.block_size() as usize != 0 {
+    if !decode::whole_groups(w.ty, w.cols) {
         return Err(Error::Unsupported(format!("GPU matrix products need rows of whole 32-value groups; got {} columns of {}", w.cols, w.ty)));
     }
     Ok(())
@@ -190,7 +190,7 @@ fn check(w: &DevMatrix) -> Result<()> {
 /// Whether the older matvec kernel takes this product (few tokens, x fits
 /// shared memory).
 pub fn matvec_fits(dev: &Device, ty: GgmlType, cols: usize, nt: usize) -> bool {
-    nt <= MMV_MAXT && decode::matvec_shared(dev.rt.info(), ty, cols, nt) <= dev.rt.info().max_shared
+    decode::staged_fits(dev.rt.info(), ty, cols, nt)
 }
 
 /// Launch the variant of class `input` that [`decode::choose`] gives W.
