@@ -11,6 +11,7 @@
 
 use rayon::prelude::*;
 use rayon::ThreadPool;
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use super::simd;
@@ -41,6 +42,8 @@ struct A8 {
     main: ActQ<i8>,
     resid: ActQ<i8>,
     lists: Vec<Vec<u32>>,
+    /// The lists by block ([`BlockChunk`]), made once for every matrix.
+    chunks: Vec<BlockChunk>,
 }
 
 /// One matmul input, X (n × cols), quantized at most once per activation
@@ -63,17 +66,17 @@ impl<'a> Input<'a> {
         self.a8.get_or_init(|| {
             let (n, cols) = (self.n, self.cols);
             let (mut a, mut ar) = (ActQ::<i8>::default(), ActQ::<i8>::default());
-            let rows = a.rows_mut(n, cols).into_iter().zip(ar.rows_mut(n, cols));
-            let quantize = |(xr, (m, r)): (&[f32], _)| quant::quantize_a8_split_row(xr, m, r);
             if n >= 32 && pool.current_num_threads() > 1 {
                 // prefill: the rows split among the pool, not left to one
                 // thread (a few rows cost less than the pool's dispatch)
-                pool.install(|| self.x.par_chunks_exact(cols).zip(rows.collect::<Vec<_>>()).for_each(quantize));
+                let rows: Vec<_> = a.rows_mut(n, cols).into_iter().zip(ar.rows_mut(n, cols)).collect();
+                pool.install(|| self.x.par_chunks_exact(cols).zip(rows).for_each(|(xr, (m, r))| quant::quantize_a8_split_row(xr, m, r)));
             } else {
-                self.x.chunks_exact(cols).zip(rows).for_each(quantize);
+                quant::quantize_a8_split_into(self.x, cols, &mut a, &mut ar);
             }
-            let lists = (0..n).map(|t| ar.row(t, cols).d.iter().enumerate().filter(|(_, &d)| d != 0.0).map(|(b, _)| b as u32).collect()).collect();
-            A8 { main: a, resid: ar, lists }
+            let lists: Vec<Vec<u32>> = (0..n).map(|t| ar.row(t, cols).d.iter().enumerate().filter(|(_, &d)| d != 0.0).map(|(b, _)| b as u32).collect()).collect();
+            let chunks = block_chunks(&lists, cols / 32);
+            A8 { main: a, resid: ar, lists, chunks }
         })
     }
 
@@ -105,7 +108,7 @@ pub fn matmul_input(pool: &ThreadPool, w: &Matrix, wbytes: &[u8], input: &Input,
         let a = input.a8(pool);
         let main: Vec<ActRow<i8>> = (0..n).map(|t| a.main.row(t, cols)).collect();
         let resid: Vec<ActRow<i8>> = (0..n).map(|t| a.resid.row(t, cols)).collect();
-        let resid = Residual::new(&resid, &a.lists);
+        let resid = Residual::with_chunks(&resid, &a.lists, &a.chunks);
         return match &w.packed {
             Some(p) => super::packed::matmul(pool, p, &main, Some(&resid), out),
             None => quantized(pool, w, wbytes, &main, Some((&resid, simd::a8_listed_kernel(w.ty))), out, simd::a8_kernel(w.ty), simd::MAX_TOKENS),
@@ -136,7 +139,36 @@ pub fn matmul_input(pool: &ThreadPool, w: &Matrix, wbytes: &[u8], input: &Input,
 pub struct Residual<'a> {
     rows: &'a [ActRow<'a, i8>],
     lists: &'a [Vec<u32>],
-    chunks: Vec<BlockChunk>,
+    chunks: Cow<'a, [BlockChunk]>,
+}
+
+/// The block lists of the rows turned around, per chunk of up to
+/// [`CHUNK_TOKENS`] rows (see [`BlockChunk`]); `nb` blocks per row.
+fn block_chunks(lists: &[Vec<u32>], nb: usize) -> Vec<BlockChunk> {
+    (0..lists.len())
+        .step_by(CHUNK_TOKENS)
+        .map(|t0| {
+            let n = (lists.len() - t0).min(CHUNK_TOKENS);
+            let mut count = vec![0u32; nb + 1];
+            for l in &lists[t0..t0 + n] {
+                l.iter().for_each(|&b| count[b as usize + 1] += 1);
+            }
+            for b in 0..nb {
+                count[b + 1] += count[b];
+            }
+            let mut fill = count.clone();
+            let mut tok = vec![0u8; count[nb] as usize];
+            for (i, l) in lists[t0..t0 + n].iter().enumerate() {
+                for &b in l {
+                    tok[fill[b as usize] as usize] = i as u8;
+                    fill[b as usize] += 1;
+                }
+            }
+            let busy = (0..n).filter(|&i| !lists[t0 + i].is_empty()).map(|i| i as u8).collect();
+            let blocks = (0..nb as u32).filter(|&b| count[b as usize] != count[b as usize + 1]).collect();
+            BlockChunk { t0, n, start: count, tok, busy, blocks }
+        })
+        .collect()
 }
 
 /// Tokens per [`BlockChunk`].
@@ -147,6 +179,7 @@ pub const CHUNK_TOKENS: usize = 64;
 /// `tok[start[b]..start[b + 1]]`. A kernel unpacks a weight block once for
 /// all of them; each row still sums its blocks in rising order, so its
 /// result does not depend on the rows it shares a chunk with.
+#[derive(Clone)]
 pub struct BlockChunk {
     pub t0: usize,
     pub n: usize,
@@ -163,6 +196,20 @@ impl<'a> Residual<'a> {
     /// Panics unless there is one list per row and each names blocks of its
     /// row in rising order; every block not listed must be zero.
     pub fn new(rows: &'a [ActRow<'a, i8>], lists: &'a [Vec<u32>]) -> Residual<'a> {
+        let nb = Self::check(rows, lists);
+        Residual { rows, lists, chunks: Cow::Owned(block_chunks(lists, nb)) }
+    }
+
+    /// [`Residual::new`] with the chunks already made from the same lists
+    /// (an [`Input`]'s, made once for every matrix that reads it).
+    fn with_chunks(rows: &'a [ActRow<'a, i8>], lists: &'a [Vec<u32>], chunks: &'a [BlockChunk]) -> Residual<'a> {
+        Self::check(rows, lists);
+        assert_eq!(chunks.iter().map(|c| c.n).sum::<usize>(), rows.len(), "chunks made for other lists");
+        Residual { rows, lists, chunks: Cow::Borrowed(chunks) }
+    }
+
+    /// [`Residual::new`]'s checks; returns the blocks per row.
+    fn check(rows: &[ActRow<'_, i8>], lists: &[Vec<u32>]) -> usize {
         assert_eq!(rows.len(), lists.len(), "one block list per residual row");
         let nb = rows.first().map_or(0, |x| x.q.len() / 32);
         for (x, l) in rows.iter().zip(lists) {
@@ -172,32 +219,9 @@ impl<'a> Residual<'a> {
             // (quantize_a8_split_row), so checked in debug builds only
             debug_assert!(x.d.iter().enumerate().all(|(b, &d)| l.contains(&(b as u32)) || (d == 0.0 && x.q[b * 32..(b + 1) * 32].iter().all(|&q| q == 0))));
         }
-        let chunks = (0..rows.len())
-            .step_by(CHUNK_TOKENS)
-            .map(|t0| {
-                let n = (rows.len() - t0).min(CHUNK_TOKENS);
-                let mut count = vec![0u32; nb + 1];
-                for l in &lists[t0..t0 + n] {
-                    l.iter().for_each(|&b| count[b as usize + 1] += 1);
-                }
-                for b in 0..nb {
-                    count[b + 1] += count[b];
-                }
-                let mut fill = count.clone();
-                let mut tok = vec![0u8; count[nb] as usize];
-                for (i, l) in lists[t0..t0 + n].iter().enumerate() {
-                    for &b in l {
-                        tok[fill[b as usize] as usize] = i as u8;
-                        fill[b as usize] += 1;
-                    }
-                }
-                let busy = (0..n).filter(|&i| !lists[t0 + i].is_empty()).map(|i| i as u8).collect();
-                let blocks = (0..nb as u32).filter(|&b| count[b as usize] != count[b as usize + 1]).collect();
-                BlockChunk { t0, n, start: count, tok, busy, blocks }
-            })
-            .collect();
-        Residual { rows, lists, chunks }
+        nb
     }
+
     pub fn rows(&self) -> &'a [ActRow<'a, i8>] {
         self.rows
     }
