@@ -8,16 +8,22 @@
 //!
 //! Columns: PP, TG, B; N_KV = B·(PP+TG); T_PP / S_PP: prefill time and
 //! tokens/s (B·PP tokens); T_TG / S_TG: decode time and aggregate tokens/s
-//! (B·TG tokens); T / S: both.
+//! (B·TG tokens); T / S: both. Each step's next tokens are the argmax of
+//! each row: the engine's top-1 ([`Output::Top`], selected on the device
+//! on a GPU), or with `--full-logits` picked on the host from every logit
+//! (what a caller of `forge_engine_logits` does). `--detail` adds, on stderr, each decode
+//! step's time and how much of it picking the next tokens took, and with
+//! FORGE_PROFILE=1 (GPU) the time of each kernel.
 
 use std::time::Instant;
 
 use rocmforge::engine::{BatchRow, Engine, EngineOptions};
+use rocmforge::Output;
 use rocmforge::model::{BackendChoice, LoadOptions, Model};
 use rocmforge::sampler::argmax;
 
 fn usage() -> ! {
-    eprintln!("usage: batched_bench -m MODEL [-npp 128] [-ntg 64] [-npl 1,4,8] [-t THREADS] [--backend auto|cpu|cuda|hip] [--reps N]");
+    eprintln!("usage: batched_bench -m MODEL [-npp 128] [-ntg 64] [-npl 1,4,8] [-t THREADS] [--backend auto|cpu|cuda|hip] [--reps N] [--detail] [--full-logits]");
     std::process::exit(2)
 }
 
@@ -29,6 +35,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let (mut model, mut npp, mut ntg, mut npl, mut threads, mut backend, mut reps) =
         (None, vec![128], vec![64], vec![1, 4, 8], 0usize, BackendChoice::Cpu, 1usize);
+    let (mut detail, mut full_logits) = (false, false);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage());
         match a.as_str() {
@@ -42,6 +49,8 @@ fn main() {
                 usage()
             }),
             "--reps" => reps = val().parse().unwrap_or_else(|_| usage()),
+            "--detail" => detail = true,
+            "--full-logits" => full_logits = true,
             "-h" | "--help" => usage(),
             _ => {
                 eprintln!("unknown argument {a}");
@@ -68,6 +77,10 @@ fn main() {
                 let mut best: Option<(f64, f64)> = None;
                 for _ in 0..reps.max(1) {
                     let mut e = Engine::new(m.clone(), EngineOptions { n_ctx, kv_budget: budget, ..Default::default() }).expect("engine");
+                    if !full_logits {
+                        e.set_output(Output::Top(1)).expect("top-1");
+                    }
+                    let pick = |e: &Engine, row: usize| if full_logits { argmax(e.logits(row).unwrap()) } else { e.top(row).unwrap().0[0] };
                     let seqs: Vec<u32> = (0..b).map(|_| e.add_seq().expect("sequence")).collect();
                     // prompts: fixed, different per sequence
                     let mut rows = Vec::with_capacity(b * pp);
@@ -79,15 +92,24 @@ fn main() {
                     let t0 = Instant::now();
                     e.decode(&rows).expect("prefill");
                     let t_pp = t0.elapsed().as_secs_f64();
-                    let mut next: Vec<u32> = (0..b).map(|i| argmax(e.logits((i + 1) * pp - 1).unwrap())).collect();
+                    let mut next: Vec<u32> = (0..b).map(|i| pick(&e, (i + 1) * pp - 1)).collect();
                     let t1 = Instant::now();
+                    let mut t_pick = 0.0;
                     for step in 0..tg {
                         let rows: Vec<BatchRow> =
                             seqs.iter().zip(&next).map(|(&s, &t)| BatchRow { seq: s, token: t, pos: pp + step, logits: true }).collect();
                         e.decode(&rows).expect("decode");
-                        next = (0..b).map(|i| argmax(e.logits(i).unwrap())).collect();
+                        let t2 = Instant::now();
+                        next = (0..b).map(|i| pick(&e, i)).collect();
+                        t_pick += t2.elapsed().as_secs_f64();
                     }
                     let t_tg = t1.elapsed().as_secs_f64();
+                    if detail {
+                        eprintln!("B={b}: decode step {:.3} ms, of which picking the next tokens on the host {:.3} ms", t_tg * 1e3 / tg as f64, t_pick * 1e3 / tg as f64);
+                        if rocmforge::backend::gpu::profile::enabled() {
+                            eprintln!("{}", rocmforge::backend::gpu::profile::report());
+                        }
+                    }
                     best = Some(match best {
                         Some((a, c)) => (a.min(t_pp), c.min(t_tg)),
                         None => (t_pp, t_tg),

@@ -10,11 +10,15 @@
 // Sliding window (gemma3 local layers): keys (p - window, p] only.
 // CPU reference: the attention loop in model::forward.
 //
-// q: (n, n_head, hd) f32. kc: (n_ctx, n_head_kv * hd) f16; vc: (n_ctx,
-// n_head_kv * hdv) f16. out: (n, n_head, hdv) f32. S > 1 also uses part
-// ((n * n_head) * S, 2 + hdv) f32 rows {max, sum, unnormalised out} and
-// counters (n * n_head) i32, zero between launches.
-// Token t is at position *pos0 + t. hd must be a multiple of 8, hdv <= 256.
+// q: (n, n_head, hd) f32. kc: (slots, n_head_kv * hd) f16; vc: (slots,
+// n_head_kv * hdv) f16, paged (kv_slot in rope.cu: position j of row t's
+// sequence is at slot kv_slot(bt, tab[t], j)). out: (n, n_head, hdv) f32.
+// S > 1 also uses part ((n * n_head) * S, 2 + hdv) f32 rows {max, sum,
+// unnormalised out} and counters (n * n_head) i32, zero between launches.
+// Query t is at position pos[t] and sees its sequence's keys up to pos[t].
+// Decode rows may be of any sequences (each its own table); the prefill
+// kernels take the rows of one sequence, consecutive positions from pos[0],
+// all with table tab[0]. hd must be a multiple of 8, hdv <= 256.
 #pragma once
 #include "iquant.h"
 #include "rope.cu"
@@ -25,6 +29,10 @@
 #define ATT_MAX_SPLITS 64
 // Keys one decode block takes before another split pays: one tile per warp.
 #define ATT_CHUNK (ATT_WARPS * WARP_SIZE)
+// Block-table entries a decode block stages in shared memory (its keys'
+// blocks; a split of more keys reads the rest from the table itself), so
+// a key's address costs no dependent global load.
+#define ATT_BT_SHARED 128
 
 // N consecutive f16 values, in one load of 2N bytes (2N-byte aligned).
 template <int N>
@@ -80,8 +88,8 @@ struct HalfVec<8> {
 template <int D>
 static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, u16* __restrict__ kc,
                                                    u16* __restrict__ vc, float* out, float* part, int* counters,
-                                                   const int* pos0, int n_head, int n_head_kv, int hd, int hdv,
-                                                   int window, float scale, int S, i8* aq, float* ad, float* as,
+                                                   const int* pos, const int* tab, const int* bt, int n_head,
+                                                   int n_head_kv, int hd, int hdv, int window, float scale, int S, i8* aq, float* ad, float* as,
                                                    const float* kr, const float* vr, const float* bq, const float* bk,
                                                    const float* bv, const float* qn, const float* kn, const float* freq,
                                                    int rope_dim, int neox, float mscale, float eps) {
@@ -95,7 +103,8 @@ static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, 
     float* sv = sk + hd;
     const int h = blockIdx.x, t = blockIdx.y, s = blockIdx.z;
     const int lane = threadIdx.x % WARP_SIZE, w = threadIdx.x / WARP_SIZE;
-    const int p = *pos0 + t;  // pos0: written by the host, not by a kernel
+    const int p = pos[t];  // written by the host, not by a kernel
+    const int tb = tab ? tab[t] : 0;
     const int first = window > 0 ? max(0, p + 1 - window) : 0;
     const int len = p + 1 - first;
     const int SA = min(S, (len + ATT_CHUNK - 1) / ATT_CHUNK);
@@ -107,6 +116,17 @@ static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, 
     const bool fuse = kr != 0;  // one token: q, k, v come raw, qkv_post's work is done here
     const bool own = fuse && s == SA - 1;
     const int jend = own ? p : j1;  // keys read from the cache: [j0, jend)
+    // this block's entries of the block table (written by the host before
+    // the launch, so read before GRID_START)
+    __shared__ int sbt[ATT_BT_SHARED];
+    const int b0 = j0 / KV_BLOCK, nbt = bt ? min(ATT_BT_SHARED, (j1 - 1) / KV_BLOCK - b0 + 1) : 0;
+    for (int i = threadIdx.x; i < nbt; i += blockDim.x) sbt[i] = bt[tb + b0 + i];
+    __syncthreads();
+    // the cache slot of key j of this block's range
+    auto slot = [&](int j) -> u64 {
+        const int b = j / KV_BLOCK - b0;
+        return bt ? (u64)(b < nbt ? sbt[b] : bt[tb + j / KV_BLOCK]) * KV_BLOCK + (u64)(j % KV_BLOCK) : (u64)j;
+    };
     // Those keys' K and V rows into L2 while the kernel before finishes (and
     // while q and the new key are prepared below): earlier steps wrote them,
     // no kernel in flight does (see GRID_START). 32 bytes per prefetch.
@@ -114,8 +134,9 @@ static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, 
         const int kw = hd / 16, vw = hdv / 16;  // 32-byte pieces per row
         for (int i = threadIdx.x; i < (jend - j0) * (kw + vw); i += blockDim.x) {
             const int j = j0 + i / (kw + vw), c = i % (kw + vw);
-            if (c < kw) PREFETCH_L2(kc + (u64)j * kv_stride + (u64)kvh * hd + 16 * c);
-            else PREFETCH_L2(vc + (u64)j * v_stride + (u64)kvh * hdv + 16 * (c - kw));
+            const u64 sl = slot(j);
+            if (c < kw) PREFETCH_L2(kc + sl * kv_stride + (u64)kvh * hd + 16 * c);
+            else PREFETCH_L2(vc + sl * v_stride + (u64)kvh * hdv + 16 * (c - kw));
         }
     }
     GRID_START();
@@ -130,7 +151,8 @@ static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, 
         const u64 kvo = (u64)t * n_head_kv + kvh;
         head_prep(qh, bq ? bq + h * hd : 0, qn, own ? kr + kvo * hd : 0, bk ? bk + kvh * hd : 0, kn, vr + kvo * hdv,
                   bv ? bv + kvh * hdv : 0, freq, p, hd, hdv, rope_dim, neox, mscale, eps, scale, sq, sk, sv,
-                  store ? kc + (u64)p * kv_stride + (u64)kvh * hd : 0, store ? vc + (u64)p * v_stride + (u64)kvh * hdv : 0,
+                  store ? kc + kv_slot(bt, tb, p) * kv_stride + (u64)kvh * hd : 0,
+                  store ? vc + kv_slot(bt, tb, p) * v_stride + (u64)kvh * hdv : 0,
                   bred);
     } else {
         for (int i = threadIdx.x; i < hd; i += blockDim.x) sq[i] = qh[i] * scale;
@@ -144,18 +166,18 @@ static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, 
     for (int k = 0; k < DPL; k++) o[k] = 0.0f;
     for (int jb = j0 + w * WARP_SIZE; jb < jend; jb += ATT_WARPS * WARP_SIZE) {
         const int nb = min(WARP_SIZE, jend - jb);
-        const u16* vb = vc + (u64)jb * v_stride + (u64)kvh * hdv + d0;
+        const u16* vb = vc + (u64)kvh * hdv + d0;
         HalfVec<DPL> vr[VB];
 #pragma unroll
         for (int k = 0; k < VB; k++) {
-            if (k < nb && vmine) vr[k].load(vb + (u64)k * v_stride);
+            if (k < nb && vmine) vr[k].load(vb + slot(jb + k) * v_stride);
             else vr[k].zero();
         }
         // scores: lane l takes key jb + l
         const int j = jb + lane;
         float sc = NEG_INF;
         if (lane < nb) {
-            const uint4* krow = (const uint4*)(kc + (u64)j * kv_stride + (u64)kvh * hd);
+            const uint4* krow = (const uint4*)(kc + slot(j) * kv_stride + (u64)kvh * hd);
             float d = 0.0f;
             for (int c = 0; c < hd / 8; c += 8) {
                 uint4 kv[8];
@@ -183,7 +205,7 @@ static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, 
             if (b > 0) {
 #pragma unroll
                 for (int k = 0; k < VB; k++) {
-                    if (b + k < nb && vmine) vr[k].load(vb + (u64)(b + k) * v_stride);
+                    if (b + k < nb && vmine) vr[k].load(vb + slot(jb + b + k) * v_stride);
                     else vr[k].zero();
                 }
             }
@@ -273,11 +295,11 @@ static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, 
 #define ATTN_DECODE(D)                                                                                                   \
     KERNEL void __launch_bounds__(ATT_WARPS * WARP_SIZE) attn_d##D(                                                      \
         const float* __restrict__ q, u16* __restrict__ kc, u16* __restrict__ vc, float* out, float* part,                \
-        int* counters, const int* pos0, int n_head, int n_head_kv, int hd, int hdv, int window, float scale, int S,      \
-        i8* aq, float* ad, float* as, const float* kr, const float* vr, const float* bq, const float* bk,                \
-        const float* bv, const float* qn, const float* kn, const float* freq, int rope_dim, int neox, float mscale,      \
-        float eps) {                                                                                                     \
-        attn_decode<D>(q, kc, vc, out, part, counters, pos0, n_head, n_head_kv, hd, hdv, window, scale, S,  \
+        int* counters, const int* pos, const int* tab, const int* bt, int n_head, int n_head_kv, int hd, int hdv,       \
+        int window, float scale, int S, i8* aq, float* ad, float* as, const float* kr, const float* vr,                 \
+        const float* bq, const float* bk, const float* bv, const float* qn, const float* kn, const float* freq,         \
+        int rope_dim, int neox, float mscale, float eps) {                                                                                                     \
+        attn_decode<D>(q, kc, vc, out, part, counters, pos, tab, bt, n_head, n_head_kv, hd, hdv, window, scale, S,  \
                        aq, ad, as, kr, vr, bq, bk, bv, qn, kn, freq, rope_dim, neox, mscale, eps);                       \
     }
 ATTN_DECODE(64)
@@ -293,8 +315,8 @@ ATTN_DECODE(256)
 // halves (V) + qb * hd floats (Q). Registers capped for 5 blocks per SM: on
 // an H100 a 96-register cap on everything raised pp512 by 10-19%.
 KERNEL void BOUNDS(ATT_WARPS * WARP_SIZE, 5) attn_prefill(const float* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc,
-                         float* out, const int* pos0, int n, int n_head, int n_head_kv, int hd, int hdv, int window,
-                         float scale, int qw) {
+                         float* out, const int* pos, const int* tab, const int* bt, int n, int n_head, int n_head_kv,
+                         int hd, int hdv, int window, float scale, int qw) {
     extern __shared__ u32 smem[];
     GRID_START();
     const int hw = hd / 2 + 1;
@@ -303,7 +325,7 @@ KERNEL void BOUNDS(ATT_WARPS * WARP_SIZE, 5) attn_prefill(const float* __restric
     float* sq = (float*)(sv + WARP_SIZE * hdv);
     const int h = blockIdx.x, lane = threadIdx.x % WARP_SIZE, w = threadIdx.x / WARP_SIZE;
     const int qb = qw * ATT_WARPS, t0 = blockIdx.y * qb, tend = min(t0 + qb, n);
-    const int base = *pos0;
+    const int base = pos[0], tb = tab ? tab[0] : 0;
     const int kvh = h / (n_head / n_head_kv);
     const u64 kv_stride = (u64)n_head_kv * hd, v_stride = (u64)n_head_kv * hdv;
     for (int i = threadIdx.x; i < (tend - t0) * hd; i += blockDim.x) {
@@ -325,14 +347,14 @@ KERNEL void BOUNDS(ATT_WARPS * WARP_SIZE, 5) attn_prefill(const float* __restric
 #pragma unroll 4
         for (int i = threadIdx.x; i < WARP_SIZE * (hd / 8); i += blockDim.x) {
             const int r = i / (hd / 8), c = i % (hd / 8);
-            const uint4 v = kb + r <= p_last ? ((const uint4*)(kc + (u64)(kb + r) * kv_stride + (u64)kvh * hd))[c] : make_uint4(0, 0, 0, 0);
+            const uint4 v = kb + r <= p_last ? ((const uint4*)(kc + kv_slot(bt, tb, kb + r) * kv_stride + (u64)kvh * hd))[c] : make_uint4(0, 0, 0, 0);
             u32* d = sk + r * hw + 4 * c;
             d[0] = v.x; d[1] = v.y; d[2] = v.z; d[3] = v.w;
         }
 #pragma unroll 4
         for (int i = threadIdx.x; i < WARP_SIZE * (hdv / 8); i += blockDim.x) {
             const int r = i / (hdv / 8), c = i % (hdv / 8);
-            ((uint4*)sv)[i] = kb + r <= p_last ? ((const uint4*)(vc + (u64)(kb + r) * v_stride + (u64)kvh * hdv))[c] : make_uint4(0, 0, 0, 0);
+            ((uint4*)sv)[i] = kb + r <= p_last ? ((const uint4*)(vc + kv_slot(bt, tb, kb + r) * v_stride + (u64)kvh * hdv))[c] : make_uint4(0, 0, 0, 0);
         }
         __syncthreads();
 #pragma unroll
@@ -406,8 +428,8 @@ KERNEL void BOUNDS(ATT_WARPS * WARP_SIZE, 5) attn_prefill(const float* __restric
 #define APM_K 64
 template <int D>
 static __device__ __forceinline__ void attn_prefill_mma(const float* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc,
-                                                        float* __restrict__ out, const int* pos0, int n, int n_head, int n_head_kv,
-                                                        int window, float scale) {
+                                                        float* __restrict__ out, const int* pos, const int* tab, const int* bt,
+                                                        int n, int n_head, int n_head_kv, int window, float scale) {
     // words per staged row: 4 more than the row, so the 8 rows one fragment
     // load touches fall in distinct banks (and rows stay 16-byte aligned)
     constexpr int RW = D / 2 + 4;
@@ -417,7 +439,7 @@ static __device__ __forceinline__ void attn_prefill_mma(const float* __restrict_
     const int h = blockIdx.x, lane = threadIdx.x % 32, w = threadIdx.x / 32;
     const int g = lane / 4, c = lane % 4;
     const int t0 = blockIdx.y * APM_Q, tend = min(t0 + APM_Q, n);
-    const int base = *pos0, kvh = h / (n_head / n_head_kv);
+    const int base = pos[0], tb = tab ? tab[0] : 0, kvh = h / (n_head / n_head_kv);
     const u64 stride = (u64)n_head_kv * D;
     const int ra = t0 + 16 * w + g, rb = ra + 8;  // this lane's two query rows
     const int pa = base + ra, pb = base + rb;
@@ -446,7 +468,7 @@ static __device__ __forceinline__ void attn_prefill_mma(const float* __restrict_
         for (int i = threadIdx.x; i < APM_K * (D / 8); i += 4 * 32) {
             const int r = i / (D / 8), cc = i % (D / 8);
             const bool ok = kb + r <= p_last;  // rows past the last key: zeros (never NaN)
-            const u64 at = (u64)(kb + r) * stride + (u64)kvh * D;
+            const u64 at = (ok ? kv_slot(bt, tb, kb + r) : 0) * stride + (u64)kvh * D;
             *(uint4*)(sk + r * RW + 4 * cc) = ok ? ((const uint4*)(kc + at))[cc] : make_uint4(0, 0, 0, 0);
             *(uint4*)(sv + r * RW + 4 * cc) = ok ? ((const uint4*)(vc + at))[cc] : make_uint4(0, 0, 0, 0);
         }
@@ -525,9 +547,9 @@ static __device__ __forceinline__ void attn_prefill_mma(const float* __restrict_
 }
 #define ATTN_PREFILL_MMA(D)                                                                                             \
     KERNEL void __launch_bounds__(4 * 32) attn_prefill_mma##D(const float* q, const u16* kc, const u16* vc, float* out, \
-                                                              const int* pos0, int n, int n_head, int n_head_kv,        \
-                                                              int window, float scale) {                                \
-        attn_prefill_mma<D>(q, kc, vc, out, pos0, n, n_head, n_head_kv, window, scale);                                  \
+                                                              const int* pos, const int* tab, const int* bt, int n,     \
+                                                              int n_head, int n_head_kv, int window, float scale) {     \
+        attn_prefill_mma<D>(q, kc, vc, out, pos, tab, bt, n, n_head, n_head_kv, window, scale);                          \
     }
 ATTN_PREFILL_MMA(64)
 ATTN_PREFILL_MMA(128)

@@ -4,15 +4,26 @@
 // CPU reference: model::forward (add_rows, rmsnorm_rows, rope_row).
 //
 // Grid: x = n_head + n_head_kv (Q heads first, then K/V heads), y = token;
-// block 128 threads (head_prep). Position of token t: *pos0 + t (read on the device so a
-// captured graph replays for any position).
+// block 128 threads (head_prep). Token t is at position pos[t] of its
+// sequence (read on the device, so a captured graph replays for any
+// position) and its K/V go to cache slot kv_slot(bt, tab[t], pos[t]).
 // q: (n, n_head, hd) f32, rotated in place. k: (n, n_head_kv, hd) f32;
-// v: (n, n_head_kv, hdv) f32. kc: (n_ctx, n_head_kv * hd) f16; vc: (n_ctx,
+// v: (n, n_head_kv, hdv) f32. kc: (slots, n_head_kv * hd) f16; vc: (slots,
 // n_head_kv * hdv) f16 (one layer's slice). bq/bk/bv, qn/kn may be null.
 // freq: (rope_dim / 2) per-pair frequencies with the scaling folded in;
 // angle = pos * freq[i]; cos/sin are multiplied by mscale (YaRN).
 #pragma once
 #include "vendor.h"
+
+// The paged KV cache (src/kv.rs): positions in blocks of KV_BLOCK slots; a
+// sequence's block table lists the physical block of each KV_BLOCK of its
+// positions. Rows of a step find their sequence's table at bt + tab[t]
+// (tab null: at bt). The cache slot of position j: bt[tb + j / KV_BLOCK] *
+// KV_BLOCK + j % KV_BLOCK; with bt null the cache is contiguous (slot j).
+#define KV_BLOCK 16
+static __device__ __forceinline__ u64 kv_slot(const int* bt, int tb, int j) {
+    return bt ? (u64)bt[tb + j / KV_BLOCK] * KV_BLOCK + (u64)(j % KV_BLOCK) : (u64)j;
+}
 
 // One head's vectors as attention uses them (qkv_post's blocks, and one
 // decode token's attention blocks doing qkv_post's work): q = qs + bq,
@@ -93,25 +104,28 @@ static __device__ __forceinline__ void head_prep(const float* qs, const float* b
 }
 
 KERNEL void qkv_post(float* q, const float* k, const float* v, const float* bq, const float* bk, const float* bv,
-                     const float* qn, const float* kn, u16* kc, u16* vc, const int* pos0, const float* freq,
+                     const float* qn, const float* kn, u16* kc, u16* vc, const int* pos, const int* tab,
+                     const int* bt, const float* freq,
                      int n_head, int n_head_kv, int hd, int hdv, int rope_dim, int neox, float mscale, float eps) {
     __shared__ float red[32];
     __shared__ float xs[512];
     GRID_START();
-    const int t = blockIdx.y, pos = *pos0 + t;
+    const int t = blockIdx.y, p = pos[t];
+    if (p < 0) return;  // a padding row
     const bool is_q = (int)blockIdx.x < n_head;
     const int h = is_q ? blockIdx.x : blockIdx.x - n_head;
     const float* src = is_q ? q + ((u64)t * n_head + h) * hd : k + ((u64)t * n_head_kv + h) * hd;
     const float* bias = is_q ? (bq ? bq + h * hd : 0) : (bk ? bk + h * hd : 0);
-    head_prep(src, bias, is_q ? qn : kn, 0, 0, 0, 0, 0, freq, pos, hd, 0, rope_dim, neox, mscale, eps, 1.0f, xs, 0, 0, 0, 0, red);
+    head_prep(src, bias, is_q ? qn : kn, 0, 0, 0, 0, 0, freq, p, hd, 0, rope_dim, neox, mscale, eps, 1.0f, xs, 0, 0, 0, 0, red);
     if (is_q) {
         float* dst = q + ((u64)t * n_head + h) * hd;
         for (int i = threadIdx.x; i < hd; i += blockDim.x) dst[i] = xs[i];
     } else {
-        u16* kd = kc + (u64)pos * n_head_kv * hd + (u64)h * hd;
+        const u64 slot = kv_slot(bt, tab ? tab[t] : 0, p);
+        u16* kd = kc + slot * n_head_kv * hd + (u64)h * hd;
         for (int i = threadIdx.x; i < hd; i += blockDim.x) kd[i] = f2h(xs[i]);
         const float* vs = v + ((u64)t * n_head_kv + h) * hdv;
-        u16* vd = vc + (u64)pos * n_head_kv * hdv + (u64)h * hdv;
+        u16* vd = vc + slot * n_head_kv * hdv + (u64)h * hdv;
         for (int i = threadIdx.x; i < hdv; i += blockDim.x) vd[i] = f2h(vs[i] + (bv ? bv[h * hdv + i] : 0.0f));
     }
 }

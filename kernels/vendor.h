@@ -130,6 +130,16 @@ static __device__ __forceinline__ void ldsm_t2(const void* row, u32& b0, u32& b1
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];" : "=r"(b0), "=r"(b1) : "r"(a) : "memory");
 }
 static __device__ __forceinline__ u32 pack_h2(float lo, float hi) { return (u32)f2h(lo) | ((u32)f2h(hi) << 16); }
+// mma_s8(d, a, b0, b1): d (16x8 i32) += a (16x32 i8, row-major) * b (32x8
+// i8, column-major), PTX mma.sync.m16n8k32; lane l holds 4 bytes each of
+// a's rows l / 4 (a0, a2) and l / 4 + 8 (a1, a3) at columns 4 (l % 4)
+// (a0, a1) and 16 + 4 (l % 4) (a2, a3), of b's column l / 4 at rows 4 (l %
+// 4) (b0) and 16 + 4 (l % 4) (b1), and d as mma16816 does.
+static __device__ __forceinline__ void mma_s8(int (&d)[4], const int (&a)[4], int b0, int b1) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
 #endif
 // Register budget: at most `threads` per block and, on NVIDIA, enough
 // registers left for `blocks` resident blocks per SM (AMD takes the first).

@@ -4,7 +4,7 @@
 # tests, time the benchmarks, and run compute-sanitizer. Binaries are built
 # on the CPU machine (scripts/gpu_prepare.sh) and carried with the tree.
 #
-# usage: scripts/gpu_check.sh [steps...]   steps: info twins ops model profile ktime bench bench-cpu sanitize real ncu compile regs
+# usage: scripts/gpu_check.sh [steps...]   steps: info twins ops model profile ktime bench batched bprofile bench-cpu sanitize real ncu compile regs
 # env:   BIN (binaries, default .carry/bin), HEADS (.head files, default .carry),
 #        OUT (logs; default ./gpu-out), TWINS (default /tmp/twins)
 set -uo pipefail
@@ -84,6 +84,16 @@ for step in $steps; do
       for d in 0 512; do
         run bench-d$d "$BIN/bench" --backend cuda --pp 512 --tg 128 --depth $d --reps 3 \
           "$TWINS/qwen2-twin.gguf" "$TWINS/qwen2-f16-twin.gguf" "$TWINS/llama7b-q4_0-twin.gguf"
+      done ;;
+    batched)
+      # aggregate batched decode (llama-batched-bench's semantics and table)
+      for tw in ${BATCHED_TWINS:-qwen2-twin llama7b-q4_0-twin}; do
+        run batched-$tw "$BIN/batched_bench" --backend cuda -m "$TWINS/$tw.gguf" -npp 128 -ntg 128 -npl ${NPL:-1,8,32,64,128,256}
+      done ;;
+    bprofile)
+      # where a batched decode step's time goes (kernels timed one by one)
+      for tw in ${BATCHED_TWINS:-qwen2-twin llama7b-q4_0-twin}; do
+        run bprofile-$tw env FORGE_PROFILE=1 "$BIN/batched_bench" --backend cuda -m "$TWINS/$tw.gguf" -npp 128 -ntg 16 -npl ${NPL:-8,64} --detail
       done ;;
     bench-cpu)
       run bench-cpu "$BIN/bench" --backend cpu,cuda --threads 16 --pp 128 --tg 32 --reps 1 \

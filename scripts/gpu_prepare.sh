@@ -12,7 +12,7 @@ for t in device_ops gpu_model rocmforge; do
   exe=$(printf '%s\n' "$json" | grep -o "\"executable\":\"[^\"]*/deps/$t-[0-9a-f]*\"" | tail -n1 | cut -d'"' -f4)
   install -m755 "$exe" .carry/bin/$t
 done
-for e in bench make_twin generate; do install -m755 target/release/examples/$e .carry/bin/$e; done
+for e in bench batched_bench make_twin generate; do install -m755 target/release/examples/$e .carry/bin/$e; done
 strip .carry/bin/*
 for m in SmolLM2-135M-Instruct.Q4_1 qwen2.5-coder-0.5b-instruct-q4_k_m gemma-3-270m-q4_k_m; do
   ./target/release/examples/make_twin --header-only --from models/$m.gguf --out .carry/$m.head

@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::backend::{Exec, Logits, StepRow};
+use crate::backend::{Exec, Logits, Output, StepRow, TopRows, TOP_MAX};
 use crate::error::{Error, Result};
 use crate::kv::{BlockPool, KvStats, SeqKv, BLOCK};
 use crate::model::{Model, MAX_CTX};
@@ -70,7 +70,11 @@ pub struct Engine {
     next_id: SeqId,
     /// The last step's logits, one n_vocab row per row that wanted them.
     logits: Vec<f32>,
-    /// For each row of the last step, its row in `logits`.
+    /// What a step returns per row that wants logits, and with
+    /// [`Output::Top`] the last step's candidates.
+    output: Output,
+    top: TopRows,
+    /// For each row of the last step, its row in `logits` (or `top`).
     logit_row: Vec<Option<usize>>,
     /// Preempt the newest sequences when a batch does not fit.
     preempt: bool,
@@ -106,6 +110,8 @@ impl Engine {
             seqs: BTreeMap::new(),
             next_id: 0,
             logits: Vec::new(),
+            output: Output::Logits,
+            top: TopRows::default(),
             logit_row: Vec::new(),
             preempt: opts.preempt,
             born: BTreeMap::new(),
@@ -282,8 +288,19 @@ impl Engine {
         // (the last step's logits stay readable until this one runs)
         let wanted = rows.iter().filter(|r| r.logits).count();
         let nv = self.model.cfg.n_vocab;
-        let more = (wanted * nv).saturating_sub(self.logits.len());
-        self.logits.try_reserve_exact(more).map_err(|_| Error::OutOfMemory(format!("logits of {wanted} rows: {} MiB", wanted * nv * 4 >> 20)))?;
+        let per_row = match self.output {
+            Output::Logits => nv,
+            Output::Top(k) => k,
+        };
+        let oom = |_| Error::OutOfMemory(format!("logits of {wanted} rows: {} MiB", (wanted * per_row * 4) >> 20));
+        match self.output {
+            Output::Logits => self.logits.try_reserve_exact((wanted * nv).saturating_sub(self.logits.len())).map_err(oom)?,
+            Output::Top(k) => {
+                self.top.ids.try_reserve_exact((wanted * k).saturating_sub(self.top.ids.len())).map_err(oom)?;
+                self.top.logits.try_reserve_exact((wanted * k).saturating_sub(self.top.logits.len())).map_err(oom)?;
+                self.top.lse.try_reserve_exact(wanted.saturating_sub(self.top.lse.len())).map_err(oom)?;
+            }
+        }
         let mut kept: Option<Vec<BatchRow>> = None;
         let mut victims = Vec::new();
         let order = loop {
@@ -310,6 +327,7 @@ impl Engine {
         self.preempted = victims;
         self.row_seq.clear();
         self.logits.clear();
+        self.top.clear();
         self.logit_row.clear();
         let rows_run = kept.as_deref().unwrap_or(rows);
         let r = self.run(rows_run, &order);
@@ -328,9 +346,48 @@ impl Engine {
                 self.pool.rollback(s);
             }
             self.logits.clear();
+            self.top.clear();
             self.logit_row.clear();
         }
         r
+    }
+
+    /// What [`Engine::decode`] returns for each row that wants logits:
+    /// every logit ([`Output::Logits`], the default; [`Engine::logits`]),
+    /// or the k largest with their ids and the row's log-sum-exp
+    /// ([`Output::Top`], 1 ≤ k ≤ min([`TOP_MAX`], n_vocab);
+    /// [`Engine::top`]), which a GPU selects on the device. The last
+    /// step's results are gone either way.
+    pub fn set_output(&mut self, out: Output) -> Result<()> {
+        let nv = self.model.cfg.n_vocab;
+        if let Output::Top(k) = out {
+            if k == 0 || k > TOP_MAX.min(nv) {
+                return Err(Error::InvalidArgument(format!("top-{k}: k must be 1 ..= {}", TOP_MAX.min(nv))));
+            }
+            self.top = TopRows::new(k);
+        }
+        self.output = out;
+        self.logits.clear();
+        self.top.clear();
+        self.logit_row.clear();
+        Ok(())
+    }
+
+    pub fn output(&self) -> Output {
+        self.output
+    }
+
+    /// The candidates of row `row` of the last successful decode under
+    /// [`Output::Top`], if that row asked for logits: k token ids and
+    /// their logits, largest first (ties: the lower id first), and the
+    /// row's log-sum-exp (a candidate's log-probability is its logit minus
+    /// it).
+    pub fn top(&self, row: usize) -> Option<(&[u32], &[f32], f32)> {
+        if !matches!(self.output, Output::Top(_)) {
+            return None;
+        }
+        let i = (*self.logit_row.get(row)?)?;
+        Some(self.top.row(i))
     }
 
     /// The sequence to preempt next: the newest one that holds positions
@@ -370,7 +427,10 @@ impl Engine {
         }
         let seqs = &self.seqs;
         let step: Vec<StepRow> = rows.iter().map(|r| StepRow { seq: r.seq, token: r.token, pos: r.pos, kv: &seqs[&r.seq], logits: r.logits }).collect();
-        self.exec.forward(&step, &mut self.logits)?;
+        match self.output {
+            Output::Logits => self.exec.forward(&step, &mut self.logits)?,
+            Output::Top(_) => self.exec.forward_top(&step, &mut self.top)?,
+        }
         let mut k = 0;
         for r in rows {
             self.logit_row.push(r.logits.then(|| {
@@ -400,6 +460,7 @@ impl Engine {
         let rows: Vec<BatchRow> = tokens.iter().enumerate().map(|(i, &token)| BatchRow { seq: id, token, pos: pos0 + i, logits: false }).collect();
         self.check(&rows)?;
         self.logits.clear();
+        self.top.clear();
         self.logit_row.clear();
         let s = self.seqs.get_mut(&id).expect("checked");
         let copies = self.pool.prepare_append(s, tokens.len()).map_err(|e| Error::KvExhausted(e.to_string()))?;
@@ -413,8 +474,12 @@ impl Engine {
     }
 
     /// The logits of row `row` of the last successful [`Engine::decode`], if
-    /// that row asked for them (`n_vocab` floats).
+    /// that row asked for them (`n_vocab` floats; none under
+    /// [`Output::Top`]: see [`Engine::top`]).
     pub fn logits(&self, row: usize) -> Option<&[f32]> {
+        if self.output != Output::Logits {
+            return None;
+        }
         let nv = self.model.cfg.n_vocab;
         let i = (*self.logit_row.get(row)?)?;
         Some(&self.logits[i * nv..(i + 1) * nv])

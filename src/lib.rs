@@ -36,7 +36,7 @@ pub mod tokenizer;
 #[cfg(feature = "tools")]
 pub mod twin;
 
-pub use backend::Logits;
+pub use backend::{Logits, Output};
 pub use engine::{Engine, EngineOptions, Session};
 pub use error::{Error, Result};
 pub use model::{BackendChoice, LoadOptions, Model};

@@ -8,7 +8,9 @@
 //!   computation;
 //! - a seeded random schedule of adds, removes, forks, truncations and
 //!   mixed decode/prefill steps on tiny models, every step checked against
-//!   a solo recomputation, and the pool full again at the end.
+//!   a solo recomputation, and the pool full again at the end;
+//! - a step's top-k candidates (`Output::Top`) are the k largest of its
+//!   full logits, with the rows' log-sum-exp.
 
 mod common;
 
@@ -408,4 +410,66 @@ fn random_schedule_keeps_sequences_independent_and_leaks_no_block() {
         let st = e.stats();
         assert_eq!((st.blocks_used, st.blocks_free), (0, total), "blocks leaked: {st:?}");
     }
+}
+
+/// `Output::Top(k)`: the same batch run for every logit and for the top k
+/// gives, for each row that asked, the k largest logits of the full row
+/// (largest first, ties to the lower id; the sort of the full row is the
+/// reference) and the row's log-sum-exp; rows that did not ask have none;
+/// the wrong accessor answers None; k outside 1 ..= 256 is refused.
+#[test]
+fn top_candidates_are_the_largest_logits() {
+    use rocmforge::backend::TOP_MAX;
+    use rocmforge::Output;
+    let model = load("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let nv = model.cfg.n_vocab;
+    let prompts: [&[u32]; 3] = [&[1, 504, 3458, 314], &[1, 9, 12, 77, 1024, 3, 18], &[2, 2, 2]];
+    let rows_of = |ids: &[SeqId]| -> Vec<BatchRow> {
+        let mut rows = Vec::new();
+        for (&id, p) in ids.iter().zip(prompts) {
+            // the last row of each prompt, and its second row, ask for logits
+            rows.extend(p.iter().enumerate().map(|(i, &token)| BatchRow { seq: id, token, pos: i, logits: i + 1 == p.len() || i == 1 }));
+        }
+        rows
+    };
+    let mut full = Engine::new(model.clone(), EngineOptions { n_ctx: 32, ..Default::default() }).unwrap();
+    let ids: Vec<SeqId> = (0..3).map(|_| full.add_seq().unwrap()).collect();
+    let rows = rows_of(&ids);
+    full.decode(&rows).unwrap();
+    assert!(full.top(0).is_none(), "no candidates under Output::Logits");
+    for k in [1, 5, 40, TOP_MAX] {
+        let mut top = Engine::new(model.clone(), EngineOptions { n_ctx: 32, ..Default::default() }).unwrap();
+        top.set_output(Output::Top(k)).unwrap();
+        assert_eq!(top.output(), Output::Top(k));
+        let tids: Vec<SeqId> = (0..3).map(|_| top.add_seq().unwrap()).collect();
+        top.decode(&rows_of(&tids)).unwrap();
+        for (r, row) in rows.iter().enumerate() {
+            if !row.logits {
+                assert!(top.top(r).is_none(), "row {r} asked for nothing");
+                continue;
+            }
+            let l = full.logits(r).unwrap();
+            let mut order: Vec<u32> = (0..nv as u32).collect();
+            order.sort_by(|&a, &b| l[b as usize].total_cmp(&l[a as usize]).then(a.cmp(&b)));
+            let (cids, clog, lse) = top.top(r).unwrap();
+            assert_eq!(cids, &order[..k], "row {r} top-{k} ids");
+            let want: Vec<f32> = order[..k].iter().map(|&i| l[i as usize]).collect();
+            assert_eq!(clog, &want[..], "row {r} top-{k} logits");
+            let m = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let exact = m + l.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+            assert!((lse as f64 - exact).abs() <= 1e-4 * exact.abs().max(1.0), "row {r} log-sum-exp {lse} vs {exact}");
+            assert!(top.logits(r).is_none(), "no full logits under Output::Top");
+        }
+        // greedy through top-1 is the argmax of the full row
+        if k == 1 {
+            for r in (0..rows.len()).filter(|&r| rows[r].logits) {
+                assert_eq!(top.top(r).unwrap().0[0], argmax(full.logits(r).unwrap()));
+            }
+        }
+    }
+    let mut e = Engine::new(model.clone(), EngineOptions { n_ctx: 32, ..Default::default() }).unwrap();
+    for bad in [0, TOP_MAX + 1] {
+        assert!(matches!(e.set_output(Output::Top(bad)), Err(rocmforge::Error::InvalidArgument(_))), "top-{bad} accepted");
+    }
+    assert_eq!(e.output(), Output::Logits, "a refused setting changes nothing");
 }

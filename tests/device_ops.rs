@@ -203,6 +203,70 @@ fn matmul_large(b: &Backend) {
 }
 test_device!(matmul_large);
 
+/// The tensor-core products of 2 ..= MMQ_MAX tokens (`mmq_*`, NVIDIA
+/// sm_80+): every layout they take, token counts around each block size
+/// and a partial last block of rows, against the f64 product of the
+/// dequantized matrix (the bound of the 15-bit activations), and for up to
+/// 8 tokens against the decode kernels on the same prepared x; the
+/// residual form adds the same product.
+#[allow(dead_code)]
+fn mmq_products(g: &gpu::Gpu) {
+    use GgmlType::*;
+    if !rocmforge::backend::gpu::decode::has_mmq(g.dev.rt.info()) {
+        panic!("{}: no tensor-core products on this device; run this test on sm_80 or later", g.dev.rt.info().arch);
+    }
+    for (ty, rows, cols) in [(Q4_0, 70, 1024), (Q4_1, 40, 512), (Q5_0, 70, 896), (Q5_1, 24, 256), (Q8_0, 70, 896), (Q4K, 40, 1024), (Q5K, 24, 512), (Q6K, 70, 1024)] {
+        let w = random_tensor(ty, rows * cols, 1.0, 17).unwrap();
+        let deq = quant::dequantize_vec(ty, &w).unwrap();
+        g.each_layout(ty, cols, |layout| {
+            for n in [2, 7, 8, 9, 16, 17, 33, 64, 100, 256] {
+                let x = Rng(23 + n as u64).vec(n * cols);
+                let reference = ref_matmul(&deq, rows, cols, &x, n);
+                let (y, dec) = g.mmq(ty, &w, rows, cols, &x, n);
+                check(&format!("mmq {ty}{layout} {rows}x{cols} n={n}"), &y, &reference, 1e-3);
+                if let Some(dec) = dec {
+                    let d64: Vec<f64> = dec.iter().map(|&v| v as f64).collect();
+                    check(&format!("mmq {ty}{layout} n={n} against the decode kernels"), &y, &d64, 1e-5);
+                }
+            }
+        });
+    }
+}
+test_gpu!(mmq_products);
+
+/// Top-k candidates selected on the device (`topk_rows`) equal the host
+/// selection (`TopRows::push_row`, the CPU backend's path) exactly: ids,
+/// logits and order, ties (many equal values) broken by the lower id,
+/// k from 1 to TOP_MAX, rows as long as Qwen's vocabulary; log-sum-exp
+/// within f32 rounding.
+#[allow(dead_code)]
+fn topk_candidates(g: &gpu::Gpu) {
+    use rocmforge::backend::{TopRows, TOP_MAX};
+    for &(rows, n, k) in &[(3usize, 1000usize, 1usize), (4, 1000, 5), (2, 151_936, 40), (5, 49_152, TOP_MAX), (1, 300, 256), (7, 32_000, 2)] {
+        let mut r = Rng(91 + n as u64 + k as u64);
+        let mut x = r.vec(rows * n);
+        // ties: a run of equal values at the top of row 0, and row 1 all equal
+        for v in x[..n].iter_mut().step_by(97) {
+            *v = 9.0;
+        }
+        if rows > 1 {
+            x[n..2 * n].fill(0.5);
+        }
+        let mut host = TopRows::new(k);
+        for row in x.chunks_exact(n) {
+            host.push_row(row);
+        }
+        let dev = g.topk(&x, rows, n, k);
+        assert_eq!(dev.ids, host.ids, "top-{k} of {rows} rows of {n}: ids");
+        assert_eq!(dev.logits, host.logits, "top-{k} of {rows} rows of {n}: logits");
+        for (a, b) in dev.lse.iter().zip(&host.lse) {
+            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "log-sum-exp {a} vs {b}");
+        }
+        eprintln!("top-{k} of {rows} rows of {n}: equal to the host selection");
+    }
+}
+test_gpu!(topk_candidates);
+
 /// act(Wg x) * (Wu x), fused in one kernel on the GPU.
 fn gated_ffn(b: &Backend) {
     // 256 and 2560 columns: both one-token forms of the decode kernel;
@@ -468,6 +532,46 @@ fn attention(b: &Backend) {
 }
 test_device!(attention);
 
+/// The batched decode step's attention: the last positions of sequences of
+/// different lengths in one launch, each reading its own block table in a
+/// shared pool (blocks interleaved, unused slots NaN), against the f64
+/// reference of each sequence alone. GPU only (the CPU engine runs rows
+/// one by one).
+#[allow(dead_code)]
+fn attention_mixed(g: &gpu::Gpu) {
+    for &(lens, n_head, n_head_kv, hd, window, splits) in &[
+        (&[1usize, 17, 300, 64, 1000][..], 4usize, 2usize, 64usize, 0usize, 4usize),
+        (&[5, 129, 40][..], 8, 2, 128, 100, 1),
+        (&[33, 2, 600, 16, 48, 7, 250][..], 4, 1, 256, 0, 8),
+        (&[16, 32, 48][..], 14, 2, 64, 0, 2),
+    ] {
+        let kv_dim = n_head_kv * hd;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let round = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| half::f16::from_f32(x).to_f32()).collect() };
+        let mut r = Rng(5 + lens.len() as u64 + hd as u64);
+        let seqs: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = lens.iter().map(|&l| (r.vec(n_head * hd), round(r.vec(l * kv_dim)), round(r.vec(l * kv_dim)))).collect();
+        let mut reference = Vec::new();
+        for (q, kc, vc) in &seqs {
+            let p = kc.len() / kv_dim - 1;
+            let first = if window > 0 { (p + 1).saturating_sub(window) } else { 0 };
+            for h in 0..n_head {
+                let kvh = h / (n_head / n_head_kv);
+                let qh = &q[h * hd..(h + 1) * hd];
+                let sc: Vec<f64> = (first..=p).map(|j| (0..hd).map(|i| qh[i] as f64 * kc[j * kv_dim + kvh * hd + i] as f64).sum::<f64>() * scale as f64).collect();
+                let m = sc.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for i in 0..hd {
+                    reference.push((first..=p).zip(&e).map(|(j, w)| w / z * vc[j * kv_dim + kvh * hd + i] as f64).sum());
+                }
+            }
+        }
+        let out = g.mixed_attention(&seqs, n_head, n_head_kv, hd, window, scale, splits);
+        check(&format!("mixed decode attention lens {lens:?} heads {n_head}/{n_head_kv} hd={hd} window={window} splits={splits}"), &out, &reference, 3e-3);
+    }
+}
+test_gpu!(attention_mixed);
+
 /// One decode token: attention doing qkv_post's work itself (bias, QK-norm,
 /// RoPE, the f16 K/V store) against qkv_post followed by attention. The
 /// caches must match bit for bit; the outputs up to the order of one key's
@@ -523,7 +627,8 @@ mod gpu {
 
     use parking_lot::{Mutex, MutexGuard};
     use rocmforge::backend::gpu::memory::{Buffer, MemPool};
-    use rocmforge::backend::gpu::ops::{self, ActBuf, AttnShape, DevMatrix, GemmScratch, MatmulPath, Out, QkvBufs, QkvPost};
+    use rocmforge::backend::gpu::ops::{self, ActBuf, AttnShape, DevMatrix, GemmScratch, KvRows, MatmulPath, Out, QkvBufs, QkvPost};
+    use rocmforge::kv::BLOCK;
     use rocmforge::backend::gpu::runtime::Stream;
     use rocmforge::backend::gpu::{self, Device, GpuKind};
     use rocmforge::model::arch::{FfnAct, RopeStyle};
@@ -584,6 +689,67 @@ mod gpu {
             let m = DevMatrix { ty, rows, cols, ptr: b.ptr, packed };
             (b, m)
         }
+        /// Positions pos0 .. pos0 + n as the kernels read them (i32 per row).
+        fn positions(&self, pos0: usize, n: usize) -> Buffer {
+            self.up(&(pos0..pos0 + n).flat_map(|p| (p as i32).to_ne_bytes()).collect::<Vec<u8>>())
+        }
+
+        /// One decode launch over the last positions of several sequences
+        /// (`seqs`: each one's q (n_head * hd), K and V cache (len *
+        /// n_head_kv * hd)), their blocks interleaved in one pool, each row
+        /// reading its own block table: the batched engine's decode step.
+        #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+        pub fn mixed_attention(&self, seqs: &[(Vec<f32>, Vec<f32>, Vec<f32>)], n_head: usize, n_head_kv: usize, hd: usize, window: usize, scale: f32, splits: usize) -> Vec<f32> {
+            let kv_dim = n_head_kv * hd;
+            let n = seqs.len();
+            let lens: Vec<usize> = seqs.iter().map(|s| s.1.len() / kv_dim).collect();
+            let blocks: Vec<usize> = lens.iter().map(|l| l.div_ceil(BLOCK)).collect();
+            let total: usize = blocks.iter().sum();
+            // block b of sequence i: round robin over the sequences, so
+            // neighbouring physical blocks belong to different sequences
+            let mut tables: Vec<Vec<i32>> = vec![Vec::new(); n];
+            let mut next = 0i32;
+            for b in 0..*blocks.iter().max().unwrap_or(&0) {
+                for (i, t) in tables.iter_mut().enumerate() {
+                    if b < blocks[i] {
+                        t.push(next);
+                        next += 1;
+                    }
+                }
+            }
+            let mut kp = vec![half::f16::NAN; total * BLOCK * kv_dim];
+            let mut vp = kp.clone();
+            for (i, (_, kc, vc)) in seqs.iter().enumerate() {
+                for j in 0..lens[i] {
+                    let slot = tables[i][j / BLOCK] as usize * BLOCK + j % BLOCK;
+                    for e in 0..kv_dim {
+                        kp[slot * kv_dim + e] = half::f16::from_f32(kc[j * kv_dim + e]);
+                        vp[slot * kv_dim + e] = half::f16::from_f32(vc[j * kv_dim + e]);
+                    }
+                }
+            }
+            let bytes = |v: &[half::f16]| -> Vec<u8> { v.iter().flat_map(|x| x.to_ne_bytes()).collect() };
+            let ints = |v: &[i32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_ne_bytes()).collect() };
+            let (kb, vb) = (self.up(&bytes(&kp)), self.up(&bytes(&vp)));
+            let q: Vec<f32> = seqs.iter().flat_map(|s| s.0.iter().copied()).collect();
+            let qb = self.up_f32(&q);
+            let mut bt = Vec::new();
+            let mut tab = Vec::new();
+            for t in &tables {
+                tab.push(bt.len() as i32);
+                bt.extend(t);
+            }
+            let pos: Vec<i32> = lens.iter().map(|&l| l as i32 - 1).collect();
+            let (pb, tb, btb) = (self.up(&ints(&pos)), self.up(&ints(&tab)), self.up(&ints(&bt)));
+            let ob = self.out_f32(n * n_head * hd);
+            let part = self.pool.alloc(n * n_head * splits * (2 + hd) * 4, "partials").unwrap();
+            let counters = self.up(&vec![0u8; n * n_head * 4]);
+            let a = AttnShape { n, n_head, n_head_kv, hd, hdv: hd, window, scale, splits, mixed: true };
+            let at = KvRows { pos: pb.ptr, tab: tb.ptr, bt: btb.ptr };
+            ops::attention(&self.dev, self.s, &a, qb.ptr, kb.ptr, vb.ptr, ob.ptr, part.ptr, counters.ptr, at, None, None).unwrap();
+            self.down_f32(&ob, n * n_head * hd)
+        }
+
         fn up_f32(&self, v: &[f32]) -> Buffer {
             self.up(&v.iter().flat_map(|x| x.to_ne_bytes()).collect::<Vec<u8>>())
         }
@@ -631,6 +797,37 @@ mod gpu {
                 assert!((a + 1.0 - b).abs() <= 1e-3 * (1.0 + a.abs()), "Out::Add differs from Out::Store + 1: {a} vs {b}");
             }
             (y, path)
+        }
+
+        /// `topk_rows` over x (rows, n), back as host rows.
+        pub fn topk(&self, x: &[f32], rows: usize, n: usize, k: usize) -> rocmforge::backend::TopRows {
+            let xb = self.up_f32(x);
+            let (ib, vb, lb) = (self.out_f32(rows * k), self.out_f32(rows * k), self.out_f32(rows));
+            ops::topk(&self.dev, self.s, xb.ptr, rows, n, k, ib.ptr, vb.ptr, lb.ptr).unwrap();
+            let ids: Vec<u32> = self.down_f32(&ib, rows * k).iter().map(|v| v.to_bits()).collect();
+            rocmforge::backend::TopRows { k, ids, logits: self.down_f32(&vb, rows * k), lse: self.down_f32(&lb, rows) }
+        }
+
+        /// W x through quantize_act + matmul_q (the tensor-core products),
+        /// checking that the residual form adds the same product; with it,
+        /// for up to MMV_MAXT tokens, matvec_q on the same prepared x.
+        pub fn mmq(&self, ty: GgmlType, w: &[u8], rows: usize, cols: usize, x: &[f32], n: usize) -> (Vec<f32>, Option<Vec<f32>>) {
+            let (_wb, m) = self.matrix(ty, w, rows, cols);
+            let (xb, yb) = (self.up_f32(x), self.out_f32(n * rows));
+            let act = ActBuf::with_tokens(&self.pool, cols, n).unwrap();
+            let a = ops::quantize_act(&self.dev, self.s, &act, xb.ptr, cols, n, None).unwrap();
+            ops::matmul_q(&self.dev, self.s, &m, &a, yb.ptr, Out::Store).unwrap();
+            let y = self.down_f32(&yb, n * rows);
+            let acc = self.up_f32(&vec![1.0; n * rows]);
+            ops::matmul_q(&self.dev, self.s, &m, &a, acc.ptr, Out::Add).unwrap();
+            for (p, q) in y.iter().zip(&self.down_f32(&acc, n * rows)) {
+                assert!((p + 1.0 - q).abs() <= 1e-5 * (1.0 + p.abs()), "mmq Out::Add differs from Out::Store + 1: {p} vs {q}");
+            }
+            let dec = (n <= ops::MMV_MAXT && ops::decode_kernel(ty).is_some()).then(|| {
+                ops::matvec_q(&self.dev, self.s, &m, None, &a, yb.ptr, Out::Store).unwrap();
+                self.down_f32(&yb, n * rows)
+            });
+            (y, dec)
         }
 
         /// W x through quantize_act + matvec_q (the decode kernels), checking
@@ -783,13 +980,13 @@ mod gpu {
             let (qb, kb, vb) = (self.up_f32(q), self.up_f32(k), self.up_f32(v));
             let kv = n_ctx * n_head_kv * hd;
             let (kc, vc) = (self.up(&vec![0xffu8; kv * 2]), self.up(&vec![0xffu8; kv * 2]));
-            let pos = self.up(&(pos0 as i32).to_ne_bytes());
+            let pos = self.positions(pos0, n);
             let freq: Vec<f32> = (0..rope_dim / 2).map(|i| rocmforge::model::reference::rope_pair(i, rope_dim, base, rocmforge::model::RopeScaling::None)).map(|(p, m, _)| p * m).collect();
             let fb = self.up_f32(&freq);
             let ex = extras.map(|(a, b, c, d)| (self.up_f32(a), self.up_f32(b), self.up_f32(c), self.up_f32(d)));
             let p = |i: usize| ex.as_ref().map_or(0, |e| [e.0.ptr, e.1.ptr, e.2.ptr, e.3.ptr][i]);
             let post = QkvPost { n, n_head, n_head_kv, hd, hdv: hd, rope_dim, rope, mscale: 1.0, eps };
-            let bufs = QkvBufs { q: qb.ptr, k: kb.ptr, v: vb.ptr, bq: p(0), bk: p(1), bv: 0, q_norm: p(2), k_norm: p(3), k_cache: kc.ptr, v_cache: vc.ptr, pos0: pos.ptr, freq: fb.ptr };
+            let bufs = QkvBufs { q: qb.ptr, k: kb.ptr, v: vb.ptr, bq: p(0), bk: p(1), bv: 0, q_norm: p(2), k_norm: p(3), k_cache: kc.ptr, v_cache: vc.ptr, at: KvRows { pos: pos.ptr, tab: 0, bt: 0 }, freq: fb.ptr };
             ops::qkv_post(&self.dev, self.s, &post, &bufs).unwrap();
             let row = n_head_kv * hd;
             let kall = self.down_f16(&kc, kv);
@@ -810,11 +1007,12 @@ mod gpu {
             let (k0, v0) = (f16(&r.vec(kv)), f16(&r.vec(kv)));
             let rope_dim = hd;
             let freq: Vec<f32> = (0..rope_dim / 2).map(|i| rocmforge::model::reference::rope_pair(i, rope_dim, 10000.0, rocmforge::model::RopeScaling::None)).map(|(p, m, _)| p * m).collect();
-            let (fb, pos) = (self.up_f32(&freq), self.up(&(pos0 as i32).to_ne_bytes()));
+            let (fb, pos) = (self.up_f32(&freq), self.positions(pos0, 1));
+            let at = KvRows { pos: pos.ptr, tab: 0, bt: 0 };
             let (bqb, bkb, bvb, qnb, knb) = (self.up_f32(&bq), self.up_f32(&bk), self.up_f32(&bv), self.up_f32(&qn), self.up_f32(&kn));
             let post = QkvPost { n: 1, n_head, n_head_kv, hd, hdv: hd, rope_dim, rope: if neox { RopeStyle::Neox } else { RopeStyle::Normal }, mscale: 1.0, eps: 1e-6 };
             let splits = ops::decode_splits(n_ctx);
-            let a = AttnShape { n: 1, n_head, n_head_kv, hd, hdv: hd, window, scale: 1.0 / (hd as f32).sqrt(), splits };
+            let a = AttnShape { n: 1, n_head, n_head_kv, hd, hdv: hd, window, scale: 1.0 / (hd as f32).sqrt(), splits, mixed: false };
             let part = self.pool.alloc(n_head * splits * (2 + hd) * 4, "partials").unwrap();
             let counters = self.up(&vec![0u8; n_head * 4]);
             let run = |fused: bool| -> (Vec<f32>, Vec<u8>) {
@@ -825,13 +1023,13 @@ mod gpu {
                     q: qb.ptr, k: kb.ptr, v: vb.ptr,
                     bq: if bias { bqb.ptr } else { 0 }, bk: if bias { bkb.ptr } else { 0 }, bv: if bias { bvb.ptr } else { 0 },
                     q_norm: if norm { qnb.ptr } else { 0 }, k_norm: if norm { knb.ptr } else { 0 },
-                    k_cache: kc.ptr, v_cache: vc.ptr, pos0: pos.ptr, freq: fb.ptr,
+                    k_cache: kc.ptr, v_cache: vc.ptr, at, freq: fb.ptr,
                 };
                 if fused {
-                    ops::attention(&self.dev, self.s, &a, qb.ptr, kc.ptr, vc.ptr, ob.ptr, part.ptr, counters.ptr, pos.ptr, None, Some((&post, &bufs))).unwrap();
+                    ops::attention(&self.dev, self.s, &a, qb.ptr, kc.ptr, vc.ptr, ob.ptr, part.ptr, counters.ptr, at, None, Some((&post, &bufs))).unwrap();
                 } else {
                     ops::qkv_post(&self.dev, self.s, &post, &bufs).unwrap();
-                    ops::attention(&self.dev, self.s, &a, qb.ptr, kc.ptr, vc.ptr, ob.ptr, part.ptr, counters.ptr, pos.ptr, None, None).unwrap();
+                    ops::attention(&self.dev, self.s, &a, qb.ptr, kc.ptr, vc.ptr, ob.ptr, part.ptr, counters.ptr, at, None, None).unwrap();
                 }
                 let mut caches = vec![0u8; kv * 4];
                 self.dev.rt.dtoh(self.s, &mut caches[..kv * 2], kc.ptr).unwrap();
@@ -850,13 +1048,39 @@ mod gpu {
             let ob = self.out_f32(n * n_head * hd);
             let part = self.pool.alloc(n * n_head * splits * (2 + hd) * 4, "partials").unwrap();
             let counters = self.up(&vec![0u8; n * n_head * 4]);
-            let pos = self.up(&(pos0 as i32).to_ne_bytes());
-            let a = AttnShape { n, n_head, n_head_kv, hd, hdv: hd, window, scale, splits };
-            ops::attention(&self.dev, self.s, &a, qb.ptr, kb.ptr, vb.ptr, ob.ptr, part.ptr, counters.ptr, pos.ptr, None, None).unwrap();
+            let pos = self.positions(pos0, n);
+            let at = KvRows { pos: pos.ptr, tab: 0, bt: 0 };
+            let a = AttnShape { n, n_head, n_head_kv, hd, hdv: hd, window, scale, splits, mixed: false };
+            ops::attention(&self.dev, self.s, &a, qb.ptr, kb.ptr, vb.ptr, ob.ptr, part.ptr, counters.ptr, at, None, None).unwrap();
             let first = self.down_f32(&ob, n * n_head * hd);
+            {
+                // paged: the same keys in the blocks of a reversed block
+                // table (blocks n_blk .. 1; blocks 0 and n_blk + 1 spare,
+                // filled with NaN that must never be read): the same
+                // output, bit for bit
+                let kv_dim = n_head_kv * hd;
+                let n_blk = (pos0 + n).div_ceil(BLOCK);
+                let phys: Vec<i32> = (0..n_blk as i32).map(|b| n_blk as i32 - b).collect();
+                let page = |c: &[f32]| -> Vec<u8> {
+                    let mut o = vec![half::f16::NAN; (n_blk + 2) * BLOCK * kv_dim];
+                    for j in 0..c.len() / kv_dim {
+                        let slot = phys[j / BLOCK] as usize * BLOCK + j % BLOCK;
+                        for i in 0..kv_dim {
+                            o[slot * kv_dim + i] = half::f16::from_f32(c[j * kv_dim + i]);
+                        }
+                    }
+                    o.iter().flat_map(|x| x.to_ne_bytes()).collect()
+                };
+                let (pk, pv) = (self.up(&page(kc)), self.up(&page(vc)));
+                let bt = self.up(&phys.iter().flat_map(|b| b.to_ne_bytes()).collect::<Vec<u8>>());
+                let op = self.out_f32(n * n_head * hd);
+                let paged = KvRows { pos: pos.ptr, tab: 0, bt: bt.ptr };
+                ops::attention(&self.dev, self.s, &a, qb.ptr, pk.ptr, pv.ptr, op.ptr, part.ptr, counters.ptr, paged, None, None).unwrap();
+                assert_eq!(first, self.down_f32(&op, n * n_head * hd), "paged cache differs from the contiguous one");
+            }
             // again, as a replayed graph would: the counters must be back at zero
             let ob2 = self.out_f32(n * n_head * hd);
-            ops::attention(&self.dev, self.s, &a, qb.ptr, kb.ptr, vb.ptr, ob2.ptr, part.ptr, counters.ptr, pos.ptr, None, None).unwrap();
+            ops::attention(&self.dev, self.s, &a, qb.ptr, kb.ptr, vb.ptr, ob2.ptr, part.ptr, counters.ptr, at, None, None).unwrap();
             assert_eq!(first, self.down_f32(&ob2, n * n_head * hd), "second launch differs");
             if n <= ops::MMV_MAXT && hd % 32 == 0 {
                 // the output prepared for the decode products as it is
@@ -864,7 +1088,7 @@ mod gpu {
                 let cols = n_head * hd;
                 let (b1, b2) = (ActBuf::new(&self.pool, cols).unwrap(), ActBuf::new(&self.pool, cols).unwrap());
                 let prep = b1.layout(cols, n, ob2.ptr).unwrap();
-                ops::attention(&self.dev, self.s, &a, qb.ptr, kb.ptr, vb.ptr, ob2.ptr, part.ptr, counters.ptr, pos.ptr, Some(&prep), None).unwrap();
+                ops::attention(&self.dev, self.s, &a, qb.ptr, kb.ptr, vb.ptr, ob2.ptr, part.ptr, counters.ptr, at, Some(&prep), None).unwrap();
                 let again = ops::quantize_act(&self.dev, self.s, &b2, ob2.ptr, cols, n, None).unwrap();
                 let raw = |p: u64, len: usize| {
                     let mut v = vec![0u8; len];

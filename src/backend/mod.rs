@@ -58,6 +58,88 @@ pub enum Logits {
     All,
 }
 
+/// What a step returns for each row that wants logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Output {
+    /// Every logit: n_vocab floats per row.
+    #[default]
+    Logits,
+    /// The k largest logits with their token ids (largest first; ties: the
+    /// lower id first), and the row's log-sum-exp: what a sampler needs,
+    /// and all a GPU copies back (k ≤ [`TOP_MAX`]).
+    Top(usize),
+}
+
+/// Most candidates [`Output::Top`] returns per row.
+pub const TOP_MAX: usize = 256;
+
+/// The candidates of a step's rows that wanted logits, in row order:
+/// `k` ids and logits per row, and each row's log-sum-exp (log-probability
+/// of a candidate = its logit − lse).
+#[derive(Debug, Clone, Default)]
+pub struct TopRows {
+    pub k: usize,
+    pub ids: Vec<u32>,
+    pub logits: Vec<f32>,
+    pub lse: Vec<f32>,
+}
+
+impl TopRows {
+    pub fn new(k: usize) -> TopRows {
+        TopRows { k, ..Default::default() }
+    }
+
+    pub fn clear(&mut self) {
+        self.ids.clear();
+        self.logits.clear();
+        self.lse.clear();
+    }
+
+    /// Rows held.
+    pub fn len(&self) -> usize {
+        self.lse.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lse.is_empty()
+    }
+
+    /// Row `i`: its ids, logits and log-sum-exp.
+    pub fn row(&self, i: usize) -> (&[u32], &[f32], f32) {
+        let k = self.k;
+        (&self.ids[i * k..(i + 1) * k], &self.logits[i * k..(i + 1) * k], self.lse[i])
+    }
+
+    /// Append the top `k` of one row of logits, selected on the host: the
+    /// CPU backend's path, and the reference of the GPU's `topk_rows`
+    /// (kernels/sample.cu). A NaN is never a candidate unless the row has
+    /// fewer than k other values; its lse is then NaN.
+    pub fn push_row(&mut self, row: &[f32]) {
+        let k = self.k.min(row.len());
+        // the k best so far, kept sorted: a value enters only if strictly
+        // larger than the smallest kept (an earlier equal one wins the tie)
+        let mut best: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
+        for (i, &v) in row.iter().enumerate() {
+            if best.len() == k && !(v > best[k - 1].0) {
+                continue;
+            }
+            let at = best.partition_point(|&(b, _)| b >= v);
+            best.insert(at, (v, i as u32));
+            best.truncate(k);
+        }
+        let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = row.iter().map(|&v| ((v - m) as f64).exp()).sum();
+        self.ids.extend(best.iter().map(|b| b.1));
+        self.logits.extend(best.iter().map(|b| b.0));
+        // rows shorter than k (never: k ≤ n_vocab) would misalign: pad
+        for _ in best.len()..self.k {
+            self.ids.push(u32::MAX);
+            self.logits.push(f32::NEG_INFINITY);
+        }
+        self.lse.push(m + sum.ln() as f32);
+    }
+}
+
 /// One row of a step as a backend sees it, checked by the engine: the
 /// sequence's blocks for this position are reserved in `kv`.
 #[derive(Clone, Copy)]
@@ -95,6 +177,22 @@ pub trait Exec: Send {
     /// writing their K/V, and append to `logits` the `n_vocab` logits of
     /// each row that wants them, in row order.
     fn forward(&mut self, rows: &[StepRow], logits: &mut Vec<f32>) -> Result<()>;
+    /// [`Exec::forward`], appending to `out` only the top `out.k` of each
+    /// row that wants logits ([`Output::Top`]). By default the full rows,
+    /// selected on the host; a GPU selects on the device and copies back
+    /// only the candidates.
+    fn forward_top(&mut self, rows: &[StepRow], out: &mut TopRows) -> Result<()> {
+        let mut logits = Vec::new();
+        self.forward(rows, &mut logits)?;
+        let wanted = rows.iter().filter(|r| r.logits).count();
+        if wanted > 0 {
+            let nv = logits.len() / wanted;
+            for row in logits.chunks_exact(nv) {
+                out.push_row(row);
+            }
+        }
+        Ok(())
+    }
     /// One sequence's `tokens` from `pos0`, with the logits `want` asks for
     /// written straight into `out` (sized by the caller): the
     /// single-sequence path, which copies nothing on the GPU.

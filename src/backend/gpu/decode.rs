@@ -259,8 +259,51 @@ pub enum Plan {
     Prepared,
     /// The older matvec kernel per product (norm fused, one token).
     Staged,
+    /// 2 ..= [`MMQ_MAX`] tokens on tensor cores ([`mmq_enabled`]): x prepared once by
+    /// `quantize_act` (norm fused), each product by `mmq_*` (gated pairs
+    /// as two products and the glu kernel).
+    Mmq,
     /// Prefill: a separate norm, then BLAS or the tiled kernel.
     Gemm,
+}
+
+/// Most tokens the `mmq_*` kernels take in one product; more go through
+/// [`Plan::Gemm`].
+pub const MMQ_MAX: usize = 256;
+
+/// Weight layouts (kernel-name suffixes) with `mmq_*` kernels (kernels/mmq.cu).
+pub const MMQ_SUFFIXES: [&str; 11] = ["q4_0", "q4_0x8", "q4_1", "q5_0", "q5_0x4", "q5_1", "q8_0", "q8_0x4", "q4_k", "q5_k", "q6_k"];
+
+/// Whether the device has the `mmq_*` kernels: NVIDIA sm_80 and later,
+/// where kernels/vendor.h defines HAS_MMA_F16.
+pub fn has_mmq(info: &DeviceInfo) -> bool {
+    let sm = info.arch.strip_prefix("sm_").and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
+    info.backend == "cuda" && sm >= 80
+}
+
+/// Whether [`plan`] takes the `mmq_*` products (FORGE_MMQ=1; off by
+/// default: in their first form they lost to the decode kernels and to
+/// f16 BLAS on the Qwen twin at every batch size, docs/PERFORMANCE.md).
+pub fn mmq_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| crate::env_flag("FORGE_MMQ"))
+}
+
+/// Whether `mmq_*` takes product `p` (its W and, when gated, its partner
+/// of the same layout).
+pub fn mmq_fits(info: &DeviceInfo, p: &Product) -> bool {
+    has_mmq(info) && (2..=MMQ_MAX).contains(&p.nt) && p.cols % 32 == 0 && MMQ_SUFFIXES.contains(&p.suffix)
+}
+
+/// The `mmq_*` kernel for `nt` tokens: its name and tokens per block.
+pub fn mmq_kernel(suffix: &str, nt: usize) -> (String, usize) {
+    let per_block = match nt {
+        0..=8 => 8,
+        9..=16 => 16,
+        17..=32 => 32,
+        _ => 64,
+    };
+    (format!("mmq_{suffix}_{per_block}"), per_block)
 }
 
 /// The ladder `GpuSession::project` follows for products of one x of `n`
@@ -268,6 +311,11 @@ pub enum Plan {
 /// whether every product stores (a pair cannot add). Every product's gated
 /// partner has its type (else no fused form takes it).
 pub fn plan(info: &DeviceInfo, prods: &[Product], prepared: bool, stores: bool, same_types: bool) -> Plan {
+    plan_with(info, prods, prepared, stores, same_types, mmq_enabled())
+}
+
+/// [`plan`], with the `mmq_*` products on or off.
+pub fn plan_with(info: &DeviceInfo, prods: &[Product], prepared: bool, stores: bool, same_types: bool, mmq: bool) -> Plan {
     let n = prods.first().map_or(0, |p| p.nt);
     let every = |input| same_types && prods.iter().all(|p| choose(info, input, p).is_some());
     if n == 1 && !prepared && every(Input::Raw) {
@@ -277,6 +325,9 @@ pub fn plan(info: &DeviceInfo, prods: &[Product], prepared: bool, stores: bool, 
             }
         }
         return Plan::Raw;
+    }
+    if mmq && n >= 2 && same_types && prods.iter().all(|p| mmq_fits(info, p)) {
+        return Plan::Mmq;
     }
     let unnormed: Vec<Product> = prods.iter().map(|p| Product { norm: false, ..*p }).collect();
     if n <= MAXT && same_types && unnormed.iter().all(|p| choose(info, Input::Prepared, p).is_some()) {
@@ -389,6 +440,17 @@ mod tests {
     /// Its 896-wide rows are not whole 256-value super-blocks, so those
     /// matrices are q5_0 (Q|K, gate, up) and q8_0 (V, output) in the
     /// regrouped device layouts; down (4864 wide) is q6_k.
+    /// Every layout `mmq_fits` names has its four kernels in the table.
+    #[test]
+    fn mmq_kernels_exist() {
+        for s in MMQ_SUFFIXES {
+            for nt in [2, 16, 32, 256] {
+                let (name, _) = mmq_kernel(s, nt);
+                assert!(super::super::kernel_table::KERNELS.iter().any(|k| k.0 == name), "{name} not in kernels/");
+            }
+        }
+    }
+
     #[test]
     fn qwen_decode_kernels() {
         use GgmlType::*;
@@ -409,12 +471,21 @@ mod tests {
         assert_eq!(plan(&i, &[q, v], false, false, true), Plan::Raw, "a pair cannot add");
         assert_eq!(plan(&i, &[gate], false, true, true), Plan::Raw);
         assert_eq!(plan(&i, &[head], false, true, true), Plan::Prepared);
-        // four tokens: the _n forms
+        // four tokens: the tensor-core products, or where there are none
+        // (before sm_80, AMD) the _n forms
         let g4 = Product { nt: 4, norm: false, ..gate };
         assert_eq!(kernel(&i, Input::Prepared, &g4).as_deref(), Some("mmvq_q5_0x4_n"));
-        assert_eq!(plan(&i, &[Product { nt: 4, ..gate }], false, true, true), Plan::Prepared);
-        // nine: prefill
-        assert_eq!(plan(&i, &[Product { nt: 9, ..gate }], false, true, true), Plan::Gemm);
+        assert_eq!(plan_with(&i, &[Product { nt: 4, ..gate }], false, true, true, true), Plan::Mmq);
+        assert_eq!(plan_with(&i, &[Product { nt: 4, ..gate }], false, true, true, false), Plan::Prepared);
+        let sm75 = DeviceInfo { arch: "sm_75".into(), ..h100() };
+        assert_eq!(plan_with(&sm75, &[Product { nt: 4, ..gate }], false, true, true, true), Plan::Prepared);
+        assert_eq!(plan_with(&sm75, &[Product { nt: 9, ..gate }], false, true, true, true), Plan::Gemm);
+        // up to MMQ_MAX tokens on tensor cores, more: prefill
+        assert_eq!(plan_with(&i, &[Product { nt: MMQ_MAX, ..down }], false, true, true, true), Plan::Mmq);
+        assert_eq!(plan_with(&i, &[Product { nt: MMQ_MAX + 1, ..gate }], false, true, true, true), Plan::Gemm);
+        assert_eq!(plan_with(&i, &[Product { nt: 9, ..gate }], false, true, true, false), Plan::Gemm);
+        assert_eq!(mmq_kernel("q6_k", 7), ("mmq_q6_k_8".to_string(), 8));
+        assert_eq!(mmq_kernel("q6_k", 33), ("mmq_q6_k_64".to_string(), 64));
         // fewer multiprocessors: 608 blocks is enough for 1 row per warp only
         let big = DeviceInfo { multiprocessors: 200, ..h100() };
         assert_eq!(kernel(&big, Input::Raw, &gate).as_deref(), Some("mmvq_q5_0x4_glu_wx"));

@@ -6,12 +6,11 @@
 //! and position live in a small device buffer the kernels read, so the same
 //! graph serves every position.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::memory::{Buffer, HostBuf, MemPool};
 use super::decode;
-use super::ops::{self, ActBuf, ActQ, AttnShape, DevMatrix, GemmScratch, Out, QkvBufs, QkvPost};
+use super::ops::{self, ActBuf, ActQ, AttnShape, DevMatrix, GemmScratch, KvRows, Out, QkvBufs, QkvPost};
 use super::runtime::{DevPtr, Graph, Stream};
 use super::Device;
 use crate::error::{Error, Result};
@@ -19,9 +18,9 @@ use crate::gguf::GgufFile;
 use crate::model::arch::{FfnAct, LayerKind};
 use crate::model::reference::rope_pair;
 use crate::model::weights::{Matrix, Weights};
-use crate::backend::{Backend, Exec, Logits, StepRow};
+use crate::backend::{Backend, Exec, Logits, StepRow, TopRows, TOP_MAX};
 use crate::engine::SeqId;
-use crate::kv::SeqKv;
+use crate::kv::{BlockCopy, SeqKv, BLOCK};
 use crate::model::{Config, Model};
 
 struct Layer {
@@ -226,8 +225,8 @@ impl Backend for GpuBackend {
     fn describe(&self) -> String {
         self.0.dev.describe()
     }
-    fn new_exec(&self, _model: &Arc<Model>, n_ctx: usize, _n_blocks: usize) -> Result<Box<dyn Exec>> {
-        Ok(Box::new(GpuExec { m: self.0.clone(), n_ctx, sessions: BTreeMap::new() }))
+    fn new_exec(&self, _model: &Arc<Model>, n_ctx: usize, n_blocks: usize) -> Result<Box<dyn Exec>> {
+        Ok(Box::new(GpuExec::new(self.0.clone(), n_ctx, n_blocks)?))
     }
     fn roofline(&self) -> Option<(usize, f64)> {
         Some((self.0.decode_bytes_per_token(), super::copy_bandwidth(&self.0.dev).unwrap_or(f64::NAN)))
@@ -237,95 +236,82 @@ impl Backend for GpuBackend {
     }
 }
 
-/// One engine's state on the GPU, until the batched kernels land: a
-/// device session (a contiguous f16 KV cache of `n_ctx` positions) per
-/// sequence, run one after the other. The engine's block pool still does
-/// the accounting; no KV is shared (a fork replays its source's tokens).
-pub struct GpuExec {
-    m: Arc<GpuModel>,
-    n_ctx: usize,
-    sessions: BTreeMap<SeqId, GpuSession>,
-}
-
-impl GpuExec {
-    fn session(&mut self, seq: SeqId) -> Result<&mut GpuSession> {
-        self.sessions.get_mut(&seq).ok_or_else(|| Error::InvalidArgument(format!("sequence {seq} has no device session")))
-    }
-}
-
 impl Exec for GpuExec {
     fn forward(&mut self, rows: &[StepRow], logits: &mut Vec<f32>) -> Result<()> {
-        // sequence by sequence: all of a sequence's logits (or its last, or
-        // none), then each row that asked gets its slot in row order
+        self.forward_rows(rows, Sink::Logits(logits))
+    }
+
+    fn forward_top(&mut self, rows: &[StepRow], out: &mut TopRows) -> Result<()> {
+        self.forward_rows(rows, Sink::Top(out))
+    }
+
+
+    fn forward_seq(&mut self, _seq: SeqId, kv: &SeqKv, tokens: &[u32], pos0: usize, want: Logits, out: &mut [f32]) -> Result<()> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         let nv = self.m.cfg.n_vocab;
-        let base = logits.len();
-        let wanted_before: Vec<usize> = rows.iter().scan(0, |k, r| {
-            let i = *k;
-            *k += r.logits as usize;
-            Some(i)
-        }).collect();
-        logits.resize(base + rows.iter().filter(|r| r.logits).count() * nv, 0.0);
-        let mut order: Vec<SeqId> = Vec::new();
-        for r in rows {
-            if !order.contains(&r.seq) {
-                order.push(r.seq);
+        let mut done = 0;
+        let n_chunks = tokens.len().div_ceil(MAX_BATCH);
+        for (ci, chunk) in tokens.chunks(MAX_BATCH).enumerate() {
+            let (p0, n) = (pos0 + ci * MAX_BATCH, chunk.len());
+            let rows = match want {
+                Logits::All => OutRows::All,
+                Logits::Last if ci + 1 == n_chunks => OutRows::Last,
+                _ => OutRows::None,
+            };
+            let pos: Vec<i32> = (p0..p0 + n).map(|p| p as i32).collect();
+            let tab = vec![0i32; n];
+            let bt: Vec<i32> = kv.blocks[..(p0 + n - 1) / BLOCK + 1].iter().map(|&b| b as i32).collect();
+            let runs = [(0, n)];
+            let (n_dec, runs): (usize, &[(usize, usize)]) = if n == 1 { (1, &[]) } else { (0, &runs) };
+            let k = rows.count(n) * nv;
+            let pass = Pass { ids: chunk, pos: &pos, tab: &tab, bt: &bt, n_dec, runs, out: rows };
+            self.run_pass(&pass, Dest::Logits(&mut out[done..done + k]))?;
+            done += k;
+        }
+        debug_assert_eq!(done, out.len());
+        Ok(())
+    }
+
+    fn copy_blocks(&mut self, copies: &[BlockCopy]) {
+        let c = &self.m.cfg;
+        let rt = self.m.dev.rt.clone();
+        for cp in copies {
+            for il in 0..c.n_layer {
+                for (buf, w) in [(&self.kc, c.kv_dim()), (&self.vc, c.v_dim())] {
+                    let row = (w * 2) as u64;
+                    let layer = buf.ptr + il as u64 * self.slots as u64 * row;
+                    let (from, to) = (cp.from as u64 * BLOCK as u64, cp.to as u64 * BLOCK as u64);
+                    if let Err(e) = rt.dtod(self.s, layer + to * row, layer + from * row, cp.n * w * 2) {
+                        // reported by the next forward: the copy is part of its step
+                        self.failed.get_or_insert(e);
+                    }
+                }
             }
         }
-        for id in order {
-            let idx: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].seq == id).collect();
-            let toks: Vec<u32> = idx.iter().map(|&i| rows[i].token).collect();
-            let wanted: Vec<usize> = idx.iter().copied().filter(|&i| rows[i].logits).collect();
-            let want = match wanted.len() {
-                0 => Logits::None,
-                1 if wanted[0] == *idx.last().expect("a sequence's rows") => Logits::Last,
-                _ => Logits::All,
-            };
-            let n_out = match want {
-                Logits::None => 0,
-                Logits::Last => nv,
-                Logits::All => toks.len() * nv,
-            };
-            let mut out = vec![0f32; n_out];
-            self.session(id)?.eval_into(&toks, rows[idx[0]].pos, want, &mut out)?;
-            for &i in &wanted {
-                let src = if want == Logits::Last { 0 } else { idx.iter().position(|&j| j == i).expect("a row of the sequence") };
-                let dst = base + wanted_before[i] * nv;
-                logits[dst..dst + nv].copy_from_slice(&out[src * nv..(src + 1) * nv]);
-            }
-        }
-        Ok(())
-    }
-
-    fn forward_seq(&mut self, seq: SeqId, _kv: &SeqKv, tokens: &[u32], pos0: usize, want: Logits, out: &mut [f32]) -> Result<()> {
-        self.session(seq)?.eval_into(tokens, pos0, want, out)
-    }
-
-    fn add_seq(&mut self, seq: SeqId) -> Result<()> {
-        let s = GpuSession::new(self.m.clone(), self.n_ctx)?;
-        self.sessions.insert(seq, s);
-        Ok(())
-    }
-
-    fn remove_seq(&mut self, seq: SeqId) {
-        self.sessions.remove(&seq);
-    }
-
-    fn fork_seq(&mut self, _src: SeqId, dst: SeqId, tokens: &[u32]) -> Result<()> {
-        // today's device sessions have contiguous caches: replay
-        let mut s = GpuSession::new(self.m.clone(), self.n_ctx)?;
-        if !tokens.is_empty() {
-            s.eval_into(tokens, 0, Logits::None, &mut [])?;
-        }
-        self.sessions.insert(dst, s);
-        Ok(())
-    }
-
-    fn shares_blocks(&self) -> bool {
-        false
     }
 }
 
-/// Largest number of tokens one pass takes; longer evaluations run in chunks.
+// The kernels address the paged cache in the engine's blocks, and select
+// as many candidates as the engine offers.
+const _: () = assert!(super::kernel_table::KV_BLOCK == BLOCK, "KV_BLOCK in kernels/rope.cu must equal kv::BLOCK");
+const _: () = assert!(super::kernel_table::TOPK_MAX == TOP_MAX, "TOPK_MAX in kernels/sample.cu must equal backend::TOP_MAX");
+
+/// Where a pass's logits rows go: into the caller's floats, or selected
+/// on the device and appended as candidates.
+enum Dest<'a> {
+    Logits(&'a mut [f32]),
+    Top(&'a mut TopRows),
+}
+
+/// Where a step's results go ([`Exec::forward`] or [`Exec::forward_top`]).
+enum Sink<'a> {
+    Logits(&'a mut Vec<f32>),
+    Top(&'a mut TopRows),
+}
+
+/// Largest number of rows one pass takes; longer batches run in chunks.
 pub const MAX_BATCH: usize = 512;
 /// Elements of W held in f16 at once on the BLAS path (64 MiB).
 const W16_ELEMS: usize = 32 << 20;
@@ -339,14 +325,79 @@ impl Drop for StreamGuard {
     }
 }
 
-/// One sequence on the device: KV cache, scratch, the decode graph.
-pub struct GpuSession {
+/// Which rows of a pass return logits.
+#[derive(Clone, PartialEq, Eq)]
+enum OutRows {
+    None,
+    /// The last row's (a single sequence's last token).
+    Last,
+    /// Every row's, in pass order.
+    All,
+    /// These rows' (indices into the pass), in this order.
+    Gather(Vec<i32>),
+}
+
+impl OutRows {
+    fn count(&self, n: usize) -> usize {
+        match self {
+            OutRows::None => 0,
+            OutRows::Last => 1,
+            OutRows::All => n,
+            OutRows::Gather(g) => g.len(),
+        }
+    }
+}
+
+/// One pass on the device: `n` rows, the first `n_dec` of them decode rows
+/// (any sequences, one query each), then `runs` (first row, rows) of one
+/// sequence each at consecutive positions (prefill chunks).
+struct Pass<'a> {
+    ids: &'a [u32],
+    pos: &'a [i32],
+    tab: &'a [i32],
+    bt: &'a [i32],
+    n_dec: usize,
+    runs: &'a [(usize, usize)],
+    out: OutRows,
+}
+
+impl Pass<'_> {
+    /// One sequence whose blocks are consecutive in the pool (a lone
+    /// session's always are): its first slot. The pass then reads the
+    /// cache as one contiguous run from there, with no block table.
+    fn contiguous(&self) -> Option<usize> {
+        let first = *self.bt.first()?;
+        let one_seq = self.tab.iter().all(|&t| t == 0);
+        (one_seq && self.bt.iter().enumerate().all(|(i, &b)| b == first + i as i32)).then_some(first as usize * BLOCK)
+    }
+}
+
+/// Where a pass's step data sits in [`GpuExec::step`] (i32 offsets).
+#[derive(Clone, Copy)]
+struct StepLayout {
+    ids: DevPtr,
+    at: KvRows,
+    gather: DevPtr,
+    /// The slot the cache pointers start at (a contiguous pass's first
+    /// slot, with `at.bt` 0; else 0).
+    base: usize,
+}
+
+/// One engine's state on the GPU: the engine's KV block pool as f16 on the
+/// device (K and V per layer, `slots` = blocks × [`BLOCK`] positions, each
+/// sequence's positions where its block table says), scratch for a pass of
+/// up to [`MAX_BATCH`] rows, and the captured one-row decode step. A pass
+/// runs the rows of any sequences together: the products take all rows at
+/// once, attention reads each row's keys through its block table (decode
+/// rows in one launch, each prefill chunk in the tiled kernels).
+pub struct GpuExec {
     m: Arc<GpuModel>,
     s: Stream,
-    n_ctx: usize,
+    slots: usize,
+    /// Key splits of a one-row decode step ([`ops::decode_splits`] of n_ctx).
     splits: usize,
-    kc: Buffer, // (n_layer, n_ctx, n_head_kv * head_dim) f16
-    vc: Buffer, // (n_layer, n_ctx, n_head_kv * head_dim_v) f16
+    kc: Buffer,     // (n_layer, slots, n_head_kv * head_dim) f16
+    vc: Buffer,     // (n_layer, slots, n_head_kv * head_dim_v) f16
     x: Buffer,      // (MAX_BATCH, n_embd) residual stream
     xb: Buffer,     // (MAX_BATCH, n_embd) normed input of a block
     q: Buffer,      // (MAX_BATCH, n_head * head_dim)
@@ -354,47 +405,64 @@ pub struct GpuSession {
     v: Buffer,      // (MAX_BATCH, n_head_kv * head_dim_v)
     qkv1: Buffer,   // (n_head * head_dim + n_head_kv * (head_dim + head_dim_v)) q|k|v of one token
     att: Buffer,    // (MAX_BATCH, n_head * head_dim_v)
-    branch: Buffer, // (MAX_BATCH, n_embd) block output before its post-norm
+    branch: Buffer, // (MAX_BATCH, n_embd) block output before its post-norm; the rows logits are made of
     g: Buffer,      // (MAX_BATCH, n_ff)
     u: Buffer,      // (MAX_BATCH, n_ff)
-    part: Buffer,   // (n_head, splits, 2 + head_dim_v) decode partials
-    counters: Buffer, // (n_head) i32 split tickets, zero between launches
-    params: Buffer, // i32 [pos0, token ids (MAX_BATCH)]
-    act: ActBuf,    // (MMV_MAXT, max_cols) activations prepared for the decode products
+    part: Buffer,   // decode partials, see `part_rows`
+    counters: Buffer, // (MAX_BATCH, n_head) i32 split tickets, zero between launches
+    act: ActBuf,    // (MMQ_MAX or MMV_MAXT, max_cols) activations prepared for the integer products
     logits: Buffer, // (logits_rows, n_vocab)
     logits_rows: usize,
-    // page-locked host copies of `params` and one row of `logits`: a
-    // decode step's copies are DMA transfers, not the driver's staged
-    // copies of pageable memory
-    params_host: HostBuf,
+    top: Buffer,    // (MAX_BATCH, TOP_MAX) i32 ids, the same f32 logits, (MAX_BATCH) f32 log-sum-exp
+    /// i32 step data: ids | pos | tab | gather | block tables (`step_cap` of them).
+    step: Buffer,
+    step_cap: usize,
+    // page-locked host copies of `step` and one row of `logits`: a decode
+    // step's copies are DMA transfers, not the driver's staged copies of
+    // pageable memory
+    step_host: HostBuf,
     logits_host: HostBuf,
     gemm: Option<GemmScratch>,
-    graph: Option<Graph>,
+    /// The one-row decode step (the single-stream path), captured once and
+    /// replayed: it reads its token, position and block table from `step`;
+    /// with the first slot of a contiguous pass it was captured for.
+    graph: Option<(Graph, Option<usize>)>,
     /// Replay the decode graph (FORGE_NO_GRAPH=1 turns it off).
     pub use_graph: bool,
+    /// A failed block copy, reported by the next forward.
+    failed: Option<Error>,
 }
 
-impl Drop for GpuSession {
+impl Drop for GpuExec {
     fn drop(&mut self) {
         let rt = &self.m.dev.rt;
         let _ = rt.stream_sync(self.s);
-        if let Some(g) = self.graph.take() {
+        if let Some((g, _)) = self.graph.take() {
             rt.graph_destroy(g);
         }
         rt.stream_destroy(self.s);
     }
 }
 
-impl GpuSession {
-    pub fn new(m: Arc<GpuModel>, n_ctx: usize) -> Result<GpuSession> {
+/// Partial rows the decode kernel may need: one-row steps use `splits` per
+/// head; a step of r decode rows uses at most ceil(2 SMs / (r heads))
+/// splits, so r · n_head · splits ≤ 2 SMs + r · n_head.
+fn part_rows(n_head: usize, splits: usize, sms: usize) -> usize {
+    (n_head * splits).max(2 * sms + MAX_BATCH * n_head)
+}
+
+impl GpuExec {
+    pub fn new(m: Arc<GpuModel>, n_ctx: usize, n_blocks: usize) -> Result<GpuExec> {
         let c = &m.cfg;
         let p = &m.pool;
         let f32s = |n: usize, what: &str| p.alloc(n * 4, what);
+        let slots = n_blocks.checked_mul(BLOCK).ok_or_else(|| Error::InvalidArgument(format!("{n_blocks} KV blocks")))?;
         let kv = |w: usize, what: &str| {
-            c.n_layer.checked_mul(n_ctx).and_then(|v| v.checked_mul(w * 2)).ok_or_else(|| Error::InvalidArgument(format!("n_ctx {n_ctx} overflows the KV cache size"))).and_then(|b| p.alloc(b, what))
+            c.n_layer.checked_mul(slots).and_then(|v| v.checked_mul(w * 2)).ok_or_else(|| Error::InvalidArgument(format!("{n_blocks} KV blocks overflow the KV cache size"))).and_then(|b| p.alloc(b, what))
         };
         let b = MAX_BATCH;
         let splits = ops::decode_splits(n_ctx);
+        let sms = m.dev.rt.info().multiprocessors as usize;
         let max_cols = c.n_embd.max(c.n_ff).max(c.n_head * c.head_dim_v);
         let gemm = if m.dev.rt.has_blas() {
             let max_elems = [c.n_vocab * c.n_embd, c.n_ff * c.n_embd, c.q_dim() * c.n_embd].into_iter().max().unwrap_or(0);
@@ -408,10 +476,13 @@ impl GpuSession {
         } else {
             None
         };
+        // room for the step data of a full pass whose rows all read one
+        // context's table; more is allocated when a pass needs it
+        let step_cap = 4 * b + n_ctx.div_ceil(BLOCK) + 1;
         // on an allocation failure below, the guard gives the stream back
         let mut guard = StreamGuard(m.dev.rt.clone(), m.dev.rt.stream_create()?, true);
         let s = guard.1;
-        let sess = GpuSession {
+        let exec = GpuExec {
             kc: kv(c.kv_dim(), "K cache")?,
             vc: kv(c.v_dim(), "V cache")?,
             x: f32s(b * c.n_embd, "activations")?,
@@ -424,110 +495,239 @@ impl GpuSession {
             branch: f32s(b * c.n_embd, "activations")?,
             g: f32s(b * c.n_ff, "activations")?,
             u: f32s(b * c.n_ff, "activations")?,
-            part: f32s(c.n_head * splits * (2 + c.head_dim_v), "attention partials")?,
-            counters: p.alloc(c.n_head * 4, "attention counters")?,
-            params: p.alloc((1 + b) * 4, "step parameters")?,
-            act: ActBuf::new(p, max_cols)?,
+            part: f32s(part_rows(c.n_head, splits, sms) * (2 + c.head_dim_v), "attention partials")?,
+            counters: p.alloc(b * c.n_head * 4, "attention counters")?,
+            act: ActBuf::with_tokens(p, max_cols, if decode::has_mmq(m.dev.rt.info()) && decode::mmq_enabled() { decode::MMQ_MAX } else { ops::MMV_MAXT })?,
             logits: f32s(c.n_vocab, "logits")?,
             logits_rows: 1,
-            params_host: HostBuf::new(&m.dev.rt, (1 + b) * 4)?,
+            top: p.alloc(b * TOP_MAX * 8 + b * 4, "top-k candidates")?,
+            step: p.alloc(step_cap * 4, "step data")?,
+            step_cap,
+            step_host: HostBuf::new(&m.dev.rt, step_cap * 4)?,
             logits_host: HostBuf::new(&m.dev.rt, c.n_vocab * 4)?,
             gemm,
             graph: None,
             use_graph: !crate::env_flag("FORGE_NO_GRAPH") && !super::profile::enabled(),
+            failed: None,
             m,
             s,
-            n_ctx,
+            slots,
             splits,
         };
-        guard.2 = false; // from here on, GpuSession's drop releases the stream
-        let rt = &sess.m.dev.rt;
-        rt.memset(sess.s, sess.counters.ptr, 0, sess.counters.bytes)?;
-        rt.stream_sync(sess.s)?;
-        Ok(sess)
+        guard.2 = false; // from here on, GpuExec's drop releases the stream
+        let rt = &exec.m.dev.rt;
+        rt.memset(exec.s, exec.counters.ptr, 0, exec.counters.bytes)?;
+        rt.stream_sync(exec.s)?;
+        Ok(exec)
     }
 
-    /// Evaluate `tokens` at positions pos0.. (the caller has checked ids and
-    /// context room) and write the logits `want` asks for into `out`, whose
-    /// length the caller has matched to them (rows × n_vocab).
-    pub fn eval_into(&mut self, tokens: &[u32], pos0: usize, want: Logits, out: &mut [f32]) -> Result<()> {
-        if pos0 + tokens.len() > self.n_ctx {
-            return Err(Error::ContextFull(format!("{} tokens at {pos0} exceed n_ctx {}", tokens.len(), self.n_ctx)));
+    /// The step's rows, in chunks of at most [`MAX_BATCH`], into `sink`.
+    fn forward_rows(&mut self, rows: &[StepRow], mut sink: Sink) -> Result<()> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
         }
         let nv = self.m.cfg.n_vocab;
-        let mut done = 0;
-        let chunks: Vec<&[u32]> = tokens.chunks(MAX_BATCH).collect();
-        for (ci, chunk) in chunks.iter().enumerate() {
-            let last = ci + 1 == chunks.len();
-            let w = match want {
-                Logits::All => Logits::All,
-                Logits::Last if last => Logits::Last,
-                _ => Logits::None,
-            };
-            let rows = match w {
-                Logits::All => chunk.len(),
-                Logits::Last => 1,
-                Logits::None => 0,
-            };
-            if rows > self.logits_rows {
-                self.logits = self.m.pool.alloc(rows * nv * 4, "logits")?;
-                self.logits_rows = rows;
-            }
-            let params = self.params_host.bytes_mut();
-            params[..4].copy_from_slice(&((pos0 + ci * MAX_BATCH) as i32).to_ne_bytes());
-            for (i, &t) in chunk.iter().enumerate() {
-                params[4 * (1 + i)..4 * (2 + i)].copy_from_slice(&(t as i32).to_ne_bytes());
-            }
-            let rt = self.m.dev.rt.clone();
-            rt.htod(self.s, self.params.ptr, &self.params_host.bytes()[..4 * (1 + chunk.len())])?;
-            if chunk.len() == 1 && w == Logits::Last && self.use_graph {
-                if self.graph.is_none() {
-                    rt.graph_begin(self.s)?;
-                    let r = self.enqueue(1, Logits::Last);
-                    let g = rt.graph_end(self.s);
-                    r?;
-                    self.graph = Some(g?);
+        for chunk in rows.chunks(MAX_BATCH) {
+            // each sequence's rows in this chunk, in order of first appearance
+            let mut seqs: Vec<(SeqId, Vec<usize>)> = Vec::new();
+            for (i, r) in chunk.iter().enumerate() {
+                match seqs.iter_mut().find(|(id, _)| *id == r.seq) {
+                    Some((_, v)) => v.push(i),
+                    None => seqs.push((r.seq, vec![i])),
                 }
-                rt.graph_launch(self.s, self.graph.unwrap())?;
+            }
+            // decode rows (a sequence's only row here) first, then each
+            // longer run of one sequence
+            let mut order: Vec<usize> = Vec::with_capacity(chunk.len());
+            let mut tab_of: Vec<i32> = vec![0; chunk.len()];
+            let mut bt: Vec<i32> = Vec::new();
+            for (_, idx) in &seqs {
+                let last = chunk[*idx.last().expect("a row")];
+                let off = bt.len() as i32;
+                bt.extend(last.kv.blocks[..last.pos / BLOCK + 1].iter().map(|&b| b as i32));
+                for &i in idx {
+                    tab_of[i] = off;
+                }
+            }
+            order.extend(seqs.iter().filter(|(_, v)| v.len() == 1).map(|(_, v)| v[0]));
+            let n_dec = order.len();
+            let mut runs = Vec::new();
+            for (_, idx) in seqs.iter().filter(|(_, v)| v.len() > 1) {
+                runs.push((order.len(), idx.len()));
+                order.extend(idx);
+            }
+            let ids: Vec<u32> = order.iter().map(|&i| chunk[i].token).collect();
+            let pos: Vec<i32> = order.iter().map(|&i| chunk[i].pos as i32).collect();
+            let tab: Vec<i32> = order.iter().map(|&i| tab_of[i]).collect();
+            // the rows that want logits, in row order, as rows of the pass
+            let mut at_in_pass = vec![0i32; chunk.len()];
+            for (k, &i) in order.iter().enumerate() {
+                at_in_pass[i] = k as i32;
+            }
+            let want: Vec<i32> = (0..chunk.len()).filter(|&i| chunk[i].logits).map(|i| at_in_pass[i]).collect();
+            let n = chunk.len();
+            let out = if want.is_empty() {
+                OutRows::None
+            } else if want == [n as i32 - 1] {
+                OutRows::Last
+            } else if want.len() == n && want.iter().enumerate().all(|(k, &r)| r == k as i32) {
+                OutRows::All
             } else {
-                self.enqueue(chunk.len(), w)?;
+                OutRows::Gather(want)
+            };
+            let count = out.count(n);
+            let pass = Pass { ids: &ids, pos: &pos, tab: &tab, bt: &bt, n_dec, runs: &runs, out };
+            match &mut sink {
+                Sink::Logits(logits) => {
+                    let start = logits.len();
+                    logits.resize(start + count * nv, 0.0);
+                    self.run_pass(&pass, Dest::Logits(&mut logits[start..]))?;
+                }
+                Sink::Top(t) => self.run_pass(&pass, Dest::Top(t))?,
             }
-            // one row (decode) through the page-locked buffer; the rows of a
-            // whole batch (Logits::All, up to MAX_BATCH × n_vocab floats)
-            // straight into `out`, not into that much page-locked memory
-            let n = rows * nv;
-            let dst = &mut out[done..done + n];
-            let staged = n * 4 <= self.logits_host.len();
-            if staged && n > 0 {
-                rt.dtoh(self.s, &mut self.logits_host.bytes_mut()[..4 * n], self.logits.ptr)?;
-            } else if n > 0 {
-                // SAFETY: f32 has no invalid bit patterns; the slice is exactly n floats.
-                let bytes = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut u8, n * 4) };
-                rt.dtoh(self.s, bytes, self.logits.ptr)?;
-            }
-            // the host buffers are reused by the next chunk: wait for this one
-            rt.stream_sync(self.s)?;
-            if staged {
-                dst.copy_from_slice(self.logits_host.f32s(n));
-            }
-            done += n;
         }
-        debug_assert_eq!(done, out.len());
         Ok(())
     }
 
-    /// Enqueue one pass of `n` tokens (ids and pos0 already in `params`).
-    fn enqueue(&self, n: usize, want: Logits) -> Result<()> {
+    /// Forget the captured graph (a buffer it reads moved).
+    fn drop_graph(&mut self) {
+        if let Some((g, _)) = self.graph.take() {
+            let _ = self.m.dev.rt.stream_sync(self.s);
+            self.m.dev.rt.graph_destroy(g);
+        }
+    }
+
+    /// Run one pass and write its logits rows (`p.out`) into `dst`, sized
+    /// rows × n_vocab by the caller.
+    fn run_pass(&mut self, p: &Pass, dest: Dest) -> Result<()> {
+        let n = p.ids.len();
+        debug_assert!(n > 0 && n <= MAX_BATCH && p.pos.len() == n && p.tab.len() == n);
+        let nv = self.m.cfg.n_vocab;
+        let rows = p.out.count(n);
+        let gather: &[i32] = match &p.out {
+            OutRows::Gather(g) => g,
+            _ => &[],
+        };
+        // step data: ids | pos | tab | gather | block tables
+        let need = 3 * n + gather.len() + p.bt.len();
+        if need > self.step_cap {
+            self.drop_graph();
+            let cap = need.next_power_of_two();
+            self.step = self.m.pool.alloc(cap * 4, "step data")?;
+            self.step_host = HostBuf::new(&self.m.dev.rt, cap * 4)?;
+            self.step_cap = cap;
+        }
+        if rows > self.logits_rows {
+            self.drop_graph();
+            self.logits = self.m.pool.alloc(rows * nv * 4, "logits")?;
+            self.logits_rows = rows;
+        }
+        {
+            let h = &mut self.step_host.bytes_mut()[..need * 4];
+            let mut put = |i: usize, v: i32| h[4 * i..4 * i + 4].copy_from_slice(&v.to_ne_bytes());
+            for i in 0..n {
+                put(i, p.ids[i] as i32);
+                put(n + i, p.pos[i]);
+                put(2 * n + i, p.tab[i]);
+            }
+            for (i, &g) in gather.iter().enumerate() {
+                put(3 * n + i, g);
+            }
+            for (i, &b) in p.bt.iter().enumerate() {
+                put(3 * n + gather.len() + i, b);
+            }
+        }
+        let step = self.step.ptr;
+        let at = |i: usize| step + 4 * i as u64;
+        let contiguous = p.contiguous();
+        let bt = if contiguous.is_some() { 0 } else { at(3 * n + gather.len()) };
+        let lay = StepLayout { ids: at(0), at: KvRows { pos: at(n), tab: at(2 * n), bt }, gather: at(3 * n), base: contiguous.unwrap_or(0) };
+        let rt = self.m.dev.rt.clone();
+        rt.htod(self.s, step, &self.step_host.bytes()[..need * 4])?;
+        if n == 1 && p.out == OutRows::Last && self.use_graph {
+            if self.graph.as_ref().is_some_and(|(_, c)| *c != contiguous) {
+                self.drop_graph();
+            }
+            if self.graph.is_none() {
+                rt.graph_begin(self.s)?;
+                let r = self.enqueue(p, &lay);
+                let g = rt.graph_end(self.s);
+                r?;
+                self.graph = Some((g?, contiguous));
+            }
+            rt.graph_launch(self.s, self.graph.as_ref().expect("captured").0)?;
+        } else {
+            self.enqueue(p, &lay)?;
+        }
+        let dst = match dest {
+            Dest::Logits(dst) => dst,
+            Dest::Top(t) => return self.top_rows(rows, t),
+        };
+        debug_assert_eq!(dst.len(), rows * nv);
+        // one row (decode) through the page-locked buffer; more rows (up to
+        // MAX_BATCH × n_vocab floats) straight into `dst`, not into that
+        // much page-locked memory
+        let count = rows * nv;
+        let staged = count * 4 <= self.logits_host.len();
+        if staged && count > 0 {
+            rt.dtoh(self.s, &mut self.logits_host.bytes_mut()[..4 * count], self.logits.ptr)?;
+        } else if count > 0 {
+            // SAFETY: f32 has no invalid bit patterns; the slice is exactly `count` floats.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut u8, count * 4) };
+            rt.dtoh(self.s, bytes, self.logits.ptr)?;
+        }
+        // the host buffers are reused by the next pass: wait for this one
+        rt.stream_sync(self.s)?;
+        if staged && count > 0 {
+            dst.copy_from_slice(self.logits_host.f32s(count));
+        }
+        Ok(())
+    }
+
+    /// Select the top `t.k` of the pass's `rows` logits rows on the device
+    /// and append them (ids, logits, log-sum-exp) to `t`: k × 8 + 4 bytes
+    /// a row come back, not n_vocab × 4.
+    fn top_rows(&mut self, rows: usize, t: &mut TopRows) -> Result<()> {
+        let k = t.k;
+        if rows == 0 {
+            return self.m.dev.rt.stream_sync(self.s);
+        }
+        let nv = self.m.cfg.n_vocab;
+        let (ids, vals) = (self.top.ptr, self.top.ptr + (MAX_BATCH * TOP_MAX * 4) as u64);
+        let lse = vals + (MAX_BATCH * TOP_MAX * 4) as u64;
+        ops::topk(&self.m.dev, self.s, self.logits.ptr, rows, nv, k, ids, vals, lse)?;
+        let mut bytes = vec![0u8; rows * k * 8 + rows * 4];
+        let rt = &self.m.dev.rt;
+        let (a, rest) = bytes.split_at_mut(rows * k * 4);
+        let (b, c) = rest.split_at_mut(rows * k * 4);
+        rt.dtoh(self.s, a, ids)?;
+        rt.dtoh(self.s, b, vals)?;
+        rt.dtoh(self.s, c, lse)?;
+        rt.stream_sync(self.s)?;
+        let word = |x: &[u8]| [x[0], x[1], x[2], x[3]];
+        t.ids.extend(a.chunks_exact(4).map(|x| i32::from_ne_bytes(word(x)) as u32));
+        t.logits.extend(b.chunks_exact(4).map(|x| f32::from_ne_bytes(word(x))));
+        t.lse.extend(c.chunks_exact(4).map(|x| f32::from_ne_bytes(word(x))));
+        Ok(())
+    }
+
+    /// Enqueue one pass (its step data already in `step`).
+    fn enqueue(&self, p: &Pass, lay: &StepLayout) -> Result<()> {
         let m = &*self.m;
         let (c, dev, s) = (&m.cfg, &*m.dev, self.s);
+        let n = p.ids.len();
         let dim = c.n_embd;
-        let pos0 = self.params.ptr;
-        let ids = self.params.ptr + 4;
+        let at = lay.at;
 
         let scale = if c.arch.embed_scale_sqrt { (dim as f32).sqrt() } else { 1.0 };
-        ops::get_rows(dev, s, &m.token_embd, ids, self.x.ptr, n, scale)?;
-        let kv_layer = (self.n_ctx * c.kv_dim() * 2) as u64;
-        let v_layer = (self.n_ctx * c.v_dim() * 2) as u64;
+        ops::get_rows(dev, s, &m.token_embd, lay.ids, self.x.ptr, n, scale)?;
+        let kv_layer = (self.slots * c.kv_dim() * 2) as u64;
+        let v_layer = (self.slots * c.v_dim() * 2) as u64;
+        let (k_base, v_base) = ((lay.base * c.kv_dim() * 2) as u64, (lay.base * c.v_dim() * 2) as u64);
+        // decode rows of several sequences: enough key splits to fill the
+        // device, fewer as rows grow (see `part_rows`)
+        let sms = dev.rt.info().multiprocessors as usize;
+        let dec_splits = if p.n_dec == 1 { self.splits } else { (2 * sms).div_ceil((p.n_dec * c.n_head).max(1)).clamp(1, self.splits) };
         for (il, l) in m.layers.iter().enumerate() {
             // ---- attention ----
             let norm = Some((l.attn_norm.ptr, c.rms_eps));
@@ -542,13 +742,13 @@ impl GpuSession {
                 (self.q.ptr, self.k.ptr, self.v.ptr)
             };
             let local = c.layer_kinds[il] == LayerKind::Local;
-            let (kc, vc) = (self.kc.ptr + il as u64 * kv_layer, self.vc.ptr + il as u64 * v_layer);
+            let (kc, vc) = (self.kc.ptr + il as u64 * kv_layer + k_base, self.vc.ptr + il as u64 * v_layer + v_base);
             let post = QkvPost { n, n_head: c.n_head, n_head_kv: c.n_head_kv, hd: c.head_dim, hdv: c.head_dim_v, rope_dim: c.rope_dim, rope: c.arch.rope, mscale: m.mscale, eps: c.rms_eps };
             let bufs = QkvBufs {
                 q, k, v,
                 bq: ptr(&l.bq), bk: ptr(&l.bk), bv: ptr(&l.bv),
                 q_norm: ptr(&l.q_norm), k_norm: ptr(&l.k_norm),
-                k_cache: kc, v_cache: vc, pos0,
+                k_cache: kc, v_cache: vc, at,
                 freq: if local { m.freq_local.ptr } else { m.freq_global.ptr },
             };
             // one token: attention does qkv_post's work itself (one launch less)
@@ -557,8 +757,7 @@ impl GpuSession {
                 ops::qkv_post(dev, s, &post, &bufs)?;
             }
             let window = if local { c.sliding_window.unwrap_or(0) } else { 0 };
-            let splits = if n == 1 { self.splits } else { 1 };
-            let a = AttnShape { n, n_head: c.n_head, n_head_kv: c.n_head_kv, hd: c.head_dim, hdv: c.head_dim_v, window, scale: c.attn_scale, splits };
+            let shape = |rows: usize, splits: usize, mixed: bool| AttnShape { n: rows, n_head: c.n_head, n_head_kv: c.n_head_kv, hd: c.head_dim, hdv: c.head_dim_v, window, scale: c.attn_scale, splits, mixed };
             // one token: attention also writes its output prepared for the
             // decode product of wo (no quantize_act)
             let wo_prepared = decode::Product::of(&l.wo, 1, false, false).is_ok_and(|p| decode::choose(dev.rt.info(), decode::Input::Prepared, &p).is_some());
@@ -567,7 +766,14 @@ impl GpuSession {
             } else {
                 None
             };
-            ops::attention(dev, s, &a, q, kc, vc, self.att.ptr, self.part.ptr, self.counters.ptr, pos0, prep.as_ref(), fused.then_some((&post, &bufs)))?;
+            if p.n_dec > 0 {
+                let a = shape(p.n_dec, dec_splits, p.n_dec > 1);
+                ops::attention(dev, s, &a, q, kc, vc, self.att.ptr, self.part.ptr, self.counters.ptr, at, prep.as_ref(), fused.then_some((&post, &bufs)))?;
+            }
+            for &(r0, len) in p.runs {
+                let (qo, ao) = ((r0 * c.q_dim() * 4) as u64, (r0 * c.n_head * c.head_dim_v * 4) as u64);
+                ops::attention(dev, s, &shape(len, 1, false), q + qo, kc, vc, self.att.ptr + ao, self.part.ptr, self.counters.ptr, at.from_row(r0), None, None)?;
+            }
             self.block_out(&l.wo, self.att.ptr, prep.as_ref(), &l.post_attn_norm, n)?;
 
             // ---- FFN: down(act(gate(x)) * up(x)) ----
@@ -578,12 +784,17 @@ impl GpuSession {
         }
 
         // ---- output ----
-        let (first, rows) = match want {
-            Logits::None => return Ok(()),
-            Logits::Last => (n - 1, 1),
-            Logits::All => (0, n),
+        let (xr, rows) = match &p.out {
+            OutRows::None => return Ok(()),
+            OutRows::Last => (self.x.ptr + ((n - 1) * dim * 4) as u64, 1),
+            OutRows::All => (self.x.ptr, n),
+            OutRows::Gather(g) => {
+                // the rows that want logits, side by side
+                let xm = DevMatrix { ty: crate::quant::GgmlType::F32, rows: n, cols: dim, ptr: self.x.ptr, packed: false };
+                ops::get_rows(dev, s, &xm, lay.gather, self.branch.ptr, g.len(), 1.0)?;
+                (self.branch.ptr, g.len())
+            }
         };
-        let xr = self.x.ptr + (first * dim * 4) as u64;
         self.project(xr, Some((m.output_norm.ptr, c.rms_eps)), rows, &[Proj::new(&m.output, self.logits.ptr)])
     }
 
@@ -636,6 +847,20 @@ impl GpuSession {
                 return projs.iter().try_for_each(|p| ops::matvec_q(dev, s, p.w, p.up, &a, p.y, p.out));
             }
             decode::Plan::Staged => return projs.iter().try_for_each(|p| ops::matvec(dev, s, p.w, p.up, x, p.y, 1, p.out, norm)),
+            decode::Plan::Mmq => {
+                let a = ops::quantize_act(dev, s, &self.act, x, cols, n, norm)?;
+                for p in projs {
+                    match p.up {
+                        Some((u, act)) => {
+                            ops::matmul_q(dev, s, p.w, &a, p.y, Out::Store)?;
+                            ops::matmul_q(dev, s, u, &a, self.u.ptr, Out::Store)?;
+                            ops::glu(dev, s, p.y, self.u.ptr, n * u.rows, act)?;
+                        }
+                        None => ops::matmul_q(dev, s, p.w, &a, p.y, p.out)?,
+                    }
+                }
+                return Ok(());
+            }
             decode::Plan::Gemm => {}
         }
         let xin = match norm {

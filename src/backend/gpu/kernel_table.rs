@@ -14,11 +14,26 @@ pub const APM_K: usize = 64;
 /// `APM_Q` in kernels/attention.cu.
 pub const APM_Q: usize = 64;
 
+/// `ATT_BT_SHARED` in kernels/attention.cu.
+pub const ATT_BT_SHARED: usize = 128;
+
 /// `ATT_MAX_SPLITS` in kernels/attention.cu.
 pub const ATT_MAX_SPLITS: usize = 64;
 
 /// `ATT_WARPS` in kernels/attention.cu.
 pub const ATT_WARPS: usize = 4;
+
+/// `KV_BLOCK` in kernels/rope.cu.
+pub const KV_BLOCK: usize = 16;
+
+/// `MMQ_ROWS` in kernels/mmq.cu.
+pub const MMQ_ROWS: usize = 16;
+
+/// `MMQ_UNROLL` in kernels/mmq.cu.
+pub const MMQ_UNROLL: usize = 4;
+
+/// `MMQ_WARPS` in kernels/mmq.cu.
+pub const MMQ_WARPS: usize = 4;
 
 /// `MMVQ_MAXT` in kernels/mmvq.cu.
 pub const MMVQ_MAXT: usize = 8;
@@ -52,6 +67,12 @@ pub const MMV_THREADS: usize = 256;
 /// override it).
 pub const Q4_0X8_PARTS: usize = 2;
 
+/// `TOPK_MAX` in kernels/sample.cu.
+pub const TOPK_MAX: usize = 256;
+
+/// `TOPK_THREADS` in kernels/sample.cu.
+pub const TOPK_THREADS: usize = 512;
+
 /// The kind of a kernel parameter: which [`super::runtime::Arg`] passes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Param {
@@ -67,44 +88,44 @@ pub enum Param {
 
 use Param::*;
 
-/// Every kernel of the module (197 in all; on every target: some exist only
+/// Every kernel of the module (242 in all; on every target: some exist only
 /// on some, see `tests/kernel_table.rs`) with its parameters, sorted by name
 /// (binary search).
 pub const KERNELS: &[(&str, &[Param])] = &[
     (
         "attn_d128",
         &[
-            Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32, I32, F32, I32, Ptr, Ptr, Ptr,
-            Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, F32, F32,
+            Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32, I32, F32, I32, Ptr,
+            Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, F32, F32,
         ],
     ),
     (
         "attn_d256",
         &[
-            Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32, I32, F32, I32, Ptr, Ptr, Ptr,
-            Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, F32, F32,
+            Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32, I32, F32, I32, Ptr,
+            Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, F32, F32,
         ],
     ),
     (
         "attn_d64",
         &[
-            Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32, I32, F32, I32, Ptr, Ptr, Ptr,
-            Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, F32, F32,
+            Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32, I32, F32, I32, Ptr,
+            Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, F32, F32,
         ],
     ),
     (
         "attn_prefill",
         &[
-            Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32, I32, I32, F32, I32,
+            Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32, I32, I32, F32, I32,
         ],
     ),
     (
         "attn_prefill_mma128",
-        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32, F32],
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32, F32],
     ),
     (
         "attn_prefill_mma64",
-        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32, F32],
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32, F32],
     ),
     ("dequant_f16_bf16", &[Ptr, Ptr, I32, I32]),
     ("dequant_f16_f16", &[Ptr, Ptr, I32, I32]),
@@ -240,6 +261,158 @@ pub const KERNELS: &[(&str, &[Param])] = &[
     (
         "matvec_q8_0x4",
         &[Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32, Ptr, F32],
+    ),
+    (
+        "mmq_q4_0_16",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    (
+        "mmq_q4_0_32",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    (
+        "mmq_q4_0_64",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    ("mmq_q4_0_8", &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32]),
+    (
+        "mmq_q4_0x8_16",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    (
+        "mmq_q4_0x8_32",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    (
+        "mmq_q4_0x8_64",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    (
+        "mmq_q4_0x8_8",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    (
+        "mmq_q4_1_16",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    (
+        "mmq_q4_1_32",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    (
+        "mmq_q4_1_64",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    ("mmq_q4_1_8", &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32]),
+    (
+        "mmq_q4_k_16",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    (
+        "mmq_q4_k_32",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    (
+        "mmq_q4_k_64",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    ("mmq_q4_k_8", &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32]),
+    (
+        "mmq_q5_0_16",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    (
+        "mmq_q5_0_32",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    (
+        "mmq_q5_0_64",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    ("mmq_q5_0_8", &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32]),
+    (
+        "mmq_q5_0x4_16",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    (
+        "mmq_q5_0x4_32",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    (
+        "mmq_q5_0x4_64",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    (
+        "mmq_q5_0x4_8",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    (
+        "mmq_q5_1_16",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    (
+        "mmq_q5_1_32",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    (
+        "mmq_q5_1_64",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    ("mmq_q5_1_8", &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32]),
+    (
+        "mmq_q5_k_16",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    (
+        "mmq_q5_k_32",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    (
+        "mmq_q5_k_64",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    ("mmq_q5_k_8", &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32]),
+    (
+        "mmq_q6_k_16",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    (
+        "mmq_q6_k_32",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    (
+        "mmq_q6_k_64",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    ("mmq_q6_k_8", &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32]),
+    (
+        "mmq_q8_0_16",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    (
+        "mmq_q8_0_32",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    (
+        "mmq_q8_0_64",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    ("mmq_q8_0_8", &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32]),
+    (
+        "mmq_q8_0x4_16",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    (
+        "mmq_q8_0x4_32",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    (
+        "mmq_q8_0x4_64",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
+    ),
+    (
+        "mmq_q8_0x4_8",
+        &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],
     ),
     ("mmvf_bf16", &[Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32]),
     ("mmvf_bf16_n", &[Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32]),
@@ -633,10 +806,11 @@ pub const KERNELS: &[(&str, &[Param])] = &[
     (
         "qkv_post",
         &[
-            Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32, I32,
-            I32, F32, F32,
+            Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32,
+            I32, I32, I32, F32, F32,
         ],
     ),
     ("quant_act", &[Ptr, Ptr, F32, I32, Ptr, Ptr, Ptr, Ptr]),
     ("rmsnorm", &[Ptr, Ptr, Ptr, I32, F32, I32]),
+    ("topk_rows", &[Ptr, I32, I32, Ptr, Ptr, Ptr]),
 ];

@@ -22,11 +22,13 @@ const FILES: &[(&str, &str)] = &[
     ("iquant.h", include_str!("../../../kernels/iquant.h")),
     ("matvec.cu", include_str!("../../../kernels/matvec.cu")),
     ("mmvq.cu", include_str!("../../../kernels/mmvq.cu")),
+    ("mmq.cu", include_str!("../../../kernels/mmq.cu")),
     ("matmul.cu", include_str!("../../../kernels/matmul.cu")),
     ("norm.cu", include_str!("../../../kernels/norm.cu")),
     ("rope.cu", include_str!("../../../kernels/rope.cu")),
     ("attention.cu", include_str!("../../../kernels/attention.cu")),
     ("elementwise.cu", include_str!("../../../kernels/elementwise.cu")),
+    ("sample.cu", include_str!("../../../kernels/sample.cu")),
     ("forge.cu", include_str!("../../../kernels/forge.cu")),
 ];
 
@@ -124,5 +126,19 @@ mod tests {
         assert!(!s.contains("#include \"quant.h\""));
         assert!(s.contains(" attn_prefill(const float*"));
         assert!(s.contains("matvec_##s"));
+        assert!(s.contains("struct MQ<TQ6_K>"), "mmq.cu inlined");
+        // every include left is a system one: a kernel file missing from
+        // FILES would reach the run-time compiler as an #include it cannot open
+        for line in s.lines().filter(|l| l.trim_start().starts_with("#include")) {
+            assert!(line.contains('<'), "{line}: not inlined (add the file to FILES)");
+        }
+        // and every file under kernels/ is listed
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+        for e in std::fs::read_dir(dir).unwrap() {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            if name.ends_with(".cu") || name.ends_with(".h") {
+                assert!(super::FILES.iter().any(|(n, _)| *n == name), "kernels/{name} is not in FILES");
+            }
+        }
     }
 }

@@ -222,26 +222,33 @@ pub fn decode_kernel(ty: GgmlType) -> Option<&'static str> {
 pub struct ActBuf {
     buf: Buffer,
     max_cols: usize,
+    max_nt: usize,
 }
 
 impl ActBuf {
+    /// Room for the decode products' [`MMV_MAXT`] tokens.
     pub fn new(pool: &std::sync::Arc<super::memory::MemPool>, max_cols: usize) -> Result<ActBuf> {
+        Self::with_tokens(pool, max_cols, MMV_MAXT)
+    }
+
+    /// Room for `max_nt` tokens of up to `max_cols` values.
+    pub fn with_tokens(pool: &std::sync::Arc<super::memory::MemPool>, max_cols: usize, max_nt: usize) -> Result<ActBuf> {
         let max_cols = max_cols.div_ceil(32) * 32;
         // per token and value: 2 bytes of planes + 4 of f32; per group: d and d * sum
-        let bytes = MMV_MAXT * max_cols * (2 + 4) + 2 * MMV_MAXT * (max_cols / 32) * 4;
-        Ok(ActBuf { buf: pool.alloc(bytes, "quantized activations")?, max_cols })
+        let bytes = max_nt * max_cols * (2 + 4) + 2 * max_nt * (max_cols / 32) * 4;
+        Ok(ActBuf { buf: pool.alloc(bytes, "quantized activations")?, max_cols, max_nt })
     }
 
     /// Where `nt` tokens of `cols` values go in this buffer, with their f32
     /// copy at `f` (0: this buffer's own).
     pub fn layout(&self, cols: usize, nt: usize, f: DevPtr) -> Result<ActQ> {
-        if nt == 0 || nt > MMV_MAXT || cols % 32 != 0 || cols > self.max_cols {
-            return Err(Error::InvalidArgument(format!("activations of {nt} tokens of {cols} values (at most {MMV_MAXT} of {}, whole groups of 32)", self.max_cols)));
+        if nt == 0 || nt > self.max_nt || cols % 32 != 0 || cols > self.max_cols {
+            return Err(Error::InvalidArgument(format!("activations of {nt} tokens of {cols} values (at most {} of {}, whole groups of 32)", self.max_nt, self.max_cols)));
         }
         let q = self.buf.ptr;
-        let d = q + (MMV_MAXT * self.max_cols * 2) as u64;
-        let s = d + (MMV_MAXT * (self.max_cols / 32) * 4) as u64;
-        let own = s + (MMV_MAXT * (self.max_cols / 32) * 4) as u64;
+        let d = q + (self.max_nt * self.max_cols * 2) as u64;
+        let s = d + (self.max_nt * (self.max_cols / 32) * 4) as u64;
+        let own = s + (self.max_nt * (self.max_cols / 32) * 4) as u64;
         Ok(ActQ { q, d, s, f: if f == 0 { own } else { f }, cols, nt })
     }
 }
@@ -293,6 +300,40 @@ pub fn matvec_q(dev: &Device, s: Stream, w: &DevMatrix, glu: Option<(&DevMatrix,
         return Err(Error::InvalidArgument(format!("matvec_q: {} with {} columns for activations of {}", w.ty, w.cols, a.cols)));
     }
     decode_product(dev, s, Input::Prepared, w, a.nt, decode::X::Prepared(a), Target { y, out, glu })
+}
+
+/// y (nt, rows) = / += W x on tensor cores for x prepared by
+/// [`quantize_act`] (2 ..= [`decode::MMQ_MAX`] tokens; see
+/// [`decode::mmq_fits`]).
+pub fn matmul_q(dev: &Device, s: Stream, w: &DevMatrix, a: &ActQ, y: DevPtr, out: Out) -> Result<()> {
+    let p = Product::of(w, a.nt, false, false)?;
+    if w.cols != a.cols || !decode::mmq_fits(dev.rt.info(), &p) {
+        return Err(Error::InvalidArgument(format!("matmul_q: {} ({}) {}x{} for {} tokens of {} values", w.ty, p.suffix, w.rows, w.cols, a.nt, a.cols)));
+    }
+    let (name, per_block) = decode::mmq_kernel(p.suffix, a.nt);
+    let dims = LaunchDims { grid: (ceil(w.rows, 16), ceil(a.nt, per_block), 1), block: 128, shared: 0 };
+    dev.launch(
+        s,
+        &name,
+        dims,
+        &[
+            Arg::Ptr(w.ptr), Arg::Ptr(a.q), Arg::Ptr(a.d), Arg::Ptr(a.s), Arg::Ptr(y), Arg::I32(w.rows as i32), Arg::I32(w.cols as i32),
+            Arg::I32(a.nt as i32), Arg::I32((out == Out::Add) as i32),
+        ],
+    )
+}
+
+/// The k largest of each of `rows` rows of x (rows, n) f32, largest first
+/// (ties: the lower index), into ids (rows, k) i32 and vals (rows, k) f32,
+/// and each row's log-sum-exp into lse (rows) f32 (kernels/sample.cu).
+#[allow(clippy::too_many_arguments)]
+pub fn topk(dev: &Device, s: Stream, x: DevPtr, rows: usize, n: usize, k: usize, ids: DevPtr, vals: DevPtr, lse: DevPtr) -> Result<()> {
+    use super::kernel_table::{TOPK_MAX, TOPK_THREADS};
+    if k == 0 || k > TOPK_MAX || k > n || rows == 0 {
+        return Err(Error::InvalidArgument(format!("topk: {k} of {n} values in {rows} rows (k at most {TOPK_MAX})")));
+    }
+    let dims = LaunchDims { grid: (rows as u32, 1, 1), block: TOPK_THREADS as u32, shared: 0 };
+    dev.launch(s, "topk_rows", dims, &[Arg::Ptr(x), Arg::I32(n as i32), Arg::I32(k as i32), Arg::Ptr(ids), Arg::Ptr(vals), Arg::Ptr(lse)])
 }
 
 /// Whether [`matvec_x`] takes W (a gated pair when `gated`, after an RMS
@@ -429,12 +470,33 @@ pub struct QkvBufs {
     pub k_norm: DevPtr,
     pub k_cache: DevPtr,
     pub v_cache: DevPtr,
-    pub pos0: DevPtr,
+    pub at: KvRows,
     pub freq: DevPtr,
 }
 
+/// Where the rows of a step sit in the paged KV cache (kernels/rope.cu,
+/// `kv_slot`): `pos`, each row's position in its sequence (i32, one per
+/// row; a negative one marks a padding row, which writes nothing); `tab`,
+/// each row's offset into `bt` (i32 per row; 0 = every row at offset 0);
+/// `bt`, the block tables ([`crate::kv::BLOCK`] positions per entry; 0 =
+/// a contiguous cache, slot = position).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvRows {
+    pub pos: DevPtr,
+    pub tab: DevPtr,
+    pub bt: DevPtr,
+}
+
+impl KvRows {
+    /// The same rows from row `r` on (`bytes` = 4 per row).
+    pub fn from_row(&self, r: usize) -> KvRows {
+        let off = |p: DevPtr| if p == 0 { 0 } else { p + 4 * r as u64 };
+        KvRows { pos: off(self.pos), tab: off(self.tab), bt: self.bt }
+    }
+}
+
 /// Bias, per-head norm and RoPE on Q and K, and the f16 store of K/V at
-/// positions *pos0 .. *pos0 + n.
+/// the rows' positions (`at`).
 pub fn qkv_post(dev: &Device, s: Stream, p: &QkvPost, b: &QkvBufs) -> Result<()> {
     if p.hd > 512 || p.hdv > 512 || p.rope_dim > p.hd {
         return Err(Error::Unsupported(format!("GPU attention supports head sizes up to 512 (got {}/{})", p.hd, p.hdv)));
@@ -448,7 +510,8 @@ pub fn qkv_post(dev: &Device, s: Stream, p: &QkvPost, b: &QkvBufs) -> Result<()>
         dims,
         &[
             Arg::Ptr(b.q), Arg::Ptr(b.k), Arg::Ptr(b.v), Arg::Ptr(b.bq), Arg::Ptr(b.bk), Arg::Ptr(b.bv),
-            Arg::Ptr(b.q_norm), Arg::Ptr(b.k_norm), Arg::Ptr(b.k_cache), Arg::Ptr(b.v_cache), Arg::Ptr(b.pos0), Arg::Ptr(b.freq),
+            Arg::Ptr(b.q_norm), Arg::Ptr(b.k_norm), Arg::Ptr(b.k_cache), Arg::Ptr(b.v_cache), Arg::Ptr(b.at.pos),
+            Arg::Ptr(b.at.tab), Arg::Ptr(b.at.bt), Arg::Ptr(b.freq),
             Arg::I32(p.n_head as i32), Arg::I32(p.n_head_kv as i32), Arg::I32(p.hd as i32), Arg::I32(p.hdv as i32),
             Arg::I32(p.rope_dim as i32), Arg::I32(neox), Arg::F32(p.mscale), Arg::F32(p.eps),
         ],
@@ -493,25 +556,30 @@ pub struct AttnShape {
     pub scale: f32,
     /// Key splits (flash-decoding); 1 writes `out` directly.
     pub splits: usize,
+    /// The rows are of several sequences (or not at consecutive
+    /// positions): the decode kernel takes them all, one query each.
+    pub mixed: bool,
 }
 
-/// Causal attention of n queries at positions *pos0.. over the cache:
-/// several queries take the tensor-core prefill kernel (NVIDIA sm_80+, head
-/// sizes 64 and 128; see `prefill_mma`) or else the tiled prefill kernel
-/// (when its tiles fit in shared memory), one query the split-K decode
-/// kernel. When splits > 1,
+/// Causal attention of n queries at the positions `at` gives, over the
+/// (paged) cache: each query sees its sequence's keys up to its position.
+/// Several queries of one sequence at consecutive positions take the
+/// tensor-core prefill kernel (NVIDIA sm_80+, head sizes 64 and 128; see
+/// `prefill_mma`) or else the tiled prefill kernel (when its tiles fit in
+/// shared memory); one query, or queries of several sequences
+/// ([`AttnShape::mixed`]), the split-K decode kernel. When splits > 1,
 /// `part` needs n * n_head * splits * (2 + hdv) floats and `counters`
 /// n * n_head i32 that are zero (the kernel leaves them zero). With
 /// `prep` (from [`ActBuf::layout`] with f = `out`), `out` also comes
 /// prepared for [`matvec_q`]: the decode kernel writes it as it goes,
 /// saving a [`quantize_act`]. With `fused` (one token only), q is the raw
 /// projection and the decode kernel does [`qkv_post`]'s work itself (bias,
-/// QK-norm, RoPE, and the f16 store of K/V at *pos0 into kc/vc, which must
+/// QK-norm, RoPE, and the f16 store of K/V at its slot into kc/vc, which must
 /// be `fused`'s caches), saving that launch.
 #[allow(clippy::too_many_arguments)]
-pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, vc: DevPtr, out: DevPtr, part: DevPtr, counters: DevPtr, pos0: DevPtr, prep: Option<&ActQ>, fused: Option<(&QkvPost, &QkvBufs)>) -> Result<()> {
+pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, vc: DevPtr, out: DevPtr, part: DevPtr, counters: DevPtr, at: KvRows, prep: Option<&ActQ>, fused: Option<(&QkvPost, &QkvBufs)>) -> Result<()> {
     if let Some((p, b)) = fused {
-        if a.n != 1 || p.n != 1 || b.q != q || b.k_cache != kc || b.v_cache != vc || b.pos0 != pos0 || p.hd != a.hd || p.hdv != a.hdv || p.rope_dim > p.hd {
+        if a.n != 1 || p.n != 1 || b.q != q || b.k_cache != kc || b.v_cache != vc || b.at != at || p.hd != a.hd || p.hdv != a.hdv || p.rope_dim > p.hd {
             return Err(Error::InvalidArgument("attention: the fused qkv_post takes one token and the same buffers".into()));
         }
     }
@@ -525,7 +593,7 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
     }
     let warp = dev.rt.info().warp_size as usize;
     let block = (ATT_WARPS * warp) as u32;
-    if a.n > 1 && a.splits == 1 && a.hd == a.hdv && matches!(a.hd, 64 | 128) && prefill_mma(dev) {
+    if a.n > 1 && a.splits == 1 && !a.mixed && a.hd == a.hdv && matches!(a.hd, 64 | 128) && prefill_mma(dev) {
         // tensor cores: 64 queries per block of 4 warps, static shared memory
         let dims = LaunchDims { grid: (a.n_head as u32, ceil(a.n, 64), 1), block: 128, shared: 0 };
         dev.launch(
@@ -533,13 +601,14 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
             &format!("attn_prefill_mma{}", a.hd),
             dims,
             &[
-                Arg::Ptr(q), Arg::Ptr(kc), Arg::Ptr(vc), Arg::Ptr(out), Arg::Ptr(pos0), Arg::I32(a.n as i32), Arg::I32(a.n_head as i32),
+                Arg::Ptr(q), Arg::Ptr(kc), Arg::Ptr(vc), Arg::Ptr(out), Arg::Ptr(at.pos), Arg::Ptr(at.tab), Arg::Ptr(at.bt),
+                Arg::I32(a.n as i32), Arg::I32(a.n_head as i32),
                 Arg::I32(a.n_head_kv as i32), Arg::I32(a.window as i32), Arg::F32(a.scale),
             ],
         )?;
         return prep.map_or(Ok(()), |p| quant_act(dev, s, out, None, p));
     }
-    if a.n > 1 && a.splits == 1 {
+    if a.n > 1 && a.splits == 1 && !a.mixed {
         let qw = if a.hd <= 128 { 4 } else { 2 };
         let qb = qw * ATT_WARPS;
         let shared = warp * (a.hd / 2 + 1) * 4 + warp * a.hdv * 2 + qb * a.hd * 4;
@@ -550,7 +619,8 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
                 "attn_prefill",
                 dims,
                 &[
-                    Arg::Ptr(q), Arg::Ptr(kc), Arg::Ptr(vc), Arg::Ptr(out), Arg::Ptr(pos0), Arg::I32(a.n as i32),
+                    Arg::Ptr(q), Arg::Ptr(kc), Arg::Ptr(vc), Arg::Ptr(out), Arg::Ptr(at.pos), Arg::Ptr(at.tab), Arg::Ptr(at.bt),
+                    Arg::I32(a.n as i32),
                     Arg::I32(a.n_head as i32), Arg::I32(a.n_head_kv as i32), Arg::I32(a.hd as i32), Arg::I32(a.hdv as i32),
                     Arg::I32(a.window as i32), Arg::F32(a.scale), Arg::I32(qw as i32),
                 ],
@@ -573,7 +643,8 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
         &format!("attn_d{d}"),
         dims,
         &[
-            Arg::Ptr(q), Arg::Ptr(kc), Arg::Ptr(vc), Arg::Ptr(out), Arg::Ptr(part), Arg::Ptr(counters), Arg::Ptr(pos0),
+            Arg::Ptr(q), Arg::Ptr(kc), Arg::Ptr(vc), Arg::Ptr(out), Arg::Ptr(part), Arg::Ptr(counters), Arg::Ptr(at.pos),
+            Arg::Ptr(at.tab), Arg::Ptr(at.bt),
             Arg::I32(a.n_head as i32), Arg::I32(a.n_head_kv as i32), Arg::I32(a.hd as i32), Arg::I32(a.hdv as i32),
             Arg::I32(a.window as i32), Arg::F32(a.scale), Arg::I32(a.splits as i32),
             Arg::Ptr(prep.map_or(0, |p| p.q)), Arg::Ptr(prep.map_or(0, |p| p.d)), Arg::Ptr(prep.map_or(0, |p| p.s)),

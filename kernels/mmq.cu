@@ -1,0 +1,241 @@
+// mmq.cu: quantized products of 2 .. 256 tokens on tensor cores (NVIDIA
+// sm_80+, where vendor.h defines HAS_MMA_F16): y (nt, rows) = / += W x, x
+// prepared by quant_act (mmvq.cu: per group of 32 values, 15-bit integers
+// in two byte planes, d and d * sum(v)), W in its device layout (quant.h;
+// integer forms in iquant.h). Each weight group is read once per block of
+// tokens and multiplied by int8 mma (m16n8k32) against both planes; the
+// group's scales turn the int32 sums into floats. CPU reference: the
+// dequantized matrix times x (tests/device_ops.rs).
+//
+// Grid: x = ceil(rows / 16), y = ceil(nt / (8 NT)); block MMQ_WARPS warps
+// on the same 16 rows and 8 NT tokens, warp w taking groups w, w +
+// MMQ_WARPS, ... (MMQ_UNROLL groups' weights loaded at once); the warps'
+// sums meet in shared memory. Lane l holds rows l / 4 and l / 4 + 8 of the
+// mma's A fragment: part l % 4 of each row's group (iquant.h's parts of 8
+// values, or half of a part of 16 for the regrouped q4_0x8 / q5_0x4), and
+// the x words those parts meet take the B fragment's k slots, so the k
+// order of one mma is a permutation that A and B share.
+#pragma once
+#include "mmvq.cu"
+
+#if defined(HAS_MMA_F16)
+#define MMQ_WARPS 4
+#define MMQ_ROWS 16
+#define MMQ_UNROLL 4
+
+// MQ<T>: lane part c (0 .. 3) of group g of a weight row for the mma: its
+// two words (w0 for k slots 4c .., w1 for 16 + 4c ..), the x words they
+// meet (kw0, kw1), the group's scale s and minimum m (y += s * dx * dot +
+// m * sx). SPLIT types have two scales per group (q6_k: one per 16 values,
+// parts 0-1 and 2-3): s is this lane's half's.
+template <typename T>
+struct MQ;
+
+// Types whose IP parts are 4 of 2 words: part c is the lane's.
+template <typename T>
+struct MQWords {
+    using P = IP<T>;
+    static constexpr bool SPLIT = false;
+    static __device__ __forceinline__ int kw0(int c) { return P::word(c, 0); }
+    static __device__ __forceinline__ int kw1(int c) { return P::word(c, 1); }
+};
+#define MQ_WORDS(TT, SCALE, MIN)                                                      \
+    template <>                                                                      \
+    struct MQ<TT> : MQWords<TT> {                                                    \
+        int w0, w1;                                                                  \
+        float s, m;                                                                  \
+        __device__ __forceinline__ void load(const u8* row, int g, int c) {          \
+            IP<TT> p;                                                                \
+            p.load(row, g, c);                                                       \
+            w0 = p.w0;                                                               \
+            w1 = p.w1;                                                               \
+            s = SCALE;                                                               \
+            m = MIN;                                                                 \
+        }                                                                            \
+    };
+MQ_WORDS(TQ4_0, p.d, 0.0f)
+MQ_WORDS(TQ4_1, p.d, p.m)
+MQ_WORDS(TQ5_0, p.d, 0.0f)
+MQ_WORDS(TQ5_1, p.d, p.m)
+MQ_WORDS(TQ8_0, p.d, 0.0f)
+MQ_WORDS(TQ8_0X4, p.d, 0.0f)
+MQ_WORDS(TQ4_K, p.dl, -p.ml)
+MQ_WORDS(TQ5_K, p.dl, -p.ml)
+#undef MQ_WORDS
+
+template <>
+struct MQ<TQ6_K> : MQWords<TQ6_K> {
+    static constexpr bool SPLIT = true;
+    int w0, w1;
+    float s, m;
+    __device__ __forceinline__ void load(const u8* row, int g, int c) {
+        IP<TQ6_K> p;
+        p.load(row, g, c);
+        w0 = p.w0;
+        w1 = p.w1;
+        s = p.dl;
+        m = 0.0f;
+    }
+};
+
+// The regrouped types: 2 parts of 4 words, words 2p, 2p + 1 (low) and 4 +
+// 2p, 5 + 2p (high): lane c takes words c and 4 + c of part c / 2.
+template <typename T>
+struct MQHalves {
+    static constexpr bool SPLIT = false;
+    static __device__ __forceinline__ int kw0(int c) { return c; }
+    static __device__ __forceinline__ int kw1(int c) { return 4 + c; }
+};
+template <>
+struct MQ<TQ4_0X8> : MQHalves<TQ4_0X8> {
+    static_assert(IP<TQ4_0X8>::PARTS == 2, "lane c takes words c and 4 + c of part c / 2");
+    int w0, w1;
+    float s, m;
+    __device__ __forceinline__ void load(const u8* row, int g, int c) {
+        IP<TQ4_0X8> p;
+        p.load(row, g, c >> 1);
+        w0 = p.w[c & 1];
+        w1 = p.w[2 + (c & 1)];
+        s = p.d;
+        m = 0.0f;
+    }
+};
+template <>
+struct MQ<TQ5_0X4> : MQHalves<TQ5_0X4> {
+    int w0, w1;
+    float s, m;
+    __device__ __forceinline__ void load(const u8* row, int g, int c) {
+        IP<TQ5_0X4> p;
+        p.load(row, g, c >> 1);
+        w0 = p.w[c & 1];
+        w1 = p.w[2 + (c & 1)];
+        s = p.d;
+        m = -16.0f * p.d;  // values kept in 0 .. 31: the centre comes off through sx
+    }
+};
+
+template <typename T, int NT>
+static __device__ __forceinline__ void mmq(const u8* __restrict__ W, const int2* __restrict__ xq, const float* __restrict__ xd,
+                                           const float* __restrict__ xs, float* __restrict__ y, int rows, int cols, int nt,
+                                           int add) {
+    using Q = MQ<T>;
+    __shared__ float red[MMQ_WARPS - 1][NT][4][32];
+    GRID_START();
+    const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, c = lane % 4;
+    const int r0 = blockIdx.x * MMQ_ROWS, t0 = blockIdx.y * 8 * NT;
+    const int ng = cols >> 5, xw = cols >> 2;
+    const u64 rb = (u64)(cols / T::BLK) * T::BYTES;
+    const u8* wa = W + (u64)min(r0 + g, rows - 1) * rb;  // rows past the end repeat the last
+    const u8* wb = W + (u64)min(r0 + g + 8, rows - 1) * rb;
+    const int kw0 = Q::kw0(c), kw1 = Q::kw1(c);
+    float acc[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+    for (int gb = w; gb < ng; gb += MMQ_WARPS * MMQ_UNROLL) {
+        Q qa[MMQ_UNROLL], qb[MMQ_UNROLL];
+#pragma unroll
+        for (int u = 0; u < MMQ_UNROLL; u++) {  // clamped: every load in flight at once
+            const int grp = min(gb + u * MMQ_WARPS, ng - 1);
+            qa[u].load(wa, grp, c);
+            qb[u].load(wb, grp, c);
+        }
+#pragma unroll
+        for (int u = 0; u < MMQ_UNROLL; u++) {
+            const int grp = gb + u * MMQ_WARPS;
+            if (grp >= ng) break;  // uniform per warp
+            float sa0 = qa[u].s, sb0 = qb[u].s, sa1 = 0.0f, sb1 = 0.0f;
+            int a0[4] = {qa[u].w0, qb[u].w0, qa[u].w1, qb[u].w1}, a1[4] = {0, 0, 0, 0};
+            if (Q::SPLIT) {
+                // lanes c < 2 hold half 0, the others half 1: each half its own mma
+                const float oa = SHFL_XOR(sa0, 2), ob = SHFL_XOR(sb0, 2);
+                const bool h0 = c < 2;
+                sa1 = h0 ? oa : sa0;
+                sb1 = h0 ? ob : sb0;
+                sa0 = h0 ? sa0 : oa;
+                sb0 = h0 ? sb0 : ob;
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    a1[e] = h0 ? 0 : a0[e];
+                    a0[e] = h0 ? a0[e] : 0;
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                const int tb = min(t0 + 8 * j + g, nt - 1);
+                const int2* xr = xq + (u64)tb * xw + grp * 8;
+                const int2 x0 = xr[kw0], x1 = xr[kw1];
+                const int tc = min(t0 + 8 * j + 2 * c, nt - 1), td = min(t0 + 8 * j + 2 * c + 1, nt - 1);
+                const float dc = xd[(u64)tc * ng + grp], dd = xd[(u64)td * ng + grp];
+                int hi[4] = {0, 0, 0, 0}, lo[4] = {0, 0, 0, 0};
+                mma_s8(hi, a0, x0.x, x1.x);
+                mma_s8(lo, a0, x0.y, x1.y);
+                acc[j][0] += sa0 * dc * (float)(256 * hi[0] + lo[0]);
+                acc[j][1] += sa0 * dd * (float)(256 * hi[1] + lo[1]);
+                acc[j][2] += sb0 * dc * (float)(256 * hi[2] + lo[2]);
+                acc[j][3] += sb0 * dd * (float)(256 * hi[3] + lo[3]);
+                if (Q::SPLIT) {
+                    int h1[4] = {0, 0, 0, 0}, l1[4] = {0, 0, 0, 0};
+                    mma_s8(h1, a1, x0.x, x1.x);
+                    mma_s8(l1, a1, x0.y, x1.y);
+                    acc[j][0] += sa1 * dc * (float)(256 * h1[0] + l1[0]);
+                    acc[j][1] += sa1 * dd * (float)(256 * h1[1] + l1[1]);
+                    acc[j][2] += sb1 * dc * (float)(256 * h1[2] + l1[2]);
+                    acc[j][3] += sb1 * dd * (float)(256 * h1[3] + l1[3]);
+                }
+                if (qa[u].m != 0.0f || qb[u].m != 0.0f) {
+                    const float xc = xs[(u64)tc * ng + grp], xe = xs[(u64)td * ng + grp];
+                    acc[j][0] += qa[u].m * xc;
+                    acc[j][1] += qa[u].m * xe;
+                    acc[j][2] += qb[u].m * xc;
+                    acc[j][3] += qb[u].m * xe;
+                }
+            }
+        }
+    }
+    if (w > 0) {
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) red[w - 1][j][e][lane] = acc[j][e];
+        }
+    }
+    __syncthreads();
+    if (w > 0) return;
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float v = acc[j][e];
+#pragma unroll
+            for (int k = 0; k < MMQ_WARPS - 1; k++) v += red[k][j][e][lane];
+            const int r = r0 + g + (e & 2 ? 8 : 0), t = t0 + 8 * j + 2 * c + (e & 1);
+            if (r < rows && t < nt) {
+                float* o = y + (u64)t * rows + r;
+                *o = add ? *o + v : v;
+            }
+        }
+    }
+}
+
+// mmq_<type>_<8 NT>: NT tiles of 8 tokens per block.
+#define MMQ_KERNEL(T, s, NT)                                                                                         \
+    KERNEL void __launch_bounds__(MMQ_WARPS * 32) mmq_##s##_##NT(const u8* W, const int2* xq, const float* xd,        \
+                                                                 const float* xs, float* y, int rows, int cols, int nt, \
+                                                                 int add) {                                            \
+        mmq<T, NT / 8>(W, xq, xd, xs, y, rows, cols, nt, add);                                                          \
+    }
+#define MMQ_TYPE(T, s) MMQ_KERNEL(T, s, 8) MMQ_KERNEL(T, s, 16) MMQ_KERNEL(T, s, 32) MMQ_KERNEL(T, s, 64)
+MMQ_TYPE(TQ4_0, q4_0)
+MMQ_TYPE(TQ4_0X8, q4_0x8)
+MMQ_TYPE(TQ4_1, q4_1)
+MMQ_TYPE(TQ5_0, q5_0)
+MMQ_TYPE(TQ5_0X4, q5_0x4)
+MMQ_TYPE(TQ5_1, q5_1)
+MMQ_TYPE(TQ8_0, q8_0)
+MMQ_TYPE(TQ8_0X4, q8_0x4)
+MMQ_TYPE(TQ4_K, q4_k)
+MMQ_TYPE(TQ5_K, q5_k)
+MMQ_TYPE(TQ6_K, q6_k)
+#undef MMQ_TYPE
+#undef MMQ_KERNEL
+#endif
