@@ -38,6 +38,10 @@ pub struct Bpe {
     /// token id of each single byte (None if the vocab lacks it)
     byte_token: [Option<u32>; 256],
     unk: Option<u32>,
+    /// Pre-tokenizers with `ignore_merges` (Llama 3's and its kin, as
+    /// llama.cpp): a piece that is a token as a whole is that token,
+    /// whatever the merges would make of it. Bytes → id.
+    whole: Option<FxHashMap<Vec<u8>, u32>>,
 }
 
 impl Bpe {
@@ -63,7 +67,7 @@ impl Bpe {
                 table.entry((li, ri)).or_insert((rank as u32, mi));
             }
         }
-        Ok(Bpe { merges: table, byte_token, unk })
+        Ok(Bpe { merges: table, byte_token, unk, whole: None })
     }
 
     fn rank(&self, l: u32, r: u32) -> u32 {
@@ -99,8 +103,22 @@ impl Bpe {
         out.extend_from_slice(&ids);
     }
 
+    /// Take a piece that is a whole token as that token (`pieces`: each
+    /// token's bytes), before any merge: llama.cpp's `ignore_merges`.
+    pub fn ignore_merges(&mut self, pieces: &[Vec<u8>]) {
+        let mut m = FxHashMap::with_capacity_and_hasher(pieces.len(), Default::default());
+        for (i, p) in pieces.iter().enumerate() {
+            m.entry(p.clone()).or_insert(i as u32);
+        }
+        self.whole = Some(m);
+    }
+
     /// Encode one pre-tokenized piece, appending ids to `out`.
     pub fn encode_piece(&self, piece: &[u8], out: &mut Vec<u32>) {
+        if let Some(&id) = self.whole.as_ref().and_then(|w| w.get(piece)) {
+            out.push(id);
+            return;
+        }
         let ids: Vec<u32> = piece.iter().filter_map(|&b| self.byte_token[b as usize].or(self.unk)).collect();
         match ids.len() {
             0 | 1 => out.extend_from_slice(&ids),

@@ -88,13 +88,18 @@ impl Tokenizer {
                     warning = Some(w);
                     PreKind::Gpt2
                 });
-                let bpe = bpe::Bpe::new(&vocab.tokens, &vocab.merges, vocab.special.unk).map_err(Error::Tokenizer)?;
+                let mut bpe = bpe::Bpe::new(&vocab.tokens, &vocab.merges, vocab.special.unk).map_err(Error::Tokenizer)?;
                 let inv: HashMap<char, u8> = bpe::byte_to_char().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
-                let pieces = vocab
+                let pieces: Vec<Vec<u8>> = vocab
                     .tokens
                     .iter()
                     .map(|t| bpe::unmap_token(t, &inv).unwrap_or_else(|| t.as_bytes().to_vec()))
                     .collect();
+                // llama.cpp's `ignore_merges` pre-tokenizers (llama-vocab.cpp)
+                const IGNORE_MERGES: [&str; 11] = ["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano", "minicpm5", "youtu"];
+                if IGNORE_MERGES.contains(&vocab.pre.as_str()) {
+                    bpe.ignore_merges(&pieces);
+                }
                 (Algo::Bpe(bpe, PreTokenizer::new(kind)), pieces)
             }
             ModelKind::Spm => {
@@ -163,7 +168,8 @@ impl Tokenizer {
                 .enumerate()
                 .map(|(i, f)| match f {
                     Fragment::Text(t) => {
-                        let prefix = if self.vocab.add_space_prefix && i == 0 { "\u{2581}" } else { "" };
+                        // an empty text gets no space prefix (llama.cpp: "" → no tokens)
+                        let prefix = if self.vocab.add_space_prefix && i == 0 && !t.is_empty() { "\u{2581}" } else { "" };
                         format!("{prefix}{}", t.replace(' ', "\u{2581}"))
                     }
                     Fragment::Token(_) => String::new(),
