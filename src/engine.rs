@@ -176,6 +176,11 @@ impl Engine {
         Ok(self.seq(id)?.len)
     }
 
+    /// The tokens at a sequence's positions (what its KV cache holds).
+    pub fn seq_tokens(&self, id: SeqId) -> Result<&[u32]> {
+        Ok(&self.seq(id)?.tokens)
+    }
+
     /// The sequences, in id order.
     pub fn seq_ids(&self) -> Vec<SeqId> {
         self.seqs.keys().copied().collect()
