@@ -4,6 +4,8 @@
 # the same sdist (vendor/llama.cpp/build-cpu: cmake Release, GGML_NATIVE,
 # AMX off: see scripts/cpu_compare.sh). Side by side in one run, alternated,
 # on the three real models; 2 threads. Needs `make test-llama`'s venv.
+# ROCMFORGE_LLAMA_TIMING=1 makes ROCmForge's library print, per context,
+# the time spent in the engine and in the compatibility layer around it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OURS=$PWD/target/release
@@ -15,6 +17,6 @@ for round in 1 2; do
   for which in rocmforge llama.cpp; do
     dir=$OURS; [ $which = llama.cpp ] && dir=$THEIRS
     echo "== round $round: $which ($dir)"
-    LD_LIBRARY_PATH=$dir LLAMA_CPP_LIB_PATH=$dir PYTHONPATH=$PWD/vendor/llama-cpp-python-0.3.36 "$PY" llama/bench/frontend_speed.py "${MODELS[@]}"
+    ROCMFORGE_LLAMA_TIMING=1 LD_LIBRARY_PATH=$dir LLAMA_CPP_LIB_PATH=$dir PYTHONPATH=$PWD/vendor/llama-cpp-python-0.3.36 "$PY" llama/bench/frontend_speed.py "${MODELS[@]}"
   done
 done

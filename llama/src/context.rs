@@ -42,6 +42,33 @@ pub struct Context {
     pub cand: Vec<llama_token_data>,
     pub perf: llama_perf_context_data,
     pub t_start: std::time::Instant,
+    /// ROCMFORGE_LLAMA_TIMING=1: time spent in the engine and in this
+    /// layer (batch conversion, logits copies, sampling over the vocabulary),
+    /// printed to stderr when the context is freed.
+    pub timing: Option<Timing>,
+}
+
+#[derive(Default, Debug, Clone, Copy)]
+pub struct Timing {
+    pub decodes: u64,
+    pub samples: u64,
+    pub engine_s: f64,
+    pub layer_s: f64,
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        if let Some(t) = self.timing {
+            eprintln!(
+                "rocmforge-llama timing: {} decodes, {} samples; engine {:.1} ms, compatibility layer {:.1} ms ({:.2}% of the engine's time)",
+                t.decodes,
+                t.samples,
+                t.engine_s * 1e3,
+                t.layer_s * 1e3,
+                100.0 * t.layer_s / t.engine_s.max(1e-12)
+            );
+        }
+    }
 }
 
 /// `llama_decode`'s return codes.
@@ -86,6 +113,7 @@ impl Context {
             cand: Vec::new(),
             perf: llama_perf_context_data::default(),
             t_start: std::time::Instant::now(),
+            timing: std::env::var_os("ROCMFORGE_LLAMA_TIMING").filter(|v| !v.is_empty() && v != "0").map(|_| Timing::default()),
         });
         ctx.perf.t_load_ms = model.t_load_ms;
         let me: *mut Context = &mut *ctx;
@@ -198,7 +226,10 @@ impl Context {
             }
         }
         let e = self.engine.as_mut().expect("checked");
-        match e.decode(&rows) {
+        let te = std::time::Instant::now();
+        let r = e.decode(&rows);
+        let engine_s = te.elapsed().as_secs_f64();
+        match r {
             Ok(()) => {}
             Err(Error::KvExhausted(m)) => {
                 warning!("llama_decode: {m}");
@@ -220,6 +251,11 @@ impl Context {
             self.logits.extend_from_slice(e.logits(r).expect("the row asked for logits"));
         }
         self.out_row = out_row;
+        if let Some(t) = self.timing.as_mut() {
+            t.decodes += 1;
+            t.engine_s += engine_s;
+            t.layer_s += t0.elapsed().as_secs_f64() - engine_s;
+        }
         let dt = t0.elapsed().as_secs_f64() * 1e3;
         if n > 1 {
             self.perf.t_p_eval_ms += dt;

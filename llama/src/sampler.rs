@@ -529,6 +529,10 @@ pub unsafe extern "C" fn llama_sampler_sample(smpl: *mut llama_sampler, ctx: *mu
         ch.perf.t_sample_ms += t0.elapsed().as_secs_f64() * 1e3;
         ch.perf.n_sample += 1;
     }
+    if let Some(t) = c.timing.as_mut() {
+        t.samples += 1;
+        t.layer_s += t0.elapsed().as_secs_f64();
+    }
     tok
 }
 
