@@ -296,10 +296,11 @@ impl Engine {
         let per_row = match self.output {
             Output::Logits => nv,
             Output::Top(k) => k,
+            Output::Hidden => self.model.cfg.n_embd,
         };
         let oom = |_| Error::OutOfMemory(format!("logits of {wanted} rows: {} MiB", (wanted * per_row * 4) >> 20));
         match self.output {
-            Output::Logits => self.logits.try_reserve_exact((wanted * nv).saturating_sub(self.logits.len())).map_err(oom)?,
+            Output::Logits | Output::Hidden => self.logits.try_reserve_exact((wanted * per_row).saturating_sub(self.logits.len())).map_err(oom)?,
             Output::Top(k) => {
                 self.top.ids.try_reserve_exact((wanted * k).saturating_sub(self.top.ids.len())).map_err(oom)?;
                 self.top.logits.try_reserve_exact((wanted * k).saturating_sub(self.top.logits.len())).map_err(oom)?;
@@ -359,10 +360,11 @@ impl Engine {
 
     /// What [`Engine::decode`] returns for each row that wants logits:
     /// every logit ([`Output::Logits`], the default; [`Engine::logits`]),
-    /// or the k largest with their ids and the row's log-sum-exp
+    /// the k largest with their ids and the row's log-sum-exp
     /// ([`Output::Top`], 1 ≤ k ≤ min([`TOP_MAX`], n_vocab);
-    /// [`Engine::top`]), which a GPU selects on the device. The last
-    /// step's results are gone either way.
+    /// [`Engine::top`]), which a GPU selects on the device, or the final
+    /// hidden state ([`Output::Hidden`]; [`Engine::hidden`]; the CPU only
+    /// so far). The last step's results are gone either way.
     pub fn set_output(&mut self, out: Output) -> Result<()> {
         let nv = self.model.cfg.n_vocab;
         if let Output::Top(k) = out {
@@ -380,6 +382,18 @@ impl Engine {
 
     pub fn output(&self) -> Output {
         self.output
+    }
+
+    /// The final hidden state (after the output norm) of row `row` of the
+    /// last successful decode under [`Output::Hidden`], if that row asked
+    /// for output: `n_embd` floats.
+    pub fn hidden(&self, row: usize) -> Option<&[f32]> {
+        if self.output != Output::Hidden {
+            return None;
+        }
+        let d = self.model.cfg.n_embd;
+        let i = (*self.logit_row.get(row)?)?;
+        Some(&self.logits[i * d..(i + 1) * d])
     }
 
     /// The candidates of row `row` of the last successful decode under
@@ -435,6 +449,8 @@ impl Engine {
         match self.output {
             Output::Logits => self.exec.forward(&step, &mut self.logits)?,
             Output::Top(_) => self.exec.forward_top(&step, &mut self.top)?,
+            // the hidden rows take the logits' place (n_embd floats each)
+            Output::Hidden => self.exec.forward_hidden(&step, &mut self.logits)?,
         }
         let mut k = 0;
         for r in rows {

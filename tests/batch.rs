@@ -473,3 +473,33 @@ fn top_candidates_are_the_largest_logits() {
     }
     assert_eq!(e.output(), Output::Logits, "a refused setting changes nothing");
 }
+
+/// `Output::Hidden`: each row that asks gets the final hidden state
+/// (n_embd floats, after the output norm); two sequences with the same
+/// tokens get the same rows, different tokens different ones; no logits
+/// and no candidates are readable meanwhile.
+#[test]
+fn hidden_states_are_per_row_and_per_sequence() {
+    use rocmforge::Output;
+    let model = load("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let d = model.cfg.n_embd;
+    let mut e = Engine::new(model.clone(), EngineOptions { n_ctx: 32, ..Default::default() }).unwrap();
+    e.set_output(Output::Hidden).unwrap();
+    let (a, b, c) = (e.add_seq().unwrap(), e.add_seq().unwrap(), e.add_seq().unwrap());
+    let p: [u32; 4] = [1, 504, 3458, 314];
+    let q: [u32; 4] = [1, 504, 3458, 315];
+    let mut rows = Vec::new();
+    for (s, toks) in [(a, &p), (b, &p), (c, &q)] {
+        rows.extend(toks.iter().enumerate().map(|(i, &token)| BatchRow { seq: s, token, pos: i, logits: true }));
+    }
+    e.decode(&rows).unwrap();
+    let h = |r: usize| e.hidden(r).unwrap().to_vec();
+    assert_eq!(h(3).len(), d);
+    assert!(h(3).iter().all(|v| v.is_finite()));
+    for i in 0..4 {
+        assert_eq!(h(i), h(4 + i), "same tokens, same hidden state (row {i})");
+    }
+    assert_eq!(h(8), h(0), "the shared first token");
+    assert_ne!(h(11), h(3), "a different last token");
+    assert!(e.logits(3).is_none() && e.top(3).is_none());
+}

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use rocmforge::engine::{BatchRow, Engine, EngineOptions, SeqId};
-use rocmforge::Error;
+use rocmforge::{Error, Output};
 
 use crate::log::{error, warning};
 use crate::model::LlamaModel;
@@ -37,6 +37,11 @@ pub struct Context {
     pub logits: Vec<f32>,
     /// For each index of the last batch, its output row (or -1).
     pub out_row: Vec<i32>,
+    /// With `embeddings`: the last decode's final hidden states, one
+    /// n_embd row per output (pooling NONE), and each sequence's pooled one.
+    pub emb: Vec<f32>,
+    pub emb_seq: BTreeMap<llama_seq_id, Vec<f32>>,
+    pub n_embd: usize,
     pub memory: Memory,
     /// Scratch for `llama_sampler_sample`: the candidates of one row.
     pub cand: Vec<llama_token_data>,
@@ -109,6 +114,9 @@ impl Context {
             n_vocab: model.vocab.n_tokens() as usize,
             logits: Vec::new(),
             out_row: Vec::new(),
+            emb: Vec::new(),
+            emb_seq: BTreeMap::new(),
+            n_embd: model.n_embd.max(0) as usize,
             memory: Memory { ctx: std::ptr::null_mut() },
             cand: Vec::new(),
             perf: llama_perf_context_data::default(),
@@ -119,6 +127,16 @@ impl Context {
         let me: *mut Context = &mut *ctx;
         ctx.memory.ctx = me;
         Ok(ctx)
+    }
+
+    /// The pooling in effect: the context's, else the model's
+    /// (`{arch}.pooling_type`), else none (0; 1 mean, 2 CLS, 3 last).
+    pub fn pooling(&self) -> i32 {
+        if self.pooling >= 0 {
+            return self.pooling;
+        }
+        let m = self.model();
+        m.meta_value(format!("{}.pooling_type", m.arch).as_bytes()).and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0)
     }
 
     pub fn model(&self) -> &LlamaModel {
@@ -169,7 +187,11 @@ impl Context {
             return DECODE_INVALID;
         }
         let n = n as usize;
+        let pooling = self.pooling();
+        let pooled = self.embeddings && pooling != 0;
         let mut rows: Vec<BatchRow> = Vec::with_capacity(n);
+        // the llama.cpp sequence of each output row (for pooling)
+        let mut out_seq: Vec<llama_seq_id> = Vec::new();
         // for each row that wants logits, its batch index
         let mut row_of_out: Vec<usize> = Vec::new();
         let mut out_row = vec![-1i32; n];
@@ -193,7 +215,8 @@ impl Context {
                 }
                 (0..k as usize).map(|j| *p.add(j)).collect()
             };
-            let want = if b.logits.is_null() { i + 1 == n } else { *b.logits.add(i) != 0 };
+            // pooled embeddings need every token's hidden state
+            let want = pooled || if b.logits.is_null() { i + 1 == n } else { *b.logits.add(i) != 0 };
             if want {
                 out_row[i] = n_out as i32;
                 n_out += 1;
@@ -221,11 +244,19 @@ impl Context {
                 let first = j == 0;
                 if want && first {
                     row_of_out.push(rows.len());
+                    out_seq.push(sid);
                 }
                 rows.push(BatchRow { seq, token: tok as u32, pos, logits: want && first });
             }
         }
         let e = self.engine.as_mut().expect("checked");
+        let out = if self.embeddings { Output::Hidden } else { Output::Logits };
+        if e.output() != out {
+            if let Err(err) = e.set_output(out) {
+                error!("llama_decode: {err}");
+                return DECODE_FAILED;
+            }
+        }
         let te = std::time::Instant::now();
         let r = e.decode(&rows);
         let engine_s = te.elapsed().as_secs_f64();
@@ -246,9 +277,38 @@ impl Context {
         }
         let nv = self.n_vocab;
         self.logits.clear();
-        self.logits.reserve(n_out * nv);
-        for &r in &row_of_out {
-            self.logits.extend_from_slice(e.logits(r).expect("the row asked for logits"));
+        self.emb.clear();
+        self.emb_seq.clear();
+        if self.embeddings {
+            let d = self.n_embd;
+            for &r in &row_of_out {
+                self.emb.extend_from_slice(e.hidden(r).expect("the row asked for output"));
+            }
+            if pooled {
+                // mean, first (CLS) or last row of each sequence in the batch
+                for (k, &sid) in out_seq.iter().enumerate() {
+                    let row = &self.emb[k * d..(k + 1) * d];
+                    let first = !self.emb_seq.contains_key(&sid);
+                    let acc = self.emb_seq.entry(sid).or_insert_with(|| vec![0.0; d + 1]);
+                    match pooling {
+                        2 if !first => {}
+                        2 | 3 => acc[..d].copy_from_slice(row),
+                        _ => acc[..d].iter_mut().zip(row).for_each(|(a, &v)| *a += v),
+                    }
+                    acc[d] += 1.0;
+                }
+                for acc in self.emb_seq.values_mut() {
+                    let cnt = acc.pop().unwrap_or(1.0);
+                    if pooling == 1 {
+                        acc.iter_mut().for_each(|a| *a /= cnt);
+                    }
+                }
+            }
+        } else {
+            self.logits.reserve(n_out * nv);
+            for &r in &row_of_out {
+                self.logits.extend_from_slice(e.logits(r).expect("the row asked for logits"));
+            }
         }
         self.out_row = out_row;
         if let Some(t) = self.timing.as_mut() {
@@ -265,6 +325,22 @@ impl Context {
             self.perf.n_eval += 1;
         }
         DECODE_OK
+    }
+
+    /// The embedding row of batch index `i` (pooling none; negative: from
+    /// the last output).
+    pub fn embd_ith(&mut self, i: i32) -> Option<&mut [f32]> {
+        let d = self.n_embd;
+        let n_out = self.emb.len() / d.max(1);
+        let row = if i < 0 {
+            usize::try_from(n_out as i64 + i as i64).ok()?
+        } else {
+            match self.out_row.get(i as usize) {
+                Some(&r) if r >= 0 => r as usize,
+                _ => return None,
+            }
+        };
+        self.emb.get_mut(row * d..(row + 1) * d)
     }
 
     /// The logits row of batch index `i` (negative: from the last output).

@@ -710,7 +710,7 @@ pub unsafe extern "C" fn llama_get_memory(c: *const Context) -> *mut Memory {
 
 #[no_mangle]
 pub unsafe extern "C" fn llama_pooling_type(c: *const Context) -> i32 {
-    c.as_ref().map_or(-1, |c| c.pooling)
+    c.as_ref().map_or(-1, |c| c.pooling())
 }
 
 #[no_mangle]
@@ -852,22 +852,35 @@ pub unsafe extern "C" fn llama_get_logits_ith(c: *mut Context, i: i32) -> *mut f
     }
 }
 
+/// The last decode's embeddings (final hidden states after the output
+/// norm), one n_embd row per output (pooling none); NULL without
+/// `embeddings` or when pooled (use `llama_get_embeddings_seq`).
 #[no_mangle]
-pub extern "C" fn llama_get_embeddings(_c: *mut Context) -> *mut f32 {
-    stub!("llama_get_embeddings (embeddings come with the embedding-model issue)");
-    std::ptr::null_mut()
+pub unsafe extern "C" fn llama_get_embeddings(c: *mut Context) -> *mut f32 {
+    match ctx_mut(c) {
+        Some(c) if c.embeddings && !c.emb.is_empty() => c.emb.as_mut_ptr(),
+        _ => std::ptr::null_mut(),
+    }
 }
 
 #[no_mangle]
-pub extern "C" fn llama_get_embeddings_ith(_c: *mut Context, _i: i32) -> *mut f32 {
-    stub!("llama_get_embeddings_ith");
-    std::ptr::null_mut()
+pub unsafe extern "C" fn llama_get_embeddings_ith(c: *mut Context, i: i32) -> *mut f32 {
+    let Some(c) = ctx_mut(c) else { return std::ptr::null_mut() };
+    match c.embd_ith(i) {
+        Some(row) => row.as_mut_ptr(),
+        None => {
+            error!("llama_get_embeddings_ith: invalid embeddings id {i}");
+            std::ptr::null_mut()
+        }
+    }
 }
 
+/// A sequence's pooled embedding (mean, CLS or last, as
+/// `llama_pooling_type` says) from the last decode; NULL when pooling is
+/// none or the sequence had no tokens in it.
 #[no_mangle]
-pub extern "C" fn llama_get_embeddings_seq(_c: *mut Context, _s: llama_seq_id) -> *mut f32 {
-    stub!("llama_get_embeddings_seq");
-    std::ptr::null_mut()
+pub unsafe extern "C" fn llama_get_embeddings_seq(c: *mut Context, s: llama_seq_id) -> *mut f32 {
+    ctx_mut(c).and_then(|c| c.emb_seq.get_mut(&s)).map_or(std::ptr::null_mut(), |v| v.as_mut_ptr())
 }
 
 #[no_mangle]

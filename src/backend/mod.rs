@@ -68,6 +68,9 @@ pub enum Output {
     /// lower id first), and the row's log-sum-exp: what a sampler needs,
     /// and all a GPU copies back (k ≤ [`TOP_MAX`]).
     Top(usize),
+    /// The final hidden state (after the output norm, before the LM head):
+    /// n_embd floats per row, for embeddings.
+    Hidden,
 }
 
 /// Most candidates [`Output::Top`] returns per row.
@@ -177,6 +180,11 @@ pub trait Exec: Send {
     /// writing their K/V, and append to `logits` the `n_vocab` logits of
     /// each row that wants them, in row order.
     fn forward(&mut self, rows: &[StepRow], logits: &mut Vec<f32>) -> Result<()>;
+    /// [`Exec::forward`], appending each wanted row's final hidden state
+    /// ([`Output::Hidden`], n_embd floats) in place of its logits.
+    fn forward_hidden(&mut self, _rows: &[StepRow], _hidden: &mut Vec<f32>) -> Result<()> {
+        Err(crate::error::Error::Unsupported("hidden states (embeddings) on this backend".into()))
+    }
     /// [`Exec::forward`], appending to `out` only the top `out.k` of each
     /// row that wants logits ([`Output::Top`]). By default the full rows,
     /// selected on the host; a GPU selects on the device and copies back

@@ -152,3 +152,26 @@ def test_seeded_sampling_repeats(smol):
     a = smol.create_completion(PROMPT, max_tokens=12, temperature=0.8, seed=42)["choices"][0]["text"]
     b = smol.create_completion(PROMPT, max_tokens=12, temperature=0.8, seed=42)["choices"][0]["text"]
     assert a == b
+
+
+def test_embeddings():
+    # pooling none (a decoder model's own): one vector per token, the final
+    # hidden state after the output norm
+    llm = Llama(model_path=SMOL, n_ctx=256, n_threads=2, verbose=False, embedding=True)
+    per_token = np.array(llm.embed("The capital of France is"))
+    n = len(llm.tokenize(b"The capital of France is"))
+    assert per_token.shape == (n, llm.n_embd())
+    assert np.isfinite(per_token).all() and np.abs(per_token).sum() > 0
+    again = np.array(llm.embed("The capital of France is"))
+    assert np.array_equal(per_token, again)
+    llm.close()
+    # mean pooling: the mean of those rows, one vector per input, normalized on request
+    mean = Llama(model_path=SMOL, n_ctx=256, n_threads=2, verbose=False, embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
+    v = np.array(mean.embed("The capital of France is"))
+    assert v.shape == (mean.n_embd(),)
+    assert np.allclose(v, per_token.mean(axis=0), rtol=1e-5, atol=1e-5)
+    vs = np.array(mean.embed(["The capital of France is", "A cat sat on the mat"], normalize=True))
+    assert vs.shape == (2, mean.n_embd())
+    assert np.allclose(np.linalg.norm(vs, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(vs[0], vs[1])
+    mean.close()

@@ -109,8 +109,17 @@ impl Exec for CpuExec {
     fn forward(&mut self, rows: &[StepRow], logits: &mut Vec<f32>) -> Result<()> {
         let (model, kv) = (&self.model, &mut self.kv);
         for chunk in rows.chunks(MAX_ROWS) {
-            let l = model.pool.install(|| forward(model, kv, chunk))?;
+            let l = model.pool.install(|| forward(model, kv, chunk, false))?;
             logits.extend_from_slice(&l);
+        }
+        Ok(())
+    }
+
+    fn forward_hidden(&mut self, rows: &[StepRow], hidden: &mut Vec<f32>) -> Result<()> {
+        let (model, kv) = (&self.model, &mut self.kv);
+        for chunk in rows.chunks(MAX_ROWS) {
+            let h = model.pool.install(|| forward(model, kv, chunk, true))?;
+            hidden.extend_from_slice(&h);
         }
         Ok(())
     }
@@ -137,10 +146,12 @@ impl Exec for CpuExec {
 }
 
 /// Run `rows` through the model, writing their K/V into `kv`, and return
-/// the logits of the rows that want them, in row order (`n_vocab` each).
-/// Rows of one sequence must come in position order; a row attends to its
-/// sequence's positions up to its own, this step's earlier rows included.
-pub fn forward(model: &Model, kv: &mut CpuKv, rows: &[StepRow]) -> Result<Vec<f32>> {
+/// the logits of the rows that want them, in row order (`n_vocab` each),
+/// or with `hidden` their final hidden states (after the output norm,
+/// `n_embd` each). Rows of one sequence must come in position order; a row
+/// attends to its sequence's positions up to its own, this step's earlier
+/// rows included.
+pub fn forward(model: &Model, kv: &mut CpuKv, rows: &[StepRow], hidden: bool) -> Result<Vec<f32>> {
     let (c, w, f, pool) = (&model.cfg, &model.weights, &model.file, &model.pool);
     let n = rows.len();
     let (dim, hd, hdv) = (c.n_embd, c.head_dim, c.head_dim_v);
@@ -259,6 +270,9 @@ pub fn forward(model: &Model, kv: &mut CpuKv, rows: &[StepRow]) -> Result<Vec<f3
         xn[i * dim..(i + 1) * dim].copy_from_slice(&x[t * dim..(t + 1) * dim]);
     }
     ops::rmsnorm_rows(&mut xn, &w.output_norm, c.rms_eps);
+    if hidden {
+        return Ok(xn);
+    }
     let mut logits = vec![0f32; m * c.n_vocab];
     matmul(pool, &w.output, w.output.bytes(f), &xn, m, &mut logits);
     Ok(logits)
