@@ -371,7 +371,6 @@ fn random_schedule_on_the_gpu() {
                     }
                     match e.decode(&rows) {
                         Ok(()) => {
-                            let before: Vec<usize> = added.iter().map(|(i, _)| live[*i].1.len()).collect();
                             for (i, new) in &added {
                                 live[*i].1.extend(new);
                             }
