@@ -76,6 +76,34 @@ impl Drop for Context {
     }
 }
 
+/// The first bytes of a state.
+const MAGIC: &[u8; 8] = b"RFLLST01";
+
+/// The length of the state at `p` (its own lengths, read field by field,
+/// for `llama_set_state_data`, which gets no size), if it is one.
+///
+/// # Safety
+/// `p` points at a state written by `llama_state_get_data`, or at least 12
+/// readable bytes.
+pub unsafe fn state_len(p: *const u8) -> Option<usize> {
+    if p.is_null() || std::slice::from_raw_parts(p, 8) != MAGIC {
+        return None;
+    }
+    let u32_at = |off: usize| u32::from_le_bytes(std::ptr::read_unaligned(p.add(off) as *const [u8; 4]));
+    let mut off = 12;
+    let n = u32_at(off) as usize;
+    off += 4;
+    for _ in 0..n {
+        let len = u32_at(off + 4) as usize;
+        off = off.checked_add(8)?.checked_add(len.checked_mul(4)?)?;
+    }
+    let nr = u32_at(off) as usize;
+    off = off.checked_add(4)?.checked_add(nr.checked_mul(4)?)?;
+    let nl = u64::from_le_bytes(std::ptr::read_unaligned(p.add(off) as *const [u8; 8]));
+    off = off.checked_add(8)?.checked_add(usize::try_from(nl).ok()?.checked_mul(4)?)?;
+    (off <= isize::MAX as usize).then_some(off)
+}
+
 /// `llama_decode`'s return codes.
 pub const DECODE_OK: i32 = 0;
 pub const DECODE_NO_SLOT: i32 = 1;
@@ -124,8 +152,7 @@ impl Context {
             timing: std::env::var_os("ROCMFORGE_LLAMA_TIMING").filter(|v| !v.is_empty() && v != "0").map(|_| Timing::default()),
         });
         ctx.perf.t_load_ms = model.t_load_ms;
-        let me: *mut Context = &mut *ctx;
-        ctx.memory.ctx = me;
+        // memory.ctx is set by the caller once the context has its final address
         Ok(ctx)
     }
 
@@ -189,6 +216,10 @@ impl Context {
         let n = n as usize;
         let pooling = self.pooling();
         let pooled = self.embeddings && pooling != 0;
+        if pooled && !(1..=3).contains(&pooling) {
+            error!("llama_decode: pooling type {pooling} is not supported (none, mean, CLS and last are)");
+            return DECODE_INVALID;
+        }
         let mut rows: Vec<BatchRow> = Vec::with_capacity(n);
         // the llama.cpp sequence of each output row (for pooling)
         let mut out_seq: Vec<llama_seq_id> = Vec::new();
@@ -215,8 +246,8 @@ impl Context {
                 }
                 (0..k as usize).map(|j| *p.add(j)).collect()
             };
-            // pooled embeddings need every token's hidden state
-            let want = pooled || if b.logits.is_null() { i + 1 == n } else { *b.logits.add(i) != 0 };
+            // with embeddings every token is an output (llama.cpp's output_all)
+            let want = self.embeddings || if b.logits.is_null() { i + 1 == n } else { *b.logits.add(i) != 0 };
             if want {
                 out_row[i] = n_out as i32;
                 n_out += 1;
@@ -460,7 +491,7 @@ impl Context {
     // same numbers: the passes are deterministic), so a state is small and
     // independent of the backend.
 
-    const MAGIC: &'static [u8; 8] = b"RFLLST01";
+    const MAGIC: &'static [u8; 8] = MAGIC;
 
     fn seq_state(&self, only: Option<llama_seq_id>) -> Vec<(llama_seq_id, Vec<u32>)> {
         let Some(e) = &self.engine else { return Vec::new() };

@@ -179,9 +179,9 @@ pub extern "C" fn llama_sampler_chain_default_params() -> llama_sampler_chain_pa
 pub extern "C" fn llama_model_quantize_default_params() -> llama_model_quantize_params {
     llama_model_quantize_params {
         nthread: 0,
-        ftype: 1,
-        output_tensor_type: 39, // GGML_TYPE_COUNT: "not set"
-        token_embedding_type: 39,
+        ftype: 7, // LLAMA_FTYPE_MOSTLY_Q8_0
+        output_tensor_type: 43, // GGML_TYPE_COUNT: "not set"
+        token_embedding_type: 43,
         allow_requantize: false,
         quantize_output_tensor: true,
         only_copy: false,
@@ -656,7 +656,12 @@ unsafe fn new_context(m: *mut LlamaModel, p: llama_context_params) -> *mut Conte
         return std::ptr::null_mut();
     };
     guard("llama_init_from_model", std::ptr::null_mut(), || match Context::new(m, &p) {
-        Ok(c) => Box::into_raw(c),
+        Ok(c) => {
+            let raw = Box::into_raw(c);
+            // the memory handle points at the context's final address
+            (*raw).memory.ctx = raw;
+            raw
+        }
         Err(e) => {
             error!("llama_init_from_model: {e}");
             std::ptr::null_mut()
@@ -752,6 +757,13 @@ pub extern "C" fn llama_get_causal_attn(_c: *const Context) -> bool {
 
 #[no_mangle]
 pub extern "C" fn llama_set_warmup(_c: *mut Context, _w: bool) {}
+
+/// Threadpools (stubs): ROCmForge's CPU backend keeps its own pool per model.
+#[no_mangle]
+pub extern "C" fn llama_attach_threadpool(_c: *mut Context, _tp: *mut c_void, _tpb: *mut c_void) {}
+
+#[no_mangle]
+pub extern "C" fn llama_detach_threadpool(_c: *mut Context) {}
 
 #[no_mangle]
 pub extern "C" fn llama_set_abort_callback(_c: *mut Context, _cb: ggml_abort_callback, _d: *mut c_void) {}
@@ -853,8 +865,9 @@ pub unsafe extern "C" fn llama_get_logits_ith(c: *mut Context, i: i32) -> *mut f
 }
 
 /// The last decode's embeddings (final hidden states after the output
-/// norm), one n_embd row per output (pooling none); NULL without
-/// `embeddings` or when pooled (use `llama_get_embeddings_seq`).
+/// norm), one n_embd row per token of the batch (every token is an output
+/// when embeddings are on; pooled results: `llama_get_embeddings_seq`);
+/// NULL without `embeddings`.
 #[no_mangle]
 pub unsafe extern "C" fn llama_get_embeddings(c: *mut Context) -> *mut f32 {
     match ctx_mut(c) {
@@ -1132,6 +1145,9 @@ unsafe fn state_copy(c: *mut Context, dst: *mut u8, size: usize, only: Option<ll
 
 unsafe fn state_set(c: *mut Context, src: *const u8, size: usize, dest: Option<llama_seq_id>) -> usize {
     let (Some(c), false) = (ctx_mut(c), src.is_null()) else { return 0 };
+    if size > isize::MAX as usize {
+        return 0;
+    }
     let bytes = std::slice::from_raw_parts(src, size);
     guard("llama_state_set_data", 0, || c.set_state(bytes, dest))
 }
@@ -1163,8 +1179,14 @@ pub unsafe extern "C" fn llama_state_set_data(c: *mut Context, src: *const u8, s
 
 #[no_mangle]
 pub unsafe extern "C" fn llama_set_state_data(c: *mut Context, src: *const u8) -> usize {
-    // no size: the state's own lengths bound the read
-    state_set(c, src, isize::MAX as usize, None)
+    // no size given: the state's own lengths say how far to read
+    match context::state_len(src) {
+        Some(n) => state_set(c, src, n, None),
+        None => {
+            error!("llama_set_state_data: not a state of this library");
+            0
+        }
+    }
 }
 
 /// A session file: the token count and tokens, then the state.
@@ -1172,8 +1194,9 @@ unsafe fn save_file(c: *mut Context, path: *const c_char, toks: *const llama_tok
     let (Some(c), Some(p)) = (ctx_mut(c), cstr_bytes(path)) else { return 0 };
     let mut o = Vec::new();
     o.extend_from_slice(b"RFLLSES1");
+    let n = if toks.is_null() { 0 } else { n };
     o.extend_from_slice(&(n as u64).to_le_bytes());
-    for i in 0..if toks.is_null() { 0 } else { n } {
+    for i in 0..n {
         o.extend_from_slice(&(*toks.add(i)).to_le_bytes());
     }
     o.extend_from_slice(&c.state_bytes(only));
@@ -1475,18 +1498,22 @@ pub unsafe extern "C" fn llama_detokenize(v: *const Vocab, toks: *const llama_to
 #[no_mangle]
 pub unsafe extern "C" fn llama_chat_apply_template(tmpl: *const c_char, chat: *const llama_chat_message, n: usize, add_ass: bool, buf: *mut c_char, len: i32) -> i32 {
     let tmpl = cstr_bytes(tmpl).map(|t| String::from_utf8_lossy(t).into_owned());
-    let mut msgs = Vec::with_capacity(n);
-    for i in 0..if chat.is_null() { 0 } else { n } {
+    let n = if chat.is_null() { 0 } else { n };
+    let mut msgs = Vec::new();
+    for i in 0..n {
         let m = &*chat.add(i);
         let (Some(r), Some(c)) = (cstr_bytes(m.role), cstr_bytes(m.content)) else { return -1 };
         msgs.push((String::from_utf8_lossy(r).into_owned(), String::from_utf8_lossy(c).into_owned()));
     }
     match chat::apply(tmpl.as_deref().unwrap_or("chatml"), &msgs, add_ass) {
         Some(s) => {
-            // llama.cpp writes what fits (no NUL) and returns the whole length
+            // llama.cpp's strncpy: what fits, NUL-padded when it all fits;
+            // the whole length
             let b = s.as_bytes();
             if !buf.is_null() && len > 0 {
-                std::ptr::copy_nonoverlapping(b.as_ptr(), buf as *mut u8, b.len().min(len as usize));
+                let n = b.len().min(len as usize);
+                std::ptr::copy_nonoverlapping(b.as_ptr(), buf as *mut u8, n);
+                std::ptr::write_bytes(buf.add(n), 0, len as usize - n);
             }
             b.len() as i32
         }

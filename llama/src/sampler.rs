@@ -55,9 +55,12 @@ unsafe extern "C" fn own_name(smpl: *const llama_sampler) -> *const c_char {
     own(smpl).name.as_ptr()
 }
 unsafe extern "C" fn own_accept(smpl: *mut llama_sampler, t: llama_token) {
-    own(smpl).s.accept(t)
+    crate::guard("llama_sampler_accept", (), || own(smpl).s.accept(t))
 }
 unsafe extern "C" fn own_apply(smpl: *mut llama_sampler, cur_p: *mut llama_token_data_array) {
+    crate::guard("llama_sampler_apply", (), || own_apply_inner(smpl, cur_p))
+}
+unsafe fn own_apply_inner(smpl: *mut llama_sampler, cur_p: *mut llama_token_data_array) {
     let Some(a) = cur_p.as_mut() else { return };
     if a.data.is_null() && a.size > 0 {
         return;
@@ -75,11 +78,10 @@ unsafe extern "C" fn own_apply(smpl: *mut llama_sampler, cur_p: *mut llama_token
     a.sorted = cur.sorted;
 }
 unsafe extern "C" fn own_reset(smpl: *mut llama_sampler) {
-    own(smpl).s.reset()
+    crate::guard("llama_sampler_reset", (), || own(smpl).s.reset())
 }
 unsafe extern "C" fn own_clone(smpl: *const llama_sampler) -> *mut llama_sampler {
-    let o = own(smpl);
-    new_own(o.s.clone_box())
+    crate::guard("llama_sampler_clone", std::ptr::null_mut(), || new_own(own(smpl).s.clone_box()))
 }
 unsafe extern "C" fn own_free(smpl: *mut llama_sampler) {
     drop(Box::from_raw((*smpl).ctx as *mut Own));
@@ -147,7 +149,10 @@ unsafe extern "C" fn chain_accept(smpl: *mut llama_sampler, t: llama_token) {
 unsafe extern "C" fn chain_apply(smpl: *mut llama_sampler, cur_p: *mut llama_token_data_array) {
     if let Some(c) = chain(smpl) {
         for &m in &c.members {
-            llama_sampler_apply(m, cur_p);
+            // a member without apply is skipped, as llama.cpp's chain does
+            if let Some(f) = m.as_ref().and_then(|s| s.iface.as_ref()).and_then(|i| i.apply) {
+                f(m, cur_p);
+            }
         }
     }
 }
@@ -312,11 +317,27 @@ pub unsafe extern "C" fn llama_sampler_clone(smpl: *const llama_sampler) -> *mut
     }
 }
 
+/// Copy `src`'s state into `dst` (same kind of sampler): through the
+/// interface's copy_state, or, as llama.cpp does without one, by cloning
+/// `src` and moving the clone's state into `dst`.
 #[no_mangle]
 pub unsafe extern "C" fn llama_sampler_copy(src: *const llama_sampler, dst: *mut llama_sampler) {
-    if let Some(f) = src.as_ref().and_then(|s| s.iface.as_ref()).and_then(|i| i.copy_state) {
-        f(src, dst)
+    let (Some(s), Some(d)) = (src.as_ref(), dst.as_mut()) else { return };
+    if s.iface != d.iface {
+        error!("llama_sampler_copy: the samplers are of different kinds");
+        return;
     }
+    if let Some(f) = s.iface.as_ref().and_then(|i| i.copy_state) {
+        return f(src, dst);
+    }
+    let k = llama_sampler_clone(src);
+    let Some(kr) = k.as_mut() else { return };
+    // free dst's state, take the clone's, drop the clone's shell
+    if let Some(f) = d.iface.as_ref().and_then(|i| i.free) {
+        f(dst);
+    }
+    d.ctx = std::mem::replace(&mut kr.ctx, std::ptr::null_mut());
+    release(k);
 }
 
 #[no_mangle]
@@ -343,6 +364,9 @@ pub unsafe extern "C" fn llama_sampler_chain_add(c: *mut llama_sampler, smpl: *m
 
 #[no_mangle]
 pub unsafe extern "C" fn llama_sampler_chain_get(c: *mut llama_sampler, i: i32) -> *mut llama_sampler {
+    if i == -1 && chain(c).is_some() {
+        return c; // llama.cpp: -1 is the chain itself
+    }
     chain(c).and_then(|c| usize::try_from(i).ok().and_then(|i| c.members.get(i).copied())).unwrap_or(std::ptr::null_mut())
 }
 
@@ -426,6 +450,10 @@ pub unsafe extern "C" fn llama_sampler_init_logit_bias(n_vocab: i32, n: i32, bia
 
 #[no_mangle]
 pub unsafe extern "C" fn llama_sampler_init_dry(v: *const Vocab, multiplier: f32, base: f32, allowed_length: i32, last_n: i32, breakers: *const *const c_char, n_breakers: usize) -> *mut llama_sampler {
+    crate::guard("llama_sampler_init_dry", std::ptr::null_mut(), || init_dry(v, multiplier, base, allowed_length, last_n, breakers, n_breakers))
+}
+
+unsafe fn init_dry(v: *const Vocab, multiplier: f32, base: f32, allowed_length: i32, last_n: i32, breakers: *const *const c_char, n_breakers: usize) -> *mut llama_sampler {
     let Some(v) = v.as_ref() else { return std::ptr::null_mut() };
     let mut b: Vec<String> = Vec::new();
     for i in 0..if breakers.is_null() { 0 } else { n_breakers } {
@@ -441,6 +469,10 @@ pub unsafe extern "C" fn llama_sampler_init_dry(v: *const Vocab, multiplier: f32
 
 #[no_mangle]
 pub unsafe extern "C" fn llama_sampler_init_grammar(v: *const Vocab, src: *const c_char, root: *const c_char) -> *mut llama_sampler {
+    crate::guard("llama_sampler_init_grammar", std::ptr::null_mut(), || init_grammar(v, src, root))
+}
+
+unsafe fn init_grammar(v: *const Vocab, src: *const c_char, root: *const c_char) -> *mut llama_sampler {
     let Some(v) = v.as_ref() else { return std::ptr::null_mut() };
     let Some(src) = crate::cstr_bytes(src).filter(|s| !s.is_empty()) else { return new_own(Box::new(Nothing("grammar"))) };
     let root = crate::cstr_bytes(root).map_or("root".to_string(), |r| String::from_utf8_lossy(r).into_owned());
@@ -496,35 +528,48 @@ pub unsafe extern "C" fn llama_sampler_get_seed(smpl: *const llama_sampler) -> u
 }
 
 /// Sample from the logits of batch index `idx` (negative: from the last
-/// output) through `smpl`, accept the token and return it.
+/// output) through `smpl`, accept the token and return it. No reference to
+/// the context is held while the samplers run (a caller's sampler may call
+/// back into the context).
 #[no_mangle]
 pub unsafe extern "C" fn llama_sampler_sample(smpl: *mut llama_sampler, ctx: *mut Context, idx: i32) -> llama_token {
-    let (false, Some(c)) = (smpl.is_null(), ctx.as_mut()) else {
+    if smpl.is_null() || ctx.is_null() {
         error!("llama_sampler_sample: NULL sampler or context");
         return LLAMA_TOKEN_NULL;
-    };
-    let t0 = std::time::Instant::now();
-    let mut cand = std::mem::take(&mut c.cand);
-    cand.clear();
-    match c.logits_ith(idx) {
-        Some(row) => cand.extend(row.iter().enumerate().map(|(i, &l)| llama_token_data { id: i as i32, logit: l, p: 0.0 })),
-        None => {
-            error!("llama_sampler_sample: no logits for index {idx}");
-            c.cand = cand;
-            return LLAMA_TOKEN_NULL;
-        }
     }
+    crate::guard("llama_sampler_sample", LLAMA_TOKEN_NULL, || sample(smpl, ctx, idx))
+}
+
+unsafe fn sample(smpl: *mut llama_sampler, ctx: *mut Context, idx: i32) -> llama_token {
+    let t0 = std::time::Instant::now();
+    let mut cand = {
+        let c = &mut *ctx;
+        let mut cand = std::mem::take(&mut c.cand);
+        cand.clear();
+        match c.logits_ith(idx) {
+            Some(row) => cand.extend(row.iter().enumerate().map(|(i, &l)| llama_token_data { id: i as i32, logit: l, p: 0.0 })),
+            None => {
+                error!("llama_sampler_sample: no logits for index {idx}");
+                c.cand = cand;
+                return LLAMA_TOKEN_NULL;
+            }
+        }
+        cand
+    };
     let mut arr = llama_token_data_array { data: cand.as_mut_ptr(), size: cand.len(), selected: -1, sorted: false };
     llama_sampler_apply(smpl, &mut arr);
     let tok = if arr.selected >= 0 && (arr.selected as usize) < arr.size && !arr.data.is_null() {
-        (*arr.data.add(arr.selected as usize)).id
+        Some((*arr.data.add(arr.selected as usize)).id)
     } else {
         error!("llama_sampler_sample: the sampler selected no token (end the chain with greedy or dist)");
-        c.cand = cand;
-        return LLAMA_TOKEN_NULL;
+        None
     };
-    llama_sampler_accept(smpl, tok);
+    if let Some(t) = tok {
+        llama_sampler_accept(smpl, t);
+    }
+    let c = &mut *ctx;
     c.cand = cand;
+    let Some(tok) = tok else { return LLAMA_TOKEN_NULL };
     if let Some(ch) = chain(smpl) {
         ch.perf.t_sample_ms += t0.elapsed().as_secs_f64() * 1e3;
         ch.perf.n_sample += 1;

@@ -128,6 +128,15 @@ fn bad_indices_batches_and_grammars_are_refused() {
         llama_sampler_chain_add(chain, llama_sampler_init_greedy());
         assert!(llama_sampler_chain_get(chain, 1).is_null());
         assert!(llama_sampler_chain_remove(chain, 5).is_null());
+        assert_eq!(llama_sampler_chain_get(chain, -1), chain, "-1: the chain itself");
+        // copying state between two samplers of one kind (llama.cpp's clone fallback)
+        let (a, b2) = (llama_sampler_init_dist(7), llama_sampler_init_dist(9));
+        llama_sampler_copy(a, b2);
+        assert_eq!(llama_sampler_get_seed(b2), 7);
+        llama_sampler_copy(a, chain); // different kinds: refused, nothing changes
+        assert_eq!(llama_sampler_chain_n(chain), 1);
+        llama_sampler_free(a);
+        llama_sampler_free(b2);
         assert!(llama_sampler_chain_remove(chain, -1).is_null());
         assert_eq!(llama_sampler_sample(chain, c, 3), LLAMA_TOKEN_NULL, "no logits at index 3");
         let t = llama_sampler_sample(chain, c, -1);
@@ -146,6 +155,9 @@ fn bad_indices_batches_and_grammars_are_refused() {
         let junk = [7u8; 64];
         assert_eq!(llama_state_set_data(c, junk.as_ptr(), junk.len()), 0);
         assert_eq!(llama_state_set_data(c, st.as_ptr(), size), size);
+        // the sizeless old call reads the state's own lengths
+        assert_eq!(llama_set_state_data(c, st.as_ptr()), size);
+        assert_eq!(llama_set_state_data(c, junk.as_ptr()), 0);
         assert_eq!(llama_memory_seq_pos_max(mem, 0), 1, "the saved state is back");
         assert_eq!(llama_encode(c, llama_batch_get_one(toks.as_mut_ptr(), 1)), -1, "no encoder");
         llama_free(c);
