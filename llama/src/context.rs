@@ -358,38 +358,31 @@ impl Context {
         DECODE_OK
     }
 
+    /// The output row of batch index `i` among `n_out` outputs (negative:
+    /// counted from the last output), llama.cpp's `output_resolve_row`.
+    fn output_row(&self, i: i32, n_out: usize) -> Option<usize> {
+        if i < 0 {
+            usize::try_from(n_out as i64 + i as i64).ok()
+        } else {
+            match self.out_row.get(i as usize) {
+                Some(&r) if r >= 0 => Some(r as usize),
+                _ => None,
+            }
+        }
+    }
+
     /// The embedding row of batch index `i` (pooling none; negative: from
     /// the last output).
     pub fn embd_ith(&mut self, i: i32) -> Option<&mut [f32]> {
         let d = self.n_embd;
-        let n_out = self.emb.len() / d.max(1);
-        let row = if i < 0 {
-            usize::try_from(n_out as i64 + i as i64).ok()?
-        } else {
-            match self.out_row.get(i as usize) {
-                Some(&r) if r >= 0 => r as usize,
-                _ => return None,
-            }
-        };
+        let row = self.output_row(i, self.emb.len() / d.max(1))?;
         self.emb.get_mut(row * d..(row + 1) * d)
     }
 
     /// The logits row of batch index `i` (negative: from the last output).
     pub fn logits_ith(&mut self, i: i32) -> Option<&mut [f32]> {
         let nv = self.n_vocab;
-        let n_out = self.logits.len() / nv.max(1);
-        let row = if i < 0 {
-            let j = n_out as i64 + i as i64;
-            if j < 0 {
-                return None;
-            }
-            j as usize
-        } else {
-            match self.out_row.get(i as usize) {
-                Some(&r) if r >= 0 => r as usize,
-                _ => return None,
-            }
-        };
+        let row = self.output_row(i, self.logits.len() / nv.max(1))?;
         self.logits.get_mut(row * nv..(row + 1) * nv)
     }
 
