@@ -25,6 +25,7 @@ pub mod engine;
 pub mod error;
 pub mod ffi;
 pub mod generate;
+pub mod grammar;
 pub mod gguf;
 pub mod kv;
 pub mod model;

@@ -16,7 +16,7 @@
 
 pub mod chat;
 pub mod context;
-pub mod grammar;
+pub use rocmforge::grammar;
 mod log;
 pub mod model;
 pub mod sampler;

@@ -129,12 +129,16 @@ impl Tokenizer {
         self.vocab.len()
     }
 
-    fn partition<'t>(&self, text: &'t str, parse_special: bool) -> Vec<Fragment<'t>> {
+    fn partition<'t>(&self, text: &'t str, parse_special: bool, literal: &[std::ops::Range<usize>]) -> Vec<Fragment<'t>> {
         let matcher = if parse_special { self.all.as_ref() } else { self.user.as_ref() };
         let Some(m) = matcher else { return vec![Fragment::Text(text)] };
         let mut out = Vec::new();
         let mut pos = 0;
         for hit in m.ac.find_iter(text) {
+            // special-token text inside a literal span stays text
+            if literal.iter().any(|r| hit.start() < r.end && r.start < hit.end()) {
+                continue;
+            }
             if hit.start() > pos {
                 out.push(Fragment::Text(&text[pos..hit.start()]));
             }
@@ -155,13 +159,21 @@ impl Tokenizer {
     /// otherwise they are tokenized as plain text. User-defined tokens are
     /// always matched whole.
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
+        self.encode_with_literals(text, add_special, parse_special, &[])
+    }
+
+    /// [`Tokenizer::encode`], where special-token text that overlaps one of
+    /// the `literal` byte ranges is tokenized as plain text even with
+    /// `parse_special`: a chat prompt's control tokens come from its
+    /// template, never from what a user wrote (no injection).
+    pub fn encode_with_literals(&self, text: &str, add_special: bool, parse_special: bool, literal: &[std::ops::Range<usize>]) -> Vec<u32> {
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
         if add_special && self.vocab.add_bos {
             out.extend(self.vocab.special.bos);
         }
         let mut cache: FxHashMap<&str, (usize, usize)> = FxHashMap::default();
         // SentencePiece text with ▁ for spaces, built once, then encoded per fragment
-        let frags = self.partition(text, parse_special);
+        let frags = self.partition(text, parse_special, literal);
         let spm_text: Vec<String> = match &self.algo {
             Algo::Spm(_) => frags
                 .iter()

@@ -1,4 +1,5 @@
-//! GBNF grammar engine compatible with llama.cpp's grammar sampler.
+//! GBNF grammar engine compatible with llama.cpp's grammar sampler (used by
+//! libllama's grammar sampler and the server's constrained output).
 //!
 //! This module parses GBNF grammars exactly like `llama_grammar_parser` in
 //! llama.cpp (`src/llama-grammar.cpp`) and decides, for candidate token pieces,

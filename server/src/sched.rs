@@ -1,0 +1,674 @@
+//! The engine thread: continuous batching over the engine's sequences.
+//!
+//! HTTP handlers send a [`GenRequest`] through a channel and read
+//! [`Event`]s back. This thread owns the [`Engine`] and loops:
+//! 1. take new requests (blocking only when there is nothing to do);
+//! 2. drop the work of clients that went away (their channel is closed);
+//! 3. admit waiting work first come, first served, while fewer than
+//!    `parallel` sequences run, reusing cached prompt prefixes;
+//! 4. build one step: a decode row for every generating sequence, then
+//!    prompt chunks up to the token budget (chunked prefill);
+//! 5. run it; sequences the engine preempted (the KV pool ran dry) go back
+//!    to the front of the queue and are recomputed later;
+//! 6. sample every row that has logits and send the text.
+//!
+//! Every choice of a request is a [`Slot`]: the tokens its sequence should
+//! hold (`ctx` = prompt, then what it generated) and how many of them the
+//! engine holds (`done`). A step feeds `ctx[done..]` (one token while
+//! generating, a chunk while prefilling) and asks for logits at the last
+//! token, so decode, chunked prefill and recompute after preemption are one
+//! code path. A request with `n > 1` prefills once and forks its sequence
+//! for the other choices (their blocks are shared, copy-on-write).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rocmforge::engine::{BatchRow, Engine, SeqId};
+use rocmforge::grammar::{Grammar, Matcher};
+use rocmforge::sampler::{Sampler, SamplerParams};
+use rocmforge::tokenizer::StreamDecoder;
+use rocmforge::Model;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::metrics::Metrics;
+
+/// One request: its prompt and how to generate.
+pub struct GenRequest {
+    pub prompt: Vec<u32>,
+    pub sampling: SamplerParams,
+    pub max_tokens: usize,
+    /// Stop strings: the text ends before the first one (which is not returned).
+    pub stop: Vec<String>,
+    /// Choices, each generated independently from the same prompt.
+    pub n: usize,
+    /// Return each token's log-probability and its `k` best alternatives.
+    pub logprobs: Option<usize>,
+    pub ignore_eos: bool,
+    /// Constrain the output (e.g. to JSON).
+    pub grammar: Option<Arc<Grammar>>,
+    pub events: UnboundedSender<Event>,
+    pub arrived: Instant,
+}
+
+/// A token's log-probability (under the model's distribution, before
+/// penalties and truncation) and the best alternatives.
+#[derive(Debug, Clone)]
+pub struct TokenLogprob {
+    /// The text this token completes (a character split across tokens
+    /// belongs to the token that completes it, so the texts join to the
+    /// output).
+    pub text: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    /// (token text, logprob), best first.
+    pub top: Vec<(String, f32)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// An end-of-generation token or a stop string.
+    Stop,
+    /// `max_tokens` or the context is full.
+    Length,
+}
+
+impl Finish {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+        }
+    }
+}
+
+/// What the engine thread tells a request's handler.
+#[derive(Debug)]
+pub enum Event {
+    /// The request runs; `cached` prompt positions came from the prefix cache.
+    Started { cached: usize },
+    /// New text of one choice (may be empty when only logprobs are new).
+    Text { choice: usize, text: String, logprobs: Vec<TokenLogprob> },
+    /// A choice is complete.
+    Done { choice: usize, finish: Finish, tokens: usize },
+    /// The engine failed on this request's step (a backend error).
+    Failed(String),
+}
+
+/// What the engine thread is sized by.
+#[derive(Debug, Clone)]
+pub struct SchedOptions {
+    /// Most sequences running at once.
+    pub parallel: usize,
+    /// Most tokens one step carries (decode rows and prompt chunks).
+    pub batch_tokens: usize,
+}
+
+#[derive(Clone, Copy)]
+enum End {
+    Done,
+    Cancelled,
+    Failed,
+}
+
+struct Job {
+    events: UnboundedSender<Event>,
+    stop: Vec<String>,
+    max_tokens: usize,
+    logprobs: Option<usize>,
+    ignore_eos: bool,
+    arrived: Instant,
+    first_token: Option<Instant>,
+    /// Choices not finished yet.
+    alive: usize,
+    /// Still counted in the queue bound (not admitted yet).
+    queued: bool,
+}
+
+struct Slot {
+    job: u64,
+    choice: usize,
+    seq: Option<SeqId>,
+    /// What the sequence should hold: the prompt, then the generated tokens.
+    ctx: Vec<u32>,
+    /// Positions of `ctx` the engine holds.
+    done: usize,
+    n_prompt: usize,
+    /// Other choices to fork from this one once its prompt is in.
+    forks: usize,
+    sampler: Sampler,
+    matcher: Option<Matcher>,
+    decoder: StreamDecoder,
+    /// Generated text not sent yet (it may be the start of a stop string).
+    held: String,
+    held_lp: Vec<(usize, TokenLogprob)>,
+    n_gen: usize,
+    last_token: Option<Instant>,
+}
+
+/// The scheduler and its state.
+pub struct Scheduler {
+    engine: Engine,
+    model: Arc<Model>,
+    opts: SchedOptions,
+    metrics: Arc<Metrics>,
+    /// Requests sent but not admitted, for the HTTP layer's queue bound.
+    queued: Arc<AtomicUsize>,
+    jobs: HashMap<u64, Job>,
+    next_job: u64,
+    waiting: VecDeque<Slot>,
+    running: Vec<Slot>,
+    /// Each token's text, for grammars (empty for control tokens).
+    pieces: Vec<Vec<u8>>,
+    scratch: Vec<f32>,
+}
+
+impl Scheduler {
+    pub fn new(engine: Engine, opts: SchedOptions, metrics: Arc<Metrics>, queued: Arc<AtomicUsize>) -> Scheduler {
+        let model = engine.model.clone();
+        let tok = &model.tokenizer;
+        let pieces = (0..tok.n_vocab() as u32).map(|i| tok.token_to_piece(i, false).unwrap_or(&[]).to_vec()).collect();
+        let opts = SchedOptions { parallel: opts.parallel.max(1), batch_tokens: opts.batch_tokens.max(opts.parallel).max(1) };
+        Scheduler { engine, model, opts, metrics, queued, jobs: HashMap::new(), next_job: 0, waiting: VecDeque::new(), running: Vec::new(), pieces, scratch: Vec::new() }
+    }
+
+    /// Serve until the channel closes and every request is finished.
+    pub fn run(mut self, rx: Receiver<GenRequest>) {
+        let mut open = true;
+        loop {
+            // take new work; wait for it only when idle
+            loop {
+                let idle = self.running.is_empty() && self.waiting.is_empty();
+                let got = if idle && open {
+                    match rx.recv_timeout(Duration::from_millis(500)) {
+                        Ok(r) => Some(r),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => {
+                            open = false;
+                            None
+                        }
+                    }
+                } else if open {
+                    match rx.try_recv() {
+                        Ok(r) => Some(r),
+                        Err(std::sync::mpsc::TryRecvError::Empty) => None,
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                            open = false;
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                match got {
+                    Some(r) => self.submit(r),
+                    None => break,
+                }
+            }
+            if !open && self.running.is_empty() && self.waiting.is_empty() {
+                return;
+            }
+            self.drop_cancelled();
+            self.admit();
+            self.publish();
+            if !self.running.is_empty() {
+                self.step();
+            }
+        }
+    }
+
+    fn submit(&mut self, r: GenRequest) {
+        let id = self.next_job;
+        self.next_job += 1;
+        let n = r.n.max(1);
+        self.metrics.prompt_tokens.fetch_add(r.prompt.len() as u64, Ordering::Relaxed);
+        let mut sampler = Sampler::new(r.sampling.clone());
+        sampler.reset();
+        self.jobs.insert(
+            id,
+            Job {
+                events: r.events,
+                stop: r.stop,
+                max_tokens: r.max_tokens,
+                logprobs: r.logprobs,
+                ignore_eos: r.ignore_eos,
+                arrived: r.arrived,
+                first_token: None,
+                alive: n,
+                queued: true,
+            },
+        );
+        self.waiting.push_back(Slot {
+            job: id,
+            choice: 0,
+            seq: None,
+            n_prompt: r.prompt.len(),
+            ctx: r.prompt,
+            done: 0,
+            forks: n - 1,
+            sampler,
+            matcher: r.grammar.map(Matcher::new),
+            decoder: StreamDecoder::new(),
+            held: String::new(),
+            held_lp: Vec::new(),
+            n_gen: 0,
+            last_token: None,
+        });
+    }
+
+    /// Forget the work of clients that went away, and free their sequences.
+    fn drop_cancelled(&mut self) {
+        let gone: Vec<u64> = self.jobs.iter().filter(|(_, j)| j.events.is_closed()).map(|(&id, _)| id).collect();
+        for id in gone {
+            self.finish_job(id, End::Cancelled);
+        }
+    }
+
+    /// A job leaves, and gives back every sequence it holds.
+    fn finish_job(&mut self, id: u64, how: End) {
+        let Some(job) = self.jobs.remove(&id) else { return };
+        if job.queued {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+        }
+        for s in self.running.iter().chain(self.waiting.iter()).filter(|s| s.job == id) {
+            if let Some(seq) = s.seq {
+                let _ = self.engine.remove_seq(seq);
+            }
+        }
+        self.running.retain(|s| s.job != id);
+        self.waiting.retain(|s| s.job != id);
+        match how {
+            End::Cancelled => self.metrics.cancelled.fetch_add(1, Ordering::Relaxed),
+            End::Failed => self.metrics.failed.fetch_add(1, Ordering::Relaxed),
+            End::Done => {
+                self.metrics.e2e.observe(job.arrived.elapsed().as_secs_f64());
+                self.metrics.requests_done.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+
+    /// Admit waiting slots, first come first served, while there is room.
+    fn admit(&mut self) {
+        while let Some(s) = self.waiting.front() {
+            // a slot with forks to make needs room for all its choices
+            if self.running.len() + 1 + s.forks > self.opts.parallel {
+                break;
+            }
+            let mut s = self.waiting.pop_front().expect("front");
+            let seq = match self.engine.add_seq() {
+                Ok(q) => q,
+                Err(e) => {
+                    self.fail(s.job, &format!("cannot start a sequence: {e}"));
+                    continue;
+                }
+            };
+            s.seq = Some(seq);
+            // the prefix cache; the last token is always fed again, for its logits
+            let reused = self.engine.reuse_prefix(seq, &s.ctx).unwrap_or(0);
+            s.done = reused.min(s.ctx.len() - 1);
+            if s.done < reused {
+                let _ = self.engine.keep(seq, s.done);
+            }
+            let job = self.jobs.get_mut(&s.job).expect("a slot's job");
+            if job.queued {
+                job.queued = false;
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                let _ = job.events.send(Event::Started { cached: s.done });
+                if reused > 0 {
+                    self.metrics.prefix_hits.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.prefix_tokens.fetch_add(s.done as u64, Ordering::Relaxed);
+                }
+            }
+            self.running.push(s);
+        }
+    }
+
+    fn fail(&mut self, job: u64, msg: &str) {
+        if let Some(j) = self.jobs.get(&job) {
+            let _ = j.events.send(Event::Failed(msg.to_string()));
+        }
+        tracing::error!("request failed: {msg}");
+        self.finish_job(job, End::Failed);
+    }
+
+    /// Gauges for /metrics.
+    fn publish(&self) {
+        let m = &self.metrics;
+        m.running.store(self.running.len(), Ordering::Relaxed);
+        m.waiting.store(self.waiting.len(), Ordering::Relaxed);
+        let st = self.engine.stats();
+        m.kv_used.store(st.blocks_used, Ordering::Relaxed);
+        m.kv_total.store(st.blocks_total, Ordering::Relaxed);
+        m.kv_cached.store(st.blocks_cached, Ordering::Relaxed);
+    }
+
+    fn step(&mut self) {
+        // decode rows first, then prompt chunks in admission order
+        let budget = self.opts.batch_tokens;
+        let mut rows: Vec<BatchRow> = Vec::new();
+        let mut take: Vec<(usize, usize)> = Vec::new(); // (slot index, rows)
+        let mut order: Vec<usize> = (0..self.running.len()).filter(|&i| self.running[i].ctx.len() - self.running[i].done == 1).collect();
+        order.extend((0..self.running.len()).filter(|&i| self.running[i].ctx.len() - self.running[i].done > 1));
+        for i in order {
+            let s = &self.running[i];
+            let left = s.ctx.len() - s.done;
+            let n = left.min(budget.saturating_sub(rows.len()));
+            if n == 0 {
+                continue;
+            }
+            let seq = s.seq.expect("running slots have a sequence");
+            for k in 0..n {
+                let pos = s.done + k;
+                rows.push(BatchRow { seq, token: s.ctx[pos], pos, logits: pos + 1 == s.ctx.len() });
+            }
+            take.push((i, n));
+        }
+        if rows.is_empty() {
+            return;
+        }
+        let t0 = Instant::now();
+        if let Err(e) = self.engine.decode(&rows) {
+            // the checks passed before: a backend error fails every request in the step
+            let jobs: Vec<u64> = take.iter().map(|&(i, _)| self.running[i].job).collect();
+            for j in jobs {
+                self.fail(j, &format!("the engine failed: {e}"));
+            }
+            self.requeue_preempted();
+            return;
+        }
+        self.metrics.steps.observe(rows.len() as f64);
+        tracing::trace!("step: {} rows in {:?}", rows.len(), t0.elapsed());
+        // where each slot's rows are, before anything moves
+        let mut row0 = 0;
+        let mut placed: Vec<(usize, usize, usize)> = Vec::new(); // (slot index, rows, first row)
+        for &(i, n) in &take {
+            placed.push((i, n, row0));
+            row0 += n;
+        }
+        let preempted: Vec<SeqId> = self.engine.preempted().to_vec();
+        let mut finished: Vec<usize> = Vec::new();
+        let mut forks: Vec<Slot> = Vec::new();
+        let mut failed: Vec<(u64, String)> = Vec::new();
+        for (i, n, r0) in placed {
+            let seq = self.running[i].seq.expect("running");
+            if preempted.contains(&seq) {
+                continue;
+            }
+            self.running[i].done += n;
+            let s = &self.running[i];
+            if s.done < s.ctx.len() {
+                continue;
+            }
+            let row = r0 + n - 1;
+            let logits = self.engine.logits(row).expect("the last row asked for logits").to_vec();
+            // the other choices fork from the finished prompt and sample the same logits
+            if self.running[i].forks > 0 {
+                let k = std::mem::take(&mut self.running[i].forks);
+                for c in 1..=k {
+                    match self.engine.fork(seq) {
+                        Ok(q) => {
+                            let p = &self.running[i];
+                            let mut params = p.sampler.params.clone();
+                            params.seed = params.seed.wrapping_add(c as u64);
+                            let mut f = Slot {
+                                job: p.job,
+                                choice: c,
+                                seq: Some(q),
+                                ctx: p.ctx.clone(),
+                                done: p.done,
+                                n_prompt: p.n_prompt,
+                                forks: 0,
+                                sampler: Sampler::new(params),
+                                matcher: p.matcher.clone(),
+                                decoder: StreamDecoder::new(),
+                                held: String::new(),
+                                held_lp: Vec::new(),
+                                n_gen: 0,
+                                last_token: None,
+                            };
+                            if self.sample(&mut f, &logits) {
+                                self.end_slot(&mut f, None);
+                            } else {
+                                forks.push(f);
+                            }
+                        }
+                        Err(e) => {
+                            failed.push((self.running[i].job, format!("cannot fork for choice {c}: {e}")));
+                            break;
+                        }
+                    }
+                }
+            }
+            let mut s = std::mem::replace(&mut self.running[i], placeholder());
+            let done = self.sample(&mut s, &logits);
+            if done {
+                self.end_slot(&mut s, None);
+                finished.push(i);
+            }
+            self.running[i] = s;
+        }
+        // finished slots leave (their sequences are already removed)
+        let mut idx = 0;
+        self.running.retain(|_| {
+            idx += 1;
+            !finished.contains(&(idx - 1))
+        });
+        self.running.extend(forks);
+        self.requeue_preempted();
+        for (job, msg) in failed {
+            self.fail(job, &msg);
+        }
+        let ended: Vec<u64> = self.jobs.iter().filter(|(_, j)| j.alive == 0).map(|(&id, _)| id).collect();
+        for id in ended {
+            self.finish_job(id, End::Done);
+        }
+    }
+
+    /// Preempted sequences lost their positions: their slots go back to
+    /// the front of the queue and recompute `ctx` when admitted again.
+    fn requeue_preempted(&mut self) {
+        let pre: Vec<SeqId> = self.engine.preempted().to_vec();
+        if pre.is_empty() {
+            return;
+        }
+        // the engine lists the newest first; the oldest should run first again
+        for seq in pre.iter().rev() {
+            let Some(i) = self.running.iter().position(|s| s.seq == Some(*seq)) else { continue };
+            let mut s = self.running.remove(i);
+            let _ = self.engine.remove_seq(*seq);
+            s.seq = None;
+            s.done = 0;
+            self.metrics.preempted.fetch_add(1, Ordering::Relaxed);
+            self.waiting.push_front(s);
+        }
+    }
+
+    /// Pick a slot's next token from `raw` (the model's logits) and send
+    /// what is complete. True when the choice is finished.
+    fn sample(&mut self, s: &mut Slot, raw: &[f32]) -> bool {
+        let job = self.jobs.get(&s.job).expect("a slot's job");
+        let (ignore_eos, max_tokens, want_lp) = (job.ignore_eos, job.max_tokens, job.logprobs);
+        let vocab = &self.model.tokenizer.vocab;
+        self.scratch.clear();
+        self.scratch.extend_from_slice(raw);
+        let logits = &mut self.scratch;
+        if let Some(m) = &s.matcher {
+            let pieces: Vec<&[u8]> = self.pieces.iter().map(|p| p.as_slice()).collect();
+            let ids: Vec<u32> = (0..pieces.len() as u32).collect();
+            let ok = m.allowed_mask_tokens(&ids, &pieces);
+            let can_end = m.can_end();
+            for (t, l) in logits.iter_mut().enumerate() {
+                let allowed = if vocab.is_eog(t as u32) { can_end } else { ok[t] };
+                if !allowed {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
+        if ignore_eos {
+            for (t, l) in logits.iter_mut().enumerate() {
+                if vocab.is_eog(t as u32) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let tok = match s.sampler.sample(logits) {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = job.events.send(Event::Failed(format!("sampling failed: {e}")));
+                return true;
+            }
+        };
+        let now = Instant::now();
+        let job = self.jobs.get_mut(&s.job).expect("a slot's job");
+        if job.first_token.is_none() {
+            job.first_token = Some(now);
+            self.metrics.ttft.observe(now.duration_since(job.arrived).as_secs_f64());
+        }
+        if let Some(t) = s.last_token {
+            self.metrics.itl.observe(now.duration_since(t).as_secs_f64());
+        }
+        s.last_token = Some(now);
+        if vocab.is_eog(tok) && !ignore_eos {
+            return self.flush(s, Finish::Stop, false);
+        }
+        s.sampler.accept(tok);
+        if let Some(m) = &mut s.matcher {
+            if m.accept_token(tok, &self.pieces[tok as usize]).is_err() {
+                return self.flush(s, Finish::Stop, false);
+            }
+        }
+        s.n_gen += 1;
+        self.metrics.gen_tokens.fetch_add(1, Ordering::Relaxed);
+        let text = s.decoder.push(&self.model.tokenizer, tok, false).unwrap_or_default();
+        if let Some(k) = want_lp {
+            let lp = logprob_of(raw, tok, k, &self.model, &text);
+            s.held_lp.push((s.held.len() + text.len(), lp));
+        }
+        s.held.push_str(&text);
+        s.ctx.push(tok);
+        let job = &self.jobs[&s.job];
+        if let Some(cut) = job.stop.iter().filter_map(|st| s.held.find(st.as_str())).min() {
+            s.held.truncate(cut);
+            return self.flush(s, Finish::Stop, true);
+        }
+        if s.n_gen >= max_tokens || s.ctx.len() >= self.engine.n_ctx() {
+            return self.flush(s, Finish::Length, false);
+        }
+        // send all but a tail that may begin a stop string
+        let keep = job.stop.iter().map(|st| held_prefix(&s.held, st)).max().unwrap_or(0);
+        let send = s.held.len() - keep;
+        if send > 0 || !s.held_lp.is_empty() {
+            self.send(s, send);
+        }
+        false
+    }
+
+    /// Send the first `n` bytes of the held text, with the logprobs of the
+    /// tokens that end inside them.
+    fn send(&mut self, s: &mut Slot, n: usize) {
+        let text: String = s.held.drain(..n).collect();
+        let k = s.held_lp.iter().take_while(|(end, _)| *end <= n).count();
+        let lps: Vec<TokenLogprob> = s.held_lp.drain(..k).map(|(_, lp)| lp).collect();
+        for (end, _) in &mut s.held_lp {
+            *end -= n;
+        }
+        if text.is_empty() && lps.is_empty() {
+            return;
+        }
+        let job = &self.jobs[&s.job];
+        let _ = job.events.send(Event::Text { choice: s.choice, text, logprobs: lps });
+    }
+
+    /// The choice ends: send what is held and the finish reason.
+    /// `cut`: a stop string ended the text (what follows it is dropped).
+    fn flush(&mut self, s: &mut Slot, finish: Finish, cut: bool) -> bool {
+        if !cut {
+            // an incomplete character at the very end (as U+FFFD)
+            s.held.push_str(&s.decoder.flush());
+        }
+        // a stop string cut the text: logprobs of tokens past the cut go
+        let n = s.held.len();
+        s.held_lp.retain(|(end, _)| *end <= n);
+        self.send(s, n);
+        let job = &self.jobs[&s.job];
+        let _ = job.events.send(Event::Done { choice: s.choice, finish, tokens: s.n_gen.min(usize::MAX - 1) });
+        true
+    }
+
+    /// A finished slot gives its sequence back and counts down its job.
+    fn end_slot(&mut self, s: &mut Slot, _why: Option<&str>) {
+        if let Some(seq) = s.seq.take() {
+            let _ = self.engine.remove_seq(seq);
+        }
+        if let Some(j) = self.jobs.get_mut(&s.job) {
+            j.alive = j.alive.saturating_sub(1);
+        }
+    }
+}
+
+fn placeholder() -> Slot {
+    Slot {
+        job: u64::MAX,
+        choice: 0,
+        seq: None,
+        ctx: Vec::new(),
+        done: 0,
+        n_prompt: 0,
+        forks: 0,
+        sampler: Sampler::new(SamplerParams::greedy()),
+        matcher: None,
+        decoder: StreamDecoder::new(),
+        held: String::new(),
+        held_lp: Vec::new(),
+        n_gen: 0,
+        last_token: None,
+    }
+}
+
+/// Length of the longest tail of `text` that is a proper prefix of `stop`
+/// (text that may still become the stop string), on a char boundary.
+fn held_prefix(text: &str, stop: &str) -> usize {
+    let max = stop.len().saturating_sub(1).min(text.len());
+    (1..=max).rev().find(|&k| text.is_char_boundary(text.len() - k) && stop.starts_with(&text[text.len() - k..])).unwrap_or(0)
+}
+
+/// Log-softmax of `raw` at `tok`, and the `k` best alternatives.
+fn logprob_of(raw: &[f32], tok: u32, k: usize, model: &Model, text: &str) -> TokenLogprob {
+    let max = raw.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + raw.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln() as f32;
+    let tokz = &model.tokenizer;
+    let piece = |t: u32| String::from_utf8_lossy(tokz.token_to_piece(t, false).unwrap_or(&[])).into_owned();
+    let mut top: Vec<(String, f32)> = Vec::new();
+    if k > 0 {
+        let mut idx: Vec<u32> = (0..raw.len() as u32).collect();
+        let k = k.min(idx.len());
+        idx.select_nth_unstable_by(k - 1, |&a, &b| raw[b as usize].total_cmp(&raw[a as usize]).then(a.cmp(&b)));
+        idx.truncate(k);
+        idx.sort_by(|&a, &b| raw[b as usize].total_cmp(&raw[a as usize]).then(a.cmp(&b)));
+        top = idx.into_iter().map(|t| (piece(t), (raw[t as usize] - lse).min(0.0))).collect();
+    }
+    TokenLogprob {
+        text: text.to_string(),
+        bytes: tokz.token_to_piece(tok, false).unwrap_or(&[]).to_vec(),
+        logprob: (raw[tok as usize] - lse).min(0.0),
+        top,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::held_prefix;
+
+    #[test]
+    fn held_tails_are_stop_prefixes() {
+        assert_eq!(held_prefix("hello wor", "world"), 3);
+        assert_eq!(held_prefix("hello", "world"), 0);
+        assert_eq!(held_prefix("abc\n", "\n\n"), 1);
+        // never the whole stop string (that is a match, found before)
+        assert_eq!(held_prefix("xa", "ab"), 1);
+        assert_eq!(held_prefix("ab", "ab"), 0);
+        assert_eq!(held_prefix("xé", "éa"), 2);
+    }
+}
