@@ -26,11 +26,12 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rocmforge::backend::TOP_MAX;
 use rocmforge::engine::{BatchRow, Engine, SeqId};
 use rocmforge::grammar::{Grammar, Matcher};
 use rocmforge::sampler::{Sampler, SamplerParams};
 use rocmforge::tokenizer::StreamDecoder;
-use rocmforge::Model;
+use rocmforge::{Model, Output};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::metrics::Metrics;
@@ -148,6 +149,15 @@ struct Slot {
     last_token: Option<Instant>,
 }
 
+/// What a row's next token is picked from: all logits, or (when every
+/// choice in the step is greedy with no penalties and no grammar) the
+/// engine's top candidates with the row's log-sum-exp, which a GPU
+/// selects on the device and copies back instead of the whole vocabulary.
+enum Dist {
+    Full(Vec<f32>),
+    Top { ids: Vec<u32>, logits: Vec<f32>, lse: f32 },
+}
+
 /// The scheduler and its state.
 pub struct Scheduler {
     engine: Engine,
@@ -162,6 +172,8 @@ pub struct Scheduler {
     running: Vec<Slot>,
     /// Each token's text, for grammars (empty for control tokens).
     pieces: Vec<Vec<u8>>,
+    /// How many end-of-generation tokens the vocabulary has.
+    n_eog: usize,
     scratch: Vec<f32>,
 }
 
@@ -170,8 +182,9 @@ impl Scheduler {
         let model = engine.model.clone();
         let tok = &model.tokenizer;
         let pieces = (0..tok.n_vocab() as u32).map(|i| tok.token_to_piece(i, false).unwrap_or(&[]).to_vec()).collect();
+        let n_eog = (0..tok.n_vocab() as u32).filter(|&t| tok.vocab.is_eog(t)).count();
         let opts = SchedOptions { parallel: opts.parallel.max(1), batch_tokens: opts.batch_tokens.max(opts.parallel).max(1) };
-        Scheduler { engine, model, opts, metrics, queued, jobs: HashMap::new(), next_job: 0, waiting: VecDeque::new(), running: Vec::new(), pieces, scratch: Vec::new() }
+        Scheduler { engine, model, opts, metrics, queued, jobs: HashMap::new(), next_job: 0, waiting: VecDeque::new(), running: Vec::new(), pieces, n_eog, scratch: Vec::new() }
     }
 
     /// Serve until the channel closes and every request is finished.
@@ -369,6 +382,15 @@ impl Scheduler {
             return;
         }
         let t0 = Instant::now();
+        let out = match self.candidates_needed(&take) {
+            Some(k) => Output::Top(k),
+            None => Output::Logits,
+        };
+        if self.engine.output() != out {
+            if let Err(e) = self.engine.set_output(out) {
+                tracing::error!("cannot switch the engine's output to {out:?}: {e}");
+            }
+        }
         if let Err(e) = self.engine.decode(&rows) {
             // the checks passed before: a backend error fails every request in the step
             let jobs: Vec<u64> = take.iter().map(|&(i, _)| self.running[i].job).collect();
@@ -402,7 +424,10 @@ impl Scheduler {
                 continue;
             }
             let row = r0 + n - 1;
-            let logits = self.engine.logits(row).expect("the last row asked for logits").to_vec();
+            let logits = match self.engine.top(row) {
+                Some((ids, logits, lse)) => Dist::Top { ids: ids.to_vec(), logits: logits.to_vec(), lse },
+                None => Dist::Full(self.engine.logits(row).expect("the last row asked for logits").to_vec()),
+            };
             // the other choices fork from the finished prompt and sample the same logits
             if self.running[i].forks > 0 {
                 let k = std::mem::take(&mut self.running[i].forks);
@@ -485,12 +510,43 @@ impl Scheduler {
         }
     }
 
-    /// Pick a slot's next token from `raw` (the model's logits) and send
-    /// what is complete. True when the choice is finished.
-    fn sample(&mut self, s: &mut Slot, raw: &[f32]) -> bool {
+    /// The candidates per row a step needs, if top candidates are enough
+    /// for every choice that samples in it: greedy, no penalties, no
+    /// grammar; enough for its logprobs and to skip the end-of-generation
+    /// tokens when it ignores them.
+    fn candidates_needed(&self, take: &[(usize, usize)]) -> Option<usize> {
+        let n_eog = self.n_eog;
+        let mut k = 1;
+        for &(i, n) in take {
+            let s = &self.running[i];
+            if s.done + n < s.ctx.len() {
+                continue; // no logits this step
+            }
+            let p = &s.sampler.params;
+            let plain = p.temperature <= 0.0 && p.repeat_penalty == 1.0 && p.frequency_penalty == 0.0 && p.presence_penalty == 0.0 && s.matcher.is_none();
+            if !plain {
+                return None;
+            }
+            let job = &self.jobs[&s.job];
+            k = k.max(job.logprobs.unwrap_or(0) + 1 + if job.ignore_eos { n_eog } else { 0 });
+        }
+        (k <= TOP_MAX.min(self.model.cfg.n_vocab)).then_some(k)
+    }
+
+    /// Pick a slot's next token and send what is complete. True when the
+    /// choice is finished.
+    fn sample(&mut self, s: &mut Slot, dist: &Dist) -> bool {
         let job = self.jobs.get(&s.job).expect("a slot's job");
-        let (ignore_eos, max_tokens, want_lp) = (job.ignore_eos, job.max_tokens, job.logprobs);
+        let ignore_eos = job.ignore_eos;
         let vocab = &self.model.tokenizer.vocab;
+        let raw = match dist {
+            Dist::Full(raw) => raw.as_slice(),
+            Dist::Top { ids, .. } => {
+                // greedy over the candidates (largest first, ties to the lower id, as argmax)
+                let tok = ids.iter().copied().find(|&t| !(ignore_eos && vocab.is_eog(t))).unwrap_or(ids[0]);
+                return self.take_token(s, tok, dist);
+            }
+        };
         self.scratch.clear();
         self.scratch.extend_from_slice(raw);
         let logits = &mut self.scratch;
@@ -520,6 +576,14 @@ impl Scheduler {
                 return true;
             }
         };
+        self.take_token(s, tok, dist)
+    }
+
+    /// The choice's next token is `tok`: record it, send its text.
+    fn take_token(&mut self, s: &mut Slot, tok: u32, dist: &Dist) -> bool {
+        let job = &self.jobs[&s.job];
+        let (ignore_eos, max_tokens, want_lp) = (job.ignore_eos, job.max_tokens, job.logprobs);
+        let vocab = &self.model.tokenizer.vocab;
         let now = Instant::now();
         let job = self.jobs.get_mut(&s.job).expect("a slot's job");
         if job.first_token.is_none() {
@@ -543,7 +607,7 @@ impl Scheduler {
         self.metrics.gen_tokens.fetch_add(1, Ordering::Relaxed);
         let text = s.decoder.push(&self.model.tokenizer, tok, false).unwrap_or_default();
         if let Some(k) = want_lp {
-            let lp = logprob_of(raw, tok, k, &self.model, &text);
+            let lp = logprob_of(dist, tok, k, &self.model, &text);
             s.held_lp.push((s.held.len() + text.len(), lp));
         }
         s.held.push_str(&text);
@@ -634,12 +698,21 @@ fn held_prefix(text: &str, stop: &str) -> usize {
     (1..=max).rev().find(|&k| text.is_char_boundary(text.len() - k) && stop.starts_with(&text[text.len() - k..])).unwrap_or(0)
 }
 
-/// Log-softmax of `raw` at `tok`, and the `k` best alternatives.
-fn logprob_of(raw: &[f32], tok: u32, k: usize, model: &Model, text: &str) -> TokenLogprob {
-    let max = raw.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max + raw.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln() as f32;
+/// Log-softmax of the model's logits at `tok`, and the `k` best alternatives.
+fn logprob_of(dist: &Dist, tok: u32, k: usize, model: &Model, text: &str) -> TokenLogprob {
     let tokz = &model.tokenizer;
     let piece = |t: u32| String::from_utf8_lossy(tokz.token_to_piece(t, false).unwrap_or(&[])).into_owned();
+    let bytes = tokz.token_to_piece(tok, false).unwrap_or(&[]).to_vec();
+    let raw = match dist {
+        Dist::Top { ids, logits, lse } => {
+            let at = ids.iter().position(|&t| t == tok).unwrap_or(0);
+            let top = ids.iter().zip(logits).take(k).map(|(&t, &l)| (piece(t), (l - lse).min(0.0))).collect();
+            return TokenLogprob { text: text.to_string(), bytes, logprob: (logits[at] - lse).min(0.0), top };
+        }
+        Dist::Full(raw) => raw,
+    };
+    let max = raw.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + raw.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln() as f32;
     let mut top: Vec<(String, f32)> = Vec::new();
     if k > 0 {
         let mut idx: Vec<u32> = (0..raw.len() as u32).collect();
@@ -649,12 +722,7 @@ fn logprob_of(raw: &[f32], tok: u32, k: usize, model: &Model, text: &str) -> Tok
         idx.sort_by(|&a, &b| raw[b as usize].total_cmp(&raw[a as usize]).then(a.cmp(&b)));
         top = idx.into_iter().map(|t| (piece(t), (raw[t as usize] - lse).min(0.0))).collect();
     }
-    TokenLogprob {
-        text: text.to_string(),
-        bytes: tokz.token_to_piece(tok, false).unwrap_or(&[]).to_vec(),
-        logprob: (raw[tok as usize] - lse).min(0.0),
-        top,
-    }
+    TokenLogprob { text: text.to_string(), bytes, logprob: (raw[tok as usize] - lse).min(0.0), top }
 }
 
 #[cfg(test)]
