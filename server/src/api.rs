@@ -259,6 +259,19 @@ pub fn messages(v: Option<&Value>) -> Result<Value, ApiError> {
             _ => return Err(ApiError::param(&format!("messages[{i}].content"), "'content' must be a string or a list of text parts")),
         };
         m.insert("content".into(), content);
+        // tool-call arguments arrive as a JSON string; templates expect the
+        // object (as Hugging Face and llama.cpp pass it)
+        if let Some(Value::Array(calls)) = m.get_mut("tool_calls") {
+            for c in calls.iter_mut() {
+                if let Some(f) = c.get_mut("function").and_then(Value::as_object_mut) {
+                    if let Some(Value::String(a)) = f.get("arguments") {
+                        if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(a) {
+                            f.insert("arguments".into(), v);
+                        }
+                    }
+                }
+            }
+        }
         out.push(Value::Object(m));
     }
     Ok(Value::Array(out))
@@ -313,5 +326,7 @@ mod tests {
         assert!(messages(Some(&json!([{"role": "wizard", "content": "x"}]))).is_err());
         assert!(messages(Some(&json!([]))).is_err());
         assert!(messages(Some(&json!([{"role": "user", "content": [{"type": "image_url"}]}]))).is_err());
+        let m = messages(Some(&json!([{"role": "assistant", "content": null, "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{\"x\": 1}"}}]}]))).unwrap();
+        assert_eq!(m[0]["tool_calls"][0]["function"]["arguments"], json!({"x": 1}));
     }
 }

@@ -30,6 +30,7 @@ use axum::{Json, Router};
 use futures_util::stream::{self, Stream, StreamExt};
 use parking_lot::Mutex;
 use rocmforge::grammar::Grammar;
+use rocmforge::tokenizer::Tokenizer;
 use rocmforge::{BackendChoice, Engine, EngineOptions, LoadOptions, Model};
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
@@ -37,7 +38,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use api::{ApiError, GenParams, Prompt};
 use metrics::Metrics;
 use sched::{Event, Finish, GenRequest, SchedOptions, Scheduler, TokenLogprob};
-use template::ChatTemplate;
+pub use template::ChatTemplate;
 
 /// The server's settings (the binary's command line).
 #[derive(Debug, Clone, clap::Args)]
@@ -303,9 +304,7 @@ fn body_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>
     }
 }
 
-/// A rendered chat prompt's tokens: control tokens come only from the
-/// template (text a user wrote is never parsed as special tokens), and a
-/// BOS that the template and the tokenizer both add appears once.
+/// A chat request's prompt tokens (checked messages, optional tools).
 fn chat_tokens(l: &Loaded, obj: &Map<String, Value>, add_generation_prompt: bool) -> Result<Vec<u32>, ApiError> {
     let msgs = api::messages(obj.get("messages"))?;
     let tools = match obj.get("tools") {
@@ -313,8 +312,16 @@ fn chat_tokens(l: &Loaded, obj: &Map<String, Value>, add_generation_prompt: bool
         Some(t @ Value::Array(_)) => Some(t),
         Some(_) => return Err(ApiError::param("tools", "'tools' must be a list")),
     };
-    let text = l.template.render(&msgs, tools, add_generation_prompt).map_err(|e| ApiError::param("messages", format!("the chat template refused these messages: {e}")))?;
-    // where each message's text landed in the prompt: literal spans
+    prompt_tokens(&l.model.tokenizer, &l.template, &msgs, tools, add_generation_prompt).map_err(|e| ApiError::param("messages", format!("the chat template refused these messages: {e}")))
+}
+
+/// Render a conversation and tokenize it: control tokens come only from
+/// the template (special-token text inside a message stays text: no
+/// injection), and a BOS that the template and the tokenizer both add
+/// appears once. Err: the template's own error (`raise_exception`).
+pub fn prompt_tokens(tok: &Tokenizer, template: &ChatTemplate, msgs: &Value, tools: Option<&Value>, add_generation_prompt: bool) -> Result<Vec<u32>, String> {
+    let text = template.render(msgs, tools, add_generation_prompt)?;
+    // where each message's text landed in the prompt, in order: literal spans
     let mut spans = Vec::new();
     let mut at = 0;
     for m in msgs.as_array().into_iter().flatten() {
@@ -330,7 +337,6 @@ fn chat_tokens(l: &Loaded, obj: &Map<String, Value>, add_generation_prompt: bool
             }
         }
     }
-    let tok = &l.model.tokenizer;
     let mut ids = tok.encode_with_literals(&text, true, true, &spans);
     let bos = tok.vocab.special.bos;
     if bos.is_some() && ids.len() >= 2 && ids[0] == ids[1] && Some(ids[0]) == bos {

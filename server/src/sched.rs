@@ -595,12 +595,12 @@ impl Scheduler {
         }
         s.last_token = Some(now);
         if vocab.is_eog(tok) && !ignore_eos {
-            return self.flush(s, Finish::Stop, false);
+            return self.flush(s, Finish::Stop);
         }
         s.sampler.accept(tok);
         if let Some(m) = &mut s.matcher {
             if m.accept_token(tok, &self.pieces[tok as usize]).is_err() {
-                return self.flush(s, Finish::Stop, false);
+                return self.flush(s, Finish::Stop);
             }
         }
         s.n_gen += 1;
@@ -615,10 +615,10 @@ impl Scheduler {
         let job = &self.jobs[&s.job];
         if let Some(cut) = job.stop.iter().filter_map(|st| s.held.find(st.as_str())).min() {
             s.held.truncate(cut);
-            return self.flush(s, Finish::Stop, true);
+            return self.flush(s, Finish::Stop);
         }
         if s.n_gen >= max_tokens || s.ctx.len() >= self.engine.n_ctx() {
-            return self.flush(s, Finish::Length, false);
+            return self.flush(s, Finish::Length);
         }
         // send all but a tail that may begin a stop string
         let keep = job.stop.iter().map(|st| held_prefix(&s.held, st)).max().unwrap_or(0);
@@ -646,12 +646,10 @@ impl Scheduler {
     }
 
     /// The choice ends: send what is held and the finish reason.
-    /// `cut`: a stop string ended the text (what follows it is dropped).
-    fn flush(&mut self, s: &mut Slot, finish: Finish, cut: bool) -> bool {
-        if !cut {
-            // an incomplete character at the very end (as U+FFFD)
-            s.held.push_str(&s.decoder.flush());
-        }
+    /// The bytes of a character the output ended inside are dropped: they
+    /// are not text, and the tokens' strings join to what is sent.
+    fn flush(&mut self, s: &mut Slot, finish: Finish) -> bool {
+        s.decoder.flush();
         // a stop string cut the text: logprobs of tokens past the cut go
         let n = s.held.len();
         s.held_lp.retain(|(end, _)| *end <= n);
