@@ -10,6 +10,17 @@ point, so the fixture holds exactly what HF produces, including its message
 normalisation (keys whose value is None are dropped, reasoning fields aliased,
 `tools`/`documents` passed as None when absent, an empty chat refused).
 
+Every case that renders also gets `ids`: the token ids that apply_chat_template
+(tokenize=True) gives for that text with the model's own HF tokenizer, which
+transformers builds from the GGUF (`AutoTokenizer.from_pretrained(models_dir,
+gguf_file=...)`); the script checks them against that call on the real tokenizer.
+HF splits control-token text wherever it occurs, also inside a message: a case
+where a control token's id stands inside a user's content gets
+`"hf_parses_user_special": true` (the server keeps such text as plain text, so
+its ids differ there on purpose). Each model file also records the tokenizer's
+class (`hf_tokenizer`) and the GGUF's `tokenizer.ggml.add_bos_token` (`add_bos`,
+false when absent; apply_chat_template adds no bos/eos of its own).
+
 A GGUF without a chat template gets the ChatML fallback (CHATML below, which
 must stay byte-identical to `template::CHATML` in Rust: the Rust test checks it).
 
@@ -19,9 +30,10 @@ string methods, whitespace control, undefined values, raise_exception, ...).
 
 Run:  .venv/bin/python scripts/gen_chat_fixtures.py [MODELS_DIR [OUT_DIR]]
       (defaults: models/ and tests/fixtures/chat/ of this repository)
-Needs `pip install transformers jinja2 gguf` (tokenizers comes with
-transformers); torch is not needed, and transformers' warning about it is
-harmless.
+Needs `pip install transformers jinja2 gguf torch` (tokenizers comes with
+transformers). torch is only there because transformers' GGUF reader imports it
+at module level, also just to load a tokenizer from a GGUF; nothing here runs a
+model, so a CPU-only build of torch does as well as the full one.
 """
 
 import importlib.metadata
@@ -35,7 +47,7 @@ import transformers
 from gguf import GGUFReader
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = [
@@ -65,7 +77,7 @@ CHATML = (
 
 
 def read_gguf(path):
-    """(chat template or None, bos text, eos text) of a GGUF file."""
+    """(chat template or None, bos text, eos text, add_bos) of a GGUF file."""
     reader = GGUFReader(path, "r")
     fields = reader.fields
     tokens = fields["tokenizer.ggml.tokens"]
@@ -76,7 +88,8 @@ def read_gguf(path):
         return tokens.contents(int(fields[key].contents()))
 
     template = fields["tokenizer.chat_template"].contents() if "tokenizer.chat_template" in fields else None
-    return template, token("tokenizer.ggml.bos_token_id"), token("tokenizer.ggml.eos_token_id")
+    add_bos = "tokenizer.ggml.add_bos_token" in fields and bool(fields["tokenizer.ggml.add_bos_token"].contents())
+    return template, token("tokenizer.ggml.bos_token_id"), token("tokenizer.ggml.eos_token_id"), add_bos
 
 
 def render(template, bos, eos, case):
@@ -101,6 +114,87 @@ def render(template, bos, eos, case):
         if type(e) is jinja2.exceptions.TemplateError:  # raised by raise_exception(msg)
             err["error_message"] = str(e)
         return err
+
+
+def tokenize(tok, text):
+    """The ids and char offsets of `text`, as apply_chat_template(tokenize=True) encodes its rendered text.
+
+    transformers 5.24 calls `self(rendered_chat, padding=False, truncation=False, max_length=None,
+    add_special_tokens=False, return_tensors=None, sanitize_control_tokens=False)` there and returns its
+    input_ids (return_dict=False); the same call, plus offsets, is made here."""
+    enc = tok(
+        text,
+        padding=False,
+        truncation=False,
+        max_length=None,
+        add_special_tokens=False,
+        return_tensors=None,
+        sanitize_control_tokens=False,
+        return_offsets_mapping=True,
+    )
+    return list(enc["input_ids"]), list(enc["offset_mapping"])
+
+
+def user_texts(messages):
+    """The text of each user message (text parts of a content array one by one)."""
+    for m in messages:
+        if m.get("role") != "user":
+            continue
+        content = m.get("content")
+        if isinstance(content, str):
+            yield content
+        elif isinstance(content, list):
+            for part in content:
+                if part.get("type") == "text":
+                    yield part["text"]
+
+
+def control_ids(tok, template):
+    """The ids of the control tokens: those that apply_chat_template(sanitize_control_tokens=True) would keep
+    from being parsed in a message (the special added tokens, plus the added tokens the template writes, less
+    whitespace ones like Gemma's "\\n"). Ordinary added tokens, parsed in any text, are no control tokens."""
+    if hasattr(tok, "_get_control_tokens"):
+        contents = set(tok._get_control_tokens(template))
+    else:  # older transformers: the special ones
+        contents = {t.content for t in tok.added_tokens_decoder.values() if t.special}
+    return {i for i, t in tok.added_tokens_decoder.items() if t.content in contents}
+
+
+def parses_user_special(control, case, ids, offsets):
+    """Whether a control token's id stands at a position inside a user's content in `expected`."""
+    text = case["expected"]
+    spans = []
+    for content in user_texts(case["messages"]):
+        for c in (content, content.strip()):  # templates may trim the content
+            if c and c in text:
+                start = text.index(c)
+                spans.append((start, start + len(c)))
+                break
+    return any(
+        i in control and any(s <= a and b <= e for s, e in spans) for i, (a, b) in zip(ids, offsets, strict=True)
+    )
+
+
+def add_ids(tok, control, template, case):
+    """Adds ids (and hf_parses_user_special when it holds) to a rendered case."""
+    if case.get("error"):
+        return case
+    ids, offsets = tokenize(tok, case["expected"])
+    # the public entry point on the real tokenizer must give the same ids
+    direct = tok.apply_chat_template(
+        json.loads(json.dumps(case["messages"])),
+        tools=json.loads(json.dumps(case["tools"])) if "tools" in case else None,
+        chat_template=template,
+        add_generation_prompt=case["add_generation_prompt"],
+        tokenize=True,
+        return_dict=False,
+    )
+    if list(direct) != ids:
+        sys.exit(f"{case['name']}: apply_chat_template(tokenize=True) differs from tokenizing the rendered text")
+    case = {**case, "ids": ids}
+    if parses_user_special(control, case, ids, offsets):
+        case["hf_parses_user_special"] = True
+    return case
 
 
 # ---------------------------------------------------------------- conversations
@@ -442,17 +536,22 @@ def main():
     out_dir = sys.argv[2] if len(sys.argv) > 2 else os.path.join(ROOT, "tests", "fixtures", "chat")
     os.makedirs(out_dir, exist_ok=True)
     for model in MODELS:
-        template, bos, eos = read_gguf(os.path.join(models_dir, model))
+        template, bos, eos, add_bos = read_gguf(os.path.join(models_dir, model))
         source = "gguf"
         if template is None:
             template, source = CHATML, "fallback:chatml"
+        tok = AutoTokenizer.from_pretrained(models_dir, gguf_file=model)
+        control = control_ids(tok, template)
         cases = [{**case, **render(template, bos, eos, case)} for case in model_cases()]
+        cases = [add_ids(tok, control, template, case) for case in cases]
         doc = {
             "model": model,
             "template_source": source,
             "template": template,
             "bos_token": bos,
             "eos_token": eos,
+            "hf_tokenizer": type(tok).__name__,
+            "add_bos": add_bos,
             "generated_by": versions(),
             "cases": cases,
         }

@@ -135,8 +135,10 @@ impl Tokenizer {
         let mut out = Vec::new();
         let mut pos = 0;
         for hit in m.ac.find_iter(text) {
-            // special-token text inside a literal span stays text
-            if literal.iter().any(|r| hit.start() < r.end && r.start < hit.end()) {
+            // control-token text inside a literal span stays text (user-defined
+            // tokens are matched everywhere, as without parse_special)
+            let id = m.ids[hit.pattern().as_usize()];
+            if self.vocab.types[id as usize] != TokenType::UserDefined && literal.iter().any(|r| hit.start() < r.end && r.start < hit.end()) {
                 continue;
             }
             if hit.start() > pos {
@@ -162,7 +164,7 @@ impl Tokenizer {
         self.encode_with_literals(text, add_special, parse_special, &[])
     }
 
-    /// [`Tokenizer::encode`], where special-token text that overlaps one of
+    /// [`Tokenizer::encode`], where control-token text that overlaps one of
     /// the `literal` byte ranges is tokenized as plain text even with
     /// `parse_special`: a chat prompt's control tokens come from its
     /// template, never from what a user wrote (no injection).
