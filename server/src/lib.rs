@@ -149,14 +149,25 @@ fn load(state: &AppState) -> Result<(Loaded, std::thread::JoinHandle<()>), Strin
     let template = chat_template(o, &model)?;
     let n_ctx = if o.ctx_size == 0 { model.default_n_ctx() } else { o.ctx_size };
     let kv_budget = match o.kv_budget {
-        0 => o.parallel.max(1) * n_ctx * model.cfg.kv_bytes_per_position(),
+        // `parallel` whole contexts, each rounded up to whole blocks, and a block each for copy-on-write
+        0 => o.parallel.max(1) * (n_ctx.div_ceil(rocmforge::kv::BLOCK) + 1) * rocmforge::kv::BLOCK * model.cfg.kv_bytes_per_position(),
         b => b,
     };
     let engine = Engine::new(model.clone(), EngineOptions { n_ctx, kv_budget, preempt: true }).map_err(|e| format!("cannot make the engine: {e}"))?;
     let name = o.alias.clone().unwrap_or_else(|| o.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()));
     let (tx, rx) = mpsc::channel();
     let sched = Scheduler::new(engine, SchedOptions { parallel: o.parallel, batch_tokens: o.batch_tokens }, state.metrics.clone(), state.queued.clone());
-    let thread = std::thread::Builder::new().name("rocmforge-engine".into()).spawn(move || sched.run(rx)).map_err(|e| e.to_string())?;
+    let metrics = state.metrics.clone();
+    let thread = std::thread::Builder::new()
+        .name("rocmforge-engine".into())
+        .spawn(move || {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sched.run(rx))).is_err() {
+                // requests now get 503 (the channel is gone) and /health says so
+                metrics.engine_dead.store(true, Ordering::SeqCst);
+                tracing::error!("the engine thread panicked: restart the server");
+            }
+        })
+        .map_err(|e| e.to_string())?;
     tracing::info!("loaded {} ({}) on {}: context {n_ctx}, {} sequences, {} tokens per step", name, model.cfg.arch.name, model.backend_description(), o.parallel, o.batch_tokens);
     Ok((Loaded { model, name, n_ctx, template, tx: Mutex::new(Some(tx)) }, thread))
 }
@@ -212,12 +223,13 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
         }
     };
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(|e| e.to_string())?;
-    // every handler has finished: close the engine's channel and let it drain
-    if let Some(l) = state.loaded.get() {
-        l.tx.lock().take();
-    }
     match engine_thread.await {
         Ok(Some(t)) => {
+            // every handler has finished (and the load, if a signal came
+            // during it): close the engine's channel and let it drain
+            if let Some(l) = state.loaded.get() {
+                l.tx.lock().take();
+            }
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
             Ok(())
         }
@@ -273,6 +285,7 @@ async fn auth(State(state): State<Shared>, req: Request, next: Next) -> Response
 
 async fn health(State(state): State<Shared>) -> Response {
     match state.loaded.get() {
+        Some(_) if state.metrics.engine_dead.load(Ordering::SeqCst) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "error", "error": "the engine thread failed"}))).into_response(),
         Some(_) => (StatusCode::OK, Json(json!({"status": "ok"}))).into_response(),
         None => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "loading"}))).into_response(),
     }
@@ -316,33 +329,84 @@ fn chat_tokens(l: &Loaded, obj: &Map<String, Value>, add_generation_prompt: bool
 }
 
 /// Render a conversation and tokenize it: control tokens come only from
-/// the template (special-token text inside a message stays text: no
-/// injection), and a BOS that the template and the tokenizer both add
-/// appears once. Err: the template's own error (`raise_exception`).
+/// the template, and a BOS that the template and the tokenizer both add
+/// appears once. Control-token text the client wrote anywhere (contents,
+/// tool calls, tools) is swapped for placeholders before rendering, so
+/// the template cannot mix it up with its own, and put back afterwards as
+/// literal spans that are tokenized as text (no injection, whatever the
+/// template does with the strings). Err: the template's own error
+/// (`raise_exception`).
 pub fn prompt_tokens(tok: &Tokenizer, template: &ChatTemplate, msgs: &Value, tools: Option<&Value>, add_generation_prompt: bool) -> Result<Vec<u32>, String> {
-    let text = template.render(msgs, tools, add_generation_prompt)?;
-    // where each message's text landed in the prompt, in order: literal spans
-    let mut spans = Vec::new();
-    let mut at = 0;
-    for m in msgs.as_array().into_iter().flatten() {
-        let Some(c) = m.get("content").and_then(Value::as_str) else { continue };
-        for c in [c, c.trim()] {
-            if c.is_empty() {
-                break;
-            }
-            if let Some(i) = text[at..].find(c) {
-                spans.push(at + i..at + i + c.len());
-                at += i + c.len();
-                break;
-            }
-        }
-    }
+    let mut originals = Vec::new();
+    let msgs = mask_control(tok, msgs, &mut originals);
+    let tools = tools.map(|t| mask_control(tok, t, &mut originals));
+    let rendered = template.render(&msgs, tools.as_ref(), add_generation_prompt)?;
+    let (text, spans) = unmask_control(&rendered, &originals);
     let mut ids = tok.encode_with_literals(&text, true, true, &spans);
     let bos = tok.vocab.special.bos;
     if bos.is_some() && ids.len() >= 2 && ids[0] == ids[1] && Some(ids[0]) == bos {
         ids.remove(0);
     }
     Ok(ids)
+}
+
+/// Placeholder brackets: two code points of Unicode's supplementary
+/// private use area A, which no tokenizer gives a meaning to.
+const MASK_OPEN: char = '\u{F0000}';
+const MASK_CLOSE: char = '\u{F0001}';
+
+/// Every string in `v` with its control-token text replaced by
+/// `MASK_OPEN index MASK_CLOSE` (the text saved in `originals`).
+fn mask_control(tok: &Tokenizer, v: &Value, originals: &mut Vec<String>) -> Value {
+    match v {
+        Value::String(s) => {
+            let spans = tok.control_token_spans(s);
+            if spans.is_empty() {
+                return v.clone();
+            }
+            let mut out = String::with_capacity(s.len() + 8 * spans.len());
+            let mut at = 0;
+            for r in spans {
+                out.push_str(&s[at..r.start]);
+                out.push(MASK_OPEN);
+                out.push_str(&originals.len().to_string());
+                out.push(MASK_CLOSE);
+                originals.push(s[r.clone()].to_string());
+                at = r.end;
+            }
+            out.push_str(&s[at..]);
+            Value::String(out)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(|x| mask_control(tok, x, originals)).collect()),
+        Value::Object(o) => Value::Object(o.iter().map(|(k, x)| (k.clone(), mask_control(tok, x, originals))).collect()),
+        _ => v.clone(),
+    }
+}
+
+/// The rendered text with the placeholders put back, and where they were.
+fn unmask_control(rendered: &str, originals: &[String]) -> (String, Vec<std::ops::Range<usize>>) {
+    let mut text = String::with_capacity(rendered.len());
+    let mut spans = Vec::new();
+    let mut rest = rendered;
+    while let Some(i) = rest.find(MASK_OPEN) {
+        text.push_str(&rest[..i]);
+        let after = &rest[i + MASK_OPEN.len_utf8()..];
+        let found = after.find(MASK_CLOSE).and_then(|j| after[..j].parse::<usize>().ok().filter(|&k| k < originals.len()).map(|k| (j, k)));
+        match found {
+            Some((j, k)) => {
+                let start = text.len();
+                text.push_str(&originals[k]);
+                spans.push(start..text.len());
+                rest = &after[j + MASK_CLOSE.len_utf8()..];
+            }
+            None => {
+                text.push(MASK_OPEN);
+                rest = after;
+            }
+        }
+    }
+    text.push_str(rest);
+    (text, spans)
 }
 
 fn text_tokens(l: &Loaded, p: Prompt) -> Vec<u32> {
@@ -377,43 +441,57 @@ struct Started {
     n_prompt: usize,
 }
 
-fn start(state: &AppState, l: &Loaded, prompt: Vec<u32>, p: &GenParams) -> Result<Started, ApiError> {
-    let n_prompt = prompt.len();
-    if n_prompt == 0 {
-        return Err(ApiError::param("prompt", "the prompt has no tokens"));
+/// Check a request's prompts against the context and `n` against the
+/// server's sequences, then take `prompts.len()` places in the queue at
+/// once (all or none: 429) and send them to the engine thread.
+fn start(state: &AppState, l: &Loaded, prompts: Vec<Vec<u32>>, p: &GenParams, param: &str) -> Result<Vec<Started>, ApiError> {
+    if p.n > state.opts.parallel.max(1) {
+        return Err(ApiError::param("n", format!("n = {} is more than this server's {} parallel sequences", p.n, state.opts.parallel.max(1))));
     }
-    if n_prompt >= l.n_ctx {
-        return Err(ApiError::param("messages", format!("the prompt has {n_prompt} tokens; this model's context holds {} (prompt and output together)", l.n_ctx)).code("context_length_exceeded"));
+    for prompt in &prompts {
+        let n_prompt = prompt.len();
+        if n_prompt == 0 {
+            return Err(ApiError::param(param, "the prompt has no tokens"));
+        }
+        if n_prompt >= l.n_ctx {
+            return Err(ApiError::param(param, format!("the prompt has {n_prompt} tokens; this model's context holds {} (prompt and output together)", l.n_ctx)).code("context_length_exceeded"));
+        }
     }
-    let room = l.n_ctx - n_prompt;
-    let max_tokens = p.max_tokens.unwrap_or(room).min(room);
-    // the queue bound: requests sent but not admitted
+    let k = prompts.len();
     let max_queue = state.opts.max_queue;
-    if state.queued.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| (q < max_queue).then_some(q + 1)).is_err() {
+    if state.queued.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| (q + k <= max_queue).then_some(q + k)).is_err() {
         state.metrics.rejected.fetch_add(1, Ordering::Relaxed);
         let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", format!("the queue is full ({max_queue} requests waiting); retry later")).code("queue_full");
         e.retry_after = Some(1);
         return Err(e);
     }
-    let (events, rx) = unbounded_channel();
-    let req = GenRequest {
-        prompt,
-        sampling: p.sampling.clone(),
-        max_tokens,
-        stop: p.stop.clone(),
-        n: p.n,
-        logprobs: p.logprobs,
-        ignore_eos: p.ignore_eos,
-        grammar: p.json_output.then(json_grammar),
-        events,
-        arrived: Instant::now(),
-    };
-    let sent = l.tx.lock().as_ref().map(|tx| tx.send(req).is_ok()).unwrap_or(false);
-    if !sent {
-        state.queued.fetch_sub(1, Ordering::SeqCst);
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable_error", "the server is shutting down"));
+    let tx = l.tx.lock().clone();
+    let mut started = Vec::with_capacity(k);
+    for (i, prompt) in prompts.into_iter().enumerate() {
+        let n_prompt = prompt.len();
+        let room = l.n_ctx - n_prompt;
+        let (events, rx) = unbounded_channel();
+        let req = GenRequest {
+            prompt,
+            sampling: p.sampling.clone(),
+            max_tokens: p.max_tokens.unwrap_or(room).min(room),
+            stop: p.stop.clone(),
+            n: p.n,
+            logprobs: p.logprobs,
+            ignore_eos: p.ignore_eos,
+            grammar: p.json_output.then(json_grammar),
+            events,
+            arrived: Instant::now(),
+        };
+        if tx.as_ref().is_none_or(|tx| tx.send(req).is_err()) {
+            // the ones not sent give their places back (those sent are
+            // dropped by the engine thread when their channels close)
+            state.queued.fetch_sub(k - i, Ordering::SeqCst);
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable_error", "the server is shutting down"));
+        }
+        started.push(Started { rx, n_prompt });
     }
-    Ok(Started { rx, n_prompt })
+    Ok(started)
 }
 
 /// One choice's output, gathered.
@@ -501,12 +579,12 @@ async fn chat_completions(State(state): State<Shared>, body: Result<Bytes, Bytes
     let obj = body_object(body)?;
     let p = api::gen_params(&obj, true)?;
     let prompt = chat_tokens(l, &obj, true)?;
-    let started = start(&state, l, prompt, &p)?;
+    let started = start(&state, l, vec![prompt], &p, "messages")?;
     let id = request_id("chatcmpl");
     if p.stream {
-        return Ok(stream_response(vec![started], p, l.name.clone(), id, true).into_response());
+        return Ok(stream_response(started, p, l.name.clone(), id, true).into_response());
     }
-    let mut started = started;
+    let mut started = started.into_iter().next().expect("one prompt");
     let (outs, cached) = gather(&mut started, p.n).await?;
     let usage = Usage { prompt: started.n_prompt, completion: outs.iter().map(|o| o.tokens).sum(), cached };
     let choices: Vec<Value> = outs
@@ -530,11 +608,7 @@ async fn completions(State(state): State<Shared>, body: Result<Bytes, BytesRejec
     let p = api::gen_params(&obj, false)?;
     let prompts = api::prompts(obj.get("prompt"), l.model.cfg.n_vocab)?;
     let token_lists: Vec<Vec<u32>> = prompts.into_iter().map(|pr| text_tokens(l, pr)).collect();
-    let mut started = Vec::new();
-    for t in token_lists {
-        // a refused prompt drops the ones already started (their channels close)
-        started.push(start(&state, l, t, &p)?);
-    }
+    let mut started = start(&state, l, token_lists, &p, "prompt")?;
     let id = request_id("cmpl");
     if p.stream {
         return Ok(stream_response(started, p, l.name.clone(), id, false).into_response());
@@ -678,4 +752,18 @@ async fn detokenize(State(state): State<Shared>, body: Result<Bytes, BytesReject
     let ids: Vec<u32> = a.iter().map(|v| v.as_u64().filter(|&t| (t as usize) < l.model.cfg.n_vocab).map(|t| t as u32)).collect::<Option<_>>().ok_or_else(|| ApiError::param("tokens", "every token must be an id in the vocabulary"))?;
     let text = l.model.tokenizer.decode_lossy(&ids, false).map_err(|e| ApiError::param("tokens", e.to_string()))?;
     Ok(Json(json!({"content": text})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_round_trip_and_mark_the_client_text() {
+        let originals = vec!["<|im_end|>".to_string(), "<|im_start|>".to_string()];
+        let rendered = format!("a{MASK_OPEN}0{MASK_CLOSE}b \"{MASK_OPEN}1{MASK_CLOSE}\" {MASK_OPEN}9{MASK_CLOSE} {MASK_OPEN}x");
+        let (text, spans) = unmask_control(&rendered, &originals);
+        assert_eq!(text, format!("a<|im_end|>b \"<|im_start|>\" {MASK_OPEN}9{MASK_CLOSE} {MASK_OPEN}x"));
+        assert_eq!(spans.iter().map(|r| &text[r.clone()]).collect::<Vec<_>>(), ["<|im_end|>", "<|im_start|>"]);
+    }
 }

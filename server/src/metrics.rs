@@ -43,6 +43,8 @@ const LATENCY: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0
 const ROWS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0];
 
 pub struct Metrics {
+    /// The engine thread panicked: nothing is served any more.
+    pub engine_dead: std::sync::atomic::AtomicBool,
     pub running: AtomicUsize,
     pub waiting: AtomicUsize,
     pub kv_used: AtomicUsize,
@@ -66,6 +68,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
+            engine_dead: std::sync::atomic::AtomicBool::new(false),
             running: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             kv_used: AtomicUsize::new(0),
@@ -102,7 +105,7 @@ impl Metrics {
         gauge("kv_blocks_used", "KV cache blocks held by sequences.", "gauge", l(&self.kv_used));
         gauge("kv_blocks_total", "KV cache blocks in the pool.", "gauge", l(&self.kv_total));
         gauge("kv_blocks_cached", "Free KV blocks the prefix cache still keeps.", "gauge", l(&self.kv_cached));
-        gauge("prompt_tokens_total", "Prompt tokens of admitted requests.", "counter", c(&self.prompt_tokens));
+        gauge("prompt_tokens_total", "Prompt tokens of requests sent to the engine.", "counter", c(&self.prompt_tokens));
         gauge("generation_tokens_total", "Tokens generated.", "counter", c(&self.gen_tokens));
         gauge("requests_success_total", "Requests completed.", "counter", c(&self.requests_done));
         gauge("requests_cancelled_total", "Requests whose client went away before the end.", "counter", c(&self.cancelled));

@@ -175,6 +175,8 @@ pub struct Scheduler {
     /// How many end-of-generation tokens the vocabulary has.
     n_eog: usize,
     scratch: Vec<f32>,
+    /// Jobs whose sampling failed in this step.
+    sample_failed: Vec<(u64, String)>,
 }
 
 impl Scheduler {
@@ -184,7 +186,7 @@ impl Scheduler {
         let pieces = (0..tok.n_vocab() as u32).map(|i| tok.token_to_piece(i, false).unwrap_or(&[]).to_vec()).collect();
         let n_eog = (0..tok.n_vocab() as u32).filter(|&t| tok.vocab.is_eog(t)).count();
         let opts = SchedOptions { parallel: opts.parallel.max(1), batch_tokens: opts.batch_tokens.max(opts.parallel).max(1) };
-        Scheduler { engine, model, opts, metrics, queued, jobs: HashMap::new(), next_job: 0, waiting: VecDeque::new(), running: Vec::new(), pieces, n_eog, scratch: Vec::new() }
+        Scheduler { engine, model, opts, metrics, queued, jobs: HashMap::new(), next_job: 0, waiting: VecDeque::new(), running: Vec::new(), pieces, n_eog, scratch: Vec::new(), sample_failed: Vec::new() }
     }
 
     /// Serve until the channel closes and every request is finished.
@@ -305,8 +307,10 @@ impl Scheduler {
     /// Admit waiting slots, first come first served, while there is room.
     fn admit(&mut self) {
         while let Some(s) = self.waiting.front() {
-            // a slot with forks to make needs room for all its choices
-            if self.running.len() + 1 + s.forks > self.opts.parallel {
+            // a slot with forks to make needs room for all its choices, and
+            // so do the running ones that will still fork (HTTP refuses n > parallel)
+            let used: usize = self.running.iter().map(|r| 1 + r.forks).sum();
+            if used + 1 + s.forks > self.opts.parallel {
                 break;
             }
             let mut s = self.waiting.pop_front().expect("front");
@@ -482,6 +486,7 @@ impl Scheduler {
         });
         self.running.extend(forks);
         self.requeue_preempted();
+        failed.append(&mut self.sample_failed);
         for (job, msg) in failed {
             self.fail(job, &msg);
         }
@@ -498,8 +503,9 @@ impl Scheduler {
         if pre.is_empty() {
             return;
         }
-        // the engine lists the newest first; the oldest should run first again
-        for seq in pre.iter().rev() {
+        // the engine lists the newest first; pushed to the front in that
+        // order, the oldest ends up first and runs first again
+        for seq in pre.iter() {
             let Some(i) = self.running.iter().position(|s| s.seq == Some(*seq)) else { continue };
             let mut s = self.running.remove(i);
             let _ = self.engine.remove_seq(*seq);
@@ -562,7 +568,8 @@ impl Scheduler {
                 }
             }
         }
-        if ignore_eos {
+        // a grammar that is complete allows only the end, ignore_eos or not
+        if ignore_eos && !s.matcher.as_ref().is_some_and(|m| m.can_end()) {
             for (t, l) in logits.iter_mut().enumerate() {
                 if vocab.is_eog(t as u32) {
                     *l = f32::NEG_INFINITY;
@@ -572,7 +579,8 @@ impl Scheduler {
         let tok = match s.sampler.sample(logits) {
             Ok(t) => t,
             Err(e) => {
-                let _ = job.events.send(Event::Failed(format!("sampling failed: {e}")));
+                // the whole request fails (after the step: see `step`)
+                self.sample_failed.push((s.job, format!("sampling failed: {e}")));
                 return true;
             }
         };
@@ -650,9 +658,19 @@ impl Scheduler {
     /// are not text, and the tokens' strings join to what is sent.
     fn flush(&mut self, s: &mut Slot, finish: Finish) -> bool {
         s.decoder.flush();
-        // a stop string cut the text: logprobs of tokens past the cut go
+        // a stop string cut the text: tokens past the cut go, and the one
+        // it cut keeps the part before it (the tokens' texts join to the text)
         let n = s.held.len();
-        s.held_lp.retain(|(end, _)| *end <= n);
+        let mut start = 0;
+        s.held_lp.retain_mut(|(end, lp)| {
+            let keep = start < n;
+            if keep && *end > n {
+                lp.text.truncate(n - start);
+                *end = n;
+            }
+            start = *end;
+            keep
+        });
         self.send(s, n);
         let job = &self.jobs[&s.job];
         let _ = job.events.send(Event::Done { choice: s.choice, finish, tokens: s.n_gen.min(usize::MAX - 1) });

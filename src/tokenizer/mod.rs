@@ -164,6 +164,17 @@ impl Tokenizer {
         self.encode_with_literals(text, add_special, parse_special, &[])
     }
 
+    /// Where `text` holds the text of a control token (one that
+    /// `parse_special` turns into its id; user-defined tokens are not
+    /// listed), leftmost-longest, as byte ranges.
+    pub fn control_token_spans(&self, text: &str) -> Vec<std::ops::Range<usize>> {
+        let Some(m) = &self.all else { return Vec::new() };
+        m.ac.find_iter(text)
+            .filter(|h| self.vocab.types[m.ids[h.pattern().as_usize()] as usize] != TokenType::UserDefined)
+            .map(|h| h.start()..h.end())
+            .collect()
+    }
+
     /// [`Tokenizer::encode`], where control-token text that overlaps one of
     /// the `literal` byte ranges is tokenized as plain text even with
     /// `parse_special`: a chat prompt's control tokens come from its
