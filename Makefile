@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 SMOLLM2 := models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: server serve test-server test-server-node-run llama test-llama test-llama-python test-llama-examples test-node-run test-go-run test-install-run test-cpp-run valgrind-run check-features-run test-bindings test-cpp test-install test-go test-node install uninstall all build models test test-rust test-c demo inspect header check-features kernels-hip gpu-prepare bench bench-tokenizer perplexity valgrind fixtures venv fuzz fuzz-long clean
+.PHONY: cli test-cli server serve test-server test-server-node-run llama test-llama test-llama-python test-llama-examples test-node-run test-go-run test-install-run test-cpp-run valgrind-run check-features-run test-bindings test-cpp test-install test-go test-node install uninstall all build models test test-rust test-c demo inspect header check-features kernels-hip gpu-prepare bench bench-tokenizer perplexity valgrind fixtures venv fuzz fuzz-long clean
 LIB_DIR := target/release
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 # SONAME version: the major number, or 0.MINOR below 1.0 (Cargo's semver
@@ -83,6 +83,17 @@ test-llama-python: llama $(LLAMA_SDIST)/.complete $(LLAMA_VENV)/.complete $(C_ID
 	cd $(LLAMA_SDIST) && HF_HUB_OFFLINE=1 PYTHONPATH=. LLAMA_CPP_LIB_PATH=$(CURDIR)/$(LIB_DIR) $(CURDIR)/$(LLAMA_VENV)/bin/python -m pytest -q -p no:cacheprovider -rA tests \
 		-k "llama_cpp_version or llama_cpp_tokenization or chat_format or grammar or speculative"
 
+# The command line (cli/): rocmforge run | chat | serve | bench | perplexity | tokenize | info.
+CLI := $(LIB_DIR)/rocmforge
+cli:
+	$(CARGO) build --release -p rocmforge-cli
+
+# Its tests run the binary; `run` must print the C example's greedy text.
+test-cli: models cli $(C_IDS)
+	$(CARGO) test --release -p rocmforge-cli -- --show-output
+	$(CLI) run $(SMOLLM2) "The capital of France is" --temp 0 --seed 42 -n 32 --backend cpu 2>/dev/null | diff - <(grep -v '^ids:' $(C_IDS))
+	@echo "rocmforge run == the C example's greedy text"
+
 # rocmforge-server (server/): the OpenAI-compatible server. `make serve`
 # serves SmolLM2 on the CPU at http://127.0.0.1:8080 (SERVE_ARGS adds options).
 SERVER_BIN := $(LIB_DIR)/rocmforge-server
@@ -114,7 +125,7 @@ models:
 
 # The README's test command: models, then every test in release mode
 # (model-sized tests are too slow unoptimised), plus the stub-feature builds.
-test: models check-features test-c test-bindings valgrind test-rust test-llama test-server
+test: models check-features test-c test-bindings valgrind test-rust test-llama test-server test-cli
 
 test-rust:
 	$(CARGO) build --release --examples
@@ -214,11 +225,12 @@ kernels-hip:
 gpu-prepare: models
 	scripts/gpu_prepare.sh
 
-demo: models
-	$(CARGO) run --release --example generate -- -m $(SMOLLM2) --chat -p "Write a short poem about a lighthouse." -n 96 --temp 0.7 --seed 42
+demo: models cli
+	$(CLI) run $(SMOLLM2) --chat "Write a short poem about a lighthouse." -n 96 --temp 0.7 --seed 42
 
-inspect: models
-	$(CARGO) run --release --example inspect -- $(SMOLLM2) "The quick brown fox jumps over the lazy dog. 12345 日本語 🚀"
+inspect: models cli
+	$(CLI) info $(SMOLLM2)
+	$(CLI) tokenize $(SMOLLM2) --json "The quick brown fox jumps over the lazy dog. 12345 日本語 🚀"
 
 # Regenerate include/rocmforge.h from src/ffi (commit the result).
 header:

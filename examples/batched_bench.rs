@@ -31,8 +31,10 @@ fn list(s: &str) -> Vec<usize> {
     s.split(',').map(|x| x.trim().parse().unwrap_or_else(|_| usage())).collect()
 }
 
-fn main() {
-    let mut args = std::env::args().skip(1);
+/// The example's body, also `rocmforge bench` / `perplexity` (the CLI
+/// includes this file): `args` as on the command line, without the program.
+pub fn run(args: Vec<String>) {
+    let mut args = args.into_iter();
     let (mut model, mut npp, mut ntg, mut npl, mut threads, mut backend, mut reps) =
         (None, vec![128], vec![64], vec![1, 4, 8], 0usize, BackendChoice::Cpu, 1usize);
     let (mut detail, mut full_logits) = (false, false);
@@ -134,4 +136,9 @@ fn cpu_name() -> String {
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
         .unwrap_or_else(|| "unknown".into())
+}
+
+#[allow(dead_code)]
+fn main() {
+    run(std::env::args().skip(1).collect())
 }

@@ -28,12 +28,15 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn main() {
-    let root = env!("CARGO_MANIFEST_DIR");
+/// The example's body, also `rocmforge bench` / `perplexity` (the CLI
+/// includes this file): `args` as on the command line, without the program.
+pub fn run(args: Vec<String>) {
+    // the default models: models/ here, else in the source tree
+    let root = if std::path::Path::new("models").is_dir() { "." } else { env!("CARGO_MANIFEST_DIR") };
     let (mut threads, mut pp, mut tg, mut reps, mut depth) = (2usize, 128usize, 64usize, 3usize, 0usize);
     let mut backends = vec!["cpu".to_string()];
     let mut models = Vec::new();
-    let mut args = std::env::args().skip(1);
+    let mut args = args.into_iter();
     while let Some(a) = args.next() {
         let mut num = || args.next().and_then(|v| v.parse().ok()).expect("a number");
         match a.as_str() {
@@ -116,4 +119,9 @@ fn main() {
             }
         }
     }
+}
+
+#[allow(dead_code)]
+fn main() {
+    run(std::env::args().skip(1).collect())
 }

@@ -14,12 +14,15 @@ use rocmforge::model::{LoadOptions, Model};
 use rocmforge::backend::Logits;
 use rocmforge::engine::Session;
 
-fn main() {
-    let root = env!("CARGO_MANIFEST_DIR");
+/// The example's body, also `rocmforge bench` / `perplexity` (the CLI
+/// includes this file): `args` as on the command line, without the program.
+pub fn run(args: Vec<String>) {
+    // the default models: models/ here, else in the source tree
+    let root = if std::path::Path::new("models").is_dir() { "." } else { env!("CARGO_MANIFEST_DIR") };
     let (mut c, mut file) = (256usize, format!("{root}/tests/fixtures/text/english.txt"));
     let mut all = false;
     let mut models = Vec::new();
-    let mut args = std::env::args().skip(1);
+    let mut args = args.into_iter();
     while let Some(a) = args.next() {
         match a.as_str() {
             "-c" => c = args.next().and_then(|v| v.parse().ok()).expect("-c N"),
@@ -66,4 +69,9 @@ fn main() {
             rocmforge::backend::cpu::kernel_name()
         );
     }
+}
+
+#[allow(dead_code)]
+fn main() {
+    run(std::env::args().skip(1).collect())
 }

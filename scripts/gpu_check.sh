@@ -49,7 +49,7 @@ for step in $steps; do
         '$BIN/make_twin' --from '$QWEN' --type Q4_0 --out '$TWINS/qwen2-q4_0-twin.gguf'
         '$BIN/make_twin' --llama7b --from '$SMOL' --type Q4_0 --out '$TWINS/llama7b-q4_0-twin.gguf'" ;;
     ops)
-      "$BIN/rocmforge" backend::gpu
+      "$BIN/rocmforge-unit" backend::gpu
       run ops env FORGE_ACT16=1 "$BIN/device_ops" --test-threads 1 --nocapture ;;
     model)
       run model env FORGE_ACT16=1 "$BIN/gpu_model" --skip real_smollm2 --nocapture ;;
@@ -71,7 +71,7 @@ for step in $steps; do
         "$BIN/bench" --backend cuda --pp 16 --tg 8 --reps 1 "$TWINS/llama7b-q4_0-twin.gguf" ;;
     compile)
       # kernel compile time with an empty cache, then the cached load
-      for c in cold warm; do /usr/bin/time -f "$c load: %e s" env FORGE_KERNEL_CACHE=/tmp/fresh-cache "$BIN/generate" -m "$TWINS/smollm2-twin.gguf" --backend cuda -n 4 --temp 0 2>&1 | grep -E "load|layers"; done ;;
+      for c in cold warm; do /usr/bin/time -f "$c load: %e s" env FORGE_KERNEL_CACHE=/tmp/fresh-cache "$BIN/rocmforge" run "$TWINS/smollm2-twin.gguf" "Once upon a time" --backend cuda -n 4 --temp 0 2>&1 | grep -E "load|layers"; done ;;
     regs)
       # register cap vs occupancy of the kernels (NVRTC --maxrregcount)
       for r in ${REGS:-none 96 80 64}; do

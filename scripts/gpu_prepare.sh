@@ -7,12 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .carry/bin
 cargo build --release --features cuda --examples
+cargo build --release --features cuda -p rocmforge-cli -p rocmforge-server
 json=$(cargo test --release --features cuda --no-run --message-format=json 2>/dev/null)
 for t in device_ops gpu_model rocmforge; do
   exe=$(printf '%s\n' "$json" | grep -o "\"executable\":\"[^\"]*/deps/$t-[0-9a-f]*\"" | tail -n1 | cut -d'"' -f4)
-  install -m755 "$exe" .carry/bin/$t
+  # the library's unit tests are rocmforge-unit here (rocmforge is the CLI)
+  install -m755 "$exe" .carry/bin/$([ $t = rocmforge ] && echo rocmforge-unit || echo $t)
 done
-for e in bench batched_bench make_twin generate; do install -m755 target/release/examples/$e .carry/bin/$e; done
+for e in bench batched_bench make_twin; do install -m755 target/release/examples/$e .carry/bin/$e; done
+for b in rocmforge rocmforge-server; do install -m755 target/release/$b .carry/bin/$b; done
 strip .carry/bin/*
 for m in SmolLM2-135M-Instruct.Q4_1 qwen2.5-coder-0.5b-instruct-q4_k_m gemma-3-270m-q4_k_m; do
   ./target/release/examples/make_twin --header-only --from models/$m.gguf --out .carry/$m.head

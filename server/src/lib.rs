@@ -40,12 +40,10 @@ use metrics::Metrics;
 use sched::{Event, Finish, GenRequest, SchedOptions, Scheduler, TokenLogprob};
 pub use template::ChatTemplate;
 
-/// The server's settings (the binary's command line).
+/// The server's settings besides the model (the command line of
+/// `rocmforge-server` and of `rocmforge serve`).
 #[derive(Debug, Clone, clap::Args)]
-pub struct ServeOptions {
-    /// The GGUF model file.
-    #[arg(short, long)]
-    pub model: std::path::PathBuf,
+pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -61,7 +59,7 @@ pub struct ServeOptions {
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
     /// Most positions one sequence may hold (0: the model's, at most 4096).
-    #[arg(long = "ctx-size", short = 'c', default_value_t = 0)]
+    #[arg(long = "ctx-size", visible_alias = "ctx", short = 'c', default_value_t = 0)]
     pub ctx_size: usize,
     /// Most tokens one engine step carries (decode rows plus prompt chunks).
     #[arg(long = "batch-tokens", default_value_t = 512)]
@@ -87,6 +85,35 @@ pub struct ServeOptions {
     /// Largest request body in bytes; larger ones get 413.
     #[arg(long = "max-body", default_value_t = 4 << 20)]
     pub max_body: usize,
+}
+
+/// The model and the settings.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The GGUF model file.
+    pub model: std::path::PathBuf,
+    pub args: ServeArgs,
+}
+
+impl std::ops::Deref for ServeOptions {
+    type Target = ServeArgs;
+    fn deref(&self) -> &ServeArgs {
+        &self.args
+    }
+}
+
+/// Log to stderr, filtered by `ROCMFORGE_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ROCMFORGE_LOG").unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// [`serve`] on a runtime of its own (a few worker threads: HTTP work is
+/// light next to the engine thread's).
+pub fn serve_blocking(opts: ServeOptions) -> Result<(), String> {
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    rt.block_on(serve(opts))
 }
 
 /// What exists once the model is loaded.

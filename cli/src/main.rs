@@ -1,0 +1,675 @@
+//! `rocmforge`: one command line for the library.
+//!
+//! `run` streams a completion, `chat` talks through the model's chat
+//! template with the history kept in the KV cache, `serve` is
+//! `rocmforge-server`, `bench` and `perplexity` are the examples of the same
+//! names (their code, included from `examples/`), `tokenize` and `info`
+//! look inside a model. Every library error becomes one line on stderr, a
+//! hint where there is one, and a distinct exit code (see [`exit`]).
+
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use rocmforge::backend::GpuKind;
+use rocmforge::engine::Session;
+use rocmforge::generate::{generate, GenerateOptions, StopReason};
+use rocmforge::gguf::{GgufFile, Value as Meta};
+use rocmforge::model::config::Config;
+use rocmforge::sampler::{Sampler, SamplerParams};
+use rocmforge::tokenizer::Tokenizer;
+use rocmforge::{BackendChoice, Error, LoadOptions, Model};
+use serde_json::{json, Value};
+
+#[allow(dead_code)]
+#[path = "../../examples/bench.rs"]
+mod bench_example;
+#[allow(dead_code)]
+#[path = "../../examples/batched_bench.rs"]
+mod batched_bench_example;
+#[allow(dead_code)]
+#[path = "../../examples/perplexity.rs"]
+mod perplexity_example;
+
+/// Exit codes: one per kind of failure, so scripts can tell them apart.
+mod exit {
+    /// Anything else (writing the output failed, an internal error).
+    pub const FAILURE: u8 = 1;
+    /// Bad arguments (clap's own code for usage errors).
+    pub const USAGE: u8 = 2;
+    /// The model file is missing or cannot be read.
+    pub const NOT_FOUND: u8 = 3;
+    /// The file is not a valid GGUF model (corrupt, contradictory metadata).
+    pub const INVALID_MODEL: u8 = 4;
+    /// The architecture or a tensor type is not supported.
+    pub const UNSUPPORTED: u8 = 5;
+    /// The backend asked for is not compiled in or has no device.
+    pub const BACKEND: u8 = 6;
+    /// Memory (host or GPU) ran out.
+    pub const OUT_OF_MEMORY: u8 = 7;
+    /// The context (or the KV cache) is full.
+    pub const CONTEXT_FULL: u8 = 8;
+}
+
+const EXIT_CODES: &str = "Exit codes: 0 success, 1 other failure, 2 bad arguments, 3 model file not found or unreadable, \
+4 invalid or corrupt model, 5 unsupported architecture or tensor type, 6 backend not available, 7 out of memory, 8 context full.";
+
+#[derive(Parser)]
+#[command(name = "rocmforge", version, about = "LLM inference for GGUF models on AMD, NVIDIA and CPU", after_help = EXIT_CODES)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// Where and how a model runs (every command that loads one).
+#[derive(Args, Clone, Debug)]
+struct Common {
+    /// auto (the first GPU found, else the CPU), cpu, cuda or hip.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda", "hip"])]
+    backend: String,
+    /// GPU index for cuda / hip.
+    #[arg(long, default_value_t = 0)]
+    gpu: usize,
+    /// CPU worker threads (0: one per core).
+    #[arg(long, short = 't', default_value_t = 0)]
+    threads: usize,
+    /// Context size in tokens (0: the model's, at most 4096).
+    #[arg(long, short = 'c', default_value_t = 0)]
+    ctx: usize,
+}
+
+/// Sampling, with llama.cpp's option names.
+#[derive(Args, Clone, Debug)]
+struct Sampling {
+    /// Temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temp: f32,
+    #[arg(long = "top-k", default_value_t = 40)]
+    top_k: usize,
+    #[arg(long = "top-p", default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long = "min-p", default_value_t = 0.05)]
+    min_p: f32,
+    /// Penalty on recently used tokens (1.0: off).
+    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// How many recent tokens the penalty looks at.
+    #[arg(long = "repeat-last-n", default_value_t = 64)]
+    repeat_last_n: usize,
+    /// Random seed (default: a new one each run).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+impl Sampling {
+    fn params(&self) -> SamplerParams {
+        let seed = self.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+        SamplerParams {
+            temperature: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            penalty_last_n: self.repeat_last_n,
+            seed,
+            ..SamplerParams::default()
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate text from a prompt, streamed to stdout (the prompt is read from stdin when not given).
+    Run {
+        /// The GGUF model file.
+        model: PathBuf,
+        prompt: Option<String>,
+        /// Most tokens to generate.
+        #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
+        n_predict: usize,
+        /// Send the prompt as one user turn through the model's chat template.
+        #[arg(long)]
+        chat: bool,
+        /// Add no BOS and parse no special-token text in the prompt.
+        #[arg(long)]
+        raw: bool,
+        /// Stop at this text (repeatable; not printed).
+        #[arg(long)]
+        stop: Vec<String>,
+        /// Print one JSON object (text, tokens, timings) instead of streaming.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        sampling: Sampling,
+    },
+    /// Chat with the model through its chat template; the history stays in the KV cache.
+    ///
+    /// Type a message and press Enter. Commands: /reset (forget the conversation), /system TEXT
+    /// (set the system prompt), /save FILE (write the conversation as JSON), /exit. Ctrl-C stops
+    /// the current answer (the conversation goes on); Ctrl-D or /exit ends the chat.
+    Chat {
+        model: PathBuf,
+        /// A system prompt to start with.
+        #[arg(long)]
+        system: Option<String>,
+        /// Most tokens per answer.
+        #[arg(short = 'n', long = "n-predict", default_value_t = 512)]
+        n_predict: usize,
+        /// A Jinja chat template to use instead of the model's.
+        #[arg(long = "chat-template-file")]
+        chat_template_file: Option<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        sampling: Sampling,
+    },
+    /// Serve the OpenAI-compatible API (the same server as rocmforge-server).
+    Serve {
+        model: PathBuf,
+        #[command(flatten)]
+        args: rocmforge_server::ServeArgs,
+    },
+    /// Measure throughput: prompt processing and generation per model (examples/bench's table),
+    /// or with --batched many sequences per step (examples/batched_bench's, llama-batched-bench's columns).
+    ///
+    /// Options after the subcommand go to the benchmark, e.g. `rocmforge bench --pp 512 --tg 128 M.gguf`
+    /// or `rocmforge bench --batched -m M.gguf -npl 1,8,32`; `rocmforge bench -- --help` lists them.
+    Bench {
+        #[arg(long)]
+        batched: bool,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Perplexity of a model over a text (examples/perplexity; its options follow).
+    Perplexity {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Tokenize text (the argument, or stdin) and print the token ids.
+    Tokenize {
+        model: PathBuf,
+        text: Option<String>,
+        /// Add no BOS/EOS.
+        #[arg(long = "no-special")]
+        no_special: bool,
+        /// Turn special-token text (e.g. <|im_start|>) into its token.
+        #[arg(long = "parse-special")]
+        parse_special: bool,
+        /// Print ids and pieces as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Describe a model: architecture, parameters, tensor types, context, chat template,
+    /// special tokens, the memory it needs, and the backends and devices present.
+    Info {
+        model: PathBuf,
+        /// Context size for the memory estimate (0: the model's, at most 4096).
+        #[arg(long, short = 'c', default_value_t = 0)]
+        ctx: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+}
+
+/// A failure: the message, a hint, and the exit code.
+struct Fail {
+    code: u8,
+    msg: String,
+    hint: Option<&'static str>,
+}
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Fail {
+        let (code, hint) = match &e {
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                (exit::NOT_FOUND, Some("check the path (`make models` fetches the three test models into models/)"))
+            }
+            Error::Io { .. } => (exit::NOT_FOUND, Some("check that the file is readable")),
+            Error::Gguf(_) | Error::InvalidModel(_) | Error::Tokenizer(_) => (exit::INVALID_MODEL, Some("the file is damaged or not a GGUF model: download it again")),
+            Error::Unsupported(_) | Error::UnsupportedType { .. } => {
+                (exit::UNSUPPORTED, Some("supported architectures: llama, qwen2, gemma3 (`rocmforge info MODEL` shows what the file holds)"))
+            }
+            Error::NotCompiled { .. } => (exit::BACKEND, Some("or run on the CPU with --backend cpu")),
+            Error::BackendUnavailable(_) => (exit::BACKEND, Some("run on the CPU with --backend cpu (`rocmforge info MODEL` lists the devices found)")),
+            Error::OutOfMemory(_) => (exit::OUT_OF_MEMORY, Some("use a smaller --ctx, or the CPU")),
+            Error::ContextFull(_) | Error::KvExhausted(_) => (exit::CONTEXT_FULL, Some("use a larger --ctx or a shorter prompt")),
+            Error::InvalidArgument(_) => (exit::USAGE, None),
+            Error::Cancelled => (exit::FAILURE, None),
+        };
+        Fail { code, msg: e.to_string(), hint }
+    }
+}
+
+impl Fail {
+    fn usage(msg: impl Into<String>) -> Fail {
+        Fail { code: exit::USAGE, msg: msg.into(), hint: None }
+    }
+    fn other(msg: impl Into<String>) -> Fail {
+        Fail { code: exit::FAILURE, msg: msg.into(), hint: None }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("rocmforge: {}", f.msg);
+            if let Some(h) = f.hint {
+                eprintln!("  hint: {h}");
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn dispatch(cmd: Cmd) -> Result<(), Fail> {
+    match cmd {
+        Cmd::Run { model, prompt, n_predict, chat, raw, stop, json, common, sampling } => run(&model, prompt, n_predict, chat, raw, stop, json, &common, &sampling),
+        Cmd::Chat { model, system, n_predict, chat_template_file, common, sampling } => chat(&model, system, n_predict, chat_template_file.as_deref(), &common, &sampling),
+        Cmd::Serve { model, args } => {
+            if !model.is_file() {
+                return Err(Error::Io { path: model.display().to_string(), source: std::io::ErrorKind::NotFound.into() }.into());
+            }
+            rocmforge_server::init_logging();
+            rocmforge_server::serve_blocking(rocmforge_server::ServeOptions { model, args }).map_err(Fail::other)
+        }
+        Cmd::Bench { batched, args } => {
+            match batched {
+                true => batched_bench_example::run(args),
+                false => bench_example::run(args),
+            }
+            Ok(())
+        }
+        Cmd::Perplexity { args } => {
+            perplexity_example::run(args);
+            Ok(())
+        }
+        Cmd::Tokenize { model, text, no_special, parse_special, json } => tokenize(&model, text, !no_special, parse_special, json),
+        Cmd::Info { model, ctx, json } => info(&model, ctx, json),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "rocmforge", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+fn backend(c: &Common) -> Result<BackendChoice, Fail> {
+    let spec = match c.backend.as_str() {
+        "auto" | "cpu" => c.backend.clone(),
+        b => format!("{b}:{}", c.gpu),
+    };
+    spec.parse().map_err(|e: Error| Fail::usage(e.to_string()))
+}
+
+/// Load a model with a progress bar on stderr (when it is a terminal)
+/// saying what is happening.
+fn load(path: &Path, c: &Common) -> Result<Arc<Model>, Fail> {
+    let choice = backend(c)?;
+    let gpu = !matches!(choice, BackendChoice::Cpu);
+    let bar = if std::io::stderr().is_terminal() { ProgressBar::new(100) } else { ProgressBar::hidden() };
+    bar.set_style(ProgressStyle::with_template("{spinner} {msg:58} [{bar:30}] {percent:>3}%").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let mut progress = |p: f32| {
+        bar.set_position((p * 100.0) as u64);
+        bar.set_message(match p {
+            p if p < 0.1 => "opening the file",
+            p if p < 0.4 => "reading the metadata and tokenizer",
+            p if p < 0.9 => "mapping the weights",
+            _ if gpu => "uploading weights, compiling GPU kernels (first run only)",
+            _ => "preparing the CPU kernels",
+        });
+        true
+    };
+    let t0 = Instant::now();
+    let model = Model::load(path, LoadOptions { n_threads: c.threads, progress: Some(&mut progress), backend: choice, gpu_mem_budget: 0 });
+    bar.finish_and_clear();
+    let model = model?;
+    eprintln!("loaded {} ({}, {} layers) on {} in {:.1} s", path.display(), model.cfg.arch.name, model.cfg.n_layer, model.backend_description(), t0.elapsed().as_secs_f64());
+    Ok(model)
+}
+
+fn read_stdin() -> Result<String, Fail> {
+    let mut s = String::new();
+    std::io::stdin().read_to_string(&mut s).map_err(|e| Fail::other(format!("reading stdin: {e}")))?;
+    Ok(s.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// The template to chat with: the file given, the model's, or ChatML.
+fn template(model: &Model, file: Option<&Path>) -> Result<rocmforge_server::ChatTemplate, Fail> {
+    let tok = &model.tokenizer;
+    let text = |id: Option<u32>| id.and_then(|i| tok.vocab.tokens.get(i as usize)).cloned().unwrap_or_default();
+    let source = match file {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| Fail::usage(format!("{}: {e}", p.display())))?,
+        None => match model.file.chat_template().ok().flatten() {
+            Some(t) => t.to_string(),
+            None => {
+                eprintln!("the model has no chat template: using ChatML");
+                rocmforge_server::template::CHATML.to_string()
+            }
+        },
+    };
+    rocmforge_server::ChatTemplate::new(&source, &text(tok.vocab.special.bos), &text(tok.vocab.special.eos)).map_err(|e| Fail::other(format!("the chat template does not compile: {e}")))
+}
+
+fn stop_name(r: StopReason) -> &'static str {
+    match r {
+        StopReason::EndOfGeneration => "end of generation",
+        StopReason::MaxTokens => "token limit",
+        StopReason::StopString => "stop string",
+        StopReason::Callback => "interrupted",
+        StopReason::ContextFull => "context full",
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(path: &Path, prompt: Option<String>, n: usize, as_chat: bool, raw: bool, stop: Vec<String>, json: bool, c: &Common, s: &Sampling) -> Result<(), Fail> {
+    let prompt = match prompt {
+        Some(p) => p,
+        None => read_stdin()?,
+    };
+    if prompt.is_empty() {
+        return Err(Fail::usage("the prompt is empty (give it as an argument or on stdin)"));
+    }
+    let model = load(path, c)?;
+    let ids = if as_chat {
+        let t = template(&model, None)?;
+        rocmforge_server::prompt_tokens(&model.tokenizer, &t, &json!([{"role": "user", "content": prompt}]), None, true).map_err(Fail::other)?
+    } else {
+        model.tokenizer.encode(&prompt, !raw, !raw)
+    };
+    let mut session = Session::new(model.clone(), c.ctx)?;
+    let mut sampler = Sampler::new(s.params());
+    let mut out = std::io::stdout().lock();
+    if !json && !as_chat {
+        let _ = write!(out, "{prompt}");
+    }
+    let t0 = Instant::now();
+    let mut first = None;
+    let g = generate(&mut session, &mut sampler, &ids, &GenerateOptions { max_tokens: n, stop }, |_, text| {
+        first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+        if !json {
+            let _ = write!(out, "{text}");
+            let _ = out.flush();
+        }
+        true
+    })?;
+    let total = t0.elapsed().as_secs_f64();
+    let pp = first.unwrap_or(total);
+    let tps = g.tokens.len().saturating_sub(1) as f64 / (total - pp).max(1e-9);
+    if json {
+        let v = json!({"text": g.text, "tokens": g.tokens, "prompt_tokens": ids.len(), "stop": stop_name(g.reason), "prompt_ms": pp * 1e3, "tokens_per_second": tps});
+        let _ = writeln!(out, "{v}");
+    } else {
+        let _ = writeln!(out);
+        eprintln!("[{} prompt tokens in {:.0} ms; {} generated at {:.1} tok/s; stop: {}]", ids.len(), pp * 1e3, g.tokens.len(), tps, stop_name(g.reason));
+    }
+    Ok(())
+}
+
+/// Set by SIGINT during `chat`: the answer in progress stops.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn chat(path: &Path, system: Option<String>, n: usize, template_file: Option<&Path>, c: &Common, s: &Sampling) -> Result<(), Fail> {
+    let model = load(path, c)?;
+    let tpl = template(&model, template_file)?;
+    let mut session = Session::new(model.clone(), c.ctx)?;
+    let mut sampler = Sampler::new(s.params());
+    // Ctrl-C stops an answer, not the program (stdin reads retry after it)
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+    }
+    let system_msg = |t: &str| json!({"role": "system", "content": t});
+    let mut messages: Vec<Value> = system.as_deref().map(system_msg).into_iter().collect();
+    // what the session's KV cache holds, token by token
+    let mut cached: Vec<u32> = Vec::new();
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!("chat: /reset, /system TEXT, /save FILE, /exit; Ctrl-C stops an answer, Ctrl-D quits");
+    }
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if interactive {
+            eprint!("> ");
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line.map_err(|e| Fail::other(format!("reading stdin: {e}")))?;
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        match line.split_once(' ').map_or((line, ""), |(a, b)| (a, b.trim())) {
+            ("/exit" | "/quit", _) => break,
+            ("/reset", _) => {
+                messages.retain(|m| m["role"] == "system");
+                session.kv_keep(0)?;
+                cached.clear();
+                eprintln!("(the conversation is cleared)");
+                continue;
+            }
+            ("/system", text) => {
+                messages.retain(|m| m["role"] != "system");
+                if !text.is_empty() {
+                    messages.insert(0, system_msg(text));
+                }
+                eprintln!("(system prompt {})", if text.is_empty() { "removed" } else { "set" });
+                continue;
+            }
+            ("/save", file) if !file.is_empty() => {
+                let doc = serde_json::to_string_pretty(&json!({"messages": messages})).unwrap_or_default();
+                match std::fs::write(file, doc + "\n") {
+                    Ok(()) => eprintln!("(saved {} messages to {file})", messages.len()),
+                    Err(e) => eprintln!("(cannot save to {file}: {e})"),
+                }
+                continue;
+            }
+            (cmd, _) if cmd.starts_with('/') => {
+                eprintln!("(unknown command {cmd}: /reset, /system TEXT, /save FILE, /exit)");
+                continue;
+            }
+            _ => {}
+        }
+        messages.push(json!({"role": "user", "content": line}));
+        let ids = match rocmforge_server::prompt_tokens(&model.tokenizer, &tpl, &Value::Array(messages.clone()), None, true) {
+            Ok(ids) => ids,
+            Err(e) => {
+                eprintln!("(the chat template refused this: {e})");
+                messages.pop();
+                continue;
+            }
+        };
+        // reuse what the cache holds of this prompt; feed the rest
+        let common = cached.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
+        session.kv_keep(common)?;
+        INTERRUPTED.store(false, Ordering::SeqCst);
+        let mut out = std::io::stdout().lock();
+        let t0 = Instant::now();
+        let result = generate(&mut session, &mut sampler, &ids[common..], &GenerateOptions { max_tokens: n, stop: Vec::new() }, |_, text| {
+            let _ = write!(out, "{text}");
+            let _ = out.flush();
+            !INTERRUPTED.load(Ordering::SeqCst)
+        });
+        let _ = writeln!(out);
+        drop(out);
+        match result {
+            Ok(g) => {
+                // every token but the last sampled one went through the model
+                cached = ids.clone();
+                cached.extend_from_slice(&g.tokens[..g.tokens.len().saturating_sub(1)]);
+                if cached.len() != session.pos() {
+                    session.kv_keep(0)?;
+                    cached.clear();
+                }
+                if g.reason == StopReason::Callback {
+                    eprintln!("(interrupted)");
+                }
+                let secs = t0.elapsed().as_secs_f64();
+                if interactive {
+                    eprintln!("[{} tokens, {:.1} tok/s]", g.tokens.len(), g.tokens.len() as f64 / secs.max(1e-9));
+                }
+                messages.push(json!({"role": "assistant", "content": g.text}));
+            }
+            Err(Error::ContextFull(m)) => {
+                eprintln!("(the context is full: {m}; /reset starts over)");
+                messages.pop();
+                session.kv_keep(0)?;
+                cached.clear();
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn tokenize(path: &Path, text: Option<String>, add_special: bool, parse_special: bool, json: bool) -> Result<(), Fail> {
+    let text = match text {
+        Some(t) => t,
+        None => read_stdin()?,
+    };
+    let f = GgufFile::open(path)?;
+    let tok = Tokenizer::from_gguf(&f)?;
+    let ids = tok.encode(&text, add_special, parse_special);
+    if json {
+        let pieces: Vec<String> = ids.iter().map(|&i| String::from_utf8_lossy(tok.token_to_piece(i, true).unwrap_or(&[])).into_owned()).collect();
+        println!("{}", json!({"ids": ids, "pieces": pieces}));
+    } else {
+        println!("{}", ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" "));
+    }
+    Ok(())
+}
+
+fn meta_json(v: &Meta) -> Option<Value> {
+    Some(match v {
+        Meta::U8(x) => json!(x),
+        Meta::I8(x) => json!(x),
+        Meta::U16(x) => json!(x),
+        Meta::I16(x) => json!(x),
+        Meta::U32(x) => json!(x),
+        Meta::I32(x) => json!(x),
+        Meta::U64(x) => json!(x),
+        Meta::I64(x) => json!(x),
+        Meta::F32(x) => json!(x),
+        Meta::F64(x) => json!(x),
+        Meta::Bool(x) => json!(x),
+        Meta::String(s) => json!(s),
+        Meta::Array(_) => return None,
+    })
+}
+
+fn info(path: &Path, ctx: usize, as_json: bool) -> Result<(), Fail> {
+    let f = GgufFile::open(path)?;
+    let arch = f.architecture()?.to_string();
+    let cfg = Config::from_gguf(&f);
+    let tok = Tokenizer::from_gguf(&f);
+    // tensor types: count, elements, bytes
+    let mut types: std::collections::BTreeMap<String, (usize, u64, u64)> = Default::default();
+    let (mut params, mut weight_bytes) = (0u64, 0u64);
+    for t in f.tensors() {
+        let e = types.entry(t.ty.name().to_string()).or_default();
+        e.0 += 1;
+        e.1 += t.n_elements();
+        e.2 += t.n_bytes;
+        params += t.n_elements();
+        weight_bytes += t.n_bytes;
+    }
+    let meta: serde_json::Map<String, Value> = f.metadata().filter_map(|(k, v)| meta_json(v).map(|j| (k.to_string(), j))).collect();
+    let mut v = json!({
+        "file": path.display().to_string(),
+        "architecture": arch,
+        "supported": cfg.is_ok(),
+        "parameters": params,
+        "weight_bytes": weight_bytes,
+        "tensor_types": types.iter().map(|(k, (n, e, b))| json!({"type": k, "tensors": n, "elements": e, "bytes": b})).collect::<Vec<_>>(),
+        "chat_template": f.chat_template().ok().flatten(),
+        "metadata": meta,
+    });
+    match &cfg {
+        Ok(cfg) => {
+            let n_ctx = if ctx == 0 { cfg.n_ctx_train.min(4096) } else { ctx };
+            let kv = cfg.kv_bytes_per_position() * n_ctx;
+            let logits = cfg.n_vocab * 4;
+            v["context_length"] = json!(cfg.n_ctx_train);
+            v["model"] = json!({"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head, "n_head_kv": cfg.n_head_kv, "head_dim": cfg.head_dim, "n_ff": cfg.n_ff, "n_vocab": cfg.n_vocab, "sliding_window": cfg.sliding_window});
+            v["memory"] = json!({
+                "ctx": n_ctx,
+                "kv_cache_bytes": kv,
+                // the CPU reads the weights from the file's mapping
+                "cpu_bytes": weight_bytes as usize + kv + logits,
+                // a GPU holds its own copy; scratch buffers come on top
+                "gpu_bytes": weight_bytes as usize + kv + logits,
+            });
+        }
+        Err(e) => v["unsupported_reason"] = json!(e.to_string()),
+    }
+    if let Ok(tok) = &tok {
+        let sp = &tok.vocab.special;
+        let name = |id: Option<u32>| id.map(|i| json!({"id": i, "text": tok.vocab.tokens.get(i as usize)}));
+        v["tokenizer"] = json!({"kind": format!("{:?}", tok.vocab.kind), "pre": tok.vocab.pre, "n_vocab": tok.n_vocab(), "add_bos": tok.vocab.add_bos,
+            "special": {"bos": name(sp.bos), "eos": name(sp.eos), "eot": name(sp.eot), "pad": name(sp.pad), "unk": name(sp.unk), "sep": name(sp.sep)}});
+    }
+    let devices = |k: GpuKind| match k.device_count() {
+        Ok(n) => json!({"available": n > 0, "devices": n}),
+        Err(e) => json!({"available": false, "why": e.to_string()}),
+    };
+    v["backends"] = json!({"cpu": {"available": true, "threads": std::thread::available_parallelism().map_or(1, |n| n.get())}, "cuda": devices(GpuKind::Cuda), "hip": devices(GpuKind::Hip)});
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(());
+    }
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    println!("{}: {arch}, {:.1} M parameters, {:.1} MiB of weights", path.display(), params as f64 / 1e6, mib(weight_bytes));
+    if let Some(name) = f.get_str("general.name").ok().flatten() {
+        println!("  name             {name}");
+    }
+    match &cfg {
+        Ok(cfg) => {
+            println!("  layers           {} (embedding {}, heads {} / {} kv, head size {}, FFN {})", cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_head_kv, cfg.head_dim, cfg.n_ff);
+            println!("  context          {} trained", cfg.n_ctx_train);
+            let m = &v["memory"];
+            println!("  memory at ctx {}  KV cache {:.1} MiB; CPU {:.1} MiB (weights mapped from the file), GPU {:.1} MiB + scratch",
+                m["ctx"], mib(m["kv_cache_bytes"].as_u64().unwrap_or(0)), mib(m["cpu_bytes"].as_u64().unwrap_or(0)), mib(m["gpu_bytes"].as_u64().unwrap_or(0)));
+        }
+        Err(e) => println!("  not supported    {e}"),
+    }
+    println!("  tensor types");
+    let max = types.values().map(|t| t.2).max().unwrap_or(1).max(1);
+    for (k, (n, _, b)) in &types {
+        let bar = "#".repeat(((*b as f64 / max as f64) * 30.0).ceil() as usize);
+        println!("    {k:8} {n:4} tensors {:9.1} MiB  {bar}", mib(*b));
+    }
+    match &tok {
+        Ok(tok) => {
+            let sp = &tok.vocab.special;
+            let show = |id: Option<u32>| id.map_or("-".to_string(), |i| format!("{i} {:?}", tok.vocab.tokens.get(i as usize).map(String::as_str).unwrap_or("?")));
+            println!("  tokenizer        {:?} ({} tokens, pre {:?}), add BOS {}", tok.vocab.kind, tok.n_vocab(), tok.vocab.pre, tok.vocab.add_bos);
+            println!("  special tokens   bos {}, eos {}, eot {}, pad {}", show(sp.bos), show(sp.eos), show(sp.eot), show(sp.pad));
+        }
+        Err(e) => println!("  tokenizer        {e}"),
+    }
+    match f.chat_template().ok().flatten() {
+        Some(t) => println!("  chat template    {} bytes: {:?}…", t.len(), t.chars().take(70).collect::<String>()),
+        None => println!("  chat template    none (chat uses ChatML)"),
+    }
+    let b = &v["backends"];
+    let show = |x: &Value| match x["available"].as_bool() {
+        Some(true) => format!("{} device(s)", x["devices"]),
+        _ => format!("not available ({})", x["why"].as_str().unwrap_or("no device")),
+    };
+    println!("  backends         cpu ({} threads), cuda {}, hip {}", b["cpu"]["threads"], show(&b["cuda"]), show(&b["hip"]));
+    Ok(())
+}
