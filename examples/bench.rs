@@ -60,7 +60,8 @@ pub fn run(args: Vec<String>) {
         "{:45} {:28} {:>8} {:>12} {:>12} {:>9} {:>9} {:>10} {:>6}",
         "model", "backend", "load ms", format!("pp{pp} t/s"), if depth > 0 { format!("tg{tg}@d{depth}") } else { format!("tg{tg} t/s") }, "MB/token", "copy GB/s", "tg ceiling", "of it"
     );
-    let text = std::fs::read_to_string(format!("{root}/tests/fixtures/text/english.txt")).unwrap();
+    // in the binary (the CLI includes this file from elsewhere)
+    let text = include_str!("../tests/fixtures/text/english.txt");
     for path in &models {
         for b in &backends {
             let backend: BackendChoice = b.parse().unwrap_or_else(|e| panic!("{e}"));
@@ -74,7 +75,7 @@ pub fn run(args: Vec<String>) {
             };
             let load_ms = t0.elapsed().as_secs_f64() * 1e3;
             // the text's tokens, repeated to length pp (twins have random weights: any ids do)
-            let base = model.tokenizer.encode(&text, true, false);
+            let base = model.tokenizer.encode(text, true, false);
             let toks: Vec<u32> = base.iter().copied().cycle().take(pp.max(depth)).collect();
             let (mut pps, mut tgs) = (Vec::new(), Vec::new());
             for _ in 0..reps {

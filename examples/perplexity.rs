@@ -19,14 +19,14 @@ use rocmforge::engine::Session;
 pub fn run(args: Vec<String>) {
     // the default models: models/ here, else in the source tree
     let root = if std::path::Path::new("models").is_dir() { "." } else { env!("CARGO_MANIFEST_DIR") };
-    let (mut c, mut file) = (256usize, format!("{root}/tests/fixtures/text/english.txt"));
+    let (mut c, mut file) = (256usize, None);
     let mut all = false;
     let mut models = Vec::new();
     let mut args = args.into_iter();
     while let Some(a) = args.next() {
         match a.as_str() {
             "-c" => c = args.next().and_then(|v| v.parse().ok()).expect("-c N"),
-            "-f" => file = args.next().expect("-f FILE"),
+            "-f" => file = Some(args.next().expect("-f FILE")),
             "--all" => all = true,
             _ => models.push(a),
         }
@@ -37,7 +37,11 @@ pub fn run(args: Vec<String>) {
             .map(|m| format!("{root}/models/{m}"))
             .collect();
     }
-    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
+    // the default text is in the binary (the CLI includes this file from elsewhere)
+    let text = match &file {
+        Some(f) => std::fs::read_to_string(f).unwrap_or_else(|e| panic!("{f}: {e}")),
+        None => include_str!("../tests/fixtures/text/english.txt").to_string(),
+    };
     for path in models {
         let model = Model::load(&path, LoadOptions::default()).unwrap_or_else(|e| panic!("{path}: {e} (run `make models`)"));
         let bos = if model.tokenizer.vocab.add_bos { model.tokenizer.vocab.special.bos } else { None };

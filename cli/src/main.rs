@@ -176,21 +176,56 @@ enum Cmd {
         #[command(flatten)]
         args: rocmforge_server::ServeArgs,
     },
-    /// Measure throughput: prompt processing and generation per model (examples/bench's table),
-    /// or with --batched many sequences per step (examples/batched_bench's, llama-batched-bench's columns).
-    ///
-    /// Options after the subcommand go to the benchmark, e.g. `rocmforge bench --pp 512 --tg 128 M.gguf`
-    /// or `rocmforge bench --batched -m M.gguf -npl 1,8,32`; `rocmforge bench -- --help` lists them.
+    /// Measure throughput, with examples/bench's table (prompt processing and generation per model and
+    /// backend, as llama-bench), or with --batched examples/batched_bench's (many sequences per step,
+    /// llama-batched-bench's columns).
     Bench {
+        /// Models (default: the three test models under models/).
+        models: Vec<PathBuf>,
+        /// Many sequences per step instead of one.
         #[arg(long)]
         batched: bool,
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        /// Backends, comma-separated (cpu, cuda, hip); --batched takes one.
+        #[arg(long, default_value = "cpu")]
+        backend: String,
+        /// CPU threads.
+        #[arg(long, short = 't', default_value_t = 2)]
+        threads: usize,
+        /// Prompt tokens (per sequence with --batched).
+        #[arg(long, default_value_t = 128)]
+        pp: usize,
+        /// Generated tokens (per sequence with --batched).
+        #[arg(long, default_value_t = 64)]
+        tg: usize,
+        /// Tokens already in the context when generation is timed (not with --batched).
+        #[arg(long, default_value_t = 0)]
+        depth: usize,
+        /// Repetitions (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Batch sizes, comma-separated (with --batched).
+        #[arg(long, default_value = "1,4,8")]
+        npl: String,
+        /// Each decode step's time on stderr (with --batched).
+        #[arg(long)]
+        detail: bool,
+        /// Pick tokens from every logit on the host instead of the engine's top-1 (with --batched).
+        #[arg(long = "full-logits")]
+        full_logits: bool,
     },
-    /// Perplexity of a model over a text (examples/perplexity; its options follow).
+    /// Perplexity of models over a text, computed as llama.cpp's llama-perplexity does.
     Perplexity {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        /// Models (default: the three test models under models/).
+        models: Vec<PathBuf>,
+        /// Window size in tokens.
+        #[arg(short = 'c', long = "ctx", default_value_t = 256)]
+        ctx: usize,
+        /// The text (default: tests/fixtures/text/english.txt).
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Score every position after the first (not only the second half of each window).
+        #[arg(long)]
+        all: bool,
     },
     /// Tokenize text (the argument, or stdin) and print the token ids.
     Tokenize {
@@ -283,15 +318,36 @@ fn dispatch(cmd: Cmd) -> Result<(), Fail> {
             rocmforge_server::init_logging();
             rocmforge_server::serve_blocking(rocmforge_server::ServeOptions { model, args }).map_err(Fail::other)
         }
-        Cmd::Bench { batched, args } => {
-            match batched {
-                true => batched_bench_example::run(args),
-                false => bench_example::run(args),
+        Cmd::Bench { models, batched, backend, threads, pp, tg, depth, reps, npl, detail, full_logits } => {
+            let paths: Vec<String> = models.iter().map(|m| m.display().to_string()).collect();
+            let s = |x: &dyn ToString| x.to_string();
+            if batched {
+                if paths.is_empty() {
+                    return Err(Fail::usage("bench --batched needs a model"));
+                }
+                for m in paths {
+                    let mut a = vec![s(&"-m"), m, s(&"-npp"), s(&pp), s(&"-ntg"), s(&tg), s(&"-npl"), npl.clone(), s(&"-t"), s(&threads), s(&"--backend"), backend.clone(), s(&"--reps"), s(&reps)];
+                    a.extend(detail.then(|| s(&"--detail")));
+                    a.extend(full_logits.then(|| s(&"--full-logits")));
+                    batched_bench_example::run(a);
+                }
+            } else {
+                let mut a = vec![s(&"--threads"), s(&threads), s(&"--pp"), s(&pp), s(&"--tg"), s(&tg), s(&"--reps"), s(&reps), s(&"--depth"), s(&depth), s(&"--backend"), backend];
+                a.extend(paths);
+                bench_example::run(a);
             }
             Ok(())
         }
-        Cmd::Perplexity { args } => {
-            perplexity_example::run(args);
+        Cmd::Perplexity { models, ctx, file, all } => {
+            let mut a = vec!["-c".to_string(), ctx.to_string()];
+            if let Some(f) = file {
+                a.extend(["-f".to_string(), f.display().to_string()]);
+            }
+            if all {
+                a.push("--all".into());
+            }
+            a.extend(models.iter().map(|m| m.display().to_string()));
+            perplexity_example::run(a);
             Ok(())
         }
         Cmd::Tokenize { model, text, no_special, parse_special, json } => tokenize(&model, text, !no_special, parse_special, json),

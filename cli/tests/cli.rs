@@ -243,3 +243,23 @@ fn failures_have_their_exit_codes() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn bench_and_perplexity_print_the_examples_tables() {
+    let m = smollm2();
+    let m = m.to_str().unwrap();
+    let o = rf(&["bench", "--pp", "16", "--tg", "4", "--reps", "1", m]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(out.contains("pp16 t/s") && out.contains("tg4 t/s") && out.contains("SmolLM2-135M-Instruct.Q4_1.gguf"), "{out}");
+    let o = rf(&["bench", "--batched", "--pp", "8", "--tg", "4", "--npl", "1,2", "--reps", "1", m]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(out.contains("S_TG t/s"), "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("|     8 |      4 |")).count(), 2, "{out}");
+    let o = rf(&["perplexity", "-c", "64", m]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let ppl: f64 = out.split("PPL = ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{out}"));
+    assert!(ppl > 1.0 && ppl < 1000.0, "{out}");
+}
