@@ -127,7 +127,7 @@ models:
 # (model-sized tests are too slow unoptimised), plus the stub-feature builds.
 test: models check-features test-c test-bindings valgrind test-rust test-llama test-server test-cli
 
-test-rust:
+test-rust: $(LLAMA_SDIST)/.complete
 	$(CARGO) build --release --examples
 	$(CARGO) test --release --lib --tests -- --show-output
 	# the accurate 16-bit activation option, with its own (tighter) bounds

@@ -1862,8 +1862,8 @@ mod tests {
     use std::collections::BTreeSet;
 
     // the pinned sdist (scripts/fetch_llama_sdist.sh)
-    const LLAMA_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../vendor/llama-cpp-python-0.3.36/vendor/llama.cpp");
-    const PY_GRAMMARS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../vendor/llama-cpp-python-0.3.36/llama_cpp/llama_grammar.py");
+    const LLAMA_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/vendor/llama-cpp-python-0.3.36/vendor/llama.cpp");
+    const PY_GRAMMARS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/vendor/llama-cpp-python-0.3.36/llama_cpp/llama_grammar.py");
 
     /// JSON_GBNF from llama-cpp-python's llama_grammar.py (also checked
     /// against the file itself in `python_grammars_parse`).
@@ -1929,7 +1929,7 @@ ws ::= | " " | "\n" [ \t]{0,20}
     }
 
     fn read(path: &str) -> String {
-        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e} (the llama-cpp-python sdist: scripts/fetch_llama_sdist.sh)"))
     }
 
     /// `match_string` of test-grammar-integration.cpp: one piece per code
