@@ -686,7 +686,7 @@ mod gpu {
             let b = self.pool.alloc(w.len(), "test matrix").unwrap();
             let packed = ops::put_matrix(self.dev.rt.as_ref(), self.s, b.ptr, ty, cols, w, self.pack.get()).unwrap();
             self.dev.rt.stream_sync(self.s).unwrap();
-            let m = DevMatrix { ty, rows, cols, ptr: b.ptr, packed };
+            let m = DevMatrix { ty, rows, cols, ptr: b.ptr, packed, f16: 0 };
             (b, m)
         }
         /// Positions pos0 .. pos0 + n as the kernels read them (i32 per row).

@@ -71,6 +71,7 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 struct Uploader<'a> {
+    dev: &'a Device,
     pool: &'a Arc<MemPool>,
     s: Stream,
     f: &'a GgufFile,
@@ -78,6 +79,9 @@ struct Uploader<'a> {
     /// Regroup the matrices [`ops::packs`] takes (FORGE_NO_PACK=1: keep
     /// every matrix in its GGUF layout; for comparisons).
     pack: bool,
+    /// Keep a resident f16 copy of every projection matrix (see
+    /// [`f16_weights_wanted`]).
+    f16: bool,
 }
 
 impl Uploader<'_> {
@@ -114,11 +118,23 @@ impl Uploader<'_> {
         for m in ms {
             let bytes = m.bytes(self.f);
             packed = ops::put_matrix(self.pool.rt.as_ref(), self.s, b.ptr + off as u64, ty, cols, bytes, self.pack)?;
-            views.push(DevMatrix { ty, rows: m.rows, cols, ptr: b.ptr + off as u64, packed });
+            views.push(DevMatrix { ty, rows: m.rows, cols, ptr: b.ptr + off as u64, packed, f16: 0 });
             off += bytes.len();
         }
-        let all = DevMatrix { ty, rows: ms.iter().map(|m| m.rows).sum(), cols, ptr: b.ptr, packed };
+        let mut all = DevMatrix { ty, rows: ms.iter().map(|m| m.rows).sum(), cols, ptr: b.ptr, packed, f16: 0 };
         self.owned.push(b);
+        if self.f16 {
+            // the f16 copies of the views, one after another as the views are
+            let h = self.pool.alloc(all.rows * cols * 2, &format!("{} (f16 copy)", ms[0].name))?;
+            let mut r0 = 0;
+            for v in &mut views {
+                v.f16 = h.ptr + (r0 * cols * 2) as u64;
+                ops::dequant_to_f16(self.dev, self.s, v, v.f16)?;
+                r0 += v.rows;
+            }
+            all.f16 = h.ptr;
+            self.owned.push(h);
+        }
         Ok((views, all))
     }
     /// wq, wk, wv, stored in runs of one type (see `Layer::qkv_runs`).
@@ -137,6 +153,23 @@ impl Uploader<'_> {
     }
 }
 
+/// Whether the projection matrices get resident f16 copies: with
+/// `FORGE_F16_WEIGHTS=1` always, with `=0` never, and by default when the
+/// vendor BLAS is loaded and the copies take at most a quarter of the
+/// memory budget (the rest stays for the quantized weights, the KV cache
+/// and scratch). Batched steps then multiply them with no dequantization
+/// per step (`ops::matmul`); one-token decode keeps the quantized kernels.
+fn f16_weights_wanted(dev: &Device, pool: &MemPool, c: &Config, w: &Weights) -> bool {
+    match std::env::var("FORGE_F16_WEIGHTS").ok().as_deref() {
+        Some("1") | Some("on") | Some("true") => return dev.rt.has_blas(),
+        Some("0") | Some("off") | Some("false") => return false,
+        _ => {}
+    }
+    let mats = |l: &crate::model::weights::LayerWeights| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].into_iter().map(|m| m.rows * m.cols).sum::<usize>();
+    let elems: usize = w.layers.iter().map(mats).sum::<usize>() + c.n_vocab * c.n_embd;
+    dev.rt.has_blas() && elems * 2 <= pool.budget() / 4
+}
+
 impl GpuModel {
     /// Upload `w` (located in `f`) to `dev` under a memory budget of
     /// `budget` bytes (0 = most of the free memory).
@@ -152,8 +185,12 @@ impl GpuModel {
     }
 
     fn upload_on(dev: &Arc<Device>, pool: &Arc<MemPool>, s: Stream, c: &Config, w: &Weights, f: &GgufFile) -> Result<GpuModel> {
-        let mut up = Uploader { pool, s, f, owned: Vec::new(), pack: !crate::env_flag("FORGE_NO_PACK") };
+        let f16 = f16_weights_wanted(dev, pool, c, w);
+        let mut up = Uploader { dev, pool, s, f, owned: Vec::new(), pack: !crate::env_flag("FORGE_NO_PACK"), f16: false };
+        // the embedding is read a row at a time: an f16 copy only when it is the output too
+        up.f16 = f16 && c.tied_embeddings;
         let token_embd = up.matrix(&w.token_embd)?;
+        up.f16 = f16;
         let output = if c.tied_embeddings { token_embd } else { up.matrix(&w.output)? };
         let mut layers = Vec::with_capacity(c.n_layer);
         for (i, l) in w.layers.iter().enumerate() {
@@ -790,7 +827,7 @@ impl GpuExec {
             OutRows::All => (self.x.ptr, n),
             OutRows::Gather(g) => {
                 // the rows that want logits, side by side
-                let xm = DevMatrix { ty: crate::quant::GgmlType::F32, rows: n, cols: dim, ptr: self.x.ptr, packed: false };
+                let xm = DevMatrix { ty: crate::quant::GgmlType::F32, rows: n, cols: dim, ptr: self.x.ptr, packed: false, f16: 0 };
                 ops::get_rows(dev, s, &xm, lay.gather, self.branch.ptr, g.len(), 1.0)?;
                 (self.branch.ptr, g.len())
             }
@@ -833,7 +870,11 @@ impl GpuExec {
         let prods = projs.iter().map(|p| decode::Product::of(p.w, n, p.up.is_some(), norm.is_some())).collect::<Result<Vec<_>>>()?;
         let stores = projs.iter().all(|p| p.out == Out::Store);
         let prepared = prep.is_some() && norm.is_none();
-        match decode::plan(dev.rt.info(), &prods, prepared, stores, same_types) {
+        // matrices with resident f16 copies: several rows go to the vendor BLAS
+        let gemm = self.gemm.as_ref();
+        let resident = projs.iter().all(|p| ops::resident_gemm(dev, p.w, n, gemm) && p.up.map_or(true, |(u, _)| ops::resident_gemm(dev, u, n, gemm)));
+        let plan = if resident { decode::Plan::Gemm } else { decode::plan(dev.rt.info(), &prods, prepared, stores, same_types) };
+        match plan {
             decode::Plan::Pair => {
                 let [a, b] = projs else { unreachable!("a pair plan has two products") };
                 return decode::launch_pair(dev, s, a.w, b.w, x, norm, a.y, b.y);
@@ -872,7 +913,7 @@ impl GpuExec {
         };
         for p in projs {
             match p.up {
-                Some((u, _)) if ops::matvec_fits(dev, p.w.ty, cols, n) && u.ty == p.w.ty => {
+                Some((u, _)) if !resident && ops::matvec_fits(dev, p.w.ty, cols, n) && u.ty == p.w.ty => {
                     ops::matvec(dev, s, p.w, p.up, xin, p.y, n, p.out, None)?;
                 }
                 Some((u, act)) => {

@@ -45,6 +45,10 @@ pub struct DevMatrix {
     pub cols: usize,
     pub ptr: DevPtr,
     pub packed: bool,
+    /// A resident f16 copy of the matrix (rows × cols, row-major), or 0:
+    /// the vendor-BLAS path multiplies it with no dequantization per step
+    /// (see [`f16_min_rows`]).
+    pub f16: DevPtr,
 }
 
 impl DevMatrix {
@@ -384,11 +388,35 @@ pub enum MatmulPath {
     Tiled,
 }
 
-/// y (nt, rows) = / += X Wᵀ for any number of tokens: the matvec kernel for
-/// few tokens, else the vendor BLAS on W dequantized to f16 in slabs (when
-/// loaded and `scratch` is given), else the portable tiled kernel.
+/// The fewest rows for which a matrix with a resident f16 copy is
+/// multiplied by the vendor BLAS rather than the decode kernels
+/// (`FORGE_F16_MIN_ROWS`, at least 2; default 9: up to 8 rows the decode
+/// kernels' several-token forms read the quantized weights, above that
+/// BLAS on the f16 copy wins by 2–4×; docs/PERFORMANCE.md).
+pub fn f16_min_rows() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| std::env::var("FORGE_F16_MIN_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(9).max(2))
+}
+
+/// Whether `nt` rows of W go to the vendor BLAS over its resident f16 copy.
+pub fn resident_gemm(dev: &Device, w: &DevMatrix, nt: usize, scratch: Option<&GemmScratch>) -> bool {
+    w.f16 != 0 && nt >= f16_min_rows() && dev.rt.has_blas() && scratch.is_some_and(|sc| sc.x16_elems >= nt * w.cols)
+}
+
+/// y (nt, rows) = / += X Wᵀ for any number of tokens: the vendor BLAS over
+/// W's resident f16 copy when it has one (and `nt` ≥ [`f16_min_rows`]),
+/// else the matvec kernel for few tokens, else the vendor BLAS on W
+/// dequantized to f16 in slabs (when loaded and `scratch` is given), else
+/// the portable tiled kernel.
 pub fn matmul(dev: &Device, s: Stream, w: &DevMatrix, x: DevPtr, y: DevPtr, nt: usize, out: Out, scratch: Option<&GemmScratch>) -> Result<MatmulPath> {
     check(w)?;
+    if let Some(sc) = scratch.filter(|_| resident_gemm(dev, w, nt, scratch)) {
+        let n = nt * w.cols;
+        dev.launch(s, "f32_to_f16", grid_stride(n), &[Arg::Ptr(x), Arg::Ptr(sc.x16.ptr), Arg::U64(n as u64)])?;
+        let g = GemmF16 { m: w.rows, n: nt, k: w.cols, a: w.f16, b: sc.x16.ptr, c: y, ldc: w.rows, beta: if out == Out::Add { 1.0 } else { 0.0 } };
+        dev.rt.gemm_f16(s, &g)?;
+        return Ok(MatmulPath::Blas);
+    }
     if matvec_fits(dev, w.ty, w.cols, nt) {
         matvec(dev, s, w, None, x, y, nt, out, None)?;
         return Ok(MatmulPath::Matvec);
@@ -414,6 +442,14 @@ pub fn matmul(dev: &Device, s: Stream, w: &DevMatrix, x: DevPtr, y: DevPtr, nt: 
     let mode = if out == Out::Add { 1 } else { 0 };
     dev.launch(s, &format!("matmul_{sfx}"), dims, &[Arg::Ptr(w.ptr), Arg::Ptr(x), Arg::Ptr(y), Arg::I32(w.rows as i32), Arg::I32(w.cols as i32), Arg::I32(nt as i32), Arg::I32(mode)])?;
     Ok(MatmulPath::Tiled)
+}
+
+/// Write W's f16 copy to `out` (rows × cols f16): the dequantization the
+/// slab path does per step, done once.
+pub fn dequant_to_f16(dev: &Device, s: Stream, w: &DevMatrix, out: DevPtr) -> Result<()> {
+    check(w)?;
+    let sfx = w.suffix()?;
+    dev.launch(s, &format!("dequant_f16_{sfx}"), grid_stride(w.rows * w.cols / 32), &[Arg::Ptr(w.ptr), Arg::Ptr(out), Arg::I32(w.rows as i32), Arg::I32(w.cols as i32)])
 }
 
 fn grid_stride(n: usize) -> LaunchDims {
