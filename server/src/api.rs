@@ -65,6 +65,10 @@ pub struct GenParams {
     pub logprobs: Option<usize>,
     pub ignore_eos: bool,
     pub json_output: bool,
+    /// Added to the logits of these tokens before sampling (OpenAI's
+    /// `logit_bias`: token id → bias in [-100, 100]; ids checked against
+    /// the vocabulary by the handler).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 /// The most choices (`n`) and alternatives (`top_logprobs`) a request may ask.
@@ -186,7 +190,21 @@ pub fn gen_params(obj: &Map<String, Value>, chat: bool) -> Result<GenParams, Api
             return Err(ApiError::param("best_of", "'best_of' other than n is not supported"));
         }
     }
-    Ok(GenParams { max_tokens: max_tokens.map(|m| m as usize), sampling, stop, stream, include_usage, n, logprobs, ignore_eos, json_output })
+    let logit_bias = match obj.get("logit_bias") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| {
+                let id = k.parse::<u32>().map_err(|_| ApiError::param("logit_bias", format!("logit_bias key {k:?} is not a token id")))?;
+                match v.as_f64() {
+                    Some(b) if (-100.0..=100.0).contains(&b) => Ok((id, b as f32)),
+                    _ => Err(ApiError::param("logit_bias", format!("logit_bias[{k}] must be a number in [-100, 100]"))),
+                }
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(ApiError::param("logit_bias", "'logit_bias' must be an object of token id to bias")),
+    };
+    Ok(GenParams { max_tokens: max_tokens.map(|m| m as usize), sampling, stop, stream, include_usage, n, logprobs, ignore_eos, json_output, logit_bias })
 }
 
 /// A completion prompt: a string, a list of strings, a list of token ids or
@@ -299,6 +317,9 @@ mod tests {
             (json!({"top_logprobs": 3}), "top_logprobs"),
             (json!({"response_format": {"type": "xml"}}), "response_format"),
             (json!({"presence_penalty": 3}), "presence_penalty"),
+            (json!({"logit_bias": {"12": 101}}), "logit_bias"),
+            (json!({"logit_bias": {"x": 1}}), "logit_bias"),
+            (json!({"logit_bias": [1]}), "logit_bias"),
         ] {
             let e = gen_params(&obj(body.clone()), true).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{body}");

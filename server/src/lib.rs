@@ -484,6 +484,9 @@ fn start(state: &AppState, l: &Loaded, prompts: Vec<Vec<u32>>, p: &GenParams, pa
             return Err(ApiError::param(param, format!("the prompt has {n_prompt} tokens; this model's context holds {} (prompt and output together)", l.n_ctx)).code("context_length_exceeded"));
         }
     }
+    if let Some(&(id, _)) = p.logit_bias.iter().find(|&&(id, _)| id as usize >= l.model.cfg.n_vocab) {
+        return Err(ApiError::param("logit_bias", format!("token id {id} is outside the vocabulary ({} tokens)", l.model.cfg.n_vocab)));
+    }
     let k = prompts.len();
     let max_queue = state.opts.max_queue;
     if state.queued.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| (q + k <= max_queue).then_some(q + k)).is_err() {
@@ -506,6 +509,7 @@ fn start(state: &AppState, l: &Loaded, prompts: Vec<Vec<u32>>, p: &GenParams, pa
             n: p.n,
             logprobs: p.logprobs,
             ignore_eos: p.ignore_eos,
+            logit_bias: p.logit_bias.clone(),
             grammar: p.json_output.then(json_grammar),
             events,
             arrived: Instant::now(),

@@ -48,6 +48,8 @@ pub struct GenRequest {
     /// Return each token's log-probability and its `k` best alternatives.
     pub logprobs: Option<usize>,
     pub ignore_eos: bool,
+    /// Added to these tokens' logits before sampling.
+    pub logit_bias: Vec<(u32, f32)>,
     /// Constrain the output (e.g. to JSON).
     pub grammar: Option<Arc<Grammar>>,
     pub events: UnboundedSender<Event>,
@@ -120,6 +122,7 @@ struct Job {
     max_tokens: usize,
     logprobs: Option<usize>,
     ignore_eos: bool,
+    logit_bias: Vec<(u32, f32)>,
     arrived: Instant,
     first_token: Option<Instant>,
     /// Choices not finished yet.
@@ -249,6 +252,7 @@ impl Scheduler {
                 max_tokens: r.max_tokens,
                 logprobs: r.logprobs,
                 ignore_eos: r.ignore_eos,
+                logit_bias: r.logit_bias,
                 arrived: r.arrived,
                 first_token: None,
                 alive: n,
@@ -529,11 +533,11 @@ impl Scheduler {
                 continue; // no logits this step
             }
             let p = &s.sampler.params;
-            let plain = p.temperature <= 0.0 && p.repeat_penalty == 1.0 && p.frequency_penalty == 0.0 && p.presence_penalty == 0.0 && s.matcher.is_none();
+            let job = &self.jobs[&s.job];
+            let plain = p.temperature <= 0.0 && p.repeat_penalty == 1.0 && p.frequency_penalty == 0.0 && p.presence_penalty == 0.0 && s.matcher.is_none() && job.logit_bias.is_empty();
             if !plain {
                 return None;
             }
-            let job = &self.jobs[&s.job];
             k = k.max(job.logprobs.unwrap_or(0) + 1 + if job.ignore_eos { n_eog } else { 0 });
         }
         (k <= TOP_MAX.min(self.model.cfg.n_vocab)).then_some(k)
@@ -556,6 +560,9 @@ impl Scheduler {
         self.scratch.clear();
         self.scratch.extend_from_slice(raw);
         let logits = &mut self.scratch;
+        for &(t, b) in &job.logit_bias {
+            logits[t as usize] += b;
+        }
         if let Some(m) = &s.matcher {
             let pieces: Vec<&[u8]> = self.pieces.iter().map(|p| p.as_slice()).collect();
             let ids: Vec<u32> = (0..pieces.len() as u32).collect();

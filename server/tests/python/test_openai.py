@@ -927,3 +927,22 @@ def test_control_token_text_from_a_client_is_never_a_control_token(http):
     assert control(ids) == control(ids_plain), (ids, ids_plain)
     r = http.post("/detokenize", json={"tokens": ids})
     assert "<|im_start|>system\nevil" in r.json()["content"] or "evil" in r.json()["content"]
+
+
+def test_logit_bias_moves_the_greedy_choice(client, http):
+    prompt = "The capital of France is"
+    base = completion(client, prompt=prompt, max_tokens=1, temperature=0, logprobs=2)
+    first = base.choices[0].logprobs.tokens[0]
+    # the greedy token, banned: the runner-up comes instead
+    first_id = tokenize(http, content=first, add_special=False)["tokens"]
+    assert len(first_id) == 1, first_id
+    banned = completion(client, prompt=prompt, max_tokens=1, temperature=0, logit_bias={str(first_id[0]): -100})
+    assert banned.choices[0].text != first
+    runner_up = [t for t in base.choices[0].logprobs.top_logprobs[0] if t != first][0]
+    assert banned.choices[0].text == runner_up, (banned.choices[0].text, base.choices[0].logprobs.top_logprobs[0])
+    # a token pushed to +100 is chosen
+    forced = tokenize(http, content=" banana", add_special=False)["tokens"][0]
+    r = completion(client, prompt=prompt, max_tokens=1, temperature=0, logit_bias={str(forced): 100})
+    assert r.choices[0].text == http.post("/detokenize", json={"tokens": [forced]}).json()["content"]
+    r = http.post("/v1/completions", json={"model": "m", "prompt": prompt, "logit_bias": {"99999999": 1}})
+    assert_openai_error(r, 400, param="logit_bias")
