@@ -398,9 +398,21 @@ pub fn f16_min_rows() -> usize {
     *N.get_or_init(|| std::env::var("FORGE_F16_MIN_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(9).max(2))
 }
 
+/// [`f16_min_rows`] for wide matrices (at least [`F16_WIDE_COLS`] columns),
+/// whose several-token decode kernels are compute-bound sooner
+/// (`FORGE_F16_MIN_ROWS_WIDE`, default 4).
+pub fn f16_min_rows_wide() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| std::env::var("FORGE_F16_MIN_ROWS_WIDE").ok().and_then(|v| v.parse().ok()).unwrap_or(4).max(2))
+}
+
+/// Columns from which a matrix counts as wide for [`f16_min_rows_wide`].
+pub const F16_WIDE_COLS: usize = 2048;
+
 /// Whether `nt` rows of W go to the vendor BLAS over its resident f16 copy.
 pub fn resident_gemm(dev: &Device, w: &DevMatrix, nt: usize, scratch: Option<&GemmScratch>) -> bool {
-    w.f16 != 0 && nt >= f16_min_rows() && dev.rt.has_blas() && scratch.is_some_and(|sc| sc.x16_elems >= nt * w.cols)
+    let min = if w.cols >= F16_WIDE_COLS { f16_min_rows_wide() } else { f16_min_rows() };
+    w.f16 != 0 && nt >= min && dev.rt.has_blas() && scratch.is_some_and(|sc| sc.x16_elems >= nt * w.cols)
 }
 
 /// y (nt, rows) = / += X Wᵀ for any number of tokens: the vendor BLAS over
