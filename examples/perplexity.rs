@@ -65,6 +65,10 @@ pub fn run(args: Vec<String>) {
                 count += 1;
             }
         }
+        if count == 0 {
+            eprintln!("{path}: no position was scored: the text has {} tokens, fewer than one window of -c {c}", toks.len());
+            std::process::exit(2);
+        }
         let name = path.rsplit('/').next().unwrap();
         println!(
             "{name:45} c={c}  {count} scored tokens  PPL = {:.4}  ({}, cpu kernels {})",

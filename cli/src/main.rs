@@ -294,6 +294,12 @@ impl Fail {
 }
 
 fn main() -> ExitCode {
+    // a closed pipe (`rocmforge run ... | head`) ends the program quietly,
+    // as for other command-line tools, instead of a write error per token
+    // SAFETY: restoring the default disposition of a signal.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match dispatch(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
@@ -312,14 +318,29 @@ fn dispatch(cmd: Cmd) -> Result<(), Fail> {
         Cmd::Run { model, prompt, n_predict, chat, raw, stop, json, common, sampling } => run(&model, prompt, n_predict, chat, raw, stop, json, &common, &sampling),
         Cmd::Chat { model, system, n_predict, chat_template_file, common, sampling } => chat(&model, system, n_predict, chat_template_file.as_deref(), &common, &sampling),
         Cmd::Serve { model, args } => {
-            if !model.is_file() {
-                return Err(Error::Io { path: model.display().to_string(), source: std::io::ErrorKind::NotFound.into() }.into());
-            }
+            // what the server would fail on while loading, with its exit code, first
+            let common = Common { backend: args.backend.clone(), gpu: args.gpu, threads: args.threads, ctx: args.ctx_size };
+            check_backend(&backend(&common)?)?;
+            let f = GgufFile::open(&model)?;
+            Config::from_gguf(&f)?;
+            Tokenizer::from_gguf(&f)?;
             rocmforge_server::init_logging();
             rocmforge_server::serve_blocking(rocmforge_server::ServeOptions { model, args }).map_err(Fail::other)
         }
         Cmd::Bench { models, batched, backend, threads, pp, tg, depth, reps, npl, detail, full_logits } => {
-            let paths: Vec<String> = models.iter().map(|m| m.display().to_string()).collect();
+            if pp == 0 || tg == 0 || reps == 0 {
+                return Err(Fail::usage("--pp, --tg and --reps must be at least 1"));
+            }
+            let sizes: Vec<usize> = npl.split(',').map(|x| x.trim().parse::<usize>().ok().filter(|&n| n > 0)).collect::<Option<_>>().ok_or_else(|| Fail::usage(format!("--npl {npl:?}: batch sizes are positive integers, comma-separated")))?;
+            if batched && backend.contains(',') {
+                return Err(Fail::usage("bench --batched takes one backend"));
+            }
+            for b in backend.split(',') {
+                let choice: BackendChoice = b.parse().map_err(|e: Error| Fail::usage(e.to_string()))?;
+                check_backend(&choice)?;
+            }
+            let paths = model_paths(&models)?;
+            let npl = sizes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",");
             let s = |x: &dyn ToString| x.to_string();
             if batched {
                 if paths.is_empty() {
@@ -339,14 +360,19 @@ fn dispatch(cmd: Cmd) -> Result<(), Fail> {
             Ok(())
         }
         Cmd::Perplexity { models, ctx, file, all } => {
+            if ctx < 2 {
+                return Err(Fail::usage("-c must be at least 2"));
+            }
             let mut a = vec!["-c".to_string(), ctx.to_string()];
             if let Some(f) = file {
+                std::fs::read_to_string(&f).map_err(|e| Fail { code: exit::NOT_FOUND, msg: format!("{}: {e}", f.display()), hint: Some("-f takes a UTF-8 text file") })?;
                 a.extend(["-f".to_string(), f.display().to_string()]);
             }
+            let models = model_paths(&models)?;
             if all {
                 a.push("--all".into());
             }
-            a.extend(models.iter().map(|m| m.display().to_string()));
+            a.extend(models);
             perplexity_example::run(a);
             Ok(())
         }
@@ -365,6 +391,34 @@ fn backend(c: &Common) -> Result<BackendChoice, Fail> {
         b => format!("{b}:{}", c.gpu),
     };
     spec.parse().map_err(|e: Error| Fail::usage(e.to_string()))
+}
+
+/// A GPU backend that is not compiled in or has no device is refused
+/// before anything runs (exit code 6).
+fn check_backend(choice: &BackendChoice) -> Result<(), Fail> {
+    if let BackendChoice::Gpu(kind, index) = *choice {
+        let n = kind.device_count()?;
+        if index >= n {
+            return Err(Error::BackendUnavailable(format!("{kind:?} device {index} asked for; {n} present")).into());
+        }
+    }
+    Ok(())
+}
+
+/// The models given (each opened and checked, for its exit code), or the
+/// three test models of the source tree.
+fn model_paths(models: &[PathBuf]) -> Result<Vec<String>, Fail> {
+    let models: Vec<PathBuf> = if models.is_empty() {
+        let dir = [PathBuf::from("models"), PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models"))].into_iter().find(|d| d.is_dir()).unwrap_or_else(|| PathBuf::from("models"));
+        ["SmolLM2-135M-Instruct.Q4_1.gguf", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "gemma-3-270m-q4_k_m.gguf"].iter().map(|m| dir.join(m)).collect()
+    } else {
+        models.to_vec()
+    };
+    for m in &models {
+        let f = GgufFile::open(m)?;
+        Config::from_gguf(&f)?;
+    }
+    Ok(models.iter().map(|m| m.display().to_string()).collect())
 }
 
 /// Load a model with a progress bar on stderr (when it is a terminal)
@@ -472,11 +526,18 @@ fn run(path: &Path, prompt: Option<String>, n: usize, as_chat: bool, raw: bool, 
     Ok(())
 }
 
-/// Set by SIGINT during `chat`: the answer in progress stops.
+/// Set by SIGINT during `chat`: the answer in progress stops. A second
+/// Ctrl-C before the answer has stopped ends the program, as usual.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_sigint(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
+    if INTERRUPTED.swap(true, Ordering::SeqCst) {
+        // SAFETY: signal() and raise() are async-signal-safe.
+        unsafe {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::raise(libc::SIGINT);
+        }
+    }
 }
 
 fn chat(path: &Path, system: Option<String>, n: usize, template_file: Option<&Path>, c: &Common, s: &Sampling) -> Result<(), Fail> {
@@ -498,13 +559,21 @@ fn chat(path: &Path, system: Option<String>, n: usize, template_file: Option<&Pa
         eprintln!("chat: /reset, /system TEXT, /save FILE, /exit; Ctrl-C stops an answer, Ctrl-D quits");
     }
     let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
+    let mut input = stdin.lock();
+    let mut raw = Vec::new();
     loop {
         if interactive {
             eprint!("> ");
         }
-        let Some(line) = lines.next() else { break };
-        let line = line.map_err(|e| Fail::other(format!("reading stdin: {e}")))?;
+        raw.clear();
+        match input.read_until(b'\n', &mut raw) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Err(Fail::other(format!("reading stdin: {e}"))),
+        }
+        // after a Ctrl-C at the prompt, the next answer starts afresh
+        INTERRUPTED.store(false, Ordering::SeqCst);
+        let line = String::from_utf8_lossy(&raw);
         let line = line.trim();
         if line.is_empty() {
             continue;
@@ -515,6 +584,7 @@ fn chat(path: &Path, system: Option<String>, n: usize, template_file: Option<&Pa
                 messages.retain(|m| m["role"] == "system");
                 session.kv_keep(0)?;
                 cached.clear();
+                sampler = Sampler::new(s.params());
                 eprintln!("(the conversation is cleared)");
                 continue;
             }
@@ -549,6 +619,11 @@ fn chat(path: &Path, system: Option<String>, n: usize, template_file: Option<&Pa
                 continue;
             }
         };
+        if ids.is_empty() {
+            eprintln!("(the chat template rendered nothing for this conversation)");
+            messages.pop();
+            continue;
+        }
         // reuse what the cache holds of this prompt; feed the rest
         let common = cached.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
         session.kv_keep(common)?;
@@ -571,8 +646,10 @@ fn chat(path: &Path, system: Option<String>, n: usize, template_file: Option<&Pa
                     session.kv_keep(0)?;
                     cached.clear();
                 }
-                if g.reason == StopReason::Callback {
-                    eprintln!("(interrupted)");
+                match g.reason {
+                    StopReason::Callback => eprintln!("(interrupted)"),
+                    StopReason::ContextFull => eprintln!("(the context is full: /reset starts over)"),
+                    _ => {}
                 }
                 let secs = t0.elapsed().as_secs_f64();
                 if interactive {
@@ -586,7 +663,13 @@ fn chat(path: &Path, system: Option<String>, n: usize, template_file: Option<&Pa
                 session.kv_keep(0)?;
                 cached.clear();
             }
-            Err(e) => return Err(e.into()),
+            // the conversation survives a failed answer (it can still be saved)
+            Err(e) => {
+                eprintln!("(this answer failed: {e})");
+                messages.pop();
+                session.kv_keep(0)?;
+                cached.clear();
+            }
         }
     }
     Ok(())
@@ -628,6 +711,9 @@ fn meta_json(v: &Meta) -> Option<Value> {
 }
 
 fn info(path: &Path, ctx: usize, as_json: bool) -> Result<(), Fail> {
+    if ctx > rocmforge::model::MAX_CTX {
+        return Err(Fail::usage(format!("--ctx {ctx} is more than {}", rocmforge::model::MAX_CTX)));
+    }
     let f = GgufFile::open(path)?;
     let arch = f.architecture()?.to_string();
     let cfg = Config::from_gguf(&f);
@@ -657,8 +743,11 @@ fn info(path: &Path, ctx: usize, as_json: bool) -> Result<(), Fail> {
     match &cfg {
         Ok(cfg) => {
             let n_ctx = if ctx == 0 { cfg.n_ctx_train.min(4096) } else { ctx };
-            let kv = cfg.kv_bytes_per_position() * n_ctx;
+            // the KV pool holds whole blocks of 16 positions, and one more for copy-on-write
+            let kv = cfg.kv_bytes_per_position() * (n_ctx.div_ceil(16) + 1) * 16;
             let logits = cfg.n_vocab * 4;
+            // the resident f16 copies a GPU keeps for batched products when they fit
+            let f16_copies: usize = f.tensors().iter().filter(|t| t.dims.len() == 2 && (t.name.starts_with("blk.") || t.name == "output.weight")).map(|t| t.n_elements() as usize * 2).sum();
             v["context_length"] = json!(cfg.n_ctx_train);
             v["model"] = json!({"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head, "n_head_kv": cfg.n_head_kv, "head_dim": cfg.head_dim, "n_ff": cfg.n_ff, "n_vocab": cfg.n_vocab, "sliding_window": cfg.sliding_window});
             v["memory"] = json!({
@@ -668,6 +757,8 @@ fn info(path: &Path, ctx: usize, as_json: bool) -> Result<(), Fail> {
                 "cpu_bytes": weight_bytes as usize + kv + logits,
                 // a GPU holds its own copy; scratch buffers come on top
                 "gpu_bytes": weight_bytes as usize + kv + logits,
+                // batched products on a GPU: f16 copies of the projections, when they fit a quarter of the memory
+                "gpu_f16_copies_bytes": f16_copies,
             });
         }
         Err(e) => v["unsupported_reason"] = json!(e.to_string()),
@@ -697,8 +788,8 @@ fn info(path: &Path, ctx: usize, as_json: bool) -> Result<(), Fail> {
             println!("  layers           {} (embedding {}, heads {} / {} kv, head size {}, FFN {})", cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_head_kv, cfg.head_dim, cfg.n_ff);
             println!("  context          {} trained", cfg.n_ctx_train);
             let m = &v["memory"];
-            println!("  memory at ctx {}  KV cache {:.1} MiB; CPU {:.1} MiB (weights mapped from the file), GPU {:.1} MiB + scratch",
-                m["ctx"], mib(m["kv_cache_bytes"].as_u64().unwrap_or(0)), mib(m["cpu_bytes"].as_u64().unwrap_or(0)), mib(m["gpu_bytes"].as_u64().unwrap_or(0)));
+            println!("  memory at ctx {}  KV cache {:.1} MiB; CPU {:.1} MiB (weights mapped from the file), GPU {:.1} MiB + scratch (+ {:.1} MiB of f16 copies when they fit)",
+                m["ctx"], mib(m["kv_cache_bytes"].as_u64().unwrap_or(0)), mib(m["cpu_bytes"].as_u64().unwrap_or(0)), mib(m["gpu_bytes"].as_u64().unwrap_or(0)), mib(m["gpu_f16_copies_bytes"].as_u64().unwrap_or(0)));
         }
         Err(e) => println!("  not supported    {e}"),
     }
