@@ -37,7 +37,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use api::{ApiError, GenParams, Prompt};
 use metrics::Metrics;
-use sched::{Event, Finish, GenRequest, SchedOptions, Scheduler, TokenLogprob};
+use sched::{EmbedRequest, Event, Finish, GenRequest, SchedOptions, Scheduler, TokenLogprob, Work};
 pub use template::ChatTemplate;
 
 /// The server's settings besides the model (the command line of
@@ -122,7 +122,7 @@ struct Loaded {
     name: String,
     n_ctx: usize,
     template: ChatTemplate,
-    tx: Mutex<Option<mpsc::Sender<GenRequest>>>,
+    tx: Mutex<Option<mpsc::Sender<Work>>>,
 }
 
 struct AppState {
@@ -288,6 +288,7 @@ fn router(state: Shared) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
+        .route("/v1/embeddings", post(embeddings))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
@@ -514,7 +515,7 @@ fn start(state: &AppState, l: &Loaded, prompts: Vec<Vec<u32>>, p: &GenParams, pa
             events,
             arrived: Instant::now(),
         };
-        if tx.as_ref().is_none_or(|tx| tx.send(req).is_err()) {
+        if tx.as_ref().is_none_or(|tx| tx.send(Work::Generate(req)).is_err()) {
             // the ones not sent give their places back (those sent are
             // dropped by the engine thread when their channels close)
             state.queued.fetch_sub(k - i, Ordering::SeqCst);
@@ -756,6 +757,74 @@ fn stream_response(started: Vec<Started>, p: GenParams, model: String, id: Strin
     Sse::new(stream::iter(head).chain(body)).keep_alive(KeepAlive::new().interval(Duration::from_secs(2)).text("keep-alive"))
 }
 
+/// `POST /v1/embeddings`: each input's final hidden state (after the output
+/// norm), mean-pooled over its tokens and L2-normalized; floats or base64
+/// of little-endian f32. The engine computes them between two steps.
+async fn embeddings(State(state): State<Shared>, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ApiError> {
+    let l = ready(&state)?;
+    let obj = body_object(body)?;
+    let inputs: Vec<Vec<u32>> = api::prompts(obj.get("input"), l.model.cfg.n_vocab)
+        .map_err(|e| ApiError { param: Some("input".into()), message: e.message.replace("'prompt'", "'input'"), ..e })?
+        .into_iter()
+        .map(|p| text_tokens(l, p))
+        .collect();
+    for (i, t) in inputs.iter().enumerate() {
+        if t.is_empty() {
+            return Err(ApiError::param("input", format!("input {i} has no tokens")));
+        }
+        if t.len() > l.n_ctx {
+            return Err(ApiError::param("input", format!("input {i} has {} tokens; this model's context holds {}", t.len(), l.n_ctx)).code("context_length_exceeded"));
+        }
+    }
+    let base64 = match obj.get("encoding_format").and_then(Value::as_str) {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(f) => return Err(ApiError::param("encoding_format", format!("encoding_format {f:?} is not float or base64"))),
+    };
+    let dim = l.model.cfg.n_embd;
+    if let Some(d) = obj.get("dimensions").filter(|v| !v.is_null()) {
+        if d.as_u64() != Some(dim as u64) {
+            return Err(ApiError::param("dimensions", format!("this model's embeddings have {dim} dimensions")));
+        }
+    }
+    let n_tokens: usize = inputs.iter().map(Vec::len).sum();
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    let tx = l.tx.lock().clone();
+    if tx.as_ref().is_none_or(|tx| tx.send(Work::Embed(EmbedRequest { inputs, normalize: true, reply })).is_err()) {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable_error", "the server is shutting down"));
+    }
+    let vecs = match rx.await {
+        Ok(Ok(v)) => v,
+        Ok(Err(rocmforge::Error::Unsupported(m))) | Ok(Err(rocmforge::Error::BackendUnavailable(m))) => {
+            return Err(ApiError::new(StatusCode::NOT_IMPLEMENTED, "invalid_request_error", format!("embeddings are not available on this backend: {m}")).code("not_supported"))
+        }
+        Ok(Err(e)) => return Err(ApiError::internal(format!("the engine failed: {e}"))),
+        Err(_) => return Err(ApiError::internal("the engine stopped")),
+    };
+    let data: Vec<Value> = vecs
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let e = if base64 { json!(b64(&v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())) } else { json!(v) };
+            json!({"object": "embedding", "index": i, "embedding": e})
+        })
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data, "model": l.name, "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})))
+}
+
+/// Standard base64 with padding (RFC 4648), for `encoding_format: base64`.
+fn b64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        for k in 0..4 {
+            out.push(if k <= c.len() { A[(n >> (18 - 6 * k)) as usize & 63] as char } else { '=' });
+        }
+    }
+    out
+}
+
 async fn tokenize(State(state): State<Shared>, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ApiError> {
     let l = ready(&state)?;
     let obj = body_object(body)?;
@@ -788,6 +857,13 @@ async fn detokenize(State(state): State<Shared>, body: Result<Bytes, BytesReject
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_is_rfc_4648() {
+        for (raw, enc) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")] {
+            assert_eq!(b64(raw.as_bytes()), enc);
+        }
+    }
 
     #[test]
     fn placeholders_round_trip_and_mark_the_client_text() {

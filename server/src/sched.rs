@@ -56,6 +56,20 @@ pub struct GenRequest {
     pub arrived: Instant,
 }
 
+/// An embeddings request: each input's final hidden states, mean-pooled
+/// (and L2-normalized when asked), sent back through `reply`.
+pub struct EmbedRequest {
+    pub inputs: Vec<Vec<u32>>,
+    pub normalize: bool,
+    pub reply: tokio::sync::oneshot::Sender<Result<Vec<Vec<f32>>, rocmforge::Error>>,
+}
+
+/// What the HTTP side sends the engine thread.
+pub enum Work {
+    Generate(GenRequest),
+    Embed(EmbedRequest),
+}
+
 /// A token's log-probability (under the model's distribution, before
 /// penalties and truncation) and the best alternatives.
 #[derive(Debug, Clone)]
@@ -193,7 +207,7 @@ impl Scheduler {
     }
 
     /// Serve until the channel closes and every request is finished.
-    pub fn run(mut self, rx: Receiver<GenRequest>) {
+    pub fn run(mut self, rx: Receiver<Work>) {
         let mut open = true;
         loop {
             // take new work; wait for it only when idle
@@ -221,7 +235,9 @@ impl Scheduler {
                     None
                 };
                 match got {
-                    Some(r) => self.submit(r),
+                    Some(Work::Generate(r)) => self.submit(r),
+                    // embeddings run at once, between two steps
+                    Some(Work::Embed(r)) => self.embed(r),
                     None => break,
                 }
             }
@@ -275,6 +291,64 @@ impl Scheduler {
             n_gen: 0,
             last_token: None,
         });
+    }
+
+    fn embed(&mut self, r: EmbedRequest) {
+        if r.reply.is_closed() {
+            return;
+        }
+        let prev = self.engine.output();
+        let res = self.engine.set_output(Output::Hidden).and_then(|()| {
+            let mut out = Vec::with_capacity(r.inputs.len());
+            for ids in &r.inputs {
+                out.push(self.embed_one(ids, r.normalize)?);
+            }
+            Ok(out)
+        });
+        if let Err(e) = self.engine.set_output(prev) {
+            tracing::error!("cannot restore the engine's output: {e}");
+        }
+        let _ = r.reply.send(res);
+    }
+
+    /// One input's mean-pooled final hidden state, its prompt fed in
+    /// chunks of the step budget on a sequence of its own.
+    fn embed_one(&mut self, ids: &[u32], normalize: bool) -> rocmforge::Result<Vec<f32>> {
+        let d = self.model.cfg.n_embd;
+        let seq = self.engine.add_seq()?;
+        let mut sum = vec![0f64; d];
+        let mut done = 0;
+        let fed = loop {
+            if done == ids.len() {
+                break Ok(());
+            }
+            let n = (ids.len() - done).min(self.opts.batch_tokens);
+            let rows: Vec<BatchRow> = (0..n).map(|k| BatchRow { seq, token: ids[done + k], pos: done + k, logits: true }).collect();
+            let r = self.engine.decode(&rows);
+            // generating sequences the pool made room from are recomputed later
+            self.requeue_preempted();
+            if let Err(e) = r {
+                break Err(e);
+            }
+            for k in 0..n {
+                if let Some(h) = self.engine.hidden(k) {
+                    for (a, &x) in sum.iter_mut().zip(h) {
+                        *a += x as f64;
+                    }
+                }
+            }
+            done += n;
+        };
+        let _ = self.engine.remove_seq(seq);
+        fed?;
+        let mut v: Vec<f32> = sum.iter().map(|&x| (x / ids.len().max(1) as f64) as f32).collect();
+        if normalize {
+            let norm = v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
+            if norm > 0.0 {
+                v.iter_mut().for_each(|x| *x = (*x as f64 / norm) as f32);
+            }
+        }
+        Ok(v)
     }
 
     /// Forget the work of clients that went away, and free their sequences.

@@ -946,3 +946,34 @@ def test_logit_bias_moves_the_greedy_choice(client, http):
     assert r.choices[0].text == http.post("/detokenize", json={"tokens": [forced]}).json()["content"]
     r = http.post("/v1/completions", json={"model": "m", "prompt": prompt, "logit_bias": {"99999999": 1}})
     assert_openai_error(r, 400, param="logit_bias")
+
+
+def test_embeddings(client, http):
+    import base64
+    import math
+    import struct
+    from openai.types import CreateEmbeddingResponse
+    texts = ["The cat sat on the mat.", "A stock market report for Tuesday.", "The cat sat on the mat."]
+    r = client.embeddings.create(model="m", input=texts)
+    CreateEmbeddingResponse.model_validate(r.model_dump())
+    vecs = [d.embedding for d in r.data]
+    assert [d.index for d in r.data] == [0, 1, 2]
+    dim = len(vecs[0])
+    assert dim == 576 and all(len(v) == dim for v in vecs)  # SmolLM2's n_embd
+    for v in vecs:
+        assert abs(math.sqrt(sum(x * x for x in v)) - 1.0) < 1e-4
+    assert vecs[0] == vecs[2], "the same text, the same vector"
+    cos = sum(a * b for a, b in zip(vecs[0], vecs[1]))
+    assert cos < 0.9999, cos
+    counts = sum(tokenize(http, content=t)["count"] for t in texts)
+    assert r.usage.prompt_tokens == counts == r.usage.total_tokens
+    # token ids, and base64 of little-endian f32
+    ids = tokenize(http, content=texts[0])["tokens"]
+    raw = http.post("/v1/embeddings", json={"model": "m", "input": ids, "encoding_format": "base64"}).json()
+    b = base64.b64decode(raw["data"][0]["embedding"])
+    got = list(struct.unpack(f"<{dim}f", b))
+    assert max(abs(x - y) for x, y in zip(got, vecs[0])) < 1e-6
+    # bad inputs
+    assert_openai_error(http.post("/v1/embeddings", json={"model": "m", "input": []}), 400, param="input")
+    assert_openai_error(http.post("/v1/embeddings", json={"model": "m", "input": "x", "dimensions": 7}), 400, param="dimensions")
+    assert_openai_error(http.post("/v1/embeddings", json={"model": "m", "input": "x", "encoding_format": "hex"}), 400, param="encoding_format")
