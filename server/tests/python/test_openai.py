@@ -977,3 +977,19 @@ def test_embeddings(client, http):
     assert_openai_error(http.post("/v1/embeddings", json={"model": "m", "input": []}), 400, param="input")
     assert_openai_error(http.post("/v1/embeddings", json={"model": "m", "input": "x", "dimensions": 7}), 400, param="dimensions")
     assert_openai_error(http.post("/v1/embeddings", json={"model": "m", "input": "x", "encoding_format": "hex"}), 400, param="encoding_format")
+
+
+def test_chat_template_file_overrides_the_gguf_template(start_server, tmp_path):
+    tpl = tmp_path / "tpl.jinja"
+    tpl.write_text("{% for m in messages %}<|im_start|>{{ m['role'] | upper }}: {{ m['content'] }}<|im_end|>\n{% endfor %}"
+                   "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    s = start_server(["--chat-template-file", str(tpl), "--parallel", "1"])
+    with s.http() as h:
+        msgs = [{"role": "user", "content": "Hello there"}]
+        ids = tokenize(h, messages=msgs)["tokens"]
+        text = h.post("/detokenize", json={"tokens": ids}).json()["content"]
+        assert "USER: Hello there" in text, text
+        r = h.post("/v1/chat/completions", json={"model": "m", "messages": msgs, "max_tokens": 4, "temperature": 0})
+        assert r.status_code == 200, r.text
+        assert ChatCompletion.model_validate(r.json()).usage.prompt_tokens == len(ids)
+    s.stop()
