@@ -454,21 +454,13 @@ fn read_stdin() -> Result<String, Fail> {
     Ok(s.trim_end_matches(['\n', '\r']).to_string())
 }
 
-/// The template to chat with: the file given, the model's, or ChatML.
+/// The template to chat with: the file given, the model's, or ChatML (the
+/// server's choice, shared).
 fn template(model: &Model, file: Option<&Path>) -> Result<rocmforge_server::ChatTemplate, Fail> {
-    let tok = &model.tokenizer;
-    let text = |id: Option<u32>| id.and_then(|i| tok.vocab.tokens.get(i as usize)).cloned().unwrap_or_default();
-    let source = match file {
-        Some(p) => std::fs::read_to_string(p).map_err(|e| Fail::usage(format!("{}: {e}", p.display())))?,
-        None => match model.file.chat_template().ok().flatten() {
-            Some(t) => t.to_string(),
-            None => {
-                eprintln!("the model has no chat template: using ChatML");
-                rocmforge_server::template::CHATML.to_string()
-            }
-        },
-    };
-    rocmforge_server::ChatTemplate::new(&source, &text(tok.vocab.special.bos), &text(tok.vocab.special.eos)).map_err(|e| Fail::other(format!("the chat template does not compile: {e}")))
+    if model.file.chat_template().ok().flatten().is_none() && file.is_none() {
+        eprintln!("the model has no chat template: using ChatML");
+    }
+    rocmforge_server::chat_template(model, file).map_err(|e| Fail { code: if file.is_some() { exit::USAGE } else { exit::FAILURE }, msg: e, hint: None })
 }
 
 fn stop_name(r: StopReason) -> &'static str {

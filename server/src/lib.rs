@@ -151,11 +151,11 @@ fn backend_choice(name: &str, gpu: usize) -> Result<BackendChoice, String> {
 }
 
 /// The chat template to use: the file given, else the GGUF's, else ChatML.
-fn chat_template(opts: &ServeOptions, model: &Model) -> Result<ChatTemplate, String> {
+pub fn chat_template(model: &Model, file: Option<&std::path::Path>) -> Result<ChatTemplate, String> {
     let tok = &model.tokenizer;
     let text = |id: Option<u32>| id.and_then(|i| tok.vocab.tokens.get(i as usize)).cloned().unwrap_or_default();
     let (bos, eos) = (text(tok.vocab.special.bos), text(tok.vocab.special.eos));
-    let source = match &opts.chat_template_file {
+    let source = match file {
         Some(p) => std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?,
         None => match model.file.chat_template().ok().flatten() {
             Some(t) => t.to_string(),
@@ -173,7 +173,7 @@ fn load(state: &AppState) -> Result<(Loaded, std::thread::JoinHandle<()>), Strin
     let o = &state.opts;
     let backend = backend_choice(&o.backend, o.gpu)?;
     let model = Model::load(&o.model, LoadOptions { n_threads: o.threads, backend, ..Default::default() }).map_err(|e| format!("cannot load {}: {e}", o.model.display()))?;
-    let template = chat_template(o, &model)?;
+    let template = chat_template(&model, o.chat_template_file.as_deref())?;
     let n_ctx = if o.ctx_size == 0 { model.default_n_ctx() } else { o.ctx_size };
     let kv_budget = match o.kv_budget {
         // `parallel` whole contexts, each rounded up to whole blocks, and a block each for copy-on-write
