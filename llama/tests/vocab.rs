@@ -17,9 +17,7 @@ use llama::types::*;
 /// Vocabularies ROCmForge does not tokenize yet, and why.
 const UNSUPPORTED: &[(&str, &str)] = &[
     ("bert-bge", "WordPiece (BERT) tokenizer, `tokenizer.ggml.model = bert`: comes with the embedding models (issue 18)"),
-    ("deepseek-coder", "pre-tokenizer 'deepseek-coder': its digit/number split differs (\"4 ½\"), not implemented"),
     ("gemma-4", "tokenizer model 'gemma4' is not implemented"),
-    ("qwen35", "pre-tokenizer 'qwen35': its number split differs (\"4 ½\"), not implemented"),
 ];
 
 fn models_dir() -> PathBuf {

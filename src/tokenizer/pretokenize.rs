@@ -51,6 +51,9 @@ pub enum PreKind {
     DigitsThenGpt2,
     Falcon,
     DeepseekLlm,
+    DeepseekCoder,
+    /// Qwen2's split with combining marks (`\p{M}`) kept in words.
+    Qwen35,
 }
 
 impl PreKind {
@@ -65,6 +68,8 @@ impl PreKind {
             }
             "falcon" => PreKind::Falcon,
             "deepseek-llm" => PreKind::DeepseekLlm,
+            "deepseek-coder" => PreKind::DeepseekCoder,
+            "qwen35" => PreKind::Qwen35,
             _ => return None,
         })
     }
@@ -100,6 +105,18 @@ impl PreTokenizer {
                 stage(r"[一-龥ࠀ-一가-퟿]+", L::None),
                 stage(r"\p{N}+", L::None),
             ],
+            // llama.cpp's list for deepseek-coder (llama-vocab.cpp)
+            PreKind::DeepseekCoder => vec![
+                stage(r"[\r\n]", L::None),
+                stage(r"\s?\p{L}+", L::None),
+                stage(r"\s?\p{P}+", L::None),
+                stage(r"[一-龥ࠀ-一가-퟿]+", L::None),
+                stage(r"\p{N}", L::None),
+            ],
+            PreKind::Qwen35 => vec![stage(
+                &format!(r"(?:{CONTRACTIONS_CI})|[^\r\n\p{{L}}\p{{N}}]?[\p{{L}}\p{{M}}]+|\p{{N}}| ?[^\s\p{{L}}\p{{M}}\p{{N}}]+[\r\n]*|\s*[\r\n]+|\s+"),
+                L::Llama3,
+            )],
         };
         PreTokenizer { kind, stages }
     }
