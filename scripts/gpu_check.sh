@@ -4,7 +4,7 @@
 # tests, time the benchmarks, and run compute-sanitizer. Binaries are built
 # on the CPU machine (scripts/gpu_prepare.sh) and carried with the tree.
 #
-# usage: scripts/gpu_check.sh [steps...]   steps: info twins ops model profile ktime bench batched bprofile bench-cpu sanitize real ncu compile regs
+# usage: scripts/gpu_check.sh [steps...]   steps: info twins ops model profile ktime bench batched bprofile server bench-cpu sanitize real ncu compile regs
 # env:   BIN (binaries, default .carry/bin), HEADS (.head files, default .carry),
 #        OUT (logs; default ./gpu-out), TWINS (default /tmp/twins)
 set -uo pipefail
@@ -95,6 +95,14 @@ for step in $steps; do
       for tw in ${BATCHED_TWINS:-qwen2-twin llama7b-q4_0-twin}; do
         run bprofile-$tw env FORGE_PROFILE=1 "$BIN/batched_bench" --backend cuda -m "$TWINS/$tw.gguf" -npp 128 -ntg 16 -npl ${NPL:-8,64} --detail
       done ;;
+    server)
+      # rocmforge-server with 64 streaming clients (issue 15's GPU workload;
+      # scripts/loadgen.py with the httpx copy gpu_prepare.sh puts in .carry/pylib)
+      "$BIN/rocmforge-server" --model "$TWINS/qwen2-twin.gguf" --backend cuda --parallel 64 --ctx-size 1024 --batch-tokens 2048 --port 18080 --max-queue 512 > "$OUT/server.log" 2>&1 &
+      spid=$!
+      for _ in $(seq 1 900); do curl -sf http://127.0.0.1:18080/health >/dev/null && break; sleep 0.2; done
+      run server-load env PYTHONPATH="$HEADS/pylib" python3 scripts/loadgen.py --url http://127.0.0.1:18080 --prompt-tokens 128 --max-tokens 128 --ignore-eos --num-prompts 512 --concurrency 64
+      kill -TERM $spid; wait $spid ;;
     bench-cpu)
       run bench-cpu "$BIN/bench" --backend cpu,cuda --threads 16 --pp 128 --tg 32 --reps 1 \
         "$TWINS/smollm2-twin.gguf" "$TWINS/qwen2-twin.gguf" "$TWINS/gemma3-twin.gguf" ;;
