@@ -38,6 +38,20 @@ pub struct Generated {
     pub reason: StopReason,
 }
 
+/// Length of the longest tail of `text` that is a proper prefix of one of
+/// `stops` (text that may still become a stop string, so it is held back),
+/// on a char boundary. The generation loop and the server both use it.
+pub fn held_stop_prefix(text: &str, stops: &[String]) -> usize {
+    stops
+        .iter()
+        .map(|stop| {
+            let max = stop.len().saturating_sub(1).min(text.len());
+            (1..=max).rev().find(|&k| text.is_char_boundary(text.len() - k) && stop.starts_with(&text[text.len() - k..])).unwrap_or(0)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// Holds back text that might be the start of a stop string.
 struct StopMatcher<'a> {
     stops: &'a [String],
@@ -53,18 +67,7 @@ impl StopMatcher<'_> {
             self.held.clear();
             return (out, true);
         }
-        // keep the longest suffix that is a prefix of some stop string
-        let mut keep = 0;
-        for t in self.stops {
-            for (i, _) in self.held.char_indices() {
-                let suf = &self.held[i..];
-                if t.starts_with(suf) {
-                    keep = keep.max(suf.len());
-                    break;
-                }
-            }
-        }
-        let cut = self.held.len() - keep;
+        let cut = self.held.len() - held_stop_prefix(&self.held, self.stops);
         let out = self.held[..cut].to_string();
         self.held.drain(..cut);
         (out, false)
@@ -137,4 +140,24 @@ pub fn generate(
         on_token(u32::MAX, &text);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::held_stop_prefix;
+
+    #[test]
+    fn held_tails_are_stop_prefixes() {
+        let h = |t: &str, stop: &str| held_stop_prefix(t, &[stop.to_string()]);
+        assert_eq!(h("hello wor", "world"), 3);
+        assert_eq!(h("hello", "world"), 0);
+        assert_eq!(h("abc\n", "\n\n"), 1);
+        // never the whole stop string (that is a match, found before)
+        assert_eq!(h("xa", "ab"), 1);
+        assert_eq!(h("ab", "ab"), 0);
+        assert_eq!(h("xé", "éa"), 2);
+        // the longest over several stops; no stops, nothing held
+        assert_eq!(held_stop_prefix("x wor", &["wo".to_string(), " world".to_string()]), 4);
+        assert_eq!(held_stop_prefix("x wor", &[]), 0);
+    }
 }

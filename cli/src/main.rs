@@ -386,11 +386,7 @@ fn dispatch(cmd: Cmd) -> Result<(), Fail> {
 }
 
 fn backend(c: &Common) -> Result<BackendChoice, Fail> {
-    let spec = match c.backend.as_str() {
-        "auto" | "cpu" => c.backend.clone(),
-        b => format!("{b}:{}", c.gpu),
-    };
-    spec.parse().map_err(|e: Error| Fail::usage(e.to_string()))
+    rocmforge_server::backend_choice(&c.backend, c.gpu).map_err(Fail::usage)
 }
 
 /// A GPU backend that is not compiled in or has no device is refused

@@ -139,15 +139,14 @@ fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn backend_choice(name: &str, gpu: usize) -> Result<BackendChoice, String> {
-    use rocmforge::backend::GpuKind;
-    Ok(match name {
-        "auto" => BackendChoice::Auto,
-        "cpu" => BackendChoice::Cpu,
-        "cuda" => BackendChoice::Gpu(GpuKind::Cuda, gpu),
-        "hip" | "rocm" => BackendChoice::Gpu(GpuKind::Hip, gpu),
-        _ => return Err(format!("unknown backend {name:?}: auto, cpu, cuda or hip")),
-    })
+/// `auto`, `cpu`, or a GPU backend with its index, parsed by the library
+/// (the server's and the CLI's `--backend` / `--gpu`).
+pub fn backend_choice(name: &str, gpu: usize) -> Result<BackendChoice, String> {
+    let spec = match name {
+        "auto" | "cpu" => name.to_string(),
+        b => format!("{b}:{gpu}"),
+    };
+    spec.parse().map_err(|e: rocmforge::Error| e.to_string())
 }
 
 /// The chat template to use: the file given, else the GGUF's, else ChatML.

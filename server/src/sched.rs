@@ -26,7 +26,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rocmforge::backend::TOP_MAX;
+use rocmforge::backend::{TopRows, TOP_MAX};
 use rocmforge::engine::{BatchRow, Engine, SeqId};
 use rocmforge::grammar::{Grammar, Matcher};
 use rocmforge::sampler::{Sampler, SamplerParams};
@@ -275,22 +275,9 @@ impl Scheduler {
                 queued: true,
             },
         );
-        self.waiting.push_back(Slot {
-            job: id,
-            choice: 0,
-            seq: None,
-            n_prompt: r.prompt.len(),
-            ctx: r.prompt,
-            done: 0,
-            forks: n - 1,
-            sampler,
-            matcher: r.grammar.map(Matcher::new),
-            decoder: StreamDecoder::new(),
-            held: String::new(),
-            held_lp: Vec::new(),
-            n_gen: 0,
-            last_token: None,
-        });
+        let mut slot = Slot::new(id, 0, None, r.prompt, 0, sampler, r.grammar.map(Matcher::new));
+        slot.forks = n - 1;
+        self.waiting.push_back(slot);
     }
 
     fn embed(&mut self, r: EmbedRequest) {
@@ -519,22 +506,8 @@ impl Scheduler {
                             let p = &self.running[i];
                             let mut params = p.sampler.params.clone();
                             params.seed = params.seed.wrapping_add(c as u64);
-                            let mut f = Slot {
-                                job: p.job,
-                                choice: c,
-                                seq: Some(q),
-                                ctx: p.ctx.clone(),
-                                done: p.done,
-                                n_prompt: p.n_prompt,
-                                forks: 0,
-                                sampler: Sampler::new(params),
-                                matcher: p.matcher.clone(),
-                                decoder: StreamDecoder::new(),
-                                held: String::new(),
-                                held_lp: Vec::new(),
-                                n_gen: 0,
-                                last_token: None,
-                            };
+                            let mut f = Slot::new(p.job, c, Some(q), p.ctx.clone(), p.done, Sampler::new(params), p.matcher.clone());
+                            f.n_prompt = p.n_prompt;
                             if self.sample(&mut f, &logits) {
                                 self.end_slot(&mut f, None);
                             } else {
@@ -710,7 +683,7 @@ impl Scheduler {
             return self.flush(s, Finish::Length);
         }
         // send all but a tail that may begin a stop string
-        let keep = job.stop.iter().map(|st| held_prefix(&s.held, st)).max().unwrap_or(0);
+        let keep = rocmforge::generate::held_stop_prefix(&s.held, &job.stop);
         let send = s.held.len() - keep;
         if send > 0 || !s.held_lp.is_empty() {
             self.send(s, send);
@@ -769,71 +742,53 @@ impl Scheduler {
     }
 }
 
-fn placeholder() -> Slot {
-    Slot {
-        job: u64::MAX,
-        choice: 0,
-        seq: None,
-        ctx: Vec::new(),
-        done: 0,
-        n_prompt: 0,
-        forks: 0,
-        sampler: Sampler::new(SamplerParams::greedy()),
-        matcher: None,
-        decoder: StreamDecoder::new(),
-        held: String::new(),
-        held_lp: Vec::new(),
-        n_gen: 0,
-        last_token: None,
+impl Slot {
+    /// A choice that holds `done` positions of `ctx` (its prompt: `n_prompt`
+    /// is `ctx.len()`), with nothing generated or sent yet.
+    fn new(job: u64, choice: usize, seq: Option<SeqId>, ctx: Vec<u32>, done: usize, sampler: Sampler, matcher: Option<Matcher>) -> Slot {
+        Slot {
+            job,
+            choice,
+            seq,
+            n_prompt: ctx.len(),
+            ctx,
+            done,
+            forks: 0,
+            sampler,
+            matcher,
+            decoder: StreamDecoder::new(),
+            held: String::new(),
+            held_lp: Vec::new(),
+            n_gen: 0,
+            last_token: None,
+        }
     }
 }
 
-/// Length of the longest tail of `text` that is a proper prefix of `stop`
-/// (text that may still become the stop string), on a char boundary.
-fn held_prefix(text: &str, stop: &str) -> usize {
-    let max = stop.len().saturating_sub(1).min(text.len());
-    (1..=max).rev().find(|&k| text.is_char_boundary(text.len() - k) && stop.starts_with(&text[text.len() - k..])).unwrap_or(0)
+/// A slot that stands in for one taken out of `running` while it samples.
+fn placeholder() -> Slot {
+    Slot::new(u64::MAX, 0, None, Vec::new(), 0, Sampler::new(SamplerParams::greedy()), None)
 }
 
-/// Log-softmax of the model's logits at `tok`, and the `k` best alternatives.
+/// Log-softmax of the model's logits at `tok`, and the `k` best alternatives
+/// (from the engine's candidates, or selected on the host by the library's
+/// `TopRows`, the reference of the device selection).
 fn logprob_of(dist: &Dist, tok: u32, k: usize, model: &Model, text: &str) -> TokenLogprob {
     let tokz = &model.tokenizer;
     let piece = |t: u32| String::from_utf8_lossy(tokz.token_to_piece(t, false).unwrap_or(&[])).into_owned();
-    let bytes = tokz.token_to_piece(tok, false).unwrap_or(&[]).to_vec();
-    let raw = match dist {
-        Dist::Top { ids, logits, lse } => {
-            let at = ids.iter().position(|&t| t == tok).unwrap_or(0);
-            let top = ids.iter().zip(logits).take(k).map(|(&t, &l)| (piece(t), (l - lse).min(0.0))).collect();
-            return TokenLogprob { text: text.to_string(), bytes, logprob: (logits[at] - lse).min(0.0), top };
+    let host;
+    let (ids, logits, lse, chosen) = match dist {
+        Dist::Top { ids, logits, lse } => (ids.as_slice(), logits.as_slice(), *lse, logits[ids.iter().position(|&t| t == tok).unwrap_or(0)]),
+        Dist::Full(raw) => {
+            host = {
+                let mut t = TopRows::new(k.max(1));
+                t.push_row(raw);
+                t
+            };
+            let (ids, logits, lse) = host.row(0);
+            (ids, logits, lse, raw[tok as usize])
         }
-        Dist::Full(raw) => raw,
     };
-    let max = raw.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max + raw.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln() as f32;
-    let mut top: Vec<(String, f32)> = Vec::new();
-    if k > 0 {
-        let mut idx: Vec<u32> = (0..raw.len() as u32).collect();
-        let k = k.min(idx.len());
-        idx.select_nth_unstable_by(k - 1, |&a, &b| raw[b as usize].total_cmp(&raw[a as usize]).then(a.cmp(&b)));
-        idx.truncate(k);
-        idx.sort_by(|&a, &b| raw[b as usize].total_cmp(&raw[a as usize]).then(a.cmp(&b)));
-        top = idx.into_iter().map(|t| (piece(t), (raw[t as usize] - lse).min(0.0))).collect();
-    }
-    TokenLogprob { text: text.to_string(), bytes, logprob: (raw[tok as usize] - lse).min(0.0), top }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::held_prefix;
-
-    #[test]
-    fn held_tails_are_stop_prefixes() {
-        assert_eq!(held_prefix("hello wor", "world"), 3);
-        assert_eq!(held_prefix("hello", "world"), 0);
-        assert_eq!(held_prefix("abc\n", "\n\n"), 1);
-        // never the whole stop string (that is a match, found before)
-        assert_eq!(held_prefix("xa", "ab"), 1);
-        assert_eq!(held_prefix("ab", "ab"), 0);
-        assert_eq!(held_prefix("xé", "éa"), 2);
-    }
+    let top = ids.iter().zip(logits).take(k).map(|(&t, &l)| (piece(t), (l - lse).min(0.0))).collect();
+    TokenLogprob { text: text.to_string(), bytes: tokz.token_to_piece(tok, false).unwrap_or(&[]).to_vec(), logprob: (chosen - lse).min(0.0), top }
 }

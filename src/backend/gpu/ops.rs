@@ -395,7 +395,12 @@ pub enum MatmulPath {
 /// BLAS on the f16 copy wins by 2–4×; docs/PERFORMANCE.md).
 pub fn f16_min_rows() -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(|| std::env::var("FORGE_F16_MIN_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(9).max(2))
+    env_rows(&N, "FORGE_F16_MIN_ROWS", 9)
+}
+
+/// A row threshold from the environment (read once; at least 2).
+fn env_rows(cell: &'static std::sync::OnceLock<usize>, name: &str, default: usize) -> usize {
+    *cell.get_or_init(|| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default).max(2))
 }
 
 /// [`f16_min_rows`] for wide matrices (at least [`F16_WIDE_COLS`] columns),
@@ -403,7 +408,7 @@ pub fn f16_min_rows() -> usize {
 /// (`FORGE_F16_MIN_ROWS_WIDE`, default 4).
 pub fn f16_min_rows_wide() -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(|| std::env::var("FORGE_F16_MIN_ROWS_WIDE").ok().and_then(|v| v.parse().ok()).unwrap_or(4).max(2))
+    env_rows(&N, "FORGE_F16_MIN_ROWS_WIDE", 4)
 }
 
 /// Columns from which a matrix counts as wide for [`f16_min_rows_wide`].
@@ -442,8 +447,8 @@ pub fn matmul(dev: &Device, s: Stream, w: &DevMatrix, x: DevPtr, y: DevPtr, nt: 
         let mut r0 = 0;
         while r0 < w.rows {
             let m = slab.min(w.rows - r0);
-            let wp = w.ptr + (r0 * rb) as u64;
-            dev.launch(s, &format!("dequant_f16_{sfx}"), grid_stride(m * w.cols / 32), &[Arg::Ptr(wp), Arg::Ptr(sc.w16.ptr), Arg::I32(m as i32), Arg::I32(w.cols as i32)])?;
+            let slab_w = DevMatrix { rows: m, ptr: w.ptr + (r0 * rb) as u64, ..*w };
+            dequant_to_f16(dev, s, &slab_w, sc.w16.ptr)?;
             let g = GemmF16 { m, n: nt, k: w.cols, a: sc.w16.ptr, b: sc.x16.ptr, c: y + (r0 * 4) as u64, ldc: w.rows, beta: if out == Out::Add { 1.0 } else { 0.0 } };
             dev.rt.gemm_f16(s, &g)?;
             r0 += m;
