@@ -9,12 +9,10 @@
 //! - **CPU**: one pass over all rows ([`crate::backend::cpu::forward`]): each
 //!   weight block is read once per step for every row; attention per row
 //!   over its sequence's blocks.
-//! - **GPU** (until the batched kernels land): each sequence keeps today's
-//!   device session (a contiguous f16 KV cache of `n_ctx` positions) and a
-//!   step runs sequence by sequence; the block pool still does the
-//!   accounting, so budgets, statistics and exhaustion behave as on the
-//!   CPU. A fork replays the source's tokens; the prefix cache reuses
-//!   nothing on the GPU yet.
+//! - **GPU** ([`crate::backend::gpu`]): the same pass as kernel launches;
+//!   the block pool's K/V live on the device in f16 and each step uploads
+//!   the rows' block tables, so forks and the prefix cache share blocks
+//!   there too.
 //!
 //! [`Session`] is this engine with one sequence.
 
@@ -24,7 +22,8 @@ use std::sync::Arc;
 use crate::backend::{Exec, Logits, Output, StepRow, TopRows, TOP_MAX};
 use crate::error::{Error, Result};
 use crate::kv::{BlockPool, KvStats, SeqKv, BLOCK};
-use crate::model::{Model, MAX_CTX};
+use crate::model::arch::LayerKind;
+use crate::model::{ops, Model, MAX_CTX};
 
 /// A sequence's handle in its engine.
 pub type SeqId = u32;
@@ -193,6 +192,115 @@ impl Engine {
             return Err(Error::InvalidArgument(format!("n_keep {n_keep} is past sequence {id}'s length {}", s.len)));
         }
         self.pool.truncate(s, n_keep);
+        Ok(())
+    }
+
+    /// Remove positions `p0..p1` of a sequence and move the positions after
+    /// them down by `p1 - p0`, turning their cached keys by as many
+    /// positions (a context shift, llama.cpp's `seq_rm` + `seq_add`): the
+    /// moved positions keep the K/V they were computed with, and the next
+    /// token attends to them at their new distances. The moved blocks never
+    /// enter the prefix cache. KV_EXHAUSTED (when the sequence shares its
+    /// blocks and the pool has none to copy them into) or a failed read
+    /// leaves the sequence as it was; a failed write leaves its first `p0`
+    /// positions.
+    pub fn shift(&mut self, id: SeqId, p0: usize, p1: usize) -> Result<()> {
+        let s = self.seqs.get(&id).ok_or_else(|| Error::InvalidArgument(format!("sequence {id} does not exist")))?;
+        if p0 >= p1 || p1 > s.len {
+            return Err(Error::InvalidArgument(format!("positions {p0}..{p1} are not a range of sequence {id}'s {}", s.len)));
+        }
+        let (from, len) = ((p1..s.len).map(|p| s.slot(p)).collect::<Vec<_>>(), s.len);
+        let mut rows = self.exec.read_kv(&from)?;
+        self.turn_keys(&mut rows, -((p1 - p0) as i64));
+        let s = self.seqs.get_mut(&id).expect("looked up above");
+        let (copies, to) = self.pool.shift(s, p0, p1).map_err(|e| Error::KvExhausted(e.to_string()))?;
+        debug_assert_eq!(to.len(), len - p1);
+        self.exec.copy_blocks(&copies);
+        if let Err(e) = self.exec.write_kv(&to, &rows) {
+            // the cache rows are lost; the sequence keeps what is intact
+            let s = self.seqs.get_mut(&id).expect("looked up above");
+            self.pool.truncate(s, p0);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Turn the cached keys of positions `range` of a sequence by `delta`
+    /// positions, without moving them: they then sit `delta` further from
+    /// every later token (llama.cpp's `seq_add` on a range that leaves a
+    /// gap). The turned blocks leave the prefix cache's reach. Errors as
+    /// [`Engine::shift`]'s (a failed write leaves the positions before
+    /// `range`).
+    pub fn turn(&mut self, id: SeqId, range: std::ops::Range<usize>, delta: i64) -> Result<()> {
+        let s = self.seqs.get(&id).ok_or_else(|| Error::InvalidArgument(format!("sequence {id} does not exist")))?;
+        if range.start >= range.end || range.end > s.len {
+            return Err(Error::InvalidArgument(format!("positions {range:?} are not a range of sequence {id}'s {}", s.len)));
+        }
+        // the positions from `range.start` are read, then written to blocks
+        // of the sequence's own (a fork's shared blocks stay intact)
+        let from: Vec<usize> = (range.start..s.len).map(|p| s.slot(p)).collect();
+        let mut rows = self.exec.read_kv(&from)?;
+        let c = &self.model.cfg;
+        let mut head = crate::backend::KvHost { k: rows.k.iter().map(|k| k[..range.len() * c.kv_dim()].to_vec()).collect(), v: Vec::new() };
+        self.turn_keys(&mut head, delta);
+        for (k, h) in rows.k.iter_mut().zip(&head.k) {
+            k[..h.len()].copy_from_slice(h);
+        }
+        let s = self.seqs.get_mut(&id).expect("looked up above");
+        let (copies, to) = self.pool.shift(s, range.start, range.start).map_err(|e| Error::KvExhausted(e.to_string()))?;
+        self.exec.copy_blocks(&copies);
+        if let Err(e) = self.exec.write_kv(&to, &rows) {
+            let s = self.seqs.get_mut(&id).expect("looked up above");
+            self.pool.truncate(s, range.start);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn turn_keys(&self, rows: &mut crate::backend::KvHost, delta: i64) {
+        let c = &self.model.cfg;
+        for (il, k) in rows.k.iter_mut().enumerate() {
+            let base = match c.layer_kinds[il] {
+                LayerKind::Local => c.rope_base_local,
+                LayerKind::Global => c.rope_base,
+            };
+            ops::rotate_keys(k, c.kv_dim(), delta, base, c);
+        }
+    }
+
+    /// A sequence's cached K/V, every position and layer (as
+    /// [`crate::backend::Exec::read_kv`] gives them): to save a state.
+    pub fn read_seq_kv(&mut self, id: SeqId) -> Result<crate::backend::KvHost> {
+        let s = self.seq(id)?;
+        let slots: Vec<usize> = (0..s.len).map(|p| s.slot(p)).collect();
+        self.exec.read_kv(&slots)
+    }
+
+    /// Append `tokens` to a sequence with the K/V `rows` (as
+    /// [`Engine::read_seq_kv`] gave them) instead of computing them: to
+    /// restore a state. The restored blocks never enter the prefix cache.
+    /// All or nothing, as [`Engine::decode`].
+    pub fn load_seq(&mut self, id: SeqId, tokens: &[u32], rows: &crate::backend::KvHost) -> Result<()> {
+        let len = self.seq(id)?.len;
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.model.cfg.n_vocab) {
+            return Err(Error::InvalidArgument(format!("token id {t} is outside the vocab (n_vocab {})", self.model.cfg.n_vocab)));
+        }
+        if len + tokens.len() > self.n_ctx {
+            return Err(Error::ContextFull(format!("sequence {id}: {} positions at {len} do not fit its context of {}", tokens.len(), self.n_ctx)));
+        }
+        rows.check(tokens.len(), &self.model.cfg)?;
+        let s = self.seqs.get_mut(&id).expect("looked up above");
+        let copies = self.pool.prepare_append(s, tokens.len()).map_err(|e| Error::KvExhausted(e.to_string()))?;
+        self.exec.copy_blocks(&copies);
+        let slots: Vec<usize> = (len..len + tokens.len()).map(|p| s.slot(p)).collect();
+        if let Err(e) = self.exec.write_kv(&slots, rows) {
+            let s = self.seqs.get_mut(&id).expect("looked up above");
+            self.pool.rollback(s);
+            return Err(e);
+        }
+        let s = self.seqs.get_mut(&id).expect("looked up above");
+        self.pool.mark_moved(s, len);
+        self.pool.commit(s, tokens);
         Ok(())
     }
 

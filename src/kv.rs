@@ -68,6 +68,10 @@ pub struct SeqKv {
     pub tokens: Vec<u32>,
     /// The prefix-cache key of each full block so far.
     keys: Vec<u64>,
+    /// Positions from here on were moved by [`BlockPool::shift_in`] (a
+    /// context shift): their K/V are not what evaluating their tokens
+    /// gives, so no block from here on enters the prefix cache.
+    moved_from: Option<usize>,
 }
 
 impl SeqKv {
@@ -286,7 +290,8 @@ impl BlockPool {
             let key = block_key(parent, toks);
             seq.keys.push(key);
             let b = seq.blocks[i];
-            if self.cached[b as usize].is_none() && !self.by_key.contains_key(&key) {
+            let pristine = seq.moved_from.is_none_or(|m| (i + 1) * BLOCK <= m);
+            if pristine && self.cached[b as usize].is_none() && !self.by_key.contains_key(&key) {
                 let parent_block = i.checked_sub(1).map(|j| seq.blocks[j]);
                 self.cached[b as usize] = Some(Cached { key, parent_block, tokens: toks.to_vec() });
                 self.by_key.insert(key, b);
@@ -375,6 +380,53 @@ impl BlockPool {
         seq.len = n_keep;
         seq.tokens.truncate(n_keep);
         seq.keys.truncate(n_keep / BLOCK);
+        if seq.moved_from.is_some_and(|m| n_keep <= m) {
+            seq.moved_from = None;
+        }
+    }
+
+    /// Positions of `seq` from `from` on hold K/V that evaluating their
+    /// tokens may not give (moved, or restored from elsewhere): no block
+    /// from there enters the prefix cache.
+    pub fn mark_moved(&mut self, seq: &mut SeqKv, from: usize) {
+        seq.moved_from = Some(seq.moved_from.map_or(from, |m| m.min(from)));
+    }
+
+    /// Blocks [`BlockPool::shift`]`(seq, a, b)` takes from the pool beyond
+    /// those it gives back: the blocks of positions `b..` are released and
+    /// the moved positions need blocks from `a` on (and a copy of `a`'s
+    /// block when it is shared or cached).
+    fn shift_need(&self, seq: &SeqKv, a: usize, b: usize) -> (usize, usize) {
+        let kept = a.div_ceil(BLOCK);
+        let freed = seq.blocks[kept.min(seq.blocks.len())..].iter().filter(|&&x| self.refs[x as usize] == 1).count();
+        let total = (seq.len - (b - a)).div_ceil(BLOCK);
+        let cow = a % BLOCK != 0 && seq.len > b && !self.writable(seq.blocks[a / BLOCK]);
+        (total.saturating_sub(kept) + cow as usize, freed)
+    }
+
+    /// Remove positions `a..b` of `seq` and move positions `b..` down to
+    /// `a..` (a context shift; `a == b` moves them in place, into blocks
+    /// of the sequence's own): the sequence keeps its first `a` positions
+    /// and gets blocks for the moved ones. Returns the copy-on-write copies
+    /// to make (before the moved rows are written) and the new slots of the
+    /// moved positions, in order; the caller has read their old slots
+    /// first. All or nothing: on error nothing changed. The moved blocks
+    /// never enter the prefix cache (`moved_from`).
+    pub fn shift(&mut self, seq: &mut SeqKv, a: usize, b: usize) -> Result<(Vec<BlockCopy>, Vec<usize>), KvExhausted> {
+        assert!(a <= b && b <= seq.len, "shift {a}..{b} of a sequence of {}", seq.len);
+        let (need, freed) = self.shift_need(seq, a, b);
+        if need > self.available() + freed {
+            return Err(KvExhausted { need: need - freed, free: self.available(), total: self.n_blocks() });
+        }
+        let moved: Vec<u32> = seq.tokens[b..].to_vec();
+        self.truncate(seq, a);
+        let copies = self.prepare_append(seq, moved.len()).expect("counted above");
+        let slots = (a..a + moved.len()).map(|p| seq.slot(p)).collect();
+        if !moved.is_empty() {
+            seq.moved_from = Some(seq.moved_from.map_or(a, |m| m.min(a)));
+        }
+        self.commit(seq, &moved);
+        Ok((copies, slots))
     }
 
     /// Give back every block of `seq`.

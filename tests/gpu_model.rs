@@ -486,3 +486,92 @@ fn real_smollm2_greedy_matches_cpu() {
     println!("CPU: {:?}\nGPU: {:?}\ntext: {}", a, b, String::from_utf8_lossy(&cpu.tokenizer.decode(&a, false).unwrap()));
     assert_eq!(a, b, "greedy tokens differ between CPU and GPU");
 }
+
+/// The GPU engine's final hidden states (embeddings, `Output::Hidden`),
+/// context shifts (`Engine::shift`, `Engine::turn`) and restored caches
+/// (`read_seq_kv` / `load_seq`) against the CPU engine on the same twin:
+/// hidden rows and the next logits after each operation within the
+/// batched bound, and device memory back at its starting level.
+fn hidden_and_shifts_match_cpu(name: &str) {
+    use rocmforge::backend::Output;
+    use rocmforge::engine::{BatchRow, Engine, EngineOptions};
+    let path = twin(name);
+    let cpu = load(&path, BackendChoice::Cpu);
+    let nv = cpu.cfg.n_vocab;
+    let _g = LOCK.lock();
+    let free0 = free_mem();
+    {
+        let gm = load(&path, BackendChoice::Gpu(kind(), 0));
+        let opts = EngineOptions { n_ctx: 256, kv_budget: 4 * 256 * cpu.cfg.kv_bytes_per_position(), ..Default::default() };
+        let (mut ec, mut eg) = (Engine::new(cpu.clone(), opts).unwrap(), Engine::new(gm.clone(), opts).unwrap());
+        let toks: Vec<u32> = (0..150u64).map(|i| ((i * 2654435761 + 17) % nv as u64) as u32).collect();
+        let rows = |seq, p0: usize, t: &[u32], all: bool| -> Vec<BatchRow> {
+            t.iter().enumerate().map(|(i, &token)| BatchRow { seq, token, pos: p0 + i, logits: all || i + 1 == t.len() }).collect()
+        };
+        // hidden states of every row of a prompt, two sequences in one step
+        for e in [&mut ec, &mut eg] {
+            e.set_output(Output::Hidden).unwrap();
+            let (a, b) = (e.add_seq().unwrap(), e.add_seq().unwrap());
+            let mut r = rows(a, 0, &toks[..40], true);
+            r.extend(rows(b, 0, &toks[40..43], true));
+            e.decode(&r).unwrap();
+        }
+        let mut worst = 0f64;
+        for r in 0..43 {
+            let (c, g) = (ec.hidden(r).unwrap(), eg.hidden(r).unwrap());
+            assert_eq!(c.len(), cpu.cfg.n_embd);
+            let e = common::rel_l2(g, c);
+            assert!(e <= 3e-2, "{name}: hidden row {r}: rel L2 {e:.3e}");
+            worst = worst.max(e);
+        }
+        println!("{name}: GPU hidden states vs CPU over 43 rows: worst rel L2 {worst:.2e}");
+        for e in [&mut ec, &mut eg] {
+            for s in e.seq_ids() {
+                e.remove_seq(s).unwrap();
+            }
+            e.set_output(Output::Logits).unwrap();
+        }
+        // a shift, a turn, and a restored copy: the next logits agree
+        let next = |e: &mut Engine, s, pos| {
+            e.decode(&rows(s, pos, &[5], false)).unwrap();
+            let l = e.logits(0).unwrap().to_vec();
+            e.keep(s, pos).unwrap();
+            l
+        };
+        let (a, ag) = (ec.add_seq().unwrap(), eg.add_seq().unwrap());
+        ec.decode(&rows(a, 0, &toks, false)).unwrap();
+        eg.decode(&rows(ag, 0, &toks, false)).unwrap();
+        let fork = (ec.fork(a).unwrap(), eg.fork(ag).unwrap());
+        ec.shift(a, 7, 70).unwrap();
+        eg.shift(ag, 7, 70).unwrap();
+        let e1 = common::rel_l2(&next(&mut eg, ag, 87), &next(&mut ec, a, 87));
+        ec.turn(a, 0..20, -11).unwrap();
+        eg.turn(ag, 0..20, -11).unwrap();
+        let e2 = common::rel_l2(&next(&mut eg, ag, 87), &next(&mut ec, a, 87));
+        let kv = eg.read_seq_kv(ag).unwrap();
+        let r = eg.add_seq().unwrap();
+        eg.load_seq(r, &eg.seq_tokens(ag).unwrap().to_vec(), &kv).unwrap();
+        let (lg, lr) = (next(&mut eg, ag, 87), next(&mut eg, r, 87));
+        assert_eq!(lg, lr, "{name}: a restored sequence computes what its source does");
+        let e3 = common::rel_l2(&next(&mut eg, fork.1, 150), &next(&mut ec, fork.0, 150));
+        println!("{name}: after a shift {e1:.2e}, a turn {e2:.2e}, the fork {e3:.2e} (GPU vs CPU, rel L2)");
+        for e in [e1, e2, e3] {
+            assert!(e <= 3e-2, "{name}: rel L2 {e:.3e} > 3e-2");
+        }
+        for s in eg.seq_ids() {
+            eg.remove_seq(s).unwrap();
+        }
+        assert_eq!(eg.stats().blocks_used, 0);
+    }
+    let free1 = free_mem();
+    assert!(free1 + SLACK >= free0, "{name}: device memory not returned: {} MiB free before, {} MiB after", free0 >> 20, free1 >> 20);
+}
+
+#[test]
+fn hidden_and_shifts_smollm2_twin() {
+    hidden_and_shifts_match_cpu("smollm2-twin.gguf");
+}
+#[test]
+fn hidden_and_shifts_gemma3_twin() {
+    hidden_and_shifts_match_cpu("gemma3-twin.gguf");
+}

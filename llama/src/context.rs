@@ -24,10 +24,16 @@ pub struct Context {
     pub engine: Option<Engine>,
     /// llama.cpp sequence id → the engine's.
     pub seqs: BTreeMap<llama_seq_id, SeqId>,
+    /// Where a sequence's llama.cpp positions differ from the engine's
+    /// (absent: they are equal).
+    pub places: BTreeMap<llama_seq_id, Place>,
     pub n_ctx: u32,
     pub n_batch: u32,
     pub n_ubatch: u32,
     pub n_seq_max: u32,
+    /// Sequence ids a batch may use: below n_seq_max, or below
+    /// LLAMA_MAX_SEQ with `kv_unified` (llama.cpp's rule).
+    pub seq_limit: u32,
     pub n_threads: i32,
     pub n_threads_batch: i32,
     pub embeddings: bool,
@@ -76,32 +82,56 @@ impl Drop for Context {
     }
 }
 
+/// A sequence's llama.cpp positions against the engine's, which always
+/// hold positions `0..len` in order (a key is turned for its engine
+/// position, and only distances matter to attention):
+/// - llama.cpp position = engine position + `off`;
+/// - `hole`: engine positions `llama_memory_seq_rm` removed from the
+///   middle, still in the cache until the `llama_memory_seq_add` that
+///   closes the gap moves the later ones down (a context shift).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Place {
+    pub off: i64,
+    pub hole: Option<(usize, usize)>,
+}
+
 /// The first bytes of a state.
-const MAGIC: &[u8; 8] = b"RFLLST01";
+const MAGIC: &[u8; 8] = b"RFLLST02";
 
 /// The length of the state at `p` (its own lengths, read field by field,
-/// for `llama_set_state_data`, which gets no size), if it is one.
+/// for `llama_set_state_data`, which gets no size), if it is one. The
+/// layout is [`Context::state_bytes`]'.
 ///
 /// # Safety
-/// `p` points at a state written by `llama_state_get_data`, or at least 12
+/// `p` points at a state written by `llama_state_get_data`, or at least 8
 /// readable bytes.
 pub unsafe fn state_len(p: *const u8) -> Option<usize> {
     if p.is_null() || std::slice::from_raw_parts(p, 8) != MAGIC {
         return None;
     }
-    let u32_at = |off: usize| u32::from_le_bytes(std::ptr::read_unaligned(p.add(off) as *const [u8; 4]));
-    let mut off = 12;
-    let n = u32_at(off) as usize;
+    let u32_at = |off: usize| u32::from_le_bytes(std::ptr::read_unaligned(p.add(off) as *const [u8; 4])) as usize;
+    // n_vocab, n_layer, kv_dim, v_dim
+    let row = u32_at(12).checked_mul(u32_at(16).checked_add(u32_at(20))?)?.checked_mul(2)?;
+    let mut off = 24;
+    let n = u32_at(off);
     off += 4;
     for _ in 0..n {
-        let len = u32_at(off + 4) as usize;
-        off = off.checked_add(8)?.checked_add(len.checked_mul(4)?)?;
+        // id, off (i64), gap (2 × u32), then the length
+        let len = u32_at(off + 20);
+        off = off.checked_add(24)?.checked_add(len.checked_mul(4)?)?.checked_add(len.checked_mul(row)?)?;
     }
-    let nr = u32_at(off) as usize;
+    let nr = u32_at(off);
     off = off.checked_add(4)?.checked_add(nr.checked_mul(4)?)?;
     let nl = u64::from_le_bytes(std::ptr::read_unaligned(p.add(off) as *const [u8; 8]));
     off = off.checked_add(8)?.checked_add(usize::try_from(nl).ok()?.checked_mul(4)?)?;
     (off <= isize::MAX as usize).then_some(off)
+}
+
+/// llama.cpp's most sequences in one context (`LLAMA_MAX_SEQ`).
+pub const LLAMA_MAX_SEQ: u32 = 256;
+
+fn n_batch(p: &llama_context_params, n_ctx: u32) -> u32 {
+    p.n_batch.min(n_ctx).max(1)
 }
 
 /// `llama_decode`'s return codes.
@@ -114,6 +144,9 @@ impl Context {
     pub fn new(model: &LlamaModel, p: &llama_context_params) -> Result<Box<Context>, String> {
         let n_ctx = if p.n_ctx == 0 { model.n_ctx_train.max(0) as u32 } else { p.n_ctx };
         let n_seq_max = p.n_seq_max.max(1);
+        if n_seq_max > LLAMA_MAX_SEQ {
+            return Err(format!("n_seq_max must be <= {LLAMA_MAX_SEQ}"));
+        }
         let engine = match &model.model {
             None => None,
             Some(m) => {
@@ -131,10 +164,14 @@ impl Context {
             model: model as *const LlamaModel,
             engine,
             seqs: BTreeMap::new(),
+            places: BTreeMap::new(),
             n_ctx,
-            n_batch: p.n_batch.max(1),
-            n_ubatch: p.n_ubatch.max(1).min(p.n_batch.max(1)),
+            // llama.cpp's clamps: a causal model's batch is at most n_ctx; a
+            // micro-batch of 0 is the whole batch
+            n_batch: n_batch(p, n_ctx),
+            n_ubatch: if p.n_ubatch == 0 { n_batch(p, n_ctx) } else { p.n_ubatch.min(n_batch(p, n_ctx)) },
             n_seq_max,
+            seq_limit: if p.kv_unified { LLAMA_MAX_SEQ } else { n_seq_max },
             n_threads: p.n_threads,
             n_threads_batch: p.n_threads_batch,
             embeddings: p.embeddings,
@@ -180,6 +217,26 @@ impl Context {
         let s = e.add_seq()?;
         self.seqs.insert(id, s);
         Ok(s)
+    }
+
+    fn place(&self, id: llama_seq_id) -> Place {
+        self.places.get(&id).copied().unwrap_or_default()
+    }
+
+    fn set_place(&mut self, id: llama_seq_id, p: Place) {
+        if p == Place::default() {
+            self.places.remove(&id);
+        } else {
+            self.places.insert(id, p);
+        }
+    }
+
+    /// Forget a sequence: its engine sequence and its place.
+    fn drop_seq(&mut self, id: llama_seq_id) {
+        if let (Some(s), Some(e)) = (self.seqs.remove(&id), self.engine.as_mut()) {
+            let _ = e.remove_seq(s);
+        }
+        self.places.remove(&id);
     }
 
     fn len_of(&self, id: llama_seq_id) -> usize {
@@ -244,7 +301,15 @@ impl Context {
                     error!("llama_decode: token {i} belongs to no sequence");
                     return DECODE_INVALID;
                 }
-                (0..k as usize).map(|j| *p.add(j)).collect()
+                // a sequence named twice counts once (llama.cpp's sets)
+                let mut ids: Vec<llama_seq_id> = Vec::with_capacity(k as usize);
+                for j in 0..k as usize {
+                    let sid = *p.add(j);
+                    if !ids.contains(&sid) {
+                        ids.push(sid);
+                    }
+                }
+                ids
             };
             // with embeddings every token is an output (llama.cpp's output_all)
             let want = self.embeddings || if b.logits.is_null() { i + 1 == n } else { *b.logits.add(i) != 0 };
@@ -253,18 +318,25 @@ impl Context {
                 n_out += 1;
             }
             for (j, &sid) in ids.iter().enumerate() {
-                if sid < 0 || sid as u32 >= self.n_seq_max {
-                    error!("llama_decode: invalid seq_id[{i}] = {sid} >= n_seq_max {}", self.n_seq_max);
+                if sid < 0 || sid as u32 >= self.seq_limit {
+                    error!("llama_decode: invalid seq_id[{i}] = {sid} >= {}", self.seq_limit);
+                    return DECODE_INVALID;
+                }
+                let place = self.place(sid);
+                if let Some((h0, h1)) = place.hole {
+                    error!("llama_decode: positions {}..{} of sequence {sid} were removed from the middle and the gap is still open (ROCmForge keeps a sequence's positions contiguous: close it with llama_memory_seq_add, as a context shift does)", h0 as i64 + place.off, h1 as i64 + place.off);
                     return DECODE_INVALID;
                 }
                 let expect = *next.entry(sid).or_insert_with(|| self.len_of(sid));
+                let want_pos = expect as i64 + place.off;
                 // no position (NULL, or negative from llama_batch_ext): the sequence's next
-                let pos = if b.pos.is_null() || *b.pos.add(i) < 0 { expect } else { *b.pos.add(i) as usize };
-                if pos != expect {
-                    error!("llama_decode: token {i} of sequence {sid} is at position {pos}, but the sequence holds {expect} positions (ROCmForge appends in order; remove positions with llama_memory_seq_rm first)");
+                let pos = if b.pos.is_null() || *b.pos.add(i) < 0 { want_pos } else { *b.pos.add(i) as i64 };
+                if pos != want_pos {
+                    error!("llama_decode: token {i} of sequence {sid} is at position {pos}, but the sequence's next position is {want_pos} (ROCmForge appends in order; remove positions with llama_memory_seq_rm first)");
                     return DECODE_INVALID;
                 }
                 next.insert(sid, expect + 1);
+                let pos = expect;
                 let seq = match self.seq(sid) {
                     Ok(s) => s,
                     Err(e) => {
@@ -395,6 +467,7 @@ impl Context {
             }
         }
         self.seqs.clear();
+        self.places.clear();
     }
 
     fn targets(&self, id: llama_seq_id) -> Vec<llama_seq_id> {
@@ -405,29 +478,128 @@ impl Context {
         }
     }
 
+    /// llama.cpp positions [p0, p1) (negative: from the start, to the end)
+    /// of a sequence as engine positions, clamped to its length.
+    fn engine_range(&self, id: llama_seq_id, p0: llama_pos, p1: llama_pos) -> (usize, usize) {
+        let (len, off) = (self.len_of(id) as i64, self.place(id).off);
+        let a = if p0 < 0 { 0 } else { (p0 as i64 - off).clamp(0, len) };
+        let b = if p1 < 0 { len } else { (p1 as i64 - off).clamp(0, len) };
+        (a as usize, b as usize)
+    }
+
     /// Remove positions [p0, p1) (p1 < 0: to the end) of a sequence (all
-    /// when id < 0). Only a sequence's tail can go: false for a range with
-    /// positions after it, as llama.cpp answers for caches that cannot.
+    /// when id < 0). A tail is dropped and a head removed at once (the
+    /// later positions keep theirs); a range in the middle stays in the
+    /// cache as a gap that `seq_add` closes (a context shift), and a second
+    /// gap in one sequence is refused (false).
     pub fn seq_rm(&mut self, id: llama_seq_id, p0: llama_pos, p1: llama_pos) -> bool {
-        let p0 = p0.max(0) as usize;
         for sid in self.targets(id) {
+            let (a, b) = self.engine_range(sid, p0, p1);
             let len = self.len_of(sid);
-            let end = if p1 < 0 { usize::MAX } else { p1 as usize };
-            if p0 >= len || p0 >= end {
+            if a >= b {
                 continue;
             }
-            if end < len {
-                return false;
-            }
+            let mut place = self.place(sid);
             let (Some(&s), Some(e)) = (self.seqs.get(&sid), self.engine.as_mut()) else { continue };
-            if p0 == 0 {
-                let _ = e.remove_seq(s);
-                self.seqs.remove(&sid);
-            } else if e.keep(s, p0).is_err() {
-                return false;
+            if a == 0 && b == len {
+                self.drop_seq(sid);
+                continue;
             }
+            if b == len {
+                if e.keep(s, a).is_err() {
+                    return false;
+                }
+                // a gap at or past the new end is gone with it
+                place.hole = place.hole.filter(|&(h0, _)| h0 < a).map(|(h0, h1)| (h0, h1.min(a)));
+                if place.hole.is_some_and(|(h0, h1)| h1 == a && h0 < a) {
+                    // the gap reaches the end: drop it too
+                    let (h0, _) = place.hole.take().expect("just checked");
+                    if e.keep(s, h0).is_err() {
+                        return false;
+                    }
+                }
+            } else if a == 0 {
+                // the later positions move to the front and keep their
+                // llama.cpp positions; a gap the head reaches goes with it
+                let b = match place.hole {
+                    Some((h0, h1)) if h0 <= b => b.max(h1),
+                    _ => b,
+                };
+                if b == len {
+                    self.drop_seq(sid);
+                    continue;
+                }
+                if let Err(err) = e.shift(s, 0, b) {
+                    warning!("llama_memory_seq_rm: {err}");
+                    return false;
+                }
+                place.off += b as i64;
+                place.hole = place.hole.filter(|&(h0, _)| h0 > b).map(|(h0, h1)| (h0 - b, h1 - b));
+            } else {
+                match place.hole {
+                    None => place.hole = Some((a, b)),
+                    // a range that touches the gap widens it
+                    Some((h0, h1)) if a <= h1 && b >= h0 => place.hole = Some((h0.min(a), h1.max(b))),
+                    Some((h0, h1)) => {
+                        warning!("llama_memory_seq_rm: sequence {sid} already has a gap at {}..{}; close it with llama_memory_seq_add first", h0 as i64 + place.off, h1 as i64 + place.off);
+                        return false;
+                    }
+                }
+            }
+            self.set_place(sid, place);
         }
         true
+    }
+
+    /// Add `delta` to the positions [p0, p1) of a sequence (all when id < 0),
+    /// llama.cpp's position shift, by turning the cached keys:
+    /// - the whole sequence: its positions move (those that fall below 0
+    ///   are removed);
+    /// - the positions after a gap, to the left by at most the gap's
+    ///   width: they move down and the gap closes (a context shift);
+    /// - anything else (positions that would overlap others, or leave
+    ///   unused positions between the cached ones) is refused with a
+    ///   warning, and the cache stays as it was.
+    pub fn seq_add(&mut self, id: llama_seq_id, p0: llama_pos, p1: llama_pos, delta: llama_pos) {
+        if delta == 0 {
+            return;
+        }
+        let delta = delta as i64;
+        for sid in self.targets(id) {
+            let (a, b) = self.engine_range(sid, p0, p1);
+            let len = self.len_of(sid);
+            if a >= b {
+                continue;
+            }
+            let mut place = self.place(sid);
+            let Some(&s) = self.seqs.get(&sid) else { continue };
+            let e = self.engine.as_mut().expect("a sequence exists");
+            let done = match place.hole {
+                _ if a == 0 && b == len => {
+                    place.off += delta;
+                    Ok(())
+                }
+                // the positions after the gap move left into it
+                Some((h0, h1)) if b == len && a >= h0 && a <= h1 && delta < 0 && -delta <= (h1 - h0) as i64 => {
+                    let m = -delta as usize;
+                    place.hole = (h1 - m > h0).then_some((h0, h1 - m));
+                    e.shift(s, h1 - m, h1)
+                }
+                _ => {
+                    warning!("llama_memory_seq_add: shifting positions {p0}..{p1} of sequence {sid} by {delta} is not supported (ROCmForge keeps a sequence's positions contiguous: it shifts whole sequences, and the positions after a gap left into it); the cache is unchanged");
+                    continue;
+                }
+            };
+            if let Err(err) = done {
+                warning!("llama_memory_seq_add: {err}");
+                continue;
+            }
+            self.set_place(sid, place);
+            // positions that fall below 0 are removed
+            if place.off < 0 {
+                self.seq_rm(sid, -1, 0);
+            }
+        }
     }
 
     /// Copy positions [p0, p1) of `src` into `dst`: supported as a copy of
@@ -436,11 +608,12 @@ impl Context {
         if src == dst || src < 0 || dst < 0 {
             return;
         }
-        if p0 > 0 {
-            warning!("llama_memory_seq_cp: copying from position {p0} is not supported (only a sequence's first positions)");
+        let (a, b) = self.engine_range(src, p0, p1);
+        let place = self.place(src);
+        if a > 0 || place.hole.is_some_and(|(h0, _)| h0 < b) {
+            warning!("llama_memory_seq_cp: copying positions {p0}..{p1} of sequence {src} is not supported (only a sequence's first positions, before any gap)");
             return;
         }
-        let len = self.len_of(src);
         let Some(&s) = self.seqs.get(&src) else { return };
         let Some(e) = self.engine.as_mut() else { return };
         let f = match e.fork(s) {
@@ -450,12 +623,10 @@ impl Context {
                 return;
             }
         };
-        if p1 >= 0 && (p1 as usize) < len {
-            let _ = e.keep(f, p1 as usize);
-        }
-        if let Some(old) = self.seqs.insert(dst, f) {
-            let _ = e.remove_seq(old);
-        }
+        let _ = e.keep(f, b);
+        self.drop_seq(dst);
+        self.seqs.insert(dst, f);
+        self.set_place(dst, Place { off: place.off, hole: None });
     }
 
     pub fn seq_keep(&mut self, id: llama_seq_id) {
@@ -466,42 +637,70 @@ impl Context {
     }
 
     pub fn pos_max(&self, id: llama_seq_id) -> llama_pos {
-        self.len_of(id) as llama_pos - 1
-    }
-
-    pub fn pos_min(&self, id: llama_seq_id) -> llama_pos {
-        if self.len_of(id) > 0 {
-            0
-        } else {
-            -1
+        match self.len_of(id) {
+            0 => -1,
+            n => (n as i64 - 1 + self.place(id).off) as llama_pos,
         }
     }
 
-    // ---- state ------------------------------------------------------------
+    pub fn pos_min(&self, id: llama_seq_id) -> llama_pos {
+        match self.len_of(id) {
+            0 => -1,
+            // a gap never starts at 0 (seq_rm removes a head at once)
+            _ => self.place(id).off as llama_pos,
+        }
+    }
+
+    // ---- state ----
     //
-    // The state is each sequence's tokens and the last outputs' logits. The
-    // KV cache is not copied: loading recomputes it from the tokens (the
-    // same numbers: the passes are deterministic), so a state is small and
-    // independent of the backend.
+    // A state holds each sequence's tokens, places and cached K/V (f16, as
+    // every backend keeps them), and the last outputs' logits. Loading
+    // writes the K/V back, so a sequence that was shifted comes back as it
+    // was, and nothing is recomputed. Layout, little-endian:
+    //   MAGIC, n_vocab u32, n_layer u32, kv_dim u32, v_dim u32, n_seqs u32;
+    //   per sequence: id i32, off i64, gap h0 u32, h1 u32 (0, 0: none),
+    //     len u32, len tokens u32, then per layer len × kv_dim K values
+    //     (u16), then per layer len × v_dim V values;
+    //   n_rows u32, rows i32 (output row of each batch index);
+    //   n_logits u64, logits f32.
 
     const MAGIC: &'static [u8; 8] = MAGIC;
 
-    fn seq_state(&self, only: Option<llama_seq_id>) -> Vec<(llama_seq_id, Vec<u32>)> {
-        let Some(e) = &self.engine else { return Vec::new() };
-        self.seqs.iter().filter(|(id, _)| only.is_none_or(|o| o == **id)).map(|(&id, &s)| (id, e.seq_tokens(s).map(|t| t.to_vec()).unwrap_or_default())).collect()
-    }
-
-    pub fn state_bytes(&self, only: Option<llama_seq_id>) -> Vec<u8> {
+    pub fn state_bytes(&mut self, only: Option<llama_seq_id>) -> Vec<u8> {
         let mut o = Vec::new();
         o.extend_from_slice(Self::MAGIC);
-        o.extend_from_slice(&(self.n_vocab as u32).to_le_bytes());
-        let seqs = self.seq_state(only);
+        let (n_layer, kv_dim, v_dim) = match &self.model().model {
+            Some(m) => (m.cfg.n_layer, m.cfg.kv_dim(), m.cfg.v_dim()),
+            None => (0, 0, 0),
+        };
+        for v in [self.n_vocab, n_layer, kv_dim, v_dim] {
+            o.extend_from_slice(&(v as u32).to_le_bytes());
+        }
+        let ids: Vec<(llama_seq_id, SeqId)> = self.seqs.iter().filter(|(id, _)| only.is_none_or(|o| o == **id)).map(|(&a, &b)| (a, b)).collect();
+        let mut seqs = Vec::new();
+        if let Some(e) = self.engine.as_mut() {
+            for (id, s) in ids {
+                let toks = e.seq_tokens(s).map(|t| t.to_vec()).unwrap_or_default();
+                match e.read_seq_kv(s) {
+                    Ok(kv) => seqs.push((id, toks, kv)),
+                    Err(err) => error!("llama_state_get_data: reading sequence {id}'s cache: {err}"),
+                }
+            }
+        }
         o.extend_from_slice(&(seqs.len() as u32).to_le_bytes());
-        for (id, toks) in &seqs {
+        for (id, toks, kv) in &seqs {
+            let place = self.place(*id);
+            let (h0, h1) = place.hole.unwrap_or((0, 0));
             o.extend_from_slice(&id.to_le_bytes());
+            o.extend_from_slice(&place.off.to_le_bytes());
+            o.extend_from_slice(&(h0 as u32).to_le_bytes());
+            o.extend_from_slice(&(h1 as u32).to_le_bytes());
             o.extend_from_slice(&(toks.len() as u32).to_le_bytes());
             for t in toks {
                 o.extend_from_slice(&t.to_le_bytes());
+            }
+            for layer in kv.k.iter().chain(&kv.v) {
+                o.extend(layer.iter().flat_map(|v| v.to_le_bytes()));
             }
         }
         // outputs (whole-context states only)
@@ -518,7 +717,8 @@ impl Context {
     }
 
     /// Restore a state (into `dest` for a one-sequence state); returns the
-    /// bytes read, 0 on a malformed state or a failed recomputation.
+    /// bytes read, 0 on a malformed state, one of another model, or a
+    /// cache that cannot hold it.
     pub fn set_state(&mut self, src: &[u8], dest: Option<llama_seq_id>) -> usize {
         struct R<'a>(&'a [u8], usize);
         impl R<'_> {
@@ -533,19 +733,38 @@ impl Context {
             fn u64(&mut self) -> Option<u64> {
                 Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
             }
+            fn u16s(&mut self, n: usize) -> Option<Vec<u16>> {
+                Some(self.take(n.checked_mul(2)?)?.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect())
+            }
         }
+        let (n_layer, kv_dim, v_dim) = match &self.model().model {
+            Some(m) => (m.cfg.n_layer, m.cfg.kv_dim(), m.cfg.v_dim()),
+            None => (0, 0, 0),
+        };
         let mut r = R(src, 0);
         let parsed = (|| {
-            if r.take(8)? != Self::MAGIC || r.u32()? as usize != self.n_vocab {
+            if r.take(8)? != Self::MAGIC {
+                return None;
+            }
+            let dims = [r.u32()?, r.u32()?, r.u32()?, r.u32()?].map(|v| v as usize);
+            if dims != [self.n_vocab, n_layer, kv_dim, v_dim] {
                 return None;
             }
             let n = r.u32()? as usize;
             let mut seqs = Vec::new();
             for _ in 0..n {
                 let id = r.u32()? as i32;
+                let off = r.u64()? as i64;
+                let (h0, h1) = (r.u32()? as usize, r.u32()? as usize);
                 let len = r.u32()? as usize;
+                let hole = (h1 > 0).then_some((h0, h1));
+                if hole.is_some_and(|(h0, h1)| h0 == 0 || h0 >= h1 || h1 >= len) {
+                    return None;
+                }
                 let toks: Vec<u32> = (0..len).map(|_| r.u32()).collect::<Option<_>>()?;
-                seqs.push((id, toks));
+                let k: Vec<Vec<u16>> = (0..n_layer).map(|_| r.u16s(len.checked_mul(kv_dim)?)).collect::<Option<_>>()?;
+                let v: Vec<Vec<u16>> = (0..n_layer).map(|_| r.u16s(len.checked_mul(v_dim)?)).collect::<Option<_>>()?;
+                seqs.push((id, Place { off, hole }, toks, rocmforge::backend::KvHost { k, v }));
             }
             let nr = r.u32()? as usize;
             let rows: Vec<i32> = (0..nr).map(|_| r.u32().map(|v| v as i32)).collect::<Option<_>>()?;
@@ -563,7 +782,7 @@ impl Context {
                 self.seq_rm(d, -1, -1);
             }
         }
-        for (id, toks) in seqs {
+        for (id, place, toks, kv) in seqs {
             let id = dest.unwrap_or(id);
             if toks.is_empty() {
                 continue;
@@ -576,14 +795,12 @@ impl Context {
                 }
             };
             let e = self.engine.as_mut().expect("a sequence exists");
-            for (ci, chunk) in toks.chunks(self.n_batch.max(1) as usize).enumerate() {
-                let p0 = ci * self.n_batch.max(1) as usize;
-                let rows: Vec<BatchRow> = chunk.iter().enumerate().map(|(i, &t)| BatchRow { seq: s, token: t, pos: p0 + i, logits: false }).collect();
-                if let Err(err) = e.decode(&rows) {
-                    error!("llama_state_set_data: recomputing the cache: {err}");
-                    return 0;
-                }
+            if let Err(err) = e.load_seq(s, &toks, &kv) {
+                error!("llama_state_set_data: restoring sequence {id}: {err}");
+                self.drop_seq(id);
+                return 0;
             }
+            self.set_place(id, place);
         }
         if dest.is_none() {
             self.out_row = rows;

@@ -1101,10 +1101,14 @@ pub unsafe extern "C" fn llama_memory_seq_keep(m: *mut Memory, s: llama_seq_id) 
     }
 }
 
+/// A position shift, done by turning the cached keys: the whole sequence,
+/// or the positions after a gap `seq_rm` left, moved left into it (the
+/// context shift of llama.cpp's examples). Other shifts are refused with
+/// a warning (`Context::seq_add`).
 #[no_mangle]
-pub extern "C" fn llama_memory_seq_add(_m: *mut Memory, _s: llama_seq_id, _p0: llama_pos, _p1: llama_pos, delta: llama_pos) {
-    if delta != 0 {
-        stub!("llama_memory_seq_add (position shifts)");
+pub unsafe extern "C" fn llama_memory_seq_add(m: *mut Memory, s: llama_seq_id, p0: llama_pos, p1: llama_pos, delta: llama_pos) {
+    if let Some(c) = mem_ctx(m) {
+        guard("llama_memory_seq_add", (), || c.seq_add(s, p0, p1, delta));
     }
 }
 
@@ -1126,8 +1130,8 @@ pub unsafe extern "C" fn llama_memory_seq_pos_max(m: *mut Memory, s: llama_seq_i
 }
 
 #[no_mangle]
-pub extern "C" fn llama_memory_can_shift(_m: *mut Memory) -> bool {
-    false
+pub unsafe extern "C" fn llama_memory_can_shift(m: *mut Memory) -> bool {
+    mem_ctx(m).is_some_and(|c| c.engine.is_some())
 }
 
 // ---- state -----------------------------------------------------------------------
@@ -1480,17 +1484,92 @@ pub unsafe extern "C" fn llama_detokenize(v: *const Vocab, toks: *const llama_to
     let ids = if n <= 0 { &[][..] } else { std::slice::from_raw_parts(toks, n as usize) };
     guard("llama_detokenize", i32::MIN, || {
         let mut ids: Vec<u32> = ids.iter().filter_map(|&t| v.id(t)).collect();
+        let tok = v.tok();
+        // SentencePiece's space prefix comes off the first token, unless
+        // that token follows a BOS removed here (llama.cpp's rule)
+        let mut strip = tok.vocab.add_space_prefix;
         if remove_special {
             if v.add_bos() && ids.first().is_some_and(|&f| f as llama_token == v.bos()) {
                 ids.remove(0);
+                strip = false;
             }
             if v.add_eos() && ids.last().is_some_and(|&l| l as llama_token == v.eos()) {
                 ids.pop();
             }
         }
-        let bytes = v.tok().decode(&ids, unparse_special).unwrap_or_default();
+        let mut bytes = Vec::new();
+        for (k, &id) in ids.iter().enumerate() {
+            let p = tok.token_to_piece(id, unparse_special).unwrap_or(&[]);
+            bytes.extend_from_slice(if k == 0 && strip { p.strip_prefix(b" ").unwrap_or(p) } else { p });
+        }
+        // the length needed is the one before the clean-up, as llama.cpp's
+        if bytes.len() <= max.max(0) as usize && cleans_spaces(&tok.vocab) {
+            clean_up_spaces(&mut bytes);
+        }
         put_or_need(&bytes, text as *mut u8, max)
     })
+}
+
+/// Whether llama.cpp's detokenizer tidies spaces for this vocabulary
+/// (`clean_spaces`, Hugging Face's `clean_up_tokenization_spaces`): byte-level
+/// BPE vocabularies, except the pre-tokenizers llama.cpp exempts.
+fn cleans_spaces(v: &rocmforge::tokenizer::vocab::Vocab) -> bool {
+    const EXEMPT: &[&str] = &[
+        "deepseek-llm", "deepseek-coder", "deepseek-v3", "spark2_5", "youtu", "sarvam-moe", "command-r", "qwen2",
+        "deepseek-r1-qwen", "kormo", "f2llmv2", "qwen35", "poro-chat", "viking", "tekken", "smollm", "chameleon",
+        "gpt-4o", "llama4", "kanana2", "talkie", "granite-embed-multi-97m", "tiny_aya", "cohere2moe", "superbpe",
+        "trillion", "granite-docling", "bailingmoe", "bailingmoe2", "llada-moe", "seed-coder", "hunyuan",
+        "hunyuan-dense", "hy_v4", "joyai-llm", "kimi-k2", "ufakzeka", "grok-2", "afmoe", "laguna", "minimax-m2",
+        "solar-open",
+    ];
+    v.kind == rocmforge::tokenizer::vocab::ModelKind::Bpe && !EXEMPT.contains(&v.pre.as_str())
+}
+
+/// llama.cpp's three clean-up passes, in place as it does them: no space
+/// before `?!.,`; none around a lone `'`; none before the contractions
+/// `'s`, `'m`, `'re`, `'ve`.
+fn clean_up_spaces(t: &mut Vec<u8>) {
+    // pass 1
+    let n = t.len();
+    let mut total = usize::from(n > 0);
+    for i in 1..n {
+        let x = t[i];
+        if t[i - 1] == b' ' && matches!(x, b'?' | b'!' | b'.' | b',') {
+            total -= 1;
+        }
+        t[total] = x;
+        total += 1;
+    }
+    // pass 2
+    let n = total;
+    total = usize::from(n > 0);
+    let mut i = 1;
+    while i < n {
+        let x = t[i];
+        if x == b'\'' && i + 1 < n && t[i - 1] == b' ' && t[i + 1] == b' ' {
+            total -= 1;
+            i += 1;
+            t[i] = 0;
+        }
+        t[total] = x;
+        total += 1;
+        i += 1;
+    }
+    // pass 3
+    let n = total;
+    total = usize::from(n > 0);
+    for i in 1..n {
+        let x = t[i];
+        if t[i - 1] == b' ' && x == b'\'' && i + 1 < n {
+            let x1 = t[i + 1];
+            if matches!(x1, b's' | b'm') || (i + 2 < n && matches!((x1, t[i + 2]), (b'r', b'e') | (b'v', b'e'))) {
+                total -= 1;
+            }
+        }
+        t[total] = x;
+        total += 1;
+    }
+    t.truncate(total);
 }
 
 // ---- chat templates ------------------------------------------------------------

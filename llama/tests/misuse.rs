@@ -115,10 +115,16 @@ fn bad_indices_batches_and_grammars_are_refused() {
         assert!(llama_get_logits_ith(c, n).is_null(), "past the batch");
         assert!(llama_get_logits_ith(c, -2).is_null(), "one output only");
         assert_eq!(llama_memory_seq_pos_max(mem, 0), n - 1);
-        // removing the middle of a sequence is refused; its tail is not
-        assert!(!llama_memory_seq_rm(mem, 0, 1, 2));
+        // removing the middle of a sequence leaves a gap: decoding is
+        // refused until seq_add closes it; a second gap is refused
+        assert!(llama_memory_seq_rm(mem, 0, 1, 2));
+        assert!(!llama_memory_seq_rm(mem, 0, 3, 4));
+        let mut one = vec![toks[0]];
+        assert_eq!(llama_decode(c, llama_batch_get_one(one.as_mut_ptr(), 1)), -1, "decoding with a gap open");
+        llama_memory_seq_add(mem, 0, 0, 1, 5); // part of a sequence, to the right: refused, nothing changes
+        assert_eq!(llama_memory_seq_pos_max(mem, 0), n - 1);
         assert!(llama_memory_seq_rm(mem, 0, 2, -1));
-        assert_eq!(llama_memory_seq_pos_max(mem, 0), 1);
+        assert_eq!(llama_memory_seq_pos_max(mem, 0), 0, "the gap reached the end and went with the tail");
         // samplers: a bad grammar is NULL; chain indices out of range
         assert!(llama_sampler_init_grammar(v, c"root ::= (".as_ptr(), c"root".as_ptr()).is_null());
         assert!(llama_sampler_init_grammar(v, c"root ::= \"a\"".as_ptr(), c"nope".as_ptr()).is_null());
@@ -158,9 +164,57 @@ fn bad_indices_batches_and_grammars_are_refused() {
         // the sizeless old call reads the state's own lengths
         assert_eq!(llama_set_state_data(c, st.as_ptr()), size);
         assert_eq!(llama_set_state_data(c, junk.as_ptr()), 0);
-        assert_eq!(llama_memory_seq_pos_max(mem, 0), 1, "the saved state is back");
+        assert_eq!(llama_memory_seq_pos_max(mem, 0), 0, "the saved state is back");
         assert_eq!(llama_encode(c, llama_batch_get_one(toks.as_mut_ptr(), 1)), -1, "no encoder");
         llama_free(c);
+        llama_model_free(m);
+    }
+}
+
+/// llama.cpp's context clamps and batch rules: n_batch at most n_ctx, an
+/// n_ubatch of 0 the whole batch, n_seq_max at most 256; a token naming
+/// one sequence twice counts it once; `kv_unified` lets sequence ids
+/// reach 255 whatever n_seq_max says.
+#[test]
+fn context_clamps_and_sequence_ids() {
+    unsafe {
+        let mut mp = llama_model_default_params();
+        mp.n_gpu_layers = 0;
+        let path = model_path();
+        let m = llama_model_load_from_file(path.as_ptr(), mp);
+        assert!(!m.is_null());
+        let mut cp = llama_context_default_params();
+        cp.n_ctx = 64;
+        cp.n_batch = 512;
+        cp.n_ubatch = 0;
+        let c = llama_init_from_model(m, cp);
+        assert!(!c.is_null());
+        assert_eq!((llama_n_ctx(c), llama_n_batch(c), llama_n_ubatch(c)), (64, 64, 64));
+        let mut b = llama_batch_init(2, 0, 3);
+        b.n_tokens = 2;
+        for i in 0..2 {
+            *b.token.add(i) = 100 + i as i32;
+            *b.pos.add(i) = i as i32;
+            *b.n_seq_id.add(i) = 3;
+            for (j, s) in [0, 0, 0].into_iter().enumerate() {
+                *(*b.seq_id.add(i)).add(j) = s;
+            }
+            *b.logits.add(i) = 1;
+        }
+        assert_eq!(llama_decode(c, b), 0, "a sequence named three times is one sequence");
+        assert_eq!(llama_memory_seq_pos_max(llama_get_memory(c), 0), 1);
+        **b.seq_id.add(0) = 200;
+        **b.seq_id.add(1) = 200;
+        assert_eq!(llama_decode(c, b), -1, "seq_id 200 >= n_seq_max 1");
+        llama_free(c);
+        cp.kv_unified = true;
+        let c = llama_init_from_model(m, cp);
+        assert_eq!(llama_decode(c, b), 0, "kv_unified: ids up to 255");
+        assert_eq!(llama_memory_seq_pos_max(llama_get_memory(c), 200), 1);
+        llama_batch_free(b);
+        llama_free(c);
+        cp.n_seq_max = 257;
+        assert!(llama_init_from_model(m, cp).is_null(), "n_seq_max > 256");
         llama_model_free(m);
     }
 }

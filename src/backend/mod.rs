@@ -143,6 +143,32 @@ impl TopRows {
     }
 }
 
+/// K/V rows copied out of (or into) a backend's cache, to move positions
+/// (a context shift: [`crate::engine::Engine::shift`]): per layer, the rows
+/// of the slots asked for, one after the other, `kv_dim` (K) or `v_dim` (V)
+/// f16 values each (as bits), heads back to back. The same on every
+/// backend.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KvHost {
+    pub k: Vec<Vec<u16>>,
+    pub v: Vec<Vec<u16>>,
+}
+
+impl KvHost {
+    /// InvalidArgument unless these are `n` slots' K/V for every layer of
+    /// a model of `c`.
+    pub fn check(&self, n: usize, c: &crate::model::Config) -> Result<()> {
+        let ok = self.k.len() == c.n_layer
+            && self.v.len() == c.n_layer
+            && self.k.iter().all(|l| l.len() == n * c.kv_dim())
+            && self.v.iter().all(|l| l.len() == n * c.v_dim());
+        match ok {
+            true => Ok(()),
+            false => Err(crate::error::Error::InvalidArgument(format!("K/V rows for {n} positions do not match the model's {} layers", c.n_layer))),
+        }
+    }
+}
+
 /// One row of a step as a backend sees it, checked by the engine: the
 /// sequence's blocks for this position are reserved in `kv`.
 #[derive(Clone, Copy)]
@@ -207,6 +233,10 @@ pub trait Exec: Send {
     fn forward_seq(&mut self, seq: SeqId, kv: &SeqKv, tokens: &[u32], pos0: usize, want: Logits, out: &mut [f32]) -> Result<()>;
     /// Make the copy-on-write copies the block pool asked for.
     fn copy_blocks(&mut self, _copies: &[BlockCopy]) {}
+    /// The K/V rows at cache `slots`, every layer.
+    fn read_kv(&mut self, slots: &[usize]) -> Result<KvHost>;
+    /// Write `rows` (as [`Exec::read_kv`] gives them) at cache `slots`.
+    fn write_kv(&mut self, slots: &[usize], rows: &KvHost) -> Result<()>;
     /// A new, empty sequence.
     fn add_seq(&mut self, _seq: SeqId) -> Result<()> {
         Ok(())

@@ -74,6 +74,27 @@ pub fn rope_table(pos: usize, base: f32, c: &Config) -> Vec<(f32, f32)> {
     (0..c.rope_dim / 2).map(|i| rope_angle(pos, i, c.rope_dim, base, c.rope_scaling)).collect()
 }
 
+/// Turn cached keys by `delta` positions (a context shift): RoPE at `p`
+/// followed by a turn of `delta` is RoPE at `p + delta`. `rows` are f16
+/// bits, `kv_dim` values each (heads back to back); `base` is the layer's
+/// RoPE base. The YaRN magnitude was applied once when the key was
+/// written, so the turn leaves the length alone (unlike [`rope_table`]).
+pub fn rotate_keys(rows: &mut [u16], kv_dim: usize, delta: i64, base: f32, c: &Config) {
+    let table: Vec<(f32, f32)> = (0..c.rope_dim / 2)
+        .map(|i| {
+            let (p, mult, _) = super::reference::rope_pair(i, c.rope_dim, base, c.rope_scaling);
+            let th = delta as f64 * (p * mult) as f64;
+            (th.cos() as f32, th.sin() as f32)
+        })
+        .collect();
+    let mut x = vec![0f32; kv_dim];
+    for row in rows.chunks_exact_mut(kv_dim) {
+        x.iter_mut().zip(row.iter()).for_each(|(d, &h)| *d = half::f16::from_bits(h).to_f32());
+        rope_row(&mut x, c.head_dim, &table, c.arch.rope);
+        row.iter_mut().zip(&x).for_each(|(d, &v)| *d = half::f16::from_f32(v).to_bits());
+    }
+}
+
 /// Rotate every `head_dim` head in `row` with the table for its position.
 pub fn rope_row(row: &mut [f32], head_dim: usize, table: &[(f32, f32)], style: RopeStyle) {
     let half = table.len();

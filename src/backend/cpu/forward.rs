@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::matmul::{matmul, matmul_input, Input, SyncPtr};
 use crate::error::{Error, Result};
-use crate::backend::{Exec, Logits, StepRow};
+use crate::backend::{Exec, KvHost, Logits, StepRow};
 use crate::engine::SeqId;
 use crate::kv::{BlockCopy, SeqKv, BLOCK};
 use crate::model::arch::LayerKind;
@@ -142,6 +142,43 @@ impl Exec for CpuExec {
 
     fn copy_blocks(&mut self, copies: &[BlockCopy]) {
         self.kv.copy_blocks(copies);
+    }
+
+    fn read_kv(&mut self, slots: &[usize]) -> Result<KvHost> {
+        let c = &self.model.cfg;
+        let (hd, hdv, n_kv) = (c.head_dim, c.head_dim_v, c.n_head_kv);
+        let gather = |layer: &[u16], width: usize| -> Vec<u16> {
+            let mut out = Vec::with_capacity(slots.len() * n_kv * width);
+            for &s in slots {
+                for h in 0..n_kv {
+                    let r = ops::kv_row(s, h, n_kv, width);
+                    out.extend_from_slice(&layer[r..r + width]);
+                }
+            }
+            out
+        };
+        Ok(KvHost { k: self.kv.k.iter().map(|l| gather(l, hd)).collect(), v: self.kv.v.iter().map(|l| gather(l, hdv)).collect() })
+    }
+
+    fn write_kv(&mut self, slots: &[usize], rows: &KvHost) -> Result<()> {
+        let c = &self.model.cfg;
+        let (hd, hdv, n_kv) = (c.head_dim, c.head_dim_v, c.n_head_kv);
+        let scatter = |layer: &mut [u16], src: &[u16], width: usize| {
+            for (i, &s) in slots.iter().enumerate() {
+                for h in 0..n_kv {
+                    let r = ops::kv_row(s, h, n_kv, width);
+                    layer[r..r + width].copy_from_slice(&src[(i * n_kv + h) * width..][..width]);
+                }
+            }
+        };
+        rows.check(slots.len(), c)?;
+        for (layer, src) in self.kv.k.iter_mut().zip(&rows.k) {
+            scatter(layer, src, hd);
+        }
+        for (layer, src) in self.kv.v.iter_mut().zip(&rows.v) {
+            scatter(layer, src, hdv);
+        }
+        Ok(())
     }
 }
 

@@ -18,7 +18,7 @@ use crate::gguf::GgufFile;
 use crate::model::arch::{FfnAct, LayerKind};
 use crate::model::reference::rope_pair;
 use crate::model::weights::{Matrix, Weights};
-use crate::backend::{Backend, Exec, Logits, StepRow, TopRows, TOP_MAX};
+use crate::backend::{Backend, Exec, KvHost, Logits, StepRow, TopRows, TOP_MAX};
 use crate::engine::SeqId;
 use crate::kv::{BlockCopy, SeqKv, BLOCK};
 use crate::model::{Config, Model};
@@ -278,6 +278,13 @@ impl Exec for GpuExec {
         self.forward_rows(rows, Sink::Logits(logits))
     }
 
+    fn forward_hidden(&mut self, rows: &[StepRow], hidden: &mut Vec<f32>) -> Result<()> {
+        self.out_hidden = true;
+        let r = self.forward_rows(rows, Sink::Logits(hidden));
+        self.out_hidden = false;
+        r
+    }
+
     fn forward_top(&mut self, rows: &[StepRow], out: &mut TopRows) -> Result<()> {
         self.forward_rows(rows, Sink::Top(out))
     }
@@ -328,6 +335,76 @@ impl Exec for GpuExec {
             }
         }
     }
+
+    fn read_kv(&mut self, slots: &[usize]) -> Result<KvHost> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        let c = &self.m.cfg;
+        let rt = self.m.dev.rt.clone();
+        let mut out = KvHost { k: vec![vec![0u16; slots.len() * c.kv_dim()]; c.n_layer], v: vec![vec![0u16; slots.len() * c.v_dim()]; c.n_layer] };
+        let mut issued = Ok(());
+        'copy: for (buf, w, dst) in [(&self.kc, c.kv_dim(), &mut out.k), (&self.vc, c.v_dim(), &mut out.v)] {
+            let row = w * 2;
+            for (il, host) in dst.iter_mut().enumerate() {
+                let layer = buf.ptr + (il * self.slots * row) as u64;
+                let bytes = u16_bytes_mut(host);
+                for (i, s, n) in slot_runs(slots) {
+                    issued = rt.dtoh(self.s, &mut bytes[i * row..(i + n) * row], layer + (s * row) as u64);
+                    if issued.is_err() {
+                        break 'copy;
+                    }
+                }
+            }
+        }
+        // the copies issued so far land in `out` before it is read or dropped
+        let synced = rt.stream_sync(self.s);
+        issued.and(synced).map(|_| out)
+    }
+
+    fn write_kv(&mut self, slots: &[usize], rows: &KvHost) -> Result<()> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        let c = &self.m.cfg;
+        rows.check(slots.len(), c)?;
+        let rt = self.m.dev.rt.clone();
+        let mut issued = Ok(());
+        'copy: for (buf, w, src) in [(&self.kc, c.kv_dim(), &rows.k), (&self.vc, c.v_dim(), &rows.v)] {
+            let row = w * 2;
+            for (il, host) in src.iter().enumerate() {
+                let layer = buf.ptr + (il * self.slots * row) as u64;
+                // SAFETY: u16 to bytes, the same memory.
+                let bytes = unsafe { std::slice::from_raw_parts(host.as_ptr() as *const u8, host.len() * 2) };
+                for (i, s, n) in slot_runs(slots) {
+                    issued = rt.htod(self.s, layer + (s * row) as u64, &bytes[i * row..(i + n) * row]);
+                    if issued.is_err() {
+                        break 'copy;
+                    }
+                }
+            }
+        }
+        // `rows` outlives the copies issued
+        let synced = rt.stream_sync(self.s);
+        issued.and(synced)
+    }
+}
+
+/// `slots` as runs of consecutive slots: (index in `slots`, first slot, length).
+fn slot_runs(slots: &[usize]) -> Vec<(usize, usize, usize)> {
+    let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+    for (i, &s) in slots.iter().enumerate() {
+        match runs.last_mut() {
+            Some((_, s0, n)) if *s0 + *n == s => *n += 1,
+            _ => runs.push((i, s, 1)),
+        }
+    }
+    runs
+}
+
+fn u16_bytes_mut(v: &mut [u16]) -> &mut [u8] {
+    // SAFETY: any byte pattern is a valid u16; the same memory, twice the length.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, v.len() * 2) }
 }
 
 // The kernels address the paged cache in the engine's blocks, and select
@@ -466,6 +543,10 @@ pub struct GpuExec {
     graph: Option<(Graph, Option<usize>)>,
     /// Replay the decode graph (FORGE_NO_GRAPH=1 turns it off).
     pub use_graph: bool,
+    /// This pass's output rows are the final hidden states (after the
+    /// output norm, n_embd floats each) in the logits buffer, not logits
+    /// ([`Exec::forward_hidden`]); never captured in the graph.
+    out_hidden: bool,
     /// A failed block copy, reported by the next forward.
     failed: Option<Error>,
 }
@@ -545,6 +626,7 @@ impl GpuExec {
             gemm,
             graph: None,
             use_graph: !crate::env_flag("FORGE_NO_GRAPH") && !super::profile::enabled(),
+            out_hidden: false,
             failed: None,
             m,
             s,
@@ -563,7 +645,7 @@ impl GpuExec {
         if let Some(e) = self.failed.take() {
             return Err(e);
         }
-        let nv = self.m.cfg.n_vocab;
+        let nv = self.out_width();
         for chunk in rows.chunks(MAX_BATCH) {
             // each sequence's rows in this chunk, in order of first appearance
             let mut seqs: Vec<(SeqId, Vec<usize>)> = Vec::new();
@@ -639,7 +721,7 @@ impl GpuExec {
     fn run_pass(&mut self, p: &Pass, dest: Dest) -> Result<()> {
         let n = p.ids.len();
         debug_assert!(n > 0 && n <= MAX_BATCH && p.pos.len() == n && p.tab.len() == n);
-        let nv = self.m.cfg.n_vocab;
+        let nv = self.out_width();
         let rows = p.out.count(n);
         let gather: &[i32] = match &p.out {
             OutRows::Gather(g) => g,
@@ -656,7 +738,9 @@ impl GpuExec {
         }
         if rows > self.logits_rows {
             self.drop_graph();
-            self.logits = self.m.pool.alloc(rows * nv * 4, "logits")?;
+            // sized for logits whatever this pass returns
+            let width = self.m.cfg.n_vocab.max(self.m.cfg.n_embd);
+            self.logits = self.m.pool.alloc(rows * width * 4, "logits")?;
             self.logits_rows = rows;
         }
         {
@@ -681,7 +765,7 @@ impl GpuExec {
         let lay = StepLayout { ids: at(0), at: KvRows { pos: at(n), tab: at(2 * n), bt }, gather: at(3 * n), base: contiguous.unwrap_or(0) };
         let rt = self.m.dev.rt.clone();
         rt.htod(self.s, step, &self.step_host.bytes()[..need * 4])?;
-        if n == 1 && p.out == OutRows::Last && self.use_graph {
+        if n == 1 && p.out == OutRows::Last && self.use_graph && !self.out_hidden {
             if self.graph.as_ref().is_some_and(|(_, c)| *c != contiguous) {
                 self.drop_graph();
             }
@@ -832,7 +916,18 @@ impl GpuExec {
                 (self.branch.ptr, g.len())
             }
         };
+        if self.out_hidden {
+            return ops::rmsnorm(dev, s, xr, m.output_norm.ptr, self.logits.ptr, rows, dim, c.rms_eps, false);
+        }
         self.project(xr, Some((m.output_norm.ptr, c.rms_eps)), rows, &[Proj::new(&m.output, self.logits.ptr)])
+    }
+
+    /// Floats per output row: n_vocab logits, or n_embd hidden values.
+    fn out_width(&self) -> usize {
+        match self.out_hidden {
+            true => self.m.cfg.n_embd,
+            false => self.m.cfg.n_vocab,
+        }
     }
 
     /// x += W·a, or x += rmsnorm(W·a) when the block has a post-norm;
