@@ -219,6 +219,10 @@ kernels-hip:
 	@command -v hipcc >/dev/null || { echo "hipcc not found: apt-get install hipcc libamdhip64-dev (Debian 12)" >&2; exit 1; }
 	mkdir -p $(GPU_TARGET_DIR)
 	for a in $(HIP_ARCHS); do hipcc --genco --offload-arch=$$a -std=c++17 -O3 -Wall -Werror kernels/forge.cu -o $(GPU_TARGET_DIR)/forge-$$a.co || exit 1; echo "kernels/forge.cu: $$a ok"; done
+	# the units the runtime compiles in parallel (one op file or part of
+	# one each; helpers of the files they include go unused there)
+	$(CARGO) run --release --quiet --example kernel_units $(GPU_TARGET_DIR)/units > /dev/null
+	for u in $(GPU_TARGET_DIR)/units/*.cu; do hipcc --genco --offload-arch=gfx90a -std=c++17 -O3 -Wall -Werror -Wno-unused-function $$u -o $${u%.cu}.co || exit 1; done; echo "kernel units: gfx90a ok"
 
 # Binaries and header-only model images for the GPU machine (see
 # scripts/gpu_check.sh, which runs there).

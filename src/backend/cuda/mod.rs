@@ -47,7 +47,9 @@ struct Cuda {
     ctx: sys::CUcontext,
     /// Kernels whose dynamic shared-memory limit was raised, and to what.
     shared_set: Mutex<std::collections::HashMap<u64, u32>>,
-    module: Mutex<Option<sys::CUmodule>>,
+    /// The kernel units' modules, with a hash of each image (a unit loaded
+    /// again is not loaded twice).
+    modules: Mutex<Vec<(u64, sys::CUmodule)>>,
     blas: Option<Mutex<blas_sys::cublasHandle_t>>,
     /// Launch with programmatic dependent launch (sm_90 and later; off with
     /// FORGE_NO_PDL=1): a kernel's blocks start while the kernel before it
@@ -88,7 +90,7 @@ pub fn open(index: usize) -> Result<Arc<dyn GpuRuntime>> {
         dev,
         ctx,
         shared_set: Mutex::new(std::collections::HashMap::new()),
-        module: Mutex::new(None),
+        modules: Mutex::new(Vec::new()),
         blas,
         pdl: major >= 9 && !crate::env_flag("FORGE_NO_PDL"),
     }))
@@ -111,7 +113,7 @@ impl Drop for Cuda {
             if let Some(h) = self.blas.take() {
                 let _ = blas::destroy_handle(h.into_inner());
             }
-            if let Some(m) = self.module.lock().take() {
+            for (_, m) in self.modules.lock().drain(..) {
                 let _ = cu::module::unload(m);
             }
             let _ = cu::primary_ctx::release(self.dev);
@@ -219,19 +221,31 @@ impl GpuRuntime for Cuda {
     }
     fn load_module(&self, image: &[u8]) -> Result<()> {
         self.bind()?;
-        let mut m = self.module.lock();
-        if m.is_some() {
+        let h = crate::backend::gpu::runtime::image_hash(image);
+        let mut ms = self.modules.lock();
+        if ms.iter().any(|(k, _)| *k == h) {
             return Ok(());
         }
         // SAFETY: image is a cubin for this device (NVRTC output or our cache).
-        *m = Some(unsafe { cu::module::load_data(image.as_ptr() as *const c_void) }.map_err(|e| unavailable("module load", e))?);
+        let m = unsafe { cu::module::load_data(image.as_ptr() as *const c_void) }.map_err(|e| unavailable("module load", e))?;
+        ms.push((h, m));
         Ok(())
     }
     fn function(&self, name: &str) -> Result<Func> {
         self.bind()?;
-        let m = self.module.lock().ok_or_else(|| Error::BackendUnavailable("CUDA kernels are not loaded".into()))?;
-        let f = unsafe { cu::module::get_function(m, CString::new(name).unwrap_or_default()) }.map_err(|e| unavailable(&format!("kernel {name}"), e))?;
-        Ok(Func(f as u64))
+        let ms = self.modules.lock();
+        if ms.is_empty() {
+            return Err(Error::BackendUnavailable("CUDA kernels are not loaded".into()));
+        }
+        let c = CString::new(name).unwrap_or_default();
+        let mut last = None;
+        for &(_, m) in ms.iter() {
+            match unsafe { cu::module::get_function(m, c.clone()) } {
+                Ok(f) => return Ok(Func(f as u64)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(unavailable(&format!("kernel {name}"), last.expect("at least one module")))
     }
     fn launch(&self, s: Stream, f: Func, d: LaunchDims, args: &[Arg]) -> Result<()> {
         self.bind()?;

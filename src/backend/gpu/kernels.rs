@@ -4,6 +4,18 @@
 //! architecture and the driver version, so a new driver or a changed kernel
 //! recompiles and nothing stale is ever loaded.
 //!
+//! The source is compiled as several units in parallel threads, each
+//! cached on its own, so the first load's compile takes about as long as
+//! the largest unit, not the whole source. A unit is one op file of
+//! `forge.cu` (`UNITS`) with the headers and the op files it includes, or a
+//! part of one: the kernels of the included op files are muted there, and
+//! a file split in `n` parts keeps every `n`-th of its own kernels live in
+//! each. A muted kernel is a `__global__` template that is never
+//! instantiated, so the compiler generates nothing for it; `KERNEL` counts
+//! the kernels it defines with `__COUNTER__` to pick the live ones. Each
+//! kernel is compiled once, in one unit. `forge.cu` stays the whole source,
+//! for the kernel table and CI's hipcc build.
+//!
 //! `FORGE_NVRTC_OPTS` adds compiler options (experiments; part of the key).
 //!
 //! Cache directory: `$FORGE_KERNEL_CACHE`, else `$XDG_CACHE_HOME/rocmforge`,
@@ -32,16 +44,42 @@ const FILES: &[(&str, &str)] = &[
     ("forge.cu", include_str!("../../../kernels/forge.cu")),
 ];
 
-/// `forge.cu` with every `#include "x"` of a project file inlined once
+/// The op files `forge.cu` includes, each with the number of parts it is
+/// compiled in (by the cost of its kernels: the quantized products are
+/// most of the compile time).
+pub const UNITS: &[(&str, usize)] = &[
+    ("matvec.cu", 4),
+    ("mmvq.cu", 6),
+    ("mmq.cu", 2),
+    ("matmul.cu", 2),
+    ("norm.cu", 1),
+    ("rope.cu", 1),
+    ("attention.cu", 2),
+    ("elementwise.cu", 1),
+    ("sample.cu", 1),
+];
+
+/// Every (file, part, parts) the runtime compiles.
+pub fn unit_parts() -> Vec<(&'static str, usize, usize)> {
+    UNITS.iter().flat_map(|&(f, n)| (0..n).map(move |p| (f, p, n))).collect()
+}
+
+/// `root` with every `#include "x"` of a project file inlined once
 /// (`#pragma once` semantics), so the run-time compilers need no include
-/// path and no header list.
-pub fn source() -> String {
-    fn expand(name: &str, seen: &mut Vec<String>, out: &mut String) {
+/// path and no header list. With `unit` = (part, parts), the kernels of
+/// every other op file inlined are muted, and of `root`'s own only those
+/// whose ordinal is `part` modulo `parts` stay live.
+fn expand_from(root: &str, unit: Option<(usize, usize)>) -> String {
+    fn expand(name: &str, root: &str, unit: Option<(usize, usize)>, seen: &mut Vec<String>, out: &mut String) {
         if seen.iter().any(|s| s == name) {
             return;
         }
         seen.push(name.to_string());
         let text = FILES.iter().find(|(n, _)| *n == name).map(|(_, t)| *t).unwrap_or("");
+        let mute = unit.is_some() && name != root && name.ends_with(".cu");
+        if mute {
+            out.push_str(MUTE_BEGIN);
+        }
         for line in text.lines() {
             let t = line.trim();
             if t == "#pragma once" {
@@ -49,18 +87,56 @@ pub fn source() -> String {
             }
             if let Some(inc) = t.strip_prefix("#include \"").and_then(|r| r.strip_suffix('"')) {
                 if FILES.iter().any(|(n, _)| *n == inc) {
-                    expand(inc, seen, out);
+                    expand(inc, root, unit, seen, out);
                     continue;
                 }
             }
             out.push_str(line);
             out.push('\n');
         }
+        if mute {
+            out.push_str(MUTE_END);
+        }
     }
     let mut out = String::new();
-    expand("forge.cu", &mut Vec::new(), &mut out);
+    let mut seen = Vec::new();
+    if let Some((part, parts)) = unit {
+        // the headers first, so KERNEL is defined before it is replaced
+        expand("vendor.h", root, unit, &mut seen, &mut out);
+        expand("quant.h", root, unit, &mut seen, &mut out);
+        if parts > 1 {
+            out.push_str("#undef KERNEL\n#define FORGE_SEL_(n) FORGE_K_##n\n#define FORGE_SEL(n) FORGE_SEL_(n)\n#define KERNEL FORGE_SEL(__COUNTER__)\n");
+            for n in 0..MAX_KERNELS_PER_FILE {
+                let def = if n % parts == part { "extern \"C\" __global__" } else { MUTED };
+                out.push_str(&format!("#define FORGE_K_{n} {def}\n"));
+            }
+        }
+    }
+    expand(root, root, unit, &mut seen, &mut out);
     out
 }
+
+/// More kernels than any op file defines (`units_partition_the_kernels`
+/// checks it).
+const MAX_KERNELS_PER_FILE: usize = 256;
+
+/// A muted kernel: a template never instantiated, so nothing is generated.
+const MUTED: &str = "template <int> __global__";
+
+/// Around an op file inlined into another unit: its kernels are muted.
+const MUTE_BEGIN: &str = "#pragma push_macro(\"KERNEL\")\n#undef KERNEL\n#define KERNEL template <int> __global__\n";
+const MUTE_END: &str = "#pragma pop_macro(\"KERNEL\")\n";
+
+/// The source of part `part` of `parts` of the op file `file` (see [`UNITS`]).
+pub fn unit_source(file: &str, part: usize, parts: usize) -> String {
+    expand_from(file, Some((part, parts)))
+}
+
+/// The whole kernel source: `forge.cu`, every file inlined once.
+pub fn source() -> String {
+    expand_from("forge.cu", None)
+}
+
 
 fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
     for &b in bytes {
@@ -87,37 +163,135 @@ pub enum ModuleOrigin {
     Cache,
 }
 
-/// Compile (or fetch from the cache) and load the kernel module into `rt`.
+/// Compile (or fetch from the cache) and load the kernel modules, one per
+/// unit, into `rt`. The units missing from the cache compile in parallel.
+/// `FORGE_COMPILE_TIMES=1` prints each unit's compile time to stderr.
 pub fn load(rt: &dyn GpuRuntime) -> Result<ModuleOrigin> {
-    let src = source();
     let extra = std::env::var("FORGE_NVRTC_OPTS").unwrap_or_default();
     let key = format!("{}|{}|{}|{}|{extra}", rt.info().backend, rt.info().arch, rt.info().driver_version, env!("CARGO_PKG_VERSION"));
-    let h = fnv1a(key.as_bytes(), fnv1a(src.as_bytes(), 0xcbf2_9ce4_8422_2325));
-    let file = cache_dir().map(|d| d.join(format!("forge-{}-{}-{h:016x}.bin", rt.info().backend, rt.info().arch)));
-    if let Some(f) = &file {
-        if let Ok(image) = std::fs::read(f) {
-            if rt.load_module(&image).is_ok() {
-                return Ok(ModuleOrigin::Cache);
+    let dir = cache_dir();
+    let units: Vec<(String, String, Option<PathBuf>)> = unit_parts()
+        .into_iter()
+        .map(|(f, part, parts)| {
+            let src = unit_source(f, part, parts);
+            let h = fnv1a(key.as_bytes(), fnv1a(src.as_bytes(), 0xcbf2_9ce4_8422_2325));
+            let name = format!("{}-{part}", f.trim_end_matches(".cu"));
+            let file = dir.as_ref().map(|d| d.join(format!("forge-{}-{}-{name}-{h:016x}.bin", rt.info().backend, rt.info().arch)));
+            (name, src, file)
+        })
+        .collect();
+    let mut images: Vec<Option<Vec<u8>>> = units.iter().map(|(_, _, f)| f.as_ref().and_then(|f| std::fs::read(f).ok())).collect();
+    let missing: Vec<usize> = (0..units.len()).filter(|&i| images[i].is_none()).collect();
+    let times = crate::env_flag("FORGE_COMPILE_TIMES");
+    let compiled: Vec<(usize, Result<Vec<u8>>)> = std::thread::scope(|sc| {
+        let jobs: Vec<_> = missing
+            .iter()
+            .map(|&i| {
+                let (u, src, _) = &units[i];
+                sc.spawn(move || {
+                    let t0 = std::time::Instant::now();
+                    let r = rt.compile(src, &format!("{u}.cu"));
+                    if times {
+                        eprintln!("kernel unit {u}: compiled in {:.2} s", t0.elapsed().as_secs_f64());
+                    }
+                    (i, r)
+                })
+            })
+            .collect();
+        jobs.into_iter().map(|j| j.join().expect("a compile thread panicked")).collect()
+    });
+    for (i, r) in compiled {
+        let image = r?;
+        if let Some(f) = &units[i].2 {
+            // write-then-rename so a concurrent reader never sees half a file
+            if let Some(d) = f.parent() {
+                let _ = std::fs::create_dir_all(d);
+            }
+            let tmp = f.with_extension(format!("tmp{}", std::process::id()));
+            if std::fs::write(&tmp, &image).is_ok() {
+                let _ = std::fs::rename(&tmp, f);
             }
         }
+        images[i] = Some(image);
     }
-    let image = rt.compile(&src, "forge.cu")?;
-    rt.load_module(&image)?;
-    if let Some(f) = &file {
-        // Write-then-rename so a concurrent reader never sees half a file.
-        if let Some(dir) = f.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let tmp = f.with_extension(format!("tmp{}", std::process::id()));
-        if std::fs::write(&tmp, &image).is_ok() {
-            let _ = std::fs::rename(&tmp, f);
-        }
+    for image in images.iter().flatten() {
+        rt.load_module(image)?;
     }
-    Ok(ModuleOrigin::Compiled)
+    Ok(if missing.is_empty() { ModuleOrigin::Cache } else { ModuleOrigin::Compiled })
 }
 
 #[cfg(test)]
 mod tests {
+    /// The live kernels of a source: what the C preprocessor makes of it
+    /// (as the CUDA build sees it), the names after `extern "C" __global__`.
+    fn live_kernels(src: &str, flags: &[&str]) -> Vec<String> {
+        let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+        let mut child = std::process::Command::new(cxx)
+            .args(["-E", "-P", "-x", "c++", "-std=c++17"])
+            .args(flags)
+            .arg("-")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("a C++ preprocessor (c++ or $CXX)");
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(src.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "the preprocessor failed");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut names = Vec::new();
+        for chunk in text.split("extern \"C\" __global__").skip(1) {
+            // `void [__launch_bounds__(...) | BOUNDS expansion] name(`
+            let head = &chunk[..chunk.find('(').map(|i| {
+                // skip a launch-bounds attribute's parentheses
+                let mut depth = 0;
+                let b = chunk.as_bytes();
+                let mut j = i;
+                let mut last = i;
+                while j < b.len() {
+                    match b[j] {
+                        b'(' => depth += 1,
+                        b')' => {
+                            depth -= 1;
+                            if depth == 0 && chunk[..i].contains("__launch_bounds__") && last == i {
+                                last = j;
+                            }
+                        }
+                        b'{' => break,
+                        _ => {}
+                    }
+                    j += 1;
+                }
+                chunk[last..].find('(').map_or(i, |k| last + k)
+            }).unwrap_or(chunk.len())];
+            names.push(head.split_whitespace().last().unwrap_or("").trim_start_matches(')').to_string());
+        }
+        names
+    }
+
+    /// The units partition the kernels, as CUDA on sm_90 and as hipRTC see
+    /// them: every kernel of the whole source is live in exactly one unit
+    /// part, and on sm_90 no part is empty.
+    #[test]
+    fn units_partition_the_kernels() {
+        for (view, flags) in [("CUDA sm_90", &["-D__CUDA_ARCH__=900"][..]), ("HIP", &["-D__HIPCC_RTC__"][..])] {
+            let mut all: Vec<String> = Vec::new();
+            for (f, part, parts) in super::unit_parts() {
+                let s = super::unit_source(f, part, parts);
+                assert_eq!(s.matches("// vendor.h: the one place").count(), 1, "{f}: vendor.h inlined once");
+                let own = live_kernels(&s, flags);
+                assert!(view != "CUDA sm_90" || !own.is_empty(), "{view}: {f} part {part}/{parts} has no kernel");
+                all.extend(own);
+            }
+            let mut whole = live_kernels(&super::source(), flags);
+            assert!(whole.len() > 100 && whole.iter().all(|n| !n.is_empty()), "{view}: {whole:?}");
+            whole.sort();
+            all.sort();
+            assert_eq!(all, whole, "{view}: the units' kernels are the whole source's, each once");
+            println!("{view}: {} kernels in {} unit parts", whole.len(), super::unit_parts().len());
+        }
+    }
+
     #[test]
     fn source_inlines_each_file_once() {
         let s = super::source();

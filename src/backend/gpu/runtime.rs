@@ -84,6 +84,14 @@ pub struct DeviceInfo {
     pub max_shared: usize,
 }
 
+/// A hash of a compiled kernel image, so a runtime loads each image once.
+pub fn image_hash(image: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    image.hash(&mut h);
+    h.finish()
+}
+
 pub trait GpuRuntime: Send + Sync {
     fn info(&self) -> &DeviceInfo;
     /// (free, total) device memory in bytes.

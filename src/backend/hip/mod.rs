@@ -119,7 +119,9 @@ fn load_blas() -> Option<Blas> {
 
 struct Hip {
     info: DeviceInfo,
-    module: Mutex<Option<hip::hipModule_t>>,
+    /// The kernel units' modules, with a hash of each image (a unit loaded
+    /// again is not loaded twice).
+    modules: Mutex<Vec<(u64, hip::hipModule_t)>>,
     rtc: Option<Rtc>,
     blas: Option<Mutex<Blas>>,
 }
@@ -148,7 +150,7 @@ pub fn open(index: usize) -> Result<Arc<dyn GpuRuntime>> {
             warp_size: prop.warpSize as u32,
             max_shared: prop.sharedMemPerBlock,
         },
-        module: Mutex::new(None),
+        modules: Mutex::new(Vec::new()),
         rtc: load_rtc(),
         blas: load_blas().map(Mutex::new),
     }))
@@ -168,7 +170,7 @@ impl Drop for Hip {
                 // SAFETY: the handle is owned here and no longer used.
                 unsafe { (b.destroy)(b.handle) };
             }
-            if let Some(m) = self.module.lock().take() {
+            for (_, m) in self.modules.lock().drain(..) {
                 // SAFETY: the module is owned here and no kernel of it is in flight.
                 unsafe { hip::hipModuleUnload(m) };
             }
@@ -278,21 +280,31 @@ impl GpuRuntime for Hip {
     }
     fn load_module(&self, image: &[u8]) -> Result<()> {
         self.bind()?;
-        let mut m = self.module.lock();
-        if m.is_none() {
+        let h = crate::backend::gpu::runtime::image_hash(image);
+        let mut ms = self.modules.lock();
+        if !ms.iter().any(|(k, _)| *k == h) {
             let mut module = std::ptr::null_mut();
             check("module load", unsafe { hip::hipModuleLoadData(&mut module, image.as_ptr() as *const c_void) })?;
-            *m = Some(module);
+            ms.push((h, module));
         }
         Ok(())
     }
     fn function(&self, name: &str) -> Result<Func> {
         self.bind()?;
-        let m = self.module.lock().ok_or_else(|| Error::BackendUnavailable("HIP kernels are not loaded".into()))?;
-        let mut f = std::ptr::null_mut();
+        let ms = self.modules.lock();
+        if ms.is_empty() {
+            return Err(Error::BackendUnavailable("HIP kernels are not loaded".into()));
+        }
         let c = CString::new(name).unwrap_or_default();
-        check(&format!("kernel {name}"), unsafe { hip::hipModuleGetFunction(&mut f, m, c.as_ptr()) })?;
-        Ok(Func(f as u64))
+        let mut last = Ok(());
+        for &(_, m) in ms.iter() {
+            let mut f = std::ptr::null_mut();
+            last = check(&format!("kernel {name}"), unsafe { hip::hipModuleGetFunction(&mut f, m, c.as_ptr()) });
+            if last.is_ok() {
+                return Ok(Func(f as u64));
+            }
+        }
+        last.map(|_| Func(0))
     }
     fn launch(&self, s: Stream, f: Func, d: LaunchDims, args: &[Arg]) -> Result<()> {
         self.bind()?;
