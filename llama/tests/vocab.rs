@@ -177,3 +177,18 @@ fn tokenizer_vectors() {
     println!("exact on {} vocabularies: {}", passed.len(), passed.join(", "));
     println!("not supported ({}):\n  {}", unsupported.len(), unsupported.join("\n  "));
 }
+
+/// User-defined tokens render as their text, as llama.cpp's token_to_piece:
+/// deepseek-llm's "ö" (100003) is "ö", not the byte-level char's byte 0xF6.
+#[test]
+fn user_defined_tokens_render_as_text() {
+    let m = load(&models_dir().join("ggml-vocab-deepseek-llm.gguf"));
+    assert!(!m.is_null());
+    unsafe {
+        let v = llama::llama_model_get_vocab(m);
+        let ids = tokenize(v, "Ångström ÷ û", false);
+        assert!(ids.contains(&100003) && ids.contains(&100007) && ids.contains(&100008), "{ids:?}");
+        assert_eq!(detokenize(v, &ids, false), "Ångström ÷ û");
+        llama::llama_model_free(m);
+    }
+}

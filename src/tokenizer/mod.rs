@@ -144,6 +144,15 @@ impl Tokenizer {
                 (Algo::Wpm(wpm), pieces)
             }
         };
+        let mut pieces = pieces;
+        // control, unknown and user-defined tokens render as their text, not
+        // byte-decoded or with ▁ unescaped (llama.cpp's token_to_piece): e.g.
+        // deepseek's user-defined "ö" is "ö", not the byte 0xF6
+        for ((p, t), ty) in pieces.iter_mut().zip(&vocab.tokens).zip(&vocab.types) {
+            if matches!(ty, TokenType::Control | TokenType::Unknown | TokenType::UserDefined) {
+                *p = t.as_bytes().to_vec();
+            }
+        }
         let user = SpecialMatcher::new(&vocab, |t| t == TokenType::UserDefined)?;
         let all = SpecialMatcher::new(&vocab, |t| {
             matches!(t, TokenType::UserDefined | TokenType::Control | TokenType::Unknown)
