@@ -58,10 +58,10 @@ fn missing_or_inconsistent_metadata_is_a_clear_error() {
     assert!(e.to_string().contains("merges"), "{e}");
     // unknown model
     let mut w = GgufWriter::default();
-    w.kv("tokenizer.ggml.model", Value::String("bert".into()))
+    w.kv("tokenizer.ggml.model", Value::String("t5".into()))
         .kv("tokenizer.ggml.tokens", Value::Array(Array::String(vec!["a".into()])));
     let e = Tokenizer::from_gguf(&GgufFile::from_bytes(w.to_bytes()).unwrap()).err().unwrap();
-    assert!(e.to_string().contains("bert"), "{e}");
+    assert!(e.to_string().contains("t5"), "{e}");
     // special id outside the vocab
     let mut w = GgufWriter::default();
     w.kv("tokenizer.ggml.model", Value::String("llama".into()))
@@ -93,4 +93,43 @@ fn spm_add_space_prefix_and_unk_fallback() {
     assert_eq!(tok.encode("hi", true, false), vec![1, 6]);
     assert_eq!(tok.encode("hi x", false, false), vec![6, 2, 0]);
     assert_eq!(tok.decode(&[6], false).unwrap(), b"hi", "the prefix space is not part of the text");
+}
+
+/// A WordPiece vocabulary as the GGUF converter writes BERT's (▁ before
+/// word-initial pieces, no `##`).
+fn bert_file(extra: &[(&str, bool)]) -> GgufFile {
+    let toks = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "\u{2581}hello", "\u{2581}Hello", "\u{2581},", "\u{2581}world", "\u{2581}!", "\u{2581}cafe", "\u{2581}café"];
+    let mut w = GgufWriter::default();
+    w.kv("tokenizer.ggml.model", Value::String("bert".into()))
+        .kv("tokenizer.ggml.tokens", Value::Array(Array::String(toks.iter().map(|s| s.to_string()).collect())))
+        .kv("tokenizer.ggml.token_type", Value::Array(Array::I32(vec![3, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1])))
+        .kv("tokenizer.ggml.unknown_token_id", Value::U32(1))
+        .kv("tokenizer.ggml.bos_token_id", Value::U32(2))
+        .kv("tokenizer.ggml.seperator_token_id", Value::U32(3))
+        .kv("tokenizer.ggml.padding_token_id", Value::U32(0));
+    for (k, v) in extra {
+        w.kv(&format!("tokenizer.ggml.normalizer.{k}"), Value::Bool(*v));
+    }
+    GgufFile::from_bytes(w.to_bytes()).unwrap()
+}
+
+#[test]
+fn wordpiece_encode_decode_and_normalizer_options() {
+    let tok = Tokenizer::from_gguf(&bert_file(&[])).unwrap();
+    assert!(tok.vocab.add_bos && tok.vocab.add_sep && !tok.vocab.add_eos, "WordPiece defaults");
+    assert!(tok.vocab.lowercase && tok.vocab.strip_accents);
+    assert_eq!(tok.encode("Hello, WORLD!", false, false), vec![4, 6, 7, 8]);
+    // [CLS] text [SEP]
+    assert_eq!(tok.encode("Café", true, false), vec![2, 9, 3]);
+    // a word with no way through the vocabulary is [UNK]
+    assert_eq!(tok.encode("hello hellos", false, false), vec![4, 1]);
+    // the word pieces' spaces, tidied before punctuation as llama.cpp does
+    assert_eq!(tok.decode(&[4, 6, 7, 8], false).unwrap(), b" hello, world!");
+    assert_eq!(tok.decode(&[2, 4, 3], true).unwrap(), b"[CLS] hello[SEP]");
+    // the normalizer as the file sets it: case kept, and so (by default) accents
+    let cased = Tokenizer::from_gguf(&bert_file(&[("lowercase", false)])).unwrap();
+    assert_eq!(cased.encode("Hello café", false, false), vec![5, 10]);
+    let only_accents = Tokenizer::from_gguf(&bert_file(&[("lowercase", false), ("strip_accents", true)])).unwrap();
+    assert_eq!(only_accents.encode("Café", false, false), vec![1]);
+    assert_eq!(only_accents.encode("cafè", false, false), vec![9]);
 }

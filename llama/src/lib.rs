@@ -1396,8 +1396,8 @@ pub unsafe extern "C" fn llama_add_eos_token(v: *const Vocab) -> bool {
 }
 
 #[no_mangle]
-pub extern "C" fn llama_vocab_get_add_sep(_v: *const Vocab) -> bool {
-    false
+pub unsafe extern "C" fn llama_vocab_get_add_sep(v: *const Vocab) -> bool {
+    vocab_ref(v).is_some_and(|v| v.tok().vocab.add_sep)
 }
 
 #[no_mangle]

@@ -116,6 +116,7 @@ impl Vocab {
         match self.tok().vocab.kind {
             ModelKind::Spm => 1,
             ModelKind::Bpe => 2,
+            ModelKind::Wpm => 3,
         }
     }
 
@@ -124,6 +125,8 @@ impl Vocab {
         let t = v.tok();
         let texts = t.vocab.tokens.iter().map(|s| CString::new(s.replace('\0', "")).expect("NUL removed")).collect();
         let nl = match t.encode("\n", false, false).as_slice() {
+            // WordPiece has no newline: llama.cpp answers [PAD]
+            _ if t.vocab.kind == ModelKind::Wpm => Self::special(t.vocab.special.pad),
             [one] => *one as llama_token,
             _ => LLAMA_TOKEN_NULL,
         };

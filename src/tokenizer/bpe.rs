@@ -2,6 +2,10 @@
 //! its own symbol, and the adjacent pair with the lowest merge rank is merged
 //! until no listed merge applies. O(n log n) per piece via a heap over a
 //! linked list of symbols, so pathological inputs stay fast.
+//!
+//! [`Bpe::new_raw`] is the SentencePiece-style variant (Gemma 4): tokens are
+//! raw UTF-8 (▁ for spaces), each char starts as its own symbol, and a char
+//! that is no token becomes its `<0xNN>` byte tokens.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -32,9 +36,11 @@ pub fn unmap_token(s: &str, inv: &HashMap<char, u8>) -> Option<Vec<u8>> {
     s.chars().map(|c| inv.get(&c).copied()).collect()
 }
 
+/// (left id, right id) → (rank, merged id)
+type MergeTable = FxHashMap<(u32, u32), (u32, u32)>;
+
 pub struct Bpe {
-    /// (left id, right id) → (rank, merged id)
-    merges: FxHashMap<(u32, u32), (u32, u32)>,
+    merges: MergeTable,
     /// token id of each single byte (None if the vocab lacks it)
     byte_token: [Option<u32>; 256],
     unk: Option<u32>,
@@ -42,7 +48,18 @@ pub struct Bpe {
     /// llama.cpp): a piece that is a token as a whole is that token,
     /// whatever the merges would make of it. Bytes → id.
     whole: Option<FxHashMap<Vec<u8>, u32>>,
+    /// Raw UTF-8 symbols ([`Bpe::new_raw`]): each single-char token's id.
+    /// `byte_token` then holds the `<0xNN>` tokens.
+    chars: Option<FxHashMap<char, u32>>,
 }
+
+/// Split a `"left right"` merge where llama.cpp does: at the first space
+/// after the first byte.
+fn split_merge(m: &str) -> Option<(&str, &str)> {
+    let p = m.bytes().skip(1).position(|b| b == b' ')? + 1;
+    Some((&m[..p], &m[p + 1..]))
+}
+
 
 impl Bpe {
     /// Build from the vocab's token spellings and the `"left right"` merges.
@@ -53,12 +70,36 @@ impl Bpe {
         for (b, c) in b2c.iter().enumerate() {
             byte_token[b] = index.get(c.to_string().as_str()).copied();
         }
+        let merges = Self::merge_table(&index, merges)?;
+        Ok(Bpe { merges, byte_token, unk, whole: None, chars: None })
+    }
+
+    /// SentencePiece-style BPE over raw UTF-8 (Gemma 4): the symbols start as
+    /// chars; a char that is no token is written as its `<0xNN>` tokens (and
+    /// merges with nothing, as no merge names it).
+    pub fn new_raw(tokens: &[String], merges: &[String], unk: Option<u32>) -> Result<Bpe, String> {
+        let index: HashMap<&str, u32> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i as u32)).collect();
+        let mut byte_token = [None; 256];
+        for (b, slot) in byte_token.iter_mut().enumerate() {
+            *slot = index.get(format!("<0x{b:02X}>").as_str()).copied();
+        }
+        let mut chars = FxHashMap::default();
+        for (&t, &id) in &index {
+            let mut it = t.chars();
+            if let (Some(c), None) = (it.next(), it.next()) {
+                chars.insert(c, id);
+            }
+        }
+        let merges = Self::merge_table(&index, merges)?;
+        Ok(Bpe { merges, byte_token, unk, whole: None, chars: Some(chars) })
+    }
+
+    fn merge_table(index: &HashMap<&str, u32>, merges: &[String]) -> Result<MergeTable, String> {
         let mut table = FxHashMap::with_capacity_and_hasher(merges.len(), Default::default());
         let mut joined = String::new();
         for (rank, m) in merges.iter().enumerate() {
-            let (l, r) = m
-                .split_once(' ')
-                .ok_or_else(|| format!("tokenizer.ggml.merges[{rank}] = {m:?} is not \"left right\""))?;
+            let (l, r) =
+                split_merge(m).ok_or_else(|| format!("tokenizer.ggml.merges[{rank}] = {m:?} is not \"left right\""))?;
             let (Some(&li), Some(&ri)) = (index.get(l), index.get(r)) else { continue };
             joined.clear();
             joined.push_str(l);
@@ -67,7 +108,7 @@ impl Bpe {
                 table.entry((li, ri)).or_insert((rank as u32, mi));
             }
         }
-        Ok(Bpe { merges: table, byte_token, unk, whole: None })
+        Ok(table)
     }
 
     fn rank(&self, l: u32, r: u32) -> u32 {
@@ -106,20 +147,48 @@ impl Bpe {
     /// Take a piece that is a whole token as that token (`pieces`: each
     /// token's bytes), before any merge: llama.cpp's `ignore_merges`.
     pub fn ignore_merges(&mut self, pieces: &[Vec<u8>]) {
-        let mut m = FxHashMap::with_capacity_and_hasher(pieces.len(), Default::default());
+        self.whole_tokens(pieces, |_| true);
+    }
+
+    /// [`Bpe::ignore_merges`] for the tokens `which` accepts only (Gemma 4:
+    /// runs of newlines).
+    pub fn whole_tokens(&mut self, pieces: &[Vec<u8>], which: impl Fn(&[u8]) -> bool) {
+        let mut m = FxHashMap::default();
         for (i, p) in pieces.iter().enumerate() {
-            m.entry(p.clone()).or_insert(i as u32);
+            if which(p) {
+                m.entry(p.clone()).or_insert(i as u32);
+            }
         }
         self.whole = Some(m);
     }
 
     /// Encode one pre-tokenized piece, appending ids to `out`.
-    pub fn encode_piece(&self, piece: &[u8], out: &mut Vec<u32>) {
-        if let Some(&id) = self.whole.as_ref().and_then(|w| w.get(piece)) {
+    pub fn encode_piece(&self, piece: &str, out: &mut Vec<u32>) {
+        if let Some(&id) = self.whole.as_ref().and_then(|w| w.get(piece.as_bytes())) {
             out.push(id);
             return;
         }
-        let ids: Vec<u32> = piece.iter().filter_map(|&b| self.byte_token[b as usize].or(self.unk)).collect();
+        let Some(chars) = &self.chars else {
+            let ids = piece.bytes().filter_map(|b| self.byte_token[b as usize].or(self.unk)).collect();
+            return self.merge(ids, out);
+        };
+        // runs of chars that are tokens merge on their own: a char that is
+        // no token is in no merge, so nothing merges across it
+        let mut run = Vec::new();
+        for c in piece.chars() {
+            match chars.get(&c) {
+                Some(&id) => run.push(id),
+                None => {
+                    self.merge(std::mem::take(&mut run), out);
+                    let mut buf = [0u8; 4];
+                    out.extend(c.encode_utf8(&mut buf).bytes().filter_map(|b| self.byte_token[b as usize]));
+                }
+            }
+        }
+        self.merge(run, out);
+    }
+
+    fn merge(&self, ids: Vec<u32>, out: &mut Vec<u32>) {
         match ids.len() {
             0 | 1 => out.extend_from_slice(&ids),
             2..=48 => self.merge_small(ids, out),

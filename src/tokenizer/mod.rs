@@ -4,6 +4,9 @@
 //!   `tokenizer.ggml.pre` selects ([`pretokenize`]).
 //! - `llama`: SentencePiece-style BPE with scores and `<0xNN>` byte
 //!   fallback ([`spm`]); Gemma-3 uses it.
+//! - `gemma4`: BPE merges over raw UTF-8 with ▁ for spaces and `<0xNN>`
+//!   byte fallback ([`bpe::Bpe::new_raw`]), split only at newlines.
+//! - `bert`: WordPiece ([`wpm`]), BERT's embedding models.
 //!
 //! Special tokens: user-defined tokens are always matched whole in the text;
 //! control tokens only when the caller asks (`parse_special`). Matching is
@@ -14,6 +17,7 @@ pub mod pretokenize;
 pub mod spm;
 pub mod stream;
 pub mod vocab;
+pub mod wpm;
 
 use std::collections::HashMap;
 
@@ -29,6 +33,21 @@ pub use vocab::{ModelKind, SpecialTokens, TokenType, Vocab};
 enum Algo {
     Bpe(bpe::Bpe, PreTokenizer),
     Spm(spm::Spm),
+    Wpm(wpm::Wpm),
+}
+
+/// Each token's bytes for a vocabulary written SentencePiece-style: ▁ for a
+/// space, `<0xNN>` byte tokens.
+fn spm_pieces(vocab: &Vocab) -> Vec<Vec<u8>> {
+    vocab
+        .tokens
+        .iter()
+        .zip(&vocab.types)
+        .map(|(t, ty)| match (ty, spm::parse_byte_token(t)) {
+            (TokenType::Byte, Some(b)) => vec![b],
+            _ => t.replace('\u{2581}', " ").into_bytes(),
+        })
+        .collect()
 }
 
 struct SpecialMatcher {
@@ -88,17 +107,27 @@ impl Tokenizer {
                     warning = Some(w);
                     PreKind::Gpt2
                 });
-                let mut bpe = bpe::Bpe::new(&vocab.tokens, &vocab.merges, vocab.special.unk).map_err(Error::Tokenizer)?;
-                let inv: HashMap<char, u8> = bpe::byte_to_char().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
-                let pieces: Vec<Vec<u8>> = vocab
-                    .tokens
-                    .iter()
-                    .map(|t| bpe::unmap_token(t, &inv).unwrap_or_else(|| t.as_bytes().to_vec()))
-                    .collect();
-                // llama.cpp's `ignore_merges` pre-tokenizers (llama-vocab.cpp)
-                const IGNORE_MERGES: [&str; 11] = ["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano", "minicpm5", "youtu"];
-                if IGNORE_MERGES.contains(&vocab.pre.as_str()) {
-                    bpe.ignore_merges(&pieces);
+                let pieces: Vec<Vec<u8>>;
+                let mut bpe;
+                if kind == PreKind::Gemma4 {
+                    bpe = bpe::Bpe::new_raw(&vocab.tokens, &vocab.merges, vocab.special.unk).map_err(Error::Tokenizer)?;
+                    pieces = spm_pieces(&vocab);
+                    // llama.cpp: a run of newlines that is a token is that token
+                    let texts: Vec<Vec<u8>> = vocab.tokens.iter().map(|t| t.as_bytes().to_vec()).collect();
+                    bpe.whole_tokens(&texts, |t| !t.is_empty() && t.iter().all(|&b| b == b'\n'));
+                } else {
+                    bpe = bpe::Bpe::new(&vocab.tokens, &vocab.merges, vocab.special.unk).map_err(Error::Tokenizer)?;
+                    let inv: HashMap<char, u8> = bpe::byte_to_char().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
+                    pieces = vocab
+                        .tokens
+                        .iter()
+                        .map(|t| bpe::unmap_token(t, &inv).unwrap_or_else(|| t.as_bytes().to_vec()))
+                        .collect();
+                    // llama.cpp's `ignore_merges` pre-tokenizers (llama-vocab.cpp)
+                    const IGNORE_MERGES: [&str; 11] = ["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano", "minicpm5", "youtu"];
+                    if IGNORE_MERGES.contains(&vocab.pre.as_str()) {
+                        bpe.ignore_merges(&pieces);
+                    }
                 }
                 (Algo::Bpe(bpe, PreTokenizer::new(kind)), pieces)
             }
@@ -106,18 +135,24 @@ impl Tokenizer {
                 let mergeable: Vec<bool> =
                     vocab.types.iter().map(|t| matches!(t, TokenType::Normal | TokenType::Undefined)).collect();
                 let spm = spm::Spm::new(&vocab.tokens, &vocab.scores, &mergeable, vocab.special.unk);
-                let pieces = vocab
-                    .tokens
-                    .iter()
-                    .zip(&vocab.types)
-                    .map(|(t, ty)| match (ty, spm::parse_byte_token(t)) {
-                        (TokenType::Byte, Some(b)) => vec![b],
-                        _ => t.replace('\u{2581}', " ").into_bytes(),
-                    })
-                    .collect();
+                let pieces = spm_pieces(&vocab);
                 (Algo::Spm(spm), pieces)
             }
+            ModelKind::Wpm => {
+                let wpm = wpm::Wpm::new(&vocab.tokens, vocab.special.unk, vocab.lowercase, vocab.strip_accents);
+                let pieces = vocab.tokens.iter().map(|t| t.replace('\u{2581}', " ").into_bytes()).collect();
+                (Algo::Wpm(wpm), pieces)
+            }
         };
+        let mut pieces = pieces;
+        // control, unknown and user-defined tokens render as their text, not
+        // byte-decoded or with ▁ unescaped (llama.cpp's token_to_piece): e.g.
+        // deepseek's user-defined "ö" is "ö", not the byte 0xF6
+        for ((p, t), ty) in pieces.iter_mut().zip(&vocab.tokens).zip(&vocab.types) {
+            if matches!(ty, TokenType::Control | TokenType::Unknown | TokenType::UserDefined) {
+                *p = t.as_bytes().to_vec();
+            }
+        }
         let user = SpecialMatcher::new(&vocab, |t| t == TokenType::UserDefined)?;
         let all = SpecialMatcher::new(&vocab, |t| {
             matches!(t, TokenType::UserDefined | TokenType::Control | TokenType::Unknown)
@@ -181,13 +216,16 @@ impl Tokenizer {
     /// template, never from what a user wrote (no injection).
     pub fn encode_with_literals(&self, text: &str, add_special: bool, parse_special: bool, literal: &[std::ops::Range<usize>]) -> Vec<u32> {
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
-        if add_special && self.vocab.add_bos {
+        // WordPiece: [CLS] text [SEP] whenever special tokens are added (llama.cpp)
+        let wpm = matches!(self.algo, Algo::Wpm(_));
+        if add_special && (self.vocab.add_bos || wpm) {
             out.extend(self.vocab.special.bos);
         }
         let mut cache: FxHashMap<&str, (usize, usize)> = FxHashMap::default();
-        // SentencePiece text with ▁ for spaces, built once, then encoded per fragment
+        // SentencePiece(-style) text with ▁ for spaces, built once, then encoded per fragment
         let frags = self.partition(text, parse_special, literal);
-        let spm_text: Vec<String> = match &self.algo {
+        let escape_bpe = matches!(&self.algo, Algo::Bpe(_, pre) if pre.kind == PreKind::Gemma4);
+        let escaped: Vec<String> = match &self.algo {
             Algo::Spm(_) => frags
                 .iter()
                 .enumerate()
@@ -200,7 +238,14 @@ impl Tokenizer {
                     Fragment::Token(_) => String::new(),
                 })
                 .collect(),
-            Algo::Bpe(..) => Vec::new(),
+            Algo::Bpe(..) if escape_bpe => frags
+                .iter()
+                .map(|f| match f {
+                    Fragment::Text(t) => t.replace(' ', "\u{2581}"),
+                    Fragment::Token(_) => String::new(),
+                })
+                .collect(),
+            Algo::Bpe(..) | Algo::Wpm(_) => Vec::new(),
         };
         let mut spm_cache: FxHashMap<&str, (usize, usize)> = FxHashMap::default();
         for (i, frag) in frags.into_iter().enumerate() {
@@ -208,6 +253,7 @@ impl Tokenizer {
                 Fragment::Token(id) => out.push(id),
                 Fragment::Text(t) => match &self.algo {
                     Algo::Bpe(bpe, pre) => {
+                        let t = if escape_bpe { escaped[i].as_str() } else { t };
                         for piece in pre.split(t) {
                             // repeated pieces (common words) reuse earlier output
                             if let Some(&(s, e)) = cache.get(piece) {
@@ -215,19 +261,22 @@ impl Tokenizer {
                                 continue;
                             }
                             let s = out.len();
-                            bpe.encode_piece(piece.as_bytes(), &mut out);
+                            bpe.encode_piece(piece, &mut out);
                             if piece.len() < 64 {
                                 cache.insert(piece, (s, out.len()));
                             }
                         }
                     }
                     Algo::Spm(spm) => {
-                        spm.encode_text(&spm_text[i], &mut out, &mut spm_cache);
+                        spm.encode_text(&escaped[i], &mut out, &mut spm_cache);
                     }
+                    Algo::Wpm(w) => w.encode(t, &mut out),
                 },
             }
         }
-        if add_special && self.vocab.add_eos {
+        if add_special && wpm {
+            out.extend(self.vocab.special.sep);
+        } else if add_special && self.vocab.add_eos {
             out.extend(self.vocab.special.eos);
         }
         out
@@ -246,6 +295,8 @@ impl Tokenizer {
 
     /// Decode a whole sequence to bytes (possibly not UTF-8 if the sequence
     /// ends inside a multi-byte char). Out-of-range ids are an error.
+    /// WordPiece text is llama.cpp's: each word piece brings its space (so
+    /// the text starts with one), then [`wpm::clean_spaces`].
     pub fn decode(&self, ids: &[u32], special: bool) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         for (k, &id) in ids.iter().enumerate() {
@@ -259,6 +310,9 @@ impl Tokenizer {
                 p
             };
             out.extend_from_slice(p);
+        }
+        if matches!(self.algo, Algo::Wpm(_)) {
+            wpm::clean_spaces(&mut out);
         }
         Ok(out)
     }

@@ -54,6 +54,9 @@ pub enum PreKind {
     DeepseekCoder,
     /// Qwen2's split with combining marks (`\p{M}`) kept in words.
     Qwen35,
+    /// Gemma 4: SentencePiece-style BPE (raw UTF-8, spaces already ▁), cut
+    /// only into lines and runs of newlines.
+    Gemma4,
 }
 
 impl PreKind {
@@ -70,6 +73,7 @@ impl PreKind {
             "deepseek-llm" => PreKind::DeepseekLlm,
             "deepseek-coder" => PreKind::DeepseekCoder,
             "qwen35" => PreKind::Qwen35,
+            "gemma4" | "granite-embed-multi-311m" => PreKind::Gemma4,
             _ => return None,
         })
     }
@@ -117,6 +121,7 @@ impl PreTokenizer {
                 &format!(r"(?:{CONTRACTIONS_CI})|[^\r\n\p{{L}}\p{{N}}]?[\p{{L}}\p{{M}}]+|\p{{N}}| ?[^\s\p{{L}}\p{{M}}\p{{N}}]+[\r\n]*|\s*[\r\n]+|\s+"),
                 L::Llama3,
             )],
+            PreKind::Gemma4 => vec![stage(r"[^\n]+|\n+", L::None)],
         };
         PreTokenizer { kind, stages }
     }

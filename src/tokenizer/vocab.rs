@@ -50,6 +50,8 @@ pub enum ModelKind {
     Bpe,
     /// "llama": SentencePiece-style BPE with scores.
     Spm,
+    /// "bert": WordPiece, greedy longest match (BERT's embedding models).
+    Wpm,
 }
 
 pub struct Vocab {
@@ -62,8 +64,18 @@ pub struct Vocab {
     pub add_bos: bool,
     pub add_eos: bool,
     pub add_space_prefix: bool,
-    /// `tokenizer.ggml.pre` (BPE only); "default" when absent.
+    /// Whether a SEP token is to follow the text (`add_sep_token`; on for
+    /// WordPiece): what `llama_vocab_get_add_sep` reports. WordPiece's encode
+    /// ends with SEP whenever it adds special tokens.
+    pub add_sep: bool,
+    /// `tokenizer.ggml.pre` (BPE only); "default" when absent, "gemma4" for
+    /// the `gemma4` tokenizer model.
     pub pre: String,
+    /// BERT normalizer options (WordPiece only): lowercase the text, and
+    /// strip accents (NFD, combining marks dropped). Both default to on;
+    /// `strip_accents` defaults to `lowercase`.
+    pub lowercase: bool,
+    pub strip_accents: bool,
 }
 
 /// Texts that mark an end-of-turn token when `eot_token_id` is absent.
@@ -74,11 +86,13 @@ impl Vocab {
         let err = |m: String| Error::Tokenizer(m);
         let model = f.get_str("tokenizer.ggml.model")?.ok_or_else(|| err("tokenizer.ggml.model is missing".into()))?;
         let kind = match model {
-            "gpt2" => ModelKind::Bpe,
+            // gemma4: BPE merges over raw UTF-8 with ▁ for spaces (PreKind::Gemma4)
+            "gpt2" | "gemma4" => ModelKind::Bpe,
             "llama" => ModelKind::Spm,
+            "bert" => ModelKind::Wpm,
             other => {
                 return Err(err(format!(
-                    "tokenizer.ggml.model = {other:?} is not supported (supported: \"gpt2\" byte-level BPE, \"llama\" SentencePiece)"
+                    "tokenizer.ggml.model = {other:?} is not supported (supported: \"gpt2\" byte-level BPE, \"llama\" SentencePiece, \"bert\" WordPiece, \"gemma4\")"
                 )))
             }
         };
@@ -116,6 +130,15 @@ impl Vocab {
             unk: id("unknown_token_id")?,
             sep: id("seperator_token_id")?.or(id("separator_token_id")?),
         };
+        if kind == ModelKind::Wpm {
+            // BERT's fixed ids where the file names none (as llama.cpp):
+            // [PAD] 0, [UNK] 100, [CLS] 101 (the "BOS"), [SEP] 102
+            let default = |v: Option<u32>, d: u32| v.or(((d as usize) < n).then_some(d));
+            special.bos = default(special.bos, 101);
+            special.unk = default(special.unk, 100);
+            special.sep = default(special.sep, 102);
+            special.pad = default(special.pad, 0);
+        }
         if special.eot.is_none() {
             special.eot = EOT_TEXTS
                 .iter()
@@ -123,11 +146,21 @@ impl Vocab {
                 .map(|i| i as u32)
                 .filter(|&i| Some(i) != special.eos);
         }
-        let add_bos = f.get_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(kind == ModelKind::Spm);
+        // llama.cpp names the gemma4 model's pre-tokenizer itself
+        let pre = if model == "gemma4" { "gemma4" } else { f.get_str("tokenizer.ggml.pre")?.unwrap_or("default") }.to_string();
+        let mut add_bos = f.get_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(matches!(kind, ModelKind::Spm | ModelKind::Wpm));
+        // llama.cpp turns BOS on for Gemma 4's pre-tokenizer whatever the file says
+        if kind == ModelKind::Bpe && matches!(pre.as_str(), "gemma4" | "granite-embed-multi-311m") {
+            add_bos = true;
+        }
         let add_eos = f.get_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
         let add_space_prefix = f.get_bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(kind == ModelKind::Spm);
-        let pre = f.get_str("tokenizer.ggml.pre")?.unwrap_or("default").to_string();
-        Ok(Vocab { kind, tokens, types, scores, merges, special, add_bos, add_eos, add_space_prefix, pre })
+        let sep_default = kind == ModelKind::Wpm
+            || (kind == ModelKind::Bpe && matches!(pre.as_str(), "jina-v1-en" | "jina-v2-code" | "roberta-bpe"));
+        let add_sep = f.get_bool("tokenizer.ggml.add_sep_token")?.unwrap_or(sep_default);
+        let lowercase = f.get_bool("tokenizer.ggml.normalizer.lowercase")?.unwrap_or(true);
+        let strip_accents = f.get_bool("tokenizer.ggml.normalizer.strip_accents")?.unwrap_or(lowercase);
+        Ok(Vocab { kind, tokens, types, scores, merges, special, add_bos, add_eos, add_space_prefix, add_sep, pre, lowercase, strip_accents })
     }
 
     pub fn len(&self) -> usize {
