@@ -1504,15 +1504,16 @@ pub unsafe extern "C" fn llama_detokenize(v: *const Vocab, toks: *const llama_to
         }
         // the length needed is the one before the clean-up, as llama.cpp's
         if bytes.len() <= max.max(0) as usize && cleans_spaces(&tok.vocab) {
-            clean_up_spaces(&mut bytes);
+            rocmforge::tokenizer::wpm::clean_spaces(&mut bytes);
         }
         put_or_need(&bytes, text as *mut u8, max)
     })
 }
 
 /// Whether llama.cpp's detokenizer tidies spaces for this vocabulary
-/// (`clean_spaces`, Hugging Face's `clean_up_tokenization_spaces`): byte-level
-/// BPE vocabularies, except the pre-tokenizers llama.cpp exempts.
+/// (`clean_spaces`, Hugging Face's `clean_up_tokenization_spaces`):
+/// WordPiece and byte-level BPE vocabularies, except the pre-tokenizers
+/// llama.cpp exempts.
 fn cleans_spaces(v: &rocmforge::tokenizer::vocab::Vocab) -> bool {
     const EXEMPT: &[&str] = &[
         "deepseek-llm", "deepseek-coder", "deepseek-v3", "spark2_5", "youtu", "sarvam-moe", "command-r", "qwen2",
@@ -1522,54 +1523,8 @@ fn cleans_spaces(v: &rocmforge::tokenizer::vocab::Vocab) -> bool {
         "hunyuan-dense", "hy_v4", "joyai-llm", "kimi-k2", "ufakzeka", "grok-2", "afmoe", "laguna", "minimax-m2",
         "solar-open",
     ];
-    v.kind == rocmforge::tokenizer::vocab::ModelKind::Bpe && !EXEMPT.contains(&v.pre.as_str())
-}
-
-/// llama.cpp's three clean-up passes, in place as it does them: no space
-/// before `?!.,`; none around a lone `'`; none before the contractions
-/// `'s`, `'m`, `'re`, `'ve`.
-fn clean_up_spaces(t: &mut Vec<u8>) {
-    // pass 1
-    let n = t.len();
-    let mut total = usize::from(n > 0);
-    for i in 1..n {
-        let x = t[i];
-        if t[i - 1] == b' ' && matches!(x, b'?' | b'!' | b'.' | b',') {
-            total -= 1;
-        }
-        t[total] = x;
-        total += 1;
-    }
-    // pass 2
-    let n = total;
-    total = usize::from(n > 0);
-    let mut i = 1;
-    while i < n {
-        let x = t[i];
-        if x == b'\'' && i + 1 < n && t[i - 1] == b' ' && t[i + 1] == b' ' {
-            total -= 1;
-            i += 1;
-            t[i] = 0;
-        }
-        t[total] = x;
-        total += 1;
-        i += 1;
-    }
-    // pass 3
-    let n = total;
-    total = usize::from(n > 0);
-    for i in 1..n {
-        let x = t[i];
-        if t[i - 1] == b' ' && x == b'\'' && i + 1 < n {
-            let x1 = t[i + 1];
-            if matches!(x1, b's' | b'm') || (i + 2 < n && matches!((x1, t[i + 2]), (b'r', b'e') | (b'v', b'e'))) {
-                total -= 1;
-            }
-        }
-        t[total] = x;
-        total += 1;
-    }
-    t.truncate(total);
+    use rocmforge::tokenizer::vocab::ModelKind;
+    v.kind == ModelKind::Wpm || (v.kind == ModelKind::Bpe && !EXEMPT.contains(&v.pre.as_str()))
 }
 
 // ---- chat templates ------------------------------------------------------------
