@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 SMOLLM2 := models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: models-extra cli test-cli server serve test-server test-server-node-run llama test-llama test-llama-python test-llama-examples test-node-run test-go-run test-install-run test-cpp-run valgrind-run check-features-run test-bindings test-cpp test-install test-go test-node install uninstall all build models test test-rust test-c demo inspect header check-features kernels-hip gpu-prepare bench bench-tokenizer perplexity valgrind fixtures venv fuzz fuzz-long clean
+.PHONY: models-extra test-extra cli test-cli server serve test-server test-server-node-run llama test-llama test-llama-python test-llama-examples test-node-run test-go-run test-install-run test-cpp-run valgrind-run check-features-run test-bindings test-cpp test-install test-go test-node install uninstall all build models test test-rust test-c demo inspect header check-features kernels-hip gpu-prepare bench bench-tokenizer perplexity valgrind fixtures venv fuzz fuzz-long clean
 LIB_DIR := target/release
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 # SONAME version: the major number, or 0.MINOR below 1.0 (Cargo's semver
@@ -126,6 +126,13 @@ models:
 	bash scripts/fetch_models.sh
 models-extra:
 	bash scripts/fetch_models.sh extra
+
+# The checks of the models-extra model (Qwen2.5-Coder-1.5B), as the three
+# models get in make test: teacher-forced top-1 against HF, both activation
+# widths. Not part of make test (CI time).
+test-extra: models-extra
+	$(CARGO) test --release --test model_hf_reference -- --ignored --show-output
+	FORGE_ACT16=1 $(CARGO) test --release --test model_hf_reference -- --ignored --show-output
 
 # The README's test command: models, then every test in release mode
 # (model-sized tests are too slow unoptimised), plus the stub-feature builds.

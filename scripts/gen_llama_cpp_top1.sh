@@ -11,7 +11,7 @@ L=vendor/llama.cpp
 [ -e $L/build-cpu/bin/libllama.so ] || { echo "build llama.cpp first (see docs/PERFORMANCE.md)" >&2; exit 1; }
 mkdir -p target
 gcc -O2 -o target/llama_teacher_top1 scripts/llama_teacher_top1.c -I$L/include -I$L/ggml/include -L$L/build-cpu/bin -lllama -Wl,-rpath,$PWD/$L/build-cpu/bin
-for k in smollm2:SmolLM2-135M-Instruct.Q4_1 qwen2:qwen2.5-coder-0.5b-instruct-q4_k_m gemma3:gemma-3-270m-q4_k_m; do
+for k in ${KEYS:-smollm2:SmolLM2-135M-Instruct.Q4_1 qwen2:qwen2.5-coder-0.5b-instruct-q4_k_m gemma3:gemma-3-270m-q4_k_m}; do
   key=${k%%:*}; m=${k#*:}
   fx=tests/fixtures/logits/$key
   python3 -c "import json;print(' '.join(map(str,json.load(open('$fx/teacher.json'))['ids'])))" \

@@ -10,7 +10,7 @@ Output per model, tests/fixtures/logits/<key>/:
   prompt<i>.ids  / prompt<i>.f16   5 prompts: token ids (json) and the full
                  last-position logits as little-endian f16.
 
-Run:  .venv/bin/python scripts/gen_logit_fixtures.py [smollm2 qwen2 gemma3]
+Run:  .venv/bin/python scripts/gen_logit_fixtures.py [smollm2 qwen2 gemma3 qwen2-1.5b]
 """
 import json
 import os
@@ -27,7 +27,10 @@ MODEL_FILES = {
     "smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf",
     "qwen2": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
     "gemma3": "gemma-3-270m-q4_k_m.gguf",
+    # make models-extra; not part of the default run
+    "qwen2-1.5b": "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
 }
+DEFAULT = ["smollm2", "qwen2", "gemma3"]
 N_TEACHER = 320
 PROMPTS = [
     "The capital of France is",
@@ -42,7 +45,7 @@ def main():
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 2)
     text = open(os.path.join(ROOT, "tests", "fixtures", "text", "english.txt"), encoding="utf-8").read()
-    for key in sys.argv[1:] or list(MODEL_FILES):
+    for key in sys.argv[1:] or DEFAULT:
         fname = MODEL_FILES[key]
         out = os.path.join(OUT, key)
         os.makedirs(out, exist_ok=True)

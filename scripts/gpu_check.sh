@@ -23,6 +23,7 @@ steps=${*:-info twins ops model bench}
 SMOL=$HEADS/SmolLM2-135M-Instruct.Q4_1.head
 QWEN=$HEADS/qwen2.5-coder-0.5b-instruct-q4_k_m.head
 GEMMA=$HEADS/gemma-3-270m-q4_k_m.head
+QWEN15=$HEADS/qwen2.5-coder-1.5b-instruct-q4_k_m.head
 
 run() { # name, command...
   local name=$1; shift
@@ -47,7 +48,8 @@ for step in $steps; do
         '$BIN/make_twin' --from '$GEMMA' --out '$TWINS/gemma3-twin.gguf'
         '$BIN/make_twin' --from '$QWEN' --type F16 --out '$TWINS/qwen2-f16-twin.gguf'
         '$BIN/make_twin' --from '$QWEN' --type Q4_0 --out '$TWINS/qwen2-q4_0-twin.gguf'
-        '$BIN/make_twin' --llama7b --from '$SMOL' --type Q4_0 --out '$TWINS/llama7b-q4_0-twin.gguf'" ;;
+        '$BIN/make_twin' --llama7b --from '$SMOL' --type Q4_0 --out '$TWINS/llama7b-q4_0-twin.gguf'
+        if [ -f '$QWEN15' ]; then '$BIN/make_twin' --from '$QWEN15' --out '$TWINS/qwen2-1.5b-twin.gguf'; fi" ;;
     ops)
       "$BIN/rocmforge-unit" backend::gpu
       run ops env FORGE_ACT16=1 "$BIN/device_ops" --test-threads 1 --nocapture ;;
@@ -82,9 +84,10 @@ for step in $steps; do
       done ;;
     bench)
       # tg128 from an empty context (llama-bench's tg128), then at depth 512
+      extra=""; [ -f "$TWINS/qwen2-1.5b-twin.gguf" ] && extra="$TWINS/qwen2-1.5b-twin.gguf"
       for d in 0 512; do
         run bench-d$d "$BIN/bench" --backend cuda --pp 512 --tg 128 --depth $d --reps 3 \
-          "$TWINS/qwen2-twin.gguf" "$TWINS/qwen2-f16-twin.gguf" "$TWINS/llama7b-q4_0-twin.gguf"
+          "$TWINS/qwen2-twin.gguf" "$TWINS/qwen2-f16-twin.gguf" "$TWINS/llama7b-q4_0-twin.gguf" $extra
       done ;;
     batched)
       # aggregate batched decode (llama-batched-bench's semantics and table)

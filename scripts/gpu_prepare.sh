@@ -20,6 +20,9 @@ strip .carry/bin/*
 for m in SmolLM2-135M-Instruct.Q4_1 qwen2.5-coder-0.5b-instruct-q4_k_m gemma-3-270m-q4_k_m; do
   ./target/release/examples/make_twin --header-only --from models/$m.gguf --out .carry/$m.head
 done
+# the models-extra 1.5B, when it is here (make models-extra)
+m=qwen2.5-coder-1.5b-instruct-q4_k_m
+[ -f models/$m.gguf ] && ./target/release/examples/make_twin --header-only --from models/$m.gguf --out .carry/$m.head
 # the load generator's HTTP client for the `server` step (pure Python, from .venv-server: make test-server)
 SP=$(ls -d .venv-server/lib/python3*/site-packages 2>/dev/null | head -n1)
 if [ -n "$SP" ]; then

@@ -106,3 +106,12 @@ fn agrees_with_transformers() {
         assert!(agree >= llama_cpp, "overall top-1 agreement {agree}/{n} is below llama.cpp's {llama_cpp}/{n}");
     }
 }
+
+/// Qwen2.5-Coder-1.5B, the same checks (`make models-extra`, then `make
+/// test-extra`): not in CI, whose time the 1.1 GB model would cost.
+#[test]
+#[ignore = "needs models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf: make models-extra, then make test-extra"]
+fn qwen2_1_5b_agrees_with_transformers() {
+    let act16 = rocmforge::backend::cpu::simd::act16();
+    check(common::QWEN2_1_5B, "qwen2-1.5b", act16);
+}

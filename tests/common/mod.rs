@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 pub const QWEN2: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
+/// `make models-extra` only.
+pub const QWEN2_1_5B: &str = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf";
 pub const GEMMA3: &str = "gemma-3-270m-q4_k_m.gguf";
 pub const ALL_MODELS: [&str; 3] = [SMOLLM2, QWEN2, GEMMA3];
 

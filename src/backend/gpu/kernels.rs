@@ -7,14 +7,12 @@
 //! The source is compiled as several units in parallel threads, each
 //! cached on its own, so the first load's compile takes about as long as
 //! the largest unit, not the whole source. A unit is one op file of
-//! `forge.cu` (`UNITS`) with the headers and the op files it includes, or a
-//! part of one: the kernels of the included op files are muted there, and
-//! a file split in `n` parts keeps every `n`-th of its own kernels live in
-//! each. A muted kernel is a `__global__` template that is never
-//! instantiated, so the compiler generates nothing for it; `KERNEL` counts
-//! the kernels it defines with `__COUNTER__` to pick the live ones. Each
-//! kernel is compiled once, in one unit. `forge.cu` stays the whole source,
-//! for the kernel table and CI's hipcc build.
+//! `forge.cu` (`UNITS`) with the headers and op files it includes, or a
+//! part of one, cut as text (`expand_from`): a kernel-defining macro
+//! invocation is kept only in one part of its own file, and a kernel
+//! written out is muted everywhere else (a `__global__` template never
+//! instantiated). Each kernel is compiled once, in one unit. `forge.cu`
+//! stays the whole source, for the kernel table and CI's hipcc build.
 //!
 //! `FORGE_NVRTC_OPTS` adds compiler options (experiments; part of the key).
 //!
@@ -48,10 +46,10 @@ const FILES: &[(&str, &str)] = &[
 /// compiled in (by the cost of its kernels: the quantized products are
 /// most of the compile time).
 pub const UNITS: &[(&str, usize)] = &[
-    ("matvec.cu", 4),
+    ("matvec.cu", 6),
     ("mmvq.cu", 6),
     ("mmq.cu", 2),
-    ("matmul.cu", 2),
+    ("matmul.cu", 3),
     ("norm.cu", 1),
     ("rope.cu", 1),
     ("attention.cu", 2),
@@ -66,66 +64,162 @@ pub fn unit_parts() -> Vec<(&'static str, usize, usize)> {
 
 /// `root` with every `#include "x"` of a project file inlined once
 /// (`#pragma once` semantics), so the run-time compilers need no include
-/// path and no header list. With `unit` = (part, parts), the kernels of
-/// every other op file inlined are muted, and of `root`'s own only those
-/// whose ordinal is `part` modulo `parts` stay live.
+/// path and no header list. With `unit` = (part, parts) the text is cut
+/// for one unit part, with nothing but plain preprocessor lines:
+/// - a top-level invocation of a kernel-defining macro (one whose body
+///   uses `KERNEL`; `FOR_EACH_TYPE(M)` counts as one invocation of `M` per
+///   type) is kept only in `root`, and there only the invocations whose
+///   ordinal is `part` modulo `parts`;
+/// - a kernel written out (a line starting with `KERNEL`) is live only in
+///   `root`'s part 0; elsewhere it is muted: `KERNEL` is redefined before
+///   it as a `__global__` template, which is never instantiated, so the
+///   compiler generates nothing for it.
 fn expand_from(root: &str, unit: Option<(usize, usize)>) -> String {
-    fn expand(name: &str, root: &str, unit: Option<(usize, usize)>, seen: &mut Vec<String>, out: &mut String) {
-        if seen.iter().any(|s| s == name) {
-            return;
-        }
-        seen.push(name.to_string());
-        let text = FILES.iter().find(|(n, _)| *n == name).map(|(_, t)| *t).unwrap_or("");
-        let mute = unit.is_some() && name != root && name.ends_with(".cu");
-        if mute {
-            out.push_str(MUTE_BEGIN);
-        }
-        for line in text.lines() {
-            let t = line.trim();
-            if t == "#pragma once" {
-                continue;
+    struct Cut<'a> {
+        root: &'a str,
+        unit: Option<(usize, usize)>,
+        macros: Vec<String>,
+        types: Vec<(String, String)>,
+        seen: Vec<String>,
+        /// invocations of `root`'s kernel macros so far
+        ordinal: usize,
+        /// whether KERNEL is live at this point of the text
+        live: bool,
+    }
+    impl Cut<'_> {
+        fn set(&mut self, live: bool, out: &mut String) {
+            if self.live != live {
+                out.push_str(if live { KERNEL_LIVE } else { KERNEL_MUTED });
+                self.live = live;
             }
-            if let Some(inc) = t.strip_prefix("#include \"").and_then(|r| r.strip_suffix('"')) {
-                if FILES.iter().any(|(n, _)| *n == inc) {
-                    expand(inc, root, unit, seen, out);
+        }
+        fn expand(&mut self, name: &str, out: &mut String) {
+            if self.seen.iter().any(|s| s == name) {
+                return;
+            }
+            self.seen.push(name.to_string());
+            let text = FILES.iter().find(|(n, _)| *n == name).map(|(_, t)| *t).unwrap_or("");
+            let own = name == self.root;
+            let mut in_define = false;
+            for line in text.lines() {
+                let t = line.trim();
+                let continued = in_define;
+                in_define = (continued || t.starts_with("#define")) && t.ends_with('\\');
+                if t == "#pragma once" {
                     continue;
                 }
+                if let Some(inc) = t.strip_prefix("#include \"").and_then(|r| r.strip_suffix('"')) {
+                    if FILES.iter().any(|(n, _)| *n == inc) {
+                        self.expand(inc, out);
+                        continue;
+                    }
+                }
+                if let (Some((part, parts)), false) = (self.unit, continued) {
+                    if let Some(calls) = self.invocations(t) {
+                        // each invocation kept in one part of its own file
+                        for call in calls {
+                            let keep = own && self.ordinal % parts == part;
+                            if own {
+                                self.ordinal += 1;
+                            }
+                            if keep {
+                                self.set(true, out);
+                                out.push_str(&call);
+                                out.push('\n');
+                            }
+                        }
+                        continue;
+                    }
+                    if t.starts_with("KERNEL ") {
+                        self.set(own && part == 0, out);
+                    }
+                }
+                out.push_str(line);
+                out.push('\n');
             }
-            out.push_str(line);
-            out.push('\n');
         }
-        if mute {
-            out.push_str(MUTE_END);
+        /// A top-level line that invokes kernel macros: the invocations.
+        fn invocations(&self, t: &str) -> Option<Vec<String>> {
+            let (name, rest) = t.split_once('(')?;
+            let args = rest.strip_suffix(')')?;
+            if name == "FOR_EACH_TYPE" && self.macros.iter().any(|m| m == args) {
+                return Some(self.types.iter().map(|(ty, s)| format!("{args}({ty}, {s})")).collect());
+            }
+            self.macros.iter().any(|m| m == name).then(|| vec![t.to_string()])
         }
     }
     let mut out = String::new();
-    let mut seen = Vec::new();
-    if let Some((part, parts)) = unit {
-        // the headers first, so KERNEL is defined before it is replaced
-        expand("vendor.h", root, unit, &mut seen, &mut out);
-        expand("quant.h", root, unit, &mut seen, &mut out);
-        if parts > 1 {
-            out.push_str("#undef KERNEL\n#define FORGE_SEL_(n) FORGE_K_##n\n#define FORGE_SEL(n) FORGE_SEL_(n)\n#define KERNEL FORGE_SEL(__COUNTER__)\n");
-            for n in 0..MAX_KERNELS_PER_FILE {
-                let def = if n % parts == part { "extern \"C\" __global__" } else { MUTED };
-                out.push_str(&format!("#define FORGE_K_{n} {def}\n"));
-            }
-        }
+    let mut cut = Cut { root, unit, macros: kernel_macros(), types: each_type(), seen: Vec::new(), ordinal: 0, live: true };
+    if unit.is_some() {
+        // the headers first: vendor.h defines KERNEL (live)
+        cut.expand("vendor.h", &mut out);
+        cut.expand("quant.h", &mut out);
     }
-    expand(root, root, unit, &mut seen, &mut out);
+    cut.expand(root, &mut out);
     out
 }
 
-/// More kernels than any op file defines (`units_partition_the_kernels`
-/// checks it).
-const MAX_KERNELS_PER_FILE: usize = 256;
+/// Redefinitions of `KERNEL`: live, or muted (a template never instantiated).
+const KERNEL_LIVE: &str = "#undef KERNEL\n#define KERNEL extern \"C\" __global__\n";
+const KERNEL_MUTED: &str = "#undef KERNEL\n#define KERNEL template <int> __global__\n";
 
-/// A muted kernel: a template never instantiated, so nothing is generated.
-const MUTED: &str = "template <int> __global__";
+/// The macros of the kernel files that define kernels: whose definition
+/// uses `KERNEL`, or invokes such a macro.
+fn kernel_macros() -> Vec<String> {
+    // every function-like macro with its body
+    let mut defs: Vec<(String, String)> = Vec::new();
+    for (_, text) in FILES {
+        let mut current: Option<usize> = None;
+        for line in text.lines() {
+            let t = line.trim();
+            if let Some(rest) = t.strip_prefix("#define ") {
+                current = rest.split_once('(').map(|(n, _)| n.trim()).filter(|n| !n.contains(' ')).map(|n| {
+                    defs.push((n.to_string(), String::new()));
+                    defs.len() - 1
+                });
+            }
+            if let Some(i) = current {
+                defs[i].1.push_str(t);
+                defs[i].1.push(' ');
+            }
+            if !t.ends_with('\\') {
+                current = None;
+            }
+        }
+    }
+    let mut names: Vec<String> = Vec::new();
+    loop {
+        let before = names.len();
+        for (n, body) in &defs {
+            let uses = n != "KERNEL" && (body.contains("KERNEL ") || names.iter().any(|k| body.contains(&format!("{k}("))));
+            if uses && !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+        if names.len() == before {
+            return names;
+        }
+    }
+}
 
-/// Around an op file inlined into another unit: its kernels are muted.
-const MUTE_BEGIN: &str = "#pragma push_macro(\"KERNEL\")\n#undef KERNEL\n#define KERNEL template <int> __global__\n";
-const MUTE_END: &str = "#pragma pop_macro(\"KERNEL\")\n";
+/// `FOR_EACH_TYPE`'s (type, suffix) pairs, from its definition in quant.h.
+fn each_type() -> Vec<(String, String)> {
+    let text = FILES.iter().find(|(n, _)| *n == "quant.h").map(|(_, t)| *t).unwrap_or("");
+    let start = text.find("#define FOR_EACH_TYPE(M)").expect("quant.h defines FOR_EACH_TYPE(M)");
+    let mut body = String::new();
+    for line in text[start..].lines() {
+        body.push_str(line.trim_end_matches('\\'));
+        if !line.trim_end().ends_with('\\') {
+            break;
+        }
+    }
+    let body = &body["#define FOR_EACH_TYPE(M)".len()..];
+    body.split("M(").skip(1).map(|c| {
+        let inner = &c[..c.find(')').expect("M(type, suffix)")];
+        let (ty, s) = inner.split_once(',').expect("M(type, suffix)");
+        (ty.trim().to_string(), s.trim().to_string())
+    }).collect()
+}
 
 /// The source of part `part` of `parts` of the op file `file` (see [`UNITS`]).
 pub fn unit_source(file: &str, part: usize, parts: usize) -> String {
@@ -269,6 +363,17 @@ mod tests {
         names
     }
 
+    #[test]
+    fn kernel_macros_and_types_are_found() {
+        let m = super::kernel_macros();
+        for name in ["MATVEC_KERNEL", "MMVQ_KERNEL", "MMVQ_PAIR", "MMVF_KERNEL", "MATMUL_KERNELS", "ATTN_DECODE", "ATTN_PREFILL_MMA", "MMQ_TYPE"] {
+            assert!(m.iter().any(|x| x == name), "{name} not found among {m:?}");
+        }
+        let t = super::each_type();
+        assert_eq!(t.len(), 19);
+        assert_eq!(t[3], ("TQ4_0".to_string(), "q4_0".to_string()));
+    }
+
     /// The units partition the kernels, as CUDA on sm_90 and as hipRTC see
     /// them: every kernel of the whole source is live in exactly one unit
     /// part, and on sm_90 no part is empty.
@@ -279,6 +384,9 @@ mod tests {
             for (f, part, parts) in super::unit_parts() {
                 let s = super::unit_source(f, part, parts);
                 assert_eq!(s.matches("// vendor.h: the one place").count(), 1, "{f}: vendor.h inlined once");
+                // plain preprocessor lines only (NVRTC's support of
+                // __COUNTER__ and push_macro is not to be relied on)
+                assert!(!s.contains("__COUNTER__") && !s.contains("push_macro"), "{f}");
                 let own = live_kernels(&s, flags);
                 assert!(view != "CUDA sm_90" || !own.is_empty(), "{view}: {f} part {part}/{parts} has no kernel");
                 all.extend(own);
