@@ -3,8 +3,8 @@
 //! the oracle does not share code with what it checks.
 
 use super::arch::{FfnAct, RopeStyle};
-use super::config::Config;
-use super::reference::rope_angle;
+use super::config::RopeFreqs;
+use super::reference::rope_cos_sin;
 
 crate::avx2_multiversion! {
 /// Each `dim`-row of x: x / sqrt(mean(x²) + eps) * w, in place.
@@ -70,8 +70,8 @@ pub fn exp_fast(x: f32) -> f32 {
 }
 
 /// Precomputed (cos, sin) for one position: `rope_dim / 2` pairs.
-pub fn rope_table(pos: usize, base: f32, c: &Config) -> Vec<(f32, f32)> {
-    (0..c.rope_dim / 2).map(|i| rope_angle(pos, i, c.rope_dim, base, c.rope_scaling)).collect()
+pub fn rope_table(pos: usize, freqs: &RopeFreqs) -> Vec<(f32, f32)> {
+    freqs.freq.iter().map(|&f| rope_cos_sin(pos, f, freqs.mscale)).collect()
 }
 
 /// Rotate every `head_dim` head in `row` with the table for its position.
@@ -97,6 +97,13 @@ pub fn softmax(x: &mut [f32]) {
     let sum: f32 = x.iter().sum();
     let inv = 1.0 / sum;
     x.iter_mut().for_each(|v| *v *= inv);
+}
+
+crate::avx2_multiversion! {
+/// [`dot`] compiled for AVX2 and FMA where the CPU has them (same sums).
+pub fn dot_simd(a: &[f32], b: &[f32]) -> f32 {
+    dot(a, b)
+}
 }
 
 #[inline(always)]
