@@ -267,10 +267,11 @@ venv:
 	$(VENV)/bin/pip install --quiet torch transformers accelerate gguf sentencepiece
 
 # Regenerate the committed fixtures from the independent references.
-fixtures: models venv
+fixtures: models venv $(LLAMA_SDIST)/.complete
 	$(VENV)/bin/python scripts/gen_quant_fixtures.py
 	$(VENV)/bin/python scripts/gen_tokenizer_fixtures.py
 	$(VENV)/bin/python scripts/gen_pretokenize_fixtures.py
+	$(VENV)/bin/python scripts/gen_arch_twins.py
 
 # Coverage-guided fuzzing (needs `cargo install cargo-fuzz`; RUSTC_BOOTSTRAP
 # lets the stable toolchain build with the sanitizer flags): the GGUF header,

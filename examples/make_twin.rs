@@ -5,6 +5,9 @@
 //!   make_twin --from MODEL.gguf --out TWIN.gguf [--type F16] [--seed N]
 //!   make_twin --llama7b --from MODEL.gguf --out TWIN.gguf [--type Q4_0]
 //!       (4096 hidden, 32 layers, 32 heads, FFN 11008; vocab = MODEL's tokenizer)
+//!   make_twin --arch qwen3|llama3|phi3|mistral --out TWIN.gguf
+//!       (issue 18's architecture twins: rocmforge::twin::arch, vocabulary
+//!       from the llama.cpp sources under vendor/, the fixtures' seed)
 //!   make_twin --header-only --from MODEL.gguf --out MODEL.head
 //!       (the metadata and tensor table alone, a few MiB: carry it to a
 //!       machine without the model and make the twin there with --from MODEL.head)
@@ -15,6 +18,7 @@ use rocmforge::twin::{write_llama_shaped, write_twin, LlamaShape};
 
 fn main() {
     let (mut from, mut out, mut ty, mut seed, mut llama7b, mut head_only) = (None, None, None, 42u64, false, false);
+    let mut arch: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -30,14 +34,28 @@ fn main() {
             "--seed" => seed = args.next().and_then(|v| v.parse().ok()).expect("--seed N"),
             "--llama7b" => llama7b = true,
             "--header-only" => head_only = true,
+            "--arch" => arch = args.next(),
             other => {
                 eprintln!("unknown argument '{other}'");
                 std::process::exit(2)
             }
         }
     }
+    if let (Some(key), Some(out)) = (&arch, &out) {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let bytes = rocmforge::twin::arch::make(root, key).unwrap_or_else(|e| {
+            eprintln!("{e}");
+            std::process::exit(1)
+        });
+        std::fs::write(out, &bytes).unwrap_or_else(|e| {
+            eprintln!("{out}: {e}");
+            std::process::exit(1)
+        });
+        println!("wrote {out}: {} MiB", bytes.len() >> 20);
+        return;
+    }
     let (Some(from), Some(out)) = (from, out) else {
-        eprintln!("usage: make_twin --from MODEL.gguf --out TWIN.gguf [--type T] [--seed N] [--llama7b]");
+        eprintln!("usage: make_twin --from MODEL.gguf --out TWIN.gguf [--type T] [--seed N] [--llama7b] | --arch KEY --out TWIN.gguf");
         std::process::exit(2)
     };
     let fail = |e: &dyn std::fmt::Display| -> ! {

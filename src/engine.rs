@@ -259,12 +259,13 @@ impl Engine {
 
     fn turn_keys(&self, rows: &mut crate::backend::KvHost, delta: i64) {
         let c = &self.model.cfg;
+        let (global, local) = (c.rope_freqs(c.rope_base, self.n_ctx), c.rope_freqs(c.rope_base_local, self.n_ctx));
         for (il, k) in rows.k.iter_mut().enumerate() {
-            let base = match c.layer_kinds[il] {
-                LayerKind::Local => c.rope_base_local,
-                LayerKind::Global => c.rope_base,
+            let freqs = match c.layer_kinds[il] {
+                LayerKind::Local => &local,
+                LayerKind::Global => &global,
             };
-            ops::rotate_keys(k, c.kv_dim(), delta, base, c);
+            ops::rotate_keys(k, c.kv_dim(), c.head_dim, c.arch.rope, delta, freqs);
         }
     }
 

@@ -7,6 +7,8 @@
 //! standard deviation ≈ 1/√(input width), which keeps activations in a sane
 //! range through the network; norm weights are 1 and biases 0.
 
+pub mod arch;
+
 use crate::error::{Error, Result};
 use crate::gguf::writer::GgufWriter;
 use crate::gguf::{GgufFile, TensorInfo};

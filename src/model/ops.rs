@@ -3,8 +3,8 @@
 //! the oracle does not share code with what it checks.
 
 use super::arch::{FfnAct, RopeStyle};
-use super::config::Config;
-use super::reference::rope_angle;
+use super::config::RopeFreqs;
+use super::reference::rope_cos_sin;
 
 crate::avx2_multiversion! {
 /// Each `dim`-row of x: x / sqrt(mean(x²) + eps) * w, in place.
@@ -70,27 +70,30 @@ pub fn exp_fast(x: f32) -> f32 {
 }
 
 /// Precomputed (cos, sin) for one position: `rope_dim / 2` pairs.
-pub fn rope_table(pos: usize, base: f32, c: &Config) -> Vec<(f32, f32)> {
-    (0..c.rope_dim / 2).map(|i| rope_angle(pos, i, c.rope_dim, base, c.rope_scaling)).collect()
+pub fn rope_table(pos: usize, freqs: &RopeFreqs) -> Vec<(f32, f32)> {
+    freqs.freq.iter().map(|&f| rope_cos_sin(pos, f, freqs.mscale)).collect()
 }
 
 /// Turn cached keys by `delta` positions (a context shift): RoPE at `p`
 /// followed by a turn of `delta` is RoPE at `p + delta`. `rows` are f16
-/// bits, `kv_dim` values each (heads back to back); `base` is the layer's
-/// RoPE base. The YaRN magnitude was applied once when the key was
-/// written, so the turn leaves the length alone (unlike [`rope_table`]).
-pub fn rotate_keys(rows: &mut [u16], kv_dim: usize, delta: i64, base: f32, c: &Config) {
-    let table: Vec<(f32, f32)> = (0..c.rope_dim / 2)
-        .map(|i| {
-            let (p, mult, _) = super::reference::rope_pair(i, c.rope_dim, base, c.rope_scaling);
-            let th = delta as f64 * (p * mult) as f64;
+/// bits, `kv_dim` values each (heads of `head_dim` back to back); `freqs`
+/// are the layer's per-pair frequencies, as the forward pass rotates with
+/// ([`crate::model::Config::rope_freqs`]). The magnitude (YaRN,
+/// LongRoPE) was applied once when the key was written, so the turn leaves
+/// the length alone (unlike [`rope_table`]).
+pub fn rotate_keys(rows: &mut [u16], kv_dim: usize, head_dim: usize, style: RopeStyle, delta: i64, freqs: &RopeFreqs) {
+    let table: Vec<(f32, f32)> = freqs
+        .freq
+        .iter()
+        .map(|&f| {
+            let th = delta as f64 * f as f64;
             (th.cos() as f32, th.sin() as f32)
         })
         .collect();
     let mut x = vec![0f32; kv_dim];
     for row in rows.chunks_exact_mut(kv_dim) {
         x.iter_mut().zip(row.iter()).for_each(|(d, &h)| *d = half::f16::from_bits(h).to_f32());
-        rope_row(&mut x, c.head_dim, &table, c.arch.rope);
+        rope_row(&mut x, head_dim, &table, style);
         row.iter_mut().zip(&x).for_each(|(d, &v)| *d = half::f16::from_f32(v).to_bits());
     }
 }
@@ -118,6 +121,13 @@ pub fn softmax(x: &mut [f32]) {
     let sum: f32 = x.iter().sum();
     let inv = 1.0 / sum;
     x.iter_mut().for_each(|v| *v *= inv);
+}
+
+crate::avx2_multiversion! {
+/// [`dot`] compiled for AVX2 and FMA where the CPU has them (same sums).
+pub fn dot_simd(a: &[f32], b: &[f32]) -> f32 {
+    dot(a, b)
+}
 }
 
 #[inline(always)]

@@ -10,7 +10,7 @@
 //! be held to f32 summation-order differences at either width.
 
 use super::arch::{FfnAct, LayerKind, RopeStyle};
-use super::config::{Config, RopeScaling};
+use super::config::{Config, RopeFreqs, RopeScaling};
 use super::weights::Matrix;
 use super::Model;
 use crate::error::{Error, Result};
@@ -46,6 +46,10 @@ pub struct Reference<'m> {
     /// Round matmul inputs as the CPU engine does: to this many bits.
     act_bits: Option<u8>,
     layers: Vec<DenseLayer>,
+    /// RoPE of global and local layers for this context (`n_ctx` picks
+    /// LongRoPE's table as the engine does).
+    rope_global: RopeFreqs,
+    rope_local: RopeFreqs,
     // state, allocated once
     x: Vec<f32>,      // (n_embd) residual stream
     xb: Vec<f32>,     // (n_embd) normed input of a branch
@@ -126,6 +130,8 @@ impl<'m> Reference<'m> {
             output,
             act_bits,
             layers,
+            rope_global: c.rope_freqs(c.rope_base, n_ctx),
+            rope_local: c.rope_freqs(c.rope_base_local, n_ctx),
             x: vec![0.0; c.n_embd],
             xb: vec![0.0; c.n_embd],
             q: vec![0.0; c.q_dim()],
@@ -186,12 +192,12 @@ impl<'m> Reference<'m> {
                 }
             }
             let local = c.layer_kinds[il] == LayerKind::Local;
-            let base = if local { c.rope_base_local } else { c.rope_base };
+            let freqs = if local { &self.rope_local } else { &self.rope_global };
             for h in self.q.chunks_mut(hd) {
-                rope(h, pos, base, c);
+                rope(h, pos, freqs, c.arch.rope);
             }
             for h in self.k.chunks_mut(hd) {
-                rope(h, pos, base, c);
+                rope(h, pos, freqs, c.arch.rope);
             }
             if self.act_bits.is_some() {
                 // the engine's cache holds f16
@@ -325,12 +331,12 @@ fn gelu_tanh(x: f32) -> f32 {
 
 /// Rotate the first `rope_dim` dims of one head by position `pos`:
 /// pairs (2i, 2i+1) for Normal, (i, i + rope_dim/2) for NeoX; angle
-/// pos · base^(-2i/rope_dim), with linear or YaRN scaling.
-fn rope(head: &mut [f32], pos: usize, base: f32, c: &Config) {
-    let n = c.rope_dim;
-    for i in 0..n / 2 {
-        let (cos, sin) = rope_angle(pos, i, n, base, c.rope_scaling);
-        let (a, b) = match c.arch.rope {
+/// pos · freq[i] (base^(-2i/rope_dim), scaled: [`Config::rope_freqs`]).
+fn rope(head: &mut [f32], pos: usize, freqs: &RopeFreqs, style: RopeStyle) {
+    let n = freqs.freq.len() * 2;
+    for (i, &f) in freqs.freq.iter().enumerate() {
+        let (cos, sin) = rope_cos_sin(pos, f, freqs.mscale);
+        let (a, b) = match style {
             RopeStyle::Normal => (2 * i, 2 * i + 1),
             RopeStyle::Neox => (i, i + n / 2),
         };
@@ -351,6 +357,8 @@ pub fn rope_pair(i: usize, n: usize, base: f32, scaling: RopeScaling) -> (f32, f
     match scaling {
         RopeScaling::None => (p, 1.0, 1.0),
         RopeScaling::Linear { factor } => (p, 1.0 / factor, 1.0),
+        // the per-pair divisors are Config::rope_freqs' part
+        RopeScaling::LongRope { attn_factor, .. } => (p, 1.0, attn_factor),
         RopeScaling::Yarn { factor, orig_ctx, attn_factor, beta_fast, beta_slow } => {
             let freq_scale = 1.0 / factor;
             let corr = |rot: f32| {
@@ -368,7 +376,14 @@ pub fn rope_pair(i: usize, n: usize, base: f32, scaling: RopeScaling) -> (f32, f
     }
 }
 
-/// (cos, sin) of RoPE pair `i` at `pos`, scaled as [`rope_pair`] says.
+/// (cos, sin) at `pos` of a pair turning at `freq` per position, times `mscale`.
+pub fn rope_cos_sin(pos: usize, freq: f32, mscale: f32) -> (f32, f32) {
+    let theta = pos as f32 * freq;
+    (theta.cos() * mscale, theta.sin() * mscale)
+}
+
+/// (cos, sin) of RoPE pair `i` at `pos`, scaled as [`rope_pair`] says
+/// (without per-pair divisors: [`Config::rope_freqs`] has those).
 pub fn rope_angle(pos: usize, i: usize, n: usize, base: f32, scaling: RopeScaling) -> (f32, f32) {
     let (p, mult, mscale) = rope_pair(i, n, base, scaling);
     let theta = pos as f32 * p * mult;

@@ -36,7 +36,7 @@ impl Matrix {
 
 pub struct LayerWeights {
     pub attn_norm: Vec<f32>,             // (n_embd)
-    pub wq: Matrix,                      // (n_head * head_dim, n_embd)
+    pub wq: Matrix,                      // (n_head * head_dim, n_embd)  (or rows of attn_qkv)
     pub wk: Matrix,                      // (n_head_kv * head_dim, n_embd)
     pub wv: Matrix,                      // (n_head_kv * head_dim_v, n_embd)
     pub wo: Matrix,                      // (n_embd, n_head * head_dim_v)
@@ -47,8 +47,8 @@ pub struct LayerWeights {
     pub k_norm: Option<Vec<f32>>,        // (head_dim)                gemma3
     pub post_attn_norm: Option<Vec<f32>>, // (n_embd)                 gemma3
     pub ffn_norm: Vec<f32>,              // (n_embd)
-    pub w_gate: Matrix,                  // (n_ff, n_embd)
-    pub w_up: Matrix,                    // (n_ff, n_embd)
+    pub w_gate: Matrix,                  // (n_ff, n_embd)  rows 0..n_ff of phi3's ffn_up
+    pub w_up: Matrix,                    // (n_ff, n_embd)  rows n_ff..2 n_ff of phi3's ffn_up
     pub w_down: Matrix,                  // (n_embd, n_ff)
     pub post_ffn_norm: Option<Vec<f32>>, // (n_embd)                  gemma3
 }
@@ -99,6 +99,22 @@ fn matrix(f: &GgufFile, name: &str, arch: &str, rows: usize, cols: usize) -> Res
     })
 }
 
+/// A fused matrix (`rows` = the parts' rows added up) split into row
+/// ranges: one [`Matrix`] per part, each a view of its rows in the mapping
+/// (whole rows are whole quant blocks), named `tensor[part]`.
+fn split_rows(f: &GgufFile, name: &str, arch: &str, parts: &[(&str, usize)], cols: usize) -> Result<Vec<Matrix>> {
+    let all = matrix(f, name, arch, parts.iter().map(|p| p.1).sum(), cols)?;
+    let mut r0 = 0;
+    Ok(parts
+        .iter()
+        .map(|&(part, rows)| {
+            let m = Matrix { name: format!("{name}[{part}]"), rows, offset: all.offset + r0 * all.row_bytes, ..all.clone() };
+            r0 += rows;
+            m
+        })
+        .collect())
+}
+
 fn vector(f: &GgufFile, name: &str, arch: &str, n: usize) -> Result<Vec<f32>> {
     let t = find(f, name, arch)?;
     if t.n_elements() as usize != n || t.dims[0] as usize != n {
@@ -125,21 +141,53 @@ impl Weights {
             let m = |t: &str, rows, cols| matrix(f, &blk(i, t), a, rows, cols);
             let v = |t: &str, n| vector(f, &blk(i, t), a, n);
             let spec = c.arch;
+            // Q, K, V: separate, or one fused attn_qkv (rows q | k | v) split
+            // here, so no backend sees the fused form (llama.cpp takes the
+            // fused tensor whenever a file has it)
+            let qkv_rows = [("q", c.q_dim()), ("k", c.kv_dim()), ("v", c.v_dim())];
+            let ([wq, wk, wv], [bq, bk, bv]) = if f.tensor(&blk(i, "attn_qkv.weight")).is_some() {
+                let [q, k, v_]: [Matrix; 3] = split_rows(f, &blk(i, "attn_qkv.weight"), a, &qkv_rows, c.n_embd)?.try_into().unwrap();
+                let b = optional(spec.qkv_bias, || {
+                    let all = v("attn_qkv.bias", c.q_dim() + c.kv_dim() + c.v_dim())?;
+                    let (q, rest) = all.split_at(c.q_dim());
+                    let (k, v_) = rest.split_at(c.kv_dim());
+                    Ok([q.to_vec(), k.to_vec(), v_.to_vec()])
+                })?;
+                let [bq, bk, bv] = b.map_or([None, None, None], |b| b.map(Some));
+                ([q, k, v_], [bq, bk, bv])
+            } else {
+                (
+                    [m("attn_q.weight", c.q_dim(), c.n_embd)?, m("attn_k.weight", c.kv_dim(), c.n_embd)?, m("attn_v.weight", c.v_dim(), c.n_embd)?],
+                    [
+                        optional(spec.qkv_bias, || v("attn_q.bias", c.q_dim()))?,
+                        optional(spec.qkv_bias, || v("attn_k.bias", c.kv_dim()))?,
+                        optional(spec.qkv_bias, || v("attn_v.bias", c.v_dim()))?,
+                    ],
+                )
+            };
+            // gate and up: separate, or Phi-3's ffn_up holding gate then up
+            let (w_gate, w_up) = if spec.fused_gate_up {
+                let [g, u]: [Matrix; 2] =
+                    split_rows(f, &blk(i, "ffn_up.weight"), a, &[("gate", c.n_ff), ("up", c.n_ff)], c.n_embd)?.try_into().unwrap();
+                (g, u)
+            } else {
+                (m("ffn_gate.weight", c.n_ff, c.n_embd)?, m("ffn_up.weight", c.n_ff, c.n_embd)?)
+            };
             layers.push(LayerWeights {
                 attn_norm: v("attn_norm.weight", c.n_embd)?,
-                wq: m("attn_q.weight", c.q_dim(), c.n_embd)?,
-                wk: m("attn_k.weight", c.kv_dim(), c.n_embd)?,
-                wv: m("attn_v.weight", c.v_dim(), c.n_embd)?,
+                wq,
+                wk,
+                wv,
                 wo: m("attn_output.weight", c.n_embd, c.n_head * c.head_dim_v)?,
-                bq: optional(spec.qkv_bias, || v("attn_q.bias", c.q_dim()))?,
-                bk: optional(spec.qkv_bias, || v("attn_k.bias", c.kv_dim()))?,
-                bv: optional(spec.qkv_bias, || v("attn_v.bias", c.v_dim()))?,
+                bq,
+                bk,
+                bv,
                 q_norm: optional(spec.qk_norm, || v("attn_q_norm.weight", c.head_dim))?,
                 k_norm: optional(spec.qk_norm, || v("attn_k_norm.weight", c.head_dim))?,
                 post_attn_norm: optional(spec.post_norms, || v("post_attention_norm.weight", c.n_embd))?,
                 ffn_norm: v("ffn_norm.weight", c.n_embd)?,
-                w_gate: m("ffn_gate.weight", c.n_ff, c.n_embd)?,
-                w_up: m("ffn_up.weight", c.n_ff, c.n_embd)?,
+                w_gate,
+                w_up,
                 w_down: m("ffn_down.weight", c.n_embd, c.n_ff)?,
                 post_ffn_norm: optional(spec.post_norms, || v("post_ffw_norm.weight", c.n_embd))?,
             });

@@ -11,8 +11,10 @@ pub const QWEN2_1_5B: &str = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf";
 pub const GEMMA3: &str = "gemma-3-270m-q4_k_m.gguf";
 pub const ALL_MODELS: [&str; 3] = [SMOLLM2, QWEN2, GEMMA3];
 
+/// The repository: where the test was built, or `FORGE_ROOT` (a test
+/// binary carried to another machine, e.g. the GPU one, with the tree).
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("FORGE_ROOT").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 pub fn fixture(rel: &str) -> PathBuf {

@@ -16,6 +16,7 @@ use crate::backend::{Exec, KvHost, Logits, StepRow};
 use crate::engine::SeqId;
 use crate::kv::{BlockCopy, SeqKv, BLOCK};
 use crate::model::arch::LayerKind;
+use crate::model::config::RopeFreqs;
 use crate::model::{ops, Model};
 use crate::quant;
 
@@ -92,33 +93,49 @@ impl Zeroable for u16 {}
 /// Rows one CPU pass takes; longer batches run in several passes.
 const MAX_ROWS: usize = 512;
 
-/// One engine's state on the CPU: its KV pool's memory.
+/// One engine's state on the CPU: its KV pool's memory, and the RoPE
+/// frequencies of its context.
 pub struct CpuExec {
     model: Arc<Model>,
     kv: CpuKv,
+    rope: Rope,
+}
+
+/// RoPE frequencies of global and local layers for one engine's context
+/// (`n_ctx` picks LongRoPE's table: [`crate::model::Config::rope_freqs`]).
+pub struct Rope {
+    global: RopeFreqs,
+    local: RopeFreqs,
+}
+
+impl Rope {
+    pub fn new(c: &crate::model::Config, n_ctx: usize) -> Rope {
+        Rope { global: c.rope_freqs(c.rope_base, n_ctx), local: c.rope_freqs(c.rope_base_local, n_ctx) }
+    }
 }
 
 impl CpuExec {
-    pub fn new(model: Arc<Model>, n_blocks: usize) -> Result<CpuExec> {
+    pub fn new(model: Arc<Model>, n_ctx: usize, n_blocks: usize) -> Result<CpuExec> {
         let kv = CpuKv::new(&model, n_blocks)?;
-        Ok(CpuExec { model, kv })
+        let rope = Rope::new(&model.cfg, n_ctx);
+        Ok(CpuExec { model, kv, rope })
     }
 }
 
 impl Exec for CpuExec {
     fn forward(&mut self, rows: &[StepRow], logits: &mut Vec<f32>) -> Result<()> {
-        let (model, kv) = (&self.model, &mut self.kv);
+        let (model, kv, rope) = (&self.model, &mut self.kv, &self.rope);
         for chunk in rows.chunks(MAX_ROWS) {
-            let l = model.pool.install(|| forward(model, kv, chunk, false))?;
+            let l = model.pool.install(|| forward(model, kv, rope, chunk, false))?;
             logits.extend_from_slice(&l);
         }
         Ok(())
     }
 
     fn forward_hidden(&mut self, rows: &[StepRow], hidden: &mut Vec<f32>) -> Result<()> {
-        let (model, kv) = (&self.model, &mut self.kv);
+        let (model, kv, rope) = (&self.model, &mut self.kv, &self.rope);
         for chunk in rows.chunks(MAX_ROWS) {
-            let h = model.pool.install(|| forward(model, kv, chunk, true))?;
+            let h = model.pool.install(|| forward(model, kv, rope, chunk, true))?;
             hidden.extend_from_slice(&h);
         }
         Ok(())
@@ -188,7 +205,7 @@ impl Exec for CpuExec {
 /// `n_embd` each). Rows of one sequence must come in position order; a row
 /// attends to its sequence's positions up to its own, this step's earlier
 /// rows included.
-pub fn forward(model: &Model, kv: &mut CpuKv, rows: &[StepRow], hidden: bool) -> Result<Vec<f32>> {
+pub fn forward(model: &Model, kv: &mut CpuKv, rope: &Rope, rows: &[StepRow], hidden: bool) -> Result<Vec<f32>> {
     let (c, w, f, pool) = (&model.cfg, &model.weights, &model.file, &model.pool);
     let n = rows.len();
     let (dim, hd, hdv) = (c.n_embd, c.head_dim, c.head_dim_v);
@@ -214,9 +231,9 @@ pub fn forward(model: &Model, kv: &mut CpuKv, rows: &[StepRow], hidden: bool) ->
     let mut branch = vec![0f32; n * dim];
     let mut g = vec![0f32; n * c.n_ff];
     let mut u = vec![0f32; n * c.n_ff];
-    let tables_global: Vec<_> = rows.iter().map(|r| ops::rope_table(r.pos, c.rope_base, c)).collect();
+    let tables_global: Vec<_> = rows.iter().map(|r| ops::rope_table(r.pos, &rope.global)).collect();
     let tables_local: Vec<_> = match c.layer_kinds.contains(&LayerKind::Local) {
-        true => rows.iter().map(|r| ops::rope_table(r.pos, c.rope_base_local, c)).collect(),
+        true => rows.iter().map(|r| ops::rope_table(r.pos, &rope.local)).collect(),
         false => Vec::new(),
     };
     let slots: Vec<usize> = rows.iter().map(|r| r.kv.slot(r.pos)).collect();

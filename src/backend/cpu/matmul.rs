@@ -23,7 +23,13 @@ use crate::quant::{self, act_format, ActInt, ActQ, ActRow};
 /// cbindgen:ignore
 pub type DotKernel<T = i8> = fn(&[u8], &[ActRow<T>], &mut [f32]);
 /// A row-dot kernel for float weights against f32 activations.
-pub type FloatKernel = fn(&[u8], &[f32]) -> f32;
+/// Converts one row of float weights (F32, F16, BF16 bytes) to f32.
+pub type FloatKernel = fn(&[u8], &mut [f32]);
+
+thread_local! {
+    /// One float weight row in f32, per worker thread.
+    static FLOAT_ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// An output pointer shared by parallel tasks that write disjoint elements.
 #[derive(Clone, Copy)]
@@ -121,13 +127,21 @@ pub fn matmul_input(pool: &ThreadPool, w: &Matrix, wbytes: &[u8], input: &Input,
             quantized(pool, w, wbytes, &main, None, out, simd::q16_kernel(w.ty), 4)
         }
         None => {
+            // float weights (F32, F16, BF16): each row to f32 once per call,
+            // then a vectorised dot with every token row (one order of
+            // summation for any n: batched rows equal single ones)
             let k = simd::float_kernel(w.ty);
             for_chunks(pool, rows, out, |r, o| {
                 let wr = &wbytes[r * w.row_bytes..(r + 1) * w.row_bytes];
-                for t in 0..n {
-                    // SAFETY: (t, r) pairs are disjoint across chunks; out has n × rows.
-                    unsafe { *o.0.add(t * rows + r) = k(wr, &x[t * cols..(t + 1) * cols]) };
-                }
+                FLOAT_ROW.with(|buf| {
+                    let mut buf = buf.borrow_mut();
+                    buf.resize(cols, 0.0);
+                    k(wr, &mut buf);
+                    for t in 0..n {
+                        // SAFETY: (t, r) pairs are disjoint across chunks; out has n × rows.
+                        unsafe { *o.0.add(t * rows + r) = crate::model::ops::dot_simd(&buf, &x[t * cols..(t + 1) * cols]) };
+                    }
+                });
             });
         }
     }

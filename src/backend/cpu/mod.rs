@@ -27,8 +27,8 @@ impl crate::backend::Backend for CpuBackend {
     fn describe(&self) -> String {
         format!("cpu ({} threads)", self.n_threads)
     }
-    fn new_exec(&self, model: &std::sync::Arc<crate::model::Model>, _n_ctx: usize, n_blocks: usize) -> crate::Result<Box<dyn crate::backend::Exec>> {
-        Ok(Box::new(forward::CpuExec::new(model.clone(), n_blocks)?))
+    fn new_exec(&self, model: &std::sync::Arc<crate::model::Model>, n_ctx: usize, n_blocks: usize) -> crate::Result<Box<dyn crate::backend::Exec>> {
+        Ok(Box::new(forward::CpuExec::new(model.clone(), n_ctx, n_blocks)?))
     }
     fn is_gpu(&self) -> bool {
         false

@@ -365,12 +365,22 @@ pub fn q16_kernel(ty: GgmlType) -> DotKernel<i16> {
     scalar_kernel(ty)
 }
 
-/// Kernel for float weights (F32/F16/BF16) against f32 activations. Weight
-/// bytes may sit at any offset the file's alignment allows.
+/// Row converter for float weights (F32/F16/BF16) to f32, which the float
+/// products then dot with f32 activations. Weight bytes may sit at any
+/// offset the file's alignment allows.
 pub fn float_kernel(ty: GgmlType) -> FloatKernel {
     match ty {
-        GgmlType::F32 => |w, x| w.chunks_exact(4).zip(x).map(|(c, b)| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * b).sum(),
-        GgmlType::F16 => |w, x| w.chunks_exact(2).zip(x).map(|(c, b)| half::f16::from_le_bytes([c[0], c[1]]).to_f32() * b).sum(),
-        _ => |w, x| w.chunks_exact(2).zip(x).map(|(c, b)| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16) * b).sum(),
+        GgmlType::F32 => |w, out| w.chunks_exact(4).zip(out).for_each(|(c, o)| *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        GgmlType::F16 => f16_row,
+        _ => |w, out| w.chunks_exact(2).zip(out).for_each(|(c, o)| *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)),
     }
+}
+
+crate::avx2_multiversion! {
+/// F16 bytes to f32 (half converts with F16C where the CPU has it).
+pub fn f16_row(w: &[u8], out: &mut [f32]) {
+    for (c, o) in w.chunks_exact(2).zip(out) {
+        *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+    }
+}
 }

@@ -16,12 +16,11 @@ use super::Device;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::model::arch::{FfnAct, LayerKind};
-use crate::model::reference::rope_pair;
 use crate::model::weights::{Matrix, Weights};
 use crate::backend::{Backend, Exec, KvHost, Logits, StepRow, TopRows, TOP_MAX};
 use crate::engine::SeqId;
 use crate::kv::{BlockCopy, SeqKv, BLOCK};
-use crate::model::{Config, Model};
+use crate::model::{Config, Model, RopeScaling};
 
 struct Layer {
     attn_norm: Buffer,              // (n_embd)
@@ -55,11 +54,20 @@ pub struct GpuModel {
     output: DevMatrix,     // (n_vocab, n_embd); token_embd when tied
     output_norm: Buffer,   // (n_embd)
     layers: Vec<Layer>,
-    /// Per-pair RoPE frequencies (rope_dim / 2) for global and local layers.
+    /// RoPE for contexts up to the original one (`[0]`) and, with
+    /// LongRoPE, past it (`[1]`): an engine takes the one its n_ctx picks
+    /// ([`Config::rope_freqs`]).
+    rope: Vec<GpuRope>,
+    _matrices: Vec<Buffer>,
+}
+
+/// Per-pair RoPE frequencies (rope_dim / 2) for global and local layers,
+/// with llama3's and LongRoPE's per-pair divisors folded in, and the
+/// cos/sin scale.
+struct GpuRope {
     freq_global: Buffer,
     freq_local: Buffer,
     mscale: f32,
-    _matrices: Vec<Buffer>,
 }
 
 fn ptr(b: &Option<Buffer>) -> DevPtr {
@@ -216,19 +224,21 @@ impl GpuModel {
                 post_ffn_norm: up.opt(&l.post_ffn_norm, &n("post_ffw_norm"))?,
             });
         }
-        let freqs = |base: f32| -> (Vec<f32>, f32) {
-            let mut ms = 1.0;
-            let v = (0..c.rope_dim / 2)
-                .map(|i| {
-                    let (p, mult, m) = rope_pair(i, c.rope_dim, base, c.rope_scaling);
-                    ms = m;
-                    p * mult
-                })
-                .collect();
-            (v, ms)
+        // an n_ctx at or below the original context, and one past it
+        // (LongRoPE's long table; the same numbers otherwise)
+        let ctxs: &[usize] = match c.rope_scaling {
+            RopeScaling::LongRope { orig_ctx, .. } => &[orig_ctx as usize, orig_ctx as usize + 1],
+            _ => &[1],
         };
-        let (fg, mscale) = freqs(c.rope_base);
-        let (fl, _) = freqs(c.rope_base_local);
+        let mut rope = Vec::new();
+        for &n_ctx in ctxs {
+            let (g, l) = (c.rope_freqs(c.rope_base, n_ctx), c.rope_freqs(c.rope_base_local, n_ctx));
+            rope.push(GpuRope {
+                freq_global: up.vec(&g.freq, "rope frequencies")?,
+                freq_local: up.vec(&l.freq, "rope frequencies")?,
+                mscale: g.mscale,
+            });
+        }
         Ok(GpuModel {
             dev: dev.clone(),
             pool: pool.clone(),
@@ -236,9 +246,7 @@ impl GpuModel {
             token_embd,
             output,
             output_norm: up.vec(&w.output_norm, "output_norm")?,
-            freq_global: up.vec(&fg, "rope frequencies")?,
-            freq_local: up.vec(&fl, "rope frequencies")?,
-            mscale,
+            rope,
             layers,
             _matrices: up.owned,
         })
@@ -510,6 +518,8 @@ pub struct GpuExec {
     slots: usize,
     /// Key splits of a one-row decode step ([`ops::decode_splits`] of n_ctx).
     splits: usize,
+    /// Which of the model's RoPE tables this context takes (`GpuModel::rope`).
+    rope: usize,
     kc: Buffer,     // (n_layer, slots, n_head_kv * head_dim) f16
     vc: Buffer,     // (n_layer, slots, n_head_kv * head_dim_v) f16
     x: Buffer,      // (MAX_BATCH, n_embd) residual stream
@@ -628,6 +638,7 @@ impl GpuExec {
             use_graph: !crate::env_flag("FORGE_NO_GRAPH") && !super::profile::enabled(),
             out_hidden: false,
             failed: None,
+            rope: usize::from(c.rope_long(n_ctx)),
             m,
             s,
             slots,
@@ -864,13 +875,14 @@ impl GpuExec {
             };
             let local = c.layer_kinds[il] == LayerKind::Local;
             let (kc, vc) = (self.kc.ptr + il as u64 * kv_layer + k_base, self.vc.ptr + il as u64 * v_layer + v_base);
-            let post = QkvPost { n, n_head: c.n_head, n_head_kv: c.n_head_kv, hd: c.head_dim, hdv: c.head_dim_v, rope_dim: c.rope_dim, rope: c.arch.rope, mscale: m.mscale, eps: c.rms_eps };
+            let rope = &m.rope[self.rope];
+            let post = QkvPost { n, n_head: c.n_head, n_head_kv: c.n_head_kv, hd: c.head_dim, hdv: c.head_dim_v, rope_dim: c.rope_dim, rope: c.arch.rope, mscale: rope.mscale, eps: c.rms_eps };
             let bufs = QkvBufs {
                 q, k, v,
                 bq: ptr(&l.bq), bk: ptr(&l.bk), bv: ptr(&l.bv),
                 q_norm: ptr(&l.q_norm), k_norm: ptr(&l.k_norm),
                 k_cache: kc, v_cache: vc, at,
-                freq: if local { m.freq_local.ptr } else { m.freq_global.ptr },
+                freq: if local { rope.freq_local.ptr } else { rope.freq_global.ptr },
             };
             // one token: attention does qkv_post's work itself (one launch less)
             let fused = n == 1;

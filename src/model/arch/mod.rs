@@ -5,7 +5,9 @@
 
 mod gemma3;
 mod llama;
+mod phi3;
 mod qwen2;
+mod qwen3;
 
 /// How RoPE pairs the dimensions of a head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,10 +55,16 @@ pub struct ArchSpec {
     pub global_every: Option<usize>,
     /// RoPE base for local layers when the file does not give one.
     pub local_rope_base: f32,
+    /// `ffn_up.weight` holds gate and up stacked (`2 n_ff` rows, gate
+    /// first) and there is no `ffn_gate.weight` (Phi-3); the loader splits
+    /// it into two row ranges, so every backend sees separate matrices.
+    /// (A fused `attn_qkv.weight` needs no flag: any architecture may have
+    /// one instead of `attn_{q,k,v}`, as in llama.cpp.)
+    pub fused_gate_up: bool,
 }
 
 /// Every architecture this build knows, looked up by `general.architecture`.
-pub const ARCHS: [&ArchSpec; 3] = [&llama::SPEC, &qwen2::SPEC, &gemma3::SPEC];
+pub const ARCHS: [&ArchSpec; 5] = [&llama::SPEC, &qwen2::SPEC, &qwen3::SPEC, &phi3::SPEC, &gemma3::SPEC];
 
 pub fn lookup(name: &str) -> Option<&'static ArchSpec> {
     ARCHS.iter().copied().find(|a| a.name == name)
@@ -67,6 +75,11 @@ pub mod names {
     pub const TOKEN_EMBD: &str = "token_embd.weight";
     pub const OUTPUT_NORM: &str = "output_norm.weight";
     pub const OUTPUT: &str = "output.weight";
+    /// Per-pair RoPE frequency divisors (llama3 scaling), one for all layers.
+    pub const ROPE_FREQS: &str = "rope_freqs.weight";
+    /// LongRoPE's divisors for short and long contexts (Phi-3 128k).
+    pub const ROPE_FACTORS_SHORT: &str = "rope_factors_short.weight";
+    pub const ROPE_FACTORS_LONG: &str = "rope_factors_long.weight";
     pub fn blk(i: usize, t: &str) -> String {
         format!("blk.{i}.{t}")
     }
