@@ -4,7 +4,7 @@
 # tests, time the benchmarks, and run compute-sanitizer. Binaries are built
 # on the CPU machine (scripts/gpu_prepare.sh) and carried with the tree.
 #
-# usage: scripts/gpu_check.sh [steps...]   steps: info twins ops model profile ktime bench batched bprofile server bench-cpu sanitize real ncu compile regs
+# usage: scripts/gpu_check.sh [steps...]   steps: info twins ops model arch profile ktime bench batched bprofile server bench-cpu sanitize real ncu compile regs
 # env:   BIN (binaries, default .carry/bin), HEADS (.head files, default .carry),
 #        OUT (logs; default ./gpu-out), TWINS (default /tmp/twins)
 set -uo pipefail
@@ -55,6 +55,10 @@ for step in $steps; do
       run ops env FORGE_ACT16=1 "$BIN/device_ops" --test-threads 1 --nocapture ;;
     model)
       run model env FORGE_ACT16=1 "$BIN/gpu_model" --skip real_smollm2 --nocapture ;;
+    arch)
+      # the qwen3 / llama3 / phi3 / mistral twins against HF's fixtures, on the GPU
+      mkdir -p vendor/llama.cpp/models && tar -C vendor/llama.cpp/models -xJf "$HEADS/vocab.tar.xz"
+      run arch env FORGE_ARCH_BACKEND=cuda FORGE_ROOT="$PWD" "$BIN/arch_twins" --nocapture ;;
     profile)
       run profile env FORGE_PROFILE=1 "$BIN/bench" --backend cuda --pp 512 --tg 16 --reps 1 "$TWINS/qwen2-twin.gguf" "$TWINS/llama7b-q4_0-twin.gguf" ;;
     ktime)

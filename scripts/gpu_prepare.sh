@@ -9,7 +9,7 @@ mkdir -p .carry/bin
 cargo build --release --features cuda --examples
 cargo build --release --features cuda -p rocmforge-cli -p rocmforge-server
 json=$(cargo test --release --features cuda --no-run --message-format=json 2>/dev/null)
-for t in device_ops gpu_model rocmforge; do
+for t in device_ops gpu_model arch_twins rocmforge; do
   exe=$(printf '%s\n' "$json" | grep -o "\"executable\":\"[^\"]*/deps/$t-[0-9a-f]*\"" | tail -n1 | cut -d'"' -f4)
   # the library's unit tests are rocmforge-unit here (rocmforge is the CLI)
   install -m755 "$exe" .carry/bin/$([ $t = rocmforge ] && echo rocmforge-unit || echo $t)
@@ -17,6 +17,8 @@ done
 for e in bench batched_bench make_twin; do install -m755 target/release/examples/$e .carry/bin/$e; done
 for b in rocmforge rocmforge-server; do install -m755 target/release/$b .carry/bin/$b; done
 strip .carry/bin/*
+# the vocabularies the architecture twins are made from (tests/arch_twins.rs)
+tar -C vendor/llama.cpp/models -cJf .carry/vocab.tar.xz ggml-vocab-qwen2.gguf ggml-vocab-llama-bpe.gguf ggml-vocab-phi-3.gguf ggml-vocab-llama-spm.gguf
 for m in SmolLM2-135M-Instruct.Q4_1 qwen2.5-coder-0.5b-instruct-q4_k_m gemma-3-270m-q4_k_m; do
   ./target/release/examples/make_twin --header-only --from models/$m.gguf --out .carry/$m.head
 done
