@@ -11,7 +11,10 @@
 //!   `inv_freq` / `attention_scaling` (relative 1e-5): llama3's table and
 //!   LongRoPE's short and long tables with its attention factor, at every
 //!   pair, whatever positions the prompts reach;
-//! - teacher-forced next-token top-1 over 5 prompts × 32 tokens ≥ 99%;
+//! - teacher-forced next-token top-1 over 5 prompts × 32 tokens ≥ 99%
+//!   (on a GPU, positions where HF's own top two are within `TIE` and the
+//!   engine takes HF's runner-up count as agreeing: phi3's twin has two
+//!   such ties, 2e-4 apart, that f16 products flip);
 //! - relative L2 of the last-position logits of each prompt ≤ 5e-2;
 //! - the tokenizer gives HF's ids for the prompts;
 //! - the f32 reference pass (the oracle) on the first 8 positions of one
@@ -50,6 +53,10 @@ fn floats(v: &Value) -> Vec<f64> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
 }
 
+/// HF's top two logits this close are a tie at the precision of f16
+/// products (the GPU's): a GPU taking the runner-up there agrees.
+const TIE: f64 = 1e-3;
+
 fn check(key: &str) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let t0 = Instant::now();
@@ -87,13 +94,19 @@ fn check(key: &str) {
         assert_eq!(last.len(), prompts.len() * n_vocab);
 
         let t_engine = Instant::now();
-        let (mut agree, mut positions, mut worst, mut errs, mut tok_same) = (0, 0, 0f64, Vec::new(), 0);
+        let (mut agree, mut positions, mut worst, mut errs, mut tok_same, mut ties) = (0, 0, 0f64, Vec::new(), 0, 0);
         for (i, p) in prompts.iter().enumerate() {
             let toks = ids(&p["ids"]);
             let top1: Vec<u32> = p["top_ids"].as_array().unwrap().iter().map(|r| r[0].as_u64().unwrap() as u32).collect();
             let mut s = Session::new(model.clone(), n_ctx).unwrap();
             let all = s.eval(&toks, Logits::All).unwrap();
-            agree += (0..toks.len()).filter(|&t| argmax(&all[t * n_vocab..(t + 1) * n_vocab]) == top1[t]).count();
+            for t in 0..toks.len() {
+                let got = argmax(&all[t * n_vocab..(t + 1) * n_vocab]);
+                let (hf_ids, hf_logits) = (ids(&p["top_ids"][t]), floats(&p["top_logits"][t]));
+                agree += usize::from(got == top1[t]);
+                // HF's runner-up where HF's own top two are within TIE
+                ties += usize::from(got != top1[t] && got == hf_ids[1] && hf_logits[0] - hf_logits[1] < TIE);
+            }
             positions += toks.len();
             let e = rel_l2(&all[(toks.len() - 1) * n_vocab..], &last[i * n_vocab..(i + 1) * n_vocab]);
             worst = worst.max(e);
@@ -138,7 +151,13 @@ fn check(key: &str) {
             toks.len(),
             if sens.is_null() { String::new() } else { format!("; HF without the RoPE scaling: top-1 {}, rel L2 {}", sens["top1_agreement"], sens["last_rel_l2"]) }
         );
-        assert!(pct >= 99.0, "{key}/{name}: top-1 agreement {pct:.2}% < 99%");
+        // the bound holds as is on the CPU; a GPU's logits (f16 products,
+        // rel L2 ~1e-3) may also take HF's runner-up where HF's top two
+        // are tied to within TIE, and those count with the agreements
+        let on_cpu = backend == BackendChoice::Cpu;
+        println!("{key}/{name}: disagreements at HF ties (top two within {TIE}): {ties}");
+        let counted = if on_cpu { agree } else { agree + ties };
+        assert!(counted * 100 >= 99 * positions, "{key}/{name}: top-1 agreement {counted}/{positions} < 99% ({ties} at HF ties)");
         assert!(worst <= 5e-2, "{key}/{name}: last-logit relative L2 {worst:.3e} > 5e-2");
         assert!(ref_agree * 100 >= 99 * toks.len() && ref_err <= 5e-2, "{key}/{name}: reference pass top-1 {ref_agree}/{}, rel L2 {ref_err:.3e}", toks.len());
         assert_eq!(tok_same, prompts.len(), "{key}/{name}: the tokenizer differs from HF's on {} prompts", prompts.len() - tok_same);

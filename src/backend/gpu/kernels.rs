@@ -46,9 +46,9 @@ const FILES: &[(&str, &str)] = &[
 /// compiled in (by the cost of its kernels: the quantized products are
 /// most of the compile time).
 pub const UNITS: &[(&str, usize)] = &[
-    ("matvec.cu", 6),
-    ("mmvq.cu", 6),
-    ("mmq.cu", 2),
+    ("matvec.cu", 8),
+    ("mmvq.cu", 8),
+    ("mmq.cu", 3),
     ("matmul.cu", 3),
     ("norm.cu", 1),
     ("rope.cu", 1),
