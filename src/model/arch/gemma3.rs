@@ -18,4 +18,5 @@ pub const SPEC: ArchSpec = ArchSpec {
     qkv_bias: false,
     global_every: Some(6),
     local_rope_base: 10_000.0,
+    encoder: false,
 };

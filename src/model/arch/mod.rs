@@ -5,6 +5,7 @@
 
 mod gemma3;
 mod llama;
+mod nomic_bert;
 mod qwen2;
 
 /// How RoPE pairs the dimensions of a head.
@@ -53,10 +54,14 @@ pub struct ArchSpec {
     pub global_every: Option<usize>,
     /// RoPE base for local layers when the file does not give one.
     pub local_rope_base: f32,
+    /// A bidirectional encoder for embeddings (`nomic-bert`): no LM head
+    /// and no KV cache; it runs through [`crate::model::encoder`], and
+    /// the decoder engine refuses it.
+    pub encoder: bool,
 }
 
 /// Every architecture this build knows, looked up by `general.architecture`.
-pub const ARCHS: [&ArchSpec; 3] = [&llama::SPEC, &qwen2::SPEC, &gemma3::SPEC];
+pub const ARCHS: [&ArchSpec; 4] = [&llama::SPEC, &qwen2::SPEC, &gemma3::SPEC, &nomic_bert::SPEC];
 
 pub fn lookup(name: &str) -> Option<&'static ArchSpec> {
     ARCHS.iter().copied().find(|a| a.name == name)

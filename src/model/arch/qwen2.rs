@@ -13,4 +13,5 @@ pub const SPEC: ArchSpec = ArchSpec {
     qkv_bias: true,
     global_every: None,
     local_rope_base: 10_000.0,
+    encoder: false,
 };
