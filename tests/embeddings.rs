@@ -144,3 +144,63 @@ fn unknown_architecture_names_the_supported_ones() {
     let e = Model::from_gguf(f, LoadOptions::default()).unwrap_err().to_string();
     assert!(e.contains("'nomic-bort'") && e.contains("llama, qwen2, gemma3, nomic-bert"), "{e}");
 }
+
+/// The C API on an encoder: forge_load gives a context without a
+/// sequence, forge_embed matches Model::embed, the decoder calls are
+/// UNSUPPORTED with a message, and misuse is an error status.
+#[test]
+fn nomic_through_the_c_api() {
+    use rocmforge::ffi::forge_status::*;
+    use rocmforge::ffi::*;
+    use std::ptr::{null, null_mut};
+    let path = std::ffi::CString::new(common::model(NOMIC).to_str().unwrap()).unwrap();
+    let mut ctx = null_mut();
+    let mut p = forge_load_default_params();
+    p.backend = forge_backend::FORGE_BACKEND_CUDA as i32; // an encoder runs on the CPU whatever is asked
+    let st = unsafe { forge_load(path.as_ptr(), &p, &mut ctx) };
+    if st != FORGE_OK {
+        // no CUDA in this build or machine: the CPU
+        p.backend = forge_backend::FORGE_BACKEND_CPU as i32;
+        assert_eq!(unsafe { forge_load(path.as_ptr(), &p, &mut ctx) }, FORGE_OK, "{}", common::last_error());
+    }
+    unsafe {
+        assert!(forge_is_encoder(ctx));
+        assert_eq!(forge_pooling_type(ctx), forge_pooling::FORGE_POOLING_MEAN as i32);
+        let text = "search_query: What is the capital of France?";
+        let mut toks = vec![0i32; 64];
+        let mut n = 0usize;
+        assert_eq!(forge_tokenize(ctx, text.as_ptr().cast(), text.len(), true, false, toks.as_mut_ptr(), 64, &mut n), FORGE_OK);
+        toks.truncate(n);
+        assert_eq!(toks[0], 101, "[CLS] first");
+        assert_eq!(*toks.last().unwrap(), 102, "[SEP] last");
+        let mut e = vec![0f32; 768];
+        let mut ne = 0usize;
+        let def = forge_pooling::FORGE_POOLING_DEFAULT as i32;
+        assert_eq!(forge_embed(ctx, toks.as_ptr(), toks.len(), def, true, e.as_mut_ptr(), 768, &mut ne), FORGE_OK, "{}", common::last_error());
+        assert_eq!(ne, 768);
+        let m = load();
+        let ids: Vec<u32> = toks.iter().map(|&t| t as u32).collect();
+        assert_eq!(e, m.embed(&ids, None, true).unwrap());
+        // decoder calls: UNSUPPORTED, saying why
+        assert_eq!(forge_eval(ctx, toks.as_ptr(), toks.len(), null_mut(), 0), FORGE_ERR_UNSUPPORTED);
+        assert!(common::last_error().contains("embedding model"), "{}", common::last_error());
+        assert_eq!(forge_kv_reset(ctx, 0), FORGE_ERR_UNSUPPORTED);
+        let mut eng = null_mut();
+        assert_eq!(forge_engine_new(ctx, null(), &mut eng), FORGE_ERR_UNSUPPORTED);
+        assert!(eng.is_null());
+        // too long: INVALID_ARGUMENT, nothing written
+        let long = vec![1996i32; 2049];
+        ne = 7;
+        assert_eq!(forge_embed(ctx, long.as_ptr(), long.len(), def, true, e.as_mut_ptr(), 768, &mut ne), FORGE_ERR_INVALID_ARGUMENT);
+        assert!(common::last_error().contains("2048"), "{}", common::last_error());
+        assert_eq!(ne, 7);
+        let mut info = std::mem::zeroed::<forge_model_info>();
+        assert_eq!(forge_get_model_info(ctx, &mut info), FORGE_OK);
+        assert_eq!((info.n_embd, info.n_ctx, info.n_layer), (768, 2048, 12));
+        let mut clone = null_mut();
+        assert_eq!(forge_ctx_clone_session(ctx, &mut clone), FORGE_OK);
+        assert!(forge_is_encoder(clone));
+        forge_free(clone);
+        forge_free(ctx);
+    }
+}
