@@ -15,6 +15,10 @@ fc11 -> ffn_up, fc12 -> ffn_gate, fc2 -> ffn_down, Wqkv -> attn_qkv,
 norm1 -> attn_output_norm, norm2 -> layer_output_norm, emb_ln ->
 token_embd_norm.
 
+Cross-check (not part of the fixtures): llama.cpp's own libllama
+(vendor/llama.cpp/build-cpu) through llama-cpp-python's Llama(embedding=True)
+.embed(normalize=True) gives these 20 vectors at min cosine 0.9999996.
+
 Tokenization is HF's own BertTokenizer (uncased) over the GGUF's vocab
 (turned back into vocab.txt form), [CLS] ... [SEP], as
 sentence-transformers feeds nomic-embed-text.
