@@ -122,6 +122,33 @@ typedef enum forge_backend {
 } forge_backend;
 
 /**
+ * How `forge_embed` pools per-token hidden states (llama.cpp's numbers).
+ * Passed as `int32_t`; any other value is INVALID_ARGUMENT.
+ */
+typedef enum forge_pooling {
+  /**
+   * The model's own (`{arch}.pooling_type`; mean when the file says none).
+   */
+  FORGE_POOLING_DEFAULT = -1,
+  /**
+   * No pooling: one `n_embd` row per token.
+   */
+  FORGE_POOLING_NONE = 0,
+  /**
+   * The mean over the input's tokens.
+   */
+  FORGE_POOLING_MEAN = 1,
+  /**
+   * The first token's ([CLS]).
+   */
+  FORGE_POOLING_CLS = 2,
+  /**
+   * The last token's.
+   */
+  FORGE_POOLING_LAST = 3,
+} forge_pooling;
+
+/**
  * A loaded model plus one sequence's KV cache. Opaque.
  */
 typedef struct forge_ctx forge_ctx;
@@ -417,8 +444,10 @@ enum forge_status forge_ctx_backend(const struct forge_ctx *ctx,
 struct forge_load_params forge_load_default_params(void);
 
 /**
- * Load a GGUF model and create a context for one sequence. `params` may be
- * NULL for defaults. On success `*out` owns the context: free it with
+ * Load a GGUF model and create a context for one sequence (an embedding
+ * encoder's context has none: `forge_embed` only, see `forge_is_encoder`;
+ * it runs on the CPU whatever `backend` says). `params` may be NULL for
+ * defaults. On success `*out` owns the context: free it with
  * `forge_free`. Errors: NULL_POINTER, INVALID_ARGUMENT (a parameter out of
  * its range, see `forge_load_params`), INVALID_UTF8, IO (also a path that
  * is a directory or not a regular file), INVALID_MODEL, UNSUPPORTED,
@@ -469,6 +498,49 @@ enum forge_status forge_kv_reset(struct forge_ctx *ctx, size_t n_keep);
  * call on `ctx` runs, this is the position before that call.
  */
 size_t forge_n_past(const struct forge_ctx *ctx);
+
+/**
+ * The pooling `forge_embed` applies for FORGE_POOLING_DEFAULT (a
+ * `forge_pooling` value, never DEFAULT); -1 if ctx is NULL.
+ */
+int32_t forge_pooling_type(const struct forge_ctx *ctx);
+
+/**
+ * Whether the model is an embedding-only encoder (`nomic-bert`): then
+ * `forge_embed` is its one computation, and `forge_eval`,
+ * `forge_generate`, `forge_kv_reset` and `forge_engine_new` are
+ * UNSUPPORTED. false if ctx is NULL.
+ */
+bool forge_is_encoder(const struct forge_ctx *ctx);
+
+/**
+ * The embedding of one input of `n_tokens` token ids (from
+ * `forge_tokenize` with `add_special` true: an encoder expects its [CLS]
+ * and [SEP]): the final hidden states pooled by `pooling` (a
+ * `forge_pooling` value) and, if `normalize`, scaled to unit L2 length.
+ * `n_embd` floats, or `n_tokens * n_embd` with FORGE_POOLING_NONE (each
+ * row normalized), written to `out` (`cap` floats) with the count in
+ * `*n_out`; `cap` 0 with `out` NULL asks the size (BUFFER_TOO_SMALL with
+ * `*n_out` set).
+ *
+ * An encoder runs its bidirectional encoder pass on the CPU (whatever
+ * backend it was loaded for); its input is at most n_ctx_train tokens. A
+ * decoder runs the input through an engine of its own (the CPU backend
+ * only) and does not touch the context's sequence. Reads only the model:
+ * runs on any thread, also while another call on `ctx` is running.
+ * Errors: NULL_POINTER, INVALID_ARGUMENT (n_tokens 0, a token outside
+ * the vocab, an input longer than an encoder's context, a bad pooling),
+ * BUFFER_TOO_SMALL, UNSUPPORTED (hidden states on a GPU backend),
+ * OUT_OF_MEMORY.
+ */
+enum forge_status forge_embed(const struct forge_ctx *ctx,
+                              const int32_t *tokens,
+                              size_t n_tokens,
+                              int32_t pooling,
+                              bool normalize,
+                              float *out,
+                              size_t cap,
+                              size_t *n_out);
 
 /**
  * Number of tokens in the vocabulary; -1 if ctx is NULL.

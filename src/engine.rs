@@ -55,6 +55,14 @@ pub struct EngineOptions {
     pub preempt: bool,
 }
 
+/// What an engine or session says for an encoder (no next-token logits).
+pub(crate) fn encoder_error(model: &Model) -> Error {
+    Error::Unsupported(format!(
+        "{} is an embedding model (a bidirectional encoder): it has no next-token logits and no KV cache; use embeddings (Model::embed, forge_embed, /v1/embeddings)",
+        model.cfg.arch.name
+    ))
+}
+
 /// The most blocks a pool has (16M positions), whatever the budget says:
 /// the block tables stay a few tens of MB.
 const MAX_BLOCKS: usize = 1 << 20;
@@ -88,6 +96,9 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(model: Arc<Model>, opts: EngineOptions) -> Result<Engine> {
+        if model.is_encoder() {
+            return Err(encoder_error(&model));
+        }
         let n_ctx = if opts.n_ctx == 0 { model.default_n_ctx() } else { opts.n_ctx };
         if n_ctx > MAX_CTX {
             return Err(Error::InvalidArgument(format!("n_ctx {n_ctx} is more than {MAX_CTX}")));

@@ -40,7 +40,7 @@ pub mod twin;
 pub use backend::{Logits, Output};
 pub use engine::{Engine, EngineOptions, Session};
 pub use error::{Error, Result};
-pub use model::{BackendChoice, LoadOptions, Model};
+pub use model::{BackendChoice, LoadOptions, Model, Pooling};
 
 /// Define `pub fn $name` whose body is compiled twice: for baseline x86-64
 /// (SSE2) and with AVX2 + FMA, the build run when the CPU has them (checked

@@ -73,6 +73,9 @@ fn cases() -> Vec<(&'static str, Case)> {
         forge_eval => eval,
         forge_kv_reset => kv_reset,
         forge_n_past => n_past,
+        forge_pooling_type => pooling_type,
+        forge_is_encoder => is_encoder,
+        forge_embed => embed,
         forge_n_vocab => n_vocab,
         forge_tokenize => tokenize,
         forge_token_to_piece => token_to_piece,
@@ -668,6 +671,63 @@ fn n_past(r: &mut Report, env: &Env) {
 fn n_vocab(r: &mut Report, env: &Env) {
     falls_back!(r, "NULL ctx", forge_n_vocab(null()) == -1);
     r.check(unsafe { forge_n_vocab(env.ctx.0) } == env.n_vocab as i32, || "forge_n_vocab changed".into());
+}
+
+// ---- cases: embeddings ---------------------------------------------------------
+
+fn pooling_type(r: &mut Report, env: &Env) {
+    falls_back!(r, "NULL ctx", forge_pooling_type(null()) == -1);
+    // SmolLM2 has no pooling_type: mean
+    r.check(unsafe { forge_pooling_type(env.ctx.0) } == forge_pooling::FORGE_POOLING_MEAN as i32, || "forge_pooling_type: SmolLM2's is not mean".into());
+}
+
+fn is_encoder(r: &mut Report, env: &Env) {
+    falls_back!(r, "NULL ctx", forge_is_encoder(null()) == false);
+    r.check(!unsafe { forge_is_encoder(env.ctx.0) }, || "forge_is_encoder: SmolLM2 is an encoder".into());
+}
+
+fn embed(r: &mut Report, env: &Env) {
+    let ctx = env.ctx.0;
+    let mut info = Out::<forge_model_info>::one();
+    ok!(r, "model info", forge_get_model_info(ctx, info.ptr()));
+    let d = info.get().n_embd as usize;
+    let toks = &env.hello;
+    let (nt, mean, none, default) = (toks.len(), forge_pooling::FORGE_POOLING_MEAN as i32, forge_pooling::FORGE_POOLING_NONE as i32, forge_pooling::FORGE_POOLING_DEFAULT as i32);
+    let bufs = || (Out::<f32>::poisoned(d), Out::<usize>::one());
+    let past = unsafe { forge_n_past(ctx) };
+
+    let (mut out, mut n) = bufs();
+    fails!(r, FORGE_ERR_NULL_POINTER, "NULL ctx", forge_embed(null(), toks.as_ptr(), nt, mean, true, out.ptr(), d, n.ptr()), [out, n]);
+    fails!(r, FORGE_ERR_NULL_POINTER, "n_out NULL", forge_embed(ctx, toks.as_ptr(), nt, mean, true, out.ptr(), d, null_mut()), [out]);
+    fails!(r, FORGE_ERR_NULL_POINTER, "tokens NULL, n_tokens 2", forge_embed(ctx, null(), 2, mean, true, out.ptr(), d, n.ptr()), [out, n]);
+    fails!(r, FORGE_ERR_INVALID_ARGUMENT, "n_tokens 0", forge_embed(ctx, toks.as_ptr(), 0, mean, true, out.ptr(), d, n.ptr()), [out, n]);
+    fails!(r, FORGE_ERR_INVALID_ARGUMENT, "(NULL, 0) tokens", forge_embed(ctx, null(), 0, mean, true, out.ptr(), d, n.ptr()), [out, n]);
+    for bad in [env.n_vocab as i32, -1, i32::MAX] {
+        let t = [toks[0], bad];
+        fails!(r, FORGE_ERR_INVALID_ARGUMENT, &format!("token {bad}"), forge_embed(ctx, t.as_ptr(), 2, mean, true, out.ptr(), d, n.ptr()), [out, n]);
+    }
+    for bad in [-2, 4, i32::MAX, i32::MIN] {
+        fails!(r, FORGE_ERR_INVALID_ARGUMENT, &format!("pooling {bad}"), forge_embed(ctx, toks.as_ptr(), nt, bad, true, out.ptr(), d, n.ptr()), [out, n]);
+    }
+    fails!(r, FORGE_ERR_NULL_POINTER, "out NULL, cap n_embd", forge_embed(ctx, toks.as_ptr(), nt, mean, true, null_mut(), d, n.ptr()), [n]);
+    fails!(r, FORGE_ERR_NULL_POINTER, "out NULL, cap 1", forge_embed(ctx, toks.as_ptr(), nt, mean, true, null_mut(), 1, n.ptr()), [n]);
+    let (mut small, mut n) = (Out::<f32>::poisoned(d - 1), Out::<usize>::one());
+    too_small!(r, "cap n_embd - 1", forge_embed(ctx, toks.as_ptr(), nt, mean, true, small.ptr(), d - 1, n.ptr()), n == d, [small]);
+    let mut n = Out::<usize>::one();
+    too_small!(r, "size query (NULL, 0)", forge_embed(ctx, toks.as_ptr(), nt, default, true, null_mut(), 0, n.ptr()), n == d);
+    let mut n = Out::<usize>::one();
+    too_small!(r, "size query, pooling NONE", forge_embed(ctx, toks.as_ptr(), nt, none, false, null_mut(), 0, n.ptr()), n == nt * d);
+
+    let (mut out, mut n) = bufs();
+    ok!(r, "mean, normalized", forge_embed(ctx, toks.as_ptr(), nt, mean, true, out.ptr(), d, n.ptr()));
+    r.check(n.get() == d, || format!("forge_embed: *n_out {} for n_embd {d}", n.get()));
+    let norm: f64 = out.slice(d).iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    r.check((norm - 1.0).abs() < 1e-4, || format!("forge_embed: normalized length {norm}"));
+    // reads only the model: the context's sequence does not move
+    r.check(unsafe { forge_n_past(ctx) } == past, || "forge_embed moved the context's sequence".into());
+    let (mut all, mut n) = (Out::<f32>::poisoned(nt * d), Out::<usize>::one());
+    ok!(r, "pooling NONE", forge_embed(ctx, toks.as_ptr(), nt, none, false, all.ptr(), nt * d, n.ptr()));
+    r.check(n.get() == nt * d, || format!("forge_embed [NONE]: *n_out {}, want {}", n.get(), nt * d));
 }
 
 // ---- cases: tokens -------------------------------------------------------------

@@ -443,6 +443,69 @@ func (m *Model) Backend() (string, error) {
 	})
 }
 
+// Pooling says how Embed pools per-token hidden states (forge_pooling).
+type Pooling int32
+
+const (
+	// PoolingDefault is the model's own (its pooling_type; mean when unset).
+	PoolingDefault Pooling = -1
+	// PoolingNone gives one n_embd row per token, back to back.
+	PoolingNone Pooling = 0
+	PoolingMean Pooling = 1
+	// PoolingCLS is the first token's ([CLS]).
+	PoolingCLS  Pooling = 2
+	PoolingLast Pooling = 3
+)
+
+// EmbedTokens is the embedding of one input's token ids (from Tokenize
+// with addSpecial): n_embd floats, or len(tokens)*n_embd with PoolingNone;
+// unit L2 length when normalize. An encoder (nomic-bert, IsEncoder) runs
+// its bidirectional pass; a decoder gives its final hidden states. The
+// KV cache is not touched.
+func (m *Model) EmbedTokens(tokens []int32, pooling Pooling, normalize bool) ([]float32, error) {
+	if err := m.lock(); err != nil {
+		return nil, err
+	}
+	defer m.mu.Unlock()
+	var tp *C.int32_t
+	if len(tokens) > 0 {
+		tp = (*C.int32_t)(unsafe.Pointer(&tokens[0]))
+	}
+	var n C.size_t
+	st := C.forge_embed(m.ctx, tp, C.size_t(len(tokens)), C.int32_t(pooling), C.bool(normalize), nil, 0, &n)
+	if st != C.FORGE_ERR_BUFFER_TOO_SMALL {
+		if err := check(st); err != nil {
+			return nil, err
+		}
+	}
+	out := make([]float32, int(n))
+	if err := check(C.forge_embed(m.ctx, tp, C.size_t(len(tokens)), C.int32_t(pooling), C.bool(normalize), (*C.float)(unsafe.Pointer(&out[0])), C.size_t(len(out)), &n)); err != nil {
+		return nil, err
+	}
+	return out[:int(n)], nil
+}
+
+// Embed tokenizes text with the model's special tokens ([CLS] ... [SEP]
+// for BERT-like models) and returns EmbedTokens of it.
+func (m *Model) Embed(text string, pooling Pooling, normalize bool) ([]float32, error) {
+	ids, err := m.Tokenize(text, true, false)
+	if err != nil {
+		return nil, err
+	}
+	return m.EmbedTokens(ids, pooling, normalize)
+}
+
+// IsEncoder reports an embedding-only encoder (nomic-bert): Generate,
+// Reset and NewEngine fail with StatusUnsupported; Embed works. False
+// after Close.
+func (m *Model) IsEncoder() bool {
+	if m.lock() != nil {
+		return false
+	}
+	defer m.mu.Unlock()
+	return bool(C.forge_is_encoder(m.ctx))
+}
+
 // Reset keeps the first nKeep positions of the KV cache (0 clears it).
 func (m *Model) Reset(nKeep int) error {
 	if err := m.lock(); err != nil {

@@ -759,3 +759,57 @@ func TestEngineLifetime(t *testing.T) {
 		}
 	}
 }
+
+func TestEmbeddings(t *testing.T) {
+	m := load(t)
+	e, err := m.Embed("The capital of France is", PoolingDefault, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var norm float64
+	for _, x := range e {
+		norm += float64(x) * float64(x)
+	}
+	if len(e) != 576 || norm < 0.9998 || norm > 1.0002 {
+		t.Fatalf("SmolLM2 embedding: %d floats, squared norm %v", len(e), norm)
+	}
+	ids, _ := m.Tokenize("Hi there", true, false)
+	all, err := m.EmbedTokens(ids, PoolingNone, false)
+	if err != nil || len(all) != len(ids)*576 {
+		t.Fatalf("PoolingNone: %d floats, %v", len(all), err)
+	}
+	if _, err := m.EmbedTokens(nil, PoolingMean, true); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("no tokens: %v", err)
+	}
+	if _, err := m.EmbedTokens(ids, Pooling(9), true); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("pooling 9: %v", err)
+	}
+
+	// the encoder nomic-embed-text, beside the test model in models/
+	nomic, err := Load(filepath.Join(filepath.Dir(env(t, "ROCMFORGE_MODEL")), "nomic-embed-text-v1.5.f16.gguf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nomic.Close()
+	if !nomic.IsEncoder() || m.IsEncoder() {
+		t.Fatal("IsEncoder")
+	}
+	dot := func(a, b []float32) (s float64) {
+		for i := range a {
+			s += float64(a[i]) * float64(b[i])
+		}
+		return
+	}
+	q, err := nomic.Embed("search_query: What is the tallest mountain on Earth?", PoolingDefault, true)
+	if err != nil || len(q) != 768 {
+		t.Fatalf("nomic: %d floats, %v", len(q), err)
+	}
+	right, _ := nomic.Embed("search_document: Mount Everest, in the Himalayas, rises 8,849 metres above sea level.", PoolingDefault, true)
+	wrong, _ := nomic.Embed("search_document: Sourdough bread rises thanks to wild yeast.", PoolingDefault, true)
+	if dot(q, right) < dot(q, wrong)+0.1 {
+		t.Fatalf("retrieval: right %v, wrong %v", dot(q, right), dot(q, wrong))
+	}
+	if err := nomic.Reset(0); !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("Reset on an encoder: %v", err)
+	}
+}

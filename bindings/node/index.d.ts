@@ -29,6 +29,9 @@ export interface LoadOptions {
 
 export type Backend = 'auto' | 'cpu' | 'cuda' | 'hip';
 
+/** 'default': the model's own pooling_type (mean when unset) */
+export type Pooling = 'default' | 'none' | 'mean' | 'cls' | 'last';
+
 export interface GenerateOptions {
   maxTokens?: number;
   /** <= 0: greedy */
@@ -57,6 +60,7 @@ export interface ModelInfo {
   nCtxTrain: number;
   nCtx: number;
   nLayer: number;
+  nEmbd: number;
   bos: number;
   eos: number;
   eot: number;
@@ -74,6 +78,10 @@ export class Model {
   reset(nKeep?: number): void;
   /** many sequences over this model's weights; the engine keeps them loaded (this model may be closed first) */
   newEngine(options?: EngineOptions): Engine;
+  /** the embedding of text (with the model's special tokens) or ids: n_embd floats, one row per token with pooling 'none'; synchronous */
+  embed(input: string | ArrayLike<number>, options?: { pooling?: Pooling; normalize?: boolean }): Float32Array;
+  /** an embedding-only encoder (nomic-bert): generate and reset fail with FORGE_ERR_UNSUPPORTED */
+  isEncoder(): boolean;
   close(): void;
   /** throws FORGE_ERR_BUSY while another generation runs on this model (use newSession() for parallel work) */
   generate(prompt: string | ArrayLike<number>, options?: GenerateOptions, onToken?: (token: number, text: string) => void): Promise<GenerateResult>;

@@ -19,6 +19,8 @@ function closedError(what = 'model') {
   return e;
 }
 
+const POOLING = { default: -1, none: 0, mean: 1, cls: 2, last: 3 };
+
 class Model {
   #n;
   constructor(n) {
@@ -45,6 +47,29 @@ class Model {
   /** Another sequence on the same loaded weights (shared, not copied). */
   newSession() {
     return new Model(this.#native().newSession());
+  }
+  /**
+   * The embedding of `input` (text, tokenized with the model's special
+   * tokens, or ids) as a Float32Array: n_embd floats, or one row per token
+   * with pooling 'none'. pooling: 'default' (the model's own), 'none',
+   * 'mean', 'cls', 'last'; normalize: unit L2 length (default true). An
+   * encoder (nomic-bert, isEncoder()) runs its bidirectional pass, a decoder
+   * gives its final hidden states. Synchronous; works while a generation runs.
+   */
+  embed(input, { pooling = 'default', normalize = true } = {}) {
+    const p = POOLING[pooling];
+    if (p === undefined) {
+      const e = new Error(`rocmforge: pooling ${JSON.stringify(pooling)} is not one of ${Object.keys(POOLING).join(', ')}`);
+      e.code = 'FORGE_ERR_INVALID_ARGUMENT';
+      e.status = 1;
+      throw e;
+    }
+    const ids = typeof input === 'string' ? this.tokenize(input) : Array.from(input);
+    return this.#native().embed(ids, p, Boolean(normalize));
+  }
+  /** An embedding-only encoder (nomic-bert): generate and reset fail with FORGE_ERR_UNSUPPORTED; embed works. */
+  isEncoder() {
+    return this.#native().isEncoder();
   }
   /** Keep the first nKeep positions of the KV cache (0 clears it). Throws FORGE_ERR_BUSY while a generation runs. */
   reset(nKeep = 0) {

@@ -270,9 +270,13 @@ impl From<Error> for Fail {
             }
             Error::Io { .. } => (exit::NOT_FOUND, Some("check that the file is readable")),
             Error::Gguf(_) | Error::InvalidModel(_) | Error::Tokenizer(_) => (exit::INVALID_MODEL, Some("the file is damaged or not a GGUF model: download it again")),
-            Error::Unsupported(_) | Error::UnsupportedType { .. } => {
-                (exit::UNSUPPORTED, Some("supported architectures: llama, qwen2, gemma3 (`rocmforge info MODEL` shows what the file holds)"))
+            Error::Unsupported(m) if m.contains("embedding model") => {
+                (exit::UNSUPPORTED, Some("serve it for embeddings: `rocmforge serve MODEL` answers POST /v1/embeddings"))
             }
+            Error::Unsupported(_) | Error::UnsupportedType { .. } => (
+                exit::UNSUPPORTED,
+                Some("supported architectures: llama (Llama 2/3, Mistral), qwen2, qwen3, phi3, gemma3, and nomic-bert for embeddings (`rocmforge info MODEL` shows what the file holds)"),
+            ),
             Error::NotCompiled { .. } => (exit::BACKEND, Some("or run on the CPU with --backend cpu")),
             Error::BackendUnavailable(_) => (exit::BACKEND, Some("run on the CPU with --backend cpu (`rocmforge info MODEL` lists the devices found)")),
             Error::OutOfMemory(_) => (exit::OUT_OF_MEMORY, Some("use a smaller --ctx, or the CPU")),

@@ -20,8 +20,14 @@ pub struct Memory {
 
 pub struct Context {
     pub model: *const LlamaModel,
-    /// None for a vocabulary-only model: such a context tokenizes, never decodes.
+    /// None for a vocabulary-only model: such a context tokenizes, never
+    /// decodes; and for an encoder, which decodes without one
+    /// ([`Context::decode_encoder`]).
     pub engine: Option<Engine>,
+    /// The model is a bidirectional encoder (`nomic-bert`): every batch is
+    /// encoded on its own, per sequence, with no memory (llama.cpp's
+    /// semantics for BERT-like models).
+    pub encoder: bool,
     /// llama.cpp sequence id → the engine's.
     pub seqs: BTreeMap<llama_seq_id, SeqId>,
     /// Where a sequence's llama.cpp positions differ from the engine's
@@ -147,8 +153,10 @@ impl Context {
         if n_seq_max > LLAMA_MAX_SEQ {
             return Err(format!("n_seq_max must be <= {LLAMA_MAX_SEQ}"));
         }
+        let encoder = model.model.as_ref().is_some_and(|m| m.is_encoder());
         let engine = match &model.model {
             None => None,
+            Some(_) if encoder => None,
             Some(m) => {
                 if n_ctx == 0 {
                     return Err("n_ctx is 0 and the model gives no training context".into());
@@ -163,6 +171,7 @@ impl Context {
         let mut ctx = Box::new(Context {
             model: model as *const LlamaModel,
             engine,
+            encoder,
             seqs: BTreeMap::new(),
             places: BTreeMap::new(),
             n_ctx,
@@ -253,6 +262,9 @@ impl Context {
     /// The batch's arrays hold `n_tokens` entries each (or are NULL), as llama.h requires.
     pub unsafe fn decode(&mut self, b: &llama_batch) -> i32 {
         let t0 = std::time::Instant::now();
+        if self.encoder {
+            return self.decode_encoder(b, t0);
+        }
         if self.engine.is_none() {
             error!("llama_decode: the model was loaded with vocab_only");
             return DECODE_INVALID;
@@ -427,6 +439,115 @@ impl Context {
             self.perf.t_eval_ms += dt;
             self.perf.n_eval += 1;
         }
+        DECODE_OK
+    }
+
+    /// `llama_decode` / `llama_encode` on an encoder (`nomic-bert`), as
+    /// llama.cpp runs BERT-like models: the batch's tokens grouped by
+    /// sequence (each token's first sequence), each group encoded on its
+    /// own with bidirectional attention and positions 0, 1, ... in batch
+    /// order, nothing kept for the next call. Every token is an output:
+    /// `llama_get_embeddings(_ith)` give the final hidden states,
+    /// `llama_get_embeddings_seq` each sequence's pooled one (mean, CLS or
+    /// last; not normalised, as llama.cpp).
+    ///
+    /// # Safety
+    /// As [`Context::decode`].
+    unsafe fn decode_encoder(&mut self, b: &llama_batch, t0: std::time::Instant) -> i32 {
+        let n = b.n_tokens;
+        if n <= 0 {
+            error!("llama_decode: n_tokens == 0");
+            return DECODE_INVALID;
+        }
+        if b.token.is_null() {
+            error!("llama_decode: embedding inputs (batch.embd) are not supported; pass token ids");
+            return DECODE_INVALID;
+        }
+        if n as u32 > self.n_batch {
+            error!("llama_decode: n_tokens = {n} > n_batch = {}", self.n_batch);
+            return DECODE_INVALID;
+        }
+        if !self.embeddings {
+            error!("llama_decode: {} is an embedding model (an encoder): create the context with embeddings = true", self.model().arch);
+            return DECODE_INVALID;
+        }
+        let pooling = self.pooling();
+        let pool = match pooling {
+            0 => None,
+            p => match rocmforge::Pooling::from_llama(p as i64) {
+                Some(p) => Some(p),
+                None => {
+                    error!("llama_decode: pooling type {pooling} is not supported (none, mean, CLS and last are)");
+                    return DECODE_INVALID;
+                }
+            },
+        };
+        let n = n as usize;
+        // each sequence's tokens, and each token's (sequence, index in it)
+        let mut groups: BTreeMap<llama_seq_id, Vec<u32>> = BTreeMap::new();
+        let mut at: Vec<(llama_seq_id, usize)> = Vec::with_capacity(n);
+        for i in 0..n {
+            let tok = *b.token.add(i);
+            if tok < 0 || tok as usize >= self.n_vocab {
+                error!("llama_decode: invalid token[{i}] = {tok}");
+                return DECODE_INVALID;
+            }
+            let sid = if b.seq_id.is_null() || b.n_seq_id.is_null() {
+                0
+            } else {
+                let (k, p) = (*b.n_seq_id.add(i), *b.seq_id.add(i));
+                if k <= 0 || p.is_null() {
+                    error!("llama_decode: token {i} belongs to no sequence");
+                    return DECODE_INVALID;
+                }
+                *p
+            };
+            if sid < 0 || sid as u32 >= self.seq_limit {
+                error!("llama_decode: invalid seq_id[{i}] = {sid} >= {}", self.seq_limit);
+                return DECODE_INVALID;
+            }
+            let g = groups.entry(sid).or_default();
+            at.push((sid, g.len()));
+            g.push(tok as u32);
+        }
+        let Some(m) = self.model().model.clone() else { return DECODE_INVALID };
+        let d = self.n_embd;
+        let te = std::time::Instant::now();
+        let mut hidden: BTreeMap<llama_seq_id, Vec<f32>> = BTreeMap::new();
+        for (&sid, toks) in &groups {
+            match rocmforge::model::encoder::encode(&m, toks) {
+                Ok(h) => {
+                    hidden.insert(sid, h);
+                }
+                Err(Error::InvalidArgument(msg)) => {
+                    error!("llama_decode: sequence {sid}: {msg}");
+                    return DECODE_INVALID;
+                }
+                Err(e) => {
+                    error!("llama_decode: sequence {sid}: {e}");
+                    return DECODE_FAILED;
+                }
+            }
+        }
+        let engine_s = te.elapsed().as_secs_f64();
+        self.logits.clear();
+        self.emb.clear();
+        self.emb.reserve(n * d);
+        for &(sid, k) in &at {
+            self.emb.extend_from_slice(&hidden[&sid][k * d..(k + 1) * d]);
+        }
+        self.emb_seq = match pool {
+            Some(p) => hidden.iter().map(|(&sid, h)| (sid, rocmforge::model::encoder::pool(h, d, p, false))).collect(),
+            None => BTreeMap::new(),
+        };
+        self.out_row = (0..n as i32).collect();
+        if let Some(t) = self.timing.as_mut() {
+            t.decodes += 1;
+            t.engine_s += engine_s;
+            t.layer_s += t0.elapsed().as_secs_f64() - engine_s;
+        }
+        self.perf.t_p_eval_ms += t0.elapsed().as_secs_f64() * 1e3;
+        self.perf.n_p_eval += n as i32;
         DECODE_OK
     }
 

@@ -838,10 +838,20 @@ pub unsafe extern "C" fn llama_decode(c: *mut Context, b: llama_batch) -> i32 {
     guard("llama_decode", context::DECODE_FAILED, || c.decode(&b))
 }
 
+/// An encoder model's (`nomic-bert`) batch, as `llama_decode` runs it
+/// (llama.cpp accepts either for BERT-like models); a decoder model has no
+/// encoder: -1.
 #[no_mangle]
-pub extern "C" fn llama_encode(_c: *mut Context, _b: llama_batch) -> i32 {
-    error!("llama_encode: the model has no encoder (ROCmForge runs decoder-only models); use llama_decode");
-    -1
+pub unsafe extern "C" fn llama_encode(c: *mut Context, b: llama_batch) -> i32 {
+    let Some(c) = ctx_mut(c) else {
+        error!("llama_encode: ctx is NULL");
+        return context::DECODE_INVALID;
+    };
+    if !c.encoder {
+        error!("llama_encode: the model has no encoder (a decoder-only model); use llama_decode");
+        return -1;
+    }
+    guard("llama_encode", context::DECODE_FAILED, || c.decode(&b))
 }
 
 #[no_mangle]

@@ -172,6 +172,9 @@ fn load(state: &AppState) -> Result<(Loaded, std::thread::JoinHandle<()>), Strin
     let o = &state.opts;
     let backend = backend_choice(&o.backend, o.gpu)?;
     let model = Model::load(&o.model, LoadOptions { n_threads: o.threads, backend, ..Default::default() }).map_err(|e| format!("cannot load {}: {e}", o.model.display()))?;
+    if model.is_encoder() {
+        return load_encoder(state, model);
+    }
     let template = chat_template(&model, o.chat_template_file.as_deref())?;
     let n_ctx = if o.ctx_size == 0 { model.default_n_ctx() } else { o.ctx_size };
     let kv_budget = match o.kv_budget {
@@ -180,7 +183,7 @@ fn load(state: &AppState) -> Result<(Loaded, std::thread::JoinHandle<()>), Strin
         b => b,
     };
     let engine = Engine::new(model.clone(), EngineOptions { n_ctx, kv_budget, preempt: true }).map_err(|e| format!("cannot make the engine: {e}"))?;
-    let name = o.alias.clone().unwrap_or_else(|| o.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()));
+    let name = model_name(o);
     let (tx, rx) = mpsc::channel();
     let sched = Scheduler::new(engine, SchedOptions { parallel: o.parallel, batch_tokens: o.batch_tokens }, state.metrics.clone(), state.queued.clone());
     let metrics = state.metrics.clone();
@@ -196,6 +199,51 @@ fn load(state: &AppState) -> Result<(Loaded, std::thread::JoinHandle<()>), Strin
         .map_err(|e| e.to_string())?;
     tracing::info!("loaded {} ({}) on {}: context {n_ctx}, {} sequences, {} tokens per step", name, model.cfg.arch.name, model.backend_description(), o.parallel, o.batch_tokens);
     Ok((Loaded { model, name, n_ctx, template, tx: Mutex::new(Some(tx)) }, thread))
+}
+
+fn model_name(o: &ServeOptions) -> String {
+    o.alias.clone().unwrap_or_else(|| o.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()))
+}
+
+/// An embedding-only encoder (`nomic-bert`): no engine, no chat template;
+/// a thread answers `/v1/embeddings` ([`sched::run_encoder`]) and the
+/// completion endpoints refuse ([`generative`]). Its context is its
+/// `context_length` (`--ctx-size` may lower it).
+fn load_encoder(state: &AppState, model: Arc<Model>) -> Result<(Loaded, std::thread::JoinHandle<()>), String> {
+    let o = &state.opts;
+    let n_ctx = match o.ctx_size {
+        0 => model.cfg.n_ctx_train,
+        n => n.min(model.cfg.n_ctx_train),
+    };
+    let template = ChatTemplate::new(template::CHATML, "", "").map_err(|e| e.to_string())?;
+    let name = model_name(o);
+    let (tx, rx) = mpsc::channel();
+    let (m, metrics) = (model.clone(), state.metrics.clone());
+    let thread = std::thread::Builder::new()
+        .name("rocmforge-encoder".into())
+        .spawn(move || {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sched::run_encoder(m, rx, metrics.clone()))).is_err() {
+                metrics.engine_dead.store(true, Ordering::SeqCst);
+                tracing::error!("the encoder thread panicked: restart the server");
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    tracing::info!("loaded {name} ({}, an embedding model: /v1/embeddings only) on the CPU: context {n_ctx}, {} pooling", model.cfg.arch.name, model.default_pooling().name());
+    Ok((Loaded { model, name, n_ctx, template, tx: Mutex::new(Some(tx)) }, thread))
+}
+
+/// Completions need a generative model: an embedding-only encoder answers
+/// 400 `model_not_supported`.
+fn generative(l: &Loaded) -> Result<(), ApiError> {
+    if l.model.is_encoder() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            format!("{} ({}) is an embedding model: it serves /v1/embeddings only, not completions", l.name, l.model.cfg.arch.name),
+        )
+        .code("model_not_supported"));
+    }
+    Ok(())
 }
 
 /// Run the server until SIGTERM or Ctrl-C: bind, load the model (health
@@ -607,6 +655,7 @@ fn request_id(prefix: &str) -> String {
 
 async fn chat_completions(State(state): State<Shared>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let l = ready(&state)?;
+    generative(l)?;
     let obj = body_object(body)?;
     let p = api::gen_params(&obj, true)?;
     let prompt = chat_tokens(l, &obj, true)?;
@@ -635,6 +684,7 @@ fn fingerprint() -> String {
 
 async fn completions(State(state): State<Shared>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let l = ready(&state)?;
+    generative(l)?;
     let obj = body_object(body)?;
     let p = api::gen_params(&obj, false)?;
     let prompts = api::prompts(obj.get("prompt"), l.model.cfg.n_vocab)?;
@@ -756,9 +806,12 @@ fn stream_response(started: Vec<Started>, p: GenParams, model: String, id: Strin
     Sse::new(stream::iter(head).chain(body)).keep_alive(KeepAlive::new().interval(Duration::from_secs(2)).text("keep-alive"))
 }
 
-/// `POST /v1/embeddings`: each input's final hidden state (after the output
-/// norm), mean-pooled over its tokens and L2-normalized; floats or base64
-/// of little-endian f32. The engine computes them between two steps.
+/// `POST /v1/embeddings`: each input's embedding, L2-normalized; floats or
+/// base64 of little-endian f32. A decoder's is its final hidden state
+/// (after the output norm) mean-pooled over its tokens, which the engine
+/// computes between two steps; an encoder's (`nomic-bert`) comes from its
+/// encoder pass with the model's own pooling (`pooling_type`), on a
+/// thread of its own.
 async fn embeddings(State(state): State<Shared>, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ApiError> {
     let l = ready(&state)?;
     let obj = body_object(body)?;

@@ -70,6 +70,24 @@ pub enum Work {
     Embed(EmbedRequest),
 }
 
+/// The work loop of an embedding-only encoder (`nomic-bert`), which has
+/// no engine: each input through [`Model::embed`] with the model's own
+/// pooling. The HTTP side sends only embeddings here (it refuses
+/// completions for an encoder); anything else is dropped, which its
+/// sender sees as a closed channel.
+pub fn run_encoder(model: Arc<Model>, rx: Receiver<Work>, metrics: Arc<Metrics>) {
+    while let Ok(w) = rx.recv() {
+        let Work::Embed(r) = w else { continue };
+        if r.reply.is_closed() {
+            continue;
+        }
+        let res = r.inputs.iter().map(|ids| model.embed(ids, None, r.normalize)).collect::<rocmforge::Result<Vec<_>>>();
+        let n: usize = r.inputs.iter().map(Vec::len).sum();
+        metrics.prompt_tokens.fetch_add(n as u64, Ordering::Relaxed);
+        let _ = r.reply.send(res);
+    }
+}
+
 /// A token's log-probability (under the model's distribution, before
 /// penalties and truncation) and the best alternatives.
 #[derive(Debug, Clone)]

@@ -36,7 +36,7 @@ use std::ffi::{c_char, c_void, CStr, CString};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
 
 use crate::backend;
 use crate::engine::{BatchRow, Engine, EngineOptions, SeqId};
@@ -65,7 +65,8 @@ pub struct forge_ctx {
     /// The shared model: read-only, so the model-only calls need no lock.
     model: Arc<Model>,
     /// The sequence. Taken with a try-lock: a second thread gets BUSY.
-    session: Mutex<Session>,
+    /// None for an encoder (embeddings only: `forge_embed`).
+    session: Mutex<Option<Session>>,
     /// The sequence's position after the last call that changed it, for
     /// `forge_n_past` without the lock (also from inside a callback).
     n_past: AtomicUsize,
@@ -226,9 +227,11 @@ fn busy(what: &str) -> FfiError {
     )
 }
 
-/// The context's sequence, exclusively, or BUSY.
-fn session(c: &forge_ctx) -> Result<MutexGuard<'_, Session>, FfiError> {
-    c.session.try_lock().ok_or_else(|| busy("ctx"))
+/// The context's sequence, exclusively, or BUSY; UNSUPPORTED for an
+/// encoder, which has none.
+fn session(c: &forge_ctx) -> Result<MappedMutexGuard<'_, Session>, FfiError> {
+    let g = c.session.try_lock().ok_or_else(|| busy("ctx"))?;
+    MutexGuard::try_map(g, |s| s.as_mut()).map_err(|_| FfiError::from(crate::engine::encoder_error(&c.model)))
 }
 
 /// The sampler behind a handle, exclusively, or NULL_POINTER / BUSY.
@@ -320,12 +323,14 @@ fn write_bytes(bytes: &[u8], buf: *mut c_char, cap: usize, n_out: *mut usize) ->
     write_out(bytes, buf as *mut u8, cap, n_out, "buf")
 }
 
-fn new_ctx(session: Session) -> Box<forge_ctx> {
-    let model = Arc::clone(&session.model);
+/// A context on `model` with a sequence of `n_ctx` positions (0: the
+/// default); an encoder's has none (its n_ctx is its context_length).
+fn new_ctx(model: Arc<Model>, n_ctx: usize) -> Result<Box<forge_ctx>, FfiError> {
+    let session = if model.is_encoder() { None } else { Some(Session::new(Arc::clone(&model), n_ctx)?) };
     let arch = CString::new(model.cfg.arch.name).unwrap_or_default();
     let chat_template = model.file.chat_template().ok().flatten().and_then(|t| CString::new(t).ok());
-    let (n_past, n_ctx) = (AtomicUsize::new(session.pos()), session.n_ctx());
-    Box::new(forge_ctx { model, session: Mutex::new(session), n_past, n_ctx, arch, chat_template })
+    let n_ctx = session.as_ref().map_or(model.cfg.n_ctx_train, |s| s.n_ctx());
+    Ok(Box::new(forge_ctx { model, session: Mutex::new(session), n_past: AtomicUsize::new(0), n_ctx, arch, chat_template }))
 }
 
 /// A `forge_backend` from the integer a caller passed, validated.
@@ -445,8 +450,10 @@ pub extern "C" fn forge_load_default_params() -> forge_load_params {
     }
 }
 
-/// Load a GGUF model and create a context for one sequence. `params` may be
-/// NULL for defaults. On success `*out` owns the context: free it with
+/// Load a GGUF model and create a context for one sequence (an embedding
+/// encoder's context has none: `forge_embed` only, see `forge_is_encoder`;
+/// it runs on the CPU whatever `backend` says). `params` may be NULL for
+/// defaults. On success `*out` owns the context: free it with
 /// `forge_free`. Errors: NULL_POINTER, INVALID_ARGUMENT (a parameter out of
 /// its range, see `forge_load_params`), INVALID_UTF8, IO (also a path that
 /// is a directory or not a regular file), INVALID_MODEL, UNSUPPORTED,
@@ -482,8 +489,7 @@ pub unsafe extern "C" fn forge_load(path: *const c_char, params: *const forge_lo
                 backend,
                 gpu_mem_budget: p.gpu_mem_budget as usize,
             })?;
-        let session = Session::new(model, p.n_ctx as usize)?;
-        *out = Box::into_raw(new_ctx(session));
+        *out = Box::into_raw(new_ctx(model, p.n_ctx as usize)?);
         Ok(())
     })
 }
@@ -497,8 +503,7 @@ pub unsafe extern "C" fn forge_ctx_clone_session(ctx: *const forge_ctx, out: *mu
     boundary("forge_ctx_clone_session", || {
         let c = ctx_ref(ctx)?;
         let out = out_ptr(out, "out")?;
-        let s = Session::new(Arc::clone(&c.model), c.n_ctx)?;
-        *out = Box::into_raw(new_ctx(s));
+        *out = Box::into_raw(new_ctx(Arc::clone(&c.model), c.n_ctx)?);
         Ok(())
     })
 }
@@ -570,6 +575,99 @@ pub unsafe extern "C" fn forge_kv_reset(ctx: *mut forge_ctx, n_keep: usize) -> f
 #[no_mangle]
 pub unsafe extern "C" fn forge_n_past(ctx: *const forge_ctx) -> usize {
     boundary_value("forge_n_past", 0, || Ok(ctx_ref(ctx)?.n_past.load(Ordering::Acquire)))
+}
+
+// ---- embeddings --------------------------------------------------------------
+
+/// How `forge_embed` pools per-token hidden states (llama.cpp's numbers).
+/// Passed as `int32_t`; any other value is INVALID_ARGUMENT.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum forge_pooling {
+    /// The model's own (`{arch}.pooling_type`; mean when the file says none).
+    FORGE_POOLING_DEFAULT = -1,
+    /// No pooling: one `n_embd` row per token.
+    FORGE_POOLING_NONE = 0,
+    /// The mean over the input's tokens.
+    FORGE_POOLING_MEAN = 1,
+    /// The first token's ([CLS]).
+    FORGE_POOLING_CLS = 2,
+    /// The last token's.
+    FORGE_POOLING_LAST = 3,
+}
+
+/// The pooling `forge_embed` applies for FORGE_POOLING_DEFAULT (a
+/// `forge_pooling` value, never DEFAULT); -1 if ctx is NULL.
+#[no_mangle]
+pub unsafe extern "C" fn forge_pooling_type(ctx: *const forge_ctx) -> i32 {
+    boundary_value("forge_pooling_type", -1, || Ok(ctx_ref(ctx)?.model.default_pooling().as_llama()))
+}
+
+/// Whether the model is an embedding-only encoder (`nomic-bert`): then
+/// `forge_embed` is its one computation, and `forge_eval`,
+/// `forge_generate`, `forge_kv_reset` and `forge_engine_new` are
+/// UNSUPPORTED. false if ctx is NULL.
+#[no_mangle]
+pub unsafe extern "C" fn forge_is_encoder(ctx: *const forge_ctx) -> bool {
+    boundary_value("forge_is_encoder", false, || Ok(ctx_ref(ctx)?.model.is_encoder()))
+}
+
+/// The embedding of one input of `n_tokens` token ids (from
+/// `forge_tokenize` with `add_special` true: an encoder expects its [CLS]
+/// and [SEP]): the final hidden states pooled by `pooling` (a
+/// `forge_pooling` value) and, if `normalize`, scaled to unit L2 length.
+/// `n_embd` floats, or `n_tokens * n_embd` with FORGE_POOLING_NONE (each
+/// row normalized), written to `out` (`cap` floats) with the count in
+/// `*n_out`; `cap` 0 with `out` NULL asks the size (BUFFER_TOO_SMALL with
+/// `*n_out` set).
+///
+/// An encoder runs its bidirectional encoder pass on the CPU (whatever
+/// backend it was loaded for); its input is at most n_ctx_train tokens. A
+/// decoder runs the input through an engine of its own (the CPU backend
+/// only) and does not touch the context's sequence. Reads only the model:
+/// runs on any thread, also while another call on `ctx` is running.
+/// Errors: NULL_POINTER, INVALID_ARGUMENT (n_tokens 0, a token outside
+/// the vocab, an input longer than an encoder's context, a bad pooling),
+/// BUFFER_TOO_SMALL, UNSUPPORTED (hidden states on a GPU backend),
+/// OUT_OF_MEMORY.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn forge_embed(
+    ctx: *const forge_ctx,
+    tokens: *const i32,
+    n_tokens: usize,
+    pooling: i32,
+    normalize: bool,
+    out: *mut f32,
+    cap: usize,
+    n_out: *mut usize,
+) -> forge_status {
+    boundary("forge_embed", || {
+        let c = ctx_ref(ctx)?;
+        out_ptr(n_out, "n_out")?;
+        if n_tokens == 0 {
+            return Err(FfiError::arg("n_tokens is 0"));
+        }
+        let pooling = match pooling {
+            -1 => None,
+            p => Some(crate::model::Pooling::from_llama(p as i64).ok_or_else(|| {
+                FfiError::arg(format!("pooling {p} is not a forge_pooling (-1 DEFAULT, 0 NONE, 1 MEAN, 2 CLS, 3 LAST)"))
+            })?),
+        };
+        let ids = token_ids(c, slice(tokens, n_tokens, "tokens")?)?;
+        let max = c.model.max_embed_tokens();
+        if ids.len() > max {
+            return Err(FfiError::arg(format!("n_tokens {} is more than the model's {max}", ids.len())));
+        }
+        // the size is known before the pass: a size query costs nothing
+        let d = c.model.cfg.n_embd;
+        let need = if pooling.unwrap_or_else(|| c.model.default_pooling()) == crate::model::Pooling::None { ids.len() * d } else { d };
+        if cap < need {
+            return write_out(&vec![0f32; need], out, cap, n_out, "out");
+        }
+        let v = c.model.embed(&ids, pooling, normalize)?;
+        write_out(&v, out, cap, n_out, "out")
+    })
 }
 
 // ---- tokens ------------------------------------------------------------------

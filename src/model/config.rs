@@ -60,6 +60,9 @@ pub struct Config {
     pub head_dim_v: usize,
     pub n_ff: usize,
     pub n_ctx_train: usize,
+    /// The norms' epsilon: RMSNorm's (`attention.layer_norm_rms_epsilon`)
+    /// in decoders, LayerNorm's (`attention.layer_norm_epsilon`) in
+    /// encoders.
     pub rms_eps: f32,
     pub rope_base: f32,
     pub rope_base_local: f32,
@@ -73,6 +76,9 @@ pub struct Config {
     pub attn_scale: f32,
     /// No `output.weight`: the embedding matrix is the output projection.
     pub tied_embeddings: bool,
+    /// `pooling_type` as llama.cpp numbers it (0 none, 1 mean, 2 CLS,
+    /// 3 last), when the file says: how the model's embeddings pool.
+    pub pooling_type: Option<u32>,
 }
 
 /// Tensors every layer of every supported architecture has at least
@@ -133,7 +139,8 @@ impl Config {
         }
         let n_ff = req("feed_forward_length")?;
         let n_ctx_train = opt("context_length")?.unwrap_or(2048);
-        let rms_eps = optf("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5);
+        let eps_key = if arch.encoder { "attention.layer_norm_epsilon" } else { "attention.layer_norm_rms_epsilon" };
+        let rms_eps = optf(eps_key)?.unwrap_or(if arch.encoder { 1e-12 } else { 1e-5 });
         let rope_base = optf("rope.freq_base")?.unwrap_or(10_000.0);
         let rope_dim = opt("rope.dimension_count")?.unwrap_or(head_dim);
         // Floats that would turn every logit into NaN without a word.
@@ -144,7 +151,7 @@ impl Config {
                 Err(Error::InvalidModel(format!("{} = {x} is out of range", key(name))))
             }
         };
-        finite("attention.layer_norm_rms_epsilon", rms_eps, rms_eps >= 0.0)?;
+        finite(eps_key, rms_eps, rms_eps >= 0.0)?;
         finite("rope.freq_base", rope_base, rope_base > 0.0)?;
         if rope_dim > head_dim || rope_dim % 2 != 0 || head_dim % 2 != 0 {
             return Err(Error::Unsupported(format!("rope.dimension_count {rope_dim} does not fit head size {head_dim}")));
@@ -243,6 +250,16 @@ impl Config {
             }
         }
         let tied_embeddings = f.tensor(arch::names::OUTPUT).is_none();
+        // llama.cpp's numbers; -1 (unspecified) is absent. Another kind
+        // (4: rank) fails an encoder, whose embeddings are its one use;
+        // a decoder ignores it.
+        let pooling_type = match f.get(&key("pooling_type")).and_then(|v| v.as_int()) {
+            Some(p @ 0..=3) => Some(p as u32),
+            Some(p) if p >= 0 && arch.encoder => {
+                return Err(Error::Unsupported(format!("{} = {p} is not supported (0 none, 1 mean, 2 CLS, 3 last)", key("pooling_type"))))
+            }
+            _ => None,
+        };
         Ok(Config {
             arch,
             n_vocab,
@@ -264,6 +281,7 @@ impl Config {
             layer_kinds,
             attn_scale,
             tied_embeddings,
+            pooling_type,
         })
     }
 
@@ -336,6 +354,7 @@ mod tests {
             rope_scaling: scaling,
             rope_factors: factors,
             sliding_window: None,
+            pooling_type: None,
             layer_kinds: vec![LayerKind::Global],
             attn_scale: 1.0,
             tied_embeddings: false,

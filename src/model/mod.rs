@@ -8,6 +8,7 @@
 
 pub mod arch;
 pub mod config;
+pub mod encoder;
 pub mod ops;
 pub mod reference;
 pub mod weights;
@@ -20,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::tokenizer::Tokenizer;
 pub use config::{Config, RopeScaling};
+pub use encoder::Pooling;
 /// Where these lived before the backend interface (code written against
 /// `rocmforge::model::{Logits, Session}` keeps compiling); the crate root
 /// re-exports both.
@@ -153,7 +155,9 @@ impl Model {
             .thread_name(|i| format!("rocmforge-cpu-{i}"))
             .build()
             .map_err(|e| Error::InvalidArgument(format!("cannot start {n_threads} worker threads: {e}")))?;
+        // an encoder runs on the CPU whatever was asked (model::encoder)
         let target = match opts.backend {
+            _ if cfg.arch.encoder => None,
             BackendChoice::Auto => auto_gpu(),
             BackendChoice::Cpu => None,
             BackendChoice::Gpu(kind, index) => Some((kind, index)),
@@ -174,5 +178,82 @@ impl Model {
     /// The context size a session gets when asked for 0: min(n_ctx_train, 4096).
     pub fn default_n_ctx(&self) -> usize {
         self.cfg.n_ctx_train.min(4096)
+    }
+
+    /// A bidirectional encoder for embeddings (`nomic-bert`): no next-token
+    /// logits, so engines and sessions refuse it; [`Model::embed`] works.
+    pub fn is_encoder(&self) -> bool {
+        self.cfg.arch.encoder
+    }
+
+    /// The pooling the model asks for (`{arch}.pooling_type`), else mean.
+    pub fn default_pooling(&self) -> Pooling {
+        self.cfg.pooling_type.and_then(|p| Pooling::from_llama(p as i64)).unwrap_or(Pooling::Mean)
+    }
+
+    /// The most tokens one [`Model::embed`] input may have: an encoder's
+    /// `context_length`; a decoder's [`MAX_CTX`] (bounded in practice by
+    /// memory).
+    pub fn max_embed_tokens(&self) -> usize {
+        if self.is_encoder() { self.cfg.n_ctx_train } else { MAX_CTX }
+    }
+
+    /// The embedding of one input of token ids (add the tokenizer's
+    /// special tokens first: [`Tokenizer::encode`] with `add_special`):
+    /// its final hidden states, pooled (`None`: the model's
+    /// [`Model::default_pooling`]) and, if `normalize`, scaled to unit L2
+    /// length. `n_embd` floats, or `tokens.len() × n_embd` with
+    /// [`Pooling::None`].
+    ///
+    /// An encoder (`nomic-bert`) runs its encoder pass (bidirectional,
+    /// [`encoder::encode`], on the CPU); a decoder runs the input through
+    /// a fresh engine of its own and takes the hidden states after the
+    /// output norm ([`crate::backend::Output::Hidden`], which only the CPU
+    /// backend computes so far). Errors: no tokens, a token outside the
+    /// vocab, an encoder input longer than its context (INVALID_ARGUMENT).
+    pub fn embed(self: &Arc<Self>, tokens: &[u32], pooling: Option<Pooling>, normalize: bool) -> Result<Vec<f32>> {
+        let pooling = pooling.unwrap_or_else(|| self.default_pooling());
+        let hidden = if self.is_encoder() {
+            encoder::encode(self, tokens)?
+        } else {
+            self.decoder_hidden(tokens, pooling)?
+        };
+        Ok(encoder::pool(&hidden, self.cfg.n_embd, pooling, normalize))
+    }
+
+    /// A decoder's final hidden states for `tokens` (only the rows the
+    /// pooling reads: the first for CLS, the last for last).
+    fn decoder_hidden(self: &Arc<Self>, tokens: &[u32], pooling: Pooling) -> Result<Vec<f32>> {
+        use crate::backend::Output;
+        use crate::engine::{BatchRow, Engine, EngineOptions};
+        if tokens.is_empty() {
+            return Err(Error::InvalidArgument("no tokens to embed".into()));
+        }
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.cfg.n_vocab) {
+            return Err(Error::InvalidArgument(format!("token {t} is outside the vocab ({})", self.cfg.n_vocab)));
+        }
+        let n = tokens.len();
+        let mut e = Engine::new(self.clone(), EngineOptions { n_ctx: n, kv_budget: 0, preempt: false })?;
+        e.set_output(Output::Hidden)?;
+        let seq = e.add_seq()?;
+        let wanted = |i: usize| match pooling {
+            Pooling::None | Pooling::Mean => true,
+            Pooling::Cls => i == 0,
+            Pooling::Last => i == n - 1,
+        };
+        let rows: Vec<BatchRow> = tokens.iter().enumerate().map(|(pos, &token)| BatchRow { seq, token, pos, logits: wanted(pos) }).collect();
+        e.decode(&rows)?;
+        let d = self.cfg.n_embd;
+        let mut out = vec![0f32; n * d];
+        for i in (0..n).filter(|&i| wanted(i)) {
+            let h = e.hidden(i).ok_or_else(|| Error::Unsupported(format!("no hidden state for row {i}")))?;
+            out[i * d..(i + 1) * d].copy_from_slice(h);
+        }
+        // CLS and last read only their row; mean and none every row
+        Ok(match pooling {
+            Pooling::Cls => out[..d].to_vec(),
+            Pooling::Last => out[(n - 1) * d..].to_vec(),
+            _ => out,
+        })
     }
 }

@@ -26,6 +26,21 @@ pub fn rmsnorm_into(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
 }
 }
 
+crate::avx2_multiversion! {
+/// Each `dim`-row of x: (x - mean) / sqrt(var + eps) * w + b, in place
+/// (LayerNorm with bias, as ggml_norm then mul and add; the encoders').
+pub fn layernorm_rows(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    let dim = w.len();
+    for row in x.chunks_mut(dim) {
+        let mean = row.iter().sum::<f32>() / dim as f32;
+        row.iter_mut().for_each(|v| *v -= mean);
+        let var = row.iter().map(|v| v * v).sum::<f32>() / dim as f32;
+        let s = 1.0 / (var + eps).sqrt();
+        row.iter_mut().zip(w).zip(b).for_each(|((v, &wi), &bi)| *v = *v * s * wi + bi);
+    }
+}
+}
+
 pub fn add_rows(x: &mut [f32], bias: &[f32]) {
     for row in x.chunks_mut(bias.len()) {
         row.iter_mut().zip(bias).for_each(|(a, b)| *a += b);

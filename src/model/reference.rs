@@ -95,6 +95,9 @@ impl<'m> Reference<'m> {
     }
 
     fn build(model: &'m Model, n_ctx: usize, act_bits: Option<u8>) -> Result<Reference<'m>> {
+        if model.is_encoder() {
+            return Err(crate::engine::encoder_error(model));
+        }
         let c = &model.cfg;
         let w = &model.weights;
         let layers = w

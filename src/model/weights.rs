@@ -57,6 +57,10 @@ impl Weights {
     /// Every matrix the forward pass multiplies by (not the embedding
     /// lookup), for the CPU backend to pack.
     pub fn matrices_mut(&mut self) -> Vec<&mut Matrix> {
+        if let Some(e) = &mut self.encoder {
+            // an encoder has no LM head to multiply by
+            return e.layers.iter_mut().flat_map(|l| [&mut l.wqkv, &mut l.wo, &mut l.w_up, &mut l.w_gate, &mut l.w_down]).collect();
+        }
         let mut v: Vec<&mut Matrix> = vec![&mut self.output];
         for l in &mut self.layers {
             v.extend([&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo, &mut l.w_gate, &mut l.w_up, &mut l.w_down]);
@@ -69,7 +73,11 @@ pub struct Weights {
     pub token_embd: Matrix,   // (n_vocab, n_embd)
     pub output_norm: Vec<f32>, // (n_embd)
     pub output: Matrix,       // (n_vocab, n_embd); token_embd when tied
+    /// The decoder layers; empty for an encoder.
     pub layers: Vec<LayerWeights>,
+    /// An encoder's tensors ([`super::encoder`]): `Some` exactly when the
+    /// architecture is an encoder.
+    pub encoder: Option<super::encoder::EncoderWeights>,
 }
 
 fn find<'f>(f: &'f GgufFile, name: &str, arch: &str) -> Result<&'f TensorInfo> {
@@ -80,7 +88,7 @@ fn shape_err(t: &TensorInfo, want: &[usize]) -> Error {
     Error::Unsupported(format!("tensor '{}' has shape {:?}, expected {:?} (ggml order)", t.name, t.dims, want))
 }
 
-fn matrix(f: &GgufFile, name: &str, arch: &str, rows: usize, cols: usize) -> Result<Matrix> {
+pub(super) fn matrix(f: &GgufFile, name: &str, arch: &str, rows: usize, cols: usize) -> Result<Matrix> {
     let t = find(f, name, arch)?;
     if t.dims.len() != 2 || t.dims[0] as usize != cols || t.dims[1] as usize != rows {
         return Err(shape_err(t, &[cols, rows]));
@@ -115,7 +123,7 @@ fn split_rows(f: &GgufFile, name: &str, arch: &str, parts: &[(&str, usize)], col
         .collect())
 }
 
-fn vector(f: &GgufFile, name: &str, arch: &str, n: usize) -> Result<Vec<f32>> {
+pub(super) fn vector(f: &GgufFile, name: &str, arch: &str, n: usize) -> Result<Vec<f32>> {
     let t = find(f, name, arch)?;
     if t.n_elements() as usize != n || t.dims[0] as usize != n {
         return Err(shape_err(t, &[n]));
@@ -135,6 +143,12 @@ impl Weights {
     pub fn load(f: &GgufFile, c: &Config) -> Result<Weights> {
         let a = c.arch.name;
         let token_embd = matrix(f, names::TOKEN_EMBD, a, c.n_vocab, c.n_embd)?;
+        if c.arch.encoder {
+            // no LM head and no final norm: `output` is the embedding (never
+            // multiplied), the norm ones
+            let encoder = super::encoder::EncoderWeights::load(f, c)?;
+            return Ok(Weights { output: token_embd.clone(), token_embd, output_norm: vec![1.0; c.n_embd], layers: Vec::new(), encoder: Some(encoder) });
+        }
         let output = if c.tied_embeddings { token_embd.clone() } else { matrix(f, names::OUTPUT, a, c.n_vocab, c.n_embd)? };
         let mut layers = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
@@ -194,6 +208,6 @@ impl Weights {
         }
         // GGUF Gemma files already store 1 + w for their norms (llama.cpp's
         // converter adds the one), so no architecture shifts them here
-        Ok(Weights { token_embd, output_norm: vector(f, names::OUTPUT_NORM, a, c.n_embd)?, output, layers })
+        Ok(Weights { token_embd, output_norm: vector(f, names::OUTPUT_NORM, a, c.n_embd)?, output, layers, encoder: None })
     }
 }

@@ -191,6 +191,25 @@ int main(int argc, char **argv) {
     struct forge_model_info info;
     EXPECT_STATUS(forge_get_model_info(ctx, NULL), FORGE_ERR_NULL_POINTER);
     EXPECT_STATUS(forge_get_model_info(ctx, &info), FORGE_OK);
+
+    /* embeddings: misuse is an error status, never a crash */
+    float emb[4096];
+    size_t ne = 12345;
+    EXPECT(info.n_embd <= 4096);
+    EXPECT(!forge_is_encoder(ctx) && !forge_is_encoder(NULL));
+    EXPECT(forge_pooling_type(NULL) == -1 && forge_pooling_type(ctx) == FORGE_POOLING_MEAN);
+    EXPECT_STATUS(forge_embed(NULL, toks, 2, FORGE_POOLING_MEAN, true, emb, 4096, &ne), FORGE_ERR_NULL_POINTER);
+    EXPECT_STATUS(forge_embed(ctx, toks, 2, FORGE_POOLING_MEAN, true, emb, 4096, NULL), FORGE_ERR_NULL_POINTER);
+    EXPECT_STATUS(forge_embed(ctx, NULL, 2, FORGE_POOLING_MEAN, true, emb, 4096, &ne), FORGE_ERR_NULL_POINTER);
+    EXPECT_STATUS(forge_embed(ctx, toks, 0, FORGE_POOLING_MEAN, true, emb, 4096, &ne), FORGE_ERR_INVALID_ARGUMENT);
+    EXPECT_STATUS(forge_embed(ctx, oov, 2, FORGE_POOLING_MEAN, true, emb, 4096, &ne), FORGE_ERR_INVALID_ARGUMENT);
+    EXPECT_STATUS(forge_embed(ctx, toks, 2, 99, true, emb, 4096, &ne), FORGE_ERR_INVALID_ARGUMENT);
+    EXPECT_STATUS(forge_embed(ctx, toks, 2, FORGE_POOLING_MEAN, true, NULL, 4096, &ne), FORGE_ERR_NULL_POINTER);
+    EXPECT(ne == 12345);
+    EXPECT_STATUS(forge_embed(ctx, toks, 2, FORGE_POOLING_MEAN, true, emb, 3, &ne), FORGE_ERR_BUFFER_TOO_SMALL);
+    EXPECT(ne == (size_t)info.n_embd);
+    EXPECT_STATUS(forge_embed(ctx, toks, 2, FORGE_POOLING_DEFAULT, true, emb, 4096, &ne), FORGE_OK);
+    EXPECT(ne == (size_t)info.n_embd);
     EXPECT(info.n_vocab == forge_n_vocab(ctx) && info.n_ctx == 16 && info.n_layer > 0 && info.arch && strlen(info.arch) > 0);
 
     forge_sampler_free(smp);

@@ -130,6 +130,15 @@ struct SamplerOptions {
     }
 };
 
+/// How embed() pools per-token hidden states (forge_pooling).
+enum class Pooling : int32_t {
+    Default = FORGE_POOLING_DEFAULT,  ///< the model's own (pooling_type; mean when unset)
+    None = FORGE_POOLING_NONE,        ///< one row per token
+    Mean = FORGE_POOLING_MEAN,
+    Cls = FORGE_POOLING_CLS,
+    Last = FORGE_POOLING_LAST,
+};
+
 class Sampler {
   public:
     explicit Sampler(const SamplerOptions &o = {}) {
@@ -249,6 +258,35 @@ class Context {
     }
 
     void kv_reset(size_t n_keep = 0) { detail::check(forge_kv_reset(get(), n_keep), "forge_kv_reset"); }
+
+    /// The embedding of one input's token ids (tokenize with add_special, as
+    /// the text overload does): n_embd floats, or n_tokens * n_embd with
+    /// Pooling::None; L2-normalised when `normalize`. Reads only the model
+    /// (any thread, never BUSY). An encoder (nomic-bert, is_encoder())
+    /// runs its bidirectional pass; a decoder its final hidden states.
+    [[nodiscard]] std::vector<float> embed(const std::vector<int32_t> &tokens, Pooling pooling = Pooling::Default,
+                                           bool normalize = true) const {
+        size_t n = 0;
+        auto p = static_cast<int32_t>(pooling);
+        forge_status st = forge_embed(get(), tokens.data(), tokens.size(), p, normalize, nullptr, 0, &n);
+        if (st != FORGE_ERR_BUFFER_TOO_SMALL) detail::check(st, "forge_embed");
+        std::vector<float> out(n);
+        detail::check(forge_embed(get(), tokens.data(), tokens.size(), p, normalize, out.data(), out.size(), &n),
+                      "forge_embed");
+        out.resize(n);
+        return out;
+    }
+    /// embed(tokenize(text)) with the model's special tokens ([CLS] ... [SEP]
+    /// for BERT-like models, BOS for most decoders).
+    [[nodiscard]] std::vector<float> embed(std::string_view text, Pooling pooling = Pooling::Default,
+                                           bool normalize = true) const {
+        return embed(tokenize(text, true), pooling, normalize);
+    }
+    /// An embedding-only encoder: eval, generate and kv_reset throw
+    /// FORGE_ERR_UNSUPPORTED; embed works.
+    [[nodiscard]] bool is_encoder() const { return forge_is_encoder(get()); }
+    /// The pooling Pooling::Default stands for: the model's own.
+    [[nodiscard]] Pooling pooling() const { return static_cast<Pooling>(forge_pooling_type(get())); }
     [[nodiscard]] size_t n_past() const { return forge_n_past(get()); }
     [[nodiscard]] int32_t n_vocab() const { return forge_n_vocab(get()); }
     /// Where this context runs: "cpu (N threads)" or e.g. "cuda:0 NVIDIA H100 80GB HBM3 (sm_90)".

@@ -96,6 +96,39 @@ int main() {
         CHECK(r.tokens == want);
         CHECK(r.text.find("Paris") != std::string::npos);
     }
+    // embeddings: a decoder's (SmolLM2, mean of its final hidden states),
+    // and the encoder nomic-embed-text (beside the test model in models/)
+    {
+        int d = ctx.info().n_embd;
+        auto e = ctx.embed("The capital of France is");
+        CHECK(static_cast<int>(e.size()) == d);
+        double norm = 0;
+        for (float x : e) norm += double(x) * x;
+        CHECK(std::abs(std::sqrt(norm) - 1.0) < 1e-4);
+        CHECK(ctx.embed(ctx.tokenize("The capital of France is")) == e);
+        auto toks = ctx.tokenize("Hi there");
+        CHECK(ctx.embed(toks, rocmforge::Pooling::None, false).size() == toks.size() * d);
+        CHECK(!ctx.is_encoder() && ctx.pooling() == rocmforge::Pooling::Mean);
+        CHECK(status_of([&] { (void)ctx.embed(std::vector<int32_t>{-1}); }) == FORGE_ERR_INVALID_ARGUMENT);
+        CHECK(status_of([&] { (void)ctx.embed(std::vector<int32_t>{}); }) == FORGE_ERR_INVALID_ARGUMENT);
+
+        auto nomic_path = std::filesystem::path(model).parent_path() / "nomic-embed-text-v1.5.f16.gguf";
+        CHECK(std::filesystem::exists(nomic_path));
+        auto nomic = rocmforge::Context::load(nomic_path.string());
+        CHECK(nomic.is_encoder() && nomic.pooling() == rocmforge::Pooling::Mean);
+        auto dot = [](const std::vector<float> &a, const std::vector<float> &b) {
+            double s = 0;
+            for (size_t i = 0; i < a.size(); i++) s += double(a[i]) * b[i];
+            return s;
+        };
+        auto q = nomic.embed("search_query: What is the tallest mountain on Earth?");
+        auto right = nomic.embed("search_document: Mount Everest, in the Himalayas, rises 8,849 metres above sea level.");
+        auto wrong = nomic.embed("search_document: Sourdough bread rises thanks to wild yeast.");
+        CHECK(q.size() == 768);
+        CHECK(dot(q, right) > dot(q, wrong) + 0.1);
+        CHECK(status_of([&] { (void)nomic.eval({101, 102}); }) == FORGE_ERR_UNSUPPORTED);
+        CHECK(status_of([&] { (void)nomic.embed(std::vector<int32_t>(2049, 1996)); }) == FORGE_ERR_INVALID_ARGUMENT);
+    }
     // 2. a bad model path is a clear error
     {
         std::string msg;

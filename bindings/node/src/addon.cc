@@ -118,6 +118,8 @@ class Model : public Napi::ObjectWrap<Model> {
                                         InstanceMethod("backend", &Model::Backend),
                                         InstanceMethod("reset", &Model::Reset),
                                         InstanceMethod("newEngine", &Model::NewEngine),
+                                        InstanceMethod("embed", &Model::Embed),
+                                        InstanceMethod("isEncoder", &Model::IsEncoder),
                                         InstanceMethod("close", &Model::Close)});
         ctor = Napi::Persistent(f);
         exports.Set("NativeModel", f);
@@ -163,6 +165,27 @@ class Model : public Napi::ObjectWrap<Model> {
         return a;
     }
 
+    // embed(ids, pooling, normalize) -> Float32Array: a model-only call
+    // (forge_embed takes no lock), so it works while a generation runs.
+    Napi::Value Embed(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        Napi::Array a = info[0].As<Napi::Array>();
+        std::vector<int32_t> ids(a.Length());
+        for (uint32_t i = 0; i < a.Length(); i++) ids[i] = a.Get(i).As<Napi::Number>().Int32Value();
+        int32_t pooling = info[1].As<Napi::Number>().Int32Value();
+        bool normalize = info[2].ToBoolean();
+        forge_ctx *c = ctx(env);
+        size_t n = 0;
+        forge_status st = forge_embed(c, ids.data(), ids.size(), pooling, normalize, nullptr, 0, &n);
+        if (st != FORGE_ERR_BUFFER_TOO_SMALL) throw status_error(env, st == FORGE_OK ? FORGE_ERR_INTERNAL : st, forge_last_error());
+        Napi::Float32Array out = Napi::Float32Array::New(env, n);
+        st = forge_embed(c, ids.data(), ids.size(), pooling, normalize, out.Data(), n, &n);
+        if (st != FORGE_OK) throw status_error(env, st, forge_last_error());
+        return out;
+    }
+
+    Napi::Value IsEncoder(const Napi::CallbackInfo &info) { return Napi::Boolean::New(info.Env(), forge_is_encoder(ctx(info.Env()))); }
+
     Napi::Value Detokenize(const Napi::CallbackInfo &info) {
         Napi::Env env = info.Env();
         Napi::Array a = info[0].As<Napi::Array>();
@@ -204,6 +227,7 @@ class Model : public Napi::ObjectWrap<Model> {
         o.Set("nCtxTrain", mi.n_ctx_train);
         o.Set("nCtx", mi.n_ctx);
         o.Set("nLayer", mi.n_layer);
+        o.Set("nEmbd", mi.n_embd);
         o.Set("bos", mi.bos);
         o.Set("eos", mi.eos);
         o.Set("eot", mi.eot);

@@ -452,3 +452,29 @@ test('engine: busy while an async decode runs, close() during one, outlives its 
   assert.throws(() => e.decode([]), closed);
   e.close(); // idempotent
 });
+
+test('embeddings: a decoder and the nomic-bert encoder', async () => {
+  const m = await load(MODEL, { contextSize: 64 });
+  const e = m.embed('The capital of France is');
+  assert.ok(e instanceof Float32Array);
+  assert.strictEqual(e.length, m.info().nEmbd);
+  assert.ok(Math.abs(Math.hypot(...e) - 1) < 1e-4);
+  assert.deepStrictEqual(m.embed(m.tokenize('The capital of France is')), e);
+  const ids = m.tokenize('Hi there');
+  assert.strictEqual(m.embed(ids, { pooling: 'none', normalize: false }).length, ids.length * m.info().nEmbd);
+  assert.throws(() => m.embed([-1]), { code: 'FORGE_ERR_INVALID_ARGUMENT' });
+  assert.throws(() => m.embed('x', { pooling: 'max' }), { code: 'FORGE_ERR_INVALID_ARGUMENT' });
+  assert.strictEqual(m.isEncoder(), false);
+  m.close();
+
+  const nomic = await load(path.join(path.dirname(MODEL), 'nomic-embed-text-v1.5.f16.gguf'));
+  assert.strictEqual(nomic.isEncoder(), true);
+  const dot = (a, b) => a.reduce((s, x, i) => s + x * b[i], 0);
+  const q = nomic.embed('search_query: What is the tallest mountain on Earth?');
+  assert.strictEqual(q.length, 768);
+  const right = nomic.embed('search_document: Mount Everest, in the Himalayas, rises 8,849 metres above sea level.');
+  const wrong = nomic.embed('search_document: Sourdough bread rises thanks to wild yeast.');
+  assert.ok(dot(q, right) > dot(q, wrong) + 0.1, `${dot(q, right)} vs ${dot(q, wrong)}`);
+  assert.throws(() => nomic.reset(0), { code: 'FORGE_ERR_UNSUPPORTED' });
+  nomic.close();
+});

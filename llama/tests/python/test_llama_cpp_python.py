@@ -18,6 +18,7 @@ from llama_cpp import Llama, LlamaGrammar
 ROOT = os.environ["ROCMFORGE_ROOT"]
 SMOL = os.path.join(ROOT, "models/SmolLM2-135M-Instruct.Q4_1.gguf")
 QWEN = os.path.join(ROOT, "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+NOMIC = os.path.join(ROOT, "models/nomic-embed-text-v1.5.f16.gguf")
 PROMPT = "The capital of France is"
 
 
@@ -175,3 +176,34 @@ def test_embeddings():
     assert np.allclose(np.linalg.norm(vs, axis=1), 1.0, atol=1e-5)
     assert not np.allclose(vs[0], vs[1])
     mean.close()
+
+
+def test_embeddings_nomic_encoder():
+    """An encoder (nomic-bert): llama_decode encodes each sequence of the
+    batch bidirectionally with the model's pooling (mean), as llama.cpp
+    does for BERT-like models. Against the float64 reference of
+    tests/fixtures/embed: cosine >= 0.999; retrieval ranks the right
+    passage first."""
+    assert os.path.isfile(NOMIC), f"{NOMIC} not found: run `make models`"
+    fx = json.load(open(os.path.join(ROOT, "tests/fixtures/embed/sentences.json")))
+    d = fx["n_embd"]
+    ref = np.fromfile(os.path.join(ROOT, "tests/fixtures/embed/mean.f32"), dtype="<f4").reshape(-1, d)
+    llm = Llama(model_path=NOMIC, n_ctx=512, n_threads=2, verbose=False, embedding=True)
+    assert llm.pooling_type() == llama_cpp.LLAMA_POOLING_TYPE_MEAN
+    assert llm.n_embd() == d
+    assert [llm.tokenize(t.encode()) for t in fx["sentences"][:3]] == fx["ids"][:3]
+    # several sequences per batch (llama-cpp-python packs them), normalized
+    got = np.array(llm.embed(fx["sentences"], normalize=True))
+    assert got.shape == (20, d)
+    cos = (got * ref).sum(axis=1)
+    assert cos.min() >= 0.999, cos
+    # unnormalized, one at a time: the same direction
+    one = np.array(llm.embed(fx["sentences"][4]))
+    assert np.dot(one / np.linalg.norm(one), ref[4]) >= 0.999
+    q = np.array(llm.embed(fx["queries"], normalize=True))
+    p = np.array(llm.embed(fx["passages"], normalize=True))
+    assert list((q @ p.T).argmax(axis=1)) == fx["answers"]
+    # an encoder has no logits: completions are refused
+    with pytest.raises(Exception):
+        llm.create_completion("hi", max_tokens=2)
+    llm.close()

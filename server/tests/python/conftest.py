@@ -32,6 +32,9 @@ SERVER_BIN = os.environ.get(
 MODEL = os.environ.get(
     "ROCMFORGE_MODEL", str(REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
 )
+NOMIC_MODEL = os.environ.get(
+    "ROCMFORGE_NOMIC_MODEL", str(REPO / "models" / "nomic-embed-text-v1.5.f16.gguf")
+)
 ALIAS = "smol-e2e"
 READY_TIMEOUT_S = float(os.environ.get("ROCMFORGE_SERVER_READY_TIMEOUT", "60"))
 
@@ -45,14 +48,14 @@ def free_port() -> int:
 class Server:
     """A rocmforge-server subprocess on a free loopback port."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict | None = None):
+    def __init__(self, args: list[str], log_path: Path, env: dict | None = None, model: str | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         cmd = [
             SERVER_BIN,
             "--model",
-            MODEL,
+            model or MODEL,
             "--host",
             "127.0.0.1",
             "--port",
@@ -150,12 +153,12 @@ class Server:
 
 @pytest.fixture(scope="session")
 def start_server(tmp_path_factory):
-    """Factory: start_server(args, env=None, wait=True) -> Server; all are killed at the end."""
+    """Factory: start_server(args, env=None, wait=True, model=None) -> Server; all are killed at the end."""
     started: list[Server] = []
     logdir = tmp_path_factory.mktemp("server-logs")
 
-    def _start(args: list[str], env: dict | None = None, wait: bool = True) -> Server:
-        s = Server(args, logdir / f"server-{len(started)}.log", env)
+    def _start(args: list[str], env: dict | None = None, wait: bool = True, model: str | None = None) -> Server:
+        s = Server(args, logdir / f"server-{len(started)}.log", env, model)
         started.append(s)
         if wait:
             s.wait_ready()

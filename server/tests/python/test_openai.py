@@ -993,3 +993,53 @@ def test_chat_template_file_overrides_the_gguf_template(start_server, tmp_path):
         assert r.status_code == 200, r.text
         assert ChatCompletion.model_validate(r.json()).usage.prompt_tokens == len(ids)
     s.stop()
+
+
+def test_embeddings_nomic_encoder(start_server):
+    """An embedding-only encoder (nomic-bert): /v1/embeddings with the
+    model's own pooling matches the float64 reference of
+    tests/fixtures/embed (cosine >= 0.999), retrieval ranks the right
+    passage first, and completions are refused with a clear 400."""
+    import json
+    import struct
+    from pathlib import Path
+
+    from conftest import NOMIC_MODEL, REPO
+
+    assert Path(NOMIC_MODEL).is_file(), f"{NOMIC_MODEL} not found: run `make models` (tests never skip a missing model)"
+    s = start_server(["--alias", "nomic"], model=NOMIC_MODEL)
+    client = s.client()
+    fx = json.loads((REPO / "tests/fixtures/embed/sentences.json").read_text())
+    raw = (REPO / "tests/fixtures/embed/mean.f32").read_bytes()
+    d = fx["n_embd"]
+    ref = [list(struct.unpack_from(f"<{d}f", raw, i * d * 4)) for i in range(len(fx["sentences"]))]
+    # at most 16 inputs per request: two of ten
+    halves = [client.embeddings.create(model="nomic", input=fx["sentences"][k : k + 10]) for k in (0, 10)]
+    got = [e.embedding for h in halves for e in h.data]
+    assert len(got) == 20 and all(len(e) == d for e in got)
+    cos = [sum(a * b for a, b in zip(e, want)) for e, want in zip(got, ref)]
+    assert min(cos) >= 0.999, cos
+    assert sum(h.usage.prompt_tokens for h in halves) == sum(len(i) for i in fx["ids"])
+    # retrieval: the right passage first for every query
+    p = [e.embedding for e in client.embeddings.create(model="nomic", input=fx["passages"]).data]
+    q = [e.embedding for e in client.embeddings.create(model="nomic", input=fx["queries"]).data]
+    ranks = [max(range(len(p)), key=lambda j: sum(a * b for a, b in zip(qi, p[j]))) for qi in q]
+    assert ranks == fx["answers"], ranks
+    # token ids in, as the reference's
+    r2 = client.embeddings.create(model="nomic", input=fx["ids"][0])
+    assert max(abs(a - b) for a, b in zip(r2.data[0].embedding, got[0])) < 1e-6
+    # an input past the model's 2048 tokens
+    http = s.http()
+    long = http.post("/v1/embeddings", json={"model": "nomic", "input": [1996] * 2049})
+    assert_openai_error(long, 400, param="input")
+    assert long.json()["error"]["code"] == "context_length_exceeded"
+    # no completions from an embedding model
+    for path, body in [
+        ("/v1/completions", {"model": "nomic", "prompt": "hi", "max_tokens": 2}),
+        ("/v1/chat/completions", {"model": "nomic", "messages": [{"role": "user", "content": "hi"}]}),
+    ]:
+        e = http.post(path, json=body)
+        assert_openai_error(e, 400)
+        assert e.json()["error"]["code"] == "model_not_supported"
+        assert "embedding model" in e.json()["error"]["message"]
+    assert http.get("/health").status_code == 200

@@ -68,6 +68,16 @@ impl<'a> Input<'a> {
         Input { x, n, cols: x.len().checked_div(n).unwrap_or(0), a8: OnceLock::new(), a16: OnceLock::new() }
     }
 
+    /// The activations, n × cols.
+    pub fn x(&self) -> &'a [f32] {
+        self.x
+    }
+
+    /// Rows (tokens).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
     fn a8(&self, pool: &ThreadPool) -> &A8 {
         self.a8.get_or_init(|| {
             let (n, cols) = (self.n, self.cols);

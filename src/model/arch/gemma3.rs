@@ -19,4 +19,5 @@ pub const SPEC: ArchSpec = ArchSpec {
     global_every: Some(6),
     local_rope_base: 10_000.0,
     fused_gate_up: false,
+    encoder: false,
 };

@@ -5,6 +5,7 @@
 
 mod gemma3;
 mod llama;
+mod nomic_bert;
 mod phi3;
 mod qwen2;
 mod qwen3;
@@ -61,10 +62,14 @@ pub struct ArchSpec {
     /// (A fused `attn_qkv.weight` needs no flag: any architecture may have
     /// one instead of `attn_{q,k,v}`, as in llama.cpp.)
     pub fused_gate_up: bool,
+    /// A bidirectional encoder for embeddings (`nomic-bert`): no LM head
+    /// and no KV cache; it runs through [`crate::model::encoder`], and
+    /// the decoder engine refuses it.
+    pub encoder: bool,
 }
 
 /// Every architecture this build knows, looked up by `general.architecture`.
-pub const ARCHS: [&ArchSpec; 5] = [&llama::SPEC, &qwen2::SPEC, &qwen3::SPEC, &phi3::SPEC, &gemma3::SPEC];
+pub const ARCHS: [&ArchSpec; 6] = [&llama::SPEC, &qwen2::SPEC, &qwen3::SPEC, &phi3::SPEC, &gemma3::SPEC, &nomic_bert::SPEC];
 
 pub fn lookup(name: &str) -> Option<&'static ArchSpec> {
     ARCHS.iter().copied().find(|a| a.name == name)

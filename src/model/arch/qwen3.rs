@@ -16,4 +16,5 @@ pub const SPEC: ArchSpec = ArchSpec {
     global_every: None,
     local_rope_base: 10_000.0,
     fused_gate_up: false,
+    encoder: false,
 };
