@@ -4,7 +4,10 @@
 //! native NomicBert and the hub's remote code is out of reach):
 //! - token ids: our WordPiece tokenizer against HF's BertTokenizer;
 //! - 20 sentences, mean pooling + L2 normalisation (the model's own): cosine
-//!   similarity ≥ 0.999 each (min printed);
+//!   similarity ≥ 0.999 each (min printed), against that reference and
+//!   against llama.cpp's own embeddings of the same sentences
+//!   (scripts/gen_embed_llama_cpp.py: the sdist's libllama through its
+//!   llama-cpp-python, which also gives the same token ids);
 //! - the unpooled first token (CLS pooling, not normalised): cosine ≥ 0.999;
 //! - retrieval: for 5 queries ("search_query: ") the right one of 8
 //!   passages ("search_document: ") ranks first;
@@ -52,9 +55,11 @@ fn nomic_matches_reference() {
     assert_eq!(d, m.cfg.n_embd);
     let mean = common::read_f32(&common::fixture("embed/mean.f32"));
     let cls = common::read_f32(&common::fixture("embed/cls.f32"));
+    // the second reference: llama.cpp's own (scripts/gen_embed_llama_cpp.py)
+    let llama_cpp = common::read_f32(&common::fixture("embed/llama_cpp_mean.f32"));
     let sentences = fx["sentences"].as_array().unwrap();
     assert_eq!(sentences.len(), 20);
-    let (mut min_mean, mut min_cls) = (1f64, 1f64);
+    let (mut min_mean, mut min_cls, mut min_llama) = (1f64, 1f64, 1f64);
     for (i, s) in sentences.iter().enumerate() {
         let s = s.as_str().unwrap();
         let ids = m.tokenizer.encode(s, true, false);
@@ -67,12 +72,20 @@ fn nomic_matches_reference() {
         let c = cosine(&e, &mean[i * d..(i + 1) * d]);
         min_mean = min_mean.min(c);
         assert!(c >= 0.999, "sentence {i} {s:?}: cosine {c} with the reference");
+        let c = cosine(&e, &llama_cpp[i * d..(i + 1) * d]);
+        min_llama = min_llama.min(c);
+        assert!(c >= 0.999, "sentence {i} {s:?}: cosine {c} with llama.cpp's");
         let h = m.embed(&ids, Some(Pooling::Cls), false).unwrap();
         let c = cosine(&h, &cls[i * d..(i + 1) * d]);
         min_cls = min_cls.min(c);
         assert!(c >= 0.999, "sentence {i} {s:?}: first-token cosine {c} with the reference");
     }
-    println!("nomic-embed-text-v1.5: min cosine over 20 sentences: mean+L2 {min_mean:.7} (1 - cos = {:.1e}), first token {min_cls:.7} (1 - cos = {:.1e})", 1.0 - min_mean, 1.0 - min_cls);
+    println!(
+        "nomic-embed-text-v1.5: min cosine over 20 sentences: mean+L2 {min_mean:.7} (1 - cos = {:.1e}), first token {min_cls:.7} (1 - cos = {:.1e}); against llama.cpp's mean+L2 {min_llama:.7} (1 - cos = {:.1e})",
+        1.0 - min_mean,
+        1.0 - min_cls,
+        1.0 - min_llama
+    );
 }
 
 #[test]
