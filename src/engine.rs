@@ -214,7 +214,7 @@ impl Engine {
     /// enter the prefix cache. KV_EXHAUSTED (when the sequence shares its
     /// blocks and the pool has none to copy them into) or a failed read
     /// leaves the sequence as it was; a failed write leaves its first `p0`
-    /// positions.
+    /// positions (its whole blocks among them, when one was being copied).
     pub fn shift(&mut self, id: SeqId, p0: usize, p1: usize) -> Result<()> {
         let s = self.seqs.get(&id).ok_or_else(|| Error::InvalidArgument(format!("sequence {id} does not exist")))?;
         if p0 >= p1 || p1 > s.len {
@@ -226,11 +226,20 @@ impl Engine {
         let s = self.seqs.get_mut(&id).expect("looked up above");
         let (copies, to) = self.pool.shift(s, p0, p1).map_err(|e| Error::KvExhausted(e.to_string()))?;
         debug_assert_eq!(to.len(), len - p1);
-        self.exec.copy_blocks(&copies);
-        if let Err(e) = self.exec.write_kv(&to, &rows) {
-            // the cache rows are lost; the sequence keeps what is intact
-            let s = self.seqs.get_mut(&id).expect("looked up above");
-            self.pool.truncate(s, p0);
+        self.write_rows(id, p0, &copies, &to, &rows)
+    }
+
+    /// Make `copies`, then write `rows` at slots `to` of sequence `id`, whose
+    /// first `keep` positions are intact. If either fails, the sequence
+    /// keeps only what is certainly intact: its first `keep` positions, or
+    /// only its whole blocks among them when a copy-on-write copy was asked
+    /// for (the copy may not have happened).
+    fn write_rows(&mut self, id: SeqId, keep: usize, copies: &[crate::kv::BlockCopy], to: &[usize], rows: &crate::backend::KvHost) -> Result<()> {
+        self.exec.copy_blocks(copies);
+        if let Err(e) = self.exec.write_kv(to, rows) {
+            let keep = if copies.is_empty() { keep } else { keep / BLOCK * BLOCK };
+            let s = self.seqs.get_mut(&id).expect("the caller's sequence");
+            self.pool.truncate(s, keep);
             return Err(e);
         }
         Ok(())
@@ -259,13 +268,7 @@ impl Engine {
         }
         let s = self.seqs.get_mut(&id).expect("looked up above");
         let (copies, to) = self.pool.shift(s, range.start, range.start).map_err(|e| Error::KvExhausted(e.to_string()))?;
-        self.exec.copy_blocks(&copies);
-        if let Err(e) = self.exec.write_kv(&to, &rows) {
-            let s = self.seqs.get_mut(&id).expect("looked up above");
-            self.pool.truncate(s, range.start);
-            return Err(e);
-        }
-        Ok(())
+        self.write_rows(id, range.start, &copies, &to, &rows)
     }
 
     fn turn_keys(&self, rows: &mut crate::backend::KvHost, delta: i64) {
@@ -291,7 +294,8 @@ impl Engine {
     /// Append `tokens` to a sequence with the K/V `rows` (as
     /// [`Engine::read_seq_kv`] gave them) instead of computing them: to
     /// restore a state. The restored blocks never enter the prefix cache.
-    /// All or nothing, as [`Engine::decode`].
+    /// An invalid input or KV_EXHAUSTED changes nothing; a failed write
+    /// leaves the positions that were there (as [`Engine::shift`]).
     pub fn load_seq(&mut self, id: SeqId, tokens: &[u32], rows: &crate::backend::KvHost) -> Result<()> {
         let len = self.seq(id)?.len;
         if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.model.cfg.n_vocab) {
@@ -303,13 +307,8 @@ impl Engine {
         rows.check(tokens.len(), &self.model.cfg)?;
         let s = self.seqs.get_mut(&id).expect("looked up above");
         let copies = self.pool.prepare_append(s, tokens.len()).map_err(|e| Error::KvExhausted(e.to_string()))?;
-        self.exec.copy_blocks(&copies);
         let slots: Vec<usize> = (len..len + tokens.len()).map(|p| s.slot(p)).collect();
-        if let Err(e) = self.exec.write_kv(&slots, rows) {
-            let s = self.seqs.get_mut(&id).expect("looked up above");
-            self.pool.rollback(s);
-            return Err(e);
-        }
+        self.write_rows(id, len, &copies, &slots, rows)?;
         let s = self.seqs.get_mut(&id).expect("looked up above");
         self.pool.mark_moved(s, len);
         self.pool.commit(s, tokens);

@@ -116,9 +116,9 @@ pub unsafe fn state_len(p: *const u8) -> Option<usize> {
         return None;
     }
     let u32_at = |off: usize| u32::from_le_bytes(std::ptr::read_unaligned(p.add(off) as *const [u8; 4])) as usize;
-    // n_vocab, n_layer, kv_dim, v_dim
+    // n_vocab, n_layer, kv_dim, v_dim, RoPE table
     let row = u32_at(12).checked_mul(u32_at(16).checked_add(u32_at(20))?)?.checked_mul(2)?;
-    let mut off = 24;
+    let mut off = 28;
     let n = u32_at(off);
     off += 4;
     for _ in 0..n {
@@ -237,6 +237,16 @@ impl Context {
             self.places.remove(&id);
         } else {
             self.places.insert(id, p);
+        }
+    }
+
+    /// After a failed shift: a sequence whose cache the engine cut (a
+    /// failed write) no longer matches its place, so it goes whole; one the
+    /// engine left as it was (no room, a failed read) stays.
+    fn drop_if_changed(&mut self, id: llama_seq_id, len: usize) {
+        if self.len_of(id) != len {
+            warning!("sequence {id}: its cache was lost in the failed shift; the sequence is removed");
+            self.drop_seq(id);
         }
     }
 
@@ -652,6 +662,7 @@ impl Context {
                 }
                 if let Err(err) = e.shift(s, 0, b) {
                     warning!("llama_memory_seq_rm: {err}");
+                    self.drop_if_changed(sid, len);
                     return false;
                 }
                 place.off += b as i64;
@@ -713,6 +724,7 @@ impl Context {
             };
             if let Err(err) = done {
                 warning!("llama_memory_seq_add: {err}");
+                self.drop_if_changed(sid, len);
                 continue;
             }
             self.set_place(sid, place);
@@ -778,7 +790,9 @@ impl Context {
     // every backend keeps them), and the last outputs' logits. Loading
     // writes the K/V back, so a sequence that was shifted comes back as it
     // was, and nothing is recomputed. Layout, little-endian:
-    //   MAGIC, n_vocab u32, n_layer u32, kv_dim u32, v_dim u32, n_seqs u32;
+    //   MAGIC, n_vocab u32, n_layer u32, kv_dim u32, v_dim u32, RoPE table
+    //   u32 (the keys were turned with: LongRoPE's long or short one, by
+    //   n_ctx), n_seqs u32;
     //   per sequence: id i32, off i64, gap h0 u32, h1 u32 (0, 0: none),
     //     len u32, len tokens u32, then per layer len × kv_dim K values
     //     (u16), then per layer len × v_dim V values;
@@ -787,14 +801,21 @@ impl Context {
 
     const MAGIC: &'static [u8; 8] = MAGIC;
 
-    pub fn state_bytes(&mut self, only: Option<llama_seq_id>) -> Vec<u8> {
+    /// The shape a state is made for: n_vocab, n_layer, kv_dim, v_dim and
+    /// the RoPE table the cached keys were turned with.
+    fn state_dims(&self) -> [usize; 5] {
+        match &self.model().model {
+            Some(m) => [self.n_vocab, m.cfg.n_layer, m.cfg.kv_dim(), m.cfg.v_dim(), m.cfg.rope_long(self.n_ctx as usize) as usize],
+            None => [self.n_vocab, 0, 0, 0, 0],
+        }
+    }
+
+    /// The state (None when a sequence's cache could not be read: a state
+    /// missing a sequence would look whole).
+    pub fn state_bytes(&mut self, only: Option<llama_seq_id>) -> Option<Vec<u8>> {
         let mut o = Vec::new();
         o.extend_from_slice(Self::MAGIC);
-        let (n_layer, kv_dim, v_dim) = match &self.model().model {
-            Some(m) => (m.cfg.n_layer, m.cfg.kv_dim(), m.cfg.v_dim()),
-            None => (0, 0, 0),
-        };
-        for v in [self.n_vocab, n_layer, kv_dim, v_dim] {
+        for v in self.state_dims() {
             o.extend_from_slice(&(v as u32).to_le_bytes());
         }
         let ids: Vec<(llama_seq_id, SeqId)> = self.seqs.iter().filter(|(id, _)| only.is_none_or(|o| o == **id)).map(|(&a, &b)| (a, b)).collect();
@@ -804,7 +825,10 @@ impl Context {
                 let toks = e.seq_tokens(s).map(|t| t.to_vec()).unwrap_or_default();
                 match e.read_seq_kv(s) {
                     Ok(kv) => seqs.push((id, toks, kv)),
-                    Err(err) => error!("llama_state_get_data: reading sequence {id}'s cache: {err}"),
+                    Err(err) => {
+                        error!("llama_state_get_data: reading sequence {id}'s cache: {err}");
+                        return None;
+                    }
                 }
             }
         }
@@ -834,7 +858,7 @@ impl Context {
         for v in logits {
             o.extend_from_slice(&v.to_le_bytes());
         }
-        o
+        Some(o)
     }
 
     /// Restore a state (into `dest` for a one-sequence state); returns the
@@ -858,17 +882,15 @@ impl Context {
                 Some(self.take(n.checked_mul(2)?)?.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect())
             }
         }
-        let (n_layer, kv_dim, v_dim) = match &self.model().model {
-            Some(m) => (m.cfg.n_layer, m.cfg.kv_dim(), m.cfg.v_dim()),
-            None => (0, 0, 0),
-        };
+        let dims = self.state_dims();
+        let [_, n_layer, kv_dim, v_dim, _] = dims;
+        let seq_limit = self.seq_limit as i64;
         let mut r = R(src, 0);
         let parsed = (|| {
             if r.take(8)? != Self::MAGIC {
                 return None;
             }
-            let dims = [r.u32()?, r.u32()?, r.u32()?, r.u32()?].map(|v| v as usize);
-            if dims != [self.n_vocab, n_layer, kv_dim, v_dim] {
+            if [r.u32()?, r.u32()?, r.u32()?, r.u32()?, r.u32()?].map(|v| v as usize) != dims {
                 return None;
             }
             let n = r.u32()? as usize;
@@ -880,6 +902,11 @@ impl Context {
                 let len = r.u32()? as usize;
                 let hole = (h1 > 0).then_some((h0, h1));
                 if hole.is_some_and(|(h0, h1)| h0 == 0 || h0 >= h1 || h1 >= len) {
+                    return None;
+                }
+                // a sequence id this context takes, and positions llama_pos holds
+                let fits = |p: i64| (0..=i32::MAX as i64).contains(&p);
+                if !(0..seq_limit).contains(&(id as i64)) || !fits(off) || !fits(off.checked_add(len as i64)?) {
                     return None;
                 }
                 let toks: Vec<u32> = (0..len).map(|_| r.u32()).collect::<Option<_>>()?;

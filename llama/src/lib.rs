@@ -1148,7 +1148,7 @@ pub unsafe extern "C" fn llama_memory_can_shift(m: *mut Memory) -> bool {
 
 unsafe fn state_copy(c: *mut Context, dst: *mut u8, size: usize, only: Option<llama_seq_id>) -> usize {
     let Some(c) = ctx_mut(c) else { return 0 };
-    let s = c.state_bytes(only);
+    let Some(s) = c.state_bytes(only) else { return 0 };
     if dst.is_null() || size < s.len() {
         error!("llama_state_get_data: buffer of {size} bytes, the state needs {}", s.len());
         return 0;
@@ -1168,7 +1168,7 @@ unsafe fn state_set(c: *mut Context, src: *const u8, size: usize, dest: Option<l
 
 #[no_mangle]
 pub unsafe extern "C" fn llama_state_get_size(c: *mut Context) -> usize {
-    ctx_mut(c).map_or(0, |c| c.state_bytes(None).len())
+    ctx_mut(c).and_then(|c| c.state_bytes(None)).map_or(0, |s| s.len())
 }
 
 #[no_mangle]
@@ -1213,7 +1213,8 @@ unsafe fn save_file(c: *mut Context, path: *const c_char, toks: *const llama_tok
     for i in 0..n {
         o.extend_from_slice(&(*toks.add(i)).to_le_bytes());
     }
-    o.extend_from_slice(&c.state_bytes(only));
+    let Some(state) = c.state_bytes(only) else { return 0 };
+    o.extend_from_slice(&state);
     match std::fs::write(std::ffi::OsStr::from_encoded_bytes_unchecked(p), &o) {
         Ok(()) => o.len(),
         Err(e) => {
@@ -1280,7 +1281,7 @@ pub unsafe extern "C" fn llama_save_session_file(c: *mut Context, path: *const c
 
 #[no_mangle]
 pub unsafe extern "C" fn llama_state_seq_get_size(c: *mut Context, s: llama_seq_id) -> usize {
-    ctx_mut(c).map_or(0, |c| c.state_bytes(Some(s)).len())
+    ctx_mut(c).and_then(|c| c.state_bytes(Some(s))).map_or(0, |s| s.len())
 }
 
 #[no_mangle]

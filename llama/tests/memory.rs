@@ -201,6 +201,10 @@ fn a_state_keeps_a_shifted_cache() {
         assert_eq!(y.span(0), span);
         let got = y.decode(0, 47, &[11]).unwrap();
         assert_eq!(got, want, "a restored state computes exactly what the saved one did");
+        // a state naming a sequence id this context does not take is refused
+        let mut bad = buf.clone();
+        bad[32..36].copy_from_slice(&300u32.to_le_bytes());
+        assert_eq!(llama_state_set_data(y.c, bad.as_ptr(), size), 0, "sequence id 300 >= n_seq_max 4");
         // a state of another shape is refused
         buf[12] ^= 1;
         let z = Ctx::new();

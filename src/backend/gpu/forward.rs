@@ -626,7 +626,8 @@ impl GpuExec {
             part: f32s(part_rows(c.n_head, splits, sms) * (2 + c.head_dim_v), "attention partials")?,
             counters: p.alloc(b * c.n_head * 4, "attention counters")?,
             act: ActBuf::with_tokens(p, max_cols, if decode::has_mmq(m.dev.rt.info()) && decode::mmq_enabled() { decode::MMQ_MAX } else { ops::MMV_MAXT })?,
-            logits: f32s(c.n_vocab, "logits")?,
+            // one row of logits, or of hidden states (forward_hidden)
+            logits: f32s(c.n_vocab.max(c.n_embd), "logits")?,
             logits_rows: 1,
             top: p.alloc(b * TOP_MAX * 8 + b * 4, "top-k candidates")?,
             step: p.alloc(step_cap * 4, "step data")?,

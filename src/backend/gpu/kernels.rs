@@ -274,42 +274,63 @@ pub fn load(rt: &dyn GpuRuntime) -> Result<ModuleOrigin> {
             (name, src, file)
         })
         .collect();
-    let mut images: Vec<Option<Vec<u8>>> = units.iter().map(|(_, _, f)| f.as_ref().and_then(|f| std::fs::read(f).ok())).collect();
+    // a cached image that does not load (truncated, or from another
+    // toolchain) is dropped and compiled again
+    let mut images: Vec<Option<Vec<u8>>> = units
+        .iter()
+        .map(|(_, _, f)| {
+            let f = f.as_ref()?;
+            let image = std::fs::read(f).ok()?;
+            match rt.load_module(&image) {
+                Ok(()) => Some(image),
+                Err(_) => {
+                    let _ = std::fs::remove_file(f);
+                    None
+                }
+            }
+        })
+        .collect();
     let missing: Vec<usize> = (0..units.len()).filter(|&i| images[i].is_none()).collect();
     let times = crate::env_flag("FORGE_COMPILE_TIMES");
-    let compiled: Vec<(usize, Result<Vec<u8>>)> = std::thread::scope(|sc| {
-        let jobs: Vec<_> = missing
-            .iter()
-            .map(|&i| {
-                let (u, src, _) = &units[i];
-                sc.spawn(move || {
-                    let t0 = std::time::Instant::now();
-                    let r = rt.compile(src, &format!("{u}.cu"));
-                    if times {
-                        eprintln!("kernel unit {u}: compiled in {:.2} s", t0.elapsed().as_secs_f64());
-                    }
-                    (i, r)
+    // as many compiles at once as the host has threads
+    let width = std::thread::available_parallelism().map_or(4, |n| n.get()).max(1);
+    let mut compiled: Vec<(usize, Result<Vec<u8>>)> = Vec::with_capacity(missing.len());
+    for wave in missing.chunks(width) {
+        compiled.extend(std::thread::scope(|sc| {
+            let jobs: Vec<_> = wave
+                .iter()
+                .map(|&i| {
+                    let (u, src, _) = &units[i];
+                    sc.spawn(move || {
+                        let t0 = std::time::Instant::now();
+                        let r = rt.compile(src, &format!("{u}.cu"));
+                        if times {
+                            eprintln!("kernel unit {u}: compiled in {:.2} s", t0.elapsed().as_secs_f64());
+                        }
+                        (i, r)
+                    })
                 })
-            })
-            .collect();
-        jobs.into_iter().map(|j| j.join().expect("a compile thread panicked")).collect()
-    });
+                .collect();
+            jobs.into_iter().map(|j| j.join().expect("a compile thread panicked")).collect::<Vec<_>>()
+        }));
+    }
     for (i, r) in compiled {
         let image = r?;
+        rt.load_module(&image)?;
         if let Some(f) = &units[i].2 {
-            // write-then-rename so a concurrent reader never sees half a file
+            // write-then-rename, under a name no other writer uses, so a
+            // reader never sees half a file
             if let Some(d) = f.parent() {
                 let _ = std::fs::create_dir_all(d);
             }
-            let tmp = f.with_extension(format!("tmp{}", std::process::id()));
-            if std::fs::write(&tmp, &image).is_ok() {
-                let _ = std::fs::rename(&tmp, f);
+            static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = f.with_extension(format!("tmp{}-{n}-{:?}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()));
+            if std::fs::write(&tmp, &image).is_ok() && std::fs::rename(&tmp, f).is_err() {
+                let _ = std::fs::remove_file(&tmp);
             }
         }
         images[i] = Some(image);
-    }
-    for image in images.iter().flatten() {
-        rt.load_module(image)?;
     }
     Ok(if missing.is_empty() { ModuleOrigin::Cache } else { ModuleOrigin::Compiled })
 }
