@@ -279,20 +279,10 @@ impl Context {
             error!("llama_decode: the model was loaded with vocab_only");
             return DECODE_INVALID;
         }
-        let n = b.n_tokens;
-        if n <= 0 {
-            error!("llama_decode: n_tokens == 0");
-            return DECODE_INVALID;
-        }
-        if b.token.is_null() {
-            error!("llama_decode: embedding inputs (batch.embd) are not supported; pass token ids");
-            return DECODE_INVALID;
-        }
-        if n as u32 > self.n_batch {
-            error!("llama_decode: n_tokens = {n} > n_batch = {}", self.n_batch);
-            return DECODE_INVALID;
-        }
-        let n = n as usize;
+        let n = match self.batch_len(b) {
+            Ok(n) => n,
+            Err(code) => return code,
+        };
         let pooling = self.pooling();
         let pooled = self.embeddings && pooling != 0;
         if pooled && !(1..=3).contains(&pooling) {
@@ -464,19 +454,10 @@ impl Context {
     /// # Safety
     /// As [`Context::decode`].
     unsafe fn decode_encoder(&mut self, b: &llama_batch, t0: std::time::Instant) -> i32 {
-        let n = b.n_tokens;
-        if n <= 0 {
-            error!("llama_decode: n_tokens == 0");
-            return DECODE_INVALID;
-        }
-        if b.token.is_null() {
-            error!("llama_decode: embedding inputs (batch.embd) are not supported; pass token ids");
-            return DECODE_INVALID;
-        }
-        if n as u32 > self.n_batch {
-            error!("llama_decode: n_tokens = {n} > n_batch = {}", self.n_batch);
-            return DECODE_INVALID;
-        }
+        let n = match self.batch_len(b) {
+            Ok(n) => n,
+            Err(code) => return code,
+        };
         if !self.embeddings {
             error!("llama_decode: {} is an embedding model (an encoder): create the context with embeddings = true", self.model().arch);
             return DECODE_INVALID;
@@ -492,7 +473,6 @@ impl Context {
                 }
             },
         };
-        let n = n as usize;
         // each sequence's tokens, and each token's (sequence, index in it)
         let mut groups: BTreeMap<llama_seq_id, Vec<u32>> = BTreeMap::new();
         let mut at: Vec<(llama_seq_id, usize)> = Vec::with_capacity(n);
@@ -559,6 +539,25 @@ impl Context {
         self.perf.t_p_eval_ms += t0.elapsed().as_secs_f64() * 1e3;
         self.perf.n_p_eval += n as i32;
         DECODE_OK
+    }
+
+    /// A batch's token count, checked as llama.cpp checks it: at least one
+    /// token, token ids (not embeddings), at most n_batch.
+    fn batch_len(&self, b: &llama_batch) -> Result<usize, i32> {
+        let n = b.n_tokens;
+        if n <= 0 {
+            error!("llama_decode: n_tokens == 0");
+            return Err(DECODE_INVALID);
+        }
+        if b.token.is_null() {
+            error!("llama_decode: embedding inputs (batch.embd) are not supported; pass token ids");
+            return Err(DECODE_INVALID);
+        }
+        if n as u32 > self.n_batch {
+            error!("llama_decode: n_tokens = {n} > n_batch = {}", self.n_batch);
+            return Err(DECODE_INVALID);
+        }
+        Ok(n as usize)
     }
 
     /// The output row of batch index `i` among `n_out` outputs (negative:
