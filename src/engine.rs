@@ -662,13 +662,19 @@ impl Session {
         self.engine.seq_len(self.seq).expect("the session's sequence")
     }
 
-    /// Keep the first `n_keep` positions (0 clears everything).
+    /// Keep the first `n_keep` positions (0 clears everything). A session
+    /// reuses no prefixes, so the blocks given back leave the prefix cache
+    /// too, and the next positions get consecutive blocks again (the GPU
+    /// reads a lone sequence's consecutive blocks as one contiguous run:
+    /// its fastest one-row decode).
     pub fn kv_keep(&mut self, n_keep: usize) -> Result<()> {
         let pos = self.pos();
         if n_keep > pos {
             return Err(Error::InvalidArgument(format!("n_keep {n_keep} is past the current position {pos}")));
         }
-        self.engine.keep(self.seq, n_keep)
+        self.engine.keep(self.seq, n_keep)?;
+        self.engine.pool.forget_unused_cache();
+        Ok(())
     }
 
     /// Append `tokens` at the current position and return the requested

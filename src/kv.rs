@@ -370,6 +370,24 @@ impl BlockPool {
         need
     }
 
+    /// Give every cached block nobody holds back to the free list, and
+    /// order the free list so blocks are taken lowest first: a pool whose
+    /// only sequence never reuses prefixes (a `Session`) then hands a
+    /// growing sequence consecutive blocks again after a truncation, which
+    /// the GPU's one-row decode reads as one contiguous run.
+    pub fn forget_unused_cache(&mut self) {
+        let unused: Vec<u32> = self.lru.values().copied().collect();
+        for b in unused {
+            if let Some(c) = self.cached[b as usize].take() {
+                self.by_key.remove(&c.key);
+            }
+            self.free.push(b);
+        }
+        self.lru.clear();
+        // popped from the end: descending order takes the lowest first
+        self.free.sort_unstable_by(|a, b| b.cmp(a));
+    }
+
     /// Keep the first `n_keep` positions of `seq`.
     pub fn truncate(&mut self, seq: &mut SeqKv, n_keep: usize) {
         let n_keep = n_keep.min(seq.len);
@@ -574,5 +592,31 @@ mod tests {
         let mut prompt = toks(BLOCK, 0);
         prompt.push(3);
         assert_eq!(p.reuse_prefix(&mut b, &prompt), BLOCK);
+    }
+
+    #[test]
+    fn forgetting_the_cache_gives_consecutive_blocks_again() {
+        let mut p = BlockPool::new(6).unwrap();
+        let mut s = SeqKv::default();
+        append(&mut p, &mut s, &toks(4 * BLOCK, 1));
+        assert_eq!(s.blocks, [0, 1, 2, 3]);
+        p.truncate(&mut s, 0);
+        // without forgetting: the two never-used blocks, then the cached ones
+        let mut t = s.clone();
+        append(&mut p, &mut t, &toks(3 * BLOCK, 2));
+        assert_eq!(t.blocks, [4, 5, 0]);
+        p.truncate(&mut t, 0);
+        p.forget_unused_cache();
+        assert_eq!(p.stats().blocks_cached, 0);
+        let mut u = SeqKv::default();
+        append(&mut p, &mut u, &toks(5 * BLOCK, 3));
+        assert_eq!(u.blocks, [0, 1, 2, 3, 4], "lowest first, consecutive");
+        // a kept head, then the blocks right after it
+        p.truncate(&mut u, 2 * BLOCK);
+        p.forget_unused_cache();
+        append(&mut p, &mut u, &toks(2 * BLOCK, 4));
+        assert_eq!(u.blocks, [0, 1, 2, 3]);
+        // blocks in use keep their prefix-cache entries
+        assert_eq!(p.reuse_prefix(&mut SeqKv::default(), &toks(6 * BLOCK, 3)), 2 * BLOCK);
     }
 }
