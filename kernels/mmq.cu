@@ -19,9 +19,19 @@
 #include "mmvq.cu"
 
 #if defined(HAS_MMA_F16)
-#define MMQ_WARPS 4
+// warps of a block, each taking every MMQ_WARPS-th group of the same rows
+#ifndef MMQ_WARPS
+#define MMQ_WARPS 8
+#endif
 #define MMQ_ROWS 16
+// groups whose weights a warp loads at once
+#ifndef MMQ_UNROLL
 #define MMQ_UNROLL 4
+#endif
+// row tiles of MMQ_ROWS a block takes up to 16 tokens
+#ifndef MMQ_RT_SMALL
+#define MMQ_RT_SMALL 1
+#endif
 
 // MQ<T>: lane part c (0 .. 3) of group g of a weight row for the mma: its
 // two words (w0 for k slots 4c .., w1 for 16 + 4c ..), the x words they
@@ -114,80 +124,148 @@ struct MQ<TQ5_0X4> : MQHalves<TQ5_0X4> {
     }
 };
 
-template <typename T, int NT>
+template <typename T, int NT, int RT>
 static __device__ __forceinline__ void mmq(const u8* __restrict__ W, const int2* __restrict__ xq, const float* __restrict__ xd,
                                            const float* __restrict__ xs, float* __restrict__ y, int rows, int cols, int nt,
                                            int add) {
     using Q = MQ<T>;
-    __shared__ float red[MMQ_WARPS - 1][NT][4][32];
+    __shared__ float red[MMQ_WARPS - 1][NT][RT][4][32];
     GRID_START();
     const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, c = lane % 4;
-    const int r0 = blockIdx.x * MMQ_ROWS, t0 = blockIdx.y * 8 * NT;
+    const int r0 = blockIdx.x * MMQ_ROWS * RT, t0 = blockIdx.y * 8 * NT;
     const int ng = cols >> 5, xw = cols >> 2;
     const u64 rb = (u64)(cols / T::BLK) * T::BYTES;
-    const u8* wa = W + (u64)min(r0 + g, rows - 1) * rb;  // rows past the end repeat the last
-    const u8* wb = W + (u64)min(r0 + g + 8, rows - 1) * rb;
-    const int kw0 = Q::kw0(c), kw1 = Q::kw1(c);
-    float acc[NT][4];
+    const u8* wa[RT];
+    const u8* wb[RT];
 #pragma unroll
-    for (int j = 0; j < NT; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+    for (int i = 0; i < RT; i++) {
+        // rows past the end repeat the last
+        wa[i] = W + (u64)min(r0 + MMQ_ROWS * i + g, rows - 1) * rb;
+        wb[i] = W + (u64)min(r0 + MMQ_ROWS * i + g + 8, rows - 1) * rb;
+    }
+    const int kw0 = Q::kw0(c), kw1 = Q::kw1(c);
+    float acc[NT][RT][4];
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+#pragma unroll
+        for (int i = 0; i < RT; i++) acc[j][i][0] = acc[j][i][1] = acc[j][i][2] = acc[j][i][3] = 0.0f;
+    }
+    // up to 16 tokens the x fragments and scales of a step's groups are
+    // loaded with its weights (one wait per step, not a second one for x)
+    constexpr bool PX = NT <= 2;
+    constexpr int PN = PX ? NT : 1, PU = PX ? MMQ_UNROLL : 1;
     for (int gb = w; gb < ng; gb += MMQ_WARPS * MMQ_UNROLL) {
-        Q qa[MMQ_UNROLL], qb[MMQ_UNROLL];
+        Q qa[MMQ_UNROLL][RT], qb[MMQ_UNROLL][RT];
+        int2 px0[PU][PN], px1[PU][PN];
+        float pdc[PU][PN], pdd[PU][PN], pxc[PU][PN], pxe[PU][PN];
 #pragma unroll
         for (int u = 0; u < MMQ_UNROLL; u++) {  // clamped: every load in flight at once
             const int grp = min(gb + u * MMQ_WARPS, ng - 1);
-            qa[u].load(wa, grp, c);
-            qb[u].load(wb, grp, c);
+#pragma unroll
+            for (int i = 0; i < RT; i++) {
+                qa[u][i].load(wa[i], grp, c);
+                qb[u][i].load(wb[i], grp, c);
+            }
+            if (PX) {
+#pragma unroll
+                for (int j = 0; j < PN; j++) {
+                    const int tb = min(t0 + 8 * j + g, nt - 1);
+                    const int2* xr = xq + (u64)tb * xw + grp * 8;
+                    px0[PX ? u : 0][j] = xr[kw0];
+                    px1[PX ? u : 0][j] = xr[kw1];
+                    const int tc = min(t0 + 8 * j + 2 * c, nt - 1), td = min(t0 + 8 * j + 2 * c + 1, nt - 1);
+                    pdc[PX ? u : 0][j] = xd[(u64)tc * ng + grp];
+                    pdd[PX ? u : 0][j] = xd[(u64)td * ng + grp];
+                    pxc[PX ? u : 0][j] = xs[(u64)tc * ng + grp];
+                    pxe[PX ? u : 0][j] = xs[(u64)td * ng + grp];
+                }
+            }
         }
 #pragma unroll
         for (int u = 0; u < MMQ_UNROLL; u++) {
             const int grp = gb + u * MMQ_WARPS;
             if (grp >= ng) break;  // uniform per warp
-            float sa0 = qa[u].s, sb0 = qb[u].s, sa1 = 0.0f, sb1 = 0.0f;
-            int a0[4] = {qa[u].w0, qb[u].w0, qa[u].w1, qb[u].w1}, a1[4] = {0, 0, 0, 0};
-            if (Q::SPLIT) {
-                // lanes c < 2 hold half 0, the others half 1: each half its own mma
-                const float oa = SHFL_XOR(sa0, 2), ob = SHFL_XOR(sb0, 2);
-                const bool h0 = c < 2;
-                sa1 = h0 ? oa : sa0;
-                sb1 = h0 ? ob : sb0;
-                sa0 = h0 ? sa0 : oa;
-                sb0 = h0 ? sb0 : ob;
+            // the A fragments and scales of each row tile (SPLIT: each half its own)
+            float sa0[RT], sb0[RT], sa1[RT], sb1[RT];
+            int a0[RT][4], a1[RT][4];
+            bool mins = false;
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    a1[e] = h0 ? 0 : a0[e];
-                    a0[e] = h0 ? a0[e] : 0;
+            for (int i = 0; i < RT; i++) {
+                sa0[i] = qa[u][i].s;
+                sb0[i] = qb[u][i].s;
+                sa1[i] = sb1[i] = 0.0f;
+                a0[i][0] = qa[u][i].w0;
+                a0[i][1] = qb[u][i].w0;
+                a0[i][2] = qa[u][i].w1;
+                a0[i][3] = qb[u][i].w1;
+                mins |= qa[u][i].m != 0.0f || qb[u][i].m != 0.0f;
+#pragma unroll
+                for (int e = 0; e < 4; e++) a1[i][e] = 0;
+                if (Q::SPLIT) {
+                    // lanes c < 2 hold half 0, the others half 1
+                    const float oa = SHFL_XOR(sa0[i], 2), ob = SHFL_XOR(sb0[i], 2);
+                    const bool h0 = c < 2;
+                    sa1[i] = h0 ? oa : sa0[i];
+                    sb1[i] = h0 ? ob : sb0[i];
+                    sa0[i] = h0 ? sa0[i] : oa;
+                    sb0[i] = h0 ? sb0[i] : ob;
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        a1[i][e] = h0 ? 0 : a0[i][e];
+                        a0[i][e] = h0 ? a0[i][e] : 0;
+                    }
                 }
             }
 #pragma unroll
             for (int j = 0; j < NT; j++) {
-                const int tb = min(t0 + 8 * j + g, nt - 1);
-                const int2* xr = xq + (u64)tb * xw + grp * 8;
-                const int2 x0 = xr[kw0], x1 = xr[kw1];
-                const int tc = min(t0 + 8 * j + 2 * c, nt - 1), td = min(t0 + 8 * j + 2 * c + 1, nt - 1);
-                const float dc = xd[(u64)tc * ng + grp], dd = xd[(u64)td * ng + grp];
-                int hi[4] = {0, 0, 0, 0}, lo[4] = {0, 0, 0, 0};
-                mma_s8(hi, a0, x0.x, x1.x);
-                mma_s8(lo, a0, x0.y, x1.y);
-                acc[j][0] += sa0 * dc * (float)(256 * hi[0] + lo[0]);
-                acc[j][1] += sa0 * dd * (float)(256 * hi[1] + lo[1]);
-                acc[j][2] += sb0 * dc * (float)(256 * hi[2] + lo[2]);
-                acc[j][3] += sb0 * dd * (float)(256 * hi[3] + lo[3]);
-                if (Q::SPLIT) {
-                    int h1[4] = {0, 0, 0, 0}, l1[4] = {0, 0, 0, 0};
-                    mma_s8(h1, a1, x0.x, x1.x);
-                    mma_s8(l1, a1, x0.y, x1.y);
-                    acc[j][0] += sa1 * dc * (float)(256 * h1[0] + l1[0]);
-                    acc[j][1] += sa1 * dd * (float)(256 * h1[1] + l1[1]);
-                    acc[j][2] += sb1 * dc * (float)(256 * h1[2] + l1[2]);
-                    acc[j][3] += sb1 * dd * (float)(256 * h1[3] + l1[3]);
+                // one token tile's x fragments and scales, for every row tile
+                int2 x0, x1;
+                float dc, dd, xc = 0.0f, xe = 0.0f;
+                if (PX) {
+                    x0 = px0[PX ? u : 0][PX ? j : 0];
+                    x1 = px1[PX ? u : 0][PX ? j : 0];
+                    dc = pdc[PX ? u : 0][PX ? j : 0];
+                    dd = pdd[PX ? u : 0][PX ? j : 0];
+                    xc = pxc[PX ? u : 0][PX ? j : 0];
+                    xe = pxe[PX ? u : 0][PX ? j : 0];
+                } else {
+                    const int tb = min(t0 + 8 * j + g, nt - 1);
+                    const int2* xr = xq + (u64)tb * xw + grp * 8;
+                    x0 = xr[kw0];
+                    x1 = xr[kw1];
+                    const int tc = min(t0 + 8 * j + 2 * c, nt - 1), td = min(t0 + 8 * j + 2 * c + 1, nt - 1);
+                    dc = xd[(u64)tc * ng + grp];
+                    dd = xd[(u64)td * ng + grp];
+                    if (mins) {
+                        xc = xs[(u64)tc * ng + grp];
+                        xe = xs[(u64)td * ng + grp];
+                    }
                 }
-                if (qa[u].m != 0.0f || qb[u].m != 0.0f) {
-                    const float xc = xs[(u64)tc * ng + grp], xe = xs[(u64)td * ng + grp];
-                    acc[j][0] += qa[u].m * xc;
-                    acc[j][1] += qa[u].m * xe;
-                    acc[j][2] += qb[u].m * xc;
-                    acc[j][3] += qb[u].m * xe;
+#pragma unroll
+                for (int i = 0; i < RT; i++) {
+                    int hi[4] = {0, 0, 0, 0}, lo[4] = {0, 0, 0, 0};
+                    mma_s8(hi, a0[i], x0.x, x1.x);
+                    mma_s8(lo, a0[i], x0.y, x1.y);
+                    float* o = acc[j][i];
+                    o[0] += sa0[i] * dc * (float)(256 * hi[0] + lo[0]);
+                    o[1] += sa0[i] * dd * (float)(256 * hi[1] + lo[1]);
+                    o[2] += sb0[i] * dc * (float)(256 * hi[2] + lo[2]);
+                    o[3] += sb0[i] * dd * (float)(256 * hi[3] + lo[3]);
+                    if (Q::SPLIT) {
+                        int h1[4] = {0, 0, 0, 0}, l1[4] = {0, 0, 0, 0};
+                        mma_s8(h1, a1[i], x0.x, x1.x);
+                        mma_s8(l1, a1[i], x0.y, x1.y);
+                        o[0] += sa1[i] * dc * (float)(256 * h1[0] + l1[0]);
+                        o[1] += sa1[i] * dd * (float)(256 * h1[1] + l1[1]);
+                        o[2] += sb1[i] * dc * (float)(256 * h1[2] + l1[2]);
+                        o[3] += sb1[i] * dd * (float)(256 * h1[3] + l1[3]);
+                    }
+                    if (mins) {
+                        o[0] += qa[u][i].m * xc;
+                        o[1] += qa[u][i].m * xe;
+                        o[2] += qb[u][i].m * xc;
+                        o[3] += qb[u][i].m * xe;
+                    }
                 }
             }
         }
@@ -196,7 +274,10 @@ static __device__ __forceinline__ void mmq(const u8* __restrict__ W, const int2*
 #pragma unroll
         for (int j = 0; j < NT; j++) {
 #pragma unroll
-            for (int e = 0; e < 4; e++) red[w - 1][j][e][lane] = acc[j][e];
+            for (int i = 0; i < RT; i++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) red[w - 1][j][i][e][lane] = acc[j][i][e];
+            }
         }
     }
     __syncthreads();
@@ -204,25 +285,30 @@ static __device__ __forceinline__ void mmq(const u8* __restrict__ W, const int2*
 #pragma unroll
     for (int j = 0; j < NT; j++) {
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-            float v = acc[j][e];
+        for (int i = 0; i < RT; i++) {
 #pragma unroll
-            for (int k = 0; k < MMQ_WARPS - 1; k++) v += red[k][j][e][lane];
-            const int r = r0 + g + (e & 2 ? 8 : 0), t = t0 + 8 * j + 2 * c + (e & 1);
-            if (r < rows && t < nt) {
-                float* o = y + (u64)t * rows + r;
-                *o = add ? *o + v : v;
+            for (int e = 0; e < 4; e++) {
+                float v = acc[j][i][e];
+#pragma unroll
+                for (int k = 0; k < MMQ_WARPS - 1; k++) v += red[k][j][i][e][lane];
+                const int r = r0 + MMQ_ROWS * i + g + (e & 2 ? 8 : 0), t = t0 + 8 * j + 2 * c + (e & 1);
+                if (r < rows && t < nt) {
+                    float* o = y + (u64)t * rows + r;
+                    *o = add ? *o + v : v;
+                }
             }
         }
     }
 }
 
-// mmq_<type>_<8 NT>: NT tiles of 8 tokens per block.
+// mmq_<type>_<8 NT>: NT tiles of 8 tokens per block, on MMQ_RT_SMALL row
+// tiles of 16 rows up to 16 tokens (their x fragments loaded once for all),
+// on one above.
 #define MMQ_KERNEL(T, s, NT)                                                                                         \
     KERNEL void __launch_bounds__(MMQ_WARPS * 32) mmq_##s##_##NT(const u8* W, const int2* xq, const float* xd,        \
                                                                  const float* xs, float* y, int rows, int cols, int nt, \
                                                                  int add) {                                            \
-        mmq<T, NT / 8>(W, xq, xd, xs, y, rows, cols, nt, add);                                                          \
+        mmq<T, NT / 8, NT <= 16 ? MMQ_RT_SMALL : 1>(W, xq, xd, xs, y, rows, cols, nt, add);                             \
     }
 #define MMQ_TYPE(T, s) MMQ_KERNEL(T, s, 8) MMQ_KERNEL(T, s, 16) MMQ_KERNEL(T, s, 32) MMQ_KERNEL(T, s, 64)
 MMQ_TYPE(TQ4_0, q4_0)

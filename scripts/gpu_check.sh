@@ -117,9 +117,9 @@ for step in $steps; do
       run bench-cpu "$BIN/bench" --backend cpu,cuda --threads 16 --pp 128 --tg 32 --reps 1 \
         "$TWINS/smollm2-twin.gguf" "$TWINS/qwen2-twin.gguf" "$TWINS/gemma3-twin.gguf" ;;
     sanitize)
-      run sanitize-ops env FORGE_ACT16=1 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 1 "$BIN/device_ops" --test-threads 1 \
-        attention rope_qkv rmsnorm gated_ffn embedding_rows matmul_all_types pair_products
-      run sanitize-model env FORGE_ACT16=1 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 1 "$BIN/gpu_model" smollm2_twin ;;
+      run sanitize-ops env FORGE_ACT16=1 compute-sanitizer --tool memcheck --report-api-errors no --leak-check full --error-exitcode 1 "$BIN/device_ops" --test-threads 1 \
+        attention rope_qkv rmsnorm gated_ffn embedding_rows matmul_all_types pair_products mmq_products attention_mixed topk_candidates
+      run sanitize-model env FORGE_ACT16=1 compute-sanitizer --tool memcheck --report-api-errors no --leak-check full --error-exitcode 1 "$BIN/gpu_model" smollm2_twin batched_smollm2_twin ;;
     real)
       run real env FORGE_ACT16=1 FORGE_REAL_SMOLLM2="${REAL_SMOLLM2:?}" "$BIN/gpu_model" real_smollm2 --nocapture ;;
     *) echo "unknown step $step"; exit 2 ;;

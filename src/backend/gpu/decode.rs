@@ -259,7 +259,7 @@ pub enum Plan {
     Prepared,
     /// The older matvec kernel per product (norm fused, one token).
     Staged,
-    /// 2 ..= [`MMQ_MAX`] tokens on tensor cores ([`mmq_enabled`]): x prepared once by
+    /// 2 ..= [`MMQ_MAX`] tokens on tensor cores ([`mmq_rows`]): x prepared once by
     /// `quantize_act` (norm fused), each product by `mmq_*` (gated pairs
     /// as two products and the glu kernel).
     Mmq,
@@ -281,12 +281,25 @@ pub fn has_mmq(info: &DeviceInfo) -> bool {
     info.backend == "cuda" && sm >= 80
 }
 
-/// Whether [`plan`] takes the `mmq_*` products (FORGE_MMQ=1; off by
-/// default: in their first form they lost to the decode kernels and to
-/// f16 BLAS on the Qwen twin at every batch size, docs/PERFORMANCE.md).
-pub fn mmq_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| crate::env_flag("FORGE_MMQ"))
+/// The token counts for which [`plan`] takes the `mmq_*` products: by
+/// default 4 ..= 8, where they beat the decode kernels' several-token
+/// forms and the f16 BLAS on both twins (2 rows stay on the decode kernels,
+/// 9 and more on BLAS; docs/PERFORMANCE.md). `FORGE_MMQ=1`: 2 ..=
+/// [`MMQ_MAX`]; `FORGE_MMQ=0`: never.
+pub fn mmq_rows() -> std::ops::RangeInclusive<usize> {
+    static R: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+    let &(a, b) = R.get_or_init(|| match std::env::var("FORGE_MMQ").ok().as_deref() {
+        Some("1") | Some("on") | Some("true") => (2, MMQ_MAX),
+        Some("0") | Some("off") | Some("false") => (1, 0),
+        _ => (4, 8),
+    });
+    a..=b
+}
+
+/// Whether [`plan`] takes the `mmq_*` products for `nt` tokens on this
+/// device (see [`mmq_rows`]).
+pub fn mmq_wanted(info: &DeviceInfo, nt: usize) -> bool {
+    has_mmq(info) && mmq_rows().contains(&nt)
 }
 
 /// Whether `mmq_*` takes product `p` (its W and, when gated, its partner
@@ -311,7 +324,7 @@ pub fn mmq_kernel(suffix: &str, nt: usize) -> (String, usize) {
 /// whether every product stores (a pair cannot add). Every product's gated
 /// partner has its type (else no fused form takes it).
 pub fn plan(info: &DeviceInfo, prods: &[Product], prepared: bool, stores: bool, same_types: bool) -> Plan {
-    plan_with(info, prods, prepared, stores, same_types, mmq_enabled())
+    plan_with(info, prods, prepared, stores, same_types, mmq_wanted(info, prods.first().map_or(0, |p| p.nt)))
 }
 
 /// [`plan`], with the `mmq_*` products on or off.

@@ -318,7 +318,7 @@ impl Exec for GpuExec {
             let runs = [(0, n)];
             let (n_dec, runs): (usize, &[(usize, usize)]) = if n == 1 { (1, &[]) } else { (0, &runs) };
             let k = rows.count(n) * nv;
-            let pass = Pass { ids: chunk, pos: &pos, tab: &tab, bt: &bt, n_dec, runs, out: rows };
+            let pass = Pass { ids: chunk, pos: &pos, tab: &tab, bt: &bt, n_dec, runs, out: rows, pad: 0 };
             self.run_pass(&pass, Dest::Logits(&mut out[done..done + k]))?;
             done += k;
         }
@@ -481,7 +481,22 @@ struct Pass<'a> {
     n_dec: usize,
     runs: &'a [(usize, usize)],
     out: OutRows,
+    /// The last `pad` rows only fill a captured size (decode rows of the
+    /// trash block); their logits are not returned.
+    pad: usize,
 }
+
+/// What a captured decode step was captured for: its rows, and a one-row
+/// contiguous pass's first slot.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct GraphKey {
+    n: usize,
+    contiguous: Option<usize>,
+}
+
+/// The sizes decode steps are captured at; a step of n rows is padded to
+/// the first size ≥ n (larger steps run uncaptured).
+pub const GRAPH_BUCKETS: [usize; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
 
 impl Pass<'_> {
     /// One sequence whose blocks are consecutive in the pool (a lone
@@ -547,12 +562,17 @@ pub struct GpuExec {
     step_host: HostBuf,
     logits_host: HostBuf,
     gemm: Option<GemmScratch>,
-    /// The one-row decode step (the single-stream path), captured once and
-    /// replayed: it reads its token, position and block table from `step`;
-    /// with the first slot of a contiguous pass it was captured for.
-    graph: Option<(Graph, Option<usize>)>,
-    /// Replay the decode graph (FORGE_NO_GRAPH=1 turns it off).
+    /// Captured decode steps, replayed: a pass of only decode rows, padded
+    /// to a size of [`GRAPH_BUCKETS`], is captured once per size (the
+    /// one-row step also per first slot of a contiguous pass). The kernels
+    /// read tokens, positions and block tables from `step`, so one graph
+    /// serves every step of its size.
+    graphs: Vec<(GraphKey, Graph)>,
+    /// Replay decode graphs (FORGE_NO_GRAPH=1 turns them off).
     pub use_graph: bool,
+    /// A block outside the engine's pool (its last): a padded row of a
+    /// captured step writes its K/V there and attends only to it.
+    trash: i32,
     /// This pass's output rows are the final hidden states (after the
     /// output norm, n_embd floats each) in the logits buffer, not logits
     /// ([`Exec::forward_hidden`]); never captured in the graph.
@@ -565,7 +585,7 @@ impl Drop for GpuExec {
     fn drop(&mut self) {
         let rt = &self.m.dev.rt;
         let _ = rt.stream_sync(self.s);
-        if let Some((g, _)) = self.graph.take() {
+        for (_, g) in self.graphs.drain(..) {
             rt.graph_destroy(g);
         }
         rt.stream_destroy(self.s);
@@ -584,7 +604,8 @@ impl GpuExec {
         let c = &m.cfg;
         let p = &m.pool;
         let f32s = |n: usize, what: &str| p.alloc(n * 4, what);
-        let slots = n_blocks.checked_mul(BLOCK).ok_or_else(|| Error::InvalidArgument(format!("{n_blocks} KV blocks")))?;
+        // one block more than the pool's: the padded rows' (`trash`)
+        let slots = (n_blocks + 1).checked_mul(BLOCK).ok_or_else(|| Error::InvalidArgument(format!("{n_blocks} KV blocks")))?;
         let kv = |w: usize, what: &str| {
             c.n_layer.checked_mul(slots).and_then(|v| v.checked_mul(w * 2)).ok_or_else(|| Error::InvalidArgument(format!("{n_blocks} KV blocks overflow the KV cache size"))).and_then(|b| p.alloc(b, what))
         };
@@ -625,7 +646,7 @@ impl GpuExec {
             u: f32s(b * c.n_ff, "activations")?,
             part: f32s(part_rows(c.n_head, splits, sms) * (2 + c.head_dim_v), "attention partials")?,
             counters: p.alloc(b * c.n_head * 4, "attention counters")?,
-            act: ActBuf::with_tokens(p, max_cols, if decode::has_mmq(m.dev.rt.info()) && decode::mmq_enabled() { decode::MMQ_MAX } else { ops::MMV_MAXT })?,
+            act: ActBuf::with_tokens(p, max_cols, if decode::has_mmq(m.dev.rt.info()) { (*decode::mmq_rows().end()).max(ops::MMV_MAXT) } else { ops::MMV_MAXT })?,
             // one row of logits, or of hidden states (forward_hidden)
             logits: f32s(c.n_vocab.max(c.n_embd), "logits")?,
             logits_rows: 1,
@@ -635,7 +656,8 @@ impl GpuExec {
             step_host: HostBuf::new(&m.dev.rt, step_cap * 4)?,
             logits_host: HostBuf::new(&m.dev.rt, c.n_vocab * 4)?,
             gemm,
-            graph: None,
+            graphs: Vec::new(),
+            trash: i32::try_from(n_blocks).map_err(|_| Error::InvalidArgument(format!("{n_blocks} KV blocks")))?,
             use_graph: !crate::env_flag("FORGE_NO_GRAPH") && !super::profile::enabled(),
             out_hidden: false,
             failed: None,
@@ -687,9 +709,25 @@ impl GpuExec {
                 runs.push((order.len(), idx.len()));
                 order.extend(idx);
             }
-            let ids: Vec<u32> = order.iter().map(|&i| chunk[i].token).collect();
-            let pos: Vec<i32> = order.iter().map(|&i| chunk[i].pos as i32).collect();
-            let tab: Vec<i32> = order.iter().map(|&i| tab_of[i]).collect();
+            let mut ids: Vec<u32> = order.iter().map(|&i| chunk[i].token).collect();
+            let mut pos: Vec<i32> = order.iter().map(|&i| chunk[i].pos as i32).collect();
+            let mut tab: Vec<i32> = order.iter().map(|&i| tab_of[i]).collect();
+            // a step of only decode rows, each wanting its logits, runs as a
+            // captured graph of the next bucket's size: the padded rows
+            // (token 0 at position 0) write and read only the trash block,
+            // and their logits are not returned
+            let all_out = chunk.iter().all(|r| r.logits);
+            let pad = match self.graph_bucket(chunk.len()) {
+                Some(b) if n_dec == chunk.len() && all_out && chunk.len() > 1 => b - chunk.len(),
+                _ => 0,
+            };
+            if pad > 0 {
+                let t = bt.len() as i32;
+                bt.push(self.trash);
+                ids.resize(chunk.len() + pad, 0);
+                pos.resize(chunk.len() + pad, 0);
+                tab.resize(chunk.len() + pad, t);
+            }
             // the rows that want logits, in row order, as rows of the pass
             let mut at_in_pass = vec![0i32; chunk.len()];
             for (k, &i) in order.iter().enumerate() {
@@ -697,7 +735,9 @@ impl GpuExec {
             }
             let want: Vec<i32> = (0..chunk.len()).filter(|&i| chunk[i].logits).map(|i| at_in_pass[i]).collect();
             let n = chunk.len();
-            let out = if want.is_empty() {
+            let out = if pad > 0 {
+                OutRows::All
+            } else if want.is_empty() {
                 OutRows::None
             } else if want == [n as i32 - 1] {
                 OutRows::Last
@@ -707,7 +747,7 @@ impl GpuExec {
                 OutRows::Gather(want)
             };
             let count = out.count(n);
-            let pass = Pass { ids: &ids, pos: &pos, tab: &tab, bt: &bt, n_dec, runs: &runs, out };
+            let pass = Pass { ids: &ids, pos: &pos, tab: &tab, bt: &bt, n_dec: n_dec + pad, runs: &runs, out, pad };
             match &mut sink {
                 Sink::Logits(logits) => {
                     let start = logits.len();
@@ -720,12 +760,23 @@ impl GpuExec {
         Ok(())
     }
 
-    /// Forget the captured graph (a buffer it reads moved).
+    /// Forget the captured graphs (a buffer they read moved).
     fn drop_graph(&mut self) {
-        if let Some((g, _)) = self.graph.take() {
+        if !self.graphs.is_empty() {
             let _ = self.m.dev.rt.stream_sync(self.s);
+        }
+        for (_, g) in self.graphs.drain(..) {
             self.m.dev.rt.graph_destroy(g);
         }
+    }
+
+    /// The captured size a decode step of `n` rows is padded to, if steps
+    /// are captured at all.
+    fn graph_bucket(&self, n: usize) -> Option<usize> {
+        if !self.use_graph || self.out_hidden {
+            return None;
+        }
+        GRAPH_BUCKETS.iter().copied().find(|&b| b >= n)
     }
 
     /// Run one pass and write its logits rows (`p.out`) into `dst`, sized
@@ -733,7 +784,9 @@ impl GpuExec {
     fn run_pass(&mut self, p: &Pass, dest: Dest) -> Result<()> {
         let n = p.ids.len();
         debug_assert!(n > 0 && n <= MAX_BATCH && p.pos.len() == n && p.tab.len() == n);
+        debug_assert!(p.pad == 0 || (p.out == OutRows::All && p.n_dec == n && p.pad < n));
         let nv = self.out_width();
+        // rows computed; the last `pad` of them are not returned
         let rows = p.out.count(n);
         let gather: &[i32] = match &p.out {
             OutRows::Gather(g) => g,
@@ -750,7 +803,9 @@ impl GpuExec {
         }
         if rows > self.logits_rows {
             self.drop_graph();
-            // sized for logits whatever this pass returns
+            // sized for logits whatever this pass returns, and for a bucket
+            // of rows (each growth forgets every captured graph)
+            let rows = self.graph_bucket(rows).unwrap_or(rows);
             let width = self.m.cfg.n_vocab.max(self.m.cfg.n_embd);
             self.logits = self.m.pool.alloc(rows * width * 4, "logits")?;
             self.logits_rows = rows;
@@ -777,21 +832,47 @@ impl GpuExec {
         let lay = StepLayout { ids: at(0), at: KvRows { pos: at(n), tab: at(2 * n), bt }, gather: at(3 * n), base: contiguous.unwrap_or(0) };
         let rt = self.m.dev.rt.clone();
         rt.htod(self.s, step, &self.step_host.bytes()[..need * 4])?;
-        if n == 1 && p.out == OutRows::Last && self.use_graph && !self.out_hidden {
-            if self.graph.as_ref().is_some_and(|(_, c)| *c != contiguous) {
-                self.drop_graph();
+        let captured = if n == 1 { p.out == OutRows::Last } else { p.out == OutRows::All && p.runs.is_empty() && p.n_dec == n };
+        if captured && self.graph_bucket(n) == Some(n) {
+            let key = GraphKey { n, contiguous };
+            if n == 1 {
+                // one one-row graph: a contiguous pass elsewhere replaces it
+                if let Some(i) = self.graphs.iter().position(|(k, _)| k.n == 1 && *k != key) {
+                    let _ = rt.stream_sync(self.s);
+                    rt.graph_destroy(self.graphs.swap_remove(i).1);
+                }
             }
-            if self.graph.is_none() {
-                rt.graph_begin(self.s)?;
-                let r = self.enqueue(p, &lay);
-                let g = rt.graph_end(self.s);
-                r?;
-                self.graph = Some((g?, contiguous));
+            let g = match self.graphs.iter().find(|(k, _)| *k == key) {
+                Some((_, g)) => Some(*g),
+                None => {
+                    // a step that cannot be captured (a vendor library that
+                    // allocates while capturing) runs uncaptured from now on
+                    let g = rt.graph_begin(self.s).and_then(|()| {
+                        let r = self.enqueue(p, &lay);
+                        let g = rt.graph_end(self.s);
+                        r.and(g)
+                    });
+                    match g {
+                        Ok(g) => {
+                            self.graphs.push((key, g));
+                            Some(g)
+                        }
+                        Err(e) => {
+                            eprintln!("rocmforge: warning: GPU decode steps run uncaptured: capturing a {n}-row step failed ({e})");
+                            self.use_graph = false;
+                            None
+                        }
+                    }
+                }
+            };
+            match g {
+                Some(g) => rt.graph_launch(self.s, g)?,
+                None => self.enqueue(p, &lay)?,
             }
-            rt.graph_launch(self.s, self.graph.as_ref().expect("captured").0)?;
         } else {
             self.enqueue(p, &lay)?;
         }
+        let rows = rows - p.pad;
         let dst = match dest {
             Dest::Logits(dst) => dst,
             Dest::Top(t) => return self.top_rows(rows, t),
@@ -978,10 +1059,13 @@ impl GpuExec {
         let prods = projs.iter().map(|p| decode::Product::of(p.w, n, p.up.is_some(), norm.is_some())).collect::<Result<Vec<_>>>()?;
         let stores = projs.iter().all(|p| p.out == Out::Store);
         let prepared = prep.is_some() && norm.is_none();
+        // the tensor-core products where they win (decode::mmq_rows); else
         // matrices with resident f16 copies: several rows go to the vendor BLAS
+        let info = dev.rt.info();
+        let mmq = decode::mmq_wanted(info, n) && same_types && prods.iter().all(|p| decode::mmq_fits(info, p));
         let gemm = self.gemm.as_ref();
-        let resident = projs.iter().all(|p| ops::resident_gemm(dev, p.w, n, gemm) && p.up.map_or(true, |(u, _)| ops::resident_gemm(dev, u, n, gemm)));
-        let plan = if resident { decode::Plan::Gemm } else { decode::plan(dev.rt.info(), &prods, prepared, stores, same_types) };
+        let resident = !mmq && projs.iter().all(|p| ops::resident_gemm(dev, p.w, n, gemm) && p.up.map_or(true, |(u, _)| ops::resident_gemm(dev, u, n, gemm)));
+        let plan = if resident { decode::Plan::Gemm } else { decode::plan_with(info, &prods, prepared, stores, same_types, mmq) };
         match plan {
             decode::Plan::Pair => {
                 let [a, b] = projs else { unreachable!("a pair plan has two products") };

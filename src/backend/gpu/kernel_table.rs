@@ -29,11 +29,17 @@ pub const KV_BLOCK: usize = 16;
 /// `MMQ_ROWS` in kernels/mmq.cu.
 pub const MMQ_ROWS: usize = 16;
 
-/// `MMQ_UNROLL` in kernels/mmq.cu.
+/// `MMQ_RT_SMALL` in kernels/mmq.cu (the default: `#ifndef`-guarded, a compile option may override
+/// it).
+pub const MMQ_RT_SMALL: usize = 1;
+
+/// `MMQ_UNROLL` in kernels/mmq.cu (the default: `#ifndef`-guarded, a compile option may override
+/// it).
 pub const MMQ_UNROLL: usize = 4;
 
-/// `MMQ_WARPS` in kernels/mmq.cu.
-pub const MMQ_WARPS: usize = 4;
+/// `MMQ_WARPS` in kernels/mmq.cu (the default: `#ifndef`-guarded, a compile option may override
+/// it).
+pub const MMQ_WARPS: usize = 8;
 
 /// `MMVQ_MAXT` in kernels/mmvq.cu.
 pub const MMVQ_MAXT: usize = 8;

@@ -315,7 +315,10 @@ pub fn matmul_q(dev: &Device, s: Stream, w: &DevMatrix, a: &ActQ, y: DevPtr, out
         return Err(Error::InvalidArgument(format!("matmul_q: {} ({}) {}x{} for {} tokens of {} values", w.ty, p.suffix, w.rows, w.cols, a.nt, a.cols)));
     }
     let (name, per_block) = decode::mmq_kernel(p.suffix, a.nt);
-    let dims = LaunchDims { grid: (ceil(w.rows, 16), ceil(a.nt, per_block), 1), block: 128, shared: 0 };
+    use super::kernel_table::{MMQ_ROWS, MMQ_RT_SMALL, MMQ_WARPS};
+    let rt = if per_block <= 16 { kernel_define("MMQ_RT_SMALL", MMQ_RT_SMALL) } else { 1 };
+    let warps = kernel_define("MMQ_WARPS", MMQ_WARPS);
+    let dims = LaunchDims { grid: (ceil(w.rows, MMQ_ROWS * rt), ceil(a.nt, per_block), 1), block: (warps * 32) as u32, shared: 0 };
     dev.launch(
         s,
         &name,
@@ -325,6 +328,16 @@ pub fn matmul_q(dev: &Device, s: Stream, w: &DevMatrix, a: &ActQ, y: DevPtr, out
             Arg::I32(a.nt as i32), Arg::I32((out == Out::Add) as i32),
         ],
     )
+}
+
+/// A kernel constant: `default` (kernel_table's), or the value a
+/// `-DNAME=value` in `FORGE_NVRTC_OPTS` gives it (experiments; the
+/// constant must be `#ifndef`-guarded in kernels/).
+fn kernel_define(name: &str, default: usize) -> usize {
+    static OPTS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let opts = OPTS.get_or_init(|| std::env::var("FORGE_NVRTC_OPTS").unwrap_or_default());
+    let key = format!("-D{name}=");
+    opts.split_whitespace().find_map(|o| o.strip_prefix(&key)?.parse().ok()).unwrap_or(default)
 }
 
 /// The k largest of each of `rows` rows of x (rows, n) f32, largest first
@@ -405,7 +418,8 @@ fn env_rows(cell: &'static std::sync::OnceLock<usize>, name: &str, default: usiz
 
 /// [`f16_min_rows`] for wide matrices (at least [`F16_WIDE_COLS`] columns),
 /// whose several-token decode kernels are compute-bound sooner
-/// (`FORGE_F16_MIN_ROWS_WIDE`, default 4).
+/// (`FORGE_F16_MIN_ROWS_WIDE`, default 4). Where the tensor-core products
+/// take 4 ..= 8 rows ([`decode::mmq_rows`]) they come first.
 pub fn f16_min_rows_wide() -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     env_rows(&N, "FORGE_F16_MIN_ROWS_WIDE", 4)
