@@ -1,7 +1,9 @@
 // mmq.cu: quantized products of 2 .. 256 tokens on tensor cores (NVIDIA
 // sm_80+, where vendor.h defines HAS_MMA_F16): y (nt, rows) = / += W x, x
-// prepared by quant_act (mmvq.cu: per group of 32 values, 15-bit integers
-// in two byte planes, d and d * sum(v)), W in its device layout (quant.h;
+// prepared by quant_act in its group-major layout (mmvq.cu: per group of
+// 32 values, 15-bit integers in two byte planes, d and d * sum(v); the nt
+// tokens of one group side by side, so a warp's loads of 8 tokens' x
+// fragments and scales touch few lines), W in its device layout (quant.h;
 // integer forms in iquant.h). Each weight group is read once per block of
 // tokens and multiplied by int8 mma (m16n8k32) against both planes; the
 // group's scales turn the int32 sums into floats. CPU reference: the
@@ -133,7 +135,7 @@ static __device__ __forceinline__ void mmq(const u8* __restrict__ W, const int2*
     GRID_START();
     const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, c = lane % 4;
     const int r0 = blockIdx.x * MMQ_ROWS * RT, t0 = blockIdx.y * 8 * NT;
-    const int ng = cols >> 5, xw = cols >> 2;
+    const int ng = cols >> 5;
     const u64 rb = (u64)(cols / T::BLK) * T::BYTES;
     const u8* wa[RT];
     const u8* wb[RT];
@@ -170,14 +172,14 @@ static __device__ __forceinline__ void mmq(const u8* __restrict__ W, const int2*
 #pragma unroll
                 for (int j = 0; j < PN; j++) {
                     const int tb = min(t0 + 8 * j + g, nt - 1);
-                    const int2* xr = xq + (u64)tb * xw + grp * 8;
+                    const int2* xr = xq + ((u64)grp * nt + tb) * 8;
                     px0[PX ? u : 0][j] = xr[kw0];
                     px1[PX ? u : 0][j] = xr[kw1];
                     const int tc = min(t0 + 8 * j + 2 * c, nt - 1), td = min(t0 + 8 * j + 2 * c + 1, nt - 1);
-                    pdc[PX ? u : 0][j] = xd[(u64)tc * ng + grp];
-                    pdd[PX ? u : 0][j] = xd[(u64)td * ng + grp];
-                    pxc[PX ? u : 0][j] = xs[(u64)tc * ng + grp];
-                    pxe[PX ? u : 0][j] = xs[(u64)td * ng + grp];
+                    pdc[PX ? u : 0][j] = xd[(u64)grp * nt + tc];
+                    pdd[PX ? u : 0][j] = xd[(u64)grp * nt + td];
+                    pxc[PX ? u : 0][j] = xs[(u64)grp * nt + tc];
+                    pxe[PX ? u : 0][j] = xs[(u64)grp * nt + td];
                 }
             }
         }
@@ -230,15 +232,15 @@ static __device__ __forceinline__ void mmq(const u8* __restrict__ W, const int2*
                     xe = pxe[PX ? u : 0][PX ? j : 0];
                 } else {
                     const int tb = min(t0 + 8 * j + g, nt - 1);
-                    const int2* xr = xq + (u64)tb * xw + grp * 8;
+                    const int2* xr = xq + ((u64)grp * nt + tb) * 8;
                     x0 = xr[kw0];
                     x1 = xr[kw1];
                     const int tc = min(t0 + 8 * j + 2 * c, nt - 1), td = min(t0 + 8 * j + 2 * c + 1, nt - 1);
-                    dc = xd[(u64)tc * ng + grp];
-                    dd = xd[(u64)td * ng + grp];
+                    dc = xd[(u64)grp * nt + tc];
+                    dd = xd[(u64)grp * nt + td];
                     if (mins) {
-                        xc = xs[(u64)tc * ng + grp];
-                        xe = xs[(u64)td * ng + grp];
+                        xc = xs[(u64)grp * nt + tc];
+                        xe = xs[(u64)grp * nt + td];
                     }
                 }
 #pragma unroll

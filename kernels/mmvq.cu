@@ -27,11 +27,13 @@
 // 256 * blockIdx.x + i of token blockIdx.y; each 32 consecutive threads
 // (lanes 0-31 or 32-63 of a wave64) form one group. nw != 0: x is first
 // normalized, x * rsqrt(mean(x²) + eps) * nw.
+// gm != 0: the group-major layout of mmq.cu (tokens nt = gridDim.y): group
+// g of token t at word (g * nt + t) * 8 of xq, scales at g * nt + t.
 KERNEL void __launch_bounds__(256) quant_act(const float* __restrict__ x, const float* __restrict__ nw, float eps, int cols,
                                              i8* __restrict__ xq, float* __restrict__ xd, float* __restrict__ xs,
-                                             float* __restrict__ xf) {
+                                             float* __restrict__ xf, int gm) {
     __shared__ float red[32];
-    const int t = blockIdx.y, ng = cols >> 5;
+    const int t = blockIdx.y, ng = cols >> 5, nt = gridDim.y;
     const int e = blockIdx.x * blockDim.x + threadIdx.x;
     const bool in = e < cols;  // cols % 32 == 0: a group is wholly in or out
     const float we = in && nw ? nw[e] : 1.0f;  // a weight: no kernel writes it (GRID_START)
@@ -50,7 +52,13 @@ KERNEL void __launch_bounds__(256) quant_act(const float* __restrict__ x, const 
         s = rsqrtf(block_sum(ss, red) / (float)cols + eps);
     }
     const float v = xe * s * we;
-    act_store_group(v, e, in, xq + (u64)t * cols * 2, xd + (u64)t * ng, xs + (u64)t * ng);
+    if (gm) {
+        // act_store_group puts group g at word 8 g and scale g of its bases
+        const u64 k = (u64)(e >> 5) * (nt - 1) + t;
+        act_store_group(v, e, in, xq + k * 64, xd + k, xs + k);
+    } else {
+        act_store_group(v, e, in, xq + (u64)t * cols * 2, xd + (u64)t * ng, xs + (u64)t * ng);
+    }
     if (in) xf[(u64)t * cols + e] = v;
 }
 

@@ -815,7 +815,9 @@ mod gpu {
             let (_wb, m) = self.matrix(ty, w, rows, cols);
             let (xb, yb) = (self.up_f32(x), self.out_f32(n * rows));
             let act = ActBuf::with_tokens(&self.pool, cols, n).unwrap();
-            let a = ops::quantize_act(&self.dev, self.s, &act, xb.ptr, cols, n, None).unwrap();
+            let a = ops::quantize_act_mmq(&self.dev, self.s, &act, xb.ptr, cols, n, None).unwrap();
+            // the decode kernels read the token-major layout, and refuse this one
+            assert!(ops::matvec_q(&self.dev, self.s, &m, None, &a, yb.ptr, Out::Store).is_err());
             ops::matmul_q(&self.dev, self.s, &m, &a, yb.ptr, Out::Store).unwrap();
             let y = self.down_f32(&yb, n * rows);
             let acc = self.up_f32(&vec![1.0; n * rows]);
@@ -824,6 +826,8 @@ mod gpu {
                 assert!((p + 1.0 - q).abs() <= 1e-5 * (1.0 + p.abs()), "mmq Out::Add differs from Out::Store + 1: {p} vs {q}");
             }
             let dec = (n <= ops::MMV_MAXT && ops::decode_kernel(ty).is_some()).then(|| {
+                let a = ops::quantize_act(&self.dev, self.s, &act, xb.ptr, cols, n, None).unwrap();
+                assert!(ops::matmul_q(&self.dev, self.s, &m, &a, yb.ptr, Out::Store).is_err());
                 ops::matvec_q(&self.dev, self.s, &m, None, &a, yb.ptr, Out::Store).unwrap();
                 self.down_f32(&yb, n * rows)
             });

@@ -1081,7 +1081,7 @@ impl GpuExec {
             }
             decode::Plan::Staged => return projs.iter().try_for_each(|p| ops::matvec(dev, s, p.w, p.up, x, p.y, 1, p.out, norm)),
             decode::Plan::Mmq => {
-                let a = ops::quantize_act(dev, s, &self.act, x, cols, n, norm)?;
+                let a = ops::quantize_act_mmq(dev, s, &self.act, x, cols, n, norm)?;
                 for p in projs {
                     match p.up {
                         Some((u, act)) => {

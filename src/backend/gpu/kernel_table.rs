@@ -816,7 +816,7 @@ pub const KERNELS: &[(&str, &[Param])] = &[
             I32, I32, I32, F32, F32,
         ],
     ),
-    ("quant_act", &[Ptr, Ptr, F32, I32, Ptr, Ptr, Ptr, Ptr]),
+    ("quant_act", &[Ptr, Ptr, F32, I32, Ptr, Ptr, Ptr, Ptr, I32]),
     ("rmsnorm", &[Ptr, Ptr, Ptr, I32, F32, I32]),
     ("topk_rows", &[Ptr, I32, I32, Ptr, Ptr, Ptr]),
 ];

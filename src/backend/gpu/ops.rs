@@ -253,7 +253,7 @@ impl ActBuf {
         let d = q + (self.max_nt * self.max_cols * 2) as u64;
         let s = d + (self.max_nt * (self.max_cols / 32) * 4) as u64;
         let own = s + (self.max_nt * (self.max_cols / 32) * 4) as u64;
-        Ok(ActQ { q, d, s, f: if f == 0 { own } else { f }, cols, nt })
+        Ok(ActQ { q, d, s, f: if f == 0 { own } else { f }, cols, nt, group_major: false })
     }
 }
 
@@ -267,6 +267,9 @@ pub struct ActQ {
     f: DevPtr,
     cols: usize,
     nt: usize,
+    /// The layout of the `mmq_*` products ([`quantize_act_mmq`]): each
+    /// group's tokens side by side; else each token's groups.
+    group_major: bool,
 }
 
 /// Prepare x (nt, cols) for the decode products: 15-bit integers per 32
@@ -279,10 +282,18 @@ pub fn quantize_act(dev: &Device, s: Stream, buf: &ActBuf, x: DevPtr, cols: usiz
     Ok(a)
 }
 
+/// [`quantize_act`] in the group-major layout the `mmq_*` products read
+/// ([`matmul_q`]; kernels/mmq.cu).
+pub fn quantize_act_mmq(dev: &Device, s: Stream, buf: &ActBuf, x: DevPtr, cols: usize, nt: usize, norm: Option<(DevPtr, f32)>) -> Result<ActQ> {
+    let a = ActQ { group_major: true, ..buf.layout(cols, nt, 0)? };
+    quant_act(dev, s, x, norm, &a)?;
+    Ok(a)
+}
+
 fn quant_act(dev: &Device, s: Stream, x: DevPtr, norm: Option<(DevPtr, f32)>, a: &ActQ) -> Result<()> {
     let (nw, eps) = norm.unwrap_or((0, 0.0));
     let dims = LaunchDims { grid: (ceil(a.cols, 256), a.nt as u32, 1), block: 256, shared: 0 };
-    let args = [Arg::Ptr(x), Arg::Ptr(nw), Arg::F32(eps), Arg::I32(a.cols as i32), Arg::Ptr(a.q), Arg::Ptr(a.d), Arg::Ptr(a.s), Arg::Ptr(a.f)];
+    let args = [Arg::Ptr(x), Arg::Ptr(nw), Arg::F32(eps), Arg::I32(a.cols as i32), Arg::Ptr(a.q), Arg::Ptr(a.d), Arg::Ptr(a.s), Arg::Ptr(a.f), Arg::I32(a.group_major as i32)];
     dev.launch(s, "quant_act", dims, &args)
 }
 
@@ -300,18 +311,18 @@ impl ActQ {
 /// y (nt, rows) = / += W x for x prepared by [`quantize_act`]; or, with
 /// `glu = Some((w2, act))`, y = act(W x) * (W2 x). Needs [`decode_kernel`].
 pub fn matvec_q(dev: &Device, s: Stream, w: &DevMatrix, glu: Option<(&DevMatrix, FfnAct)>, a: &ActQ, y: DevPtr, out: Out) -> Result<()> {
-    if w.cols != a.cols {
-        return Err(Error::InvalidArgument(format!("matvec_q: {} with {} columns for activations of {}", w.ty, w.cols, a.cols)));
+    if w.cols != a.cols || a.group_major {
+        return Err(Error::InvalidArgument(format!("matvec_q: {} with {} columns for activations of {} (token-major: quantize_act)", w.ty, w.cols, a.cols)));
     }
     decode_product(dev, s, Input::Prepared, w, a.nt, decode::X::Prepared(a), Target { y, out, glu })
 }
 
 /// y (nt, rows) = / += W x on tensor cores for x prepared by
-/// [`quantize_act`] (2 ..= [`decode::MMQ_MAX`] tokens; see
+/// [`quantize_act_mmq`] (2 ..= [`decode::MMQ_MAX`] tokens; see
 /// [`decode::mmq_fits`]).
 pub fn matmul_q(dev: &Device, s: Stream, w: &DevMatrix, a: &ActQ, y: DevPtr, out: Out) -> Result<()> {
     let p = Product::of(w, a.nt, false, false)?;
-    if w.cols != a.cols || !decode::mmq_fits(dev.rt.info(), &p) {
+    if w.cols != a.cols || !a.group_major || !decode::mmq_fits(dev.rt.info(), &p) {
         return Err(Error::InvalidArgument(format!("matmul_q: {} ({}) {}x{} for {} tokens of {} values", w.ty, p.suffix, w.rows, w.cols, a.nt, a.cols)));
     }
     let (name, per_block) = decode::mmq_kernel(p.suffix, a.nt);
