@@ -10,6 +10,8 @@
 /* Ranges of forge_load_params (values above them are INVALID_ARGUMENT). */
 #define FORGE_MAX_THREADS 1024
 #define FORGE_MAX_CTX 16777216
+/* The most candidates per row forge_engine_set_top_k takes. */
+#define FORGE_TOP_MAX 256
 
 /**
  * Result of every fallible call. Numbers are fixed forever: codes are never
@@ -759,6 +761,37 @@ enum forge_status forge_engine_logits(const struct forge_engine *e,
                                       size_t row,
                                       float *out,
                                       size_t cap);
+
+/**
+ * What `forge_engine_decode` keeps for the rows that ask for logits:
+ * `k` = 0 (the default) every logit (`forge_engine_logits`); 1 ≤ `k` ≤
+ * min(FORGE_TOP_MAX, n_vocab) the k largest logits with their token ids
+ * and the row's log-sum-exp (`forge_engine_top`). A GPU selects them on
+ * the device, so k × 8 + 4 bytes a row come back instead of n_vocab × 4
+ * (at 256 rows of a 152k vocabulary, 155 MB a step). The last step's
+ * results are dropped. Errors: NULL_POINTER, BUSY, INVALID_ARGUMENT (k
+ * too large).
+ */
+enum forge_status forge_engine_set_top_k(struct forge_engine *e, uint32_t k);
+
+/**
+ * The candidates of row `row` of the last successful `forge_engine_decode`
+ * under `forge_engine_set_top_k(e, k)`, k ≥ 1: the k token ids into `ids`
+ * and their logits into `logits` (`cap` ≥ k of each), largest first (ties:
+ * the lower id first); `*n_out` = k (also on BUFFER_TOO_SMALL: the size
+ * needed); the row's log-sum-exp into `*lse`
+ * when `lse` is not NULL (a candidate's log-probability is its logit
+ * minus it). Errors: NULL_POINTER, BUSY, BUFFER_TOO_SMALL,
+ * INVALID_ARGUMENT (no top-k set, no such row, or the row did not ask
+ * for logits).
+ */
+enum forge_status forge_engine_top(const struct forge_engine *e,
+                                   size_t row,
+                                   int32_t *ids,
+                                   float *logits,
+                                   size_t cap,
+                                   size_t *n_out,
+                                   float *lse);
 
 /**
  * What `forge_engine_decode` does with a batch the KV pool cannot hold:

@@ -101,6 +101,8 @@ fn cases() -> Vec<(&'static str, Case)> {
         forge_seq_reuse_prefix => seq_reuse_prefix,
         forge_engine_decode => engine_decode,
         forge_engine_logits => engine_logits,
+        forge_engine_set_top_k => engine_set_top_k,
+        forge_engine_top => engine_top,
         forge_engine_stats => engine_stats,
         forge_engine_set_preempt => engine_set_preempt,
         forge_engine_preempted => engine_preempted,
@@ -1604,7 +1606,7 @@ fn engine_busy(r: &mut Report, env: &Env) {
     }
 }
 
-const BUSY_CALLS: [&str; 11] = [
+const BUSY_CALLS: [&str; 13] = [
     "forge_seq_new",
     "forge_seq_free",
     "forge_seq_fork",
@@ -1616,6 +1618,8 @@ const BUSY_CALLS: [&str; 11] = [
     "forge_engine_stats",
     "forge_engine_set_preempt",
     "forge_engine_preempted",
+    "forge_engine_set_top_k",
+    "forge_engine_top",
 ];
 
 /// One `n`-row batch of `a` on a worker thread; meanwhile this thread
@@ -1662,7 +1666,10 @@ fn busy_round(r: &mut Report, env: &Env, e: &Eng, a: i32, b: i32, n: usize, seen
                         7 => forge_engine_logits(e, 0, logits.ptr(), env.n_vocab),
                         8 => forge_engine_stats(e, stats.ptr()),
                         9 => forge_engine_set_preempt(e, 0),
-                        _ => forge_engine_preempted(e, o32.ptr(), 1, osz.ptr()),
+                        10 => forge_engine_preempted(e, o32.ptr(), 1, osz.ptr()),
+                        // full logits (the mode the batch runs in): no change if it gets in
+                        11 => forge_engine_set_top_k(e, 0),
+                        _ => forge_engine_top(e, 0, o32.ptr(), logits.ptr(), 1, osz.ptr(), null_mut()),
                     }
                 };
                 if st == FORGE_ERR_BUSY {
@@ -1725,6 +1732,76 @@ fn engine_logits(r: &mut Report, env: &Env) {
     let mut again = Out::<f32>::poisoned(nv);
     ok!(r, "row 1 after a failed batch", forge_engine_logits(e.0, 1, again.ptr(), nv));
     r.check(again.slice(nv) == &got[..nv], || "forge_engine_logits: a failed batch changed the last batch's logits".into());
+}
+
+fn engine_set_top_k(r: &mut Report, env: &Env) {
+    let nv = env.n_vocab;
+    let e = env.engine(0, 0);
+    fails!(r, FORGE_ERR_NULL_POINTER, "NULL engine", forge_engine_set_top_k(null_mut(), 1));
+    fails!(r, FORGE_ERR_INVALID_ARGUMENT, "k FORGE_TOP_MAX + 1", forge_engine_set_top_k(e.0, FORGE_TOP_MAX + 1));
+    fails!(r, FORGE_ERR_INVALID_ARGUMENT, "k u32::MAX", forge_engine_set_top_k(e.0, u32::MAX));
+    ok!(r, "k FORGE_TOP_MAX", forge_engine_set_top_k(e.0, FORGE_TOP_MAX));
+    ok!(r, "k 1", forge_engine_set_top_k(e.0, 1));
+    let a = e.seq();
+    let batch = [row(a, tok_at(0), 0, true)];
+    ok!(r, "a batch under top-1", forge_engine_decode(e.0, batch.as_ptr(), 1));
+    let mut buf = Out::<f32>::poisoned(nv);
+    fails!(r, FORGE_ERR_INVALID_ARGUMENT, "full logits under top-k", forge_engine_logits(e.0, 0, buf.ptr(), nv), [buf]);
+    // a new mode drops the last step's results
+    ok!(r, "k 0: full logits again", forge_engine_set_top_k(e.0, 0));
+    fails!(r, FORGE_ERR_INVALID_ARGUMENT, "row 0 after the mode changed", forge_engine_logits(e.0, 0, buf.ptr(), nv), [buf]);
+    ok!(r, "free the sequence", forge_seq_free(e.0, a));
+}
+
+fn engine_top(r: &mut Report, env: &Env) {
+    let nv = env.n_vocab;
+    let e = env.engine(0, 0);
+    let (a, b) = (e.seq(), e.seq());
+    let (mut ids, mut vals, mut n, mut lse) = (Out::<i32>::poisoned(8), Out::<f32>::poisoned(8), Out::<usize>::one(), Out::<f32>::one());
+    fails!(r, FORGE_ERR_NULL_POINTER, "NULL engine", forge_engine_top(null(), 0, ids.ptr(), vals.ptr(), 8, n.ptr(), lse.ptr()), [ids, vals, n, lse]);
+    fails!(r, FORGE_ERR_INVALID_ARGUMENT, "full-logits mode", forge_engine_top(e.0, 0, ids.ptr(), vals.ptr(), 8, n.ptr(), lse.ptr()), [ids, vals, n, lse]);
+    ok!(r, "top-5", forge_engine_set_top_k(e.0, 5));
+    fails!(r, FORGE_ERR_INVALID_ARGUMENT, "row 0 before any batch", forge_engine_top(e.0, 0, ids.ptr(), vals.ptr(), 8, n.ptr(), lse.ptr()), [ids, vals, n, lse]);
+    e.append(a, 2);
+    // rows: a@2 (no logits), b@0 (logits), a@3 (logits)
+    let batch = [row(a, tok_at(2), 2, false), row(b, tok_at(0), 0, true), row(a, tok_at(3), 3, true)];
+    ok!(r, "a batch of 3 rows", forge_engine_decode(e.0, batch.as_ptr(), 3));
+    fails!(r, FORGE_ERR_NULL_POINTER, "n_out NULL", forge_engine_top(e.0, 1, ids.ptr(), vals.ptr(), 8, null_mut(), lse.ptr()), [ids, vals, lse]);
+    fails!(r, FORGE_ERR_INVALID_ARGUMENT, "row 0 did not ask", forge_engine_top(e.0, 0, ids.ptr(), vals.ptr(), 8, n.ptr(), lse.ptr()), [ids, vals, n, lse]);
+    fails!(r, FORGE_ERR_INVALID_ARGUMENT, "row 3 of 3", forge_engine_top(e.0, 3, ids.ptr(), vals.ptr(), 8, n.ptr(), lse.ptr()), [ids, vals, n, lse]);
+    fails!(r, FORGE_ERR_NULL_POINTER, "ids NULL, cap 8", forge_engine_top(e.0, 1, null_mut(), vals.ptr(), 8, n.ptr(), lse.ptr()), [vals, n, lse]);
+    fails!(r, FORGE_ERR_NULL_POINTER, "logits NULL, cap 8", forge_engine_top(e.0, 1, ids.ptr(), null_mut(), 8, n.ptr(), lse.ptr()), [ids, n, lse]);
+    fails!(r, FORGE_ERR_NULL_POINTER, "ids NULL, cap 3", forge_engine_top(e.0, 1, null_mut(), vals.ptr(), 3, n.ptr(), lse.ptr()), [vals, n, lse]);
+    let (mut short_i, mut short_v) = (Out::<i32>::poisoned(4), Out::<f32>::poisoned(4));
+    too_small!(r, "cap 4 < k 5", forge_engine_top(e.0, 1, short_i.ptr(), short_v.ptr(), 4, n.ptr(), lse.ptr()), n == 5, [short_i, short_v, lse]);
+    too_small!(r, "(NULL, 0)", forge_engine_top(e.0, 1, null_mut(), null_mut(), 0, n.ptr(), lse.ptr()), n == 5, [lse]);
+
+    // success: the five largest of the row's logits, in order, the rest untouched
+    let mut n = Out::<usize>::one();
+    ok!(r, "row 1, cap 8", forge_engine_top(e.0, 1, ids.ptr(), vals.ptr(), 8, n.ptr(), lse.ptr()));
+    r.check(n.get() == 5, || format!("forge_engine_top: *n_out = {}, want 5", n.get()));
+    let (got_i, got_v) = (ids.slice(8).to_vec(), vals.slice(8).to_vec());
+    r.check(got_i[5..].iter().all(|&x| x.to_ne_bytes() == [POISON; 4]), || "forge_engine_top: wrote ids past k".into());
+    // the same row's full logits from a fresh engine in the default mode
+    let f = env.engine(0, 0);
+    let (fa, fb) = (f.seq(), f.seq());
+    f.append(fa, 2);
+    let fbatch = [row(fa, tok_at(2), 2, false), row(fb, tok_at(0), 0, true), row(fa, tok_at(3), 3, true)];
+    ok!(r, "the same batch, full logits", forge_engine_decode(f.0, fbatch.as_ptr(), 3));
+    let mut full = vec![0f32; nv];
+    ok!(r, "row 1's logits", forge_engine_logits(f.0, 1, full.as_mut_ptr(), nv));
+    let mut order: Vec<usize> = (0..nv).collect();
+    order.sort_by(|&x, &y| full[y].total_cmp(&full[x]).then(x.cmp(&y)));
+    let want_i: Vec<i32> = order[..5].iter().map(|&i| i as i32).collect();
+    r.check(got_i[..5] == want_i[..], || format!("forge_engine_top: ids {:?}, the full logits' top 5 {want_i:?}", &got_i[..5]));
+    let close = got_i[..5].iter().zip(&got_v[..5]).all(|(&i, &v)| (v - full[i as usize]).abs() <= 1e-4 * full[i as usize].abs().max(1.0));
+    r.check(close, || format!("forge_engine_top: logits {:?} differ from the full row's", &got_v[..5]));
+    let m = full.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
+    let want_lse = m + full.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+    r.check((lse.get() as f64 - want_lse).abs() <= 1e-3, || format!("forge_engine_top: log-sum-exp {} vs {want_lse}", lse.get()));
+    // lse may be NULL
+    let mut n2 = Out::<usize>::one();
+    ok!(r, "lse NULL", forge_engine_top(e.0, 2, ids.ptr(), vals.ptr(), 5, n2.ptr(), null_mut()));
 }
 
 fn engine_stats(r: &mut Report, env: &Env) {

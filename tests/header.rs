@@ -17,8 +17,9 @@ fn header_constants_match_the_library() {
         let line = h.lines().find(|l| l.starts_with(&format!("#define {name} "))).unwrap_or_else(|| panic!("{name} not in the header"));
         line.split_whitespace().nth(2).unwrap().parse().unwrap()
     };
-    use rocmforge::ffi::{FORGE_ABI_VERSION, FORGE_MAX_CTX, FORGE_MAX_THREADS};
+    use rocmforge::ffi::{FORGE_ABI_VERSION, FORGE_MAX_CTX, FORGE_MAX_THREADS, FORGE_TOP_MAX};
     assert_eq!(define("FORGE_ABI_VERSION"), FORGE_ABI_VERSION as u64);
     assert_eq!(define("FORGE_MAX_THREADS"), FORGE_MAX_THREADS as u64);
     assert_eq!(define("FORGE_MAX_CTX"), FORGE_MAX_CTX as u64);
+    assert_eq!(define("FORGE_TOP_MAX"), FORGE_TOP_MAX as u64);
 }

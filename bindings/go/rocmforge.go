@@ -249,6 +249,10 @@ const (
 	MaxContextSize = int(C.FORGE_MAX_CTX)
 )
 
+// MaxTopK is the largest Engine.SetTopK value (FORGE_TOP_MAX; the
+// vocabulary size when that is smaller): a larger one is ErrInvalidArgument.
+const MaxTopK = int(C.FORGE_TOP_MAX)
+
 type options struct {
 	threads, nCtx, gpu int
 	backend            Backend
@@ -723,6 +727,7 @@ type Engine struct {
 	e      *C.forge_engine
 	model  *Model // the Model it was made from, kept reachable while the Engine is
 	nVocab int
+	topK   int // SetTopK's k: 0 for every logit
 }
 
 // NewEngine makes an Engine over the Model's loaded weights. A ContextSize
@@ -929,6 +934,56 @@ func (e *Engine) LogitsInto(row int, dst []float32) ([]float32, error) {
 		return nil, err
 	}
 	return dst, nil
+}
+
+// SetTopK says what Decode keeps for the rows that ask for logits: k = 0
+// (the default) every logit (Logits); 1 <= k <= min(MaxTopK, NVocab) only
+// the k largest with their token ids and the row's log-sum-exp (Top). A GPU
+// backend selects them on the device, so k*8+4 bytes a row come back
+// instead of NVocab floats. In top-k mode Logits is ErrInvalidArgument, and
+// Top is in full mode. The last Decode's results are dropped. A k out of
+// range is ErrInvalidArgument and changes nothing.
+func (e *Engine) SetTopK(k int) error {
+	if err := inRange("top-k", k, 0, math.MaxUint32); err != nil {
+		return err
+	}
+	if err := e.lock(); err != nil {
+		return err
+	}
+	defer e.mu.Unlock()
+	if err := check(C.forge_engine_set_top_k(e.e, C.uint32_t(k))); err != nil {
+		return err
+	}
+	e.topK = k
+	return nil
+}
+
+// Top returns row's candidates of the last successful Decode under
+// SetTopK(k), k >= 1: k token ids and their logits, largest first (ties:
+// the lower id first), and the row's log-sum-exp over the whole vocabulary
+// (a candidate's log-probability is its logit minus lse). Errors:
+// ErrInvalidArgument in full mode (no SetTopK), for no such row or a row
+// that did not ask for logits.
+func (e *Engine) Top(row int) (ids []int32, logits []float32, lse float32, err error) {
+	if row < 0 {
+		return nil, nil, 0, &Error{Status: StatusInvalidArgument, Message: fmt.Sprintf("row %d is negative", row)}
+	}
+	if err := e.lock(); err != nil {
+		return nil, nil, 0, err
+	}
+	defer e.mu.Unlock()
+	k := e.topK
+	if k == 0 {
+		k = 1 // full mode: the library says so (INVALID_ARGUMENT)
+	}
+	ids, logits = make([]int32, k), make([]float32, k)
+	var n C.size_t
+	var clse C.float
+	if err := check(C.forge_engine_top(e.e, C.size_t(row), (*C.int32_t)(unsafe.Pointer(&ids[0])), (*C.float)(unsafe.Pointer(&logits[0])),
+		C.size_t(k), &n, &clse)); err != nil {
+		return nil, nil, 0, err
+	}
+	return ids[:int(n)], logits[:int(n)], float32(clse), nil
 }
 
 // SetPreempt says what Decode does with a batch the pool cannot hold: off

@@ -4,8 +4,11 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
+	"math"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -697,6 +700,140 @@ func TestEnginePreempt(t *testing.T) {
 	}
 }
 
+// Top-k candidates: the same two prompts in one batch, once with full
+// logits and once under SetTopK(5) in a fresh engine: the 5 ids are the full
+// row's 5 largest (ties: the lower id) in descending order with the same
+// values, and lse is the row's log-sum-exp. A k above MaxTopK is
+// ErrInvalidArgument and changes nothing; each mode refuses the other's
+// read; SetTopK(0) gives the full logits back.
+func TestEngineTopK(t *testing.T) {
+	defer failOnPanic(t)
+	m := load(t)
+	ptoks := [][]int32{must(m.Tokenize("The capital of France is", true, false)), must(m.Tokenize("Once upon a time", true, false))}
+	// prefillBoth decodes both prompts in one batch and returns each one's logits row.
+	prefillBoth := func(e *Engine, seqs []SeqID) []int {
+		var rows []BatchRow
+		var logitRow []int
+		for i, s := range seqs {
+			rows = append(rows, prefillRows(s, 0, ptoks[i])...)
+			logitRow = append(logitRow, len(rows)-1)
+		}
+		if err := e.Decode(rows); err != nil {
+			panic(err)
+		}
+		return logitRow
+	}
+	closeTo := func(got, want float32) bool {
+		return math.Abs(float64(got)-float64(want)) <= 1e-5*math.Max(1, math.Abs(float64(want)))
+	}
+
+	full := newEngine(t, m, EngineOptions{})
+	lrow := prefillBoth(full, []SeqID{must(full.NewSeq()), must(full.NewSeq())})
+	want := [][]float32{must(full.Logits(lrow[0])), must(full.Logits(lrow[1]))}
+	_, _, _, err := full.Top(lrow[0])
+	wantStatus(t, "Top in full mode", err, ErrInvalidArgument, "forge_engine_set_top_k")
+
+	e := newEngine(t, m, EngineOptions{})
+	wantStatus(t, "SetTopK(MaxTopK+1)", e.SetTopK(MaxTopK+1), ErrInvalidArgument, "256")
+	wantStatus(t, "SetTopK(-1)", e.SetTopK(-1), ErrInvalidArgument, "top-k")
+	if err := e.SetTopK(5); err != nil {
+		t.Fatal(err)
+	}
+	seqs := []SeqID{must(e.NewSeq()), must(e.NewSeq())}
+	if got := prefillBoth(e, seqs); got[0] != lrow[0] || got[1] != lrow[1] {
+		t.Fatalf("rows %v, want %v", got, lrow)
+	}
+	var top5 [][]int32
+	for i, l := range want {
+		order := make([]int32, len(l))
+		for j := range order {
+			order[j] = int32(j)
+		}
+		sort.SliceStable(order, func(a, b int) bool { return l[order[a]] > l[order[b]] }) // stable: ties keep the lower id first
+		order = order[:5]
+		ids, logits, lse, err := e.Top(lrow[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !equalIDs(ids, order) || len(logits) != 5 {
+			t.Fatalf("row %d: top ids %v logits %v, want the full row's largest %v", i, ids, logits, order)
+		}
+		for j, id := range ids {
+			if !closeTo(logits[j], l[id]) {
+				t.Fatalf("row %d: candidate %d (id %d) logit %v, full row %v", i, j, id, logits[j], l[id])
+			}
+			if j > 0 && logits[j-1] < logits[j] {
+				t.Fatalf("row %d: logits not descending: %v", i, logits)
+			}
+		}
+		mx, sum := float64(l[order[0]]), 0.0
+		for _, x := range l {
+			sum += math.Exp(float64(x) - mx)
+		}
+		if wantLSE := mx + math.Log(sum); math.Abs(float64(lse)-wantLSE) >= 1e-3 {
+			t.Fatalf("row %d: lse %v, want %v", i, lse, wantLSE)
+		}
+		top5 = append(top5, ids)
+	}
+	// top-k mode: no full logits, and a row that did not ask (or is not
+	// there) has no candidates either
+	_, err = e.Logits(lrow[0])
+	wantStatus(t, "Logits in top-k mode", err, ErrInvalidArgument, "forge_engine_top")
+	_, err = e.LogitsInto(lrow[1], make([]float32, e.NVocab()))
+	wantStatus(t, "LogitsInto in top-k mode", err, ErrInvalidArgument)
+	for _, row := range []int{0, lrow[1] + 1, -1} {
+		_, _, _, err = e.Top(row)
+		wantStatus(t, fmt.Sprintf("Top(%d)", row), err, ErrInvalidArgument)
+	}
+	// a refused k changes nothing: still top-5, the results still there
+	wantStatus(t, "SetTopK(MaxTopK+1)", e.SetTopK(MaxTopK+1), ErrInvalidArgument)
+	if ids, _, _, err := e.Top(lrow[1]); err != nil || !equalIDs(ids, top5[1]) {
+		t.Fatalf("after a refused SetTopK: %v, %v", ids, err)
+	}
+	// the largest k: MaxTopK candidates, the first five as before
+	if err := e.SetTopK(MaxTopK); err != nil {
+		t.Fatal(err)
+	}
+	_, _, _, err = e.Top(lrow[0])
+	wantStatus(t, "Top after SetTopK dropped the results", err, ErrInvalidArgument)
+	for _, s := range seqs {
+		if err := e.KeepSeq(s, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	prefillBoth(e, seqs)
+	ids, logits, _, err := e.Top(lrow[0])
+	if err != nil || len(ids) != MaxTopK || len(logits) != MaxTopK {
+		t.Fatalf("top-%d: %d ids, %d logits, %v", MaxTopK, len(ids), len(logits), err)
+	}
+	if !equalIDs(ids[:5], top5[0]) || !sort.SliceIsSorted(logits, func(a, b int) bool { return logits[a] > logits[b] }) {
+		t.Fatalf("top-%d: first ids %v, want %v (descending logits)", MaxTopK, ids[:5], top5[0])
+	}
+	// back to every logit: the same as the first engine's
+	if err := e.SetTopK(0); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range seqs {
+		if err := e.KeepSeq(s, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	prefillBoth(e, seqs)
+	for i := range want {
+		l := must(e.Logits(lrow[i]))
+		if len(l) != len(want[i]) {
+			t.Fatalf("row %d: %d logits", i, len(l))
+		}
+		for j := range l {
+			if !closeTo(l[j], want[i][j]) {
+				t.Fatalf("row %d: logit %d is %v, the full engine's %v", i, j, l[j], want[i][j])
+			}
+		}
+	}
+	_, _, _, err = e.Top(lrow[0])
+	wantStatus(t, "Top after SetTopK(0)", err, ErrInvalidArgument)
+}
+
 // An Engine outlives its Model (the library keeps the weights); a closed or
 // nil Engine is ErrClosed from every method, Close is idempotent; a closed
 // Model cannot make one; concurrent calls serialize.
@@ -752,7 +889,8 @@ func TestEngineLifetime(t *testing.T) {
 		_, err5 := c.Logits(0)
 		_, err6 := c.Stats()
 		_, err7 := c.Preempted()
-		for i, err := range []error{err1, err2, err3, err4, err5, err6, err7, c.SetPreempt(true), c.FreeSeq(0), c.KeepSeq(0, 0), c.Decode(prefillRows(0, 0, hello))} {
+		_, _, _, err8 := c.Top(0)
+		for i, err := range []error{err1, err2, err3, err4, err5, err6, err7, err8, c.SetPreempt(true), c.SetTopK(5), c.FreeSeq(0), c.KeepSeq(0, 0), c.Decode(prefillRows(0, 0, hello))} {
 			if !errors.Is(err, ErrClosed) || !strings.Contains(err.Error(), "engine is closed") {
 				t.Fatalf("call %d on a closed engine: %v", i, err)
 			}

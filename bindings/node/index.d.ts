@@ -124,6 +124,16 @@ export interface KvStats {
   nSeqs: number;
 }
 
+/** One row's candidates under Engine.setTopK(k): k entries, largest logit first (ties: the lower id first). */
+export interface TopK {
+  /** token ids */
+  ids: Int32Array;
+  /** their logits */
+  logits: Float32Array;
+  /** the row's log-sum-exp over the whole vocabulary: a candidate's log-probability is its logit minus lse */
+  lse: number;
+}
+
 /**
  * Many sequences over one loaded model (Model.newEngine). Sequence ids are
  * numbers; an unknown or freed id throws FORGE_ERR_INVALID_ARGUMENT. While
@@ -145,6 +155,10 @@ export class Engine {
   decodeSync(rows: ArrayLike<BatchRow>): void;
   /** row's logits of the last decode (nVocab floats), into `out` when given */
   logits(row: number, out?: Float32Array): Float32Array;
+  /** 0 (default): decode keeps every logit (logits()); 1..min(TOP_MAX, nVocab): only the k largest per row with their ids and log-sum-exp (top()); the other read throws FORGE_ERR_INVALID_ARGUMENT */
+  setTopK(k: number): void;
+  /** row's k candidates of the last decode under setTopK(k >= 1); FORGE_ERR_INVALID_ARGUMENT in full mode */
+  top(row: number): TopK;
   stats(): KvStats;
   /** true: a batch the pool cannot hold preempts the newest sequences (length 0 afterwards, no logits for their rows in it); false: FORGE_ERR_KV_EXHAUSTED */
   setPreempt(on: boolean): void;
@@ -155,6 +169,8 @@ export class Engine {
 
 export function load(path: string, options?: LoadOptions): Promise<Model>;
 export const ABI_VERSION: number;
+/** the largest Engine.setTopK value, 256 (FORGE_TOP_MAX; nVocab when that is smaller) */
+export const TOP_MAX: number;
 /** devices of a backend this process can use; throws (code FORGE_ERR_BACKEND_UNAVAILABLE) when none */
 export function deviceCount(backend: Backend): number;
 /** whether the library was built with this backend */

@@ -6,6 +6,8 @@ const native = require('./build/Release/rocmforge.node');
 
 /** The C ABI version this package was written for. */
 const ABI_VERSION = 3;
+/** The largest Engine.setTopK value (FORGE_TOP_MAX; nVocab when that is smaller). */
+const TOP_MAX = native.topMax;
 if (native.abiVersion !== ABI_VERSION) {
   const e = new Error(`librocmforge ABI version ${native.abiVersion}, this package needs ${ABI_VERSION}`);
   e.code = 'ERR_ABI_MISMATCH';
@@ -226,6 +228,30 @@ class Engine {
     return this.#native().logits(row, out);
   }
   /**
+   * What decode keeps for the rows that ask for logits: k = 0 (the default)
+   * every logit (logits()); 1 <= k <= min(TOP_MAX, nVocab) only the k
+   * largest with their token ids and the row's log-sum-exp (top()), selected
+   * on the device by a GPU backend (k * 8 + 4 bytes a row come back instead
+   * of nVocab floats). In top-k mode logits() throws
+   * FORGE_ERR_INVALID_ARGUMENT, and top() does in full mode. The last
+   * decode's results are dropped. A k out of range throws
+   * FORGE_ERR_INVALID_ARGUMENT and changes nothing.
+   */
+  setTopK(k) {
+    this.#native().setTopK(k);
+  }
+  /**
+   * Row `row`'s candidates of the last successful decode under setTopK(k),
+   * k >= 1: {ids: Int32Array, logits: Float32Array, lse} with k entries,
+   * largest first (ties: the lower id first); lse is the row's log-sum-exp
+   * (a candidate's log-probability is its logit minus lse). Throws
+   * FORGE_ERR_INVALID_ARGUMENT in full mode, for no such row or a row that
+   * did not ask for logits.
+   */
+  top(row) {
+    return this.#native().top(row);
+  }
+  /**
    * What decode does with a batch the KV pool cannot hold: false (the
    * default) rejects it with FORGE_ERR_KV_EXHAUSTED; true preempts the newest
    * sequences (by creation; forks are new) one by one until the rest fits. A
@@ -275,4 +301,4 @@ function backendCompiled(backend) {
   return native.backendCompiled(String(backend));
 }
 
-module.exports = { load, Model, Engine, ABI_VERSION, version: native.version, deviceCount, backendCompiled };
+module.exports = { load, Model, Engine, ABI_VERSION, TOP_MAX, version: native.version, deviceCount, backendCompiled };

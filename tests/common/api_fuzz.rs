@@ -180,7 +180,7 @@ pub fn run_api_case(data: &[u8]) -> usize {
         let ep = forge_engine_params { n_ctx: 0, kv_budget: *src.pick(&[0, 1, 1, 3 * BLOCK_BYTES, 4 * BLOCK_BYTES, 5 * BLOCK_BYTES]) };
         let mut e = null_mut();
         assert_eq!(forge_engine_new(c, &ep, &mut e), forge_status::FORGE_OK, "{}", last_error());
-        let mut eng = Eng { e, n_ctx: 32, n_vocab: forge_n_vocab(c), seqs: Vec::new(), issued: Vec::new(), last_rows: Vec::new(), prompts: Vec::new() };
+        let mut eng = Eng { e, n_ctx: 32, n_vocab: forge_n_vocab(c), seqs: Vec::new(), issued: Vec::new(), last_rows: Vec::new(), top_k: 0, prompts: Vec::new() };
         for _ in 0..2 {
             let mut id = SENT_I32;
             assert_eq!(forge_seq_new(e, &mut id), forge_status::FORGE_OK, "{}", last_error());
@@ -540,6 +540,8 @@ struct Eng {
     issued: Vec<i32>,
     /// The last successful batch: which rows asked for logits.
     last_rows: Vec<bool>,
+    /// `forge_engine_set_top_k`'s k (0: full logits).
+    top_k: usize,
     /// Tokens of sequences freed or cut back (more than a block: their full
     /// blocks may still be cached), the last few: prompts for the prefix
     /// cache.
@@ -699,7 +701,7 @@ unsafe fn engine_call(src: &mut Src, h: &mut Handles) {
                 let mut info: forge_model_info = std::mem::zeroed();
                 assert_eq!(forge_get_model_info(c, &mut info), FORGE_OK);
                 let n_ctx = if p.n_ctx == 0 { info.n_ctx as usize } else { p.n_ctx as usize };
-                let eng = Eng { e: out, n_ctx, n_vocab: info.n_vocab, seqs: Vec::new(), issued: Vec::new(), last_rows: Vec::new(), prompts: Vec::new() };
+                let eng = Eng { e: out, n_ctx, n_vocab: info.n_vocab, seqs: Vec::new(), issued: Vec::new(), last_rows: Vec::new(), top_k: 0, prompts: Vec::new() };
                 let st = stats(out).expect("stats");
                 assert!(st.blocks_total as usize >= n_ctx.div_ceil(BLOCK) + 1 && st.blocks_used == 0, "a new engine ({p:?}): {st:?}");
                 if h.engines.len() < 2 {
@@ -861,7 +863,11 @@ unsafe fn engine_call(src: &mut Src, h: &mut Handles) {
         9..=14 => decode(src, h),
         15..=17 => {
             let i = h.engine(src);
-            logits(src, h, i);
+            match src.below(4) {
+                0 => set_top_k(src, h, i),
+                1 => top(src, h, i),
+                _ => logits(src, h, i),
+            }
         }
         _ => {
             let i = h.engine(src);
@@ -984,11 +990,86 @@ unsafe fn decode(src: &mut Src, h: &mut Handles) {
         }
         eng.last_rows = rows[..rn].iter().map(|r| r.logits != 0).collect();
         if src.bool() {
-            logits(src, h, Some(i)); // as a caller would, right after the batch
+            // as a caller would, right after the batch
+            if h.engines[i].top_k > 0 {
+                top(src, h, Some(i));
+            } else {
+                logits(src, h, Some(i));
+            }
         }
     } else {
         // all or nothing: no sequence moved (`verify`), no block taken
         assert_eq!(pool(eng.e), pool_before, "a failed forge_engine_decode ({st:?}) changed the pool");
+    }
+}
+
+/// forge_engine_set_top_k with a random k, valid or not: a new mode drops
+/// the last batch's results.
+unsafe fn set_top_k(src: &mut Src, h: &mut Handles, i: Option<usize>) {
+    use forge_status::*;
+    let nv = i.map_or(300, |i| h.engines[i].n_vocab as usize);
+    let k = *src.pick(&[0u32, 0, 1, 1, 2, 5, 40, FORGE_TOP_MAX, FORGE_TOP_MAX + 1, nv as u32 + 1, u32::MAX]);
+    let st = check(forge_engine_set_top_k(eng_ptr(h, i), k), "forge_engine_set_top_k");
+    let Some(i) = i else {
+        return assert_eq!(st, FORGE_ERR_NULL_POINTER);
+    };
+    let valid = (k as usize) <= FORGE_TOP_MAX.min(nv as u32) as usize;
+    assert_eq!(st, if valid { FORGE_OK } else { FORGE_ERR_INVALID_ARGUMENT }, "forge_engine_set_top_k({k}) of {nv}");
+    if valid {
+        h.engines[i].top_k = k as usize;
+        h.engines[i].last_rows.clear();
+    }
+}
+
+/// forge_engine_top of a random row (mostly one that asked for logits)
+/// into buffers of random size, NULL pointers at times.
+unsafe fn top(src: &mut Src, h: &mut Handles, i: Option<usize>) {
+    use forge_status::*;
+    let (nv, k, last) = i.map_or((300, 0, Vec::new()), |i| (h.engines[i].n_vocab as usize, h.engines[i].top_k, h.engines[i].last_rows.clone()));
+    let asked: Vec<usize> = (0..last.len()).filter(|&r| last[r]).collect();
+    let row = match src.below(6) {
+        0 => last.len() + src.below(3),
+        1 => usize::MAX,
+        2 => src.below(last.len().max(1)),
+        _ if !asked.is_empty() => *src.pick(&asked),
+        _ => 0,
+    };
+    let cap = match src.below(5) {
+        0 => k.saturating_sub(1),
+        1 => src.below(k + 1),
+        2 => k + 3,
+        _ => k,
+    };
+    let mut ids = vec![SENT_I32; cap];
+    let mut vals = vec![f32::from_bits(SENT_F32); cap];
+    let (mut n, mut lse) = (SENT_USIZE, f32::from_bits(SENT_F32));
+    let ip = if src.below(10) == 0 { null_mut() } else { ids.as_mut_ptr() };
+    let vp = if src.below(10) == 0 { null_mut() } else { vals.as_mut_ptr() };
+    let np = if src.below(12) == 0 { null_mut() } else { &mut n as *mut usize };
+    let lp = if src.below(4) == 0 { null_mut() } else { &mut lse as *mut f32 };
+    let st = check(forge_engine_top(eng_ptr(h, i), row, ip, vp, cap, np, lp), "forge_engine_top");
+    let want = if i.is_none() || np.is_null() {
+        FORGE_ERR_NULL_POINTER
+    } else if k == 0 || !last.get(row).copied().unwrap_or(false) {
+        FORGE_ERR_INVALID_ARGUMENT
+    } else if cap > 0 && (ip.is_null() || vp.is_null()) {
+        FORGE_ERR_NULL_POINTER
+    } else if cap < k {
+        FORGE_ERR_BUFFER_TOO_SMALL
+    } else {
+        FORGE_OK
+    };
+    assert_eq!(st, want, "forge_engine_top(row {row} of {last:?}, k {k}, cap {cap})");
+    let untouched = |from: usize| ids[from..].iter().all(|&x| x == SENT_I32) && vals[from..].iter().all(|x| x.to_bits() == SENT_F32);
+    match st {
+        FORGE_OK => {
+            assert!(n == k && untouched(k), "forge_engine_top: *n_out {n}, k {k}, or written past k");
+            assert!(ids[..k].iter().all(|&t| t >= 0 && (t as usize) < nv), "forge_engine_top: ids {:?}", &ids[..k]);
+            assert!(vals[..k].windows(2).all(|w| w[0] >= w[1]) && vals[..k].iter().all(|x| x.is_finite()), "forge_engine_top: logits {:?}", &vals[..k]);
+            assert!(lp.is_null() || lse >= vals[0], "forge_engine_top: log-sum-exp {lse} below the top logit {}", vals[0]);
+        }
+        FORGE_ERR_BUFFER_TOO_SMALL => assert!(n == k && untouched(0) && lse.to_bits() == SENT_F32, "forge_engine_top: *n_out {n} on BUFFER_TOO_SMALL"),
+        _ => assert!((np.is_null() || n == SENT_USIZE) && untouched(0) && lse.to_bits() == SENT_F32, "forge_engine_top wrote on {st:?}"),
     }
 }
 
@@ -1014,9 +1095,10 @@ unsafe fn logits(src: &mut Src, h: &mut Handles, i: Option<usize>) {
     let mut buf = vec![f32::from_bits(SENT_F32); cap];
     let op = if src.below(8) == 0 { null_mut() } else { buf.as_mut_ptr() };
     let st = check(forge_engine_logits(eng_ptr(h, i), row, op, cap), "forge_engine_logits");
+    let top_mode = i.is_some_and(|i| h.engines[i].top_k > 0);
     let want: &[forge_status] = if i.is_none() {
         &[FORGE_ERR_NULL_POINTER]
-    } else if !last.get(row).copied().unwrap_or(false) {
+    } else if top_mode || !last.get(row).copied().unwrap_or(false) {
         &[FORGE_ERR_INVALID_ARGUMENT]
     } else if op.is_null() && cap > 0 {
         // NULL with a non-zero cap: NULL_POINTER by the (pointer, length) rule

@@ -378,6 +378,16 @@ struct BatchRow {
     bool logits = false;
 };
 
+/// The candidates of one row under Engine::set_top_k(k): the k largest
+/// logits, largest first (ties: the lower id first), their token ids, and
+/// the row's log-sum-exp over the whole vocabulary (a candidate's
+/// log-probability is its logit minus `lse`).
+struct TopK {
+    std::vector<int32_t> ids;
+    std::vector<float> logits;
+    float lse = 0.0f;
+};
+
 /// Many sequences over one loaded model. Sequences are int32_t ids (not
 /// reused while the engine lives); a stale or unknown id throws
 /// Error(FORGE_ERR_INVALID_ARGUMENT). Move-only RAII: the destructor frees
@@ -459,6 +469,40 @@ class Engine {
     void logits(size_t row, std::vector<float> &out) const {
         out.resize(static_cast<size_t>(n_vocab_));
         detail::check(forge_engine_logits(get(), row, out.data(), out.size()), "forge_engine_logits");
+    }
+
+    /// What decode keeps for the rows that ask for logits: k = 0 (the
+    /// default) every logit (logits()); 1 <= k <= min(FORGE_TOP_MAX, n_vocab)
+    /// only the k largest with their ids and the row's log-sum-exp (top()),
+    /// selected on the device by a GPU backend, so k * 8 + 4 bytes a row come
+    /// back instead of n_vocab floats. In top-k mode logits() throws
+    /// FORGE_ERR_INVALID_ARGUMENT, and top() does in full mode. The last
+    /// decode's results are dropped. Throws FORGE_ERR_INVALID_ARGUMENT for k
+    /// too large (nothing changed).
+    void set_top_k(uint32_t k) { detail::check(forge_engine_set_top_k(get(), k), "forge_engine_set_top_k"); }
+
+    /// Row `row`'s candidates of the last successful decode under
+    /// set_top_k(k), k >= 1: k ids and logits, largest first (ties: the lower
+    /// id first), and the row's log-sum-exp. Throws
+    /// FORGE_ERR_INVALID_ARGUMENT in full mode (no set_top_k), for no such
+    /// row or a row that did not ask for logits.
+    [[nodiscard]] TopK top(size_t row) const {
+        TopK t;
+        top(row, t);
+        return t;
+    }
+    /// The same into `out` (no allocation once its vectors have grown); on
+    /// error `out` is left empty.
+    void top(size_t row, TopK &out) const {
+        forge_engine *e = get();
+        out.ids.resize(FORGE_TOP_MAX);  // k is at most FORGE_TOP_MAX
+        out.logits.resize(FORGE_TOP_MAX);
+        size_t n = 0;
+        forge_status st = forge_engine_top(e, row, out.ids.data(), out.logits.data(), FORGE_TOP_MAX, &n, &out.lse);
+        if (st != FORGE_OK) n = 0;
+        out.ids.resize(n);
+        out.logits.resize(n);
+        detail::check(st, "forge_engine_top");
     }
 
     /// What decode does with a batch the pool cannot hold: false (the

@@ -3,6 +3,7 @@
 // the same prompt).
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -576,6 +577,113 @@ int main() {
             CHECK(status_of([&] { (void)eng.preempted(); }) == FORGE_ERR_NULL_POINTER);
             CHECK(status_of([&] { eng.set_preempt(true); }) == FORGE_ERR_NULL_POINTER);
         }
+    }
+    // 14. top-k candidates: the same two prompts in one batch, once with
+    //     full logits and once under set_top_k(5) in a fresh engine: the
+    //     5 ids are the full row's 5 largest (ties: the lower id) in
+    //     descending order with the same values, and lse is the row's
+    //     log-sum-exp; k above FORGE_TOP_MAX is refused and changes nothing;
+    //     each mode refuses the other's read; set_top_k(0) gives full logits
+    {
+        const std::vector<std::vector<int32_t>> ptoks{ctx.tokenize("The capital of France is"),
+                                                      ctx.tokenize("Once upon a time")};
+        // both prompts in one batch; returns the logits row of each
+        auto prefill_both = [&](rocmforge::Engine &eng, const std::vector<int32_t> &seqs) {
+            std::vector<rocmforge::BatchRow> rows;
+            std::vector<size_t> logit_row;
+            for (size_t i = 0; i < 2; i++) {
+                auto r = prefill_rows(seqs[i], 0, ptoks[i]);
+                rows.insert(rows.end(), r.begin(), r.end());
+                logit_row.push_back(rows.size() - 1);
+            }
+            eng.decode(rows);
+            return logit_row;
+        };
+        rocmforge::Engine full(ctx);
+        std::vector<int32_t> fseqs{full.seq_new(), full.seq_new()};
+        const auto lrow = prefill_both(full, fseqs);
+        std::vector<std::vector<float>> want{full.logits(lrow[0]), full.logits(lrow[1])};
+        auto [fst, fmsg] = error_of([&] { (void)full.top(lrow[0]); });  // full mode: no candidates
+        CHECK(fst == FORGE_ERR_INVALID_ARGUMENT);
+        CHECK(has(fmsg, "forge_engine_top") && has(fmsg, "set_top_k"));
+
+        rocmforge::Engine eng(ctx);
+        auto [kst, kmsg] = error_of([&] { eng.set_top_k(FORGE_TOP_MAX + 1); });
+        CHECK(kst == FORGE_ERR_INVALID_ARGUMENT);
+        CHECK(has(kmsg, "forge_engine_set_top_k") && has(kmsg, "256"));
+        eng.set_top_k(5);
+        std::vector<int32_t> seqs{eng.seq_new(), eng.seq_new()};
+        CHECK(prefill_both(eng, seqs) == lrow);
+        auto close_to = [](float got, float w) { return std::abs(got - w) <= 1e-5f * std::max(1.0f, std::abs(w)); };
+        rocmforge::TopK t;
+        std::vector<std::vector<int32_t>> top5;
+        for (size_t i = 0; i < 2; i++) {
+            const auto &l = want[i];
+            std::vector<int32_t> order(l.size());
+            for (size_t j = 0; j < l.size(); j++) order[j] = static_cast<int32_t>(j);
+            std::partial_sort(order.begin(), order.begin() + 5, order.end(),
+                              [&](int32_t a, int32_t b) { return l[a] > l[b] || (l[a] == l[b] && a < b); });
+            order.resize(5);
+            eng.top(lrow[i], t);
+            CHECK(t.ids == order);
+            CHECK(t.logits.size() == 5);
+            for (size_t j = 0; j < t.logits.size() && j < t.ids.size(); j++) {
+                CHECK(close_to(t.logits[j], l[static_cast<size_t>(t.ids[j])]));
+                if (j > 0) CHECK(t.logits[j - 1] >= t.logits[j]);
+            }
+            double mx = l[static_cast<size_t>(order[0])], sum = 0;
+            for (float x : l) sum += std::exp(double(x) - mx);
+            const double lse = mx + std::log(sum);
+            CHECK(std::abs(t.lse - lse) < 1e-3);
+            if (t.ids != order || std::abs(t.lse - lse) >= 1e-3) {
+                std::cerr << "  row " << i << " top:";
+                for (size_t j = 0; j < t.ids.size(); j++) std::cerr << ' ' << t.ids[j] << '=' << t.logits[j];
+                std::cerr << " lse " << t.lse << "\n  want:";
+                for (auto id : order) std::cerr << ' ' << id << '=' << l[static_cast<size_t>(id)];
+                std::cerr << " lse " << lse << "\n";
+            }
+            CHECK(eng.top(lrow[i]).ids == t.ids);  // the returning overload: the same
+            top5.push_back(t.ids);
+        }
+        // top-k mode: the full logits are not there, and a row that did not
+        // ask has no candidates either
+        auto [lst, lmsg] = error_of([&] { (void)eng.logits(lrow[0]); });
+        CHECK(lst == FORGE_ERR_INVALID_ARGUMENT);
+        CHECK(has(lmsg, "forge_engine_logits") && has(lmsg, "forge_engine_top"));
+        std::vector<float> buf;
+        CHECK(status_of([&] { eng.logits(lrow[1], buf); }) == FORGE_ERR_INVALID_ARGUMENT);
+        CHECK(status_of([&] { (void)eng.top(0); }) == FORGE_ERR_INVALID_ARGUMENT);
+        CHECK(status_of([&] { (void)eng.top(lrow[1] + 1); }) == FORGE_ERR_INVALID_ARGUMENT);  // no such row
+        CHECK(status_of([&] { eng.top(0, t); }) == FORGE_ERR_INVALID_ARGUMENT && t.ids.empty() && t.logits.empty());
+        // a refused k changes nothing: still top-5, the results still there
+        CHECK(status_of([&] { eng.set_top_k(FORGE_TOP_MAX + 1); }) == FORGE_ERR_INVALID_ARGUMENT);
+        CHECK(status_of([&] { eng.set_top_k(std::numeric_limits<uint32_t>::max()); }) == FORGE_ERR_INVALID_ARGUMENT);
+        CHECK(eng.top(lrow[1]).ids.size() == 5);
+        // the largest k: FORGE_TOP_MAX candidates, the first five as before
+        eng.set_top_k(FORGE_TOP_MAX);
+        CHECK(status_of([&] { (void)eng.top(lrow[0]); }) == FORGE_ERR_INVALID_ARGUMENT);  // the last results were dropped
+        for (int32_t s : seqs) eng.seq_keep(s, 0);
+        prefill_both(eng, seqs);
+        auto big = eng.top(lrow[0]);
+        CHECK(big.ids.size() == FORGE_TOP_MAX);
+        CHECK(std::vector<int32_t>(big.ids.begin(), big.ids.begin() + 5) == top5[0]);
+        CHECK(std::is_sorted(big.logits.rbegin(), big.logits.rend()));
+        // back to full logits: the same as the first engine's
+        eng.set_top_k(0);
+        for (int32_t s : seqs) eng.seq_keep(s, 0);
+        prefill_both(eng, seqs);
+        for (size_t i = 0; i < 2; i++) {
+            auto l = eng.logits(lrow[i]);
+            CHECK(l.size() == want[i].size());
+            bool same = l.size() == want[i].size();
+            for (size_t j = 0; same && j < l.size(); j++) same = close_to(l[j], want[i][j]);
+            CHECK(same);
+        }
+        CHECK(status_of([&] { (void)eng.top(lrow[0]); }) == FORGE_ERR_INVALID_ARGUMENT);
+        // a closed engine
+        eng.close();
+        CHECK(status_of([&] { eng.set_top_k(5); }) == FORGE_ERR_NULL_POINTER);
+        CHECK(status_of([&] { (void)eng.top(0); }) == FORGE_ERR_NULL_POINTER);
     }
     std::cout << passed << " passed, " << failed << " failed\n";
     return failed ? 1 : 0;

@@ -496,6 +496,7 @@ Napi::Value Model::Generate(const Napi::CallbackInfo &info) {
 struct EngineHandle {
     forge_engine *e = nullptr;
     int32_t n_vocab = 0;
+    uint32_t top_k = 0;             // setTopK's k: 0 for every logit
     std::atomic<bool> busy{false};  // an async decode is queued or running
     ~EngineHandle() { forge_engine_free(e); }
 };
@@ -564,6 +565,8 @@ class Engine : public Napi::ObjectWrap<Engine> {
                                         InstanceMethod("decode", &Engine::Decode),
                                         InstanceMethod("decodeSync", &Engine::DecodeSync),
                                         InstanceMethod("logits", &Engine::Logits),
+                                        InstanceMethod("setTopK", &Engine::SetTopK),
+                                        InstanceMethod("top", &Engine::Top),
                                         InstanceMethod("stats", &Engine::Stats),
                                         InstanceMethod("setPreempt", &Engine::SetPreempt),
                                         InstanceMethod("preempted", &Engine::Preempted),
@@ -673,6 +676,35 @@ class Engine : public Napi::ObjectWrap<Engine> {
         check(env, forge_engine_logits(e, row, out.Data(), out.ElementLength()));
         return out;
     }
+    // setTopK(k): what decode keeps for the rows that ask for logits: 0
+    // every logit (logits()), 1..min(FORGE_TOP_MAX, n_vocab) the k largest
+    // with their ids and the row's log-sum-exp (top()).
+    Napi::Value SetTopK(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        forge_engine *e = engine(env);
+        const auto k = static_cast<uint32_t>(int_option(env, info[0], "k", 0, UINT32_MAX));
+        check(env, forge_engine_set_top_k(e, k));
+        h->top_k = k;
+        return env.Undefined();
+    }
+    // top(row) -> {ids: Int32Array, logits: Float32Array, lse: number}: the
+    // row's k candidates, largest first (ties: the lower id first).
+    Napi::Value Top(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        forge_engine *e = engine(env);
+        const size_t row = static_cast<size_t>(int_option(env, info[0], "row", 0, kMaxSafeInteger));
+        const size_t cap = std::max<size_t>(h->top_k, 1);  // full mode: the library says so (INVALID_ARGUMENT)
+        Napi::Int32Array ids = Napi::Int32Array::New(env, cap);
+        Napi::Float32Array logits = Napi::Float32Array::New(env, cap);
+        size_t n = 0;
+        float lse = 0;
+        check(env, forge_engine_top(e, row, ids.Data(), logits.Data(), cap, &n, &lse));
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("ids", n == cap ? ids : Napi::Int32Array::New(env, n, ids.ArrayBuffer(), 0));
+        o.Set("logits", n == cap ? logits : Napi::Float32Array::New(env, n, logits.ArrayBuffer(), 0));
+        o.Set("lse", Napi::Number::New(env, lse));
+        return o;
+    }
     Napi::Value Stats(const Napi::CallbackInfo &info) {
         Napi::Env env = info.Env();
         forge_kv_stats s{};
@@ -764,6 +796,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     exports.Set("deviceCount", Napi::Function::New(env, DeviceCount));
     exports.Set("backendCompiled", Napi::Function::New(env, BackendCompiled));
     exports.Set("abiVersion", Napi::Number::New(env, forge_abi_version()));
+    exports.Set("topMax", Napi::Number::New(env, FORGE_TOP_MAX));
     exports.Set("version", Napi::String::New(env, forge_version()));
     return exports;
 }

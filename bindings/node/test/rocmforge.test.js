@@ -7,7 +7,7 @@ const fs = require('node:fs');
 const { execFileSync } = require('node:child_process');
 const os = require('node:os');
 const path = require('node:path');
-const { load, deviceCount, backendCompiled } = require('..');
+const { load, deviceCount, backendCompiled, TOP_MAX } = require('..');
 
 const MODEL = process.env.ROCMFORGE_MODEL;
 const C_IDS = process.env.ROCMFORGE_C_IDS;
@@ -425,6 +425,95 @@ test('engine: preempt makes room by preempting the newest sequence', async () =>
   }
 });
 
+// The same two prompts in one batch, once with full logits and once under
+// setTopK(5) in a fresh engine: the 5 ids are the full row's 5 largest
+// (ties: the lower id) in descending order with the same values, and lse is
+// the row's log-sum-exp. A k above TOP_MAX is refused and changes nothing;
+// each mode refuses the other's read; setTopK(0) gives full logits back.
+test('engine: setTopK(k) keeps the k largest logits with their ids and the log-sum-exp', async () => {
+  const m = await load(MODEL, { contextSize: 512 });
+  const full = m.newEngine();
+  const e = m.newEngine();
+  try {
+    assert.strictEqual(TOP_MAX, 256);
+    const ptoks = [m.tokenize('The capital of France is'), m.tokenize('Once upon a time')];
+    // both prompts in one batch; returns each one's logits row
+    const prefillBoth = async (eng, seqs) => {
+      const rows = [];
+      const logitRow = [];
+      seqs.forEach((s, i) => {
+        rows.push(...prefillRows(s, 0, ptoks[i]));
+        logitRow.push(rows.length - 1);
+      });
+      await eng.decode(rows);
+      return logitRow;
+    };
+    const closeTo = (got, want) => Math.abs(got - want) <= 1e-5 * Math.max(1, Math.abs(want));
+
+    const lrow = await prefillBoth(full, [full.newSeq(), full.newSeq()]);
+    const want = lrow.map((r) => full.logits(r));
+    assert.throws(() => full.top(lrow[0]), { ...INVALID_ARGUMENT, message: /forge_engine_set_top_k/ }); // full mode
+
+    assert.throws(() => e.setTopK(TOP_MAX + 1), { ...INVALID_ARGUMENT, message: /256/ });
+    for (const k of [-1, 2 ** 32, 1.5, '5', undefined]) assert.throws(() => e.setTopK(k), { ...INVALID_ARGUMENT, message: /k must be an integer/ });
+    e.setTopK(5);
+    const seqs = [e.newSeq(), e.newSeq()];
+    assert.deepStrictEqual(await prefillBoth(e, seqs), lrow);
+    const top5 = [];
+    want.forEach((l, i) => {
+      const order = Array.from(l.keys())
+        .sort((a, b) => l[b] - l[a] || a - b)
+        .slice(0, 5);
+      const t = e.top(lrow[i]);
+      assert.ok(t.ids instanceof Int32Array && t.logits instanceof Float32Array && typeof t.lse === 'number');
+      assert.deepStrictEqual(Array.from(t.ids), order, `row ${i}: the full row's 5 largest`);
+      assert.strictEqual(t.logits.length, 5);
+      t.ids.forEach((id, j) => {
+        assert.ok(closeTo(t.logits[j], l[id]), `row ${i}: candidate ${j} (id ${id}) logit ${t.logits[j]}, full row ${l[id]}`);
+        if (j > 0) assert.ok(t.logits[j - 1] >= t.logits[j], `row ${i}: descending`);
+      });
+      const mx = l[order[0]];
+      const lse = mx + Math.log(l.reduce((s, x) => s + Math.exp(x - mx), 0));
+      assert.ok(Math.abs(t.lse - lse) < 1e-3, `row ${i}: lse ${t.lse}, want ${lse}`);
+      top5.push(Array.from(t.ids));
+    });
+    // top-k mode: no full logits; a row that did not ask (or is not there) has no candidates
+    assert.throws(() => e.logits(lrow[0]), { ...INVALID_ARGUMENT, message: /forge_engine_top/ });
+    assert.throws(() => e.logits(lrow[1], new Float32Array(e.nVocab)), INVALID_ARGUMENT);
+    assert.throws(() => e.top(0), { ...INVALID_ARGUMENT, message: /did not ask/ });
+    assert.throws(() => e.top(lrow[1] + 1), { ...INVALID_ARGUMENT, message: /rows/ });
+    assert.throws(() => e.top(-1), { ...INVALID_ARGUMENT, message: /row must be an integer/ });
+    // a refused k changes nothing: still top-5, the results still there
+    assert.throws(() => e.setTopK(TOP_MAX + 1), INVALID_ARGUMENT);
+    assert.deepStrictEqual(Array.from(e.top(lrow[1]).ids), top5[1]);
+    // the largest k: TOP_MAX candidates, the first five as before
+    e.setTopK(TOP_MAX);
+    assert.throws(() => e.top(lrow[0]), INVALID_ARGUMENT); // setTopK dropped the last results
+    seqs.forEach((s) => e.keepSeq(s, 0));
+    await prefillBoth(e, seqs);
+    const big = e.top(lrow[0]);
+    assert.strictEqual(big.ids.length, TOP_MAX);
+    assert.strictEqual(big.logits.length, TOP_MAX);
+    assert.deepStrictEqual(Array.from(big.ids.subarray(0, 5)), top5[0]);
+    assert.ok(big.logits.every((x, j) => j === 0 || big.logits[j - 1] >= x));
+    // back to every logit: the same as the first engine's
+    e.setTopK(0);
+    seqs.forEach((s) => e.keepSeq(s, 0));
+    await prefillBoth(e, seqs);
+    lrow.forEach((r, i) => {
+      const l = e.logits(r);
+      assert.strictEqual(l.length, want[i].length);
+      const bad = l.findIndex((x, j) => !closeTo(x, want[i][j]));
+      assert.strictEqual(bad, -1, `row ${i}: logit ${bad} is ${l[bad]}, the full engine's ${want[i][bad]}`);
+    });
+    assert.throws(() => e.top(lrow[0]), INVALID_ARGUMENT);
+  } finally {
+    e.close();
+    full.close();
+    m.close();
+  }
+});
+
 test('engine: busy while an async decode runs, close() during one, outlives its model', async () => {
   const m = await load(MODEL, { contextSize: 64 });
   const e = m.newEngine({ kvBudget: 1 });
@@ -437,6 +526,8 @@ test('engine: busy while an async decode runs, close() during one, outlives its 
   assert.throws(() => e.seqLen(s), busy);
   assert.throws(() => e.logits(0), busy);
   assert.throws(() => e.preempted(), busy);
+  assert.throws(() => e.setTopK(5), busy);
+  assert.throws(() => e.top(0), busy);
   assert.throws(() => e.decodeSync([{ seq: s, token: 1, pos: 0 }]), busy);
   assert.throws(() => e.decode([{ seq: s, token: 1, pos: 0 }]), busy);
   await running;
@@ -446,7 +537,7 @@ test('engine: busy while an async decode runs, close() during one, outlives its 
   e.close();
   await last;
   const closed = { code: 'ERR_CLOSED', status: -1, message: /engine is closed/ };
-  for (const call of [() => e.newSeq(), () => e.seqLen(s), () => e.stats(), () => e.logits(0), () => e.nVocab, () => e.freeSeq(s), () => e.decodeSync([]), () => e.preempted(), () => e.setPreempt(true)]) {
+  for (const call of [() => e.newSeq(), () => e.seqLen(s), () => e.stats(), () => e.logits(0), () => e.nVocab, () => e.freeSeq(s), () => e.decodeSync([]), () => e.preempted(), () => e.setPreempt(true), () => e.setTopK(5), () => e.top(0)]) {
     assert.throws(call, closed);
   }
   assert.throws(() => e.decode([]), closed);
