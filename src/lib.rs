@@ -31,6 +31,7 @@ pub mod kv;
 pub mod model;
 pub mod quant;
 pub mod sampler;
+pub mod shard;
 pub mod tokenizer;
 /// Shape twins (real metadata, random weights): tooling, not part of the
 /// shipped library (feature `tools`; tests and examples turn it on).
