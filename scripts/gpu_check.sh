@@ -4,7 +4,7 @@
 # tests, time the benchmarks, and run compute-sanitizer. Binaries are built
 # on the CPU machine (scripts/gpu_prepare.sh) and carried with the tree.
 #
-# usage: scripts/gpu_check.sh [steps...]   steps: info twins ops model arch profile ktime bench batched bprofile server bench-cpu sanitize real ncu compile regs
+# usage: scripts/gpu_check.sh [steps...]   steps: info twins ops model arch profile ktime bench batched bprofile server bench-cpu sanitize real ncu compile regs collective
 # env:   BIN (binaries, default .carry/bin), HEADS (.head files, default .carry),
 #        OUT (logs; default ./gpu-out), TWINS (default /tmp/twins)
 set -uo pipefail
@@ -120,6 +120,11 @@ for step in $steps; do
       run sanitize-ops env FORGE_ACT16=1 compute-sanitizer --tool memcheck --report-api-errors no --leak-check full --error-exitcode 1 "$BIN/device_ops" --test-threads 1 \
         attention rope_qkv rmsnorm gated_ffn embedding_rows matmul_all_types pair_products mmq_products attention_mixed topk_candidates
       run sanitize-model env FORGE_ACT16=1 compute-sanitizer --tool memcheck --report-api-errors no --leak-check full --error-exitcode 1 "$BIN/gpu_model" smollm2_twin batched_smollm2_twin ;;
+    collective)
+      # issue 19's communicator: NCCL at run time, one rank per visible GPU
+      lib=$(python3 -c "import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], 'lib', 'libnccl.so.2'))" 2>/dev/null)
+      [ -f "$lib" ] || lib=$(find / -xdev -name 'libnccl.so.2' 2>/dev/null | head -n1)
+      run collective env FORGE_NCCL_LIB="$lib" "$BIN/gpu_collective" --nocapture ;;
     real)
       run real env FORGE_ACT16=1 FORGE_REAL_SMOLLM2="${REAL_SMOLLM2:?}" "$BIN/gpu_model" real_smollm2 --nocapture ;;
     *) echo "unknown step $step"; exit 2 ;;

@@ -9,7 +9,7 @@ mkdir -p .carry/bin
 cargo build --release --features cuda --examples
 cargo build --release --features cuda -p rocmforge-cli -p rocmforge-server
 json=$(cargo test --release --features cuda --no-run --message-format=json 2>/dev/null)
-for t in device_ops gpu_model arch_twins rocmforge; do
+for t in device_ops gpu_model arch_twins gpu_collective rocmforge; do
   exe=$(printf '%s\n' "$json" | grep -o "\"executable\":\"[^\"]*/deps/$t-[0-9a-f]*\"" | tail -n1 | cut -d'"' -f4)
   # the library's unit tests are rocmforge-unit here (rocmforge is the CLI)
   install -m755 "$exe" .carry/bin/$([ $t = rocmforge ] && echo rocmforge-unit || echo $t)

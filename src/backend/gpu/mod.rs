@@ -5,6 +5,7 @@
 //! forward pass ([`forward`]). The CUDA and HIP modules only implement
 //! [`runtime::GpuRuntime`].
 
+pub mod collective;
 pub mod decode;
 pub mod forward;
 pub mod kernel_table;
