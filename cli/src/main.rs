@@ -735,20 +735,23 @@ fn info(path: &Path, ctx: usize, as_json: bool) -> Result<(), Fail> {
     match &cfg {
         Ok(cfg) => {
             let n_ctx = if ctx == 0 { cfg.n_ctx_train.min(4096) } else { ctx };
-            // the KV pool holds whole blocks of 16 positions, and one more for copy-on-write
-            let kv = cfg.kv_bytes_per_position() * (n_ctx.div_ceil(16) + 1) * 16;
-            let logits = cfg.n_vocab * 4;
+            // the KV pool holds whole blocks of 16 positions, and one more for
+            // copy-on-write; an encoder keeps no cache and returns hidden states
+            let encoder = cfg.arch.encoder;
+            let kv = if encoder { 0 } else { cfg.kv_bytes_per_position() * (n_ctx.div_ceil(16) + 1) * 16 };
+            let logits = if encoder { n_ctx * cfg.n_embd * 4 } else { cfg.n_vocab * 4 };
             // the resident f16 copies a GPU keeps for batched products when they fit
-            let f16_copies: usize = f.tensors().iter().filter(|t| t.dims.len() == 2 && (t.name.starts_with("blk.") || t.name == "output.weight")).map(|t| t.n_elements() as usize * 2).sum();
+            let f16_copies: usize = if encoder { 0 } else { f.tensors().iter().filter(|t| t.dims.len() == 2 && (t.name.starts_with("blk.") || t.name == "output.weight")).map(|t| t.n_elements() as usize * 2).sum() };
             v["context_length"] = json!(cfg.n_ctx_train);
-            v["model"] = json!({"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head, "n_head_kv": cfg.n_head_kv, "head_dim": cfg.head_dim, "n_ff": cfg.n_ff, "n_vocab": cfg.n_vocab, "sliding_window": cfg.sliding_window});
+            v["model"] = json!({"encoder": encoder, "n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head, "n_head_kv": cfg.n_head_kv, "head_dim": cfg.head_dim, "n_ff": cfg.n_ff, "n_vocab": cfg.n_vocab, "sliding_window": cfg.sliding_window});
             v["memory"] = json!({
                 "ctx": n_ctx,
                 "kv_cache_bytes": kv,
                 // the CPU reads the weights from the file's mapping
                 "cpu_bytes": weight_bytes as usize + kv + logits,
                 // a GPU holds its own copy; scratch buffers come on top
-                "gpu_bytes": weight_bytes as usize + kv + logits,
+                // (an encoder runs on the CPU whatever the backend)
+                "gpu_bytes": if encoder { 0 } else { weight_bytes as usize + kv + logits },
                 // batched products on a GPU: f16 copies of the projections, when they fit a quarter of the memory
                 "gpu_f16_copies_bytes": f16_copies,
             });
@@ -780,8 +783,20 @@ fn info(path: &Path, ctx: usize, as_json: bool) -> Result<(), Fail> {
             println!("  layers           {} (embedding {}, heads {} / {} kv, head size {}, FFN {})", cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_head_kv, cfg.head_dim, cfg.n_ff);
             println!("  context          {} trained", cfg.n_ctx_train);
             let m = &v["memory"];
-            println!("  memory at ctx {}  KV cache {:.1} MiB; CPU {:.1} MiB (weights mapped from the file), GPU {:.1} MiB + scratch (+ {:.1} MiB of f16 copies when they fit)",
+            if cfg.arch.encoder {
+                let pooling = match cfg.pooling_type {
+                    Some(0) => "none",
+                    Some(1) | None => "mean",
+                    Some(2) => "CLS",
+                    Some(3) => "last",
+                    Some(_) => "other",
+                };
+                println!("  encoder          embeddings only ({pooling} pooling): no KV cache, no LM head");
+                println!("  memory at ctx {}  CPU {:.1} MiB (weights mapped from the file; encoders run on the CPU whatever the backend)", m["ctx"], mib(m["cpu_bytes"].as_u64().unwrap_or(0)));
+            } else {
+                println!("  memory at ctx {}  KV cache {:.1} MiB; CPU {:.1} MiB (weights mapped from the file), GPU {:.1} MiB + scratch (+ {:.1} MiB of f16 copies when they fit)",
                 m["ctx"], mib(m["kv_cache_bytes"].as_u64().unwrap_or(0)), mib(m["cpu_bytes"].as_u64().unwrap_or(0)), mib(m["gpu_bytes"].as_u64().unwrap_or(0)), mib(m["gpu_f16_copies_bytes"].as_u64().unwrap_or(0)));
+            }
         }
         Err(e) => println!("  not supported    {e}"),
     }

@@ -230,6 +230,28 @@ fn info_json_matches_the_gguf_metadata() {
     let types: u64 = v["tensor_types"].as_array().unwrap().iter().map(|t| t["tensors"].as_u64().unwrap()).sum();
     assert_eq!(types as usize, f.tensors().len());
     assert_eq!(v["backends"]["cpu"]["available"], true);
+    assert_eq!(v["model"]["encoder"], false);
+    assert!(v["memory"]["kv_cache_bytes"].as_u64().unwrap() > 0);
+}
+
+/// An embedding encoder keeps no KV cache and runs on the CPU: `info`
+/// says so instead of sizing a decoder's cache.
+#[test]
+fn info_of_an_encoder_has_no_kv_cache() {
+    let path = smollm2().with_file_name("nomic-embed-text-v1.5.f16.gguf");
+    assert!(path.is_file(), "{} missing: run `make models`", path.display());
+    let o = rf(&["info", path.to_str().unwrap(), "--json", "--ctx", "512"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["architecture"], "nomic-bert");
+    assert_eq!(v["model"]["encoder"], true);
+    assert_eq!(v["memory"]["kv_cache_bytes"], 0);
+    assert_eq!(v["memory"]["gpu_bytes"], 0);
+    // weights plus one input's hidden states (512 x 768 f32)
+    assert_eq!(v["memory"]["cpu_bytes"].as_u64().unwrap(), v["weight_bytes"].as_u64().unwrap() + 512 * 768 * 4);
+    let o = rf(&["info", path.to_str().unwrap()]);
+    let out = text(&o.stdout);
+    assert!(out.contains("embeddings only (mean pooling): no KV cache") && !out.contains("KV cache 0.0 MiB") && out.contains("encoders run on the CPU"), "{out}");
 }
 
 #[test]
