@@ -223,7 +223,8 @@ pub fn run_api_case(data: &[u8]) -> usize {
 
 unsafe fn one_call(src: &mut Src, h: &mut Handles, path: &CString) {
     use forge_status::*;
-    match src.below(28) {
+    match src.below(29) {
+        28 => embed(src, h),
         0 => {
             let mut p = forge_load_default_params();
             p.n_threads = *src.pick(&[0, 1, 1, 1, 2, 2, 3, FORGE_MAX_THREADS + 1, 100_000, u32::MAX]);
@@ -511,6 +512,57 @@ unsafe fn one_call(src: &mut Src, h: &mut Handles, path: &CString) {
             assert_eq!(forge_abi_version(), FORGE_ABI_VERSION);
             assert!(!CStr::from_ptr(forge_version()).to_bytes().is_empty());
         }
+    }
+}
+
+/// forge_embed of random tokens (valid or not), pooling (valid or not),
+/// buffer sizes and NULLs: the status follows the documented order of
+/// checks, a failure writes nothing, and a success writes finite values
+/// (unit rows when normalized) and nothing past them.
+unsafe fn embed(src: &mut Src, h: &mut Handles) {
+    use forge_status::*;
+    let c = h.ctx(src);
+    let nv = if c.is_null() { 300 } else { forge_n_vocab(c) };
+    let toks = tokens(src, nv);
+    let (tp, tn) = ptr_len(src, &toks);
+    let pooling = *src.pick(&[-1, -1, 0, 1, 1, 2, 3, 4, -2, i32::MIN]);
+    let normalize = src.bool();
+    let cap = *src.pick(&[0, 1, 63, 64, 65, 200, 4096]);
+    let mut out = vec![f32::from_bits(SENT_F32); cap];
+    let op = if src.below(8) == 0 { null_mut() } else { out.as_mut_ptr() };
+    let mut n = SENT_USIZE;
+    let np = if src.below(10) == 0 { null_mut() } else { &mut n as *mut usize };
+    let st = check(forge_embed(c, tp, tn, pooling, normalize, op, cap, np), "forge_embed");
+    let bad_token = toks.iter().any(|&t| t < 0 || t >= nv);
+    let want: &[forge_status] = if c.is_null() || np.is_null() {
+        &[FORGE_ERR_NULL_POINTER]
+    } else if tn == 0 || !(-1..=3).contains(&pooling) {
+        &[FORGE_ERR_INVALID_ARGUMENT]
+    } else if tp.is_null() {
+        &[FORGE_ERR_NULL_POINTER]
+    } else if bad_token {
+        &[FORGE_ERR_INVALID_ARGUMENT]
+    } else {
+        // then the size: too small (NULL with a non-zero cap: NULL_POINTER), or the pass
+        &[FORGE_OK, FORGE_ERR_BUFFER_TOO_SMALL, FORGE_ERR_NULL_POINTER]
+    };
+    assert!(want.contains(&st), "forge_embed({toks:?}, pooling {pooling}, cap {cap}, out {}): {st:?}, want {want:?}: {}", if op.is_null() { "NULL" } else { "buf" }, last_error());
+    let untouched = |from: usize| out[from..].iter().all(|x| x.to_bits() == SENT_F32);
+    match st {
+        FORGE_OK => {
+            assert!(n > 0 && n <= cap && !op.is_null() && untouched(n), "forge_embed: *n_out {n} of cap {cap}");
+            assert!(out[..n].iter().all(|x| x.is_finite()), "forge_embed: non-finite values");
+            if normalize {
+                // one pooled row, or one per token: each of unit length
+                let rows = if pooling == 0 { tn } else { 1 };
+                for r in out[..n].chunks(n / rows) {
+                    let l2: f32 = r.iter().map(|x| x * x).sum::<f32>().sqrt();
+                    assert!((l2 - 1.0).abs() < 1e-3 || l2 == 0.0, "forge_embed: a normalized row of length {l2}");
+                }
+            }
+        }
+        FORGE_ERR_BUFFER_TOO_SMALL => assert!(n > cap && untouched(0), "forge_embed: *n_out {n} on BUFFER_TOO_SMALL with cap {cap}"),
+        _ => assert!((np.is_null() || n == SENT_USIZE) && untouched(0), "forge_embed wrote outputs on {st:?}"),
     }
 }
 
