@@ -40,7 +40,14 @@ pub struct Dims {
 
 impl Dims {
     pub fn of(c: &Config) -> Dims {
-        Dims { n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: c.head_dim, head_dim_v: c.head_dim_v, n_ff: c.n_ff, n_vocab: c.n_vocab }
+        Dims {
+            n_head: c.n_head,
+            n_head_kv: c.n_head_kv,
+            head_dim: c.head_dim,
+            head_dim_v: c.head_dim_v,
+            n_ff: c.n_ff,
+            n_vocab: c.n_vocab,
+        }
     }
 }
 
@@ -75,17 +82,33 @@ impl ShardPlan {
     /// ranks), a rank's share of wo's or down's columns by its block.
     pub fn new(d: Dims, n_ranks: usize, wo_block: usize, down_block: usize) -> Result<ShardPlan> {
         if n_ranks == 0 {
-            return Err(Error::InvalidArgument("tensor parallelism over 0 ranks".into()));
+            return Err(Error::InvalidArgument(
+                "tensor parallelism over 0 ranks".into(),
+            ));
         }
-        if d.n_head_kv == 0 || d.n_head_kv > d.n_head || wo_block == 0 || down_block == 0 {
-            return Err(Error::InvalidArgument(format!("shapes {d:?}, blocks {wo_block} and {down_block}")));
+        if d.n_head_kv == 0
+            || !d.n_head.is_multiple_of(d.n_head_kv)
+            || wo_block == 0
+            || down_block == 0
+        {
+            return Err(Error::InvalidArgument(format!(
+                "shapes {d:?}, blocks {wo_block} and {down_block}"
+            )));
         }
         if !d.n_head.is_multiple_of(n_ranks) {
-            return Err(Error::Unsupported(format!("{} query heads do not split over {n_ranks} ranks", d.n_head)));
+            return Err(Error::Unsupported(format!(
+                "{} query heads do not split over {n_ranks} ranks",
+                d.n_head
+            )));
         }
         let kv_replicated = d.n_head_kv < n_ranks;
-        if (!kv_replicated && !d.n_head_kv.is_multiple_of(n_ranks)) || (kv_replicated && !n_ranks.is_multiple_of(d.n_head_kv)) {
-            return Err(Error::Unsupported(format!("{} KV heads do not split over, or replicate evenly across, {n_ranks} ranks", d.n_head_kv)));
+        if (!kv_replicated && !d.n_head_kv.is_multiple_of(n_ranks))
+            || (kv_replicated && !n_ranks.is_multiple_of(d.n_head_kv))
+        {
+            return Err(Error::Unsupported(format!(
+                "{} KV heads do not split over, or replicate evenly across, {n_ranks} ranks",
+                d.n_head_kv
+            )));
         }
         let hr = d.n_head / n_ranks;
         if !(hr * d.head_dim_v).is_multiple_of(wo_block) {
@@ -111,19 +134,47 @@ impl ShardPlan {
                     r * kr..(r + 1) * kr
                 };
                 // whole blocks of down's columns, as even as they go
-                let ffn = (r * blocks / n_ranks) * down_block..((r + 1) * blocks / n_ranks) * down_block;
+                let ffn =
+                    (r * blocks / n_ranks) * down_block..((r + 1) * blocks / n_ranks) * down_block;
                 let vocab = r * d.n_vocab / n_ranks..(r + 1) * d.n_vocab / n_ranks;
-                RankShard { rank: r, heads, kv_heads, ffn, vocab }
+                RankShard {
+                    rank: r,
+                    heads,
+                    kv_heads,
+                    ffn,
+                    vocab,
+                }
             })
             .collect();
-        Ok(ShardPlan { dims: d, ranks, kv_replicated })
+        Ok(ShardPlan {
+            dims: d,
+            ranks,
+            kv_replicated,
+        })
     }
 
-    /// The plan for a loaded model's weights: the block sizes of its
-    /// layers' wo and down (the coarsest over the layers).
-    pub fn for_model(c: &Config, w: &crate::model::weights::Weights, n_ranks: usize) -> Result<ShardPlan> {
-        let block = |f: fn(&crate::model::weights::LayerWeights) -> GgmlType| w.layers.iter().map(|l| f(l).block_size()).max().unwrap_or(1);
-        ShardPlan::new(Dims::of(c), n_ranks, block(|l| l.wo.ty), block(|l| l.w_down.ty))
+    /// The plan for a loaded model's weights on GPUs: the block sizes of
+    /// its layers' wo and down (the coarsest over the layers), and at
+    /// least 32, the group the GPU products take whole (float types too).
+    pub fn for_model(
+        c: &Config,
+        w: &crate::model::weights::Weights,
+        n_ranks: usize,
+    ) -> Result<ShardPlan> {
+        let block = |f: fn(&crate::model::weights::LayerWeights) -> GgmlType| {
+            w.layers
+                .iter()
+                .map(|l| f(l).block_size())
+                .max()
+                .unwrap_or(1)
+                .max(32)
+        };
+        ShardPlan::new(
+            Dims::of(c),
+            n_ranks,
+            block(|l| l.wo.ty),
+            block(|l| l.w_down.ty),
+        )
     }
 }
 
@@ -153,15 +204,21 @@ impl RankShard {
 }
 
 fn row_bytes(ty: GgmlType, cols: usize) -> Result<usize> {
-    ty.row_bytes(cols as u64).and_then(|b| usize::try_from(b).ok()).filter(|&b| b > 0).ok_or_else(|| Error::InvalidArgument(format!("{ty}: {cols} columns are not whole blocks")))
+    ty.row_bytes(cols as u64)
+        .and_then(|b| usize::try_from(b).ok())
+        .filter(|&b| b > 0)
+        .ok_or_else(|| Error::InvalidArgument(format!("{ty}: {cols} columns are not whole blocks")))
 }
 
 /// Rows `r` of a (rows, cols) matrix of type `ty` stored row after row
 /// (`bytes`): a column-parallel shard.
 pub fn split_rows(bytes: &[u8], ty: GgmlType, cols: usize, r: Range<usize>) -> Result<&[u8]> {
     let rb = row_bytes(ty, cols)?;
-    if r.start > r.end || r.end * rb > bytes.len() {
-        return Err(Error::InvalidArgument(format!("rows {r:?} of a {ty} matrix of {} rows", bytes.len() / rb)));
+    if r.start > r.end || r.end.checked_mul(rb).is_none_or(|end| end > bytes.len()) {
+        return Err(Error::InvalidArgument(format!(
+            "rows {r:?} of a {ty} matrix of {} rows",
+            bytes.len() / rb
+        )));
     }
     Ok(&bytes[r.start * rb..r.end * rb])
 }
@@ -172,9 +229,20 @@ pub fn split_rows(bytes: &[u8], ty: GgmlType, cols: usize, r: Range<usize>) -> R
 pub fn split_cols(bytes: &[u8], ty: GgmlType, cols: usize, c: Range<usize>) -> Result<Vec<u8>> {
     let (bs, ts) = (ty.block_size(), ty.type_size());
     let rb = row_bytes(ty, cols)?;
-    if !c.start.is_multiple_of(bs) || !c.end.is_multiple_of(bs) || c.start > c.end || c.end > cols || !bytes.len().is_multiple_of(rb) {
-        return Err(Error::InvalidArgument(format!("columns {c:?} of a {ty} matrix of {cols} columns: not whole blocks of {bs}")));
+    if !c.start.is_multiple_of(bs)
+        || !c.end.is_multiple_of(bs)
+        || c.start > c.end
+        || c.end > cols
+        || !bytes.len().is_multiple_of(rb)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "columns {c:?} of a {ty} matrix of {cols} columns: not whole blocks of {bs}"
+        )));
     }
     let (b0, b1) = (c.start / bs * ts, c.end / bs * ts);
-    Ok(bytes.chunks_exact(rb).flat_map(|row| &row[b0..b1]).copied().collect())
+    Ok(bytes
+        .chunks_exact(rb)
+        .flat_map(|row| &row[b0..b1])
+        .copied()
+        .collect())
 }

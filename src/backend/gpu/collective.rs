@@ -36,8 +36,17 @@ struct Lib {
     version: unsafe extern "C" fn(*mut c_int) -> c_int,
     init_all: unsafe extern "C" fn(*mut Comm, c_int, *const c_int) -> c_int,
     destroy: unsafe extern "C" fn(Comm) -> c_int,
-    all_reduce: unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, c_int, Comm, *mut c_void) -> c_int,
-    all_gather: unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, Comm, *mut c_void) -> c_int,
+    all_reduce: unsafe extern "C" fn(
+        *const c_void,
+        *mut c_void,
+        usize,
+        c_int,
+        c_int,
+        Comm,
+        *mut c_void,
+    ) -> c_int,
+    all_gather:
+        unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, Comm, *mut c_void) -> c_int,
     group_start: unsafe extern "C" fn() -> c_int,
     group_end: unsafe extern "C" fn() -> c_int,
     error_string: unsafe extern "C" fn(c_int) -> *const c_char,
@@ -50,43 +59,34 @@ fn lib_names(kind: GpuKind) -> Vec<String> {
         GpuKind::Cuda => &["libnccl.so.2", "libnccl.so"],
         GpuKind::Hip => &["librccl.so.1", "librccl.so"],
     };
-    std::env::var("FORGE_NCCL_LIB").ok().into_iter().chain(own.iter().map(|s| s.to_string())).collect()
+    std::env::var("FORGE_NCCL_LIB")
+        .ok()
+        .into_iter()
+        .chain(own.iter().map(|s| s.to_string()))
+        .collect()
 }
 
 fn open(names: &[String]) -> Result<Lib> {
     let mut tried = Vec::new();
     for n in names {
-        let Ok(c) = CString::new(n.as_str()) else { continue };
-        // SAFETY: dlopen with a valid C string; the handle is never closed
-        // (communicators may outlive any one owner).
+        let Ok(c) = CString::new(n.as_str()) else {
+            continue;
+        };
+        // SAFETY: dlopen with a valid C string; a library that is kept is
+        // never closed (communicators may outlive any one owner).
         let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
         if h.is_null() {
-            tried.push(n.clone());
+            tried.push(format!("{n} (not found)"));
             continue;
         }
-        let sym = |s: &str| -> Result<*mut c_void> {
-            let c = CString::new(s).expect("symbol names have no NUL");
-            // SAFETY: dlsym on a live handle.
-            let p = unsafe { libc::dlsym(h, c.as_ptr()) };
-            if p.is_null() {
-                Err(Error::BackendUnavailable(format!("{n} has no {s}")))
-            } else {
-                Ok(p)
+        match unsafe { bind(n, h) } {
+            Ok(lib) => return Ok(lib),
+            Err(why) => {
+                // not NCCL's API: close it and try the next name
+                // SAFETY: nothing from this handle is kept.
+                unsafe { libc::dlclose(h) };
+                tried.push(why);
             }
-        };
-        // SAFETY: each symbol has nccl.h's signature, which the fields declare.
-        unsafe {
-            return Ok(Lib {
-                name: n.clone(),
-                version: std::mem::transmute::<*mut c_void, _>(sym("ncclGetVersion")?),
-                init_all: std::mem::transmute::<*mut c_void, _>(sym("ncclCommInitAll")?),
-                destroy: std::mem::transmute::<*mut c_void, _>(sym("ncclCommDestroy")?),
-                all_reduce: std::mem::transmute::<*mut c_void, _>(sym("ncclAllReduce")?),
-                all_gather: std::mem::transmute::<*mut c_void, _>(sym("ncclAllGather")?),
-                group_start: std::mem::transmute::<*mut c_void, _>(sym("ncclGroupStart")?),
-                group_end: std::mem::transmute::<*mut c_void, _>(sym("ncclGroupEnd")?),
-                error_string: std::mem::transmute::<*mut c_void, _>(sym("ncclGetErrorString")?),
-            });
         }
     }
     Err(Error::BackendUnavailable(format!(
@@ -95,14 +95,50 @@ fn open(names: &[String]) -> Result<Lib> {
     )))
 }
 
+/// NCCL's entry points in the library `h` (named `n`), or which one it lacks.
+///
+/// # Safety
+/// `h` is a live dlopen handle.
+unsafe fn bind(n: &str, h: *mut c_void) -> std::result::Result<Lib, String> {
+    let sym = |s: &str| -> std::result::Result<*mut c_void, String> {
+        let c = CString::new(s).expect("symbol names have no NUL");
+        // SAFETY: dlsym on a live handle.
+        let p = unsafe { libc::dlsym(h, c.as_ptr()) };
+        if p.is_null() {
+            Err(format!("{n} (has no {s})"))
+        } else {
+            Ok(p)
+        }
+    };
+    // SAFETY: each symbol has nccl.h's signature, which the fields declare.
+    unsafe {
+        Ok(Lib {
+            name: n.to_string(),
+            version: std::mem::transmute::<*mut c_void, _>(sym("ncclGetVersion")?),
+            init_all: std::mem::transmute::<*mut c_void, _>(sym("ncclCommInitAll")?),
+            destroy: std::mem::transmute::<*mut c_void, _>(sym("ncclCommDestroy")?),
+            all_reduce: std::mem::transmute::<*mut c_void, _>(sym("ncclAllReduce")?),
+            all_gather: std::mem::transmute::<*mut c_void, _>(sym("ncclAllGather")?),
+            group_start: std::mem::transmute::<*mut c_void, _>(sym("ncclGroupStart")?),
+            group_end: std::mem::transmute::<*mut c_void, _>(sym("ncclGroupEnd")?),
+            error_string: std::mem::transmute::<*mut c_void, _>(sym("ncclGetErrorString")?),
+        })
+    }
+}
+
 impl Lib {
     fn check(&self, what: &str, r: c_int) -> Result<()> {
         if r == 0 {
             return Ok(());
         }
         // SAFETY: ncclGetErrorString returns a static string for any code.
-        let msg = unsafe { CStr::from_ptr((self.error_string)(r)) }.to_string_lossy().into_owned();
-        Err(Error::BackendUnavailable(format!("{} {what}: {msg} (error {r})", self.name)))
+        let msg = unsafe { CStr::from_ptr((self.error_string)(r)) }
+            .to_string_lossy()
+            .into_owned();
+        Err(Error::BackendUnavailable(format!(
+            "{} {what}: {msg} (error {r})",
+            self.name
+        )))
     }
 }
 
@@ -126,17 +162,28 @@ impl Comms {
 
     fn init_with(names: &[String], devices: &[usize]) -> Result<Comms> {
         if devices.is_empty() {
-            return Err(Error::InvalidArgument("tensor parallelism over no devices".into()));
+            return Err(Error::InvalidArgument(
+                "tensor parallelism over no devices".into(),
+            ));
         }
         let lib = open(names)?;
         if std::env::var_os("NCCL_NVLS_ENABLE").is_none() {
-            // NVLink multicast stays off unless the caller chose otherwise
+            // NVLink multicast stays off unless the caller chose otherwise.
+            // The environment is process-wide: a program with threads that
+            // read it concurrently should set NCCL_NVLS_ENABLE itself
+            // before starting them.
             std::env::set_var("NCCL_NVLS_ENABLE", "0");
         }
-        let devs: Vec<c_int> = devices.iter().map(|&d| c_int::try_from(d)).collect::<std::result::Result<_, _>>().map_err(|_| Error::InvalidArgument(format!("devices {devices:?}")))?;
+        let devs: Vec<c_int> = devices
+            .iter()
+            .map(|&d| c_int::try_from(d))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| Error::InvalidArgument(format!("devices {devices:?}")))?;
         let mut comms = vec![std::ptr::null_mut(); devs.len()];
         // SAFETY: comms has room for one communicator per device.
-        lib.check("ncclCommInitAll", unsafe { (lib.init_all)(comms.as_mut_ptr(), devs.len() as c_int, devs.as_ptr()) })?;
+        lib.check("ncclCommInitAll", unsafe {
+            (lib.init_all)(comms.as_mut_ptr(), devs.len() as c_int, devs.as_ptr())
+        })?;
         Ok(Comms { lib, comms })
     }
 
@@ -151,7 +198,13 @@ impl Comms {
         let ok = unsafe { (self.lib.version)(&mut v) } == 0;
         let v = v as i64;
         if ok && v >= 10_000 {
-            format!("{} {}.{}.{}", self.lib.name, v / 10_000, v / 100 % 100, v % 100)
+            format!(
+                "{} {}.{}.{}",
+                self.lib.name,
+                v / 10_000,
+                v / 100 % 100,
+                v % 100
+            )
         } else {
             format!("{} {v}", self.lib.name)
         }
@@ -160,25 +213,69 @@ impl Comms {
     /// Every rank r's `count` f32 at bufs[r].0 summed over the ranks into
     /// each rank's bufs[r].1 (in place when the two are equal), on
     /// streams[r]. Enqueued only: the streams order it.
-    pub fn all_reduce_sum(&self, bufs: &[(DevPtr, DevPtr)], count: usize, streams: &[Stream]) -> Result<()> {
-        self.grouped(bufs.len(), streams.len(), "ncclAllReduce", |l, i, c| unsafe {
-            (l.all_reduce)(bufs[i].0 as *const c_void, bufs[i].1 as *mut c_void, count, NCCL_FLOAT32, NCCL_SUM, c, streams[i].0 as *mut c_void)
-        })
+    pub fn all_reduce_sum(
+        &self,
+        bufs: &[(DevPtr, DevPtr)],
+        count: usize,
+        streams: &[Stream],
+    ) -> Result<()> {
+        self.grouped(
+            bufs.len(),
+            streams.len(),
+            "ncclAllReduce",
+            |l, i, c| unsafe {
+                (l.all_reduce)(
+                    bufs[i].0 as *const c_void,
+                    bufs[i].1 as *mut c_void,
+                    count,
+                    NCCL_FLOAT32,
+                    NCCL_SUM,
+                    c,
+                    streams[i].0 as *mut c_void,
+                )
+            },
+        )
     }
 
     /// Every rank r's `count` f32 at bufs[r].0 gathered, rank after rank,
     /// into each rank's bufs[r].1 (`count` × ranks floats), on streams[r].
-    pub fn all_gather(&self, bufs: &[(DevPtr, DevPtr)], count: usize, streams: &[Stream]) -> Result<()> {
-        self.grouped(bufs.len(), streams.len(), "ncclAllGather", |l, i, c| unsafe {
-            (l.all_gather)(bufs[i].0 as *const c_void, bufs[i].1 as *mut c_void, count, NCCL_FLOAT32, c, streams[i].0 as *mut c_void)
-        })
+    pub fn all_gather(
+        &self,
+        bufs: &[(DevPtr, DevPtr)],
+        count: usize,
+        streams: &[Stream],
+    ) -> Result<()> {
+        self.grouped(
+            bufs.len(),
+            streams.len(),
+            "ncclAllGather",
+            |l, i, c| unsafe {
+                (l.all_gather)(
+                    bufs[i].0 as *const c_void,
+                    bufs[i].1 as *mut c_void,
+                    count,
+                    NCCL_FLOAT32,
+                    c,
+                    streams[i].0 as *mut c_void,
+                )
+            },
+        )
     }
 
     /// One call per rank between ncclGroupStart and ncclGroupEnd (one
     /// thread issuing for several devices must group them).
-    fn grouped(&self, n_bufs: usize, n_streams: usize, what: &str, call: impl Fn(&Lib, usize, Comm) -> c_int) -> Result<()> {
+    fn grouped(
+        &self,
+        n_bufs: usize,
+        n_streams: usize,
+        what: &str,
+        call: impl Fn(&Lib, usize, Comm) -> c_int,
+    ) -> Result<()> {
         if n_bufs != self.comms.len() || n_streams != self.comms.len() {
-            return Err(Error::InvalidArgument(format!("{what}: {n_bufs} buffers and {n_streams} streams for {} ranks", self.comms.len())));
+            return Err(Error::InvalidArgument(format!(
+                "{what}: {n_bufs} buffers and {n_streams} streams for {} ranks",
+                self.comms.len()
+            )));
         }
         let l = &self.lib;
         // SAFETY: group calls take no arguments.
@@ -215,16 +312,29 @@ mod tests {
     #[test]
     fn a_missing_library_is_a_clear_error() {
         let names = vec!["libnccl-that-is-not-here.so.2".to_string()];
-        let e = Comms::init_with(&names, &[0]).err().expect("no such library");
+        let e = Comms::init_with(&names, &[0])
+            .err()
+            .expect("no such library");
         let msg = e.to_string();
-        assert!(matches!(e, Error::BackendUnavailable(_)) && msg.contains("libnccl-that-is-not-here.so.2") && msg.contains("FORGE_NCCL_LIB"), "{msg}");
-        assert!(matches!(Comms::init_with(&names, &[]), Err(Error::InvalidArgument(_))));
+        assert!(
+            matches!(e, Error::BackendUnavailable(_))
+                && msg.contains("libnccl-that-is-not-here.so.2")
+                && msg.contains("FORGE_NCCL_LIB"),
+            "{msg}"
+        );
+        assert!(matches!(
+            Comms::init_with(&names, &[]),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 
     /// A library without NCCL's symbols is refused, naming the symbol.
     #[test]
     fn a_library_without_the_api_is_refused() {
-        let e = Comms::init_with(&["libc.so.6".to_string()], &[0]).err().expect("libc is not NCCL").to_string();
-        assert!(e.contains("libc.so.6 has no ncclGetVersion"), "{e}");
+        let e = Comms::init_with(&["libc.so.6".to_string()], &[0])
+            .err()
+            .expect("libc is not NCCL")
+            .to_string();
+        assert!(e.contains("libc.so.6 (has no ncclGetVersion)"), "{e}");
     }
 }

@@ -1,10 +1,11 @@
 //! The GPU forward pass: the same steps as `model::forward` (the CPU fast
 //! path) and `model::reference` (the oracle), as kernel launches on one
 //! stream. Weights are uploaded once and stay in their GGUF types; the KV
-//! cache is f16 on the device; only logits come back. The decode step (one
-//! token) is captured once per session as a graph and replayed: the token id
-//! and position live in a small device buffer the kernels read, so the same
-//! graph serves every position.
+//! cache is f16 on the device; only logits come back. A step of only decode
+//! rows is padded to a size of [`GRAPH_BUCKETS`] and captured once per size
+//! as a graph, then replayed: token ids, positions and block tables live in
+//! a small device buffer the kernels read, so one graph serves every step
+//! of its size.
 
 use std::sync::Arc;
 
@@ -495,8 +496,10 @@ struct GraphKey {
 }
 
 /// The sizes decode steps are captured at; a step of n rows is padded to
-/// the first size ≥ n (larger steps run uncaptured).
-pub const GRAPH_BUCKETS: [usize; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
+/// the first size ≥ n (larger steps run uncaptured). Powers of two up to
+/// 32, then steps of at most a quarter, so padding costs at most a
+/// quarter of a large step's compute (and of its logits buffer).
+pub const GRAPH_BUCKETS: [usize; 15] = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256];
 
 impl Pass<'_> {
     /// One sequence whose blocks are consecutive in the pool (a lone
@@ -523,7 +526,7 @@ struct StepLayout {
 /// One engine's state on the GPU: the engine's KV block pool as f16 on the
 /// device (K and V per layer, `slots` = blocks × [`BLOCK`] positions, each
 /// sequence's positions where its block table says), scratch for a pass of
-/// up to [`MAX_BATCH`] rows, and the captured one-row decode step. A pass
+/// up to [`MAX_BATCH`] rows, and the captured decode steps. A pass
 /// runs the rows of any sequences together: the products take all rows at
 /// once, attention reads each row's keys through its block table (decode
 /// rows in one launch, each prefill chunk in the tiled kernels).
@@ -573,6 +576,9 @@ pub struct GpuExec {
     /// A block outside the engine's pool (its last): a padded row of a
     /// captured step writes its K/V there and attends only to it.
     trash: i32,
+    /// Step sizes whose capture failed (a vendor library that allocates
+    /// while capturing): they run uncaptured and unpadded.
+    uncapturable: Vec<usize>,
     /// This pass's output rows are the final hidden states (after the
     /// output norm, n_embd floats each) in the logits buffer, not logits
     /// ([`Exec::forward_hidden`]); never captured in the graph.
@@ -657,6 +663,7 @@ impl GpuExec {
             logits_host: HostBuf::new(&m.dev.rt, c.n_vocab * 4)?,
             gemm,
             graphs: Vec::new(),
+            uncapturable: Vec::new(),
             trash: i32::try_from(n_blocks).map_err(|_| Error::InvalidArgument(format!("{n_blocks} KV blocks")))?,
             use_graph: !crate::env_flag("FORGE_NO_GRAPH") && !super::profile::enabled(),
             out_hidden: false,
@@ -776,7 +783,7 @@ impl GpuExec {
         if !self.use_graph || self.out_hidden {
             return None;
         }
-        GRAPH_BUCKETS.iter().copied().find(|&b| b >= n)
+        GRAPH_BUCKETS.iter().copied().find(|&b| b >= n).filter(|b| !self.uncapturable.contains(b))
     }
 
     /// Run one pass and write its logits rows (`p.out`) into `dst`, sized
@@ -845,12 +852,21 @@ impl GpuExec {
             let g = match self.graphs.iter().find(|(k, _)| *k == key) {
                 Some((_, g)) => Some(*g),
                 None => {
-                    // a step that cannot be captured (a vendor library that
-                    // allocates while capturing) runs uncaptured from now on
+                    // a size that cannot be captured (a vendor library that
+                    // allocates while capturing) runs uncaptured from now on;
+                    // an error of the step itself comes back from that run
                     let g = rt.graph_begin(self.s).and_then(|()| {
                         let r = self.enqueue(p, &lay);
                         let g = rt.graph_end(self.s);
-                        r.and(g)
+                        match (r, g) {
+                            (Ok(()), g) => g,
+                            (Err(e), g) => {
+                                if let Ok(g) = g {
+                                    rt.graph_destroy(g);
+                                }
+                                Err(e)
+                            }
+                        }
                     });
                     match g {
                         Ok(g) => {
@@ -858,8 +874,8 @@ impl GpuExec {
                             Some(g)
                         }
                         Err(e) => {
-                            eprintln!("rocmforge: warning: GPU decode steps run uncaptured: capturing a {n}-row step failed ({e})");
-                            self.use_graph = false;
+                            eprintln!("rocmforge: warning: {n}-row GPU decode steps run uncaptured: capturing one failed ({e})");
+                            self.uncapturable.push(n);
                             None
                         }
                     }

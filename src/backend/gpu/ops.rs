@@ -346,9 +346,19 @@ pub fn matmul_q(dev: &Device, s: Stream, w: &DevMatrix, a: &ActQ, y: DevPtr, out
 /// constant must be `#ifndef`-guarded in kernels/).
 fn kernel_define(name: &str, default: usize) -> usize {
     static OPTS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let opts = OPTS.get_or_init(|| std::env::var("FORGE_NVRTC_OPTS").unwrap_or_default());
-    let key = format!("-D{name}=");
-    opts.split_whitespace().find_map(|o| o.strip_prefix(&key)?.parse().ok()).unwrap_or(default)
+    define_in(OPTS.get_or_init(|| std::env::var("FORGE_NVRTC_OPTS").unwrap_or_default()), name, default)
+}
+
+/// [`kernel_define`] of compiler options `opts`: the last `-DNAME=v`,
+/// `-D NAME=v` or `--define-macro=NAME=v`.
+fn define_in(opts: &str, name: &str, default: usize) -> usize {
+    let words: Vec<&str> = opts.split_whitespace().collect();
+    let defs = words.iter().enumerate().filter_map(|(i, w)| match w.strip_prefix("-D") {
+        Some("") => words.get(i + 1).copied(),
+        Some(d) => Some(d),
+        None => w.strip_prefix("--define-macro="),
+    });
+    defs.filter_map(|d| d.strip_prefix(name)?.strip_prefix('=')?.parse().ok()).last().unwrap_or(default)
 }
 
 /// The k largest of each of `rows` rows of x (rows, n) f32, largest first
@@ -740,4 +750,23 @@ use super::kernel_table::{ATT_MAX_SPLITS as MAX_SPLITS, ATT_WARPS};
 /// min(splits, ceil(keys / 128)) of them at each step, the others exit at once.
 pub fn decode_splits(n_ctx: usize) -> usize {
     n_ctx.div_ceil(128).clamp(1, MAX_SPLITS)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The launch reads the constants a compile option gave the kernels,
+    /// whichever way the option is spelled (a mismatch would launch fewer
+    /// warps than the kernel reduces over).
+    #[test]
+    fn compile_option_defines_are_read_back() {
+        use super::define_in;
+        assert_eq!(define_in("", "MMQ_WARPS", 8), 8);
+        assert_eq!(define_in("-DMMQ_WARPS=4", "MMQ_WARPS", 8), 4);
+        assert_eq!(define_in("--maxrregcount=64 -D MMQ_WARPS=2 -DMMQ_UNROLL=8", "MMQ_WARPS", 8), 2);
+        assert_eq!(define_in("--define-macro=MMQ_WARPS=16", "MMQ_WARPS", 8), 16);
+        assert_eq!(define_in("-DMMQ_WARPS=4 -DMMQ_WARPS=2", "MMQ_WARPS", 8), 2);
+        // another constant whose name starts the same is not this one
+        assert_eq!(define_in("-DMMQ_WARPS_X=4", "MMQ_WARPS", 8), 8);
+        assert_eq!(define_in("-DMMQ_UNROLL=2", "MMQ_WARPS", 8), 8);
+    }
 }
