@@ -100,29 +100,31 @@ fn open(names: &[String]) -> Result<Lib> {
 /// # Safety
 /// `h` is a live dlopen handle.
 unsafe fn bind(n: &str, h: *mut c_void) -> std::result::Result<Lib, String> {
-    let sym = |s: &str| -> std::result::Result<*mut c_void, String> {
-        let c = CString::new(s).expect("symbol names have no NUL");
-        // SAFETY: dlsym on a live handle.
-        let p = unsafe { libc::dlsym(h, c.as_ptr()) };
-        if p.is_null() {
-            Err(format!("{n} (has no {s})"))
-        } else {
-            Ok(p)
-        }
-    };
-    // SAFETY: each symbol has nccl.h's signature, which the fields declare.
-    unsafe {
-        Ok(Lib {
-            name: n.to_string(),
-            version: std::mem::transmute::<*mut c_void, _>(sym("ncclGetVersion")?),
-            init_all: std::mem::transmute::<*mut c_void, _>(sym("ncclCommInitAll")?),
-            destroy: std::mem::transmute::<*mut c_void, _>(sym("ncclCommDestroy")?),
-            all_reduce: std::mem::transmute::<*mut c_void, _>(sym("ncclAllReduce")?),
-            all_gather: std::mem::transmute::<*mut c_void, _>(sym("ncclAllGather")?),
-            group_start: std::mem::transmute::<*mut c_void, _>(sym("ncclGroupStart")?),
-            group_end: std::mem::transmute::<*mut c_void, _>(sym("ncclGroupEnd")?),
-            error_string: std::mem::transmute::<*mut c_void, _>(sym("ncclGetErrorString")?),
-        })
+    Ok(Lib {
+        name: n.to_string(),
+        version: sym(h, n, "ncclGetVersion")?,
+        init_all: sym(h, n, "ncclCommInitAll")?,
+        destroy: sym(h, n, "ncclCommDestroy")?,
+        all_reduce: sym(h, n, "ncclAllReduce")?,
+        all_gather: sym(h, n, "ncclAllGather")?,
+        group_start: sym(h, n, "ncclGroupStart")?,
+        group_end: sym(h, n, "ncclGroupEnd")?,
+        error_string: sym(h, n, "ncclGetErrorString")?,
+    })
+}
+
+/// Symbol `s` of the library `h` (named `n`) as a `T`.
+///
+/// # Safety
+/// `h` is a live dlopen handle; `T` is the symbol's true function-pointer
+/// type (nccl.h's signature, which `Lib`'s fields declare).
+unsafe fn sym<T: Copy>(h: *mut c_void, n: &str, s: &str) -> std::result::Result<T, String> {
+    let c = CString::new(s).expect("symbol names have no NUL");
+    let p = libc::dlsym(h, c.as_ptr());
+    if p.is_null() {
+        Err(format!("{n} (has no {s})"))
+    } else {
+        Ok(std::mem::transmute_copy(&p))
     }
 }
 
