@@ -186,6 +186,12 @@ pub fn run_api_case(data: &[u8]) -> usize {
             assert_eq!(forge_seq_new(e, &mut id), forge_status::FORGE_OK, "{}", last_error());
             eng.adopt(id, Vec::new());
         }
+        // a third of the engines return top-k candidates from the start
+        if src.below(3) == 0 {
+            let k = *src.pick(&[1u32, 5, 40]);
+            assert_eq!(forge_engine_set_top_k(e, k), forge_status::FORGE_OK, "{}", last_error());
+            eng.top_k = k as usize;
+        }
         let n0 = *src.pick(&[0, 0, 0, 17, 20]);
         if n0 > 0 {
             let rows: Vec<forge_batch_row> =
