@@ -4,7 +4,7 @@
 # tests, time the benchmarks, and run compute-sanitizer. Binaries are built
 # on the CPU machine (scripts/gpu_prepare.sh) and carried with the tree.
 #
-# usage: scripts/gpu_check.sh [steps...]   steps: info twins ops model arch profile ktime bench batched bprofile server bench-cpu sanitize real ncu compile regs collective
+# usage: scripts/gpu_check.sh [steps...]   steps: info twins ops model arch profile ktime bench batched bprofile server bench-cpu sanitize real ncu compile regs collective llama-build llama-side
 # env:   BIN (binaries, default .carry/bin), HEADS (.head files, default .carry),
 #        OUT (logs; default ./gpu-out), TWINS (default /tmp/twins)
 set -uo pipefail
@@ -120,6 +120,27 @@ for step in $steps; do
       run sanitize-ops env FORGE_ACT16=1 compute-sanitizer --tool memcheck --report-api-errors no --leak-check full --error-exitcode 1 "$BIN/device_ops" --test-threads 1 \
         attention rope_qkv rmsnorm gated_ffn embedding_rows matmul_all_types pair_products mmq_products attention_mixed topk_candidates
       run sanitize-model env FORGE_ACT16=1 compute-sanitizer --tool memcheck --report-api-errors no --leak-check full --error-exitcode 1 "$BIN/gpu_model" smollm2_twin batched_smollm2_twin ;;
+    llama-build)
+      # llama.cpp's llama-bench and llama-batched-bench from $HEADS/llama.cpp.tar.xz
+      # (gpu_prepare.sh), the issue's CUDA configuration; about 5 minutes
+      rm -rf /tmp/llama.cpp && mkdir -p /tmp/llama.cpp && tar -C /tmp/llama.cpp -xJf "$HEADS/llama.cpp.tar.xz"
+      run llama-build bash -c "cmake -S /tmp/llama.cpp -B /tmp/llama-build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
+        -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_HTML=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=OFF \
+        -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF && cmake --build /tmp/llama-build --target llama-bench llama-batched-bench -j 16" ;;
+    llama-side)
+      # the issue's figures side by side in one run: llama.cpp (flash attention
+      # on, every layer on the GPU), then ours, on the same twins
+      L=/tmp/llama-build/bin
+      for tw in ${SIDE_TWINS:-qwen2-twin llama7b-q4_0-twin}; do
+        run side-llama-bench-$tw "$L/llama-bench" -m "$TWINS/$tw.gguf" -ngl 99 -fa 1 -p 512 -n 128 -r 3
+        run side-ours-bench-$tw "$BIN/bench" --backend cuda --pp 512 --tg 128 --reps 3 "$TWINS/$tw.gguf"
+        run side-llama-batched-$tw "$L/llama-batched-bench" -m "$TWINS/$tw.gguf" -ngl 99 -fa 1 -c 70000 -npp 128 -ntg 128 -npl ${NPL:-1,8,32,64,128,256}
+        run side-ours-batched-$tw "$BIN/batched_bench" --backend cuda -m "$TWINS/$tw.gguf" -npp 128 -ntg 128 -npl ${NPL:-1,8,32,64,128,256}
+      done
+      # long contexts on the Qwen twin: pp16384 and tg128 at depth 16384
+      run side-llama-long "$L/llama-bench" -m "$TWINS/qwen2-twin.gguf" -ngl 99 -fa 1 -p 16384 -n 0 -r 1
+      run side-llama-long-tg "$L/llama-bench" -m "$TWINS/qwen2-twin.gguf" -ngl 99 -fa 1 -p 0 -n 128 -d 16384 -r 1
+      run side-ours-long "$BIN/bench" --backend cuda --pp 16384 --tg 128 --depth 16384 --reps 1 "$TWINS/qwen2-twin.gguf" ;;
     collective)
       # issue 19's communicator: NCCL at run time, one rank per visible GPU
       lib=$(python3 -c "import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], 'lib', 'libnccl.so.2'))" 2>/dev/null)

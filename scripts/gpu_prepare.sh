@@ -25,6 +25,14 @@ done
 # the models-extra 1.5B, when it is here (make models-extra)
 m=qwen2.5-coder-1.5b-instruct-q4_k_m
 [ -f models/$m.gguf ] && ./target/release/examples/make_twin --header-only --from models/$m.gguf --out .carry/$m.head
+# llama.cpp's source for a side-by-side build there (`gpu_check.sh llama-build
+# llama-side`): the sdist without the other backends, docs, tests and models
+if [ -d vendor/llama.cpp/ggml/src/ggml-cuda ]; then
+  ex=(); for b in vulkan sycl metal opencl cann musa hexagon webgpu openvino virtgpu et zdnn blas rpc kompute; do ex+=(--exclude="ggml/src/ggml-$b"); done
+  tar -C vendor/llama.cpp "${ex[@]}" --exclude=tools/server --exclude=tools/ui --exclude=tools/cli \
+    -cJf .carry/llama.cpp.tar.xz CMakeLists.txt cmake common ggml include src tools vendor licenses LICENSE
+  ls -la .carry/llama.cpp.tar.xz
+fi
 # the load generator's HTTP client for the `server` step (pure Python, from .venv-server: make test-server)
 SP=$(ls -d .venv-server/lib/python3*/site-packages 2>/dev/null | head -n1)
 if [ -n "$SP" ]; then
