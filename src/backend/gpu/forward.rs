@@ -814,6 +814,11 @@ impl GpuExec {
             // of rows (each growth forgets every captured graph)
             let rows = self.graph_bucket(rows).unwrap_or(rows);
             let width = self.m.cfg.n_vocab.max(self.m.cfg.n_embd);
+            // the old buffer goes first (the last pass is done with it), so
+            // growing never holds both; if the new one does not fit, the
+            // next pass tries again
+            self.logits = self.m.pool.alloc(4, "logits")?;
+            self.logits_rows = 0;
             self.logits = self.m.pool.alloc(rows * width * 4, "logits")?;
             self.logits_rows = rows;
         }
