@@ -1193,15 +1193,11 @@ pub unsafe extern "C" fn forge_engine_logits(e: *const forge_engine, row: usize,
         let g = engine(e)?;
         let n_rows = g.n_rows();
         let l = g.logits(row).ok_or_else(|| {
-            FfiError::arg(if matches!(g.output(), Output::Top(_)) {
-                "the engine returns top-k candidates (forge_engine_set_top_k): read them with forge_engine_top".to_string()
-            } else if row >= n_rows {
-                format!("row {row}: the last batch had {n_rows} rows")
-            } else if g.row_preempted(row) {
-                format!("row {row}: its sequence was preempted (forge_engine_preempted)")
+            if matches!(g.output(), Output::Top(_)) {
+                FfiError::arg("the engine returns top-k candidates (forge_engine_set_top_k): read them with forge_engine_top".to_string())
             } else {
-                format!("row {row} did not ask for logits")
-            })
+                no_row_output(&g, row, n_rows)
+            }
         })?;
         if cap > 0 {
             out_ptr(out, "out")?;
@@ -1212,6 +1208,17 @@ pub unsafe extern "C" fn forge_engine_logits(e: *const forge_engine, row: usize,
         let out = out_ptr(out, "out")?;
         std::ptr::copy_nonoverlapping(l.as_ptr(), out, l.len());
         Ok(())
+    })
+}
+
+/// Why row `row` of the last batch (of `n_rows`) has no output to read.
+fn no_row_output(g: &Engine, row: usize, n_rows: usize) -> FfiError {
+    FfiError::arg(if row >= n_rows {
+        format!("row {row}: the last batch had {n_rows} rows")
+    } else if g.row_preempted(row) {
+        format!("row {row}: its sequence was preempted (forge_engine_preempted)")
+    } else {
+        format!("row {row} did not ask for logits")
     })
 }
 
@@ -1250,15 +1257,7 @@ pub unsafe extern "C" fn forge_engine_top(e: *const forge_engine, row: usize, id
             return Err(FfiError::arg("the engine returns every logit: set top-k candidates with forge_engine_set_top_k first".to_string()));
         }
         let n_rows = g.n_rows();
-        let (top_ids, top_logits, row_lse) = g.top(row).ok_or_else(|| {
-            FfiError::arg(if row >= n_rows {
-                format!("row {row}: the last batch had {n_rows} rows")
-            } else if g.row_preempted(row) {
-                format!("row {row}: its sequence was preempted (forge_engine_preempted)")
-            } else {
-                format!("row {row} did not ask for logits")
-            })
-        })?;
+        let (top_ids, top_logits, row_lse) = g.top(row).ok_or_else(|| no_row_output(&g, row, n_rows))?;
         let k = top_ids.len();
         if cap > 0 {
             out_ptr(ids, "ids")?;
