@@ -1079,19 +1079,25 @@ unsafe fn set_top_k(src: &mut Src, h: &mut Handles, i: Option<usize>) {
     }
 }
 
-/// forge_engine_top of a random row (mostly one that asked for logits)
-/// into buffers of random size, NULL pointers at times.
-unsafe fn top(src: &mut Src, h: &mut Handles, i: Option<usize>) {
-    use forge_status::*;
-    let (nv, k, last) = i.map_or((300, 0, Vec::new()), |i| (h.engines[i].n_vocab as usize, h.engines[i].top_k, h.engines[i].last_rows.clone()));
+/// A row of the last batch to read (`last`: which rows asked for output):
+/// mostly one that asked, at times one that did not or past the end.
+fn pick_row(src: &mut Src, last: &[bool]) -> usize {
     let asked: Vec<usize> = (0..last.len()).filter(|&r| last[r]).collect();
-    let row = match src.below(6) {
+    match src.below(6) {
         0 => last.len() + src.below(3),
         1 => usize::MAX,
         2 => src.below(last.len().max(1)),
         _ if !asked.is_empty() => *src.pick(&asked),
         _ => 0,
-    };
+    }
+}
+
+/// forge_engine_top of a random row (mostly one that asked for logits)
+/// into buffers of random size, NULL pointers at times.
+unsafe fn top(src: &mut Src, h: &mut Handles, i: Option<usize>) {
+    use forge_status::*;
+    let (nv, k, last) = i.map_or((300, 0, Vec::new()), |i| (h.engines[i].n_vocab as usize, h.engines[i].top_k, h.engines[i].last_rows.clone()));
+    let row = pick_row(src, &last);
     let cap = match src.below(5) {
         0 => k.saturating_sub(1),
         1 => src.below(k + 1),
@@ -1136,14 +1142,7 @@ unsafe fn top(src: &mut Src, h: &mut Handles, i: Option<usize>) {
 unsafe fn logits(src: &mut Src, h: &mut Handles, i: Option<usize>) {
     use forge_status::*;
     let (nv, last) = i.map_or((300, Vec::new()), |i| (h.engines[i].n_vocab as usize, h.engines[i].last_rows.clone()));
-    let asked: Vec<usize> = (0..last.len()).filter(|&r| last[r]).collect();
-    let row = match src.below(6) {
-        0 => last.len() + src.below(3),
-        1 => usize::MAX,
-        2 => src.below(last.len().max(1)),
-        _ if !asked.is_empty() => *src.pick(&asked),
-        _ => 0,
-    };
+    let row = pick_row(src, &last);
     let cap = match src.below(6) {
         0 => nv - 1,
         1 => src.below(nv),
