@@ -30,9 +30,28 @@
 #ifndef MMQ_UNROLL
 #define MMQ_UNROLL 4
 #endif
-// row tiles of MMQ_ROWS a block takes up to 16 tokens
+// row tiles of MMQ_ROWS a block takes up to 16 tokens, and above
 #ifndef MMQ_RT_SMALL
 #define MMQ_RT_SMALL 1
+#endif
+#ifndef MMQ_RT_LARGE
+#define MMQ_RT_LARGE 1
+#endif
+// weights staged through shared memory (mmq_staged), in stages of MMQ_KC
+// groups, MMQ_STAGES buffers
+#ifndef MMQ_STAGE
+#define MMQ_STAGE 1
+#endif
+#ifndef MMQ_KC
+#define MMQ_KC 32
+#endif
+// groups per stage of a block of 8 tokens (more weight bytes in flight
+// at once: those blocks are bound by the weights' latency)
+#ifndef MMQ_KC_SMALL
+#define MMQ_KC_SMALL 64
+#endif
+#ifndef MMQ_STAGES
+#define MMQ_STAGES 3
 #endif
 
 // MQ<T>: lane part c (0 .. 3) of group g of a weight row for the mma: its
@@ -106,8 +125,8 @@ struct MQ<TQ4_0X8> : MQHalves<TQ4_0X8> {
     __device__ __forceinline__ void load(const u8* row, int g, int c) {
         IP<TQ4_0X8> p;
         p.load(row, g, c >> 1);
-        w0 = p.w[c & 1];
-        w1 = p.w[2 + (c & 1)];
+        w0 = c & 1 ? p.w[1] : p.w[0];  // selects: an index unknown at compile time would put p.w in local memory
+        w1 = c & 1 ? p.w[3] : p.w[2];
         s = p.d;
         m = 0.0f;
     }
@@ -119,8 +138,8 @@ struct MQ<TQ5_0X4> : MQHalves<TQ5_0X4> {
     __device__ __forceinline__ void load(const u8* row, int g, int c) {
         IP<TQ5_0X4> p;
         p.load(row, g, c >> 1);
-        w0 = p.w[c & 1];
-        w1 = p.w[2 + (c & 1)];
+        w0 = c & 1 ? p.w[1] : p.w[0];  // selects: an index unknown at compile time would put p.w in local memory
+        w1 = c & 1 ? p.w[3] : p.w[2];
         s = p.d;
         m = -16.0f * p.d;  // values kept in 0 .. 31: the centre comes off through sx
     }
@@ -303,6 +322,268 @@ static __device__ __forceinline__ void mmq(const u8* __restrict__ W, const int2*
     }
 }
 
+#if MMQ_STAGE
+// The staged form (MMQ_STAGE = 1): the block's rows are copied into shared
+// memory a stage of MMQ_KC groups at a time by cp.async (16-byte copies, a
+// warp's 512 bytes contiguous), MMQ_STAGES - 1 stages ahead of the one the
+// warps multiply, and the warps read their A fragments there: a warp's
+// fragment loads touch 8 rows of shared memory, not 8 lines of L1 each.
+// A row's bytes of a stage start at any byte: the copy starts at the
+// 16-byte boundary below and the row's base in shared memory is moved by
+// the difference (so a copy may read up to 15 bytes on either side of a
+// row's groups: inside the matrix, or inside its allocation's 256-byte
+// rounding at the matrix's end).
+
+// bytes of k groups of a row of T (k a multiple of T's groups per block)
+template <typename T>
+static __host__ __device__ constexpr int mmq_bytes(int k) {
+    return k * 32 / T::BLK * T::BYTES;
+}
+// row stride in shared memory: room for the bytes plus both alignment
+// slacks, ≡ 32 (mod 128) so that 8 rows a warp reads fall in 8 different
+// 32-byte bank groups
+static __host__ __device__ constexpr int mmq_stride(int bytes) {
+    return (bytes + 16 + 127) / 128 * 128 + 32;
+}
+#define MMQ_SMEM 46080
+template <typename T, int NT, int RT>
+struct MMQStage {
+    static constexpr int R = MMQ_ROWS * RT;
+    // groups per stage: MMQ_KC (MMQ_KC_SMALL for one token tile), halved
+    // while two stages do not fit
+    static constexpr int K0 = NT == 1 ? MMQ_KC_SMALL : MMQ_KC;
+    static constexpr int K1 = 2 * R * mmq_stride(mmq_bytes<T>(K0)) <= MMQ_SMEM ? K0 : K0 / 2;
+    static constexpr int KC = 2 * R * mmq_stride(mmq_bytes<T>(K1)) <= MMQ_SMEM ? K1 : K1 / 2;
+    static constexpr int STR = mmq_stride(mmq_bytes<T>(KC));
+    static constexpr int S0 = MMQ_SMEM / (R * STR);
+    static constexpr int STAGES = S0 < MMQ_STAGES ? S0 : MMQ_STAGES;
+    static constexpr int NCH = mmq_bytes<T>(KC) / 16 + 2;  // 16-byte copies a row can need
+    static_assert(KC % 8 == 0 && KC / MMQ_WARPS >= 1, "a stage gives every warp whole groups");
+    static_assert(STAGES >= 2, "two stages fit");
+    // shared memory: the stages, or one token tile's sums of the warps
+    // (the reduction's floor; mmq_staged reduces in as many tiles as fit)
+    static constexpr int RED = (MMQ_WARPS - 1) * RT * 4 * 32 * 4;
+    static constexpr int BYTES = STAGES * R * STR > RED ? STAGES * R * STR : RED;
+};
+
+template <typename T, int NT, int RT>
+static __device__ __forceinline__ void mmq_staged(const u8* __restrict__ W, const int2* __restrict__ xq, const float* __restrict__ xd,
+                                                  const float* __restrict__ xs, float* __restrict__ y, int rows, int cols,
+                                                  int nt, int add) {
+    using Q = MQ<T>;
+    using S = MMQStage<T, NT, RT>;
+    constexpr int KC = S::KC, STR = S::STR, R = S::R, STAGES = S::STAGES, UG = KC / MMQ_WARPS;
+    __shared__ __align__(16) u8 sm[S::BYTES];
+    const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, c = lane % 4;
+    const int r0 = blockIdx.x * R, t0 = blockIdx.y * 8 * NT;
+    const int ng = cols >> 5, nst = (ng + KC - 1) / KC;
+    const u64 rb = (u64)(cols / T::BLK) * T::BYTES;
+    // copy stage st (groups st KC ..) of every row into buffer b
+    auto issue = [&](int st, int b) {
+        const int a = mmq_bytes<T>(st * KC), e = mmq_bytes<T>(min((st + 1) * KC, ng));
+        for (int i = threadIdx.x; i < R * S::NCH; i += MMQ_WARPS * 32) {
+            const int r = i / S::NCH, j = i % S::NCH;
+            const u8* rp = W + (u64)min(r0 + r, rows - 1) * rb;
+            const u64 lo = (u64)(rp + a) & ~(u64)15, hi = ((u64)(rp + e) + 15) & ~(u64)15;
+            if (lo + 16 * (u64)j < hi) cp_async16(sm + (b * R + r) * STR + 16 * j, (const void*)(lo + 16 * (u64)j));
+        }
+    };
+    GRID_START();
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; st++) {
+        if (st < nst) issue(st, st);
+        cp_async_commit();
+    }
+    // this lane's rows in the block, and how far each row's copy is moved
+    int off[RT][2];
+#pragma unroll
+    for (int i = 0; i < RT; i++) {
+#pragma unroll
+        for (int h = 0; h < 2; h++) off[i][h] = MMQ_ROWS * i + g + 8 * h;
+    }
+    const int kw0 = Q::kw0(c), kw1 = Q::kw1(c);
+    float acc[NT][RT][4];
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+#pragma unroll
+        for (int i = 0; i < RT; i++) acc[j][i][0] = acc[j][i][1] = acc[j][i][2] = acc[j][i][3] = 0.0f;
+    }
+    constexpr bool PX = NT <= 2;
+    constexpr int PN = PX ? NT : 1, PU = PX ? UG : 1;
+    for (int st = 0; st < nst; st++) {
+        const int ga = st * KC, gb = min(ga + KC, ng), a = mmq_bytes<T>(ga);
+        int2 px0[PU][PN], px1[PU][PN];
+        float pdc[PU][PN], pdd[PU][PN], pxc[PU][PN], pxe[PU][PN];
+        if (PX) {
+            // this stage's x, in flight while the stage's copy lands
+#pragma unroll
+            for (int u = 0; u < PU; u++) {
+                const int grp = min(ga + w + MMQ_WARPS * u, ng - 1);
+#pragma unroll
+                for (int j = 0; j < PN; j++) {
+                    const int tb = min(t0 + 8 * j + g, nt - 1);
+                    const int2* xr = xq + ((u64)grp * nt + tb) * 8;
+                    px0[u][j] = xr[kw0];
+                    px1[u][j] = xr[kw1];
+                    const int tc = min(t0 + 8 * j + 2 * c, nt - 1), td = min(t0 + 8 * j + 2 * c + 1, nt - 1);
+                    pdc[u][j] = xd[(u64)grp * nt + tc];
+                    pdd[u][j] = xd[(u64)grp * nt + td];
+                    pxc[u][j] = xs[(u64)grp * nt + tc];
+                    pxe[u][j] = xs[(u64)grp * nt + td];
+                }
+            }
+        }
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        if (st + STAGES - 1 < nst) issue(st + STAGES - 1, (st + STAGES - 1) % STAGES);
+        cp_async_commit();
+        const u8* buf = sm + (st % STAGES) * R * STR;
+        const u8* ra[RT];
+        const u8* rbp[RT];
+#pragma unroll
+        for (int i = 0; i < RT; i++) {
+            const int ia = off[i][0], ib = off[i][1];
+            const u8* pa = W + (u64)min(r0 + ia, rows - 1) * rb + a;
+            const u8* pb = W + (u64)min(r0 + ib, rows - 1) * rb + a;
+            ra[i] = buf + ia * STR + ((u64)pa & 15);
+            rbp[i] = buf + ib * STR + ((u64)pb & 15);
+        }
+#pragma unroll
+        for (int u = 0; u < UG; u++) {
+            const int grp = ga + w + MMQ_WARPS * u;
+            if (grp >= gb) break;  // uniform per warp
+            const int gl = grp - ga;
+            float sa0[RT], sb0[RT], sa1[RT], sb1[RT], ma[RT], mb[RT];
+            int a0[RT][4], a1[RT][4];
+            bool mins = false;
+#pragma unroll
+            for (int i = 0; i < RT; i++) {
+                Q qa, qb;
+                qa.load(ra[i], gl, c);
+                qb.load(rbp[i], gl, c);
+                sa0[i] = qa.s;
+                sb0[i] = qb.s;
+                ma[i] = qa.m;
+                mb[i] = qb.m;
+                sa1[i] = sb1[i] = 0.0f;
+                a0[i][0] = qa.w0;
+                a0[i][1] = qb.w0;
+                a0[i][2] = qa.w1;
+                a0[i][3] = qb.w1;
+                mins |= qa.m != 0.0f || qb.m != 0.0f;
+#pragma unroll
+                for (int e = 0; e < 4; e++) a1[i][e] = 0;
+                if (Q::SPLIT) {
+                    const float oa = SHFL_XOR(sa0[i], 2), ob = SHFL_XOR(sb0[i], 2);
+                    const bool h0 = c < 2;
+                    sa1[i] = h0 ? oa : sa0[i];
+                    sb1[i] = h0 ? ob : sb0[i];
+                    sa0[i] = h0 ? sa0[i] : oa;
+                    sb0[i] = h0 ? sb0[i] : ob;
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        a1[i][e] = h0 ? 0 : a0[i][e];
+                        a0[i][e] = h0 ? a0[i][e] : 0;
+                    }
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                int2 x0, x1;
+                float dc, dd, xc = 0.0f, xe = 0.0f;
+                if (PX) {
+                    x0 = px0[PX ? u : 0][PX ? j : 0];
+                    x1 = px1[PX ? u : 0][PX ? j : 0];
+                    dc = pdc[PX ? u : 0][PX ? j : 0];
+                    dd = pdd[PX ? u : 0][PX ? j : 0];
+                    xc = pxc[PX ? u : 0][PX ? j : 0];
+                    xe = pxe[PX ? u : 0][PX ? j : 0];
+                } else {
+                    const int tb = min(t0 + 8 * j + g, nt - 1);
+                    const int2* xr = xq + ((u64)grp * nt + tb) * 8;
+                    x0 = xr[kw0];
+                    x1 = xr[kw1];
+                    const int tc = min(t0 + 8 * j + 2 * c, nt - 1), td = min(t0 + 8 * j + 2 * c + 1, nt - 1);
+                    dc = xd[(u64)grp * nt + tc];
+                    dd = xd[(u64)grp * nt + td];
+                    if (mins) {
+                        xc = xs[(u64)grp * nt + tc];
+                        xe = xs[(u64)grp * nt + td];
+                    }
+                }
+#pragma unroll
+                for (int i = 0; i < RT; i++) {
+                    int hi[4] = {0, 0, 0, 0}, lo[4] = {0, 0, 0, 0};
+                    mma_s8(hi, a0[i], x0.x, x1.x);
+                    mma_s8(lo, a0[i], x0.y, x1.y);
+                    float* o = acc[j][i];
+                    o[0] += sa0[i] * dc * (float)(256 * hi[0] + lo[0]);
+                    o[1] += sa0[i] * dd * (float)(256 * hi[1] + lo[1]);
+                    o[2] += sb0[i] * dc * (float)(256 * hi[2] + lo[2]);
+                    o[3] += sb0[i] * dd * (float)(256 * hi[3] + lo[3]);
+                    if (Q::SPLIT) {
+                        int h1[4] = {0, 0, 0, 0}, l1[4] = {0, 0, 0, 0};
+                        mma_s8(h1, a1[i], x0.x, x1.x);
+                        mma_s8(l1, a1[i], x0.y, x1.y);
+                        o[0] += sa1[i] * dc * (float)(256 * h1[0] + l1[0]);
+                        o[1] += sa1[i] * dd * (float)(256 * h1[1] + l1[1]);
+                        o[2] += sb1[i] * dc * (float)(256 * h1[2] + l1[2]);
+                        o[3] += sb1[i] * dd * (float)(256 * h1[3] + l1[3]);
+                    }
+                    if (mins) {
+                        o[0] += ma[i] * xc;
+                        o[1] += ma[i] * xe;
+                        o[2] += mb[i] * xc;
+                        o[3] += mb[i] * xe;
+                    }
+                }
+            }
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+    // the warps' sums meet in the stage buffers, JC token tiles at a time
+    float* red = (float*)sm;
+    constexpr int PER = (MMQ_WARPS - 1) * RT * 4 * 32;  // floats of one token tile
+    constexpr int JF = S::BYTES / 4 / PER, JC = JF >= NT ? NT : (JF >= 4 ? 4 : (JF >= 2 ? 2 : 1));
+    static_assert(JF >= 1, "one token tile's sums fit");
+#pragma unroll
+    for (int jc = 0; jc < NT; jc += JC) {
+        if (w > 0) {
+#pragma unroll
+            for (int j = 0; j < JC; j++) {
+#pragma unroll
+                for (int i = 0; i < RT; i++) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) red[(((j * (MMQ_WARPS - 1) + w - 1) * RT + i) * 4 + e) * 32 + lane] = acc[jc + j][i][e];
+                }
+            }
+        }
+        __syncthreads();
+        if (w == 0) {
+#pragma unroll
+            for (int j = 0; j < JC; j++) {
+#pragma unroll
+                for (int i = 0; i < RT; i++) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        float v = acc[jc + j][i][e];
+#pragma unroll
+                        for (int k = 0; k < MMQ_WARPS - 1; k++) v += red[(((j * (MMQ_WARPS - 1) + k) * RT + i) * 4 + e) * 32 + lane];
+                        const int r = r0 + MMQ_ROWS * i + g + (e & 2 ? 8 : 0), t = t0 + 8 * (jc + j) + 2 * c + (e & 1);
+                        if (r < rows && t < nt) {
+                            float* o = y + (u64)t * rows + r;
+                            *o = add ? *o + v : v;
+                        }
+                    }
+                }
+            }
+        }
+        __syncthreads();
+    }
+}
+#endif
+
 // mmq_<type>_<8 NT>: NT tiles of 8 tokens per block, on MMQ_RT_SMALL row
 // tiles of 16 rows up to 16 tokens (their x fragments loaded once for all),
 // on one above.
@@ -310,8 +591,13 @@ static __device__ __forceinline__ void mmq(const u8* __restrict__ W, const int2*
     KERNEL void __launch_bounds__(MMQ_WARPS * 32) mmq_##s##_##NT(const u8* W, const int2* xq, const float* xd,        \
                                                                  const float* xs, float* y, int rows, int cols, int nt, \
                                                                  int add) {                                            \
-        mmq<T, NT / 8, NT <= 16 ? MMQ_RT_SMALL : 1>(W, xq, xd, xs, y, rows, cols, nt, add);                             \
+        MMQ_FN<T, NT / 8, NT <= 16 ? MMQ_RT_SMALL : MMQ_RT_LARGE>(W, xq, xd, xs, y, rows, cols, nt, add);                 \
     }
+#if MMQ_STAGE
+#define MMQ_FN mmq_staged
+#else
+#define MMQ_FN mmq
+#endif
 #define MMQ_TYPE(T, s) MMQ_KERNEL(T, s, 8) MMQ_KERNEL(T, s, 16) MMQ_KERNEL(T, s, 32) MMQ_KERNEL(T, s, 64)
 MMQ_TYPE(TQ4_0, q4_0)
 MMQ_TYPE(TQ4_0X8, q4_0x8)
@@ -326,4 +612,5 @@ MMQ_TYPE(TQ5_K, q5_k)
 MMQ_TYPE(TQ6_K, q6_k)
 #undef MMQ_TYPE
 #undef MMQ_KERNEL
+#undef MMQ_FN
 #endif

@@ -22,3 +22,19 @@ KERNEL void rmsnorm(const float* x, const float* w, float* y, int dim, float eps
         yr[i] = add ? yr[i] + v : v;
     }
 }
+
+// rmsnorm_f16: y16 (n, dim) f16 = x * rsqrt(mean(x²) + eps) * w, the input
+// of the vendor BLAS over resident f16 weights (norm and conversion in one).
+KERNEL void rmsnorm_f16(const float* x, const float* w, u16* y, int dim, float eps) {
+    GRID_START();
+    __shared__ float red[32];
+    const float* xr = x + (u64)blockIdx.x * dim;
+    u16* yr = y + (u64)blockIdx.x * dim;
+    float ss = 0.0f;
+#pragma unroll 8
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = block_sum(ss, red);
+    const float s = rsqrtf(ss / (float)dim + eps);
+#pragma unroll 8
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = f2h(xr[i] * s * w[i]);
+}

@@ -18,6 +18,11 @@
 
 #define TOPK_THREADS 512
 #define TOPK_MAX 256
+// top-1 in two passes (topk1_part, topk1_merge): at most TOPK_PARTS blocks
+// per row, each taking TOPK_PART_MIN values or more
+#define TOPK_PARTS 64
+#define TOPK_PART_MIN 2048
+#define TOPK1_THREADS 256
 
 static __device__ __forceinline__ u64 topk_key(float v, int i) {
     u32 u = __float_as_uint(v);
@@ -138,4 +143,64 @@ KERNEL void __launch_bounds__(TOPK_THREADS) topk_rows(const float* __restrict__ 
         ids[(u64)blockIdx.x * k + i] = topk_id(cand[i]);
         vals[(u64)blockIdx.x * k + i] = topk_val(cand[i]);
     }
+}
+
+// Top-1 and log-sum-exp of each row in two passes, so a row's values are
+// read by many blocks (one block per row leaves a decode step's few rows
+// on few SMs: 120 us for 8 rows of Qwen's 151,936 values on an H200).
+// topk1_part: grid (rows, parts); block p of row b reduces its slice to
+// (max, sum of exp(v - max), largest key) in part[b * parts + p]
+// (the key's two halves as float bits). topk1_merge: one thread per row
+// merges its parts into ids, vals and lse as topk_rows does with k = 1.
+KERNEL void __launch_bounds__(TOPK1_THREADS) topk1_part(const float* __restrict__ x, int n, float4* __restrict__ part) {
+    __shared__ float red[32];
+    __shared__ unsigned long long best;
+    if (threadIdx.x == 0) best = 0;
+    GRID_START();
+    const int P = gridDim.y, chunk = (n + P - 1) / P, a = blockIdx.y * chunk, e = min(n, a + chunk);
+    const float* r = x + (u64)blockIdx.x * n;
+    float m = NEG_INF, l = 0.0f;
+    u64 top = 0;
+    for (int i = a + threadIdx.x; i < e; i += blockDim.x) {
+        const float v = r[i];
+        if (v > m) {
+            l = l * expf(m - v) + 1.0f;
+            m = v;
+        } else {
+            l += expf(v - m);
+        }
+        const u64 key = topk_key(v, i);
+        top = key > top ? key : top;
+    }
+    const float M = block_max(m, red);  // its barriers also publish best = 0
+    const float L = block_sum(m > NEG_INF ? l * expf(m - M) : 0.0f, red);
+    atomicMax(&best, (unsigned long long)top);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const u64 b = best;
+        part[(u64)blockIdx.x * P + blockIdx.y] = make_float4(M, L, __uint_as_float((u32)(b >> 32)), __uint_as_float((u32)b));
+    }
+}
+
+KERNEL void __launch_bounds__(64) topk1_merge(const float4* __restrict__ part, int rows, int P, int* ids, float* vals,
+                                               float* lse) {
+    GRID_START();
+    const int b = blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= rows) return;
+    float M = NEG_INF;
+    u64 top = 0;
+    for (int p = 0; p < P; p++) {
+        const float4 q = part[(u64)b * P + p];
+        M = fmaxf(M, q.x);
+        const u64 key = ((u64)__float_as_uint(q.z) << 32) | (u64)__float_as_uint(q.w);
+        top = key > top ? key : top;
+    }
+    float L = 0.0f;
+    for (int p = 0; p < P; p++) {
+        const float4 q = part[(u64)b * P + p];
+        if (q.x > NEG_INF) L += q.y * expf(q.x - M);
+    }
+    lse[b] = M + logf(L);
+    ids[b] = topk_id(top);
+    vals[b] = topk_val(top);
 }

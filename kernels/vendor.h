@@ -129,6 +129,19 @@ static __device__ __forceinline__ void ldsm_t2(const void* row, u32& b0, u32& b1
     asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(row));
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];" : "=r"(b0), "=r"(b1) : "r"(a) : "memory");
 }
+// cp_async16(s, g): copy 16 bytes global -> shared (both 16-byte aligned)
+// without waiting (cp.async, sm_80+); cp_async_commit closes a group of
+// copies, cp_async_wait<N> waits until at most N groups are in flight.
+static __device__ __forceinline__ void cp_async16(void* s, const void* g) {
+    u32 a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(s));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(a), "l"(g) : "memory");
+}
+static __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+static __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
 static __device__ __forceinline__ u32 pack_h2(float lo, float hi) { return (u32)f2h(lo) | ((u32)f2h(hi) << 16); }
 // mma_s8(d, a, b0, b1): d (16x8 i32) += a (16x32 i8, row-major) * b (32x8
 // i8, column-major), PTX mma.sync.m16n8k32; lane l holds 4 bytes each of

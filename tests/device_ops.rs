@@ -234,7 +234,8 @@ fn mmq_products(g: &gpu::Gpu) {
 }
 test_gpu!(mmq_products);
 
-/// Top-k candidates selected on the device (`topk_rows`) equal the host
+/// Top-k candidates selected on the device (`topk_rows`, and for top-1
+/// `topk1_part` + `topk1_merge`) equal the host
 /// selection (`TopRows::push_row`, the CPU backend's path) exactly: ids,
 /// logits and order, ties (many equal values) broken by the lower id,
 /// k from 1 to TOP_MAX, rows as long as Qwen's vocabulary; log-sum-exp
@@ -242,7 +243,9 @@ test_gpu!(mmq_products);
 #[allow(dead_code)]
 fn topk_candidates(g: &gpu::Gpu) {
     use rocmforge::backend::{TopRows, TOP_MAX};
-    for &(rows, n, k) in &[(3usize, 1000usize, 1usize), (4, 1000, 5), (2, 151_936, 40), (5, 49_152, TOP_MAX), (1, 300, 256), (7, 32_000, 2)] {
+    // top-1 of long rows runs in two passes over many blocks per row
+    let cases = [(3usize, 1000usize, 1usize), (8, 151_936, 1), (5, 49_152, 1), (2, 4097, 1), (4, 1000, 5), (2, 151_936, 40), (5, 49_152, TOP_MAX), (1, 300, 256), (7, 32_000, 2)];
+    for &(rows, n, k) in &cases {
         let mut r = Rng(91 + n as u64 + k as u64);
         let mut x = r.vec(rows * n);
         // ties: a run of equal values at the top of row 0, and row 1 all equal
@@ -803,7 +806,8 @@ mod gpu {
         pub fn topk(&self, x: &[f32], rows: usize, n: usize, k: usize) -> rocmforge::backend::TopRows {
             let xb = self.up_f32(x);
             let (ib, vb, lb) = (self.out_f32(rows * k), self.out_f32(rows * k), self.out_f32(rows));
-            ops::topk(&self.dev, self.s, xb.ptr, rows, n, k, ib.ptr, vb.ptr, lb.ptr).unwrap();
+            let scratch = self.out_f32(ops::topk_scratch_bytes(rows) / 4);
+            ops::topk(&self.dev, self.s, xb.ptr, rows, n, k, ib.ptr, vb.ptr, lb.ptr, scratch.ptr).unwrap();
             let ids: Vec<u32> = self.down_f32(&ib, rows * k).iter().map(|v| v.to_bits()).collect();
             rocmforge::backend::TopRows { k, ids, logits: self.down_f32(&vb, rows * k), lse: self.down_f32(&lb, rows) }
         }

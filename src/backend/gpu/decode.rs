@@ -282,16 +282,16 @@ pub fn has_mmq(info: &DeviceInfo) -> bool {
 }
 
 /// The token counts for which [`plan`] takes the `mmq_*` products: by
-/// default 4 ..= 8, where they beat the decode kernels' several-token
-/// forms and the f16 BLAS on both twins (2 rows stay on the decode kernels,
-/// 9 and more on BLAS; docs/PERFORMANCE.md). `FORGE_MMQ=1`: 2 ..=
-/// [`MMQ_MAX`]; `FORGE_MMQ=0`: never.
+/// default 2 ..= 16, where the staged kernels beat the decode kernels'
+/// several-token forms and the f16 BLAS on both twins (17 and more rows go
+/// to BLAS; docs/PERFORMANCE.md). `FORGE_MMQ=1`:
+/// 2 ..= [`MMQ_MAX`]; `FORGE_MMQ=0`: never.
 pub fn mmq_rows() -> std::ops::RangeInclusive<usize> {
     static R: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
     let &(a, b) = R.get_or_init(|| match std::env::var("FORGE_MMQ").ok().as_deref() {
         Some("1") | Some("on") | Some("true") => (2, MMQ_MAX),
         Some("0") | Some("off") | Some("false") => (1, 0),
-        _ => (4, 8),
+        _ => (2, 16),
     });
     a..=b
 }

@@ -555,7 +555,7 @@ pub struct GpuExec {
     act: ActBuf,    // (MMQ_MAX or MMV_MAXT, max_cols) activations prepared for the integer products
     logits: Buffer, // (logits_rows, n_vocab)
     logits_rows: usize,
-    top: Buffer,    // (MAX_BATCH, TOP_MAX) i32 ids, the same f32 logits, (MAX_BATCH) f32 log-sum-exp
+    top: Buffer,    // (MAX_BATCH, TOP_MAX) i32 ids, the same f32 logits, (MAX_BATCH) f32 log-sum-exp, the top-1 scratch
     /// i32 step data: ids | pos | tab | gather | block tables (`step_cap` of them).
     step: Buffer,
     step_cap: usize,
@@ -656,7 +656,7 @@ impl GpuExec {
             // one row of logits, or of hidden states (forward_hidden)
             logits: f32s(c.n_vocab.max(c.n_embd), "logits")?,
             logits_rows: 1,
-            top: p.alloc(b * TOP_MAX * 8 + b * 4, "top-k candidates")?,
+            top: p.alloc(b * TOP_MAX * 8 + b * 4 + ops::topk_scratch_bytes(b), "top-k candidates")?,
             step: p.alloc(step_cap * 4, "step data")?,
             step_cap,
             step_host: HostBuf::new(&m.dev.rt, step_cap * 4)?,
@@ -928,17 +928,26 @@ impl GpuExec {
             return self.m.dev.rt.stream_sync(self.s);
         }
         let nv = self.m.cfg.n_vocab;
-        let (ids, vals) = (self.top.ptr, self.top.ptr + (MAX_BATCH * TOP_MAX * 4) as u64);
-        let lse = vals + (MAX_BATCH * TOP_MAX * 4) as u64;
-        ops::topk(&self.m.dev, self.s, self.logits.ptr, rows, nv, k, ids, vals, lse)?;
-        let mut bytes = vec![0u8; rows * k * 8 + rows * 4];
-        let rt = &self.m.dev.rt;
-        let (a, rest) = bytes.split_at_mut(rows * k * 4);
-        let (b, c) = rest.split_at_mut(rows * k * 4);
-        rt.dtoh(self.s, a, ids)?;
-        rt.dtoh(self.s, b, vals)?;
-        rt.dtoh(self.s, c, lse)?;
+        // ids | logits | log-sum-exp packed for these rows, so one copy
+        // brings them back (into page-locked memory when they fit there)
+        let n = rows * k * 8 + rows * 4;
+        let ids = self.top.ptr;
+        let (vals, lse) = (ids + (rows * k * 4) as u64, ids + (rows * k * 8) as u64);
+        let scratch = self.top.ptr + (MAX_BATCH * TOP_MAX * 8 + MAX_BATCH * 4) as u64;
+        ops::topk(&self.m.dev, self.s, self.logits.ptr, rows, nv, k, ids, vals, lse, scratch)?;
+        let rt = self.m.dev.rt.clone();
+        let mut spill = Vec::new();
+        let staged = n <= self.logits_host.len();
+        let bytes: &mut [u8] = if staged {
+            &mut self.logits_host.bytes_mut()[..n]
+        } else {
+            spill.resize(n, 0u8);
+            &mut spill
+        };
+        rt.dtoh(self.s, bytes, ids)?;
         rt.stream_sync(self.s)?;
+        let (a, rest) = bytes.split_at(rows * k * 4);
+        let (b, c) = rest.split_at(rows * k * 4);
         let word = |x: &[u8]| [x[0], x[1], x[2], x[3]];
         t.ids.extend(a.chunks_exact(4).map(|x| i32::from_ne_bytes(word(x)) as u32));
         t.logits.extend(b.chunks_exact(4).map(|x| f32::from_ne_bytes(word(x))));
@@ -1116,6 +1125,21 @@ impl GpuExec {
                 return Ok(());
             }
             decode::Plan::Gemm => {}
+        }
+        if let (true, Some(sc)) = (resident, gemm) {
+            // x normalized and converted to f16 once for every product
+            let x16 = ops::x_to_f16(dev, s, x, n, cols, norm, sc)?;
+            for p in projs {
+                match p.up {
+                    Some((u, act)) => {
+                        ops::gemm_resident(dev, s, p.w, x16, p.y, n, Out::Store)?;
+                        ops::gemm_resident(dev, s, u, x16, self.u.ptr, n, Out::Store)?;
+                        ops::glu(dev, s, p.y, self.u.ptr, n * u.rows, act)?;
+                    }
+                    None => ops::gemm_resident(dev, s, p.w, x16, p.y, n, p.out)?,
+                }
+            }
+            return Ok(());
         }
         let xin = match norm {
             Some((w, eps)) => {

@@ -26,12 +26,34 @@ pub const ATT_WARPS: usize = 4;
 /// `KV_BLOCK` in kernels/rope.cu.
 pub const KV_BLOCK: usize = 16;
 
+/// `MMQ_KC` in kernels/mmq.cu (the default: `#ifndef`-guarded, a compile option may override it).
+pub const MMQ_KC: usize = 32;
+
+/// `MMQ_KC_SMALL` in kernels/mmq.cu (the default: `#ifndef`-guarded, a compile option may override
+/// it).
+pub const MMQ_KC_SMALL: usize = 64;
+
 /// `MMQ_ROWS` in kernels/mmq.cu.
 pub const MMQ_ROWS: usize = 16;
+
+/// `MMQ_RT_LARGE` in kernels/mmq.cu (the default: `#ifndef`-guarded, a compile option may override
+/// it).
+pub const MMQ_RT_LARGE: usize = 1;
 
 /// `MMQ_RT_SMALL` in kernels/mmq.cu (the default: `#ifndef`-guarded, a compile option may override
 /// it).
 pub const MMQ_RT_SMALL: usize = 1;
+
+/// `MMQ_SMEM` in kernels/mmq.cu.
+pub const MMQ_SMEM: usize = 46080;
+
+/// `MMQ_STAGE` in kernels/mmq.cu (the default: `#ifndef`-guarded, a compile option may override
+/// it).
+pub const MMQ_STAGE: usize = 1;
+
+/// `MMQ_STAGES` in kernels/mmq.cu (the default: `#ifndef`-guarded, a compile option may override
+/// it).
+pub const MMQ_STAGES: usize = 3;
 
 /// `MMQ_UNROLL` in kernels/mmq.cu (the default: `#ifndef`-guarded, a compile option may override
 /// it).
@@ -73,8 +95,17 @@ pub const MMV_THREADS: usize = 256;
 /// override it).
 pub const Q4_0X8_PARTS: usize = 2;
 
+/// `TOPK1_THREADS` in kernels/sample.cu.
+pub const TOPK1_THREADS: usize = 256;
+
 /// `TOPK_MAX` in kernels/sample.cu.
 pub const TOPK_MAX: usize = 256;
+
+/// `TOPK_PARTS` in kernels/sample.cu.
+pub const TOPK_PARTS: usize = 64;
+
+/// `TOPK_PART_MIN` in kernels/sample.cu.
+pub const TOPK_PART_MIN: usize = 2048;
 
 /// `TOPK_THREADS` in kernels/sample.cu.
 pub const TOPK_THREADS: usize = 512;
@@ -94,7 +125,7 @@ pub enum Param {
 
 use Param::*;
 
-/// Every kernel of the module (242 in all; on every target: some exist only
+/// Every kernel of the module (245 in all; on every target: some exist only
 /// on some, see `tests/kernel_table.rs`) with its parameters, sorted by name
 /// (binary search).
 pub const KERNELS: &[(&str, &[Param])] = &[
@@ -818,5 +849,8 @@ pub const KERNELS: &[(&str, &[Param])] = &[
     ),
     ("quant_act", &[Ptr, Ptr, F32, I32, Ptr, Ptr, Ptr, Ptr, I32]),
     ("rmsnorm", &[Ptr, Ptr, Ptr, I32, F32, I32]),
+    ("rmsnorm_f16", &[Ptr, Ptr, Ptr, I32, F32]),
+    ("topk1_merge", &[Ptr, I32, I32, Ptr, Ptr, Ptr]),
+    ("topk1_part", &[Ptr, I32, Ptr]),
     ("topk_rows", &[Ptr, I32, I32, Ptr, Ptr, Ptr]),
 ];

@@ -326,8 +326,8 @@ pub fn matmul_q(dev: &Device, s: Stream, w: &DevMatrix, a: &ActQ, y: DevPtr, out
         return Err(Error::InvalidArgument(format!("matmul_q: {} ({}) {}x{} for {} tokens of {} values", w.ty, p.suffix, w.rows, w.cols, a.nt, a.cols)));
     }
     let (name, per_block) = decode::mmq_kernel(p.suffix, a.nt);
-    use super::kernel_table::{MMQ_ROWS, MMQ_RT_SMALL, MMQ_WARPS};
-    let rt = if per_block <= 16 { kernel_define("MMQ_RT_SMALL", MMQ_RT_SMALL) } else { 1 };
+    use super::kernel_table::{MMQ_ROWS, MMQ_RT_LARGE, MMQ_RT_SMALL, MMQ_WARPS};
+    let rt = if per_block <= 16 { kernel_define("MMQ_RT_SMALL", MMQ_RT_SMALL) } else { kernel_define("MMQ_RT_LARGE", MMQ_RT_LARGE) };
     let warps = kernel_define("MMQ_WARPS", MMQ_WARPS);
     let dims = LaunchDims { grid: (ceil(w.rows, MMQ_ROWS * rt), ceil(a.nt, per_block), 1), block: (warps * 32) as u32, shared: 0 };
     dev.launch(
@@ -364,14 +364,35 @@ fn define_in(opts: &str, name: &str, default: usize) -> usize {
 /// The k largest of each of `rows` rows of x (rows, n) f32, largest first
 /// (ties: the lower index), into ids (rows, k) i32 and vals (rows, k) f32,
 /// and each row's log-sum-exp into lse (rows) f32 (kernels/sample.cu).
+/// `scratch`: [`topk_scratch_bytes`]`(rows)` bytes of device memory, which
+/// top-1 uses to spread each row over many blocks.
 #[allow(clippy::too_many_arguments)]
-pub fn topk(dev: &Device, s: Stream, x: DevPtr, rows: usize, n: usize, k: usize, ids: DevPtr, vals: DevPtr, lse: DevPtr) -> Result<()> {
-    use super::kernel_table::{TOPK_MAX, TOPK_THREADS};
+pub fn topk(dev: &Device, s: Stream, x: DevPtr, rows: usize, n: usize, k: usize, ids: DevPtr, vals: DevPtr, lse: DevPtr, scratch: DevPtr) -> Result<()> {
+    use super::kernel_table::{TOPK1_THREADS, TOPK_MAX, TOPK_THREADS};
     if k == 0 || k > TOPK_MAX || k > n || rows == 0 {
         return Err(Error::InvalidArgument(format!("topk: {k} of {n} values in {rows} rows (k at most {TOPK_MAX})")));
     }
+    if k == 1 {
+        let parts = topk1_parts(n);
+        let dims = LaunchDims { grid: (rows as u32, parts as u32, 1), block: TOPK1_THREADS as u32, shared: 0 };
+        dev.launch(s, "topk1_part", dims, &[Arg::Ptr(x), Arg::I32(n as i32), Arg::Ptr(scratch)])?;
+        let dims = LaunchDims { grid: (ceil(rows, 64), 1, 1), block: 64, shared: 0 };
+        return dev.launch(s, "topk1_merge", dims, &[Arg::Ptr(scratch), Arg::I32(rows as i32), Arg::I32(parts as i32), Arg::Ptr(ids), Arg::Ptr(vals), Arg::Ptr(lse)]);
+    }
     let dims = LaunchDims { grid: (rows as u32, 1, 1), block: TOPK_THREADS as u32, shared: 0 };
     dev.launch(s, "topk_rows", dims, &[Arg::Ptr(x), Arg::I32(n as i32), Arg::I32(k as i32), Arg::Ptr(ids), Arg::Ptr(vals), Arg::Ptr(lse)])
+}
+
+/// Blocks per row of the two-pass top-1: one per TOPK_PART_MIN values, at
+/// most TOPK_PARTS.
+fn topk1_parts(n: usize) -> usize {
+    use super::kernel_table::{TOPK_PARTS, TOPK_PART_MIN};
+    n.div_ceil(TOPK_PART_MIN).clamp(1, TOPK_PARTS)
+}
+
+/// Device scratch [`topk`] needs for `rows` rows.
+pub fn topk_scratch_bytes(rows: usize) -> usize {
+    rows * super::kernel_table::TOPK_PARTS * 16
 }
 
 /// Whether [`matvec_x`] takes W (a gated pair when `gated`, after an RMS
@@ -440,7 +461,7 @@ fn env_rows(cell: &'static std::sync::OnceLock<usize>, name: &str, default: usiz
 /// [`f16_min_rows`] for wide matrices (at least [`F16_WIDE_COLS`] columns),
 /// whose several-token decode kernels are compute-bound sooner
 /// (`FORGE_F16_MIN_ROWS_WIDE`, default 4). Where the tensor-core products
-/// take 4 ..= 8 rows ([`decode::mmq_rows`]) they come first.
+/// take 2 ..= 16 rows ([`decode::mmq_rows`]) they come first.
 pub fn f16_min_rows_wide() -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     env_rows(&N, "FORGE_F16_MIN_ROWS_WIDE", 4)
@@ -453,6 +474,35 @@ pub const F16_WIDE_COLS: usize = 2048;
 pub fn resident_gemm(dev: &Device, w: &DevMatrix, nt: usize, scratch: Option<&GemmScratch>) -> bool {
     let min = if w.cols >= F16_WIDE_COLS { f16_min_rows_wide() } else { f16_min_rows() };
     w.f16 != 0 && nt >= min && dev.rt.has_blas() && scratch.is_some_and(|sc| sc.x16_elems >= nt * w.cols)
+}
+
+/// Prepare x (nt, cols) f32 as the f16 input of [`gemm_resident`] in
+/// `scratch` (RMS-normalized first with `norm = Some((weight, eps))`), once
+/// for every product that reads it. Needs [`resident_gemm`] for them.
+pub fn x_to_f16(dev: &Device, s: Stream, x: DevPtr, nt: usize, cols: usize, norm: Option<(DevPtr, f32)>, scratch: &GemmScratch) -> Result<DevPtr> {
+    let n = nt * cols;
+    if scratch.x16_elems < n {
+        return Err(Error::InvalidArgument(format!("x_to_f16: {nt} x {cols} values, scratch for {}", scratch.x16_elems)));
+    }
+    match norm {
+        Some((w, eps)) => {
+            let dims = LaunchDims { grid: (nt as u32, 1, 1), block: 256, shared: 0 };
+            dev.launch(s, "rmsnorm_f16", dims, &[Arg::Ptr(x), Arg::Ptr(w), Arg::Ptr(scratch.x16.ptr), Arg::I32(cols as i32), Arg::F32(eps)])?
+        }
+        None => dev.launch(s, "f32_to_f16", grid_stride(n), &[Arg::Ptr(x), Arg::Ptr(scratch.x16.ptr), Arg::U64(n as u64)])?,
+    }
+    Ok(scratch.x16.ptr)
+}
+
+/// y (nt, rows) = / += X Wᵀ by the vendor BLAS over W's resident f16 copy,
+/// X prepared by [`x_to_f16`] (its pointer `x16`).
+pub fn gemm_resident(dev: &Device, s: Stream, w: &DevMatrix, x16: DevPtr, y: DevPtr, nt: usize, out: Out) -> Result<()> {
+    check(w)?;
+    if w.f16 == 0 {
+        return Err(Error::InvalidArgument(format!("gemm_resident: {} has no resident f16 copy", w.ty)));
+    }
+    let g = GemmF16 { m: w.rows, n: nt, k: w.cols, a: w.f16, b: x16, c: y, ldc: w.rows, beta: if out == Out::Add { 1.0 } else { 0.0 } };
+    dev.rt.gemm_f16(s, &g)
 }
 
 /// y (nt, rows) = / += X Wᵀ for any number of tokens: the vendor BLAS over
