@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 SMOLLM2 := models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: models-extra test-extra cli test-cli server serve test-server test-server-node-run llama test-llama test-llama-python test-llama-examples test-node-run test-go-run test-install-run test-cpp-run valgrind-run check-features-run test-bindings test-cpp test-install test-go test-node install uninstall all build models test test-rust test-c demo inspect header check-features kernels-hip gpu-prepare bench bench-tokenizer perplexity valgrind fixtures venv fuzz fuzz-long clean
+.PHONY: models-extra test-extra cli test-cli server serve test-server test-server-node-run llama test-llama test-llama-python test-llama-examples test-node-run test-go-run test-install-run test-cpp-run valgrind-run check-features-run test-bindings test-cpp test-install test-go test-node install uninstall all build models test test-rust test-c demo inspect header check-features kernels-hip kernels-cuda gpu-prepare bench bench-tokenizer perplexity valgrind fixtures venv fuzz fuzz-long clean
 LIB_DIR := target/release
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 # SONAME version: the major number, or 0.MINOR below 1.0 (Cargo's semver
@@ -224,7 +224,7 @@ valgrind-run:
 # library the other targets test.
 GPU_TARGET_DIR ?= target/gpu-features
 HIP_ARCHS ?= gfx1030 gfx90a
-check-features: models
+check-features: models kernels-cuda
 	@$(call optional,hipcc,hipcc libamdhip64-dev) && $(MAKE) --no-print-directory check-features-run
 check-features-run: kernels-hip
 	CARGO_TARGET_DIR=$(GPU_TARGET_DIR) $(CARGO) build --release --features cuda,rocm --all-targets
@@ -238,6 +238,18 @@ kernels-hip:
 	# one each; helpers of the files they include go unused there)
 	$(CARGO) run --release --quiet --example kernel_units $(GPU_TARGET_DIR)/units > /dev/null
 	for u in $(GPU_TARGET_DIR)/units/*.cu; do hipcc --genco --offload-arch=gfx90a -std=c++17 -O3 -Wall -Werror -Wno-unused-function $$u -o $${u%.cu}.co || exit 1; done; echo "kernel units: gfx90a ok"
+
+# The same units compiled by NVRTC for NVIDIA sm_80 and sm_90 on this
+# machine (no GPU needed: libnvrtc from NVIDIA's PyPI wheel), so the code
+# only NVIDIA compiles (the tensor-core kernels, cp.async) is checked too.
+NVRTC_VENV := .venv-nvrtc
+$(NVRTC_VENV)/.complete:
+	$(PYTHON) -m venv $(NVRTC_VENV)
+	$(NVRTC_VENV)/bin/pip install -q nvidia-cuda-nvrtc-cu12==12.9.86
+	touch $@
+kernels-cuda: $(NVRTC_VENV)/.complete
+	$(CARGO) run --release --quiet --example kernel_units $(GPU_TARGET_DIR)/units-cuda > /dev/null
+	$(NVRTC_VENV)/bin/python scripts/nvrtc_check.py $(GPU_TARGET_DIR)/units-cuda sm_80 sm_90 -- -w
 
 # Binaries and header-only model images for the GPU machine (see
 # scripts/gpu_check.sh, which runs there).
