@@ -9,9 +9,10 @@
 // group's scales turn the int32 sums into floats. CPU reference: the
 // dequantized matrix times x (tests/device_ops.rs).
 //
-// Grid: x = ceil(rows / 16), y = ceil(nt / (8 NT)); block MMQ_WARPS warps
-// on the same 16 rows and 8 NT tokens, warp w taking groups w, w +
-// MMQ_WARPS, ... (MMQ_UNROLL groups' weights loaded at once); the warps'
+// Grid: x = ceil(rows / (16 RT)), y = ceil(nt / (8 NT)); block MMQ_WARPS
+// warps on the same 16 RT rows and 8 NT tokens. The rows' weights come
+// into shared memory a stage of groups at a time (mmq_staged, below);
+// within a stage warp w takes groups w, w + MMQ_WARPS, ...; the warps'
 // sums meet in shared memory. Lane l holds rows l / 4 and l / 4 + 8 of the
 // mma's A fragment: part l % 4 of each row's group (iquant.h's parts of 8
 // values, or half of a part of 16 for the regrouped q4_0x8 / q5_0x4), and
@@ -26,10 +27,6 @@
 #define MMQ_WARPS 8
 #endif
 #define MMQ_ROWS 16
-// groups whose weights a warp loads at once
-#ifndef MMQ_UNROLL
-#define MMQ_UNROLL 4
-#endif
 // row tiles of MMQ_ROWS a block takes up to 16 tokens, and above
 #ifndef MMQ_RT_SMALL
 #define MMQ_RT_SMALL 1
@@ -37,11 +34,8 @@
 #ifndef MMQ_RT_LARGE
 #define MMQ_RT_LARGE 1
 #endif
-// weights staged through shared memory (mmq_staged), in stages of MMQ_KC
-// groups, MMQ_STAGES buffers
-#ifndef MMQ_STAGE
-#define MMQ_STAGE 1
-#endif
+// weights staged through shared memory in stages of MMQ_KC groups,
+// MMQ_STAGES buffers
 #ifndef MMQ_KC
 #define MMQ_KC 32
 #endif
@@ -145,185 +139,7 @@ struct MQ<TQ5_0X4> : MQHalves<TQ5_0X4> {
     }
 };
 
-template <typename T, int NT, int RT>
-static __device__ __forceinline__ void mmq(const u8* __restrict__ W, const int2* __restrict__ xq, const float* __restrict__ xd,
-                                           const float* __restrict__ xs, float* __restrict__ y, int rows, int cols, int nt,
-                                           int add) {
-    using Q = MQ<T>;
-    __shared__ float red[MMQ_WARPS - 1][NT][RT][4][32];
-    GRID_START();
-    const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, c = lane % 4;
-    const int r0 = blockIdx.x * MMQ_ROWS * RT, t0 = blockIdx.y * 8 * NT;
-    const int ng = cols >> 5;
-    const u64 rb = (u64)(cols / T::BLK) * T::BYTES;
-    const u8* wa[RT];
-    const u8* wb[RT];
-#pragma unroll
-    for (int i = 0; i < RT; i++) {
-        // rows past the end repeat the last
-        wa[i] = W + (u64)min(r0 + MMQ_ROWS * i + g, rows - 1) * rb;
-        wb[i] = W + (u64)min(r0 + MMQ_ROWS * i + g + 8, rows - 1) * rb;
-    }
-    const int kw0 = Q::kw0(c), kw1 = Q::kw1(c);
-    float acc[NT][RT][4];
-#pragma unroll
-    for (int j = 0; j < NT; j++) {
-#pragma unroll
-        for (int i = 0; i < RT; i++) acc[j][i][0] = acc[j][i][1] = acc[j][i][2] = acc[j][i][3] = 0.0f;
-    }
-    // up to 16 tokens the x fragments and scales of a step's groups are
-    // loaded with its weights (one wait per step, not a second one for x)
-    constexpr bool PX = NT <= 2;
-    constexpr int PN = PX ? NT : 1, PU = PX ? MMQ_UNROLL : 1;
-    for (int gb = w; gb < ng; gb += MMQ_WARPS * MMQ_UNROLL) {
-        Q qa[MMQ_UNROLL][RT], qb[MMQ_UNROLL][RT];
-        int2 px0[PU][PN], px1[PU][PN];
-        float pdc[PU][PN], pdd[PU][PN], pxc[PU][PN], pxe[PU][PN];
-#pragma unroll
-        for (int u = 0; u < MMQ_UNROLL; u++) {  // clamped: every load in flight at once
-            const int grp = min(gb + u * MMQ_WARPS, ng - 1);
-#pragma unroll
-            for (int i = 0; i < RT; i++) {
-                qa[u][i].load(wa[i], grp, c);
-                qb[u][i].load(wb[i], grp, c);
-            }
-            if (PX) {
-#pragma unroll
-                for (int j = 0; j < PN; j++) {
-                    const int tb = min(t0 + 8 * j + g, nt - 1);
-                    const int2* xr = xq + ((u64)grp * nt + tb) * 8;
-                    px0[PX ? u : 0][j] = xr[kw0];
-                    px1[PX ? u : 0][j] = xr[kw1];
-                    const int tc = min(t0 + 8 * j + 2 * c, nt - 1), td = min(t0 + 8 * j + 2 * c + 1, nt - 1);
-                    pdc[PX ? u : 0][j] = xd[(u64)grp * nt + tc];
-                    pdd[PX ? u : 0][j] = xd[(u64)grp * nt + td];
-                    pxc[PX ? u : 0][j] = xs[(u64)grp * nt + tc];
-                    pxe[PX ? u : 0][j] = xs[(u64)grp * nt + td];
-                }
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < MMQ_UNROLL; u++) {
-            const int grp = gb + u * MMQ_WARPS;
-            if (grp >= ng) break;  // uniform per warp
-            // the A fragments and scales of each row tile (SPLIT: each half its own)
-            float sa0[RT], sb0[RT], sa1[RT], sb1[RT];
-            int a0[RT][4], a1[RT][4];
-            bool mins = false;
-#pragma unroll
-            for (int i = 0; i < RT; i++) {
-                sa0[i] = qa[u][i].s;
-                sb0[i] = qb[u][i].s;
-                sa1[i] = sb1[i] = 0.0f;
-                a0[i][0] = qa[u][i].w0;
-                a0[i][1] = qb[u][i].w0;
-                a0[i][2] = qa[u][i].w1;
-                a0[i][3] = qb[u][i].w1;
-                mins |= qa[u][i].m != 0.0f || qb[u][i].m != 0.0f;
-#pragma unroll
-                for (int e = 0; e < 4; e++) a1[i][e] = 0;
-                if (Q::SPLIT) {
-                    // lanes c < 2 hold half 0, the others half 1
-                    const float oa = SHFL_XOR(sa0[i], 2), ob = SHFL_XOR(sb0[i], 2);
-                    const bool h0 = c < 2;
-                    sa1[i] = h0 ? oa : sa0[i];
-                    sb1[i] = h0 ? ob : sb0[i];
-                    sa0[i] = h0 ? sa0[i] : oa;
-                    sb0[i] = h0 ? sb0[i] : ob;
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        a1[i][e] = h0 ? 0 : a0[i][e];
-                        a0[i][e] = h0 ? a0[i][e] : 0;
-                    }
-                }
-            }
-#pragma unroll
-            for (int j = 0; j < NT; j++) {
-                // one token tile's x fragments and scales, for every row tile
-                int2 x0, x1;
-                float dc, dd, xc = 0.0f, xe = 0.0f;
-                if (PX) {
-                    x0 = px0[PX ? u : 0][PX ? j : 0];
-                    x1 = px1[PX ? u : 0][PX ? j : 0];
-                    dc = pdc[PX ? u : 0][PX ? j : 0];
-                    dd = pdd[PX ? u : 0][PX ? j : 0];
-                    xc = pxc[PX ? u : 0][PX ? j : 0];
-                    xe = pxe[PX ? u : 0][PX ? j : 0];
-                } else {
-                    const int tb = min(t0 + 8 * j + g, nt - 1);
-                    const int2* xr = xq + ((u64)grp * nt + tb) * 8;
-                    x0 = xr[kw0];
-                    x1 = xr[kw1];
-                    const int tc = min(t0 + 8 * j + 2 * c, nt - 1), td = min(t0 + 8 * j + 2 * c + 1, nt - 1);
-                    dc = xd[(u64)grp * nt + tc];
-                    dd = xd[(u64)grp * nt + td];
-                    if (mins) {
-                        xc = xs[(u64)grp * nt + tc];
-                        xe = xs[(u64)grp * nt + td];
-                    }
-                }
-#pragma unroll
-                for (int i = 0; i < RT; i++) {
-                    int hi[4] = {0, 0, 0, 0}, lo[4] = {0, 0, 0, 0};
-                    mma_s8(hi, a0[i], x0.x, x1.x);
-                    mma_s8(lo, a0[i], x0.y, x1.y);
-                    float* o = acc[j][i];
-                    o[0] += sa0[i] * dc * (float)(256 * hi[0] + lo[0]);
-                    o[1] += sa0[i] * dd * (float)(256 * hi[1] + lo[1]);
-                    o[2] += sb0[i] * dc * (float)(256 * hi[2] + lo[2]);
-                    o[3] += sb0[i] * dd * (float)(256 * hi[3] + lo[3]);
-                    if (Q::SPLIT) {
-                        int h1[4] = {0, 0, 0, 0}, l1[4] = {0, 0, 0, 0};
-                        mma_s8(h1, a1[i], x0.x, x1.x);
-                        mma_s8(l1, a1[i], x0.y, x1.y);
-                        o[0] += sa1[i] * dc * (float)(256 * h1[0] + l1[0]);
-                        o[1] += sa1[i] * dd * (float)(256 * h1[1] + l1[1]);
-                        o[2] += sb1[i] * dc * (float)(256 * h1[2] + l1[2]);
-                        o[3] += sb1[i] * dd * (float)(256 * h1[3] + l1[3]);
-                    }
-                    if (mins) {
-                        o[0] += qa[u][i].m * xc;
-                        o[1] += qa[u][i].m * xe;
-                        o[2] += qb[u][i].m * xc;
-                        o[3] += qb[u][i].m * xe;
-                    }
-                }
-            }
-        }
-    }
-    if (w > 0) {
-#pragma unroll
-        for (int j = 0; j < NT; j++) {
-#pragma unroll
-            for (int i = 0; i < RT; i++) {
-#pragma unroll
-                for (int e = 0; e < 4; e++) red[w - 1][j][i][e][lane] = acc[j][i][e];
-            }
-        }
-    }
-    __syncthreads();
-    if (w > 0) return;
-#pragma unroll
-    for (int j = 0; j < NT; j++) {
-#pragma unroll
-        for (int i = 0; i < RT; i++) {
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float v = acc[j][i][e];
-#pragma unroll
-                for (int k = 0; k < MMQ_WARPS - 1; k++) v += red[k][j][i][e][lane];
-                const int r = r0 + MMQ_ROWS * i + g + (e & 2 ? 8 : 0), t = t0 + 8 * j + 2 * c + (e & 1);
-                if (r < rows && t < nt) {
-                    float* o = y + (u64)t * rows + r;
-                    *o = add ? *o + v : v;
-                }
-            }
-        }
-    }
-}
-
-#if MMQ_STAGE
-// The staged form (MMQ_STAGE = 1): the block's rows are copied into shared
+// The block's rows are copied into shared
 // memory a stage of MMQ_KC groups at a time by cp.async (16-byte copies, a
 // warp's 512 bytes contiguous), MMQ_STAGES - 1 stages ahead of the one the
 // warps multiply, and the warps read their A fragments there: a warp's
@@ -582,7 +398,6 @@ static __device__ __forceinline__ void mmq_staged(const u8* __restrict__ W, cons
         __syncthreads();
     }
 }
-#endif
 
 // mmq_<type>_<8 NT>: NT tiles of 8 tokens per block, on MMQ_RT_SMALL row
 // tiles of 16 rows up to 16 tokens (their x fragments loaded once for all),
@@ -591,13 +406,8 @@ static __device__ __forceinline__ void mmq_staged(const u8* __restrict__ W, cons
     KERNEL void __launch_bounds__(MMQ_WARPS * 32) mmq_##s##_##NT(const u8* W, const int2* xq, const float* xd,        \
                                                                  const float* xs, float* y, int rows, int cols, int nt, \
                                                                  int add) {                                            \
-        MMQ_FN<T, NT / 8, NT <= 16 ? MMQ_RT_SMALL : MMQ_RT_LARGE>(W, xq, xd, xs, y, rows, cols, nt, add);                 \
+        mmq_staged<T, NT / 8, NT <= 16 ? MMQ_RT_SMALL : MMQ_RT_LARGE>(W, xq, xd, xs, y, rows, cols, nt, add);                 \
     }
-#if MMQ_STAGE
-#define MMQ_FN mmq_staged
-#else
-#define MMQ_FN mmq
-#endif
 #define MMQ_TYPE(T, s) MMQ_KERNEL(T, s, 8) MMQ_KERNEL(T, s, 16) MMQ_KERNEL(T, s, 32) MMQ_KERNEL(T, s, 64)
 MMQ_TYPE(TQ4_0, q4_0)
 MMQ_TYPE(TQ4_0X8, q4_0x8)
@@ -612,5 +422,4 @@ MMQ_TYPE(TQ5_K, q5_k)
 MMQ_TYPE(TQ6_K, q6_k)
 #undef MMQ_TYPE
 #undef MMQ_KERNEL
-#undef MMQ_FN
 #endif

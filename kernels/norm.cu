@@ -6,16 +6,22 @@
 #pragma once
 #include "vendor.h"
 
+// 1 / rms of row xr (dim values) plus eps, over the block (every thread
+// calls).
+static __device__ __forceinline__ float rms_scale(const float* xr, int dim, float eps, float* red) {
+    float ss = 0.0f;
+#pragma unroll 8
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = block_sum(ss, red);
+    return rsqrtf(ss / (float)dim + eps);
+}
+
 KERNEL void rmsnorm(const float* x, const float* w, float* y, int dim, float eps, int add) {
     GRID_START();
     __shared__ float red[32];
     const float* xr = x + (u64)blockIdx.x * dim;
     float* yr = y + (u64)blockIdx.x * dim;
-    float ss = 0.0f;
-#pragma unroll 8
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
-    ss = block_sum(ss, red);
-    const float s = rsqrtf(ss / (float)dim + eps);
+    const float s = rms_scale(xr, dim, eps, red);
 #pragma unroll 8
     for (int i = threadIdx.x; i < dim; i += blockDim.x) {
         const float v = xr[i] * s * w[i];
@@ -30,11 +36,7 @@ KERNEL void rmsnorm_f16(const float* x, const float* w, u16* y, int dim, float e
     __shared__ float red[32];
     const float* xr = x + (u64)blockIdx.x * dim;
     u16* yr = y + (u64)blockIdx.x * dim;
-    float ss = 0.0f;
-#pragma unroll 8
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
-    ss = block_sum(ss, red);
-    const float s = rsqrtf(ss / (float)dim + eps);
+    const float s = rms_scale(xr, dim, eps, red);
 #pragma unroll 8
     for (int i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = f2h(xr[i] * s * w[i]);
 }

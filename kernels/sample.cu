@@ -35,6 +35,16 @@ static __device__ __forceinline__ float topk_val(u64 key) {
     return __uint_as_float(u);
 }
 static __device__ __forceinline__ int topk_id(u64 key) { return (int)(0xFFFFFFFFu - (u32)key); }
+// One value into an online log-sum-exp: the running max m and the sum l
+// of exp(v - m).
+static __device__ __forceinline__ void lse_push(float v, float& m, float& l) {
+    if (v > m) {
+        l = l * expf(m - v) + 1.0f;
+        m = v;
+    } else {
+        l += expf(v - m);
+    }
+}
 
 KERNEL void __launch_bounds__(TOPK_THREADS) topk_rows(const float* __restrict__ x, int n, int k, int* ids, float* vals,
                                                       float* lse) {
@@ -53,12 +63,7 @@ KERNEL void __launch_bounds__(TOPK_THREADS) topk_rows(const float* __restrict__ 
     if (tid == 0) best = 0;
     for (int i = tid; i < n; i += blockDim.x) {
         const float v = r[i];
-        if (v > m) {
-            l = l * expf(m - v) + 1.0f;
-            m = v;
-        } else {
-            l += expf(v - m);
-        }
+        lse_push(v, m, l);
         if (k == 1) {
             const u64 key = topk_key(v, i);
             top = key > top ? key : top;
@@ -163,12 +168,7 @@ KERNEL void __launch_bounds__(TOPK1_THREADS) topk1_part(const float* __restrict_
     u64 top = 0;
     for (int i = a + threadIdx.x; i < e; i += blockDim.x) {
         const float v = r[i];
-        if (v > m) {
-            l = l * expf(m - v) + 1.0f;
-            m = v;
-        } else {
-            l += expf(v - m);
-        }
+        lse_push(v, m, l);
         const u64 key = topk_key(v, i);
         top = key > top ? key : top;
     }

@@ -47,17 +47,9 @@ pub const MMQ_RT_SMALL: usize = 1;
 /// `MMQ_SMEM` in kernels/mmq.cu.
 pub const MMQ_SMEM: usize = 46080;
 
-/// `MMQ_STAGE` in kernels/mmq.cu (the default: `#ifndef`-guarded, a compile option may override
-/// it).
-pub const MMQ_STAGE: usize = 1;
-
 /// `MMQ_STAGES` in kernels/mmq.cu (the default: `#ifndef`-guarded, a compile option may override
 /// it).
 pub const MMQ_STAGES: usize = 3;
-
-/// `MMQ_UNROLL` in kernels/mmq.cu (the default: `#ifndef`-guarded, a compile option may override
-/// it).
-pub const MMQ_UNROLL: usize = 4;
 
 /// `MMQ_WARPS` in kernels/mmq.cu (the default: `#ifndef`-guarded, a compile option may override
 /// it).

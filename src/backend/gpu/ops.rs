@@ -812,11 +812,11 @@ mod tests {
         use super::define_in;
         assert_eq!(define_in("", "MMQ_WARPS", 8), 8);
         assert_eq!(define_in("-DMMQ_WARPS=4", "MMQ_WARPS", 8), 4);
-        assert_eq!(define_in("--maxrregcount=64 -D MMQ_WARPS=2 -DMMQ_UNROLL=8", "MMQ_WARPS", 8), 2);
+        assert_eq!(define_in("--maxrregcount=64 -D MMQ_WARPS=2 -DMMQ_KC=64", "MMQ_WARPS", 8), 2);
         assert_eq!(define_in("--define-macro=MMQ_WARPS=16", "MMQ_WARPS", 8), 16);
         assert_eq!(define_in("-DMMQ_WARPS=4 -DMMQ_WARPS=2", "MMQ_WARPS", 8), 2);
         // another constant whose name starts the same is not this one
         assert_eq!(define_in("-DMMQ_WARPS_X=4", "MMQ_WARPS", 8), 8);
-        assert_eq!(define_in("-DMMQ_UNROLL=2", "MMQ_WARPS", 8), 8);
+        assert_eq!(define_in("-DMMQ_KC=16", "MMQ_WARPS", 8), 8);
     }
 }
