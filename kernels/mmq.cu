@@ -174,7 +174,7 @@ struct MMQStage {
     static constexpr int S0 = MMQ_SMEM / (R * STR);
     static constexpr int STAGES = S0 < MMQ_STAGES ? S0 : MMQ_STAGES;
     static constexpr int NCH = mmq_bytes<T>(KC) / 16 + 2;  // 16-byte copies a row can need
-    static_assert(KC % 8 == 0 && KC / MMQ_WARPS >= 1, "a stage gives every warp whole groups");
+    static_assert(KC % 8 == 0 && KC % MMQ_WARPS == 0, "a stage gives every warp the same whole groups");
     static_assert(STAGES >= 2, "two stages fit");
     // shared memory: the stages, or one token tile's sums of the warps
     // (the reduction's floor; mmq_staged reduces in as many tiles as fit)
