@@ -513,10 +513,8 @@ pub fn gemm_resident(dev: &Device, s: Stream, w: &DevMatrix, x16: DevPtr, y: Dev
 pub fn matmul(dev: &Device, s: Stream, w: &DevMatrix, x: DevPtr, y: DevPtr, nt: usize, out: Out, scratch: Option<&GemmScratch>) -> Result<MatmulPath> {
     check(w)?;
     if let Some(sc) = scratch.filter(|_| resident_gemm(dev, w, nt, scratch)) {
-        let n = nt * w.cols;
-        dev.launch(s, "f32_to_f16", grid_stride(n), &[Arg::Ptr(x), Arg::Ptr(sc.x16.ptr), Arg::U64(n as u64)])?;
-        let g = GemmF16 { m: w.rows, n: nt, k: w.cols, a: w.f16, b: sc.x16.ptr, c: y, ldc: w.rows, beta: if out == Out::Add { 1.0 } else { 0.0 } };
-        dev.rt.gemm_f16(s, &g)?;
+        let x16 = x_to_f16(dev, s, x, nt, w.cols, None, sc)?;
+        gemm_resident(dev, s, w, x16, y, nt, out)?;
         return Ok(MatmulPath::Blas);
     }
     if matvec_fits(dev, w.ty, w.cols, nt) {
