@@ -5,6 +5,9 @@
 //!   make_twin --from MODEL.gguf --out TWIN.gguf [--type F16] [--seed N]
 //!   make_twin --llama7b --from MODEL.gguf --out TWIN.gguf [--type Q4_0]
 //!       (4096 hidden, 32 layers, 32 heads, FFN 11008; vocab = MODEL's tokenizer)
+//!   make_twin --llama-small --from MODEL.gguf --out TWIN.gguf [--type Q4_0]
+//!       (1024 hidden, 4 layers, 16 heads, 4 KV heads, FFN 2816: every width a
+//!       multiple of 256, small enough for the CPU engine to check it)
 //!   make_twin --arch qwen3|llama3|phi3|mistral --out TWIN.gguf
 //!       (issue 18's architecture twins: rocmforge::twin::arch, vocabulary
 //!       from the llama.cpp sources under vendor/, the fixtures' seed)
@@ -17,7 +20,7 @@ use rocmforge::quant::GgmlType;
 use rocmforge::twin::{write_llama_shaped, write_twin, LlamaShape};
 
 fn main() {
-    let (mut from, mut out, mut ty, mut seed, mut llama7b, mut head_only) = (None, None, None, 42u64, false, false);
+    let (mut from, mut out, mut ty, mut seed, mut shape, mut head_only) = (None, None, None, 42u64, None, false);
     let mut arch: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -32,7 +35,8 @@ fn main() {
                 }));
             }
             "--seed" => seed = args.next().and_then(|v| v.parse().ok()).expect("--seed N"),
-            "--llama7b" => llama7b = true,
+            "--llama7b" => shape = Some(LlamaShape { n_embd: 4096, n_layer: 32, n_head: 32, n_head_kv: 32, n_ff: 11008, n_ctx: 4096 }),
+            "--llama-small" => shape = Some(LlamaShape { n_embd: 1024, n_layer: 4, n_head: 16, n_head_kv: 4, n_ff: 2816, n_ctx: 4096 }),
             "--header-only" => head_only = true,
             "--arch" => arch = args.next(),
             other => {
@@ -55,7 +59,7 @@ fn main() {
         return;
     }
     let (Some(from), Some(out)) = (from, out) else {
-        eprintln!("usage: make_twin --from MODEL.gguf --out TWIN.gguf [--type T] [--seed N] [--llama7b] | --arch KEY --out TWIN.gguf");
+        eprintln!("usage: make_twin --from MODEL.gguf --out TWIN.gguf [--type T] [--seed N] [--llama7b | --llama-small] | --arch KEY --out TWIN.gguf");
         std::process::exit(2)
     };
     let fail = |e: &dyn std::fmt::Display| -> ! {
@@ -70,9 +74,8 @@ fn main() {
     };
     let bytes = if head_only {
         Ok(src.header_only_image())
-    } else if llama7b {
-        let shape = LlamaShape { n_embd: 4096, n_layer: 32, n_head: 32, n_head_kv: 32, n_ff: 11008, n_ctx: 4096 };
-        write_llama_shaped(&src, &shape, ty.unwrap_or(GgmlType::Q4_0), seed)
+    } else if let Some(shape) = &shape {
+        write_llama_shaped(&src, shape, ty.unwrap_or(GgmlType::Q4_0), seed)
     } else {
         write_twin(&src, ty, seed)
     }

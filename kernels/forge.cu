@@ -5,6 +5,7 @@
 #include "matvec.cu"
 #include "mmvq.cu"
 #include "mmq.cu"
+#include "mmf.cu"
 #include "matmul.cu"
 #include "norm.cu"
 #include "rope.cu"

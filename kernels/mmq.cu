@@ -47,6 +47,10 @@
 #ifndef MMQ_STAGES
 #define MMQ_STAGES 3
 #endif
+// 1: the first stages' weight copies are issued before GRID_START
+#ifndef MMQ_EARLY
+#define MMQ_EARLY 1
+#endif
 
 // MQ<T>: lane part c (0 .. 3) of group g of a weight row for the mma: its
 // two words (w0 for k slots 4c .., w1 for 16 + 4c ..), the x words they
@@ -204,12 +208,15 @@ static __device__ __forceinline__ void mmq_staged(const u8* __restrict__ W, cons
             if (lo + 16 * (u64)j < hi) cp_async16(sm + (b * R + r) * STR + 16 * j, (const void*)(lo + 16 * (u64)j));
         }
     };
-    GRID_START();
+    // the first stages' weights before GRID_START (MMQ_EARLY): no kernel
+    // writes them, so they load while the kernel before this one finishes
+    if (!MMQ_EARLY) GRID_START();
 #pragma unroll
     for (int st = 0; st < STAGES - 1; st++) {
         if (st < nst) issue(st, st);
         cp_async_commit();
     }
+    if (MMQ_EARLY) GRID_START();
     // this lane's rows in the block, and how far each row's copy is moved
     int off[RT][2];
 #pragma unroll

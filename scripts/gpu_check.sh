@@ -49,6 +49,7 @@ for step in $steps; do
         '$BIN/make_twin' --from '$QWEN' --type F16 --out '$TWINS/qwen2-f16-twin.gguf'
         '$BIN/make_twin' --from '$QWEN' --type Q4_0 --out '$TWINS/qwen2-q4_0-twin.gguf'
         '$BIN/make_twin' --llama7b --from '$SMOL' --type Q4_0 --out '$TWINS/llama7b-q4_0-twin.gguf'
+        '$BIN/make_twin' --llama-small --from '$SMOL' --type Q4_0 --out '$TWINS/llama-small-q4_0-twin.gguf'
         if [ -f '$QWEN15' ]; then '$BIN/make_twin' --from '$QWEN15' --out '$TWINS/qwen2-1.5b-twin.gguf'; fi" ;;
     ops)
       "$BIN/rocmforge-unit" backend::gpu

@@ -234,6 +234,33 @@ fn mmq_products(g: &gpu::Gpu) {
 }
 test_gpu!(mmq_products);
 
+/// The f16 tensor-core products over quantized weights (`mmf_*`, q4_0 in
+/// its regrouped layout) against the f64 reference (x and the weights
+/// rounded to f16 as the kernel sees them) and against the vendor BLAS
+/// over the f16 copy (the path they replace; only the order of the f32
+/// sums differs), with and without the column split, both output forms.
+/// Rows that end mid-tile, token counts that end mid-block, and matrices
+/// whose stage count the split does not divide.
+fn mmf_products(g: &gpu::Gpu) {
+    use GgmlType::*;
+    if !rocmforge::backend::gpu::decode::has_mmq(g.dev.rt.info()) {
+        panic!("{}: no tensor-core products on this device; run this test on sm_80 or later", g.dev.rt.info().arch);
+    }
+    for (rows, cols) in [(200usize, 2048usize), (4096, 256), (70, 11008), (1000, 4096)] {
+        let w = random_tensor(Q4_0, rows * cols, 1.0, 29).unwrap();
+        let deq: Vec<f32> = quant::dequantize_vec(Q4_0, &w).unwrap().iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+        for n in [1, 17, 32, 33, 64, 100, 128, 256] {
+            let x = Rng(41 + n as u64).vec(n * cols);
+            let x16: Vec<f32> = x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+            let reference = ref_matmul(&deq, rows, cols, &x16, n);
+            let (y, blas, split) = g.mmf(Q4_0, &w, rows, cols, &x, n);
+            check(&format!("mmf q4_0 {rows}x{cols} n={n} ({split} column parts)"), &y, &reference, 1e-5);
+            check(&format!("mmf q4_0 {rows}x{cols} n={n} against the BLAS"), &y, &blas.iter().map(|&v| v as f64).collect::<Vec<f64>>(), 1e-5);
+        }
+    }
+}
+test_gpu!(mmf_products);
+
 /// Top-k candidates selected on the device (`topk_rows`, and for top-1
 /// `topk1_part` + `topk1_merge`) equal the host
 /// selection (`TopRows::push_row`, the CPU backend's path) exactly: ids,
@@ -800,6 +827,34 @@ mod gpu {
                 assert!((a + 1.0 - b).abs() <= 1e-3 * (1.0 + a.abs()), "Out::Add differs from Out::Store + 1: {a} vs {b}");
             }
             (y, path)
+        }
+
+        /// W x through x_to_f16 + matmul_mmf, on W regrouped (Store, and
+        /// Add onto ones, which must add the same product), and the vendor
+        /// BLAS's product over W's f16 copy; with the number of column
+        /// parts the launch split the product into.
+        pub fn mmf(&self, ty: GgmlType, w: &[u8], rows: usize, cols: usize, x: &[f32], n: usize) -> (Vec<f32>, Vec<f32>, usize) {
+            let (_wb, m) = self.matrix(ty, w, rows, cols);
+            assert!(m.packed, "{ty} {cols} columns: regrouped on upload");
+            assert!(ops::mmf_fits(self.dev.rt.info(), &m, n));
+            let w16 = self.pool.alloc(rows * cols * 2, "w16").unwrap();
+            ops::dequant_to_f16(&self.dev, self.s, &m, w16.ptr).unwrap();
+            let sc = GemmScratch { w16: self.pool.alloc(2, "w16").unwrap(), w16_elems: 1, x16: self.pool.alloc(n * cols * 2, "x16").unwrap(), x16_elems: n * cols };
+            let (xb, yb) = (self.up_f32(x), self.up_f32(&vec![f32::NAN; n * rows]));
+            let x16 = ops::x_to_f16(&self.dev, self.s, xb.ptr, n, cols, None, &sc).unwrap();
+            ops::matmul_mmf(&self.dev, self.s, &m, x16, yb.ptr, n, Out::Store).unwrap();
+            let y = self.down_f32(&yb, n * rows);
+            let acc = self.up_f32(&vec![1.0; n * rows]);
+            ops::matmul_mmf(&self.dev, self.s, &m, x16, acc.ptr, n, Out::Add).unwrap();
+            for (p, q) in y.iter().zip(&self.down_f32(&acc, n * rows)) {
+                assert!((p + 1.0 - q).abs() <= 1e-5 * (1.0 + p.abs()), "mmf Out::Add differs from Out::Store + 1: {p} vs {q}");
+            }
+            // the vendor BLAS over the f16 copy
+            let bb = self.out_f32(n * rows);
+            let gemm = rocmforge::backend::gpu::runtime::GemmF16 { m: rows, n, k: cols, a: w16.ptr, b: x16, c: bb.ptr, ldc: rows, beta: 0.0 };
+            self.dev.rt.gemm_f16(self.s, &gemm).unwrap();
+            let blas = self.down_f32(&bb, n * rows);
+            (y, blas, ops::mmf_parts(self.dev.rt.info(), &m, n))
         }
 
         /// `topk_rows` over x (rows, n), back as host rows.

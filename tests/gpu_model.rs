@@ -282,6 +282,13 @@ fn batched_smollm2_twin() {
 fn batched_qwen2_twin() {
     batched_matches_cpu_engine("qwen2-twin.gguf", &[7]);
 }
+/// A small llama in Q4_0 with every width a multiple of 256: its 20- and
+/// 64-row decode steps (padded to 24 and 64) take the `mmf_*` products
+/// over the quantized weights (ops::mmf_rows), its prefill chunks the BLAS.
+#[test]
+fn batched_llama_small_q4_0_twin() {
+    batched_matches_cpu_engine("llama-small-q4_0-twin.gguf", &[20, 64]);
+}
 #[test]
 fn batched_gemma3_twin() {
     batched_matches_cpu_engine("gemma3-twin.gguf", &[1, 7, 64]);

@@ -26,6 +26,25 @@ pub const ATT_WARPS: usize = 4;
 /// `KV_BLOCK` in kernels/rope.cu.
 pub const KV_BLOCK: usize = 16;
 
+/// `MMF_KC` in kernels/mmf.cu.
+pub const MMF_KC: usize = 8;
+
+/// `MMF_SPLIT_BLOCKS` in kernels/mmf.cu (the default: `#ifndef`-guarded, a compile option may
+/// override it).
+pub const MMF_SPLIT_BLOCKS: usize = 2;
+
+/// `MMF_STAGES` in kernels/mmf.cu (the default: `#ifndef`-guarded, a compile option may override
+/// it).
+pub const MMF_STAGES: usize = 2;
+
+/// `MMF_WARPS` in kernels/mmf.cu (the default: `#ifndef`-guarded, a compile option may override
+/// it).
+pub const MMF_WARPS: usize = 8;
+
+/// `MMQ_EARLY` in kernels/mmq.cu (the default: `#ifndef`-guarded, a compile option may override
+/// it).
+pub const MMQ_EARLY: usize = 1;
+
 /// `MMQ_KC` in kernels/mmq.cu (the default: `#ifndef`-guarded, a compile option may override it).
 pub const MMQ_KC: usize = 32;
 
@@ -117,7 +136,7 @@ pub enum Param {
 
 use Param::*;
 
-/// Every kernel of the module (245 in all; on every target: some exist only
+/// Every kernel of the module (247 in all; on every target: some exist only
 /// on some, see `tests/kernel_table.rs`) with its parameters, sorted by name
 /// (binary search).
 pub const KERNELS: &[(&str, &[Param])] = &[
@@ -291,6 +310,8 @@ pub const KERNELS: &[(&str, &[Param])] = &[
         "matvec_q8_0x4",
         &[Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32, Ptr, F32],
     ),
+    ("mmf_q4_0x8_32", &[Ptr, Ptr, Ptr, I32, I32, I32, I32, I32]),
+    ("mmf_q4_0x8_64", &[Ptr, Ptr, Ptr, I32, I32, I32, I32, I32]),
     (
         "mmq_q4_0_16",
         &[Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32],

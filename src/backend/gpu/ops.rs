@@ -495,14 +495,116 @@ pub fn x_to_f16(dev: &Device, s: Stream, x: DevPtr, nt: usize, cols: usize, norm
 }
 
 /// y (nt, rows) = / += X Wᵀ by the vendor BLAS over W's resident f16 copy,
-/// X prepared by [`x_to_f16`] (its pointer `x16`).
+/// X prepared by [`x_to_f16`] (its pointer `x16`); for the token counts of
+/// [`mmf_rows`], by [`matmul_mmf`] on W's quantized form where it fits.
 pub fn gemm_resident(dev: &Device, s: Stream, w: &DevMatrix, x16: DevPtr, y: DevPtr, nt: usize, out: Out) -> Result<()> {
     check(w)?;
+    if mmf_rows().contains(&nt) && mmf_fits(dev.rt.info(), w, nt) {
+        return matmul_mmf(dev, s, w, x16, y, nt, out);
+    }
     if w.f16 == 0 {
         return Err(Error::InvalidArgument(format!("gemm_resident: {} has no resident f16 copy", w.ty)));
     }
     let g = GemmF16 { m: w.rows, n: nt, k: w.cols, a: w.f16, b: x16, c: y, ldc: w.rows, beta: if out == Out::Add { 1.0 } else { 0.0 } };
     dev.rt.gemm_f16(s, &g)
+}
+
+/// The token counts for which [`gemm_resident`] multiplies the quantized
+/// weights by `mmf_*` instead of their f16 copy by the vendor BLAS: by
+/// default 17 ..= 32 (docs/PERFORMANCE.md). `FORGE_MMF=a-b` sets the
+/// range, `FORGE_MMF=0` turns it off.
+pub fn mmf_rows() -> std::ops::RangeInclusive<usize> {
+    static R: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+    let &(a, b) = R.get_or_init(|| mmf_range(std::env::var("FORGE_MMF").ok().as_deref()));
+    a..=b
+}
+
+/// [`mmf_rows`] of a `FORGE_MMF` value.
+fn mmf_range(v: Option<&str>) -> (usize, usize) {
+    const DEFAULT: (usize, usize) = (17, 32);
+    match v {
+        None | Some("") | Some("1") | Some("on") => DEFAULT,
+        Some("0") | Some("off") => (1, 0),
+        Some(r) => r.split_once('-').and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?))).unwrap_or(DEFAULT),
+    }
+}
+
+/// Bytes of a q4_0x8 row's stage of 8 groups (`MF<TQ4_0X8>::SPAN` in
+/// kernels/mmf.cu).
+const MMF_SPAN_Q4_0X8: usize = 144;
+
+/// Whether `mmf_*` takes W for `nt` tokens: NVIDIA sm_80+, q4_0 in its
+/// regrouped layout (rows of whole 256-value spans), and the stages fit
+/// a block's shared memory.
+pub fn mmf_fits(info: &super::runtime::DeviceInfo, w: &DevMatrix, nt: usize) -> bool {
+    decode::has_mmq(info) && w.packed && w.ty == GgmlType::Q4_0 && w.cols % 256 == 0 && nt >= 1 && mmf_shared(nt) <= info.max_shared
+}
+
+/// Tokens per block of `mmf_*` for `nt` tokens.
+fn mmf_block_tokens(nt: usize) -> usize {
+    if nt <= 32 { 32 } else { 64 }
+}
+
+/// Rows per block of `mmf_*` for `nt` tokens: its warps' tiles of 32 rows
+/// × 32 tokens side by side (kernels/mmf.cu `MMFStage`).
+fn mmf_block_rows(nt: usize) -> usize {
+    32 * kernel_define("MMF_WARPS", super::kernel_table::MMF_WARPS) * 32 / mmf_block_tokens(nt)
+}
+
+/// Dynamic shared memory of an `mmf_*` launch: its stages of weights and x.
+fn mmf_shared(nt: usize) -> usize {
+    use super::kernel_table::{MMF_KC, MMF_STAGES};
+    let stages = kernel_define("MMF_STAGES", MMF_STAGES);
+    stages * (mmf_block_rows(nt) * MMF_SPAN_Q4_0X8 + mmf_block_tokens(nt) * (MMF_KC * 64 + 16))
+}
+
+/// y (nt, rows) = / += X Wᵀ with W quantized (see [`mmf_fits`]) and X f16
+/// from [`x_to_f16`], on f16 tensor cores (kernels/mmf.cu). Where the
+/// row and token tiles make too few blocks to fill the device the columns
+/// are split too, and the parts are added into y (zeroed first for a
+/// store), so those sums are not reproducible bit for bit.
+pub fn matmul_mmf(dev: &Device, s: Stream, w: &DevMatrix, x16: DevPtr, y: DevPtr, nt: usize, out: Out) -> Result<()> {
+    use super::kernel_table::MMF_WARPS;
+    let info = dev.rt.info();
+    if !mmf_fits(info, w, nt) {
+        return Err(Error::InvalidArgument(format!("matmul_mmf: {} {}x{} ({}) for {nt} tokens", w.ty, w.rows, w.cols, if w.packed { "regrouped" } else { "gguf layout" })));
+    }
+    let bt = mmf_block_tokens(nt);
+    let (per, ks) = mmf_plan(info, w, nt);
+    if ks > 1 && out == Out::Store {
+        dev.rt.memset(s, y, 0, nt * w.rows * 4)?;
+    }
+    let warps = kernel_define("MMF_WARPS", MMF_WARPS);
+    let dims = LaunchDims { grid: (ceil(w.rows, mmf_block_rows(nt)), ceil(nt, bt), ks as u32), block: (warps * 32) as u32, shared: mmf_shared(nt) as u32 };
+    dev.launch(
+        s,
+        &format!("mmf_q4_0x8_{bt}"),
+        dims,
+        &[Arg::Ptr(w.ptr), Arg::Ptr(x16), Arg::Ptr(y), Arg::I32(w.rows as i32), Arg::I32(w.cols as i32), Arg::I32(nt as i32), Arg::I32((out == Out::Add) as i32), Arg::I32(per as i32)],
+    )
+}
+
+/// The column split of [`matmul_mmf`] of W for `nt` tokens: (stages per
+/// part, parts).
+fn mmf_plan(info: &super::runtime::DeviceInfo, w: &DevMatrix, nt: usize) -> (usize, usize) {
+    let blocks = w.rows.div_ceil(mmf_block_rows(nt)) * nt.div_ceil(mmf_block_tokens(nt));
+    let aim = kernel_define("MMF_SPLIT_BLOCKS", super::kernel_table::MMF_SPLIT_BLOCKS) * info.multiprocessors as usize;
+    mmf_split(w.cols / (32 * super::kernel_table::MMF_KC), blocks, aim)
+}
+
+/// How many column parts [`matmul_mmf`] splits W's product for `nt`
+/// tokens into (tests and benchmarks report it).
+pub fn mmf_parts(info: &super::runtime::DeviceInfo, w: &DevMatrix, nt: usize) -> usize {
+    mmf_plan(info, w, nt).1
+}
+
+/// The column split of `stages` stages over `blocks` row × token tiles:
+/// (stages per part, parts), enough parts for `aim` blocks in all where
+/// the stages allow.
+fn mmf_split(stages: usize, blocks: usize, aim: usize) -> (usize, usize) {
+    let want = aim.div_ceil(blocks.max(1)).clamp(1, stages.max(1));
+    let per = stages.div_ceil(want);
+    (per, stages.div_ceil(per))
 }
 
 /// y (nt, rows) = / += X Wᵀ for any number of tokens: the vendor BLAS over
@@ -816,5 +918,42 @@ mod tests {
         // another constant whose name starts the same is not this one
         assert_eq!(define_in("-DMMQ_WARPS_X=4", "MMQ_WARPS", 8), 8);
         assert_eq!(define_in("-DMMQ_KC=16", "MMQ_WARPS", 8), 8);
+    }
+
+    /// FORGE_MMF: the default range, a range, or off; a malformed value
+    /// keeps the default.
+    #[test]
+    fn mmf_range_from_the_environment_value() {
+        use super::mmf_range;
+        assert_eq!(mmf_range(None), (17, 32));
+        assert_eq!(mmf_range(Some("9-256")), (9, 256));
+        assert_eq!(mmf_range(Some("0")), (1, 0));
+        assert_eq!(mmf_range(Some("off")), (1, 0));
+        assert_eq!(mmf_range(Some("x-2")), (17, 32));
+    }
+
+    /// The column split makes about `aim` blocks where the tiles alone do not,
+    /// and covers every stage exactly (the kernel's last part takes the
+    /// rest).
+    #[test]
+    fn mmf_split_covers_the_columns() {
+        use super::mmf_split;
+        // the 7B's 4096 x 4096 at 64 tokens: 32 tiles, 264 blocks wanted
+        assert_eq!(mmf_split(16, 32, 264), (2, 8));
+        // at 32 tokens: 16 tiles
+        assert_eq!(mmf_split(16, 16, 264), (1, 16));
+        // its 4096 x 11008 (43 stages)
+        assert_eq!(mmf_split(43, 32, 264), (5, 9));
+        // enough tiles: no split
+        assert_eq!(mmf_split(16, 384, 264), (16, 1));
+        assert_eq!(mmf_split(1, 1, 264), (1, 1));
+        for stages in 1..60 {
+            for blocks in [1, 7, 32, 86, 300] {
+                let (per, parts) = mmf_split(stages, blocks, 264);
+                assert!(per >= 1 && per * parts >= stages && per * (parts - 1) < stages, "{stages} stages, {blocks} blocks: {per} x {parts}");
+                // within a factor of 2 of the aim (parts of whole stages), or one stage a part
+                assert!(2 * blocks * parts >= 264 || per == 1, "{stages} stages, {blocks} blocks: {parts} parts are too few");
+            }
+        }
     }
 }
