@@ -136,7 +136,7 @@ pub enum Param {
 
 use Param::*;
 
-/// Every kernel of the module (247 in all; on every target: some exist only
+/// Every kernel of the module (248 in all; on every target: some exist only
 /// on some, see `tests/kernel_table.rs`) with its parameters, sorted by name
 /// (binary search).
 pub const KERNELS: &[(&str, &[Param])] = &[
@@ -866,4 +866,5 @@ pub const KERNELS: &[(&str, &[Param])] = &[
     ("topk1_merge", &[Ptr, I32, I32, Ptr, Ptr, Ptr]),
     ("topk1_part", &[Ptr, I32, Ptr]),
     ("topk_rows", &[Ptr, I32, I32, Ptr, Ptr, Ptr]),
+    ("zero_f32", &[Ptr, U64]),
 ];

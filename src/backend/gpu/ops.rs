@@ -572,7 +572,12 @@ pub fn matmul_mmf(dev: &Device, s: Stream, w: &DevMatrix, x16: DevPtr, y: DevPtr
     let bt = mmf_block_tokens(nt);
     let (per, ks) = mmf_plan(info, w, nt);
     if ks > 1 && out == Out::Store {
-        dev.rt.memset(s, y, 0, nt * w.rows * 4)?;
+        let n = nt * w.rows;
+        if crate::env_flag("FORGE_MMF_MEMSET") {
+            dev.rt.memset(s, y, 0, n * 4)?;
+        } else {
+            dev.launch(s, "zero_f32", grid_stride(n), &[Arg::Ptr(y), Arg::U64(n as u64)])?;
+        }
     }
     let warps = kernel_define("MMF_WARPS", MMF_WARPS);
     let dims = LaunchDims { grid: (ceil(w.rows, mmf_block_rows(nt)), ceil(nt, bt), ks as u32), block: (warps * 32) as u32, shared: mmf_shared(nt) as u32 };
