@@ -215,7 +215,8 @@ fn mmq_products(g: &gpu::Gpu) {
     if !rocmforge::backend::gpu::decode::has_mmq(g.dev.rt.info()) {
         panic!("{}: no tensor-core products on this device; run this test on sm_80 or later", g.dev.rt.info().arch);
     }
-    for (ty, rows, cols) in [(Q4_0, 70, 1024), (Q4_1, 40, 512), (Q5_0, 70, 896), (Q5_1, 24, 256), (Q8_0, 70, 896), (Q4K, 40, 1024), (Q5K, 24, 512), (Q6K, 70, 1024)] {
+    // the last two: rows of several shared-memory stages (buffer reuse)
+    for (ty, rows, cols) in [(Q4_0, 70, 1024), (Q4_1, 40, 512), (Q5_0, 70, 896), (Q5_1, 24, 256), (Q8_0, 70, 896), (Q4K, 40, 1024), (Q5K, 24, 512), (Q6K, 70, 1024), (Q6K, 70, 4864), (Q5_0, 70, 4992)] {
         let w = random_tensor(ty, rows * cols, 1.0, 17).unwrap();
         let deq = quant::dequantize_vec(ty, &w).unwrap();
         g.each_layout(ty, cols, |layout| {
