@@ -1,5 +1,6 @@
-// mmf.cu: products of many tokens (17 .. 256) on f16 tensor cores that read
-// the quantized weights, not an f16 copy (NVIDIA sm_80+, where vendor.h
+// mmf.cu: products of many tokens (the launcher takes them for
+// ops::mmf_rows) on f16 tensor cores that read the quantized weights, not
+// an f16 copy (NVIDIA sm_80+, where vendor.h
 // defines HAS_MMA_F16): y (nt, rows) = / += W x, x (nt, cols) f16 as
 // ops::x_to_f16 prepares it for the BLAS path, W in its device layout
 // (quant.h). Each lane dequantizes its own part of the weights to f16 in
