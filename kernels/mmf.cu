@@ -69,14 +69,6 @@ struct MF<TQ4_0X8> {
     }
 };
 
-// ldmatrix of four 8 x 8 f16 blocks (not transposed): lanes 8i .. 8i + 7
-// pass block i's row addresses (16-byte aligned)
-static __device__ __forceinline__ void ldsm4(const void* row, u32 (&r)[4]) {
-    u32 a;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(row));
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a) : "memory");
-}
-
 template <typename T, int NT>
 struct MMFStage {
     // warps WR (rows) x WC (tokens), each 32 rows x 32 tokens

@@ -114,7 +114,7 @@ static __device__ __forceinline__ u16 f2h(float x) {
 //     rows l / 4 (+ 8), columns 2 (l % 4) (+ 1) of d;
 //   ldsm_t2(row, b0, b1): b from a 16x8 block of f16 stored row-major in
 //     shared memory (lanes 0-15 pass the addresses of rows 0-15, 16-byte
-//     aligned), transposed on the way (ldmatrix.trans).
+//     aligned), transposed on the way (ldmatrix.trans); ldsm4 below.
 // Kernels using them exist only where HAS_MMA_F16 is defined; the launcher
 // takes them only there (AMD's matrix cores, MFMA/WMMA, are not used yet).
 #if defined(FORGE_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -124,18 +124,27 @@ static __device__ __forceinline__ void mma16816(float (&d)[4], const u32 (&a)[4]
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
-static __device__ __forceinline__ void ldsm_t2(const void* row, u32& b0, u32& b1) {
+// the shared-memory address of a generic pointer into shared memory
+static __device__ __forceinline__ u32 smem_addr(const void* p) {
     u32 a;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(row));
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];" : "=r"(b0), "=r"(b1) : "r"(a) : "memory");
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+static __device__ __forceinline__ void ldsm_t2(const void* row, u32& b0, u32& b1) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];" : "=r"(b0), "=r"(b1) : "r"(smem_addr(row)) : "memory");
+}
+// ldsm4(row, r): four 8 x 8 blocks of f16 from shared memory, not
+// transposed (ldmatrix.x4): lanes 8i .. 8i + 7 pass block i's row
+// addresses (16-byte aligned); lane l gets row l / 4, columns 2 (l % 4)
+// (+ 1) of block i in r[i] (an mma16816 b0 / b1 for a row-major x tile)
+static __device__ __forceinline__ void ldsm4(const void* row, u32 (&r)[4]) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(row)) : "memory");
 }
 // cp_async16(s, g): copy 16 bytes global -> shared (both 16-byte aligned)
 // without waiting (cp.async, sm_80+); cp_async_commit closes a group of
 // copies, cp_async_wait<N> waits until at most N groups are in flight.
 static __device__ __forceinline__ void cp_async16(void* s, const void* g) {
-    u32 a;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(s));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(a), "l"(g) : "memory");
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(s)), "l"(g) : "memory");
 }
 static __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>

@@ -282,9 +282,11 @@ fn batched_smollm2_twin() {
 fn batched_qwen2_twin() {
     batched_matches_cpu_engine("qwen2-twin.gguf", &[7]);
 }
-/// A small llama in Q4_0 with every width a multiple of 256: its 20- and
-/// 64-row decode steps (padded to 24 and 64) take the `mmf_*` products
-/// over the quantized weights (ops::mmf_rows), its prefill chunks the BLAS.
+/// A small llama in Q4_0 with every width a multiple of 256: its 20-row
+/// decode steps (padded to 24) take the `mmf_*` products over the
+/// quantized weights (ops::mmf_rows, default 17-32), its 64-row steps and
+/// prefill chunks the BLAS (`FORGE_MMF=17-64` puts the 64-row steps on
+/// `mmf_*` too).
 #[test]
 fn batched_llama_small_q4_0_twin() {
     batched_matches_cpu_engine("llama-small-q4_0-twin.gguf", &[20, 64]);
