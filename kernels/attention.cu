@@ -409,12 +409,25 @@ KERNEL void BOUNDS(ATT_WARPS * WARP_SIZE, 5) attn_prefill(const float* __restric
     }
 }
 
+// Most key splits of a tensor-core attention launch (ops::APM_MAX_SPLITS).
+#define APM_MAX_SPLITS 256
+
 #if defined(HAS_MMA_F16)
 // attn_prefill_mma<D>: prefill attention on tensor cores (NVIDIA sm_80+; the
 // launcher takes it there for hd = hdv = D of 64 or 128, attn_prefill
-// elsewhere). Grid: x = Q head, y = tile of APM_Q queries; block 4 warps,
-// warp w taking the tile's queries 16 w .. 16 w + 15 (mma rows). Per tile of
-// APM_K keys, staged in shared memory (K and V rows, 16-byte loads):
+// elsewhere). Rows: G = 1, the n queries of Q head x = blockIdx.x; G > 1
+// (packed: G = n_head / n_head_kv), the n G (query, head) pairs of KV head x,
+// row r being query r / G of head x G + r % G (one token's G heads share
+// an mma tile: decode, and short runs). Grid: x = Q head (G = 1) or KV head,
+// y = tile of APM_Q rows (the last tile first: the rows with the most keys
+// start first), z = key split s of S; block 4 warps, warp w taking the
+// tile's rows 16 w .. 16 w + 15 (mma rows). The tile's keys (from its first
+// row's window start to its last row) are APM_K-key tiles; split s takes
+// the s-th run of ceil(tiles / S) of them (worked out on the device from
+// pos, so a captured graph replays at any position; empty splits write
+// empty partials). Each key tile is staged in shared memory (K and V rows, cp.async, two
+// buffers: the next tile loads while this one is used; rows past the last key
+// repeat the last key, masked, so nothing unwritten is ever read). Per tile:
 //   S = Q K^T by mma16816, Q held as f16 fragments for the whole loop,
 //     pre-scaled by scale * log2(e) so the softmax works in base 2;
 //   the causal / window mask and the online softmax on S's fragments (a
@@ -422,27 +435,53 @@ KERNEL void BOUNDS(ATT_WARPS * WARP_SIZE, 5) attn_prefill(const float* __restric
 //   O += P V by mma16816, P turned into f16 fragments in registers (S's
 //     accumulator layout is P's operand layout) and V read through
 //     ldmatrix.trans.
-// Warps whose rows see none of a tile's keys skip it. Precision: Q and P are
-// rounded to f16 (K/V are f16 already), sums in f32.
+// Warps whose rows see none of a tile's keys skip it. S = 1 writes out; S >
+// 1 writes part row (t * n_head + h) * S + s = {max (base 2), sum,
+// unnormalised out} and attn_prefill_merge combines them. Dynamic shared
+// memory: 4 * APM_K * (D / 2 + 4) words. Precision: Q and P are rounded to
+// f16 (K/V are f16 already), sums in f32.
 #define APM_Q 64
 #define APM_K 64
 template <int D>
 static __device__ __forceinline__ void attn_prefill_mma(const float* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc,
-                                                        float* __restrict__ out, const int* pos, const int* tab, const int* bt,
-                                                        int n, int n_head, int n_head_kv, int window, float scale) {
+                                                        float* __restrict__ out, float* __restrict__ part, const int* pos, const int* tab,
+                                                        const int* bt, int n, int n_head, int n_head_kv, int window, float scale, int S,
+                                                        int G) {
     // words per staged row: 4 more than the row, so the 8 rows one fragment
     // load touches fall in distinct banks (and rows stay 16-byte aligned)
     constexpr int RW = D / 2 + 4;
-    __shared__ __align__(16) u32 sk[APM_K * RW];
-    __shared__ __align__(16) u32 sv[APM_K * RW];
+    constexpr int TW = APM_K * RW;  // words per staged tile
+    extern __shared__ __align__(16) u32 smem[];  // [buffer][K, V][TW]
     GRID_START();
-    const int h = blockIdx.x, lane = threadIdx.x % 32, w = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32, w = threadIdx.x / 32, split = blockIdx.z;
     const int g = lane / 4, c = lane % 4;
-    const int t0 = blockIdx.y * APM_Q, tend = min(t0 + APM_Q, n);
-    const int base = pos[0], tb = tab ? tab[0] : 0, kvh = h / (n_head / n_head_kv);
+    const bool packed = G > 1;
+    const int kvh = packed ? blockIdx.x : blockIdx.x / (n_head / n_head_kv);
+    const int R = n * G;  // rows
+    const int r0 = (gridDim.y - 1 - blockIdx.y) * APM_Q, rend = min(r0 + APM_Q, R);
+    const int base = pos[0], tb = tab ? tab[0] : 0;
     const u64 stride = (u64)n_head_kv * D;
-    const int ra = t0 + 16 * w + g, rb = ra + 8;  // this lane's two query rows
-    const int pa = base + ra, pb = base + rb;
+    // row r: query r / G of head hq(r)
+    auto hq = [&](int r) { return packed ? kvh * G + r % G : (int)blockIdx.x; };
+    const int ra = r0 + 16 * w + g, rb = ra + 8;  // this lane's two rows
+    const int pa = base + ra / G, pb = base + rb / G;
+    const int p_last = base + (rend - 1) / G;
+    const int kfirst = window > 0 ? max(0, base + r0 / G + 1 - window) : 0;
+    const int tiles = (p_last - kfirst) / APM_K + 1, per = (tiles + S - 1) / S;
+    const int it0 = split * per, it1 = min(tiles, it0 + per);  // this split's key tiles
+    // stage key tile it into buffer b: 16-byte pieces, K then V
+    auto stage = [&](int b, int it) {
+        u32* sk = smem + 2 * b * TW;
+        const int kb = kfirst + it * APM_K;
+        for (int i = threadIdx.x; i < APM_K * (D / 8); i += 4 * 32) {
+            const int r = i / (D / 8), cc = i % (D / 8);
+            const u64 at = kv_slot(bt, tb, min(kb + r, p_last)) * stride + (u64)kvh * D;
+            cp_async16(sk + r * RW + 4 * cc, kc + at + 8 * cc);
+            cp_async16(sk + TW + r * RW + 4 * cc, vc + at + 8 * cc);
+        }
+    };
+    if (it0 < it1) stage(0, it0);
+    cp_async_commit();
     const float qs = scale * 1.4426950408889634f;
     u32 qf[D / 16][4];
 #pragma unroll
@@ -451,7 +490,7 @@ static __device__ __forceinline__ void attn_prefill_mma(const float* __restrict_
         for (int e = 0; e < 4; e++) {
             const int r = e & 1 ? rb : ra, col = kk * 16 + 2 * c + (e & 2 ? 8 : 0);
             float2 v = make_float2(0.0f, 0.0f);
-            if (r < n) v = *(const float2*)(q + ((u64)r * n_head + h) * D + col);
+            if (r < R) v = *(const float2*)(q + ((u64)(r / G) * n_head + hq(r)) * D + col);
             qf[kk][e] = pack_h2(v.x * qs, v.y * qs);
         }
     }
@@ -459,98 +498,154 @@ static __device__ __forceinline__ void attn_prefill_mma(const float* __restrict_
 #pragma unroll
     for (int j = 0; j < D / 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
     float ma = NEG_INF, mb = NEG_INF, la = 0.0f, lb = 0.0f;
-    const int p_last = base + tend - 1;
-    const int kfirst = window > 0 ? max(0, base + t0 + 1 - window) : 0;
-    const bool rows = t0 + 16 * w < tend;  // the warp has rows to compute
-    const int wfirst = base + t0 + 16 * w, wlast = base + min(t0 + 16 * w + 15, tend - 1);
-    for (int kb = kfirst; kb <= p_last; kb += APM_K) {
+    const bool rows = r0 + 16 * w < rend;  // the warp has rows to compute
+    const int wfirst = base + (r0 + 16 * w) / G, wlast = base + min(r0 + 16 * w + 15, rend - 1) / G;
+    for (int it = it0; it < it1; it++) {
+        if (it + 1 < it1) stage((it + 1 - it0) & 1, it + 1);
+        cp_async_commit();
+        cp_async_wait<1>();
         __syncthreads();
-        for (int i = threadIdx.x; i < APM_K * (D / 8); i += 4 * 32) {
-            const int r = i / (D / 8), cc = i % (D / 8);
-            const bool ok = kb + r <= p_last;  // rows past the last key: zeros (never NaN)
-            const u64 at = (ok ? kv_slot(bt, tb, kb + r) : 0) * stride + (u64)kvh * D;
-            *(uint4*)(sk + r * RW + 4 * cc) = ok ? ((const uint4*)(kc + at))[cc] : make_uint4(0, 0, 0, 0);
-            *(uint4*)(sv + r * RW + 4 * cc) = ok ? ((const uint4*)(vc + at))[cc] : make_uint4(0, 0, 0, 0);
-        }
-        __syncthreads();
-        // keys all after the warp's last row, or all before its first row's window: nothing to do
-        if (!rows || kb > wlast || (window > 0 && kb + APM_K - 1 <= wfirst - window)) continue;
-        float s[APM_K / 8][4];
+        const u32* sk = smem + 2 * ((it - it0) & 1) * TW;
+        const u32* sv = sk + TW;
+        const int kb = kfirst + it * APM_K;
+        // keys all after the warp's last row, or all before its first row's
+        // window: nothing to do
+        if (rows && kb <= wlast && !(window > 0 && kb + APM_K - 1 <= wfirst - window)) {
+            float s[APM_K / 8][4];
 #pragma unroll
-        for (int j = 0; j < APM_K / 8; j++) {
-            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-            const u32* kr = sk + (j * 8 + g) * RW + c;  // key 8j + g, dims 16 kk + 2c (+ 8)
+            for (int j = 0; j < APM_K / 8; j++) {
+                s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+                const u32* kr = sk + (j * 8 + g) * RW + c;  // key 8j + g, dims 16 kk + 2c (+ 8)
 #pragma unroll
-            for (int kk = 0; kk < D / 16; kk++) mma16816(s[j], qf[kk], kr[kk * 8], kr[kk * 8 + 4]);
-        }
-        float mxa = NEG_INF, mxb = NEG_INF;
-#pragma unroll
-        for (int j = 0; j < APM_K / 8; j++) {
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int key = kb + j * 8 + 2 * c + (e & 1), p = e & 2 ? pb : pa;
-                if (key > p || (window > 0 && key <= p - window)) s[j][e] = NEG_INF;
+                for (int kk = 0; kk < D / 16; kk++) mma16816(s[j], qf[kk], kr[kk * 8], kr[kk * 8 + 4]);
             }
-            mxa = fmaxf(mxa, fmaxf(s[j][0], s[j][1]));
-            mxb = fmaxf(mxb, fmaxf(s[j][2], s[j][3]));
-        }
-        mxa = fmaxf(mxa, SHFL_XOR(mxa, 1));
-        mxa = fmaxf(mxa, SHFL_XOR(mxa, 2));
-        mxb = fmaxf(mxb, SHFL_XOR(mxb, 1));
-        mxb = fmaxf(mxb, SHFL_XOR(mxb, 2));
-        const float na = fmaxf(ma, mxa), nb = fmaxf(mb, mxb);
-        const float ca = exp2f(ma - na), cb = exp2f(mb - nb);
-        ma = na;
-        mb = nb;
-        la *= ca;
-        lb *= cb;
+            float mxa = NEG_INF, mxb = NEG_INF;
 #pragma unroll
-        for (int j = 0; j < D / 8; j++) {
-            o[j][0] *= ca;
-            o[j][1] *= ca;
-            o[j][2] *= cb;
-            o[j][3] *= cb;
-        }
-        // P as the A operand of 16-key chunks: tile j is half j % 2 of chunk j / 2
-        u32 pf[APM_K / 16][4];
+            for (int j = 0; j < APM_K / 8; j++) {
 #pragma unroll
-        for (int j = 0; j < APM_K / 8; j++) {
-            float p[4];
-#pragma unroll
-            for (int e = 0; e < 4; e++) p[e] = s[j][e] > NEG_INF ? exp2f(s[j][e] - (e & 2 ? nb : na)) : 0.0f;
-            la += p[0] + p[1];
-            lb += p[2] + p[3];
-            pf[j / 2][(j & 1) * 2] = pack_h2(p[0], p[1]);
-            pf[j / 2][(j & 1) * 2 + 1] = pack_h2(p[2], p[3]);
-        }
-#pragma unroll
-        for (int kk = 0; kk < APM_K / 16; kk++) {
+                for (int e = 0; e < 4; e++) {
+                    const int key = kb + j * 8 + 2 * c + (e & 1), p = e & 2 ? pb : pa;
+                    if (key > p || (window > 0 && key <= p - window)) s[j][e] = NEG_INF;
+                }
+                mxa = fmaxf(mxa, fmaxf(s[j][0], s[j][1]));
+                mxb = fmaxf(mxb, fmaxf(s[j][2], s[j][3]));
+            }
+            mxa = fmaxf(mxa, SHFL_XOR(mxa, 1));
+            mxa = fmaxf(mxa, SHFL_XOR(mxa, 2));
+            mxb = fmaxf(mxb, SHFL_XOR(mxb, 1));
+            mxb = fmaxf(mxb, SHFL_XOR(mxb, 2));
+            const float na = fmaxf(ma, mxa), nb = fmaxf(mb, mxb);
+            const float ca = exp2f(ma - na), cb = exp2f(mb - nb);
+            ma = na;
+            mb = nb;
+            la *= ca;
+            lb *= cb;
 #pragma unroll
             for (int j = 0; j < D / 8; j++) {
-                u32 b0, b1;
-                ldsm_t2(sv + (kk * 16 + (lane & 15)) * RW + j * 4, b0, b1);  // keys 16 kk .., dims 8 j ..
-                mma16816(o[j], pf[kk], b0, b1);
+                o[j][0] *= ca;
+                o[j][1] *= ca;
+                o[j][2] *= cb;
+                o[j][3] *= cb;
+            }
+            // P as the A operand of 16-key chunks: tile j is half j % 2 of chunk j / 2
+            u32 pf[APM_K / 16][4];
+#pragma unroll
+            for (int j = 0; j < APM_K / 8; j++) {
+                float p[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++) p[e] = s[j][e] > NEG_INF ? exp2f(s[j][e] - (e & 2 ? nb : na)) : 0.0f;
+                la += p[0] + p[1];
+                lb += p[2] + p[3];
+                pf[j / 2][(j & 1) * 2] = pack_h2(p[0], p[1]);
+                pf[j / 2][(j & 1) * 2 + 1] = pack_h2(p[2], p[3]);
+            }
+#pragma unroll
+            for (int kk = 0; kk < APM_K / 16; kk++) {
+#pragma unroll
+                for (int j = 0; j < D / 8; j++) {
+                    u32 b0, b1;
+                    ldsm_t2(sv + (kk * 16 + (lane & 15)) * RW + j * 4, b0, b1);  // keys 16 kk .., dims 8 j ..
+                    mma16816(o[j], pf[kk], b0, b1);
+                }
             }
         }
+        __syncthreads();  // the buffer is staged again two tiles on
     }
     la += SHFL_XOR(la, 1);
     la += SHFL_XOR(la, 2);
     lb += SHFL_XOR(lb, 1);
     lb += SHFL_XOR(lb, 2);
-    const float ia = la > 0.0f ? 1.0f / la : 0.0f, ib = lb > 0.0f ? 1.0f / lb : 0.0f;
+    // S = 1: normalised rows of out; S > 1: {max, sum, out} partial rows
+    const bool whole = S == 1;
+    const float ia = !whole ? 1.0f : la > 0.0f ? 1.0f / la : 0.0f, ib = !whole ? 1.0f : lb > 0.0f ? 1.0f / lb : 0.0f;
+    const u64 oa = (u64)(ra / G) * n_head + hq(ra), ob = (u64)(rb / G) * n_head + hq(rb);  // (query, head)
+    float* da = whole ? out + oa * D : part + (oa * S + split) * (2 + D) + 2;
+    float* db = whole ? out + ob * D : part + (ob * S + split) * (2 + D) + 2;
+    if (!whole && c == 0) {
+        if (ra < R) { da[-2] = ma; da[-1] = la; }
+        if (rb < R) { db[-2] = mb; db[-1] = lb; }
+    }
 #pragma unroll
     for (int j = 0; j < D / 8; j++) {
         const int col = j * 8 + 2 * c;
-        if (ra < n) *(float2*)(out + ((u64)ra * n_head + h) * D + col) = make_float2(o[j][0] * ia, o[j][1] * ia);
-        if (rb < n) *(float2*)(out + ((u64)rb * n_head + h) * D + col) = make_float2(o[j][2] * ib, o[j][3] * ib);
+        if (ra < R) *(float2*)(da + col) = make_float2(o[j][0] * ia, o[j][1] * ia);
+        if (rb < R) *(float2*)(db + col) = make_float2(o[j][2] * ib, o[j][3] * ib);
     }
 }
 #define ATTN_PREFILL_MMA(D)                                                                                             \
     KERNEL void __launch_bounds__(4 * 32) attn_prefill_mma##D(const float* q, const u16* kc, const u16* vc, float* out, \
-                                                              const int* pos, const int* tab, const int* bt, int n,     \
-                                                              int n_head, int n_head_kv, int window, float scale) {     \
-        attn_prefill_mma<D>(q, kc, vc, out, pos, tab, bt, n, n_head, n_head_kv, window, scale);                          \
+                                                              float* part, const int* pos, const int* tab,              \
+                                                              const int* bt, int n, int n_head, int n_head_kv,          \
+                                                              int window, float scale, int S, int G) {                  \
+        attn_prefill_mma<D>(q, kc, vc, out, part, pos, tab, bt, n, n_head, n_head_kv, window, scale, S, G);             \
     }
 ATTN_PREFILL_MMA(64)
 ATTN_PREFILL_MMA(128)
 #endif
+
+// attn_prefill_merge: out row r (of n * n_head, hdv <= 256 values) = Σ_s
+// o_s 2^(m_s - M) / Σ_s l_s 2^(m_s - M), M = max_s m_s, from the S partial
+// rows {m_s (base 2), l_s, o_s} attn_prefill_mma wrote for it (empty splits
+// have m_s = NEG_INF, l_s = 0). One block of APM_MERGE threads per row: the
+// weights into shared memory, then thread t sums value t % hdv over every
+// G-th split from t / hdv (G = APM_MERGE / hdv groups, many splits' loads in
+// flight at once), and the groups are added.
+#define APM_MERGE 256
+KERNEL void __launch_bounds__(APM_MERGE) attn_prefill_merge(const float* __restrict__ part, float* __restrict__ out, int rows,
+                                                            int S, int hdv) {
+    __shared__ float wgt[APM_MAX_SPLITS];
+    __shared__ float red[32];
+    __shared__ float sums[APM_MERGE];
+    GRID_START();
+    const int r = blockIdx.x, t = threadIdx.x;
+    const int W = 2 + hdv;
+    const float* src = part + (u64)r * S * W;
+    float m = NEG_INF;
+    for (int s = t; s < S; s += APM_MERGE) m = fmaxf(m, src[s * W]);
+    const float M = block_max(m, red);
+    float l = 0.0f;
+    for (int s = t; s < S; s += APM_MERGE) {
+        const float w = exp2f(src[s * W] - M);
+        wgt[s] = w;
+        l += w * src[s * W + 1];
+    }
+    const float L = block_sum(l, red);  // its barriers also publish wgt
+    const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+    const int G = hdv <= APM_MERGE ? APM_MERGE / hdv : 1;
+    for (int d0 = 0; d0 < hdv; d0 += APM_MERGE) {
+        const int d = d0 + t % hdv, grp = t / hdv;
+        float acc = 0.0f;
+        if (grp < G && d < hdv) {
+#pragma unroll 8
+            for (int s = grp; s < S; s += G) acc += wgt[s] * src[(u64)s * W + 2 + d];
+        }
+        sums[t] = acc;
+        __syncthreads();
+        if (grp == 0 && d < hdv) {
+            float v = 0.0f;
+            for (int k = 0; k < G; k++) v += sums[k * hdv + t];
+            out[(u64)r * hdv + d] = v * inv;
+        }
+        __syncthreads();
+    }
+}

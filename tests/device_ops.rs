@@ -488,6 +488,13 @@ fn attention(b: &Backend) {
         (150, 70, 4, 1, 128, 60, 1),
         (130, 200, 6, 3, 64, 90, 1),
         (64, 0, 2, 1, 64, 0, 1),
+        // prefill key splits (tensor-core kernel, merged by a second launch):
+        // even, uneven, with a window, more splits than tiles (empty splits)
+        (64, 900, 14, 2, 64, 0, 4),
+        (100, 600, 8, 2, 128, 0, 3),
+        (130, 700, 6, 3, 64, 200, 5),
+        (70, 2000, 4, 1, 128, 0, 32),
+        (40, 0, 4, 2, 64, 0, 7),
     ] {
         let len = pos0 + n;
         let mut r = Rng(31 + len as u64);
@@ -550,11 +557,19 @@ fn attention(b: &Backend) {
             Backend::Gpu(g) => {
                 if n > 1 {
                     gops::set_prefill_mma(false);
-                    let o = g.attention(&q, &kc, &vc, n, pos0, n_head, n_head_kv, hd, window, scale, splits);
+                    let o = g.attention(&q, &kc, &vc, n, pos0, n_head, n_head_kv, hd, window, scale, splits, false);
                     gops::set_prefill_mma(true);
                     check(&format!("attention n={n} pos0={pos0} heads {n_head}/{n_head_kv} hd={hd} window={window} (CUDA-core prefill kernel)"), &o, &reference, 3e-3);
                 }
-                g.attention(&q, &kc, &vc, n, pos0, n_head, n_head_kv, hd, window, scale, splits)
+                if n == 1 && gops::mma_attention(&g.dev, hd, hd) {
+                    // one row on the tensor-core kernel (long-context decode):
+                    // one split, a few, and more splits than key tiles
+                    for s in [1, 3, 40] {
+                        let o = g.attention(&q, &kc, &vc, n, pos0, n_head, n_head_kv, hd, window, scale, s, true);
+                        check(&format!("attention n=1 pos0={pos0} heads {n_head}/{n_head_kv} hd={hd} window={window} (tensor-core kernel, {s} splits)"), &o, &reference, 3e-3);
+                    }
+                }
+                g.attention(&q, &kc, &vc, n, pos0, n_head, n_head_kv, hd, window, scale, splits, false)
             }
         };
         let bound = if matches!(b, Backend::Gpu(_)) { 3e-3 } else { 1e-5 };
@@ -775,7 +790,7 @@ mod gpu {
             let ob = self.out_f32(n * n_head * hd);
             let part = self.pool.alloc(n * n_head * splits * (2 + hd) * 4, "partials").unwrap();
             let counters = self.up(&vec![0u8; n * n_head * 4]);
-            let a = AttnShape { n, n_head, n_head_kv, hd, hdv: hd, window, scale, splits, mixed: true };
+            let a = AttnShape { n, n_head, n_head_kv, hd, hdv: hd, window, scale, splits, mixed: true, flash: false };
             let at = KvRows { pos: pb.ptr, tab: tb.ptr, bt: btb.ptr };
             ops::attention(&self.dev, self.s, &a, qb.ptr, kb.ptr, vb.ptr, ob.ptr, part.ptr, counters.ptr, at, None, None).unwrap();
             self.down_f32(&ob, n * n_head * hd)
@@ -1080,7 +1095,7 @@ mod gpu {
             let (bqb, bkb, bvb, qnb, knb) = (self.up_f32(&bq), self.up_f32(&bk), self.up_f32(&bv), self.up_f32(&qn), self.up_f32(&kn));
             let post = QkvPost { n: 1, n_head, n_head_kv, hd, hdv: hd, rope_dim, rope: if neox { RopeStyle::Neox } else { RopeStyle::Normal }, mscale: 1.0, eps: 1e-6 };
             let splits = ops::decode_splits(n_ctx);
-            let a = AttnShape { n: 1, n_head, n_head_kv, hd, hdv: hd, window, scale: 1.0 / (hd as f32).sqrt(), splits, mixed: false };
+            let a = AttnShape { n: 1, n_head, n_head_kv, hd, hdv: hd, window, scale: 1.0 / (hd as f32).sqrt(), splits, mixed: false, flash: false };
             let part = self.pool.alloc(n_head * splits * (2 + hd) * 4, "partials").unwrap();
             let counters = self.up(&vec![0u8; n_head * 4]);
             let run = |fused: bool| -> (Vec<f32>, Vec<u8>) {
@@ -1110,7 +1125,7 @@ mod gpu {
         }
 
         #[allow(clippy::too_many_arguments)]
-        pub fn attention(&self, q: &[f32], kc: &[f32], vc: &[f32], n: usize, pos0: usize, n_head: usize, n_head_kv: usize, hd: usize, window: usize, scale: f32, splits: usize) -> Vec<f32> {
+        pub fn attention(&self, q: &[f32], kc: &[f32], vc: &[f32], n: usize, pos0: usize, n_head: usize, n_head_kv: usize, hd: usize, window: usize, scale: f32, splits: usize, flash: bool) -> Vec<f32> {
             let f16 = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|&x| half::f16::from_f32(x).to_ne_bytes()).collect() };
             let (qb, kb, vb) = (self.up_f32(q), self.up(&f16(kc)), self.up(&f16(vc)));
             let ob = self.out_f32(n * n_head * hd);
@@ -1118,7 +1133,7 @@ mod gpu {
             let counters = self.up(&vec![0u8; n * n_head * 4]);
             let pos = self.positions(pos0, n);
             let at = KvRows { pos: pos.ptr, tab: 0, bt: 0 };
-            let a = AttnShape { n, n_head, n_head_kv, hd, hdv: hd, window, scale, splits, mixed: false };
+            let a = AttnShape { n, n_head, n_head_kv, hd, hdv: hd, window, scale, splits, mixed: false, flash };
             ops::attention(&self.dev, self.s, &a, qb.ptr, kb.ptr, vb.ptr, ob.ptr, part.ptr, counters.ptr, at, None, None).unwrap();
             let first = self.down_f32(&ob, n * n_head * hd);
             {

@@ -274,6 +274,84 @@ fn batched_matches_cpu_engine(name: &str, batch: &[usize]) {
     assert!(free1 + SLACK >= free0, "{name}: device memory not returned: {} MiB free before, {} MiB after", free0 >> 20, free1 >> 20);
 }
 
+/// One sequence decoding past position 2,040 on the GPU against the CPU
+/// engine at every step, through a Session (contiguous cache) or an Engine
+/// (paged): once with the decode kernel, once with one-row steps moving to
+/// the tensor-core attention with key splits at 2,048 (`FORGE_FLASH_DECODE`).
+fn long_decode_matches_cpu(name: &str, paged: bool) {
+    use rocmforge::engine::{BatchRow, Engine, EngineOptions};
+    let path = twin(name);
+    let cpu = load(&path, BackendChoice::Cpu);
+    let nv = cpu.cfg.n_vocab;
+    let (n_prompt, steps, n_ctx) = (2040usize, 24usize, 2304usize);
+    let prompt: Vec<u32> = (0..n_prompt as u64).map(|i| ((i * 2654435761 + 4242) % nv as u64) as u32).collect();
+    // each side's logits after the prompt and after each greedy step (the
+    // CPU's token fed to both)
+    let run = |m: &std::sync::Arc<Model>, feed: Option<&[u32]>| -> (Vec<Vec<f32>>, Vec<u32>) {
+        let mut out = Vec::new();
+        let mut toks = Vec::new();
+        if paged {
+            let opts = EngineOptions { n_ctx, kv_budget: n_ctx * m.cfg.kv_bytes_per_position(), ..Default::default() };
+            let mut e = Engine::new(m.clone(), opts).unwrap();
+            let id = e.add_seq().unwrap();
+            let mut rows: Vec<BatchRow> = prompt.iter().enumerate().map(|(i, &t)| BatchRow { seq: id, token: t, pos: i, logits: i + 1 == n_prompt }).collect();
+            for step in 0..=steps {
+                e.decode(&rows).unwrap();
+                let l = e.logits(rows.len() - 1).unwrap().to_vec();
+                let next = feed.map_or_else(|| argmax(&l), |f| f[step]);
+                out.push(l);
+                toks.push(next);
+                rows = vec![BatchRow { seq: id, token: next, pos: n_prompt + step, logits: true }];
+            }
+            e.remove_seq(id).unwrap();
+        } else {
+            let mut s = Session::new(m.clone(), n_ctx).unwrap();
+            let mut l = s.eval(&prompt, Logits::Last).unwrap();
+            for step in 0..=steps {
+                let next = feed.map_or_else(|| argmax(&l), |f| f[step]);
+                out.push(l.clone());
+                toks.push(next);
+                if step < steps {
+                    l = s.eval(&[next], Logits::Last).unwrap();
+                }
+            }
+        }
+        (out, toks)
+    };
+    let (want, toks) = run(&cpu, None);
+    let _g = LOCK.lock();
+    let free0 = free_mem();
+    for flash in [None, Some(2048)] {
+        rocmforge::backend::gpu::forward::set_flash_decode(flash);
+        let gm = load(&path, BackendChoice::Gpu(kind(), 0));
+        let (got, _) = run(&gm, Some(&toks));
+        let (mut worst, mut agree) = (0f64, 0usize);
+        for (step, (g, c)) in got.iter().zip(&want).enumerate() {
+            assert!(g.iter().all(|v| v.is_finite()), "{name}: step {step}: logits not finite");
+            let e = common::rel_l2(g, c);
+            assert!(e <= 3e-2, "{name}: position {}: rel L2 {e:.3e} > 3e-2", n_prompt - 1 + step);
+            worst = worst.max(e);
+            agree += (argmax(g) == argmax(c)) as usize;
+        }
+        let how = if flash.is_some() { "tensor-core attention from 2,048" } else { "decode kernel" };
+        println!("{name} ({}, {how}): GPU vs CPU engine, positions {}..{}: worst rel L2 {worst:.2e}, top-1 {agree}/{}", if paged { "paged" } else { "contiguous" }, n_prompt - 1, n_prompt + steps - 1, got.len());
+        assert!(agree + 1 >= got.len(), "{name}: top-1 agreement {agree}/{}", got.len());
+    }
+    rocmforge::backend::gpu::forward::set_flash_decode(None);
+    let free1 = free_mem();
+    assert!(free1 + SLACK >= free0, "{name}: device memory not returned: {} MiB free before, {} MiB after", free0 >> 20, free1 >> 20);
+}
+
+#[test]
+fn long_decode_qwen2_twin() {
+    long_decode_matches_cpu("qwen2-twin.gguf", false);
+}
+
+#[test]
+fn long_decode_smollm2_twin_paged() {
+    long_decode_matches_cpu("smollm2-twin.gguf", true);
+}
+
 #[test]
 fn batched_smollm2_twin() {
     batched_matches_cpu_engine("smollm2-twin.gguf", &[1, 7, 64]);

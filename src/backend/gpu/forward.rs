@@ -493,6 +493,9 @@ struct Pass<'a> {
 struct GraphKey {
     n: usize,
     contiguous: Option<usize>,
+    /// The one-row step's attention is the tensor-core kernel
+    /// ([`GpuExec::flash_decode`]).
+    flash: bool,
 }
 
 /// The sizes decode steps are captured at; a step of n rows is padded to
@@ -536,6 +539,9 @@ pub struct GpuExec {
     slots: usize,
     /// Key splits of a one-row decode step ([`ops::decode_splits`] of n_ctx).
     splits: usize,
+    /// Key splits of a one-row step on the tensor-core kernel
+    /// ([`flash_splits`] of n_ctx).
+    flash_splits: usize,
     /// Which of the model's RoPE tables this context takes (`GpuModel::rope`).
     rope: usize,
     kc: Buffer,     // (n_layer, slots, n_head_kv * head_dim) f16
@@ -598,11 +604,51 @@ impl Drop for GpuExec {
     }
 }
 
-/// Partial rows the decode kernel may need: one-row steps use `splits` per
-/// head; a step of r decode rows uses at most ceil(2 SMs / (r heads))
-/// splits, so r · n_head · splits ≤ 2 SMs + r · n_head.
+/// Partial rows the attention kernels may need: one-row steps use `splits`
+/// per head; a step of r decode rows uses at most ceil(2 SMs / (r heads))
+/// splits, so r · n_head · splits ≤ 2 SMs + r · n_head; a prefill run of
+/// b = ceil(n / 64) · n_head blocks uses at most ceil(4 SMs / b) splits of
+/// 64 b rows ([`ops::prefill_splits`]), ≤ 64 (4 SMs + b).
 fn part_rows(n_head: usize, splits: usize, sms: usize) -> usize {
-    (n_head * splits).max(2 * sms + MAX_BATCH * n_head)
+    (n_head * splits.max(ops::APM_MAX_SPLITS)).max(2 * sms + MAX_BATCH * n_head).max(64 * (4 * sms + MAX_BATCH.div_ceil(64) * n_head))
+}
+
+/// Key splits of a one-row step on the tensor-core kernel for a context of
+/// n_ctx: `FORGE_FLASH_TILES` (default 2) 64-key tiles a split at the
+/// longest (the kernel works out each step's own ranges from its position).
+fn flash_splits(n_ctx: usize) -> usize {
+    static TILES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let tiles = *TILES.get_or_init(|| std::env::var("FORGE_FLASH_TILES").ok().and_then(|v| v.parse().ok()).unwrap_or(2).max(1));
+    n_ctx.div_ceil(64 * tiles).clamp(1, ops::APM_MAX_SPLITS)
+}
+
+/// The position from which a one-row step takes the tensor-core attention
+/// (`FORGE_FLASH_DECODE=p` or [`set_flash_decode`]; 0 = never; default
+/// 4096: on the H200 the decode kernel, which also does qkv_post's work, is
+/// faster at 2,048, the two are even at 4,096, and the tensor cores win
+/// from 8,192 on; docs/PERFORMANCE.md).
+fn flash_decode_from() -> usize {
+    use std::sync::atomic::Ordering;
+    let v = FLASH_FROM.load(Ordering::Relaxed);
+    if v != 0 {
+        return v;
+    }
+    let v = match std::env::var("FORGE_FLASH_DECODE").ok().and_then(|v| v.parse::<usize>().ok()) {
+        Some(0) => usize::MAX,
+        Some(v) => v,
+        None => 4096,
+    };
+    FLASH_FROM.store(v, Ordering::Relaxed);
+    v
+}
+
+/// 0: not yet read from the environment; usize::MAX: never.
+static FLASH_FROM: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One-row steps from position `from` on take the tensor-core attention
+/// (None: never), for this process (tests run both).
+pub fn set_flash_decode(from: Option<usize>) {
+    FLASH_FROM.store(from.unwrap_or(usize::MAX).max(1), std::sync::atomic::Ordering::Relaxed);
 }
 
 impl GpuExec {
@@ -673,6 +719,7 @@ impl GpuExec {
             s,
             slots,
             splits,
+            flash_splits: flash_splits(n_ctx),
         };
         guard.2 = false; // from here on, GpuExec's drop releases the stream
         let rt = &exec.m.dev.rt;
@@ -846,10 +893,11 @@ impl GpuExec {
         rt.htod(self.s, step, &self.step_host.bytes()[..need * 4])?;
         let captured = if n == 1 { p.out == OutRows::Last } else { p.out == OutRows::All && p.runs.is_empty() && p.n_dec == n };
         if captured && self.graph_bucket(n) == Some(n) {
-            let key = GraphKey { n, contiguous };
+            let key = GraphKey { n, contiguous, flash: self.flash_decode(p) };
             if n == 1 {
-                // one one-row graph: a contiguous pass elsewhere replaces it
-                if let Some(i) = self.graphs.iter().position(|(k, _)| k.n == 1 && *k != key) {
+                // one one-row graph of each attention: a contiguous pass
+                // elsewhere replaces it
+                if let Some(i) = self.graphs.iter().position(|(k, _)| k.n == 1 && k.flash == key.flash && *k != key) {
                     let _ = rt.stream_sync(self.s);
                     rt.graph_destroy(self.graphs.swap_remove(i).1);
                 }
@@ -956,10 +1004,19 @@ impl GpuExec {
     }
 
     /// Enqueue one pass (its step data already in `step`).
+    /// Whether a one-row step's attention takes the tensor-core kernel: a
+    /// position from [`flash_decode_from`] on, a grouped-query model (its
+    /// heads of one KV head fill the mma rows), where the kernel exists.
+    fn flash_decode(&self, p: &Pass) -> bool {
+        let c = &self.m.cfg;
+        p.ids.len() == 1 && p.n_dec == 1 && p.pos[0] as usize >= flash_decode_from() && c.n_head / c.n_head_kv >= 2 && ops::mma_attention(&self.m.dev, c.head_dim, c.head_dim_v)
+    }
+
     fn enqueue(&self, p: &Pass, lay: &StepLayout) -> Result<()> {
         let m = &*self.m;
         let (c, dev, s) = (&m.cfg, &*m.dev, self.s);
         let n = p.ids.len();
+        let flash = self.flash_decode(p);
         let dim = c.n_embd;
         let at = lay.at;
 
@@ -971,7 +1028,7 @@ impl GpuExec {
         // decode rows of several sequences: enough key splits to fill the
         // device, fewer as rows grow (see `part_rows`)
         let sms = dev.rt.info().multiprocessors as usize;
-        let dec_splits = if p.n_dec == 1 { self.splits } else { (2 * sms).div_ceil((p.n_dec * c.n_head).max(1)).clamp(1, self.splits) };
+        let dec_splits = if flash { self.flash_splits } else if p.n_dec == 1 { self.splits } else { (2 * sms).div_ceil((p.n_dec * c.n_head).max(1)).clamp(1, self.splits) };
         for (il, l) in m.layers.iter().enumerate() {
             // ---- attention ----
             let norm = Some((l.attn_norm.ptr, c.rms_eps));
@@ -996,13 +1053,14 @@ impl GpuExec {
                 k_cache: kc, v_cache: vc, at,
                 freq: if local { rope.freq_local.ptr } else { rope.freq_global.ptr },
             };
-            // one token: attention does qkv_post's work itself (one launch less)
-            let fused = n == 1;
+            // one token: attention does qkv_post's work itself (one launch
+            // less), except on the tensor-core kernel
+            let fused = n == 1 && !flash;
             if !fused {
                 ops::qkv_post(dev, s, &post, &bufs)?;
             }
             let window = if local { c.sliding_window.unwrap_or(0) } else { 0 };
-            let shape = |rows: usize, splits: usize, mixed: bool| AttnShape { n: rows, n_head: c.n_head, n_head_kv: c.n_head_kv, hd: c.head_dim, hdv: c.head_dim_v, window, scale: c.attn_scale, splits, mixed };
+            let shape = |rows: usize, splits: usize, mixed: bool| AttnShape { n: rows, n_head: c.n_head, n_head_kv: c.n_head_kv, hd: c.head_dim, hdv: c.head_dim_v, window, scale: c.attn_scale, splits, mixed, flash: false };
             // one token: attention also writes its output prepared for the
             // decode product of wo (no quantize_act)
             let wo_prepared = decode::Product::of(&l.wo, 1, false, false).is_ok_and(|p| decode::choose(dev.rt.info(), decode::Input::Prepared, &p).is_some());
@@ -1012,12 +1070,23 @@ impl GpuExec {
                 None
             };
             if p.n_dec > 0 {
-                let a = shape(p.n_dec, dec_splits, p.n_dec > 1);
+                let a = AttnShape { flash, ..shape(p.n_dec, dec_splits, p.n_dec > 1) };
                 ops::attention(dev, s, &a, q, kc, vc, self.att.ptr, self.part.ptr, self.counters.ptr, at, prep.as_ref(), fused.then_some((&post, &bufs)))?;
             }
             for &(r0, len) in p.runs {
                 let (qo, ao) = ((r0 * c.q_dim() * 4) as u64, (r0 * c.n_head * c.head_dim_v * 4) as u64);
-                ops::attention(dev, s, &shape(len, 1, false), q + qo, kc, vc, self.att.ptr + ao, self.part.ptr, self.counters.ptr, at.from_row(r0), None, None)?;
+                // the keys the run's last query sees (of its first tile's window)
+                let keys = p.pos[r0 + len - 1] as usize + 1;
+                let keys = if window > 0 { keys.min(window + 64) } else { keys };
+                let group = c.n_head / c.n_head_kv;
+                // the kernel's blocks (packed rows where fewer: ops::attention)
+                let blocks = (c.n_head * len.div_ceil(64)).min(c.n_head_kv * (len * group).div_ceil(64));
+                let room = part_rows(c.n_head, self.splits, sms) / (len * c.n_head);
+                let splits = match ops::mma_attention(dev, c.head_dim, c.head_dim_v) {
+                    true => ops::prefill_splits(blocks, keys, sms * ops::mma_attention_blocks_per_sm(c.head_dim), room),
+                    false => 1, // the CUDA-core kernel does not split
+                };
+                ops::attention(dev, s, &shape(len, splits, false), q + qo, kc, vc, self.att.ptr + ao, self.part.ptr, self.counters.ptr, at.from_row(r0), None, None)?;
             }
             self.block_out(&l.wo, self.att.ptr, prep.as_ref(), &l.post_attn_norm, n)?;
 

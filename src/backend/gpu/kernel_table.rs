@@ -11,6 +11,12 @@
 /// `APM_K` in kernels/attention.cu.
 pub const APM_K: usize = 64;
 
+/// `APM_MAX_SPLITS` in kernels/attention.cu.
+pub const APM_MAX_SPLITS: usize = 256;
+
+/// `APM_MERGE` in kernels/attention.cu.
+pub const APM_MERGE: usize = 256;
+
 /// `APM_Q` in kernels/attention.cu.
 pub const APM_Q: usize = 64;
 
@@ -136,7 +142,7 @@ pub enum Param {
 
 use Param::*;
 
-/// Every kernel of the module (248 in all; on every target: some exist only
+/// Every kernel of the module (249 in all; on every target: some exist only
 /// on some, see `tests/kernel_table.rs`) with its parameters, sorted by name
 /// (binary search).
 pub const KERNELS: &[(&str, &[Param])] = &[
@@ -167,13 +173,18 @@ pub const KERNELS: &[(&str, &[Param])] = &[
             Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32, I32, I32, F32, I32,
         ],
     ),
+    ("attn_prefill_merge", &[Ptr, Ptr, I32, I32, I32]),
     (
         "attn_prefill_mma128",
-        &[Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32, F32],
+        &[
+            Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32, F32, I32, I32,
+        ],
     ),
     (
         "attn_prefill_mma64",
-        &[Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32, F32],
+        &[
+            Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32, F32, I32, I32,
+        ],
     ),
     ("dequant_f16_bf16", &[Ptr, Ptr, I32, I32]),
     ("dequant_f16_f16", &[Ptr, Ptr, I32, I32]),

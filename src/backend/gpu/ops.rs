@@ -797,11 +797,20 @@ pub struct AttnShape {
     /// Sliding window in positions; 0 = none.
     pub window: usize,
     pub scale: f32,
-    /// Key splits (flash-decoding); 1 writes `out` directly.
+    /// Key splits; 1 writes `out` directly. Decode rows: flash-decoding
+    /// (at most `ATT_MAX_SPLITS`). A prefill run on the tensor-core kernel:
+    /// splits of its key tiles, merged by a second launch (at most
+    /// [`APM_MAX_SPLITS`]; see [`prefill_splits`]). The CUDA-core prefill
+    /// kernel does not split and ignores it.
     pub splits: usize,
     /// The rows are of several sequences (or not at consecutive
     /// positions): the decode kernel takes them all, one query each.
     pub mixed: bool,
+    /// One row through the tensor-core kernel instead of the decode kernel
+    /// (long contexts: the query's heads of one KV head share an mma tile
+    /// and the keys are split `splits` ways; see [`mma_attention`]). Not
+    /// with `fused`.
+    pub flash: bool,
 }
 
 /// Causal attention of n queries at the positions `at` gives, over the
@@ -836,22 +845,40 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
     }
     let warp = dev.rt.info().warp_size as usize;
     let block = (ATT_WARPS * warp) as u32;
-    if a.n > 1 && a.splits == 1 && !a.mixed && a.hd == a.hdv && matches!(a.hd, 64 | 128) && prefill_mma(dev) {
-        // tensor cores: 64 queries per block of 4 warps, static shared memory
-        let dims = LaunchDims { grid: (a.n_head as u32, ceil(a.n, 64), 1), block: 128, shared: 0 };
+    if a.flash && (fused.is_some() || a.mixed || !mma_attention(dev, a.hd, a.hdv)) {
+        return Err(Error::InvalidArgument("attention: the tensor-core kernel for one row takes one sequence, unfused, head size 64 or 128".into()));
+    }
+    if (a.n > 1 || a.flash) && !a.mixed && mma_attention(dev, a.hd, a.hdv) {
+        // tensor cores: 64 rows per block of 4 warps, two staged key tiles
+        // of K and V in dynamic shared memory; `splits` key splits merged by
+        // attn_prefill_merge. A query's heads of one KV head share the mma
+        // rows (packed) where that takes fewer blocks (decode, short runs).
+        if a.splits > APM_MAX_SPLITS {
+            return Err(Error::InvalidArgument(format!("attention: {} prefill key splits (at most {APM_MAX_SPLITS})", a.splits)));
+        }
+        let group = a.n_head / a.n_head_kv;
+        let packed = group > 1 && a.n_head_kv * (a.n * group).div_ceil(64) < a.n_head * a.n.div_ceil(64);
+        let (heads, g) = if packed { (a.n_head_kv, group) } else { (a.n_head, 1) };
+        let shared = 4 * 64 * (a.hd / 2 + 4) * 4;
+        let dims = LaunchDims { grid: (heads as u32, ceil(a.n * g, 64), a.splits as u32), block: 128, shared: shared as u32 };
         dev.launch(
             s,
             &format!("attn_prefill_mma{}", a.hd),
             dims,
             &[
-                Arg::Ptr(q), Arg::Ptr(kc), Arg::Ptr(vc), Arg::Ptr(out), Arg::Ptr(at.pos), Arg::Ptr(at.tab), Arg::Ptr(at.bt),
+                Arg::Ptr(q), Arg::Ptr(kc), Arg::Ptr(vc), Arg::Ptr(out), Arg::Ptr(part), Arg::Ptr(at.pos), Arg::Ptr(at.tab), Arg::Ptr(at.bt),
                 Arg::I32(a.n as i32), Arg::I32(a.n_head as i32),
-                Arg::I32(a.n_head_kv as i32), Arg::I32(a.window as i32), Arg::F32(a.scale),
+                Arg::I32(a.n_head_kv as i32), Arg::I32(a.window as i32), Arg::F32(a.scale), Arg::I32(a.splits as i32), Arg::I32(g as i32),
             ],
         )?;
+        if a.splits > 1 {
+            let rows = a.n * a.n_head;
+            let dims = LaunchDims { grid: (rows as u32, 1, 1), block: super::kernel_table::APM_MERGE as u32, shared: 0 };
+            dev.launch(s, "attn_prefill_merge", dims, &[Arg::Ptr(part), Arg::Ptr(out), Arg::I32(rows as i32), Arg::I32(a.splits as i32), Arg::I32(a.hdv as i32)])?;
+        }
         return prep.map_or(Ok(()), |p| quant_act(dev, s, out, None, p));
     }
-    if a.n > 1 && a.splits == 1 && !a.mixed {
+    if a.n > 1 && !a.mixed {
         let qw = if a.hd <= 128 { 4 } else { 2 };
         let qb = qw * ATT_WARPS;
         let shared = warp * (a.hd / 2 + 1) * 4 + warp * a.hdv * 2 + qb * a.hd * 4;
@@ -907,6 +934,44 @@ pub fn decode_splits(n_ctx: usize) -> usize {
     n_ctx.div_ceil(128).clamp(1, MAX_SPLITS)
 }
 
+/// Most key splits of a tensor-core attention launch.
+pub use super::kernel_table::APM_MAX_SPLITS;
+
+/// Whether [`attention`] has the tensor-core kernel for these head sizes
+/// here (NVIDIA sm_80+, hd = hdv of 64 or 128; see `prefill_mma`).
+pub fn mma_attention(dev: &Device, hd: usize, hdv: usize) -> bool {
+    hd == hdv && matches!(hd, 64 | 128) && prefill_mma(dev)
+}
+
+/// Key splits for a tensor-core attention launch of `blocks` blocks
+/// (before splitting) whose longest row sees `keys` keys, on a device that
+/// holds `slots` of its blocks at once, with room for `room` splits of
+/// partials. Each split is at least 8 tiles of 64 keys (short contexts keep
+/// one pass and no merge), at most [`APM_MAX_SPLITS`]; among those, the
+/// count with the least estimated time: waves × (tiles per split + 2), plus
+/// 5 tiles' worth for the merge. Whole waves matter: the blocks of a run at
+/// depth all take about as long, so 560 blocks on 528 slots take two block
+/// times where 448 take one. `FORGE_PREFILL_SPLITS=k` fixes k (1 = never
+/// split).
+pub fn prefill_splits(blocks: usize, keys: usize, slots: usize, room: usize) -> usize {
+    static FIXED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let fixed = *FIXED.get_or_init(|| std::env::var("FORGE_PREFILL_SPLITS").ok().and_then(|v| v.parse().ok()));
+    let tiles = keys.div_ceil(64).max(1);
+    let most = (tiles / 8).min(room).clamp(1, APM_MAX_SPLITS);
+    if let Some(k) = fixed {
+        return k.min(room).clamp(1, APM_MAX_SPLITS);
+    }
+    let cost = |s: usize| (s * blocks).div_ceil(slots.max(1)) * (tiles.div_ceil(s) + 2) + if s > 1 { 5 } else { 0 };
+    (1..=most).min_by_key(|&s| (cost(s), s)).unwrap_or(1)
+}
+
+/// Blocks of the tensor-core attention kernel an SM holds at once (its
+/// register counts on sm_90, 128 and 176 a thread, limit it), for
+/// [`prefill_splits`].
+pub fn mma_attention_blocks_per_sm(hd: usize) -> usize {
+    if hd <= 64 { 4 } else { 2 }
+}
+
 #[cfg(test)]
 mod tests {
     /// The launch reads the constants a compile option gave the kernels,
@@ -940,6 +1005,34 @@ mod tests {
     /// The column split makes about `aim` blocks where the tiles alone do not,
     /// and covers every stage exactly (the kernel's last part takes the
     /// rest).
+    /// Prefill key splits: whole waves of blocks at long contexts, none for
+    /// short ones, never more than the partials hold.
+    #[test]
+    fn prefill_splits_fill_whole_waves() {
+        use super::prefill_splits;
+        let room = usize::MAX;
+        // Qwen's chunk of 512 at 16k: 8 x 14 = 112 blocks on 132 x 4
+        // slots; 4 splits are one wave (448 blocks of 64 tiles), 5 would be
+        // two; 9 (1,008 blocks, 2 waves of 29 tiles) is the cheapest
+        assert_eq!(prefill_splits(112, 16384, 528, room), 9);
+        // the 7B's 32 heads (256 blocks on 132 x 2 slots): one wave
+        assert_eq!(prefill_splits(256, 16384, 264, room), 1);
+        // pp512 from empty: 8 key tiles, no split
+        assert_eq!(prefill_splits(112, 512, 528, room), 1);
+        // 4,096 keys: 64 tiles
+        assert_eq!(prefill_splits(112, 4096, 528, room), 4);
+        // the partials hold only 3 splits
+        assert_eq!(prefill_splits(112, 16384, 528, 3), 3);
+        assert_eq!(prefill_splits(112, 16384, 528, 0), 1);
+        // whatever the shape: within bounds
+        for blocks in [1, 7, 112, 600] {
+            for keys in [1, 64, 700, 5000, 100_000] {
+                let s = prefill_splits(blocks, keys, 528, 40);
+                assert!((1..=40).contains(&s) && (s == 1 || keys.div_ceil(64) / 8 >= s), "{blocks} {keys}: {s}");
+            }
+        }
+    }
+
     #[test]
     fn mmf_split_covers_the_columns() {
         use super::mmf_split;
