@@ -608,7 +608,7 @@ ATTN_PREFILL_MMA(128)
 // rows {m_s (base 2), l_s, o_s} attn_prefill_mma wrote for it (empty splits
 // have m_s = NEG_INF, l_s = 0). One block of APM_MERGE threads per row: the
 // weights into shared memory, then thread t sums value t % hdv over every
-// G-th split from t / hdv (G = APM_MERGE / hdv groups, many splits' loads in
+// g-th split from t / hdv (g = APM_MERGE / hdv groups, many splits' loads in
 // flight at once), and the groups are added.
 #define APM_MERGE 256
 KERNEL void __launch_bounds__(APM_MERGE) attn_prefill_merge(const float* __restrict__ part, float* __restrict__ out, int rows,
@@ -618,6 +618,7 @@ KERNEL void __launch_bounds__(APM_MERGE) attn_prefill_merge(const float* __restr
     __shared__ float sums[APM_MERGE];
     GRID_START();
     const int r = blockIdx.x, t = threadIdx.x;
+    if (r >= rows) return;  // the whole block
     const int W = 2 + hdv;
     const float* src = part + (u64)r * S * W;
     float m = NEG_INF;
@@ -631,19 +632,19 @@ KERNEL void __launch_bounds__(APM_MERGE) attn_prefill_merge(const float* __restr
     }
     const float L = block_sum(l, red);  // its barriers also publish wgt
     const float inv = L > 0.0f ? 1.0f / L : 0.0f;
-    const int G = hdv <= APM_MERGE ? APM_MERGE / hdv : 1;
+    const int groups = hdv <= APM_MERGE ? APM_MERGE / hdv : 1;
     for (int d0 = 0; d0 < hdv; d0 += APM_MERGE) {
         const int d = d0 + t % hdv, grp = t / hdv;
         float acc = 0.0f;
-        if (grp < G && d < hdv) {
+        if (grp < groups && d < hdv) {
 #pragma unroll 8
-            for (int s = grp; s < S; s += G) acc += wgt[s] * src[(u64)s * W + 2 + d];
+            for (int s = grp; s < S; s += groups) acc += wgt[s] * src[(u64)s * W + 2 + d];
         }
         sums[t] = acc;
         __syncthreads();
         if (grp == 0 && d < hdv) {
             float v = 0.0f;
-            for (int k = 0; k < G; k++) v += sums[k * hdv + t];
+            for (int k = 0; k < groups; k++) v += sums[k * hdv + t];
             out[(u64)r * hdv + d] = v * inv;
         }
         __syncthreads();

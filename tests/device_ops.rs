@@ -495,6 +495,9 @@ fn attention(b: &Backend) {
         (130, 700, 6, 3, 64, 200, 5),
         (70, 2000, 4, 1, 128, 0, 32),
         (40, 0, 4, 2, 64, 0, 7),
+        // splits, unpacked, several query tiles: 7 heads a KV head; head size 128
+        (192, 1000, 14, 2, 64, 0, 3),
+        (128, 700, 8, 2, 128, 0, 3),
     ] {
         let len = pos0 + n;
         let mut r = Rng(31 + len as u64);

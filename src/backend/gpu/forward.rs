@@ -606,11 +606,17 @@ impl Drop for GpuExec {
 
 /// Partial rows the attention kernels may need: one-row steps use `splits`
 /// per head; a step of r decode rows uses at most ceil(2 SMs / (r heads))
-/// splits, so r · n_head · splits ≤ 2 SMs + r · n_head; a prefill run of
-/// b = ceil(n / 64) · n_head blocks uses at most ceil(4 SMs / b) splits of
-/// 64 b rows ([`ops::prefill_splits`]), ≤ 64 (4 SMs + b).
-fn part_rows(n_head: usize, splits: usize, sms: usize) -> usize {
-    (n_head * splits.max(ops::APM_MAX_SPLITS)).max(2 * sms + MAX_BATCH * n_head).max(64 * (4 * sms + MAX_BATCH.div_ceil(64) * n_head))
+/// splits, so r · n_head · splits ≤ 2 SMs + r · n_head. Where the
+/// tensor-core kernel runs (`mma`), its one-row steps use up to
+/// APM_MAX_SPLITS per head, and prefill runs get room for 64 (4 SMs + b)
+/// rows, b = ceil(MAX_BATCH / 64) · n_head: [`ops::prefill_splits`] is
+/// capped there (a 512-row chunk of Qwen's 14 heads: 5 splits).
+fn part_rows(n_head: usize, splits: usize, sms: usize, mma: bool) -> usize {
+    let decode = (n_head * splits).max(2 * sms + MAX_BATCH * n_head);
+    match mma {
+        true => decode.max(n_head * ops::APM_MAX_SPLITS).max(64 * (4 * sms + MAX_BATCH.div_ceil(64) * n_head)),
+        false => decode,
+    }
 }
 
 /// Key splits of a one-row step on the tensor-core kernel for a context of
@@ -646,9 +652,15 @@ fn flash_decode_from() -> usize {
 static FLASH_FROM: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// One-row steps from position `from` on take the tensor-core attention
-/// (None: never), for this process (tests run both).
+/// (Some(0): never; None: back to the default, `FORGE_FLASH_DECODE` or
+/// 4096), for this process (tests run both).
 pub fn set_flash_decode(from: Option<usize>) {
-    FLASH_FROM.store(from.unwrap_or(usize::MAX).max(1), std::sync::atomic::Ordering::Relaxed);
+    let v = match from {
+        Some(0) => usize::MAX,
+        Some(p) => p,
+        None => 0, // read from the environment again
+    };
+    FLASH_FROM.store(v, std::sync::atomic::Ordering::Relaxed);
 }
 
 impl GpuExec {
@@ -696,7 +708,7 @@ impl GpuExec {
             branch: f32s(b * c.n_embd, "activations")?,
             g: f32s(b * c.n_ff, "activations")?,
             u: f32s(b * c.n_ff, "activations")?,
-            part: f32s(part_rows(c.n_head, splits, sms) * (2 + c.head_dim_v), "attention partials")?,
+            part: f32s(part_rows(c.n_head, splits, sms, ops::mma_attention(&m.dev, c.head_dim, c.head_dim_v)) * (2 + c.head_dim_v), "attention partials")?,
             counters: p.alloc(b * c.n_head * 4, "attention counters")?,
             act: ActBuf::with_tokens(p, max_cols, if decode::has_mmq(m.dev.rt.info()) { (*decode::mmq_rows().end()).max(ops::MMV_MAXT) } else { ops::MMV_MAXT })?,
             // one row of logits, or of hidden states (forward_hidden)
@@ -1003,7 +1015,6 @@ impl GpuExec {
         Ok(())
     }
 
-    /// Enqueue one pass (its step data already in `step`).
     /// Whether a one-row step's attention takes the tensor-core kernel: a
     /// position from [`flash_decode_from`] on, a grouped-query model (its
     /// heads of one KV head fill the mma rows), where the kernel exists.
@@ -1012,6 +1023,7 @@ impl GpuExec {
         p.ids.len() == 1 && p.n_dec == 1 && p.pos[0] as usize >= flash_decode_from() && c.n_head / c.n_head_kv >= 2 && ops::mma_attention(&self.m.dev, c.head_dim, c.head_dim_v)
     }
 
+    /// Enqueue one pass (its step data already in `step`).
     fn enqueue(&self, p: &Pass, lay: &StepLayout) -> Result<()> {
         let m = &*self.m;
         let (c, dev, s) = (&m.cfg, &*m.dev, self.s);
@@ -1081,7 +1093,7 @@ impl GpuExec {
                 let group = c.n_head / c.n_head_kv;
                 // the kernel's blocks (packed rows where fewer: ops::attention)
                 let blocks = (c.n_head * len.div_ceil(64)).min(c.n_head_kv * (len * group).div_ceil(64));
-                let room = part_rows(c.n_head, self.splits, sms) / (len * c.n_head);
+                let room = part_rows(c.n_head, self.splits, sms, true) / (len * c.n_head);
                 let splits = match ops::mma_attention(dev, c.head_dim, c.head_dim_v) {
                     true => ops::prefill_splits(blocks, keys, sms * ops::mma_attention_blocks_per_sm(c.head_dim), room),
                     false => 1, // the CUDA-core kernel does not split

@@ -845,7 +845,7 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
     }
     let warp = dev.rt.info().warp_size as usize;
     let block = (ATT_WARPS * warp) as u32;
-    if a.flash && (fused.is_some() || a.mixed || !mma_attention(dev, a.hd, a.hdv)) {
+    if a.flash && (a.n != 1 || fused.is_some() || a.mixed || !mma_attention(dev, a.hd, a.hdv)) {
         return Err(Error::InvalidArgument("attention: the tensor-core kernel for one row takes one sequence, unfused, head size 64 or 128".into()));
     }
     if (a.n > 1 || a.flash) && !a.mixed && mma_attention(dev, a.hd, a.hdv) {
@@ -1002,9 +1002,6 @@ mod tests {
         assert_eq!(mmf_range(Some("x-2")), (17, 32));
     }
 
-    /// The column split makes about `aim` blocks where the tiles alone do not,
-    /// and covers every stage exactly (the kernel's last part takes the
-    /// rest).
     /// Prefill key splits: whole waves of blocks at long contexts, none for
     /// short ones, never more than the partials hold.
     #[test]
@@ -1033,6 +1030,9 @@ mod tests {
         }
     }
 
+    /// The column split makes about `aim` blocks where the tiles alone do not,
+    /// and covers every stage exactly (the kernel's last part takes the
+    /// rest).
     #[test]
     fn mmf_split_covers_the_columns() {
         use super::mmf_split;
