@@ -120,7 +120,7 @@ for step in $steps; do
     sanitize)
       run sanitize-ops env FORGE_ACT16=1 compute-sanitizer --tool memcheck --report-api-errors no --leak-check full --error-exitcode 1 "$BIN/device_ops" --test-threads 1 \
         attention rope_qkv rmsnorm gated_ffn embedding_rows matmul_all_types pair_products mmq_products mmf_products attention_mixed topk_candidates
-      run sanitize-model env FORGE_ACT16=1 compute-sanitizer --tool memcheck --report-api-errors no --leak-check full --error-exitcode 1 "$BIN/gpu_model" smollm2_twin batched_smollm2_twin ;;
+      run sanitize-model env FORGE_ACT16=1 compute-sanitizer --tool memcheck --report-api-errors no --leak-check full --error-exitcode 1 "$BIN/gpu_model" smollm2_twin batched_smollm2_twin long_decode_smollm2_twin_paged ;;
     llama-build)
       # llama.cpp's llama-bench and llama-batched-bench from $HEADS/llama.cpp.tar.xz
       # (gpu_prepare.sh), the CUDA configuration; about 5 minutes
