@@ -5,7 +5,9 @@
 // the partial results;
 // prefill (attn_prefill) stages each key tile in shared memory once for a
 // block of queries; on NVIDIA sm_80+ (HAS_MMA_F16) attn_prefill_mma64/128
-// do the same on tensor cores.
+// do the same on tensor cores, with the keys split over blocks at long
+// contexts (attn_prefill_merge adds the parts; also one-row decode steps
+// at long contexts, a token's query heads of one KV head in one tile).
 // GQA/MQA: Q head h reads K/V head h / (n_head / n_head_kv); nothing is copied.
 // Sliding window (gemma3 local layers): keys (p - window, p] only.
 // CPU reference: the attention loop in model::forward.
