@@ -1090,14 +1090,8 @@ impl GpuExec {
                 // the keys the run's last query sees (of its first tile's window)
                 let keys = p.pos[r0 + len - 1] as usize + 1;
                 let keys = if window > 0 { keys.min(window + 64) } else { keys };
-                let group = c.n_head / c.n_head_kv;
-                // the kernel's blocks (packed rows where fewer: ops::attention)
-                let blocks = (c.n_head * len.div_ceil(64)).min(c.n_head_kv * (len * group).div_ceil(64));
                 let room = part_rows(c.n_head, self.splits, sms, true) / (len * c.n_head);
-                let splits = match ops::mma_attention(dev, c.head_dim, c.head_dim_v) {
-                    true => ops::prefill_splits(blocks, keys, sms * ops::mma_attention_blocks_per_sm(c.head_dim), room),
-                    false => 1, // the CUDA-core kernel does not split
-                };
+                let splits = ops::prefill_attention_splits(dev, &shape(len, 1, false), keys, room);
                 ops::attention(dev, s, &shape(len, splits, false), q + qo, kc, vc, self.att.ptr + ao, self.part.ptr, self.counters.ptr, at.from_row(r0), None, None)?;
             }
             self.block_out(&l.wo, self.att.ptr, prep.as_ref(), &l.post_attn_norm, n)?;

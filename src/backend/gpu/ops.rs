@@ -856,9 +856,7 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
         if a.splits > APM_MAX_SPLITS {
             return Err(Error::InvalidArgument(format!("attention: {} prefill key splits (at most {APM_MAX_SPLITS})", a.splits)));
         }
-        let group = a.n_head / a.n_head_kv;
-        let packed = group > 1 && a.n_head_kv * (a.n * group).div_ceil(64) < a.n_head * a.n.div_ceil(64);
-        let (heads, g) = if packed { (a.n_head_kv, group) } else { (a.n_head, 1) };
+        let (heads, g) = mma_attention_rows(a);
         let shared = 4 * 64 * (a.hd / 2 + 4) * 4;
         let dims = LaunchDims { grid: (heads as u32, ceil(a.n * g, 64), a.splits as u32), block: 128, shared: shared as u32 };
         dev.launch(
@@ -943,6 +941,30 @@ pub fn mma_attention(dev: &Device, hd: usize, hdv: usize) -> bool {
     hd == hdv && matches!(hd, 64 | 128) && prefill_mma(dev)
 }
 
+/// The tensor-core attention kernel's grid x and rows per query: (n_head,
+/// 1), or (n_head_kv, n_head / n_head_kv) when a query's heads of one KV
+/// head packed into one mma tile take fewer blocks (decode, short runs).
+fn mma_attention_rows(a: &AttnShape) -> (usize, usize) {
+    let group = a.n_head / a.n_head_kv;
+    match group > 1 && a.n_head_kv * (a.n * group).div_ceil(64) < a.n_head * a.n.div_ceil(64) {
+        true => (a.n_head_kv, group),
+        false => (a.n_head, 1),
+    }
+}
+
+/// Key splits for the prefill run `a` (splits ignored) whose longest row
+/// sees `keys` keys, with room for `room` splits of partials: 1 where the
+/// tensor-core kernel does not run (the CUDA-core kernel does not split),
+/// else [`prefill_splits`] of its blocks and of the blocks the device holds.
+pub fn prefill_attention_splits(dev: &Device, a: &AttnShape, keys: usize, room: usize) -> usize {
+    if !mma_attention(dev, a.hd, a.hdv) {
+        return 1;
+    }
+    let (heads, g) = mma_attention_rows(a);
+    let slots = dev.rt.info().multiprocessors as usize * mma_attention_blocks_per_sm(a.hd);
+    prefill_splits(heads * (a.n * g).div_ceil(64), keys, slots, room)
+}
+
 /// Key splits for a tensor-core attention launch of `blocks` blocks
 /// (before splitting) whose longest row sees `keys` keys, on a device that
 /// holds `slots` of its blocks at once, with room for `room` splits of
@@ -968,7 +990,7 @@ pub fn prefill_splits(blocks: usize, keys: usize, slots: usize, room: usize) -> 
 /// Blocks of the tensor-core attention kernel an SM holds at once (its
 /// register counts on sm_90, 128 and 176 a thread, limit it), for
 /// [`prefill_splits`].
-pub fn mma_attention_blocks_per_sm(hd: usize) -> usize {
+fn mma_attention_blocks_per_sm(hd: usize) -> usize {
     if hd <= 64 { 4 } else { 2 }
 }
 
