@@ -31,11 +31,37 @@ KERNEL void rmsnorm(const float* x, const float* w, float* y, int dim, float eps
 
 // rmsnorm_f16: y16 (n, dim) f16 = x * rsqrt(mean(x²) + eps) * w, the input
 // of the vendor BLAS over resident f16 weights (norm and conversion in one).
+// Rows of up to 4 RMS_VEC values a thread (dim a multiple of 4) are read
+// once, by 16-byte loads all in flight together, and kept in registers;
+// longer or odd rows take the two-pass loop.
+#define RMS_VEC 8
 KERNEL void rmsnorm_f16(const float* x, const float* w, u16* y, int dim, float eps) {
     GRID_START();
     __shared__ float red[32];
     const float* xr = x + (u64)blockIdx.x * dim;
     u16* yr = y + (u64)blockIdx.x * dim;
+    if ((dim & 3) == 0 && dim <= 4 * RMS_VEC * (int)blockDim.x) {
+        const int n4 = dim / 4;
+        float4 v[RMS_VEC];
+        float ss = 0.0f;
+#pragma unroll
+        for (int k = 0; k < RMS_VEC; k++) {
+            const int i = threadIdx.x + k * blockDim.x;
+            v[k] = i < n4 ? ((const float4*)xr)[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
+        }
+        const float s = rsqrtf(block_sum(ss, red) / (float)dim + eps);
+#pragma unroll
+        for (int k = 0; k < RMS_VEC; k++) {
+            const int i = threadIdx.x + k * blockDim.x;
+            if (i < n4) {
+                const float4 ww = ((const float4*)w)[i];
+                ((uint2*)yr)[i] = make_uint2((u32)f2h(v[k].x * s * ww.x) | ((u32)f2h(v[k].y * s * ww.y) << 16),
+                                             (u32)f2h(v[k].z * s * ww.z) | ((u32)f2h(v[k].w * s * ww.w) << 16));
+            }
+        }
+        return;
+    }
     const float s = rms_scale(xr, dim, eps, red);
 #pragma unroll 8
     for (int i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = f2h(xr[i] * s * w[i]);

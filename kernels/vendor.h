@@ -146,6 +146,11 @@ static __device__ __forceinline__ void ldsm4(const void* row, u32 (&r)[4]) {
 static __device__ __forceinline__ void cp_async16(void* s, const void* g) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(s)), "l"(g) : "memory");
 }
+// cp_async16s: the same to a shared-memory address (smem_addr), for a
+// kernel that works out its shared addresses once
+static __device__ __forceinline__ void cp_async16s(u32 s, const void* g) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(g) : "memory");
+}
 static __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
 static __device__ __forceinline__ void cp_async_wait() {

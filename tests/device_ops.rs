@@ -399,6 +399,38 @@ fn rmsnorm(b: &Backend) {
 }
 test_device!(rmsnorm);
 
+/// x prepared in f16 for the products (`ops::x_to_f16`): RMS-normalized
+/// (`rmsnorm_f16`: rows held in registers up to 8,192 values a multiple of
+/// 4, the two-pass loop otherwise) or converted alone (`f32_to_f16`: four
+/// values a thread where aligned), against the f64 reference rounded once
+/// to f16.
+fn x_to_f16_rows(g: &gpu::Gpu) {
+    let eps = 1e-6f32;
+    for (n, dim) in [(3usize, 896usize), (64, 4096), (5, 8192), (2, 11008), (3, 4098), (1, 30)] {
+        let mut r = Rng(13 + dim as u64);
+        let (x, w) = (r.vec(n * dim), r.vec(dim));
+        for norm in [true, false] {
+            let mut reference = Vec::new();
+            for t in 0..n {
+                let row = &x[t * dim..(t + 1) * dim];
+                let ss: f64 = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / dim as f64;
+                let s = if norm { 1.0 / (ss + eps as f64).sqrt() } else { 1.0 };
+                for i in 0..dim {
+                    let v = row[i] as f64 * s * if norm { w[i] as f64 } else { 1.0 };
+                    reference.push(half::f16::from_f64(v).to_f64());
+                }
+            }
+            let out = g.x_to_f16(&x, &w, n, dim, norm.then_some(eps));
+            // f16 rounding of a value computed in f32: an ulp apart at most, rarely
+            check(&format!("x_to_f16 {n} x {dim} norm={norm}"), &out, &reference, 1e-4);
+            if !norm {
+                assert!(out.iter().zip(&reference).all(|(&a, &b)| a as f64 == b), "f32_to_f16 {n} x {dim}: not the f16 rounding of x");
+            }
+        }
+    }
+}
+test_gpu!(x_to_f16_rows);
+
 /// Bias + per-head RMSNorm + RoPE (both pair styles) + f16 K/V store.
 fn rope_qkv(b: &Backend) {
     let (n, n_head, n_head_kv, hd, rope_dim, pos0, eps) = (3usize, 4usize, 2usize, 64usize, 48usize, 5usize, 1e-6f32);
@@ -1055,6 +1087,19 @@ mod gpu {
             let (xb, wb, yb) = (self.up_f32(x), self.up_f32(w), self.up_f32(y0));
             ops::rmsnorm(&self.dev, self.s, xb.ptr, wb.ptr, yb.ptr, x.len() / dim, dim, eps, add).unwrap();
             self.down_f32(&yb, x.len())
+        }
+
+        /// x (n, dim) through ops::x_to_f16 (RMS-normalized by w with
+        /// `eps`, or converted alone), back as f32.
+        pub fn x_to_f16(&self, x: &[f32], w: &[f32], n: usize, dim: usize, eps: Option<f32>) -> Vec<f32> {
+            let (xb, wb) = (self.up_f32(x), self.up_f32(w));
+            let sc = GemmScratch { w16: self.pool.alloc(2, "w16").unwrap(), w16_elems: 1, x16: self.pool.alloc(n * dim * 2, "x16").unwrap(), x16_elems: n * dim };
+            let y = ops::x_to_f16(&self.dev, self.s, xb.ptr, n, dim, eps.map(|e| (wb.ptr, e)), &sc).unwrap();
+            self.dev.rt.stream_sync(self.s).unwrap();
+            let mut h = vec![0u8; n * dim * 2];
+            self.dev.rt.dtoh(self.s, &mut h, y).unwrap();
+            self.dev.rt.stream_sync(self.s).unwrap();
+            h.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
         }
 
         #[allow(clippy::too_many_arguments)]

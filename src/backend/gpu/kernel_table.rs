@@ -32,20 +32,48 @@ pub const ATT_WARPS: usize = 4;
 /// `KV_BLOCK` in kernels/rope.cu.
 pub const KV_BLOCK: usize = 16;
 
+/// `MMF_BM32` in kernels/mmf.cu (the default: `#ifndef`-guarded, a compile option may override it).
+pub const MMF_BM32: usize = 128;
+
+/// `MMF_BM64` in kernels/mmf.cu (the default: `#ifndef`-guarded, a compile option may override it).
+pub const MMF_BM64: usize = 128;
+
 /// `MMF_KC` in kernels/mmf.cu.
 pub const MMF_KC: usize = 8;
 
-/// `MMF_SPLIT_BLOCKS` in kernels/mmf.cu (the default: `#ifndef`-guarded, a compile option may
-/// override it).
-pub const MMF_SPLIT_BLOCKS: usize = 2;
-
-/// `MMF_STAGES` in kernels/mmf.cu (the default: `#ifndef`-guarded, a compile option may override
+/// `MMF_MINB32` in kernels/mmf.cu (the default: `#ifndef`-guarded, a compile option may override
 /// it).
-pub const MMF_STAGES: usize = 2;
+pub const MMF_MINB32: usize = 1;
 
-/// `MMF_WARPS` in kernels/mmf.cu (the default: `#ifndef`-guarded, a compile option may override
+/// `MMF_MINB64` in kernels/mmf.cu (the default: `#ifndef`-guarded, a compile option may override
 /// it).
-pub const MMF_WARPS: usize = 8;
+pub const MMF_MINB64: usize = 1;
+
+/// `MMF_MIN_PER` in kernels/mmf.cu (the default: `#ifndef`-guarded, a compile option may override
+/// it).
+pub const MMF_MIN_PER: usize = 4;
+
+/// `MMF_STAGES32` in kernels/mmf.cu (the default: `#ifndef`-guarded, a compile option may override
+/// it).
+pub const MMF_STAGES32: usize = 4;
+
+/// `MMF_STAGES64` in kernels/mmf.cu (the default: `#ifndef`-guarded, a compile option may override
+/// it).
+pub const MMF_STAGES64: usize = 3;
+
+/// `MMF_WARPS32` in kernels/mmf.cu (the default: `#ifndef`-guarded, a compile option may override
+/// it).
+pub const MMF_WARPS32: usize = 8;
+
+/// `MMF_WARPS64` in kernels/mmf.cu (the default: `#ifndef`-guarded, a compile option may override
+/// it).
+pub const MMF_WARPS64: usize = 8;
+
+/// `MMF_WM32` in kernels/mmf.cu (the default: `#ifndef`-guarded, a compile option may override it).
+pub const MMF_WM32: usize = 32;
+
+/// `MMF_WM64` in kernels/mmf.cu (the default: `#ifndef`-guarded, a compile option may override it).
+pub const MMF_WM64: usize = 32;
 
 /// `MMQ_EARLY` in kernels/mmq.cu (the default: `#ifndef`-guarded, a compile option may override
 /// it).
@@ -111,6 +139,9 @@ pub const MMV_THREADS: usize = 256;
 /// `Q4_0X8_PARTS` in kernels/iquant.h (the default: `#ifndef`-guarded, a compile option may
 /// override it).
 pub const Q4_0X8_PARTS: usize = 2;
+
+/// `RMS_VEC` in kernels/norm.cu.
+pub const RMS_VEC: usize = 8;
 
 /// `TOPK1_THREADS` in kernels/sample.cu.
 pub const TOPK1_THREADS: usize = 256;

@@ -489,7 +489,7 @@ pub fn x_to_f16(dev: &Device, s: Stream, x: DevPtr, nt: usize, cols: usize, norm
             let dims = LaunchDims { grid: (nt as u32, 1, 1), block: 256, shared: 0 };
             dev.launch(s, "rmsnorm_f16", dims, &[Arg::Ptr(x), Arg::Ptr(w), Arg::Ptr(scratch.x16.ptr), Arg::I32(cols as i32), Arg::F32(eps)])?
         }
-        None => dev.launch(s, "f32_to_f16", grid_stride(n), &[Arg::Ptr(x), Arg::Ptr(scratch.x16.ptr), Arg::U64(n as u64)])?,
+        None => dev.launch(s, "f32_to_f16", grid_stride(n.div_ceil(4)), &[Arg::Ptr(x), Arg::Ptr(scratch.x16.ptr), Arg::U64(n as u64)])?,
     }
     Ok(scratch.x16.ptr)
 }
@@ -545,17 +545,28 @@ fn mmf_block_tokens(nt: usize) -> usize {
     if nt <= 32 { 32 } else { 64 }
 }
 
-/// Rows per block of `mmf_*` for `nt` tokens: its warps' tiles of 32 rows
-/// × 32 tokens side by side (kernels/mmf.cu `MMFStage`).
-fn mmf_block_rows(nt: usize) -> usize {
-    32 * kernel_define("MMF_WARPS", super::kernel_table::MMF_WARPS) * 32 / mmf_block_tokens(nt)
+/// The shape of an `mmf_*` block for `nt` tokens: (rows, warps, a warp's
+/// rows, stages) (`MMF_BM32`, `MMF_WARPS32`, `MMF_WM32`, `MMF_STAGES32` or
+/// the same for 64 in kernels/mmf.cu).
+fn mmf_block(nt: usize) -> (usize, usize, usize, usize) {
+    use super::kernel_table::*;
+    if mmf_block_tokens(nt) == 32 {
+        (kernel_define("MMF_BM32", MMF_BM32), kernel_define("MMF_WARPS32", MMF_WARPS32), kernel_define("MMF_WM32", MMF_WM32), kernel_define("MMF_STAGES32", MMF_STAGES32))
+    } else {
+        (kernel_define("MMF_BM64", MMF_BM64), kernel_define("MMF_WARPS64", MMF_WARPS64), kernel_define("MMF_WM64", MMF_WM64), kernel_define("MMF_STAGES64", MMF_STAGES64))
+    }
 }
 
-/// Dynamic shared memory of an `mmf_*` launch: its stages of weights and x.
+/// Dynamic shared memory of an `mmf_*` launch: its stages of weights and
+/// x, or where more, the place its warps' sums meet at the end
+/// (`MMFShape` in kernels/mmf.cu).
 fn mmf_shared(nt: usize) -> usize {
-    use super::kernel_table::{MMF_KC, MMF_STAGES};
-    let stages = kernel_define("MMF_STAGES", MMF_STAGES);
-    stages * (mmf_block_rows(nt) * MMF_SPAN_Q4_0X8 + mmf_block_tokens(nt) * (MMF_KC * 64 + 16))
+    use super::kernel_table::MMF_KC;
+    let (bm, warps, wm, stages) = mmf_block(nt);
+    let bn = mmf_block_tokens(nt);
+    let wk = warps / (bm / wm.max(1)).max(1);
+    let stage = bm * MMF_SPAN_Q4_0X8 + bn * (MMF_KC * 64 + 16);
+    (stages * stage).max(if wk > 1 { wk * bn * (bm + 4) * 4 } else { 0 })
 }
 
 /// y (nt, rows) = / += X Wᵀ with W quantized (see [`mmf_fits`]) and X f16
@@ -564,7 +575,6 @@ fn mmf_shared(nt: usize) -> usize {
 /// are split too, and the parts are added into y (zeroed first for a
 /// store), so those sums are not reproducible bit for bit.
 pub fn matmul_mmf(dev: &Device, s: Stream, w: &DevMatrix, x16: DevPtr, y: DevPtr, nt: usize, out: Out) -> Result<()> {
-    use super::kernel_table::MMF_WARPS;
     let info = dev.rt.info();
     if !mmf_fits(info, w, nt) {
         return Err(Error::InvalidArgument(format!("matmul_mmf: {} {}x{} ({}) for {nt} tokens", w.ty, w.rows, w.cols, if w.packed { "regrouped" } else { "gguf layout" })));
@@ -579,8 +589,8 @@ pub fn matmul_mmf(dev: &Device, s: Stream, w: &DevMatrix, x16: DevPtr, y: DevPtr
             dev.launch(s, "zero_f32", grid_stride(n), &[Arg::Ptr(y), Arg::U64(n as u64)])?;
         }
     }
-    let warps = kernel_define("MMF_WARPS", MMF_WARPS);
-    let dims = LaunchDims { grid: (ceil(w.rows, mmf_block_rows(nt)), ceil(nt, bt), ks as u32), block: (warps * 32) as u32, shared: mmf_shared(nt) as u32 };
+    let (bm, warps, _, _) = mmf_block(nt);
+    let dims = LaunchDims { grid: (ceil(w.rows, bm), ceil(nt, bt), ks as u32), block: (warps * 32) as u32, shared: mmf_shared(nt) as u32 };
     dev.launch(
         s,
         &format!("mmf_q4_0x8_{bt}"),
@@ -592,9 +602,12 @@ pub fn matmul_mmf(dev: &Device, s: Stream, w: &DevMatrix, x16: DevPtr, y: DevPtr
 /// The column split of [`matmul_mmf`] of W for `nt` tokens: (stages per
 /// part, parts).
 fn mmf_plan(info: &super::runtime::DeviceInfo, w: &DevMatrix, nt: usize) -> (usize, usize) {
-    let blocks = w.rows.div_ceil(mmf_block_rows(nt)) * nt.div_ceil(mmf_block_tokens(nt));
-    let aim = kernel_define("MMF_SPLIT_BLOCKS", super::kernel_table::MMF_SPLIT_BLOCKS) * info.multiprocessors as usize;
-    mmf_split(w.cols / (32 * super::kernel_table::MMF_KC), blocks, aim)
+    use super::kernel_table::{MMF_KC, MMF_MIN_PER};
+    let blocks = w.rows.div_ceil(mmf_block(nt).0) * nt.div_ceil(mmf_block_tokens(nt));
+    // blocks a multiprocessor holds by their shared memory (228 KiB an SM
+    // where a block may have 227)
+    let per_sm = ((info.max_shared + 1024) / mmf_shared(nt).max(1)).max(1);
+    mmf_split(w.cols / (32 * MMF_KC), blocks, per_sm * info.multiprocessors as usize, kernel_define("MMF_MIN_PER", MMF_MIN_PER))
 }
 
 /// How many column parts [`matmul_mmf`] splits W's product for `nt`
@@ -603,12 +616,17 @@ pub fn mmf_parts(info: &super::runtime::DeviceInfo, w: &DevMatrix, nt: usize) ->
     mmf_plan(info, w, nt).1
 }
 
-/// The column split of `stages` stages over `blocks` row × token tiles:
-/// (stages per part, parts), enough parts for `aim` blocks in all where
-/// the stages allow.
-fn mmf_split(stages: usize, blocks: usize, aim: usize) -> (usize, usize) {
-    let want = aim.div_ceil(blocks.max(1)).clamp(1, stages.max(1));
-    let per = stages.div_ceil(want);
+/// The column split of `stages` stages over `blocks` row × token tiles on
+/// `slots` blocks at once: (stages per part, parts). Each part keeps at
+/// least `min_per` stages (its copies and mmas overlap over them), and the
+/// count minimizes an estimate of the time: whole waves of blocks, each as
+/// long as its part plus two stages (the pipeline's start and the sums'
+/// meeting in y).
+fn mmf_split(stages: usize, blocks: usize, slots: usize, min_per: usize) -> (usize, usize) {
+    let most = (stages / min_per.max(1)).max(1);
+    let cost = |p: usize| (p * blocks).div_ceil(slots.max(1)) * (stages.div_ceil(p) + 2);
+    let p = (1..=most).min_by_key(|&p| (cost(p), p)).unwrap_or(1);
+    let per = stages.div_ceil(p);
     (per, stages.div_ceil(per))
 }
 
@@ -631,7 +649,7 @@ pub fn matmul(dev: &Device, s: Stream, w: &DevMatrix, x: DevPtr, y: DevPtr, nt: 
     let sfx = w.suffix()?;
     if let Some(sc) = scratch.filter(|sc| dev.rt.has_blas() && sc.x16_elems >= nt * w.cols && sc.w16_elems >= w.cols) {
         let n = nt * w.cols;
-        dev.launch(s, "f32_to_f16", grid_stride(n), &[Arg::Ptr(x), Arg::Ptr(sc.x16.ptr), Arg::U64(n as u64)])?;
+        dev.launch(s, "f32_to_f16", grid_stride(n.div_ceil(4)), &[Arg::Ptr(x), Arg::Ptr(sc.x16.ptr), Arg::U64(n as u64)])?;
         let slab = (sc.w16_elems / w.cols).min(w.rows);
         let rb = w.row_bytes();
         let mut r0 = 0;
@@ -1052,27 +1070,34 @@ mod tests {
         }
     }
 
-    /// The column split makes about `aim` blocks where the tiles alone do not,
-    /// and covers every stage exactly (the kernel's last part takes the
-    /// rest).
+    /// The column split fills the device in whole waves, keeps at least
+    /// `min_per` stages a part where the columns have them, and covers every
+    /// stage exactly (the kernel's last part takes the rest).
     #[test]
     fn mmf_split_covers_the_columns() {
         use super::mmf_split;
-        // the 7B's 4096 x 4096 at 64 tokens: 32 tiles, 264 blocks wanted
-        assert_eq!(mmf_split(16, 32, 264), (2, 8));
-        // at 32 tokens: 16 tiles
-        assert_eq!(mmf_split(16, 16, 264), (1, 16));
-        // its 4096 x 11008 (43 stages)
-        assert_eq!(mmf_split(43, 32, 264), (5, 9));
-        // enough tiles: no split
-        assert_eq!(mmf_split(16, 384, 264), (16, 1));
-        assert_eq!(mmf_split(1, 1, 264), (1, 1));
+        // the 7B's 4096 x 4096 at 32 tokens in blocks of 128 rows: 32 tiles
+        // on 132 slots, 4 parts of 4 stages (one wave)
+        assert_eq!(mmf_split(16, 32, 132, 4), (4, 4));
+        // its 11008 x 4096: 86 tiles; 3 parts of 6 stages in two waves
+        // (16 vs 18 stages' time)
+        assert_eq!(mmf_split(16, 86, 132, 4), (6, 3));
+        // enough tiles (the 49152-row output): no split
+        assert_eq!(mmf_split(16, 384, 132, 4), (16, 1));
+        // its 4096 x 11008 (43 stages): 4 parts of 11 (128 blocks)
+        assert_eq!(mmf_split(43, 32, 132, 4), (11, 4));
+        // 16 tiles of 2 stages on 264 slots, parts of 1 stage allowed: 16 parts
+        assert_eq!(mmf_split(16, 16, 264, 1), (1, 16));
+        // too few stages for two parts of min_per
+        assert_eq!(mmf_split(7, 8, 132, 4), (7, 1));
+        assert_eq!(mmf_split(1, 1, 264, 4), (1, 1));
         for stages in 1..60 {
             for blocks in [1, 7, 32, 86, 300] {
-                let (per, parts) = mmf_split(stages, blocks, 264);
-                assert!(per >= 1 && per * parts >= stages && per * (parts - 1) < stages, "{stages} stages, {blocks} blocks: {per} x {parts}");
-                // within a factor of 2 of the aim (parts of whole stages), or one stage a part
-                assert!(2 * blocks * parts >= 264 || per == 1, "{stages} stages, {blocks} blocks: {parts} parts are too few");
+                for min_per in [1, 4] {
+                    let (per, parts) = mmf_split(stages, blocks, 132, min_per);
+                    assert!(per >= 1 && per * parts >= stages && per * (parts - 1) < stages, "{stages} stages, {blocks} blocks: {per} x {parts}");
+                    assert!(per >= min_per.min(stages), "{stages} stages, {blocks} blocks: parts of {per} stages");
+                }
             }
         }
     }
