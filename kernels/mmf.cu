@@ -39,11 +39,11 @@
 #define MMF_WM32 32
 #endif
 #ifndef MMF_STAGES32
-#define MMF_STAGES32 4
+#define MMF_STAGES32 3
 #endif
 // blocks a multiprocessor should hold (the register budget: launch bounds)
 #ifndef MMF_MINB32
-#define MMF_MINB32 1
+#define MMF_MINB32 2
 #endif
 #ifndef MMF_MINB64
 #define MMF_MINB64 1

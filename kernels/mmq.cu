@@ -199,13 +199,18 @@ static __device__ __forceinline__ void mmq_staged(const u8* __restrict__ W, cons
     const int ng = cols >> 5, nst = (ng + KC - 1) / KC;
     const u64 rb = (u64)(cols / T::BLK) * T::BYTES;
     // copy stage st (groups st KC ..) of every row into buffer b
+    // (shared addresses as u32 from one conversion, not one per copy; an
+    // unrolled copy loop took 152 registers for q4_k instead of 120, one
+    // block an SM instead of two)
+    const u32 sbase = smem_addr(sm);
     auto issue = [&](int st, int b) {
+        constexpr int N = R * S::NCH, TH = MMQ_WARPS * 32;
         const int a = mmq_bytes<T>(st * KC), e = mmq_bytes<T>(min((st + 1) * KC, ng));
-        for (int i = threadIdx.x; i < R * S::NCH; i += MMQ_WARPS * 32) {
+        for (int i = threadIdx.x; i < N; i += TH) {
             const int r = i / S::NCH, j = i % S::NCH;
             const u8* rp = W + (u64)min(r0 + r, rows - 1) * rb;
             const u64 lo = (u64)(rp + a) & ~(u64)15, hi = ((u64)(rp + e) + 15) & ~(u64)15;
-            if (lo + 16 * (u64)j < hi) cp_async16(sm + (b * R + r) * STR + 16 * j, (const void*)(lo + 16 * (u64)j));
+            if (lo + 16 * (u64)j < hi) cp_async16s(sbase + (b * R + r) * STR + 16 * j, (const void*)(lo + 16 * (u64)j));
         }
     };
     // the first stages' weights before GRID_START (MMQ_EARLY): no kernel

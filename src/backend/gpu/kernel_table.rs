@@ -43,7 +43,7 @@ pub const MMF_KC: usize = 8;
 
 /// `MMF_MINB32` in kernels/mmf.cu (the default: `#ifndef`-guarded, a compile option may override
 /// it).
-pub const MMF_MINB32: usize = 1;
+pub const MMF_MINB32: usize = 2;
 
 /// `MMF_MINB64` in kernels/mmf.cu (the default: `#ifndef`-guarded, a compile option may override
 /// it).
@@ -55,7 +55,7 @@ pub const MMF_MIN_PER: usize = 4;
 
 /// `MMF_STAGES32` in kernels/mmf.cu (the default: `#ifndef`-guarded, a compile option may override
 /// it).
-pub const MMF_STAGES32: usize = 4;
+pub const MMF_STAGES32: usize = 3;
 
 /// `MMF_STAGES64` in kernels/mmf.cu (the default: `#ifndef`-guarded, a compile option may override
 /// it).
