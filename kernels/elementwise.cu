@@ -25,7 +25,7 @@ KERNEL void f32_to_f16(const float* x, u16* y, u64 n) {
     const u64 n4 = ((u64)x % 16 == 0 && (u64)y % 8 == 0) ? n / 4 : 0;
     for (u64 i = t; i < n4; i += stride) {
         const float4 v = ((const float4*)x)[i];
-        ((uint2*)y)[i] = make_uint2((u32)f2h(v.x) | ((u32)f2h(v.y) << 16), (u32)f2h(v.z) | ((u32)f2h(v.w) << 16));
+        ((uint2*)y)[i] = make_uint2(pack_h2(v.x, v.y), pack_h2(v.z, v.w));
     }
     for (u64 i = 4 * n4 + t; i < n; i += stride) y[i] = f2h(x[i]);
 }

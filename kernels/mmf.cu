@@ -146,7 +146,7 @@ static __device__ __forceinline__ void mmf_out(float (&acc)[MT][NJ][4], float* y
             for (int j = 0; j < NJ; j++)
 #pragma unroll
                 for (int e = 0; e < 4; e++)
-                    mmf_put<MODE>(y, rows, nt, edge, r0 + S::WM * wr + 16 * m + g + (e & 2 ? 8 : 0), t0 + 8 * j + 2 * c + (e & 1), acc[m][j][e]);
+                    mmf_put<MODE>(y, rows, nt, edge, r0 + S::WM * wr + 16 * m + mma_drow(e, g), t0 + 8 * j + mma_dcol(e, c), acc[m][j][e]);
         return;
     }
     extern __shared__ __align__(16) u8 smf[];
@@ -158,7 +158,7 @@ static __device__ __forceinline__ void mmf_out(float (&acc)[MT][NJ][4], float* y
         for (int j = 0; j < NJ; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++)
-                red[(wk * BN + 8 * j + 2 * c + (e & 1)) * S::RST + S::WM * wr + 16 * m + g + (e & 2 ? 8 : 0)] = acc[m][j][e];
+                red[(wk * BN + 8 * j + mma_dcol(e, c)) * S::RST + S::WM * wr + 16 * m + mma_drow(e, g)] = acc[m][j][e];
     __syncthreads();
 #pragma unroll 4
     for (int i = threadIdx.x; i < BM * BN; i += WARPS * 32) {

@@ -398,7 +398,7 @@ static __device__ __forceinline__ void mmq_staged(const u8* __restrict__ W, cons
                         float v = acc[jc + j][i][e];
 #pragma unroll
                         for (int k = 0; k < MMQ_WARPS - 1; k++) v += red[(((j * (MMQ_WARPS - 1) + k) * RT + i) * 4 + e) * 32 + lane];
-                        const int r = r0 + MMQ_ROWS * i + g + (e & 2 ? 8 : 0), t = t0 + 8 * (jc + j) + 2 * c + (e & 1);
+                        const int r = r0 + MMQ_ROWS * i + mma_drow(e, g), t = t0 + 8 * (jc + j) + mma_dcol(e, c);
                         if (r < rows && t < nt) {
                             float* o = y + (u64)t * rows + r;
                             *o = add ? *o + v : v;

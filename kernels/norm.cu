@@ -7,13 +7,13 @@
 #include "vendor.h"
 
 // 1 / rms of row xr (dim values) plus eps, over the block (every thread
-// calls).
+// calls); rms_of from each thread's part ss of the sum of squares.
+static __device__ __forceinline__ float rms_of(float ss, int dim, float eps, float* red) { return rsqrtf(block_sum(ss, red) / (float)dim + eps); }
 static __device__ __forceinline__ float rms_scale(const float* xr, int dim, float eps, float* red) {
     float ss = 0.0f;
 #pragma unroll 8
     for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
-    ss = block_sum(ss, red);
-    return rsqrtf(ss / (float)dim + eps);
+    return rms_of(ss, dim, eps, red);
 }
 
 KERNEL void rmsnorm(const float* x, const float* w, float* y, int dim, float eps, int add) {
@@ -50,14 +50,13 @@ KERNEL void rmsnorm_f16(const float* x, const float* w, u16* y, int dim, float e
             v[k] = i < n4 ? ((const float4*)xr)[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
         }
-        const float s = rsqrtf(block_sum(ss, red) / (float)dim + eps);
+        const float s = rms_of(ss, dim, eps, red);
 #pragma unroll
         for (int k = 0; k < RMS_VEC; k++) {
             const int i = threadIdx.x + k * blockDim.x;
             if (i < n4) {
                 const float4 ww = ((const float4*)w)[i];
-                ((uint2*)yr)[i] = make_uint2((u32)f2h(v[k].x * s * ww.x) | ((u32)f2h(v[k].y * s * ww.y) << 16),
-                                             (u32)f2h(v[k].z * s * ww.z) | ((u32)f2h(v[k].w * s * ww.w) << 16));
+                ((uint2*)yr)[i] = make_uint2(pack_h2(v[k].x * s * ww.x, v[k].y * s * ww.y), pack_h2(v[k].z * s * ww.z, v[k].w * s * ww.w));
             }
         }
         return;

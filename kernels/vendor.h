@@ -90,6 +90,11 @@ static __device__ __forceinline__ u16 f2h(float x) {
 
 #define KERNEL extern "C" __global__
 
+#if !defined(FORGE_HOST_TEST)
+// pack_h2(lo, hi): two floats as an f16 pair (lo in the low half)
+static __device__ __forceinline__ u32 pack_h2(float lo, float hi) { return (u32)f2h(lo) | ((u32)f2h(hi) << 16); }
+#endif
+
 // GRID_START(): the first statement of every kernel (after PREFETCH_L2 of
 // weights at most). NVIDIA sm_90+: kernels are launched as programmatic
 // dependents of the kernel before them in the stream (cuda adapter), so a
@@ -119,6 +124,10 @@ static __device__ __forceinline__ u16 f2h(float x) {
 // takes them only there (AMD's matrix cores, MFMA/WMMA, are not used yet).
 #if defined(FORGE_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 #define HAS_MMA_F16 1
+// the row (of 16) and column (of 8) of lane (g = l / 4, c = l % 4)'s sum e
+// (0 .. 3) in an mma's d tile, for mma16816 and mma_s8 alike
+static __device__ __forceinline__ int mma_drow(int e, int g) { return g + (e & 2 ? 8 : 0); }
+static __device__ __forceinline__ int mma_dcol(int e, int c) { return 2 * c + (e & 1); }
 static __device__ __forceinline__ void mma16816(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
@@ -156,7 +165,6 @@ template <int N>
 static __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
-static __device__ __forceinline__ u32 pack_h2(float lo, float hi) { return (u32)f2h(lo) | ((u32)f2h(hi) << 16); }
 // mma_s8(d, a, b0, b1): d (16x8 i32) += a (16x32 i8, row-major) * b (32x8
 // i8, column-major), PTX mma.sync.m16n8k32; lane l holds 4 bytes each of
 // a's rows l / 4 (a0, a2) and l / 4 + 8 (a1, a3) at columns 4 (l % 4)
