@@ -308,6 +308,230 @@ ATTN_DECODE(64)
 ATTN_DECODE(128)
 ATTN_DECODE(256)
 
+// attn_dr<D> (hd = hdv = D): decode rows of many sequences (a mixed step
+// of several rows), one warp per (row t, Q head h, key split s), the
+// warps of a block independent. Where rows x heads already fill the
+// device, attn_d's block per (t, h) spends more on its fixed work (one
+// key per lane, a tile per warp, the merge through shared memory) than on
+// its keys. Here a key's row is LK = D / 8 lanes of 16 bytes, so one load
+// instruction reads KPL = WARP_SIZE / LK whole rows; lane (kl, sub) keeps
+// dims 8 sub .. 8 sub + 7 of keys kl, kl + KPL, ... of the warp's range as
+// its own online softmax (m, l, o[8]), and the KPL streams meet by
+// shuffles at the end. ATR_U loads of K and ATR_U of V a lane are in
+// flight, the next chunk's issued as soon as this chunk's registers are
+// free; the first chunk's keys before p load before GRID_START (earlier
+// steps wrote them; the kernel before writes only position p). The range's
+// block-table entries sit in registers, one a lane. Splits as attn_decode
+// (SA = min(S, ceil(len / ATR_MIN)), worked out on the device), and the
+// last warp of a (t, h) to finish merges the partials.
+// Grid: x = ceil(n * n_head * S / ATR_WARPS); block ATR_WARPS warps.
+#ifndef ATR_U
+#define ATR_U 8
+#endif
+#ifndef ATR_MIN
+#define ATR_MIN 64
+#endif
+#define ATR_WARPS 4
+// blocks a multiprocessor should hold (the register budget)
+#ifndef ATR_MINB
+#define ATR_MINB 4
+#endif
+
+// the f32 dot product of 8 f16 values (one 16-byte load) with q
+static __device__ __forceinline__ float dot8h(uint4 k, const float (&q)[8]) {
+    const u32 w[4] = {k.x, k.y, k.z, k.w};
+    float d = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        d = fmaf(h2f((u16)(w[i] & 0xffff)), q[2 * i], d);
+        d = fmaf(h2f((u16)(w[i] >> 16)), q[2 * i + 1], d);
+    }
+    return d;
+}
+
+template <int D>
+static __device__ __forceinline__ void attn_rows(const float* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc,
+                                                 float* __restrict__ out, float* part, int* counters, const int* pos, const int* tab,
+                                                 const int* bt, int n, int n_head, int n_head_kv, int window, float scale, int S) {
+    constexpr int LK = D / 8, KPL = WARP_SIZE / LK, U = ATR_U, CH = KPL * U;
+    constexpr int PPL = (ATT_MAX_SPLITS + WARP_SIZE - 1) / WARP_SIZE;  // splits a lane merges
+    static_assert(LK <= WARP_SIZE && WARP_SIZE % LK == 0, "a key's row within one warp");
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int item = blockIdx.x * ATR_WARPS + threadIdx.x / WARP_SIZE;
+    if (item >= n * n_head * S) return;
+    const int s = item % S, th = item / S, h = th % n_head, t = th / n_head;
+    const int p = pos[t], tb = tab ? tab[t] : 0;  // written by the host
+    const int first = window > 0 ? max(0, p + 1 - window) : 0;
+    const int len = p + 1 - first;
+    const int SA = min(S, (len + ATR_MIN - 1) / ATR_MIN);
+    if (s >= SA) return;
+    const int chunk = (len + SA - 1) / SA;
+    const int j0 = first + s * chunk, j1 = min(j0 + chunk, p + 1);
+    const int kvh = h / (n_head / n_head_kv), sub = lane % LK, kl = lane / LK;
+    const u64 stride = (u64)n_head_kv * D;
+    const u16* kb = kc + (u64)kvh * D + 8 * sub;
+    const u16* vb = vc + (u64)kvh * D + 8 * sub;
+    // block-table entries from block tb0 on, entry tb0 + i in lane i
+    int tb0 = j0 / KV_BLOCK, bte = 0;
+    const int blast = (j1 - 1) / KV_BLOCK;
+    if (bt && tb0 + lane <= blast) bte = bt[tb + tb0 + lane];
+    u32 sl[U];
+    // the slots of this lane's keys of the chunk from jb (warp-uniform)
+    auto slots = [&](int jb) {
+        if (bt && (jb + CH - 1) / KV_BLOCK - tb0 >= WARP_SIZE) {
+            tb0 = jb / KV_BLOCK;
+            bte = tb0 + lane <= blast ? bt[tb + tb0 + lane] : 0;
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int j = min(jb + u * KPL + kl, j1 - 1);
+            const int e = SHFL(bte, min(j / KV_BLOCK - tb0, WARP_SIZE - 1));
+            sl[u] = bt ? (u32)e * KV_BLOCK + (u32)(j % KV_BLOCK) : (u32)j;
+        }
+    };
+    auto row = [&](const u16* base, int u, bool ok) -> uint4 {
+        return ok ? *(const uint4*)(base + (u64)sl[u] * stride) : make_uint4(0, 0, 0, 0);
+    };
+    uint4 kr[U], vr[U];
+    slots(j0);
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const int j = j0 + u * KPL + kl;
+        kr[u] = row(kb, u, j < j1 && j < p);
+        vr[u] = row(vb, u, j < j1 && j < p);
+    }
+    GRID_START();
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        if (j0 + u * KPL + kl == p) {  // the new key, from the kernel before
+            kr[u] = row(kb, u, true);
+            vr[u] = row(vb, u, true);
+        }
+    }
+    float qr[8];
+    {
+        const float4* qp = (const float4*)(q + ((u64)t * n_head + h) * D + 8 * sub);
+        const float4 a = qp[0], b = qp[1];
+        qr[0] = a.x * scale, qr[1] = a.y * scale, qr[2] = a.z * scale, qr[3] = a.w * scale;
+        qr[4] = b.x * scale, qr[5] = b.y * scale, qr[6] = b.z * scale, qr[7] = b.w * scale;
+    }
+    float m = NEG_INF, l = 0.0f, o[8];
+#pragma unroll
+    for (int e = 0; e < 8; e++) o[e] = 0.0f;
+    for (int jb = j0; jb < j1; jb += CH) {
+        float sc[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            float d = dot8h(kr[u], qr);
+#pragma unroll
+            for (int off = LK / 2; off > 0; off >>= 1) d += SHFL_XOR(d, off);
+            sc[u] = jb + u * KPL + kl < j1 ? d : NEG_INF;
+        }
+        // the next chunk's slots and keys (kr is free now)
+        const int jn = jb + CH;
+        if (jn < j1) {
+            slots(jn);
+#pragma unroll
+            for (int u = 0; u < U; u++) kr[u] = row(kb, u, jn + u * KPL + kl < j1);
+        }
+        float mc = NEG_INF;
+#pragma unroll
+        for (int u = 0; u < U; u++) mc = fmaxf(mc, sc[u]);
+        const float mn = fmaxf(m, mc), corr = expf(m - mn);
+        l *= corr;
+#pragma unroll
+        for (int e = 0; e < 8; e++) o[e] *= corr;
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const float pu = jb + u * KPL + kl < j1 ? expf(sc[u] - mn) : 0.0f;
+            l += pu;
+            const u32 w[4] = {vr[u].x, vr[u].y, vr[u].z, vr[u].w};
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                o[2 * i] = fmaf(pu, h2f((u16)(w[i] & 0xffff)), o[2 * i]);
+                o[2 * i + 1] = fmaf(pu, h2f((u16)(w[i] >> 16)), o[2 * i + 1]);
+            }
+        }
+        m = mn;
+        if (jn < j1) {
+#pragma unroll
+            for (int u = 0; u < U; u++) vr[u] = row(vb, u, jn + u * KPL + kl < j1);
+        }
+    }
+    // the KPL streams of the warp: M = max m, L = sum l e^(m - M), o likewise
+#pragma unroll
+    for (int off = LK; off < WARP_SIZE; off <<= 1) {
+        const float m2 = SHFL_XOR(m, off), l2 = SHFL_XOR(l, off);
+        const float mn = fmaxf(m, m2), c1 = expf(m - mn), c2 = expf(m2 - mn);
+        l = l * c1 + l2 * c2;
+#pragma unroll
+        for (int e = 0; e < 8; e++) o[e] = o[e] * c1 + SHFL_XOR(o[e], off) * c2;
+        m = mn;
+    }
+    float* dst = SA == 1 ? out + ((u64)t * n_head + h) * D : part + (((u64)t * n_head + h) * S + s) * (2 + D) + 2;
+    const float norm = SA == 1 ? (l > 0.0f ? 1.0f / l : 0.0f) : 1.0f;
+    if (kl == 0) {
+#pragma unroll
+        for (int e = 0; e < 8; e++) dst[8 * sub + e] = o[e] * norm;
+    }
+    if (SA == 1) return;
+    if (lane == 0) dst[-2] = m, dst[-1] = l;
+    // the last warp of (t, h) to finish: out = sum o_s e^(m_s - M) / sum
+    // l_s e^(m_s - M); its ticket from a counter it resets (graph replays)
+    __threadfence();
+    int* ctr = counters + (u64)t * n_head + h;
+    int last = 0;
+    if (lane == 0) last = atomicAdd(ctr, 1) == SA - 1;
+    if (!SHFL(last, 0)) return;
+    __threadfence();
+    const float* base = part + ((u64)t * n_head + h) * S * (2 + D);
+    float mi[PPL], li[PPL], GM = NEG_INF;
+#pragma unroll
+    for (int k = 0; k < PPL; k++) {
+        const int i = lane + k * WARP_SIZE;
+        mi[k] = i < SA ? ld_cg(base + i * (2 + D)) : NEG_INF;
+        li[k] = i < SA ? ld_cg(base + i * (2 + D) + 1) : 0.0f;
+        GM = fmaxf(GM, mi[k]);
+    }
+    GM = warp_max(GM);
+    float GL = 0.0f;
+#pragma unroll
+    for (int k = 0; k < PPL; k++) {
+        mi[k] = lane + k * WARP_SIZE < SA ? expf(mi[k] - GM) : 0.0f;  // now the weights
+        GL += li[k] * mi[k];
+    }
+    GL = warp_sum(GL);
+    const float inv = GL > 0.0f ? 1.0f / GL : 0.0f;
+    constexpr int DL = (D + WARP_SIZE - 1) / WARP_SIZE;
+    float acc[DL];
+#pragma unroll
+    for (int e = 0; e < DL; e++) acc[e] = 0.0f;
+    for (int i = 0; i < SA; i++) {
+        float wi = 0.0f;
+#pragma unroll
+        for (int k = 0; k < PPL; k++) wi = i / WARP_SIZE == k ? mi[k] : wi;
+        wi = SHFL(wi, i % WARP_SIZE);
+#pragma unroll
+        for (int e = 0; e < DL; e++)
+            if (lane + e * WARP_SIZE < D) acc[e] += wi * ld_cg(base + i * (2 + D) + 2 + lane + e * WARP_SIZE);
+    }
+#pragma unroll
+    for (int e = 0; e < DL; e++)
+        if (lane + e * WARP_SIZE < D) out[((u64)t * n_head + h) * D + lane + e * WARP_SIZE] = acc[e] * inv;
+    if (lane == 0) *ctr = 0;
+}
+
+#define ATTN_ROWS(D)                                                                                                     \
+    KERNEL void BOUNDS(ATR_WARPS * WARP_SIZE, ATR_MINB)                                                                  \
+        attn_dr##D(const float* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc, float* out,      \
+                   float* part, int* counters, const int* pos, const int* tab, const int* bt, int n, int n_head,        \
+                   int n_head_kv, int window, float scale, int S) {                                                      \
+        attn_rows<D>(q, kc, vc, out, part, counters, pos, tab, bt, n, n_head, n_head_kv, window, scale, S);             \
+    }
+ATTN_ROWS(64)
+ATTN_ROWS(128)
+ATTN_ROWS(256)
+
 // attn_prefill: many queries, flash style with K/V tiles shared by a block.
 // Grid: x = Q head, y = tile of `qb` queries (qb = 4 * qw, qw <= 4 per warp);
 // block ATT_WARPS warps. Each WARP_SIZE-key tile is staged in shared memory as f16

@@ -625,6 +625,11 @@ fn attention_mixed(g: &gpu::Gpu) {
         (&[5, 129, 40][..], 8, 2, 128, 100, 1),
         (&[33, 2, 600, 16, 48, 7, 250][..], 4, 1, 256, 0, 8),
         (&[16, 32, 48][..], 14, 2, 64, 0, 2),
+        // one KV head a Q head (the 7B's shape); a range of more blocks than
+        // a warp holds entries of (attn_dr reloads them); more splits than
+        // a warp has lanes (its merge takes two a lane)
+        (&[700, 1, 129, 2000][..], 8, 8, 128, 0, 1),
+        (&[3000, 70, 65][..], 2, 1, 128, 0, 40),
     ] {
         let kv_dim = n_head_kv * hd;
         let scale = 1.0 / (hd as f32).sqrt();
@@ -647,8 +652,14 @@ fn attention_mixed(g: &gpu::Gpu) {
                 }
             }
         }
-        let out = g.mixed_attention(&seqs, n_head, n_head_kv, hd, window, scale, splits);
-        check(&format!("mixed decode attention lens {lens:?} heads {n_head}/{n_head_kv} hd={hd} window={window} splits={splits}"), &out, &reference, 3e-3);
+        // a warp per row, head and split (attn_dr*), then a block each (attn_d*)
+        for rows in [true, false] {
+            gops::set_attn_rows(rows);
+            let out = g.mixed_attention(&seqs, n_head, n_head_kv, hd, window, scale, splits);
+            let kernel = if rows && gops::attn_rows(&g.dev, hd, hd) { "attn_dr" } else { "attn_d" };
+            check(&format!("mixed decode attention ({kernel}) lens {lens:?} heads {n_head}/{n_head_kv} hd={hd} window={window} splits={splits}"), &out, &reference, 3e-3);
+        }
+        gops::set_attn_rows(true);
     }
 }
 test_gpu!(attention_mixed);

@@ -605,14 +605,14 @@ impl Drop for GpuExec {
 }
 
 /// Partial rows the attention kernels may need: one-row steps use `splits`
-/// per head; a step of r decode rows uses at most ceil(2 SMs / (r heads))
-/// splits, so r · n_head · splits ≤ 2 SMs + r · n_head. Where the
+/// per head; a step of r decode rows uses [`ops::mixed_splits`], so r ·
+/// n_head · splits ≤ f SMs + r · n_head (f = `MIXED_FILL[0]`). Where the
 /// tensor-core kernel runs (`mma`), its one-row steps use up to
 /// APM_MAX_SPLITS per head, and prefill runs get room for 64 (4 SMs + b)
 /// rows, b = ceil(MAX_BATCH / 64) · n_head: [`ops::prefill_splits`] is
 /// capped there (a 512-row chunk of Qwen's 14 heads: 5 splits).
 fn part_rows(n_head: usize, splits: usize, sms: usize, mma: bool) -> usize {
-    let decode = (n_head * splits).max(2 * sms + MAX_BATCH * n_head);
+    let decode = (n_head * splits).max(ops::MIXED_FILL[0] * sms + MAX_BATCH * n_head);
     match mma {
         true => decode.max(n_head * ops::APM_MAX_SPLITS).max(64 * (4 * sms + MAX_BATCH.div_ceil(64) * n_head)),
         false => decode,
@@ -1040,7 +1040,11 @@ impl GpuExec {
         // decode rows of several sequences: enough key splits to fill the
         // device, fewer as rows grow (see `part_rows`)
         let sms = dev.rt.info().multiprocessors as usize;
-        let dec_splits = if flash { self.flash_splits } else if p.n_dec == 1 { self.splits } else { (2 * sms).div_ceil((p.n_dec * c.n_head).max(1)).clamp(1, self.splits) };
+        let dec_splits = match (flash, p.n_dec) {
+            (true, _) => self.flash_splits,
+            (false, 1) => self.splits,
+            (false, r) => ops::mixed_splits(dev, r, c.n_head, c.head_dim, c.head_dim_v, self.splits),
+        };
         for (il, l) in m.layers.iter().enumerate() {
             // ---- attention ----
             let norm = Some((l.attn_norm.ptr, c.rms_eps));

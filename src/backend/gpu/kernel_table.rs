@@ -20,6 +20,17 @@ pub const APM_MERGE: usize = 256;
 /// `APM_Q` in kernels/attention.cu.
 pub const APM_Q: usize = 64;
 
+/// `ATR_MIN` in kernels/attention.cu (the default: `#ifndef`-guarded, a compile option may override
+/// it).
+pub const ATR_MIN: usize = 64;
+
+/// `ATR_U` in kernels/attention.cu (the default: `#ifndef`-guarded, a compile option may override
+/// it).
+pub const ATR_U: usize = 8;
+
+/// `ATR_WARPS` in kernels/attention.cu.
+pub const ATR_WARPS: usize = 4;
+
 /// `ATT_BT_SHARED` in kernels/attention.cu.
 pub const ATT_BT_SHARED: usize = 128;
 
@@ -173,7 +184,7 @@ pub enum Param {
 
 use Param::*;
 
-/// Every kernel of the module (249 in all; on every target: some exist only
+/// Every kernel of the module (252 in all; on every target: some exist only
 /// on some, see `tests/kernel_table.rs`) with its parameters, sorted by name
 /// (binary search).
 pub const KERNELS: &[(&str, &[Param])] = &[
@@ -196,6 +207,24 @@ pub const KERNELS: &[(&str, &[Param])] = &[
         &[
             Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32, I32, F32, I32, Ptr,
             Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, F32, F32,
+        ],
+    ),
+    (
+        "attn_dr128",
+        &[
+            Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32, F32, I32,
+        ],
+    ),
+    (
+        "attn_dr256",
+        &[
+            Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32, F32, I32,
+        ],
+    ),
+    (
+        "attn_dr64",
+        &[
+            Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32, F32, I32,
         ],
     ),
     (

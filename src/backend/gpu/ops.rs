@@ -917,6 +917,21 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
     if a.splits > MAX_SPLITS {
         return Err(Error::InvalidArgument(format!("attention: {} key splits (at most {MAX_SPLITS})", a.splits)));
     }
+    if a.mixed && prep.is_none() && fused.is_none() && attn_rows(dev, a.hd, a.hdv) {
+        // decode rows of several sequences: a warp per row, head and split
+        let dims = LaunchDims { grid: (ceil(a.n * a.n_head * a.splits, ATR_WARPS), 1, 1), block: (ATR_WARPS * warp) as u32, shared: 0 };
+        return dev.launch(
+            s,
+            &format!("attn_dr{}", a.hd),
+            dims,
+            &[
+                Arg::Ptr(q), Arg::Ptr(kc), Arg::Ptr(vc), Arg::Ptr(out), Arg::Ptr(part), Arg::Ptr(counters), Arg::Ptr(at.pos),
+                Arg::Ptr(at.tab), Arg::Ptr(at.bt),
+                Arg::I32(a.n as i32), Arg::I32(a.n_head as i32), Arg::I32(a.n_head_kv as i32), Arg::I32(a.window as i32), Arg::F32(a.scale),
+                Arg::I32(a.splits as i32),
+            ],
+        );
+    }
     // the decode kernel for the smallest value-size bucket that holds hdv
     let d = [64, 128, 256].into_iter().find(|&d| d >= a.hdv && d >= warp).unwrap_or(256);
     let shared = (a.hd + ATT_WARPS * (2 + a.hdv) + if fused.is_some() { a.hd + a.hdv } else { 0 }) * 4;
@@ -940,7 +955,45 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
     )
 }
 
-use super::kernel_table::{ATT_MAX_SPLITS as MAX_SPLITS, ATT_WARPS};
+use super::kernel_table::{ATR_WARPS, ATT_MAX_SPLITS as MAX_SPLITS, ATT_WARPS};
+
+/// 0: not yet read from the environment, 1: on, 2: off.
+static ATTN_ROWS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Whether decode rows of several sequences ([`AttnShape::mixed`], not
+/// fused or prepared) take `attn_dr64/128/256` (one warp per row, head and
+/// key split) rather than `attn_d*` (a block each): head sizes hd = hdv of
+/// 64, 128 or 256. FORGE_ATTN_ROWS=0 or [`set_attn_rows`]`(false)` keeps
+/// `attn_d*`.
+pub fn attn_rows(dev: &Device, hd: usize, hdv: usize) -> bool {
+    use std::sync::atomic::Ordering;
+    let mut on = ATTN_ROWS.load(Ordering::Relaxed);
+    if on == 0 {
+        on = if std::env::var("FORGE_ATTN_ROWS").is_ok_and(|v| v == "0") { 2 } else { 1 };
+        ATTN_ROWS.store(on, Ordering::Relaxed);
+    }
+    on == 1 && hd == hdv && matches!(hd, 64 | 128 | 256) && hd / 8 <= dev.rt.info().warp_size as usize
+}
+
+/// Turn `attn_dr*` on or off for this process (tests compare both
+/// kernels; see [`attn_rows`]).
+pub fn set_attn_rows(on: bool) {
+    ATTN_ROWS.store(if on { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Warps (`attn_dr*`) or, for `attn_d*`, blocks of [`ATT_WARPS`] warps per
+/// multiprocessor that [`mixed_splits`] aims a step's key splits at.
+pub const MIXED_FILL: [usize; 2] = [16, 2];
+
+/// Key splits for `n` decode rows of several sequences, at most `max`
+/// ([`decode_splits`] of the context): enough to fill the device, fewer as
+/// rows grow, so n · n_head · splits ≤ [`MIXED_FILL`]\[0\] · SMs + n · n_head.
+/// The kernels use min(splits, ceil(keys / ATR_MIN or 128)) at each step.
+pub fn mixed_splits(dev: &Device, n: usize, n_head: usize, hd: usize, hdv: usize, max: usize) -> usize {
+    let sms = dev.rt.info().multiprocessors as usize;
+    let fill = MIXED_FILL[if attn_rows(dev, hd, hdv) { 0 } else { 1 }];
+    (fill * sms).div_ceil((n * n_head).max(1)).clamp(1, max.max(1))
+}
 
 /// Key splits for decode at context size `n_ctx`: the most the kernel may
 /// use, one per 128 keys (a tile per warp) up to [`MAX_SPLITS`]. A captured
