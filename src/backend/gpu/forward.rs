@@ -1040,9 +1040,12 @@ impl GpuExec {
         // decode rows of several sequences: enough key splits to fill the
         // device, fewer as rows grow (see `part_rows`)
         let sms = dev.rt.info().multiprocessors as usize;
+        // one decode row on attn_dr (unfused) instead of the fused attn_d:
+        // FORGE_ATTN_ROWS=2 (A/B runs)
+        let one_rows = p.n_dec == 1 && !flash && ops::attn_rows_one(dev, c.head_dim, c.head_dim_v);
         let dec_splits = match (flash, p.n_dec) {
             (true, _) => self.flash_splits,
-            (false, 1) => self.splits,
+            (false, 1) if !one_rows => self.splits,
             (false, r) => ops::mixed_splits(dev, r, c.n_head, c.head_dim, c.head_dim_v, self.splits),
         };
         for (il, l) in m.layers.iter().enumerate() {
@@ -1071,7 +1074,7 @@ impl GpuExec {
             };
             // one token: attention does qkv_post's work itself (one launch
             // less), except on the tensor-core kernel
-            let fused = n == 1 && !flash;
+            let fused = n == 1 && !flash && !one_rows;
             if !fused {
                 ops::qkv_post(dev, s, &post, &bufs)?;
             }
@@ -1086,7 +1089,7 @@ impl GpuExec {
                 None
             };
             if p.n_dec > 0 {
-                let a = AttnShape { flash, ..shape(p.n_dec, dec_splits, p.n_dec > 1) };
+                let a = AttnShape { flash, ..shape(p.n_dec, dec_splits, p.n_dec > 1 || one_rows) };
                 ops::attention(dev, s, &a, q, kc, vc, self.att.ptr, self.part.ptr, self.counters.ptr, at, prep.as_ref(), fused.then_some((&post, &bufs)))?;
             }
             for &(r0, len) in p.runs {

@@ -24,6 +24,10 @@ pub const APM_Q: usize = 64;
 /// it).
 pub const ATR_MIN: usize = 64;
 
+/// `ATR_MINB` in kernels/attention.cu (the default: `#ifndef`-guarded, a compile option may
+/// override it).
+pub const ATR_MINB: usize = 4;
+
 /// `ATR_U` in kernels/attention.cu (the default: `#ifndef`-guarded, a compile option may override
 /// it).
 pub const ATR_U: usize = 8;

@@ -917,10 +917,10 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
     if a.splits > MAX_SPLITS {
         return Err(Error::InvalidArgument(format!("attention: {} key splits (at most {MAX_SPLITS})", a.splits)));
     }
-    if a.mixed && prep.is_none() && fused.is_none() && attn_rows(dev, a.hd, a.hdv) {
+    if a.mixed && fused.is_none() && attn_rows(dev, a.hd, a.hdv) {
         // decode rows of several sequences: a warp per row, head and split
         let dims = LaunchDims { grid: (ceil(a.n * a.n_head * a.splits, ATR_WARPS), 1, 1), block: (ATR_WARPS * warp) as u32, shared: 0 };
-        return dev.launch(
+        dev.launch(
             s,
             &format!("attn_dr{}", a.hd),
             dims,
@@ -930,7 +930,8 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
                 Arg::I32(a.n as i32), Arg::I32(a.n_head as i32), Arg::I32(a.n_head_kv as i32), Arg::I32(a.window as i32), Arg::F32(a.scale),
                 Arg::I32(a.splits as i32),
             ],
-        );
+        )?;
+        return prep.map_or(Ok(()), |p| quant_act(dev, s, out, None, p));
     }
     // the decode kernel for the smallest value-size bucket that holds hdv
     let d = [64, 128, 256].into_iter().find(|&d| d >= a.hdv && d >= warp).unwrap_or(256);
@@ -957,22 +958,39 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
 
 use super::kernel_table::{ATR_WARPS, ATT_MAX_SPLITS as MAX_SPLITS, ATT_WARPS};
 
-/// 0: not yet read from the environment, 1: on, 2: off.
+/// 0: not yet read from the environment, 1: on, 2: off, 3: on, also for
+/// one decode row.
 static ATTN_ROWS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// Whether decode rows of several sequences ([`AttnShape::mixed`], not
-/// fused or prepared) take `attn_dr64/128/256` (one warp per row, head and
+/// fused; a prepared output comes from a `quant_act` after it) take `attn_dr64/128/256` (one warp per row, head and
 /// key split) rather than `attn_d*` (a block each): head sizes hd = hdv of
 /// 64, 128 or 256. FORGE_ATTN_ROWS=0 or [`set_attn_rows`]`(false)` keeps
 /// `attn_d*`.
 pub fn attn_rows(dev: &Device, hd: usize, hdv: usize) -> bool {
+    let on = attn_rows_mode();
+    on != 2 && hd == hdv && matches!(hd, 64 | 128 | 256) && hd / 8 <= dev.rt.info().warp_size as usize
+}
+
+fn attn_rows_mode() -> u8 {
     use std::sync::atomic::Ordering;
     let mut on = ATTN_ROWS.load(Ordering::Relaxed);
     if on == 0 {
-        on = if std::env::var("FORGE_ATTN_ROWS").is_ok_and(|v| v == "0") { 2 } else { 1 };
+        on = match std::env::var("FORGE_ATTN_ROWS").as_deref() {
+            Ok("0") => 2,
+            Ok("2") => 3,
+            _ => 1,
+        };
         ATTN_ROWS.store(on, Ordering::Relaxed);
     }
-    on == 1 && hd == hdv && matches!(hd, 64 | 128 | 256) && hd / 8 <= dev.rt.info().warp_size as usize
+    on
+}
+
+/// Whether one decode row (a single sequence's step below the tensor-core
+/// threshold) also takes `attn_dr*`, unfused, instead of `attn_d*` fused
+/// with `qkv_post`: FORGE_ATTN_ROWS=2 (A/B runs; off by default).
+pub fn attn_rows_one(dev: &Device, hd: usize, hdv: usize) -> bool {
+    attn_rows_mode() == 3 && attn_rows(dev, hd, hdv)
 }
 
 /// Turn `attn_dr*` on or off for this process (tests compare both
