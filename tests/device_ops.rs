@@ -630,6 +630,8 @@ fn attention_mixed(g: &gpu::Gpu) {
         // a warp has lanes (its merge takes two a lane)
         (&[700, 1, 129, 2000][..], 8, 8, 128, 0, 1),
         (&[3000, 70, 65][..], 2, 1, 128, 0, 40),
+        // one sequence (FORGE_ATTN_ROWS=2 sends a single decode row here)
+        (&[777][..], 14, 2, 64, 0, 32),
     ] {
         let kv_dim = n_head_kv * hd;
         let scale = 1.0 / (hd as f32).sqrt();
