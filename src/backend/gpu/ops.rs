@@ -1009,8 +1009,13 @@ pub const MIXED_FILL: [usize; 2] = [16, 2];
 /// The kernels use min(splits, ceil(keys / ATR_MIN or 128)) at each step.
 pub fn mixed_splits(dev: &Device, n: usize, n_head: usize, hd: usize, hdv: usize, max: usize) -> usize {
     let sms = dev.rt.info().multiprocessors as usize;
-    let fill = MIXED_FILL[if attn_rows(dev, hd, hdv) { 0 } else { 1 }];
-    (fill * sms).div_ceil((n * n_head).max(1)).clamp(1, max.max(1))
+    split_count(MIXED_FILL[if attn_rows(dev, hd, hdv) { 0 } else { 1 }] * sms, n * n_head, max)
+}
+
+/// Splits of `items` (rows × heads) that make about `target` work items,
+/// at least 1 and at most `max`: items · splits ≤ target + items.
+fn split_count(target: usize, items: usize, max: usize) -> usize {
+    target.div_ceil(items.max(1)).clamp(1, max.max(1))
 }
 
 /// Key splits for decode at context size `n_ctx`: the most the kernel may
@@ -1085,6 +1090,32 @@ fn mma_attention_blocks_per_sm(hd: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
+    /// The partials buffer (`forward::part_rows`) holds f · SMs + rows ·
+    /// heads rows for a mixed decode step: `split_count` never asks for more,
+    /// nor for 0 splits or more than the most the kernels take.
+    #[test]
+    fn mixed_splits_stay_within_the_partials() {
+        use super::split_count;
+        for sms in [1, 60, 132, 304] {
+            for fill in super::MIXED_FILL {
+                for n_head in [1, 8, 14, 32, 64] {
+                    for n in 1..=256 {
+                        for max in [1, 2, 5, 32, 64] {
+                            let items = n * n_head;
+                            let s = split_count(fill * sms, items, max);
+                            assert!(s >= 1 && s <= max, "{s} splits for max {max}");
+                            assert!(items * s <= fill * sms + items, "{items} items x {s} splits > {fill} x {sms} SMs + {items}");
+                        }
+                    }
+                }
+            }
+        }
+        // few rows take many splits, many rows none
+        assert_eq!(split_count(16 * 132, 8 * 32, 64), 9);
+        assert_eq!(split_count(16 * 132, 64 * 32, 64), 2);
+        assert_eq!(split_count(16 * 132, 128 * 32, 64), 1);
+    }
+
     /// The launch reads the constants a compile option gave the kernels,
     /// whichever way the option is spelled (a mismatch would launch fewer
     /// warps than the kernel reduces over).
