@@ -319,9 +319,8 @@ ATTN_DECODE(256)
 // its own online softmax (m, l, o[8]), and the KPL streams meet by
 // shuffles at the end. ATR_U loads of K and ATR_U of V a lane are in
 // flight, the next chunk's issued as soon as this chunk's registers are
-// free; the first chunk's keys before p load before GRID_START (earlier
-// steps wrote them; the kernel before writes only position p). The range's
-// block-table entries sit in registers, one a lane. Splits as attn_decode
+// free. The range's block-table entries (written by the host) sit in
+// registers, one a lane, read before GRID_START. Splits as attn_decode
 // (SA = min(S, ceil(len / ATR_MIN)), worked out on the device), and the
 // last warp of a (t, h) to finish merges the partials.
 // Grid: x = ceil(n * n_head * S / ATR_WARPS); block ATR_WARPS warps.
@@ -394,19 +393,12 @@ static __device__ __forceinline__ void attn_rows(const float* __restrict__ q, co
     };
     uint4 kr[U], vr[U];
     slots(j0);
+    GRID_START();  // q and the new key and value come from the kernel before
 #pragma unroll
     for (int u = 0; u < U; u++) {
         const int j = j0 + u * KPL + kl;
-        kr[u] = row(kb, u, j < j1 && j < p);
-        vr[u] = row(vb, u, j < j1 && j < p);
-    }
-    GRID_START();
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-        if (j0 + u * KPL + kl == p) {  // the new key, from the kernel before
-            kr[u] = row(kb, u, true);
-            vr[u] = row(vb, u, true);
-        }
+        kr[u] = row(kb, u, j < j1);
+        vr[u] = row(vb, u, j < j1);
     }
     float qr[8];
     {
@@ -479,6 +471,7 @@ static __device__ __forceinline__ void attn_rows(const float* __restrict__ q, co
     // the last warp of (t, h) to finish: out = sum o_s e^(m_s - M) / sum
     // l_s e^(m_s - M); its ticket from a counter it resets (graph replays)
     __threadfence();
+    SYNC_WARP();  // every lane's partials stored and fenced before the ticket
     int* ctr = counters + (u64)t * n_head + h;
     int last = 0;
     if (lane == 0) last = atomicAdd(ctr, 1) == SA - 1;

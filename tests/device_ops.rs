@@ -656,12 +656,12 @@ fn attention_mixed(g: &gpu::Gpu) {
         }
         // a warp per row, head and split (attn_dr*), then a block each (attn_d*)
         for rows in [true, false] {
-            gops::set_attn_rows(rows);
+            let was = gops::set_attn_rows(rows);
             let out = g.mixed_attention(&seqs, n_head, n_head_kv, hd, window, scale, splits);
             let kernel = if rows && gops::attn_rows(&g.dev, hd, hd) { "attn_dr" } else { "attn_d" };
+            gops::restore_attn_rows(was);
             check(&format!("mixed decode attention ({kernel}) lens {lens:?} heads {n_head}/{n_head_kv} hd={hd} window={window} splits={splits}"), &out, &reference, 3e-3);
         }
-        gops::set_attn_rows(true);
     }
 }
 test_gpu!(attention_mixed);

@@ -994,9 +994,17 @@ pub fn attn_rows_one(dev: &Device, hd: usize, hdv: usize) -> bool {
 }
 
 /// Turn `attn_dr*` on or off for this process (tests compare both
-/// kernels; see [`attn_rows`]).
-pub fn set_attn_rows(on: bool) {
+/// kernels; see [`attn_rows`]); returns the setting it replaced, for
+/// [`restore_attn_rows`].
+pub fn set_attn_rows(on: bool) -> u8 {
+    let was = attn_rows_mode();
     ATTN_ROWS.store(if on { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
+    was
+}
+
+/// Put back a setting [`set_attn_rows`] returned.
+pub fn restore_attn_rows(was: u8) {
+    ATTN_ROWS.store(was, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Warps (`attn_dr*`) or, for `attn_d*`, blocks of [`ATT_WARPS`] warps per
