@@ -963,9 +963,9 @@ use super::kernel_table::{ATR_WARPS, ATT_MAX_SPLITS as MAX_SPLITS, ATT_WARPS};
 static ATTN_ROWS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// Whether decode rows of several sequences ([`AttnShape::mixed`], not
-/// fused; a prepared output comes from a `quant_act` after it) take `attn_dr64/128/256` (one warp per row, head and
-/// key split) rather than `attn_d*` (a block each): head sizes hd = hdv of
-/// 64, 128 or 256. FORGE_ATTN_ROWS=0 or [`set_attn_rows`]`(false)` keeps
+/// fused; a prepared output comes from a `quant_act` after it) take
+/// `attn_dr64/128/256` (one warp per row, head and key split) rather than
+/// `attn_d*` (a block each): head sizes hd = hdv of 64, 128 or 256. FORGE_ATTN_ROWS=0 or [`set_attn_rows`]`(false)` keeps
 /// `attn_d*`.
 pub fn attn_rows(dev: &Device, hd: usize, hdv: usize) -> bool {
     let on = attn_rows_mode();
@@ -1118,7 +1118,7 @@ mod tests {
                 }
             }
         }
-        // few rows take many splits, many rows none
+        // few rows take many splits, many rows one
         assert_eq!(split_count(16 * 132, 8 * 32, 64), 9);
         assert_eq!(split_count(16 * 132, 64 * 32, 64), 2);
         assert_eq!(split_count(16 * 132, 128 * 32, 64), 1);
