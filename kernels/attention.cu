@@ -336,18 +336,6 @@ ATTN_DECODE(256)
 #define ATR_MINB 4
 #endif
 
-// the f32 dot product of 8 f16 values (one 16-byte load) with q
-static __device__ __forceinline__ float dot8h(uint4 k, const float (&q)[8]) {
-    const u32 w[4] = {k.x, k.y, k.z, k.w};
-    float d = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        d = fmaf(h2f((u16)(w[i] & 0xffff)), q[2 * i], d);
-        d = fmaf(h2f((u16)(w[i] >> 16)), q[2 * i + 1], d);
-    }
-    return d;
-}
-
 template <int D>
 static __device__ __forceinline__ void attn_rows(const float* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc,
                                                  float* __restrict__ out, float* part, int* counters, const int* pos, const int* tab,
@@ -388,17 +376,19 @@ static __device__ __forceinline__ void attn_rows(const float* __restrict__ q, co
             sl[u] = bt ? (u32)e * KV_BLOCK + (u32)(j % KV_BLOCK) : (u32)j;
         }
     };
-    auto row = [&](const u16* base, int u, bool ok) -> uint4 {
-        return ok ? *(const uint4*)(base + (u64)sl[u] * stride) : make_uint4(0, 0, 0, 0);
+    // a key's 8 values of this lane (zeros past the range)
+    auto row = [&](HalfVec<8>& r, const u16* base, int u, bool ok) {
+        if (ok) r.load(base + (u64)sl[u] * stride);
+        else r.zero();
     };
-    uint4 kr[U], vr[U];
+    HalfVec<8> kr[U], vr[U];
     slots(j0);
     GRID_START();  // q and the new key and value come from the kernel before
 #pragma unroll
     for (int u = 0; u < U; u++) {
         const int j = j0 + u * KPL + kl;
-        kr[u] = row(kb, u, j < j1);
-        vr[u] = row(vb, u, j < j1);
+        row(kr[u], kb, u, j < j1);
+        row(vr[u], vb, u, j < j1);
     }
     float qr[8];
     {
@@ -414,7 +404,9 @@ static __device__ __forceinline__ void attn_rows(const float* __restrict__ q, co
         float sc[U];
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            float d = dot8h(kr[u], qr);
+            float d = 0.0f;
+#pragma unroll
+            for (int e = 0; e < 8; e++) d = fmaf(kr[u].at(e), qr[e], d);
 #pragma unroll
             for (int off = LK / 2; off > 0; off >>= 1) d += SHFL_XOR(d, off);
             sc[u] = jb + u * KPL + kl < j1 ? d : NEG_INF;
@@ -424,7 +416,7 @@ static __device__ __forceinline__ void attn_rows(const float* __restrict__ q, co
         if (jn < j1) {
             slots(jn);
 #pragma unroll
-            for (int u = 0; u < U; u++) kr[u] = row(kb, u, jn + u * KPL + kl < j1);
+            for (int u = 0; u < U; u++) row(kr[u], kb, u, jn + u * KPL + kl < j1);
         }
         float mc = NEG_INF;
 #pragma unroll
@@ -437,17 +429,13 @@ static __device__ __forceinline__ void attn_rows(const float* __restrict__ q, co
         for (int u = 0; u < U; u++) {
             const float pu = jb + u * KPL + kl < j1 ? expf(sc[u] - mn) : 0.0f;
             l += pu;
-            const u32 w[4] = {vr[u].x, vr[u].y, vr[u].z, vr[u].w};
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                o[2 * i] = fmaf(pu, h2f((u16)(w[i] & 0xffff)), o[2 * i]);
-                o[2 * i + 1] = fmaf(pu, h2f((u16)(w[i] >> 16)), o[2 * i + 1]);
-            }
+            for (int e = 0; e < 8; e++) o[e] = fmaf(pu, vr[u].at(e), o[e]);
         }
         m = mn;
         if (jn < j1) {
 #pragma unroll
-            for (int u = 0; u < U; u++) vr[u] = row(vb, u, jn + u * KPL + kl < j1);
+            for (int u = 0; u < U; u++) row(vr[u], vb, u, jn + u * KPL + kl < j1);
         }
     }
     // the KPL streams of the warp: M = max m, L = sum l e^(m - M), o likewise
