@@ -636,15 +636,21 @@ KERNEL void BOUNDS(ATT_WARPS * WARP_SIZE, 5) attn_prefill(const float* __restric
 // buffers: the next tile loads while this one is used; rows past the last key
 // repeat the last key, masked, so nothing unwritten is ever read). Per tile:
 //   S = Q K^T by mma16816, Q held as f16 fragments for the whole loop,
-//     pre-scaled by scale * log2(e) so the softmax works in base 2;
-//   the causal / window mask and the online softmax on S's fragments (a
-//     row's running max over its 4 lanes by two shuffles);
+//     pre-scaled by scale * log2(e) so the softmax works in base 2, K read
+//     through ldmatrix (two 16-dim steps a load);
+//   the causal / window mask, only on the tiles where some key is hidden
+//     from some row of the warp (a warp-uniform test: at long contexts
+//     nearly every tile needs none), and the online softmax on S's
+//     fragments (a row's running max over its 4 lanes by two shuffles;
+//     2^x by ex2.approx alone; a row that has seen no key yet subtracts 0,
+//     so its masked scores weigh 0, never NaN);
 //   O += P V by mma16816, P turned into f16 fragments in registers (S's
 //     accumulator layout is P's operand layout) and V read through
-//     ldmatrix.trans.
+//     ldmatrix.trans (two 8-dim column blocks a load).
 // Warps whose rows see none of a tile's keys skip it. S = 1 writes out; S >
 // 1 writes part row (t * n_head + h) * S + s = {max (base 2), sum,
-// unnormalised out} and attn_prefill_merge combines them. Dynamic shared
+// unnormalised out} and attn_prefill_merge_w (a warp a row, S <= 32) or
+// attn_prefill_merge (a block a row) combines them. Dynamic shared
 // memory: 4 * APM_K * (D / 2 + 4) words. Precision: Q and P are rounded to
 // f16 (K/V are f16 already), sums in f32.
 #define APM_Q 64
@@ -680,8 +686,10 @@ static __device__ __forceinline__ void attn_prefill_mma(const float* __restrict_
     auto stage = [&](int b, int it) {
         u32* sk = smem + 2 * b * TW;
         const int kb = kfirst + it * APM_K;
-        for (int i = threadIdx.x; i < APM_K * (D / 8); i += 4 * 32) {
-            const int r = i / (D / 8), cc = i % (D / 8);
+        constexpr int PR = D / 8, RP = 4 * 32 / PR;  // pieces a row, rows a pass
+        const int cc = threadIdx.x % PR;
+#pragma unroll
+        for (int r = threadIdx.x / PR; r < APM_K; r += RP) {
             const u64 at = kv_slot(bt, tb, min(kb + r, p_last)) * stride + (u64)kvh * D;
             cp_async16(sk + r * RW + 4 * cc, kc + at + 8 * cc);
             cp_async16(sk + TW + r * RW + 4 * cc, vc + at + 8 * cc);
@@ -720,20 +728,35 @@ static __device__ __forceinline__ void attn_prefill_mma(const float* __restrict_
         if (rows && kb <= wlast && !(window > 0 && kb + APM_K - 1 <= wfirst - window)) {
             float s[APM_K / 8][4];
 #pragma unroll
-            for (int j = 0; j < APM_K / 8; j++) {
-                s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-                const u32* kr = sk + (j * 8 + g) * RW + c;  // key 8j + g, dims 16 kk + 2c (+ 8)
+            for (int j = 0; j < APM_K / 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+            // K as mma B operands, two 16-dim steps per ldmatrix.x4: lane l
+            // passes row 8 j + l % 8 (key), dims 8 (l / 8) .. of the pair
 #pragma unroll
-                for (int kk = 0; kk < D / 16; kk++) mma16816(s[j], qf[kk], kr[kk * 8], kr[kk * 8 + 4]);
+            for (int j = 0; j < APM_K / 8; j++) {
+#pragma unroll
+                for (int kk = 0; kk < D / 16; kk += 2) {
+                    u32 kr[4];
+                    ldsm4(sk + (j * 8 + lane % 8) * RW + kk * 8 + (lane / 8) * 4, kr);
+                    mma16816(s[j], qf[kk], kr[0], kr[1]);
+                    mma16816(s[j], qf[kk + 1], kr[2], kr[3]);
+                }
+            }
+            // the causal / window mask, only on tiles that need one (a key
+            // after the warp's first row, or at or before its last row's
+            // window start): a warp-uniform branch
+            if (kb + APM_K - 1 > wfirst || (window > 0 && kb <= wlast - window)) {
+#pragma unroll
+                for (int j = 0; j < APM_K / 8; j++) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int key = kb + j * 8 + 2 * c + (e & 1), p = e & 2 ? pb : pa;
+                        if (key > p || (window > 0 && key <= p - window)) s[j][e] = NEG_INF;
+                    }
+                }
             }
             float mxa = NEG_INF, mxb = NEG_INF;
 #pragma unroll
             for (int j = 0; j < APM_K / 8; j++) {
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int key = kb + j * 8 + 2 * c + (e & 1), p = e & 2 ? pb : pa;
-                    if (key > p || (window > 0 && key <= p - window)) s[j][e] = NEG_INF;
-                }
                 mxa = fmaxf(mxa, fmaxf(s[j][0], s[j][1]));
                 mxb = fmaxf(mxb, fmaxf(s[j][2], s[j][3]));
             }
@@ -741,8 +764,11 @@ static __device__ __forceinline__ void attn_prefill_mma(const float* __restrict_
             mxa = fmaxf(mxa, SHFL_XOR(mxa, 2));
             mxb = fmaxf(mxb, SHFL_XOR(mxb, 1));
             mxb = fmaxf(mxb, SHFL_XOR(mxb, 2));
+            // a row with no key yet keeps max NEG_INF; it subtracts 0
+            // instead, so its masked scores give 0 and nothing gives NaN
             const float na = fmaxf(ma, mxa), nb = fmaxf(mb, mxb);
-            const float ca = exp2f(ma - na), cb = exp2f(mb - nb);
+            const float sa = na == NEG_INF ? 0.0f : na, sb = nb == NEG_INF ? 0.0f : nb;
+            const float ca = ex2_approx(ma - sa), cb = ex2_approx(mb - sb);
             ma = na;
             mb = nb;
             la *= ca;
@@ -758,21 +784,23 @@ static __device__ __forceinline__ void attn_prefill_mma(const float* __restrict_
             u32 pf[APM_K / 16][4];
 #pragma unroll
             for (int j = 0; j < APM_K / 8; j++) {
-                float p[4];
-#pragma unroll
-                for (int e = 0; e < 4; e++) p[e] = s[j][e] > NEG_INF ? exp2f(s[j][e] - (e & 2 ? nb : na)) : 0.0f;
-                la += p[0] + p[1];
-                lb += p[2] + p[3];
-                pf[j / 2][(j & 1) * 2] = pack_h2(p[0], p[1]);
-                pf[j / 2][(j & 1) * 2 + 1] = pack_h2(p[2], p[3]);
+                const float p0 = ex2_approx(s[j][0] - sa), p1 = ex2_approx(s[j][1] - sa);
+                const float p2 = ex2_approx(s[j][2] - sb), p3 = ex2_approx(s[j][3] - sb);
+                la += p0 + p1;
+                lb += p2 + p3;
+                pf[j / 2][(j & 1) * 2] = pack_h2(p0, p1);
+                pf[j / 2][(j & 1) * 2 + 1] = pack_h2(p2, p3);
             }
+            // O += P V: V as B operands, two 8-dim column blocks per
+            // ldmatrix.x4.trans (lanes 16 .. 31 pass the second block's rows)
 #pragma unroll
             for (int kk = 0; kk < APM_K / 16; kk++) {
 #pragma unroll
-                for (int j = 0; j < D / 8; j++) {
-                    u32 b0, b1;
-                    ldsm_t2(sv + (kk * 16 + (lane & 15)) * RW + j * 4, b0, b1);  // keys 16 kk .., dims 8 j ..
-                    mma16816(o[j], pf[kk], b0, b1);
+                for (int j = 0; j < D / 8; j += 2) {
+                    u32 vr[4];
+                    ldsm_t4(sv + (kk * 16 + (lane & 15)) * RW + j * 4 + (lane / 16) * 4, vr);  // keys 16 kk .., dims 8 j .. 8 j + 15
+                    mma16816(o[j], pf[kk], vr[0], vr[1]);
+                    mma16816(o[j + 1], pf[kk], vr[2], vr[3]);
                 }
             }
         }
@@ -799,8 +827,15 @@ static __device__ __forceinline__ void attn_prefill_mma(const float* __restrict_
         if (rb < R) *(float2*)(db + col) = make_float2(o[j][2] * ib, o[j][3] * ib);
     }
 }
+// blocks of attn_prefill_mma64 a multiprocessor should hold (its register
+// budget; ops::mma_attention_blocks_per_sm). attn_prefill_mma128 keeps
+// its registers (two blocks).
+#ifndef APM_MINB64
+#define APM_MINB64 4
+#endif
+#define APM_MINB(D) ((D) <= 64 ? APM_MINB64 : 1)
 #define ATTN_PREFILL_MMA(D)                                                                                             \
-    KERNEL void __launch_bounds__(4 * 32) attn_prefill_mma##D(const float* q, const u16* kc, const u16* vc, float* out, \
+    KERNEL void __launch_bounds__(4 * 32, APM_MINB(D)) attn_prefill_mma##D(const float* q, const u16* kc, const u16* vc, float* out, \
                                                               float* part, const int* pos, const int* tab,              \
                                                               const int* bt, int n, int n_head, int n_head_kv,          \
                                                               int window, float scale, int S, int G) {                  \
@@ -855,5 +890,32 @@ KERNEL void __launch_bounds__(APM_MERGE) attn_prefill_merge(const float* __restr
             out[(u64)r * hdv + d] = v * inv;
         }
         __syncthreads();
+    }
+}
+
+// attn_prefill_merge_w: the same sum for S <= WARP_SIZE splits, one warp
+// per row (APM_MERGE_W rows a block): lane s holds split s's weight, and
+// each lane adds its values over the splits (many rows a block: a prefill
+// chunk's n * n_head rows of a few splits; attn_prefill_merge's block per
+// row and its barriers were a wave of blocks per few rows).
+#define APM_MERGE_W 8
+KERNEL void __launch_bounds__(APM_MERGE_W * WARP_SIZE) attn_prefill_merge_w(const float* __restrict__ part, float* __restrict__ out,
+                                                                            int rows, int S, int hdv) {
+    GRID_START();
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int r = blockIdx.x * APM_MERGE_W + threadIdx.x / WARP_SIZE;
+    if (r >= rows) return;  // the whole warp
+    const int W = 2 + hdv;
+    const float* src = part + (u64)r * S * W;
+    const float m = lane < S ? src[lane * W] : NEG_INF;
+    const float M = warp_max(m);
+    const float w = m > NEG_INF ? exp2f(m - M) : 0.0f;  // empty splits weigh 0
+    const float L = warp_sum(lane < S ? w * src[lane * W + 1] : 0.0f);
+    const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+    for (int d = lane; d < hdv; d += WARP_SIZE) {
+        float acc = 0.0f;
+#pragma unroll 8
+        for (int k = 0; k < S; k++) acc += SHFL(w, k) * src[(u64)k * W + 2 + d];
+        out[(u64)r * hdv + d] = acc * inv;
     }
 }

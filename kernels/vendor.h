@@ -142,6 +142,19 @@ static __device__ __forceinline__ u32 smem_addr(const void* p) {
 static __device__ __forceinline__ void ldsm_t2(const void* row, u32& b0, u32& b1) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];" : "=r"(b0), "=r"(b1) : "r"(smem_addr(row)) : "memory");
 }
+// ldsm_t4(row, r): two such b, for columns 0-7 (r[0], r[1]) and 8-15
+// (r[2], r[3]) of a 16x16 block (lanes 16-31 pass rows 0-15 of the second
+// 8 columns): ldmatrix.x4.trans
+static __device__ __forceinline__ void ldsm_t4(const void* row, u32 (&r)[4]) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(row)) : "memory");
+}
+// ex2_approx(x): 2^x by the special-function unit alone (ex2.approx.ftz:
+// no range fix-ups, results below 2^-126 flushed to 0; 2^-inf = 0)
+static __device__ __forceinline__ float ex2_approx(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
 // ldsm4(row, r): four 8 x 8 blocks of f16 from shared memory, not
 // transposed (ldmatrix.x4): lanes 8i .. 8i + 7 pass block i's row
 // addresses (16-byte aligned); lane l gets row l / 4, columns 2 (l % 4)

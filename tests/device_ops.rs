@@ -530,6 +530,10 @@ fn attention(b: &Backend) {
         // splits, unpacked, several query tiles: 7 heads a KV head; head size 128
         (192, 1000, 14, 2, 64, 0, 3),
         (128, 700, 8, 2, 128, 0, 3),
+        // the last split is the last key tile alone, and the query tile's
+        // first rows (positions 1000 .. 1023) see none of its keys
+        (64, 1000, 4, 4, 64, 0, 5),
+        (64, 1000, 4, 4, 128, 0, 5),
     ] {
         let len = pos0 + n;
         let mut r = Rng(31 + len as u64);

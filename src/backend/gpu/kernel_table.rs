@@ -17,6 +17,13 @@ pub const APM_MAX_SPLITS: usize = 256;
 /// `APM_MERGE` in kernels/attention.cu.
 pub const APM_MERGE: usize = 256;
 
+/// `APM_MERGE_W` in kernels/attention.cu.
+pub const APM_MERGE_W: usize = 8;
+
+/// `APM_MINB64` in kernels/attention.cu (the default: `#ifndef`-guarded, a compile option may
+/// override it).
+pub const APM_MINB64: usize = 4;
+
 /// `APM_Q` in kernels/attention.cu.
 pub const APM_Q: usize = 64;
 
@@ -188,7 +195,7 @@ pub enum Param {
 
 use Param::*;
 
-/// Every kernel of the module (252 in all; on every target: some exist only
+/// Every kernel of the module (253 in all; on every target: some exist only
 /// on some, see `tests/kernel_table.rs`) with its parameters, sorted by name
 /// (binary search).
 pub const KERNELS: &[(&str, &[Param])] = &[
@@ -238,6 +245,7 @@ pub const KERNELS: &[(&str, &[Param])] = &[
         ],
     ),
     ("attn_prefill_merge", &[Ptr, Ptr, I32, I32, I32]),
+    ("attn_prefill_merge_w", &[Ptr, Ptr, I32, I32, I32]),
     (
         "attn_prefill_mma128",
         &[

@@ -888,9 +888,18 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
             ],
         )?;
         if a.splits > 1 {
+            // a warp a row for a few splits (a prefill chunk's many rows),
+            // a block a row for many (one row at a long context)
             let rows = a.n * a.n_head;
-            let dims = LaunchDims { grid: (rows as u32, 1, 1), block: super::kernel_table::APM_MERGE as u32, shared: 0 };
-            dev.launch(s, "attn_prefill_merge", dims, &[Arg::Ptr(part), Arg::Ptr(out), Arg::I32(rows as i32), Arg::I32(a.splits as i32), Arg::I32(a.hdv as i32)])?;
+            let args = [Arg::Ptr(part), Arg::Ptr(out), Arg::I32(rows as i32), Arg::I32(a.splits as i32), Arg::I32(a.hdv as i32)];
+            if a.splits <= warp {
+                let per = super::kernel_table::APM_MERGE_W;
+                let dims = LaunchDims { grid: (ceil(rows, per), 1, 1), block: (per * warp) as u32, shared: 0 };
+                dev.launch(s, "attn_prefill_merge_w", dims, &args)?;
+            } else {
+                let dims = LaunchDims { grid: (rows as u32, 1, 1), block: super::kernel_table::APM_MERGE as u32, shared: 0 };
+                dev.launch(s, "attn_prefill_merge", dims, &args)?;
+            }
         }
         return prep.map_or(Ok(()), |p| quant_act(dev, s, out, None, p));
     }
@@ -1090,10 +1099,11 @@ pub fn prefill_splits(blocks: usize, keys: usize, slots: usize, room: usize) -> 
 }
 
 /// Blocks of the tensor-core attention kernel an SM holds at once (its
-/// register counts on sm_90, 128 and 176 a thread, limit it), for
+/// register counts limit it: `attn_prefill_mma64` is held to 128 a thread
+/// by `APM_MINB64`, `attn_prefill_mma128` takes about 180), for
 /// [`prefill_splits`].
 fn mma_attention_blocks_per_sm(hd: usize) -> usize {
-    if hd <= 64 { 4 } else { 2 }
+    if hd <= 64 { super::kernel_table::APM_MINB64 } else { 2 }
 }
 
 #[cfg(test)]
