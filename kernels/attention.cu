@@ -6,7 +6,7 @@
 // prefill (attn_prefill) stages each key tile in shared memory once for a
 // block of queries; on NVIDIA sm_80+ (HAS_MMA_F16) attn_prefill_mma64/128
 // do the same on tensor cores, with the keys split over blocks at long
-// contexts (attn_prefill_merge adds the parts; also one-row decode steps
+// contexts (attn_prefill_merge_w / attn_prefill_merge add the parts; also one-row decode steps
 // at long contexts, a token's query heads of one KV head in one tile).
 // GQA/MQA: Q head h reads K/V head h / (n_head / n_head_kv); nothing is copied.
 // Sliding window (gemma3 local layers): keys (p - window, p] only.
@@ -649,7 +649,7 @@ KERNEL void BOUNDS(ATT_WARPS * WARP_SIZE, 5) attn_prefill(const float* __restric
 //     ldmatrix.trans (two 8-dim column blocks a load).
 // Warps whose rows see none of a tile's keys skip it. S = 1 writes out; S >
 // 1 writes part row (t * n_head + h) * S + s = {max (base 2), sum,
-// unnormalised out} and attn_prefill_merge_w (a warp a row, S <= 32) or
+// unnormalised out} and attn_prefill_merge_w (a warp a row, S <= WARP_SIZE) or
 // attn_prefill_merge (a block a row) combines them. Dynamic shared
 // memory: 4 * APM_K * (D / 2 + 4) words. Precision: Q and P are rounded to
 // f16 (K/V are f16 already), sums in f32.
@@ -912,10 +912,21 @@ KERNEL void __launch_bounds__(APM_MERGE_W * WARP_SIZE) attn_prefill_merge_w(cons
     const float w = m > NEG_INF ? exp2f(m - M) : 0.0f;  // empty splits weigh 0
     const float L = warp_sum(lane < S ? w * src[lane * W + 1] : 0.0f);
     const float inv = L > 0.0f ? 1.0f / L : 0.0f;
-    for (int d = lane; d < hdv; d += WARP_SIZE) {
+    // every lane runs every step (the shuffles need the whole warp); lanes
+    // past hdv only skip their loads and stores
+    for (int d0 = 0; d0 < hdv; d0 += WARP_SIZE) {
+        const int d = d0 + lane;
+        // 4 splits' loads in flight a step (a fixed inner count: hipcc
+        // will not unroll a shuffle loop of unknown count)
         float acc = 0.0f;
-#pragma unroll 8
-        for (int k = 0; k < S; k++) acc += SHFL(w, k) * src[(u64)k * W + 2 + d];
-        out[(u64)r * hdv + d] = acc * inv;
+        for (int k0 = 0; k0 < S; k0 += 4) {
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const int k = k0 + u;
+                const float wk = SHFL(w, k % WARP_SIZE);
+                acc += k < S && d < hdv ? wk * src[(u64)k * W + 2 + d] : 0.0f;
+            }
+        }
+        if (d < hdv) out[(u64)r * hdv + d] = acc * inv;
     }
 }

@@ -119,7 +119,9 @@ static __device__ __forceinline__ u32 pack_h2(float lo, float hi) { return (u32)
 //     rows l / 4 (+ 8), columns 2 (l % 4) (+ 1) of d;
 //   ldsm_t2(row, b0, b1): b from a 16x8 block of f16 stored row-major in
 //     shared memory (lanes 0-15 pass the addresses of rows 0-15, 16-byte
-//     aligned), transposed on the way (ldmatrix.trans); ldsm4 below.
+//     aligned), transposed on the way (ldmatrix.trans); ldsm_t4 (two
+//     such b a load), ldsm4 (not transposed) and ex2_approx (2^x on the
+//     special-function unit alone) below.
 // Kernels using them exist only where HAS_MMA_F16 is defined; the launcher
 // takes them only there (AMD's matrix cores, MFMA/WMMA, are not used yet).
 #if defined(FORGE_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800

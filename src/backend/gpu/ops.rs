@@ -869,7 +869,7 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
     if (a.n > 1 || a.flash) && !a.mixed && mma_attention(dev, a.hd, a.hdv) {
         // tensor cores: 64 rows per block of 4 warps, two staged key tiles
         // of K and V in dynamic shared memory; `splits` key splits merged by
-        // attn_prefill_merge. A query's heads of one KV head share the mma
+        // attn_prefill_merge_w or attn_prefill_merge. A query's heads of one KV head share the mma
         // rows (packed) where that takes fewer blocks (decode, short runs).
         if a.splits > APM_MAX_SPLITS {
             return Err(Error::InvalidArgument(format!("attention: {} prefill key splits (at most {APM_MAX_SPLITS})", a.splits)));
@@ -1072,7 +1072,8 @@ pub fn prefill_attention_splits(dev: &Device, a: &AttnShape, keys: usize, room: 
         return 1;
     }
     let (heads, g) = mma_attention_rows(a);
-    let slots = dev.rt.info().multiprocessors as usize * mma_attention_blocks_per_sm(a.hd);
+    let info = dev.rt.info();
+    let slots = info.multiprocessors as usize * mma_attention_blocks_per_sm(&info.arch, a.hd);
     prefill_splits(heads * (a.n * g).div_ceil(64), keys, slots, room)
 }
 
@@ -1098,12 +1099,17 @@ pub fn prefill_splits(blocks: usize, keys: usize, slots: usize, room: usize) -> 
     (1..=most).min_by_key(|&s| (cost(s), s)).unwrap_or(1)
 }
 
-/// Blocks of the tensor-core attention kernel an SM holds at once (its
-/// register counts limit it: `attn_prefill_mma64` is held to 128 a thread
-/// by `APM_MINB64`, `attn_prefill_mma128` takes about 180), for
-/// [`prefill_splits`].
-fn mma_attention_blocks_per_sm(hd: usize) -> usize {
-    if hd <= 64 { super::kernel_table::APM_MINB64 } else { 2 }
+/// Blocks of the tensor-core attention kernel an SM holds at once, for
+/// [`prefill_splits`]: its registers (`attn_prefill_mma64` is held to 128
+/// a thread by `APM_MINB64`, a compile option may change it;
+/// `attn_prefill_mma128` takes about 180) and its shared memory (two
+/// staged tiles of K and V, 36 / 68 KB a block) against the SM's: about
+/// 100 KB on sm_86 / sm_87 / sm_89, 164 KB or more on sm_80 and sm_90.
+fn mma_attention_blocks_per_sm(arch: &str, hd: usize) -> usize {
+    let regs = if hd <= 64 { kernel_define("APM_MINB64", super::kernel_table::APM_MINB64) } else { 2 };
+    let sm_shared = if matches!(arch, "sm_86" | "sm_87" | "sm_89") { 100 << 10 } else { 164 << 10 };
+    let block = 4 * 64 * (hd / 2 + 4) * 4;
+    regs.min(sm_shared / block).max(1)
 }
 
 #[cfg(test)]
@@ -1164,6 +1170,18 @@ mod tests {
 
     /// Prefill key splits: whole waves of blocks at long contexts, none for
     /// short ones, never more than the partials hold.
+    #[test]
+    fn mma_attention_blocks_by_registers_and_shared_memory() {
+        use super::mma_attention_blocks_per_sm as blocks;
+        // sm_90: registers decide (128 a thread for D = 64, ~180 for 128)
+        assert_eq!(blocks("sm_90", 64), 4);
+        assert_eq!(blocks("sm_90", 128), 2);
+        assert_eq!(blocks("sm_80", 64), 4);
+        // ~100 KB of shared memory an SM: 36 KB / 68 KB blocks
+        assert_eq!(blocks("sm_86", 64), 2);
+        assert_eq!(blocks("sm_89", 128), 1);
+    }
+
     #[test]
     fn prefill_splits_fill_whole_waves() {
         use super::prefill_splits;
