@@ -642,8 +642,9 @@ KERNEL void BOUNDS(ATT_WARPS * WARP_SIZE, 5) attn_prefill(const float* __restric
 //     from some row of the warp (a warp-uniform test: at long contexts
 //     nearly every tile needs none), and the online softmax on S's
 //     fragments (a row's running max over its 4 lanes by two shuffles;
-//     2^x by ex2.approx alone; a row that has seen no key yet subtracts 0,
-//     so its masked scores weigh 0, never NaN);
+//     2^x by ex2.approx alone; a row that has seen no key yet, its max
+//     still NEG_INF like its masked scores, subtracts 0 so that they weigh
+//     0, not 2^0);
 //   O += P V by mma16816, P turned into f16 fragments in registers (S's
 //     accumulator layout is P's operand layout) and V read through
 //     ldmatrix.trans (two 8-dim column blocks a load).
@@ -764,8 +765,9 @@ static __device__ __forceinline__ void attn_prefill_mma(const float* __restrict_
             mxa = fmaxf(mxa, SHFL_XOR(mxa, 2));
             mxb = fmaxf(mxb, SHFL_XOR(mxb, 1));
             mxb = fmaxf(mxb, SHFL_XOR(mxb, 2));
-            // a row with no key yet keeps max NEG_INF; it subtracts 0
-            // instead, so its masked scores give 0 and nothing gives NaN
+            // a row with no key yet keeps max NEG_INF (finite, -3e38), as
+            // its masked scores are: it subtracts 0 instead, so they weigh
+            // 0, not 2^0
             const float na = fmaxf(ma, mxa), nb = fmaxf(mb, mxb);
             const float sa = na == NEG_INF ? 0.0f : na, sb = nb == NEG_INF ? 0.0f : nb;
             const float ca = ex2_approx(ma - sa), cb = ex2_approx(mb - sb);
