@@ -875,7 +875,7 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
             return Err(Error::InvalidArgument(format!("attention: {} prefill key splits (at most {APM_MAX_SPLITS})", a.splits)));
         }
         let (heads, g) = mma_attention_rows(a);
-        let shared = 4 * 64 * (a.hd / 2 + 4) * 4;
+        let shared = mma_attention_shared(a.hd);
         let dims = LaunchDims { grid: (heads as u32, ceil(a.n * g, 64), a.splits as u32), block: 128, shared: shared as u32 };
         dev.launch(
             s,
@@ -1108,8 +1108,13 @@ pub fn prefill_splits(blocks: usize, keys: usize, slots: usize, room: usize) -> 
 fn mma_attention_blocks_per_sm(arch: &str, hd: usize) -> usize {
     let regs = if hd <= 64 { kernel_define("APM_MINB64", super::kernel_table::APM_MINB64) } else { 2 };
     let sm_shared = if matches!(arch, "sm_86" | "sm_87" | "sm_89") { 100 << 10 } else { 164 << 10 };
-    let block = 4 * 64 * (hd / 2 + 4) * 4;
-    regs.min(sm_shared / block).max(1)
+    regs.min(sm_shared / mma_attention_shared(hd)).max(1)
+}
+
+/// Dynamic shared memory of an `attn_prefill_mma*` block: two buffers of
+/// a 64-key tile of K and of V, rows of hd / 2 + 4 words (kernels/attention.cu).
+fn mma_attention_shared(hd: usize) -> usize {
+    4 * super::kernel_table::APM_K * (hd / 2 + 4) * 4
 }
 
 #[cfg(test)]
