@@ -64,7 +64,11 @@ KERNEL void __launch_bounds__(256) quant_act(const float* __restrict__ x, const 
 
 // Weights depend on no kernel: fetch the block's rows into L2 while the
 // kernel before finishes (see GRID_START), 32 bytes per prefetch.
+#ifndef MMVQ_PREFETCH
+#define MMVQ_PREFETCH 1
+#endif
 static __device__ __forceinline__ void prefetch_rows(const u8* W, const u8* W2, int r0, int R, int rows, u64 rb) {
+    if (!MMVQ_PREFETCH) return;
     const u64 n = (u64)(min(r0 + R, rows) - r0) * rb, o0 = (u64)r0 * rb;
     for (u64 o = threadIdx.x * 32; o < n; o += blockDim.x * 32) {
         PREFETCH_L2(W + o0 + o);
@@ -73,7 +77,9 @@ static __device__ __forceinline__ void prefetch_rows(const u8* W, const u8* W2, 
 }
 
 // Most values of x the long-row FX products prepare in shared memory.
+#ifndef MMVQ_X_MAXCOLS
 #define MMVQ_X_MAXCOLS 8192
+#endif
 // Threads of a long-row FX block (_x; ops::X_THREADS): twice the others',
 // since each of these few blocks (Qwen2.5-0.5B's down: 224 of 4 rows)
 // prepares a long x and then strides over long rows, latency a block's
@@ -373,14 +379,26 @@ static __device__ __forceinline__ void mmvq_pair(const u8* __restrict__ Wa, cons
 // mmvq_<type>_x: the 4-row form taking x as f32 (no norm, rows of at most
 // MMVQ_X_MAXCOLS values, MMVQ_X_THREADS threads); mmvq_<type>_n: up to
 // MMVQ_MAXT tokens, one row per block, any mode.
+// Rows per block of mmvq_<type> and of mmvq_<type>_glu, and parts of 8
+// values per thread per step of both (the launcher reads the rows through
+// ops::kernel_define: experiments set them with FORGE_NVRTC_OPTS).
+#ifndef MMVQ_ROWS
+#define MMVQ_ROWS 4
+#endif
+#ifndef MMVQ_GLU_ROWS
+#define MMVQ_GLU_ROWS 2
+#endif
+#ifndef MMVQ_STEP
+#define MMVQ_STEP 4
+#endif
 #define MMVQ_ONE(name, T, R, U, GLU)                                                                                  \
     KERNEL void __launch_bounds__(MMVQ_THREADS) name(const u8* W, const u8* W2, const int2* xq, const float* xd,        \
                                                      const float* xs, float* y, int rows, int cols, int nt, int mode) { \
         mmvq<T, 1, R, U, GLU>(W, W2, xq, xd, xs, y, rows, cols, nt, mode);                                              \
     }
 #define MMVQ_KERNEL(T, s)                                                                                            \
-    MMVQ_ONE(mmvq_##s, T, 4, 4, false)                                                                                  \
-    MMVQ_ONE(mmvq_##s##_glu, T, 2, 4, true)                                                                             \
+    MMVQ_ONE(mmvq_##s, T, MMVQ_ROWS, MMVQ_STEP, false)                                                                  \
+    MMVQ_ONE(mmvq_##s##_glu, T, MMVQ_GLU_ROWS, MMVQ_STEP, true)                                                         \
     KERNEL void __launch_bounds__(MMVQ_THREADS) mmvq_##s##_w(const u8* W, const u8* W2, const int2* xq, const float* xd, \
                                                              const float* xs, float* y, int rows, int cols, int nt,     \
                                                              int mode) {                                                \

@@ -10,7 +10,7 @@
 //! tested, `tests` below) without a GPU. [`launch`] is the one place that
 //! builds a decode product's grid and arguments.
 
-use super::ops::{act_code, ActQ, DevMatrix, Out};
+use super::ops::{act_code, kernel_define, ActQ, DevMatrix, Out};
 use super::runtime::{Arg, DevPtr, DeviceInfo, LaunchDims, Stream};
 use super::Device;
 use crate::error::{Error, Result};
@@ -26,10 +26,16 @@ const _: () = assert!(k::MMVQ_MAXT == k::MMV_MAXT, "mmvq and matvec take the sam
 const MMVQ_THREADS: u32 = k::MMVQ_THREADS as u32;
 /// The long-row `_x` block and its widest row.
 const X_THREADS: u32 = k::MMVQ_X_THREADS as u32;
-const X_MAXCOLS: usize = k::MMVQ_X_MAXCOLS;
+fn x_maxcols() -> usize {
+    kernel_define("MMVQ_X_MAXCOLS", k::MMVQ_X_MAXCOLS)
+}
 /// Most bytes of x (f32) the blocks of one long-row `_x` product read in
-/// all, each block preparing the whole x again (a launcher's choice).
-const X_REREAD_LIMIT: usize = 8 << 20;
+/// all, each block preparing the whole x again (a launcher's choice: 8 MiB;
+/// `FORGE_X_REREAD_MB` for experiments).
+fn x_reread_limit() -> usize {
+    static MB: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MB.get_or_init(|| std::env::var("FORGE_X_REREAD_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(8)) << 20
+}
 /// Rows shorter than this take the one-row-per-warp forms.
 const SHORT_COLS: usize = k::MMVQ_WX_MAXCOLS;
 /// The most rows a short-row `_wx` product takes unless it also fits the
@@ -102,7 +108,7 @@ impl Product {
     /// that their reads of x stay under 8 MiB (Qwen2.5-0.5B's 896 × 4864
     /// down matrix, not the 7B's 4096 × 11008).
     fn long_fits(&self) -> bool {
-        !self.gated && !self.norm && self.cols <= X_MAXCOLS && self.rows.div_ceil(4) * self.cols * 4 <= X_REREAD_LIMIT
+        !self.gated && !self.norm && self.cols <= x_maxcols() && self.rows.div_ceil(4) * self.cols * 4 <= x_reread_limit()
     }
     /// What every kernel-prepared (`Raw`) form needs.
     fn raw(&self) -> bool {
@@ -210,11 +216,11 @@ pub static VARIANTS: &[Variant] = &[
     // one token, integer: one row per warp for short rows, else 4 rows (2 gated) per block
     Variant { prefix: "mmvq_", tail: "_glu_w", input: Input::Prepared, rows_per_block: warps, threads: MMVQ_THREADS, params: Params::Planes,
               fits: |p, _| p.one() && p.int() && p.gated && p.short() },
-    Variant { prefix: "mmvq_", tail: "_glu", input: Input::Prepared, rows_per_block: |_| 2, threads: MMVQ_THREADS, params: Params::Planes,
+    Variant { prefix: "mmvq_", tail: "_glu", input: Input::Prepared, rows_per_block: |_| kernel_define("MMVQ_GLU_ROWS", k::MMVQ_GLU_ROWS), threads: MMVQ_THREADS, params: Params::Planes,
               fits: |p, _| p.one() && p.int() && p.gated },
     Variant { prefix: "mmvq_", tail: "_w", input: Input::Prepared, rows_per_block: warps, threads: MMVQ_THREADS, params: Params::Planes,
               fits: |p, _| p.one() && p.int() && p.short() },
-    Variant { prefix: "mmvq_", tail: "", input: Input::Prepared, rows_per_block: |_| 4, threads: MMVQ_THREADS, params: Params::Planes,
+    Variant { prefix: "mmvq_", tail: "", input: Input::Prepared, rows_per_block: |_| kernel_define("MMVQ_ROWS", k::MMVQ_ROWS), threads: MMVQ_THREADS, params: Params::Planes,
               fits: |p, _| p.one() && p.int() },
     // one token, float weights on the f32 copy: 2 rows per block
     Variant { prefix: "mmvf_", tail: "", input: Input::Prepared, rows_per_block: |_| 2, threads: MMVQ_THREADS, params: Params::F32Copy,

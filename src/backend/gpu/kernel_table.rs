@@ -130,12 +130,28 @@ pub const MMQ_STAGES: usize = 3;
 /// it).
 pub const MMQ_WARPS: usize = 8;
 
+/// `MMVQ_GLU_ROWS` in kernels/mmvq.cu (the default: `#ifndef`-guarded, a compile option may
+/// override it).
+pub const MMVQ_GLU_ROWS: usize = 2;
+
 /// `MMVQ_MAXT` in kernels/mmvq.cu.
 pub const MMVQ_MAXT: usize = 8;
+
+/// `MMVQ_PREFETCH` in kernels/mmvq.cu (the default: `#ifndef`-guarded, a compile option may
+/// override it).
+pub const MMVQ_PREFETCH: usize = 1;
 
 /// `MMVQ_PREP_BATCH` in kernels/mmvq.cu (the default: `#ifndef`-guarded, a compile option may
 /// override it).
 pub const MMVQ_PREP_BATCH: usize = 8;
+
+/// `MMVQ_ROWS` in kernels/mmvq.cu (the default: `#ifndef`-guarded, a compile option may override
+/// it).
+pub const MMVQ_ROWS: usize = 4;
+
+/// `MMVQ_STEP` in kernels/mmvq.cu (the default: `#ifndef`-guarded, a compile option may override
+/// it).
+pub const MMVQ_STEP: usize = 4;
 
 /// `MMVQ_THREADS` in kernels/mmvq.cu.
 pub const MMVQ_THREADS: usize = 128;
@@ -143,7 +159,8 @@ pub const MMVQ_THREADS: usize = 128;
 /// `MMVQ_WX_MAXCOLS` in kernels/mmvq.cu.
 pub const MMVQ_WX_MAXCOLS: usize = 2048;
 
-/// `MMVQ_X_MAXCOLS` in kernels/mmvq.cu.
+/// `MMVQ_X_MAXCOLS` in kernels/mmvq.cu (the default: `#ifndef`-guarded, a compile option may
+/// override it).
 pub const MMVQ_X_MAXCOLS: usize = 8192;
 
 /// `MMVQ_X_THREADS` in kernels/mmvq.cu.

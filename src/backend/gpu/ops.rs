@@ -344,7 +344,7 @@ pub fn matmul_q(dev: &Device, s: Stream, w: &DevMatrix, a: &ActQ, y: DevPtr, out
 /// A kernel constant: `default` (kernel_table's), or the value a
 /// `-DNAME=value` in `FORGE_NVRTC_OPTS` gives it (experiments; the
 /// constant must be `#ifndef`-guarded in kernels/).
-fn kernel_define(name: &str, default: usize) -> usize {
+pub(crate) fn kernel_define(name: &str, default: usize) -> usize {
     static OPTS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     define_in(OPTS.get_or_init(|| std::env::var("FORGE_NVRTC_OPTS").unwrap_or_default()), name, default)
 }
