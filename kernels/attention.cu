@@ -29,8 +29,11 @@
 #define ATT_WARPS 4
 // Most key splits of a decode launch: the merge keeps one weight per split.
 #define ATT_MAX_SPLITS 64
-// Keys one decode block takes before another split pays: one tile per warp.
+// Keys one decode block takes before another split pays: one tile per warp
+// (a compile option may change it: the splits are worked out on the device).
+#ifndef ATT_CHUNK
 #define ATT_CHUNK (ATT_WARPS * WARP_SIZE)
+#endif
 // Block-table entries a decode block stages in shared memory (its keys'
 // blocks; a split of more keys reads the rest from the table itself), so
 // a key's address costs no dependent global load.
