@@ -126,7 +126,7 @@ struct MQ<TQ4_0X8> : MQHalves<TQ4_0X8> {
         w0 = c & 1 ? p.w[1] : p.w[0];  // selects: an index unknown at compile time would put p.w in local memory
         w1 = c & 1 ? p.w[3] : p.w[2];
         s = p.d;
-        m = 0.0f;
+        m = -8.0f * p.d;  // values kept in 0 .. 15: the centre comes off through sx
     }
 };
 template <>
