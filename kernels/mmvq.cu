@@ -212,7 +212,7 @@ static __device__ __forceinline__ void rows_out(const float (&acc)[R][NT], const
 // of R rows at once, U parts of 8 values per thread per step (UP = U *
 // PARTS / 4 parts of the type's own size): all UP * R weight loads of a
 // step are issued before the first product, so a thread waits on memory
-// once per step, not once per part (one step covers 4096 values at U = 4).
+// once per step, not once per part (one step covers 1024 U values).
 // NT: most tokens (a kernel for 1 token keeps fewer
 // accumulators). W, W2: (rows, cols) of type T. y: (nt, rows) f32. mode as
 // in matvec.cu: 0 y = W x, 1 y += W x, 2/3 gated FFN y = act(W x) * (W2 x).
@@ -381,7 +381,10 @@ static __device__ __forceinline__ void mmvq_pair(const u8* __restrict__ Wa, cons
 // MMVQ_MAXT tokens, one row per block, any mode.
 // Rows per block of mmvq_<type> and of mmvq_<type>_glu, and parts of 8
 // values per thread per step of both (the launcher reads the rows through
-// ops::kernel_define: experiments set them with FORGE_NVRTC_OPTS).
+// ops::kernel_define: experiments set them with FORGE_NVRTC_OPTS). Step 2
+// (40 registers, not 56) ties step 4 on one-token steps from an empty
+// context and gains 2% on the 7B twin's engine steps at 128-255 keys
+// (docs/PERFORMANCE.md, thirteenth session).
 #ifndef MMVQ_ROWS
 #define MMVQ_ROWS 4
 #endif
@@ -389,7 +392,7 @@ static __device__ __forceinline__ void mmvq_pair(const u8* __restrict__ Wa, cons
 #define MMVQ_GLU_ROWS 2
 #endif
 #ifndef MMVQ_STEP
-#define MMVQ_STEP 4
+#define MMVQ_STEP 2
 #endif
 #define MMVQ_ONE(name, T, R, U, GLU)                                                                                  \
     KERNEL void __launch_bounds__(MMVQ_THREADS) name(const u8* W, const u8* W2, const int2* xq, const float* xd,        \

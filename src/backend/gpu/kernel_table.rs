@@ -151,7 +151,7 @@ pub const MMVQ_ROWS: usize = 4;
 
 /// `MMVQ_STEP` in kernels/mmvq.cu (the default: `#ifndef`-guarded, a compile option may override
 /// it).
-pub const MMVQ_STEP: usize = 4;
+pub const MMVQ_STEP: usize = 2;
 
 /// `MMVQ_THREADS` in kernels/mmvq.cu.
 pub const MMVQ_THREADS: usize = 128;
