@@ -27,12 +27,17 @@
 
 #define ATT_MAXD (256 / WARP_SIZE)
 #define ATT_WARPS 4
+// Warps of a decode block (attn_d*; a compile option may change it: the
+// launcher reads it through ops::kernel_define).
+#ifndef ATT_DWARPS
+#define ATT_DWARPS 4
+#endif
 // Most key splits of a decode launch: the merge keeps one weight per split.
 #define ATT_MAX_SPLITS 64
 // Keys one decode block takes before another split pays: one tile per warp
 // (a compile option may change it: the splits are worked out on the device).
 #ifndef ATT_CHUNK
-#define ATT_CHUNK (ATT_WARPS * WARP_SIZE)
+#define ATT_CHUNK (ATT_DWARPS * WARP_SIZE)
 #endif
 // Block-table entries a decode block stages in shared memory (its keys'
 // blocks; a split of more keys reads the rest from the table itself), so
@@ -78,11 +83,11 @@ struct HalfVec<8> {
 };
 
 // Decode attention, templated on D >= hd, hdv (64, 128 or 256).
-// Grid x = Q head, y = token t, z = split s (of at most S); block ATT_WARPS
+// Grid x = Q head, y = token t, z = split s (of at most S); block ATT_DWARPS
 // warps. The visible keys (first .. p) are split over SA = min(S,
 // ceil(len / ATT_CHUNK)) blocks (worked out on the device, so one captured
 // graph serves every position; blocks s >= SA exit at once). Warp w takes
-// key tiles w, w + ATT_WARPS, ... of its block's keys. Per tile, lane l
+// key tiles w, w + ATT_DWARPS, ... of its block's keys. Per tile, lane l
 // scores key l (its whole K row in 16-byte loads) and owns value dims
 // l * D / WARP_SIZE .. of the output; V rows are loaded in batches of VB
 // keys, the first batch issued before the scores so both wait on memory
@@ -104,7 +109,7 @@ static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, 
     __shared__ float bred[32];
     float* sq = sm;
     float* red = sm + hd;
-    float* sk = red + ATT_WARPS * (2 + hdv);  // fused: the new key and value
+    float* sk = red + ATT_DWARPS * (2 + hdv);  // fused: the new key and value
     float* sv = sk + hd;
     const int h = blockIdx.x, t = blockIdx.y, s = blockIdx.z;
     const int lane = threadIdx.x % WARP_SIZE, w = threadIdx.x / WARP_SIZE;
@@ -169,7 +174,7 @@ static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, 
     float m = NEG_INF, l = 0.0f, o[DPL];
 #pragma unroll
     for (int k = 0; k < DPL; k++) o[k] = 0.0f;
-    for (int jb = j0 + w * WARP_SIZE; jb < jend; jb += ATT_WARPS * WARP_SIZE) {
+    for (int jb = j0 + w * WARP_SIZE; jb < jend; jb += ATT_DWARPS * WARP_SIZE) {
         const int nb = min(WARP_SIZE, jend - jb);
         const u16* vb = vc + (u64)kvh * hdv + d0;
         HalfVec<DPL> vr[VB];
@@ -243,16 +248,16 @@ static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, 
     __syncthreads();
     float M = NEG_INF, L = 0.0f;
 #pragma unroll
-    for (int i = 0; i < ATT_WARPS; i++) M = fmaxf(M, red[i * (2 + hdv)]);
+    for (int i = 0; i < ATT_DWARPS; i++) M = fmaxf(M, red[i * (2 + hdv)]);
 #pragma unroll
-    for (int i = 0; i < ATT_WARPS; i++) L += red[i * (2 + hdv) + 1] * expf(red[i * (2 + hdv)] - M);
+    for (int i = 0; i < ATT_DWARPS; i++) L += red[i * (2 + hdv) + 1] * expf(red[i * (2 + hdv)] - M);
     float* dst = SA == 1 ? out + ((u64)t * n_head + h) * hdv : part + (((u64)t * n_head + h) * S + s) * (2 + hdv) + 2;
     const float norm = SA == 1 ? (L > 0.0f ? 1.0f / L : 0.0f) : 1.0f;
     const int cols = n_head * hdv, ng = cols >> 5;
     for (int d = threadIdx.x; d < hdv; d += blockDim.x) {
         float acc = 0.0f;
 #pragma unroll
-        for (int i = 0; i < ATT_WARPS; i++) acc += red[i * (2 + hdv) + 2 + d] * expf(red[i * (2 + hdv)] - M);
+        for (int i = 0; i < ATT_DWARPS; i++) acc += red[i * (2 + hdv) + 2 + d] * expf(red[i * (2 + hdv)] - M);
         dst[d] = acc * norm;
         if (SA == 1 && aq) act_store_group(acc * norm, h * hdv + d, true, aq + (u64)t * cols * 2, ad + t * ng, as + t * ng);
     }
@@ -271,7 +276,8 @@ static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, 
     if (!last) return;
     __threadfence();
     const float* base = part + ((u64)t * n_head + h) * S * (2 + hdv);
-    const int i = threadIdx.x;  // blockDim.x >= 64 >= SA
+    static_assert(ATT_DWARPS * WARP_SIZE >= ATT_MAX_SPLITS, "a thread per split in the merge");
+    const int i = threadIdx.x;  // blockDim.x >= ATT_MAX_SPLITS >= SA
     const float mi = i < SA ? ld_cg(base + i * (2 + hdv)) : NEG_INF;
     const float li = i < SA ? ld_cg(base + i * (2 + hdv) + 1) : 0.0f;
     const float GM = block_max(mi, red);
@@ -290,15 +296,15 @@ static __device__ __forceinline__ void attn_decode(const float* __restrict__ q, 
 }
 
 // attn_d<D>: decode attention for heads of up to D values (launcher picks).
-// Dynamic shared memory: (hd + ATT_WARPS * (2 + hdv)) floats, (2 hd + hdv
-// + ATT_WARPS * (2 + hdv)) fused. aq/ad/as (null: not written): out (nt,
+// Dynamic shared memory: (hd + ATT_DWARPS * (2 + hdv)) floats, (2 hd + hdv
+// + ATT_DWARPS * (2 + hdv)) fused. aq/ad/as (null: not written): out (nt,
 // n_head * hdv) also prepared for the decode products as quant_act would
 // (kernels/mmvq.cu; hdv % 32 == 0). kr != null (one token only): fused
 // with qkv_post: q, kr, vr are the raw projections and the rest are
 // qkv_post's arguments (bias, QK-norm, RoPE, the f16 store of K/V at p).
 // GRID_START is inside attn_decode, after the K/V prefetch.
 #define ATTN_DECODE(D)                                                                                                   \
-    KERNEL void __launch_bounds__(ATT_WARPS * WARP_SIZE) attn_d##D(                                                      \
+    KERNEL void __launch_bounds__(ATT_DWARPS * WARP_SIZE) attn_d##D(                                                      \
         const float* __restrict__ q, u16* __restrict__ kc, u16* __restrict__ vc, float* out, float* part,                \
         int* counters, const int* pos, const int* tab, const int* bt, int n_head, int n_head_kv, int hd, int hdv,       \
         int window, float scale, int S, i8* aq, float* ad, float* as, const float* kr, const float* vr,                 \

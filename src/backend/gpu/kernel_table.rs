@@ -45,6 +45,10 @@ pub const ATR_WARPS: usize = 4;
 /// `ATT_BT_SHARED` in kernels/attention.cu.
 pub const ATT_BT_SHARED: usize = 128;
 
+/// `ATT_DWARPS` in kernels/attention.cu (the default: `#ifndef`-guarded, a compile option may
+/// override it).
+pub const ATT_DWARPS: usize = 4;
+
 /// `ATT_MAX_SPLITS` in kernels/attention.cu.
 pub const ATT_MAX_SPLITS: usize = 64;
 

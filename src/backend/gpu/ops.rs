@@ -944,8 +944,9 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
     }
     // the decode kernel for the smallest value-size bucket that holds hdv
     let d = [64, 128, 256].into_iter().find(|&d| d >= a.hdv && d >= warp).unwrap_or(256);
-    let shared = (a.hd + ATT_WARPS * (2 + a.hdv) + if fused.is_some() { a.hd + a.hdv } else { 0 }) * 4;
-    let dims = LaunchDims { grid: (a.n_head as u32, a.n as u32, a.splits as u32), block, shared: shared as u32 };
+    let dwarps = kernel_define("ATT_DWARPS", ATT_DWARPS);
+    let shared = (a.hd + dwarps * (2 + a.hdv) + if fused.is_some() { a.hd + a.hdv } else { 0 }) * 4;
+    let dims = LaunchDims { grid: (a.n_head as u32, a.n as u32, a.splits as u32), block: (dwarps * warp) as u32, shared: shared as u32 };
     // unfused: null pointers (the kernel's test) and unused numbers
     let fb = fused.map_or(QkvBufs::default(), |(_, b)| *b);
     let (rope_dim, neox, mscale, eps) = fused.map_or((0, 0, 0.0, 0.0), |(p, _)| (p.rope_dim as i32, neox_code(p.rope), p.mscale, p.eps));
@@ -965,7 +966,7 @@ pub fn attention(dev: &Device, s: Stream, a: &AttnShape, q: DevPtr, kc: DevPtr, 
     )
 }
 
-use super::kernel_table::{ATR_WARPS, ATT_MAX_SPLITS as MAX_SPLITS, ATT_WARPS};
+use super::kernel_table::{ATR_WARPS, ATT_DWARPS, ATT_MAX_SPLITS as MAX_SPLITS, ATT_WARPS};
 
 /// 0: not yet read from the environment, 1: on, 2: off, 3: on, also for
 /// one decode row.
