@@ -212,6 +212,8 @@ static __device__ __forceinline__ int dot_words(const int (&w)[N], const int2* x
 template <>
 struct IP<TQ4_0X8> {
     static constexpr int PARTS = Q4_0X8_PARTS, NQ = 4 / PARTS, WORDS = 2 * NQ;
+    // the words hold value + CENTRE; dot (and MQ's minimum) take it off through sx
+    static constexpr float CENTRE = 8.0f;
     static __device__ __forceinline__ int word(int p, int j) { return j < NQ ? p * NQ + j : 4 + p * NQ + (j - NQ); }
     int w[WORDS];
     float d;
@@ -239,7 +241,7 @@ struct IP<TQ4_0X8> {
     }
     // |sum| <= 32 * 15 * 32512 < 2^24: exact in int and in float
     __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float sx) const {
-        return d * (dx * (float)dot_words<IP<TQ4_0X8> >(w, xg, p) - (8.0f / PARTS) * sx);
+        return d * (dx * (float)dot_words<IP<TQ4_0X8> >(w, xg, p) - (CENTRE / PARTS) * sx);
     }
 };
 
@@ -255,6 +257,8 @@ struct IP<TQ5_0> : IPLegacy<false, true> {};
 template <>
 struct IP<TQ5_0X4> {
     static constexpr int PARTS = 2, WORDS = 4;
+    // the words hold value + CENTRE; dot (and MQ's minimum) take it off through sx
+    static constexpr float CENTRE = 16.0f;
     static __device__ __forceinline__ int word(int p, int j) { return j < 2 ? 2 * p + j : 4 + 2 * p + (j - 2); }
     int w[WORDS];
     float d;
@@ -271,7 +275,7 @@ struct IP<TQ5_0X4> {
     }
     // |sum| <= 16 * 31 * 32512 < 2^24: exact in int and in float
     __device__ __forceinline__ float dot(const int2* xg, int p, float dx, float sx) const {
-        return d * (dx * (float)dot_words<IP<TQ5_0X4> >(w, xg, p) - 8.0f * sx);
+        return d * (dx * (float)dot_words<IP<TQ5_0X4> >(w, xg, p) - (CENTRE / PARTS) * sx);
     }
 };
 template <>

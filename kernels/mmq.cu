@@ -126,7 +126,7 @@ struct MQ<TQ4_0X8> : MQHalves<TQ4_0X8> {
         w0 = c & 1 ? p.w[1] : p.w[0];  // selects: an index unknown at compile time would put p.w in local memory
         w1 = c & 1 ? p.w[3] : p.w[2];
         s = p.d;
-        m = -8.0f * p.d;  // values kept in 0 .. 15: the centre comes off through sx
+        m = -IP<TQ4_0X8>::CENTRE * p.d;  // the centre comes off through sx, as in IP's dot
     }
 };
 template <>
@@ -139,7 +139,7 @@ struct MQ<TQ5_0X4> : MQHalves<TQ5_0X4> {
         w0 = c & 1 ? p.w[1] : p.w[0];  // selects: an index unknown at compile time would put p.w in local memory
         w1 = c & 1 ? p.w[3] : p.w[2];
         s = p.d;
-        m = -16.0f * p.d;  // values kept in 0 .. 31: the centre comes off through sx
+        m = -IP<TQ5_0X4>::CENTRE * p.d;  // the centre comes off through sx, as in IP's dot
     }
 };
 
