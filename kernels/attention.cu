@@ -28,10 +28,14 @@
 #define ATT_MAXD (256 / WARP_SIZE)
 #define ATT_WARPS 4
 // Warps of a decode block (attn_d*; a compile option may change it: the
-// launcher reads it through ops::kernel_define).
+// launcher reads it through ops::kernel_define). 8 (H200, 7B twin, engine
+// B = 1 at 128-255 keys: +1.5% over 4; docs/PERFORMANCE.md): one split of
+// a tile per warp covers 256 keys, with no merge below that.
 #ifndef ATT_DWARPS
-#define ATT_DWARPS 4
+#define ATT_DWARPS 8
 #endif
+// head_prep (the fused decode) needs a thread per RoPE pair: 128 at hd 256
+static_assert(ATT_DWARPS * WARP_SIZE >= 128, "a decode block of at least 128 threads");
 // Most key splits of a decode launch: the merge keeps one weight per split.
 #define ATT_MAX_SPLITS 64
 // Keys one decode block takes before another split pays: one tile per warp

@@ -228,7 +228,7 @@ static __device__ __forceinline__ void mmvq(const u8* __restrict__ W, const u8* 
     prefetch_rows(W, GLU ? W2 : 0, r0, R, rows, rb);
     GRID_START();
     if (FX) {
-        __shared__ int2 sq[FX ? MMVQ_X_MAXCOLS / 4 : 1];
+        __shared__ __align__(16) int2 sq[FX ? MMVQ_X_MAXCOLS / 4 : 1];
         __shared__ float sd[FX ? MMVQ_X_MAXCOLS / 32 : 1], ssum[FX ? MMVQ_X_MAXCOLS / 32 : 1];
         block_prep_x<T, TH>(x, 0, 0.0f, cols, sq, sd, ssum);
         xq = sq;
@@ -333,7 +333,7 @@ static __device__ __forceinline__ void mmvq_warp(const u8* __restrict__ W, const
                                                  const float* __restrict__ x, const float* __restrict__ nw, float eps,
                                                  float* __restrict__ y, int rows, int cols, int mode) {
     constexpr int NW = MMVQ_THREADS / WARP_SIZE;
-    __shared__ int2 sq[FX ? MMVQ_WX_MAXCOLS / 4 : 1];
+    __shared__ __align__(16) int2 sq[FX ? MMVQ_WX_MAXCOLS / 4 : 1];
     __shared__ float sd[FX ? MMVQ_WX_MAXCOLS / 32 : 1], ssum[FX ? MMVQ_WX_MAXCOLS / 32 : 1];
     prefetch_rows(W, GLU ? W2 : 0, blockIdx.x * NW * RW, NW * RW, rows, (u64)(cols / T::BLK) * T::BYTES);
     GRID_START();
@@ -357,7 +357,7 @@ static __device__ __forceinline__ void mmvq_pair(const u8* __restrict__ Wa, cons
                                                  const float* __restrict__ nw, float eps, float* __restrict__ ya,
                                                  float* __restrict__ yb, int ra, int rb, int cols) {
     constexpr int NW = MMVQ_THREADS / WARP_SIZE;
-    __shared__ int2 sq[MMVQ_WX_MAXCOLS / 4];
+    __shared__ __align__(16) int2 sq[MMVQ_WX_MAXCOLS / 4];
     __shared__ float sd[MMVQ_WX_MAXCOLS / 32], ssum[MMVQ_WX_MAXCOLS / 32];
     const int nba = (ra + NW - 1) / NW;
     const bool second = blockIdx.x >= nba;

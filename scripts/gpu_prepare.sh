@@ -34,7 +34,7 @@ if [ -d vendor/llama.cpp/ggml/src/ggml-cuda ]; then
   ls -la .carry/llama.cpp.tar.xz
 fi
 # the load generator's HTTP client for the `server` step (pure Python, from .venv-server: make test-server)
-SP=$(ls -d .venv-server/lib/python3*/site-packages 2>/dev/null | head -n1)
+SP=$(ls -d .venv-server/lib/python3*/site-packages 2>/dev/null | head -n1 || true)
 if [ -n "$SP" ]; then
   rm -rf .carry/pylib && mkdir -p .carry/pylib
   for p in httpx httpcore h11 anyio sniffio idna certifi typing_extensions.py; do [ -e "$SP/$p" ] && cp -r "$SP/$p" .carry/pylib/; done

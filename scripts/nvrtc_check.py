@@ -9,9 +9,15 @@ usage: nvrtc_check.py UNITS_DIR [sm_80 sm_90 ...] [-- extra NVRTC options]
 import ctypes, glob, os, sys
 
 def libnvrtc():
-    import nvidia.cuda_nvrtc as m
-    d = os.path.join(list(m.__path__)[0], "lib")
-    return ctypes.CDLL(sorted(glob.glob(os.path.join(d, "libnvrtc.so.*")))[0])
+    # nvidia-cuda-nvrtc-cu12 puts it in nvidia/cuda_nvrtc/lib, the CUDA 13
+    # wheel (nvidia-cuda-nvrtc 13.x) in nvidia/cu13/lib
+    import nvidia
+    for root in nvidia.__path__:
+        for d in ("cuda_nvrtc/lib", "cu13/lib"):
+            found = sorted(glob.glob(os.path.join(root, d, "libnvrtc.so.*")))
+            if found:
+                return ctypes.CDLL(found[0])
+    raise SystemExit("no libnvrtc.so in the nvidia wheels: pip install nvidia-cuda-nvrtc")
 
 def main():
     args = sys.argv[1:]

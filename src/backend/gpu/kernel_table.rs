@@ -47,7 +47,7 @@ pub const ATT_BT_SHARED: usize = 128;
 
 /// `ATT_DWARPS` in kernels/attention.cu (the default: `#ifndef`-guarded, a compile option may
 /// override it).
-pub const ATT_DWARPS: usize = 4;
+pub const ATT_DWARPS: usize = 8;
 
 /// `ATT_MAX_SPLITS` in kernels/attention.cu.
 pub const ATT_MAX_SPLITS: usize = 64;
@@ -162,6 +162,10 @@ pub const MMVQ_THREADS: usize = 128;
 
 /// `MMVQ_WX_MAXCOLS` in kernels/mmvq.cu.
 pub const MMVQ_WX_MAXCOLS: usize = 2048;
+
+/// `MMVQ_XV` in kernels/iquant.h (the default: `#ifndef`-guarded, a compile option may override
+/// it).
+pub const MMVQ_XV: usize = 1;
 
 /// `MMVQ_X_MAXCOLS` in kernels/mmvq.cu (the default: `#ifndef`-guarded, a compile option may
 /// override it).

@@ -1017,14 +1017,14 @@ pub fn restore_attn_rows(was: u8) {
     ATTN_ROWS.store(was, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Warps (`attn_dr*`) or, for `attn_d*`, blocks of [`ATT_WARPS`] warps per
+/// Warps (`attn_dr*`) or, for `attn_d*`, blocks of `ATT_DWARPS` warps per
 /// multiprocessor that [`mixed_splits`] aims a step's key splits at.
 pub const MIXED_FILL: [usize; 2] = [16, 2];
 
 /// Key splits for `n` decode rows of several sequences, at most `max`
 /// ([`decode_splits`] of the context): enough to fill the device, fewer as
 /// rows grow, so n · n_head · splits ≤ [`MIXED_FILL`]\[0\] · SMs + n · n_head.
-/// The kernels use min(splits, ceil(keys / ATR_MIN or 128)) at each step.
+/// The kernels use min(splits, ceil(keys / ATR_MIN or ATT_CHUNK)) at each step.
 pub fn mixed_splits(dev: &Device, n: usize, n_head: usize, hd: usize, hdv: usize, max: usize) -> usize {
     let sms = dev.rt.info().multiprocessors as usize;
     split_count(MIXED_FILL[if attn_rows(dev, hd, hdv) { 0 } else { 1 }] * sms, n * n_head, max)
@@ -1037,11 +1037,14 @@ fn split_count(target: usize, items: usize, max: usize) -> usize {
 }
 
 /// Key splits for decode at context size `n_ctx`: the most the kernel may
-/// use, one per 128 keys (a tile per warp) up to [`MAX_SPLITS`]. A captured
-/// graph keeps this count for every position; the kernel uses
-/// min(splits, ceil(keys / 128)) of them at each step, the others exit at once.
+/// use, one per `ATT_CHUNK` keys (a tile per warp: `ATT_DWARPS` · 32 on
+/// NVIDIA and wave32, twice that on wave64, where half of these are spare)
+/// up to [`MAX_SPLITS`]. A captured graph keeps this count for every
+/// position; the kernel uses min(splits, ceil(keys / ATT_CHUNK)) of them at
+/// each step, the others exit at once.
 pub fn decode_splits(n_ctx: usize) -> usize {
-    n_ctx.div_ceil(128).clamp(1, MAX_SPLITS)
+    let chunk = kernel_define("ATT_CHUNK", kernel_define("ATT_DWARPS", ATT_DWARPS) * 32).max(1);
+    n_ctx.div_ceil(chunk).clamp(1, MAX_SPLITS)
 }
 
 /// Most key splits of a tensor-core attention launch.
