@@ -539,6 +539,9 @@ pub struct GpuExec {
     slots: usize,
     /// Key splits of a one-row decode step ([`ops::decode_splits`] of n_ctx).
     splits: usize,
+    /// The most key splits of a step of several decode rows
+    /// ([`ops::mixed_max_splits`] of n_ctx).
+    mixed_max: usize,
     /// Key splits of a one-row step on the tensor-core kernel
     /// ([`flash_splits`] of n_ctx).
     flash_splits: usize,
@@ -731,6 +734,7 @@ impl GpuExec {
             s,
             slots,
             splits,
+            mixed_max: ops::mixed_max_splits(n_ctx),
             flash_splits: flash_splits(n_ctx),
         };
         guard.2 = false; // from here on, GpuExec's drop releases the stream
@@ -1046,7 +1050,7 @@ impl GpuExec {
         let dec_splits = match (flash, p.n_dec) {
             (true, _) => self.flash_splits,
             (false, 1) if !one_rows => self.splits,
-            (false, r) => ops::mixed_splits(dev, r, c.n_head, c.head_dim, c.head_dim_v, self.splits),
+            (false, r) => ops::mixed_splits(dev, r, c.n_head, c.head_dim, c.head_dim_v, self.mixed_max),
         };
         for (il, l) in m.layers.iter().enumerate() {
             // ---- attention ----

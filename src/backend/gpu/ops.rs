@@ -1022,7 +1022,7 @@ pub fn restore_attn_rows(was: u8) {
 pub const MIXED_FILL: [usize; 2] = [16, 2];
 
 /// Key splits for `n` decode rows of several sequences, at most `max`
-/// ([`decode_splits`] of the context): enough to fill the device, fewer as
+/// ([`mixed_max_splits`] of the context): enough to fill the device, fewer as
 /// rows grow, so n · n_head · splits ≤ [`MIXED_FILL`]\[0\] · SMs + n · n_head.
 /// The kernels use min(splits, ceil(keys / ATR_MIN or ATT_CHUNK)) at each step.
 pub fn mixed_splits(dev: &Device, n: usize, n_head: usize, hd: usize, hdv: usize, max: usize) -> usize {
@@ -1045,6 +1045,14 @@ fn split_count(target: usize, items: usize, max: usize) -> usize {
 pub fn decode_splits(n_ctx: usize) -> usize {
     let chunk = kernel_define("ATT_CHUNK", kernel_define("ATT_DWARPS", ATT_DWARPS) * 32).max(1);
     n_ctx.div_ceil(chunk).clamp(1, MAX_SPLITS)
+}
+
+/// The most key splits [`mixed_splits`] may give a step of several decode
+/// rows at context size `n_ctx`: one per 128 keys, up to [`MAX_SPLITS`]
+/// (`attn_dr*` takes at least `ATR_MIN` keys a split; tying this cap to
+/// [`decode_splits`]' 256 keys cost the 7B twin 13% at B = 8).
+pub fn mixed_max_splits(n_ctx: usize) -> usize {
+    n_ctx.div_ceil(128).clamp(1, MAX_SPLITS)
 }
 
 /// Most key splits of a tensor-core attention launch.
@@ -1147,6 +1155,19 @@ mod tests {
         assert_eq!(split_count(16 * 132, 8 * 32, 64), 9);
         assert_eq!(split_count(16 * 132, 64 * 32, 64), 2);
         assert_eq!(split_count(16 * 132, 128 * 32, 64), 1);
+    }
+
+    #[test]
+    fn split_caps_follow_their_kernels() {
+        // attn_d*: one split per ATT_CHUNK (8 warps of 32 keys) keys
+        assert_eq!(super::decode_splits(256), 256usize.div_ceil(super::ATT_DWARPS * 32));
+        assert_eq!(super::decode_splits(1), 1);
+        assert_eq!(super::decode_splits(1 << 20), super::MAX_SPLITS);
+        // several rows (attn_dr*): one per 128 keys, whatever the one-row chunk
+        for n_ctx in [1, 128, 129, 256, 300, 4096, 1 << 20] {
+            assert_eq!(super::mixed_max_splits(n_ctx), n_ctx.div_ceil(128).clamp(1, super::MAX_SPLITS));
+        }
+        assert_eq!(super::mixed_max_splits(256), 2);
     }
 
     /// The launch reads the constants a compile option gave the kernels,
