@@ -1,6 +1,6 @@
 // attention.cu: causal attention over the f16 KV cache, flash style: online
 // softmax over tiles of WARP_SIZE keys, no score matrix in memory. Decode
-// (attn_d64/128/256) splits the keys over up to S blocks of 4 warps
+// (attn_d64/128/256) splits the keys over up to S blocks of ATT_DWARPS warps
 // (flash-decoding); the last block of each (token, head) to finish merges
 // the partial results;
 // prefill (attn_prefill) stages each key tile in shared memory once for a
@@ -39,7 +39,8 @@ static_assert(ATT_DWARPS * WARP_SIZE >= 128, "a decode block of at least 128 thr
 // Most key splits of a decode launch: the merge keeps one weight per split.
 #define ATT_MAX_SPLITS 64
 // Keys one decode block takes before another split pays: one tile per warp
-// (a compile option may change it: the splits are worked out on the device).
+// (a compile option may change it: each step's splits are worked out on the
+// device, and the launcher's upper bound, ops::decode_splits, reads it too).
 #ifndef ATT_CHUNK
 #define ATT_CHUNK (ATT_DWARPS * WARP_SIZE)
 #endif

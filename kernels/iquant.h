@@ -252,7 +252,8 @@ template <>
 struct IP<TQ4_0X8> {
     static constexpr int PARTS = Q4_0X8_PARTS, NQ = 4 / PARTS, WORDS = 2 * NQ;
     static constexpr bool PAIRED = NQ % 2 == 0;  // words p NQ + j, 4 + p NQ + j: even pairs
-    // the words hold value + CENTRE; dot (and MQ's minimum) take it off through sx
+    // the words hold value + CENTRE; dot takes it off through sx (MQ centres
+    // its words at load instead)
     static constexpr float CENTRE = 8.0f;
     static __device__ __forceinline__ int word(int p, int j) { return j < NQ ? p * NQ + j : 4 + p * NQ + (j - NQ); }
     int w[WORDS];

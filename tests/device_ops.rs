@@ -683,6 +683,9 @@ fn attention_fused_qkv(g: &gpu::Gpu) {
         (8, 8, 128, 0, 0, false, false, false),
         (4, 2, 64, 127, 0, false, true, true),
         (4, 2, 64, 128, 0, true, true, false),
+        // the 8-warp decode block's boundary: one split, then two
+        (8, 2, 128, 255, 0, true, false, false),
+        (4, 1, 256, 256, 0, false, true, true),
         (2, 1, 128, 1000, 300, false, false, true),
     ] {
         let (a, b2, ka, kb) = g.fused_qkv_attention(n_head, n_head_kv, hd, pos0, window, neox, bias, norm);

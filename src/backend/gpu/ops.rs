@@ -1159,8 +1159,13 @@ mod tests {
 
     #[test]
     fn split_caps_follow_their_kernels() {
-        // attn_d*: one split per ATT_CHUNK (8 warps of 32 keys) keys
-        assert_eq!(super::decode_splits(256), 256usize.div_ceil(super::ATT_DWARPS * 32));
+        // attn_d*: one split per ATT_CHUNK (8 warps of 32 keys) keys, unless
+        // FORGE_NVRTC_OPTS changes the kernel's constants (A/B runs)
+        if std::env::var("FORGE_NVRTC_OPTS").map_or(true, |o| o.trim().is_empty()) {
+            assert_eq!(super::decode_splits(256), 1);
+            assert_eq!(super::decode_splits(257), 2);
+            assert!(super::decode_splits(300) < super::mixed_max_splits(300));
+        }
         assert_eq!(super::decode_splits(1), 1);
         assert_eq!(super::decode_splits(1 << 20), super::MAX_SPLITS);
         // several rows (attn_dr*): one per 128 keys, whatever the one-row chunk
