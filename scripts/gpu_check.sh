@@ -141,7 +141,9 @@ for step in $steps; do
       # long contexts on the Qwen twin: pp16384 and tg128 at depth 16384
       run side-llama-long "$L/llama-bench" -m "$TWINS/qwen2-twin.gguf" -ngl 99 -fa 1 -p 16384 -n 0 -r 1
       run side-llama-long-tg "$L/llama-bench" -m "$TWINS/qwen2-twin.gguf" -ngl 99 -fa 1 -p 0 -n 128 -d 16384 -r 1
-      run side-ours-long "$BIN/bench" --backend cuda --pp 16384 --tg 128 --depth 16384 --reps 1 "$TWINS/qwen2-twin.gguf" ;;
+      # three repetitions (the median): the first pays first-use costs that
+      # llama-bench hides behind its own warm-up run
+      run side-ours-long "$BIN/bench" --backend cuda --pp 16384 --tg 128 --depth 16384 --reps 3 "$TWINS/qwen2-twin.gguf" ;;
     collective)
       # issue 19's communicator: NCCL at run time, one rank per visible GPU
       lib=$(python3 -c "import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], 'lib', 'libnccl.so.2'))" 2>/dev/null)
