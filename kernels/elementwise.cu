@@ -29,3 +29,11 @@ KERNEL void f32_to_f16(const float* x, u16* y, u64 n) {
     }
     for (u64 i = 4 * n4 + t; i < n; i += stride) y[i] = f2h(x[i]);
 }
+
+// hi, lo (f16) = x (f32) split by split_h: the BLAS path's activations when
+// its products take them in two halves (ops::X16, FORGE_F16_SPLIT).
+KERNEL void f32_to_f16_split(const float* x, u16* hi, u16* lo, u64 n) {
+    GRID_START();
+    const u64 t = (u64)blockIdx.x * blockDim.x + threadIdx.x, stride = (u64)gridDim.x * blockDim.x;
+    for (u64 i = t; i < n; i += stride) split_h(x[i], hi + i, lo + i);
+}

@@ -65,3 +65,16 @@ KERNEL void rmsnorm_f16(const float* x, const float* w, u16* y, int dim, float e
 #pragma unroll 8
     for (int i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = f2h(xr[i] * s * w[i]);
 }
+
+// rmsnorm_f16_split: rmsnorm_f16's values split by split_h into hi and lo
+// (n, dim) f16: the BLAS path's input when its products take activations
+// in two halves (ops::X16, FORGE_F16_SPLIT). One two-pass loop: this mode
+// trades speed for precision.
+KERNEL void rmsnorm_f16_split(const float* x, const float* w, u16* hi, u16* lo, int dim, float eps) {
+    GRID_START();
+    __shared__ float red[32];
+    const float* xr = x + (u64)blockIdx.x * dim;
+    const u64 o = (u64)blockIdx.x * dim;
+    const float s = rms_scale(xr, dim, eps, red);
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) split_h(xr[i] * s * w[i], hi + o + i, lo + o + i);
+}

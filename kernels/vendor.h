@@ -93,6 +93,15 @@ static __device__ __forceinline__ u16 f2h(float x) {
 #if !defined(FORGE_HOST_TEST)
 // pack_h2(lo, hi): two floats as an f16 pair (lo in the low half)
 static __device__ __forceinline__ u32 pack_h2(float lo, float hi) { return (u32)f2h(lo) | ((u32)f2h(hi) << 16); }
+// split_h(v): v as two f16, v ≈ hi + lo / F16_SPLIT_SCALE to about 22 bits
+// (the BLAS products' split activations: ops::X16; the second product
+// takes alpha 1 / F16_SPLIT_SCALE, so lo stays a normal f16 where v does)
+#define F16_SPLIT_SCALE 2048.0f
+static __device__ __forceinline__ void split_h(float v, u16* hi, u16* lo) {
+    const u16 h = f2h(v);
+    *hi = h;
+    *lo = f2h((v - h2f(h)) * F16_SPLIT_SCALE);
+}
 #endif
 
 // GRID_START(): the first statement of every kernel (after PREFETCH_L2 of

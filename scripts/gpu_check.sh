@@ -59,7 +59,9 @@ for step in $steps; do
     arch)
       # the qwen3 / llama3 / phi3 / mistral twins against HF's fixtures, on the GPU
       mkdir -p vendor/llama.cpp/models && tar -C vendor/llama.cpp/models -xJf "$HEADS/vocab.tar.xz"
-      run arch env FORGE_ARCH_BACKEND=cuda FORGE_ROOT="$PWD" "$BIN/arch_twins" --nocapture ;;
+      run arch env FORGE_ARCH_BACKEND=cuda FORGE_ROOT="$PWD" "$BIN/arch_twins" --nocapture
+      # the same with the BLAS products' activations in two f16 halves: the raw bound
+      run arch-split env FORGE_F16_SPLIT=1 FORGE_ARCH_BACKEND=cuda FORGE_ROOT="$PWD" "$BIN/arch_twins" --nocapture ;;
     profile)
       run profile env FORGE_PROFILE=1 "$BIN/bench" --backend cuda --pp 512 --tg 16 --reps 1 "$TWINS/qwen2-twin.gguf" "$TWINS/llama7b-q4_0-twin.gguf" ;;
     ktime)

@@ -12,9 +12,11 @@
 //!   LongRoPE's short and long tables with its attention factor, at every
 //!   pair, whatever positions the prompts reach;
 //! - teacher-forced next-token top-1 over 5 prompts × 32 tokens ≥ 99%
-//!   (on a GPU, positions where HF's own top two are within `TIE` and the
-//!   engine takes HF's runner-up count as agreeing: phi3's twin has two
-//!   such ties, 2e-4 apart, that f16 products flip);
+//!   (on a GPU with its default f16 activations in the BLAS products,
+//!   positions where HF's own top two are within `TIE` and the engine takes
+//!   HF's runner-up count as agreeing: phi3's twin has two such ties, 2e-4
+//!   apart, that f16 products flip; with `FORGE_F16_SPLIT=1`, activations
+//!   in two f16 halves, the bound holds as on the CPU);
 //! - relative L2 of the last-position logits of each prompt ≤ 5e-2;
 //! - the tokenizer gives HF's ids for the prompts;
 //! - the f32 reference pass (the oracle) on the first 8 positions of one
@@ -151,12 +153,14 @@ fn check(key: &str) {
             toks.len(),
             if sens.is_null() { String::new() } else { format!("; HF without the RoPE scaling: top-1 {}, rel L2 {}", sens["top1_agreement"], sens["last_rel_l2"]) }
         );
-        // the bound holds as is on the CPU; a GPU's logits (f16 products,
-        // rel L2 ~1e-3) may also take HF's runner-up where HF's top two
-        // are tied to within TIE, and those count with the agreements
-        let on_cpu = backend == BackendChoice::Cpu;
-        println!("{key}/{name}: disagreements at HF ties (top two within {TIE}): {ties}");
-        let counted = if on_cpu { agree } else { agree + ties };
+        // the bound holds as is on the CPU and on a GPU whose products take
+        // activations in two halves; a GPU's default logits (f16
+        // activations, rel L2 ~1e-3) may also take HF's runner-up where
+        // HF's top two are tied to within TIE, and those count with the
+        // agreements
+        let raw = backend == BackendChoice::Cpu || rocmforge::backend::gpu::ops::f16_split();
+        println!("{key}/{name}: disagreements at HF ties (top two within {TIE}): {ties}; {}", if raw { "raw bound" } else { "ties counted (GPU, f16 activations)" });
+        let counted = if raw { agree } else { agree + ties };
         assert!(counted * 100 >= 99 * positions, "{key}/{name}: top-1 agreement {counted}/{positions} < 99% ({ties} at HF ties)");
         assert!(worst <= 5e-2, "{key}/{name}: last-logit relative L2 {worst:.3e} > 5e-2");
         assert!(ref_agree * 100 >= 99 * toks.len() && ref_err <= 5e-2, "{key}/{name}: reference pass top-1 {ref_agree}/{}, rel L2 {ref_err:.3e}", toks.len());

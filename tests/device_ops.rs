@@ -420,16 +420,58 @@ fn x_to_f16_rows(g: &gpu::Gpu) {
                     reference.push(half::f16::from_f64(v).to_f64());
                 }
             }
-            let out = g.x_to_f16(&x, &w, n, dim, norm.then_some(eps));
+            let (out, _) = g.x_to_f16(&x, &w, n, dim, norm.then_some(eps), false);
             // f16 rounding of a value computed in f32: an ulp apart at most, rarely
             check(&format!("x_to_f16 {n} x {dim} norm={norm}"), &out, &reference, 1e-4);
             if !norm {
                 assert!(out.iter().zip(&reference).all(|(&a, &b)| a as f64 == b), "f32_to_f16 {n} x {dim}: not the f16 rounding of x");
             }
+            // in two halves (FORGE_F16_SPLIT): hi is that rounding again,
+            // and hi + lo is the value to about 22 bits, not 11
+            let (hi, lo) = g.x_to_f16(&x, &w, n, dim, norm.then_some(eps), true);
+            let lo = lo.unwrap();
+            check(&format!("x_to_f16 split {n} x {dim} norm={norm}: hi"), &hi, &reference, 1e-4);
+            if !norm {
+                assert!(hi.iter().zip(&reference).all(|(&a, &b)| a as f64 == b), "f32_to_f16_split {n} x {dim}: hi is not the f16 rounding of x");
+            }
+            let exact: Vec<f64> = (0..n * dim)
+                .map(|i| {
+                    let (t, j) = (i / dim, i % dim);
+                    let row = &x[t * dim..(t + 1) * dim];
+                    let ss: f64 = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / dim as f64;
+                    row[j] as f64 * if norm { w[j] as f64 / (ss + eps as f64).sqrt() } else { 1.0 }
+                })
+                .collect();
+            let sum: Vec<f32> = hi.iter().zip(&lo).map(|(&h, &l)| (h as f64 + l) as f32).collect();
+            let (e16, e32) = (rel_l2(&hi, &exact), rel_l2(&sum, &exact));
+            println!("x_to_f16 {n} x {dim} norm={norm}: rel L2 against the exact values: f16 {e16:.2e}, hi + lo {e32:.2e}");
+            assert!(e32 <= 2e-6 && e32 * 50.0 <= e16, "x_to_f16 split {n} x {dim} norm={norm}: hi + lo {e32:.2e}, f16 alone {e16:.2e}");
         }
     }
 }
 test_gpu!(x_to_f16_rows);
+
+/// The BLAS products with activations in two f16 halves (`ops::X16`,
+/// FORGE_F16_SPLIT=1): over F16 weights, which f16 holds exactly, the
+/// product is then about as precise as f32 activations make it, where f16
+/// activations alone carry their 11-bit rounding (~3e-4 relative).
+fn matmul_split_activations(g: &gpu::Gpu) {
+    assert!(g.dev.rt.has_blas(), "the vendor BLAS is loaded on a GPU test machine");
+    for (rows, cols, n) in [(896usize, 896usize, 40usize), (300, 4096, 17), (64, 11008, 9)] {
+        let ty = GgmlType::F16;
+        let wbytes = random_tensor(ty, rows * cols, 0.05, 31 + cols as u64).unwrap();
+        let w = quant::dequantize_vec(ty, &wbytes).unwrap();
+        let x = Rng(5 + n as u64).vec(n * cols);
+        let reference = ref_matmul(&w, rows, cols, &x, n);
+        let (y16, p16) = g.matmul_x16(ty, &wbytes, rows, cols, &x, n, false, false);
+        let (y22, p22) = g.matmul_x16(ty, &wbytes, rows, cols, &x, n, false, true);
+        assert_eq!((p16, p22), (gops::MatmulPath::Blas, gops::MatmulPath::Blas), "{rows}x{cols} n={n}: the vendor BLAS path");
+        let (e16, e22) = (rel_l2(&y16, &reference), rel_l2(&y22, &reference));
+        println!("F16 {rows}x{cols} n={n}: rel L2 against f64, f16 activations {e16:.2e}, in two halves {e22:.2e}");
+        assert!(e22 <= 1e-5 && e22 * 20.0 <= e16, "F16 {rows}x{cols} n={n}: two halves {e22:.2e}, f16 alone {e16:.2e}");
+    }
+}
+test_gpu!(matmul_split_activations);
 
 /// Bias + per-head RMSNorm + RoPE (both pair styles) + f16 K/V store.
 fn rope_qkv(b: &Backend) {
@@ -874,6 +916,13 @@ mod gpu {
         }
 
         pub fn matmul(&self, ty: GgmlType, w: &[u8], rows: usize, cols: usize, x: &[f32], n: usize, tiled: bool) -> (Vec<f32>, MatmulPath) {
+            self.matmul_x16(ty, w, rows, cols, x, n, tiled, false)
+        }
+
+        /// [`Self::matmul`], with the BLAS path's activations in two f16
+        /// halves (`ops::X16`) when `split`.
+        #[allow(clippy::too_many_arguments)]
+        pub fn matmul_x16(&self, ty: GgmlType, w: &[u8], rows: usize, cols: usize, x: &[f32], n: usize, tiled: bool, split: bool) -> (Vec<f32>, MatmulPath) {
             let (_wb, m) = self.matrix(ty, w, rows, cols);
             let (xb, yb) = (self.up_f32(x), self.out_f32(n * rows));
             let scratch = (!tiled && self.dev.rt.has_blas()).then(|| GemmScratch {
@@ -881,6 +930,7 @@ mod gpu {
                 w16_elems: rows * cols,
                 x16: self.pool.alloc(n * cols * 2, "x16").unwrap(),
                 x16_elems: n * cols,
+                x16lo: split.then(|| self.pool.alloc(n * cols * 2, "x16lo").unwrap()),
             });
             let path = if tiled {
                 // force the portable kernel: no scratch, and too many tokens for matvec
@@ -910,9 +960,11 @@ mod gpu {
             assert!(ops::mmf_fits(self.dev.rt.info(), &m, n));
             let w16 = self.pool.alloc(rows * cols * 2, "w16").unwrap();
             ops::dequant_to_f16(&self.dev, self.s, &m, w16.ptr).unwrap();
-            let sc = GemmScratch { w16: self.pool.alloc(2, "w16").unwrap(), w16_elems: 1, x16: self.pool.alloc(n * cols * 2, "x16").unwrap(), x16_elems: n * cols };
+            let sc = GemmScratch { w16: self.pool.alloc(2, "w16").unwrap(), w16_elems: 1, x16: self.pool.alloc(n * cols * 2, "x16").unwrap(), x16_elems: n * cols, x16lo: None };
             let (xb, yb) = (self.up_f32(x), self.up_f32(&vec![f32::NAN; n * rows]));
             let x16 = ops::x_to_f16(&self.dev, self.s, xb.ptr, n, cols, None, &sc).unwrap();
+            assert_eq!(x16.lo, 0, "no low halves without room for them");
+            let x16 = x16.hi;
             ops::matmul_mmf(&self.dev, self.s, &m, x16, yb.ptr, n, Out::Store).unwrap();
             let y = self.down_f32(&yb, n * rows);
             let acc = self.up_f32(&vec![1.0; n * rows]);
@@ -926,7 +978,7 @@ mod gpu {
             }
             // the vendor BLAS over the f16 copy
             let bb = self.out_f32(n * rows);
-            let gemm = rocmforge::backend::gpu::runtime::GemmF16 { m: rows, n, k: cols, a: w16.ptr, b: x16, c: bb.ptr, ldc: rows, beta: 0.0 };
+            let gemm = rocmforge::backend::gpu::runtime::GemmF16 { m: rows, n, k: cols, a: w16.ptr, b: x16, c: bb.ptr, ldc: rows, alpha: 1.0, beta: 0.0 };
             self.dev.rt.gemm_f16(self.s, &gemm).unwrap();
             let blas = self.down_f32(&bb, n * rows);
             (y, blas, ops::mmf_parts(self.dev.rt.info(), &m, n))
@@ -1110,16 +1162,29 @@ mod gpu {
         }
 
         /// x (n, dim) through ops::x_to_f16 (RMS-normalized by w with
-        /// `eps`, or converted alone), back as f32.
-        pub fn x_to_f16(&self, x: &[f32], w: &[f32], n: usize, dim: usize, eps: Option<f32>) -> Vec<f32> {
+        /// `eps`, or converted alone), back as f32: the f16 values, and
+        /// with `split` the low halves' values too (unscaled: x ≈ hi + lo).
+        pub fn x_to_f16(&self, x: &[f32], w: &[f32], n: usize, dim: usize, eps: Option<f32>, split: bool) -> (Vec<f32>, Option<Vec<f64>>) {
             let (xb, wb) = (self.up_f32(x), self.up_f32(w));
-            let sc = GemmScratch { w16: self.pool.alloc(2, "w16").unwrap(), w16_elems: 1, x16: self.pool.alloc(n * dim * 2, "x16").unwrap(), x16_elems: n * dim };
+            let sc = GemmScratch {
+                w16: self.pool.alloc(2, "w16").unwrap(),
+                w16_elems: 1,
+                x16: self.pool.alloc(n * dim * 2, "x16").unwrap(),
+                x16_elems: n * dim,
+                x16lo: split.then(|| self.pool.alloc(n * dim * 2, "x16lo").unwrap()),
+            };
             let y = ops::x_to_f16(&self.dev, self.s, xb.ptr, n, dim, eps.map(|e| (wb.ptr, e)), &sc).unwrap();
-            self.dev.rt.stream_sync(self.s).unwrap();
-            let mut h = vec![0u8; n * dim * 2];
-            self.dev.rt.dtoh(self.s, &mut h, y).unwrap();
-            self.dev.rt.stream_sync(self.s).unwrap();
-            h.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+            assert_eq!(y.lo != 0, split, "low halves exactly when the scratch has room for them");
+            let down = |p| {
+                self.dev.rt.stream_sync(self.s).unwrap();
+                let mut h = vec![0u8; n * dim * 2];
+                self.dev.rt.dtoh(self.s, &mut h, p).unwrap();
+                self.dev.rt.stream_sync(self.s).unwrap();
+                h.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect::<Vec<f32>>()
+            };
+            let hi = down(y.hi);
+            let lo = split.then(|| down(y.lo).iter().map(|&v| v as f64 / ops::F16_SPLIT_SCALE as f64).collect());
+            (hi, lo)
         }
 
         #[allow(clippy::too_many_arguments)]

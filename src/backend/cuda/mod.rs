@@ -315,7 +315,7 @@ impl GpuRuntime for Cuda {
     fn gemm_f16(&self, s: Stream, g: &GemmF16) -> Result<()> {
         self.bind()?;
         let h = self.blas.as_ref().ok_or_else(|| Error::BackendUnavailable("cuBLAS is not loaded".into()))?.lock();
-        let (alpha, beta) = (1.0f32, g.beta);
+        let (alpha, beta) = (g.alpha, g.beta);
         use blas_sys::{cublasComputeType_t::CUBLAS_COMPUTE_32F, cublasOperation_t::*, cudaDataType::*};
         // SAFETY: pointers are live device buffers sized by the caller (ops::matmul).
         unsafe {

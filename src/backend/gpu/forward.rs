@@ -688,6 +688,7 @@ impl GpuExec {
                 w16_elems,
                 x16: p.alloc(b * max_cols * 2, "f16 activations")?,
                 x16_elems: b * max_cols,
+                x16lo: if ops::f16_split() { Some(p.alloc(b * max_cols * 2, "f16 activations' low halves")?) } else { None },
             })
         } else {
             None

@@ -224,7 +224,7 @@ pub enum Param {
 
 use Param::*;
 
-/// Every kernel of the module (253 in all; on every target: some exist only
+/// Every kernel of the module (255 in all; on every target: some exist only
 /// on some, see `tests/kernel_table.rs`) with its parameters, sorted by name
 /// (binary search).
 pub const KERNELS: &[(&str, &[Param])] = &[
@@ -307,6 +307,7 @@ pub const KERNELS: &[(&str, &[Param])] = &[
     ("dequant_f16_q8_0", &[Ptr, Ptr, I32, I32]),
     ("dequant_f16_q8_0x4", &[Ptr, Ptr, I32, I32]),
     ("f32_to_f16", &[Ptr, Ptr, U64]),
+    ("f32_to_f16_split", &[Ptr, Ptr, Ptr, U64]),
     ("get_rows_bf16", &[Ptr, Ptr, Ptr, I32, F32]),
     ("get_rows_f16", &[Ptr, Ptr, Ptr, I32, F32]),
     ("get_rows_f32", &[Ptr, Ptr, Ptr, I32, F32]),
@@ -975,6 +976,7 @@ pub const KERNELS: &[(&str, &[Param])] = &[
     ("quant_act", &[Ptr, Ptr, F32, I32, Ptr, Ptr, Ptr, Ptr, I32]),
     ("rmsnorm", &[Ptr, Ptr, Ptr, I32, F32, I32]),
     ("rmsnorm_f16", &[Ptr, Ptr, Ptr, I32, F32]),
+    ("rmsnorm_f16_split", &[Ptr, Ptr, Ptr, Ptr, I32, F32]),
     ("topk1_merge", &[Ptr, I32, I32, Ptr, Ptr, Ptr]),
     ("topk1_part", &[Ptr, I32, Ptr]),
     ("topk_rows", &[Ptr, I32, I32, Ptr, Ptr, Ptr]),

@@ -427,12 +427,39 @@ pub fn matvec_x_pair(dev: &Device, s: Stream, a: &DevMatrix, b: &DevMatrix, x: D
     decode::launch_pair(dev, s, a, b, x, norm, ya, yb)
 }
 
-/// Device scratch for the vendor-BLAS path: a slab of W in f16 and X in f16.
+/// Device scratch for the vendor-BLAS path: a slab of W in f16 and X in f16
+/// (`x16_elems` values), with room for X's low halves when the products
+/// take activations in two halves (`x16lo`, as large as `x16`; see [`X16`]).
 pub struct GemmScratch {
     pub w16: Buffer,
     pub w16_elems: usize,
     pub x16: Buffer,
     pub x16_elems: usize,
+    pub x16lo: Option<Buffer>,
+}
+
+/// X prepared for the vendor BLAS by [`x_to_f16`]: its f16 values `hi`
+/// and, where the scratch has room for them, its low halves `lo` (0 when
+/// none): x ≈ hi + lo / 2048 to about 22 bits (`split_h` in
+/// kernels/vendor.h). With `lo` every product is two GEMMs over the same
+/// f16 weights (the second with alpha 1/2048): twice the work for
+/// activations about as precise as f32's, so that a model with F16 weights
+/// multiplies as the CPU does (FORGE_F16_SPLIT=1, [`f16_split`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct X16 {
+    pub hi: DevPtr,
+    pub lo: DevPtr,
+}
+
+/// `F16_SPLIT_SCALE` in kernels/vendor.h: the low halves' scale.
+pub const F16_SPLIT_SCALE: f32 = 2048.0;
+
+/// Whether the vendor-BLAS products take activations in two f16 halves
+/// ([`X16`]): `FORGE_F16_SPLIT=1` (read once; off by default: the
+/// products' input is then f16 alone, 11 bits, as llama.cpp's).
+pub fn f16_split() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| crate::env_flag("FORGE_F16_SPLIT"))
 }
 
 /// Which path a many-token product took (benchmarks report it).
@@ -478,11 +505,23 @@ pub fn resident_gemm(dev: &Device, w: &DevMatrix, nt: usize, scratch: Option<&Ge
 
 /// Prepare x (nt, cols) f32 as the f16 input of [`gemm_resident`] in
 /// `scratch` (RMS-normalized first with `norm = Some((weight, eps))`), once
-/// for every product that reads it. Needs [`resident_gemm`] for them.
-pub fn x_to_f16(dev: &Device, s: Stream, x: DevPtr, nt: usize, cols: usize, norm: Option<(DevPtr, f32)>, scratch: &GemmScratch) -> Result<DevPtr> {
+/// for every product that reads it, split in two halves where the scratch
+/// has room for them ([`X16`]). Needs [`resident_gemm`] for them.
+pub fn x_to_f16(dev: &Device, s: Stream, x: DevPtr, nt: usize, cols: usize, norm: Option<(DevPtr, f32)>, scratch: &GemmScratch) -> Result<X16> {
     let n = nt * cols;
     if scratch.x16_elems < n {
         return Err(Error::InvalidArgument(format!("x_to_f16: {nt} x {cols} values, scratch for {}", scratch.x16_elems)));
+    }
+    if let Some(lo) = &scratch.x16lo {
+        let (hi, lo) = (scratch.x16.ptr, lo.ptr);
+        match norm {
+            Some((w, eps)) => {
+                let dims = LaunchDims { grid: (nt as u32, 1, 1), block: 256, shared: 0 };
+                dev.launch(s, "rmsnorm_f16_split", dims, &[Arg::Ptr(x), Arg::Ptr(w), Arg::Ptr(hi), Arg::Ptr(lo), Arg::I32(cols as i32), Arg::F32(eps)])?
+            }
+            None => dev.launch(s, "f32_to_f16_split", grid_stride(n), &[Arg::Ptr(x), Arg::Ptr(hi), Arg::Ptr(lo), Arg::U64(n as u64)])?,
+        }
+        return Ok(X16 { hi, lo });
     }
     match norm {
         Some((w, eps)) => {
@@ -491,22 +530,34 @@ pub fn x_to_f16(dev: &Device, s: Stream, x: DevPtr, nt: usize, cols: usize, norm
         }
         None => dev.launch(s, "f32_to_f16", grid_stride(n.div_ceil(4)), &[Arg::Ptr(x), Arg::Ptr(scratch.x16.ptr), Arg::U64(n as u64)])?,
     }
-    Ok(scratch.x16.ptr)
+    Ok(X16 { hi: scratch.x16.ptr, lo: 0 })
 }
 
 /// y (nt, rows) = / += X Wᵀ by the vendor BLAS over W's resident f16 copy,
-/// X prepared by [`x_to_f16`] (its pointer `x16`); for the token counts of
-/// [`mmf_rows`], by [`matmul_mmf`] on W's quantized form where it fits.
-pub fn gemm_resident(dev: &Device, s: Stream, w: &DevMatrix, x16: DevPtr, y: DevPtr, nt: usize, out: Out) -> Result<()> {
+/// X prepared by [`x_to_f16`]; for the token counts of [`mmf_rows`], by
+/// [`matmul_mmf`] on W's quantized form where it fits (not for X in two
+/// halves: mmf takes f16 alone).
+pub fn gemm_resident(dev: &Device, s: Stream, w: &DevMatrix, x16: X16, y: DevPtr, nt: usize, out: Out) -> Result<()> {
     check(w)?;
-    if mmf_rows().contains(&nt) && mmf_fits(dev.rt.info(), w, nt) {
-        return matmul_mmf(dev, s, w, x16, y, nt, out);
+    if x16.lo == 0 && mmf_rows().contains(&nt) && mmf_fits(dev.rt.info(), w, nt) {
+        return matmul_mmf(dev, s, w, x16.hi, y, nt, out);
     }
     if w.f16 == 0 {
         return Err(Error::InvalidArgument(format!("gemm_resident: {} has no resident f16 copy", w.ty)));
     }
-    let g = GemmF16 { m: w.rows, n: nt, k: w.cols, a: w.f16, b: x16, c: y, ldc: w.rows, beta: if out == Out::Add { 1.0 } else { 0.0 } };
-    dev.rt.gemm_f16(s, &g)
+    gemm_x16(dev, s, w.f16, w.rows, w.cols, x16, y, w.rows, nt, out)
+}
+
+/// y (nt, ldc) = / += X Aᵀ for A (m, k) f16 at `a`: one GEMM, and a second
+/// with alpha 1/[`F16_SPLIT_SCALE`] over X's low halves when it has them.
+#[allow(clippy::too_many_arguments)]
+fn gemm_x16(dev: &Device, s: Stream, a: DevPtr, m: usize, k: usize, x16: X16, y: DevPtr, ldc: usize, nt: usize, out: Out) -> Result<()> {
+    let beta = if out == Out::Add { 1.0 } else { 0.0 };
+    dev.rt.gemm_f16(s, &GemmF16 { m, n: nt, k, a, b: x16.hi, c: y, ldc, alpha: 1.0, beta })?;
+    if x16.lo != 0 {
+        dev.rt.gemm_f16(s, &GemmF16 { m, n: nt, k, a, b: x16.lo, c: y, ldc, alpha: 1.0 / F16_SPLIT_SCALE, beta: 1.0 })?;
+    }
+    Ok(())
 }
 
 /// The token counts for which [`gemm_resident`] multiplies the quantized
@@ -648,8 +699,7 @@ pub fn matmul(dev: &Device, s: Stream, w: &DevMatrix, x: DevPtr, y: DevPtr, nt: 
     }
     let sfx = w.suffix()?;
     if let Some(sc) = scratch.filter(|sc| dev.rt.has_blas() && sc.x16_elems >= nt * w.cols && sc.w16_elems >= w.cols) {
-        let n = nt * w.cols;
-        dev.launch(s, "f32_to_f16", grid_stride(n.div_ceil(4)), &[Arg::Ptr(x), Arg::Ptr(sc.x16.ptr), Arg::U64(n as u64)])?;
+        let x16 = x_to_f16(dev, s, x, nt, w.cols, None, sc)?;
         let slab = (sc.w16_elems / w.cols).min(w.rows);
         let rb = w.row_bytes();
         let mut r0 = 0;
@@ -657,8 +707,7 @@ pub fn matmul(dev: &Device, s: Stream, w: &DevMatrix, x: DevPtr, y: DevPtr, nt: 
             let m = slab.min(w.rows - r0);
             let slab_w = DevMatrix { rows: m, ptr: w.ptr + (r0 * rb) as u64, ..*w };
             dequant_to_f16(dev, s, &slab_w, sc.w16.ptr)?;
-            let g = GemmF16 { m, n: nt, k: w.cols, a: sc.w16.ptr, b: sc.x16.ptr, c: y + (r0 * 4) as u64, ldc: w.rows, beta: if out == Out::Add { 1.0 } else { 0.0 } };
-            dev.rt.gemm_f16(s, &g)?;
+            gemm_x16(dev, s, sc.w16.ptr, m, w.cols, x16, y + (r0 * 4) as u64, w.rows, nt, out)?;
             r0 += m;
         }
         return Ok(MatmulPath::Blas);

@@ -51,7 +51,7 @@ pub struct LaunchDims {
     pub shared: u32,
 }
 
-/// `C (m × n, column-major, ldc) = A·B (+ C when beta = 1)` with A given as
+/// `C (m × n, column-major, ldc) = alpha A·B (+ C when beta = 1)` with A given as
 /// `Aᵀ` (k × m column-major, i.e. m rows of k f16), B (k × n column-major,
 /// i.e. n rows of k f16), f32 accumulation and output.
 #[derive(Debug, Clone, Copy)]
@@ -63,6 +63,7 @@ pub struct GemmF16 {
     pub b: DevPtr,
     pub c: DevPtr,
     pub ldc: usize,
+    pub alpha: f32,
     pub beta: f32,
 }
 

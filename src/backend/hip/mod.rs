@@ -348,7 +348,7 @@ impl GpuRuntime for Hip {
         // R_32F = 151 (also the compute type). v2: hipDataType R_16F = 2,
         // R_32F = 0; hipblasComputeType_t COMPUTE_32F = 2. GEMM_DEFAULT = 100.
         let (f16, f32, compute) = if b.v2 { (2, 0, 2) } else { (150, 151, 151) };
-        let (alpha, beta) = (1.0f32, g.beta);
+        let (alpha, beta) = (g.alpha, g.beta);
         // SAFETY: device pointers sized by ops::matmul; handle used under the lock.
         let rc = unsafe {
             (b.set_stream)(b.handle, stream(s) as *mut c_void);
