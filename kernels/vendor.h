@@ -99,8 +99,11 @@ static __device__ __forceinline__ u32 pack_h2(float lo, float hi) { return (u32)
 #define F16_SPLIT_SCALE 2048.0f
 static __device__ __forceinline__ void split_h(float v, u16* hi, u16* lo) {
     const u16 h = f2h(v);
+    const float r = h2f(h);
     *hi = h;
-    *lo = f2h((v - h2f(h)) * F16_SPLIT_SCALE);
+    // past f16's range hi is ±inf, as f16 alone gives; lo adds nothing then
+    // (v - inf would make the second product's sum NaN)
+    *lo = f2h(fabsf(r) <= 65504.0f ? (v - r) * F16_SPLIT_SCALE : 0.0f);
 }
 #endif
 

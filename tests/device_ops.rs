@@ -470,6 +470,28 @@ fn matmul_split_activations(g: &gpu::Gpu) {
         println!("F16 {rows}x{cols} n={n}: rel L2 against f64, f16 activations {e16:.2e}, in two halves {e22:.2e}");
         assert!(e22 <= 1e-5 && e22 * 20.0 <= e16, "F16 {rows}x{cols} n={n}: two halves {e22:.2e}, f16 alone {e16:.2e}");
     }
+    // the batched forward's form: RMS-normalized in the conversion
+    // (rmsnorm_f16_split), then the resident copy (gemm_resident)
+    let (rows, cols, n) = (512usize, 4096usize, 24usize);
+    let ty = GgmlType::F16;
+    let wbytes = random_tensor(ty, rows * cols, 0.05, 77).unwrap();
+    let w = quant::dequantize_vec(ty, &wbytes).unwrap();
+    let mut r = Rng(78);
+    let (x, nw) = (r.vec(n * cols), r.vec(cols));
+    let xn: Vec<f32> = (0..n * cols)
+        .map(|i| {
+            let (t, j) = (i / cols, i % cols);
+            let row = &x[t * cols..(t + 1) * cols];
+            let ss: f64 = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / cols as f64;
+            (row[j] as f64 * nw[j] as f64 / (ss + 1e-6).sqrt()) as f32
+        })
+        .collect();
+    let reference = ref_matmul(&w, rows, cols, &xn, n);
+    let y16 = g.resident_norm_x16(ty, &wbytes, rows, cols, &x, &nw, n, false);
+    let y22 = g.resident_norm_x16(ty, &wbytes, rows, cols, &x, &nw, n, true);
+    let (e16, e22) = (rel_l2(&y16, &reference), rel_l2(&y22, &reference));
+    println!("F16 {rows}x{cols} n={n}, normalized, resident copy: rel L2 against f64, f16 activations {e16:.2e}, in two halves {e22:.2e}");
+    assert!(e22 <= 1e-5 && e22 * 20.0 <= e16, "resident F16 {rows}x{cols} n={n}: two halves {e22:.2e}, f16 alone {e16:.2e}");
 }
 test_gpu!(matmul_split_activations);
 
@@ -917,6 +939,29 @@ mod gpu {
 
         pub fn matmul(&self, ty: GgmlType, w: &[u8], rows: usize, cols: usize, x: &[f32], n: usize, tiled: bool) -> (Vec<f32>, MatmulPath) {
             self.matmul_x16(ty, w, rows, cols, x, n, tiled, false)
+        }
+
+        /// x (n, cols) RMS-normalized by `nw` (eps 1e-6) and multiplied by
+        /// W's resident f16 copy (`x_to_f16` + `gemm_resident`, the
+        /// batched forward's path), with the activations in two f16 halves
+        /// when `split`.
+        #[allow(clippy::too_many_arguments)]
+        pub fn resident_norm_x16(&self, ty: GgmlType, w: &[u8], rows: usize, cols: usize, x: &[f32], nw: &[f32], n: usize, split: bool) -> Vec<f32> {
+            let (_wb, mut m) = self.matrix(ty, w, rows, cols);
+            let copy = self.pool.alloc(rows * cols * 2, "resident f16 copy").unwrap();
+            ops::dequant_to_f16(&self.dev, self.s, &m, copy.ptr).unwrap();
+            m.f16 = copy.ptr;
+            let (xb, nb, yb) = (self.up_f32(x), self.up_f32(nw), self.out_f32(n * rows));
+            let sc = GemmScratch {
+                w16: self.pool.alloc(2, "w16").unwrap(),
+                w16_elems: 1,
+                x16: self.pool.alloc(n * cols * 2, "x16").unwrap(),
+                x16_elems: n * cols,
+                x16lo: split.then(|| self.pool.alloc(n * cols * 2, "x16lo").unwrap()),
+            };
+            let x16 = ops::x_to_f16(&self.dev, self.s, xb.ptr, n, cols, Some((nb.ptr, 1e-6)), &sc).unwrap();
+            ops::gemm_resident(&self.dev, self.s, &m, x16, yb.ptr, n, Out::Store).unwrap();
+            self.down_f32(&yb, n * rows)
         }
 
         /// [`Self::matmul`], with the BLAS path's activations in two f16

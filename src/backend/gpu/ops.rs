@@ -513,6 +513,9 @@ pub fn x_to_f16(dev: &Device, s: Stream, x: DevPtr, nt: usize, cols: usize, norm
         return Err(Error::InvalidArgument(format!("x_to_f16: {nt} x {cols} values, scratch for {}", scratch.x16_elems)));
     }
     if let Some(lo) = &scratch.x16lo {
+        if lo.bytes < n * 2 {
+            return Err(Error::InvalidArgument(format!("x_to_f16: {nt} x {cols} values, room for {} low halves", lo.bytes / 2)));
+        }
         let (hi, lo) = (scratch.x16.ptr, lo.ptr);
         match norm {
             Some((w, eps)) => {
