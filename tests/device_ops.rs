@@ -941,6 +941,19 @@ mod gpu {
             self.matmul_x16(ty, w, rows, cols, x, n, tiled, false)
         }
 
+        /// Scratch for `elems` activations in f16 (and their low halves when
+        /// `split`), with no weight slab: for `x_to_f16` and the products
+        /// over a resident copy or regrouped weights.
+        fn x16_scratch(&self, elems: usize, split: bool) -> GemmScratch {
+            GemmScratch {
+                w16: self.pool.alloc(2, "w16").unwrap(),
+                w16_elems: 1,
+                x16: self.pool.alloc(elems * 2, "x16").unwrap(),
+                x16_elems: elems,
+                x16lo: split.then(|| self.pool.alloc(elems * 2, "x16lo").unwrap()),
+            }
+        }
+
         /// x (n, cols) RMS-normalized by `nw` (eps 1e-6) and multiplied by
         /// W's resident f16 copy (`x_to_f16` + `gemm_resident`, the
         /// batched forward's path), with the activations in two f16 halves
@@ -952,13 +965,7 @@ mod gpu {
             ops::dequant_to_f16(&self.dev, self.s, &m, copy.ptr).unwrap();
             m.f16 = copy.ptr;
             let (xb, nb, yb) = (self.up_f32(x), self.up_f32(nw), self.out_f32(n * rows));
-            let sc = GemmScratch {
-                w16: self.pool.alloc(2, "w16").unwrap(),
-                w16_elems: 1,
-                x16: self.pool.alloc(n * cols * 2, "x16").unwrap(),
-                x16_elems: n * cols,
-                x16lo: split.then(|| self.pool.alloc(n * cols * 2, "x16lo").unwrap()),
-            };
+            let sc = self.x16_scratch(n * cols, split);
             let x16 = ops::x_to_f16(&self.dev, self.s, xb.ptr, n, cols, Some((nb.ptr, 1e-6)), &sc).unwrap();
             ops::gemm_resident(&self.dev, self.s, &m, x16, yb.ptr, n, Out::Store).unwrap();
             self.down_f32(&yb, n * rows)
@@ -1005,7 +1012,7 @@ mod gpu {
             assert!(ops::mmf_fits(self.dev.rt.info(), &m, n));
             let w16 = self.pool.alloc(rows * cols * 2, "w16").unwrap();
             ops::dequant_to_f16(&self.dev, self.s, &m, w16.ptr).unwrap();
-            let sc = GemmScratch { w16: self.pool.alloc(2, "w16").unwrap(), w16_elems: 1, x16: self.pool.alloc(n * cols * 2, "x16").unwrap(), x16_elems: n * cols, x16lo: None };
+            let sc = self.x16_scratch(n * cols, false);
             let (xb, yb) = (self.up_f32(x), self.up_f32(&vec![f32::NAN; n * rows]));
             let x16 = ops::x_to_f16(&self.dev, self.s, xb.ptr, n, cols, None, &sc).unwrap();
             assert_eq!(x16.lo, 0, "no low halves without room for them");
@@ -1211,13 +1218,7 @@ mod gpu {
         /// with `split` the low halves' values too (unscaled: x ≈ hi + lo).
         pub fn x_to_f16(&self, x: &[f32], w: &[f32], n: usize, dim: usize, eps: Option<f32>, split: bool) -> (Vec<f32>, Option<Vec<f64>>) {
             let (xb, wb) = (self.up_f32(x), self.up_f32(w));
-            let sc = GemmScratch {
-                w16: self.pool.alloc(2, "w16").unwrap(),
-                w16_elems: 1,
-                x16: self.pool.alloc(n * dim * 2, "x16").unwrap(),
-                x16_elems: n * dim,
-                x16lo: split.then(|| self.pool.alloc(n * dim * 2, "x16lo").unwrap()),
-            };
+            let sc = self.x16_scratch(n * dim, split);
             let y = ops::x_to_f16(&self.dev, self.s, xb.ptr, n, dim, eps.map(|e| (wb.ptr, e)), &sc).unwrap();
             assert_eq!(y.lo != 0, split, "low halves exactly when the scratch has room for them");
             let down = |p| {
