@@ -78,6 +78,7 @@ template <typename T>
 struct MQWords {
     using P = IP<T>;
     static constexpr bool SPLIT = false;
+    static constexpr float POST = 1.0f;  // the sums' factor (MQ<TQ4_0X8>)
     static __device__ __forceinline__ int kw0(int c) { return P::word(c, 0); }
     static __device__ __forceinline__ int kw1(int c) { return P::word(c, 1); }
 };
@@ -125,25 +126,25 @@ struct MQ<TQ6_K> : MQWords<TQ6_K> {
 template <typename T>
 struct MQHalves {
     static constexpr bool SPLIT = false;
+    static constexpr float POST = 1.0f;
     static __device__ __forceinline__ int kw0(int c) { return c; }
     static __device__ __forceinline__ int kw1(int c) { return 4 + c; }
 };
 template <>
 struct MQ<TQ4_0X8> : MQHalves<TQ4_0X8> {
-    static_assert(IP<TQ4_0X8>::PARTS == 2, "lane c takes words c and 4 + c of part c / 2");
+    // the words are 16 (q - 8): the sums come out 16 times too large
+    static constexpr float POST = 1.0f / 16.0f;
     int w0, w1;
     float s, m;
     __device__ __forceinline__ void load(const u8* row, int g, int c) {
-        IP<TQ4_0X8> p;
-        p.load(row, g, c >> 1);
-        w0 = c & 1 ? p.w[1] : p.w[0];  // selects: an index unknown at compile time would put p.w in local memory
-        w1 = c & 1 ? p.w[3] : p.w[2];
-        // centred here, not through sx as IP's dot does: with no minimum the
-        // product skips its loads of sx (7B twin, B = 8: -8% through sx)
-        static_assert(IP<TQ4_0X8>::CENTRE == 8.0f, "the centre is 8 in every byte");
-        w0 = sub_bytes((u32)w0, 0x08080808u);
-        w1 = sub_bytes((u32)w1, 0x08080808u);
-        s = p.d;
+        // lane c's qs word c: its low nibbles meet x word c, its high ones x
+        // word 4 + c. Each nibble q goes to its byte's top half and the top
+        // bit flips: the signed byte 16 (q - 8), two instructions a word
+        // (centring q itself took four, and two constants in registers)
+        const u32 v = *(const u32*)(TQ4_0X8::qs(row, g) + 4 * c);
+        w0 = (int)(((v << 4) & 0xF0F0F0F0u) ^ 0x80808080u);
+        w1 = (int)((v & 0xF0F0F0F0u) ^ 0x80808080u);
+        s = TQ4_0X8::d(row, g);
         m = 0.0f;
     }
 };
@@ -213,22 +214,39 @@ static __device__ __forceinline__ void mmq_staged(const u8* __restrict__ W, cons
     constexpr int KC = S::KC, STR = S::STR, R = S::R, STAGES = S::STAGES, UG = KC / MMQ_WARPS;
     __shared__ __align__(16) u8 sm[S::BYTES];
     const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, c = lane % 4;
+    __builtin_assume(w >= 0 && w < MMQ_WARPS);  // blocks of MMQ_WARPS warps
     const int r0 = blockIdx.x * R, t0 = blockIdx.y * 8 * NT;
     const int ng = cols >> 5, nst = (ng + KC - 1) / KC;
     const u64 rb = (u64)(cols / T::BLK) * T::BYTES;
-    // copy stage st (groups st KC ..) of every row into buffer b
-    // (shared addresses as u32 from one conversion, not one per copy; an
-    // unrolled copy loop took 152 registers for q4_k instead of 120, one
-    // block an SM instead of two)
+    // copy stage st (groups st KC ..) of every row into buffer b: warp w
+    // copies rows w, w + MMQ_WARPS, .., lane l the row's 16-byte pieces l,
+    // l + 32, .. (row bases and shared addresses worked out once, so a copy
+    // is a compare and the copy: the copies spread over all threads with a
+    // division and clamps each took 24 instructions, a quarter of an
+    // 8-token block's instructions)
+    static_assert(R % MMQ_WARPS == 0, "every warp copies the same number of rows");
+    constexpr int RW = R / MMQ_WARPS, NQ = (S::NCH + 31) / 32;
     const u32 sbase = smem_addr(sm);
+    const u8* crow[RW];
+    u32 cs[RW];
+#pragma unroll
+    for (int k = 0; k < RW; k++) {
+        const int r = w + MMQ_WARPS * k;
+        crow[k] = W + (u64)min(r0 + r, rows - 1) * rb;
+        cs[k] = sbase + r * STR + 16 * lane;
+    }
     auto issue = [&](int st, int b) {
-        constexpr int N = R * S::NCH, TH = MMQ_WARPS * 32;
         const int a = mmq_bytes<T>(st * KC), e = mmq_bytes<T>(min((st + 1) * KC, ng));
-        for (int i = threadIdx.x; i < N; i += TH) {
-            const int r = i / S::NCH, j = i % S::NCH;
-            const u8* rp = W + (u64)min(r0 + r, rows - 1) * rb;
-            const u64 lo = (u64)(rp + a) & ~(u64)15, hi = ((u64)(rp + e) + 15) & ~(u64)15;
-            if (lo + 16 * (u64)j < hi) cp_async16s(sbase + (b * R + r) * STR + 16 * j, (const void*)(lo + 16 * (u64)j));
+#pragma unroll
+        for (int k = 0; k < RW; k++) {
+            const u64 lo = (u64)(crow[k] + a) & ~(u64)15, hi = ((u64)(crow[k] + e) + 15) & ~(u64)15;
+            const int n = (int)((hi - lo) >> 4) - lane;
+            const u8* gp = (const u8*)lo + 16 * lane;
+            const u32 sp = cs[k] + b * R * STR;
+#pragma unroll
+            for (int q = 0; q < NQ; q++) {
+                if (32 * q < n) cp_async16s(sp + 512 * q, gp + 512 * q);
+            }
         }
     };
     // the first stages' weights before GRID_START (MMQ_EARLY): no kernel
@@ -256,26 +274,37 @@ static __device__ __forceinline__ void mmq_staged(const u8* __restrict__ W, cons
     }
     constexpr bool PX = NT <= 2;
     constexpr int PN = PX ? NT : 1, PU = PX ? UG : 1;
+    // the prefetch's tokens (clamped to the batch): x words (tb) and scales (tc, td)
+    int ptb[PN], ptc[PN], ptd[PN];
+#pragma unroll
+    for (int j = 0; j < PN; j++) {
+        ptb[j] = min(t0 + 8 * j + g, nt - 1);
+        ptc[j] = min(t0 + 8 * j + 2 * c, nt - 1);
+        ptd[j] = min(t0 + 8 * j + 2 * c + 1, nt - 1);
+    }
     for (int st = 0; st < nst; st++) {
         const int ga = st * KC, gb = min(ga + KC, ng), a = mmq_bytes<T>(ga);
         int2 px0[PU][PN], px1[PU][PN];
         float pdc[PU][PN], pdd[PU][PN], pxc[PU][PN], pxe[PU][PN];
         if (PX) {
-            // this stage's x, in flight while the stage's copy lands
+            // this stage's x, in flight while the stage's copy lands; groups
+            // past the last (grp >= gb, never used) are read unclamped: the
+            // activations' buffer has room past its groups (ActBuf)
+            const int2* xg = xq + (u64)(ga + w) * nt * 8;
+            const float* dg = xd + (u64)(ga + w) * nt;
+            const float* sg = xs + (u64)(ga + w) * nt;
 #pragma unroll
             for (int u = 0; u < PU; u++) {
-                const int grp = min(ga + w + MMQ_WARPS * u, ng - 1);
+                const int du = MMQ_WARPS * u * nt;
 #pragma unroll
                 for (int j = 0; j < PN; j++) {
-                    const int tb = min(t0 + 8 * j + g, nt - 1);
-                    const int2* xr = xq + ((u64)grp * nt + tb) * 8;
+                    const int2* xr = xg + (du + ptb[j]) * 8;
                     px0[u][j] = xr[kw0];
                     px1[u][j] = xr[kw1];
-                    const int tc = min(t0 + 8 * j + 2 * c, nt - 1), td = min(t0 + 8 * j + 2 * c + 1, nt - 1);
-                    pdc[u][j] = xd[(u64)grp * nt + tc];
-                    pdd[u][j] = xd[(u64)grp * nt + td];
-                    pxc[u][j] = xs[(u64)grp * nt + tc];
-                    pxe[u][j] = xs[(u64)grp * nt + td];
+                    pdc[u][j] = dg[du + ptc[j]];
+                    pdd[u][j] = dg[du + ptd[j]];
+                    pxc[u][j] = sg[du + ptc[j]];
+                    pxe[u][j] = sg[du + ptd[j]];
                 }
             }
         }
@@ -296,9 +325,10 @@ static __device__ __forceinline__ void mmq_staged(const u8* __restrict__ W, cons
         }
 #pragma unroll
         for (int u = 0; u < UG; u++) {
-            const int grp = ga + w + MMQ_WARPS * u;
+            // gl: the group in the stage, written so that the compiler folds
+            // a type's group-of-8 index and offsets into constants (w < MMQ_WARPS)
+            const int gl = w + MMQ_WARPS * u, grp = ga + gl;
             if (grp >= gb) break;  // uniform per warp
-            const int gl = grp - ga;
             float sa0[RT], sb0[RT], sa1[RT], sb1[RT], ma[RT], mb[RT];
             int a0[RT][4], a1[RT][4];
             bool mins = false;
@@ -416,6 +446,7 @@ static __device__ __forceinline__ void mmq_staged(const u8* __restrict__ W, cons
                         float v = acc[jc + j][i][e];
 #pragma unroll
                         for (int k = 0; k < MMQ_WARPS - 1; k++) v += red[(((j * (MMQ_WARPS - 1) + k) * RT + i) * 4 + e) * 32 + lane];
+                        v *= Q::POST;
                         const int r = r0 + MMQ_ROWS * i + mma_drow(e, g), t = t0 + 8 * (jc + j) + mma_dcol(e, c);
                         if (r < rows && t < nt) {
                             float* o = y + (u64)t * rows + r;

@@ -238,9 +238,23 @@ impl ActBuf {
     /// Room for `max_nt` tokens of up to `max_cols` values.
     pub fn with_tokens(pool: &std::sync::Arc<super::memory::MemPool>, max_cols: usize, max_nt: usize) -> Result<ActBuf> {
         let max_cols = max_cols.div_ceil(32) * 32;
+        Ok(ActBuf { buf: pool.alloc(Self::bytes(max_cols, max_nt), "quantized activations")?, max_cols, max_nt })
+    }
+
+    fn bytes(max_cols: usize, max_nt: usize) -> usize {
         // per token and value: 2 bytes of planes + 4 of f32; per group: d and d * sum
-        let bytes = max_nt * max_cols * (2 + 4) + 2 * max_nt * (max_cols / 32) * 4;
-        Ok(ActBuf { buf: pool.alloc(bytes, "quantized activations")?, max_cols, max_nt })
+        max_nt * max_cols * (2 + 4) + 2 * max_nt * (max_cols / 32) * 4 + Self::overread(max_cols, max_nt)
+    }
+
+    /// Bytes past the regions so that the `mmq_*` kernels' x prefetch may
+    /// read a stage's groups past a row's last (kernels/mmq.cu, `PX`: up to
+    /// a stage less one, 64 bytes of planes a token each, never used)
+    /// inside the buffer: what the regions after the planes (per token and
+    /// group 8 bytes of scales and 128 of f32 copy) do not already cover.
+    fn overread(max_cols: usize, max_nt: usize) -> usize {
+        use super::kernel_table::{MMQ_KC, MMQ_KC_SMALL};
+        let stage = kernel_define("MMQ_KC_SMALL", MMQ_KC_SMALL).max(kernel_define("MMQ_KC", MMQ_KC));
+        (stage * max_nt * 64).saturating_sub(max_nt * (max_cols / 32) * 136)
     }
 
     /// Where `nt` tokens of `cols` values go in this buffer, with their f32
@@ -1183,6 +1197,35 @@ fn mma_attention_shared(hd: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
+    /// The `mmq_*` x prefetch reads up to a stage less one of groups past a
+    /// row's last (kernels/mmq.cu, `PX`), unclamped: for every token count
+    /// and width an `ActBuf` takes, the furthest such read of the planes
+    /// and of the scales stays inside its allocation.
+    #[test]
+    fn act_buf_covers_the_mmq_prefetch() {
+        use super::super::kernel_table::{MMQ_KC, MMQ_KC_SMALL};
+        use super::ActBuf;
+        let stage = MMQ_KC_SMALL.max(MMQ_KC);
+        for max_cols in [32, 64, 256, 896, 1024, 1920, 4096, 11008, 18944] {
+            for max_nt in [1, 2, 8, 16, 64] {
+                let total = ActBuf::bytes(max_cols, max_nt);
+                let ng_max = max_cols / 32;
+                let d_base = max_nt * max_cols * 2;
+                for cols in [32, max_cols / 2 / 32 * 32, max_cols].into_iter().filter(|&c| c >= 32) {
+                    let ng = cols / 32;
+                    for nt in 1..=max_nt {
+                        // group ng - 1 + stage - 1 of the last token: 8 words of 8 bytes, and its d
+                        let last = (ng - 1 + stage - 1) * nt + nt - 1;
+                        assert!((last + 1) * 64 <= total, "planes: {cols} x {nt} of {max_cols} x {max_nt}");
+                        assert!(d_base + (last + 1) * 4 <= total, "scales: {cols} x {nt} of {max_cols} x {max_nt}");
+                        // the d * sum region starts after the d region
+                        assert!(d_base + max_nt * ng_max * 4 + (last + 1) * 4 <= total);
+                    }
+                }
+            }
+        }
+    }
+
     /// The partials buffer (`forward::part_rows`) holds f · SMs + rows ·
     /// heads rows for a mixed decode step: `split_count` never asks for more,
     /// nor for 0 splits or more than the most the kernels take.
