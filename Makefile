@@ -288,6 +288,8 @@ fixtures: models venv $(LLAMA_SDIST)/.complete
 	$(VENV)/bin/python scripts/gen_tokenizer_fixtures.py
 	$(VENV)/bin/python scripts/gen_pretokenize_fixtures.py
 	$(VENV)/bin/python scripts/gen_arch_twins.py
+	$(VENV)/bin/python scripts/gen_embed_fixtures.py
+	$(VENV)/bin/python scripts/gen_embed_hf.py
 
 # Coverage-guided fuzzing (needs `cargo install cargo-fuzz`; RUSTC_BOOTSTRAP
 # lets the stable toolchain build with the sanitizer flags): the GGUF header,

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Reference embeddings for nomic-embed-text-v1.5 (GGUF arch `nomic-bert`).
 
-transformers has no native NomicBert (the model's modelling code is remote
-code on the HF hub, which this project cannot reach), so this script is an
-independent PyTorch implementation of the published architecture
+Written when transformers had no native NomicBert (the model's modelling
+code was remote code on the HF hub, which this project cannot reach; since
+transformers 5.x has one, scripts/gen_embed_hf.py runs it, and the two agree
+to a cosine of 1.000000000), this script is an independent PyTorch
+implementation of the published architecture
 (nomic-ai/contrastors `NomicBertModel`, the code `trust_remote_code` loads:
 post-norm blocks, fused Wqkv, rotary embeddings rotating halves
 (`rotate_half`, interleaved=False, base `rotary_emb_base`), SwiGLU MLP

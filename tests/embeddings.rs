@@ -1,14 +1,17 @@
-//! nomic-embed-text-v1.5 (`nomic-bert`, F16) against an independent
-//! PyTorch implementation of the published architecture in float64, on the
-//! same GGUF's weights (scripts/gen_embed_fixtures.py; transformers has no
-//! native NomicBert and the hub's remote code is out of reach):
+//! nomic-embed-text-v1.5 (`nomic-bert`, F16) against HF transformers' own
+//! NomicBertModel on the same GGUF's weights, dequantized
+//! (scripts/gen_embed_hf.py: transformers 5.x, float32), and against an
+//! independent PyTorch implementation of the published architecture in
+//! float64 (scripts/gen_embed_fixtures.py, written before transformers had
+//! a native NomicBert; the two agree to a cosine of 1.000000000):
 //! - token ids: our WordPiece tokenizer against HF's BertTokenizer;
 //! - 20 sentences, mean pooling + L2 normalisation (the model's own): cosine
-//!   similarity ≥ 0.999 each (min printed), against that reference and
-//!   against llama.cpp's own embeddings of the same sentences
-//!   (scripts/gen_embed_llama_cpp.py: the sdist's libllama through its
-//!   llama-cpp-python, which also gives the same token ids);
-//! - the unpooled first token (CLS pooling, not normalised): cosine ≥ 0.999;
+//!   similarity ≥ 0.999 each (min printed), against HF's, against the
+//!   float64 reference and against llama.cpp's own embeddings of the same
+//!   sentences (scripts/gen_embed_llama_cpp.py: the sdist's libllama
+//!   through its llama-cpp-python, which also gives the same token ids);
+//! - the unpooled first token (CLS pooling, not normalised): cosine ≥ 0.999
+//!   against HF's and the float64 reference's;
 //! - retrieval: for 5 queries ("search_query: ") the right one of 8
 //!   passages ("search_document: ") ranks first;
 //! - the API's edges: pooling kinds agree with each other, too-long and
@@ -55,11 +58,14 @@ fn nomic_matches_reference() {
     assert_eq!(d, m.cfg.n_embd);
     let mean = common::read_f32(&common::fixture("embed/mean.f32"));
     let cls = common::read_f32(&common::fixture("embed/cls.f32"));
-    // the second reference: llama.cpp's own (scripts/gen_embed_llama_cpp.py)
+    // another reference: llama.cpp's own (scripts/gen_embed_llama_cpp.py)
     let llama_cpp = common::read_f32(&common::fixture("embed/llama_cpp_mean.f32"));
+    // and HF transformers' NomicBertModel (scripts/gen_embed_hf.py)
+    let (hf_mean, hf_cls) = (common::read_f32(&common::fixture("embed/hf_mean.f32")), common::read_f32(&common::fixture("embed/hf_cls.f32")));
+    assert_eq!((hf_mean.len(), hf_cls.len()), (20 * d, 20 * d));
     let sentences = fx["sentences"].as_array().unwrap();
     assert_eq!(sentences.len(), 20);
-    let (mut min_mean, mut min_cls, mut min_llama) = (1f64, 1f64, 1f64);
+    let (mut min_mean, mut min_cls, mut min_llama, mut min_hf, mut min_hf_cls) = (1f64, 1f64, 1f64, 1f64, 1f64);
     for (i, s) in sentences.iter().enumerate() {
         let s = s.as_str().unwrap();
         let ids = m.tokenizer.encode(s, true, false);
@@ -72,6 +78,9 @@ fn nomic_matches_reference() {
         let c = cosine(&e, &mean[i * d..(i + 1) * d]);
         min_mean = min_mean.min(c);
         assert!(c >= 0.999, "sentence {i} {s:?}: cosine {c} with the reference");
+        let c = cosine(&e, &hf_mean[i * d..(i + 1) * d]);
+        min_hf = min_hf.min(c);
+        assert!(c >= 0.999, "sentence {i} {s:?}: cosine {c} with HF transformers'");
         let c = cosine(&e, &llama_cpp[i * d..(i + 1) * d]);
         min_llama = min_llama.min(c);
         assert!(c >= 0.999, "sentence {i} {s:?}: cosine {c} with llama.cpp's");
@@ -79,9 +88,14 @@ fn nomic_matches_reference() {
         let c = cosine(&h, &cls[i * d..(i + 1) * d]);
         min_cls = min_cls.min(c);
         assert!(c >= 0.999, "sentence {i} {s:?}: first-token cosine {c} with the reference");
+        let c = cosine(&h, &hf_cls[i * d..(i + 1) * d]);
+        min_hf_cls = min_hf_cls.min(c);
+        assert!(c >= 0.999, "sentence {i} {s:?}: first-token cosine {c} with HF transformers'");
     }
     println!(
-        "nomic-embed-text-v1.5: min cosine over 20 sentences: mean+L2 {min_mean:.7} (1 - cos = {:.1e}), first token {min_cls:.7} (1 - cos = {:.1e}); against llama.cpp's mean+L2 {min_llama:.7} (1 - cos = {:.1e})",
+        "nomic-embed-text-v1.5: min cosine over 20 sentences: against HF transformers' mean+L2 {min_hf:.7} (1 - cos = {:.1e}), first token {min_hf_cls:.7} (1 - cos = {:.1e}); against the float64 reference mean+L2 {min_mean:.7} (1 - cos = {:.1e}), first token {min_cls:.7} (1 - cos = {:.1e}); against llama.cpp's mean+L2 {min_llama:.7} (1 - cos = {:.1e})",
+        1.0 - min_hf,
+        1.0 - min_hf_cls,
         1.0 - min_mean,
         1.0 - min_cls,
         1.0 - min_llama
