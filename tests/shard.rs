@@ -3,7 +3,9 @@
 //! multiplied and reduced by hand, equal the whole product; and a whole
 //! attention + FFN block and the LM head computed rank by rank (each rank
 //! only its shard, one sum after wo and one after down, a gather or a
-//! distributed argmax for the logits) equal the block computed whole.
+//! distributed argmax for the logits) equal the block computed whole; and
+//! the whole reference pass of real models computed rank by rank
+//! (`ShardedReference`) equals the whole pass.
 
 mod common;
 
@@ -477,5 +479,51 @@ fn the_plan_of_a_real_model() {
             e.contains("9 query heads") && e.contains(&format!("{n} ranks")),
             "{e}"
         );
+    }
+}
+
+/// The whole f32 reference pass and the same pass rank by rank
+/// (`ShardedReference`: each rank's shards cut from the quantized matrices,
+/// its own heads and KV-cache shard, a sum after wo and after down, the LM
+/// head's slices gathered) on real models, teacher-forced over a prompt
+/// and greedy steps: the logits agree to float summation order at every
+/// step, and the distributed argmax is the whole one. SmolLM2 splits its 3
+/// KV heads over 3 ranks and replicates them over 9; Gemma-3 replicates
+/// its one KV head over 2 and 4 ranks and has local (sliding-window)
+/// layers, QK-norm and post-norms.
+#[test]
+fn a_real_model_computed_rank_by_rank_equals_the_whole() {
+    use rocmforge::model::reference::{Reference, ShardedReference};
+    use rocmforge::model::{LoadOptions, Model};
+    for (name, ranks) in [("SmolLM2-135M-Instruct.Q4_1.gguf", &[1usize, 3, 9][..]), ("gemma-3-270m-q4_k_m.gguf", &[2, 4][..])] {
+        let m = Model::load(common::model(name), LoadOptions { n_threads: 1, ..Default::default() }).unwrap();
+        let prompt = m.tokenizer.encode("The capital of France is", true, false);
+        let steps = prompt.len() + 6;
+        let mut whole = Reference::new(&m, steps).unwrap();
+        // the whole pass's logits and its greedy continuation
+        let (mut tokens, mut want, mut best) = (prompt.clone(), Vec::new(), Vec::new());
+        for pos in 0..steps {
+            let l = whole.forward(tokens[pos], pos).unwrap().to_vec();
+            let top = (0..l.len()).fold(0, |b, i| if l[i] > l[b] { i } else { b }) as u32;
+            if pos + 1 >= tokens.len() {
+                tokens.push(top);
+            }
+            want.push(l);
+            best.push(top);
+        }
+        for &n in ranks {
+            let mut sharded = ShardedReference::new(&m, steps, n).unwrap();
+            assert_eq!(sharded.plan().ranks.len(), n);
+            let mut worst = 0f64;
+            for pos in 0..steps {
+                let got: Vec<f64> = sharded.forward(tokens[pos], pos).unwrap().iter().map(|&v| v as f64).collect();
+                let w: Vec<f64> = want[pos].iter().map(|&v| v as f64).collect();
+                let r = rel(&got, &w);
+                worst = worst.max(r);
+                assert!(r <= 1e-4, "{name} over {n} ranks, position {pos}: rel L2 {r:.2e}");
+                assert_eq!(sharded.argmax(), best[pos], "{name} over {n} ranks, position {pos}: the distributed argmax");
+            }
+            println!("{name} over {n} ranks: {steps} positions, worst rel L2 against the whole pass {worst:.1e}");
+        }
     }
 }

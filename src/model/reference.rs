@@ -15,6 +15,7 @@ use super::weights::Matrix;
 use super::Model;
 use crate::error::{Error, Result};
 use crate::quant;
+use crate::shard::{self, RankShard, ShardPlan};
 
 // ----------------------------------------------------------------------------
 // Weights, dequantized. Shapes are (rows, cols) of row-major f32 matrices.
@@ -265,6 +266,261 @@ impl<'m> Reference<'m> {
         rmsnorm(&mut self.x, &x, &self.output_norm, c.rms_eps);
         matmul(&mut self.logits, &self.output, &self.x, self.act_bits);
         Ok(&self.logits)
+    }
+}
+
+// ----------------------------------------------------------------------------
+// The same pass split over ranks as tensor parallelism splits it.
+
+/// One rank's part of a layer under a [`ShardPlan`]: the rows of wq, wk,
+/// wv, gate and up (and of the biases) its heads and FFN range need, and
+/// the columns of wo and down that meet them, cut from the quantized
+/// matrices by [`shard::split_rows`] / [`shard::split_cols`] (what a GPU
+/// rank uploads), then dequantized.
+struct RankLayer {
+    wq: Dense,
+    wk: Dense,
+    wv: Dense,
+    wo: Dense,
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+    w_gate: Dense,
+    w_up: Dense,
+    w_down: Dense,
+}
+
+struct Rank {
+    shard: RankShard,
+    layers: Vec<RankLayer>,
+    output: Dense, // (its vocabulary rows, n_embd)
+    // its shard of the KV cache: (n_layer, n_ctx, its KV heads' dims)
+    key_cache: Vec<f32>,
+    value_cache: Vec<f32>,
+}
+
+/// The f32 reference pass computed rank by rank under a tensor-parallel
+/// [`ShardPlan`] (issue 19): each rank multiplies only its shards and
+/// attends only over its heads and its shard of the cache; the partial
+/// products of wo and down are summed over the ranks (the all-reduce), and
+/// the LM head's vocabulary slices are concatenated (the gather). The
+/// embedding and the norms are replicated. Its logits equal
+/// [`Reference`]'s up to summation order (tests/shard.rs), which makes it the
+/// oracle for a multi-GPU pass; it has no rounding mode.
+pub struct ShardedReference<'m> {
+    model: &'m Model,
+    plan: ShardPlan,
+    ranks: Vec<Rank>,
+    token_embd: Vec<f32>,
+    rope_global: RopeFreqs,
+    rope_local: RopeFreqs,
+    n_ctx: usize,
+    logits: Vec<f32>,
+}
+
+fn dense_rows(model: &Model, m: &Matrix, r: std::ops::Range<usize>) -> Result<Dense> {
+    let b = shard::split_rows(m.bytes(&model.file), m.ty, m.cols, r)?;
+    Ok(Dense { w: quant::dequantize_vec(m.ty, b)?, int_act: false })
+}
+
+fn dense_cols(model: &Model, m: &Matrix, c: std::ops::Range<usize>) -> Result<Dense> {
+    let b = shard::split_cols(m.bytes(&model.file), m.ty, m.cols, c)?;
+    Ok(Dense { w: quant::dequantize_vec(m.ty, &b)?, int_act: false })
+}
+
+impl<'m> ShardedReference<'m> {
+    /// The pass over `n_ranks` ranks, as [`ShardPlan::for_model`] splits
+    /// this model (its error when the shapes do not split).
+    pub fn new(model: &'m Model, n_ctx: usize, n_ranks: usize) -> Result<ShardedReference<'m>> {
+        if model.is_encoder() {
+            return Err(crate::engine::encoder_error(model));
+        }
+        let c = &model.cfg;
+        let w = &model.weights;
+        let plan = ShardPlan::for_model(c, w, n_ranks)?;
+        let d = plan.dims;
+        let ranks = plan
+            .ranks
+            .iter()
+            .map(|rs| {
+                let (q, k, v, o, f) = (rs.q_rows(&d), rs.k_rows(&d), rs.v_rows(&d), rs.o_cols(&d), rs.ffn.clone());
+                let layers = w
+                    .layers
+                    .iter()
+                    .map(|l| {
+                        Ok(RankLayer {
+                            wq: dense_rows(model, &l.wq, q.clone())?,
+                            wk: dense_rows(model, &l.wk, k.clone())?,
+                            wv: dense_rows(model, &l.wv, v.clone())?,
+                            wo: dense_cols(model, &l.wo, o.clone())?,
+                            bq: l.bq.as_ref().map(|b| b[q.clone()].to_vec()),
+                            bk: l.bk.as_ref().map(|b| b[k.clone()].to_vec()),
+                            bv: l.bv.as_ref().map(|b| b[v.clone()].to_vec()),
+                            w_gate: dense_rows(model, &l.w_gate, f.clone())?,
+                            w_up: dense_rows(model, &l.w_up, f.clone())?,
+                            w_down: dense_cols(model, &l.w_down, f.clone())?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Rank {
+                    shard: rs.clone(),
+                    layers,
+                    output: dense_rows(model, &w.output, rs.vocab.clone())?,
+                    key_cache: vec![0.0; c.n_layer * n_ctx * k.len()],
+                    value_cache: vec![0.0; c.n_layer * n_ctx * v.len()],
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ShardedReference {
+            model,
+            plan,
+            ranks,
+            token_embd: quant::dequantize_vec(w.token_embd.ty, w.token_embd.bytes(&model.file))?,
+            rope_global: c.rope_freqs(c.rope_base, n_ctx),
+            rope_local: c.rope_freqs(c.rope_base_local, n_ctx),
+            n_ctx,
+            logits: vec![0.0; c.n_vocab],
+        })
+    }
+
+    /// The plan it runs.
+    pub fn plan(&self) -> &ShardPlan {
+        &self.plan
+    }
+
+    /// [`Reference::forward`], rank by rank.
+    pub fn forward(&mut self, token: u32, pos: usize) -> Result<&[f32]> {
+        let model = self.model;
+        let c: &Config = &model.cfg;
+        if pos >= self.n_ctx {
+            return Err(Error::InvalidArgument(format!("position {pos} is past the reference context {}", self.n_ctx)));
+        }
+        if token as usize >= c.n_vocab {
+            return Err(Error::InvalidArgument(format!("token {token} is outside the vocab ({})", c.n_vocab)));
+        }
+        let (dim, hd, hdv, d) = (c.n_embd, c.head_dim, c.head_dim_v, self.plan.dims);
+        let mut x = self.token_embd[token as usize * dim..(token as usize + 1) * dim].to_vec();
+        if c.arch.embed_scale_sqrt {
+            let s = (dim as f32).sqrt();
+            x.iter_mut().for_each(|v| *v *= s);
+        }
+        let mut xb = vec![0.0; dim];
+        let mut part = vec![0.0; dim];
+        let mut scores = vec![0.0; self.n_ctx];
+        for (il, l) in model.weights.layers.iter().enumerate() {
+            let local = c.layer_kinds[il] == LayerKind::Local;
+            let freqs = if local { &self.rope_local } else { &self.rope_global };
+            let first = match (local, c.sliding_window) {
+                (true, Some(win)) => (pos + 1).saturating_sub(win),
+                _ => 0,
+            };
+            // ---- attention: each rank its heads, then the all-reduce of wo's partial sums ----
+            rmsnorm(&mut xb, &x, &l.attn_norm, c.rms_eps);
+            let mut branch = vec![0.0; dim];
+            for rank in &mut self.ranks {
+                let rl = &rank.layers[il];
+                let (nq, nk, nv) = (rl.wq.w.len() / dim, rl.wk.w.len() / dim, rl.wv.w.len() / dim);
+                let (mut q, mut k, mut v) = (vec![0.0; nq], vec![0.0; nk], vec![0.0; nv]);
+                matmul(&mut q, &rl.wq, &xb, None);
+                matmul(&mut k, &rl.wk, &xb, None);
+                matmul(&mut v, &rl.wv, &xb, None);
+                if let (Some(bq), Some(bk), Some(bv)) = (&rl.bq, &rl.bk, &rl.bv) {
+                    add(&mut q, bq);
+                    add(&mut k, bk);
+                    add(&mut v, bv);
+                }
+                if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+                    for h in q.chunks_mut(hd) {
+                        let t = h.to_vec();
+                        rmsnorm(h, &t, qn, c.rms_eps);
+                    }
+                    for h in k.chunks_mut(hd) {
+                        let t = h.to_vec();
+                        rmsnorm(h, &t, kn, c.rms_eps);
+                    }
+                }
+                for h in q.chunks_mut(hd).chain(k.chunks_mut(hd)) {
+                    rope(h, pos, freqs, c.arch.rope);
+                }
+                let kc = &mut rank.key_cache[il * self.n_ctx * nk..(il + 1) * self.n_ctx * nk];
+                kc[pos * nk..(pos + 1) * nk].copy_from_slice(&k);
+                let vc = &mut rank.value_cache[il * self.n_ctx * nv..(il + 1) * self.n_ctx * nv];
+                vc[pos * nv..(pos + 1) * nv].copy_from_slice(&v);
+                let mut att = vec![0.0; rank.shard.heads.len() * hdv];
+                for (i, h) in rank.shard.heads.clone().enumerate() {
+                    let kvh = rank.shard.kv_of(&d, h);
+                    let qh = &q[i * hd..(i + 1) * hd];
+                    for t in first..=pos {
+                        scores[t] = dot(qh, &kc[t * nk + kvh * hd..t * nk + (kvh + 1) * hd]) * c.attn_scale;
+                    }
+                    softmax(&mut scores[first..=pos]);
+                    let out = &mut att[i * hdv..(i + 1) * hdv];
+                    for t in first..=pos {
+                        for (o, &vv) in out.iter_mut().zip(&vc[t * nv + kvh * hdv..t * nv + (kvh + 1) * hdv]) {
+                            *o += scores[t] * vv;
+                        }
+                    }
+                }
+                matmul(&mut part, &rl.wo, &att, None);
+                add(&mut branch, &part); // the all-reduce
+            }
+            if let Some(pn) = &l.post_attn_norm {
+                let t = branch.clone();
+                rmsnorm(&mut branch, &t, pn, c.rms_eps);
+            }
+            add(&mut x, &branch);
+
+            // ---- FFN: each rank its range, then the all-reduce of down's partial sums ----
+            rmsnorm(&mut xb, &x, &l.ffn_norm, c.rms_eps);
+            let mut branch = vec![0.0; dim];
+            for rank in &self.ranks {
+                let rl = &rank.layers[il];
+                let n = rank.shard.ffn.len();
+                let (mut g, mut u) = (vec![0.0; n], vec![0.0; n]);
+                matmul(&mut g, &rl.w_gate, &xb, None);
+                matmul(&mut u, &rl.w_up, &xb, None);
+                for (g, u) in g.iter_mut().zip(&u) {
+                    *g = match c.arch.ffn_act {
+                        FfnAct::Silu => *g / (1.0 + (-*g).exp()),
+                        FfnAct::GeluTanh => gelu_tanh(*g),
+                    } * u;
+                }
+                matmul(&mut part, &rl.w_down, &g, None);
+                add(&mut branch, &part); // the all-reduce
+            }
+            if let Some(pn) = &l.post_ffn_norm {
+                let t = branch.clone();
+                rmsnorm(&mut branch, &t, pn, c.rms_eps);
+            }
+            add(&mut x, &branch);
+        }
+        // final norm (replicated), then each rank's vocabulary slice: the gather
+        let t = x.clone();
+        rmsnorm(&mut x, &t, &model.weights.output_norm, c.rms_eps);
+        for rank in &self.ranks {
+            matmul(&mut self.logits[rank.shard.vocab.clone()], &rank.output, &x, None);
+        }
+        Ok(&self.logits)
+    }
+
+    /// The distributed argmax of the last logits: each rank's best over its
+    /// vocabulary slice, then the best of those (ties to the lower id, as
+    /// a whole-vocabulary argmax takes the first).
+    pub fn argmax(&self) -> u32 {
+        let mut best: Option<(usize, f32)> = None;
+        for rank in &self.ranks {
+            let v = rank.shard.vocab.clone();
+            let local = v.clone().fold(None, |b: Option<(usize, f32)>, i| match b {
+                Some((_, bv)) if bv >= self.logits[i] => b,
+                _ => Some((i, self.logits[i])),
+            });
+            if let Some((i, lv)) = local {
+                if best.is_none_or(|(_, bv)| lv > bv) {
+                    best = Some((i, lv));
+                }
+            }
+        }
+        best.map_or(0, |(i, _)| i as u32)
     }
 }
 
