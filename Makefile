@@ -280,7 +280,7 @@ bench-tokenizer: models
 # Reference environment for regenerating fixtures (torch, transformers, gguf-py).
 venv:
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet torch transformers accelerate gguf sentencepiece
+	$(VENV)/bin/pip install --quiet torch "transformers>=5" accelerate gguf sentencepiece
 
 # Regenerate the committed fixtures from the independent references.
 fixtures: models venv $(LLAMA_SDIST)/.complete

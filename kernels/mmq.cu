@@ -78,7 +78,9 @@ template <typename T>
 struct MQWords {
     using P = IP<T>;
     static constexpr bool SPLIT = false;
-    static constexpr float POST = 1.0f;  // the sums' factor (MQ<TQ4_0X8>)
+    // the sums' factor (MQ<TQ4_0X8>), applied to the whole sum, minimum
+    // terms included: a type with POST != 1 must have no minimum (m = 0)
+    static constexpr float POST = 1.0f;
     static __device__ __forceinline__ int kw0(int c) { return P::word(c, 0); }
     static __device__ __forceinline__ int kw1(int c) { return P::word(c, 1); }
 };

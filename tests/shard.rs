@@ -487,15 +487,21 @@ fn the_plan_of_a_real_model() {
 /// its own heads and KV-cache shard, a sum after wo and after down, the LM
 /// head's slices gathered) on real models, teacher-forced over a prompt
 /// and greedy steps: the logits agree to float summation order at every
-/// step, and the distributed argmax is the whole one. SmolLM2 splits its 3
-/// KV heads over 3 ranks and replicates them over 9; Gemma-3 replicates
-/// its one KV head over 2 and 4 ranks and has local (sliding-window)
-/// layers, QK-norm and post-norms.
+/// step (exactly at one rank), and the distributed argmax is the whole one.
+/// SmolLM2 splits its 3 KV heads over 3 ranks and replicates them over 9;
+/// Gemma-3 replicates its one KV head over 2 and 4 ranks and has local
+/// layers, QK-norm and post-norms (its 512-position window never cuts
+/// these few positions); Qwen2.5 splits its 2 KV heads and its Q/K/V
+/// biases over 2 ranks.
 #[test]
 fn a_real_model_computed_rank_by_rank_equals_the_whole() {
     use rocmforge::model::reference::{Reference, ShardedReference};
     use rocmforge::model::{LoadOptions, Model};
-    for (name, ranks) in [("SmolLM2-135M-Instruct.Q4_1.gguf", &[1usize, 3, 9][..]), ("gemma-3-270m-q4_k_m.gguf", &[2, 4][..])] {
+    for (name, ranks) in [
+        ("SmolLM2-135M-Instruct.Q4_1.gguf", &[1usize, 3, 9][..]),
+        ("gemma-3-270m-q4_k_m.gguf", &[2, 4][..]),
+        ("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", &[2][..]),
+    ] {
         let m = Model::load(common::model(name), LoadOptions { n_threads: 1, ..Default::default() }).unwrap();
         let prompt = m.tokenizer.encode("The capital of France is", true, false);
         let steps = prompt.len() + 6;
@@ -520,7 +526,8 @@ fn a_real_model_computed_rank_by_rank_equals_the_whole() {
                 let w: Vec<f64> = want[pos].iter().map(|&v| v as f64).collect();
                 let r = rel(&got, &w);
                 worst = worst.max(r);
-                assert!(r <= 1e-4, "{name} over {n} ranks, position {pos}: rel L2 {r:.2e}");
+                // one rank runs the same sums in the same order: equal
+                assert!(if n == 1 { r == 0.0 } else { r <= 5e-5 }, "{name} over {n} ranks, position {pos}: rel L2 {r:.2e}");
                 assert_eq!(sharded.argmax(), best[pos], "{name} over {n} ranks, position {pos}: the distributed argmax");
             }
             println!("{name} over {n} ranks: {steps} positions, worst rel L2 against the whole pass {worst:.1e}");
