@@ -185,16 +185,7 @@ impl<'m> Reference<'m> {
                 add(&mut self.k, bk);
                 add(&mut self.v, bv);
             }
-            if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-                for h in self.q.chunks_mut(hd) {
-                    let t = h.to_vec();
-                    rmsnorm(h, &t, qn, c.rms_eps);
-                }
-                for h in self.k.chunks_mut(hd) {
-                    let t = h.to_vec();
-                    rmsnorm(h, &t, kn, c.rms_eps);
-                }
-            }
+            qk_norm(&mut self.q, &mut self.k, hd, (&l.q_norm, &l.k_norm), c.rms_eps);
             let local = c.layer_kinds[il] == LayerKind::Local;
             let freqs = if local { &self.rope_local } else { &self.rope_global };
             for h in self.q.chunks_mut(hd) {
@@ -220,45 +211,19 @@ impl<'m> Reference<'m> {
                 _ => 0,
             };
             for h in 0..c.n_head {
-                let kvh = h / group;
-                let qh = &self.q[h * hd..(h + 1) * hd];
-                for t in first..=pos {
-                    let kt = &kc[t * kv_dim + kvh * hd..t * kv_dim + (kvh + 1) * hd];
-                    self.scores[t] = dot(qh, kt) * c.attn_scale;
-                }
-                softmax(&mut self.scores[first..=pos]);
-                let out = &mut self.att_out[h * hdv..(h + 1) * hdv];
-                out.fill(0.0);
-                for t in first..=pos {
-                    let vt = &vc[t * v_dim + kvh * hdv..t * v_dim + (kvh + 1) * hdv];
-                    for (o, &vv) in out.iter_mut().zip(vt) {
-                        *o += self.scores[t] * vv;
-                    }
-                }
+                let (q, out) = (&self.q[h * hd..(h + 1) * hd], &mut self.att_out[h * hdv..(h + 1) * hdv]);
+                attend_head(out, q, Cache { k: kc, v: vc, k_row: kv_dim, v_row: v_dim }, h / group, first..=pos, c.attn_scale, &mut self.scores);
             }
             matmul(&mut self.branch, &l.wo, &self.att_out, self.act_bits);
-            if let Some(pn) = &l.post_attn_norm {
-                let t = self.branch.clone();
-                rmsnorm(&mut self.branch, &t, pn, c.rms_eps);
-            }
-            add(&mut self.x, &self.branch);
+            residual(&mut self.x, &mut self.branch, &l.post_attn_norm, c.rms_eps);
 
             // ---- FFN: x += post_norm(w_down · (act(w_gate · xb) * (w_up · xb))) ----
             rmsnorm(&mut self.xb, &self.x, &l.ffn_norm, c.rms_eps);
             matmul(&mut self.hb, &l.w_gate, &self.xb, self.act_bits);
             matmul(&mut self.hb2, &l.w_up, &self.xb, self.act_bits);
-            for (g, u) in self.hb.iter_mut().zip(&self.hb2) {
-                *g = match c.arch.ffn_act {
-                    FfnAct::Silu => *g / (1.0 + (-*g).exp()),
-                    FfnAct::GeluTanh => gelu_tanh(*g),
-                } * u;
-            }
+            gate(&mut self.hb, &self.hb2, c.arch.ffn_act);
             matmul(&mut self.branch, &l.w_down, &self.hb, self.act_bits);
-            if let Some(pn) = &l.post_ffn_norm {
-                let t = self.branch.clone();
-                rmsnorm(&mut self.branch, &t, pn, c.rms_eps);
-            }
-            add(&mut self.x, &self.branch);
+            residual(&mut self.x, &mut self.branch, &l.post_ffn_norm, c.rms_eps);
         }
 
         // final norm, then logits = output · x
@@ -429,16 +394,7 @@ impl<'m> ShardedReference<'m> {
                     add(&mut k, bk);
                     add(&mut v, bv);
                 }
-                if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-                    for h in q.chunks_mut(hd) {
-                        let t = h.to_vec();
-                        rmsnorm(h, &t, qn, c.rms_eps);
-                    }
-                    for h in k.chunks_mut(hd) {
-                        let t = h.to_vec();
-                        rmsnorm(h, &t, kn, c.rms_eps);
-                    }
-                }
+                qk_norm(&mut q, &mut k, hd, (&l.q_norm, &l.k_norm), c.rms_eps);
                 for h in q.chunks_mut(hd).chain(k.chunks_mut(hd)) {
                     rope(h, pos, freqs, c.arch.rope);
                 }
@@ -448,27 +404,14 @@ impl<'m> ShardedReference<'m> {
                 vc[pos * nv..(pos + 1) * nv].copy_from_slice(&v);
                 let mut att = vec![0.0; rank.shard.heads.len() * hdv];
                 for (i, h) in rank.shard.heads.clone().enumerate() {
-                    let kvh = rank.shard.kv_of(&d, h);
-                    let qh = &q[i * hd..(i + 1) * hd];
-                    for t in first..=pos {
-                        scores[t] = dot(qh, &kc[t * nk + kvh * hd..t * nk + (kvh + 1) * hd]) * c.attn_scale;
-                    }
-                    softmax(&mut scores[first..=pos]);
-                    let out = &mut att[i * hdv..(i + 1) * hdv];
-                    for t in first..=pos {
-                        for (o, &vv) in out.iter_mut().zip(&vc[t * nv + kvh * hdv..t * nv + (kvh + 1) * hdv]) {
-                            *o += scores[t] * vv;
-                        }
-                    }
+                    let (qh, out) = (&q[i * hd..(i + 1) * hd], &mut att[i * hdv..(i + 1) * hdv]);
+                    let cache = Cache { k: kc, v: vc, k_row: nk, v_row: nv };
+                    attend_head(out, qh, cache, rank.shard.kv_of(&d, h), first..=pos, c.attn_scale, &mut scores);
                 }
                 matmul(&mut part, &rl.wo, &att, None);
                 add(&mut branch, &part); // the all-reduce
             }
-            if let Some(pn) = &l.post_attn_norm {
-                let t = branch.clone();
-                rmsnorm(&mut branch, &t, pn, c.rms_eps);
-            }
-            add(&mut x, &branch);
+            residual(&mut x, &mut branch, &l.post_attn_norm, c.rms_eps);
 
             // ---- FFN: each rank its range, then the all-reduce of down's partial sums ----
             rmsnorm(&mut xb, &x, &l.ffn_norm, c.rms_eps);
@@ -479,20 +422,11 @@ impl<'m> ShardedReference<'m> {
                 let (mut g, mut u) = (vec![0.0; n], vec![0.0; n]);
                 matmul(&mut g, &rl.w_gate, &xb, None);
                 matmul(&mut u, &rl.w_up, &xb, None);
-                for (g, u) in g.iter_mut().zip(&u) {
-                    *g = match c.arch.ffn_act {
-                        FfnAct::Silu => *g / (1.0 + (-*g).exp()),
-                        FfnAct::GeluTanh => gelu_tanh(*g),
-                    } * u;
-                }
+                gate(&mut g, &u, c.arch.ffn_act);
                 matmul(&mut part, &rl.w_down, &g, None);
                 add(&mut branch, &part); // the all-reduce
             }
-            if let Some(pn) = &l.post_ffn_norm {
-                let t = branch.clone();
-                rmsnorm(&mut branch, &t, pn, c.rms_eps);
-            }
-            add(&mut x, &branch);
+            residual(&mut x, &mut branch, &l.post_ffn_norm, c.rms_eps);
         }
         // final norm (replicated), then each rank's vocabulary slice: the gather
         let t = x.clone();
@@ -526,6 +460,60 @@ impl<'m> ShardedReference<'m> {
 
 // ----------------------------------------------------------------------------
 // The math, one function per step.
+
+/// Per-head RMSNorm of q and k (QK-norm), where the layer has it.
+fn qk_norm(q: &mut [f32], k: &mut [f32], hd: usize, norms: (&Option<Vec<f32>>, &Option<Vec<f32>>), eps: f32) {
+    if let (Some(qn), Some(kn)) = norms {
+        for (h, w) in q.chunks_mut(hd).map(|h| (h, qn)).chain(k.chunks_mut(hd).map(|h| (h, kn))) {
+            let t = h.to_vec();
+            rmsnorm(h, &t, w, eps);
+        }
+    }
+}
+
+/// One layer's K/V cache: rows of `k_row` / `v_row` floats per position.
+#[derive(Clone, Copy)]
+struct Cache<'a> {
+    k: &'a [f32],
+    v: &'a [f32],
+    k_row: usize,
+    v_row: usize,
+}
+
+/// out = softmax(q · K[t] · scale) · V[t] over positions `ts` of KV head
+/// `kvh` of the cache (`scores` is scratch of at least ts.end() + 1).
+fn attend_head(out: &mut [f32], q: &[f32], c: Cache, kvh: usize, ts: std::ops::RangeInclusive<usize>, scale: f32, scores: &mut [f32]) {
+    let (hd, hdv) = (q.len(), out.len());
+    for t in ts.clone() {
+        scores[t] = dot(q, &c.k[t * c.k_row + kvh * hd..t * c.k_row + (kvh + 1) * hd]) * scale;
+    }
+    softmax(&mut scores[ts.clone()]);
+    out.fill(0.0);
+    for t in ts {
+        for (o, &vv) in out.iter_mut().zip(&c.v[t * c.v_row + kvh * hdv..t * c.v_row + (kvh + 1) * hdv]) {
+            *o += scores[t] * vv;
+        }
+    }
+}
+
+/// g = act(g) * u, the gated FFN's product.
+fn gate(g: &mut [f32], u: &[f32], act: FfnAct) {
+    for (g, u) in g.iter_mut().zip(u) {
+        *g = match act {
+            FfnAct::Silu => *g / (1.0 + (-*g).exp()),
+            FfnAct::GeluTanh => gelu_tanh(*g),
+        } * u;
+    }
+}
+
+/// x += branch, through the block's post-norm first where it has one.
+fn residual(x: &mut [f32], branch: &mut [f32], post: &Option<Vec<f32>>, eps: f32) {
+    if let Some(pn) = post {
+        let t = branch.to_vec();
+        rmsnorm(branch, &t, pn, eps);
+    }
+    add(x, branch);
+}
 
 /// out = x / sqrt(mean(x²) + eps) * w
 fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
