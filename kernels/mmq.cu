@@ -47,19 +47,6 @@
 #ifndef MMQ_STAGES
 #define MMQ_STAGES 3
 #endif
-// resident blocks an SM the 8-token kernels keep registers for (NVIDIA;
-// 0: no bound beyond the block's threads)
-#ifndef MMQ_MINB8
-#define MMQ_MINB8 0
-#endif
-#if MMQ_MINB8 > 0
-#define MMQ_BOUNDS_8 BOUNDS(MMQ_WARPS * 32, MMQ_MINB8)
-#else
-#define MMQ_BOUNDS_8 __launch_bounds__(MMQ_WARPS * 32)
-#endif
-#define MMQ_BOUNDS_16 __launch_bounds__(MMQ_WARPS * 32)
-#define MMQ_BOUNDS_32 __launch_bounds__(MMQ_WARPS * 32)
-#define MMQ_BOUNDS_64 __launch_bounds__(MMQ_WARPS * 32)
 // 1: the first stages' weight copies are issued before GRID_START
 #ifndef MMQ_EARLY
 #define MMQ_EARLY 1
@@ -466,7 +453,7 @@ static __device__ __forceinline__ void mmq_staged(const u8* __restrict__ W, cons
 // tiles of 16 rows up to 16 tokens (their x fragments loaded once for all),
 // on one above.
 #define MMQ_KERNEL(T, s, NT)                                                                                         \
-    KERNEL void MMQ_BOUNDS_##NT mmq_##s##_##NT(const u8* W, const int2* xq, const float* xd,        \
+    KERNEL void __launch_bounds__(MMQ_WARPS * 32) mmq_##s##_##NT(const u8* W, const int2* xq, const float* xd,        \
                                                                  const float* xs, float* y, int rows, int cols, int nt, \
                                                                  int add) {                                            \
         mmq_staged<T, NT / 8, NT <= 16 ? MMQ_RT_SMALL : MMQ_RT_LARGE>(W, xq, xd, xs, y, rows, cols, nt, add);                 \

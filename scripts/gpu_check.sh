@@ -4,7 +4,7 @@
 # tests, time the benchmarks, and run compute-sanitizer. Binaries are built
 # on the CPU machine (scripts/gpu_prepare.sh) and carried with the tree.
 #
-# usage: scripts/gpu_check.sh [steps...]   steps: info twins ops model arch profile ktime bench batched bprofile server bench-cpu sanitize real ncu compile regs minb collective llama-build llama-side
+# usage: scripts/gpu_check.sh [steps...]   steps: info twins ops model arch profile ktime bench batched bprofile server bench-cpu sanitize real ncu compile regs collective llama-build llama-side
 # env:   BIN (binaries, default .carry/bin), HEADS (.head files, default .carry),
 #        OUT (logs; default ./gpu-out), TWINS (default /tmp/twins)
 set -uo pipefail
@@ -146,17 +146,6 @@ for step in $steps; do
       # three repetitions (the median): the first pays first-use costs that
       # llama-bench hides behind its own warm-up run
       run side-ours-long "$BIN/bench" --backend cuda --pp 16384 --tg 128 --depth 16384 --reps 3 "$TWINS/qwen2-twin.gguf" ;;
-    minb)
-      # MMQ_MINB8 (8-token mmq kernels at 3 blocks an SM) against the
-      # default, alternated: the products' test first, then B = 2..16
-      run minb-ops env FORGE_ACT16=1 FORGE_KERNEL_CACHE=/tmp/kc-minb3 FORGE_NVRTC_OPTS=-DMMQ_MINB8=3 "$BIN/device_ops" --test-threads 1 mmq_products
-      for r in 1 2; do
-        for v in 0 3; do
-          for tw in llama7b-q4_0-twin qwen2-twin; do
-            echo "MMQ_MINB8=$v $tw $(FORGE_KERNEL_CACHE=/tmp/kc-minb$v FORGE_NVRTC_OPTS=-DMMQ_MINB8=$v "$BIN/batched_bench" --backend cuda -m "$TWINS/$tw.gguf" -npp 128 -ntg 128 -npl 2,4,8,16 2>&1 | grep '^|  *128' | awk -F'|' '{printf "B=%s %s  ", $4+0, $9+0}')"
-          done
-        done
-      done | tee "$OUT/minb.log" ;;
     collective)
       # issue 19's communicator: NCCL at run time, one rank per visible GPU
       lib=$(python3 -c "import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], 'lib', 'libnccl.so.2'))" 2>/dev/null)

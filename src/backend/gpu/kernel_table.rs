@@ -112,10 +112,6 @@ pub const MMQ_KC: usize = 32;
 /// it).
 pub const MMQ_KC_SMALL: usize = 64;
 
-/// `MMQ_MINB8` in kernels/mmq.cu (the default: `#ifndef`-guarded, a compile option may override
-/// it).
-pub const MMQ_MINB8: usize = 0;
-
 /// `MMQ_ROWS` in kernels/mmq.cu.
 pub const MMQ_ROWS: usize = 16;
 
