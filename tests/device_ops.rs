@@ -105,6 +105,18 @@ impl Rng {
     }
 }
 
+/// Rows of x (n, dim) RMS-normalized in f64 and scaled by `w`, or x
+/// itself with `w = None`.
+fn ref_rmsnorm(x: &[f32], w: Option<&[f32]>, dim: usize, eps: f32) -> Vec<f64> {
+    x.chunks(dim)
+        .flat_map(|row| {
+            let ss: f64 = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / dim as f64;
+            let s = 1.0 / (ss + eps as f64).sqrt();
+            row.iter().enumerate().map(move |(i, &v)| w.map_or(v as f64, |w| v as f64 * s * w[i] as f64))
+        })
+        .collect()
+}
+
 /// Reference y (n, rows) = x (n, cols) · Wᵀ in f64 from the dequantized W.
 fn ref_matmul(w: &[f32], rows: usize, cols: usize, x: &[f32], n: usize) -> Vec<f64> {
     let mut y = vec![0f64; n * rows];
@@ -373,16 +385,7 @@ fn rmsnorm(b: &Backend) {
     let mut r = Rng(11);
     let (x, w, y0) = (r.vec(n * dim), r.vec(dim), r.vec(n * dim));
     for add in [false, true] {
-        let mut reference = Vec::new();
-        for t in 0..n {
-            let row = &x[t * dim..(t + 1) * dim];
-            let ss: f64 = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / dim as f64;
-            let s = 1.0 / (ss + eps as f64).sqrt();
-            for i in 0..dim {
-                let v = row[i] as f64 * s * w[i] as f64;
-                reference.push(if add { y0[t * dim + i] as f64 + v } else { v });
-            }
-        }
+        let reference: Vec<f64> = ref_rmsnorm(&x, Some(&w), dim, eps).iter().zip(&y0).map(|(&v, &y)| if add { y as f64 + v } else { v }).collect();
         let out = match b {
             Backend::Cpu => {
                 let mut v = x.clone();
@@ -410,16 +413,8 @@ fn x_to_f16_rows(g: &gpu::Gpu) {
         let mut r = Rng(13 + dim as u64);
         let (x, w) = (r.vec(n * dim), r.vec(dim));
         for norm in [true, false] {
-            let mut reference = Vec::new();
-            for t in 0..n {
-                let row = &x[t * dim..(t + 1) * dim];
-                let ss: f64 = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / dim as f64;
-                let s = if norm { 1.0 / (ss + eps as f64).sqrt() } else { 1.0 };
-                for i in 0..dim {
-                    let v = row[i] as f64 * s * if norm { w[i] as f64 } else { 1.0 };
-                    reference.push(half::f16::from_f64(v).to_f64());
-                }
-            }
+            let exact = ref_rmsnorm(&x, norm.then_some(&w[..]), dim, eps);
+            let reference: Vec<f64> = exact.iter().map(|&v| half::f16::from_f64(v).to_f64()).collect();
             let (out, _) = g.x_to_f16(&x, &w, n, dim, norm.then_some(eps), false);
             // f16 rounding of a value computed in f32: an ulp apart at most, rarely
             check(&format!("x_to_f16 {n} x {dim} norm={norm}"), &out, &reference, 1e-4);
@@ -434,14 +429,6 @@ fn x_to_f16_rows(g: &gpu::Gpu) {
             if !norm {
                 assert!(hi.iter().zip(&reference).all(|(&a, &b)| a as f64 == b), "f32_to_f16_split {n} x {dim}: hi is not the f16 rounding of x");
             }
-            let exact: Vec<f64> = (0..n * dim)
-                .map(|i| {
-                    let (t, j) = (i / dim, i % dim);
-                    let row = &x[t * dim..(t + 1) * dim];
-                    let ss: f64 = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / dim as f64;
-                    row[j] as f64 * if norm { w[j] as f64 / (ss + eps as f64).sqrt() } else { 1.0 }
-                })
-                .collect();
             let sum: Vec<f32> = hi.iter().zip(&lo).map(|(&h, &l)| (h as f64 + l) as f32).collect();
             let (e16, e32) = (rel_l2(&hi, &exact), rel_l2(&sum, &exact));
             println!("x_to_f16 {n} x {dim} norm={norm}: rel L2 against the exact values: f16 {e16:.2e}, hi + lo {e32:.2e}");
@@ -478,14 +465,7 @@ fn matmul_split_activations(g: &gpu::Gpu) {
     let w = quant::dequantize_vec(ty, &wbytes).unwrap();
     let mut r = Rng(78);
     let (x, nw) = (r.vec(n * cols), r.vec(cols));
-    let xn: Vec<f32> = (0..n * cols)
-        .map(|i| {
-            let (t, j) = (i / cols, i % cols);
-            let row = &x[t * cols..(t + 1) * cols];
-            let ss: f64 = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / cols as f64;
-            (row[j] as f64 * nw[j] as f64 / (ss + 1e-6).sqrt()) as f32
-        })
-        .collect();
+    let xn: Vec<f32> = ref_rmsnorm(&x, Some(&nw), cols, 1e-6).iter().map(|&v| v as f32).collect();
     let reference = ref_matmul(&w, rows, cols, &xn, n);
     let y16 = g.resident_norm_x16(ty, &wbytes, rows, cols, &x, &nw, n, false);
     let y22 = g.resident_norm_x16(ty, &wbytes, rows, cols, &x, &nw, n, true);
